@@ -1,0 +1,66 @@
+# Estafeta: `make deploy` runs the main job on the local lab, `make test` runs
+# lint and every test. Both create or refresh .venv themselves.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the tools and tests need; installed only when missing.
+APT_PACKAGES := python3 python3-venv python3-dev gcc git
+
+.PHONY: help deps venv lint test test-server test-ansible deploy stop clean
+
+help:
+	@echo "make deploy   install into .venv and run the local lab (see README.md)"
+	@echo "make test     lint and all tests"
+	@echo "make stop     stop what make deploy started"
+	@echo "make clean    remove .venv, .lab and caches"
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): requirements.txt server/pyproject.toml
+	@$(MAKE) --no-print-directory deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -e ./server
+	touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy server/src
+	$(BIN)/yamllint -s .
+	@if ls playbooks/*.yml roles/*/tasks/*.yml >/dev/null 2>&1; then \
+	  echo "$(BIN)/ansible-lint"; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint; \
+	else echo "ansible-lint: no playbooks or roles yet"; fi
+
+test-server: venv
+	$(BIN)/pytest server/tests
+
+test-ansible: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests
+
+test: lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest server/tests tests
+
+deploy: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/deploy-local.sh
+
+stop:
+	scripts/deploy-local.sh stop
+
+clean:
+	-scripts/deploy-local.sh stop
+	rm -rf $(VENV) .lab .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Durable SMTP ingest rate: messages per second acknowledged with 250.
+
+Starts a real estafeta on loopback in a temporary directory, sends N
+messages over 1 and over 20 concurrent smtplib sessions (one message per
+transaction, connections reused), and checks afterwards that every one is
+in the index. A 250 from estafeta means fsync'd file + directory + index
+commit, so this is the durable rate.
+
+    .venv/bin/python bench/smtp_ingest.py [--messages 2000] [--size 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(root: Path, port: int) -> subprocess.Popen[bytes]:
+    config = root / "estafeta.toml"
+    config.write_text(
+        f'hostname = "mx.bench.test"\ndata_dir = "{root / "data"}"\n'
+        f'domains = ["bench.test"]\n[listen]\nsmtp = ["127.0.0.1:{port}"]\n'
+        '[log]\nlevel = "warning"\n'
+    )
+    cmd = [sys.executable, "-m", "estafeta", "-c", str(config)]
+    subprocess.run(
+        [*cmd, "user", "add", "bench@bench.test", "--password-stdin"],
+        input=b"benchmark-password\n",
+        check=True,
+        capture_output=True,
+    )
+    with open(root / "log", "wb") as log:
+        server = subprocess.Popen([*cmd, "serve"], stderr=log)
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return server
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("server did not start")
+
+
+def run(port: int, sessions: int, messages: int, body: bytes) -> tuple[float, list[float]]:
+    per_session = messages // sessions
+    latencies: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(sessions + 1)
+
+    def worker(n: int) -> None:
+        mine = []
+        with smtplib.SMTP("127.0.0.1", port, timeout=120) as client:
+            client.ehlo(f"bench{n}.test")
+            barrier.wait()
+            for i in range(per_session):
+                data = b"Message-ID: <%d.%d@bench.test>\r\n" % (n, i) + body
+                t0 = time.perf_counter()
+                client.sendmail("sender@remote.test", ["bench@bench.test"], data)
+                mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(sessions)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return (per_session * sessions) / elapsed, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=4096, help="approximate message size")
+    parser.add_argument("--dir", help="directory for the data (default: a temp dir under /var/tmp)")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="estafeta-bench-", dir=args.dir or "/var/tmp"))
+    body = b"From: a@remote.test\r\nTo: bench@bench.test\r\nSubject: bench\r\n\r\n" + (
+        b"x" * 76 + b"\r\n"
+    ) * max(1, args.size // 78)
+    port = free_port()
+    server = start_server(root, port)
+    total = 0
+    try:
+        print(f"estafeta SMTP ingest, {len(body)}-byte messages, data in {root}")
+        print(f"{'sessions':>8} {'messages':>8} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        for sessions in (1, 20):
+            count = args.messages if sessions > 1 else max(200, args.messages // 4)
+            rate, lat = run(port, sessions, count, body)
+            total += len(lat)
+            lat.sort()
+            p99 = lat[int(len(lat) * 0.99) - 1]
+            print(
+                f"{sessions:>8} {len(lat):>8} {rate:>9.1f} "
+                f"{statistics.median(lat) * 1000:>8.2f} {p99 * 1000:>8.2f}"
+            )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    db = sqlite3.connect(root / "data/mail/bench.test/bench/index.db")
+    indexed = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    db.close()
+    print(f"indexed after the run: {indexed} of {total} acknowledged")
+    fs = os.statvfs(root)
+    print(f"file system block size {fs.f_bsize}; cores {os.cpu_count()}")
+    shutil.rmtree(root)
+    if indexed != total:
+        raise SystemExit("MISMATCH: acknowledged messages missing from the index")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from estafeta.cli import main
+
+sys.exit(main())

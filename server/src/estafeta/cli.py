@@ -1,0 +1,305 @@
+"""The ``estafeta`` command.
+
+Exit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from estafeta import config as config_module
+from estafeta import log as log_module
+from estafeta.address import AddressError, normalize_address
+from estafeta.auth import AccountError, Accounts
+from estafeta.config import Config, ConfigError
+from estafeta.store import Store, StoreError, index
+
+DEFAULT_CONFIG = "/etc/estafeta/estafeta.toml"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.removesuffix("\n").removesuffix("\r")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise UsageError("the passwords differ")
+    else:
+        raise UsageError("no terminal to ask for a password: use --password-stdin")
+    if not password:
+        raise UsageError("empty password")
+    return password
+
+
+def _accounts(config: Config) -> Accounts:
+    config_module.check_runtime(config)
+    return Accounts(config.accounts_db, config.domains)
+
+
+def cmd_check(config: Config, args: argparse.Namespace) -> int:
+    config_module.check_runtime(config)
+    listeners = ", ".join(
+        f"{name}={'/'.join(str(e) for e in endpoints)}" for name, endpoints in config.listen.items()
+    )
+    print(
+        f"{config.path}: ok ({config.hostname}; domains {', '.join(config.domains)}; "
+        f"listen {listeners or 'nothing'})"
+    )
+    return 0
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    config_module.check_runtime(config)
+    log_module.setup(config.log.level, config.log.format)
+    from estafeta.server import serve
+
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"estafeta: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    accounts = _accounts(config)
+    try:
+        address = accounts.add_user(args.address, password)
+    finally:
+        accounts.close()
+    print(f"added {address}")
+    return 0
+
+
+def cmd_user_passwd(config: Config, args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    accounts = _accounts(config)
+    try:
+        accounts.set_password(args.address, password)
+    finally:
+        accounts.close()
+    print(f"password changed for {normalize_address(args.address)}")
+    return 0
+
+
+def cmd_user_del(config: Config, args: argparse.Namespace) -> int:
+    accounts = _accounts(config)
+    address = normalize_address(args.address)
+    try:
+        changed = accounts.delete_user(address)
+    finally:
+        accounts.close()
+    print(f"deleted {address}")
+    for source in changed:
+        print(f"  removed from alias {source}")
+    # The mail is kept, out of the way: deleting an account must not lose mail.
+    mail = Store(config.mail_dir, config.hostname).account_dir(address)
+    if mail.exists():
+        target = config.data_dir / "deleted" / f"{address}.{time.strftime('%Y%m%dT%H%M%S')}"
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.move(mail, target)
+        print(f"  mail moved to {target}")
+    return 0
+
+
+def cmd_user_list(config: Config, args: argparse.Namespace) -> int:
+    accounts = _accounts(config)
+    try:
+        for address in accounts.list_users():
+            print(address)
+    finally:
+        accounts.close()
+    return 0
+
+
+def cmd_alias_add(config: Config, args: argparse.Namespace) -> int:
+    accounts = _accounts(config)
+    try:
+        accounts.add_alias(args.source, args.targets)
+    finally:
+        accounts.close()
+    print(f"alias {args.source} -> {', '.join(args.targets)}")
+    return 0
+
+
+def cmd_alias_del(config: Config, args: argparse.Namespace) -> int:
+    accounts = _accounts(config)
+    try:
+        accounts.delete_alias(args.source)
+    finally:
+        accounts.close()
+    print(f"deleted alias {args.source}")
+    return 0
+
+
+def cmd_alias_list(config: Config, args: argparse.Namespace) -> int:
+    accounts = _accounts(config)
+    try:
+        for source, targets in accounts.list_aliases().items():
+            print(f"{source} -> {', '.join(targets)}")
+    finally:
+        accounts.close()
+    return 0
+
+
+def _existing_account(config: Config, address: str) -> str:
+    accounts = _accounts(config)
+    try:
+        normalized = normalize_address(address)
+        if not accounts.exists(normalized):
+            raise UsageError(f"no account {normalized}")
+    finally:
+        accounts.close()
+    return normalized
+
+
+def cmd_reindex(config: Config, args: argparse.Namespace) -> int:
+    address = _existing_account(config, args.address)
+    with Store(config.mail_dir, config.hostname) as store:
+        count = store.reindex(address)
+    print(f"reindexed {address}: {count} messages")
+    return 0
+
+
+def cmd_mail_ls(config: Config, args: argparse.Namespace) -> int:
+    address = _existing_account(config, args.address)
+    with Store(config.mail_dir, config.hostname) as store:
+        conn = store.open_index(address)
+    try:
+        box = index.mailbox(conn, args.mailbox)
+        if box is None:
+            raise UsageError(f"{address} has no mailbox {args.mailbox!r}")
+        rows = index.messages(conn, box.id)
+    finally:
+        conn.close()
+    print(f"{address} {box.name}: {len(rows)} messages (UIDVALIDITY {box.uidvalidity})")
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.internal_date))
+        flags = " ".join(row.flags) or "-"
+        print(
+            f"{row.uid:>6}  {when}  {row.size:>8}  {flags:<10}  "
+            f"{row.summary.from_addr or '-'}  {row.summary.subject}"
+        )
+    return 0
+
+
+def cmd_mail_cat(config: Config, args: argparse.Namespace) -> int:
+    address = _existing_account(config, args.address)
+    with Store(config.mail_dir, config.hostname) as store:
+        conn = store.open_index(address)
+        account_dir = store.account_dir(address)
+    try:
+        box = index.mailbox(conn, args.mailbox)
+        if box is None:
+            raise UsageError(f"{address} has no mailbox {args.mailbox!r}")
+        row = conn.execute(
+            "SELECT file FROM messages WHERE mailbox_id = ? AND uid = ?", (box.id, args.uid)
+        ).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        raise UsageError(f"{address} {box.name} has no message with UID {args.uid}")
+    sys.stdout.buffer.write((account_dir / row[0]).read_bytes())
+    sys.stdout.flush()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="estafeta", description="Estafeta mail server")
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=os.environ.get("ESTAFETA_CONFIG", DEFAULT_CONFIG),
+        help=f"configuration file (default: $ESTAFETA_CONFIG or {DEFAULT_CONFIG})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        sub: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        func: Callable[[Config, argparse.Namespace], int],
+        help_text: str,
+    ) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(func=func)
+        return command
+
+    add(commands, "check", cmd_check, "validate the configuration and exit")
+    add(commands, "serve", cmd_serve, "run the mail server")
+
+    user = commands.add_parser("user", help="manage accounts").add_subparsers(
+        dest="user_command", required=True, metavar="ACTION"
+    )
+    for name, func, text in (
+        ("add", cmd_user_add, "create an account"),
+        ("passwd", cmd_user_passwd, "change an account's password"),
+    ):
+        command = add(user, name, func, text)
+        command.add_argument("address")
+        command.add_argument(
+            "--password-stdin", action="store_true", help="read the password from standard input"
+        )
+    add(user, "del", cmd_user_del, "delete an account (its mail is kept under data_dir/deleted)")
+    user.choices["del"].add_argument("address")
+    add(user, "list", cmd_user_list, "list accounts")
+
+    alias = commands.add_parser("alias", help="manage aliases").add_subparsers(
+        dest="alias_command", required=True, metavar="ACTION"
+    )
+    command = add(alias, "add", cmd_alias_add, "create an alias (SOURCE may be @domain)")
+    command.add_argument("source")
+    command.add_argument("targets", nargs="+", metavar="TARGET")
+    add(alias, "del", cmd_alias_del, "delete an alias").add_argument("source")
+    add(alias, "list", cmd_alias_list, "list aliases")
+
+    add(commands, "reindex", cmd_reindex, "rebuild an account's index from its files").add_argument(
+        "address"
+    )
+
+    mail = commands.add_parser("mail", help="look at stored mail").add_subparsers(
+        dest="mail_command", required=True, metavar="ACTION"
+    )
+    command = add(mail, "ls", cmd_mail_ls, "list the messages of a mailbox")
+    command.add_argument("address")
+    command.add_argument("--mailbox", default="INBOX")
+    command = add(mail, "cat", cmd_mail_cat, "print one message")
+    command.add_argument("address")
+    command.add_argument("uid", type=int)
+    command.add_argument("--mailbox", default="INBOX")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_module.load(args.config)
+        result: int = args.func(config, args)
+        return result
+    except ConfigError as exc:
+        print(f"estafeta: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"estafeta: {exc}", file=sys.stderr)
+        return 2
+    except (AccountError, AddressError, StoreError) as exc:
+        print(f"estafeta: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,411 @@
+"""Configuration: one TOML file, validated before anything starts.
+
+Every error names the file and the dotted key that is wrong, so that
+``estafeta -c FILE check`` can tell an operator exactly what to fix.
+Unknown keys are errors too: a typo must not silently fall back to a default.
+
+Example::
+
+    hostname = "mx.example.test"
+    data_dir = "/var/lib/estafeta"
+    domains = ["example.test"]
+
+    [listen]
+    smtp = ["0.0.0.0:25", "[::]:25"]
+
+    [tls]
+    cert = "/etc/estafeta/tls/fullchain.pem"
+    key = "/etc/estafeta/tls/privkey.pem"
+
+    [limits]
+    max_message_size = 52428800
+
+    [log]
+    level = "info"
+    format = "text"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import ssl
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from estafeta.address import AddressError, normalize_domain
+
+LISTENERS = (
+    "smtp",
+    "submission",
+    "submissions",
+    "imap",
+    "imaps",
+    "pop3",
+    "pop3s",
+    "managesieve",
+    "http",
+)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as ``FILE: KEY: what is wrong``."""
+
+    def __init__(self, path: Path | str, key: str, message: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.message = message
+        where = f"{self.path}: {key}: " if key else f"{self.path}: "
+        super().__init__(where + message)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Limits:
+    # rfc5321:4.5.3.1.7 says at least 64 KiB; 50 MiB is what large providers accept.
+    max_message_size: int = 50 * 1024 * 1024
+    # rfc5321:4.5.3.1.8 requires accepting at least 100 recipients.
+    max_recipients: int = 100
+    # rfc5321:4.5.3.2.7 suggests 5 minutes for a server waiting for the next command.
+    command_timeout: float = 300.0
+    max_connections: int = 1000
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    hostname: str
+    data_dir: Path
+    domains: tuple[str, ...]
+    listen: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    tls: TLSConfig | None = None
+    nameservers: tuple[Endpoint, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def accounts_db(self) -> Path:
+        return self.data_dir / "accounts.db"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / "mail"
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Takes typed values out of a TOML table and remembers which keys were used."""
+
+    def __init__(self, path: Path, table: Mapping[str, Any], prefix: str = "") -> None:
+        self.path = path
+        self.table = table
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name), message)
+
+    def get(self, name: str, kind: type[T], default: T | None = None, required: bool = False) -> T:
+        self.used.add(name)
+        if name not in self.table:
+            if required:
+                raise self.error(name, "is required")
+            return default  # type: ignore[return-value]
+        value = self.table[name]
+        # bool is an int subclass in Python; TOML keeps them apart and so do we.
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(name, f"must be {_kind_name(kind)}, got {_toml_type(value)}")
+        return value
+
+    def table_of(self, name: str) -> _Reader:
+        table = self.get(name, dict, default={})
+        return _Reader(self.path, table, prefix=f"{self.key(name)}.")
+
+    def string_list(self, name: str, required: bool = False) -> list[str]:
+        values = self.get(name, list, default=[], required=required)
+        for i, item in enumerate(values):
+            if not isinstance(item, str):
+                raise ConfigError(
+                    self.path,
+                    f"{self.key(name)}[{i}]",
+                    f"must be a string, got {_toml_type(item)}",
+                )
+        return values
+
+    def check_unknown(self) -> None:
+        for name in self.table:
+            if name not in self.used:
+                raise self.error(name, "unknown key (check the spelling)")
+
+
+def _kind_name(kind: type) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }.get(kind, kind.__name__)
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def parse_endpoint(text: str, default_port: int | None = None) -> Endpoint:
+    """Parse ``host:port``, ``[v6]:port`` or (with a default port) a bare address."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"{text!r}: missing ']' after IPv6 address")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{text!r}: expected ':port' after ']'")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") > 1:
+        raise ValueError(f"{text!r}: write IPv6 addresses in brackets, like [::1]:25")
+    if not host:
+        raise ValueError(f"{text!r}: missing host")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{text!r}: missing port (write host:port)")
+        return Endpoint(host, default_port)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r}: port must be a number from 1 to 65535")
+    return Endpoint(host, int(port_text))
+
+
+def _endpoints(
+    reader: _Reader,
+    name: str,
+    default_port: int | None,
+    check: Callable[[Endpoint], None] | None = None,
+) -> tuple[Endpoint, ...]:
+    result = []
+    for i, text in enumerate(reader.string_list(name)):
+        try:
+            endpoint = parse_endpoint(text, default_port)
+            if check:
+                check(endpoint)
+        except ValueError as exc:
+            raise ConfigError(reader.path, f"{reader.key(name)}[{i}]", str(exc)) from None
+        result.append(endpoint)
+    return tuple(result)
+
+
+def _ip_only(endpoint: Endpoint) -> None:
+    try:
+        ipaddress.ip_address(endpoint.host)
+    except ValueError:
+        raise ValueError(f"{endpoint.host!r} is not an IP address") from None
+
+
+def _positive(reader: _Reader, name: str, default: int) -> int:
+    value = reader.get(name, int, default=default)
+    if value <= 0:
+        raise reader.error(name, "must be greater than 0")
+    return value
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file. Raises ConfigError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 at byte {exc.start}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"invalid TOML: {exc}") from None
+    return from_dict(data, path)
+
+
+def from_dict(data: Mapping[str, Any], path: Path) -> Config:
+    top = _Reader(path, data)
+    hostname = top.get("hostname", str, required=True)
+    try:
+        hostname = normalize_domain(hostname)
+    except AddressError as exc:
+        raise top.error("hostname", str(exc)) from None
+
+    data_dir_text = top.get("data_dir", str, required=True)
+    if not data_dir_text:
+        raise top.error("data_dir", "must not be empty")
+    data_dir = Path(data_dir_text)
+    if not data_dir.is_absolute():
+        # Relative paths are taken from the configuration file's directory,
+        # so a config works wherever the service is started from.
+        data_dir = (path.parent / data_dir).resolve()
+
+    domain_list = top.string_list("domains", required=True)
+    if not domain_list:
+        raise top.error("domains", "must list at least one domain")
+    domains: list[str] = []
+    for i, domain in enumerate(domain_list):
+        try:
+            normalized = normalize_domain(domain)
+        except AddressError as exc:
+            raise ConfigError(path, f"domains[{i}]", str(exc)) from None
+        if normalized in domains:
+            raise ConfigError(path, f"domains[{i}]", f"{domain!r} is listed twice")
+        domains.append(normalized)
+
+    listen_reader = top.table_of("listen")
+    listen: dict[str, tuple[Endpoint, ...]] = {}
+    for name in LISTENERS:
+        endpoints = _endpoints(listen_reader, name, default_port=None)
+        if endpoints:
+            listen[name] = endpoints
+    listen_reader.check_unknown()
+    seen: dict[Endpoint, str] = {}
+    for name, endpoints in listen.items():
+        for endpoint in endpoints:
+            if endpoint in seen:
+                raise ConfigError(
+                    path, f"listen.{name}", f"{endpoint} is also used by listen.{seen[endpoint]}"
+                )
+            seen[endpoint] = name
+
+    tls_reader = top.table_of("tls")
+    tls: TLSConfig | None = None
+    if tls_reader.table:
+        cert = tls_reader.get("cert", str, required=True)
+        key = tls_reader.get("key", str, required=True)
+        tls_reader.check_unknown()
+        tls = TLSConfig(cert=(path.parent / cert).resolve(), key=(path.parent / key).resolve())
+    for implicit in ("submissions", "imaps", "pop3s"):
+        if implicit in listen and tls is None:
+            raise ConfigError(path, f"listen.{implicit}", "needs [tls] cert and key")
+
+    dns_reader = top.table_of("dns")
+    nameservers = _endpoints(dns_reader, "nameservers", default_port=53, check=_ip_only)
+    dns_reader.check_unknown()
+
+    limits_reader = top.table_of("limits")
+    defaults = Limits()
+    limits = Limits(
+        max_message_size=_positive(limits_reader, "max_message_size", defaults.max_message_size),
+        max_recipients=_positive(limits_reader, "max_recipients", defaults.max_recipients),
+        command_timeout=limits_reader.get("command_timeout", float, defaults.command_timeout),
+        max_connections=_positive(limits_reader, "max_connections", defaults.max_connections),
+    )
+    if limits.command_timeout <= 0:
+        raise limits_reader.error("command_timeout", "must be greater than 0")
+    limits_reader.check_unknown()
+
+    log_reader = top.table_of("log")
+    log = LogConfig(
+        level=log_reader.get("level", str, "info"),
+        format=log_reader.get("format", str, "text"),
+    )
+    if log.level not in LOG_LEVELS:
+        raise log_reader.error("level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if log.format not in LOG_FORMATS:
+        raise log_reader.error("format", f"must be one of {', '.join(LOG_FORMATS)}")
+    log_reader.check_unknown()
+
+    top.check_unknown()
+    return Config(
+        path=path,
+        hostname=hostname,
+        data_dir=data_dir,
+        domains=tuple(domains),
+        listen=listen,
+        tls=tls,
+        nameservers=nameservers,
+        limits=limits,
+        log=log,
+    )
+
+
+def check_runtime(config: Config) -> None:
+    """Checks that need the file system: TLS files readable, data_dir writable.
+
+    ``load`` only validates the text; ``check`` and ``serve`` also run this.
+    """
+    if config.tls is not None:
+        for name in ("cert", "key"):
+            file = getattr(config.tls, name)
+            try:
+                with open(file, "rb") as handle:
+                    handle.read(1)
+            except OSError as exc:
+                raise ConfigError(
+                    config.path, f"tls.{name}", f"cannot read {file}: {exc.strerror}"
+                ) from None
+        try:
+            server_context(config.tls)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                config.path, "tls.key", f"does not match tls.cert or is not PEM: {exc}"
+            ) from None
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        # os.access() says yes to root even on a read-only file system: try for real.
+        probe = config.data_dir / f".write-test.{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            config.path, "data_dir", f"{config.data_dir} is not writable: {exc.strerror}"
+        ) from None
+
+
+def server_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The TLS context for every listener: TLS 1.2 or newer, our certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    return context

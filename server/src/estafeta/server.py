@@ -1,0 +1,116 @@
+"""``estafeta serve``: wire config, accounts, store and listeners together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+
+from estafeta.auth import Accounts
+from estafeta.config import Config, Endpoint, server_context
+from estafeta.log import log_event
+from estafeta.smtp.inbound import InboundHandler
+from estafeta.smtp.protocol import Connections, SMTPProtocol
+from estafeta.store import Store
+
+log = logging.getLogger("estafeta.server")
+
+# Listeners that later versions serve; configuring them now is not an error.
+IMPLEMENTED = ("smtp",)
+# How long in-flight sessions get to finish on SIGTERM.
+SHUTDOWN_GRACE = 30.0
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.accounts = Accounts(config.accounts_db, config.domains)
+        self.store = Store(config.mail_dir, config.hostname)
+        self.tls: ssl.SSLContext | None = server_context(config.tls) if config.tls else None
+        self.connections = Connections(config.limits.max_connections)
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self) -> None:
+        self.store.start()
+        loop = asyncio.get_running_loop()
+        handler = InboundHandler(
+            hostname=self.config.hostname,
+            accounts=self.accounts,
+            store=self.store,
+            max_recipients=self.config.limits.max_recipients,
+        )
+
+        def make_smtp() -> SMTPProtocol:
+            return SMTPProtocol(
+                handler,
+                connections=self.connections,
+                data_size_limit=self.config.limits.max_message_size,
+                enable_SMTPUTF8=True,
+                decode_data=False,
+                hostname=self.config.hostname,
+                ident="ESMTP estafeta",
+                tls_context=self.tls,
+                require_starttls=False,
+                timeout=self.config.limits.command_timeout,
+                loop=loop,
+            )
+
+        for endpoint in self.config.listen.get("smtp", ()):
+            await self._listen("smtp", endpoint, make_smtp)
+        for name in self.config.listen:
+            if name not in IMPLEMENTED:
+                log_event(
+                    log,
+                    "listener_unavailable",
+                    logging.WARNING,
+                    listener=name,
+                    reason="not implemented in this version",
+                )
+        log_event(log, "ready", hostname=self.config.hostname, domains=self.config.domains)
+
+    async def _listen(
+        self, name: str, endpoint: Endpoint, factory: type[SMTPProtocol] | object
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                factory,  # type: ignore[arg-type]
+                host=endpoint.host,
+                port=endpoint.port,
+                reuse_address=True,
+                backlog=512,
+            )
+        except OSError as exc:
+            message = f"listen.{name}: cannot listen on {endpoint}: {exc.strerror}"
+            raise OSError(exc.errno, message) from None
+        self._servers.append(server)
+        log_event(log, "listening", listener=name, address=str(endpoint))
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        self.connections.shutdown()
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
+        while self.connections.open and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            # A session that just finished its delivery is closed too.
+            self.connections.shutdown()
+        # Queued deliveries finish before the store closes.
+        await asyncio.to_thread(self.store.stop)
+        self.accounts.close()
+        log_event(log, "stopped")
+
+
+async def serve(config: Config) -> None:
+    server = Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+        log_event(log, "stopping", grace=SHUTDOWN_GRACE)
+    finally:
+        await server.stop()

@@ -1,0 +1,1 @@
+"""SMTP: inbound delivery (MX) on aiosmtpd, with our policy and the store."""

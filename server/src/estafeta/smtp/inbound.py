@@ -1,0 +1,222 @@
+"""Inbound SMTP (MX): who may receive, and durable delivery to the store.
+
+The aiosmtpd hooks below (``handle_EHLO``, ``handle_MAIL``, ...) carry the
+policy; the protocol details are aiosmtpd's (and ``protocol.SMTPProtocol``'s).
+A ``250`` after DATA is sent only after ``Store.deliver`` returned, i.e. the
+message file and directory are fsync'd and the index is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from estafeta.address import AddressError, normalize_address, split_address
+from estafeta.auth import Accounts
+from estafeta.log import log_event
+from estafeta.message import summarize
+from estafeta.smtp import replies
+from estafeta.store import Delivery, Store, StoreError
+
+log = logging.getLogger("estafeta.smtp")
+
+# rfc5321:2.3.8 — CRLF is the only line ending; a lone CR or LF is how
+# "SMTP smuggling" hides a second message inside the first.
+_BARE_LINE_ENDING = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_QID_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ23456789"
+
+
+def new_queue_id() -> str:
+    return "".join(secrets.choice(_QID_ALPHABET) for _ in range(12))
+
+
+@dataclass
+class Transaction:
+    """What we learn about one mail transaction beyond aiosmtpd's Envelope."""
+
+    queue_id: str = field(default_factory=new_queue_id)
+    # Each accepted RCPT: (address as given, local accounts it delivers to).
+    recipients: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+class InboundHandler:
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        accounts: Accounts,
+        store: Store,
+        max_recipients: int,
+    ) -> None:
+        self.hostname = hostname
+        self.accounts = accounts
+        self.store = store
+        self.max_recipients = max_recipients
+
+    # -- hooks called by aiosmtpd -----------------------------------------
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        result: list[str] = server.ehlo_extensions(responses)
+        return result
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        if address != "<>":
+            try:
+                normalize_address(address)
+            except AddressError as exc:
+                return f"{replies.BAD_SENDER_SYNTAX}: {exc}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.estafeta = Transaction()
+        return replies.OK_SENDER
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        transaction: Transaction = envelope.estafeta
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            # rfc5321:4.5.3.1.10 — 452, and the client sends the rest later.
+            return replies.TOO_MANY_RECIPIENTS
+        try:
+            normalized = normalize_address(address)
+        except AddressError as exc:
+            return f"{replies.BAD_RECIPIENT_SYNTAX}: {exc}"
+        _, domain = split_address(normalized)
+        if not self.accounts.is_local_domain(domain):
+            # Relaying needs authentication (submission); the MX never relays.
+            self._rejected(session, envelope, address, "relay denied")
+            return f"{replies.RELAY_DENIED}: <{address}>"
+        targets = self.accounts.resolve(normalized)
+        if not targets:
+            self._rejected(session, envelope, address, "no such user")
+            return f"{replies.NO_SUCH_USER}: <{address}>"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        transaction.recipients.append((address, targets))
+        return replies.OK_RECIPIENT
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        transaction: Transaction = envelope.estafeta
+        content: bytes = envelope.original_content
+        fields = {
+            "qid": transaction.queue_id,
+            "client": _peer(session),
+            "helo": session.host_name,
+            "from": _angle(envelope.mail_from),
+            "to": [_angle(rcpt) for rcpt, _ in transaction.recipients],
+            "size": len(content),
+        }
+        if _BARE_LINE_ENDING.search(content):
+            log_event(
+                log,
+                "delivery",
+                level=logging.WARNING,
+                **fields,
+                result="rejected",
+                reason="bare CR or LF",
+            )
+            return replies.BARE_LINE_ENDING
+
+        data = self._trace_headers(server, session, envelope, transaction) + content
+        loop = asyncio.get_running_loop()
+        summary = await loop.run_in_executor(None, summarize, data)
+        now = time.time()
+        # One copy per account, however many of its addresses were named.
+        accounts = list(dict.fromkeys(t for _, targets in transaction.recipients for t in targets))
+        deliveries = [Delivery(account, data, summary, internal_date=now) for account in accounts]
+        started = time.monotonic()
+        server.busy = True
+        try:
+            await self.store.deliver(deliveries)
+        except StoreError as exc:
+            log_event(
+                log, "delivery", level=logging.ERROR, **fields, result="tempfail", reason=str(exc)
+            )
+            return replies.TEMPORARY_FAILURE
+        finally:
+            server.busy = False
+        log_event(
+            log,
+            "delivery",
+            **fields,
+            mailboxes=accounts,
+            result="delivered",
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return f"250 2.0.0 Ok: queued as {transaction.queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Never a traceback to the client: log it, answer 451 (the client retries).
+        log.error("internal error in SMTP session", exc_info=error)
+        return replies.INTERNAL_ERROR
+
+    # -- helpers ----------------------------------------------------------
+
+    def _rejected(self, session: Any, envelope: Any, rcpt: str, reason: str) -> None:
+        log_event(
+            log,
+            "rcpt_rejected",
+            level=logging.INFO,
+            qid=envelope.estafeta.queue_id,
+            client=_peer(session),
+            helo=session.host_name,
+            **{"from": _angle(envelope.mail_from)},
+            to=_angle(rcpt),
+            reason=reason,
+        )
+
+    def _trace_headers(
+        self, server: Any, session: Any, envelope: Any, transaction: Transaction
+    ) -> bytes:
+        # rfc5321:4.4 — the delivering server adds Return-Path; every hop adds Received.
+        protocol = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP"
+        if not session.extended_smtp:
+            protocol = "SMTP"
+        elif server.tls_active:
+            protocol += "S"  # rfc3848:4
+        tls = server.tls_info()
+        peer = _peer(session)
+        helo = _header_safe(session.host_name or "unknown")
+        lines = [
+            f"Return-Path: {_angle(envelope.mail_from)}",
+            f"Received: from {helo} ([{peer}])",
+            f"\tby {self.hostname} (estafeta) with {protocol} id {transaction.queue_id}",
+        ]
+        if tls:
+            lines.append(f"\t(using {tls})")
+        if len(transaction.recipients) == 1:
+            lines.append(f"\tfor {_angle(_header_safe(transaction.recipients[0][0]))};")
+        else:
+            lines[-1] += ";"
+        lines.append(f"\t{email.utils.formatdate(localtime=True)}")
+        header = "\r\n".join(lines) + "\r\n"
+        return header.encode("utf-8", "surrogateescape")
+
+
+def _peer(session: Any) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
+
+
+def _angle(address: str | None) -> str:
+    if not address or address == "<>":
+        return "<>"
+    return f"<{address}>"
+
+
+def _header_safe(text: str) -> str:
+    """Client-supplied text placed in a header: no line breaks, no controls."""
+    return "".join(c if c.isprintable() and c not in "\r\n" else "?" for c in text)[:255]

@@ -1,0 +1,75 @@
+"""SMTP replies with enhanced status codes (rfc3463), named for tests and handlers."""
+
+from __future__ import annotations
+
+import re
+
+# rfc2034:3 / rfc3463:2 — "class.subject.detail" after the reply code.
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
+
+# Defaults for replies aiosmtpd makes itself, by reply code (rfc3463:3).
+_BY_CODE = {
+    "214": "2.0.0",
+    "220": "2.0.0",
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "251": "2.1.5",
+    "252": "2.5.0",
+    "421": "4.3.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+
+# aiosmtpd's own texts that deserve a better one.
+_REWRITE = {
+    "552 Error: Too much mail data": "552 5.3.4 Message too big for system",
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 Message size exceeds fixed maximum message size"
+    ),
+    "500 Line too long (see RFC5321 4.5.3.1.6)": (
+        "500 5.5.2 Line too long: lines may be at most 998 octets plus CRLF (rfc5321:4.5.3.1.6)"
+    ),
+}
+
+
+def with_enhanced_code(reply: str) -> str:
+    """Add an enhanced status code to a one-line reply that lacks one."""
+    if reply in _REWRITE:
+        return _REWRITE[reply]
+    if len(reply) < 3 or _HAS_ENHANCED.match(reply) or reply[3:4] == "-":
+        return reply
+    code = reply[:3]
+    enhanced = _BY_CODE.get(code)
+    if enhanced is None:  # 334, 354: intermediate replies carry none.
+        return reply
+    return f"{code} {enhanced} {reply[4:]}".rstrip()
+
+
+OK_SENDER = "250 2.1.0 Sender OK"
+OK_RECIPIENT = "250 2.1.5 Recipient OK"
+BAD_SENDER_SYNTAX = "553 5.1.7 Bad sender address syntax"
+BAD_RECIPIENT_SYNTAX = "553 5.1.3 Bad recipient address syntax"
+NO_SUCH_USER = "550 5.1.1 No such user here"
+RELAY_DENIED = "554 5.7.1 Relay access denied"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+BARE_LINE_ENDING = (
+    "550 5.6.0 Message contains a bare CR or LF; lines must end with CRLF (rfc5321:2.3.8)"
+)
+TEMPORARY_FAILURE = "451 4.3.0 Temporary failure storing the message; try again later"
+INTERNAL_ERROR = "451 4.3.0 Internal error; try again later"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections; try again later"
+AUTH_UNAVAILABLE = "502 5.5.1 AUTH is not available on this port"
+SHUTTING_DOWN = "421 4.3.2 Server shutting down; try again later"

@@ -1,0 +1,439 @@
+"""The store: durable delivery with group commit, recovery and reindex.
+
+All writes to message files and indexes go through one writer thread. A
+delivery is acknowledged only after, in this order (see the package
+docstring for the layout):
+
+1. the file is written in ``tmp/`` and fsync'd (several files of a batch
+   are fsync'd in parallel, which the file system's journal merges);
+2. it is renamed into ``new/`` and the ``new/`` directory is fsync'd once
+   for the whole batch;
+3. the index rows of the batch are inserted in one transaction per account
+   and committed (WAL, synchronous=FULL: the commit is on disk).
+
+A crash between 2 and 3 leaves a file that the index does not know; it was
+never acknowledged. ``open`` of an account finds such files and indexes
+them (duplicates of unacknowledged messages are allowed; losses are not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from estafeta.address import split_address
+from estafeta.message import Summary, summarize
+from estafeta.store import index, maildir
+from estafeta.store.index import NewMessage
+
+T = TypeVar("T")
+
+MAX_BATCH = 256
+
+
+class StoreError(Exception):
+    """A delivery or store operation failed; nothing was acknowledged."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    address: str  # a normalised local account address
+    data: bytes
+    summary: Summary
+    mailbox: str = maildir.INBOX
+    flags: tuple[str, ...] = ()
+    internal_date: float | None = None
+
+
+@dataclass(frozen=True)
+class Delivered:
+    address: str
+    mailbox: str
+    uid: int
+    file: str
+
+
+@dataclass
+class _Job:
+    future: concurrent.futures.Future[Any]
+    deliveries: Sequence[Delivery] = ()
+    call: Callable[[], Any] | None = None
+
+
+@dataclass
+class _Account:
+    address: str
+    path: Path
+    conn: sqlite3.Connection
+    folders: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class _Staged:
+    job: _Job
+    delivery: Delivery
+    account: _Account
+    staged: maildir.Staged | None = None
+    error: BaseException | None = None
+
+
+class Store:
+    """All accounts' mail under ``mail_dir``. Thread-safe; one writer thread."""
+
+    def __init__(self, mail_dir: Path, hostname: str, max_batch: int = MAX_BATCH) -> None:
+        self.mail_dir = mail_dir
+        self.hostname = hostname
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._accounts: dict[str, _Account] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="fsync")
+        # Batch sizes the writer saw, for metrics and benchmarks.
+        self.batches = 0
+        self.batched_messages = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self.mail_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Finish queued work, then stop the writer and close indexes."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        for account in self._accounts.values():
+            account.conn.close()
+        self._accounts.clear()
+        self._pool.shutdown()
+
+    def __enter__(self) -> Store:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- public API --------------------------------------------------------
+
+    def account_dir(self, address: str) -> Path:
+        local, domain = split_address(address)
+        return self.mail_dir / domain / maildir.escape(local)
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Delivered]:
+        """Store messages durably; returns once every one is committed.
+
+        All or nothing from the caller's point of view: if any delivery
+        fails, StoreError is raised (some may have been stored: the client
+        will retry, and a duplicate is better than a loss).
+        """
+        future: concurrent.futures.Future[list[Delivered]] = concurrent.futures.Future()
+        self._submit(_Job(future, deliveries=deliveries))
+        return await asyncio.wrap_future(future)
+
+    def deliver_sync(self, deliveries: Sequence[Delivery]) -> list[Delivered]:
+        future: concurrent.futures.Future[list[Delivered]] = concurrent.futures.Future()
+        self._submit(_Job(future, deliveries=deliveries))
+        return future.result()
+
+    def reindex(self, address: str) -> int:
+        """Rebuild an account's index from its files; returns the message count."""
+        return self._call(lambda: self._reindex(address))
+
+    def open_index(self, address: str) -> sqlite3.Connection:
+        """A connection for reading an account's index (created if missing)."""
+        self._call(lambda: self._open(address))
+        return index.connect(self._index_path(address))
+
+    # -- writer thread ------------------------------------------------------
+
+    def _submit(self, job: _Job) -> None:
+        if self._thread is None:
+            raise StoreError("store is not started")
+        self._queue.put(job)
+
+    def _call(self, function: Callable[[], T]) -> T:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._submit(_Job(future, call=function))
+        return future.result()
+
+    def _run(self) -> None:
+        pending: list[_Job | None] = []
+        while True:
+            job = pending.pop() if pending else self._queue.get()
+            if job is None:
+                return
+            if job.call is not None:
+                self._run_call(job)
+                continue
+            batch = [job]
+            count = len(job.deliveries)
+            # Group commit: take whatever else is already waiting.
+            while count < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None or more.call is not None:
+                    pending.append(more)
+                    break
+                batch.append(more)
+                count += len(more.deliveries)
+            self._run_batch(batch)
+
+    def _run_call(self, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        assert job.call is not None
+        try:
+            job.future.set_result(job.call())
+        except BaseException as exc:
+            job.future.set_exception(exc)
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        items: list[_Staged] = []
+        failed: dict[int, BaseException] = {}
+        for job in live:
+            for delivery in job.deliveries:
+                try:
+                    account = self._open(delivery.address)
+                    items.append(_Staged(job, delivery, account))
+                except Exception as exc:
+                    failed[id(job)] = exc
+        items = [item for item in items if id(item.job) not in failed]
+
+        # 1. Write and fsync the files, in parallel.
+        list(self._pool.map(self._stage, items))
+        for item in items:
+            if item.error is not None:
+                failed.setdefault(id(item.job), item.error)
+
+        # 2. Publish them and fsync each new/ directory once.
+        published: list[_Staged] = []
+        new_dirs: set[Path] = set()
+        for item in items:
+            if item.staged is None:
+                continue
+            if id(item.job) in failed:
+                item.staged.tmp_path.unlink(missing_ok=True)
+                continue
+            try:
+                maildir.publish(item.staged)
+            except OSError as exc:
+                failed.setdefault(id(item.job), exc)
+                item.staged.tmp_path.unlink(missing_ok=True)
+                continue
+            published.append(item)
+            new_dirs.add(item.staged.final_path.parent)
+        for directory in new_dirs:
+            maildir.fsync_dir(directory)
+
+        # 3. One transaction per account for the whole batch.
+        results: dict[int, list[Delivered]] = {id(job): [] for job in live}
+        by_account: dict[str, list[_Staged]] = {}
+        for item in published:
+            by_account.setdefault(item.account.address, []).append(item)
+        for group in by_account.values():
+            try:
+                delivered = self._commit(group)
+            except Exception as exc:
+                for item in group:
+                    failed.setdefault(id(item.job), exc)
+                    assert item.staged is not None
+                    item.staged.final_path.unlink(missing_ok=True)
+                continue
+            for item, record in zip(group, delivered, strict=True):
+                results[id(item.job)].append(record)
+
+        self.batches += 1
+        self.batched_messages += len(published)
+        for job in live:
+            error = failed.get(id(job))
+            if error is not None:
+                job.future.set_exception(StoreError(f"delivery failed: {error}"))
+            else:
+                job.future.set_result(results[id(job)])
+
+    def _stage(self, item: _Staged) -> None:
+        delivery = item.delivery
+        try:
+            folder = self._folder(item.account, delivery.mailbox)
+            name = maildir.unique_name(self.hostname, len(delivery.data))
+            item.staged = maildir.write_tmp(folder, name, delivery.data, delivery.internal_date)
+        except BaseException as exc:
+            item.error = exc
+
+    def _commit(self, group: list[_Staged]) -> list[Delivered]:
+        conn = group[0].account.conn
+        account = group[0].account
+        by_mailbox: dict[str, list[int]] = {}
+        for position, item in enumerate(group):
+            by_mailbox.setdefault(item.delivery.mailbox, []).append(position)
+        uids = [0] * len(group)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for mailbox_name, positions in by_mailbox.items():
+                new = []
+                for position in positions:
+                    item = group[position]
+                    assert item.staged is not None
+                    new.append(
+                        NewMessage(
+                            file=str(item.staged.final_path.relative_to(account.path)),
+                            size=len(item.delivery.data),
+                            internal_date=int(item.delivery.internal_date or time.time()),
+                            flags=item.delivery.flags,
+                            summary=item.delivery.summary,
+                        )
+                    )
+                for position, uid in zip(
+                    positions, index.add_messages(conn, mailbox_name, new), strict=True
+                ):
+                    uids[position] = uid
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return [
+            Delivered(
+                address=account.address,
+                mailbox=item.delivery.mailbox,
+                uid=uid,
+                file=str(item.staged.final_path.relative_to(account.path)),
+            )
+            for item, uid in zip(group, uids, strict=True)
+            if item.staged is not None
+        ]
+
+    # -- accounts ----------------------------------------------------------
+
+    def _index_path(self, address: str) -> Path:
+        return self.account_dir(address) / "index.db"
+
+    def _open(self, address: str) -> _Account:
+        account = self._accounts.get(address)
+        if account is not None:
+            return account
+        path = self.account_dir(address)
+        fresh = not path.exists()
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if fresh:
+            maildir.fsync_dir(path.parent)
+            maildir.fsync_dir(path.parent.parent)
+        conn = index.connect(path / "index.db")
+        account = _Account(address, path, conn)
+        for box in index.mailboxes(conn):
+            folder = path / box.dir if box.dir else path
+            maildir.make_maildir(folder)
+            account.folders[box.name] = folder
+        self._recover(account)
+        self._accounts[address] = account
+        return account
+
+    def _folder(self, account: _Account, mailbox_name: str) -> Path:
+        if mailbox_name.upper() == maildir.INBOX:
+            mailbox_name = maildir.INBOX
+        folder = account.folders.get(mailbox_name)
+        if folder is None:
+            raise StoreError(f"{account.address}: no mailbox {mailbox_name!r}")
+        return folder
+
+    def _recover(self, account: _Account) -> int:
+        """Index message files the index does not know (a crash before commit)."""
+        known = index.files(account.conn)
+        recovered = 0
+        for box in index.mailboxes(account.conn):
+            folder = account.folders[box.name]
+            maildir.clean_tmp(folder)
+            prefix = f"{box.dir}/" if box.dir else ""
+            orphans = sorted(
+                (prefix + name for name in maildir.scan(folder) if prefix + name not in known),
+                key=lambda name: maildir.sort_key(name.rsplit("/", 1)[1]),
+            )
+            if not orphans:
+                continue
+            account.conn.execute("BEGIN IMMEDIATE")
+            try:
+                index.add_messages(
+                    account.conn, box.name, [_from_file(account.path, name) for name in orphans]
+                )
+                account.conn.execute("COMMIT")
+            except BaseException:
+                account.conn.execute("ROLLBACK")
+                raise
+            recovered += len(orphans)
+        return recovered
+
+    def _reindex(self, address: str) -> int:
+        path = self.account_dir(address)
+        if not path.is_dir():
+            raise StoreError(f"{address}: no mail directory at {path}")
+        account = self._open(address)
+        conn = account.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            carried = index.old_flags(conn)
+            settings = index.dump_mailbox_settings(conn)
+            conn.execute("DELETE FROM messages")
+            conn.execute("DELETE FROM expunged")
+            conn.execute("DELETE FROM mailboxes")
+            uidvalidity = max(int(time.time()), *(s[2] + 1 for s in settings.values()))
+            total = 0
+            folders = set(maildir.folders(path)) | {maildir.mailbox_dir(name) for name in settings}
+            for directory in sorted(folders):
+                name = maildir.mailbox_name(directory)
+                special, subscribed, _, highest = settings.get(name, (None, True, 0, 0))
+                conn.execute(
+                    "INSERT INTO mailboxes (name, dir, uidvalidity, uidnext, highestmodseq,"
+                    " special_use, subscribed) VALUES (?, ?, ?, 1, ?, ?, ?)",
+                    (name, directory, uidvalidity, highest, special, int(subscribed)),
+                )
+                folder = path / directory if directory else path
+                maildir.make_maildir(folder)
+                account.folders[name] = folder
+                prefix = f"{directory}/" if directory else ""
+                names = sorted(
+                    (prefix + f for f in maildir.scan(folder)),
+                    key=lambda f: maildir.sort_key(f.rsplit("/", 1)[1]),
+                )
+                records = [_from_file(path, f, carried.get(f)) for f in names]
+                index.add_messages(conn, name, records)
+                total += len(records)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return total
+
+
+def _from_file(
+    account_path: Path, name: str, carried: tuple[tuple[str, ...], int] | None = None
+) -> NewMessage:
+    file = account_path / name
+    data = file.read_bytes()
+    if carried is not None:
+        flags, internal_date = carried
+    else:
+        flags = tuple(maildir.flags_from_name(file.name))
+        internal_date = int(os.stat(file).st_mtime)
+    return NewMessage(
+        file=name,
+        size=len(data),
+        internal_date=internal_date,
+        flags=flags,
+        summary=summarize(data),
+    )

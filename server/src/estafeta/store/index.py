@@ -1,0 +1,267 @@
+"""The per-account SQLite index (``index.db``, WAL mode).
+
+The index is the source of truth for everything IMAP needs that is not the
+message bytes themselves: mailboxes with UIDVALIDITY/UIDNEXT/HIGHESTMODSEQ,
+and per message its UID, file, size, internal date, flags, modseq and the
+summary computed at delivery (envelope, bodystructure, common headers).
+The files can always rebuild it (``reindex``); it cannot rebuild the files.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from estafeta.message import Summary
+from estafeta.store.maildir import mailbox_dir
+
+SCHEMA_VERSION = 1
+
+# rfc6154:2 special-use attributes of the mailboxes every account starts with.
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Drafts", "\\Drafts"),
+    ("Sent", "\\Sent"),
+    ("Archive", "\\Archive"),
+    ("Junk", "\\Junk"),
+    ("Trash", "\\Trash"),
+)
+
+_SCHEMA = """
+CREATE TABLE mailboxes (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,           -- IMAP name, '/'-separated, UTF-8
+    dir TEXT NOT NULL UNIQUE,            -- folder relative to the account ('' = INBOX)
+    uidvalidity INTEGER NOT NULL,        -- rfc9051:2.3.1.1
+    uidnext INTEGER NOT NULL,
+    highestmodseq INTEGER NOT NULL,      -- rfc7162:3.1.1
+    special_use TEXT,                    -- rfc6154:2, e.g. '\\Sent'
+    subscribed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE messages (
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    file TEXT NOT NULL UNIQUE,           -- relative to the account: '.Sent/cur/NAME'
+    size INTEGER NOT NULL,               -- rfc9051:7.5.2 RFC822.SIZE
+    internal_date INTEGER NOT NULL,      -- POSIX seconds, rfc9051:2.3.3
+    flags TEXT NOT NULL DEFAULT '',      -- space-separated system flags and keywords
+    modseq INTEGER NOT NULL,             -- rfc7162:3.1.1
+    subject TEXT NOT NULL DEFAULT '',    -- decoded, for SEARCH and SORT
+    from_addr TEXT NOT NULL DEFAULT '',
+    sent_date INTEGER,                   -- Date: header, POSIX seconds
+    message_id TEXT,
+    summary TEXT NOT NULL,               -- estafeta.message.Summary as JSON
+    PRIMARY KEY (mailbox_id, uid)
+);
+CREATE INDEX messages_modseq ON messages (mailbox_id, modseq);
+CREATE TABLE expunged (                  -- rfc7162:3.2.10 VANISHED needs these
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    id: int
+    name: str
+    dir: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message whose file is already in place, to be recorded."""
+
+    file: str
+    size: int
+    internal_date: int
+    flags: Sequence[str]
+    summary: Summary
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    mailbox_id: int
+    uid: int
+    file: str
+    size: int
+    internal_date: int
+    flags: tuple[str, ...]
+    modseq: int
+    summary: Summary
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (and if needed create) an index. Autocommit mode: transactions
+    are explicit (``BEGIN IMMEDIATE``), so a reader never holds a write lock."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk (WAL fsync'd) before COMMIT returns. NORMAL
+    # would lose the last transactions on power failure.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        _create(conn)
+    elif version > SCHEMA_VERSION:
+        conn.close()
+        raise RuntimeError(
+            f"{path}: index schema {version} is newer than this estafeta ({SCHEMA_VERSION})"
+        )
+    return conn
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            conn.executescript("SAVEPOINT s;" + _SCHEMA + "RELEASE s;")
+            uidvalidity = int(time.time())
+            for name, special in DEFAULT_MAILBOXES:
+                conn.execute(
+                    "INSERT INTO mailboxes (name, dir, uidvalidity, uidnext, highestmodseq,"
+                    " special_use, subscribed) VALUES (?, ?, ?, 1, 1, ?, 1)",
+                    (name, mailbox_dir(name), uidvalidity, special),
+                )
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _mailbox(row: sqlite3.Row | tuple[object, ...]) -> Mailbox:
+    id_, name, dir_, uidvalidity, uidnext, highestmodseq, special, subscribed = row
+    return Mailbox(
+        id=int(id_),  # type: ignore[call-overload]
+        name=str(name),
+        dir=str(dir_),
+        uidvalidity=int(uidvalidity),  # type: ignore[call-overload]
+        uidnext=int(uidnext),  # type: ignore[call-overload]
+        highestmodseq=int(highestmodseq),  # type: ignore[call-overload]
+        special_use=None if special is None else str(special),
+        subscribed=bool(subscribed),
+    )
+
+
+_MAILBOX_COLUMNS = "id, name, dir, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+
+
+def mailboxes(conn: sqlite3.Connection) -> list[Mailbox]:
+    # The f-strings below only splice in the constant column list.
+    rows = conn.execute(f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes ORDER BY name")  # noqa: S608
+    return [_mailbox(row) for row in rows.fetchall()]
+
+
+def mailbox(conn: sqlite3.Connection, name: str) -> Mailbox | None:
+    if name.upper() == "INBOX":
+        name = "INBOX"
+    sql = f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE name = ?"  # noqa: S608
+    row = conn.execute(sql, (name,))
+    found = row.fetchone()
+    return None if found is None else _mailbox(found)
+
+
+def add_messages(
+    conn: sqlite3.Connection, mailbox_name: str, messages: Iterable[NewMessage]
+) -> list[int]:
+    """Record messages in a mailbox inside the caller's transaction.
+
+    Returns the UIDs given, in order (0 for a file that was already indexed,
+    which happens when ``reindex`` picked it up first).
+    """
+    box = mailbox(conn, mailbox_name)
+    if box is None:
+        raise KeyError(mailbox_name)
+    uid = box.uidnext
+    modseq = box.highestmodseq + 1
+    uids = []
+    for message in messages:
+        summary = message.summary
+        cursor = conn.execute(
+            "INSERT INTO messages (mailbox_id, uid, file, size, internal_date, flags, modseq,"
+            " subject, from_addr, sent_date, message_id, summary)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file) DO NOTHING",
+            (
+                box.id,
+                uid,
+                message.file,
+                message.size,
+                message.internal_date,
+                " ".join(message.flags),
+                modseq,
+                summary.subject,
+                summary.from_addr,
+                None if summary.date is None else int(summary.date),
+                summary.message_id,
+                summary.to_json(),
+            ),
+        )
+        if cursor.rowcount:
+            uids.append(uid)
+            uid += 1
+        else:
+            uids.append(0)
+    conn.execute(
+        "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ?",
+        (uid, modseq, box.id),
+    )
+    return uids
+
+
+def messages(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageRow]:
+    rows = conn.execute(
+        "SELECT mailbox_id, uid, file, size, internal_date, flags, modseq, summary"
+        " FROM messages WHERE mailbox_id = ? ORDER BY uid",
+        (mailbox_id,),
+    )
+    return [
+        MessageRow(
+            mailbox_id=row[0],
+            uid=row[1],
+            file=row[2],
+            size=row[3],
+            internal_date=row[4],
+            flags=tuple(row[5].split()),
+            modseq=row[6],
+            summary=Summary.from_json(row[7]),
+        )
+        for row in rows
+    ]
+
+
+def count(conn: sqlite3.Connection, mailbox_id: int | None = None) -> int:
+    if mailbox_id is None:
+        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+    row = conn.execute("SELECT count(*) FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+    return int(row.fetchone()[0])
+
+
+def files(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT file FROM messages")}
+
+
+def old_flags(conn: sqlite3.Connection) -> dict[str, tuple[tuple[str, ...], int]]:
+    """file -> (flags, internal date), what ``reindex`` carries over."""
+    return {
+        row[0]: (tuple(row[1].split()), row[2])
+        for row in conn.execute("SELECT file, flags, internal_date FROM messages")
+    }
+
+
+def dump_mailbox_settings(conn: sqlite3.Connection) -> dict[str, tuple[str | None, bool, int, int]]:
+    """name -> (special_use, subscribed, uidvalidity, highestmodseq)."""
+    return {
+        box.name: (box.special_use, box.subscribed, box.uidvalidity, box.highestmodseq)
+        for box in mailboxes(conn)
+    }

@@ -1,0 +1,152 @@
+"""Fixtures: a real estafeta process on loopback, configured in a temp dir."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from estafeta.store import index
+
+DOMAIN = "example.test"
+PASSWORD = "correct horse battery staple"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def estafeta(
+    config: Path, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "estafeta", "-c", str(config), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"estafeta {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+@dataclass
+class Instance:
+    """An estafeta data dir + config, and the server process when running."""
+
+    root: Path
+    port: int
+    extra_config: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root / "estafeta.log"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "estafeta.toml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def write_config(self) -> None:
+        self.config.write_text(
+            f'hostname = "mx.{DOMAIN}"\n'
+            f'data_dir = "{self.data_dir}"\n'
+            f'domains = ["{DOMAIN}", "other.test"]\n'
+            "[listen]\n"
+            f'smtp = ["127.0.0.1:{self.port}"]\n'
+            "[limits]\n"
+            "max_message_size = 1048576\n"
+            "max_recipients = 5\n"
+            "[log]\n"
+            'level = "info"\n' + self.extra_config
+        )
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return estafeta(self.config, *args, stdin=stdin)
+
+    def add_user(self, address: str) -> None:
+        self.cli("user", "add", address, "--password-stdin", stdin=PASSWORD + "\n")
+
+    def start(self) -> None:
+        assert self.process is None
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "estafeta", "-c", str(self.config), "serve"],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.log_path.read_text()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.05)
+        raise AssertionError("server did not start listening")
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def account_dir(self, address: str) -> Path:
+        local, domain = address.split("@")
+        return self.data_dir / "mail" / domain / local
+
+    def files(self, address: str, mailbox_dir: str = "") -> list[Path]:
+        folder = self.account_dir(address) / mailbox_dir
+        return sorted(p for sub in ("new", "cur") for p in (folder / sub).glob("*"))
+
+    def index_rows(self, address: str, mailbox: str = "INBOX") -> list[index.MessageRow]:
+        conn = index.connect(self.account_dir(address) / "index.db")
+        try:
+            box = index.mailbox(conn, mailbox)
+            assert box is not None
+            return index.messages(conn, box.id)
+        finally:
+            conn.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[Instance]:
+    inst = Instance(tmp_path, free_port())
+    inst.write_config()
+    yield inst
+    if inst.process is not None:
+        inst.kill()
+
+
+@pytest.fixture
+def server(instance: Instance) -> Instance:
+    """A running server with accounts alice@ and bob@example.test."""
+    instance.add_user(f"alice@{DOMAIN}")
+    instance.add_user(f"bob@{DOMAIN}")
+    instance.start()
+    return instance
