@@ -122,7 +122,10 @@ class Instance:
         return sorted(p for sub in ("new", "cur") for p in (folder / sub).glob("*"))
 
     def index_rows(self, address: str, mailbox: str = "INBOX") -> list[index.MessageRow]:
-        conn = index.connect(self.account_dir(address) / "index.db")
+        path = self.account_dir(address) / "index.db"
+        if not path.exists():
+            return []  # nothing was ever delivered to this account
+        conn = index.connect(path)
         try:
             box = index.mailbox(conn, mailbox)
             assert box is not None

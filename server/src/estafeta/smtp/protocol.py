@@ -29,12 +29,13 @@ class Connections:
     def shutdown(self) -> None:
         """Say goodbye (rfc5321:3.8) to every connection not in a delivery."""
         for protocol in list(self.open):
-            if not protocol.busy and protocol.transport is not None:
-                protocol.transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
-                protocol.transport.close()
+            transport = protocol.transport
+            if not protocol.busy and isinstance(transport, asyncio.WriteTransport):
+                transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
+                transport.close()
 
 
-class SMTPProtocol(SMTP):  # type: ignore[misc]
+class SMTPProtocol(SMTP):
     """One SMTP connection."""
 
     def __init__(
@@ -58,6 +59,7 @@ class SMTPProtocol(SMTP):  # type: ignore[misc]
         if self._original_transport is None and not self._counted:
             # A new TCP connection (not the STARTTLS upgrade of one).
             if len(self._connections.open) >= self._connections.limit:
+                assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
                 transport.close()
                 return

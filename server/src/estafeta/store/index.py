@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from estafeta.message import Summary
 from estafeta.store.maildir import mailbox_dir
@@ -125,7 +126,10 @@ def _create(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-            conn.executescript("SAVEPOINT s;" + _SCHEMA + "RELEASE s;")
+            # executescript() would COMMIT first: run the statements one by one.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
             uidvalidity = int(time.time())
             for name, special in DEFAULT_MAILBOXES:
                 conn.execute(
@@ -140,15 +144,15 @@ def _create(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _mailbox(row: sqlite3.Row | tuple[object, ...]) -> Mailbox:
+def _mailbox(row: tuple[Any, ...]) -> Mailbox:
     id_, name, dir_, uidvalidity, uidnext, highestmodseq, special, subscribed = row
     return Mailbox(
-        id=int(id_),  # type: ignore[call-overload]
+        id=int(id_),
         name=str(name),
         dir=str(dir_),
-        uidvalidity=int(uidvalidity),  # type: ignore[call-overload]
-        uidnext=int(uidnext),  # type: ignore[call-overload]
-        highestmodseq=int(highestmodseq),  # type: ignore[call-overload]
+        uidvalidity=int(uidvalidity),
+        uidnext=int(uidnext),
+        highestmodseq=int(highestmodseq),
         special_use=None if special is None else str(special),
         subscribed=bool(subscribed),
     )
