@@ -1,41 +1,75 @@
 """Accounts and aliases in SQLite (``data_dir/accounts.db``), argon2id hashes.
 
-Every write is one transaction, so a failed command leaves nothing behind.
-Connections are per thread (``threading.local``): the SMTP event loop, the
-CLI and worker threads each get their own; SQLite's locking (WAL,
-busy_timeout) serialises writers across threads and processes.
+Every write is one ``BEGIN IMMEDIATE`` transaction, so a command that fails
+half-way leaves nothing behind. Reads that take several queries (``resolve``)
+run in one read transaction, so they see one snapshot.
+
+Threads: an ``Accounts`` may be shared between threads. Each thread gets its
+own SQLite connection (``threading.local``), opened on first use; SQLite's
+locking (WAL, busy_timeout) serialises writers across threads and across
+processes (the CLI and the server may use the file at once). ``close()``
+closes every thread's connection, so call it only once no other thread is
+using the object.
+
+Passwords never appear in exception messages or logs. Hashing is argon2id
+(``argon2.PasswordHasher``, RFC 9106 defaults unless a hasher is passed);
+hashes made with other parameters are replaced at the next good login.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import TracebackType
 
 import argon2
 
 from estafeta.address import AddressError, normalize_address, normalize_domain, split_address
 
-SCHEMA_VERSION = 1
 MIN_PASSWORD_LENGTH = 8
-MAX_ALIAS_DEPTH = 10
+MAX_ALIAS_DEPTH = 10  # aliases expanded along one path, the first included
+BUSY_TIMEOUT_MS = 30_000
 
-_SCHEMA = """
-CREATE TABLE accounts (
-    address TEXT PRIMARY KEY,          -- normalised (estafeta.address)
-    password_hash TEXT NOT NULL,       -- argon2id, PHC string
-    created INTEGER NOT NULL
-);
-CREATE TABLE aliases (
-    source TEXT NOT NULL,              -- normalised address, or '@domain' (catch-all)
-    target TEXT NOT NULL,              -- an account or another alias
-    position INTEGER NOT NULL,
-    PRIMARY KEY (source, target)
-);
-"""
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE accounts (
+            address TEXT PRIMARY KEY,       -- normalised (estafeta.address)
+            password_hash TEXT NOT NULL,    -- argon2id, PHC string
+            created INTEGER NOT NULL        -- Unix time
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE aliases (
+            source TEXT NOT NULL,           -- normalised address, or '@domain' (catch-all)
+            target TEXT NOT NULL,           -- an account or another alias
+            position INTEGER NOT NULL,      -- order of the targets as given
+            PRIMARY KEY (source, target)
+        )"""
+    )
+    conn.execute("CREATE INDEX aliases_by_target ON aliases (target)")
+
+
+# The migration hook: _MIGRATIONS[n] takes the schema from version n to n + 1
+# (PRAGMA user_version). Append, never edit: databases in the field are at
+# every version. Each runs inside the transaction that bumps user_version.
+_MIGRATIONS: list[Migration] = [_create_v1]
+
+
+def schema_version() -> int:
+    """The schema version this code writes."""
+    return len(_MIGRATIONS)
 
 
 class AccountError(Exception):
@@ -51,69 +85,136 @@ class Accounts:
         hasher: argon2.PasswordHasher | None = None,
         subaddress_separator: str | None = "+",
     ) -> None:
-        self.path = path
-        self.domains = tuple(normalize_domain(d) for d in domains)
-        self.hasher = hasher or argon2.PasswordHasher()  # argon2id, RFC 9106 defaults
+        self.path = Path(path)
+        try:
+            normalized = [normalize_domain(d) for d in domains]
+        except AddressError as exc:
+            raise AccountError(f"configured domain: {exc}") from None
+        self.domains: tuple[str, ...] = tuple(dict.fromkeys(normalized))
+        if subaddress_separator is not None and (
+            not subaddress_separator or "@" in subaddress_separator
+        ):
+            raise AccountError("the subaddress separator must be non-empty and not contain '@'")
         self.separator = subaddress_separator
+        self.hasher = hasher or argon2.PasswordHasher()  # argon2id, RFC 9106 low-memory profile
+        # Unknown users are checked against this, so they cost the same time.
+        self._dummy_hash = self.hasher.hash(secrets.token_bytes(16))
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._dummy_hash = self.hasher.hash("not a real password")
-        self._conn()  # create the schema now, so errors show at start
+        self._lock = threading.Lock()  # guards _connections only
+        self._conn()  # open and migrate now, so a bad path shows at start
 
     # -- connections -------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            except sqlite3.OperationalError as exc:
-                raise AccountError(f"cannot open {self.path}: {exc}") from None
+        if conn is not None:
+            return conn
+        self._create_file()
+        try:
+            # check_same_thread=False only so close() may close connections
+            # opened by other threads; each is otherwise used by its own thread.
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise AccountError(f"cannot open {self.path}: {exc}") from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             self._migrate(conn)
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise AccountError(f"cannot use {self.path}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
         return conn
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise AccountError(f"{self.path}: schema {version} is newer than this estafeta")
-        if version == SCHEMA_VERSION:
+    def _create_file(self) -> None:
+        """Create the database file readable by its owner only (it holds hashes)."""
+        if self.path.exists():
             return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return  # another thread or process was first
+        except OSError as exc:
+            raise AccountError(f"cannot create {self.path}: {exc.strerror}") from None
+        os.close(fd)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        target = schema_version()
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == target:
+            return
+        if version > target:
+            raise AccountError(
+                f"{self.path}: schema version {version} is newer than this estafeta "
+                f"understands ({target}); upgrade estafeta"
+            )
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                # executescript() would COMMIT first: run the statements one by one.
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # Read again under the write lock: another connection may have migrated.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            while version < target:
+                _MIGRATIONS[version](conn)
+                version += 1
+                conn.execute(f"PRAGMA user_version={version}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed if the block ends normally, else rolled back."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already
+                conn.execute("ROLLBACK")
             raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: the queries in the block see one snapshot."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
 
     def close(self) -> None:
+        """Close every thread's connection; a later call opens new ones."""
         with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+            connections, self._connections = self._connections, []
+            self._local = threading.local()
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> Accounts:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # -- helpers -------------------------------------------------------------
 
@@ -123,47 +224,68 @@ class Accounts:
         except AddressError:
             return False
 
-    def _local_address(self, address: str) -> str:
+    def _not_local(self, domain: str) -> AccountError:
+        configured = ", ".join(self.domains) or "none configured"
+        return AccountError(f"domain {domain} is not one of the configured domains ({configured})")
+
+    def _local_address(self, address: str, what: str = "address") -> str:
         try:
             normalized = normalize_address(address)
         except AddressError as exc:
-            raise AccountError(str(exc)) from None
+            raise AccountError(f"{what} {address!r}: {exc}") from None
         domain = split_address(normalized)[1]
         if domain not in self.domains:
-            raise AccountError(
-                f"domain {domain} is not one of the configured domains ({', '.join(self.domains)})"
-            )
+            raise self._not_local(domain)
         return normalized
 
     def _alias_source(self, source: str) -> str:
+        """A normalised alias source: a local address, or ``@domain`` for a catch-all."""
         if source.startswith("@"):
             try:
                 domain = normalize_domain(source[1:])
             except AddressError as exc:
-                raise AccountError(str(exc)) from None
+                raise AccountError(f"catch-all {source!r}: {exc}") from None
             if domain not in self.domains:
-                raise AccountError(
-                    f"domain {domain} is not one of the configured domains "
-                    f"({', '.join(self.domains)})"
-                )
+                raise self._not_local(domain)
             return f"@{domain}"
-        return self._local_address(source)
+        return self._local_address(source, "alias")
 
-    def _check_password(self, password: str) -> None:
+    @staticmethod
+    def _password_bytes(password: str) -> bytes:
+        """Check a new password; the message never contains it."""
+        if not password:
+            raise AccountError("empty password")
         if len(password) < MIN_PASSWORD_LENGTH:
             raise AccountError(f"password too short: use at least {MIN_PASSWORD_LENGTH} characters")
+        try:
+            return password.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AccountError("password is not valid Unicode text") from None
+
+    @staticmethod
+    def _is_account(conn: sqlite3.Connection, address: str) -> bool:
+        row = conn.execute("SELECT 1 FROM accounts WHERE address = ?", (address,)).fetchone()
+        return row is not None
+
+    @staticmethod
+    def _is_alias(conn: sqlite3.Connection, source: str) -> bool:
+        row = conn.execute("SELECT 1 FROM aliases WHERE source = ? LIMIT 1", (source,)).fetchone()
+        return row is not None
 
     # -- accounts ------------------------------------------------------------
 
     def add_user(self, address: str, password: str) -> str:
+        """Create an account; returns its normalised address."""
         normalized = self._local_address(address)
-        self._check_password(password)
-        password_hash = self.hasher.hash(password)
+        secret = self._password_bytes(password)
+        password_hash = self.hasher.hash(secret)  # slow: outside the transaction
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM accounts WHERE address = ?", (normalized,)).fetchone():
+            if self._is_account(conn, normalized):
                 raise AccountError(f"account {normalized} already exists")
-            if conn.execute("SELECT 1 FROM aliases WHERE source = ?", (normalized,)).fetchone():
-                raise AccountError(f"{normalized} is an alias; delete the alias first")
+            if self._is_alias(conn, normalized):
+                raise AccountError(
+                    f"{normalized} is an alias; delete the alias first to make it an account"
+                )
             conn.execute(
                 "INSERT INTO accounts (address, password_hash, created) VALUES (?, ?, ?)",
                 (normalized, password_hash, int(time.time())),
@@ -172,8 +294,8 @@ class Accounts:
 
     def set_password(self, address: str, password: str) -> None:
         normalized = self._local_address(address)
-        self._check_password(password)
-        password_hash = self.hasher.hash(password)
+        secret = self._password_bytes(password)
+        password_hash = self.hasher.hash(secret)
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE accounts SET password_hash = ? WHERE address = ?",
@@ -183,7 +305,11 @@ class Accounts:
                 raise AccountError(f"no account {normalized}")
 
     def delete_user(self, address: str) -> list[str]:
-        """Delete an account; returns the aliases it was removed from."""
+        """Delete an account and take it out of every alias.
+
+        Returns the sources of the aliases that pointed to it, sorted. An
+        alias left with no target at all disappears (an alias needs one).
+        """
         normalized = self._local_address(address)
         with self._write() as conn:
             cursor = conn.execute("DELETE FROM accounts WHERE address = ?", (normalized,))
@@ -203,87 +329,108 @@ class Accounts:
         return [row[0] for row in rows]
 
     def exists(self, address: str) -> bool:
+        """Whether ``address`` is an account (aliases are not accounts)."""
         try:
             normalized = normalize_address(address)
         except AddressError:
             return False
-        row = self._conn().execute("SELECT 1 FROM accounts WHERE address = ?", (normalized,))
-        return row.fetchone() is not None
+        return self._is_account(self._conn(), normalized)
 
     def verify_password(self, address: str, password: str) -> bool:
-        """Check a password. Slow on purpose (argon2): call it off the event loop."""
+        """Check a password. Slow on purpose (argon2): call it off the event loop.
+
+        Unknown or malformed addresses cost one argon2 verification too, so
+        the time taken does not tell whether an account exists.
+        """
+        # surrogatepass: any str encodes; one that is not valid text simply
+        # does not match (add_user and set_password refuse such passwords).
+        secret = password.encode("utf-8", "surrogatepass")
+        stored: str | None = None
+        normalized: str | None
         try:
             normalized = normalize_address(address)
         except AddressError:
-            normalized = ""
-        row = (
-            self._conn()
-            .execute("SELECT password_hash FROM accounts WHERE address = ?", (normalized,))
-            .fetchone()
-        )
-        if row is None:
-            # Same work for unknown users, so timing does not reveal who exists.
-            with suppress(argon2.exceptions.VerificationError):
-                self.hasher.verify(self._dummy_hash, password)
+            normalized = None
+        if normalized is not None:
+            row = (
+                self._conn()
+                .execute("SELECT password_hash FROM accounts WHERE address = ?", (normalized,))
+                .fetchone()
+            )
+            stored = row[0] if row is not None else None
+        if normalized is None or stored is None:
+            with suppress(argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+                self.hasher.verify(self._dummy_hash, secret)
             return False
-        stored: str = row[0]
         try:
-            self.hasher.verify(stored, password)
+            self.hasher.verify(stored, secret)
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             return False
         if self.hasher.check_needs_rehash(stored):
-            new_hash = self.hasher.hash(password)
-            with self._write() as conn:
-                conn.execute(
-                    "UPDATE accounts SET password_hash = ? WHERE address = ? AND password_hash = ?",
-                    (new_hash, normalized, stored),
-                )
+            self._rehash(normalized, stored, secret)
         return True
+
+    def _rehash(self, address: str, stored: str, secret: bytes) -> None:
+        """Store a hash with the current parameters, unless the password changed meanwhile."""
+        new_hash = self.hasher.hash(secret)
+        # A failure here (database busy or read-only) must not fail the
+        # login: the old hash still works and the next login tries again.
+        with suppress(sqlite3.Error), self._write() as conn:
+            conn.execute(
+                "UPDATE accounts SET password_hash = ? WHERE address = ? AND password_hash = ?",
+                (new_hash, address, stored),
+            )
 
     # -- aliases ---------------------------------------------------------------
 
     def add_alias(self, source: str, targets: list[str]) -> None:
+        """Create an alias (``user@domain``, or ``@domain`` for a domain's catch-all).
+
+        Targets must be local accounts or aliases. An existing alias is not
+        changed: delete it first.
+        """
         if not targets:
             raise AccountError("an alias needs at least one target")
         normalized_source = self._alias_source(source)
         normalized_targets: list[str] = []
         for target in targets:
+            if target.startswith("@"):
+                raise AccountError(f"target {target!r}: a catch-all cannot be a target")
             try:
                 normalized = normalize_address(target)
             except AddressError as exc:
                 raise AccountError(f"target {target!r}: {exc}") from None
             if split_address(normalized)[1] not in self.domains:
                 raise AccountError(
-                    f"target {normalized} is not local: forwarding to remote addresses "
-                    "needs the outbound queue, which this version does not have yet"
+                    f"target {normalized} is not in a local domain: forwarding to remote "
+                    "addresses is not supported yet (it needs the outbound queue)"
                 )
             if normalized == normalized_source:
                 raise AccountError(f"alias {normalized_source} cannot point to itself")
             if normalized not in normalized_targets:
                 normalized_targets.append(normalized)
         with self._write() as conn:
-            if conn.execute(
-                "SELECT 1 FROM aliases WHERE source = ?", (normalized_source,)
-            ).fetchone():
-                raise AccountError(f"alias {normalized_source} exists; delete it first")
-            if conn.execute(
-                "SELECT 1 FROM accounts WHERE address = ?", (normalized_source,)
-            ).fetchone():
-                raise AccountError(f"{normalized_source} is an account, not an alias")
+            if self._is_alias(conn, normalized_source):
+                raise AccountError(f"alias {normalized_source} exists, delete it first")
+            if self._is_account(conn, normalized_source):
+                raise AccountError(
+                    f"{normalized_source} is an account; an alias cannot have the same address"
+                )
             for position, target in enumerate(normalized_targets):
-                known = conn.execute(
-                    "SELECT 1 FROM accounts WHERE address = ?"
-                    " UNION SELECT 1 FROM aliases WHERE source = ?",
-                    (target, target),
-                ).fetchone()
-                if not known:
-                    raise AccountError(f"target {target} is neither an account nor an alias")
+                # Insert as we go: a bad later target rolls back the earlier rows.
+                if not (self._is_account(conn, target) or self._is_alias(conn, target)):
+                    raise AccountError(
+                        f"target {target} is neither an account nor an alias; "
+                        "create it first (no alias was added)"
+                    )
                 conn.execute(
                     "INSERT INTO aliases (source, target, position) VALUES (?, ?, ?)",
                     (normalized_source, target, position),
                 )
 
     def delete_alias(self, source: str) -> None:
+        """Delete an alias. Aliases that point to it keep the name as a target;
+        it is skipped when resolving until an alias or account of that name exists again."""
         normalized = self._alias_source(source)
         with self._write() as conn:
             cursor = conn.execute("DELETE FROM aliases WHERE source = ?", (normalized,))
@@ -291,6 +438,7 @@ class Accounts:
                 raise AccountError(f"no alias {normalized}")
 
     def list_aliases(self) -> dict[str, list[str]]:
+        """Every alias and its targets, in the order given; sources sorted."""
         result: dict[str, list[str]] = {}
         for source, target in self._conn().execute(
             "SELECT source, target FROM aliases ORDER BY source, position"
@@ -301,10 +449,18 @@ class Accounts:
     # -- delivery ----------------------------------------------------------------
 
     def resolve(self, address: str) -> list[str] | None:
-        """The local accounts mail to ``address`` goes to; None if nobody.
+        """The local accounts mail to ``address`` is delivered to.
 
-        Order: the account itself; an alias (recursively); ``user+tag`` as
-        ``user``; the domain's catch-all alias ``@domain``.
+        De-duplicated, in a stable order (depth first, targets in the order
+        given); None if the domain is not local or nothing matches. The first
+        of these that yields an account wins:
+
+        1. the account itself;
+        2. an alias of that name, expanded recursively (aliases of aliases,
+           at most MAX_ALIAS_DEPTH deep; cycles and dangling targets skipped);
+        3. subaddressing: ``user+tag@domain`` looked up as ``user@domain``
+           (steps 1 and 2);
+        4. the domain's catch-all alias ``@domain``.
         """
         try:
             normalized = normalize_address(address)
@@ -313,39 +469,56 @@ class Accounts:
         local, domain = split_address(normalized)
         if domain not in self.domains:
             return None
-        conn = self._conn()
-        found = self._expand(conn, normalized)
-        if found is None and self.separator and self.separator in local.strip('"'):
-            base = local.split(self.separator, 1)[0]
-            if base and not base.startswith('"'):
-                found = self._expand(conn, f"{base}@{domain}")
-        if found is None:
-            found = self._expand(conn, f"@{domain}")
-        return found or None
+        candidates = [normalized]
+        base = self._base_address(local, domain)
+        if base is not None and base != normalized:
+            candidates.append(base)
+        candidates.append(f"@{domain}")
+        with self._read() as conn:
+            for name in candidates:
+                found = self._expand(conn, name)
+                if found:
+                    return found
+        return None
 
-    def _expand(self, conn: sqlite3.Connection, name: str) -> list[str] | None:
-        """Accounts behind a name (account or alias), or None if the name is unknown."""
-        if conn.execute("SELECT 1 FROM accounts WHERE address = ?", (name,)).fetchone():
+    def _base_address(self, local: str, domain: str) -> str | None:
+        """``user@domain`` for ``user+tag@domain``; None without a separator."""
+        if self.separator is None:
+            return None
+        content = local
+        if local.startswith('"'):
+            # Canonical quoted form: only backslash and quote are escaped.
+            content = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+        base, sep, _ = content.partition(self.separator)
+        if not sep or not base:
+            return None
+        quoted = base.replace("\\", "\\\\").replace('"', '\\"')
+        try:
+            return normalize_address(f'"{quoted}"@{domain}')
+        except AddressError:
+            return None
+
+    def _expand(self, conn: sqlite3.Connection, name: str) -> list[str]:
+        """The accounts behind a name (account or alias); empty if none."""
+        if self._is_account(conn, name):
             return [name]
         result: list[str] = []
         seen = {name}
-        known = False
 
         def walk(source: str, depth: int) -> None:
-            nonlocal known
             if depth > MAX_ALIAS_DEPTH:
                 return
-            for (target,) in conn.execute(
+            rows = conn.execute(
                 "SELECT target FROM aliases WHERE source = ? ORDER BY position", (source,)
-            ).fetchall():
-                known = True
+            ).fetchall()
+            for (target,) in rows:
                 if target in seen:
                     continue  # a cycle, or a target reached twice
                 seen.add(target)
-                if conn.execute("SELECT 1 FROM accounts WHERE address = ?", (target,)).fetchone():
+                if self._is_account(conn, target):
                     result.append(target)
                 else:
                     walk(target, depth + 1)
 
-        walk(name, 0)
-        return result if known else None
+        walk(name, 1)
+        return result
