@@ -75,33 +75,24 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_user_add(config: Config, args: argparse.Namespace) -> int:
     password = _read_password(args)
-    accounts = _accounts(config)
-    try:
+    with _accounts(config) as accounts:
         address = accounts.add_user(args.address, password)
-    finally:
-        accounts.close()
     print(f"added {address}")
     return 0
 
 
 def cmd_user_passwd(config: Config, args: argparse.Namespace) -> int:
     password = _read_password(args)
-    accounts = _accounts(config)
-    try:
+    with _accounts(config) as accounts:
         accounts.set_password(args.address, password)
-    finally:
-        accounts.close()
     print(f"password changed for {normalize_address(args.address)}")
     return 0
 
 
 def cmd_user_del(config: Config, args: argparse.Namespace) -> int:
-    accounts = _accounts(config)
     address = normalize_address(args.address)
-    try:
+    with _accounts(config) as accounts:
         changed = accounts.delete_user(address)
-    finally:
-        accounts.close()
     print(f"deleted {address}")
     for source in changed:
         print(f"  removed from alias {source}")
@@ -116,53 +107,38 @@ def cmd_user_del(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_user_list(config: Config, args: argparse.Namespace) -> int:
-    accounts = _accounts(config)
-    try:
+    with _accounts(config) as accounts:
         for address in accounts.list_users():
             print(address)
-    finally:
-        accounts.close()
     return 0
 
 
 def cmd_alias_add(config: Config, args: argparse.Namespace) -> int:
-    accounts = _accounts(config)
-    try:
+    with _accounts(config) as accounts:
         accounts.add_alias(args.source, args.targets)
-    finally:
-        accounts.close()
     print(f"alias {args.source} -> {', '.join(args.targets)}")
     return 0
 
 
 def cmd_alias_del(config: Config, args: argparse.Namespace) -> int:
-    accounts = _accounts(config)
-    try:
+    with _accounts(config) as accounts:
         accounts.delete_alias(args.source)
-    finally:
-        accounts.close()
     print(f"deleted alias {args.source}")
     return 0
 
 
 def cmd_alias_list(config: Config, args: argparse.Namespace) -> int:
-    accounts = _accounts(config)
-    try:
+    with _accounts(config) as accounts:
         for source, targets in accounts.list_aliases().items():
             print(f"{source} -> {', '.join(targets)}")
-    finally:
-        accounts.close()
     return 0
 
 
 def _existing_account(config: Config, address: str) -> str:
-    accounts = _accounts(config)
-    try:
+    with _accounts(config) as accounts:
         normalized = normalize_address(address)
         if not accounts.exists(normalized):
             raise UsageError(f"no account {normalized}")
-    finally:
-        accounts.close()
     return normalized
 
 
