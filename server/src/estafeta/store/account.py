@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 
 from estafeta.address import split_address
 from estafeta.message import Summary, summarize
-from estafeta.store import index, maildir
+from estafeta.store import index, maildir, operations
+from estafeta.store.changes import Changes
 from estafeta.store.index import NewMessage
 
 T = TypeVar("T")
@@ -60,6 +61,7 @@ class Delivered:
     mailbox: str
     uid: int
     file: str
+    uidvalidity: int = 0
 
 
 @dataclass
@@ -97,6 +99,8 @@ class Store:
         self._thread: threading.Thread | None = None
         self._accounts: dict[str, _Account] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="fsync")
+        # Who wants to hear about commits (IMAP IDLE, other sessions).
+        self.changes = Changes()
         # Batch sizes the writer saw, for metrics and benchmarks.
         self.batches = 0
         self.batched_messages = 0
@@ -157,6 +161,96 @@ class Store:
         """A connection for reading an account's index (created if missing)."""
         self._call(lambda: self._open(address))
         return index.connect(self._index_path(address))
+
+    # -- IMAP operations (each one transaction, then a change notification) --
+
+    def _account_op(self, address: str, function: Callable[[_Account], T]) -> T:
+        def run() -> T:
+            account = self._open(address)
+            try:
+                return function(account)
+            finally:
+                self._refresh_folders(account)
+                self.changes.notify(address)
+
+        return self._call(run)
+
+    def store_flags(
+        self,
+        address: str,
+        mailbox: str,
+        uids: Sequence[int],
+        mode: str,
+        flags: Sequence[str],
+        unchangedsince: int | None = None,
+    ) -> operations.StoreResult:
+        return self._account_op(
+            address,
+            lambda a: operations.store_flags(a.conn, mailbox, uids, mode, flags, unchangedsince),
+        )
+
+    def expunge(self, address: str, mailbox: str, uids: Sequence[int] | None = None) -> list[int]:
+        return self._account_op(
+            address, lambda a: operations.expunge(a.conn, a.path, mailbox, uids)
+        )
+
+    def copy(
+        self, address: str, source: str, uids: Sequence[int], destination: str, move: bool = False
+    ) -> operations.CopyResult:
+        return self._account_op(
+            address,
+            lambda a: operations.copy(
+                a.conn, a.path, self.hostname, source, uids, destination, move=move
+            ),
+        )
+
+    def create_mailbox(
+        self, address: str, name: str, special_use: str | None = None
+    ) -> index.Mailbox:
+        return self._account_op(
+            address, lambda a: operations.create_mailbox(a.conn, a.path, name, special_use)
+        )
+
+    def delete_mailbox(self, address: str, name: str) -> None:
+        self._account_op(address, lambda a: operations.delete_mailbox(a.conn, a.path, name))
+
+    def rename_mailbox(self, address: str, old: str, new: str) -> None:
+        self._account_op(
+            address,
+            lambda a: operations.rename_mailbox(a.conn, a.path, self.hostname, old, new),
+        )
+
+    def subscribe(self, address: str, name: str, subscribed: bool) -> None:
+        self._account_op(address, lambda a: operations.subscribe(a.conn, name, subscribed))
+
+    async def append(
+        self,
+        address: str,
+        mailbox: str,
+        data: bytes,
+        flags: Sequence[str] = (),
+        internal_date: float | None = None,
+    ) -> Delivered:
+        """rfc9051:6.3.12 APPEND; MailboxError TRYCREATE if the mailbox is missing."""
+        conn = self.open_index(address)
+        try:
+            box = index.mailbox(conn, operations.check_name(mailbox))
+        finally:
+            conn.close()
+        if box is None:
+            raise operations.MailboxError(f"no mailbox {mailbox!r}", "TRYCREATE")
+        loop = asyncio.get_running_loop()
+        summary = await loop.run_in_executor(None, summarize, data)
+        delivery = Delivery(
+            address,
+            data,
+            summary,
+            mailbox=box.name,
+            flags=tuple(operations.canonical_flags(flags)),
+            internal_date=internal_date if internal_date is not None else time.time(),
+        )
+        [delivered] = await self.deliver([delivery])
+        return delivered
 
     # -- writer thread ------------------------------------------------------
 
@@ -258,6 +352,7 @@ class Store:
                 continue
             for item, record in zip(group, delivered, strict=True):
                 results[id(item.job)].append(record)
+            self.changes.notify(group[0].account.address)
 
         self.batches += 1
         self.batched_messages += len(published)
@@ -284,9 +379,12 @@ class Store:
         for position, item in enumerate(group):
             by_mailbox.setdefault(item.delivery.mailbox, []).append(position)
         uids = [0] * len(group)
+        uidvalidity: dict[str, int] = {}
         conn.execute("BEGIN IMMEDIATE")
         try:
             for mailbox_name, positions in by_mailbox.items():
+                box = index.mailbox(conn, mailbox_name)
+                uidvalidity[mailbox_name] = box.uidvalidity if box else 0
                 new = []
                 for position in positions:
                     item = group[position]
@@ -314,6 +412,7 @@ class Store:
                 mailbox=item.delivery.mailbox,
                 uid=uid,
                 file=str(item.staged.final_path.relative_to(account.path)),
+                uidvalidity=uidvalidity[item.delivery.mailbox],
             )
             for item, uid in zip(group, uids, strict=True)
             if item.staged is not None
@@ -336,13 +435,20 @@ class Store:
             maildir.fsync_dir(path.parent.parent)
         conn = index.connect(path / "index.db")
         account = _Account(address, path, conn)
-        for box in index.mailboxes(conn):
-            folder = path / box.dir if box.dir else path
-            maildir.make_maildir(folder)
-            account.folders[box.name] = folder
+        # Finish file work committed before a crash first, so that files an
+        # expunge removed from the index are not "recovered" as new mail.
+        operations.replay_journal(conn, path)
+        self._refresh_folders(account)
         self._recover(account)
         self._accounts[address] = account
         return account
+
+    def _refresh_folders(self, account: _Account) -> None:
+        account.folders.clear()
+        for box in index.mailboxes(account.conn):
+            folder = account.path / box.dir if box.dir else account.path
+            maildir.make_maildir(folder)
+            account.folders[box.name] = folder
 
     def _folder(self, account: _Account, mailbox_name: str) -> Path:
         if mailbox_name.upper() == maildir.INBOX:

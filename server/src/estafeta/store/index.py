@@ -19,7 +19,7 @@ from typing import Any
 from estafeta.message import Summary
 from estafeta.store.maildir import mailbox_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -64,6 +64,20 @@ CREATE TABLE expunged (                  -- rfc7162:3.2.10 VANISHED needs these
     modseq INTEGER NOT NULL,
     PRIMARY KEY (mailbox_id, uid)
 );
+"""
+
+# Version 2: file-system work decided by a committed transaction and done
+# after it (unlink expunged files, rename or remove mailbox folders). Replayed
+# when the account is opened, so a crash in between loses nothing and
+# resurrects nothing.
+_SCHEMA_V2 = """
+CREATE TABLE journal (
+    id INTEGER PRIMARY KEY,
+    op TEXT NOT NULL,                    -- 'unlink' | 'rename' | 'rmtree'
+    a TEXT NOT NULL,                     -- file or folder, relative to the account
+    b TEXT NOT NULL DEFAULT ''           -- rename target
+);
+CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
 """
 
 
@@ -112,7 +126,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == 0:
+    if version < SCHEMA_VERSION:
         _create(conn)
     elif version > SCHEMA_VERSION:
         conn.close()
@@ -125,11 +139,9 @@ def connect(path: Path) -> sqlite3.Connection:
 def _create(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-            # executescript() would COMMIT first: run the statements one by one.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            _run_script(conn, _SCHEMA)
             uidvalidity = int(time.time())
             for name, special in DEFAULT_MAILBOXES:
                 conn.execute(
@@ -137,11 +149,21 @@ def _create(conn: sqlite3.Connection) -> None:
                     " special_use, subscribed) VALUES (?, ?, ?, 1, 1, ?, 1)",
                     (name, mailbox_dir(name), uidvalidity, special),
                 )
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            version = 1
+        if version == 1:
+            _run_script(conn, _SCHEMA_V2)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT first: run the statements one by one.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _mailbox(row: tuple[Any, ...]) -> Mailbox:
