@@ -1,0 +1,108 @@
+"""LIST / LSUB matching and attributes (rfc9051:6.3.9, rfc5258, rfc6154)."""
+
+from __future__ import annotations
+
+import pytest
+
+from estafeta.imap.listing import Box, list_mailboxes, lsub, matches
+
+BOXES = [
+    Box("INBOX", subscribed=True),
+    Box("Sent", "\\Sent", subscribed=True),
+    Box("Trash", "\\Trash", subscribed=False),
+    Box("Lists/Python", subscribed=True),
+    Box("Lists/Rust"),
+    Box("Work"),
+    Box("Work/2026/Q4", subscribed=True),
+]
+
+
+@pytest.mark.parametrize(
+    ("reference", "pattern", "name", "expected"),
+    [
+        ("", "*", "Lists/Python", True),
+        ("", "%", "Lists/Python", False),
+        ("", "%", "Lists", True),
+        ("", "Lists/%", "Lists/Python", True),
+        ("Lists/", "%", "Lists/Python", True),
+        ("", "inbox", "INBOX", True),
+        ("", "INBOX", "inbox", True),
+        ("", "in%", "INBOX", True),
+        ("", "Sent", "sent", False),  # only INBOX is case-insensitive
+        ("", "W*4", "Work/2026/Q4", True),
+        ("", "W%4", "Work/2026/Q4", False),
+        ("", "a.b", "axb", False),  # no regex leaks
+    ],
+)
+def test_matches(reference: str, pattern: str, name: str, expected: bool) -> None:
+    assert matches(reference, pattern, name) is expected
+
+
+def names(entries: list) -> list[tuple[str, list[str]]]:  # type: ignore[type-arg]
+    return [(e.name, e.attributes) for e in entries]
+
+
+def test_list_all_with_children_and_special_use() -> None:
+    assert names(list_mailboxes(BOXES, "", ["*"])) == [
+        ("INBOX", ["\\HasNoChildren"]),
+        ("Lists", ["\\NonExistent", "\\HasChildren"]),
+        ("Lists/Python", ["\\HasNoChildren"]),
+        ("Lists/Rust", ["\\HasNoChildren"]),
+        ("Sent", ["\\HasNoChildren", "\\Sent"]),
+        ("Trash", ["\\HasNoChildren", "\\Trash"]),
+        ("Work", ["\\HasChildren"]),
+        ("Work/2026", ["\\NonExistent", "\\HasChildren"]),
+        ("Work/2026/Q4", ["\\HasNoChildren"]),
+    ]
+
+
+def test_list_percent_top_level() -> None:
+    assert [e.name for e in list_mailboxes(BOXES, "", ["%"])] == [
+        "INBOX",
+        "Lists",
+        "Sent",
+        "Trash",
+        "Work",
+    ]
+
+
+def test_list_extended_selection() -> None:
+    subscribed = list_mailboxes(BOXES, "", ["*"], selection=["SUBSCRIBED"])
+    assert [e.name for e in subscribed] == ["INBOX", "Lists/Python", "Sent", "Work/2026/Q4"]
+    assert all("\\Subscribed" in e.attributes for e in subscribed)
+    special = list_mailboxes(BOXES, "", ["*"], selection=["SPECIAL-USE"])
+    assert [e.name for e in special] == ["Sent", "Trash"]
+    # rfc5258:3.5 example: RECURSIVEMATCH reports parents of matching children.
+    recursive = list_mailboxes(BOXES, "", ["%"], selection=["SUBSCRIBED", "RECURSIVEMATCH"])
+    by_name = {e.name: e for e in recursive}
+    assert by_name["Lists"].childinfo == ("SUBSCRIBED",)
+    assert by_name["Work"].childinfo == ("SUBSCRIBED",)
+    assert "Trash" not in by_name
+    assert by_name["INBOX"].childinfo == ()
+
+
+def test_list_multiple_patterns_and_return_subscribed() -> None:
+    entries = list_mailboxes(BOXES, "", ["Sent", "Lists/%"], returns=["SUBSCRIBED"])
+    assert names(entries) == [
+        ("Lists/Python", ["\\HasNoChildren", "\\Subscribed"]),
+        ("Lists/Rust", ["\\HasNoChildren"]),
+        ("Sent", ["\\HasNoChildren", "\\Subscribed", "\\Sent"]),
+    ]
+
+
+def test_lsub() -> None:
+    assert [(e.name, e.attributes) for e in lsub(BOXES, "", "%")] == [
+        ("INBOX", []),
+        ("Lists", ["\\Noselect"]),
+        ("Sent", []),
+        ("Work", ["\\Noselect"]),
+    ]
+    assert [e.name for e in lsub(BOXES, "", "*")] == [
+        "INBOX",
+        "Lists",
+        "Lists/Python",
+        "Sent",
+        "Work",
+        "Work/2026",
+        "Work/2026/Q4",
+    ]
