@@ -47,6 +47,8 @@ class Instance:
 
     root: Path
     port: int
+    imap_port: int = 0
+    imaps_port: int = 0
     extra_config: str = ""
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
@@ -69,11 +71,19 @@ class Instance:
             f'domains = ["{DOMAIN}", "other.test"]\n'
             "[listen]\n"
             f'smtp = ["127.0.0.1:{self.port}"]\n'
-            "[limits]\n"
+            + (f'imap = ["127.0.0.1:{self.imap_port}"]\n' if self.imap_port else "")
+            + (f'imaps = ["127.0.0.1:{self.imaps_port}"]\n' if self.imaps_port else "")
+            + "[limits]\n"
             "max_message_size = 1048576\n"
             "max_recipients = 5\n"
             "[log]\n"
-            'level = "info"\n' + self.extra_config
+            'level = "info"\n'
+            # Cheap hashes keep the suite fast; production keeps the defaults.
+            "[auth]\n"
+            "allow_plaintext = false\n"
+            "argon2_time_cost = 1\n"
+            "argon2_memory_cost = 1024\n"
+            "argon2_parallelism = 1\n" + self.extra_config
         )
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

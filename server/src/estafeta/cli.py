@@ -45,7 +45,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def _accounts(config: Config) -> Accounts:
     config_module.check_runtime(config)
-    return Accounts(config.accounts_db, config.domains)
+    return Accounts(config.accounts_db, config.domains, hasher=config.auth.hasher())
 
 
 def cmd_check(config: Config, args: argparse.Namespace) -> int:

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import argon2
+
 from estafeta.address import AddressError, normalize_domain
 
 LISTENERS = (
@@ -88,6 +90,28 @@ class Limits:
     # rfc5321:4.5.3.2.7 suggests 5 minutes for a server waiting for the next command.
     command_timeout: float = 300.0
     max_connections: int = 1000
+    # Per-account storage quota in bytes (rfc9208 STORAGE); 0 means none.
+    quota: int = 0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # LOGIN / AUTH PLAIN over a connection without TLS. Only for tests on
+    # loopback: passwords must never cross a network in the clear.
+    allow_plaintext: bool = False
+    # argon2id cost for new hashes (rfc9106:4 second recommended option by
+    # default). Lower memory_cost on very small machines; existing hashes
+    # are upgraded to these values at the next successful login.
+    argon2_time_cost: int = 3
+    argon2_memory_cost: int = 65536  # KiB
+    argon2_parallelism: int = 4
+
+    def hasher(self) -> argon2.PasswordHasher:
+        return argon2.PasswordHasher(
+            time_cost=self.argon2_time_cost,
+            memory_cost=self.argon2_memory_cost,
+            parallelism=self.argon2_parallelism,
+        )
 
 
 @dataclass(frozen=True)
@@ -107,6 +131,7 @@ class Config:
     nameservers: tuple[Endpoint, ...] = ()
     limits: Limits = field(default_factory=Limits)
     log: LogConfig = field(default_factory=LogConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def accounts_db(self) -> Path:
@@ -339,7 +364,10 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         max_recipients=_positive(limits_reader, "max_recipients", defaults.max_recipients),
         command_timeout=limits_reader.get("command_timeout", float, defaults.command_timeout),
         max_connections=_positive(limits_reader, "max_connections", defaults.max_connections),
+        quota=limits_reader.get("quota", int, defaults.quota),
     )
+    if limits.quota < 0:
+        raise limits_reader.error("quota", "must be 0 (no quota) or a number of bytes")
     if limits.command_timeout <= 0:
         raise limits_reader.error("command_timeout", "must be greater than 0")
     limits_reader.check_unknown()
@@ -355,6 +383,22 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         raise log_reader.error("format", f"must be one of {', '.join(LOG_FORMATS)}")
     log_reader.check_unknown()
 
+    auth_reader = top.table_of("auth")
+    auth_defaults = AuthConfig()
+    auth = AuthConfig(
+        allow_plaintext=auth_reader.get("allow_plaintext", bool, False),
+        argon2_time_cost=_positive(auth_reader, "argon2_time_cost", auth_defaults.argon2_time_cost),
+        argon2_memory_cost=_positive(
+            auth_reader, "argon2_memory_cost", auth_defaults.argon2_memory_cost
+        ),
+        argon2_parallelism=_positive(
+            auth_reader, "argon2_parallelism", auth_defaults.argon2_parallelism
+        ),
+    )
+    if auth.argon2_memory_cost < 8 * auth.argon2_parallelism:
+        raise auth_reader.error("argon2_memory_cost", "must be at least 8 x argon2_parallelism KiB")
+    auth_reader.check_unknown()
+
     top.check_unknown()
     return Config(
         path=path,
@@ -366,6 +410,7 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         nameservers=nameservers,
         limits=limits,
         log=log,
+        auth=auth,
     )
 
 

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""IMAP on a big mailbox, and the memory cost of idle IDLE connections.
+
+Fills an INBOX with N messages (default 100,000) through the store API
+(durable writes, as deliveries do), starts a real estafeta, and prints:
+  - SELECT time, FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE) time,
+  - UID SEARCH HEADER time and SEARCH BODY time,
+  - the server's RSS before and after opening C connections that LOGIN,
+    SELECT and sit in IDLE (default 10,000).
+Targets (issue #3, not gates): SELECT + FETCH under 3 s; 10,000 IDLE under 1 GiB.
+
+    .venv/bin/python bench/imap_bigbox.py [--messages 100000] [--idle 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import imaplib
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from estafeta.message import summarize
+from estafeta.store import Delivery, Store
+
+USER = "big@bench.test"
+PASSWORD = "benchmark-password"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def make_message(n: int) -> bytes:
+    needle = "zebracorn" if n % 1000 == 7 else "ordinary"
+    return (
+        f"From: Sender {n % 97} <sender{n % 97}@remote.test>\r\n"
+        f"To: {USER}\r\nSubject: report {n} about topic {n % 50}\r\n"
+        f"Date: Mon, 23 Nov 2026 10:{n % 60:02d}:00 +0000\r\n"
+        f"Message-ID: <{n}@remote.test>\r\nX-Batch: {n // 1000}\r\n\r\n"
+        + f"Line of {needle} text for message {n}.\r\n"
+        * 20
+    ).encode()
+
+
+def fill(root: Path, count: int) -> float:
+    started = time.perf_counter()
+    with Store(root / "data" / "mail", "mx.bench.test") as store:
+        batch = 1000
+        for start in range(0, count, batch):
+            deliveries = []
+            for n in range(start, min(start + batch, count)):
+                data = make_message(n)
+                deliveries.append(Delivery(USER, data, summarize(data)))
+            store.deliver_sync(deliveries)
+    return time.perf_counter() - started
+
+
+async def idle_clients(port: int, count: int, ready: asyncio.Event) -> list[asyncio.StreamWriter]:
+    writers = []
+    sem = asyncio.Semaphore(200)
+
+    async def one(i: int) -> None:
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await reader.readline()
+            writer.write(f'a LOGIN {USER} "{PASSWORD}"\r\nb EXAMINE Drafts\r\nc IDLE\r\n'.encode())
+            while True:
+                line = await reader.readline()
+                if not line:
+                    raise ConnectionError(f"client {i} closed")
+                if line.startswith(b"+ "):
+                    break
+            writers.append(writer)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    ready.set()
+    return writers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--idle", type=int, default=10_000)
+    parser.add_argument("--dir", default="/var/tmp")
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+    root = Path(tempfile.mkdtemp(prefix="estafeta-imapbench-", dir=args.dir))
+    port = free_port()
+    config = root / "estafeta.toml"
+    config.write_text(
+        f'hostname = "mx.bench.test"\ndata_dir = "{root / "data"}"\ndomains = ["bench.test"]\n'
+        f'[listen]\nimap = ["127.0.0.1:{port}"]\n[limits]\nmax_connections = {args.idle + 100}\n'
+        '[log]\nlevel = "warning"\n'
+        # Loopback only: plaintext LOGIN, and cheap hashes so that 10,000
+        # logins measure the IMAP server, not argon2.
+        "[auth]\nallow_plaintext = true\nargon2_time_cost = 1\nargon2_memory_cost = 1024\n"
+        "argon2_parallelism = 1\n"
+    )
+    cmd = [sys.executable, "-m", "estafeta", "-c", str(config)]
+    subprocess.run(
+        [*cmd, "user", "add", USER, "--password-stdin"],
+        input=PASSWORD.encode(),
+        check=True,
+        capture_output=True,
+    )
+    print(f"filling INBOX with {args.messages} messages ...", flush=True)
+    fill_s = fill(root, args.messages)
+    print(f"fill: {fill_s:.1f} s ({args.messages / fill_s:.0f} msg/s, store API, fsync'd)")
+
+    with open(root / "log", "wb") as log:
+        server = subprocess.Popen([*cmd, "serve"], stderr=log)
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        client = imaplib.IMAP4("127.0.0.1", port, timeout=600)
+        client.login(USER, PASSWORD)
+        t0 = time.perf_counter()
+        status, data = client.select("INBOX")
+        t_select = time.perf_counter() - t0
+        assert status == "OK" and int(data[0]) == args.messages, data
+        t0 = time.perf_counter()
+        status, rows = client.fetch("1:*", "(UID FLAGS RFC822.SIZE ENVELOPE)")
+        t_fetch = time.perf_counter() - t0
+        fetched = sum(1 for r in rows if isinstance(r, bytes) and b"ENVELOPE" in r)
+        t0 = time.perf_counter()
+        status, found = client.uid("SEARCH", "HEADER", "Subject", '"topic 42"')
+        t_header = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        status, body_found = client.search(None, "BODY", "zebracorn")
+        t_body = time.perf_counter() - t0
+        client.logout()
+        print(f"SELECT {args.messages}: {t_select:.2f} s")
+        print(f"FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE): {t_fetch:.2f} s ({fetched} messages)")
+        print(f"SELECT + FETCH: {t_select + t_fetch:.2f} s (target < 3 s)")
+        print(f"UID SEARCH HEADER Subject: {t_header:.2f} s ({len(found[0].split())} hits)")
+        print(f"SEARCH BODY: {t_body:.2f} s ({len(body_found[0].split())} hits)")
+
+        if args.idle:
+            before = rss_mib(server.pid)
+            ready = asyncio.Event()
+
+            async def run_idle() -> None:
+                t = time.perf_counter()
+                writers = await idle_clients(port, args.idle, ready)
+                elapsed = time.perf_counter() - t
+                await asyncio.sleep(2)
+                after = rss_mib(server.pid)
+                print(f"{len(writers)} IDLE connections opened in {elapsed:.1f} s")
+                print(
+                    f"server RSS: {before:.0f} MiB before, {after:.0f} MiB with them "
+                    f"({(after - before) * 1024 / len(writers):.1f} KiB each; target < 1 GiB)"
+                )
+                for writer in writers:
+                    writer.close()
+
+            asyncio.run(run_idle())
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(root)
+
+
+if __name__ == "__main__":
+    main()
