@@ -9,6 +9,7 @@ import ssl
 
 from estafeta.auth import Accounts
 from estafeta.config import Config, Endpoint, server_context
+from estafeta.imap.session import Session, Settings
 from estafeta.log import log_event
 from estafeta.smtp.inbound import InboundHandler
 from estafeta.smtp.protocol import Connections, SMTPProtocol
@@ -17,7 +18,7 @@ from estafeta.store import Store
 log = logging.getLogger("estafeta.server")
 
 # Listeners that later versions serve; configuring them now is not an error.
-IMPLEMENTED = ("smtp",)
+IMPLEMENTED = ("smtp", "imap", "imaps")
 # How long in-flight sessions get to finish on SIGTERM.
 SHUTDOWN_GRACE = 30.0
 
@@ -25,11 +26,12 @@ SHUTDOWN_GRACE = 30.0
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.accounts = Accounts(config.accounts_db, config.domains)
+        self.accounts = Accounts(config.accounts_db, config.domains, hasher=config.auth.hasher())
         self.store = Store(config.mail_dir, config.hostname)
         self.tls: ssl.SSLContext | None = server_context(config.tls) if config.tls else None
         self.connections = Connections(config.limits.max_connections)
         self._servers: list[asyncio.Server] = []
+        self._imap_sessions: set[Session] = set()
 
     async def start(self) -> None:
         self.store.start()
@@ -58,6 +60,9 @@ class Server:
 
         for endpoint in self.config.listen.get("smtp", ()):
             await self._listen("smtp", endpoint, make_smtp)
+        for name in ("imap", "imaps"):
+            for endpoint in self.config.listen.get(name, ()):
+                await self._listen_imap(name, endpoint, implicit_tls=name == "imaps")
         for name in self.config.listen:
             if name not in IMPLEMENTED:
                 log_event(
@@ -87,9 +92,55 @@ class Server:
         self._servers.append(server)
         log_event(log, "listening", listener=name, address=str(endpoint))
 
+    async def _listen_imap(self, name: str, endpoint: Endpoint, implicit_tls: bool) -> None:
+        settings = Settings(
+            hostname=self.config.hostname,
+            allow_plaintext=self.config.auth.allow_plaintext,
+            append_limit=self.config.limits.max_message_size,
+            quota_bytes=self.config.limits.quota or None,
+        )
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if len(self._imap_sessions) >= self.config.limits.max_connections:
+                writer.write(b"* BYE Too many connections\r\n")
+                writer.close()
+                return
+            session = Session(
+                reader,
+                writer,
+                accounts=self.accounts,
+                store=self.store,
+                settings=settings,
+                tls=self.tls,
+                implicit_tls=implicit_tls,
+            )
+            self._imap_sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                self._imap_sessions.discard(session)
+
+        try:
+            server = await asyncio.start_server(
+                handle,
+                host=endpoint.host,
+                port=endpoint.port,
+                ssl=self.tls if implicit_tls else None,
+                reuse_address=True,
+                backlog=512,
+                limit=64 * 1024,
+            )
+        except OSError as exc:
+            message = f"listen.{name}: cannot listen on {endpoint}: {exc.strerror}"
+            raise OSError(exc.errno, message) from None
+        self._servers.append(server)
+        log_event(log, "listening", listener=name, address=str(endpoint))
+
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        for session in list(self._imap_sessions):
+            session.shutdown()
         self.connections.shutdown()
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
         while self.connections.open and asyncio.get_running_loop().time() < deadline:

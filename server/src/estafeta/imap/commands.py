@@ -1,0 +1,330 @@
+"""The arguments of each IMAP command, as the parser produces them.
+
+One frozen dataclass per command (``Command.args`` in ``estafeta.imap.parser``).
+Commands that share a grammar share a shape: ``Examine`` is a ``Select``,
+``Unsubscribe`` a ``Subscribe`` and ``Move`` a ``Copy``, so a handler written
+for the first accepts the second. Values are already decoded: mailbox names
+are Unicode (modified UTF-7 undone, "INBOX" in upper case), system flags are
+spelled "\\Seen", keywords as sent, numbers are ints.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from estafeta.imap.types import FetchAtt, SearchKey, SequenceSet
+
+__all__ = [
+    "Append",
+    "Authenticate",
+    "Capability",
+    "Check",
+    "Close",
+    "Copy",
+    "Create",
+    "Delete",
+    "Enable",
+    "Examine",
+    "Expunge",
+    "Fetch",
+    "GetQuota",
+    "GetQuotaRoot",
+    "Id",
+    "Idle",
+    "List",
+    "Login",
+    "Logout",
+    "Lsub",
+    "Move",
+    "Namespace",
+    "Noop",
+    "QresyncParams",
+    "Rename",
+    "Search",
+    "Select",
+    "SetQuota",
+    "StartTls",
+    "Status",
+    "Store",
+    "Subscribe",
+    "UidExpunge",
+    "Unselect",
+    "Unsubscribe",
+]
+
+
+# -- any state (rfc9051:6.1) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capability:
+    pass
+
+
+@dataclass(frozen=True)
+class Noop:
+    pass
+
+
+@dataclass(frozen=True)
+class Logout:
+    pass
+
+
+@dataclass(frozen=True)
+class Id:
+    """rfc2971:3.1; ``params`` is None for ``ID NIL``; values may be None (NIL)."""
+
+    params: dict[str, str | None] | None
+
+
+# -- not authenticated (rfc9051:6.2) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartTls:
+    pass
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    """rfc9051:6.2.2; ``initial_response`` is the rfc4959 SASL-IR argument as
+    sent (base64 text, or "=" for an empty response), None when absent."""
+
+    mechanism: str
+    initial_response: str | None = None
+
+
+@dataclass(frozen=True)
+class Login:
+    user: str
+    password: str
+
+
+# -- authenticated (rfc9051:6.3) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Enable:
+    """rfc5161; the capability names as sent."""
+
+    capabilities: tuple[str, ...]
+
+
+class QresyncParams(NamedTuple):
+    """rfc7162:3.2.5 QRESYNC (uidvalidity modseq [known-uids] [seq-match-data])."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    # (known sequence numbers, the UIDs they correspond to)
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True)
+class Select:
+    """rfc9051:6.3.2; ``condstore``/``qresync`` are rfc7162 select parameters."""
+
+    mailbox: str
+    condstore: bool = False
+    qresync: QresyncParams | None = None
+
+
+@dataclass(frozen=True)
+class Examine(Select):
+    """rfc9051:6.3.3: SELECT, read-only."""
+
+
+@dataclass(frozen=True)
+class Create:
+    """rfc9051:6.3.4; ``use`` are rfc6154 special-use attributes ("\\Sent")."""
+
+    mailbox: str
+    use: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delete:
+    mailbox: str
+
+
+@dataclass(frozen=True)
+class Rename:
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    mailbox: str
+
+
+@dataclass(frozen=True)
+class Unsubscribe(Subscribe):
+    pass
+
+
+@dataclass(frozen=True)
+class List:
+    """rfc9051:6.3.9 with rfc5258 LIST-EXTENDED and rfc5819 LIST-STATUS.
+
+    ``selection`` holds the selection options ("SUBSCRIBED", "REMOTE",
+    "RECURSIVEMATCH", "SPECIAL-USE"), ``returns`` the return options
+    ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE"; STATUS is not among them) and
+    ``status_items`` the items of RETURN (STATUS (...)). All upper case.
+    """
+
+    reference: str
+    patterns: tuple[str, ...]
+    selection: tuple[str, ...] = ()
+    returns: tuple[str, ...] = ()
+    status_items: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Lsub:
+    """rfc3501:6.3.9."""
+
+    reference: str
+    pattern: str
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """rfc2342 / rfc9051:6.3.10."""
+
+
+@dataclass(frozen=True)
+class Status:
+    """rfc9051:6.3.11; items upper case (MESSAGES, UIDNEXT, ..., HIGHESTMODSEQ,
+    APPENDLIMIT, RECENT)."""
+
+    mailbox: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Append:
+    """rfc9051:6.3.12 (one message: MULTIAPPEND and CATENATE are refused).
+
+    ``date`` is the optional internal date, timezone-aware; ``binary`` is
+    True when the message came as an rfc3516 literal8 (``~{n}``), ``utf8``
+    when it came as rfc6855 ``UTF8 (~{n})``.
+    """
+
+    mailbox: str
+    flags: tuple[str, ...]
+    date: datetime.datetime | None
+    data: bytes
+    utf8: bool = False
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class Idle:
+    """rfc2177 / rfc9051:6.3.13."""
+
+
+@dataclass(frozen=True)
+class GetQuota:
+    """rfc9208:4.2."""
+
+    root: str
+
+
+@dataclass(frozen=True)
+class GetQuotaRoot:
+    """rfc9208:4.3."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True)
+class SetQuota:
+    """rfc9208:4.4; resource names upper case, limits in their units."""
+
+    root: str
+    resources: dict[str, int]
+
+
+# -- selected (rfc9051:6.4) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """rfc3501:6.4.1 (gone from rfc9051, answered as a NOOP)."""
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+@dataclass(frozen=True)
+class Unselect:
+    """rfc3691 / rfc9051:6.4.2."""
+
+
+@dataclass(frozen=True)
+class Expunge:
+    pass
+
+
+@dataclass(frozen=True)
+class UidExpunge:
+    """rfc4315:2.1 / rfc9051:6.4.9 UID EXPUNGE sequence-set."""
+
+    sequence_set: SequenceSet
+
+
+@dataclass(frozen=True)
+class Search:
+    """rfc9051:6.4.4.
+
+    ``charset`` is "US-ASCII" or "UTF-8" when given; ``return_options`` is
+    None without RETURN, else the rfc4731/rfc5182 options in upper case
+    (an empty tuple for ``RETURN ()``, which means ALL); ``key`` is an AND
+    node holding the top-level keys.
+    """
+
+    charset: str | None
+    return_options: tuple[str, ...] | None
+    key: SearchKey
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """rfc9051:6.4.5; macros ALL / FAST / FULL are expanded. ``changedsince``
+    and ``vanished`` are the rfc7162 FETCH modifiers."""
+
+    sequence_set: SequenceSet
+    atts: tuple[FetchAtt, ...]
+    changedsince: int | None = None
+    vanished: bool = False
+
+
+@dataclass(frozen=True)
+class Store:
+    """rfc9051:6.4.6; ``mode`` is "+", "-" or "" (replace); ``unchangedsince``
+    is the rfc7162 STORE modifier."""
+
+    sequence_set: SequenceSet
+    mode: str
+    silent: bool
+    flags: tuple[str, ...]
+    unchangedsince: int | None = None
+
+
+@dataclass(frozen=True)
+class Copy:
+    """rfc9051:6.4.7."""
+
+    sequence_set: SequenceSet
+    mailbox: str
+
+
+@dataclass(frozen=True)
+class Move(Copy):
+    """rfc6851 / rfc9051:6.4.8."""

@@ -1,0 +1,407 @@
+"""FETCH data items (rfc9051:6.4.5), rendered as rfc9051:7.5.2 responses.
+
+``render_items`` turns the requested items of one message into the inside of
+``* n FETCH (...)``. Everything but the body sections comes from the index
+(the ``Summary`` computed at delivery, flags, sizes); the message file is read
+only when a body section is asked for, and then at most once per message.
+
+Choices (each one of several that IMAP servers make):
+
+* A section that does not exist (``BODY[9]``, ``BODY[1.HEADER]`` of a part
+  that is not message/rfc822 or message/global, ``BODY[MIME]`` without a part
+  number) is answered with the empty string ``""``, not NIL and not NO; this is
+  what Dovecot does ("MIME part not found. return an empty part").
+  ``BINARY.SIZE`` of such a section is 0.
+* Bytes are sent as stored: a message stored with LF line ends gives LF
+  sections, matching the sizes in BODYSTRUCTURE (see
+  ``estafeta.message.structure``). The blank line that ends a
+  ``HEADER.FIELDS`` subset uses the header's own line end. The exception is
+  ``BINARY`` of a text/* part, which rfc9051:7.5.2 requires in CRLF form.
+* A NUL byte cannot be sent in a string or a normal literal (rfc9051:4.3), so
+  in ``BODY[...]``/``RFC822*`` data it is replaced by 0x80, as Dovecot does.
+  Unlike dropping it, this keeps ``RFC822.SIZE`` equal to the length of
+  ``BODY[]`` and partial fetches aligned with the stored octets. ``BINARY``
+  data with NULs goes out as a literal8 instead (rfc3516:4.3).
+* ``INTERNALDATE`` is always given in UTC (``+0000``): the same answer in
+  every session, whatever the server's time zone.
+* ``BINARY`` decodes base64 and quoted-printable leniently (characters outside
+  the alphabet are skipped, missing padding is tolerated): clients asked for
+  the decoded data and a NO for one bad character helps nobody. Only an
+  encoding we do not know gives ``NO [UNKNOWN-CTE]`` (rfc3516:4.2).
+  rfc9051:6.4.5 allows BINARY only for leaf parts; for a multipart, and for
+  ``BINARY[]`` (the whole message), the data is returned unchanged, since
+  composite entities can only be 7bit, 8bit or binary (rfc2045:6.4).
+* Two requested items that give the same response item (``BODY[1]`` and
+  ``BODY.PEEK[1]``, or a repeated ``UID``) are answered once.
+* With UTF8=ACCEPT (``utf8=True``) quoted strings may carry UTF-8
+  (rfc6855:3), but need not: non-ASCII strings are sent as literals either
+  way, which every client accepts, so the flag changes nothing today.
+"""
+
+from __future__ import annotations
+
+import binascii
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from estafeta.imap.types import FetchAtt, Section
+from estafeta.message import Summary, find_part, imap_bodystructure, imap_envelope, imap_string
+
+__all__ = [
+    "FetchError",
+    "MessageData",
+    "needs_content",
+    "render_items",
+    "sets_seen",
+]
+
+_MONTHS = b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+_MAX_TIME = 253_402_300_799  # 9999-12-31 23:59:59 UTC, the last date-year
+
+# Kinds of item, after folding the synonyms together.
+_SECTION = "BODY[]"  # BODY[...] and BODY.PEEK[...]
+_BINARY = "BINARY"  # BINARY[...] and BINARY.PEEK[...]
+_BINARY_SIZE = "BINARY.SIZE"
+_STRUCTURE = "BODY"  # BODY without a section: BODYSTRUCTURE without extensions
+
+# Items answered from the index alone.
+_SUMMARY_KINDS = frozenset(
+    {
+        "ENVELOPE",
+        "FLAGS",
+        "INTERNALDATE",
+        "RFC822.SIZE",
+        "BODYSTRUCTURE",
+        "UID",
+        "MODSEQ",
+        _STRUCTURE,
+    }
+)
+
+_IDENTITY_CTE = frozenset({"7bit", "8bit", "binary"})
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_NOT_BASE64 = bytes(b for b in range(256) if b not in _BASE64_ALPHABET)
+
+
+@dataclass
+class MessageData:
+    """What the session knows about one message."""
+
+    uid: int
+    flags: tuple[str, ...]
+    internal_date: int  # POSIX seconds
+    size: int
+    modseq: int
+    summary: Summary
+    load: Callable[[], bytes]  # reads the message file
+    _content: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def content(self) -> bytes:
+        """The message file, read on first use only."""
+        if self._content is None:
+            self._content = self.load()
+        return self._content
+
+
+class FetchError(Exception):
+    """A FETCH that must fail with NO; ``code`` is the response code."""
+
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def _kind(att: FetchAtt) -> str:
+    name = att.name.upper()
+    if name in ("BODY", "BODY[]", "BODY.PEEK"):
+        return _STRUCTURE if att.section is None and name == "BODY" else _SECTION
+    if name in ("BINARY", "BINARY[]", "BINARY.PEEK"):
+        return _BINARY
+    if name in ("BINARY.SIZE", "BINARY.SIZE[]"):
+        return _BINARY_SIZE
+    return name
+
+
+def needs_content(atts: Sequence[FetchAtt]) -> bool:
+    """Whether any item needs the message file (not just the index)."""
+    return any(_kind(att) not in _SUMMARY_KINDS for att in atts)
+
+
+def sets_seen(atts: Sequence[FetchAtt]) -> bool:
+    """rfc9051:6.4.5: BODY[...], BINARY[...] (not .PEEK), RFC822 and
+    RFC822.TEXT set \\Seen; RFC822.HEADER is BODY.PEEK[HEADER] (rfc3501:6.4.5)."""
+    for att in atts:
+        kind = _kind(att)
+        if kind in (_SECTION, _BINARY) and not att.peek:
+            return True
+        if kind in ("RFC822", "RFC822.TEXT"):
+            return True
+    return False
+
+
+def render_items(
+    message: MessageData, atts: Sequence[FetchAtt], *, imap4rev2: bool, utf8: bool = False
+) -> bytes:
+    """The inside of ``* n FETCH (...)`` for ``atts``, in the order asked.
+
+    Raises FetchError (UNKNOWN-CTE) for BINARY of a part in an encoding we
+    cannot decode; whatever the file read raises (OSError) passes through.
+    ``utf8`` is accepted for UTF8=ACCEPT sessions; see the module docstring.
+    """
+    out: list[bytes] = []
+    answered: set[tuple[bytes, tuple[int, int] | None]] = set()
+    for att in atts:
+        kind = _kind(att)
+        name = _response_name(kind, att)
+        key = (name, att.partial)
+        if key in answered:
+            continue
+        answered.add(key)
+        out.append(name + b" " + _value(message, kind, att, imap4rev2))
+    return b" ".join(out)
+
+
+def _response_name(kind: str, att: FetchAtt) -> bytes:
+    """rfc9051:7.5.2 item name: BODY.PEEK[x] is answered as BODY[x], a
+    partial shows only its origin octet (BODY[]<0>)."""
+    if kind not in (_SECTION, _BINARY, _BINARY_SIZE):
+        return kind.encode("ascii")
+    section = att.section or Section()
+    name = kind.removesuffix("[]") + "[" + section.spec() + "]"
+    if att.partial is not None and kind != _BINARY_SIZE:
+        name += f"<{att.partial[0]}>"
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _value(message: MessageData, kind: str, att: FetchAtt, imap4rev2: bool) -> bytes:
+    summary = message.summary
+    if kind == "UID":
+        return b"%d" % message.uid
+    if kind == "FLAGS":
+        return b"(" + " ".join(message.flags).encode("utf-8", "surrogateescape") + b")"
+    if kind == "INTERNALDATE":
+        return _internal_date(message.internal_date)
+    if kind == "RFC822.SIZE":
+        return b"%d" % message.size
+    if kind == "MODSEQ":
+        return b"(%d)" % message.modseq  # rfc7162:3.1.4
+    if kind == "ENVELOPE":
+        return imap_envelope(summary.envelope)
+    if kind == _STRUCTURE:
+        return imap_bodystructure(summary.bodystructure, False, imap4rev2=imap4rev2)
+    if kind == "BODYSTRUCTURE":
+        return imap_bodystructure(summary.bodystructure, True, imap4rev2=imap4rev2)
+    # rfc3501:6.4.5: RFC822 = BODY[], RFC822.HEADER = BODY.PEEK[HEADER],
+    # RFC822.TEXT = BODY[TEXT], differing only in the response item name.
+    if kind == "RFC822":
+        return _body_string(_section_data(message, Section()))
+    if kind == "RFC822.HEADER":
+        return _body_string(_section_data(message, Section(text="HEADER")))
+    if kind == "RFC822.TEXT":
+        return _body_string(_section_data(message, Section(text="TEXT")))
+    section = att.section or Section()
+    if kind == _SECTION:
+        return _body_string(_partial(_section_data(message, section), att.partial))
+    if kind == _BINARY:
+        return _binary_string(_partial(_binary_data(message, section.part), att.partial))
+    if kind == _BINARY_SIZE:
+        return b"%d" % _binary_size(message, section.part)
+    raise ValueError(f"unknown FETCH data item {att.name!r}")
+
+
+def _internal_date(timestamp: int) -> bytes:
+    # rfc9051:9 date-time = DQUOTE date-day-fixed "-" date-month "-" date-year
+    # SP time SP zone DQUOTE; the day is padded with a space, the zone is UTC.
+    t = time.gmtime(min(max(timestamp, 0), _MAX_TIME))
+    return b'"%2d-%s-%04d %02d:%02d:%02d +0000"' % (
+        t.tm_mday,
+        _MONTHS[t.tm_mon - 1],
+        t.tm_year,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+    )
+
+
+def _partial(data: bytes, partial: tuple[int, int] | None) -> bytes:
+    # rfc9051:6.4.5: a substring from the origin octet; an origin beyond the
+    # end gives the empty string, a length beyond it is cut.
+    if partial is None:
+        return data
+    origin, length = partial
+    return data[origin : origin + length]
+
+
+def _body_string(data: bytes) -> bytes:
+    if b"\0" in data:
+        data = data.replace(b"\0", b"\x80")  # see the module docstring
+    return imap_string(data)
+
+
+def _binary_string(data: bytes) -> bytes:
+    # rfc3516:4.3 / rfc9051:7.5.2: a literal8 only when the data has a NUL,
+    # otherwise a normal string (a literal: the data is arbitrary octets).
+    if not data:
+        return b'""'
+    if b"\0" in data:
+        return b"~{%d}\r\n" % len(data) + data
+    return b"{%d}\r\n" % len(data) + data
+
+
+# --------------------------------------------------------------------------
+# Sections
+
+
+def _slice(message: MessageData, start: Any, end: Any) -> bytes:
+    return message.content()[int(start) : int(end)]
+
+
+def _section_data(message: MessageData, section: Section) -> bytes:
+    """rfc9051:6.4.5 BODY[<section>], before any partial."""
+    root = message.summary.bodystructure
+    text = section.text.upper()
+    if not section.part:
+        if text == "":  # the whole message, header included
+            return message.content()
+        if text == "MIME":  # needs a part number (rfc9051:6.4.5)
+            return b""
+        entity: Mapping[str, Any] = root
+    else:
+        part = find_part(root, section.part)
+        if part is None:
+            return b""
+        if text == "":
+            # The part's body without its MIME header; for message/rfc822 the
+            # whole encapsulated message; for part 1 of a single-part message
+            # the message body.
+            return _slice(message, part["body_start"], part["body_end"])
+        if text == "MIME":
+            return _slice(message, part["header_start"], part["body_start"])
+        inner = part.get("body")
+        # HEADER and TEXT only of message/rfc822 (and message/global) parts:
+        # the header and body of the encapsulated message.
+        if not isinstance(inner, Mapping):
+            return b""
+        entity = inner
+    if text == "TEXT":
+        return _slice(message, entity["body_start"], entity["body_end"])
+    header = _slice(message, entity["header_start"], entity["body_start"])
+    if text == "HEADER":
+        return header
+    if text == "HEADER.FIELDS":
+        return _header_fields(header, section.fields, exclude=False)
+    if text == "HEADER.FIELDS.NOT":
+        return _header_fields(header, section.fields, exclude=True)
+    return b""
+
+
+def _header_fields(header: bytes, names: Sequence[str], *, exclude: bool) -> bytes:
+    """rfc9051:6.4.5 HEADER.FIELDS (or .NOT with ``exclude``): the fields whose
+    name is (is not) in ``names``, compared case-insensitively, in message
+    order with their continuation lines, then the blank line (rfc9051:7.5.2)."""
+    wanted = {n.upper() for n in names}
+    out: list[bytes] = []
+    keep = exclude  # a continuation line before any field belongs to none
+    eol = b""
+    pos, size = 0, len(header)
+    find = header.find
+    while pos < size:
+        nl = find(b"\n", pos)
+        end = size if nl < 0 else nl + 1
+        line = header[pos:end]
+        pos = end
+        if line in (b"\r\n", b"\n", b"\r"):
+            if line != b"\r":
+                eol = line
+            break
+        if not eol:
+            eol = b"\r\n" if line.endswith(b"\r\n") else b"\n" if nl >= 0 else b""
+        if line[0] not in (0x20, 0x09):  # not a continuation (rfc5322:2.2.3)
+            colon = line.find(b":")
+            name = line[:colon].rstrip(b" \t").decode("latin-1").upper() if colon > 0 else ""
+            keep = (name in wanted) != exclude
+        if keep:
+            out.append(line)
+    eol = eol or b"\r\n"
+    if out and not out[-1].endswith(b"\n"):
+        out.append(eol)  # the header ended without a line end
+    out.append(eol)
+    return b"".join(out)
+
+
+# --------------------------------------------------------------------------
+# BINARY (rfc3516, rfc9051:6.4.5)
+
+
+def _binary_part(message: MessageData, path: Sequence[int]) -> Mapping[str, Any] | None:
+    return find_part(message.summary.bodystructure, path) if path else None
+
+
+def _is_leaf(part: Mapping[str, Any]) -> bool:
+    return "parts" not in part
+
+
+def _is_text(part: Mapping[str, Any]) -> bool:
+    if str(part.get("type", "")).lower() != "text":
+        return False
+    for name, value in part.get("params") or ():
+        if str(name).lower() == "charset":
+            # Line ends of a UTF-16/32 text are not the bytes CR LF.
+            return not str(value).lower().startswith(("utf-16", "utf-32", "ucs"))
+    return True
+
+
+def _encoding(part: Mapping[str, Any]) -> str:
+    return str(part.get("encoding") or "7bit").strip().lower()
+
+
+def _binary_data(message: MessageData, path: Sequence[int]) -> bytes:
+    """The section's content with its Content-Transfer-Encoding removed."""
+    if not path:
+        return message.content()  # BINARY[]: the whole message, unchanged
+    part = _binary_part(message, path)
+    if part is None:
+        return b""
+    raw = _slice(message, part["body_start"], part["body_end"])
+    if not _is_leaf(part):
+        return raw
+    encoding = _encoding(part)
+    if encoding == "base64":
+        data = _decode_base64(raw)
+    elif encoding == "quoted-printable":
+        data = binascii.a2b_qp(raw)
+    elif encoding in _IDENTITY_CTE:
+        data = raw
+    else:
+        section = ".".join(str(n) for n in path)
+        raise FetchError(
+            f"Unknown Content-Transfer-Encoding {encoding!r} in part {section}", "UNKNOWN-CTE"
+        )
+    if _is_text(part):
+        # rfc9051:7.5.2: textual sections are sent with CRLF line ends.
+        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return data
+
+
+def _binary_size(message: MessageData, path: Sequence[int]) -> int:
+    """rfc9051:7.5.2 BINARY.SIZE: the length BINARY would send; the file is
+    not read when the summary already knows it."""
+    if path:
+        part = _binary_part(message, path)
+        if part is None:
+            return 0
+        if not _is_leaf(part) or (_encoding(part) in _IDENTITY_CTE and not _is_text(part)):
+            return max(0, int(part["body_end"]) - int(part["body_start"]))
+    return len(_binary_data(message, path))
+
+
+def _decode_base64(raw: bytes) -> bytes:
+    # rfc2045:6.8: characters outside the alphabet are ignored; "=" ends the
+    # data. A dangling single character cannot encode a byte and is dropped.
+    end = raw.find(b"=")
+    clean = (raw if end < 0 else raw[:end]).translate(None, _NOT_BASE64)
+    usable = len(clean) - (len(clean) % 4 == 1)
+    clean = clean[:usable]
+    return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))

@@ -1,0 +1,682 @@
+"""SEARCH: evaluate a search program over the selected mailbox, and the
+SEARCH / ESEARCH responses (rfc9051:6.4.4, rfc9051:7.3.4, rfc3501:6.4.4,
+rfc4731, rfc5182, rfc5032, rfc7162:3.1.5).
+
+A program is compiled once into a tree of small closures, then run over the
+messages; keys that only look at flags, numbers, dates or the stored
+``Summary`` never read a message file. Choices:
+
+* Strings match as case-insensitive substrings (rfc9051:6.4.4), with both
+  sides ``str.casefold()``-ed: a close approximation of i;unicode-casemap
+  (rfc5051) without the normalisation step, so "GRÜSSE" finds "Grüße". An
+  empty string matches every message, except for HEADER, where it matches the
+  messages that have the field (rfc9051:6.4.4).
+* FROM, TO, CC and BCC search the ENVELOPE address lists of the Summary,
+  written back as text ``Display Name <mailbox@host>, ...`` with RFC 2047
+  display names decoded, so display names match as well as addresses. Quotes
+  and comments of the raw header are not part of that text.
+* SUBJECT searches the decoded Summary subject; HEADER SUBJECT / DATE /
+  MESSAGE-ID / IN-REPLY-TO use the raw ENVELOPE fields (first occurrence).
+  Every other HEADER field reads the message header, all occurrences, values
+  unfolded and RFC 2047 decoded (UTF-8 bytes, else Latin-1).
+* BODY searches the decoded text of every text/* leaf (transfer encoding
+  undone, charset decoded, unknown charsets read as UTF-8), and the headers of
+  encapsulated message/rfc822 parts; non-text parts (attachments) are skipped,
+  as are multipart preambles and epilogues. TEXT is the whole header plus
+  BODY. At most ``MAX_SCAN`` bytes of (encoded) part bodies are scanned per
+  message; text past that is not found.
+* BEFORE / ON / SINCE compare the calendar day of the internal date in the
+  ``tz`` given to ``evaluate``. SENTBEFORE / SENTON / SENTSINCE compare the
+  calendar day written in the Date: header, in the header's own zone
+  ("disregarding time and timezone"); a message without a valid Date: (Summary
+  ``date`` None) never matches them.
+* MODSEQ matches per-message mod-sequences >= the value; entry names are
+  ignored, since flags have no separate mod-sequences here (rfc7162:3.1.5).
+* "$" (rfc5182) in a sequence set or UID set names the messages whose UIDs
+  are in the saved result; UIDs no longer in the mailbox are ignored.
+* AND evaluates keys that need no message file first, and OR the cheaper
+  side first, so file-reading keys run on as few messages as possible. A
+  message file is read at most once per message per evaluation.
+"""
+
+from __future__ import annotations
+
+import binascii
+import bisect
+import datetime
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_tz
+from typing import Any
+
+from estafeta.imap.types import SearchKey, SequenceSet, date_arg
+from estafeta.message.structure import (
+    MISSING_DOMAIN,
+    MISSING_MAILBOX,
+    Summary,
+    decode_rfc2047,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_SCAN = 10 * 1024 * 1024
+"""Bytes of (still encoded) text part bodies scanned per message by BODY and
+TEXT. Bounds the work one message can cause; words past it are not found."""
+
+
+@dataclass
+class Candidate:
+    """One message of the selected mailbox, as SEARCH sees it."""
+
+    seq: int
+    uid: int
+    flags: frozenset[str]  # "\\Seen" etc. in canonical case, and keywords
+    recent: bool
+    internal_date: int  # POSIX seconds
+    size: int
+    modseq: int
+    summary: Summary
+    load: Callable[[], bytes]  # the message file; called at most once per evaluation
+
+
+# --------------------------------------------------------------------------
+# Message content, read lazily
+
+
+class _View:
+    """The message being tested, with its file contents read on demand."""
+
+    __slots__ = ("_body", "_data", "_fields", "_header_text", "c")
+
+    def __init__(self) -> None:
+        self.c: Candidate | None = None
+        self._data: bytes | None = None
+        self._fields: list[tuple[str, str]] | None = None
+        self._header_text: str | None = None
+        self._body: str | None = None
+
+    def reset(self, candidate: Candidate) -> None:
+        self.c = candidate
+        self._data = self._fields = self._header_text = self._body = None
+
+    @property
+    def m(self) -> Candidate:
+        assert self.c is not None
+        return self.c
+
+    def data(self) -> bytes:
+        if self._data is None:
+            try:
+                self._data = self.m.load()
+            except OSError as exc:  # e.g. the file was expunged meanwhile
+                log.warning("SEARCH cannot read message uid=%d: %s", self.m.uid, exc)
+                self._data = b""
+        return self._data
+
+    def fields(self) -> list[tuple[str, str]]:
+        """All header fields: (lower-case name, unfolded decoded value)."""
+        if self._fields is None:
+            self._fields = _parse_fields(self.data()[: self.m.summary.header_size])
+        return self._fields
+
+    def header_text(self) -> str:
+        """The decoded header, casefolded, one "name: value" per line."""
+        if self._header_text is None:
+            self._header_text = "\n".join(f"{n}: {v}" for n, v in self.fields()).casefold()
+        return self._header_text
+
+    def body_text(self) -> str:
+        """The decoded text of the body's text parts, casefolded."""
+        if self._body is None:
+            self._body = _body_text(self.data(), self.m.summary).casefold()
+        return self._body
+
+
+# rfc5322:3.6.8 field-name, with blanks before the colon tolerated (like
+# estafeta.message.structure, so both see the same fields).
+_FIELD_RE = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+def _clean(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _parse_fields(header: bytes) -> list[tuple[str, str]]:
+    fields: list[tuple[str, str]] = []
+    name: str | None = None
+    value: list[bytes] = []
+
+    def flush() -> None:
+        if name is not None:
+            # rfc5322:2.2.3 unfolding: the line breaks go, the blanks stay.
+            fields.append((name, decode_rfc2047(_clean(b"".join(value)).strip(" \t"))))
+
+    for line in header.splitlines():
+        if not line:
+            break
+        if line[0] in b" \t":
+            if name is not None:
+                value.append(line)
+            continue
+        flush()
+        m = _FIELD_RE.match(line)
+        if m is None:  # not a field: the header ends here, as in summarize()
+            name = None
+            break
+        name = m.group(1).decode("ascii").lower()
+        value = [line[m.end() :]]
+    flush()
+    return fields
+
+
+_NOT_BASE64_RE = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def _decode_transfer(raw: bytes, encoding: str) -> bytes:
+    """Undo Content-Transfer-Encoding (rfc2045:6); unknown ones are kept as is."""
+    encoding = encoding.strip().lower()
+    if encoding == "quoted-printable":
+        return binascii.a2b_qp(raw)
+    if encoding == "base64":
+        try:
+            return binascii.a2b_base64(raw)
+        except binascii.Error:  # bad padding, or cut short by MAX_SCAN
+            clean = _NOT_BASE64_RE.sub(b"", raw)
+            try:
+                return binascii.a2b_base64(clean[: len(clean) - len(clean) % 4])
+            except binascii.Error:
+                return b""
+    return raw
+
+
+def _charset(params: Sequence[Sequence[str]]) -> str:
+    for pair in params:
+        if len(pair) == 2 and pair[0].lower() == "charset":
+            return pair[1].strip()
+    return "us-ascii"
+
+
+def _decode_text(raw: bytes, charset: str) -> str:
+    # us-ascii text often carries 8-bit UTF-8 anyway; UTF-8 is a superset.
+    if charset.lower() in ("us-ascii", "ascii", ""):
+        charset = "utf-8"
+    try:
+        return raw.decode(charset, "replace")
+    except LookupError:  # unknown, or not a text codec ("hex")
+        return raw.decode("utf-8", "replace")
+
+
+def _body_text(data: bytes, summary: Summary) -> str:
+    """rfc9051:6.4.4 BODY: the text parts of the body, decoded.
+
+    Uses the part offsets computed at delivery (Summary.bodystructure), so
+    the message is not parsed again.
+    """
+    pieces: list[str] = []
+    budget = MAX_SCAN
+
+    def walk(part: dict[str, Any]) -> None:
+        nonlocal budget
+        if budget <= 0:
+            return
+        children = part.get("parts")
+        if children is not None:
+            for child in children:
+                walk(child)
+            return
+        start = part.get("body_start")
+        end = part.get("body_end")
+        if not isinstance(start, int) or not isinstance(end, int):
+            return
+        inner = part.get("body")
+        if isinstance(inner, dict):
+            # message/rfc822: the encapsulated header is text of this body.
+            header_end = inner.get("body_start", start)
+            if isinstance(header_end, int):
+                header = data[start : min(header_end, start + budget)]
+                budget -= len(header)
+                pieces.extend(f"{n}: {v}" for n, v in _parse_fields(header))
+            walk(inner)
+            return
+        if str(part.get("type", "")).lower() != "text":
+            return  # rfc9051:6.4.4 searches text; attachments are not text
+        raw = data[start : min(end, start + budget)]
+        budget -= len(raw)
+        decoded = _decode_transfer(raw, str(part.get("encoding", "7bit")))
+        pieces.append(_decode_text(decoded, _charset(part.get("params") or ())))
+
+    walk(summary.bodystructure)
+    return "\n".join(pieces)
+
+
+# --------------------------------------------------------------------------
+# Summary-based text
+
+
+def _desurrogate(s: str) -> str:
+    """Envelope strings keep 8-bit bytes as lone surrogates; make them text."""
+    if s.isascii():
+        return s
+    return _clean(s.encode("utf-8", "surrogateescape"))
+
+
+def _address_text(addresses: Sequence[Sequence[str | None]] | None) -> str:
+    """An ENVELOPE address list (rfc3501:7.4.2) written back as header text:
+    ``Name <mailbox@host>, group: member, member;``."""
+    out: list[str] = []
+    separate = False
+    for name, _, mailbox, host in addresses or ():
+        if host is None:  # rfc3501:7.4.2 group syntax: start, or end if no name
+            if mailbox is None:
+                out.append(";")
+                separate = True
+                continue
+            text = f"{_desurrogate(mailbox)}:"
+        else:
+            addr = "" if mailbox in (None, MISSING_MAILBOX) else _desurrogate(mailbox or "")
+            if host != MISSING_DOMAIN:
+                addr = f"{addr}@{_desurrogate(host)}"
+            text = f"{decode_rfc2047(_desurrogate(name))} <{addr}>" if name else addr
+        if separate:
+            out.append(", ")
+        elif out:
+            out.append(" ")
+        out.append(text)
+        separate = host is not None
+    return "".join(out)
+
+
+# Header fields whose (first) value the ENVELOPE holds verbatim:
+# name -> envelope slot (rfc3501:7.4.2 order). Sender and Reply-To are not
+# here: the envelope fills them from From when they are absent.
+_ENVELOPE_FIELDS = {"date": 0, "subject": 1, "in-reply-to": 8, "message-id": 9}
+_ENVELOPE_ADDRESSES = {"FROM": 2, "TO": 5, "CC": 6, "BCC": 7}
+
+
+def _envelope_slot(summary: Summary, slot: int) -> Any:
+    envelope = summary.envelope
+    return envelope[slot] if len(envelope) > slot else None
+
+
+def _sent_day(summary: Summary) -> datetime.date | None:
+    """The calendar day written in the Date: header, or None if it has none."""
+    if summary.date is None:
+        return None
+    raw = _envelope_slot(summary, 0)
+    parsed = parsedate_tz(raw) if isinstance(raw, str) else None
+    if parsed is not None:
+        try:
+            return datetime.date(parsed[0], parsed[1], parsed[2])
+        except (ValueError, TypeError):
+            pass
+    try:
+        return datetime.datetime.fromtimestamp(summary.date, datetime.UTC).date()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+# --------------------------------------------------------------------------
+# Compilation
+
+_Predicate = Callable[[_View], bool]
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True),
+    "DELETED": ("\\Deleted", True),
+    "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True),
+    "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False),
+    "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}
+
+
+def needs_content(key: SearchKey) -> bool:
+    """Whether evaluating ``key`` may read message files (Candidate.load)."""
+    op = key.op.upper()
+    if op in ("NOT", "OR"):
+        return any(needs_content(k) for k in key.args)
+    if op == "AND":
+        return any(needs_content(k) for k in key.args[0])
+    if op in ("BODY", "TEXT"):
+        return str(key.args[0]) != ""
+    if op == "HEADER":
+        return str(key.args[0]).lower() not in _ENVELOPE_FIELDS
+    return False
+
+
+@dataclass(frozen=True)
+class _Env:
+    largest_seq: int
+    largest_uid: int
+    saved: frozenset[int]
+    now: float
+    tz: datetime.tzinfo
+
+
+def _day_start(day: datetime.date, tz: datetime.tzinfo) -> float:
+    """POSIX time at which ``day`` begins in ``tz`` (fine for all of 1..9999)."""
+    return datetime.datetime.combine(day, datetime.time(), tzinfo=tz).timestamp()
+
+
+def _next_day_start(day: datetime.date, tz: datetime.tzinfo) -> float:
+    if day == datetime.date.max:
+        return float("inf")
+    return _day_start(day + datetime.timedelta(days=1), tz)
+
+
+def _number_matcher(sequence: SequenceSet, largest: int) -> Callable[[int], bool]:
+    """Membership test for a resolved sequence set (rfc9051:9 seq-number)."""
+    merged: list[list[int]] = []
+    for low, high in sorted(sequence.resolve(largest)):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    if not merged:
+        return lambda n: False
+    if len(merged) == 1:
+        lo, hi = merged[0]
+        return lambda n: lo <= n <= hi
+    starts = [r[0] for r in merged]
+    ends = [r[1] for r in merged]
+
+    def member(n: int) -> bool:
+        i = bisect.bisect_right(starts, n) - 1
+        return i >= 0 and n <= ends[i]
+
+    return member
+
+
+def _compile(key: SearchKey, env: _Env) -> _Predicate:
+    op = key.op.upper()
+    args = key.args
+
+    if op == "ALL":
+        return lambda v: True
+    if op in _FLAG_KEYS:
+        flag, wanted = _FLAG_KEYS[op]
+        if wanted:
+            return lambda v: flag in v.m.flags
+        return lambda v: flag not in v.m.flags
+    if op in ("KEYWORD", "UNKEYWORD"):
+        # rfc9051:2.3.2: flags are case-insensitive.
+        keyword = str(args[0])
+        folded = keyword.casefold()
+
+        def has_keyword(v: _View) -> bool:
+            flags = v.m.flags
+            return keyword in flags or any(f.casefold() == folded for f in flags)
+
+        if op == "KEYWORD":
+            return has_keyword
+        return lambda v: not has_keyword(v)
+    # rfc3501:6.4.4 (dropped from rfc9051, still sent by IMAP4rev1 clients)
+    if op == "RECENT":
+        return lambda v: v.m.recent
+    if op == "NEW":
+        return lambda v: v.m.recent and "\\Seen" not in v.m.flags
+    if op == "OLD":
+        return lambda v: not v.m.recent
+    if op == "LARGER":  # rfc9051:6.4.4: RFC822.SIZE larger / smaller than n
+        larger = int(args[0])
+        return lambda v: v.m.size > larger
+    if op == "SMALLER":
+        smaller = int(args[0])
+        return lambda v: v.m.size < smaller
+    if op in ("BEFORE", "ON", "SINCE"):
+        # rfc9051:6.4.4: internal date, disregarding time and timezone: the
+        # day is taken in env.tz, as day-boundary instants computed once.
+        day = date_arg(key)
+        start = _day_start(day, env.tz)
+        if op == "BEFORE":
+            return lambda v: v.m.internal_date < start
+        if op == "SINCE":
+            return lambda v: v.m.internal_date >= start
+        end = _next_day_start(day, env.tz)
+        return lambda v: start <= v.m.internal_date < end
+    if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        day = date_arg(key)
+
+        def sent(v: _View) -> bool:
+            d = _sent_day(v.m.summary)
+            if d is None:
+                return False
+            if op == "SENTBEFORE":
+                return d < day
+            if op == "SENTON":
+                return d == day
+            return d >= day
+
+        return sent
+    if op in ("OLDER", "YOUNGER"):
+        # rfc5032:3: relative to the server's current time; OLDER is
+        # "older than" the interval, YOUNGER "within" it.
+        cutoff = env.now - int(args[0])
+        if op == "OLDER":
+            return lambda v: v.m.internal_date < cutoff
+        return lambda v: v.m.internal_date >= cutoff
+    if op == "MODSEQ":  # rfc7162:3.1.5: mod-sequence >= the given value
+        modseq = int(args[-1])
+        return lambda v: v.m.modseq >= modseq
+    if op in ("UID", "SEQSET"):
+        sequence = args[0]
+        assert isinstance(sequence, SequenceSet)
+        if sequence.saved:  # rfc5182:2.1: "$" is the saved result, kept as UIDs
+            saved = env.saved
+            return lambda v: v.m.uid in saved
+        if op == "UID":
+            in_uids = _number_matcher(sequence, env.largest_uid)
+            return lambda v: in_uids(v.m.uid)
+        in_seqs = _number_matcher(sequence, env.largest_seq)
+        return lambda v: in_seqs(v.m.seq)
+    if op in ("NOT", "OR", "AND"):
+        return _compile_boolean(op, args, env)
+    return _compile_text(op, args)
+
+
+def _compile_boolean(op: str, args: tuple[Any, ...], env: _Env) -> _Predicate:
+    if op == "NOT":
+        inner = _compile(args[0], env)
+        return lambda v: not inner(v)
+    if op == "OR":
+        left, right = args
+        # Cheap side first, so the file-reading side runs less often.
+        if needs_content(left) and not needs_content(right):
+            left, right = right, left
+        first, second = _compile(left, env), _compile(right, env)
+        return lambda v: first(v) or second(v)
+    keys: Sequence[SearchKey] = args[0]
+    ordered = sorted(keys, key=needs_content)  # stable: cheap keys first
+    preds = [_compile(k, env) for k in ordered]
+    if not preds:
+        return lambda v: True
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda v: a(v) and b(v)
+    return lambda v: all(p(v) for p in preds)
+
+
+def _compile_text(op: str, args: tuple[Any, ...]) -> _Predicate:
+    # rfc9051:6.4.4: case-insensitive substring matches.
+    if op == "HEADER":
+        field = str(args[0]).lower()
+        needle = str(args[1]).casefold()
+        if field in _ENVELOPE_FIELDS:
+            slot = _ENVELOPE_FIELDS[field]
+
+            def envelope_field(v: _View) -> bool:
+                value = _envelope_slot(v.m.summary, slot)
+                if value is None:
+                    return False
+                return needle in decode_rfc2047(_desurrogate(value)).casefold()
+
+            return envelope_field
+
+        def header_field(v: _View) -> bool:
+            return any(n == field and needle in val.casefold() for n, val in v.fields())
+
+        return header_field
+    needle = str(args[0]).casefold()
+    if op == "SUBJECT":
+        return lambda v: needle in v.m.summary.subject.casefold()
+    if op in _ENVELOPE_ADDRESSES:
+        slot = _ENVELOPE_ADDRESSES[op]
+        if not needle:
+            return lambda v: True
+        return lambda v: needle in _address_text(_envelope_slot(v.m.summary, slot)).casefold()
+    if op in ("BODY", "TEXT"):
+        if not needle:
+            return lambda v: True
+        if op == "BODY":
+            return lambda v: needle in v.body_text()
+        return lambda v: needle in v.header_text() or needle in v.body_text()
+    raise ValueError(f"unknown SEARCH key {op!r}")
+
+
+# --------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(
+    key: SearchKey,
+    messages: Sequence[Candidate],
+    *,
+    largest_seq: int,
+    largest_uid: int,
+    saved: Sequence[int] = (),
+    now: float | None = None,
+    tz: datetime.tzinfo = datetime.UTC,
+) -> list[Candidate]:
+    """The messages that match ``key``, in mailbox (sequence number) order.
+
+    ``largest_seq`` / ``largest_uid`` are what "*" stands for in sequence and
+    UID sets; ``saved`` holds the UIDs of the last SAVE result (rfc5182), the
+    meaning of "$"; ``now`` is the time OLDER/YOUNGER count from (default:
+    the current time); ``tz`` is the zone of BEFORE/ON/SINCE days. Raises
+    ValueError for an op that is not a SEARCH key.
+    """
+    env = _Env(
+        largest_seq=largest_seq,
+        largest_uid=largest_uid,
+        saved=frozenset(saved),
+        now=time.time() if now is None else now,
+        tz=tz,
+    )
+    predicate = _compile(key, env)
+    view = _View()
+    matched: list[Candidate] = []
+    append = matched.append
+    reset = view.reset
+    for message in messages:
+        reset(message)
+        if predicate(view):
+            append(message)
+    matched.sort(key=lambda m: m.seq)  # linear when already in order
+    return matched
+
+
+# --------------------------------------------------------------------------
+# Responses
+
+
+def compress(numbers: Sequence[int]) -> str:
+    """A sequence-set for ``numbers``: runs of consecutive ascending numbers
+    become "a:b" ("2,5:9,47"). The order is kept (COPYUID pairs two sets by
+    position, rfc4315:3) and repeats of the previous number are dropped; ""
+    for no numbers."""
+    out: list[str] = []
+    it = iter(numbers)
+    first = next(it, None)
+    if first is None:
+        return ""
+    start = end = first
+    for n in it:
+        if n == end:
+            continue
+        if n == end + 1:
+            end = n
+            continue
+        out.append(str(start) if start == end else f"{start}:{end}")
+        start = end = n
+    out.append(str(start) if start == end else f"{start}:{end}")
+    return ",".join(out)
+
+
+def render_search(results: list[int], *, modseq: int | None) -> bytes:
+    """rfc9051:7.3.4 / rfc3501:7.2.5 SEARCH response, without the "* ".
+
+    ``modseq`` is appended as "(MODSEQ n)" (rfc7162:3.1.5), but only after at
+    least one number, as the rfc7162:7 grammar requires.
+    """
+    out = b"SEARCH" + b"".join(b" %d" % n for n in results)
+    if modseq is not None and results:
+        out += b" (MODSEQ %d)" % modseq
+    return out
+
+
+def _quoted(text: str) -> bytes:
+    return b'"' + text.encode("utf-8").replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def render_esearch(
+    tag: str, results: list[int], options: Sequence[str], *, uid: bool, modseq: int | None
+) -> bytes:
+    """rfc4731:3.1 / rfc9051:7.3.4 ESEARCH response, without the "* ".
+
+    ``options`` are the RETURN options (case-insensitive); none means ALL.
+    Data come in the order MIN MAX COUNT ALL; MIN, MAX and ALL are left out
+    when nothing matched, COUNT is always there when asked for. SAVE and
+    unknown options add nothing. ``modseq`` is appended as "MODSEQ n"
+    (rfc4731:3.2) when something matched; see ``response_modseq``.
+    """
+    wanted = {o.upper() for o in options}
+    if not wanted:
+        wanted = {"ALL"}  # rfc4731:3.1, rfc9051:6.4.4: "RETURN ()" is "RETURN (ALL)"
+    out = [b"ESEARCH (TAG " + _quoted(tag) + b")"]
+    if uid:
+        out.append(b"UID")
+    if results:
+        if "MIN" in wanted:
+            out.append(b"MIN %d" % min(results))
+        if "MAX" in wanted:
+            out.append(b"MAX %d" % max(results))
+    if "COUNT" in wanted:
+        out.append(b"COUNT %d" % len(results))
+    if results and "ALL" in wanted:
+        out.append(b"ALL " + compress(sorted(results)).encode("ascii"))
+    if modseq is not None and results:
+        out.append(b"MODSEQ %d" % modseq)
+    return b" ".join(out)
+
+
+def response_modseq(matched: Sequence[Candidate], options: Sequence[str] | None) -> int | None:
+    """The mod-sequence to report for a search that used the MODSEQ key.
+
+    rfc7162:3.1.5 / rfc4731:3.2: the highest mod-sequence of the messages
+    returned; with RETURN options naming only MIN and/or MAX, of just those
+    messages. ``options`` None means a plain SEARCH response. None when
+    nothing matched.
+    """
+    if not matched:
+        return None
+    wanted = {o.upper() for o in options or ()}
+    if options is not None and wanted & {"MIN", "MAX"} and not wanted & {"ALL", "COUNT"}:
+        reported = []
+        if "MIN" in wanted:
+            reported.append(min(matched, key=lambda m: m.seq))
+        if "MAX" in wanted:
+            reported.append(max(matched, key=lambda m: m.seq))
+        return max(m.modseq for m in reported)
+    return max(m.modseq for m in matched)

@@ -1,0 +1,155 @@
+"""The state of a selected mailbox, as one session sees it.
+
+A session's view lags the index on purpose: rfc9051:7.5.1 forbids
+EXPUNGE responses while FETCH, STORE or SEARCH run, and sequence numbers
+must not shift under a client's feet. ``Selected`` keeps the session's
+UID list and flags, and ``pull`` computes what to tell the client to bring
+its view up to the index (EXISTS, FETCH FLAGS, EXPUNGE / VANISHED).
+"""
+
+from __future__ import annotations
+
+import bisect
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from estafeta.imap.types import SequenceSet
+from estafeta.store.index import Mailbox
+
+
+@dataclass
+class Updates:
+    expunged: list[int] = field(default_factory=list)  # UIDs, still in the view
+    flags: list[tuple[int, tuple[str, ...], int]] = field(
+        default_factory=list
+    )  # uid, flags, modseq
+    new: list[tuple[int, tuple[str, ...], int]] = field(default_factory=list)
+    highestmodseq: int = 0
+
+
+@dataclass
+class Selected:
+    box: Mailbox
+    readonly: bool
+    uids: list[int]
+    flags: dict[int, tuple[str, ...]]
+    modseqs: dict[int, int]
+    highestmodseq: int
+    condstore: bool = False  # rfc7162:3.1: a CONDSTORE-enabling command was used
+    qresync: bool = False
+    # UIDs the index has expunged but the client has not been told yet.
+    pending_expunge: set[int] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection, box: Mailbox, readonly: bool) -> Selected:
+        rows = conn.execute(
+            "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? ORDER BY uid", (box.id,)
+        ).fetchall()
+        uids = [row[0] for row in rows]
+        flags = {row[0]: tuple(row[1].split()) for row in rows}
+        modseqs = {row[0]: row[2] for row in rows}
+        return cls(box, readonly, uids, flags, modseqs, box.highestmodseq)
+
+    # -- numbers ---------------------------------------------------------
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        return None
+
+    def resolve(self, sequence: SequenceSet, uid: bool, saved: Sequence[int] = ()) -> list[int]:
+        """The UIDs a sequence set names, ascending (rfc9051:9 seq-number / uid-set).
+
+        For UID sets, "*" is the largest UID in the view, and numbers that
+        are not in the view are ignored (rfc9051:6.4.9).
+        """
+        if sequence.saved:
+            wanted = set(saved)
+            return [u for u in self.uids if u in wanted]
+        if not self.uids:
+            return []
+        if uid:
+            largest = self.uids[-1]
+            result: list[int] = []
+            for low, high in sequence.resolve(largest):
+                start = bisect.bisect_left(self.uids, low)
+                end = bisect.bisect_right(self.uids, high)
+                result.extend(self.uids[start:end])
+            return sorted(set(result))
+        return [self.uids[n - 1] for n in sequence.iter(len(self.uids))]
+
+    def valid_seqs(self, sequence: SequenceSet) -> bool:
+        """rfc9051:6.4.5: a sequence number beyond EXISTS is a BAD request."""
+        if sequence.saved:
+            return True
+        for start, end in sequence.ranges:
+            for bound in (start, end):
+                if bound is not None and bound > len(self.uids):
+                    return False
+        return True
+
+    # -- keeping up with the index --------------------------------------------
+
+    def pull(self, conn: sqlite3.Connection) -> Updates:
+        """What changed in the index since this view last looked."""
+        updates = Updates(highestmodseq=self.highestmodseq)
+        row = conn.execute(
+            "SELECT highestmodseq FROM mailboxes WHERE id = ?", (self.box.id,)
+        ).fetchone()
+        if row is None or row[0] <= self.highestmodseq:
+            return updates
+        since = self.highestmodseq
+        for (uid,) in conn.execute(
+            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+            (self.box.id, since),
+        ):
+            if uid in self.flags:
+                updates.expunged.append(uid)
+        known_max = self.uids[-1] if self.uids else 0
+        for uid, flag_text, modseq in conn.execute(
+            "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND modseq > ?"
+            " ORDER BY uid",
+            (self.box.id, since),
+        ):
+            flags = tuple(flag_text.split())
+            if uid > known_max:
+                updates.new.append((uid, flags, modseq))
+            elif uid in self.flags:
+                updates.flags.append((uid, flags, modseq))
+        updates.highestmodseq = int(row[0])
+        return updates
+
+    def apply_flags(self, changes: Iterable[tuple[int, tuple[str, ...], int]]) -> None:
+        for uid, flags, modseq in changes:
+            if uid in self.flags:
+                self.flags[uid] = flags
+                self.modseqs[uid] = modseq
+
+    def apply_new(self, new: Iterable[tuple[int, tuple[str, ...], int]]) -> None:
+        for uid, flags, modseq in new:
+            if uid not in self.flags:
+                self.uids.append(uid)
+                self.flags[uid] = flags
+                self.modseqs[uid] = modseq
+
+    def apply_expunge(self, uids: Iterable[int]) -> list[int]:
+        """Remove UIDs; returns their sequence numbers as the client must hear
+        them (each EXPUNGE shifts the ones after it: report in descending
+        order so that every number is right when it is read)."""
+        seqs = []
+        for uid in sorted(set(uids), reverse=True):
+            seq = self.seq_of(uid)
+            if seq is None:
+                continue
+            seqs.append(seq)
+            del self.uids[seq - 1]
+            self.flags.pop(uid, None)
+            self.modseqs.pop(uid, None)
+        self.pending_expunge.difference_update(uids)
+        return seqs

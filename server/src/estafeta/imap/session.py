@@ -1,0 +1,1053 @@
+"""One IMAP connection: the asyncio side of the sans-IO parser.
+
+The session owns the stream, the timeouts and the per-connection state
+(rfc9051:3: not authenticated, authenticated, selected, logout). Commands
+are looked up in per-state tables and run one at a time; errors raised by
+a command become a tagged NO/BAD, never a traceback to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import sqlite3
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from estafeta import __version__
+from estafeta.auth import Accounts
+from estafeta.imap import commands as c
+from estafeta.imap import fetch as fetch_module
+from estafeta.imap import search as search_module
+from estafeta.imap.listing import Box, list_mailboxes, lsub
+from estafeta.imap.parser import (
+    Command,
+    Continue,
+    Eof,
+    NeedData,
+    ParseError,
+    Parser,
+    RawLine,
+    encode_mutf7,
+)
+from estafeta.imap.selected import Selected, Updates
+from estafeta.imap.types import FetchAtt, SearchKey
+from estafeta.log import log_event
+from estafeta.message import Summary, imap_string
+from estafeta.store import Store, StoreError, index
+from estafeta.store.operations import MailboxError
+
+log = logging.getLogger("estafeta.imap")
+
+NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = range(4)
+# rfc9051:5.4: an autologout timer of at least 30 minutes once authenticated.
+AUTH_TIMEOUT = 60.0
+IDLE_TIMEOUT = 30 * 60.0
+MAX_BAD_COMMANDS = 20
+MAX_FAILED_LOGINS = 3
+
+
+class No(Exception):  # named after the IMAP response it becomes
+    """Answer the command with NO (``code`` is an rfc5530 response code)."""
+
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class Bad(Exception):
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+@dataclass
+class Settings:
+    hostname: str
+    allow_plaintext: bool = False  # LOGIN / AUTHENTICATE PLAIN without TLS (tests only)
+    append_limit: int = 50 * 1024 * 1024
+    quota_bytes: int | None = None  # rfc9208 STORAGE limit per account; None = unlimited
+
+
+Handler = Callable[["Session", Command], Awaitable[None]]
+
+
+class Session:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        accounts: Accounts,
+        store: Store,
+        settings: Settings,
+        tls: ssl.SSLContext | None,
+        implicit_tls: bool,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.accounts = accounts
+        self.store = store
+        self.settings = settings
+        self.tls = tls
+        self.tls_active = implicit_tls
+        self.parser = Parser(max_literal=settings.append_limit + 1024)
+        self.state = NOT_AUTHENTICATED
+        self.user: str | None = None
+        self.conn: sqlite3.Connection | None = None
+        self.selected: Selected | None = None
+        self.enabled: set[str] = set()
+        self.saved_result: list[int] = []  # rfc5182 $, as UIDs
+        self.bad_commands = 0
+        self.failed_logins = 0
+        self._changed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        peer = writer.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+    # -- output ------------------------------------------------------------
+
+    def send(self, line: bytes | str) -> None:
+        if isinstance(line, str):
+            line = line.encode("utf-8")
+        self.writer.write(line + b"\r\n")
+
+    async def flush(self) -> None:
+        await self.writer.drain()
+
+    def untagged(self, text: bytes | str) -> None:
+        self.send(b"* " + (text.encode("utf-8") if isinstance(text, str) else text))
+
+    def tagged(self, tag: str, status: str, text: str, code: str = "") -> None:
+        code_part = f"[{code}] " if code else ""
+        self.send(f"{tag} {status} {code_part}{text}")
+
+    def mailbox_name(self, name: str) -> bytes:
+        """A mailbox name for a response: mUTF-7 (rfc3501:5.1.3) unless UTF8=ACCEPT."""
+        if "UTF8=ACCEPT" in self.enabled:
+            return imap_string(name)
+        return imap_string(encode_mutf7(name))
+
+    # -- capabilities ----------------------------------------------------------
+
+    def capabilities(self) -> list[str]:
+        caps = ["IMAP4rev1", "IMAP4rev2"]
+        plaintext_ok = self.tls_active or self.settings.allow_plaintext
+        if self.state == NOT_AUTHENTICATED:
+            if self.tls is not None and not self.tls_active:
+                caps.append("STARTTLS")
+            if plaintext_ok:
+                caps += ["AUTH=PLAIN", "SASL-IR"]
+            else:
+                caps.append("LOGINDISABLED")  # rfc9051:6.2.3
+        caps += [
+            "LITERAL+",
+            "ENABLE",
+            "ID",
+            "IDLE",
+            "NAMESPACE",
+            "UIDPLUS",
+            "MOVE",
+            "UNSELECT",
+            "CHILDREN",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
+            "SPECIAL-USE",
+            "CREATE-SPECIAL-USE",
+            "ESEARCH",
+            "SEARCHRES",
+            "WITHIN",
+            "CONDSTORE",
+            "QRESYNC",
+            "BINARY",
+            f"APPENDLIMIT={self.settings.append_limit}",
+            "QUOTA",
+            "QUOTA=RES-STORAGE",
+            "UTF8=ACCEPT",
+            "STATUS=SIZE",
+        ]
+        return list(dict.fromkeys(caps))
+
+    # -- main loop -------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            self.untagged(
+                f"OK [CAPABILITY {' '.join(self.capabilities())}] {self.settings.hostname} "
+                "estafeta IMAP ready"
+            )
+            await self.flush()
+            await self._loop_commands()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        except TimeoutError:
+            self.untagged("BYE Autologout; idle for too long")
+            await self._safe_flush()
+        finally:
+            self._close_selected()
+            if self.conn is not None:
+                self.conn.close()
+            self.writer.close()
+
+    async def _safe_flush(self) -> None:
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await asyncio.wait_for(self.flush(), 5)
+
+    async def _read(self) -> bytes:
+        timeout = AUTH_TIMEOUT if self.state == NOT_AUTHENTICATED else IDLE_TIMEOUT
+        return await asyncio.wait_for(self.reader.read(65536), timeout)
+
+    async def _loop_commands(self) -> None:
+        while self.state != LOGOUT:
+            event = self.parser.next_event()
+            if isinstance(event, NeedData):
+                await self.flush()
+                self.parser.receive_data(await self._read())
+            elif isinstance(event, Continue):
+                self.send(f"+ {event.text}")
+                await self.flush()
+            elif isinstance(event, Command):
+                await self._dispatch(event)
+            elif isinstance(event, ParseError):
+                self.bad_commands += 1
+                prefix = event.tag if event.tag else "*"
+                self.send(f"{prefix} BAD {event.text}")
+                if event.fatal or self.bad_commands > MAX_BAD_COMMANDS:
+                    self.untagged("BYE Too many errors, closing")
+                    await self._safe_flush()
+                    return
+            elif isinstance(event, Eof):
+                return
+            elif isinstance(event, RawLine):  # pragma: no cover — only after expect_line
+                self.send("* BAD Unexpected continuation line")
+
+    async def _dispatch(self, command: Command) -> None:
+        table = _COMMANDS[self.state]
+        handler = table.get(command.name)
+        tag = command.tag
+        if handler is None:
+            if any(command.name in t for t in _COMMANDS.values()):
+                self.tagged(tag, "BAD", f"{command.name} is not allowed now")
+            else:
+                self.tagged(tag, "BAD", f"Unknown command {command.name}")
+            return
+        started = time.monotonic()
+        try:
+            await handler(self, command)
+        except No as exc:
+            self.tagged(tag, "NO", str(exc), exc.code)
+        except Bad as exc:
+            self.tagged(tag, "BAD", str(exc), exc.code)
+        except MailboxError as exc:
+            self.tagged(tag, "NO", str(exc), exc.code)
+        except StoreError as exc:
+            log.error("store error in %s: %s", command.name, exc)
+            self.tagged(tag, "NO", "Temporary failure, try again", "SERVERBUG")
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            raise
+        except Exception:
+            # Never a traceback to the client: log it, answer NO [SERVERBUG].
+            log.exception("internal error in IMAP %s", command.name)
+            self.tagged(tag, "NO", "Internal error", "SERVERBUG")
+        elapsed = time.monotonic() - started
+        if elapsed > 1:
+            log_event(
+                log, "slow_command", command=command.name, user=self.user, s=round(elapsed, 2)
+            )
+
+    def shutdown(self) -> None:
+        """Server stopping: tell the client (rfc9051:7.1.5) and close."""
+        if self.state != LOGOUT:
+            self.untagged("BYE Server shutting down")
+            self.state = LOGOUT
+        self.writer.close()
+
+    # -- index access -------------------------------------------------------
+
+    def index(self) -> sqlite3.Connection:
+        assert self.conn is not None
+        return self.conn
+
+    def _watch(self, _address: str) -> None:
+        # Called in the store's writer thread after a commit.
+        self._loop.call_soon_threadsafe(self._changed.set)
+
+    def _close_selected(self) -> None:
+        self.selected = None
+
+    # -- reporting changes ------------------------------------------------------
+
+    def report_updates(self, allow_expunge: bool) -> None:
+        """Send what other sessions and deliveries changed (rfc9051:7.5.1)."""
+        view = self.selected
+        if view is None:
+            return
+        self._changed.clear()
+        updates: Updates = view.pull(self.index())
+        view.pending_expunge.update(updates.expunged)
+        if allow_expunge and view.pending_expunge:
+            self._send_expunges(sorted(view.pending_expunge))
+        for uid, flags, modseq in updates.flags:
+            if uid in view.pending_expunge:
+                continue
+            if view.flags.get(uid) != flags or view.condstore:
+                view.apply_flags([(uid, flags, modseq)])
+                seq = view.seq_of(uid)
+                self.untagged(self._flags_fetch(seq or 0, uid, flags, modseq))
+        if updates.new:
+            view.apply_new(updates.new)
+            self.untagged(f"{view.exists} EXISTS")
+        if not view.pending_expunge:
+            view.highestmodseq = updates.highestmodseq
+        else:
+            view.highestmodseq = max(view.highestmodseq, updates.highestmodseq)
+
+    def _send_expunges(self, uids: list[int]) -> None:
+        view = self.selected
+        assert view is not None
+        if view.qresync and "QRESYNC" in self.enabled:
+            # rfc7162:3.2.10: VANISHED instead of EXPUNGE once QRESYNC is enabled.
+            view.apply_expunge(uids)
+            self.untagged(f"VANISHED {search_module.compress(uids)}")
+            return
+        for seq in view.apply_expunge(uids):
+            self.untagged(f"{seq} EXPUNGE")
+
+    def _flags_fetch(self, seq: int, uid: int, flags: Sequence[str], modseq: int) -> str:
+        parts = [f"UID {uid}", f"FLAGS ({' '.join(flags)})"]
+        if self.selected is not None and self.selected.condstore:
+            parts.append(f"MODSEQ ({modseq})")
+        return f"{seq} FETCH ({' '.join(parts)})"
+
+
+# ---------------------------------------------------------------------------
+# Commands. Each is `async def cmd_x(session, command)`; it sends untagged
+# data and the tagged completion itself, or raises No / Bad.
+# ---------------------------------------------------------------------------
+
+
+async def cmd_capability(s: Session, cmd: Command) -> None:
+    s.untagged("CAPABILITY " + " ".join(s.capabilities()))
+    s.tagged(cmd.tag, "OK", "CAPABILITY completed")
+
+
+async def cmd_noop(s: Session, cmd: Command) -> None:
+    s.report_updates(allow_expunge=True)
+    s.tagged(cmd.tag, "OK", f"{cmd.name} completed")
+
+
+async def cmd_logout(s: Session, cmd: Command) -> None:
+    s.untagged("BYE Logging out")
+    s.tagged(cmd.tag, "OK", "LOGOUT completed")
+    s.state = LOGOUT
+    await s.flush()
+
+
+async def cmd_starttls(s: Session, cmd: Command) -> None:
+    if s.tls is None or s.tls_active:
+        raise Bad("STARTTLS is not available")
+    s.tagged(cmd.tag, "OK", "Begin TLS negotiation now")
+    await s.flush()
+    # rfc9051:6.2.1: anything the client pipelined after STARTTLS is discarded.
+    s.parser = Parser(max_literal=s.settings.append_limit + 1024)
+    await s.writer.start_tls(s.tls)
+    s.tls_active = True
+
+
+async def _login(s: Session, cmd: Command, user: str, password: str) -> None:
+    if not (s.tls_active or s.settings.allow_plaintext):
+        raise No("Log in after STARTTLS (rfc9051:6.2.3)", "PRIVACYREQUIRED")
+    ok = await asyncio.to_thread(s.accounts.verify_password, user, password)
+    if not ok:
+        s.failed_logins += 1
+        log_event(log, "login_failed", logging.WARNING, client=s.peer, user=user)
+        await asyncio.sleep(min(2.0 * s.failed_logins, 6.0))  # slow down guessing
+        if s.failed_logins >= MAX_FAILED_LOGINS:
+            s.untagged("BYE Too many failed logins")
+            s.state = LOGOUT
+        raise No("Invalid credentials", "AUTHENTICATIONFAILED")
+    from estafeta.address import normalize_address
+
+    s.user = normalize_address(user)
+    s.conn = s.store.open_index(s.user)
+    s.parser.set_authenticated(True)
+    s.state = AUTHENTICATED
+    log_event(log, "login", client=s.peer, user=s.user, tls=s.tls_active)
+    # rfc9051:6.2.3: send the capabilities again, they changed.
+    s.tagged(cmd.tag, "OK", "Logged in", "CAPABILITY " + " ".join(s.capabilities()))
+
+
+async def cmd_login(s: Session, cmd: Command) -> None:
+    args: c.Login = cmd.args  # type: ignore[assignment]
+    await _login(s, cmd, args.user, args.password)
+
+
+async def cmd_authenticate(s: Session, cmd: Command) -> None:
+    args: c.Authenticate = cmd.args  # type: ignore[assignment]
+    if args.mechanism.upper() != "PLAIN":
+        raise No(f"Unsupported mechanism {args.mechanism}", "CANNOT")
+    if not (s.tls_active or s.settings.allow_plaintext):
+        raise No("Authenticate after STARTTLS", "PRIVACYREQUIRED")
+    response = args.initial_response
+    if response is None:
+        s.send("+ ")
+        await s.flush()
+        s.parser.expect_line()
+        while True:
+            event = s.parser.next_event()
+            if isinstance(event, NeedData):
+                s.parser.receive_data(await s._read())
+                continue
+            break
+        if not isinstance(event, RawLine):
+            raise Bad("Expected a SASL response line")
+        response = event.line.decode("ascii", "replace").strip()
+        if response == "*":  # rfc9051:6.2.2 the client cancels
+            raise Bad("Authentication cancelled")
+    try:
+        decoded = base64.b64decode(response, validate=True) if response != "=" else b""
+        # rfc4616:2 message = [authzid] UTF8NUL authcid UTF8NUL passwd
+        authzid, authcid, password = decoded.decode("utf-8").split("\x00")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Bad("Malformed PLAIN response") from None
+    if authzid and authzid.lower() != authcid.lower():
+        raise No("Authorization identity must match the user", "AUTHORIZATIONFAILED")
+    await _login(s, cmd, authcid, password)
+
+
+async def cmd_enable(s: Session, cmd: Command) -> None:
+    args: c.Enable = cmd.args  # type: ignore[assignment]
+    known = {"IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE", "QRESYNC": "QRESYNC",
+             "UTF8=ACCEPT": "UTF8=ACCEPT"}  # fmt: skip
+    newly = []
+    for capability in args.capabilities:
+        name = known.get(capability.upper())
+        if name and name not in s.enabled:
+            s.enabled.add(name)
+            newly.append(name)
+    if "QRESYNC" in newly:
+        s.enabled.add("CONDSTORE")  # rfc7162:3.2.3 QRESYNC implies CONDSTORE
+    if "UTF8=ACCEPT" in s.enabled:
+        s.parser.set_utf8(True)
+    # rfc5161:3.1: ENABLED lists what this command enabled.
+    s.untagged("ENABLED" + "".join(f" {n}" for n in newly))
+    s.tagged(cmd.tag, "OK", "ENABLE completed")
+
+
+async def cmd_id(s: Session, cmd: Command) -> None:
+    # rfc2971:3.3 — name and version only; nothing that helps an attacker more.
+    s.untagged(f'ID ("name" "estafeta" "version" "{__version__}")')
+    s.tagged(cmd.tag, "OK", "ID completed")
+
+
+async def cmd_namespace(s: Session, cmd: Command) -> None:
+    s.untagged('NAMESPACE (("" "/")) NIL NIL')  # rfc2342:5
+    s.tagged(cmd.tag, "OK", "NAMESPACE completed")
+
+
+def _boxes(s: Session) -> list[index.Mailbox]:
+    return index.mailboxes(s.index())
+
+
+async def cmd_select(s: Session, cmd: Command) -> None:
+    args: c.Select = cmd.args  # type: ignore[assignment]
+    readonly = cmd.name == "EXAMINE"
+    if s.selected is not None:
+        # rfc7162:3.2.11 CLOSED before the new mailbox's data.
+        s.selected = None
+        s.state = AUTHENTICATED
+        s.untagged("OK [CLOSED] Previous mailbox closed")
+    box = index.mailbox(s.index(), args.mailbox)
+    if box is None:
+        raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
+    view = Selected.load(s.index(), box, readonly)
+    if args.qresync is not None and "QRESYNC" not in s.enabled:
+        raise Bad("QRESYNC must be enabled first (rfc7162:3.2.5)")
+    view.condstore = args.condstore or args.qresync is not None or "CONDSTORE" in s.enabled
+    view.qresync = args.qresync is not None
+    flags = r"\Answered \Flagged \Deleted \Seen \Draft"
+    keywords = sorted({f for fl in view.flags.values() for f in fl if not f.startswith("\\")})
+    s.untagged(f"{view.exists} EXISTS")
+    if "IMAP4rev2" not in s.enabled:
+        s.untagged("0 RECENT")  # rfc3501:7.3.2 (we keep no \Recent)
+        unseen = next((i + 1 for i, u in enumerate(view.uids) if "\\Seen" not in view.flags[u]), 0)
+        if unseen:
+            s.untagged(f"OK [UNSEEN {unseen}] First unseen")
+    s.untagged(f"FLAGS ({' '.join([*flags.split(), *keywords])})")
+    permanent = "" if readonly else f"{flags} {' '.join(keywords)} \\*".replace("  ", " ")
+    s.untagged(f"OK [PERMANENTFLAGS ({permanent.strip()})] Flags permitted")
+    s.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
+    s.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
+    if view.condstore:
+        s.untagged(f"OK [HIGHESTMODSEQ {view.highestmodseq}] Highest")
+    s.untagged(b'LIST () "/" ' + s.mailbox_name(box.name))
+    if args.qresync is not None:
+        _qresync_report(s, view, args.qresync)
+    s.selected = view
+    s.state = SELECTED
+    s.tagged(cmd.tag, "OK", f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE")
+
+
+def _qresync_report(s: Session, view: Selected, params: Any) -> None:
+    """rfc7162:3.2.5.2 — VANISHED (EARLIER) and FETCH for what changed since."""
+    uidvalidity, modseq = params[0], params[1]
+    known = params[2] if len(params) > 2 else None
+    if uidvalidity != view.box.uidvalidity:
+        return
+    vanished = [
+        row[0]
+        for row in s.index().execute(
+            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+            (view.box.id, modseq),
+        )
+    ]
+    if known is not None:
+        vanished = [u for u in vanished if known.contains(u, view.uids[-1] if view.uids else u)]
+    if vanished:
+        s.untagged(f"VANISHED (EARLIER) {search_module.compress(vanished)}")
+    for uid in view.uids:
+        if view.modseqs[uid] > modseq:
+            s.untagged(
+                s._flags_fetch(view.seq_of(uid) or 0, uid, view.flags[uid], view.modseqs[uid])
+            )
+
+
+async def cmd_create(s: Session, cmd: Command) -> None:
+    args: c.Create = cmd.args  # type: ignore[assignment]
+    use = args.use[0] if args.use else None
+    if args.use and len(args.use) > 1:
+        raise No("One special-use attribute per mailbox", "USEATTR")
+    await asyncio.to_thread(s.store.create_mailbox, _user(s), args.mailbox, use)
+    s.tagged(cmd.tag, "OK", "CREATE completed")
+
+
+async def cmd_delete(s: Session, cmd: Command) -> None:
+    args: c.Delete = cmd.args  # type: ignore[assignment]
+    if s.selected is not None and s.selected.box.name == args.mailbox:
+        raise No("Cannot delete the selected mailbox; select another first", "INUSE")
+    await asyncio.to_thread(s.store.delete_mailbox, _user(s), args.mailbox)
+    s.tagged(cmd.tag, "OK", "DELETE completed")
+
+
+async def cmd_rename(s: Session, cmd: Command) -> None:
+    args: c.Rename = cmd.args  # type: ignore[assignment]
+    await asyncio.to_thread(s.store.rename_mailbox, _user(s), args.old, args.new)
+    s.tagged(cmd.tag, "OK", "RENAME completed")
+
+
+async def cmd_subscribe(s: Session, cmd: Command) -> None:
+    args: c.Subscribe = cmd.args  # type: ignore[assignment]
+    await asyncio.to_thread(s.store.subscribe, _user(s), args.mailbox, cmd.name == "SUBSCRIBE")
+    s.tagged(cmd.tag, "OK", f"{cmd.name} completed")
+
+
+def _user(s: Session) -> str:
+    assert s.user is not None
+    return s.user
+
+
+async def cmd_list(s: Session, cmd: Command) -> None:
+    args: c.List = cmd.args  # type: ignore[assignment]
+    boxes = [Box(b.name, b.special_use, b.subscribed) for b in _boxes(s)]
+    if not args.patterns or args.patterns == ("",):
+        # rfc9051:6.3.9: an empty pattern asks for the delimiter.
+        s.untagged('LIST (\\Noselect) "/" ""')
+        s.tagged(cmd.tag, "OK", "LIST completed")
+        return
+    entries = list_mailboxes(
+        boxes, args.reference, args.patterns, selection=args.selection, returns=args.returns
+    )
+    by_name = {b.name: b for b in _boxes(s)}
+    for entry in entries:
+        line = (
+            b"LIST (" + " ".join(entry.attributes).encode() + b') "/" ' + s.mailbox_name(entry.name)
+        )
+        if entry.childinfo:
+            line += b' ("CHILDINFO" ("SUBSCRIBED"))'
+        s.untagged(line)
+        if args.status_items and entry.name in by_name and "\\NonExistent" not in entry.attributes:
+            # rfc5819:2 LIST-STATUS
+            s.untagged(_status_line(s, by_name[entry.name], args.status_items))
+    s.tagged(cmd.tag, "OK", "LIST completed")
+
+
+async def cmd_lsub(s: Session, cmd: Command) -> None:
+    args: c.Lsub = cmd.args  # type: ignore[assignment]
+    boxes = [Box(b.name, b.special_use, b.subscribed) for b in _boxes(s)]
+    for entry in lsub(boxes, args.reference, args.pattern):
+        s.untagged(
+            b"LSUB (" + " ".join(entry.attributes).encode() + b') "/" ' + s.mailbox_name(entry.name)
+        )
+    s.tagged(cmd.tag, "OK", "LSUB completed")
+
+
+def _status_line(s: Session, box: index.Mailbox, items: Sequence[str]) -> bytes:
+    conn = s.index()
+    box = index.mailbox(conn, box.name) or box
+    values = []
+    for item in items:
+        item = item.upper()
+        if item == "MESSAGES":
+            value = conn.execute(
+                "SELECT count(*) FROM messages WHERE mailbox_id = ?", (box.id,)
+            ).fetchone()[0]
+        elif item == "UIDNEXT":
+            value = box.uidnext
+        elif item == "UIDVALIDITY":
+            value = box.uidvalidity
+        elif item == "UNSEEN":
+            value = conn.execute(
+                "SELECT count(*) FROM messages WHERE mailbox_id = ?"
+                " AND (' ' || flags || ' ') NOT LIKE '% \\Seen %'",
+                (box.id,),
+            ).fetchone()[0]
+        elif item == "DELETED":
+            value = conn.execute(
+                "SELECT count(*) FROM messages WHERE mailbox_id = ?"
+                " AND (' ' || flags || ' ') LIKE '% \\Deleted %'",
+                (box.id,),
+            ).fetchone()[0]
+        elif item == "SIZE":
+            value = conn.execute(
+                "SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = ?", (box.id,)
+            ).fetchone()[0]
+        elif item == "RECENT":
+            value = 0
+        elif item == "HIGHESTMODSEQ":
+            value = box.highestmodseq
+        elif item == "APPENDLIMIT":
+            value = s.settings.append_limit
+        else:
+            raise Bad(f"Unknown STATUS item {item}")
+        values.append(f"{item} {value}")
+    return b"STATUS " + s.mailbox_name(box.name) + f" ({' '.join(values)})".encode()
+
+
+async def cmd_status(s: Session, cmd: Command) -> None:
+    args: c.Status = cmd.args  # type: ignore[assignment]
+    box = index.mailbox(s.index(), args.mailbox)
+    if box is None:
+        raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
+    s.untagged(_status_line(s, box, args.items))
+    s.tagged(cmd.tag, "OK", "STATUS completed")
+
+
+async def cmd_append(s: Session, cmd: Command) -> None:
+    args: c.Append = cmd.args  # type: ignore[assignment]
+    if len(args.data) > s.settings.append_limit:
+        raise No("Message too large", "TOOBIG")  # rfc7889
+    if s.settings.quota_bytes is not None:
+        used = s.index().execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0]
+        if used + len(args.data) > s.settings.quota_bytes:
+            raise No("Quota exceeded", "OVERQUOTA")  # rfc9208:5.2
+    when = args.date.timestamp() if args.date is not None else None
+    delivered = await s.store.append(_user(s), args.mailbox, args.data, args.flags, when)
+    s.report_updates(allow_expunge=True)
+    s.tagged(
+        cmd.tag, "OK", "APPEND completed", f"APPENDUID {delivered.uidvalidity} {delivered.uid}"
+    )
+
+
+async def cmd_idle(s: Session, cmd: Command) -> None:
+    """rfc2177 / rfc9051:6.3.13: report changes until DONE."""
+    s.send("+ idling")
+    s.report_updates(allow_expunge=True)
+    await s.flush()
+    assert s.user is not None
+    s.store.changes.watch(s.user, s._watch)
+    try:
+        s.parser.expect_line()
+        deadline = time.monotonic() + IDLE_TIMEOUT
+        read_task: asyncio.Task[bytes] | None = None
+        while True:
+            event = s.parser.next_event()
+            if isinstance(event, RawLine):
+                if event.line.strip().upper() != b"DONE":
+                    raise Bad("Expected DONE")
+                break
+            if isinstance(event, Eof):
+                s.state = LOGOUT
+                return
+            if read_task is None:
+                read_task = asyncio.ensure_future(s.reader.read(65536))
+            change_task = asyncio.ensure_future(s._changed.wait())
+            done, _ = await asyncio.wait(
+                {read_task, change_task},
+                timeout=max(0.0, deadline - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            change_task.cancel()
+            if not done:
+                raise TimeoutError
+            if read_task in done:
+                s.parser.receive_data(read_task.result())
+                read_task = None
+            if s._changed.is_set():
+                s.report_updates(allow_expunge=True)
+                await s.flush()
+    finally:
+        s.store.changes.unwatch(s.user, s._watch)
+    s.tagged(cmd.tag, "OK", "IDLE terminated")
+
+
+async def cmd_check(s: Session, cmd: Command) -> None:
+    s.report_updates(allow_expunge=True)
+    s.tagged(cmd.tag, "OK", "CHECK completed")
+
+
+async def cmd_close(s: Session, cmd: Command) -> None:
+    view = s.selected
+    assert view is not None
+    if cmd.name == "CLOSE" and not view.readonly:
+        # rfc9051:6.4.1: expunge silently.
+        await asyncio.to_thread(s.store.expunge, _user(s), view.box.name)
+    s.selected = None
+    s.state = AUTHENTICATED
+    s.tagged(cmd.tag, "OK", f"{cmd.name} completed")
+
+
+async def cmd_expunge(s: Session, cmd: Command) -> None:
+    view = s.selected
+    assert view is not None
+    if view.readonly:
+        raise No("Mailbox is read-only")
+    uids = None
+    if cmd.uid:
+        args: c.UidExpunge = cmd.args  # type: ignore[assignment]
+        uids = view.resolve(args.sequence_set, uid=True, saved=s.saved_result)
+    await asyncio.to_thread(s.store.expunge, _user(s), view.box.name, uids)
+    s.report_updates(allow_expunge=True)
+    s.tagged(
+        cmd.tag,
+        "OK",
+        "EXPUNGE completed",
+        f"HIGHESTMODSEQ {view.highestmodseq}" if view.condstore else "",
+    )
+
+
+def _needs_valid(s: Session, cmd: Command, sequence: Any) -> None:
+    view = s.selected
+    assert view is not None
+    if not cmd.uid and not view.valid_seqs(sequence):
+        raise Bad("Invalid message sequence number")
+
+
+async def cmd_fetch(s: Session, cmd: Command) -> None:
+    view = s.selected
+    assert view is not None
+    args: c.Fetch = cmd.args  # type: ignore[assignment]
+    _needs_valid(s, cmd, args.sequence_set)
+    s.report_updates(allow_expunge=False)
+    uids = view.resolve(args.sequence_set, uid=cmd.uid, saved=s.saved_result)
+    atts = list(args.atts)
+    if cmd.uid and not any(a.name == "UID" for a in atts):
+        atts.insert(0, FetchAtt("UID"))  # rfc9051:6.4.9
+    if args.changedsince is not None or any(a.name == "MODSEQ" for a in atts):
+        view.condstore = True
+        if not any(a.name == "MODSEQ" for a in atts):
+            atts.append(FetchAtt("MODSEQ"))
+    if args.vanished:
+        if not cmd.uid or args.changedsince is None:
+            raise Bad("VANISHED needs UID FETCH with CHANGEDSINCE (rfc7162:3.2.6)")
+        gone = [
+            r[0]
+            for r in s.index().execute(
+                "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                (view.box.id, args.changedsince),
+            )
+            if args.sequence_set.contains(r[0], view.uids[-1] if view.uids else r[0])
+        ]
+        if gone:
+            s.untagged(f"VANISHED (EARLIER) {search_module.compress(gone)}")
+    sets_seen = fetch_module.sets_seen(atts) and not view.readonly
+    account_dir = s.store.account_dir(_user(s))
+    imap4rev2 = "IMAP4rev2" in s.enabled
+    utf8 = "UTF8=ACCEPT" in s.enabled
+    for chunk_start in range(0, len(uids), 500):
+        chunk = uids[chunk_start : chunk_start + 500]
+        placeholders = ",".join("?" * len(chunk))
+        sql = (
+            "SELECT uid, file, size, internal_date, flags, modseq, summary FROM messages"  # noqa: S608
+            f" WHERE mailbox_id = ? AND uid IN ({placeholders})"
+        )
+        rows = s.index().execute(sql, (view.box.id, *chunk)).fetchall()
+        seen_uids = []
+        for uid, file, size, internal_date, flag_text, modseq, summary in sorted(rows):
+            if args.changedsince is not None and modseq <= args.changedsince:
+                continue
+            flags = tuple(flag_text.split())
+            if sets_seen and "\\Seen" not in flags:
+                seen_uids.append(uid)
+            path = account_dir / file
+            message = fetch_module.MessageData(
+                uid=uid,
+                flags=flags,
+                internal_date=internal_date,
+                size=size,
+                modseq=modseq,
+                summary=Summary.from_json(summary),
+                load=path.read_bytes,
+            )
+            try:
+                body = fetch_module.render_items(message, atts, imap4rev2=imap4rev2, utf8=utf8)
+            except fetch_module.FetchError as exc:
+                raise No(str(exc), exc.code) from None
+            except FileNotFoundError:
+                continue  # expunged meanwhile by another session
+            seq = view.seq_of(uid)
+            s.send(f"* {seq} FETCH (".encode() + body + b")")
+        if seen_uids:
+            result = await asyncio.to_thread(
+                s.store.store_flags, _user(s), view.box.name, seen_uids, "+", ["\\Seen"]
+            )
+            for change in result.changed:
+                view.apply_flags([(change.uid, change.flags, change.modseq)])
+                if not any(a.name == "FLAGS" for a in atts):
+                    # rfc9051:6.4.5: the \Seen change is reported.
+                    s.untagged(
+                        s._flags_fetch(
+                            view.seq_of(change.uid) or 0, change.uid, change.flags, change.modseq
+                        )
+                    )
+        await s.flush()
+    s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}FETCH completed")
+
+
+async def cmd_store(s: Session, cmd: Command) -> None:
+    view = s.selected
+    assert view is not None
+    if view.readonly:
+        raise No("Mailbox is read-only")
+    args: c.Store = cmd.args  # type: ignore[assignment]
+    _needs_valid(s, cmd, args.sequence_set)
+    if "\\Recent" in args.flags:
+        raise Bad("\\Recent cannot be stored")
+    s.report_updates(allow_expunge=False)
+    uids = view.resolve(args.sequence_set, uid=cmd.uid, saved=s.saved_result)
+    if args.unchangedsince is not None:
+        view.condstore = True
+    result = await asyncio.to_thread(
+        s.store.store_flags,
+        _user(s),
+        view.box.name,
+        uids,
+        args.mode,
+        args.flags,
+        args.unchangedsince,
+    )
+    changed = {ch.uid: ch for ch in result.changed}
+    for uid in uids:
+        change = changed.get(uid)
+        if change is not None:
+            view.apply_flags([(uid, change.flags, change.modseq)])
+            if not args.silent or view.condstore:
+                seq = view.seq_of(uid) or 0
+                if args.silent:
+                    uid_part = f"UID {uid} " if cmd.uid else ""
+                    s.untagged(f"{seq} FETCH ({uid_part}MODSEQ ({change.modseq}))")
+                else:
+                    s.untagged(s._flags_fetch(seq, uid, change.flags, change.modseq))
+        elif not args.silent and uid not in result.failed and uid in view.flags:
+            s.untagged(
+                s._flags_fetch(view.seq_of(uid) or 0, uid, view.flags[uid], view.modseqs[uid])
+            )
+    view.highestmodseq = (
+        max(view.highestmodseq, result.highestmodseq)
+        if not view.pending_expunge
+        else view.highestmodseq
+    )
+    if result.failed:
+        numbers = result.failed if cmd.uid else [view.seq_of(u) or 0 for u in result.failed]
+        s.tagged(
+            cmd.tag,
+            "OK",
+            "Conditional STORE failed for some",
+            f"MODIFIED {search_module.compress(sorted(numbers))}",
+        )
+    else:
+        s.tagged(cmd.tag, "OK", "STORE completed")
+
+
+async def cmd_copy(s: Session, cmd: Command) -> None:
+    view = s.selected
+    assert view is not None
+    args: c.Copy = cmd.args  # type: ignore[assignment]
+    _needs_valid(s, cmd, args.sequence_set)
+    move = cmd.name == "MOVE"
+    if move and view.readonly:
+        raise No("Mailbox is read-only")
+    s.report_updates(allow_expunge=False)
+    uids = view.resolve(args.sequence_set, uid=cmd.uid, saved=s.saved_result)
+    result = await asyncio.to_thread(
+        s.store.copy, _user(s), view.box.name, uids, args.mailbox, move
+    )
+    code = ""
+    if result.source_uids:
+        code = (f"COPYUID {result.uidvalidity} {search_module.compress(result.source_uids)} "
+                f"{search_module.compress(result.dest_uids)}")  # fmt: skip
+    if move:
+        # rfc6851:4.3: COPYUID in an untagged OK, then the expunges.
+        if code:
+            s.untagged(f"OK [{code}] Moved")
+        s.report_updates(allow_expunge=True)
+        s.tagged(cmd.tag, "OK", "MOVE completed")
+    else:
+        s.tagged(cmd.tag, "OK", "COPY completed", code)
+
+
+async def cmd_search(s: Session, cmd: Command) -> None:
+    view = s.selected
+    assert view is not None
+    args: c.Search = cmd.args  # type: ignore[assignment]
+    s.report_updates(allow_expunge=False)
+    key: SearchKey = args.key
+    account_dir = s.store.account_dir(_user(s))
+    rows = (
+        s.index()
+        .execute(
+            "SELECT uid, file, size, internal_date, flags, modseq, summary FROM messages"
+            " WHERE mailbox_id = ? ORDER BY uid",
+            (view.box.id,),
+        )
+        .fetchall()
+    )
+    candidates = []
+    for uid, file, size, internal_date, flag_text, modseq, summary in rows:
+        seq = view.seq_of(uid)
+        if seq is None:
+            continue
+        candidates.append(
+            search_module.Candidate(
+                seq=seq,
+                uid=uid,
+                flags=frozenset(flag_text.split()),
+                recent=False,
+                internal_date=internal_date,
+                size=size,
+                modseq=modseq,
+                summary=Summary.from_json(summary),
+                load=(account_dir / file).read_bytes,
+            )
+        )
+    matched = await asyncio.to_thread(
+        search_module.evaluate,
+        key,
+        candidates,
+        largest_seq=view.exists,
+        largest_uid=view.uids[-1] if view.uids else 0,
+        saved=s.saved_result,
+    )
+    numbers = [m.uid if cmd.uid else m.seq for m in matched]
+    uses_modseq = _uses_modseq(key)
+    modseq = max((m.modseq for m in matched), default=None) if uses_modseq else None
+    options = list(args.return_options) if args.return_options is not None else None
+    if options is not None and "SAVE" in [o.upper() for o in options]:
+        s.saved_result = [m.uid for m in matched]
+        options = [o for o in options if o.upper() != "SAVE"]
+        if not options:
+            s.tagged(cmd.tag, "OK", "SEARCH completed (saved)")
+            return
+    if options is not None or "IMAP4rev2" in s.enabled:
+        s.untagged(
+            search_module.render_esearch(
+                cmd.tag, numbers, options or ["ALL"], uid=cmd.uid, modseq=modseq
+            )
+        )
+    else:
+        s.untagged(search_module.render_search(numbers, modseq=modseq))
+    s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}SEARCH completed")
+
+
+def _uses_modseq(key: SearchKey) -> bool:
+    if key.op == "MODSEQ":
+        return True
+    return any(isinstance(a, SearchKey) and _uses_modseq(a) for a in key.args) or any(
+        isinstance(a, tuple) and any(isinstance(k, SearchKey) and _uses_modseq(k) for k in a)
+        for a in key.args
+    )
+
+
+async def cmd_getquotaroot(s: Session, cmd: Command) -> None:
+    args: c.GetQuotaRoot = cmd.args  # type: ignore[assignment]
+    if index.mailbox(s.index(), args.mailbox) is None:
+        raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
+    s.untagged(b"QUOTAROOT " + s.mailbox_name(args.mailbox) + b' ""')
+    s.untagged(_quota_line(s))
+    s.tagged(cmd.tag, "OK", "GETQUOTAROOT completed")
+
+
+def _quota_line(s: Session) -> str:
+    used = s.index().execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0]
+    limit = s.settings.quota_bytes
+    # rfc9208:5.1 STORAGE is in units of 1024 octets.
+    if limit is None:
+        return 'QUOTA "" ()'
+    return f'QUOTA "" (STORAGE {used // 1024} {limit // 1024})'
+
+
+async def cmd_getquota(s: Session, cmd: Command) -> None:
+    args: c.GetQuota = cmd.args  # type: ignore[assignment]
+    if args.root != "":
+        raise No("No such quota root", "NONEXISTENT")
+    s.untagged(_quota_line(s))
+    s.tagged(cmd.tag, "OK", "GETQUOTA completed")
+
+
+async def cmd_setquota(s: Session, cmd: Command) -> None:
+    raise No("Quotas are set by the administrator", "NOPERM")
+
+
+_ANY: dict[str, Handler] = {
+    "CAPABILITY": cmd_capability,
+    "NOOP": cmd_noop,
+    "LOGOUT": cmd_logout,
+    "ID": cmd_id,
+}
+_AUTH: dict[str, Handler] = {
+    **_ANY,
+    "ENABLE": cmd_enable,
+    "SELECT": cmd_select,
+    "EXAMINE": cmd_select,
+    "CREATE": cmd_create,
+    "DELETE": cmd_delete,
+    "RENAME": cmd_rename,
+    "SUBSCRIBE": cmd_subscribe,
+    "UNSUBSCRIBE": cmd_subscribe,
+    "LIST": cmd_list,
+    "LSUB": cmd_lsub,
+    "NAMESPACE": cmd_namespace,
+    "STATUS": cmd_status,
+    "APPEND": cmd_append,
+    "IDLE": cmd_idle,
+    "GETQUOTA": cmd_getquota,
+    "GETQUOTAROOT": cmd_getquotaroot,
+    "SETQUOTA": cmd_setquota,
+}
+_COMMANDS: dict[int, dict[str, Handler]] = {
+    NOT_AUTHENTICATED: {
+        **_ANY,
+        "STARTTLS": cmd_starttls,
+        "LOGIN": cmd_login,
+        "AUTHENTICATE": cmd_authenticate,
+    },
+    AUTHENTICATED: _AUTH,
+    SELECTED: {
+        **_AUTH,
+        "CHECK": cmd_check,
+        "CLOSE": cmd_close,
+        "UNSELECT": cmd_close,
+        "EXPUNGE": cmd_expunge,
+        "SEARCH": cmd_search,
+        "FETCH": cmd_fetch,
+        "STORE": cmd_store,
+        "COPY": cmd_copy,
+        "MOVE": cmd_copy,
+    },
+    LOGOUT: {},
+}
