@@ -96,6 +96,9 @@ class MessageData:
     modseq: int
     summary: Summary
     load: Callable[[], bytes]  # reads the message file
+    # ENVELOPE as rendered at delivery (index column), so FETCH ENVELOPE
+    # needs no JSON parse; None: render from the summary.
+    envelope: bytes | None = None
     _content: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def content(self) -> bytes:
@@ -188,6 +191,8 @@ def _value(message: MessageData, kind: str, att: FetchAtt, imap4rev2: bool) -> b
     if kind == "MODSEQ":
         return b"(%d)" % message.modseq  # rfc7162:3.1.4
     if kind == "ENVELOPE":
+        if message.envelope is not None:
+            return message.envelope
         return imap_envelope(summary.envelope)
     if kind == _STRUCTURE:
         return imap_bodystructure(summary.bodystructure, False, imap4rev2=imap4rev2)

@@ -39,7 +39,7 @@ from estafeta.imap.parser import (
 from estafeta.imap.selected import Selected, Updates
 from estafeta.imap.types import FetchAtt, SearchKey
 from estafeta.log import log_event
-from estafeta.message import Summary, imap_string
+from estafeta.message import Summary, imap_string, summarize
 from estafeta.store import Store, StoreError, index
 from estafeta.store.operations import MailboxError
 
@@ -191,8 +191,6 @@ class Session:
             await self._safe_flush()
         finally:
             self._close_selected()
-            if self.conn is not None:
-                self.conn.close()
             self.writer.close()
 
     async def _safe_flush(self) -> None:
@@ -375,7 +373,8 @@ async def _login(s: Session, cmd: Command, user: str, password: str) -> None:
     from estafeta.address import normalize_address
 
     s.user = normalize_address(user)
-    s.conn = s.store.open_index(s.user)
+    # One read connection per account, shared by its sessions (memory).
+    s.conn = await asyncio.to_thread(s.store.shared_reader, s.user)
     s.parser.set_authenticated(True)
     s.state = AUTHENTICATED
     log_event(log, "login", client=s.peer, user=s.user, tls=s.tls_active)
@@ -766,57 +765,71 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
         if gone:
             s.untagged(f"VANISHED (EARLIER) {search_module.compress(gone)}")
     sets_seen = fetch_module.sets_seen(atts) and not view.readonly
+    # UID FLAGS RFC822.SIZE INTERNALDATE MODSEQ come from columns: skip the JSON.
+    needs_summary = any(a.name not in _COLUMN_ITEMS and a.name != "ENVELOPE" for a in atts)
+    wants_envelope = any(a.name == "ENVELOPE" for a in atts)
     account_dir = s.store.account_dir(_user(s))
     imap4rev2 = "IMAP4rev2" in s.enabled
     utf8 = "UTF8=ACCEPT" in s.enabled
     for chunk_start in range(0, len(uids), 500):
         chunk = uids[chunk_start : chunk_start + 500]
-        placeholders = ",".join("?" * len(chunk))
-        sql = (
-            "SELECT uid, file, size, internal_date, flags, modseq, summary FROM messages"  # noqa: S608
-            f" WHERE mailbox_id = ? AND uid IN ({placeholders})"
-        )
-        rows = s.index().execute(sql, (view.box.id, *chunk)).fetchall()
-        seen_uids = []
-        for uid, file, size, internal_date, flag_text, modseq, summary in sorted(rows):
+        columns = "uid, file, size, internal_date, flags, modseq, summary, envelope"
+        if chunk[-1] - chunk[0] + 1 == len(chunk):
+            # A contiguous run (the common 1:*): a range scan of the primary key.
+            sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"  # noqa: S608
+            params: tuple[int, ...] = (view.box.id, chunk[0], chunk[-1])
+        else:
+            placeholders = ",".join("?" * len(chunk))
+            sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid IN ({placeholders})"  # noqa: S608
+            params = (view.box.id, *chunk)
+        rows = s.index().execute(sql, params).fetchall()
+        rows.sort()
+        new_flags: dict[int, tuple[tuple[str, ...], int]] = {}
+        if sets_seen:
+            # rfc9051:6.4.5: BODY[...] sets \Seen; store it first so that the
+            # FLAGS in this very response already show it.
+            unseen = [row[0] for row in rows if "\\Seen" not in row[4].split()]
+            if unseen:
+                result = await asyncio.to_thread(
+                    s.store.store_flags, _user(s), view.box.name, unseen, "+", ["\\Seen"]
+                )
+                for change in result.changed:
+                    view.apply_flags([(change.uid, change.flags, change.modseq)])
+                    new_flags[change.uid] = (change.flags, change.modseq)
+        out: list[bytes] = []
+        for uid, file, size, internal_date, flag_text, modseq, summary, envelope in rows:
             if args.changedsince is not None and modseq <= args.changedsince:
                 continue
-            flags = tuple(flag_text.split())
-            if sets_seen and "\\Seen" not in flags:
-                seen_uids.append(uid)
-            path = account_dir / file
+            flags, modseq = new_flags.get(uid, (tuple(flag_text.split()), modseq))
             message = fetch_module.MessageData(
                 uid=uid,
                 flags=flags,
                 internal_date=internal_date,
                 size=size,
                 modseq=modseq,
-                summary=Summary.from_json(summary),
-                load=path.read_bytes,
+                summary=Summary.from_json(summary)
+                if needs_summary or (wants_envelope and envelope is None)
+                else _NO_SUMMARY,
+                load=(account_dir / file).read_bytes,
+                envelope=envelope,
             )
+            atts_here = atts
+            if uid in new_flags and not any(a.name == "FLAGS" for a in atts):
+                atts_here = [*atts, FetchAtt("FLAGS")]  # the \Seen change is reported
             try:
-                body = fetch_module.render_items(message, atts, imap4rev2=imap4rev2, utf8=utf8)
+                body = fetch_module.render_items(message, atts_here, imap4rev2=imap4rev2, utf8=utf8)
             except fetch_module.FetchError as exc:
                 raise No(str(exc), exc.code) from None
             except FileNotFoundError:
                 continue  # expunged meanwhile by another session
-            seq = view.seq_of(uid)
-            s.send(f"* {seq} FETCH (".encode() + body + b")")
-        if seen_uids:
-            result = await asyncio.to_thread(
-                s.store.store_flags, _user(s), view.box.name, seen_uids, "+", ["\\Seen"]
-            )
-            for change in result.changed:
-                view.apply_flags([(change.uid, change.flags, change.modseq)])
-                if not any(a.name == "FLAGS" for a in atts):
-                    # rfc9051:6.4.5: the \Seen change is reported.
-                    s.untagged(
-                        s._flags_fetch(
-                            view.seq_of(change.uid) or 0, change.uid, change.flags, change.modseq
-                        )
-                    )
+            out.append(b"* %d FETCH (" % (view.seq_of(uid) or 0) + body + b")\r\n")
+        s.writer.write(b"".join(out))
         await s.flush()
     s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}FETCH completed")
+
+
+_COLUMN_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"})
+_NO_SUMMARY = summarize(b"")
 
 
 async def cmd_store(s: Session, cmd: Command) -> None:

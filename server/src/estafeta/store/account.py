@@ -98,6 +98,8 @@ class Store:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._accounts: dict[str, _Account] = {}
+        self._readers: dict[str, sqlite3.Connection] = {}
+        self._readers_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="fsync")
         # Who wants to hear about commits (IMAP IDLE, other sessions).
         self.changes = Changes()
@@ -122,6 +124,9 @@ class Store:
         for account in self._accounts.values():
             account.conn.close()
         self._accounts.clear()
+        for conn in self._readers.values():
+            conn.close()
+        self._readers.clear()
         self._pool.shutdown()
 
     def __enter__(self) -> Store:
@@ -161,6 +166,21 @@ class Store:
         """A connection for reading an account's index (created if missing)."""
         self._call(lambda: self._open(address))
         return index.connect(self._index_path(address))
+
+    def shared_reader(self, address: str) -> sqlite3.Connection:
+        """One read connection per account for all sessions of one event loop.
+
+        Sessions of one loop never use it at the same time (a query runs
+        to completion between awaits), and sharing keeps memory flat with
+        thousands of IMAP connections. Closed by ``stop``.
+        """
+        with self._readers_lock:
+            conn = self._readers.get(address)
+            if conn is None:
+                conn = self.open_index(address)
+                conn.execute("PRAGMA cache_size = -512")  # KiB: reads are mostly sequential
+                self._readers[address] = conn
+            return conn
 
     # -- IMAP operations (each one transaction, then a change notification) --
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from estafeta.message import Summary
+from estafeta.message import Summary, imap_envelope
 from estafeta.store.maildir import mailbox_dir
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -78,6 +78,12 @@ CREATE TABLE journal (
     b TEXT NOT NULL DEFAULT ''           -- rename target
 );
 CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
+"""
+
+# Version 3: the IMAP ENVELOPE rendered at delivery (rfc9051:7.5.2), so a
+# FETCH of envelopes for a whole mailbox reads one column per message.
+_SCHEMA_V3 = """
+ALTER TABLE messages ADD COLUMN envelope BLOB
 """
 
 
@@ -150,8 +156,10 @@ def _create(conn: sqlite3.Connection) -> None:
                     (name, mailbox_dir(name), uidvalidity, special),
                 )
             version = 1
-        if version == 1:
+        if version <= 1:
             _run_script(conn, _SCHEMA_V2)
+        if version <= 2:
+            _run_script(conn, _SCHEMA_V3)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -216,8 +224,8 @@ def add_messages(
         summary = message.summary
         cursor = conn.execute(
             "INSERT INTO messages (mailbox_id, uid, file, size, internal_date, flags, modseq,"
-            " subject, from_addr, sent_date, message_id, summary)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file) DO NOTHING",
+            " subject, from_addr, sent_date, message_id, summary, envelope)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file) DO NOTHING",
             (
                 box.id,
                 uid,
@@ -231,6 +239,7 @@ def add_messages(
                 None if summary.date is None else int(summary.date),
                 summary.message_id,
                 summary.to_json(),
+                imap_envelope(summary.envelope),
             ),
         )
         if cursor.rowcount:
