@@ -11,6 +11,7 @@ CONFIG="$LAB/estafeta.toml"
 PIDFILE="$LAB/estafeta.pid"
 LOG="$LAB/estafeta.log"
 SMTP_PORT="${ESTAFETA_LAB_SMTP_PORT:-2525}"
+IMAP_PORT="${ESTAFETA_LAB_IMAP_PORT:-1143}"
 USER_ADDRESS="demo@lab.test"
 
 stop() {
@@ -30,7 +31,7 @@ fi
 estafeta() { "$VENV/bin/estafeta" -c "$CONFIG" "$@"; }
 
 mkdir -p "$LAB"
-if [[ ! -f "$CONFIG" ]]; then
+if [[ ! -f "$CONFIG" ]] || ! grep -q '^imap = ' "$CONFIG"; then
   cat >"$CONFIG" <<TOML
 # Demo configuration written by scripts/deploy-local.sh (make deploy).
 hostname = "mx.lab.test"
@@ -39,6 +40,11 @@ domains = ["lab.test"]
 
 [listen]
 smtp = ["127.0.0.1:$SMTP_PORT"]
+imap = ["127.0.0.1:$IMAP_PORT"]
+
+# Loopback only, no certificate in this demo: allow LOGIN without TLS.
+[auth]
+allow_plaintext = true
 
 [log]
 level = "info"
@@ -92,10 +98,28 @@ echo
 echo "== The message as stored (estafeta mail cat $USER_ADDRESS $UID_LAST)"
 estafeta mail cat "$USER_ADDRESS" "$UID_LAST"
 grep -q "$SUBJECT" < <(estafeta mail cat "$USER_ADDRESS" "$UID_LAST") || { echo "message not found"; exit 1; }
+
+echo
+echo "== The same INBOX over IMAP (imaplib, 127.0.0.1:$IMAP_PORT)"
+"$VENV/bin/python" - "$IMAP_PORT" "$USER_ADDRESS" "$LAB/demo-password" "$SUBJECT" <<'PY'
+import imaplib, sys
+port, user, password_file, subject = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+password = open(password_file).read().rstrip("\n")
+imap = imaplib.IMAP4("127.0.0.1", port)
+imap.login(user, password)
+status, data = imap.select("INBOX", readonly=True)
+print(f"SELECT INBOX: {data[0].decode()} messages")
+status, found = imap.search(None, "SUBJECT", f'"{subject}"')
+last = found[0].split()[-1]
+status, rows = imap.fetch(last, "(UID ENVELOPE)")
+print(f"FETCH {last.decode()}: {rows[0].decode()[:160]}...")
+imap.logout()
+PY
 cat <<MSG
 
 == Delivered. Connect yourself:
-  swaks --server 127.0.0.1:$SMTP_PORT --to $USER_ADDRESS      (or python3 -m smtplib)
+  swaks --server 127.0.0.1:$SMTP_PORT --to $USER_ADDRESS
+  IMAP: 127.0.0.1:$IMAP_PORT, user $USER_ADDRESS, password in $LAB/demo-password
   .venv/bin/estafeta -c $CONFIG mail ls $USER_ADDRESS
   log: $LOG    config: $CONFIG    mail: $LAB/data/mail/lab.test/demo/
   stop it: make stop
