@@ -78,8 +78,15 @@ class Candidate:
     internal_date: int  # POSIX seconds
     size: int
     modseq: int
-    summary: Summary
+    # The index summary, or its JSON: parsed on first use, so that searches
+    # on flags, dates, sizes and UIDs never pay for it.
+    summary: Summary | str
     load: Callable[[], bytes]  # the message file; called at most once per evaluation
+
+    def info(self) -> Summary:
+        if isinstance(self.summary, str):
+            self.summary = Summary.from_json(self.summary)
+        return self.summary
 
 
 # --------------------------------------------------------------------------
@@ -119,7 +126,7 @@ class _View:
     def fields(self) -> list[tuple[str, str]]:
         """All header fields: (lower-case name, unfolded decoded value)."""
         if self._fields is None:
-            self._fields = _parse_fields(self.data()[: self.m.summary.header_size])
+            self._fields = _parse_fields(self.data()[: self.m.info().header_size])
         return self._fields
 
     def header_text(self) -> str:
@@ -131,7 +138,7 @@ class _View:
     def body_text(self) -> str:
         """The decoded text of the body's text parts, casefolded."""
         if self._body is None:
-            self._body = _body_text(self.data(), self.m.summary).casefold()
+            self._body = _body_text(self.data(), self.m.info()).casefold()
         return self._body
 
 
@@ -448,7 +455,7 @@ def _compile(key: SearchKey, env: _Env) -> _Predicate:
         day = date_arg(key)
 
         def sent(v: _View) -> bool:
-            d = _sent_day(v.m.summary)
+            d = _sent_day(v.m.info())
             if d is None:
                 return False
             if op == "SENTBEFORE":
@@ -517,7 +524,7 @@ def _compile_text(op: str, args: tuple[Any, ...]) -> _Predicate:
             slot = _ENVELOPE_FIELDS[field]
 
             def envelope_field(v: _View) -> bool:
-                value = _envelope_slot(v.m.summary, slot)
+                value = _envelope_slot(v.m.info(), slot)
                 if value is None:
                     return False
                 return needle in decode_rfc2047(_desurrogate(value)).casefold()
@@ -530,12 +537,12 @@ def _compile_text(op: str, args: tuple[Any, ...]) -> _Predicate:
         return header_field
     needle = str(args[0]).casefold()
     if op == "SUBJECT":
-        return lambda v: needle in v.m.summary.subject.casefold()
+        return lambda v: needle in v.m.info().subject.casefold()
     if op in _ENVELOPE_ADDRESSES:
         slot = _ENVELOPE_ADDRESSES[op]
         if not needle:
             return lambda v: True
-        return lambda v: needle in _address_text(_envelope_slot(v.m.summary, slot)).casefold()
+        return lambda v: needle in _address_text(_envelope_slot(v.m.info(), slot)).casefold()
     if op in ("BODY", "TEXT"):
         if not needle:
             return lambda v: True

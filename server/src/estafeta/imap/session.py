@@ -920,12 +920,15 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     args: c.Search = cmd.args  # type: ignore[assignment]
     s.report_updates(allow_expunge=False)
     key: SearchKey = args.key
-    account_dir = s.store.account_dir(_user(s))
+    account_dir = str(s.store.account_dir(_user(s)))
+    # Flags, dates, sizes and numbers come from columns; skip the summary
+    # JSON (the bulk of a row) unless a key reads headers or the body.
+    summary_column = "summary" if _needs_summary(key) else "NULL"
     rows = (
         s.index()
         .execute(
-            "SELECT uid, file, size, internal_date, flags, modseq, summary FROM messages"
-            " WHERE mailbox_id = ? ORDER BY uid",
+            f"SELECT uid, file, size, internal_date, flags, modseq, {summary_column}"  # noqa: S608
+            " FROM messages WHERE mailbox_id = ? ORDER BY uid",
             (view.box.id,),
         )
         .fetchall()
@@ -944,8 +947,8 @@ async def cmd_search(s: Session, cmd: Command) -> None:
                 internal_date=internal_date,
                 size=size,
                 modseq=modseq,
-                summary=Summary.from_json(summary),
-                load=(account_dir / file).read_bytes,
+                summary=_NO_SUMMARY if summary is None else summary,  # JSON, parsed on use
+                load=_reader(f"{account_dir}/{file}"),
             )
         )
     matched = await asyncio.to_thread(
@@ -975,6 +978,37 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     else:
         s.untagged(search_module.render_search(numbers, modseq=modseq))
     s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}SEARCH completed")
+
+
+_SUMMARY_FREE = frozenset(
+    {
+        "ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "RECENT", "NEW", "OLD",
+        "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN", "KEYWORD", "UNKEYWORD",
+        "BEFORE", "ON", "SINCE", "OLDER", "YOUNGER", "LARGER", "SMALLER", "UID", "SEQSET",
+        "MODSEQ", "NOT", "OR", "AND",
+    }
+)  # fmt: skip
+
+
+def _needs_summary(key: SearchKey) -> bool:
+    if key.op not in _SUMMARY_FREE:
+        return True
+    for arg in key.args:
+        if isinstance(arg, SearchKey) and _needs_summary(arg):
+            return True
+        if isinstance(arg, tuple) and any(
+            isinstance(k, SearchKey) and _needs_summary(k) for k in arg
+        ):
+            return True
+    return False
+
+
+def _reader(path: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    return read
 
 
 def _uses_modseq(key: SearchKey) -> bool:
