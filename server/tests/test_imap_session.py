@@ -213,3 +213,55 @@ def test_bad_input_gets_bad_not_a_traceback(imap_server: tuple[Instance, ssl.SSL
     assert b"f OK" in read_until(raw, b"f OK", 5)  # resynchronised
     raw.close()
     assert "Traceback" not in server.log_text()
+
+
+def test_condstore_qresync_and_inbox_rename(imap_server: tuple[Instance, ssl.SSLContext]) -> None:
+    server, context = imap_server
+    for n in range(3):
+        deliver(server, f"sync {n}")
+    raw = context.wrap_socket(
+        socket.create_connection(("127.0.0.1", server.imaps_port), timeout=10),
+        server_hostname="127.0.0.1",
+    )
+    read_until(raw, b"\r\n", 5)
+    raw.sendall(f'a LOGIN {ALICE} "{PASSWORD}"\r\nb ENABLE QRESYNC\r\n'.encode())
+    assert b"* ENABLED QRESYNC" in read_until(raw, b"b OK", 10)
+    raw.sendall(b"c SELECT INBOX\r\n")
+    out = read_until(raw, b"c OK", 5)
+    uidvalidity = int(re.search(rb"UIDVALIDITY (\d+)", out).group(1))  # type: ignore[union-attr]
+    modseq = int(re.search(rb"HIGHESTMODSEQ (\d+)", out).group(1))  # type: ignore[union-attr]
+    raw.sendall(b"d STORE 1 +FLAGS (\\Seen)\r\ne STORE 2 +FLAGS (\\Deleted)\r\nf EXPUNGE\r\n")
+    out = read_until(raw, b"f OK", 5)
+    assert b"* VANISHED 2" in out  # rfc7162:3.2.10, not EXPUNGE, once QRESYNC is on
+    raw.sendall(b"g UNSELECT\r\n")
+    read_until(raw, b"g OK", 5)
+    # A client that knew the mailbox at `modseq` resynchronises in one SELECT.
+    raw.sendall(f"h SELECT INBOX (QRESYNC ({uidvalidity} {modseq}))\r\n".encode())
+    out = read_until(raw, b"h OK", 5)
+    assert b"* VANISHED (EARLIER) 2" in out
+    assert re.search(rb"\* 1 FETCH \(UID 1 FLAGS \(\\Seen\) MODSEQ \(\d+\)\)", out)
+    assert b"UID 3 FLAGS" not in out  # unchanged since modseq
+    raw.sendall(b"i UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)\r\n")
+    out = read_until(raw, b"i OK", 5)
+    assert b"VANISHED (EARLIER) 2" in out
+    # rfc9051:6.3.6: renaming INBOX moves its messages and leaves it empty.
+    raw.sendall(b"j UNSELECT\r\nk RENAME INBOX Old\r\nl STATUS Old (MESSAGES)\r\n")
+    out = read_until(raw, b"l OK", 5)
+    assert b"k OK" in out and re.search(rb'STATUS "?Old"? \(MESSAGES 2\)', out)
+    raw.sendall(b"m STATUS INBOX (MESSAGES)\r\nn LOGOUT\r\n")
+    out = read_until(raw, b"n OK", 5)
+    assert re.search(rb'STATUS "?INBOX"? \(MESSAGES 0\)', out)
+    raw.close()
+
+
+def test_commands_before_login_are_limited(imap_server: tuple[Instance, ssl.SSLContext]) -> None:
+    server, context = imap_server
+    raw = context.wrap_socket(
+        socket.create_connection(("127.0.0.1", server.imaps_port), timeout=10),
+        server_hostname="127.0.0.1",
+    )
+    read_until(raw, b"\r\n", 5)
+    raw.sendall(b"".join(b"n%d NOOP\r\n" % i for i in range(40)))
+    out = read_until(raw, b"* BYE", 5)
+    assert out.count(b" OK NOOP") == 30
+    raw.close()

@@ -51,6 +51,9 @@ AUTH_TIMEOUT = 60.0
 IDLE_TIMEOUT = 30 * 60.0
 MAX_BAD_COMMANDS = 20
 MAX_FAILED_LOGINS = 3
+# Commands a client may send before it authenticates: enough for CAPABILITY,
+# ID, STARTTLS and a few tries; a scanner gets cut off.
+MAX_COMMANDS_BEFORE_AUTH = 30
 
 
 class No(Exception):  # named after the IMAP response it becomes
@@ -106,6 +109,7 @@ class Session:
         self.saved_result: list[int] = []  # rfc5182 $, as UIDs
         self.bad_commands = 0
         self.failed_logins = 0
+        self.commands_before_auth = 0
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         peer = writer.get_extra_info("peername")
@@ -226,6 +230,12 @@ class Session:
                 self.send("* BAD Unexpected continuation line")
 
     async def _dispatch(self, command: Command) -> None:
+        if self.state == NOT_AUTHENTICATED:
+            self.commands_before_auth += 1
+            if self.commands_before_auth > MAX_COMMANDS_BEFORE_AUTH:
+                self.untagged("BYE Too many commands without logging in")
+                self.state = LOGOUT
+                return
         table = _COMMANDS[self.state]
         handler = table.get(command.name)
         tag = command.tag
@@ -309,7 +319,7 @@ class Session:
     def _send_expunges(self, uids: list[int]) -> None:
         view = self.selected
         assert view is not None
-        if view.qresync and "QRESYNC" in self.enabled:
+        if "QRESYNC" in self.enabled:
             # rfc7162:3.2.10: VANISHED instead of EXPUNGE once QRESYNC is enabled.
             view.apply_expunge(uids)
             self.untagged(f"VANISHED {search_module.compress(uids)}")
@@ -486,10 +496,10 @@ async def cmd_select(s: Session, cmd: Command) -> None:
     if view.condstore:
         s.untagged(f"OK [HIGHESTMODSEQ {view.highestmodseq}] Highest")
     s.untagged(b'LIST () "/" ' + s.mailbox_name(box.name))
-    if args.qresync is not None:
-        _qresync_report(s, view, args.qresync)
     s.selected = view
     s.state = SELECTED
+    if args.qresync is not None:
+        _qresync_report(s, view, args.qresync)
     s.tagged(cmd.tag, "OK", f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE")
 
 
