@@ -49,6 +49,8 @@ class Instance:
     port: int
     imap_port: int = 0
     imaps_port: int = 0
+    pop3_port: int = 0
+    pop3s_port: int = 0
     extra_config: str = ""
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
@@ -73,6 +75,8 @@ class Instance:
             f'smtp = ["127.0.0.1:{self.port}"]\n'
             + (f'imap = ["127.0.0.1:{self.imap_port}"]\n' if self.imap_port else "")
             + (f'imaps = ["127.0.0.1:{self.imaps_port}"]\n' if self.imaps_port else "")
+            + (f'pop3 = ["127.0.0.1:{self.pop3_port}"]\n' if self.pop3_port else "")
+            + (f'pop3s = ["127.0.0.1:{self.pop3s_port}"]\n' if self.pop3s_port else "")
             + "[limits]\n"
             "max_message_size = 1048576\n"
             "max_recipients = 5\n"

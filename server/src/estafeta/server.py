@@ -6,11 +6,13 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections.abc import Awaitable, Callable
 
 from estafeta.auth import Accounts
 from estafeta.config import Config, Endpoint, server_context
 from estafeta.imap.session import Session, Settings
 from estafeta.log import log_event
+from estafeta.pop3 import session as pop3
 from estafeta.smtp.inbound import InboundHandler
 from estafeta.smtp.protocol import Connections, SMTPProtocol
 from estafeta.store import Store
@@ -18,7 +20,7 @@ from estafeta.store import Store
 log = logging.getLogger("estafeta.server")
 
 # Listeners that later versions serve; configuring them now is not an error.
-IMPLEMENTED = ("smtp", "imap", "imaps")
+IMPLEMENTED = ("smtp", "imap", "imaps", "pop3", "pop3s")
 # How long in-flight sessions get to finish on SIGTERM.
 SHUTDOWN_GRACE = 30.0
 
@@ -32,6 +34,8 @@ class Server:
         self.connections = Connections(config.limits.max_connections)
         self._servers: list[asyncio.Server] = []
         self._imap_sessions: set[Session] = set()
+        self._pop3_sessions: set[pop3.Session] = set()
+        self._pop3_locks = pop3.Locks()
 
     async def start(self) -> None:
         self.store.start()
@@ -63,6 +67,9 @@ class Server:
         for name in ("imap", "imaps"):
             for endpoint in self.config.listen.get(name, ()):
                 await self._listen_imap(name, endpoint, implicit_tls=name == "imaps")
+        for name in ("pop3", "pop3s"):
+            for endpoint in self.config.listen.get(name, ()):
+                await self._listen_pop3(name, endpoint, implicit_tls=name == "pop3s")
         for name in self.config.listen:
             if name not in IMPLEMENTED:
                 log_event(
@@ -120,6 +127,43 @@ class Server:
             finally:
                 self._imap_sessions.discard(session)
 
+        await self._start_stream_server(name, endpoint, handle, implicit_tls)
+
+    async def _listen_pop3(self, name: str, endpoint: Endpoint, implicit_tls: bool) -> None:
+        settings = pop3.Settings(
+            hostname=self.config.hostname, allow_plaintext=self.config.auth.allow_plaintext
+        )
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if len(self._pop3_sessions) >= self.config.limits.max_connections:
+                writer.write(b"-ERR [SYS/TEMP] Too many connections\r\n")
+                writer.close()
+                return
+            session = pop3.Session(
+                reader,
+                writer,
+                accounts=self.accounts,
+                store=self.store,
+                settings=settings,
+                locks=self._pop3_locks,
+                tls=self.tls,
+                implicit_tls=implicit_tls,
+            )
+            self._pop3_sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                self._pop3_sessions.discard(session)
+
+        await self._start_stream_server(name, endpoint, handle, implicit_tls)
+
+    async def _start_stream_server(
+        self,
+        name: str,
+        endpoint: Endpoint,
+        handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        implicit_tls: bool,
+    ) -> None:
         try:
             server = await asyncio.start_server(
                 handle,
@@ -141,6 +185,8 @@ class Server:
             server.close()
         for session in list(self._imap_sessions):
             session.shutdown()
+        for pop3_session in list(self._pop3_sessions):
+            pop3_session.shutdown()
         self.connections.shutdown()
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
         while self.connections.open and asyncio.get_running_loop().time() < deadline:

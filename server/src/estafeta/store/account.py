@@ -214,6 +214,13 @@ class Store:
             address, lambda a: operations.expunge(a.conn, a.path, mailbox, uids)
         )
 
+    def remove(self, address: str, mailbox: str, uids: Sequence[int]) -> list[int]:
+        """Remove messages whatever their flags (POP3 UPDATE, rfc1939:6)."""
+        return self._account_op(
+            address,
+            lambda a: operations.expunge(a.conn, a.path, mailbox, uids, only_deleted=False),
+        )
+
     def copy(
         self, address: str, source: str, uids: Sequence[int], destination: str, move: bool = False
     ) -> operations.CopyResult:

@@ -190,23 +190,31 @@ def _remove(conn: sqlite3.Connection, box: Mailbox, uids: Sequence[int]) -> list
 
 
 def expunge(
-    conn: sqlite3.Connection, account_path: Path, mailbox: str, uids: Sequence[int] | None = None
+    conn: sqlite3.Connection,
+    account_path: Path,
+    mailbox: str,
+    uids: Sequence[int] | None = None,
+    only_deleted: bool = True,
 ) -> list[int]:
-    """rfc9051:6.4.3 EXPUNGE (all \\Deleted) or rfc4315:2.1 UID EXPUNGE (those of ``uids``)."""
+    """rfc9051:6.4.3 EXPUNGE (all \\Deleted) or rfc4315:2.1 UID EXPUNGE (those of
+    ``uids``); with ``only_deleted=False`` (POP3 UPDATE) ``uids`` go whatever their flags."""
     with transaction(conn):
         box = _need(conn, mailbox)
-        deleted = [
-            row[0]
-            for row in conn.execute(
-                "SELECT uid FROM messages WHERE mailbox_id = ? AND (' ' || flags || ' ')"
-                " LIKE '% \\Deleted %' ORDER BY uid",
-                (box.id,),
-            )
-        ]
-        if uids is not None:
-            wanted = set(uids)
-            deleted = [uid for uid in deleted if uid in wanted]
-        removed = _remove(conn, box, deleted)
+        if only_deleted:
+            doomed = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT uid FROM messages WHERE mailbox_id = ? AND (' ' || flags || ' ')"
+                    " LIKE '% \\Deleted %' ORDER BY uid",
+                    (box.id,),
+                )
+            ]
+            if uids is not None:
+                wanted = set(uids)
+                doomed = [uid for uid in doomed if uid in wanted]
+        else:
+            doomed = list(uids or ())
+        removed = _remove(conn, box, doomed)
     replay_journal(conn, account_path)
     return removed
 

@@ -1,0 +1,1 @@
+"""POP3: sans-IO parser and asyncio session over the store (rfc1939)."""
