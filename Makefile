@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tools and tests need; installed only when missing.
-APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks
+APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6
 
 .PHONY: help deps venv lint test test-server test-ansible deploy stop clean
 
