@@ -132,6 +132,13 @@ SCRIPT = [
     (b"PASS wrong-password", False, rb"^-ERR \[AUTH\] Invalid credentials"),
     (b"AUTH", True, rb"^\+OK.*\r\nPLAIN\r\n\.\r\n$"),
     (b"AUTH CRAM-MD5", False, rb"^-ERR Unsupported mechanism"),
+    (b"AUTH PLAIN =", False, rb"^-ERR Malformed PLAIN response"),
+    (b"AUTH PLAIN", False, rb"^\+ \r\n$"),
+    (b"*", False, rb"^-ERR Authentication cancelled"),  # rfc5034:4
+    (b"AUTH PLAIN " + base64.b64encode(b"bob\0alice@example.test\0x"), False, rb"^-ERR \[AUTH\]"),
+    (b"APOP alice 0123456789abcdef", False, rb"^-ERR APOP is not supported"),
+    (b"STLS", False, rb"^-ERR STLS is not available"),  # already TLS (995)
+    (b"UTF8", False, rb"^\+OK UTF8 enabled"),
     (b"AUTH PLAIN " + PLAIN.encode(), False, rb"^\+OK Logged in, 3 messages \(\d+ octets\)"),
     (b"STAT", False, rb"^\+OK 3 \d+\r\n$"),
     (b"LIST", True, rb"^\+OK.*\r\n1 \d+\r\n2 \d+\r\n3 \d+\r\n\.\r\n$"),
