@@ -259,7 +259,8 @@ class Store:
         internal_date: float | None = None,
     ) -> Delivered:
         """rfc9051:6.3.12 APPEND; MailboxError TRYCREATE if the mailbox is missing."""
-        conn = self.open_index(address)
+        # open_index waits for the writer thread: never block the event loop on it.
+        conn = await asyncio.to_thread(self.open_index, address)
         try:
             box = index.mailbox(conn, operations.check_name(mailbox))
         finally:
