@@ -9,8 +9,6 @@ a command become a tagged NO/BAD, never a traceback to the client.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import sqlite3
@@ -22,6 +20,7 @@ from typing import Any
 
 from estafeta import __version__
 from estafeta.auth import Accounts
+from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.imap import commands as c
 from estafeta.imap import fetch as fetch_module
 from estafeta.imap import search as search_module
@@ -420,13 +419,11 @@ async def cmd_authenticate(s: Session, cmd: Command) -> None:
         if response == "*":  # rfc9051:6.2.2 the client cancels
             raise Bad("Authentication cancelled")
     try:
-        decoded = base64.b64decode(response, validate=True) if response != "=" else b""
-        # rfc4616:2 message = [authzid] UTF8NUL authcid UTF8NUL passwd
-        authzid, authcid, password = decoded.decode("utf-8").split("\x00")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise Bad("Malformed PLAIN response") from None
-    if authzid and authzid.lower() != authcid.lower():
-        raise No("Authorization identity must match the user", "AUTHORIZATIONFAILED")
+        authcid, password = decode_plain(response)
+    except MalformedSASL as exc:
+        raise Bad(str(exc)) from None
+    except SASLError as exc:
+        raise No(str(exc), "AUTHORIZATIONFAILED") from None
     await _login(s, cmd, authcid, password)
 
 

@@ -10,8 +10,6 @@ removals as expunges.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import re
@@ -20,6 +18,7 @@ from dataclasses import dataclass, field
 
 from estafeta.address import AddressError, normalize_address
 from estafeta.auth import Accounts
+from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.log import log_event
 from estafeta.pop3.parser import Command, Eof, Error, NeedData, Parser, RawLine
 from estafeta.store import Store, StoreError, index
@@ -320,13 +319,12 @@ async def cmd_auth(s: Session, cmd: Command) -> None:
         s.err("Authentication cancelled")  # rfc5034:4
         return
     try:
-        decoded = base64.b64decode(response, validate=True) if response != "=" else b""
-        authzid, authcid, password = decoded.decode("utf-8").split("\x00")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        s.err("Malformed PLAIN response")
+        authcid, password = decode_plain(response)
+    except MalformedSASL as exc:
+        s.err(str(exc))
         return
-    if authzid and authzid.lower() != authcid.lower():
-        s.err("Authorization identity must match the user", "AUTH")
+    except SASLError as exc:
+        s.err(str(exc), "AUTH")
         return
     await s.login(authcid, password)
 
