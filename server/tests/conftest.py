@@ -13,11 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trustme
 
 from estafeta.store import index
 
 DOMAIN = "example.test"
 PASSWORD = "correct horse battery staple"
+
+
+def make_tls(directory: Path) -> tuple[str, trustme.CA]:
+    """A test CA and a certificate for mx.example.test / 127.0.0.1, written
+    to ``directory``; returns the [tls] config section and the CA."""
+    ca = trustme.CA()
+    # fetchmail checks the subject CN as well as the SANs.
+    cert = ca.issue_cert("mx.example.test", "127.0.0.1", common_name="mx.example.test")
+    cert.private_key_pem.write_to_path(str(directory / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    section = f'[tls]\ncert = "{directory / "cert.pem"}"\nkey = "{directory / "key.pem"}"\n'
+    return section, ca
 
 
 def free_port() -> int:

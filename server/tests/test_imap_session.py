@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
-from conftest import DOMAIN, PASSWORD, Instance, free_port
+from conftest import DOMAIN, PASSWORD, Instance, free_port, make_tls
 
 ALICE = f"alice@{DOMAIN}"
 
@@ -32,15 +31,10 @@ def deliver(server: Instance, subject: str, body: str = "hello", to: str = ALICE
 
 @pytest.fixture
 def imap_server(instance: Instance, tmp_path: Path) -> Iterator[tuple[Instance, ssl.SSLContext]]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("mx.example.test", "127.0.0.1")
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    section, ca = make_tls(tmp_path)
     instance.imap_port = free_port()
     instance.imaps_port = free_port()
-    instance.extra_config = (
-        f'[tls]\ncert = "{tmp_path / "cert.pem"}"\nkey = "{tmp_path / "key.pem"}"\n'
-    )
+    instance.extra_config = section
     instance.write_config()
     instance.add_user(ALICE)
     instance.start()

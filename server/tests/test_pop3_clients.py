@@ -18,25 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
-from conftest import DOMAIN, PASSWORD, Instance, free_port
+from conftest import DOMAIN, PASSWORD, Instance, free_port, make_tls
 
 ALICE = f"alice@{DOMAIN}"
 
 
 @pytest.fixture
 def pop3s(instance: Instance, tmp_path: Path) -> Iterator[tuple[Instance, Path]]:
-    ca = trustme.CA()
-    # fetchmail checks the subject CN as well as the SANs.
-    cert = ca.issue_cert("mx.example.test", "127.0.0.1", common_name="mx.example.test")
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    section, _ = make_tls(tmp_path)
     instance.pop3s_port = free_port()
-    instance.extra_config = (
-        f'[tls]\ncert = "{tmp_path / "cert.pem"}"\nkey = "{tmp_path / "key.pem"}"\n'
-    )
+    instance.extra_config = section
     instance.write_config()
     instance.add_user(ALICE)
     instance.start()

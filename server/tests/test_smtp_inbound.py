@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import DOMAIN, Instance
+from conftest import DOMAIN, Instance, make_tls
 from estafeta.smtp import replies
 
 ALICE = f"alice@{DOMAIN}"
@@ -280,13 +280,8 @@ def test_delivery_log_line(server: Instance) -> None:
 
 @pytest.fixture
 def tls_server(instance: Instance, tmp_path: Path) -> tuple[Instance, trustme.CA]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("mx.example.test", "127.0.0.1")
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    instance.extra_config = (
-        f'[tls]\ncert = "{tmp_path / "cert.pem"}"\nkey = "{tmp_path / "key.pem"}"\n'
-    )
+    section, ca = make_tls(tmp_path)
+    instance.extra_config = section
     instance.write_config()
     instance.add_user(ALICE)
     instance.start()
