@@ -19,25 +19,17 @@ import asyncio
 import imaplib
 import resource
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _harness import add_user, free_port, running
 from estafeta.message import summarize
 from estafeta.store import Delivery, Store
 
 USER = "big@bench.test"
 PASSWORD = "benchmark-password"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -136,79 +128,65 @@ def main() -> None:
         "[auth]\nallow_plaintext = true\nargon2_time_cost = 1\nargon2_memory_cost = 1024\n"
         "argon2_parallelism = 1\n"
     )
-    cmd = [sys.executable, "-m", "estafeta", "-c", str(config)]
-    subprocess.run(
-        [*cmd, "user", "add", USER, "--password-stdin"],
-        input=PASSWORD.encode(),
-        check=True,
-        capture_output=True,
-    )
+    add_user(config, USER, PASSWORD)
     print(f"filling INBOX with {args.messages} messages ...", flush=True)
     fill_s = fill(root, args.messages)
     print(f"fill: {fill_s:.1f} s ({args.messages / fill_s:.0f} msg/s, store API, fsync'd)")
 
-    with open(root / "log", "wb") as log:
-        server = subprocess.Popen([*cmd, "serve"], stderr=log)
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        client = imaplib.IMAP4("127.0.0.1", port, timeout=600)
-        client.login(USER, PASSWORD)
-        t0 = time.perf_counter()
-        status, data = client.select("INBOX")
-        t_select = time.perf_counter() - t0
-        assert status == "OK" and int(data[0]) == args.messages, data
-        t0 = time.perf_counter()
-        status, _rows = client.fetch("1:*", "(UID FLAGS RFC822.SIZE ENVELOPE)")
-        t_fetch_imaplib = time.perf_counter() - t0
-        # The same FETCH read raw: what the server costs, without imaplib's parsing.
-        t_fetch, fetched = raw_fetch(port, "1:* (UID FLAGS RFC822.SIZE ENVELOPE)")
-        t0 = time.perf_counter()
-        status, found = client.uid("SEARCH", "HEADER", "Subject", '"topic 42"')
-        t_header = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        status, body_found = client.search(None, "BODY", "zebracorn")
-        t_body = time.perf_counter() - t0
-        client.logout()
-        print(f"SELECT {args.messages}: {t_select:.2f} s")
-        print(
-            f"FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE): {t_fetch:.2f} s ({fetched} messages;"
-            f" {t_fetch_imaplib:.2f} s through imaplib's parser)"
-        )
-        print(f"SELECT + FETCH: {t_select + t_fetch:.2f} s (target < 3 s)")
-        print(f"UID SEARCH HEADER Subject: {t_header:.2f} s ({len(found[0].split())} hits)")
-        print(f"SEARCH BODY: {t_body:.2f} s ({len(body_found[0].split())} hits)")
-
-        if args.idle:
-            before = rss_mib(server.pid)
-            ready = asyncio.Event()
-
-            async def run_idle() -> None:
-                t = time.perf_counter()
-                writers = await idle_clients(port, args.idle, ready)
-                elapsed = time.perf_counter() - t
-                await asyncio.sleep(2)
-                after = rss_mib(server.pid)
-                print(f"{len(writers)} IDLE connections opened in {elapsed:.1f} s")
-                print(
-                    f"server RSS: {before:.0f} MiB before, {after:.0f} MiB with them "
-                    f"({(after - before) * 1024 / len(writers):.1f} KiB each; target < 1 GiB)"
-                )
-                for writer in writers:
-                    writer.close()
-
-            asyncio.run(run_idle())
+        with running(config, port, root / "log") as server:
+            measure(args, port, server.pid)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
         shutil.rmtree(root)
+
+
+def measure(args: argparse.Namespace, port: int, server_pid: int) -> None:
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=600)
+    client.login(USER, PASSWORD)
+    t0 = time.perf_counter()
+    status, data = client.select("INBOX")
+    t_select = time.perf_counter() - t0
+    assert status == "OK" and int(data[0]) == args.messages, data
+    t0 = time.perf_counter()
+    status, _rows = client.fetch("1:*", "(UID FLAGS RFC822.SIZE ENVELOPE)")
+    t_fetch_imaplib = time.perf_counter() - t0
+    # The same FETCH read raw: what the server costs, without imaplib's parsing.
+    t_fetch, fetched = raw_fetch(port, "1:* (UID FLAGS RFC822.SIZE ENVELOPE)")
+    t0 = time.perf_counter()
+    status, found = client.uid("SEARCH", "HEADER", "Subject", '"topic 42"')
+    t_header = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    status, body_found = client.search(None, "BODY", "zebracorn")
+    t_body = time.perf_counter() - t0
+    client.logout()
+    print(f"SELECT {args.messages}: {t_select:.2f} s")
+    print(
+        f"FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE): {t_fetch:.2f} s ({fetched} messages;"
+        f" {t_fetch_imaplib:.2f} s through imaplib's parser)"
+    )
+    print(f"SELECT + FETCH: {t_select + t_fetch:.2f} s (target < 3 s)")
+    print(f"UID SEARCH HEADER Subject: {t_header:.2f} s ({len(found[0].split())} hits)")
+    print(f"SEARCH BODY: {t_body:.2f} s ({len(body_found[0].split())} hits)")
+
+    if args.idle:
+        before = rss_mib(server_pid)
+        ready = asyncio.Event()
+
+        async def run_idle() -> None:
+            t = time.perf_counter()
+            writers = await idle_clients(port, args.idle, ready)
+            elapsed = time.perf_counter() - t
+            await asyncio.sleep(2)
+            after = rss_mib(server_pid)
+            print(f"{len(writers)} IDLE connections opened in {elapsed:.1f} s")
+            print(
+                f"server RSS: {before:.0f} MiB before, {after:.0f} MiB with them "
+                f"({(after - before) * 1024 / len(writers):.1f} KiB each; target < 1 GiB)"
+            )
+            for writer in writers:
+                writer.close()
+
+        asyncio.run(run_idle())
 
 
 if __name__ == "__main__":

@@ -13,25 +13,16 @@ from __future__ import annotations
 import argparse
 import poplib
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _harness import add_user, free_port, running
 from estafeta.message import summarize
 from estafeta.store import Delivery, Store
 
 USER = "pop@bench.test"
 PASSWORD = "benchmark-password"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:
@@ -47,13 +38,7 @@ def main() -> None:
         f'[listen]\npop3 = ["127.0.0.1:{port}"]\n[log]\nlevel = "warning"\n'
         "[auth]\nallow_plaintext = true\n"  # loopback benchmark only
     )
-    cmd = [sys.executable, "-m", "estafeta", "-c", str(config)]
-    subprocess.run(
-        [*cmd, "user", "add", USER, "--password-stdin"],
-        input=PASSWORD.encode(),
-        check=True,
-        capture_output=True,
-    )
+    add_user(config, USER, PASSWORD)
     body = (b"x" * 76 + b"\r\n") * max(1, args.size // 78)
     with Store(root / "data" / "mail", "mx.bench.test") as store:
         deliveries = []
@@ -62,42 +47,37 @@ def main() -> None:
             deliveries.append(Delivery(USER, data, summarize(data)))
         for start in range(0, len(deliveries), 500):
             store.deliver_sync(deliveries[start : start + 500])
-    with open(root / "log", "wb") as log:
-        server = subprocess.Popen([*cmd, "serve"], stderr=log)
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        t0 = time.perf_counter()
-        client = poplib.POP3("127.0.0.1", port, timeout=120)
-        client.user(USER)
-        client.pass_(PASSWORD)
-        t_login = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        _, listing, _ = client.list()
-        t_list = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        moved = 0
-        for n in range(1, len(listing) + 1):
-            _, _lines, octets = client.retr(n)
-            moved += octets
-        t_retr = time.perf_counter() - t0
-        client.quit()
-        print(f"estafeta POP3, {args.messages} messages of ~{len(body)} bytes (loopback, poplib)")
-        print(f"login: {t_login * 1000:.1f} ms")
-        print(f"LIST: {t_list * 1000:.1f} ms ({len(listing)} entries)")
-        print(
-            f"RETR all: {t_retr:.2f} s ({args.messages / t_retr:.0f} msg/s, "
-            f"{moved / t_retr / 1e6:.1f} MB/s)"
-        )
-        print(f"LIST + RETR: {t_list + t_retr:.2f} s")
+        with running(config, port, root / "log"):
+            measure(args, port, len(body))
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
         shutil.rmtree(root)
+
+
+def measure(args: argparse.Namespace, port: int, body_size: int) -> None:
+    t0 = time.perf_counter()
+    client = poplib.POP3("127.0.0.1", port, timeout=120)
+    client.user(USER)
+    client.pass_(PASSWORD)
+    t_login = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, listing, _ = client.list()
+    t_list = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    moved = 0
+    for n in range(1, len(listing) + 1):
+        _, _lines, octets = client.retr(n)
+        moved += octets
+    t_retr = time.perf_counter() - t0
+    client.quit()
+    print(f"estafeta POP3, {args.messages} messages of ~{body_size} bytes (loopback, poplib)")
+    print(f"login: {t_login * 1000:.1f} ms")
+    print(f"LIST: {t_list * 1000:.1f} ms ({len(listing)} entries)")
+    print(
+        f"RETR all: {t_retr:.2f} s ({args.messages / t_retr:.0f} msg/s, "
+        f"{moved / t_retr / 1e6:.1f} MB/s)"
+    )
+    print(f"LIST + RETR: {t_list + t_retr:.2f} s")
 
 
 if __name__ == "__main__":

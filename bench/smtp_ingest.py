@@ -15,48 +15,26 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import smtplib
-import socket
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from _harness import add_user, free_port, running
 
 
-def start_server(root: Path, port: int) -> subprocess.Popen[bytes]:
+def write_config(root: Path, port: int) -> Path:
     config = root / "estafeta.toml"
     config.write_text(
         f'hostname = "mx.bench.test"\ndata_dir = "{root / "data"}"\n'
         f'domains = ["bench.test"]\n[listen]\nsmtp = ["127.0.0.1:{port}"]\n'
         '[log]\nlevel = "warning"\n'
     )
-    cmd = [sys.executable, "-m", "estafeta", "-c", str(config)]
-    subprocess.run(
-        [*cmd, "user", "add", "bench@bench.test", "--password-stdin"],
-        input=b"benchmark-password\n",
-        check=True,
-        capture_output=True,
-    )
-    with open(root / "log", "wb") as log:
-        server = subprocess.Popen([*cmd, "serve"], stderr=log)
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return server
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("server did not start")
+    add_user(config, "bench@bench.test", "benchmark-password")
+    return config
 
 
 def run(port: int, sessions: int, messages: int, body: bytes) -> tuple[float, list[float]]:
@@ -100,9 +78,9 @@ def main() -> None:
         b"x" * 76 + b"\r\n"
     ) * max(1, args.size // 78)
     port = free_port()
-    server = start_server(root, port)
+    config = write_config(root, port)
     total = 0
-    try:
+    with running(config, port, root / "log"):
         print(f"estafeta SMTP ingest, {len(body)}-byte messages, data in {root}")
         print(f"{'sessions':>8} {'messages':>8} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
         for sessions in (1, 20):
@@ -115,9 +93,6 @@ def main() -> None:
                 f"{sessions:>8} {len(lat):>8} {rate:>9.1f} "
                 f"{statistics.median(lat) * 1000:>8.2f} {p99 * 1000:>8.2f}"
             )
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
     db = sqlite3.connect(root / "data/mail/bench.test/bench/index.db")
     indexed = db.execute("SELECT count(*) FROM messages").fetchone()[0]
     db.close()

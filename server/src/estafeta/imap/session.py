@@ -978,8 +978,6 @@ async def cmd_search(s: Session, cmd: Command) -> None:
         saved=s.saved_result,
     )
     numbers = [m.uid if cmd.uid else m.seq for m in matched]
-    uses_modseq = _uses_modseq(key)
-    modseq = max((m.modseq for m in matched), default=None) if uses_modseq else None
     options = list(args.return_options) if args.return_options is not None else None
     if options is not None and "SAVE" in [o.upper() for o in options]:
         s.saved_result = [m.uid for m in matched]
@@ -987,6 +985,8 @@ async def cmd_search(s: Session, cmd: Command) -> None:
         if not options:
             s.tagged(cmd.tag, "OK", "SEARCH completed (saved)")
             return
+    # rfc7162:3.1.5 / rfc4731:3.2: which messages' modseq is reported depends on RETURN.
+    modseq = search_module.response_modseq(matched, options) if _uses_modseq(key) else None
     if options is not None or "IMAP4rev2" in s.enabled:
         s.untagged(
             search_module.render_esearch(

@@ -38,7 +38,3 @@ class Changes:
             listeners = list(self._listeners.get(address, ()))
         for listener in listeners:
             listener(address)
-
-    def count(self) -> int:
-        with self._lock:
-            return sum(len(v) for v in self._listeners.values())
