@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tools and tests need; installed only when missing.
-APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6
+APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6 knot postfix
 
 .PHONY: help deps venv lint test test-server test-ansible deploy stop clean
 
@@ -25,7 +25,11 @@ deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  case " $$missing " in *" knot "*) \
+	    if [ -d /run/systemd/system ]; then systemctl disable --now knot.service || true; fi;; \
+	  esac; \
 	fi
 
 $(STAMP): requirements.txt server/pyproject.toml
@@ -52,7 +56,7 @@ test-server: venv
 test-ansible: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests
 
-test: lint
+test: deps lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest server/tests tests
 
 deploy: venv

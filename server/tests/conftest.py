@@ -65,6 +65,8 @@ class Instance:
     imaps_port: int = 0
     pop3_port: int = 0
     pop3s_port: int = 0
+    submission_port: int = 0
+    submissions_port: int = 0
     extra_config: str = ""
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
@@ -91,6 +93,16 @@ class Instance:
             + (f'imaps = ["127.0.0.1:{self.imaps_port}"]\n' if self.imaps_port else "")
             + (f'pop3 = ["127.0.0.1:{self.pop3_port}"]\n' if self.pop3_port else "")
             + (f'pop3s = ["127.0.0.1:{self.pop3s_port}"]\n' if self.pop3s_port else "")
+            + (
+                f'submission = ["127.0.0.1:{self.submission_port}"]\n'
+                if self.submission_port
+                else ""
+            )
+            + (
+                f'submissions = ["127.0.0.1:{self.submissions_port}"]\n'
+                if self.submissions_port
+                else ""
+            )
             + "[limits]\n"
             "max_message_size = 1048576\n"
             "max_recipients = 5\n"
@@ -101,7 +113,11 @@ class Instance:
             "allow_plaintext = false\n"
             "argon2_time_cost = 1\n"
             "argon2_memory_cost = 1024\n"
-            "argon2_parallelism = 1\n" + self.extra_config
+            "argon2_parallelism = 1\n"
+            # No DNS on the test machine: SPF/DKIM/DMARC are tested with a
+            # real DNS server in test_deliverability.py and with mocks.
+            + ("" if "[inbound]" in self.extra_config else "[inbound]\nauthenticate = false\n")
+            + self.extra_config
         )
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

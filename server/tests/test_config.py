@@ -98,6 +98,37 @@ def test_good_config(tmp_path: Path) -> None:
             "also used by listen.smtp",
         ),
         (("[log]", '[tls]\ncert = "c.pem"\n[log]'), "tls.key", "is required"),
+        (
+            ("[listen]", '[listen]\nsubmission = ["127.0.0.1:587"]'),
+            "listen.submission",
+            "AUTH is only offered after TLS",
+        ),
+        (("[log]", '[queue]\nlifetime = "5 days"\n[log]'), "queue.lifetime", "duration like"),
+        (("[log]", "[queue]\nlifetime = 0\n[log]"), "queue.lifetime", "greater than 0"),
+        (
+            ("[log]", '[queue]\nretry_min = "2h"\nretry_max = "1h"\n[log]'),
+            "queue.retry_max",
+            "not be smaller",
+        ),
+        (("[log]", '[queue]\ntls = "maybe"\n[log]'), "queue.tls", "must be one of"),
+        (
+            ("[log]", '[queue]\nsource_address = "mx.example"\n[log]'),
+            "queue.source_address",
+            "not an IP",
+        ),
+        (("[log]", "[queue]\nport = 70000\n[log]"), "queue.port", "port number"),
+        (("[log]", "[queue.relay]\nport = 25\n[log]"), "queue.relay.host", "is required"),
+        (
+            ("[log]", '[queue.relay]\nhost = "smtp.example:587"\nusername = "u"\n[log]'),
+            "queue.relay.password_file",
+            "required when username",
+        ),
+        (
+            ("[log]", '[queue.relay]\nhost = "smtp.example"\nsecurity = "ssl"\n[log]'),
+            "queue.relay.security",
+            "must be one of",
+        ),
+        (("[log]", "[inbound]\ndmarc = true\n[log]"), "inbound.dmarc", "unknown key"),
     ],
 )
 def test_errors_name_the_key(
@@ -111,6 +142,31 @@ def test_errors_name_the_key(
     assert error.value.key == key
     assert message in error.value.message
     assert str(error.value).startswith(f"{path}: {key}: ")
+
+
+def test_queue_and_relay_settings(tmp_path: Path) -> None:
+    (tmp_path / "relay.secret").write_text("s3cret\n")
+    text = GOOD.replace(
+        "[log]",
+        '[queue]\nlifetime = "2d"\ndelay_warning = 600\nretry_min = "30s"\n'
+        'source_address = "192.0.2.1"\n'
+        '[queue.relay]\nhost = "smtp.provider.example"\nusername = "me"\n'
+        'password_file = "relay.secret"\n[log]',
+    )
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.queue.lifetime == 2 * 86400
+    assert cfg.queue.delay_warning == 600
+    assert cfg.queue.retry_min == 30 and cfg.queue.retry_max == 3600
+    assert cfg.queue.tls == "opportunistic" and cfg.queue.mta_sts
+    relay = cfg.queue.relay
+    assert relay is not None
+    assert relay.host == Endpoint("smtp.provider.example", 587)  # STARTTLS default port
+    assert relay.password() == "s3cret"
+    assert cfg.inbound.authenticate and cfg.inbound.dmarc_reject
+    (tmp_path / "relay.secret").unlink()
+    with pytest.raises(ConfigError) as error:
+        config.check_runtime(cfg)
+    assert error.value.key == "queue.relay.password_file"
 
 
 def test_invalid_toml_names_the_line(tmp_path: Path) -> None:

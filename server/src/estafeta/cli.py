@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import os
 import shutil
 import sys
@@ -16,9 +17,12 @@ from collections.abc import Callable, Sequence
 
 from estafeta import config as config_module
 from estafeta import log as log_module
-from estafeta.address import AddressError, normalize_address
+from estafeta.address import AddressError, normalize_address, normalize_domain
 from estafeta.auth import AccountError, Accounts
 from estafeta.config import Config, ConfigError
+from estafeta.policy import dkim
+from estafeta.policy.signer import DKIMKeyError, Signer
+from estafeta.queue.store import QueueStore
 from estafeta.store import Store, StoreError, index
 
 DEFAULT_CONFIG = "/etc/estafeta/estafeta.toml"
@@ -193,6 +197,101 @@ def cmd_mail_cat(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _queue(config: Config) -> QueueStore:
+    config_module.check_runtime(config)
+    return QueueStore(config.queue_dir)
+
+
+def cmd_queue_list(config: Config, args: argparse.Namespace) -> int:
+    queue = _queue(config)
+    try:
+        entries = queue.entries()
+    finally:
+        queue.close()
+    if args.json:
+        print(json.dumps([e.to_json() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("queue is empty")
+        return 0
+    now = time.time()
+    for e in entries:
+        age = _ago(now - e.created)
+        due = "now" if e.next_attempt <= now else f"in {_ago(e.next_attempt - now)}"
+        print(
+            f"{e.id}  {e.size:>8}  {age:>6} old  attempts {e.attempts}  next {due}\n"
+            f"    from <{e.sender}>  to {', '.join(f'<{r}>' for r in e.recipients)}"
+        )
+        if e.last_error:
+            print(f"    last error: {e.last_error}")
+    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+    return 0
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def cmd_queue_flush(config: Config, args: argparse.Namespace) -> int:
+    queue = _queue(config)
+    try:
+        count = queue.flush(args.id)
+    finally:
+        queue.close()
+    if args.id and not count:
+        print(f"estafeta: no queue entry {args.id}", file=sys.stderr)
+        return 1
+    print(f"{count} entr{'y' if count == 1 else 'ies'} due now (a running server picks them up)")
+    return 0
+
+
+def cmd_queue_delete(config: Config, args: argparse.Namespace) -> int:
+    queue = _queue(config)
+    try:
+        removed = queue.remove(args.id)
+    finally:
+        queue.close()
+    if not removed:
+        print(f"estafeta: no queue entry {args.id}", file=sys.stderr)
+        return 1
+    print(f"deleted {args.id} (no DSN is sent)")
+    return 0
+
+
+def cmd_dkim_keygen(config: Config, args: argparse.Namespace) -> int:
+    config_module.check_runtime(config)
+    domain = normalize_domain(args.domain)
+    if domain not in config.domains:
+        raise UsageError(f"{domain} is not one of the configured domains")
+    signer = Signer(config.dkim_dir)
+    try:
+        key = signer.keygen(domain, args.selector, args.algorithm, force=args.force)
+    except DKIMKeyError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {signer.key_path(domain, args.selector)}", file=sys.stderr)
+    print(f"{args.selector}._domainkey.{domain}. IN TXT {_quoted_txt(dkim.txt_record(key))}")
+    return 0
+
+
+def cmd_dkim_list(config: Config, args: argparse.Namespace) -> int:
+    config_module.check_runtime(config)
+    signer = Signer(config.dkim_dir)
+    for domain in config.domains:
+        for key in signer.keys_for(domain):
+            print(f"{key.selector}._domainkey.{domain}. IN TXT {_quoted_txt(dkim.txt_record(key))}")
+    return 0
+
+
+def _quoted_txt(value: str) -> str:
+    # rfc1035:3.3.14 — character-strings of at most 255 octets each.
+    chunks = [value[i : i + 255] for i in range(0, len(value), 255)]
+    return " ".join(f'"{chunk}"' for chunk in chunks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="estafeta", description="Estafeta mail server")
     parser.add_argument(
@@ -255,6 +354,27 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("address")
     command.add_argument("uid", type=int)
     command.add_argument("--mailbox", default="INBOX")
+
+    queue = commands.add_parser("queue", help="the outbound queue").add_subparsers(
+        dest="queue_command", required=True, metavar="ACTION"
+    )
+    add(queue, "list", cmd_queue_list, "list queued messages").add_argument(
+        "--json", action="store_true", help="machine-readable output"
+    )
+    add(queue, "flush", cmd_queue_flush, "retry now (all, or one ID)").add_argument("id", nargs="?")
+    add(queue, "delete", cmd_queue_delete, "drop a queue entry without a DSN").add_argument("id")
+
+    dkim_parser = commands.add_parser("dkim", help="DKIM signing keys").add_subparsers(
+        dest="dkim_command", required=True, metavar="ACTION"
+    )
+    command = add(
+        dkim_parser, "keygen", cmd_dkim_keygen, "create a signing key and print its DNS record"
+    )
+    command.add_argument("domain")
+    command.add_argument("--selector", required=True)
+    command.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
+    command.add_argument("--force", action="store_true", help="replace an existing key")
+    add(dkim_parser, "list", cmd_dkim_list, "print the DNS records of every key")
     return parser
 
 

@@ -115,6 +115,61 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    # Leave the client's address and HELO out of our Received header on
+    # submission (privacy of mobile users); the header still names us.
+    strip_client_ip: bool = False
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Smarthost: every remote message goes through this host, with AUTH over TLS."""
+
+    host: Endpoint
+    # "starttls" (port 587) or "tls" (implicit TLS, port 465).
+    security: str = "starttls"
+    username: str = ""
+    password_file: Path | None = None
+
+    def password(self) -> str:
+        if self.password_file is None:
+            return ""
+        return self.password_file.read_text(encoding="utf-8").strip()
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    # rfc5321:4.5.4.1 — give up after 4-5 days; retry no sooner than 30 minutes
+    # apart in the long run. Backoff doubles from retry_min up to retry_max.
+    lifetime: float = 5 * 86400.0
+    delay_warning: float = 4 * 3600.0
+    retry_min: float = 300.0
+    retry_max: float = 3600.0
+    concurrency: int = 20
+    connect_timeout: float = 30.0
+    # Local address outgoing connections come from (must match SPF and PTR).
+    source_address: str = ""
+    # The port remote MX hosts listen on: 25 everywhere but in tests.
+    port: int = 25
+    # "opportunistic" (STARTTLS when offered, unverified), "verify" (STARTTLS
+    # required and the certificate must match the MX name), or "none".
+    tls: str = "opportunistic"
+    mta_sts: bool = True
+    mta_sts_port: int = 443
+    # Extra trust anchors (PEM) for verified outbound TLS, added to the system's.
+    ca_file: Path | None = None
+    relay: RelayConfig | None = None
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    # SPF, DKIM, DMARC and ARC on the MX, with an Authentication-Results header.
+    authenticate: bool = True
+    # Refuse (550 5.7.1) mail failing DMARC when its domain publishes p=reject.
+    dmarc_reject: bool = True
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -132,6 +187,17 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     log: LogConfig = field(default_factory=LogConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.data_dir / "queue"
+
+    @property
+    def dkim_dir(self) -> Path:
+        return self.data_dir / "dkim"
 
     @property
     def accounts_db(self) -> Path:
@@ -273,6 +339,34 @@ def _ip_only(endpoint: Endpoint) -> None:
         raise ValueError(f"{endpoint.host!r} is not an IP address") from None
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(reader: _Reader, name: str, default: float) -> float:
+    """Seconds, as a number or as text like "90s", "30m", "4h", "5d"."""
+    reader.used.add(name)
+    if name not in reader.table:
+        return default
+    value = reader.table[name]
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif (
+        isinstance(value, str) and value[:-1].replace(".", "", 1).isdigit() and value[-1:] in _UNITS
+    ):
+        seconds = float(value[:-1]) * _UNITS[value[-1]]
+    if seconds is None:
+        raise reader.error(name, 'must be a number of seconds or a duration like "30m", "4h", "5d"')
+    if seconds <= 0:
+        raise reader.error(name, "must be greater than 0")
+    return seconds
+
+
+def _path(reader: _Reader, name: str, base: Path) -> Path | None:
+    text = reader.get(name, str, "")
+    return (base / text).resolve() if text else None
+
+
 def _positive(reader: _Reader, name: str, default: int) -> int:
     value = reader.get(name, int, default=default)
     if value <= 0:
@@ -398,6 +492,25 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
     if auth.argon2_memory_cost < 8 * auth.argon2_parallelism:
         raise auth_reader.error("argon2_memory_cost", "must be at least 8 x argon2_parallelism KiB")
     auth_reader.check_unknown()
+    if "submission" in listen and tls is None and not auth.allow_plaintext:
+        raise ConfigError(
+            path, "listen.submission", "needs [tls] cert and key: AUTH is only offered after TLS"
+        )
+
+    submission_reader = top.table_of("submission")
+    submission = SubmissionConfig(
+        strip_client_ip=submission_reader.get("strip_client_ip", bool, False)
+    )
+    submission_reader.check_unknown()
+
+    queue = _queue_config(top.table_of("queue"), path)
+
+    inbound_reader = top.table_of("inbound")
+    inbound = InboundConfig(
+        authenticate=inbound_reader.get("authenticate", bool, True),
+        dmarc_reject=inbound_reader.get("dmarc_reject", bool, True),
+    )
+    inbound_reader.check_unknown()
 
     top.check_unknown()
     return Config(
@@ -411,7 +524,66 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         limits=limits,
         log=log,
         auth=auth,
+        submission=submission,
+        queue=queue,
+        inbound=inbound,
     )
+
+
+QUEUE_TLS = ("opportunistic", "verify", "none")
+RELAY_SECURITY = ("starttls", "tls")
+
+
+def _queue_config(reader: _Reader, path: Path) -> QueueConfig:
+    d = QueueConfig()
+    source = reader.get("source_address", str, "")
+    if source:
+        try:
+            ipaddress.ip_address(source)
+        except ValueError:
+            raise reader.error("source_address", f"{source!r} is not an IP address") from None
+    tls = reader.get("tls", str, d.tls)
+    if tls not in QUEUE_TLS:
+        raise reader.error("tls", f"must be one of {', '.join(QUEUE_TLS)}")
+    relay_reader = reader.table_of("relay")
+    relay: RelayConfig | None = None
+    if relay_reader.table:
+        host_text = relay_reader.get("host", str, required=True)
+        security = relay_reader.get("security", str, "starttls")
+        if security not in RELAY_SECURITY:
+            raise relay_reader.error("security", f"must be one of {', '.join(RELAY_SECURITY)}")
+        try:
+            host = parse_endpoint(host_text, default_port=587 if security == "starttls" else 465)
+        except ValueError as exc:
+            raise relay_reader.error("host", str(exc)) from None
+        username = relay_reader.get("username", str, "")
+        password_file = _path(relay_reader, "password_file", path.parent)
+        if username and password_file is None:
+            raise relay_reader.error("password_file", "is required when username is set")
+        relay = RelayConfig(host, security, username, password_file)
+        relay_reader.check_unknown()
+    queue = QueueConfig(
+        lifetime=_duration(reader, "lifetime", d.lifetime),
+        delay_warning=_duration(reader, "delay_warning", d.delay_warning),
+        retry_min=_duration(reader, "retry_min", d.retry_min),
+        retry_max=_duration(reader, "retry_max", d.retry_max),
+        concurrency=_positive(reader, "concurrency", d.concurrency),
+        connect_timeout=_duration(reader, "connect_timeout", d.connect_timeout),
+        source_address=source,
+        port=_positive(reader, "port", d.port),
+        tls=tls,
+        mta_sts=reader.get("mta_sts", bool, d.mta_sts),
+        mta_sts_port=_positive(reader, "mta_sts_port", d.mta_sts_port),
+        ca_file=_path(reader, "ca_file", path.parent),
+        relay=relay,
+    )
+    if queue.retry_max < queue.retry_min:
+        raise reader.error("retry_max", "must not be smaller than retry_min")
+    for name in ("port", "mta_sts_port"):
+        if getattr(queue, name) > 65535:
+            raise reader.error(name, "must be a port number (1-65535)")
+    reader.check_unknown()
+    return queue
 
 
 def check_runtime(config: Config) -> None:
@@ -434,6 +606,23 @@ def check_runtime(config: Config) -> None:
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(
                 config.path, "tls.key", f"does not match tls.cert or is not PEM: {exc}"
+            ) from None
+    files = [("queue.ca_file", config.queue.ca_file)]
+    if config.queue.relay is not None:
+        files.append(("queue.relay.password_file", config.queue.relay.password_file))
+    for key, file in files:
+        if file is None:
+            continue
+        try:
+            file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(config.path, key, f"cannot read {file}: {exc.strerror}") from None
+    if config.queue.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(config.queue.ca_file))
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(
+                config.path, "queue.ca_file", f"not a PEM certificate file: {exc}"
             ) from None
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)

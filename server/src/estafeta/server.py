@@ -8,19 +8,28 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable
 
+from estafeta.address import AddressError, normalize_address
 from estafeta.auth import Accounts
 from estafeta.config import Config, Endpoint, server_context
+from estafeta.dns import DNSPythonResolver
 from estafeta.imap.session import Session, Settings
 from estafeta.log import log_event
+from estafeta.message import summarize
+from estafeta.policy.signer import Signer
 from estafeta.pop3 import session as pop3
+from estafeta.queue.delivery import Deliverer, verifying_context
+from estafeta.queue.mtasts import MTASTS, Policy, fetch_policy
+from estafeta.queue.runner import QueueRunner
+from estafeta.queue.store import QueueStore
 from estafeta.smtp.inbound import InboundHandler
 from estafeta.smtp.protocol import Connections, SMTPProtocol
-from estafeta.store import Store
+from estafeta.smtp.submission import SubmissionHandler
+from estafeta.store import Delivery, Store, StoreError
 
 log = logging.getLogger("estafeta.server")
 
 # Listeners that later versions serve; configuring them now is not an error.
-IMPLEMENTED = ("smtp", "imap", "imaps", "pop3", "pop3s")
+IMPLEMENTED = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
 # How long in-flight sessions get to finish on SIGTERM.
 SHUTDOWN_GRACE = 30.0
 
@@ -36,6 +45,56 @@ class Server:
         self._imap_sessions: set[Session] = set()
         self._pop3_sessions: set[pop3.Session] = set()
         self._pop3_locks = pop3.Locks()
+        self.resolver = DNSPythonResolver([(e.host, e.port) for e in config.nameservers])
+        self.queue = QueueStore(config.queue_dir)
+        self.signer = Signer(config.dkim_dir)
+        queue_config = config.queue
+        verify = verifying_context(str(queue_config.ca_file) if queue_config.ca_file else None)
+
+        async def fetch(domain: str) -> str:
+            return await fetch_policy(
+                domain, resolver=self.resolver, ssl_context=verify, port=queue_config.mta_sts_port
+            )
+
+        mta_sts = MTASTS(self.resolver, _StoreCache(self.queue), fetcher=fetch)
+        self.runner = QueueRunner(
+            store=self.queue,
+            deliverer=Deliverer(
+                hostname=config.hostname,
+                resolver=self.resolver,
+                config=queue_config,
+                mta_sts=mta_sts,
+            ),
+            config=queue_config,
+            hostname=config.hostname,
+            local_deliver=self._deliver_local,
+            is_local=self._is_local,
+        )
+        self._runner_task: asyncio.Task[None] | None = None
+
+    def _is_local(self, address: str) -> bool:
+        try:
+            return self.accounts.is_local_domain(normalize_address(address).rsplit("@", 1)[1])
+        except AddressError:
+            return False
+
+    async def _deliver_local(self, address: str, data: bytes) -> bool:
+        """A DSN for a local sender goes straight to its mailbox."""
+        targets = self.accounts.resolve(normalize_address(address)) or []
+        if not targets:
+            return False
+        data = b"Return-Path: <>\r\n" + data
+        summary = await asyncio.to_thread(summarize, data)
+        try:
+            await self.store.deliver([Delivery(t, data, summary) for t in targets])
+        except StoreError:
+            log.exception("cannot deliver a DSN to %s", address)
+            return False
+        return True
+
+    async def _authenticate(self, user: str, password: str) -> str | None:
+        ok = await asyncio.to_thread(self.accounts.verify_password, user, password)
+        return normalize_address(user) if ok else None
 
     async def start(self) -> None:
         self.store.start()
@@ -45,6 +104,18 @@ class Server:
             accounts=self.accounts,
             store=self.store,
             max_recipients=self.config.limits.max_recipients,
+            resolver=self.resolver if self.config.inbound.authenticate else None,
+            dmarc_reject=self.config.inbound.dmarc_reject,
+        )
+        submission = SubmissionHandler(
+            hostname=self.config.hostname,
+            accounts=self.accounts,
+            store=self.store,
+            queue=self.queue,
+            wake_queue=self.runner.wake,
+            signer=self.signer,
+            max_recipients=self.config.limits.max_recipients,
+            strip_client_ip=self.config.submission.strip_client_ip,
         )
 
         def make_smtp() -> SMTPProtocol:
@@ -62,8 +133,32 @@ class Server:
                 loop=loop,
             )
 
+        def make_submission(implicit_tls: bool) -> SMTPProtocol:
+            return SMTPProtocol(
+                submission,
+                connections=self.connections,
+                allow_auth=True,
+                authenticate=self._authenticate,
+                implicit_tls=implicit_tls,
+                auth_required=True,
+                auth_require_tls=not self.config.auth.allow_plaintext,
+                data_size_limit=self.config.limits.max_message_size,
+                enable_SMTPUTF8=True,
+                decode_data=False,
+                hostname=self.config.hostname,
+                ident="ESMTP estafeta",
+                tls_context=None if implicit_tls else self.tls,
+                require_starttls=False,
+                timeout=self.config.limits.command_timeout,
+                loop=loop,
+            )
+
         for endpoint in self.config.listen.get("smtp", ()):
             await self._listen("smtp", endpoint, make_smtp)
+        for endpoint in self.config.listen.get("submission", ()):
+            await self._listen("submission", endpoint, lambda: make_submission(False))
+        for endpoint in self.config.listen.get("submissions", ()):
+            await self._listen("submissions", endpoint, lambda: make_submission(True), self.tls)
         for name in ("imap", "imaps"):
             for endpoint in self.config.listen.get(name, ()):
                 await self._listen_imap(name, endpoint, implicit_tls=name == "imaps")
@@ -79,10 +174,15 @@ class Server:
                     listener=name,
                     reason="not implemented in this version",
                 )
+        self._runner_task = asyncio.create_task(self.runner.run())
         log_event(log, "ready", hostname=self.config.hostname, domains=self.config.domains)
 
     async def _listen(
-        self, name: str, endpoint: Endpoint, factory: type[SMTPProtocol] | object
+        self,
+        name: str,
+        endpoint: Endpoint,
+        factory: type[SMTPProtocol] | object,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -90,6 +190,7 @@ class Server:
                 factory,  # type: ignore[arg-type]
                 host=endpoint.host,
                 port=endpoint.port,
+                ssl=tls,
                 reuse_address=True,
                 backlog=512,
             )
@@ -193,10 +294,28 @@ class Server:
             await asyncio.sleep(0.05)
             # A session that just finished its delivery is closed too.
             self.connections.shutdown()
+        await self.runner.stop()
+        if self._runner_task is not None:
+            await self._runner_task
         # Queued deliveries finish before the store closes.
         await asyncio.to_thread(self.store.stop)
+        self.queue.close()
         self.accounts.close()
         log_event(log, "stopped")
+
+
+class _StoreCache:
+    """MTA-STS policies cached in the queue database (rfc8461:5.1)."""
+
+    def __init__(self, store: QueueStore) -> None:
+        self.store = store
+
+    def get(self, domain: str) -> Policy | None:
+        text = self.store.sts_get(domain)
+        return Policy.from_json(text) if text else None
+
+    def put(self, domain: str, policy: Policy) -> None:
+        self.store.sts_put(domain, policy.to_json())
 
 
 async def serve(config: Config) -> None:

@@ -19,8 +19,11 @@ from typing import Any
 
 from estafeta.address import AddressError, normalize_address, split_address
 from estafeta.auth import Accounts
+from estafeta.dns import Resolver
 from estafeta.log import log_event
 from estafeta.message import summarize
+from estafeta.policy import authresults
+from estafeta.policy.analyze import Analysis, analyze
 from estafeta.smtp import replies
 from estafeta.store import Delivery, Store, StoreError
 
@@ -53,11 +56,16 @@ class InboundHandler:
         accounts: Accounts,
         store: Store,
         max_recipients: int,
+        resolver: Resolver | None = None,
+        dmarc_reject: bool = True,
     ) -> None:
         self.hostname = hostname
         self.accounts = accounts
         self.store = store
         self.max_recipients = max_recipients
+        # None: no SPF/DKIM/DMARC/ARC checks ([inbound] authenticate = false).
+        self.resolver = resolver
+        self.dmarc_reject = dmarc_reject
 
     # -- hooks called by aiosmtpd -----------------------------------------
 
@@ -128,17 +136,48 @@ class InboundHandler:
             )
             return replies.BARE_LINE_ENDING
 
-        data = self._trace_headers(server, session, envelope, transaction) + content
+        # rfc8601:5 — nobody else may speak for our authserv-id.
+        content = authresults.strip_ours(content, self.hostname)
+        analysis: Analysis | None = None
+        if self.resolver is not None:
+            analysis = await analyze(
+                self.resolver,
+                hostname=self.hostname,
+                ip=_peer(session),
+                helo=session.host_name or "",
+                mail_from="" if envelope.mail_from == "<>" else envelope.mail_from,
+                message=content,
+                dmarc_reject=self.dmarc_reject,
+            )
+            fields.update(analysis.summary())
+            if analysis.reject:
+                log_event(
+                    log, "delivery", logging.INFO, **fields, result="rejected", reason="dmarc"
+                )
+                return analysis.reject
+        trace = self._trace_headers(server, session, envelope, transaction)
+        data = trace + (analysis.header if analysis else b"") + content
         loop = asyncio.get_running_loop()
         summary = await loop.run_in_executor(None, summarize, data)
         now = time.time()
         # One copy per account, however many of its addresses were named.
         accounts = list(dict.fromkeys(t for _, targets in transaction.recipients for t in targets))
-        deliveries = [Delivery(account, data, summary, internal_date=now) for account in accounts]
+        mailbox = "Junk" if analysis and analysis.junk else "INBOX"
         started = time.monotonic()
         server.busy = True
         try:
-            await self.store.deliver(deliveries)
+            try:
+                await self.store.deliver(
+                    [Delivery(a, data, summary, mailbox, internal_date=now) for a in accounts]
+                )
+            except StoreError:
+                if mailbox == "INBOX":
+                    raise
+                # The user deleted Junk: the INBOX is better than a retry loop.
+                mailbox = "INBOX"
+                await self.store.deliver(
+                    [Delivery(a, data, summary, internal_date=now) for a in accounts]
+                )
         except StoreError as exc:
             log_event(
                 log, "delivery", level=logging.ERROR, **fields, result="tempfail", reason=str(exc)
@@ -151,6 +190,7 @@ class InboundHandler:
             "delivery",
             **fields,
             mailboxes=accounts,
+            folder=mailbox,
             result="delivered",
             ms=round((time.monotonic() - started) * 1000, 1),
         )

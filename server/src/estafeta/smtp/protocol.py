@@ -4,19 +4,35 @@
   advertise ENHANCEDSTATUSCODES (rfc2034) and PIPELINING (rfc2920: aiosmtpd
   reads commands from a buffered stream, so pipelined commands just work);
 - a cap on concurrent connections;
-- no AUTH on the MX port (submission comes with its own listener).
+- no AUTH on the MX port; on submission, AUTH PLAIN and LOGIN (rfc4954)
+  checked against the accounts without blocking the event loop, and only
+  after TLS (STARTTLS on 587, implicit TLS on 465) unless a test config
+  allows plaintext.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
+from estafeta.auth.sasl import SASLError, decode_plain
+from estafeta.log import log_event
 from estafeta.smtp import replies
+
+log = logging.getLogger("estafeta.smtp")
+
+# Checks a user name and password; returns the account address or None.
+Authenticate = Callable[[str, str], Awaitable[str | None]]
+# Failed AUTH attempts before the connection is closed.
+MAX_AUTH_FAILURES = 3
 
 
 @dataclass
@@ -44,9 +60,17 @@ class SMTPProtocol(SMTP):
         *,
         connections: Connections,
         allow_auth: bool = False,
+        authenticate: Authenticate | None = None,
+        implicit_tls: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
+        self._authenticate_user = authenticate
+        self._implicit_tls = implicit_tls
+        if implicit_tls:
+            # The whole connection is TLS (port 465, rfc8314:3.3): AUTH may go ahead.
+            self._auth_require_tls = False
+        self._auth_failures = 0
         self._connections = connections
         self._counted = False
         # True while a DATA hook stores a message: shutdown waits for it.
@@ -104,15 +128,91 @@ class SMTPProtocol(SMTP):
             return
         await super().smtp_AUTH(arg)
 
+    # rfc4954:4 — AUTH PLAIN with an initial response or a 334 challenge.
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("", encode_to_b64=False)
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+            response = base64.b64encode(blob).decode("ascii") if blob else "="
+        else:
+            response = args[1]
+        try:
+            user, password = decode_plain(response)
+        except SASLError as exc:
+            await self.push(f"501 5.5.2 {exc}")
+            return AuthResult(success=False, handled=True)
+        return await self._check_password(user, password)
+
+    # draft-murchison-sasl-login: username and password, each base64 after a 334.
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            user_blob = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if user_blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                user_blob = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        password_blob = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password_blob is MISSING:
+            return AuthResult(success=False, handled=True)
+        try:
+            user = bytes(user_blob).decode("utf-8")
+            password = bytes(password_blob).decode("utf-8")
+        except UnicodeDecodeError:
+            await self.push("501 5.5.2 User name and password must be UTF-8")
+            return AuthResult(success=False, handled=True)
+        return await self._check_password(user, password)
+
+    async def _check_password(self, user: str, password: str) -> AuthResult:
+        account = None
+        if self._authenticate_user is not None:
+            account = await self._authenticate_user(user, password)
+        peer = self.session.peer[0] if self.session and self.session.peer else "?"
+        if account is None:
+            self._auth_failures += 1
+            log_event(
+                log,
+                "auth",
+                logging.WARNING,
+                protocol="smtp",
+                user=user,
+                client=peer,
+                result="failed",
+            )
+            await asyncio.sleep(min(2.0 * self._auth_failures, 6.0))  # slow down guessing
+            if self._auth_failures >= MAX_AUTH_FAILURES:
+                await self.push("421 4.7.0 Too many failed authentications")
+                if self.transport is not None:
+                    self.transport.close()
+                return AuthResult(success=False, handled=True)
+            return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
+        log_event(log, "auth", protocol="smtp", user=account, client=peer, result="ok")
+        return AuthResult(success=True, auth_data=account)
+
+    @property
+    def authenticated_user(self) -> str | None:
+        if self.session is None or not self.session.authenticated:
+            return None
+        data = self.session.auth_data
+        return data if isinstance(data, str) else None
+
     @property
     def tls_active(self) -> bool:
-        return self._tls_protocol is not None
+        return self._implicit_tls or self._tls_protocol is not None
 
     def tls_info(self) -> str | None:
-        """'TLSv1.3 TLS_AES_256_GCM_SHA384' once STARTTLS succeeded."""
-        if self._tls_protocol is None:
+        """'TLSv1.3 TLS_AES_256_GCM_SHA384' on a TLS connection."""
+        ssl_object: ssl.SSLObject | None
+        if self._implicit_tls and self.transport is not None:
+            ssl_object = self.transport.get_extra_info("ssl_object")
+        elif self._tls_protocol is None:
             return None
-        ssl_object: ssl.SSLObject | None = self._tls_protocol._extra.get("ssl_object")
+        else:
+            ssl_object = self._tls_protocol._extra.get("ssl_object")
         if ssl_object is None:
             return None
         cipher = ssl_object.cipher()

@@ -1,0 +1,1 @@
+"""The outbound queue: durable entries, delivery over SMTP, DSNs, MTA-STS."""

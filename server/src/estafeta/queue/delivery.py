@@ -1,0 +1,383 @@
+"""One delivery attempt: find the destination's hosts and hand the message over.
+
+Routing (rfc5321:5.1): the domain's MX records in preference order (equal
+preferences shuffled), or the domain itself when it has no MX but has an
+address; a null MX (rfc7505) means the domain accepts no mail. With a
+smarthost configured, every message goes to that host instead, with AUTH
+over verified TLS.
+
+TLS: STARTTLS whenever offered, without certificate checks ("opportunistic",
+rfc7435); if the handshake fails we retry the same host in plain text, as
+Postfix does. When the domain publishes an MTA-STS policy in ``enforce`` mode
+(rfc8461:5), only MX hosts matching the policy are used, STARTTLS is required
+and the certificate must be valid for the MX name; ``[queue] tls = "verify"``
+asks that of every domain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from estafeta.config import QueueConfig
+from estafeta.dns import DNSTempError, Resolver
+from estafeta.log import log_event
+from estafeta.queue.client import ProtocolError, Reply, SMTPConnection
+from estafeta.queue.mtasts import MTASTS, Policy
+
+log = logging.getLogger("estafeta.queue")
+
+State = Literal["sent", "temporary", "permanent"]
+MAX_MX = 10
+MAX_ADDRESSES = 6
+DATA_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Result:
+    """What happened to one recipient in one attempt."""
+
+    recipient: str
+    state: State
+    status: str  # rfc3463 code, e.g. "2.0.0", "5.1.1", "4.4.1"
+    reply: str  # the server's reply, or our description of the failure
+    remote_mta: str | None = None
+
+
+class RouteError(Exception):
+    def __init__(self, state: State, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.state: State = state
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Route:
+    hosts: tuple[str, ...]
+    port: int
+    require_tls: bool  # STARTTLS (or implicit TLS) with a verified certificate
+    implicit_tls: bool = False
+    auth: tuple[str, str] | None = None
+    policy: str = ""  # what imposed require_tls, for logs
+
+
+def verifying_context(ca_file: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def opportunistic_context() -> ssl.SSLContext:
+    # rfc7435:1.3 — encryption without authentication beats plain text.
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class Deliverer:
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        resolver: Resolver,
+        config: QueueConfig,
+        mta_sts: MTASTS | None = None,
+    ) -> None:
+        self.hostname = hostname
+        self.resolver = resolver
+        self.config = config
+        self.mta_sts = mta_sts
+        ca = str(config.ca_file) if config.ca_file else None
+        self.verify_tls = verifying_context(ca)
+        self.plain_tls = opportunistic_context()
+
+    # -- routing ----------------------------------------------------------
+
+    async def mx_hosts(self, domain: str) -> list[str]:
+        try:
+            answer = await self.resolver.lookup(domain, "MX")
+        except DNSTempError as exc:
+            raise RouteError(
+                "temporary", "4.4.3", f"MX lookup for {domain} failed: {exc}"
+            ) from None
+        if answer.nxdomain:
+            raise RouteError("permanent", "5.1.2", f"domain {domain} does not exist")
+        records: list[tuple[int, str]] = list(answer.records)
+        if not records:
+            # rfc5321:5.1 — no MX: the domain itself is the implicit MX.
+            return [domain]
+        if any(exchange in ("", ".") for _, exchange in records):
+            # rfc7505:3 — null MX: the domain accepts no mail.
+            raise RouteError("permanent", "5.1.10", f"{domain} does not accept mail (null MX)")
+        # Equal preferences are tried in random order (rfc5321:5.1).
+        shuffled = random.sample(records, len(records))
+        ordered = sorted(shuffled, key=lambda record: record[0])
+        return list(dict.fromkeys(exchange for _, exchange in ordered))[:MAX_MX]
+
+    async def addresses(self, host: str) -> list[str]:
+        found: list[str] = []
+        errors = 0
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self.resolver.lookup(host, rdtype)
+            except DNSTempError:
+                errors += 1
+                continue
+            found.extend(answer.records)
+        if not found and errors:
+            raise DNSTempError(f"address lookup for {host} failed")
+        return found[:MAX_ADDRESSES]
+
+    async def route(self, domain: str) -> Route:
+        relay = self.config.relay
+        if relay is not None:
+            auth = (relay.username, relay.password()) if relay.username else None
+            return Route(
+                hosts=(relay.host.host,),
+                port=relay.host.port,
+                require_tls=True,
+                implicit_tls=relay.security == "tls",
+                auth=auth,
+                policy="smarthost",
+            )
+        hosts = await self.mx_hosts(domain)
+        require_tls = self.config.tls == "verify"
+        policy_name = "config" if require_tls else ""
+        if self.mta_sts is not None and self.config.mta_sts:
+            policy: Policy | None = await self.mta_sts.policy_for(domain)
+            if policy is not None and policy.mode == "enforce":
+                matching = [host for host in hosts if policy.matches(host)]
+                if not matching:
+                    # rfc8461:5.1 — no MX matches an enforced policy: do not deliver.
+                    raise RouteError(
+                        "temporary", "4.7.5", f"no MX of {domain} matches its MTA-STS policy"
+                    )
+                hosts, require_tls, policy_name = matching, True, "mta-sts"
+            elif policy is not None and policy.mode == "testing":
+                mismatched = [host for host in hosts if not policy.matches(host)]
+                if mismatched:
+                    log_event(log, "mta_sts_testing", domain=domain, mismatched=mismatched)
+        return Route(tuple(hosts), self.config.port, require_tls, policy=policy_name)
+
+    # -- the attempt ------------------------------------------------------
+
+    async def deliver(
+        self, domain: str, sender: str, recipients: Sequence[str], data: bytes
+    ) -> list[Result]:
+        try:
+            route = await self.route(domain)
+        except RouteError as exc:
+            return [Result(r, exc.state, exc.status, exc.reason) for r in recipients]
+        last = "no usable mail host"
+        last_status = "4.4.1"
+        for host in route.hosts:
+            if host == self.hostname and self.config.relay is None:
+                # rfc5321:5.1 — we are an MX for it but not a local domain: a loop.
+                last, last_status = f"mail for {domain} loops back to myself", "5.4.6"
+                continue
+            try:
+                addresses = await self.addresses(host)
+            except DNSTempError as exc:
+                last, last_status = str(exc), "4.4.3"
+                continue
+            if not addresses:
+                last, last_status = f"{host} has no address", "4.4.4"
+                continue
+            for address in addresses:
+                try:
+                    results = await self._session(route, host, address, sender, recipients, data)
+                except _HostFailed as exc:
+                    last, last_status = f"{host}[{address}]: {exc}", exc.status
+                    if exc.final:
+                        return [Result(r, "permanent", exc.status, last, host) for r in recipients]
+                    continue
+                return results
+        state: State = "permanent" if last_status.startswith("5") else "temporary"
+        return [Result(r, state, last_status, last) for r in recipients]
+
+    async def _session(
+        self,
+        route: Route,
+        host: str,
+        address: str,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+    ) -> list[Result]:
+        plain_fallback = False
+        while True:
+            try:
+                return await self._try(
+                    route, host, address, sender, recipients, data, plain_fallback
+                )
+            except _TLSFailed as exc:
+                if route.require_tls or plain_fallback:
+                    raise _HostFailed(f"TLS failed: {exc}", "4.7.5") from None
+                log_event(
+                    log, "tls_fallback", logging.WARNING, host=host, address=address, error=str(exc)
+                )
+                plain_fallback = True
+
+    async def _try(
+        self,
+        route: Route,
+        host: str,
+        address: str,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        plain: bool,
+    ) -> list[Result]:
+        timeout = self.config.connect_timeout
+        try:
+            conn, greeting = await SMTPConnection.open(
+                address,
+                route.port,
+                time_limit=timeout,
+                peer_name=host,
+                source_address=self.config.source_address,
+                tls=self.verify_tls if route.implicit_tls else None,
+            )
+        except ssl.SSLError as exc:
+            raise _HostFailed(f"TLS failed: {exc}", "4.7.5") from None
+        except (OSError, TimeoutError, ProtocolError) as exc:
+            raise _HostFailed(_describe(exc), "4.4.1") from None
+        try:
+            return await self._transaction(
+                conn, greeting, route, host, sender, recipients, data, plain
+            )
+        except (_HostFailed, _TLSFailed):
+            conn.abort()
+            raise
+        except ssl.SSLError as exc:
+            conn.abort()
+            raise _TLSFailed(str(exc)) from None
+        except (OSError, TimeoutError, ProtocolError) as exc:
+            conn.abort()
+            raise _HostFailed(_describe(exc), "4.4.2") from None
+
+    async def _transaction(
+        self,
+        conn: SMTPConnection,
+        greeting: Reply,
+        route: Route,
+        host: str,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        plain: bool,
+    ) -> list[Result]:
+        if greeting.code != 220:
+            await conn.quit()
+            # rfc5321:3.1 — a 554 greeting: this host takes no mail from us; try the
+            # next one, and retry later if none will (Postfix defers too).
+            raise _HostFailed(f"greeting: {greeting}", "4.4.1")
+        reply = await conn.ehlo(self.hostname)
+        if not reply.positive:
+            await conn.quit()
+            raise _HostFailed(f"EHLO: {reply}", "4.5.0")
+        if not conn.tls and not plain and "STARTTLS" in conn.extensions:
+            context = self.verify_tls if route.require_tls else self.plain_tls
+            try:
+                reply = await conn.starttls(context)
+            except ssl.SSLError as exc:
+                raise _TLSFailed(str(exc)) from None
+            if reply.code != 220:
+                if route.require_tls:
+                    await conn.quit()
+                    raise _HostFailed(f"STARTTLS refused: {reply}", "4.7.5")
+            else:
+                reply = await conn.ehlo(self.hostname)
+                if not reply.positive:
+                    await conn.quit()
+                    raise _HostFailed(f"EHLO after STARTTLS: {reply}", "4.5.0")
+        if route.require_tls and not conn.tls:
+            await conn.quit()
+            raise _HostFailed(f"STARTTLS not offered ({route.policy} requires TLS)", "4.7.5")
+        if route.auth is not None:
+            reply = await conn.auth_plain(*route.auth)
+            if reply.code != 235:
+                await conn.quit()
+                final = reply.code // 100 == 5
+                raise _HostFailed(f"AUTH: {reply}", reply.status("7.8"), final=final)
+        options = []
+        size_limit = conn.extensions.get("SIZE", "")
+        if size_limit.isdigit() and 0 < int(size_limit) < len(data):
+            await conn.quit()
+            raise _HostFailed(
+                f"message of {len(data)} bytes exceeds the limit of {host} ({size_limit})",
+                "5.3.4",
+                final=True,
+            )
+        if "SIZE" in conn.extensions:
+            options.append(f"SIZE={len(data)}")
+        if "8BITMIME" in conn.extensions and any(b > 127 for b in data):
+            options.append("BODY=8BITMIME")
+        needs_utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+        if needs_utf8:
+            if "SMTPUTF8" not in conn.extensions:
+                await conn.quit()
+                # rfc6531:3.2 — cannot be downgraded.
+                raise _HostFailed(f"{host} does not support SMTPUTF8", "5.6.7", final=True)
+            options.append("SMTPUTF8")
+        mail_reply, rcpt_replies = await conn.envelope(sender, recipients, options)
+        if not mail_reply.positive:
+            await conn.quit()
+            final = mail_reply.code // 100 == 5
+            raise _HostFailed(f"MAIL FROM: {mail_reply}", mail_reply.status("1.0"), final=final)
+        results: dict[str, Result] = {}
+        accepted: list[str] = []
+        for rcpt, rcpt_reply in zip(recipients, rcpt_replies, strict=True):
+            if rcpt_reply.positive:
+                accepted.append(rcpt)
+            else:
+                results[rcpt] = _result(rcpt, rcpt_reply, host, "1.0")
+        if accepted:
+            reply = await conn.data(data, DATA_TIMEOUT)
+            for rcpt in accepted:
+                results[rcpt] = _result(rcpt, reply, host, "0.0")
+        await conn.quit()
+        return [results[rcpt] for rcpt in recipients]
+
+
+def _result(rcpt: str, reply: Reply, host: str, subject: str) -> Result:
+    if reply.positive:
+        state: State = "sent"
+    elif reply.temporary:
+        state = "temporary"
+    else:
+        state = "permanent"
+    return Result(rcpt, state, reply.status(subject), str(reply), host)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno:
+        # asyncio words it "Connect call failed (...)"; the errno says why.
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+class _TLSFailed(Exception):
+    pass
+
+
+class _HostFailed(Exception):
+    def __init__(self, reason: str, status: str, final: bool = False) -> None:
+        super().__init__(reason)
+        self.status = status
+        # True when the answer holds for the domain (a 5xx), not just this host.
+        self.final = final

@@ -1,0 +1,227 @@
+"""The queue runner: picks due entries, attempts them, retries, bounces.
+
+Retry schedule: after attempt n (1, 2, ...) the next try comes
+``min(retry_max, retry_min * 2**(n-1))`` later, with up to 10% jitter so that
+a backlog does not retry in lock-step. An entry older than ``lifetime``
+fails; the sender gets a DSN (rfc3464) — one listing every failed recipient
+of the entry — and, once, a "delayed" DSN after ``delay_warning``. Messages
+with the null reverse-path (DSNs themselves) never cause a DSN
+(rfc5321:4.5.5).
+
+The runner wakes when something is enqueued, when the next entry is due, and
+once a second to notice ``estafeta queue flush`` run from another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from estafeta.config import QueueConfig
+from estafeta.log import log_event
+from estafeta.queue.delivery import Deliverer, Result
+from estafeta.queue.dsn import RecipientStatus, build_dsn
+from estafeta.queue.store import Entry, QueueStore
+
+log = logging.getLogger("estafeta.queue")
+
+POLL = 1.0
+
+# Delivers a DSN to a local mailbox: (address, message) -> delivered?
+LocalDeliver = Callable[[str, bytes], Awaitable[bool]]
+IsLocal = Callable[[str], bool]
+
+
+class QueueRunner:
+    def __init__(
+        self,
+        *,
+        store: QueueStore,
+        deliverer: Deliverer,
+        config: QueueConfig,
+        hostname: str,
+        local_deliver: LocalDeliver,
+        is_local: IsLocal,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.deliverer = deliverer
+        self.config = config
+        self.hostname = hostname
+        self.local_deliver = local_deliver
+        self.is_local = is_local
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._start_due()
+            except Exception:
+                log.exception("queue runner error")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL)
+            self._wake.clear()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking entries; wait for attempts in progress (then cancel them)."""
+        self._stopping = True
+        self._wake.set()
+        tasks = list(self._in_flight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _start_due(self) -> None:
+        free = self.config.concurrency - len(self._in_flight)
+        if free <= 0 or self._stopping:
+            return
+        due = await asyncio.to_thread(self.store.due, self.clock(), set(self._in_flight), free)
+        for entry in due:
+            task = asyncio.create_task(self._attempt(entry))
+            self._in_flight[entry.id] = task
+            task.add_done_callback(functools.partial(self._done, entry.id))
+
+    def _done(self, key: str, _: object = None) -> None:
+        self._in_flight.pop(key, None)
+        if not self._stopping:
+            self._wake.set()
+
+    async def _attempt(self, entry: Entry) -> None:
+        async with self._slots:
+            try:
+                data = await asyncio.to_thread(self.store.read_message, entry.message_id)
+            except FileNotFoundError:
+                log_event(log, "queue_missing_file", logging.ERROR, id=entry.id)
+                await asyncio.to_thread(self.store.remove, entry.id)
+                return
+            started = time.monotonic()
+            results = await self.deliverer.deliver(
+                entry.domain, entry.sender, entry.recipients, data
+            )
+            for result in results:
+                fields: dict[str, Any] = {"id": entry.id, "from": f"<{entry.sender}>"}
+                log_event(
+                    log,
+                    "outbound",
+                    logging.INFO,
+                    **fields,
+                    to=f"<{result.recipient}>",
+                    relay=result.remote_mta or "none",
+                    result=result.state,
+                    status=result.status,
+                    reply=result.reply,
+                    attempt=entry.attempts + 1,
+                    ms=round((time.monotonic() - started) * 1000, 1),
+                )
+            await self._settle(entry, data, results)
+
+    async def _settle(self, entry: Entry, data: bytes, results: Sequence[Result]) -> None:
+        now = self.clock()
+        failed = [r for r in results if r.state == "permanent"]
+        retry = [r for r in results if r.state == "temporary"]
+        expired = bool(retry) and now - entry.created >= self.config.lifetime
+        if expired:
+            # rfc3464:2.3.3 — the last error explains the failure; 4.4.7 = expired.
+            failed += [
+                Result(
+                    r.recipient,
+                    "permanent",
+                    r.status,
+                    f"{r.reply} (gave up after {_human(self.config.lifetime)})",
+                    r.remote_mta,
+                )
+                for r in retry
+            ]
+            retry = []
+        if failed:
+            await self._bounce(entry, data, failed, "failed")
+        warned: bool | None = None
+        if retry and not entry.warned and now - entry.created >= self.config.delay_warning:
+            await self._bounce(entry, data, retry, "delayed")
+            warned = True
+        delay = min(self.config.retry_max, self.config.retry_min * 2**entry.attempts)
+        delay *= 1 + random.uniform(0, 0.1)
+        error = retry[0].reply if retry else ""
+        await asyncio.to_thread(
+            self.store.reschedule,
+            entry.id,
+            recipients=[r.recipient for r in retry],
+            next_attempt=now + delay,
+            error=error,
+            warned=warned,
+        )
+
+    async def _bounce(
+        self, entry: Entry, data: bytes, results: Sequence[Result], action: str
+    ) -> None:
+        if not entry.sender:
+            # rfc5321:4.5.5 / rfc3464:2 — never a DSN about a DSN.
+            log_event(log, "dsn_suppressed", id=entry.id, reason="null sender", action=action)
+            return
+        now = self.clock()
+        statuses = [
+            RecipientStatus(
+                final_recipient=r.recipient,
+                action=action,
+                # An expired message keeps the class of its last error (4.x.x)
+                # with action "failed", as Postfix reports it.
+                status=r.status,
+                remote_mta=r.remote_mta,
+                diagnostic=r.reply,
+                last_attempt=now,
+                will_retry_until=entry.created + self.config.lifetime
+                if action == "delayed"
+                else None,
+            )
+            for r in results
+        ]
+        envelope_id = await asyncio.to_thread(self.store.envelope_id, entry.message_id)
+        dsn = build_dsn(
+            reporting_mta=self.hostname,
+            sender=entry.sender,
+            recipients=statuses,
+            original=data,
+            arrival_date=entry.created,
+            envelope_id=envelope_id,
+            queue_id=entry.id,
+            now=now,
+        )
+        if self.is_local(entry.sender):
+            delivered = await self.local_deliver(entry.sender, dsn)
+            where = "local"
+        else:
+            await asyncio.to_thread(self.store.enqueue, "", [entry.sender], dsn)
+            self.wake()
+            delivered, where = True, "queued"
+        log_event(
+            log,
+            "dsn",
+            id=entry.id,
+            action=action,
+            to=f"<{entry.sender}>",
+            recipients=[r.recipient for r in results],
+            result=where if delivered else "dropped",
+        )
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} seconds"

@@ -1,0 +1,345 @@
+"""The outbound queue on disk.
+
+Layout under ``data_dir/queue/``::
+
+    queue.db              SQLite (WAL, synchronous=FULL): messages, entries, MTA-STS cache
+    messages/<ID>.eml     the message as it will be sent (signed, trace headers added)
+
+A message accepted for remote delivery has one row in ``messages`` and one
+row in ``entries`` per destination domain, listing that domain's recipients.
+``enqueue`` writes and fsyncs the file and its directory, then commits the
+rows: once it returns, a crash loses nothing (the SMTP ``250`` is sent after
+it). A file without a row (crash between the two) is removed on open; a row
+never exists without its file.
+
+Entries are delivered, rescheduled or removed by the queue runner
+(``queue.runner``); the CLI (``estafeta queue list/flush/delete``) works on
+the same database from another process, which WAL makes safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from estafeta.address import split_address
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    envelope_id TEXT
+);
+CREATE TABLE IF NOT EXISTS entries (
+    id TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL REFERENCES messages(id),
+    domain TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    warned INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS entries_due ON entries(next_attempt);
+CREATE TABLE IF NOT EXISTS mta_sts (
+    domain TEXT PRIMARY KEY,
+    policy TEXT NOT NULL
+);
+"""
+
+_ID_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ23456789"
+
+
+def new_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    message_id: str
+    sender: str  # "" for the null reverse-path (DSNs)
+    domain: str
+    recipients: tuple[str, ...]
+    created: float
+    size: int
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: str = ""
+    warned: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "message": self.message_id,
+            "sender": self.sender,
+            "domain": self.domain,
+            "recipients": list(self.recipients),
+            "created": self.created,
+            "size": self.size,
+            "attempts": self.attempts,
+            "next_attempt": self.next_attempt,
+            "last_error": self.last_error,
+            "warned": self.warned,
+        }
+
+
+class QueueStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.messages = directory / "messages"
+        self.messages.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            directory / "queue.db", isolation_level=None, check_same_thread=False, timeout=10
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._conn.executescript(SCHEMA)
+        self._remove_orphans()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _file(self, message_id: str) -> Path:
+        return self.messages / f"{message_id}.eml"
+
+    def _remove_orphans(self) -> None:
+        """Files whose rows never committed (a crash inside enqueue)."""
+        with self._lock:
+            known = {row[0] for row in self._conn.execute("SELECT id FROM messages")}
+            # Messages whose last entry went away in a crash before the file did.
+            for (message_id,) in self._conn.execute(
+                "SELECT id FROM messages WHERE id NOT IN (SELECT message_id FROM entries)"
+            ).fetchall():
+                self._conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+                known.discard(message_id)
+        for path in self.messages.iterdir():
+            if (path.suffix == ".eml" and path.stem not in known) or path.suffix == ".tmp":
+                path.unlink(missing_ok=True)
+
+    # -- writing ----------------------------------------------------------
+
+    def enqueue(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        envelope_id: str | None = None,
+        now: float | None = None,
+    ) -> list[Entry]:
+        """Store a message for remote delivery, one entry per recipient domain.
+
+        Blocking (fsync): call it from a thread.
+        """
+        if not recipients:
+            raise ValueError("no recipients")
+        now = time.time() if now is None else now
+        message_id = new_id()
+        path = self._file(message_id)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        dir_fd = os.open(self.messages, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        by_domain: dict[str, list[str]] = {}
+        for rcpt in recipients:
+            by_domain.setdefault(split_address(rcpt)[1], []).append(rcpt)
+        entries = [
+            Entry(
+                id=new_id(),
+                message_id=message_id,
+                sender=sender,
+                domain=domain,
+                recipients=tuple(dict.fromkeys(rcpts)),
+                created=now,
+                size=len(data),
+                next_attempt=now,
+            )
+            for domain, rcpts in by_domain.items()
+        ]
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO messages (id, sender, size, created, envelope_id)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (message_id, sender, len(data), now, envelope_id),
+                )
+                conn.executemany(
+                    "INSERT INTO entries (id, message_id, domain, recipients, next_attempt)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(e.id, message_id, e.domain, json.dumps(e.recipients), now) for e in entries],
+                )
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return entries
+
+    def reschedule(
+        self,
+        entry_id: str,
+        *,
+        recipients: Sequence[str],
+        next_attempt: float,
+        error: str,
+        warned: bool | None = None,
+    ) -> None:
+        """After an attempt: the recipients still to try, and when."""
+        if not recipients:
+            self.remove(entry_id)
+            return
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE entries SET recipients = ?, attempts = attempts + 1,"
+                " next_attempt = ?, last_error = ?, warned = COALESCE(?, warned) WHERE id = ?",
+                (
+                    json.dumps(list(recipients)),
+                    next_attempt,
+                    error,
+                    None if warned is None else int(warned),
+                    entry_id,
+                ),
+            )
+
+    def remove(self, entry_id: str) -> bool:
+        """Drop an entry; the message file goes with its last entry."""
+        orphan: str | None = None
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT message_id FROM entries WHERE id = ?", (entry_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+            left = conn.execute(
+                "SELECT COUNT(*) FROM entries WHERE message_id = ?", (row[0],)
+            ).fetchone()[0]
+            if not left:
+                conn.execute("DELETE FROM messages WHERE id = ?", (row[0],))
+                orphan = row[0]
+        if orphan:
+            self._file(orphan).unlink(missing_ok=True)
+        return True
+
+    def flush(self, entry_id: str | None = None, now: float | None = None) -> int:
+        """Make entries due now; returns how many."""
+        now = time.time() if now is None else now
+        with self._transaction() as conn:
+            if entry_id is None:
+                cursor = conn.execute("UPDATE entries SET next_attempt = ?", (now,))
+            else:
+                cursor = conn.execute(
+                    "UPDATE entries SET next_attempt = ? WHERE id = ?", (now, entry_id)
+                )
+            return cursor.rowcount
+
+    # -- reading ----------------------------------------------------------
+
+    _SELECT = (
+        "SELECT e.id, e.message_id, m.sender, e.domain, e.recipients, m.created, m.size,"
+        " e.attempts, e.next_attempt, e.last_error, e.warned"
+        " FROM entries e JOIN messages m ON m.id = e.message_id"
+    )
+
+    @staticmethod
+    def _entry(row: tuple[object, ...]) -> Entry:
+        (eid, mid, sender, domain, rcpts, created, size, attempts, nxt, error, warned) = row
+        return Entry(
+            id=str(eid),
+            message_id=str(mid),
+            sender=str(sender),
+            domain=str(domain),
+            recipients=tuple(json.loads(str(rcpts))),
+            created=float(created),  # type: ignore[arg-type]
+            size=int(size),  # type: ignore[call-overload]
+            attempts=int(attempts),  # type: ignore[call-overload]
+            next_attempt=float(nxt),  # type: ignore[arg-type]
+            last_error=str(error),
+            warned=bool(warned),
+        )
+
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            rows = self._conn.execute(self._SELECT + " ORDER BY m.created, e.domain").fetchall()
+        return [self._entry(row) for row in rows]
+
+    def get(self, entry_id: str) -> Entry | None:
+        with self._lock:
+            row = self._conn.execute(self._SELECT + " WHERE e.id = ?", (entry_id,)).fetchone()
+        return self._entry(row) if row else None
+
+    def due(self, now: float, exclude: set[str], limit: int) -> list[Entry]:
+        with self._lock:
+            rows = self._conn.execute(
+                self._SELECT + " WHERE e.next_attempt <= ? ORDER BY e.next_attempt LIMIT ?",
+                (now, limit + len(exclude)),
+            ).fetchall()
+        entries = [self._entry(row) for row in rows]
+        return [e for e in entries if e.id not in exclude][:limit]
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            row = self._conn.execute("SELECT MIN(next_attempt) FROM entries").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def read_message(self, message_id: str) -> bytes:
+        return self._file(message_id).read_bytes()
+
+    def envelope_id(self, message_id: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT envelope_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+        return row[0] if row else None
+
+    # -- MTA-STS policy cache (rfc8461:5.1: survives restarts) -------------
+
+    def sts_get(self, domain: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT policy FROM mta_sts WHERE domain = ?", (domain,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def sts_put(self, domain: str, policy: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO mta_sts (domain, policy) VALUES (?, ?)"
+                " ON CONFLICT(domain) DO UPDATE SET policy = excluded.policy",
+                (domain, policy),
+            )

@@ -1,0 +1,252 @@
+"""Message submission (rfc6409) on 587 (STARTTLS) and 465 (implicit TLS, rfc8314).
+
+Only authenticated users may submit (``530 5.7.0`` before AUTH); they may
+send anywhere (relay), but only as themselves: the envelope sender and every
+From: address must be the account or an address that resolves to it (an
+alias, a subaddress), else ``553 5.7.1``.
+
+Before the ``250``: the message gets the Message-ID and Date a client left
+out (rfc6409:8.2/8.3), our Received header (without the client's address if
+``[submission] strip_client_ip``), DKIM signatures for the From domain;
+local recipients are delivered to the store and remote ones are written to
+the outbound queue — both durably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from email.headerregistry import Address
+from email.parser import BytesHeaderParser
+from email.policy import SMTPUTF8 as HEADER_POLICY
+from typing import Any
+
+from estafeta.address import AddressError, normalize_address, split_address
+from estafeta.auth import Accounts
+from estafeta.log import log_event
+from estafeta.message import summarize
+from estafeta.policy.signer import Signer
+from estafeta.queue.store import QueueStore
+from estafeta.smtp import replies
+from estafeta.smtp.inbound import Transaction, _angle, _header_safe, _peer
+from estafeta.store import Delivery, Store, StoreError
+
+log = logging.getLogger("estafeta.smtp")
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+NOT_OWNER = "553 5.7.1 Sender address not owned by the authenticated user"
+FROM_NOT_OWNER = "553 5.7.1 From: header address not owned by the authenticated user"
+NULL_SENDER = "553 5.7.1 The null sender is not accepted on submission"
+BAD_FROM = "550 5.6.0 From: header cannot be parsed"
+
+
+class SubmissionHandler:
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        accounts: Accounts,
+        store: Store,
+        queue: QueueStore,
+        wake_queue: Callable[[], None],
+        signer: Signer,
+        max_recipients: int,
+        strip_client_ip: bool = False,
+    ) -> None:
+        self.hostname = hostname
+        self.accounts = accounts
+        self.store = store
+        self.queue = queue
+        self.wake_queue = wake_queue
+        self.signer = signer
+        self.max_recipients = max_recipients
+        self.strip_client_ip = strip_client_ip
+
+    def owns(self, account: str, address: str) -> bool:
+        try:
+            normalized = normalize_address(address)
+        except AddressError:
+            return False
+        if not self.accounts.is_local_domain(split_address(normalized)[1]):
+            return False
+        targets = self.accounts.resolve(normalized) or []
+        return account in targets
+
+    # -- hooks called by aiosmtpd -----------------------------------------
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        result: list[str] = server.ehlo_extensions(responses)
+        return result
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        account = server.authenticated_user
+        if account is None:  # aiosmtpd's auth_required answers first; belt and braces.
+            return "530 5.7.0 Authentication required"
+        if address == "<>" or not address:
+            return NULL_SENDER
+        if not self.owns(account, address):
+            log_event(
+                log,
+                "submission_refused",
+                logging.WARNING,
+                user=account,
+                **{"from": _angle(address)},
+                reason="sender not owned",
+            )
+            return f"{NOT_OWNER}: <{address}>"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.estafeta = Transaction()
+        return replies.OK_SENDER
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        transaction: Transaction = envelope.estafeta
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        try:
+            normalized = normalize_address(address)
+        except AddressError as exc:
+            return f"{replies.BAD_RECIPIENT_SYNTAX}: {exc}"
+        _, domain = split_address(normalized)
+        targets: list[str] = []
+        if self.accounts.is_local_domain(domain):
+            targets = self.accounts.resolve(normalized) or []
+            if not targets:
+                return f"{replies.NO_SUCH_USER}: <{address}>"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        transaction.recipients.append((normalized, targets))
+        return replies.OK_RECIPIENT
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        transaction: Transaction = envelope.estafeta
+        account: str = server.authenticated_user
+        # Authenticated clients get the benefit of the doubt: lone LFs and CRs
+        # become CRLF (smuggling needs an unauthenticated hop to matter).
+        content = _BARE_LF.sub(b"\r\n", _BARE_CR.sub(b"\r\n", envelope.original_content))
+        header_end = content.find(b"\r\n\r\n")
+        head = content[: header_end + 2] if header_end >= 0 else content
+        headers = BytesHeaderParser(policy=HEADER_POLICY).parsebytes(head)
+        added: list[str] = []
+        from_values = headers.get_all("From") or []
+        if not from_values:
+            added.append(f"From: <{envelope.mail_from}>")
+            from_addresses = [envelope.mail_from]
+        else:
+            try:
+                from_addresses = [a.addr_spec for value in from_values for a in _addresses(value)]
+            except (ValueError, IndexError):
+                return BAD_FROM
+            if not from_addresses:
+                return BAD_FROM
+        for address in from_addresses:
+            if not self.owns(account, address):
+                log_event(
+                    log,
+                    "submission_refused",
+                    logging.WARNING,
+                    user=account,
+                    header_from=address,
+                    reason="From: not owned",
+                )
+                return f"{FROM_NOT_OWNER}: <{_header_safe(address)}>"
+        if headers.get("Message-ID") is None:
+            # rfc6409:8.3 — the MSA may add a missing Message-ID.
+            added.append(f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>")
+        if headers.get("Date") is None:
+            added.append(f"Date: {email.utils.formatdate(localtime=True)}")  # rfc6409:8.2
+        data = (
+            self._received(server, session, envelope, transaction)
+            + "".join(f"{line}\r\n" for line in added).encode("utf-8")
+            + content
+        )
+        from_domain = split_address(normalize_address(from_addresses[0]))[1]
+        signature = await asyncio.to_thread(self.signer.sign, from_domain, data)
+        data = signature + data
+
+        remote = [rcpt for rcpt, targets in transaction.recipients if not targets]
+        accounts = list(dict.fromkeys(t for _, targets in transaction.recipients for t in targets))
+        fields: dict[str, Any] = {
+            "qid": transaction.queue_id,
+            "user": account,
+            "client": _peer(session),
+            "from": _angle(envelope.mail_from),
+            "to": [_angle(rcpt) for rcpt, _ in transaction.recipients],
+            "size": len(data),
+            "dkim": bool(signature),
+        }
+        server.busy = True
+        try:
+            if remote:
+                await asyncio.to_thread(self.queue.enqueue, envelope.mail_from, remote, data)
+                self.wake_queue()
+            if accounts:
+                local = f"Return-Path: <{envelope.mail_from}>\r\n".encode() + data
+                summary = await asyncio.to_thread(summarize, local)
+                now = time.time()
+                await self.store.deliver(
+                    [Delivery(a, local, summary, internal_date=now) for a in accounts]
+                )
+        except (StoreError, OSError) as exc:
+            log_event(
+                log, "submission", logging.ERROR, **fields, result="tempfail", reason=str(exc)
+            )
+            return replies.TEMPORARY_FAILURE
+        finally:
+            server.busy = False
+        log_event(
+            log,
+            "submission",
+            logging.INFO,
+            **fields,
+            queued=len(remote),
+            local=accounts,
+            result="ok",
+        )
+        return f"250 2.0.0 Ok: queued as {transaction.queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("internal error in submission session", exc_info=error)
+        return replies.INTERNAL_ERROR
+
+    def _received(
+        self, server: Any, session: Any, envelope: Any, transaction: Transaction
+    ) -> bytes:
+        # rfc3848:4 — ESMTPSA: ESMTP with STARTTLS/TLS and AUTH.
+        protocol = "UTF8SMTPSA" if envelope.smtp_utf8 else "ESMTPSA"
+        if not server.tls_active:
+            protocol = protocol.replace("SA", "A")
+        if self.strip_client_ip:
+            first = "Received: by"
+        else:
+            helo = _header_safe(session.host_name or "unknown")
+            first = f"Received: from {helo} ([{_peer(session)}])\r\n\tby"
+        lines = [f"{first} {self.hostname} (estafeta) with {protocol} id {transaction.queue_id}"]
+        tls = server.tls_info()
+        if tls:
+            lines.append(f"\t(using {tls})")
+        lines[-1] += ";"
+        lines.append(f"\t{email.utils.formatdate(localtime=True)}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _addresses(value: Any) -> list[Address]:
+    """The mailboxes of a parsed address header (groups flattened)."""
+    result: list[Address] = []
+    for group in value.groups:
+        result.extend(group.addresses)
+    return result
