@@ -44,7 +44,7 @@ def test_bad_input_is_refused_cleanly(instance: Instance) -> None:
         (("user", "add", ALICE, "--password-stdin"), "", 2),  # empty password
         (("user", "add", ALICE, "--password-stdin"), "short", 1),
         (("user", "add", ALICE), None, 2),  # no terminal to ask
-        (("alias", "add", f"team@{DOMAIN}", "nobody@remote.test"), None, 1),
+        (("alias", "add", f"team@{DOMAIN}", f"ghost@{DOMAIN}"), None, 1),
         (("reindex", f"ghost@{DOMAIN}"), None, 2),
     ]
     for args, stdin, expected in cases:

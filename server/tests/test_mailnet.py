@@ -13,6 +13,7 @@ retried (across a crash) and ends in a DSN; Postfix interoperates both ways.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import json
 import shutil
@@ -31,12 +32,15 @@ import trustme
 
 from _mailnet import Knot, MailHost, Postfix, mail_zone, txt
 from conftest import PASSWORD
+from estafeta.dns import DNSPythonResolver
+from estafeta.policy.dkim import arc_verify
 
 pytestmark = pytest.mark.slow
 
 ALICE = "alice@example.test"
 BOB = "bob@example.net"
 CAROL = "carol@example.org"
+FORWARD = "fwd@example.net"
 
 
 @dataclass
@@ -81,6 +85,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     for host, user in ((a, ALICE), (b, BOB)):
         host.write_config()
         host.add_user(user)
+    b.cli("alias", "add", FORWARD, CAROL)  # example.net forwards to Postfix's domain
     knot.zones = {
         "example.test": mail_zone("127.0.0.2", dkim=a.dkim_records()),
         "example.net": mail_zone("127.0.0.3", dkim=b.dkim_records()),
@@ -255,3 +260,36 @@ def test_queue_cli_on_a_live_server(net: Net, tmp_path: Path) -> None:
     out = net.a.cli("queue", "list").stdout
     assert "queue is empty" in out
     assert "0 entries due now" in net.a.cli("queue", "flush").stdout
+
+
+def test_forwarding_rewrites_the_sender_and_seals_arc(net: Net) -> None:
+    submit(net.a, net.client_tls, ALICE, [FORWARD], compose(ALICE, FORWARD, "forward me"))
+    deadline = time.monotonic() + 30
+    forwarded: EmailMessage | None = None
+    while time.monotonic() < deadline and forwarded is None:
+        for raw in net.postfix.messages(CAROL):
+            if parse(raw)["Subject"] == "forward me":
+                forwarded, forwarded_raw = parse(raw), raw
+        time.sleep(0.2)
+    assert forwarded is not None, net.b.log_text()[-3000:]
+    # SRS: the envelope sender Postfix saw is B's, and reverses to alice.
+    return_path = str(forwarded["Return-Path"]).strip("<>")
+    assert return_path.startswith("SRS0=") and return_path.endswith("@example.net")
+    # ARC (rfc8617): B sealed what it verified; the chain validates against the DNS.
+    assert forwarded["ARC-Seal"] and forwarded["ARC-Message-Signature"]
+    assert "i=1" in str(forwarded["ARC-Authentication-Results"])
+    assert "dmarc=pass" in str(forwarded["ARC-Authentication-Results"])
+    resolver = DNSPythonResolver([("127.0.0.1", net.knot.port)])
+    arc = asyncio.run(arc_verify(resolver, forwarded_raw.replace(b"\n", b"\r\n")))
+    assert arc.result == "pass", arc
+
+    # A bounce to the SRS address goes back through B to alice.
+    with smtplib.SMTP(net.b.ip, 25, timeout=30, source_address=("127.0.0.4", 0)) as client:
+        client.sendmail(
+            "", [return_path], compose("MAILER-DAEMON@example.org", return_path, "bounce back")
+        )
+        # An SRS address we did not make is refused: no relaying through forged SRS.
+        code, reply = client.docmd("MAIL", "FROM:<>")
+        code, reply = client.docmd("RCPT", "TO:<SRS0=abcd=AB=evil.test=x@example.net>")
+        assert code == 550, reply
+    wait_for(net.a, ALICE, "bounce back")

@@ -8,6 +8,7 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable
 
+from estafeta import srs
 from estafeta.address import AddressError, normalize_address
 from estafeta.auth import Accounts
 from estafeta.config import Config, Endpoint, server_context
@@ -18,6 +19,7 @@ from estafeta.message import summarize
 from estafeta.policy.signer import Signer
 from estafeta.pop3 import session as pop3
 from estafeta.queue.delivery import Deliverer, verifying_context
+from estafeta.queue.forward import Forwarder
 from estafeta.queue.mtasts import MTASTS, Policy, fetch_policy
 from estafeta.queue.runner import QueueRunner
 from estafeta.queue.store import QueueStore
@@ -48,6 +50,13 @@ class Server:
         self.resolver = DNSPythonResolver([(e.host, e.port) for e in config.nameservers])
         self.queue = QueueStore(config.queue_dir)
         self.signer = Signer(config.dkim_dir)
+        self.forwarder = Forwarder(
+            queue=self.queue,
+            signer=self.signer,
+            srs_secret=srs.load_secret(config.data_dir / "srs.key"),
+            authserv_id=config.hostname,
+            wake=lambda: self.runner.wake(),
+        )
         queue_config = config.queue
         verify = verifying_context(str(queue_config.ca_file) if queue_config.ca_file else None)
 
@@ -79,14 +88,28 @@ class Server:
             return False
 
     async def _deliver_local(self, address: str, data: bytes) -> bool:
-        """A DSN for a local sender goes straight to its mailbox."""
-        targets = self.accounts.resolve(normalize_address(address)) or []
-        if not targets:
-            return False
+        """A DSN for a sender in one of our domains: to its mailbox, or, for
+        an SRS address we made when forwarding, on to the original sender."""
+        normalized = normalize_address(address)
+        local_part = normalized.rsplit("@", 1)[0]
+        if srs.is_srs(local_part):
+            try:
+                targets = [srs.reverse(self.forwarder.srs_secret, normalized)]
+            except srs.SRSError:
+                return False
+        else:
+            targets = self.accounts.resolve(normalized) or []
+        local = [t for t in targets if self._is_local(t)]
+        remote = [t for t in targets if not self._is_local(t)]
+        if remote:
+            await asyncio.to_thread(self.queue.enqueue, "", remote, data)
+            self.runner.wake()
+        if not local:
+            return bool(remote)
         data = b"Return-Path: <>\r\n" + data
         summary = await asyncio.to_thread(summarize, data)
         try:
-            await self.store.deliver([Delivery(t, data, summary) for t in targets])
+            await self.store.deliver([Delivery(t, data, summary) for t in local])
         except StoreError:
             log.exception("cannot deliver a DSN to %s", address)
             return False
@@ -106,6 +129,7 @@ class Server:
             max_recipients=self.config.limits.max_recipients,
             resolver=self.resolver if self.config.inbound.authenticate else None,
             dmarc_reject=self.config.inbound.dmarc_reject,
+            forwarder=self.forwarder,
         )
         submission = SubmissionHandler(
             hostname=self.config.hostname,

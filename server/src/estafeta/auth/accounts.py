@@ -386,8 +386,9 @@ class Accounts:
     def add_alias(self, source: str, targets: list[str]) -> None:
         """Create an alias (``user@domain``, or ``@domain`` for a domain's catch-all).
 
-        Targets must be local accounts or aliases. An existing alias is not
-        changed: delete it first.
+        Targets are local accounts or aliases, or addresses in other domains
+        (mail is forwarded there, with SRS and an ARC seal). An existing alias
+        is not changed: delete it first.
         """
         if not targets:
             raise AccountError("an alias needs at least one target")
@@ -400,11 +401,6 @@ class Accounts:
                 normalized = normalize_address(target)
             except AddressError as exc:
                 raise AccountError(f"target {target!r}: {exc}") from None
-            if split_address(normalized)[1] not in self.domains:
-                raise AccountError(
-                    f"target {normalized} is not in a local domain: forwarding to remote "
-                    "addresses is not supported yet (it needs the outbound queue)"
-                )
             if normalized == normalized_source:
                 raise AccountError(f"alias {normalized_source} cannot point to itself")
             if normalized not in normalized_targets:
@@ -418,7 +414,8 @@ class Accounts:
                 )
             for position, target in enumerate(normalized_targets):
                 # Insert as we go: a bad later target rolls back the earlier rows.
-                if not (self._is_account(conn, target) or self._is_alias(conn, target)):
+                remote = split_address(target)[1] not in self.domains
+                if not (remote or self._is_account(conn, target) or self._is_alias(conn, target)):
                     raise AccountError(
                         f"target {target} is neither an account nor an alias; "
                         "create it first (no alias was added)"
@@ -449,7 +446,8 @@ class Accounts:
     # -- delivery ----------------------------------------------------------------
 
     def resolve(self, address: str) -> list[str] | None:
-        """The local accounts mail to ``address`` is delivered to.
+        """Where mail to ``address`` goes: local accounts, and remote addresses
+        that aliases forward to (tell them apart with ``is_local_domain``).
 
         De-duplicated, in a stable order (depth first, targets in the order
         given); None if the domain is not local or nothing matches. The first
@@ -517,6 +515,8 @@ class Accounts:
                 seen.add(target)
                 if self._is_account(conn, target):
                     result.append(target)
+                elif split_address(target)[1] not in self.domains:
+                    result.append(target)  # forwarded to another domain
                 else:
                     walk(target, depth + 1)
 

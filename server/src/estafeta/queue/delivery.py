@@ -16,6 +16,7 @@ asks that of every domain.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import random
@@ -186,7 +187,10 @@ class Deliverer:
                 last, last_status = f"mail for {domain} loops back to myself", "5.4.6"
                 continue
             try:
-                addresses = await self.addresses(host)
+                # A smarthost may be an IP address: that needs no DNS (Postfix's
+                # relayhost = [192.0.2.1]); MX names always go through DNS.
+                literal = _literal(host) if self.config.relay is not None else []
+                addresses = literal or await self.addresses(host)
             except DNSTempError as exc:
                 last, last_status = str(exc), "4.4.3"
                 continue
@@ -358,6 +362,14 @@ def _result(rcpt: str, reply: Reply, host: str, subject: str) -> Result:
     else:
         state = "permanent"
     return Result(rcpt, state, reply.status(subject), str(reply), host)
+
+
+def _literal(host: str) -> list[str]:
+    """``[host]`` when the smarthost is given as an IP address (no DNS lookup)."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return []
 
 
 def _describe(exc: BaseException) -> str:

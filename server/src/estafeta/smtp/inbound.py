@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from estafeta import srs
 from estafeta.address import AddressError, normalize_address, split_address
 from estafeta.auth import Accounts
 from estafeta.dns import Resolver
@@ -24,6 +25,7 @@ from estafeta.log import log_event
 from estafeta.message import summarize
 from estafeta.policy import authresults
 from estafeta.policy.analyze import Analysis, analyze
+from estafeta.queue.forward import Forwarder
 from estafeta.smtp import replies
 from estafeta.store import Delivery, Store, StoreError
 
@@ -33,6 +35,9 @@ log = logging.getLogger("estafeta.smtp")
 # "SMTP smuggling" hides a second message inside the first.
 _BARE_LINE_ENDING = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _QID_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ23456789"
+# rfc5321:6.3 — loop detection by counting Received fields; 100 is the
+# suggested ceiling, Postfix uses 50.
+MAX_HOPS = 50
 
 
 def new_queue_id() -> str:
@@ -58,6 +63,7 @@ class InboundHandler:
         max_recipients: int,
         resolver: Resolver | None = None,
         dmarc_reject: bool = True,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.hostname = hostname
         self.accounts = accounts
@@ -66,6 +72,8 @@ class InboundHandler:
         # None: no SPF/DKIM/DMARC/ARC checks ([inbound] authenticate = false).
         self.resolver = resolver
         self.dmarc_reject = dmarc_reject
+        # Queues mail for aliases that point to other domains (None: tests).
+        self.forwarder = forwarder
 
     # -- hooks called by aiosmtpd -----------------------------------------
 
@@ -105,7 +113,17 @@ class InboundHandler:
             # Relaying needs authentication (submission); the MX never relays.
             self._rejected(session, envelope, address, "relay denied")
             return f"{replies.RELAY_DENIED}: <{address}>"
-        targets = self.accounts.resolve(normalized)
+        local_part = split_address(normalized)[0]
+        targets: list[str] | None
+        if srs.is_srs(local_part) and self.forwarder is not None:
+            # A bounce to an address we rewrote when forwarding: back to its sender.
+            try:
+                targets = [srs.reverse(self.forwarder.srs_secret, normalized)]
+            except srs.SRSError as exc:
+                self._rejected(session, envelope, address, str(exc))
+                return f"{replies.NO_SUCH_USER}: <{address}>"
+        else:
+            targets = self.accounts.resolve(normalized)
         if not targets:
             self._rejected(session, envelope, address, "no such user")
             return f"{replies.NO_SUCH_USER}: <{address}>"
@@ -117,7 +135,7 @@ class InboundHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         transaction: Transaction = envelope.estafeta
         content: bytes = envelope.original_content
-        fields = {
+        fields: dict[str, Any] = {
             "qid": transaction.queue_id,
             "client": _peer(session),
             "helo": session.host_name,
@@ -135,6 +153,10 @@ class InboundHandler:
                 reason="bare CR or LF",
             )
             return replies.BARE_LINE_ENDING
+        if _count_received(content) >= MAX_HOPS:
+            # rfc5321:6.3 — a message that went round this often is in a loop.
+            log_event(log, "delivery", logging.WARNING, **fields, result="rejected", reason="loop")
+            return replies.TOO_MANY_HOPS
 
         # rfc8601:5 — nobody else may speak for our authserv-id.
         content = authresults.strip_ours(content, self.hostname)
@@ -155,21 +177,42 @@ class InboundHandler:
                     log, "delivery", logging.INFO, **fields, result="rejected", reason="dmarc"
                 )
                 return analysis.reject
-        trace = self._trace_headers(server, session, envelope, transaction)
-        data = trace + (analysis.header if analysis else b"") + content
+        received = self._trace_headers(server, session, envelope, transaction)
+        message = received + (analysis.header if analysis else b"") + content
+        data = f"Return-Path: {_angle(envelope.mail_from)}\r\n".encode() + message
         loop = asyncio.get_running_loop()
         summary = await loop.run_in_executor(None, summarize, data)
         now = time.time()
         # One copy per account, however many of its addresses were named.
-        accounts = list(dict.fromkeys(t for _, targets in transaction.recipients for t in targets))
+        everyone = list(dict.fromkeys(t for _, targets in transaction.recipients for t in targets))
+        accounts = [t for t in everyone if self.accounts.is_local_domain(split_address(t)[1])]
+        # Remote targets of aliases, grouped by the alias's domain (which forwards them).
+        forwards: dict[str, list[str]] = {}
+        for rcpt, targets in transaction.recipients:
+            for target in targets:
+                if target not in accounts:
+                    forwards.setdefault(split_address(rcpt)[1], []).append(target)
         mailbox = "Junk" if analysis and analysis.junk else "INBOX"
         started = time.monotonic()
         server.busy = True
         try:
-            try:
-                await self.store.deliver(
-                    [Delivery(a, data, summary, mailbox, internal_date=now) for a in accounts]
+            for domain, remote in forwards.items():
+                if self.forwarder is None:
+                    raise StoreError("forwarding is not available")
+                sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+                rewritten = await self.forwarder.forward(
+                    sender=sender,
+                    recipients=list(dict.fromkeys(remote)),
+                    message=message,
+                    domain=domain,
                 )
+                fields.setdefault("forwarded", []).extend(remote)
+                fields["srs"] = rewritten or "<>"
+            try:
+                if accounts:
+                    await self.store.deliver(
+                        [Delivery(a, data, summary, mailbox, internal_date=now) for a in accounts]
+                    )
             except StoreError:
                 if mailbox == "INBOX":
                     raise
@@ -178,7 +221,7 @@ class InboundHandler:
                 await self.store.deliver(
                     [Delivery(a, data, summary, internal_date=now) for a in accounts]
                 )
-        except StoreError as exc:
+        except (StoreError, OSError) as exc:
             log_event(
                 log, "delivery", level=logging.ERROR, **fields, result="tempfail", reason=str(exc)
             )
@@ -229,7 +272,6 @@ class InboundHandler:
         peer = _peer(session)
         helo = _header_safe(session.host_name or "unknown")
         lines = [
-            f"Return-Path: {_angle(envelope.mail_from)}",
             f"Received: from {helo} ([{peer}])",
             f"\tby {self.hostname} (estafeta) with {protocol} id {transaction.queue_id}",
         ]
@@ -242,6 +284,12 @@ class InboundHandler:
         lines.append(f"\t{email.utils.formatdate(localtime=True)}")
         header = "\r\n".join(lines) + "\r\n"
         return header.encode("utf-8", "surrogateescape")
+
+
+def _count_received(content: bytes) -> int:
+    end = content.find(b"\r\n\r\n")
+    head = content[: end + 2] if end >= 0 else content
+    return sum(1 for line in head.split(b"\r\n") if line[:9].lower() == b"received:")
 
 
 def _peer(session: Any) -> str:

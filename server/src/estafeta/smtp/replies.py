@@ -72,4 +72,5 @@ TEMPORARY_FAILURE = "451 4.3.0 Temporary failure storing the message; try again 
 INTERNAL_ERROR = "451 4.3.0 Internal error; try again later"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections; try again later"
 AUTH_UNAVAILABLE = "502 5.5.1 AUTH is not available on this port"
+TOO_MANY_HOPS = "554 5.4.6 Too many hops: the message is in a mail loop"
 SHUTTING_DOWN = "421 4.3.2 Server shutting down; try again later"

@@ -178,8 +178,15 @@ class SubmissionHandler:
         signature = await asyncio.to_thread(self.signer.sign, from_domain, data)
         data = signature + data
 
+        # Remote recipients, and remote targets of local aliases, go to the queue.
         remote = [rcpt for rcpt, targets in transaction.recipients if not targets]
-        accounts = list(dict.fromkeys(t for _, targets in transaction.recipients for t in targets))
+        accounts: list[str] = []
+        for target in dict.fromkeys(t for _, targets in transaction.recipients for t in targets):
+            if self.accounts.is_local_domain(split_address(target)[1]):
+                accounts.append(target)
+            else:
+                remote.append(target)
+        remote = list(dict.fromkeys(remote))
         fields: dict[str, Any] = {
             "qid": transaction.queue_id,
             "user": account,
