@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from conftest import DOMAIN, PASSWORD, Instance, free_port, make_tls
 
@@ -98,6 +98,20 @@ class Net:
     client_tls: ssl.SSLContext
 
 
+class ImplicitTLSSMTP(SMTP):
+    """aiosmtpd counts only STARTTLS as TLS for AUTH; on an implicit-TLS
+    listener every connection is encrypted (handle_DATA checks it)."""
+
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._auth_require_tls = False
+
+
+class ImplicitTLSController(Controller):
+    def factory(self) -> SMTP:
+        return ImplicitTLSSMTP(self.handler, **self.SMTP_kwargs)
+
+
 def relay_context(ca: trustme.CA) -> ssl.SSLContext:
     cert = ca.issue_cert(RELAY_IP, "smarthost.test")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -116,9 +130,7 @@ def start_relay(ca: trustme.CA, security: str, port: int) -> tuple[Controller, S
         "auth_required": True,
     }
     if security == "tls":
-        # aiosmtpd only counts STARTTLS as TLS for auth_require_tls; on an
-        # implicit-TLS listener every connection is encrypted anyway.
-        controller = Controller(relay, ssl_context=context, auth_require_tls=False, **kwargs)
+        controller = ImplicitTLSController(relay, ssl_context=context, **kwargs)
     else:
         controller = Controller(relay, tls_context=context, require_starttls=True, **kwargs)
     controller.start()
