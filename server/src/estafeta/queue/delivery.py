@@ -312,8 +312,10 @@ class Deliverer:
             reply = await conn.auth_plain(*route.auth)
             if reply.code != 235:
                 await conn.quit()
-                final = reply.code // 100 == 5
-                raise _HostFailed(f"AUTH: {reply}", reply.status("7.8"), final=final)
+                # A refused login is our configuration's fault, not the message's:
+                # defer, never bounce (Postfix's smtp_sasl_auth_soft_bounce = yes),
+                # so that mail waits while the operator fixes the password.
+                raise _HostFailed(f"AUTH: {reply}", "4" + reply.status("7.8")[1:])
         options = []
         size_limit = conn.extensions.get("SIZE", "")
         if size_limit.isdigit() and 0 < int(size_limit) < len(data):
