@@ -199,6 +199,18 @@ def test_set_password(accounts: Accounts) -> None:
         accounts.set_password(BOB, "a new password")
 
 
+def test_verify_without_rehash_only_looks(tmp_path: Path) -> None:
+    path = _db(tmp_path)
+    with Accounts(path, DOMAINS, hasher=CHEAP) as db:
+        db.add_user(ALICE, PASSWORD)
+    old = stored_hash(path, ALICE)
+    stronger = argon2.PasswordHasher(time_cost=2, memory_cost=16, parallelism=1)
+    with Accounts(path, DOMAINS, hasher=stronger) as db:
+        assert db.verify_password(ALICE, PASSWORD, rehash=False)
+        assert stored_hash(path, ALICE) == old  # `estafeta user verify` writes nothing
+        assert not db.verify_password(ALICE, "wrong password", rehash=False)
+
+
 def test_unknown_users_cost_a_verification(tmp_path: Path) -> None:
     hasher = CountingHasher()
     with Accounts(_db(tmp_path), DOMAINS, hasher=hasher) as db:
@@ -244,6 +256,41 @@ def test_delete_user(people: Accounts) -> None:
         "sales@example.test": [BOB],
     }
     assert people.delete_user(CAROL) == ["all@example.test"]
+
+
+# -- quotas ----------------------------------------------------------------------
+
+
+def test_quota_defaults_to_global_and_can_be_set(people: Accounts) -> None:
+    assert people.get_quota(ALICE) == 0  # 0: the global [limits] quota
+    people.set_quota("Alice@Example.TEST", 10 * 2**30)
+    assert people.get_quota(ALICE) == 10 * 2**30
+    assert people.list_quotas() == {ALICE: 10 * 2**30, BOB: 0, CAROL: 0}
+    people.set_quota(ALICE, 0)
+    assert people.get_quota(ALICE) == 0
+    # A quota is part of the account: a new account with the name starts over.
+    people.set_quota(BOB, 5000)
+    people.delete_user(BOB)
+    people.add_user(BOB, PASSWORD)
+    assert people.get_quota(BOB) == 0
+
+
+def test_quota_errors(people: Accounts) -> None:
+    cases: list[tuple[str, object, str]] = [
+        ("dave@example.test", 100, r"^no account dave@example\.test$"),
+        (ALICE, -1, "use a number of bytes, or 0 for the global quota"),
+        (ALICE, "1G", "use a number of bytes"),
+        (ALICE, True, "use a number of bytes"),
+        (ALICE, 2**63, "too large"),
+        ("x@foo.test", 100, "domain foo.test is not one of the configured domains"),
+        ("not an address", 100, "missing '@'"),
+    ]
+    for address, quota, message in cases:
+        with pytest.raises(AccountError, match=message):
+            people.set_quota(address, quota)  # type: ignore[arg-type]
+    with pytest.raises(AccountError, match=r"^no account dave@example\.test$"):
+        people.get_quota("dave@example.test")
+    assert people.list_quotas() == {ALICE: 0, BOB: 0, CAROL: 0}
 
 
 # -- aliases --------------------------------------------------------------------
@@ -452,11 +499,12 @@ def test_migration_hook_runs_new_steps_once(
     path = _db(tmp_path)
     with Accounts(path, DOMAINS, hasher=CHEAP) as db:
         db.add_user(ALICE, PASSWORD)
+    current = accounts_module.schema_version()
     runs: list[int] = []
 
     def add_column(conn: sqlite3.Connection) -> None:
         runs.append(1)
-        conn.execute("ALTER TABLE accounts ADD COLUMN quota INTEGER")
+        conn.execute("ALTER TABLE accounts ADD COLUMN note TEXT")
 
     monkeypatch.setattr(accounts_module, "_MIGRATIONS", [*accounts_module._MIGRATIONS, add_column])
     for _ in range(2):
@@ -465,26 +513,51 @@ def test_migration_hook_runs_new_steps_once(
             assert db.verify_password(ALICE, PASSWORD)
     assert runs == [1]
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
-        assert conn.execute("SELECT quota FROM accounts").fetchall() == [(None,)]
+        assert conn.execute("PRAGMA user_version").fetchone() == (current + 1,)
+        assert conn.execute("SELECT note FROM accounts").fetchall() == [(None,)]
 
 
 def test_failed_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _db(tmp_path)
     with Accounts(path, DOMAINS, hasher=CHEAP) as db:
         db.add_user(ALICE, PASSWORD)
+    current = accounts_module.schema_version()
 
     def broken(conn: sqlite3.Connection) -> None:
-        conn.execute("ALTER TABLE accounts ADD COLUMN quota INTEGER")
+        conn.execute("ALTER TABLE accounts ADD COLUMN note TEXT")
         raise RuntimeError("migration bug")
 
     monkeypatch.setattr(accounts_module, "_MIGRATIONS", [*accounts_module._MIGRATIONS, broken])
     with pytest.raises(RuntimeError, match="migration bug"):
         Accounts(path, DOMAINS, hasher=CHEAP)
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (current,)
         columns = [row[1] for row in conn.execute("PRAGMA table_info(accounts)")]
-    assert "quota" not in columns
+    assert "note" not in columns
+
+
+def test_version_1_database_gets_quotas(tmp_path: Path) -> None:
+    """A database written before quotas (schema 1) opens, keeps its data and
+    accounts follow the global quota until one is set."""
+    path = _db(tmp_path)
+    with raw(path) as conn:
+        accounts_module._create_v1(conn)
+        conn.execute(
+            "INSERT INTO accounts (address, password_hash, created) VALUES (?, ?, 0)",
+            (ALICE, CHEAP.hash(PASSWORD)),
+        )
+        conn.execute("INSERT INTO aliases VALUES ('sales@example.test', ?, 0)", (ALICE,))
+        conn.execute("PRAGMA user_version=1")
+        conn.commit()
+    with Accounts(path, DOMAINS, hasher=CHEAP) as db:
+        assert db.list_quotas() == {ALICE: 0}
+        assert db.verify_password(ALICE, PASSWORD)
+        assert db.resolve("sales@example.test") == [ALICE]
+        db.set_quota(ALICE, 4096)
+        assert db.get_quota(ALICE) == 4096
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    assert accounts_module.schema_version() == 2
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

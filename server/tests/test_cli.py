@@ -1,9 +1,12 @@
-"""The estafeta command: account and alias management, reindex, mail ls/cat."""
+"""The estafeta command: account and alias management, reindex, mail ls/cat, DKIM keys."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import smtplib
+import sqlite3
 
 from conftest import DOMAIN, PASSWORD, Instance, estafeta
 
@@ -121,3 +124,142 @@ def test_mail_ls_cat_reindex_and_delete_keeps_mail(instance: Instance) -> None:
     [kept] = (instance.data_dir / "deleted").iterdir()
     assert len(list((kept / "new").iterdir())) == 3
     shutil.rmtree(kept)
+
+
+# -- machine-readable output and the commands the Ansible modules use ------------
+
+
+def test_user_list_json_and_quota(instance: Instance) -> None:
+    assert json.loads(run(instance, "user", "list", "--json")[1]) == []
+    instance.add_user(ALICE)
+    instance.add_user(f"bob@{DOMAIN}")
+    code, out, _ = run(instance, "user", "quota", "Alice@Example.TEST", "1073741824")
+    assert (code, out.strip()) == (0, f"quota of {ALICE}: 1073741824 bytes")
+    code, out, _ = run(instance, "user", "quota", f"bob@{DOMAIN}")
+    assert (code, out.strip()) == (0, f"quota of bob@{DOMAIN}: the global [limits] quota")
+    code, out, _ = run(instance, "user", "list", "--json")
+    assert code == 0
+    assert json.loads(out) == [
+        {"address": ALICE, "quota": 1073741824},
+        {"address": f"bob@{DOMAIN}", "quota": 0},
+    ]
+    assert run(instance, "user", "list")[1].split() == [ALICE, f"bob@{DOMAIN}"]  # unchanged
+    assert run(instance, "user", "quota", ALICE, "0")[0] == 0
+    assert json.loads(run(instance, "user", "list", "--json")[1])[0]["quota"] == 0
+    for args, expected, message in [
+        ((f"ghost@{DOMAIN}", "10"), 1, f"no account ghost@{DOMAIN}"),
+        ((ALICE, "--", "-1"), 1, "use a number of bytes, or 0 for the global quota"),
+        ((ALICE, "1G"), 2, "invalid int value"),
+    ]:
+        code, _, err = run(instance, "user", "quota", *args)
+        assert code == expected, (args, err)
+        assert message in err, (args, err)
+        assert "Traceback" not in err
+
+
+def test_user_verify(instance: Instance) -> None:
+    instance.add_user(ALICE)
+
+    def verify(address: str, password: str | None) -> tuple[int, str, str]:
+        return run(instance, "user", "verify", address, "--password-stdin", stdin=password)
+
+    assert verify(ALICE, PASSWORD + "\n") == (0, "", "")
+    assert verify("ALICE@example.test", PASSWORD) == (0, "", "")
+    # No match: exit 1 and not a word, so the answer is in the code alone.
+    assert verify(ALICE, "not the password\n") == (1, "", "")
+    assert verify(ALICE, PASSWORD.upper()) == (1, "", "")
+    # Errors are 2 with a message, so they are never taken for "no match".
+    for address, password, message in [
+        (f"ghost@{DOMAIN}", PASSWORD, f"no account ghost@{DOMAIN}"),
+        ("not-an-address", PASSWORD, "missing '@'"),
+        (ALICE, "", "empty password"),
+    ]:
+        code, out, err = verify(address, password)
+        assert (code, out) == (2, ""), (address, err)
+        assert err.startswith("estafeta: ") and message in err, err
+        assert PASSWORD not in err
+    # Without --password-stdin and no terminal it refuses, like user add.
+    assert run(instance, "user", "verify", ALICE, stdin=PASSWORD)[0] == 2
+
+
+def test_user_verify_does_not_rehash(instance: Instance) -> None:
+    instance.add_user(ALICE)
+    db = instance.data_dir / "accounts.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        before = conn.execute("SELECT password_hash FROM accounts").fetchall()
+    # Stronger parameters would make a login re-hash; a verify must not.
+    text = instance.config.read_text().replace("argon2_time_cost = 1", "argon2_time_cost = 2")
+    instance.config.write_text(text)
+    assert run(instance, "user", "verify", ALICE, "--password-stdin", stdin=PASSWORD)[0] == 0
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT password_hash FROM accounts").fetchall() == before
+
+
+def test_alias_list_json(instance: Instance) -> None:
+    assert json.loads(run(instance, "alias", "list", "--json")[1]) == {}
+    instance.add_user(ALICE)
+    instance.add_user(f"bob@{DOMAIN}")
+    run(instance, "alias", "add", f"team@{DOMAIN}", f"bob@{DOMAIN}", ALICE)
+    run(instance, "alias", "add", "@other.test", "friend@remote.test")
+    code, out, _ = run(instance, "alias", "list", "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "@other.test": ["friend@remote.test"],
+        f"team@{DOMAIN}": [f"bob@{DOMAIN}", ALICE],  # targets in the order given
+    }
+
+
+def test_normalize(instance: Instance) -> None:
+    code, out, _ = run(instance, "normalize", "Alice@Example.TEST.", "@Bücher.Test", '"bob"@x.test')
+    assert (code, out.splitlines()) == (0, [ALICE, "@xn--bcher-kva.test", "bob@x.test"])
+    code, out, _ = run(
+        instance, "normalize", "--json", "--local", "Alice@EXAMPLE.test", "@other.test"
+    )
+    assert (code, json.loads(out)) == (0, [ALICE, "@other.test"])
+    for args, message in [
+        (("not-an-address",), "missing '@'"),
+        (("@bad..test",), "empty label"),
+        (("--local", "x@remote.test"), "domain remote.test is not one of the configured domains"),
+    ]:
+        code, out, err = run(instance, "normalize", *args)
+        assert (code, out) == (1, ""), (args, err)
+        assert err.startswith("estafeta: ") and message in err, (args, err)
+
+
+def test_dkim_list_json_and_remove(instance: Instance) -> None:
+    assert json.loads(run(instance, "dkim", "list", "--json")[1]) == []
+    code, out, _ = run(instance, "dkim", "keygen", DOMAIN, "--selector", "r1")
+    assert code == 0
+    record = out.strip()
+    code, out, _ = run(
+        instance, "dkim", "keygen", "other.test", "--selector", "e1", "--algorithm", "ed25519"
+    )
+    assert code == 0
+    code, out, _ = run(instance, "dkim", "list", "--json")
+    keys = json.loads(out)
+    assert [(k["domain"], k["selector"], k["algorithm"]) for k in keys] == [
+        (DOMAIN, "r1", "rsa"),
+        ("other.test", "e1", "ed25519"),
+    ]
+    assert keys[0]["txt"].startswith("v=DKIM1; k=rsa; p=")
+    assert keys[1]["txt"].startswith("v=DKIM1; k=ed25519; p=")
+    # The JSON value is the quoted record of keygen, unquoted and joined.
+    assert record.startswith(f"r1._domainkey.{DOMAIN}. IN TXT ")
+    chunks = record.split(" IN TXT ", 1)[1]
+    assert "".join(c.strip('"') for c in chunks.split('" "')) == keys[0]["txt"]
+    # One domain only, given in any case.
+    code, out, _ = run(instance, "dkim", "list", "Other.TEST", "--json")
+    assert [k["selector"] for k in json.loads(out)] == ["e1"]
+    assert run(instance, "dkim", "list", "other.test")[1].startswith("e1._domainkey.other.test. ")
+
+    code, out, _ = run(instance, "dkim", "remove", "OTHER.test", "--selector", "e1")
+    assert code == 0 and "removed" in out
+    assert not (instance.data_dir / "dkim" / "other.test" / "e1.pem").exists()
+    assert [k["selector"] for k in json.loads(run(instance, "dkim", "list", "--json")[1])] == ["r1"]
+    code, _, err = run(instance, "dkim", "remove", "other.test", "--selector", "e1")
+    assert code == 1 and "no DKIM key" in err
+    # The selector names a file: nothing outside the key folder can be named.
+    for selector in ("../r1", "", "r1.pem"):
+        code, _, err = run(instance, "dkim", "remove", DOMAIN, "--selector", selector)
+        assert code == 2 and "use letters, digits" in err, err
+    assert (instance.data_dir / "dkim" / DOMAIN / "r1.pem").exists()

@@ -1,6 +1,11 @@
 """The ``estafeta`` command.
 
 Exit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.
+``user verify`` answers with its exit code: 0 the password matches, 1 it does
+not (and nothing is printed), 2 an error (printed on stderr).
+
+``--json`` output is for programs (the Ansible modules in ``library/``):
+one JSON document on stdout, keys as documented on each command.
 """
 
 from __future__ import annotations
@@ -14,16 +19,21 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from estafeta import config as config_module
 from estafeta import log as log_module
 from estafeta.address import AddressError, normalize_address, normalize_domain
 from estafeta.auth import AccountError, Accounts
 from estafeta.config import Config, ConfigError
-from estafeta.policy import dkim
-from estafeta.policy.signer import DKIMKeyError, Signer
-from estafeta.queue.store import QueueStore
 from estafeta.store import Store, StoreError, index
+
+if TYPE_CHECKING:
+    from estafeta.queue.store import QueueStore
+
+# The DKIM and queue modules are imported by the commands that use them: they
+# take longer to import than most commands take to run, and the Ansible
+# modules run a few commands per task.
 
 DEFAULT_CONFIG = "/etc/estafeta/estafeta.toml"
 
@@ -110,10 +120,64 @@ def cmd_user_del(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_verify(config: Config, args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    # Exit code 1 means "does not match" and nothing else: every error is a 2.
+    try:
+        with _accounts(config) as accounts:
+            address = normalize_address(args.address)
+            if not accounts.exists(address):
+                raise UsageError(f"no account {address}")
+            # Only look: a rehash here would be a write, even in a dry run.
+            matches = accounts.verify_password(address, password, rehash=False)
+    except (AccountError, AddressError) as exc:
+        raise UsageError(str(exc)) from None
+    return 0 if matches else 1
+
+
+def cmd_user_quota(config: Config, args: argparse.Namespace) -> int:
+    with _accounts(config) as accounts:
+        address = normalize_address(args.address)
+        if args.bytes is not None:
+            accounts.set_quota(address, args.bytes)
+        quota = accounts.get_quota(address)
+    print(f"quota of {address}: {f'{quota} bytes' if quota else 'the global [limits] quota'}")
+    return 0
+
+
 def cmd_user_list(config: Config, args: argparse.Namespace) -> int:
     with _accounts(config) as accounts:
-        for address in accounts.list_users():
-            print(address)
+        quotas = accounts.list_quotas()
+    if args.json:
+        # [{"address": str, "quota": bytes, 0 = the global [limits] quota}]
+        print(json.dumps([{"address": a, "quota": q} for a, q in quotas.items()], indent=2))
+        return 0
+    for address in quotas:
+        print(address)
+    return 0
+
+
+def cmd_normalize(config: Config, args: argparse.Namespace) -> int:
+    """The canonical form of addresses (and ``@domain`` catch-alls), as stored."""
+    result = []
+    for address in args.addresses:
+        if address.startswith("@"):
+            domain = normalize_domain(address[1:])
+            canonical = f"@{domain}"
+        else:
+            canonical = normalize_address(address)
+            domain = canonical.rpartition("@")[2]
+        if args.local and domain not in config.domains:
+            raise AddressError(
+                f"{address}: domain {domain} is not one of the configured domains "
+                f"({', '.join(config.domains)})"
+            )
+        result.append(canonical)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for canonical in result:
+            print(canonical)
     return 0
 
 
@@ -133,8 +197,12 @@ def cmd_alias_del(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_alias_list(config: Config, args: argparse.Namespace) -> int:
     with _accounts(config) as accounts:
-        for source, targets in accounts.list_aliases().items():
-            print(f"{source} -> {', '.join(targets)}")
+        aliases = accounts.list_aliases()
+    if args.json:
+        print(json.dumps(aliases, indent=2))  # {"source": ["target", ...]}
+        return 0
+    for source, targets in aliases.items():
+        print(f"{source} -> {', '.join(targets)}")
     return 0
 
 
@@ -198,6 +266,8 @@ def cmd_mail_cat(config: Config, args: argparse.Namespace) -> int:
 
 
 def _queue(config: Config) -> QueueStore:
+    from estafeta.queue.store import QueueStore
+
     config_module.check_runtime(config)
     return QueueStore(config.queue_dir)
 
@@ -263,6 +333,9 @@ def cmd_queue_delete(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_dkim_keygen(config: Config, args: argparse.Namespace) -> int:
+    from estafeta.policy import dkim
+    from estafeta.policy.signer import DKIMKeyError, Signer
+
     config_module.check_runtime(config)
     domain = normalize_domain(args.domain)
     if domain not in config.domains:
@@ -278,11 +351,47 @@ def cmd_dkim_keygen(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_dkim_list(config: Config, args: argparse.Namespace) -> int:
+    from estafeta.policy import dkim
+    from estafeta.policy.signer import Signer
+
     config_module.check_runtime(config)
     signer = Signer(config.dkim_dir)
-    for domain in config.domains:
-        for key in signer.keys_for(domain):
-            print(f"{key.selector}._domainkey.{domain}. IN TXT {_quoted_txt(dkim.txt_record(key))}")
+    # One domain (configured or not: its keys may be left over), or all configured.
+    domains = [normalize_domain(args.domain)] if args.domain else list(config.domains)
+    keys = [key for domain in domains for key in signer.keys_for(domain)]
+    if args.json:
+        # [{"domain", "selector", "algorithm": "rsa"|"ed25519", "txt": unquoted record}]
+        entries = [
+            {
+                "domain": key.domain,
+                "selector": key.selector,
+                "algorithm": key.algorithm,
+                "txt": dkim.txt_record(key),
+            }
+            for key in keys
+        ]
+        print(json.dumps(entries, indent=2))
+        return 0
+    for key in keys:
+        print(f"{key.selector}._domainkey.{key.domain}. IN TXT {_quoted_txt(dkim.txt_record(key))}")
+    return 0
+
+
+def cmd_dkim_remove(config: Config, args: argparse.Namespace) -> int:
+    from estafeta.policy.signer import Signer
+
+    config_module.check_runtime(config)
+    domain = normalize_domain(args.domain)
+    # The selector names a file: the same rule as keygen, so no path escapes the folder.
+    if not args.selector or not all(c.isalnum() or c in "-_" for c in args.selector):
+        raise UsageError(f"selector {args.selector!r}: use letters, digits, '-' and '_'")
+    path = Signer(config.dkim_dir).key_path(domain, args.selector)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        print(f"estafeta: no DKIM key {path}", file=sys.stderr)
+        return 1
+    print(f"removed {path} (remove {args.selector}._domainkey.{domain} from DNS too)")
     return 0
 
 
@@ -327,9 +436,32 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--password-stdin", action="store_true", help="read the password from standard input"
         )
+    command = add(
+        user,
+        "verify",
+        cmd_user_verify,
+        "check a password: exit 0 if it matches, 1 if not (prints nothing either way)",
+    )
+    command.add_argument("address")
+    command.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
     add(user, "del", cmd_user_del, "delete an account (its mail is kept under data_dir/deleted)")
     user.choices["del"].add_argument("address")
-    add(user, "list", cmd_user_list, "list accounts")
+    command = add(
+        user, "quota", cmd_user_quota, "show or set an account's storage quota (IMAP QUOTA)"
+    )
+    command.add_argument("address")
+    command.add_argument(
+        "bytes",
+        nargs="?",
+        type=int,
+        metavar="BYTES",
+        help="the quota in bytes; 0 = use the global [limits] quota",
+    )
+    add(user, "list", cmd_user_list, "list accounts").add_argument(
+        "--json", action="store_true", help='machine-readable: [{"address", "quota"}]'
+    )
 
     alias = commands.add_parser("alias", help="manage aliases").add_subparsers(
         dest="alias_command", required=True, metavar="ACTION"
@@ -338,7 +470,19 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("source")
     command.add_argument("targets", nargs="+", metavar="TARGET")
     add(alias, "del", cmd_alias_del, "delete an alias").add_argument("source")
-    add(alias, "list", cmd_alias_list, "list aliases")
+    add(alias, "list", cmd_alias_list, "list aliases").add_argument(
+        "--json", action="store_true", help='machine-readable: {"source": ["target", ...]}'
+    )
+
+    command = add(
+        commands,
+        "normalize",
+        cmd_normalize,
+        "print the canonical form of addresses (or @domain), as accounts and aliases store them",
+    )
+    command.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    command.add_argument("--local", action="store_true", help="also require a configured domain")
+    command.add_argument("--json", action="store_true", help="machine-readable: a JSON list")
 
     add(commands, "reindex", cmd_reindex, "rebuild an account's index from its files").add_argument(
         "address"
@@ -374,7 +518,18 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--selector", required=True)
     command.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
     command.add_argument("--force", action="store_true", help="replace an existing key")
-    add(dkim_parser, "list", cmd_dkim_list, "print the DNS records of every key")
+    command = add(dkim_parser, "list", cmd_dkim_list, "print the DNS records of every key")
+    command.add_argument("domain", nargs="?", help="only this domain's keys")
+    command.add_argument(
+        "--json",
+        action="store_true",
+        help='machine-readable: [{"domain", "selector", "algorithm", "txt"}]',
+    )
+    command = add(
+        dkim_parser, "remove", cmd_dkim_remove, "delete a signing key (then its DNS record)"
+    )
+    command.add_argument("domain")
+    command.add_argument("--selector", required=True)
     return parser
 
 

@@ -14,6 +14,9 @@ using the object.
 Passwords never appear in exception messages or logs. Hashing is argon2id
 (``argon2.PasswordHasher``, RFC 9106 defaults unless a hasher is passed);
 hashes made with other parameters are replaced at the next good login.
+
+Schema (``PRAGMA user_version``): 1 = accounts and aliases; 2 = adds
+``accounts.quota`` (bytes, 0 = the global ``[limits] quota``).
 """
 
 from __future__ import annotations
@@ -61,10 +64,15 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX aliases_by_target ON aliases (target)")
 
 
+def _add_quota_v2(conn: sqlite3.Connection) -> None:
+    # Existing accounts get 0: they keep following the global [limits] quota.
+    conn.execute("ALTER TABLE accounts ADD COLUMN quota INTEGER NOT NULL DEFAULT 0")
+
+
 # The migration hook: _MIGRATIONS[n] takes the schema from version n to n + 1
 # (PRAGMA user_version). Append, never edit: databases in the field are at
 # every version. Each runs inside the transaction that bumps user_version.
-_MIGRATIONS: list[Migration] = [_create_v1]
+_MIGRATIONS: list[Migration] = [_create_v1, _add_quota_v2]
 
 
 def schema_version() -> int:
@@ -328,6 +336,37 @@ class Accounts:
         rows = self._conn().execute("SELECT address FROM accounts ORDER BY address")
         return [row[0] for row in rows]
 
+    def list_quotas(self) -> dict[str, int]:
+        """Every account and its own quota in bytes (0: the global quota); addresses sorted."""
+        rows = self._conn().execute("SELECT address, quota FROM accounts ORDER BY address")
+        return {address: int(quota) for address, quota in rows}
+
+    def get_quota(self, address: str) -> int:
+        """The account's own storage quota in bytes; 0 means the global ``[limits] quota``."""
+        normalized = self._local_address(address)
+        row = (
+            self._conn()
+            .execute("SELECT quota FROM accounts WHERE address = ?", (normalized,))
+            .fetchone()
+        )
+        if row is None:
+            raise AccountError(f"no account {normalized}")
+        return int(row[0])
+
+    def set_quota(self, address: str, quota: int) -> None:
+        """Set the account's storage quota in bytes; 0 goes back to the global quota."""
+        normalized = self._local_address(address)
+        if isinstance(quota, bool) or not isinstance(quota, int) or quota < 0:
+            raise AccountError(f"quota {quota!r}: use a number of bytes, or 0 for the global quota")
+        if quota >= 2**63:
+            raise AccountError(f"quota {quota}: too large (at most {2**63 - 1} bytes)")
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE accounts SET quota = ? WHERE address = ?", (quota, normalized)
+            )
+            if cursor.rowcount == 0:
+                raise AccountError(f"no account {normalized}")
+
     def exists(self, address: str) -> bool:
         """Whether ``address`` is an account (aliases are not accounts)."""
         try:
@@ -336,11 +375,13 @@ class Accounts:
             return False
         return self._is_account(self._conn(), normalized)
 
-    def verify_password(self, address: str, password: str) -> bool:
+    def verify_password(self, address: str, password: str, *, rehash: bool = True) -> bool:
         """Check a password. Slow on purpose (argon2): call it off the event loop.
 
         Unknown or malformed addresses cost one argon2 verification too, so
-        the time taken does not tell whether an account exists.
+        the time taken does not tell whether an account exists. A good
+        password stored with old hash parameters is re-hashed unless
+        ``rehash`` is false (``estafeta user verify`` only looks).
         """
         # surrogatepass: any str encodes; one that is not valid text simply
         # does not match (add_user and set_password refuse such passwords).
@@ -366,7 +407,7 @@ class Accounts:
             self.hasher.verify(stored, secret)
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             return False
-        if self.hasher.check_needs_rehash(stored):
+        if rehash and self.hasher.check_needs_rehash(stored):
             self._rehash(normalized, stored, secret)
         return True
 
