@@ -259,3 +259,24 @@ def test_commands_before_login_are_limited(imap_server: tuple[Instance, ssl.SSLC
     out = read_until(raw, b"* BYE", 5)
     assert out.count(b" OK NOOP") == 30
     raw.close()
+
+
+def test_per_account_quota_overrides_the_global_one(
+    imap_server: tuple[Instance, ssl.SSLContext],
+) -> None:
+    server, context = imap_server
+    client = login(server, context)
+    try:
+        typ, data = client.getquotaroot("INBOX")
+        assert typ == "OK"
+        assert data[1] == [b'"" ()']  # no quota at all
+        server.cli("user", "quota", ALICE, "2048")
+        typ, data = client.getquota('""')  # imaplib does not quote an empty root
+        assert typ == "OK"
+        assert data[0] == b'"" (STORAGE 0 2)'
+        # rfc9208:5.2 — an APPEND over the quota fails with OVERQUOTA.
+        typ, data = client.append("INBOX", None, None, b"Subject: big\r\n\r\n" + b"x" * 4096)
+        assert typ == "NO" and b"OVERQUOTA" in data[0]  # type: ignore[operator]
+        client.append("INBOX", None, None, b"Subject: small\r\n\r\nfits\r\n")
+    finally:
+        client.logout()

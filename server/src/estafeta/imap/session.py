@@ -659,9 +659,10 @@ async def cmd_append(s: Session, cmd: Command) -> None:
     args: c.Append = cmd.args  # type: ignore[assignment]
     if len(args.data) > s.settings.append_limit:
         raise No("Message too large", "TOOBIG")  # rfc7889
-    if s.settings.quota_bytes is not None:
+    limit = _quota_limit(s)
+    if limit is not None:
         used = s.index().execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0]
-        if used + len(args.data) > s.settings.quota_bytes:
+        if used + len(args.data) > limit:
             raise No("Quota exceeded", "OVERQUOTA")  # rfc9208:5.2
     when = args.date.timestamp() if args.date is not None else None
     delivered = await s.store.append(_user(s), args.mailbox, args.data, args.flags, when)
@@ -1047,9 +1048,15 @@ async def cmd_getquotaroot(s: Session, cmd: Command) -> None:
     s.tagged(cmd.tag, "OK", "GETQUOTAROOT completed")
 
 
+def _quota_limit(s: Session) -> int | None:
+    """The account's own quota (``estafeta user quota``), else the global one."""
+    own = s.accounts.get_quota(_user(s))
+    return own if own > 0 else s.settings.quota_bytes
+
+
 def _quota_line(s: Session) -> str:
     used = s.index().execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0]
-    limit = s.settings.quota_bytes
+    limit = _quota_limit(s)
     # rfc9208:5.1 STORAGE is in units of 1024 octets.
     if limit is None:
         return 'QUOTA "" ()'
