@@ -9,14 +9,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tools and tests need; installed only when missing.
-APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6 knot postfix
+APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6 knot knot-dnsutils postfix nftables debootstrap systemd-container openssh-client
 
-.PHONY: help deps venv lint test test-server test-ansible deploy stop clean
+.PHONY: help deps venv lint test test-server test-ansible molecule lab-up lab-down deploy stop clean
 
 help:
 	@echo "make deploy   install into .venv and run the local lab (see README.md)"
 	@echo "make test     lint and all tests"
 	@echo "make stop     stop what make deploy started"
+	@echo "make lab-up / lab-down   boot / remove the nspawn lab hosts"
+	@echo "make molecule  the Molecule default scenario on a lab host"
 	@echo "make clean    remove .venv, .lab and caches"
 
 deps:
@@ -58,6 +60,17 @@ test-ansible: venv
 
 test: deps lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest server/tests tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s default
+
+# The lab (issue #7): booted Debian 12 hosts under systemd-nspawn on br-lab.
+lab-up: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-playbook -i inventories/lab playbooks/lab.yml -e lab_state=present
+
+lab-down: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-playbook -i inventories/lab playbooks/lab.yml -e lab_state=absent
+
+molecule: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s default
 
 deploy: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/deploy-local.sh

@@ -55,6 +55,9 @@ PACKAGES = sorted(
         "procps",
         "python3",
         "python3-apt",
+        # debootstrap does not resolve virtual packages: the cffi backend by name.
+        "python3-cffi-backend",
+        "python3-cryptography",
         "python3-venv",
         "sudo",
         "systemd",
@@ -126,6 +129,9 @@ def build_image() -> bool:
         deb.unlink()
     (partial / ".complete").write_text(image_key() + "\n")
     partial.rename(target)
+    for old in CACHE.glob("rootfs-*"):
+        if old != target:  # images of older package lists
+            shutil.rmtree(old, ignore_errors=True)
     return True
 
 
