@@ -14,6 +14,7 @@ import trustme
 
 from estafeta.dns import MockResolver
 from estafeta.queue.mtasts import (
+    FAILED_FETCH_RETRY,
     MTASTS,
     MemoryCache,
     Policy,
@@ -322,7 +323,7 @@ def test_new_id_refetches() -> None:
     ],
 )
 def test_failed_refetch_keeps_the_cached_policy(failure: str | BaseException) -> None:
-    sts, resolver, cache, fetcher, _ = setup(responses=[POLICY_TEXT, failure])
+    sts, resolver, cache, fetcher, clock = setup(responses=[POLICY_TEXT, failure, failure])
 
     async def run() -> None:
         first = await sts.policy_for(DOMAIN)
@@ -330,11 +331,29 @@ def test_failed_refetch_keeps_the_cached_policy(failure: str | BaseException) ->
         set_txt(resolver, "v=STSv1; id=two")
         assert await sts.policy_for(DOMAIN) == first
         assert cache.get(DOMAIN) == first
-        # Still the old id in the cache: the next attempt fetches again.
+        # A failed fetch is not retried for every message...
+        assert await sts.policy_for(DOMAIN) == first
+        assert len(fetcher.calls) == 2
+        # ... but again after a while (the cache still has the old id).
+        clock.now += FAILED_FETCH_RETRY
         assert await sts.policy_for(DOMAIN) == first
 
     asyncio.run(run())
     assert len(fetcher.calls) == 3
+
+
+def test_failed_fetch_is_retried_at_once_for_a_new_id() -> None:
+    sts, resolver, _, fetcher, _ = setup(responses=[OSError("refused"), POLICY_TEXT])
+
+    async def run() -> None:
+        assert await sts.policy_for(DOMAIN) is None
+        assert await sts.policy_for(DOMAIN) is None  # same id: no second fetch yet
+        set_txt(resolver, "v=STSv1; id=two")
+        policy = await sts.policy_for(DOMAIN)
+        assert policy is not None and policy.policy_id == "two"
+
+    asyncio.run(run())
+    assert len(fetcher.calls) == 2
 
 
 def test_failed_first_fetch_is_no_policy() -> None:

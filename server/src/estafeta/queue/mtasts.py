@@ -471,6 +471,12 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 # -- discovery (rfc8461:5.1) --------------------------------------------------------
 
 
+# rfc8461:5.1 leaves the retry schedule of failed fetches to the sender; a
+# failed fetch (no HTTPS server, a bad policy) is retried after this long,
+# or at once when the TXT record announces a new id.
+FAILED_FETCH_RETRY = 300.0
+
+
 class MTASTS:
     """The MTA-STS policy of recipient domains, cached as rfc8461:5.1 asks."""
 
@@ -494,6 +500,9 @@ class MTASTS:
         # One fetch per domain at a time: concurrent deliveries wait for it.
         # domain -> (lock, number of policy_for calls using it)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # domain -> (policy id, when the fetch failed): a domain that publishes
+        # a record but serves no policy is not refetched for every message.
+        self._failed: dict[str, tuple[str, float]] = {}
 
     async def policy_for(self, domain: str) -> Policy | None:
         """The policy to apply to mail for ``domain``, or None if there is none.
@@ -513,6 +522,9 @@ class MTASTS:
             return self._live(domain)
         live = self._live(domain)
         if live is not None and live.policy_id == policy_id:
+            return live
+        failed = self._failed.get(domain)
+        if failed and failed[0] == policy_id and self.clock() - failed[1] < FAILED_FETCH_RETRY:
             return live
         lock, users = self._locks.get(domain, (asyncio.Lock(), 0))
         self._locks[domain] = (lock, users + 1)
@@ -544,8 +556,11 @@ class MTASTS:
                 id=policy_id,
                 error=str(exc) or type(exc).__name__,
                 using="cached" if live is not None else "none",
+                retry_in=FAILED_FETCH_RETRY,
             )
+            self._failed[domain] = (policy_id, self.clock())
             return live
+        self._failed.pop(domain, None)
         policy = replace(policy, policy_id=policy_id, fetched=self.clock())
         log_event(
             log,
