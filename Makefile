@@ -11,13 +11,14 @@ STAMP := $(VENV)/.installed
 # Debian packages the tools and tests need; installed only when missing.
 APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6 knot knot-dnsutils postfix nftables debootstrap systemd-container openssh-client
 
-.PHONY: help deps venv lint test test-server test-ansible molecule lab-up lab-down deploy stop clean
+.PHONY: help deps venv lint test test-server test-ansible molecule lab lab-up lab-down deploy stop clean
 
 help:
 	@echo "make deploy   install into .venv and run the local lab (see README.md)"
 	@echo "make test     lint and all tests"
 	@echo "make stop     stop what make deploy started"
 	@echo "make lab-up / lab-down   boot / remove the nspawn lab hosts"
+	@echo "make lab      the lab, site.yml and verify.yml on it"
 	@echo "make molecule  the Molecule default scenario on a lab host"
 	@echo "make clean    remove .venv, .lab and caches"
 
@@ -65,6 +66,12 @@ test: deps lint
 # The lab (issue #7): booted Debian 12 hosts under systemd-nspawn on br-lab.
 lab-up: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-playbook -i inventories/lab playbooks/lab.yml -e lab_state=present
+
+# The whole lab: dns.lab (Knot + pebble), mx1.example.test, mx2.example.net,
+# then site.yml and verify.yml (mail both ways with spf/dkim/dmarc=pass).
+lab: lab-up
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-playbook -i inventories/lab playbooks/site.yml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-playbook -i inventories/lab playbooks/verify.yml
 
 lab-down: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-playbook -i inventories/lab playbooks/lab.yml -e lab_state=absent
