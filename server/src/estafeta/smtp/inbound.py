@@ -53,7 +53,18 @@ class Transaction:
     recipients: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
-class InboundHandler:
+class HandlerBase:
+    """The hooks the MX and submission handlers answer alike."""
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        result: list[str] = server.ehlo_extensions(responses)
+        return result
+
+
+class InboundHandler(HandlerBase):
     def __init__(
         self,
         *,
@@ -76,13 +87,6 @@ class InboundHandler:
         self.forwarder = forwarder
 
     # -- hooks called by aiosmtpd -----------------------------------------
-
-    async def handle_EHLO(
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
-    ) -> list[str]:
-        session.host_name = hostname
-        result: list[str] = server.ehlo_extensions(responses)
-        return result
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
@@ -238,11 +242,6 @@ class InboundHandler:
             ms=round((time.monotonic() - started) * 1000, 1),
         )
         return f"250 2.0.0 Ok: queued as {transaction.queue_id}"
-
-    async def handle_exception(self, error: Exception) -> str:
-        # Never a traceback to the client: log it, answer 451 (the client retries).
-        log.error("internal error in SMTP session", exc_info=error)
-        return replies.INTERNAL_ERROR
 
     # -- helpers ----------------------------------------------------------
 

@@ -33,7 +33,7 @@ from estafeta.message import summarize
 from estafeta.policy.signer import Signer
 from estafeta.queue.store import QueueStore
 from estafeta.smtp import replies
-from estafeta.smtp.inbound import Transaction, _angle, _header_safe, _peer
+from estafeta.smtp.inbound import HandlerBase, Transaction, _angle, _header_safe, _peer
 from estafeta.store import Delivery, Store, StoreError
 
 log = logging.getLogger("estafeta.smtp")
@@ -47,7 +47,7 @@ NULL_SENDER = "553 5.7.1 The null sender is not accepted on submission"
 BAD_FROM = "550 5.6.0 From: header cannot be parsed"
 
 
-class SubmissionHandler:
+class SubmissionHandler(HandlerBase):
     def __init__(
         self,
         *,
@@ -80,13 +80,6 @@ class SubmissionHandler:
         return account in targets
 
     # -- hooks called by aiosmtpd -----------------------------------------
-
-    async def handle_EHLO(
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
-    ) -> list[str]:
-        session.host_name = hostname
-        result: list[str] = server.ehlo_extensions(responses)
-        return result
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
@@ -225,10 +218,6 @@ class SubmissionHandler:
             result="ok",
         )
         return f"250 2.0.0 Ok: queued as {transaction.queue_id}"
-
-    async def handle_exception(self, error: Exception) -> str:
-        log.error("internal error in submission session", exc_info=error)
-        return replies.INTERNAL_ERROR
 
     def _received(
         self, server: Any, session: Any, envelope: Any, transaction: Transaction
