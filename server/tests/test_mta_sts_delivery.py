@@ -208,6 +208,15 @@ def log_lines(host: MailHost, *needles: str) -> list[str]:
     return [line for line in host.log_text().splitlines() if all(n in line for n in needles)]
 
 
+def logged(host: MailHost, *needles: str, timeout: float = 10.0) -> list[str]:
+    """The matching log lines, waiting for them: the receiver may store a
+    message before the sender has written its own log line about it."""
+    deadline = time.monotonic() + timeout
+    while not (lines := log_lines(host, *needles)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return lines
+
+
 def test_enforced_policy_delivers_over_verified_tls(net: Net) -> None:
     submit(net, BOB, "sts enforce")
     message = wait_for(net.receiver, BOB, "sts enforce")
@@ -216,8 +225,8 @@ def test_enforced_policy_delivers_over_verified_tls(net: Net) -> None:
     assert "with ESMTPS" in received and "(using TLS" in received
     # The policy was fetched over HTTPS and applied.
     assert ("mta-sts.sts.example", "/.well-known/mta-sts.txt") in net.https.requests
-    assert log_lines(net.sender, "mta_sts_policy", "domain=sts.example", "mode=enforce")
-    assert log_lines(net.sender, "outbound", f"to=<{BOB}>", "relay=mx.sts.example", "result=sent")
+    assert logged(net.sender, "mta_sts_policy", "domain=sts.example", "mode=enforce")
+    assert logged(net.sender, "outbound", f"to=<{BOB}>", "relay=mx.sts.example", "result=sent")
     assert not log_lines(net.sender, "tls_fallback")
     assert queued(net, "sts.example") == []
 
@@ -227,11 +236,11 @@ def test_mx_not_in_the_policy_is_not_used(net: Net) -> None:
     entry = wait_attempted(net, "bad-sts.example", attempts=2)
     assert "MTA-STS" in entry["last_error"], entry
     assert "no MX of bad-sts.example matches" in entry["last_error"], entry
-    assert log_lines(net.sender, "outbound", "to=<dave@bad-sts.example>", "status=4.7.5")
+    assert logged(net.sender, "outbound", "to=<dave@bad-sts.example>", "status=4.7.5")
     assert not log_lines(net.sender, "to=<dave@bad-sts.example>", "result=sent")
     # mx.sts.example was never even contacted for it.
     assert "dave@bad-sts.example" not in net.receiver.log_text()
-    assert log_lines(net.sender, "mta_sts_policy", "domain=bad-sts.example", "mode=enforce")
+    assert logged(net.sender, "mta_sts_policy", "domain=bad-sts.example", "mode=enforce")
     net.sender.cli("queue", "delete", entry["id"])
 
 
@@ -240,7 +249,7 @@ def test_unverifiable_certificate_defers_until_the_policy_relaxes(net: Net) -> N
     entry = wait_attempted(net, "untrusted-sts.example")
     assert "mx.untrusted-sts.example[127.0.0.24]: TLS failed" in entry["last_error"], entry
     assert "CERTIFICATE_VERIFY_FAILED" in entry["last_error"], entry
-    assert log_lines(net.sender, "outbound", f"to=<{CAROL}>", "result=temporary", "status=4.7.5")
+    assert logged(net.sender, "outbound", f"to=<{CAROL}>", "result=temporary", "status=4.7.5")
     # Required TLS never falls back to plain text.
     assert not log_lines(net.sender, "tls_fallback", "untrusted-sts.example")
     assert net.untrusted.messages(CAROL) == []
@@ -261,5 +270,5 @@ def test_unverifiable_certificate_defers_until_the_policy_relaxes(net: Net) -> N
     assert answer.rcode() == dns.rcode.NOERROR
     message = wait_for(net.untrusted, CAROL, "sts untrusted")
     assert "(using TLS" in str(message["Received"])
-    assert log_lines(net.sender, "mta_sts_policy", "id=20261130", "mode=testing")
+    assert logged(net.sender, "mta_sts_policy", "id=20261130", "mode=testing")
     assert queued(net, "untrusted-sts.example") == []
