@@ -63,6 +63,38 @@ class HandlerBase:
         result: list[str] = server.ehlo_extensions(responses)
         return result
 
+    async def handle_exception(self, error: Exception) -> str:
+        # Never a traceback to the client: log it, answer 451 (the client retries).
+        log.error("internal error in SMTP session", exc_info=error)
+        return replies.INTERNAL_ERROR
+
+    max_recipients: int
+
+    def _begin(self, envelope: Any, address: str, mail_options: list[str]) -> str:
+        """MAIL accepted: start the transaction."""
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.estafeta = Transaction()
+        return replies.OK_SENDER
+
+    def _check_rcpt(self, envelope: Any, address: str) -> tuple[str, str | None]:
+        """(normalized address, refusal reply or None) for one RCPT."""
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            # rfc5321:4.5.3.1.10 — 452, and the client sends the rest later.
+            return "", replies.TOO_MANY_RECIPIENTS
+        try:
+            return normalize_address(address), None
+        except AddressError as exc:
+            return "", f"{replies.BAD_RECIPIENT_SYNTAX}: {exc}"
+
+    def _accept_rcpt(
+        self, envelope: Any, address: str, recorded: str, targets: list[str], options: list[str]
+    ) -> str:
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        envelope.estafeta.recipients.append((recorded, targets))
+        return replies.OK_RECIPIENT
+
 
 class InboundHandler(HandlerBase):
     def __init__(
@@ -96,22 +128,14 @@ class InboundHandler(HandlerBase):
                 normalize_address(address)
             except AddressError as exc:
                 return f"{replies.BAD_SENDER_SYNTAX}: {exc}"
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        envelope.estafeta = Transaction()
-        return replies.OK_SENDER
+        return self._begin(envelope, address, mail_options)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
-        transaction: Transaction = envelope.estafeta
-        if len(envelope.rcpt_tos) >= self.max_recipients:
-            # rfc5321:4.5.3.1.10 — 452, and the client sends the rest later.
-            return replies.TOO_MANY_RECIPIENTS
-        try:
-            normalized = normalize_address(address)
-        except AddressError as exc:
-            return f"{replies.BAD_RECIPIENT_SYNTAX}: {exc}"
+        normalized, refusal = self._check_rcpt(envelope, address)
+        if refusal:
+            return refusal
         _, domain = split_address(normalized)
         if not self.accounts.is_local_domain(domain):
             # Relaying needs authentication (submission); the MX never relays.
@@ -131,10 +155,7 @@ class InboundHandler(HandlerBase):
         if not targets:
             self._rejected(session, envelope, address, "no such user")
             return f"{replies.NO_SUCH_USER}: <{address}>"
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        transaction.recipients.append((address, targets))
-        return replies.OK_RECIPIENT
+        return self._accept_rcpt(envelope, address, address, targets, rcpt_options)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         transaction: Transaction = envelope.estafeta

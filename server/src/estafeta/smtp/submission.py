@@ -99,31 +99,21 @@ class SubmissionHandler(HandlerBase):
                 reason="sender not owned",
             )
             return f"{NOT_OWNER}: <{address}>"
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        envelope.estafeta = Transaction()
-        return replies.OK_SENDER
+        return self._begin(envelope, address, mail_options)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
-        transaction: Transaction = envelope.estafeta
-        if len(envelope.rcpt_tos) >= self.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS
-        try:
-            normalized = normalize_address(address)
-        except AddressError as exc:
-            return f"{replies.BAD_RECIPIENT_SYNTAX}: {exc}"
+        normalized, refusal = self._check_rcpt(envelope, address)
+        if refusal:
+            return refusal
         _, domain = split_address(normalized)
         targets: list[str] = []
         if self.accounts.is_local_domain(domain):
             targets = self.accounts.resolve(normalized) or []
             if not targets:
                 return f"{replies.NO_SUCH_USER}: <{address}>"
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        transaction.recipients.append((normalized, targets))
-        return replies.OK_RECIPIENT
+        return self._accept_rcpt(envelope, address, normalized, targets, rcpt_options)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         transaction: Transaction = envelope.estafeta
