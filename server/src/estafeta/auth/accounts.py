@@ -411,6 +411,16 @@ class Accounts:
             self._rehash(normalized, stored, secret)
         return True
 
+    def authenticate(self, address: str, secret: str, protocol: str) -> str | None:
+        """Check a login for PROTOCOL ("imap", "pop3" or "smtp"); the normalised address or None.
+
+        The one entry point the IMAP, POP3 and SMTP sessions use. Slow on
+        purpose (argon2): call it off the event loop.
+        """
+        if not self.verify_password(address, secret):
+            return None
+        return normalize_address(address)
+
     def _rehash(self, address: str, stored: str, secret: bytes) -> None:
         """Store a hash with the current parameters, unless the password changed meanwhile."""
         new_hash = self.hasher.hash(secret)
