@@ -298,12 +298,52 @@ def cmd_down() -> dict[str, object]:
     if run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         run("ip", "link", "del", BRIDGE)
         changed = True
+    # An nspawn of ours the state file forgot (a crash between boot and save).
+    for pid in stray_machines():
+        log(f"stopping stray systemd-nspawn {pid}")
+        stop(pid)
+        changed = True
     hosts = LAB / "hosts"
     if hosts.exists():
         shutil.rmtree(hosts)
         changed = True
     STATE.unlink(missing_ok=True)
+    left = leftovers()
+    if left:
+        raise SystemExit("labctl: still there after down: " + "; ".join(left))
     return {"changed": changed}
+
+
+def stray_machines() -> list[int]:
+    """PIDs of systemd-nspawn processes booting a root file system under .lab/hosts."""
+    needle = str(LAB / "hosts").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"systemd-nspawn" in cmdline and needle in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def leftovers() -> list[str]:
+    """What a lab left behind: processes, the bridge, veth links, mounts."""
+    left = [f"systemd-nspawn pid {pid}" for pid in stray_machines()]
+    if run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        left.append(f"bridge {BRIDGE}")
+    links = run("ip", "-o", "link", "show", check=False).stdout
+    left += [
+        f"link {line.split(':')[1].strip().split('@')[0]}"
+        for line in links.splitlines()
+        if f"master {BRIDGE}" in line
+    ]
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    left += [f"mount {m.split()[1]}" for m in mounts if m.split()[1].startswith(str(LAB))]
+    return left
 
 
 def cmd_status() -> dict[str, object]:
@@ -312,6 +352,7 @@ def cmd_status() -> dict[str, object]:
         "changed": False,
         "hosts": {n: {**h, "running": alive(int(h["pid"]))} for n, h in state.items()},  # type: ignore[call-overload]
         "bridge": run("ip", "link", "show", BRIDGE, check=False).returncode == 0,
+        "leftovers": leftovers() if not state else [],
         "image": str(image_dir()) if (image_dir() / ".complete").exists() else None,
     }
 
