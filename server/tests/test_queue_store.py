@@ -63,6 +63,22 @@ def test_survives_reopen_and_cleans_crash_leftovers(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_a_tool_opening_the_queue_leaves_in_flight_files_alone(tmp_path: Path) -> None:
+    # The server has written and renamed a message file and is about to
+    # commit its rows when `estafeta queue list` opens the queue: the tool
+    # must not take the file for a crash leftover (found by bench/crash.py
+    # --queue-list: acknowledged mail lost without a bounce).
+    server = QueueStore(tmp_path)
+    (tmp_path / "messages" / "INFLIGHT.eml").write_bytes(b"being committed")
+    (tmp_path / "messages" / "INFLIGHT2.tmp").write_bytes(b"being written")
+    tool = QueueStore(tmp_path, recover=False)
+    assert tool.entries() == []
+    names = sorted(p.name for p in (tmp_path / "messages").iterdir())
+    assert names == ["INFLIGHT.eml", "INFLIGHT2.tmp"]
+    tool.close()
+    server.close()
+
+
 def test_mta_sts_cache(tmp_path: Path) -> None:
     store = QueueStore(tmp_path)
     assert store.sts_get("example.net") is None

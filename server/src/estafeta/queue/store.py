@@ -95,7 +95,15 @@ class Entry:
 
 
 class QueueStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, recover: bool = True) -> None:
+        """Open (and create) the queue in DIRECTORY.
+
+        ``recover`` removes what a crash inside ``enqueue`` left (files
+        without committed rows): only the server may do that, at start.
+        Tools that open the queue while the server runs (``estafeta
+        queue ...``) pass ``recover=False``: a file without a row there
+        may be a message the server is committing right now.
+        """
         self.directory = directory
         self.messages = directory / "messages"
         self.messages.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -107,7 +115,8 @@ class QueueStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.executescript(SCHEMA)
-        self._remove_orphans()
+        if recover:
+            self._remove_orphans()
 
     def close(self) -> None:
         with self._lock:
