@@ -68,6 +68,10 @@ class Instance:
     submission_port: int = 0
     submissions_port: int = 0
     extra_config: str = ""
+    # Extra lines for the [limits] and [auth] tables written here (TOML
+    # allows a table only once, so extra_config cannot add to them).
+    limits_config: str = ""
+    auth_config: str = ""
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -105,15 +109,15 @@ class Instance:
             )
             + "[limits]\n"
             "max_message_size = 1048576\n"
-            "max_recipients = 5\n"
-            "[log]\n"
+            "max_recipients = 5\n" + self.limits_config + "[log]\n"
             'level = "info"\n'
             # Cheap hashes keep the suite fast; production keeps the defaults.
             "[auth]\n"
-            "allow_plaintext = false\n"
-            "argon2_time_cost = 1\n"
+            + ("" if "allow_plaintext" in self.auth_config else "allow_plaintext = false\n")
+            + "argon2_time_cost = 1\n"
             "argon2_memory_cost = 1024\n"
             "argon2_parallelism = 1\n"
+            + self.auth_config
             # No DNS on the test machine: SPF/DKIM/DMARC are tested with a
             # real DNS server in test_deliverability.py and with mocks.
             + ("" if "[inbound]" in self.extra_config else "[inbound]\nauthenticate = false\n")

@@ -90,6 +90,10 @@ class Limits:
     # rfc5321:4.5.3.2.7 suggests 5 minutes for a server waiting for the next command.
     command_timeout: float = 300.0
     max_connections: int = 1000
+    # Open connections from one client (IPv4 address or IPv6 /64) over all
+    # listeners. 50 is Postfix's smtpd_client_connection_count_limit: room for
+    # a NAT'd office with several IMAP clients, not for a connection flood.
+    max_connections_per_ip: int = 50
     # Per-account storage quota in bytes (rfc9208 STORAGE); 0 means none.
     quota: int = 0
 
@@ -105,6 +109,19 @@ class AuthConfig:
     argon2_time_cost: int = 3
     argon2_memory_cost: int = 65536  # KiB
     argon2_parallelism: int = 4
+    # Brute-force protection for IMAP, POP3 and SMTP AUTH together (see
+    # estafeta.auth.guard): failures counted per client address and per
+    # account over failure_window; lockout seconds of refusal after too many.
+    ip_max_failures: int = 10
+    account_max_failures: int = 50
+    failure_window: float = 15 * 60.0
+    lockout: float = 15 * 60.0
+    # Delay after the n-th failure from a client: delay_base * 2**(n-1), at
+    # most max_delay seconds (0 turns delays off).
+    delay_base: float = 1.0
+    max_delay: float = 8.0
+    # Networks never locked out nor slowed down (a webmail on this host, say).
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def hasher(self) -> argon2.PasswordHasher:
         return argon2.PasswordHasher(
@@ -119,6 +136,11 @@ class SubmissionConfig:
     # Leave the client's address and HELO out of our Received header on
     # submission (privacy of mobile users); the header still names us.
     strip_client_ip: bool = False
+    # Sending limits per authenticated account, kept in memory (a restart
+    # resets them): accepted messages over a sliding hour, and recipients in
+    # one message. Over either: 451 4.7.1.
+    max_messages_per_hour: int = 500
+    max_recipients_per_message: int = 100
 
 
 @dataclass(frozen=True)
@@ -342,7 +364,7 @@ def _ip_only(endpoint: Endpoint) -> None:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration(reader: _Reader, name: str, default: float) -> float:
+def _duration(reader: _Reader, name: str, default: float, allow_zero: bool = False) -> float:
     """Seconds, as a number or as text like "90s", "30m", "4h", "5d"."""
     reader.used.add(name)
     if name not in reader.table:
@@ -357,9 +379,26 @@ def _duration(reader: _Reader, name: str, default: float) -> float:
         seconds = float(value[:-1]) * _UNITS[value[-1]]
     if seconds is None:
         raise reader.error(name, 'must be a number of seconds or a duration like "30m", "4h", "5d"')
-    if seconds <= 0:
-        raise reader.error(name, "must be greater than 0")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise reader.error(name, "must be 0 or more" if allow_zero else "must be greater than 0")
     return seconds
+
+
+def _networks(
+    reader: _Reader, name: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A list of networks in CIDR notation ("10.0.0.0/8", "2001:db8::/32", "127.0.0.1")."""
+    result = []
+    for i, text in enumerate(reader.string_list(name)):
+        try:
+            result.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as exc:
+            raise ConfigError(
+                reader.path,
+                f"{reader.key(name)}[{i}]",
+                f"{text!r} is not a network like 192.0.2.0/24 or 2001:db8::/32: {exc}",
+            ) from None
+    return tuple(result)
 
 
 def _path(reader: _Reader, name: str, base: Path) -> Path | None:
@@ -458,6 +497,9 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         max_recipients=_positive(limits_reader, "max_recipients", defaults.max_recipients),
         command_timeout=limits_reader.get("command_timeout", float, defaults.command_timeout),
         max_connections=_positive(limits_reader, "max_connections", defaults.max_connections),
+        max_connections_per_ip=_positive(
+            limits_reader, "max_connections_per_ip", defaults.max_connections_per_ip
+        ),
         quota=limits_reader.get("quota", int, defaults.quota),
     )
     if limits.quota < 0:
@@ -488,7 +530,18 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         argon2_parallelism=_positive(
             auth_reader, "argon2_parallelism", auth_defaults.argon2_parallelism
         ),
+        ip_max_failures=_positive(auth_reader, "ip_max_failures", auth_defaults.ip_max_failures),
+        account_max_failures=_positive(
+            auth_reader, "account_max_failures", auth_defaults.account_max_failures
+        ),
+        failure_window=_duration(auth_reader, "failure_window", auth_defaults.failure_window),
+        lockout=_duration(auth_reader, "lockout", auth_defaults.lockout),
+        delay_base=_duration(auth_reader, "delay_base", auth_defaults.delay_base, allow_zero=True),
+        max_delay=_duration(auth_reader, "max_delay", auth_defaults.max_delay, allow_zero=True),
+        exempt=_networks(auth_reader, "exempt"),
     )
+    if auth.max_delay < auth.delay_base:
+        raise auth_reader.error("max_delay", "must not be smaller than delay_base")
     if auth.argon2_memory_cost < 8 * auth.argon2_parallelism:
         raise auth_reader.error("argon2_memory_cost", "must be at least 8 x argon2_parallelism KiB")
     auth_reader.check_unknown()
@@ -498,8 +551,17 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         )
 
     submission_reader = top.table_of("submission")
+    submission_defaults = SubmissionConfig()
     submission = SubmissionConfig(
-        strip_client_ip=submission_reader.get("strip_client_ip", bool, False)
+        strip_client_ip=submission_reader.get("strip_client_ip", bool, False),
+        max_messages_per_hour=_positive(
+            submission_reader, "max_messages_per_hour", submission_defaults.max_messages_per_hour
+        ),
+        max_recipients_per_message=_positive(
+            submission_reader,
+            "max_recipients_per_message",
+            submission_defaults.max_recipients_per_message,
+        ),
     )
     submission_reader.check_unknown()
 

@@ -11,6 +11,13 @@ from collections.abc import Awaitable, Callable
 from estafeta import srs
 from estafeta.address import AddressError, normalize_address
 from estafeta.auth import Accounts
+from estafeta.auth.guard import (
+    Authenticator,
+    ConnectionsPerIP,
+    GuardPolicy,
+    LoginGuard,
+    LoginResult,
+)
 from estafeta.config import Config, Endpoint, server_context
 from estafeta.dns import DNSPythonResolver
 from estafeta.imap.session import Session, Settings
@@ -25,7 +32,7 @@ from estafeta.queue.runner import QueueRunner
 from estafeta.queue.store import QueueStore
 from estafeta.smtp.inbound import InboundHandler
 from estafeta.smtp.protocol import Connections, SMTPProtocol
-from estafeta.smtp.submission import SubmissionHandler
+from estafeta.smtp.submission import SendLimits, SubmissionHandler
 from estafeta.store import Delivery, Store, StoreError
 
 log = logging.getLogger("estafeta.server")
@@ -42,7 +49,24 @@ class Server:
         self.accounts = Accounts(config.accounts_db, config.domains, hasher=config.auth.hasher())
         self.store = Store(config.mail_dir, config.hostname)
         self.tls: ssl.SSLContext | None = server_context(config.tls) if config.tls else None
-        self.connections = Connections(config.limits.max_connections)
+        auth = config.auth
+        # One guard for every protocol: failures on IMAP count for POP3 and SMTP.
+        self.authenticator = Authenticator(
+            self.accounts,
+            LoginGuard(
+                GuardPolicy(
+                    ip_max_failures=auth.ip_max_failures,
+                    account_max_failures=auth.account_max_failures,
+                    window=auth.failure_window,
+                    lockout=auth.lockout,
+                    delay_base=auth.delay_base,
+                    max_delay=auth.max_delay,
+                    exempt=auth.exempt,
+                )
+            ),
+        )
+        self.per_ip = ConnectionsPerIP(config.limits.max_connections_per_ip, auth.exempt)
+        self.connections = Connections(config.limits.max_connections, per_ip=self.per_ip)
         self._servers: list[asyncio.Server] = []
         self._imap_sessions: set[Session] = set()
         self._pop3_sessions: set[pop3.Session] = set()
@@ -115,9 +139,8 @@ class Server:
             return False
         return True
 
-    async def _authenticate(self, user: str, password: str) -> str | None:
-        ok = await asyncio.to_thread(self.accounts.verify_password, user, password)
-        return normalize_address(user) if ok else None
+    async def _authenticate(self, user: str, password: str, peer_ip: str) -> LoginResult:
+        return await self.authenticator.login(user, password, "smtp", peer_ip)
 
     async def start(self) -> None:
         self.store.start()
@@ -140,6 +163,10 @@ class Server:
             signer=self.signer,
             max_recipients=self.config.limits.max_recipients,
             strip_client_ip=self.config.submission.strip_client_ip,
+            limits=SendLimits(
+                messages_per_hour=self.config.submission.max_messages_per_hour,
+                recipients_per_message=self.config.submission.max_recipients_per_message,
+            ),
         )
 
         def make_smtp() -> SMTPProtocol:
@@ -237,20 +264,29 @@ class Server:
                 writer.write(b"* BYE Too many connections\r\n")
                 writer.close()
                 return
-            session = Session(
-                reader,
-                writer,
-                accounts=self.accounts,
-                store=self.store,
-                settings=settings,
-                tls=self.tls,
-                implicit_tls=implicit_tls,
-            )
-            self._imap_sessions.add(session)
+            ip = _peer_ip(writer)
+            if not self.per_ip.acquire(ip):
+                writer.write(b"* BYE Too many connections from your address\r\n")
+                writer.close()
+                return
             try:
-                await session.run()
+                session = Session(
+                    reader,
+                    writer,
+                    accounts=self.accounts,
+                    authenticator=self.authenticator,
+                    store=self.store,
+                    settings=settings,
+                    tls=self.tls,
+                    implicit_tls=implicit_tls,
+                )
+                self._imap_sessions.add(session)
+                try:
+                    await session.run()
+                finally:
+                    self._imap_sessions.discard(session)
             finally:
-                self._imap_sessions.discard(session)
+                self.per_ip.release(ip)
 
         await self._start_stream_server(name, endpoint, handle, implicit_tls)
 
@@ -264,21 +300,30 @@ class Server:
                 writer.write(b"-ERR [SYS/TEMP] Too many connections\r\n")
                 writer.close()
                 return
-            session = pop3.Session(
-                reader,
-                writer,
-                accounts=self.accounts,
-                store=self.store,
-                settings=settings,
-                locks=self._pop3_locks,
-                tls=self.tls,
-                implicit_tls=implicit_tls,
-            )
-            self._pop3_sessions.add(session)
+            ip = _peer_ip(writer)
+            if not self.per_ip.acquire(ip):
+                writer.write(b"-ERR [SYS/TEMP] Too many connections from your address\r\n")
+                writer.close()
+                return
             try:
-                await session.run()
+                session = pop3.Session(
+                    reader,
+                    writer,
+                    accounts=self.accounts,
+                    authenticator=self.authenticator,
+                    store=self.store,
+                    settings=settings,
+                    locks=self._pop3_locks,
+                    tls=self.tls,
+                    implicit_tls=implicit_tls,
+                )
+                self._pop3_sessions.add(session)
+                try:
+                    await session.run()
+                finally:
+                    self._pop3_sessions.discard(session)
             finally:
-                self._pop3_sessions.discard(session)
+                self.per_ip.release(ip)
 
         await self._start_stream_server(name, endpoint, handle, implicit_tls)
 
@@ -326,6 +371,11 @@ class Server:
         self.queue.close()
         self.accounts.close()
         log_event(log, "stopped")
+
+
+def _peer_ip(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 class _StoreCache:

@@ -21,6 +21,7 @@ from typing import Any
 
 from estafeta import __version__
 from estafeta.auth import Accounts
+from estafeta.auth.guard import Authenticator
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.imap import commands as c
 from estafeta.imap import fetch as fetch_module
@@ -88,6 +89,7 @@ class Session:
         writer: asyncio.StreamWriter,
         *,
         accounts: Accounts,
+        authenticator: Authenticator,
         store: Store,
         settings: Settings,
         tls: ssl.SSLContext | None,
@@ -96,6 +98,7 @@ class Session:
         self.reader = reader
         self.writer = writer
         self.accounts = accounts
+        self.authenticator = authenticator
         self.store = store
         self.settings = settings
         self.tls = tls
@@ -371,18 +374,22 @@ async def cmd_starttls(s: Session, cmd: Command) -> None:
 async def _login(s: Session, cmd: Command, user: str, password: str) -> None:
     if not (s.tls_active or s.settings.allow_plaintext):
         raise No("Log in after STARTTLS (rfc9051:6.2.3)", "PRIVACYREQUIRED")
-    ok = await asyncio.to_thread(s.accounts.verify_password, user, password)
-    if not ok:
+    # The shared guard delays failures and refuses locked-out clients.
+    result = await s.authenticator.login(user, password, "imap", s.peer)
+    if result.address is None:
         s.failed_logins += 1
-        log_event(log, "login_failed", logging.WARNING, client=s.peer, user=user)
-        await asyncio.sleep(min(2.0 * s.failed_logins, 6.0))  # slow down guessing
+        if not result.locked:
+            log_event(log, "login_failed", logging.WARNING, client=s.peer, user=user)
         if s.failed_logins >= MAX_FAILED_LOGINS:
             s.untagged("BYE Too many failed logins")
             s.state = LOGOUT
+        if result.locked:
+            # rfc5530:3: UNAVAILABLE is the temporary failure ("try later");
+            # AUTHENTICATIONFAILED would tell the client the credentials are
+            # wrong and not worth trying again.
+            raise No("Too many failed logins, try again later", "UNAVAILABLE")
         raise No("Invalid credentials", "AUTHENTICATIONFAILED")
-    from estafeta.address import normalize_address
-
-    s.user = normalize_address(user)
+    s.user = result.address
     # One read connection per account, shared by its sessions (memory).
     s.conn = await asyncio.to_thread(s.store.shared_reader, s.user)
     s.parser.set_authenticated(True)

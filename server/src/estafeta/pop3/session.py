@@ -16,8 +16,8 @@ import re
 import ssl
 from dataclasses import dataclass, field
 
-from estafeta.address import AddressError, normalize_address
 from estafeta.auth import Accounts
+from estafeta.auth.guard import Authenticator
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.log import log_event
 from estafeta.pop3.parser import Command, Eof, Error, NeedData, Parser, RawLine
@@ -72,6 +72,7 @@ class Session:
         writer: asyncio.StreamWriter,
         *,
         accounts: Accounts,
+        authenticator: Authenticator,
         store: Store,
         settings: Settings,
         locks: Locks,
@@ -81,6 +82,7 @@ class Session:
         self.reader = reader
         self.writer = writer
         self.accounts = accounts
+        self.authenticator = authenticator
         self.store = store
         self.settings = settings
         self.locks = locks
@@ -210,19 +212,20 @@ class Session:
         if not self.plaintext_ok():
             self.err("Log in after STLS", "AUTH")
             return
-        ok = await asyncio.to_thread(self.accounts.verify_password, user, password)
-        if not ok:
+        # The shared guard delays failures and refuses locked-out clients.
+        result = await self.authenticator.login(user, password, "pop3", self.peer)
+        address = result.address
+        if address is None:
             self.failed_logins += 1
-            log_event(log, "login_failed", logging.WARNING, client=self.peer, user=user)
-            await asyncio.sleep(min(2.0 * self.failed_logins, 6.0))
-            self.err("Invalid credentials", "AUTH")  # rfc3206:4
+            if result.locked:
+                # rfc3206:4: SYS/TEMP, a temporary condition, try again later;
+                # [AUTH] (rfc3206:5) would make the client ask for a new password.
+                self.err("Too many failed logins, try again later", "SYS/TEMP")
+            else:
+                log_event(log, "login_failed", logging.WARNING, client=self.peer, user=user)
+                self.err("Invalid credentials", "AUTH")  # rfc3206:5
             if self.failed_logins >= MAX_FAILED_LOGINS:
                 self.state = CLOSED
-            return
-        try:
-            address = normalize_address(user)
-        except AddressError:
-            self.err("Invalid credentials", "AUTH")
             return
         if address in self.locks.held:
             self.err("Maildrop is in use by another POP3 session", "IN-USE")  # rfc2449:8.1.1

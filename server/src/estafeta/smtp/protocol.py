@@ -3,11 +3,12 @@
 - every reply carries an enhanced status code (rfc3463), so we can
   advertise ENHANCEDSTATUSCODES (rfc2034) and PIPELINING (rfc2920: aiosmtpd
   reads commands from a buffered stream, so pipelined commands just work);
-- a cap on concurrent connections;
+- a cap on concurrent connections, and on those from one client address;
 - no AUTH on the MX port; on submission, AUTH PLAIN and LOGIN (rfc4954)
-  checked against the accounts without blocking the event loop, and only
-  after TLS (STARTTLS on 587, implicit TLS on 465) unless a test config
-  allows plaintext.
+  checked through the shared login guard (estafeta.auth.guard: delays and
+  lockouts common to IMAP, POP3 and SMTP) without blocking the event loop,
+  and only after TLS (STARTTLS on 587, implicit TLS on 465) unless a test
+  config allows plaintext.
 """
 
 from __future__ import annotations
@@ -23,16 +24,21 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
+from estafeta.auth.guard import ConnectionsPerIP, LoginResult
 from estafeta.auth.sasl import SASLError, decode_plain
 from estafeta.log import log_event
 from estafeta.smtp import replies
 
 log = logging.getLogger("estafeta.smtp")
 
-# Checks a user name and password; returns the account address or None.
-Authenticate = Callable[[str, str], Awaitable[str | None]]
+# Checks a user name and password from a client address (Authenticator.login).
+Authenticate = Callable[[str, str, str], Awaitable[LoginResult]]
 # Failed AUTH attempts before the connection is closed.
 MAX_AUTH_FAILURES = 3
+# rfc4954:6 — 454 4.7.0 "Temporary authentication failure": the client (or
+# the account, from an unknown address) is locked out for a while.
+AUTH_LOCKED = "454 4.7.0 Too many failed authentications, try later"
+TOO_MANY_FROM_ADDRESS = "421 4.7.0 Too many connections from your address"
 
 
 @dataclass
@@ -41,6 +47,8 @@ class Connections:
 
     limit: int
     open: set[SMTPProtocol] = field(default_factory=set)
+    # Shared with the IMAP and POP3 listeners; None: no per-address cap.
+    per_ip: ConnectionsPerIP | None = None
 
     def shutdown(self) -> None:
         """Say goodbye (rfc5321:3.8) to every connection not in a delivery."""
@@ -73,6 +81,7 @@ class SMTPProtocol(SMTP):
         self._auth_failures = 0
         self._connections = connections
         self._counted = False
+        self._counted_ip: str | None = None
         # True while a DATA hook stores a message: shutdown waits for it.
         self.busy = False
         self._allow_auth = allow_auth
@@ -87,6 +96,16 @@ class SMTPProtocol(SMTP):
                 transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
                 transport.close()
                 return
+            per_ip = self._connections.per_ip
+            if per_ip is not None:
+                peer = transport.get_extra_info("peername")
+                ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+                if not per_ip.acquire(ip):
+                    assert isinstance(transport, asyncio.WriteTransport)
+                    transport.write(TOO_MANY_FROM_ADDRESS.encode() + b"\r\n")
+                    transport.close()
+                    return
+                self._counted_ip = ip
             self._connections.open.add(self)
             self._counted = True
         super().connection_made(transport)
@@ -95,6 +114,9 @@ class SMTPProtocol(SMTP):
         if self._counted:
             self._connections.open.discard(self)
             self._counted = False
+            if self._counted_ip is not None and self._connections.per_ip is not None:
+                self._connections.per_ip.release(self._counted_ip)
+                self._counted_ip = None
         if self.session is None:  # refused in connection_made
             return
         super().connection_lost(error)
@@ -168,26 +190,31 @@ class SMTPProtocol(SMTP):
         return await self._check_password(user, password)
 
     async def _check_password(self, user: str, password: str) -> AuthResult:
-        account = None
+        peer = str(self.session.peer[0]) if self.session and self.session.peer else "?"
+        result = LoginResult(None)
         if self._authenticate_user is not None:
-            account = await self._authenticate_user(user, password)
-        peer = self.session.peer[0] if self.session and self.session.peer else "?"
+            # Delays after a failure and lockouts are the guard's business.
+            result = await self._authenticate_user(user, password, peer)
+        account = result.address
         if account is None:
             self._auth_failures += 1
-            log_event(
-                log,
-                "auth",
-                logging.WARNING,
-                protocol="smtp",
-                user=user,
-                client=peer,
-                result="failed",
-            )
-            await asyncio.sleep(min(2.0 * self._auth_failures, 6.0))  # slow down guessing
+            if not result.locked:
+                log_event(
+                    log,
+                    "auth",
+                    logging.WARNING,
+                    protocol="smtp",
+                    user=user,
+                    client=peer,
+                    result="failed",
+                )
             if self._auth_failures >= MAX_AUTH_FAILURES:
                 await self.push("421 4.7.0 Too many failed authentications")
                 if self.transport is not None:
                     self.transport.close()
+                return AuthResult(success=False, handled=True)
+            if result.locked:
+                await self.push(AUTH_LOCKED)
                 return AuthResult(success=False, handled=True)
             return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
         log_event(log, "auth", protocol="smtp", user=account, client=peer, result="ok")

@@ -10,6 +10,12 @@ out (rfc6409:8.2/8.3), our Received header (without the client's address if
 ``[submission] strip_client_ip``), DKIM signatures for the From domain;
 local recipients are delivered to the store and remote ones are written to
 the outbound queue — both durably.
+
+Sending limits per account (``[submission] max_messages_per_hour`` and
+``max_recipients_per_message``) slow down a stolen account: ``451 4.7.1``
+on the MAIL after too many accepted messages in the last hour, and on each
+RCPT beyond the per-message limit. The counters live in memory only; a
+restart resets them.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from email.headerregistry import Address
 from email.parser import BytesHeaderParser
@@ -45,6 +52,73 @@ NOT_OWNER = "553 5.7.1 Sender address not owned by the authenticated user"
 FROM_NOT_OWNER = "553 5.7.1 From: header address not owned by the authenticated user"
 NULL_SENDER = "553 5.7.1 The null sender is not accepted on submission"
 BAD_FROM = "550 5.6.0 From: header cannot be parsed"
+# rfc3463:3.8 X.7.1 "delivery not authorized": a policy refusal, temporary (4xx)
+# because it lifts by itself.
+HOURLY_LIMIT = "451 4.7.1 Sending limit reached: at most {} messages per hour; try again later"
+RECIPIENT_LIMIT = "451 4.7.1 Too many recipients: at most {} per message; send the rest separately"
+HOUR = 3600.0
+
+
+class SendLimits:
+    """Per-account sending limits, in memory.
+
+    ``messages_per_hour`` counts the messages an account got a 250 for over
+    a sliding hour (one message to 50 recipients counts once);
+    ``recipients_per_message`` caps the RCPTs of one transaction.
+    """
+
+    def __init__(
+        self,
+        *,
+        messages_per_hour: int,
+        recipients_per_message: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.messages_per_hour = messages_per_hour
+        self.recipients_per_message = recipients_per_message
+        self.clock = clock
+        # Times of accepted messages in the last hour; never longer than the limit.
+        self._sent: dict[str, deque[float]] = {}
+        # Accounts refused since they were last allowed (to log once per episode).
+        self._over: set[str] = set()
+
+    def _recent(self, account: str) -> deque[float] | None:
+        times = self._sent.get(account)
+        if times is None:
+            return None
+        since = self.clock() - HOUR
+        while times and times[0] <= since:
+            times.popleft()
+        if not times:
+            del self._sent[account]
+            return None
+        return times
+
+    def may_send(self, account: str) -> bool:
+        times = self._recent(account)
+        if times is None or len(times) < self.messages_per_hour:
+            self._over.discard(account)
+            return True
+        return False
+
+    def first_refusal(self, account: str) -> bool:
+        """True the first time an account is refused since it was last allowed."""
+        if account in self._over:
+            return False
+        self._over.add(account)
+        return True
+
+    def sent(self, account: str) -> None:
+        times = self._recent(account)
+        if times is None:
+            times = self._sent[account] = deque()
+        times.append(self.clock())
+        while len(times) > self.messages_per_hour:
+            times.popleft()
+
+    def count(self, account: str) -> int:
+        times = self._recent(account)
+        return 0 if times is None else len(times)
 
 
 class SubmissionHandler(HandlerBase):
@@ -59,6 +133,7 @@ class SubmissionHandler(HandlerBase):
         signer: Signer,
         max_recipients: int,
         strip_client_ip: bool = False,
+        limits: SendLimits | None = None,
     ) -> None:
         self.hostname = hostname
         self.accounts = accounts
@@ -68,6 +143,9 @@ class SubmissionHandler(HandlerBase):
         self.signer = signer
         self.max_recipients = max_recipients
         self.strip_client_ip = strip_client_ip
+        self.limits = limits or SendLimits(
+            messages_per_hour=500, recipients_per_message=max_recipients
+        )
 
     def owns(self, account: str, address: str) -> bool:
         try:
@@ -99,11 +177,37 @@ class SubmissionHandler(HandlerBase):
                 reason="sender not owned",
             )
             return f"{NOT_OWNER}: <{address}>"
+        if not self.limits.may_send(account):
+            if self.limits.first_refusal(account):
+                log_event(
+                    log,
+                    "send_limit",
+                    logging.WARNING,
+                    account=account,
+                    limit="max_messages_per_hour",
+                    value=self.limits.messages_per_hour,
+                    client=_peer(session),
+                )
+            return HOURLY_LIMIT.format(self.limits.messages_per_hour)
         return self._begin(envelope, address, mail_options)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        limit = self.limits.recipients_per_message
+        if len(envelope.rcpt_tos) >= limit:
+            if not getattr(envelope, "estafeta_rcpt_limit_logged", False):
+                envelope.estafeta_rcpt_limit_logged = True
+                log_event(
+                    log,
+                    "send_limit",
+                    logging.WARNING,
+                    account=server.authenticated_user,
+                    limit="max_recipients_per_message",
+                    value=limit,
+                    client=_peer(session),
+                )
+            return RECIPIENT_LIMIT.format(limit)
         normalized, refusal = self._check_rcpt(envelope, address)
         if refusal:
             return refusal
@@ -198,6 +302,7 @@ class SubmissionHandler(HandlerBase):
             return replies.TEMPORARY_FAILURE
         finally:
             server.busy = False
+        self.limits.sent(account)
         log_event(
             log,
             "submission",
