@@ -222,7 +222,7 @@ def test_missing_or_bad_password(host: Host) -> None:
     assert message == "password must be a single line (no line breaks)"
     # The CLI's rule and message, the password not in it.
     message = host.failed(address=ALICE, password="short")
-    assert "password too short: use at least 8 characters" in message
+    assert "password too short: use at least 12 characters" in message
     assert "short" not in message.replace("too short", "")
     assert host.users() == {}
 

@@ -132,7 +132,7 @@ def test_bad_configuration_is_refused(tmp_path: Path) -> None:
     ("password", "message"),
     [
         ("", "empty password"),
-        ("short", "password too short: use at least 8 characters"),
+        ("short", "password too short: use at least 12 characters"),
         ("1234567", "password too short"),
         ("\ud800" * 8, "password is not valid Unicode text"),
     ],
@@ -176,11 +176,11 @@ def test_hash_is_argon2id(accounts: Accounts) -> None:
 
 def test_verify_password(accounts: Accounts) -> None:
     accounts.add_user(ALICE, PASSWORD)
-    accounts.add_user(BOB, "bobs password")
+    accounts.add_user(BOB, "bobs secret password")
     assert accounts.verify_password(ALICE, PASSWORD)
     assert accounts.verify_password("Alice@EXAMPLE.test", PASSWORD)
     assert not accounts.verify_password(ALICE, PASSWORD.upper())
-    assert not accounts.verify_password(ALICE, "bobs password")
+    assert not accounts.verify_password(ALICE, "bobs secret password")
     assert not accounts.verify_password(ALICE, "")
     assert not accounts.verify_password(ALICE, "\ud800" * 8)
     assert not accounts.verify_password("nobody@example.test", PASSWORD)
@@ -474,12 +474,12 @@ def test_reopen_keeps_data(tmp_path: Path) -> None:
     path = _db(tmp_path)
     with Accounts(path, DOMAINS, hasher=CHEAP) as db:
         db.add_user(ALICE, PASSWORD)
-        db.add_user(BOB, "bobs password")
+        db.add_user(BOB, "bobs secret password")
         db.add_alias("sales@example.test", [BOB, ALICE])
     with Accounts(path, DOMAINS, hasher=CHEAP) as db:
         assert db.list_users() == [ALICE, BOB]
         assert db.list_aliases() == {"sales@example.test": [BOB, ALICE]}
-        assert db.verify_password(BOB, "bobs password")
+        assert db.verify_password(BOB, "bobs secret password")
         assert db.resolve("sales@example.test") == [BOB, ALICE]
 
 
@@ -556,8 +556,8 @@ def test_version_1_database_gets_quotas(tmp_path: Path) -> None:
         db.set_quota(ALICE, 4096)
         assert db.get_quota(ALICE) == 4096
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
-    assert accounts_module.schema_version() == 2
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    assert accounts_module.schema_version() == 3
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -587,8 +587,8 @@ def test_threads_share_one_accounts(accounts: Accounts) -> None:
         try:
             barrier.wait()
             for i in range(per_thread):
-                address = accounts.add_user(f"user{n}-{i}@example.test", f"password-{n}-{i}")
-                assert accounts.verify_password(address, f"password-{n}-{i}")
+                address = accounts.add_user(f"user{n}-{i}@example.test", f"{PASSWORD} {n}-{i}")
+                assert accounts.verify_password(address, f"{PASSWORD} {n}-{i}")
                 assert accounts.resolve(address) == [address]
             accounts.add_alias(f"group{n}@example.test", [f"user{n}-0@example.test"])
         except BaseException as exc:
@@ -619,7 +619,7 @@ def test_concurrent_adds_of_one_address_make_one_account(tmp_path: Path) -> None
         db = instances[n % 2]  # two instances, as the CLI and the server would be
         barrier.wait()
         try:
-            db.add_user(ALICE, f"password number {n}")
+            db.add_user(ALICE, f"{PASSWORD} {n}")
             result = "added"
         except AccountError as exc:
             result = str(exc)

@@ -3,6 +3,8 @@
 Exit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.
 ``user verify`` answers with its exit code: 0 the password matches, 1 it does
 not (and nothing is printed), 2 an error (printed on stderr).
+``app-password create`` prints the new password alone on stdout (the rest on
+stderr); on an account with TOTP a wrong or reused code is an exit 1.
 
 ``--json`` output is for programs (the Ansible modules in ``library/``):
 one JSON document on stdout, keys as documented on each command.
@@ -206,6 +208,144 @@ def cmd_alias_list(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(timestamp: int | None, never: str = "never") -> str:
+    if timestamp is None:
+        return never
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def _print_qr(data: str) -> None:
+    """A QR code on stdout: black on white with ANSI colours on a terminal
+    (readable whatever its theme), block characters otherwise."""
+    import qrcode  # type: ignore[import-untyped]
+
+    code = qrcode.QRCode(border=2)
+    code.add_data(data)
+    code.make(fit=True)
+    if sys.stdout.isatty():
+        code.print_tty(out=sys.stdout)
+    else:
+        code.print_ascii(out=sys.stdout)
+    sys.stdout.flush()
+
+
+def _write_qr_png(data: str, path: str) -> None:
+    """The QR code as a PNG file, readable by its owner only (it holds the secret)."""
+    import qrcode
+    from qrcode.image.pure import PyPNGImage  # type: ignore[import-untyped]
+
+    image = qrcode.make(data, image_factory=PyPNGImage)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as stream:
+        os.fchmod(stream.fileno(), 0o600)  # if the file was there already
+        image.save(stream)
+
+
+def cmd_totp_enroll(config: Config, args: argparse.Namespace) -> int:
+    with _accounts(config) as accounts:
+        address = normalize_address(args.address)
+        secret, uri = accounts.totp_enroll(address)
+    print(f"TOTP enrolled for {address}; scan this with an authenticator app:")
+    _print_qr(uri)
+    print(uri)
+    print(f"or type the key: {secret}")
+    print(
+        f"From now on the password of {address} no longer opens IMAP, POP3 or SMTP: "
+        f"create app passwords (estafeta app-password create {address} --name DEVICE)."
+    )
+    if args.png:
+        try:
+            _write_qr_png(uri, args.png)
+        except OSError as exc:
+            print(
+                f"estafeta: cannot write {args.png}: {exc.strerror}; TOTP is enrolled all "
+                "the same: use the code above, or totp disable and enrol again",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"QR code written to {args.png}")
+    return 0
+
+
+def cmd_totp_disable(config: Config, args: argparse.Namespace) -> int:
+    with _accounts(config) as accounts:
+        address = normalize_address(args.address)
+        accounts.totp_disable(address)
+    print(f"TOTP disabled for {address}: its password opens IMAP, POP3 and SMTP again")
+    return 0
+
+
+def cmd_totp_status(config: Config, args: argparse.Namespace) -> int:
+    with _accounts(config) as accounts:
+        address = normalize_address(args.address)
+        enrolled = accounts.totp_enrolled(address)
+        count = len(accounts.app_password_list(address))
+    if args.json:
+        # {"address", "totp": bool, "app_passwords": count}
+        print(json.dumps({"address": address, "totp": enrolled, "app_passwords": count}))
+        return 0
+    state = "enrolled" if enrolled else "not enrolled"
+    print(f"{address}: TOTP {state}, {count} app password{'' if count == 1 else 's'}")
+    return 0
+
+
+def _read_totp_code(args: argparse.Namespace) -> str:
+    if args.code is not None:
+        code: str = args.code
+    elif sys.stdin.isatty():
+        code = input("TOTP code: ")
+    else:
+        raise UsageError("no terminal to ask for the TOTP code: use --code")
+    return code.strip()
+
+
+def cmd_app_password_create(config: Config, args: argparse.Namespace) -> int:
+    with _accounts(config) as accounts:
+        address = normalize_address(args.address)
+        # With TOTP, a person holding the second factor must be present.
+        if accounts.totp_enrolled(address) and not accounts.totp_verify(
+            address, _read_totp_code(args)
+        ):
+            raise AccountError(
+                f"wrong or already used TOTP code for {address}; no app password was created"
+            )
+        password = accounts.app_password_create(
+            address, args.name, protocols=args.protocols, expires_days=args.expires
+        )
+        entries = accounts.app_password_list(address)
+    (entry,) = [e for e in entries if e["name"] == args.name.strip()]
+    print(password)
+    print(
+        f"app password {entry['name']!r} for {address} ({', '.join(entry['protocols'])}; "
+        f"expires {_when(entry['expires'])}): shown only this once",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_app_password_list(config: Config, args: argparse.Namespace) -> int:
+    with _accounts(config) as accounts:
+        entries = accounts.app_password_list(args.address)
+    if args.json:
+        # [{"name", "protocols": [...], "created", "expires", "last_used"}], Unix times or null
+        print(json.dumps(entries, indent=2))
+        return 0
+    for e in entries:
+        print(
+            f"{e['name']}  {','.join(e['protocols'])}  created {_when(e['created'])}  "
+            f"expires {_when(e['expires'])}  last used {_when(e['last_used'])}"
+        )
+    return 0
+
+
+def cmd_app_password_revoke(config: Config, args: argparse.Namespace) -> int:
+    with _accounts(config) as accounts:
+        address = normalize_address(args.address)
+        accounts.app_password_revoke(address, args.name)
+    print(f"revoked app password {args.name.strip()!r} of {address}")
+    return 0
+
+
 def _existing_account(config: Config, address: str) -> str:
     with _accounts(config) as accounts:
         normalized = normalize_address(address)
@@ -269,7 +409,8 @@ def _queue(config: Config) -> QueueStore:
     from estafeta.queue.store import QueueStore
 
     config_module.check_runtime(config)
-    return QueueStore(config.queue_dir)
+    # The server may be running: leave files of in-flight enqueues alone.
+    return QueueStore(config.queue_dir, recover=False)
 
 
 def cmd_queue_list(config: Config, args: argparse.Namespace) -> int:
@@ -473,6 +614,56 @@ def build_parser() -> argparse.ArgumentParser:
     add(alias, "list", cmd_alias_list, "list aliases").add_argument(
         "--json", action="store_true", help='machine-readable: {"source": ["target", ...]}'
     )
+
+    totp_parser = commands.add_parser(
+        "totp", help="two-factor authentication (TOTP) of accounts"
+    ).add_subparsers(dest="totp_command", required=True, metavar="ACTION")
+    command = add(
+        totp_parser,
+        "enroll",
+        cmd_totp_enroll,
+        "give an account a TOTP secret and show its QR code; from then on "
+        "only app passwords open IMAP, POP3 and SMTP",
+    )
+    command.add_argument("address")
+    command.add_argument("--png", metavar="FILE", help="also write the QR code to FILE (PNG, 0600)")
+    add(totp_parser, "disable", cmd_totp_disable, "remove an account's TOTP").add_argument(
+        "address"
+    )
+    command = add(totp_parser, "status", cmd_totp_status, "show whether an account has TOTP")
+    command.add_argument("address")
+    command.add_argument(
+        "--json", action="store_true", help='machine-readable: {"address", "totp", "app_passwords"}'
+    )
+
+    app_password = commands.add_parser(
+        "app-password", help="per-device passwords for mail clients"
+    ).add_subparsers(dest="app_password_command", required=True, metavar="ACTION")
+    command = add(
+        app_password,
+        "create",
+        cmd_app_password_create,
+        "create an app password and print it (once); asks for a TOTP code if the account has TOTP",
+    )
+    command.add_argument("address")
+    command.add_argument("--name", required=True, help="its name, e.g. the device")
+    command.add_argument(
+        "--protocols",
+        default="imap,pop3,smtp",
+        help="what it opens, comma-separated (default: imap,pop3,smtp)",
+    )
+    command.add_argument("--expires", type=int, metavar="DAYS", help="expire after DAYS days")
+    command.add_argument("--code", help="the current TOTP code (asked on the terminal if omitted)")
+    command = add(app_password, "list", cmd_app_password_list, "list an account's app passwords")
+    command.add_argument("address")
+    command.add_argument(
+        "--json",
+        action="store_true",
+        help='machine-readable: [{"name", "protocols", "created", "expires", "last_used"}]',
+    )
+    command = add(app_password, "revoke", cmd_app_password_revoke, "delete an app password")
+    command.add_argument("address")
+    command.add_argument("--name", required=True)
 
     command = add(
         commands,

@@ -15,12 +15,33 @@ Passwords never appear in exception messages or logs. Hashing is argon2id
 (``argon2.PasswordHasher``, RFC 9106 defaults unless a hasher is passed);
 hashes made with other parameters are replaced at the next good login.
 
+New passwords follow the policy of ``estafeta.auth.passwords`` (at least 12
+characters, not guessable, not built from the address) unless the
+``Accounts`` is made with ``password_policy=False``.
+
+Second factors. An account may have a TOTP secret (RFC 6238, see
+``estafeta.auth.totp``) and up to MAX_APP_PASSWORDS app passwords, each
+limited to some of the protocols (imap, pop3, smtp) and optionally expiring.
+``authenticate`` is what the IMAP, POP3 and SMTP sessions call: mail clients
+cannot ask for a one-time code, so once an account has TOTP its own password
+no longer opens any of them and only its app passwords do. Without TOTP the
+account password and the app passwords both work. The TOTP code itself is
+checked where a person is present (``estafeta app-password create``).
+
+App passwords are made here (``secrets``, 80 bits) and stored as argon2id
+hashes, with a 16-bit tag (the start of their SHA-256) so that a login
+verifies about one hash, not one per app password; the ~64 bits the tag does
+not reveal are still behind argon2id. TOTP secrets must be readable to check
+a code, so they are stored as they are: the file is its owner's only (0600).
+
 Schema (``PRAGMA user_version``): 1 = accounts and aliases; 2 = adds
-``accounts.quota`` (bytes, 0 = the global ``[limits] quota``).
+``accounts.quota`` (bytes, 0 = the global ``[limits] quota``); 3 = adds the
+tables ``totp`` and ``app_passwords``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -31,14 +52,24 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import argon2
 
 from estafeta.address import AddressError, normalize_address, normalize_domain, split_address
 
-MIN_PASSWORD_LENGTH = 8
 MAX_ALIAS_DEPTH = 10  # aliases expanded along one path, the first included
 BUSY_TIMEOUT_MS = 30_000
+
+PROTOCOLS = ("imap", "pop3", "smtp")  # what authenticate() and app passwords know
+MAX_APP_PASSWORDS = 20  # per account
+MAX_APP_PASSWORD_NAME = 64  # characters
+MAX_EXPIRES_DAYS = 36_500
+# App passwords: 4 groups of 4 characters from 32 (no 0, o, 1, l), 80 bits.
+APP_PASSWORD_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # noqa: S105 (not a password)
+APP_PASSWORD_GROUPS = 4
+APP_PASSWORD_GROUP_LENGTH = 4
+LAST_USED_RESOLUTION = 60  # seconds: a login within this of the last one writes nothing
 
 _QUOTED_PAIR = re.compile(r"\\(.)")
 
@@ -69,10 +100,34 @@ def _add_quota_v2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE accounts ADD COLUMN quota INTEGER NOT NULL DEFAULT 0")
 
 
+def _add_second_factors_v3(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE totp (
+            address TEXT PRIMARY KEY,       -- an account
+            secret TEXT NOT NULL,           -- base32; not hashed: needed to check codes
+            last_step INTEGER NOT NULL,     -- last accepted time step (no replay); -1 = none
+            created INTEGER NOT NULL        -- Unix time
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE app_passwords (
+            address TEXT NOT NULL,          -- an account
+            name TEXT NOT NULL,             -- unique per account, chosen by the admin
+            password_hash TEXT NOT NULL,    -- argon2id of the password without '-'
+            tag TEXT NOT NULL,              -- 4 hex digits of its SHA-256: which hash to try
+            protocols TEXT NOT NULL,        -- comma-separated, in PROTOCOLS order
+            created INTEGER NOT NULL,       -- Unix time
+            expires INTEGER,                -- Unix time; NULL = never
+            last_used INTEGER,              -- Unix time; NULL = never
+            PRIMARY KEY (address, name)
+        )"""
+    )
+
+
 # The migration hook: _MIGRATIONS[n] takes the schema from version n to n + 1
 # (PRAGMA user_version). Append, never edit: databases in the field are at
 # every version. Each runs inside the transaction that bumps user_version.
-_MIGRATIONS: list[Migration] = [_create_v1, _add_quota_v2]
+_MIGRATIONS: list[Migration] = [_create_v1, _add_quota_v2, _add_second_factors_v3]
 
 
 def schema_version() -> int:
@@ -84,6 +139,59 @@ class AccountError(Exception):
     """An account operation that cannot be done; the message says why."""
 
 
+def new_app_password() -> str:
+    """A random app password: ``abcd-efgh-jkmn-pqrs`` (80 bits from ``secrets``)."""
+    groups = (
+        "".join(secrets.choice(APP_PASSWORD_ALPHABET) for _ in range(APP_PASSWORD_GROUP_LENGTH))
+        for _ in range(APP_PASSWORD_GROUPS)
+    )
+    return "-".join(groups)
+
+
+def _app_password_key(secret: str) -> str | None:
+    """What is hashed for an app password: lowercase, without '-' and spaces.
+
+    None if ``secret`` cannot be an app password (wrong length or characters),
+    so an ordinary password costs no app-password verification at all.
+    """
+    key = "".join(secret.replace("-", " ").split()).lower()
+    length = APP_PASSWORD_GROUPS * APP_PASSWORD_GROUP_LENGTH
+    if len(key) != length or not all(c in APP_PASSWORD_ALPHABET for c in key):
+        return None
+    return key
+
+
+def _app_password_tag(key: str) -> str:
+    """16 bits of SHA-256: picks the hash to verify, reveals little of 80 bits."""
+    return hashlib.sha256(key.encode("ascii")).hexdigest()[:4]
+
+
+def _protocol_list(protocols: Iterable[str] | str) -> list[str]:
+    """Protocols as a list in PROTOCOLS order; a string may list them with commas."""
+    if isinstance(protocols, str):
+        protocols = protocols.split(",")
+    wanted: set[str] = set()
+    for protocol in protocols:
+        name = protocol.strip().lower()
+        if name not in PROTOCOLS:
+            raise AccountError(f"protocol {protocol!r}: use {', '.join(PROTOCOLS)}")
+        wanted.add(name)
+    if not wanted:
+        raise AccountError(f"no protocol given: use one or more of {', '.join(PROTOCOLS)}")
+    return [p for p in PROTOCOLS if p in wanted]
+
+
+def _app_password_name(name: str) -> str:
+    stripped = name.strip()
+    if not stripped:
+        raise AccountError("an app password needs a name (e.g. the device it is for)")
+    if len(stripped) > MAX_APP_PASSWORD_NAME or not stripped.isprintable():
+        raise AccountError(
+            f"app password name {name!r}: use at most {MAX_APP_PASSWORD_NAME} printable characters"
+        )
+    return stripped
+
+
 class Accounts:
     def __init__(
         self,
@@ -92,8 +200,14 @@ class Accounts:
         *,
         hasher: argon2.PasswordHasher | None = None,
         subaddress_separator: str | None = "+",
+        password_policy: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``password_policy=False`` accepts any non-empty new password (for
+        tests and tools that must); ``clock`` gives Unix time (tests move it)."""
         self.path = Path(path)
+        self.password_policy = password_policy
+        self.clock = clock
         try:
             normalized = [normalize_domain(d) for d in domains]
         except AddressError as exc:
@@ -258,17 +372,21 @@ class Accounts:
             return f"@{domain}"
         return self._local_address(source, "alias")
 
-    @staticmethod
-    def _password_bytes(password: str) -> bytes:
-        """Check a new password; the message never contains it."""
+    def _password_bytes(self, password: str, address: str) -> bytes:
+        """Check a new password for ``address`` (normalised); the message never contains it."""
         if not password:
             raise AccountError("empty password")
-        if len(password) < MIN_PASSWORD_LENGTH:
-            raise AccountError(f"password too short: use at least {MIN_PASSWORD_LENGTH} characters")
         try:
-            return password.encode("utf-8")
+            secret = password.encode("utf-8")
         except UnicodeEncodeError:
             raise AccountError("password is not valid Unicode text") from None
+        if self.password_policy:
+            # Imported here: passwords imports AccountError from this module.
+            from estafeta.auth.passwords import check_password
+
+            local, domain = split_address(address)
+            check_password(password, user_inputs=(local.strip('"'), domain, address))
+        return secret
 
     @staticmethod
     def _is_account(conn: sqlite3.Connection, address: str) -> bool:
@@ -285,7 +403,7 @@ class Accounts:
     def add_user(self, address: str, password: str) -> str:
         """Create an account; returns its normalised address."""
         normalized = self._local_address(address)
-        secret = self._password_bytes(password)
+        secret = self._password_bytes(password, normalized)
         password_hash = self.hasher.hash(secret)  # slow: outside the transaction
         with self._write() as conn:
             if self._is_account(conn, normalized):
@@ -296,13 +414,14 @@ class Accounts:
                 )
             conn.execute(
                 "INSERT INTO accounts (address, password_hash, created) VALUES (?, ?, ?)",
-                (normalized, password_hash, int(time.time())),
+                (normalized, password_hash, int(self.clock())),
             )
         return normalized
 
     def set_password(self, address: str, password: str) -> None:
+        """Change the account's password (its TOTP and app passwords stay as they are)."""
         normalized = self._local_address(address)
-        secret = self._password_bytes(password)
+        secret = self._password_bytes(password, normalized)
         password_hash = self.hasher.hash(secret)
         with self._write() as conn:
             cursor = conn.execute(
@@ -313,7 +432,7 @@ class Accounts:
                 raise AccountError(f"no account {normalized}")
 
     def delete_user(self, address: str) -> list[str]:
-        """Delete an account and take it out of every alias.
+        """Delete an account, its TOTP secret and app passwords, and take it out of every alias.
 
         Returns the sources of the aliases that pointed to it, sorted. An
         alias left with no target at all disappears (an alias needs one).
@@ -323,6 +442,8 @@ class Accounts:
             cursor = conn.execute("DELETE FROM accounts WHERE address = ?", (normalized,))
             if cursor.rowcount == 0:
                 raise AccountError(f"no account {normalized}")
+            conn.execute("DELETE FROM totp WHERE address = ?", (normalized,))
+            conn.execute("DELETE FROM app_passwords WHERE address = ?", (normalized,))
             sources = [
                 row[0]
                 for row in conn.execute(
@@ -375,13 +496,25 @@ class Accounts:
             return False
         return self._is_account(self._conn(), normalized)
 
+    def _matches(self, stored: str, secret: bytes) -> bool:
+        """One argon2 verification; False for a wrong secret or an unreadable hash."""
+        try:
+            return self.hasher.verify(stored, secret)
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
+
+    def _dummy_verification(self, secret: bytes) -> None:
+        """Spend the time of one verification, to look like a real one."""
+        self._matches(self._dummy_hash, secret)
+
     def verify_password(self, address: str, password: str, *, rehash: bool = True) -> bool:
-        """Check a password. Slow on purpose (argon2): call it off the event loop.
+        """Check the account's own password. Slow on purpose (argon2): call it off the event loop.
 
         Unknown or malformed addresses cost one argon2 verification too, so
         the time taken does not tell whether an account exists. A good
         password stored with old hash parameters is re-hashed unless
-        ``rehash`` is false (``estafeta user verify`` only looks).
+        ``rehash`` is false (``estafeta user verify`` only looks). TOTP and
+        app passwords play no part here: logins go through ``authenticate``.
         """
         # surrogatepass: any str encodes; one that is not valid text simply
         # does not match (add_user and set_password refuse such passwords).
@@ -400,12 +533,9 @@ class Accounts:
             )
             stored = row[0] if row is not None else None
         if normalized is None or stored is None:
-            with suppress(argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-                self.hasher.verify(self._dummy_hash, secret)
+            self._dummy_verification(secret)
             return False
-        try:
-            self.hasher.verify(stored, secret)
-        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        if not self._matches(stored, secret):
             return False
         if rehash and self.hasher.check_needs_rehash(stored):
             self._rehash(normalized, stored, secret)
@@ -416,21 +546,280 @@ class Accounts:
 
         The one entry point the IMAP, POP3 and SMTP sessions use. Slow on
         purpose (argon2): call it off the event loop.
+
+        Accepted: an app password of the account that allows PROTOCOL and
+        has not expired; or, only if the account has no TOTP, the account's
+        own password. A login costs one argon2 verification whatever the
+        outcome and whether or not the account exists (rarely two: a
+        password shaped like an app password whose tag matches one).
         """
-        if not self.verify_password(address, secret):
-            return None
-        return normalize_address(address)
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+        secret_bytes = secret.encode("utf-8", "surrogatepass")
+        try:
+            normalized: str | None = normalize_address(address)
+        except AddressError:
+            normalized = None
+        account: tuple[str, bool] | None = None
+        apps: list[tuple[str, str, str, str, int | None, int | None]] = []
+        if normalized is not None:
+            with self._read() as conn:
+                row = conn.execute(
+                    "SELECT password_hash, EXISTS (SELECT 1 FROM totp WHERE address = ?) "
+                    "FROM accounts WHERE address = ?",
+                    (normalized, normalized),
+                ).fetchone()
+                if row is not None:
+                    account = (row[0], bool(row[1]))
+                    apps = conn.execute(
+                        "SELECT name, password_hash, tag, protocols, expires, last_used "
+                        "FROM app_passwords WHERE address = ? ORDER BY created, name",
+                        (normalized,),
+                    ).fetchall()
+        verifications = 0
+        if normalized is not None and account is not None:
+            stored, has_totp = account
+            key = _app_password_key(secret)
+            if key is not None:
+                now = self.clock()
+                tag = _app_password_tag(key)
+                for name, app_hash, app_tag, protocols, expires, last_used in apps:
+                    if app_tag != tag or protocol not in protocols.split(","):
+                        continue
+                    if expires is not None and now >= expires:
+                        continue
+                    verifications += 1
+                    if self._matches(app_hash, key.encode("ascii")):
+                        self._app_password_used(normalized, name, app_hash, key, last_used, now)
+                        return normalized
+            if not has_totp:
+                verifications += 1
+                if self._matches(stored, secret_bytes):
+                    if self.hasher.check_needs_rehash(stored):
+                        self._rehash(normalized, stored, secret_bytes)
+                    return normalized
+        if verifications == 0:
+            self._dummy_verification(secret_bytes)
+        return None
 
     def _rehash(self, address: str, stored: str, secret: bytes) -> None:
         """Store a hash with the current parameters, unless the password changed meanwhile."""
         new_hash = self.hasher.hash(secret)
         # A failure here (database busy or read-only) must not fail the
         # login: the old hash still works and the next login tries again.
-        with suppress(sqlite3.Error), self._write() as conn:
+        with suppress(sqlite3.Error, AccountError), self._write() as conn:
             conn.execute(
                 "UPDATE accounts SET password_hash = ? WHERE address = ? AND password_hash = ?",
                 (new_hash, address, stored),
             )
+
+    def _app_password_used(
+        self,
+        address: str,
+        name: str,
+        stored: str,
+        key: str,
+        last_used: int | None,
+        now: float,
+    ) -> None:
+        """Record a login with an app password (and re-hash it if needed); best effort."""
+        rehash = self.hasher.check_needs_rehash(stored)
+        if not rehash and last_used is not None and now - last_used < LAST_USED_RESOLUTION:
+            return  # mail clients log in often: no write for each login
+        new_hash = self.hasher.hash(key.encode("ascii")) if rehash else stored
+        # Like _rehash: a busy or read-only database must not fail the login.
+        with suppress(sqlite3.Error, AccountError), self._write() as conn:
+            conn.execute(
+                "UPDATE app_passwords SET last_used = ?, password_hash = ? "
+                "WHERE address = ? AND name = ? AND password_hash = ?",
+                (int(now), new_hash, address, name, stored),
+            )
+
+    # -- TOTP ------------------------------------------------------------------------
+
+    def _account_or_error(self, conn: sqlite3.Connection, address: str) -> None:
+        if not self._is_account(conn, address):
+            raise AccountError(f"no account {address}")
+
+    def totp_enroll(self, address: str, *, issuer: str | None = None) -> tuple[str, str]:
+        """Give the account a new TOTP secret; returns it and its ``otpauth://`` URI.
+
+        Active at once: from now on the account password no longer opens
+        IMAP, POP3 or SMTP (create app passwords for the mail clients). The
+        issuer shown by authenticator apps is the account's domain unless
+        given. An account that has TOTP already is refused: disable it first.
+        """
+        from estafeta.auth import totp
+
+        normalized = self._local_address(address)
+        secret = totp.new_secret()
+        with self._write() as conn:
+            self._account_or_error(conn, normalized)
+            if conn.execute("SELECT 1 FROM totp WHERE address = ?", (normalized,)).fetchone():
+                raise AccountError(
+                    f"{normalized} has TOTP already; disable it first to enrol a new device"
+                )
+            conn.execute(
+                "INSERT INTO totp (address, secret, last_step, created) VALUES (?, ?, -1, ?)",
+                (normalized, secret, int(self.clock())),
+            )
+        uri = totp.provisioning_uri(secret, normalized, issuer or split_address(normalized)[1])
+        return secret, uri
+
+    def totp_disable(self, address: str) -> None:
+        """Remove the account's TOTP secret: its password opens the mail protocols again."""
+        normalized = self._local_address(address)
+        with self._write() as conn:
+            self._account_or_error(conn, normalized)
+            cursor = conn.execute("DELETE FROM totp WHERE address = ?", (normalized,))
+            if cursor.rowcount == 0:
+                raise AccountError(f"{normalized} has no TOTP to disable")
+
+    def totp_enrolled(self, address: str) -> bool:
+        """Whether the account has TOTP (AccountError if there is no such account)."""
+        normalized = self._local_address(address)
+        with self._read() as conn:
+            self._account_or_error(conn, normalized)
+            row = conn.execute("SELECT 1 FROM totp WHERE address = ?", (normalized,)).fetchone()
+        return row is not None
+
+    def totp_verify(self, address: str, code: str) -> bool:
+        """Check a TOTP code: the current one, or the one before or after (clock drift).
+
+        A code is accepted once: its time step is remembered, and that step
+        and earlier ones are refused from then on. False for an account
+        without TOTP, a malformed address or an unknown account.
+        """
+        from estafeta.auth import totp
+
+        try:
+            normalized = normalize_address(address)
+        except AddressError:
+            return False
+        row = (
+            self._conn()
+            .execute("SELECT secret, last_step FROM totp WHERE address = ?", (normalized,))
+            .fetchone()
+        )
+        if row is None:
+            return False
+        secret, last_step = row
+        step = totp.matching_step(secret, code, self.clock(), after=last_step)
+        if step is None:
+            return False
+        try:
+            with self._write() as conn:
+                # Only if no one accepted this step (or a later one) meanwhile.
+                cursor = conn.execute(
+                    "UPDATE totp SET last_step = ? "
+                    "WHERE address = ? AND secret = ? AND last_step < ?",
+                    (step, normalized, secret, step),
+                )
+        except sqlite3.Error as exc:
+            # Unrecorded, the code could be used again: refuse it.
+            raise AccountError(f"cannot record the TOTP code in {self.path}: {exc}") from None
+        return cursor.rowcount == 1
+
+    # -- app passwords -----------------------------------------------------------------
+
+    def app_password_create(
+        self,
+        address: str,
+        name: str,
+        protocols: Iterable[str] | str = PROTOCOLS,
+        expires_days: int | None = None,
+    ) -> str:
+        """Make an app password for the account; returns it (it is stored hashed only).
+
+        ``name`` (e.g. the device) is unique per account; ``protocols`` are
+        those it opens (a list, or a comma-separated string); it expires
+        after ``expires_days`` days, or never. At most MAX_APP_PASSWORDS each.
+        """
+        normalized = self._local_address(address)
+        label = _app_password_name(name)
+        allowed = _protocol_list(protocols)
+        if expires_days is not None and (
+            isinstance(expires_days, bool)
+            or not isinstance(expires_days, int)
+            or not 0 < expires_days <= MAX_EXPIRES_DAYS
+        ):
+            raise AccountError(
+                f"expiry {expires_days!r}: use a number of days from 1 to {MAX_EXPIRES_DAYS}"
+            )
+        password = new_app_password()
+        key = _app_password_key(password)
+        assert key is not None  # new_app_password makes well-formed ones
+        password_hash = self.hasher.hash(key.encode("ascii"))  # slow: outside the transaction
+        created = int(self.clock())
+        expires = None if expires_days is None else created + expires_days * 86_400
+        with self._write() as conn:
+            self._account_or_error(conn, normalized)
+            if conn.execute(
+                "SELECT 1 FROM app_passwords WHERE address = ? AND name = ?", (normalized, label)
+            ).fetchone():
+                raise AccountError(
+                    f"{normalized} has an app password named {label!r} already; "
+                    "choose another name or revoke that one first"
+                )
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM app_passwords WHERE address = ?", (normalized,)
+            ).fetchone()
+            if count >= MAX_APP_PASSWORDS:
+                raise AccountError(
+                    f"{normalized} has {count} app passwords, the most allowed; "
+                    "revoke one that is no longer used first"
+                )
+            conn.execute(
+                "INSERT INTO app_passwords (address, name, password_hash, tag, protocols, "
+                "created, expires, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    normalized,
+                    label,
+                    password_hash,
+                    _app_password_tag(key),
+                    ",".join(allowed),
+                    created,
+                    expires,
+                ),
+            )
+        return password
+
+    def app_password_list(self, address: str) -> list[dict[str, Any]]:
+        """The account's app passwords, oldest first, without their hashes.
+
+        Each: ``name``, ``protocols`` (list), ``created``, ``expires`` (None =
+        never) and ``last_used`` (None = never); times are Unix seconds.
+        """
+        normalized = self._local_address(address)
+        with self._read() as conn:
+            self._account_or_error(conn, normalized)
+            rows = conn.execute(
+                "SELECT name, protocols, created, expires, last_used FROM app_passwords "
+                "WHERE address = ? ORDER BY created, name",
+                (normalized,),
+            ).fetchall()
+        return [
+            {
+                "name": name,
+                "protocols": protocols.split(","),
+                "created": created,
+                "expires": expires,
+                "last_used": last_used,
+            }
+            for name, protocols, created, expires, last_used in rows
+        ]
+
+    def app_password_revoke(self, address: str, name: str) -> None:
+        """Delete one app password of the account: it stops working at once."""
+        normalized = self._local_address(address)
+        with self._write() as conn:
+            self._account_or_error(conn, normalized)
+            cursor = conn.execute(
+                "DELETE FROM app_passwords WHERE address = ? AND name = ?",
+                (normalized, name.strip()),
+            )
+            if cursor.rowcount == 0:
+                raise AccountError(f"{normalized} has no app password named {name.strip()!r}")
 
     # -- aliases ---------------------------------------------------------------
 
