@@ -144,9 +144,25 @@ class Instance:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited: {self.log_path.read_text()}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
+                break
             time.sleep(0.05)
-        raise AssertionError("server did not start listening")
+        else:
+            raise AssertionError("server did not start listening")
+        # SMTP answers first; wait for every other listener too.
+        for port in (
+            self.imap_port,
+            self.imaps_port,
+            self.pop3_port,
+            self.pop3s_port,
+            self.submission_port,
+            self.submissions_port,
+        ):
+            while port:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"server did not start listening on {port}")
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                    break
+                time.sleep(0.05)
 
     def stop(self) -> int:
         assert self.process is not None
