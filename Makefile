@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tools and tests need; installed only when missing.
-APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6 knot knot-dnsutils postfix nftables debootstrap systemd-container openssh-client
+APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6 knot knot-dnsutils postfix nftables debootstrap systemd-container openssh-client testssl.sh
 
 .PHONY: help deps venv lint test test-server test-ansible molecule lab lab-up lab-down deploy stop clean
 
@@ -82,8 +82,11 @@ lab-down: venv
 # Both scenarios boot their hosts with playbooks/lab.yml: they replace a
 # running lab and leave none behind.
 molecule: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s default
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s deliverability
+	@for scenario in default deliverability; do \
+	  start=$$(date +%s); \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $$scenario; \
+	  echo "molecule $$scenario: passed in $$(( $$(date +%s) - start )) s"; \
+	done
 
 stop: lab-down
 
