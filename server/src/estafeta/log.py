@@ -16,10 +16,14 @@ import sys
 import time
 from typing import Any
 
+from estafeta.metrics import record_event
+
 _FIELDS = "estafeta_fields"
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    # Metrics count events whatever the log level (estafeta.metrics).
+    record_event(event, fields)
     if logger.isEnabledFor(level):
         logger.log(level, event, extra={_FIELDS: fields})
 

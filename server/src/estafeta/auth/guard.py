@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from estafeta import metrics
 from estafeta.address import AddressError, normalize_address
 from estafeta.log import log_event
 
@@ -311,8 +312,10 @@ class Authenticator:
         async with self._one_at_a_time(peer_ip):
             decision = self.guard.check(peer_ip, account)
             if not decision.allowed:
+                metrics.AUTH_ATTEMPTS.labels(protocol, "locked").inc()
                 return LoginResult(None, locked=True, reason=decision.scope)
             address = await asyncio.to_thread(self.accounts.authenticate, user, secret, protocol)
+            metrics.AUTH_ATTEMPTS.labels(protocol, "ok" if address else "failed").inc()
             if address is not None:
                 self.guard.success(peer_ip, account)
                 if address != account:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from estafeta import metrics
 from estafeta.address import split_address
 from estafeta.message import Summary, summarize
 from estafeta.store import index, maildir, operations
@@ -326,6 +327,7 @@ class Store:
             job.future.set_exception(exc)
 
     def _run_batch(self, jobs: list[_Job]) -> None:
+        started = time.monotonic()
         live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
         items: list[_Staged] = []
         failed: dict[int, BaseException] = {}
@@ -384,6 +386,9 @@ class Store:
 
         self.batches += 1
         self.batched_messages += len(published)
+        if published:
+            metrics.STORE_BATCH_SECONDS.observe(time.monotonic() - started)
+            metrics.STORE_BATCH_MESSAGES.observe(len(published))
         for job in live:
             error = failed.get(id(job))
             if error is not None:
