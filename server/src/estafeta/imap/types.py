@@ -60,14 +60,35 @@ class Section:
     fields: tuple[str, ...] = ()
 
     def spec(self) -> str:
-        """The section as written back in a FETCH response: '1.2.HEADER.FIELDS (FROM)'."""
+        """The section as written back in a FETCH response: '1.2.HEADER.FIELDS (FROM)'.
+
+        Header field names are rfc9051:9 astrings: written as atoms when they
+        can be, else quoted, else as literals (the client may have sent them
+        as any of these).
+        """
         pieces = [str(p) for p in self.part]
         if self.text:
             pieces.append(self.text)
         out = ".".join(pieces)
         if self.fields:
-            out += " (" + " ".join(self.fields) + ")"
+            out += " (" + " ".join(astring(f) for f in self.fields) + ")"
         return out
+
+
+# rfc9051:9 atom-specials (CTL and SP aside), and "]": an ASTRING-CHAR, but
+# inside a section "[...]" a bare "]" would read as its end.
+_NOT_BARE = frozenset('(){%*"\\]')
+
+
+def astring(text: str) -> str:
+    """``text`` as an rfc9051:9 astring in a response: an atom if it is one,
+    else a quoted string if it is printable ASCII, else a literal."""
+    if text and all("!" <= ch <= "~" and ch not in _NOT_BARE for ch in text):
+        return text
+    if all(" " <= ch <= "~" for ch in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    size = len(text.encode("utf-8", "surrogateescape"))
+    return f"{{{size}}}\r\n{text}"
 
 
 @dataclass(frozen=True)

@@ -966,9 +966,20 @@ def _decode_word(charset: str, encoding: str, text: str) -> tuple[str, bytes] | 
             decoded = base64.b64decode(raw + b"=" * (-len(raw) % 4))
         else:
             decoded = binascii.a2b_qp(raw, header=True)
-    except (LookupError, UnicodeEncodeError, binascii.Error, ValueError):
+        # Some text codecs (punycode, idna) raise even with "replace".
+        decoded.decode(charset, "replace")
+    except (LookupError, UnicodeError, binascii.Error, ValueError):
         return None
     return charset, decoded
+
+
+def _decode_run(raw: bytes, charset: str) -> str:
+    """Adjacent encoded-words' bytes as text; Latin-1 if the charset fails on
+    the joined bytes although it took each word (see ``_decode_word``)."""
+    try:
+        return raw.decode(charset, "replace")
+    except (LookupError, UnicodeError):
+        return raw.decode("latin-1")
 
 
 def decode_rfc2047(value: str) -> str:
@@ -991,7 +1002,7 @@ def decode_rfc2047(value: str) -> str:
         adjacent = bool(run_charset) and not gap.strip(" \t")
         if word is None or not adjacent or word[0].lower() != run_charset.lower():
             if run_charset:
-                out.append(bytes(run).decode(run_charset, "replace"))
+                out.append(_decode_run(bytes(run), run_charset))
                 run.clear()
                 run_charset = ""
             if word is None or not adjacent:
@@ -1002,7 +1013,7 @@ def decode_rfc2047(value: str) -> str:
             run_charset = word[0]
             run.extend(word[1])
     if run_charset:
-        out.append(bytes(run).decode(run_charset, "replace"))
+        out.append(_decode_run(bytes(run), run_charset))
     out.append(value[pos:])
     return "".join(out)
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 # rfc5321:4.5.3.1.5 — a reply line is at most 512 octets; be lenient, not unbounded.
 MAX_LINE = 4096
 MAX_LINES = 100
-_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+# [0-9], not \d: the text is decoded UTF-8, and \d would take other digits ("5.٣.1").
+_ENHANCED = re.compile(r"^([245])\.([0-9]{1,3})\.([0-9]{1,3})\b")
 
 
 class ProtocolError(Exception):
@@ -71,16 +72,20 @@ class ReplyParser:
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
-                if len(self._buffer) > MAX_LINE:
+                # Measured as _line measures it: a final CR may be the CR of CRLF.
+                if len(self._buffer) - self._buffer.endswith(b"\r") > MAX_LINE:
                     raise ProtocolError("reply line too long")
                 return
-            raw = bytes(self._buffer[:end]).rstrip(b"\r")
+            raw = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
-            self._line(raw)
+            self._line(raw[:-1] if raw.endswith(b"\r") else raw)
 
     def _line(self, raw: bytes) -> None:
+        # The limit counts every octet but the line end (one CR, one LF), so
+        # that it does not depend on how the data was split into reads.
         if len(raw) > MAX_LINE:
             raise ProtocolError("reply line too long")
+        raw = raw.rstrip(b"\r")
         # rfc5321:4.2 — Reply-line = *( Reply-code "-" [ textstring ] CRLF )
         #                            Reply-code [ SP textstring ] CRLF
         if len(raw) < 3 or not raw[:3].isdigit() or raw[:1] not in b"2345":
