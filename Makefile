@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tools and tests need; installed only when missing.
 APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6 knot knot-dnsutils postfix nftables debootstrap systemd-container openssh-client testssl.sh
 
-.PHONY: help deps venv lint test test-server test-ansible molecule lab lab-up lab-down deploy stop clean
+.PHONY: help deps venv lint test test-server test-ansible molecule lab lab-up lab-down deploy stop clean bench fuzz
 
 help:
 	@echo "make deploy   install into .venv, boot the lab, run site.yml and verify.yml on it"
@@ -20,6 +20,8 @@ help:
 	@echo "make lab-up / lab-down   boot / remove the nspawn lab hosts"
 	@echo "make molecule  both Molecule scenarios (default, deliverability)"
 	@echo "make clean    stop the lab, remove .venv, .lab and caches"
+	@echo "make fuzz     the long fuzz run: 10^6 inputs per parser (about 10 minutes)"
+	@echo "make bench    estafeta vs Postfix+Dovecot benchmark (BENCH_ARGS=--quick: a few minutes)"
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -90,6 +92,19 @@ molecule: venv
 
 stop: lab-down
 
+# The long fuzz run (make test runs the short Hypothesis profile): at least
+# 10^6 inputs per parser, crashes saved to bench/results/fuzz-crashes/.
+fuzz: venv
+	$(BIN)/python bench/fuzz.py
+
 clean:
 	-test ! -x $(BIN)/ansible-playbook || $(MAKE) --no-print-directory lab-down
 	rm -rf $(VENV) .lab .pytest_cache .mypy_cache .ruff_cache
+
+# estafeta side by side with a private Postfix + Dovecot on loopback (installs
+# them if missing, system services left off): bench/results/<date>.json + .png.
+# About 20-30 minutes on 2 cores; BENCH_ARGS=--quick for a few minutes.
+BENCH_ARGS ?=
+bench: venv
+	$(BIN)/pip install -q -r requirements-bench.txt
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)

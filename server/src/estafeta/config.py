@@ -81,6 +81,10 @@ class TLSConfig:
     key: Path
 
 
+IMAP_MIN_IDLE = 30 * 60.0  # rfc9051:5.4
+POP3_MIN_IDLE = 10 * 60.0  # rfc1939:3
+
+
 @dataclass(frozen=True)
 class Limits:
     # rfc5321:4.5.3.1.7 says at least 64 KiB; 50 MiB is what large providers accept.
@@ -88,7 +92,20 @@ class Limits:
     # rfc5321:4.5.3.1.8 requires accepting at least 100 recipients.
     max_recipients: int = 100
     # rfc5321:4.5.3.2.7 suggests 5 minutes for a server waiting for the next command.
+    # On expiry: 421 4.4.2, then the connection is closed.
     command_timeout: float = 300.0
+    # The whole SMTP DATA phase, from the 354 to the final dot: a client that
+    # trickles its message a byte at a time cannot hold a connection longer
+    # (421 4.4.2). Within it, command_timeout still bounds each silence.
+    data_timeout: float = 600.0
+    # IMAP and POP3 before authentication: the time a client has, from
+    # connecting, to log in (not per command: a trickle does not extend it).
+    login_timeout: float = 60.0
+    # rfc9051:5.4 — the IMAP autologout timer, once authenticated, is at
+    # least 30 minutes (IDLE included).
+    imap_idle_timeout: float = IMAP_MIN_IDLE
+    # rfc1939:3 — the POP3 autologout timer is at least 10 minutes.
+    pop3_idle_timeout: float = POP3_MIN_IDLE
     max_connections: int = 1000
     # Open connections from one client (IPv4 address or IPv6 /64) over all
     # listeners. 50 is Postfix's smtpd_client_connection_count_limit: room for
@@ -495,7 +512,11 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
     limits = Limits(
         max_message_size=_positive(limits_reader, "max_message_size", defaults.max_message_size),
         max_recipients=_positive(limits_reader, "max_recipients", defaults.max_recipients),
-        command_timeout=limits_reader.get("command_timeout", float, defaults.command_timeout),
+        command_timeout=_duration(limits_reader, "command_timeout", defaults.command_timeout),
+        data_timeout=_duration(limits_reader, "data_timeout", defaults.data_timeout),
+        login_timeout=_duration(limits_reader, "login_timeout", defaults.login_timeout),
+        imap_idle_timeout=_duration(limits_reader, "imap_idle_timeout", defaults.imap_idle_timeout),
+        pop3_idle_timeout=_duration(limits_reader, "pop3_idle_timeout", defaults.pop3_idle_timeout),
         max_connections=_positive(limits_reader, "max_connections", defaults.max_connections),
         max_connections_per_ip=_positive(
             limits_reader, "max_connections_per_ip", defaults.max_connections_per_ip
@@ -504,8 +525,10 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
     )
     if limits.quota < 0:
         raise limits_reader.error("quota", "must be 0 (no quota) or a number of bytes")
-    if limits.command_timeout <= 0:
-        raise limits_reader.error("command_timeout", "must be greater than 0")
+    if limits.imap_idle_timeout < IMAP_MIN_IDLE:
+        raise limits_reader.error("imap_idle_timeout", "must be at least 30 minutes (rfc9051:5.4)")
+    if limits.pop3_idle_timeout < POP3_MIN_IDLE:
+        raise limits_reader.error("pop3_idle_timeout", "must be at least 10 minutes (rfc1939:3)")
     limits_reader.check_unknown()
 
     log_reader = top.table_of("log")
@@ -699,9 +722,35 @@ def check_runtime(config: Config) -> None:
         ) from None
 
 
+# TLS 1.2 cipher suites of every listener: forward secrecy and AEAD only, the
+# suites rfc9325:4.2 recommends plus their ECDSA and ChaCha20 siblings
+# (Mozilla's "intermediate" list). rfc9325:4.1: no NULL, no RC4, nothing
+# under 128 bits, no RSA key transport; and no CBC (Lucky13, testssl's
+# "obsolete"): every TLS 1.2 client has AES-GCM. TLS 1.3 suites are all AEAD
+# and keep OpenSSL's defaults.
+TLS12_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
+
+
 def server_context(tls: TLSConfig) -> ssl.SSLContext:
-    """The TLS context for every listener: TLS 1.2 or newer, our certificate."""
+    """The TLS context for every listener: TLS 1.2 or newer (rfc8996 retires
+    1.0 and 1.1; rfc9325:3.1.1), AEAD suites with forward secrecy, our certificate."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    # Our order, not the client's (rfc9325:4.2.1: prefer the strong suites);
+    # Python sets both already, this says so.
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
     context.load_cert_chain(tls.cert, tls.key)
     return context

@@ -31,7 +31,7 @@ from estafeta.queue.mtasts import MTASTS, Policy, fetch_policy
 from estafeta.queue.runner import QueueRunner
 from estafeta.queue.store import QueueStore
 from estafeta.smtp.inbound import InboundHandler
-from estafeta.smtp.protocol import Connections, SMTPProtocol
+from estafeta.smtp.protocol import Connections, ImplicitTLS, SMTPProtocol
 from estafeta.smtp.submission import SendLimits, SubmissionHandler
 from estafeta.store import Delivery, Store, StoreError
 
@@ -41,6 +41,9 @@ log = logging.getLogger("estafeta.server")
 IMPLEMENTED = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
 # How long in-flight sessions get to finish on SIGTERM.
 SHUTDOWN_GRACE = 30.0
+# Longest TLS handshake on the implicit-TLS ports (asyncio's default), or
+# the login / command timeout if shorter.
+TLS_HANDSHAKE_TIMEOUT = 60.0
 
 
 class Server:
@@ -181,6 +184,7 @@ class Server:
                 tls_context=self.tls,
                 require_starttls=False,
                 timeout=self.config.limits.command_timeout,
+                data_timeout=self.config.limits.data_timeout,
                 loop=loop,
             )
 
@@ -201,6 +205,7 @@ class Server:
                 tls_context=None if implicit_tls else self.tls,
                 require_starttls=False,
                 timeout=self.config.limits.command_timeout,
+                data_timeout=self.config.limits.data_timeout,
                 loop=loop,
             )
 
@@ -208,8 +213,18 @@ class Server:
             await self._listen("smtp", endpoint, make_smtp)
         for endpoint in self.config.listen.get("submission", ()):
             await self._listen("submission", endpoint, lambda: make_submission(False))
+
+        def make_submissions() -> ImplicitTLS:
+            assert self.tls is not None  # config.from_dict: submissions needs [tls]
+            return ImplicitTLS(
+                lambda: make_submission(True),
+                self.tls,
+                self.connections,
+                self._handshake_timeout(self.config.limits.command_timeout),
+            )
+
         for endpoint in self.config.listen.get("submissions", ()):
-            await self._listen("submissions", endpoint, lambda: make_submission(True), self.tls)
+            await self._listen("submissions", endpoint, make_submissions)
         for name in ("imap", "imaps"):
             for endpoint in self.config.listen.get(name, ()):
                 await self._listen_imap(name, endpoint, implicit_tls=name == "imaps")
@@ -229,19 +244,16 @@ class Server:
         log_event(log, "ready", hostname=self.config.hostname, domains=self.config.domains)
 
     async def _listen(
-        self,
-        name: str,
-        endpoint: Endpoint,
-        factory: type[SMTPProtocol] | object,
-        tls: ssl.SSLContext | None = None,
+        self, name: str, endpoint: Endpoint, factory: Callable[[], asyncio.Protocol]
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
+            # No ssl= here: port 465's ImplicitTLS counts a connection before
+            # its handshake, and starts TLS itself.
             server = await loop.create_server(
-                factory,  # type: ignore[arg-type]
+                factory,
                 host=endpoint.host,
                 port=endpoint.port,
-                ssl=tls,
                 reuse_address=True,
                 backlog=512,
             )
@@ -257,17 +269,19 @@ class Server:
             allow_plaintext=self.config.auth.allow_plaintext,
             append_limit=self.config.limits.max_message_size,
             quota_bytes=self.config.limits.quota or None,
+            login_timeout=self.config.limits.login_timeout,
+            idle_timeout=self.config.limits.imap_idle_timeout,
         )
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if len(self._imap_sessions) >= self.config.limits.max_connections:
-                writer.write(b"* BYE Too many connections\r\n")
-                writer.close()
-                return
-            ip = _peer_ip(writer)
-            if not self.per_ip.acquire(ip):
-                writer.write(b"* BYE Too many connections from your address\r\n")
-                writer.close()
+            ip = await self._admit(
+                writer,
+                len(self._imap_sessions),
+                b"* BYE Too many connections\r\n",
+                b"* BYE Too many connections from your address\r\n",
+                implicit_tls,
+            )
+            if ip is None:
                 return
             try:
                 session = Session(
@@ -288,22 +302,25 @@ class Server:
             finally:
                 self.per_ip.release(ip)
 
-        await self._start_stream_server(name, endpoint, handle, implicit_tls)
+        await self._start_stream_server(name, endpoint, handle)
 
     async def _listen_pop3(self, name: str, endpoint: Endpoint, implicit_tls: bool) -> None:
         settings = pop3.Settings(
-            hostname=self.config.hostname, allow_plaintext=self.config.auth.allow_plaintext
+            hostname=self.config.hostname,
+            allow_plaintext=self.config.auth.allow_plaintext,
+            login_timeout=self.config.limits.login_timeout,
+            idle_timeout=self.config.limits.pop3_idle_timeout,
         )
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if len(self._pop3_sessions) >= self.config.limits.max_connections:
-                writer.write(b"-ERR [SYS/TEMP] Too many connections\r\n")
-                writer.close()
-                return
-            ip = _peer_ip(writer)
-            if not self.per_ip.acquire(ip):
-                writer.write(b"-ERR [SYS/TEMP] Too many connections from your address\r\n")
-                writer.close()
+            ip = await self._admit(
+                writer,
+                len(self._pop3_sessions),
+                b"-ERR [SYS/TEMP] Too many connections\r\n",
+                b"-ERR [SYS/TEMP] Too many connections from your address\r\n",
+                implicit_tls,
+            )
+            if ip is None:
                 return
             try:
                 session = pop3.Session(
@@ -325,21 +342,60 @@ class Server:
             finally:
                 self.per_ip.release(ip)
 
-        await self._start_stream_server(name, endpoint, handle, implicit_tls)
+        await self._start_stream_server(name, endpoint, handle)
+
+    async def _admit(
+        self,
+        writer: asyncio.StreamWriter,
+        sessions: int,
+        too_many: bytes,
+        too_many_here: bytes,
+        implicit_tls: bool,
+    ) -> str | None:
+        """Count a new IMAP or POP3 connection — before any TLS handshake, so
+        that a client stalling handshakes on 993/995 cannot escape the
+        per-address cap — and on those ports do the handshake. The client's
+        address (to release at the end), or None: refused, connection closed."""
+        ip = _peer_ip(writer)
+        refusal = None
+        if sessions >= self.config.limits.max_connections:
+            refusal = too_many
+        elif not self.per_ip.acquire(ip):
+            refusal = too_many_here
+        if refusal is not None:
+            # On imaps/pop3s no handshake for a refused client (the costly
+            # part): the close is the answer.
+            if not implicit_tls:
+                writer.write(refusal)
+            writer.close()
+            return None
+        if implicit_tls:
+            assert self.tls is not None  # config.from_dict: imaps/pop3s need [tls]
+            try:
+                await writer.start_tls(
+                    self.tls,
+                    ssl_handshake_timeout=self._handshake_timeout(self.config.limits.login_timeout),
+                )
+            except BaseException as exc:
+                self.per_ip.release(ip)
+                writer.close()
+                if isinstance(exc, OSError):  # ssl.SSLError, a reset, the timeout
+                    return None
+                raise
+        return ip
 
     async def _start_stream_server(
         self,
         name: str,
         endpoint: Endpoint,
         handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-        implicit_tls: bool,
     ) -> None:
         try:
+            # No ssl= here: imaps and pop3s start TLS in _admit, once counted.
             server = await asyncio.start_server(
                 handle,
                 host=endpoint.host,
                 port=endpoint.port,
-                ssl=self.tls if implicit_tls else None,
                 reuse_address=True,
                 backlog=512,
                 limit=64 * 1024,
@@ -349,6 +405,11 @@ class Server:
             raise OSError(exc.errno, message) from None
         self._servers.append(server)
         log_event(log, "listening", listener=name, address=str(endpoint))
+
+    @staticmethod
+    def _handshake_timeout(limit: float) -> float:
+        # asyncio's default is 60 s; a shorter configured timeout wins.
+        return min(TLS_HANDSHAKE_TIMEOUT, limit)
 
     async def stop(self) -> None:
         for server in self._servers:

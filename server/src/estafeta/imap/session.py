@@ -47,9 +47,13 @@ from estafeta.store.operations import MailboxError
 log = logging.getLogger("estafeta.imap")
 
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = range(4)
-# rfc9051:5.4: an autologout timer of at least 30 minutes once authenticated.
+# Defaults of Settings.login_timeout / idle_timeout ([limits] login_timeout,
+# imap_idle_timeout). rfc9051:5.4: an autologout timer of at least 30
+# minutes once authenticated; before that a server may be quicker.
 AUTH_TIMEOUT = 60.0
 IDLE_TIMEOUT = 30 * 60.0
+# Longest STARTTLS handshake (asyncio's default), within the login time left.
+TLS_HANDSHAKE_TIMEOUT = 60.0
 MAX_BAD_COMMANDS = 20
 MAX_FAILED_LOGINS = 3
 # Commands a client may send before it authenticates: enough for CAPABILITY,
@@ -77,6 +81,10 @@ class Settings:
     allow_plaintext: bool = False  # LOGIN / AUTHENTICATE PLAIN without TLS (tests only)
     append_limit: int = 50 * 1024 * 1024
     quota_bytes: int | None = None  # rfc9208 STORAGE limit per account; None = unlimited
+    # Seconds from connecting to logging in, in all (a client trickling bytes
+    # does not extend it); then autologout while silent (rfc9051:5.4).
+    login_timeout: float = AUTH_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
 
 
 Handler = Callable[["Session", Command], Awaitable[None]]
@@ -115,6 +123,7 @@ class Session:
         self.commands_before_auth = 0
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self.login_deadline = self._loop.time() + settings.login_timeout
         peer = writer.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
@@ -194,7 +203,11 @@ class Session:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         except TimeoutError:
-            self.untagged("BYE Autologout; idle for too long")
+            # rfc9051:7.1.5 — BYE before the server closes the connection.
+            if self.state == NOT_AUTHENTICATED:
+                self.untagged("BYE Autologout; not logged in in time")
+            else:
+                self.untagged("BYE Autologout; idle for too long")
             await self._safe_flush()
         finally:
             self._close_selected()
@@ -204,8 +217,16 @@ class Session:
         with contextlib.suppress(ConnectionError, TimeoutError):
             await asyncio.wait_for(self.flush(), 5)
 
+    def login_time_left(self) -> float:
+        return self.login_deadline - self._loop.time()
+
     async def _read(self) -> bytes:
-        timeout = AUTH_TIMEOUT if self.state == NOT_AUTHENTICATED else IDLE_TIMEOUT
+        if self.state == NOT_AUTHENTICATED:
+            timeout = self.login_time_left()
+            if timeout <= 0:
+                raise TimeoutError
+        else:
+            timeout = self.settings.idle_timeout
         return await asyncio.wait_for(self.reader.read(65536), timeout)
 
     async def _loop_commands(self) -> None:
@@ -337,6 +358,20 @@ class Session:
         return f"{seq} FETCH ({' '.join(parts)})"
 
 
+async def discard_buffered(reader: asyncio.StreamReader) -> int:
+    """Drop the octets the stream has received but nobody read; their count.
+
+    Called right before ``start_tls``: no await in between yields to the
+    loop, so nothing sent in the clear can slip into the TLS session.
+    """
+    # StreamReader has no public "bytes available"; read() of exactly what is
+    # buffered returns at once (and resumes a paused transport).
+    buffered = len(getattr(reader, "_buffer", b""))
+    if not buffered:
+        return 0
+    return len(await reader.read(buffered))
+
+
 # ---------------------------------------------------------------------------
 # Commands. Each is `async def cmd_x(session, command)`; it sends untagged
 # data and the tagged completion itself, or raises No / Bad.
@@ -365,9 +400,17 @@ async def cmd_starttls(s: Session, cmd: Command) -> None:
         raise Bad("STARTTLS is not available")
     s.tagged(cmd.tag, "OK", "Begin TLS negotiation now")
     await s.flush()
-    # rfc9051:6.2.1: anything the client pipelined after STARTTLS is discarded.
+    # rfc9051:6.2.1 (and rfc3207:4.2's reasoning): anything the client
+    # pipelined after STARTTLS is discarded — what the parser holds and
+    # what is still in the stream's buffer (over 64 KiB were read at once).
     s.parser = Parser(max_literal=s.settings.append_limit + 1024)
-    await s.writer.start_tls(s.tls)
+    dropped = await discard_buffered(s.reader)
+    if dropped:
+        log_event(log, "starttls_pipelined", logging.WARNING, client=s.peer, octets=dropped)
+    await s.writer.start_tls(
+        s.tls,
+        ssl_handshake_timeout=max(1.0, min(TLS_HANDSHAKE_TIMEOUT, s.login_time_left())),
+    )
     s.tls_active = True
 
 
@@ -688,7 +731,7 @@ async def cmd_idle(s: Session, cmd: Command) -> None:
     s.store.changes.watch(s.user, s._watch)
     try:
         s.parser.expect_line()
-        deadline = time.monotonic() + IDLE_TIMEOUT
+        deadline = time.monotonic() + s.settings.idle_timeout
         read_task: asyncio.Task[bytes] | None = None
         while True:
             event = s.parser.next_event()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from estafeta.auth import Accounts
 from estafeta.auth.guard import Authenticator
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
+from estafeta.imap.session import discard_buffered
 from estafeta.log import log_event
 from estafeta.pop3.parser import Command, Eof, Error, NeedData, Parser, RawLine
 from estafeta.store import Store, StoreError, index
@@ -26,9 +27,13 @@ from estafeta.store import Store, StoreError, index
 log = logging.getLogger("estafeta.pop3")
 
 AUTHORIZATION, TRANSACTION, UPDATE, CLOSED = range(4)
+# Defaults of Settings.login_timeout / idle_timeout ([limits] login_timeout,
+# pop3_idle_timeout). rfc1939:3: an inactivity autologout timer of at least
+# 10 minutes once logged in; the AUTHORIZATION state gets a total deadline.
 AUTH_TIMEOUT = 60.0
-# rfc1939:3: an inactivity autologout timer of at least 10 minutes.
 IDLE_TIMEOUT = 10 * 60.0
+# Longest STLS handshake (asyncio's default), within the login time left.
+TLS_HANDSHAKE_TIMEOUT = 60.0
 MAX_FAILED_LOGINS = 3
 MAX_ERRORS = 20
 CHUNK = 256 * 1024
@@ -47,6 +52,10 @@ class Locks:
 class Settings:
     hostname: str
     allow_plaintext: bool = False
+    # Seconds from connecting to logging in, in all (a trickle of bytes does
+    # not extend it); then the autologout timer while silent (rfc1939:3).
+    login_timeout: float = AUTH_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
 
 
 @dataclass
@@ -99,6 +108,8 @@ class Session:
         self.utf8 = False
         peer = writer.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self._event_loop = asyncio.get_running_loop()
+        self.login_deadline = self._event_loop.time() + settings.login_timeout
 
     # -- output --------------------------------------------------------------
 
@@ -124,8 +135,14 @@ class Session:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         except TimeoutError:
-            with contextlib.suppress(ConnectionError):
-                self.err("Autologout: idle for too long")
+            # rfc1939:3 autologout: a last -ERR says why, then the connection
+            # closes without entering UPDATE (nothing is deleted).
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                if self.state == AUTHORIZATION:
+                    self.err("Autologout: not logged in in time")
+                else:
+                    self.err("Autologout: idle for too long")
+                await asyncio.wait_for(self.writer.drain(), 5)
         finally:
             self._unlock()
             self.writer.close()
@@ -140,8 +157,16 @@ class Session:
         if self.user is not None and self.state in (TRANSACTION, UPDATE, CLOSED):
             self.locks.held.discard(self.user)
 
+    def login_time_left(self) -> float:
+        return self.login_deadline - self._event_loop.time()
+
     async def _read(self) -> bytes:
-        timeout = AUTH_TIMEOUT if self.state == AUTHORIZATION else IDLE_TIMEOUT
+        if self.state == AUTHORIZATION:
+            timeout = self.login_time_left()
+            if timeout <= 0:
+                raise TimeoutError
+        else:
+            timeout = self.settings.idle_timeout
         return await asyncio.wait_for(self.reader.read(65536), timeout)
 
     async def _next(self) -> Command | RawLine | Error | Eof:
@@ -273,8 +298,16 @@ async def cmd_stls(s: Session, cmd: Command) -> None:
         return
     s.ok("Begin TLS negotiation")
     await s.writer.drain()
-    s.parser = Parser()  # rfc2595:4: discard anything pipelined before the handshake
-    await s.writer.start_tls(s.tls)
+    # rfc2595:4 — anything pipelined after STLS is discarded: what the
+    # parser holds and what is still in the stream's buffer.
+    s.parser = Parser()
+    dropped = await discard_buffered(s.reader)
+    if dropped:
+        log_event(log, "starttls_pipelined", logging.WARNING, client=s.peer, octets=dropped)
+    await s.writer.start_tls(
+        s.tls,
+        ssl_handshake_timeout=max(1.0, min(TLS_HANDSHAKE_TIMEOUT, s.login_time_left())),
+    )
     s.tls_active = True
 
 

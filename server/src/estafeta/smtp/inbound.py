@@ -133,6 +133,10 @@ class InboundHandler(HandlerBase):
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        if address.lower() == "postmaster" and self.accounts.domains:
+            # rfc5321:4.1.1.3 / 4.5.1 — "<Postmaster>" without a domain MUST be
+            # accepted: this host's postmaster, that of its first domain.
+            address = f"postmaster@{self.accounts.domains[0]}"
         normalized, refusal = self._check_rcpt(envelope, address)
         if refusal:
             return refusal

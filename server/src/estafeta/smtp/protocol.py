@@ -3,12 +3,18 @@
 - every reply carries an enhanced status code (rfc3463), so we can
   advertise ENHANCEDSTATUSCODES (rfc2034) and PIPELINING (rfc2920: aiosmtpd
   reads commands from a buffered stream, so pipelined commands just work);
-- a cap on concurrent connections, and on those from one client address;
+- a cap on concurrent connections, and on those from one client address
+  (on port 465 counted from the accept, before the TLS handshake:
+  ``ImplicitTLS``);
 - no AUTH on the MX port; on submission, AUTH PLAIN and LOGIN (rfc4954)
   checked through the shared login guard (estafeta.auth.guard: delays and
   lockouts common to IMAP, POP3 and SMTP) without blocking the event loop,
   and only after TLS (STARTTLS on 587, implicit TLS on 465) unless a test
-  config allows plaintext.
+  config allows plaintext;
+- timeouts that say so: ``421 4.4.2`` before the connection is closed, when
+  the client has been silent for ``command_timeout`` (rfc5321:4.5.3.2.7) or
+  its DATA phase has lasted ``data_timeout`` in all (a client trickling its
+  message a byte at a time cannot hold a connection for ever).
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ MAX_AUTH_FAILURES = 3
 # the account, from an unknown address) is locked out for a while.
 AUTH_LOCKED = "454 4.7.0 Too many failed authentications, try later"
 TOO_MANY_FROM_ADDRESS = "421 4.7.0 Too many connections from your address"
+# rfc5321:4.5.3.2.7 server timeout; rfc5321:3.8 a server closing the
+# connection says 421 first; rfc3463:3.5 X.4.2 "bad connection".
+IDLE_TIMEOUT = "421 4.4.2 {} Error: timeout exceeded"
+DATA_TIMEOUT = "421 4.4.2 {} Error: the message took too long to arrive"
 
 
 @dataclass
@@ -59,6 +69,94 @@ class Connections:
                 transport.close()
 
 
+class ImplicitTLS(asyncio.Protocol):
+    """Port 465 (rfc8314:3.3): the connection counts for its client address
+    from the moment it is accepted; then the TLS handshake; then SMTP.
+
+    With asyncio's ``create_server(ssl=...)`` the SMTP protocol would only
+    hear of a connection once its handshake is done: a client that opens
+    connections and never finishes one would escape the per-address cap for
+    the whole handshake timeout. Refused connections get no handshake (that
+    is the expensive part) and no reply, just the close.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], SMTPProtocol],
+        context: ssl.SSLContext,
+        connections: Connections,
+        handshake_timeout: float,
+    ) -> None:
+        self._make = make
+        self._context = context
+        self._connections = connections
+        self._handshake_timeout = handshake_timeout
+        self._ip: str | None = None  # counted, until the SMTP protocol owns it
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the ClientHello is for the TLS layer
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        per_ip = self._connections.per_ip
+        if per_ip is not None:
+            if not per_ip.acquire(ip):
+                transport.abort()
+                return
+            self._ip = ip
+        self._task = asyncio.get_running_loop().create_task(self._start_tls(transport))
+
+    def _release(self) -> None:
+        if self._ip is not None and self._connections.per_ip is not None:
+            self._connections.per_ip.release(self._ip)
+        self._ip = None
+
+    async def _start_tls(self, transport: asyncio.Transport) -> None:
+        protocol = self._make()
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport,
+                protocol,
+                self._context,
+                server_side=True,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
+        except OSError:  # ssl.SSLError, a reset, the handshake timeout
+            self._release()
+            transport.abort()
+            return
+        except asyncio.CancelledError:
+            self._release()
+            transport.abort()
+            raise
+        if tls is None or tls.is_closing():
+            self._release()
+            return
+        # The SMTP protocol releases the address when the connection ends.
+        protocol._counted_ip, self._ip = self._ip, None
+        protocol.connection_made(tls)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Only called before start_tls takes the transport over (the task
+        # has not run yet): it never will.
+        if self._task is not None:
+            self._task.cancel()
+        self._release()
+
+
+# C0 controls and DEL: never in a reply line (CRLF is added by push()).
+_CONTROLS = {c: "?" for c in [*range(0x20), 0x7F]}
+
+
+def _printable(reply: str) -> str:
+    """A reply line that can be sent: aiosmtpd echoes client arguments (VRFY,
+    unknown parameters), surrogate-escaped when they are not UTF-8, which
+    would fail to encode. Those octets and control characters become "?"
+    (rfc5321:4.2 textstring: printable text; UTF-8 under SMTPUTF8)."""
+    return reply.encode("utf-8", "replace").decode("utf-8").translate(_CONTROLS)
+
+
 class SMTPProtocol(SMTP):
     """One SMTP connection."""
 
@@ -70,9 +168,14 @@ class SMTPProtocol(SMTP):
         allow_auth: bool = False,
         authenticate: Authenticate | None = None,
         implicit_tls: bool = False,
+        data_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
+        # The whole DATA phase; the command timeout (aiosmtpd's) if not given.
+        self._data_timeout: float = data_timeout or self._timeout_duration
+        # loop.time() by which the message must be in; None outside DATA.
+        self._data_deadline: float | None = None
         self._authenticate_user = authenticate
         self._implicit_tls = implicit_tls
         if implicit_tls:
@@ -92,12 +195,13 @@ class SMTPProtocol(SMTP):
         if self._original_transport is None and not self._counted:
             # A new TCP connection (not the STARTTLS upgrade of one).
             if len(self._connections.open) >= self._connections.limit:
+                self._release_address()  # counted by ImplicitTLS
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
                 transport.close()
                 return
             per_ip = self._connections.per_ip
-            if per_ip is not None:
+            if per_ip is not None and self._counted_ip is None:
                 peer = transport.get_extra_info("peername")
                 ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
                 if not per_ip.acquire(ip):
@@ -110,16 +214,76 @@ class SMTPProtocol(SMTP):
             self._counted = True
         super().connection_made(transport)
 
+    def _release_address(self) -> None:
+        if self._counted_ip is not None and self._connections.per_ip is not None:
+            self._connections.per_ip.release(self._counted_ip)
+        self._counted_ip = None
+
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:
             self._connections.open.discard(self)
             self._counted = False
-            if self._counted_ip is not None and self._connections.per_ip is not None:
-                self._connections.per_ip.release(self._counted_ip)
-                self._counted_ip = None
+            self._release_address()
         if self.session is None:  # refused in connection_made
             return
         super().connection_lost(error)
+
+    # -- timeouts -------------------------------------------------------------
+
+    def _timeout_cb(self) -> None:
+        """aiosmtpd's timer went off: say why (421 4.4.2), then close."""
+        if self.busy:
+            # The message is in and being stored: its reply comes first.
+            self._reset_timeout()
+            return
+        transport = self.transport
+        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+            return
+        in_data = self._data_deadline is not None
+        peer = self.session.peer if self.session is not None else None
+        log_event(
+            log,
+            "timeout",
+            logging.INFO,
+            client=str(peer[0]) if isinstance(peer, tuple) else str(peer),
+            phase="data" if in_data else "command",
+        )
+        reply = DATA_TIMEOUT if in_data else IDLE_TIMEOUT
+        transport.write(reply.format(self.hostname).encode() + b"\r\n")
+        # close() sends what is buffered (the 421) before the FIN / close_notify.
+        transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._data_deadline is not None:
+            # Inside DATA, each arrival restarts the silence timer (rfc5321:
+            # 4.5.3.2.7), but never beyond the DATA deadline.
+            remaining = self._data_deadline - self.loop.time()
+            self._reset_timeout(max(0.001, min(self._timeout_duration, remaining)))
+        super().data_received(data)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._data_deadline = self.loop.time() + self._data_timeout
+        self._reset_timeout(min(self._timeout_duration, self._data_timeout))
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._data_deadline = None
+            if self.transport is not None:
+                # Back to waiting for a command, with the whole command timeout.
+                self._reset_timeout()
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command != "DATA":
+            return await super()._call_handler_hook(command, *args)
+        # The final dot is in: the DATA deadline is over. Checking and storing
+        # the message (DNS lookups for SPF/DKIM/DMARC, fsync) is our time,
+        # not the client's: no timeout cuts it short.
+        self._data_deadline = None
+        self.busy = True
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self.busy = False
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, bytes):
@@ -128,7 +292,7 @@ class SMTPProtocol(SMTP):
         if self._greeted and not self._in_ehlo:
             status = replies.with_enhanced_code(status)
         self._greeted = True
-        await super().push(status)
+        await super().push(_printable(status))
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_ehlo = True
@@ -143,6 +307,25 @@ class SMTPProtocol(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._in_ehlo = False
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if not arg and self.tls_context:
+            # rfc3207:4.2 — what the client pipelined after STARTTLS is
+            # discarded (aiosmtpd empties the buffer again once TLS is up).
+            # Reading it now also resumes a transport that a flood of more
+            # than two lines paused: the handshake would never arrive.
+            buffered = len(getattr(self._reader, "_buffer", b""))
+            if buffered:
+                await self._reader.read(buffered)
+                peer = self.session.peer if self.session is not None else None
+                log_event(
+                    log,
+                    "starttls_pipelined",
+                    logging.WARNING,
+                    client=str(peer[0]) if isinstance(peer, tuple) else str(peer),
+                    octets=buffered,
+                )
+        await super().smtp_STARTTLS(arg)
 
     async def smtp_AUTH(self, arg: str) -> None:
         if not self._allow_auth:

@@ -1,0 +1,412 @@
+"""Fixtures and clients of the abuse battery.
+
+- ``mail_server``: one real estafeta per test module with every listener
+  (smtp, submission, submissions, imap, imaps, pop3, pop3s) on 127.0.0.1, TLS
+  from a test CA, the accounts alice@ and bob@example.test, and a DNS server
+  that is not there (remote mail stays in the queue, where tests look for it);
+- ``start_server``: the same with other [limits] / [auth] lines;
+- ``Client``: a raw line client (plain, implicit TLS or after STARTTLS) that
+  can send anything, read with a timeout and tell silence from an answer;
+- ``new_source``: a fresh loopback source address per test, so that
+  per-address limits of one test never touch another.
+
+The server-side helpers (``Instance``, ``make_tls``...) are those of
+server/tests/conftest.py, imported under the top-level name ``conftest`` as
+the modules of server/tests import them (the same module object when both
+directories run in one session).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+_SERVER_TESTS = Path(__file__).resolve().parents[2] / "server" / "tests"
+if str(_SERVER_TESTS) not in sys.path:
+    sys.path.insert(0, str(_SERVER_TESTS))
+
+from conftest import DOMAIN, PASSWORD, Instance, free_port, make_tls  # noqa: E402
+from estafeta.queue.store import QueueStore  # noqa: E402
+
+__all__ = [
+    "ALICE",
+    "BOB",
+    "DOMAIN",
+    "HOSTNAME",
+    "IMPLICIT_TLS",
+    "LISTENERS",
+    "PASSWORD",
+    "PROTOCOL",
+    "Client",
+    "MailServer",
+    "make_tls",
+    "new_source",
+    "plain_before_tls",
+    "smtp_client",
+    "start_server",
+    "tls_client",
+    "unverified_context",
+]
+
+ALICE = f"alice@{DOMAIN}"
+BOB = f"bob@{DOMAIN}"
+HOSTNAME = f"mx.{DOMAIN}"
+LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+IMPLICIT_TLS = frozenset({"submissions", "imaps", "pop3s"})
+# The protocol each listener speaks.
+PROTOCOL = {
+    "smtp": "smtp",
+    "submission": "smtp",
+    "submissions": "smtp",
+    "imap": "imap",
+    "imaps": "imap",
+    "pop3": "pop3",
+    "pop3s": "pop3",
+}
+
+_sources = itertools.count()
+
+
+def new_source() -> str:
+    """A loopback address no other test of this session connects from
+    (127.0.0.40 and up; 127.0.0.2-.30 belong to other suites)."""
+    n = next(_sources)
+    return f"127.0.{n // 200}.{40 + n % 200}"
+
+
+# -- the server ------------------------------------------------------------------------
+
+
+@dataclass
+class MailServer:
+    instance: Instance
+    ca_file: Path
+
+    def port(self, listener: str) -> int:
+        return {
+            "smtp": self.instance.port,
+            "submission": self.instance.submission_port,
+            "submissions": self.instance.submissions_port,
+            "imap": self.instance.imap_port,
+            "imaps": self.instance.imaps_port,
+            "pop3": self.instance.pop3_port,
+            "pop3s": self.instance.pop3s_port,
+        }[listener]
+
+    @property
+    def config(self) -> Path:
+        return self.instance.config
+
+    def queue(self) -> list[dict[str, object]]:
+        """``estafeta queue list --json``: what waits for remote delivery."""
+        entries: list[dict[str, object]] = json.loads(
+            self.instance.cli("queue", "list", "--json").stdout
+        )
+        return entries
+
+    def queued(self) -> list[dict[str, object]]:
+        """The same entries, read in-process as the CLI reads them (0.5 s faster)."""
+        store = QueueStore(self.instance.data_dir / "queue", recover=False)
+        try:
+            return [entry.to_json() for entry in store.entries()]
+        finally:
+            store.close()
+
+    def queued_message(self, message_id: str) -> bytes:
+        store = QueueStore(self.instance.data_dir / "queue", recover=False)
+        try:
+            return store.read_message(message_id)
+        finally:
+            store.close()
+
+    def mail(self, address: str) -> int:
+        """Messages in the INBOX of ``address`` (files and index rows agree)."""
+        files = len(self.instance.files(address))
+        assert files == len(self.instance.index_rows(address))
+        return files
+
+    def mailboxes(self) -> dict[str, int]:
+        return {address: self.mail(address) for address in (ALICE, BOB)}
+
+    def verifying_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        return context
+
+    def log_text(self) -> str:
+        return self.instance.log_text()
+
+    def stop(self) -> None:
+        if self.instance.process is not None:
+            self.instance.kill()
+
+
+def start_server(
+    root: Path, *, limits_config: str = "", auth_config: str = "", extra_config: str = ""
+) -> MailServer:
+    """A running estafeta in ``root`` with every listener, TLS and two accounts."""
+    tls_section, _ = make_tls(root)
+    instance = Instance(
+        root,
+        free_port(),
+        imap_port=free_port(),
+        imaps_port=free_port(),
+        pop3_port=free_port(),
+        pop3s_port=free_port(),
+        submission_port=free_port(),
+        submissions_port=free_port(),
+        limits_config=limits_config,
+        auth_config=auth_config,
+        # Nobody answers DNS queries there: remote mail stays queued.
+        extra_config=tls_section
+        + f'[dns]\nnameservers = ["127.0.0.1:{free_port()}"]\n'
+        + '[queue]\nretry_min = "1h"\n'
+        + extra_config,
+    )
+    instance.write_config()
+    instance.add_user(ALICE)
+    instance.add_user(BOB)
+    instance.start()
+    server = MailServer(instance, root / "ca.pem")
+    # start() waits for the SMTP port; the other listeners open right after it.
+    deadline = time.monotonic() + 30
+    for name in LISTENERS:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", server.port(name)), 1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    server.stop()
+                    raise AssertionError(f"{name} does not listen: {server.log_text()}") from None
+                time.sleep(0.05)
+    return server
+
+
+@pytest.fixture(scope="module")
+def mail_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
+    """One server for the tests of a module (each module gets its own)."""
+    server = start_server(tmp_path_factory.mktemp("estafeta"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def source() -> str:
+    return new_source()
+
+
+def unverified_context() -> ssl.SSLContext:
+    """A client context that accepts any certificate (for handshake probes)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# -- the client ------------------------------------------------------------------------
+
+
+class Client:
+    """One connection, read line by line with timeouts, never trusting the server."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        source: str = "127.0.0.1",
+        context: ssl.SSLContext | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0)
+        )
+        if context is not None:
+            try:
+                sock = context.wrap_socket(sock, server_hostname=HOSTNAME)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock: socket.socket = sock
+        self.timeout = timeout
+        self.buffer = b""
+        self.closed = False
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, timeout: float) -> bool:
+        """Read what comes within ``timeout``; False at EOF. TimeoutError if nothing."""
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            chunk = self.sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLEOFError):
+            chunk = b""
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(self.timeout)
+        if not chunk:
+            self.closed = True
+            return False
+        self.buffer += chunk
+        return True
+
+    def line(self, timeout: float | None = None) -> bytes:
+        """The next line with its line ending; b"" once the server has closed.
+        TimeoutError if neither comes in time."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n" not in self.buffer:
+            if self.closed or not self._fill(deadline - time.monotonic()):
+                rest, self.buffer = self.buffer, b""
+                return rest
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line + b"\n"
+
+    def lines_until_eof(self, timeout: float | None = None) -> list[bytes]:
+        lines = []
+        while line := self.line(timeout):
+            lines.append(line)
+        return lines
+
+    def silence(self, seconds: float) -> bytes:
+        """Whatever the server sends within ``seconds`` (b"": nothing, as it should)."""
+        deadline = time.monotonic() + seconds
+        received = self.buffer
+        self.buffer = b""
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                if not self._fill(left):
+                    break
+            except TimeoutError:
+                break
+            received += self.buffer
+            self.buffer = b""
+        return received
+
+    def starttls(self, context: ssl.SSLContext) -> None:
+        """Start TLS now (the STARTTLS reply has been read)."""
+        assert not self.buffer, f"plaintext after the STARTTLS reply: {self.buffer!r}"
+        self.sock = context.wrap_socket(self.sock, server_hostname=HOSTNAME)
+
+    # -- SMTP --------------------------------------------------------------------------
+
+    def reply(self, timeout: float | None = None) -> bytes:
+        """The last line of an SMTP reply (multi-line replies are skipped through)."""
+        while True:
+            line = self.line(timeout)
+            if line[3:4] != b"-":
+                return line
+
+    def smtp(self, command: bytes | str, timeout: float | None = None) -> bytes:
+        if isinstance(command, str):
+            command = command.encode()
+        self.send(command + b"\r\n")
+        return self.reply(timeout)
+
+    # -- IMAP --------------------------------------------------------------------------
+
+    def imap(self, tag: str, command: bytes | str) -> tuple[list[bytes], bytes]:
+        """(untagged and continuation lines, the tagged line) of one command."""
+        if isinstance(command, str):
+            command = command.encode()
+        self.send(tag.encode() + b" " + command + b"\r\n")
+        return self.until_tagged(tag)
+
+    def until_tagged(self, tag: str) -> tuple[list[bytes], bytes]:
+        other = []
+        while True:
+            line = self.line()
+            if not line or line.startswith(tag.encode() + b" "):
+                return other, line
+            other.append(line)
+
+
+def smtp_client(
+    port: int, *, source: str = "127.0.0.1", context: ssl.SSLContext | None = None
+) -> Client:
+    """Connected, greeted (220) and EHLO'd."""
+    client = Client(port, source=source, context=context)
+    greeting = client.line()
+    assert greeting.startswith(b"220 "), greeting
+    assert client.smtp("EHLO client.example").startswith(b"250 ")
+    return client
+
+
+def tls_client(
+    server: MailServer,
+    listener: str,
+    context: ssl.SSLContext,
+    *,
+    source: str = "127.0.0.1",
+    inject: bytes = b"",
+) -> Client:
+    """A connection to ``listener`` with TLS up: implicit, or after the
+    protocol's STARTTLS (with ``inject`` pipelined in the same packet)."""
+    if listener in IMPLICIT_TLS:
+        assert not inject
+        client = Client(server.port(listener), source=source, context=context)
+        client.line()  # greeting
+        return client
+    client = plain_before_tls(server, listener, source=source, inject=inject)
+    client.starttls(context)
+    return client
+
+
+def plain_before_tls(
+    server: MailServer, listener: str, *, source: str = "127.0.0.1", inject: bytes = b""
+) -> Client:
+    """A connection that is ready for a TLS ClientHello: implicit-TLS ports
+    as they are, the others once the server said yes to STARTTLS."""
+    port = server.port(listener)
+    protocol = PROTOCOL[listener]
+    client = Client(port, source=source)
+    if listener in IMPLICIT_TLS:
+        return client
+    greeting = client.line()
+    if protocol == "smtp":
+        assert greeting.startswith(b"220 "), greeting
+        assert client.smtp("EHLO client.example").startswith(b"250 ")
+        client.send(b"STARTTLS\r\n" + inject)
+        reply = client.reply()
+        assert reply.startswith(b"220 "), reply
+    elif protocol == "imap":
+        assert greeting.startswith(b"* OK"), greeting
+        client.send(b"S STARTTLS\r\n" + inject)
+        _, tagged = client.until_tagged("S")
+        assert tagged.startswith(b"S OK"), tagged
+    else:
+        assert greeting.startswith(b"+OK"), greeting
+        client.send(b"STLS\r\n" + inject)
+        reply = client.line()
+        assert reply.startswith(b"+OK"), reply
+    return client
