@@ -67,6 +67,7 @@ class Instance:
     pop3s_port: int = 0
     submission_port: int = 0
     submissions_port: int = 0
+    http_port: int = 0
     extra_config: str = ""
     # Extra lines for the [limits] and [auth] tables written here (TOML
     # allows a table only once, so extra_config cannot add to them).
@@ -107,6 +108,7 @@ class Instance:
                 if self.submissions_port
                 else ""
             )
+            + (f'http = ["127.0.0.1:{self.http_port}"]\n' if self.http_port else "")
             + "[limits]\n"
             "max_message_size = 1048576\n"
             "max_recipients = 5\n" + self.limits_config + "[log]\n"
@@ -156,6 +158,7 @@ class Instance:
             self.pop3s_port,
             self.submission_port,
             self.submissions_port,
+            self.http_port,
         ):
             while port:
                 if time.monotonic() > deadline:

@@ -133,16 +133,21 @@ class GaugeCollector(Collector):
         yield GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
 
 
+_GAUGES: dict[str, Collector] = {}
+
+
 def register_gauge(
     name: str, documentation: str, label: str, read: Callable[[], Mapping[str, float]]
 ) -> Collector:
+    """Register a scrape-time gauge; one registered earlier under NAME is replaced
+    (a server object created again in the same process)."""
+    old = _GAUGES.pop(name, None)
+    if old is not None:
+        REGISTRY.unregister(old)
     collector = GaugeCollector(name, documentation, label, read)
     REGISTRY.register(collector)
+    _GAUGES[name] = collector
     return collector
-
-
-def unregister(collector: Collector) -> None:
-    REGISTRY.unregister(collector)
 
 
 def exposition() -> bytes:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 
-from estafeta import srs
+from estafeta import metrics, srs
 from estafeta.address import AddressError, normalize_address
 from estafeta.auth import Accounts
 from estafeta.auth.guard import (
@@ -34,11 +36,12 @@ from estafeta.smtp.inbound import InboundHandler
 from estafeta.smtp.protocol import Connections, ImplicitTLS, SMTPProtocol
 from estafeta.smtp.submission import SendLimits, SubmissionHandler
 from estafeta.store import Delivery, Store, StoreError
+from estafeta.web import WebApp, WebServer
 
 log = logging.getLogger("estafeta.server")
 
 # Listeners that later versions serve; configuring them now is not an error.
-IMPLEMENTED = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+IMPLEMENTED = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
 # How long in-flight sessions get to finish on SIGTERM.
 SHUTDOWN_GRACE = 30.0
 # Longest TLS handshake on the implicit-TLS ports (asyncio's default), or
@@ -71,6 +74,11 @@ class Server:
         self.per_ip = ConnectionsPerIP(config.limits.max_connections_per_ip, auth.exempt)
         self.connections = Connections(config.limits.max_connections, per_ip=self.per_ip)
         self._servers: list[asyncio.Server] = []
+        # [listen] http: /metrics, /healthz and MTA-STS policies written by
+        # the dns_records role next to the configuration (mta-sts/<domain>.txt).
+        self._web = WebServer(
+            WebApp(health=self._health, policy_dir=config.path.parent / "mta-sts")
+        )
         self._imap_sessions: set[Session] = set()
         self._pop3_sessions: set[pop3.Session] = set()
         self._pop3_locks = pop3.Locks()
@@ -231,6 +239,9 @@ class Server:
         for name in ("pop3", "pop3s"):
             for endpoint in self.config.listen.get(name, ()):
                 await self._listen_pop3(name, endpoint, implicit_tls=name == "pop3s")
+        for endpoint in self.config.listen.get("http", ()):
+            await self._start_stream_server("http", endpoint, self._web.handle)
+        self._register_metrics()
         for name in self.config.listen:
             if name not in IMPLEMENTED:
                 log_event(
@@ -405,6 +416,46 @@ class Server:
             raise OSError(exc.errno, message) from None
         self._servers.append(server)
         log_event(log, "listening", listener=name, address=str(endpoint))
+
+    def _health(self) -> str | None:
+        """None while the server takes and stores mail, else why not (/healthz)."""
+        if self._runner_task is None:
+            return "starting"
+        if self._runner_task.done():
+            return "the queue runner stopped"
+        if not self._servers:
+            return "no listener"
+        try:
+            self.queue.depth()
+        except sqlite3.Error as exc:
+            return f"queue database: {exc}"
+        return None
+
+    def _register_metrics(self) -> None:
+        def connections() -> dict[str, float]:
+            counts = {"smtp": 0.0, "submission": 0.0, "imap": 0.0, "pop3": 0.0}
+            for protocol in list(self.connections.open):
+                handler = getattr(protocol, "event_handler", None)
+                kind = "submission" if isinstance(handler, SubmissionHandler) else "smtp"
+                counts[kind] += 1
+            counts["imap"] = float(len(self._imap_sessions))
+            counts["pop3"] = float(len(self._pop3_sessions))
+            return counts
+
+        def queue() -> dict[str, float]:
+            count, oldest = self.queue.depth()
+            age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
+            return {"entries": float(count), "oldest_age_seconds": age}
+
+        metrics.register_gauge(
+            "estafeta_connections", "Open client connections by protocol.", "protocol", connections
+        )
+        metrics.register_gauge(
+            "estafeta_queue",
+            "Outbound queue: entries waiting, and the age of the oldest message in seconds.",
+            "measure",
+            queue,
+        )
 
     @staticmethod
     def _handshake_timeout(limit: float) -> float:

@@ -150,6 +150,15 @@ class QueueStore:
             if (path.suffix == ".eml" and path.stem not in known) or path.suffix == ".tmp":
                 path.unlink(missing_ok=True)
 
+    def depth(self) -> tuple[int, float | None]:
+        """Entries waiting, and the creation time of the oldest message (metrics)."""
+        with self._lock:
+            count, oldest = self._conn.execute(
+                "SELECT COUNT(*), MIN(m.created) FROM entries e JOIN messages m"
+                " ON m.id = e.message_id"
+            ).fetchone()
+        return int(count), (float(oldest) if oldest is not None else None)
+
     # -- writing ----------------------------------------------------------
 
     def enqueue(
