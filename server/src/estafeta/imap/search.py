@@ -84,8 +84,10 @@ class Candidate:
     load: Callable[[], bytes]  # the message file; called at most once per evaluation
 
     def info(self) -> Summary:
+        # Parsed on each call, not kept: 100,000 parsed summaries kept alive
+        # during one SEARCH cost more in GC than the parsing (see _View.info).
         if isinstance(self.summary, str):
-            self.summary = Summary.from_json(self.summary)
+            return Summary.from_json(self.summary)
         return self.summary
 
 
@@ -96,7 +98,7 @@ class Candidate:
 class _View:
     """The message being tested, with its file contents read on demand."""
 
-    __slots__ = ("_body", "_data", "_fields", "_header_text", "c")
+    __slots__ = ("_body", "_data", "_fields", "_header_text", "_info", "c")
 
     def __init__(self) -> None:
         self.c: Candidate | None = None
@@ -104,10 +106,18 @@ class _View:
         self._fields: list[tuple[str, str]] | None = None
         self._header_text: str | None = None
         self._body: str | None = None
+        self._info: Summary | None = None
 
     def reset(self, candidate: Candidate) -> None:
         self.c = candidate
         self._data = self._fields = self._header_text = self._body = None
+        self._info = None
+
+    def info(self) -> Summary:
+        """The message's Summary, parsed once per message and evaluation."""
+        if self._info is None:
+            self._info = self.m.info()
+        return self._info
 
     @property
     def m(self) -> Candidate:
@@ -126,7 +136,7 @@ class _View:
     def fields(self) -> list[tuple[str, str]]:
         """All header fields: (lower-case name, unfolded decoded value)."""
         if self._fields is None:
-            self._fields = _parse_fields(self.data()[: self.m.info().header_size])
+            self._fields = _parse_fields(self.data()[: self.info().header_size])
         return self._fields
 
     def header_text(self) -> str:
@@ -138,7 +148,7 @@ class _View:
     def body_text(self) -> str:
         """The decoded text of the body's text parts, casefolded."""
         if self._body is None:
-            self._body = _body_text(self.data(), self.m.info()).casefold()
+            self._body = _body_text(self.data(), self.info()).casefold()
         return self._body
 
 
@@ -455,7 +465,7 @@ def _compile(key: SearchKey, env: _Env) -> _Predicate:
         day = date_arg(key)
 
         def sent(v: _View) -> bool:
-            d = _sent_day(v.m.info())
+            d = _sent_day(v.info())
             if d is None:
                 return False
             if op == "SENTBEFORE":
@@ -524,7 +534,7 @@ def _compile_text(op: str, args: tuple[Any, ...]) -> _Predicate:
             slot = _ENVELOPE_FIELDS[field]
 
             def envelope_field(v: _View) -> bool:
-                value = _envelope_slot(v.m.info(), slot)
+                value = _envelope_slot(v.info(), slot)
                 if value is None:
                     return False
                 return needle in decode_rfc2047(_desurrogate(value)).casefold()
@@ -537,12 +547,12 @@ def _compile_text(op: str, args: tuple[Any, ...]) -> _Predicate:
         return header_field
     needle = str(args[0]).casefold()
     if op == "SUBJECT":
-        return lambda v: needle in v.m.info().subject.casefold()
+        return lambda v: needle in v.info().subject.casefold()
     if op in _ENVELOPE_ADDRESSES:
         slot = _ENVELOPE_ADDRESSES[op]
         if not needle:
             return lambda v: True
-        return lambda v: needle in _address_text(_envelope_slot(v.m.info(), slot)).casefold()
+        return lambda v: needle in _address_text(_envelope_slot(v.info(), slot)).casefold()
     if op in ("BODY", "TEXT"):
         if not needle:
             return lambda v: True
