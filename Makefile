@@ -21,7 +21,7 @@ help:
 	@echo "make molecule  both Molecule scenarios (default, deliverability)"
 	@echo "make clean    stop the lab, remove .venv, .lab and caches"
 	@echo "make fuzz     the long fuzz run: 10^6 inputs per parser (about 10 minutes)"
-	@echo "make bench    estafeta vs Postfix+Dovecot benchmark (BENCH_ARGS=--quick: a few minutes)"
+	@echo "make bench    estafeta vs Postfix+Dovecot benchmark (BENCH_ARGS=--quick: 1-2 minutes)"
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -103,7 +103,7 @@ clean:
 
 # estafeta side by side with a private Postfix + Dovecot on loopback (installs
 # them if missing, system services left off): bench/results/<date>.json + .png.
-# About 20-30 minutes on 2 cores; BENCH_ARGS=--quick for a few minutes.
+# About 15 minutes on 2 cores; BENCH_ARGS=--quick for one or two.
 BENCH_ARGS ?=
 bench: venv
 	$(BIN)/pip install -q -r requirements-bench.txt

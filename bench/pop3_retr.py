@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import poplib
+import secrets
 import shutil
 import tempfile
 import time
@@ -22,7 +23,7 @@ from estafeta.message import summarize
 from estafeta.store import Delivery, Store
 
 USER = "pop@bench.test"
-PASSWORD = "benchmark-password"
+PASSWORD = secrets.token_urlsafe(18)  # estafeta refuses guessable passwords
 
 
 def main() -> None:

@@ -1,0 +1,789 @@
+#!/usr/bin/env python3
+"""estafeta side by side with Postfix + Dovecot, same load, one run.
+
+Installs Postfix and Dovecot if missing (system services left stopped and
+disabled), runs private instances of both stacks and of estafeta from a
+temporary directory on 127.0.0.1 high ports, and measures, alternating the
+order every round:
+
+  P1  durable SMTP ingest, messages/s until stored AND visible in the Maildir
+      (4 KiB messages, 1, 20 and 50 sessions), and server CPU per 1,000;
+  P2  IMAP on a 100,000-message INBOX: SELECT, FETCH 1:* (UID FLAGS
+      RFC822.SIZE ENVELOPE), SEARCH HEADER, SEARCH BODY, STORE 1:* +/-\\Seen;
+  P3  memory (RSS and PSS sums) with 10,000 connections in IDLE;
+  P4  POP3 LIST + RETR of 1,000 messages.
+
+Writes bench/results/<date>.json and .png and prints a table of medians and
+ratios (estafeta / peer). See bench/README.md.
+
+    .venv/bin/python bench/compare.py [--quick] [--rounds 3] [--profile P2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _harness import free_port
+from _load import (
+    IMAPClient,
+    bigbox_message,
+    idle_connections,
+    ingest_message,
+    pop3_retr_all,
+    pop_message,
+    smtp_ingest,
+)
+from _procs import cpu_seconds, memory_kib, names
+from _servers import (
+    CHEAP_ARGON2,
+    DOMAIN,
+    Estafeta,
+    PostfixDovecot,
+    ensure_packages,
+    versions,
+)
+
+HERE = Path(__file__).resolve().parent
+SESSIONS = (1, 20, 50)
+HEADER_SEARCH = 'SEARCH HEADER Subject "topic 42"'  # 2 % of the big INBOX
+BODY_SEARCH = "SEARCH BODY zebracorn"  # 0.1 %
+SAME = 0.05  # ratios within 5 % of 1 are "same"
+
+Server = Estafeta | PostfixDovecot
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# -- results -----------------------------------------------------------------
+
+
+@dataclass
+class Metric:
+    key: str
+    label: str
+    unit: str
+    better: str  # "lower" or "higher"
+    values: dict[str, list[float]] = field(default_factory=lambda: {"estafeta": [], "peer": []})
+
+    def median(self, side: str) -> float | None:
+        return statistics.median(self.values[side]) if self.values[side] else None
+
+    def ratio(self) -> float | None:
+        mine, theirs = self.median("estafeta"), self.median("peer")
+        if mine is None or theirs is None or theirs == 0:
+            return None
+        return mine / theirs
+
+    def verdict(self) -> str:
+        ratio = self.ratio()
+        if ratio is None:
+            return "-"
+        if abs(ratio - 1) <= SAME:
+            return "same"
+        good = ratio > 1 if self.better == "higher" else ratio < 1
+        factor = ratio if ratio >= 1 else 1 / ratio
+        return f"{'better' if good else 'worse'} ({factor:.1f}x)"
+
+
+class Results:
+    def __init__(self) -> None:
+        self.metrics: dict[str, Metric] = {}
+        self.rounds: list[dict[str, object]] = []
+
+    def add(self, key: str, label: str, unit: str, better: str, side: str, value: float) -> None:
+        metric = self.metrics.setdefault(key, Metric(key, label, unit, better))
+        metric.values[side].append(value)
+
+
+def side(server: Server) -> str:
+    return "peer" if isinstance(server, PostfixDovecot) else "estafeta"
+
+
+# -- the run -----------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.results = Results()
+        self.root = Path(tempfile.mkdtemp(prefix="estafeta-compare-", dir=args.dir))
+        self.root.chmod(0o755)  # Postfix's lmtp client and Dovecot's users walk through it
+        limit = args.p3_connections + 200
+        self.estafeta = Estafeta(
+            self.root / "estafeta", free_port(), free_port(), free_port(), max_connections=limit
+        )
+        # P3's estafeta: same code and defaults, cheap hashes for its idle
+        # accounts only (the peer's idle accounts get the same cheap hashes).
+        self.estafeta_idle = Estafeta(
+            self.root / "estafeta-idle",
+            free_port(),
+            free_port(),
+            free_port(),
+            max_connections=limit,
+            cheap_auth=True,
+            label="estafeta (P3)",
+        )
+        self.peer = PostfixDovecot(
+            self.root / "peer", free_port(), free_port(), free_port(), max_connections=limit
+        )
+        self.passwords: dict[str, str] = {}
+        self.idle_passwords: dict[str, str] = {}
+        self.checks: dict[str, object] = {}
+        self.loads: list[tuple[str, list[float]]] = []
+        self._profilers: list[subprocess.Popen[bytes]] = []
+
+    def password(self, address: str) -> str:
+        return self.passwords.get(address) or self.idle_passwords[address]
+
+    def load_sample(self, what: str) -> None:
+        self.loads.append((what, [round(x, 2) for x in os.getloadavg()]))
+
+    # -- setup -------------------------------------------------------------
+
+    def setup(self) -> None:
+        args = self.args
+        new = lambda: secrets.token_urlsafe(18)  # noqa: E731
+        accounts = ["big", "pop"] + [f"in-r{r}-c{c}" for r in range(args.rounds) for c in SESSIONS]
+        self.passwords = {f"{a}@{DOMAIN}": new() for a in accounts}
+        self.idle_passwords = {f"idle{i:04d}@{DOMAIN}": new() for i in range(args.p3_accounts)}
+        idle_default = args.p3_default_hashes
+        for server in (self.estafeta, self.estafeta_idle, self.peer):
+            server.write_config()
+        say(f"data in {self.root}; creating accounts (default hash cost) ...")
+        self.estafeta.add_users(self.passwords)
+        self.peer.add_users(self.passwords)
+        (self.estafeta if idle_default else self.estafeta_idle).add_users(self.idle_passwords)
+        self.peer.add_users(self.idle_passwords, cheap=not idle_default)
+
+        big = f"big@{DOMAIN}"
+        n = args.p2_messages
+        say(f"building the P2 INBOX of {n} messages for both (not measured) ...")
+        t0 = time.perf_counter()
+        self.estafeta.fill(big, (bigbox_message(i, big) for i in range(n)))
+        t_est = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.peer.fill(big, (bigbox_message(i, big) for i in range(n)))
+        t_peer = time.perf_counter() - t0
+        say(f"  estafeta store API (fsync'd): {t_est:.0f} s; Maildir files: {t_peer:.0f} s")
+        pop = f"pop@{DOMAIN}"
+        self.estafeta.fill(pop, (pop_message(i) for i in range(args.p4_messages)))
+        self.peer.fill(pop, (pop_message(i) for i in range(args.p4_messages)))
+        idle_server = self.estafeta if idle_default else self.estafeta_idle
+        for address in self.idle_passwords:
+            idle_server.fill(address, (pop_message(i, 2048) for i in range(10)))
+            self.peer.fill(address, (pop_message(i, 2048) for i in range(10)))
+        self.checks["build_seconds"] = {"estafeta": round(t_est, 1), "peer_files": round(t_peer, 1)}
+
+        say("starting estafeta, Postfix and Dovecot ...")
+        self.estafeta.start()
+        self.peer.start()
+        t0 = time.perf_counter()
+        for user in (big, pop, f"idle*@{DOMAIN}"):
+            self.peer.doveadm("index", "-u", user, "INBOX")
+        self.checks["build_seconds"]["peer_doveadm_index"] = round(time.perf_counter() - t0, 1)  # type: ignore[index]
+        # One unmeasured pass of P2 and P4 on each: Dovecot fills its cache
+        # file with the fields clients ask for (as it would have after the
+        # first client in a real deployment); both get a warm page cache.
+        say("warm-up pass of P2 and P4 on both (not measured) ...")
+        for server in (self.estafeta, self.peer):
+            self.p2(server, record=False)
+            self.p4(server, record=False)
+
+    # -- phases ------------------------------------------------------------
+
+    def p1(self, server: Server, round_no: int, sessions: int) -> None:
+        args = self.args
+        account = f"in-r{round_no}-c{sessions}@{DOMAIN}"
+        count = args.p1_messages if sessions > 1 else max(50, args.p1_messages // 5)
+        count -= count % sessions
+        messages = [ingest_message(i, account, args.p1_size) for i in range(count)]
+        assert server.count(account) == 0
+        cpu0 = cpu_seconds(server.pids())
+        result = asyncio.run(smtp_ingest(server.smtp_port, sessions, messages, account))
+        acked = result.started + result.seconds
+        deadline = time.perf_counter() + 600
+        while (seen := server.count(account)) < count:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{server.label}: {seen} of {count} messages visible")
+            time.sleep(0.005)
+        visible = max(time.perf_counter(), acked)
+        if server.count(account) != count:
+            raise RuntimeError(f"{server.label}: {server.count(account)} messages, sent {count}")
+        cpu = cpu_seconds(server.pids()) - cpu0
+        elapsed = visible - result.started
+        self._check_status(server, account, count)  # what an IMAP client sees (not timed)
+        lat = sorted(result.latencies)
+        s = side(server)
+        add = self.results.add
+        add(
+            f"P1.c{sessions}.rate",
+            f"P1 ingest {sessions} sess.",
+            "msg/s",
+            "higher",
+            s,
+            count / elapsed,
+        )
+        add(
+            f"P1.c{sessions}.cpu",
+            f"P1 CPU /1000 msg, {sessions} sess.",
+            "s",
+            "lower",
+            s,
+            cpu / count * 1000,
+        )
+        add(
+            f"P1.c{sessions}.ack_rate",
+            f"P1 acked (250) {sessions} sess.",
+            "msg/s",
+            "higher",
+            s,
+            count / result.seconds,
+        )
+        add(
+            f"P1.c{sessions}.p50",
+            f"P1 p50 latency {sessions} sess.",
+            "ms",
+            "lower",
+            s,
+            statistics.median(lat) * 1000,
+        )
+        say(
+            f"  P1 {server.label:<16} {sessions:>2} sessions: {count / elapsed:7.1f} msg/s visible "
+            f"({count / result.seconds:.1f}/s acked), CPU {cpu / count * 1000:.2f} s/1000"
+        )
+
+    def _check_status(self, server: Server, account: str, count: int) -> None:
+        client = IMAPClient(server.imap_port)
+        client.login(account, self.password(account))
+        status = client.command("STATUS INBOX (MESSAGES)").lines
+        client.close()
+        found = [int(line.rsplit(b"MESSAGES", 1)[1].strip(b" )\r\n")) for line in status]
+        if found != [count]:
+            raise RuntimeError(f"{server.label}: IMAP STATUS says {found} messages, sent {count}")
+
+    def p2(self, server: Server, record: bool = True) -> None:
+        big = f"big@{DOMAIN}"
+        client = IMAPClient(server.imap_port)
+        login = client.login(big, self.password(big))
+        steps = [
+            ("select", "SELECT", "SELECT INBOX"),
+            ("fetch", "FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)", ""),
+            ("search_header", "SEARCH HEADER Subject", HEADER_SEARCH),
+            ("search_body", "SEARCH BODY", BODY_SEARCH),
+            ("store_set", "STORE 1:* +FLAGS (\\Seen)", ""),
+            ("store_clear", "STORE 1:* -FLAGS (\\Seen)", ""),
+        ]
+        times: dict[str, float] = {}
+        for key, label, command in steps:
+            reply = client.command(command or label)
+            times[key] = reply.seconds
+            if key == "fetch" and reply.untagged != self.args.p2_messages:
+                raise RuntimeError(f"{server.label}: FETCH gave {reply.untagged} messages")
+            if key.startswith("search"):
+                self.checks.setdefault(f"P2 {key} hits", {})[side(server)] = len(reply.search)  # type: ignore[index]
+        client.close()
+        if not record:
+            return
+        s = side(server)
+        add = self.results.add
+        add("P2.login", "IMAP LOGIN (default hash)", "s", "lower", s, login.seconds)
+        for key, label, _command in steps:
+            add(f"P2.{key}", f"P2 {label}", "s", "lower", s, times[key])
+        say(
+            f"  P2 {server.label:<16} "
+            + " ".join(f"{k}={v:.2f}s" for k, v in times.items())
+            + f" (login {login.seconds:.2f}s)"
+        )
+
+    def p3(self, server: Server) -> None:
+        n = self.args.p3_connections
+        addresses = list(self.idle_passwords)
+        logins = [(addresses[i % len(addresses)], "") for i in range(n)]
+        logins = [(a, self.idle_passwords[a]) for a, _ in logins]
+        before_rss, before_pss = memory_kib(server.memory_pids())
+        base_processes = len(server.memory_pids())
+
+        async def run() -> tuple[float, int, int, int, dict[str, int]]:
+            t0 = time.perf_counter()
+            writers = await idle_connections(server.imap_port, logins)
+            opened = time.perf_counter() - t0
+            await asyncio.sleep(3)
+            pids = server.memory_pids()
+            rss, pss = memory_kib(pids)
+            counts = names(pids)
+            for writer in writers:
+                writer.close()
+            await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+            return opened, rss, pss, len(pids), counts
+
+        opened, rss, pss, processes, counts = asyncio.run(run())
+        # Let the server wind the sessions down before the next measurement.
+        deadline = time.monotonic() + 300
+        while len(server.memory_pids()) > base_processes + 5 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        s = side(server)
+        add = self.results.add
+        add("P3.rss", f"P3 RSS sum, {n} IDLE", "MiB", "lower", s, rss / 1024)
+        add("P3.pss", f"P3 PSS sum, {n} IDLE", "MiB", "lower", s, pss / 1024)
+        add("P3.per_conn", "P3 PSS per IDLE conn.", "KiB", "lower", s, (pss - before_pss) / n)
+        add("P3.open", f"P3 open {n} IDLE (cheap hash)", "s", "lower", s, opened)
+        self.checks.setdefault("P3 processes", {})[s] = counts  # type: ignore[index]
+        say(
+            f"  P3 {server.label:<16} {n} IDLE: RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB "
+            f"(before {before_rss / 1024:.0f}/{before_pss / 1024:.0f}), {processes} processes, "
+            f"opened in {opened:.1f} s"
+        )
+
+    def p4(self, server: Server, record: bool = True) -> None:
+        pop = f"pop@{DOMAIN}"
+        result = pop3_retr_all(server.pop3_port, pop, self.password(pop))
+        if result.messages != self.args.p4_messages:
+            raise RuntimeError(f"{server.label}: POP3 LIST gave {result.messages}")
+        if not record:
+            return
+        s = side(server)
+        self.results.add(
+            "P4.list_retr",
+            f"P4 POP3 LIST+RETR {result.messages}",
+            "s",
+            "lower",
+            s,
+            result.list + result.retr,
+        )
+        say(
+            f"  P4 {server.label:<16} LIST {result.list * 1000:.0f} ms, RETR {result.retr:.2f} s "
+            f"({result.octets / 1e6:.1f} MB)"
+        )
+
+    # -- profiling -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def profiled(self, phase: str, server: Server, round_no: int) -> Iterator[None]:
+        want = self.args.profile
+        rounds = self.args.rounds
+        last = min(rounds, self.args.p3_rounds) - 1 if phase == "P3" else rounds - 1
+        if (
+            phase not in want
+            or side(server) != "estafeta"
+            or round_no != last
+            or not isinstance(server, Estafeta)
+        ):
+            yield
+            return
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        out = self.args.results / f"profile-{phase}.svg"
+        log = (self.root / f"py-spy-{phase}.log").open("wb")
+        # A flame graph, and the same samples as collapsed stacks (one
+        # "frame;frame;... count" line per stack) to grep or sum up. Not
+        # pausing the server (--nonblocking) keeps two samplers cheap.
+        for path, form in ((out, "flamegraph"), (out.with_suffix(".txt"), "raw")):
+            command = [spy, "record", "--nonblocking", "--threads", "--rate", "100"]
+            command += ["--format", form, "-o", str(path), "--pid", str(server.main_pid)]
+            self._profilers.append(subprocess.Popen(command, stdout=log, stderr=log))
+        time.sleep(1)
+        try:
+            yield
+        finally:
+            for profiler in self._profilers:
+                profiler.send_signal(signal.SIGINT)
+            for profiler in self._profilers:
+                try:
+                    profiler.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    profiler.kill()
+            self._profilers = []
+            log.close()
+            say(f"  profile of estafeta in {phase}: {out} and .txt")
+
+    # -- rounds ----------------------------------------------------------------
+
+    def run(self) -> None:
+        phases: list[tuple[str, Callable[[Server, int], None]]] = [
+            ("P1", lambda srv, r: [self.p1(srv, r, c) for c in SESSIONS] and None),
+            ("P2", lambda srv, r: self.p2(srv)),
+            ("P4", lambda srv, r: self.p4(srv)),
+            ("P3", lambda srv, r: self.p3_for(srv)),
+        ]
+        for round_no in range(self.args.rounds):
+            order: list[Server] = [self.estafeta, self.peer]
+            if round_no % 2:
+                order.reverse()
+            say(f"round {round_no + 1}/{self.args.rounds}: {' then '.join(s.label for s in order)}")
+            self.load_sample(f"round {round_no + 1} start")
+            started = time.perf_counter()
+            for phase, function in phases:
+                if phase in self.args.skip:
+                    continue
+                if phase == "P3" and round_no >= self.args.p3_rounds:
+                    continue
+                for server in order:
+                    target = server
+                    if (
+                        phase == "P3"
+                        and server is self.estafeta
+                        and not self.args.p3_default_hashes
+                    ):
+                        target = self.estafeta_idle
+                    with self.profiled(phase, target, round_no):
+                        function(server, round_no)
+                self.load_sample(f"round {round_no + 1} after {phase}")
+            self.results.rounds.append(
+                {
+                    "round": round_no + 1,
+                    "order": [s.label for s in order],
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+                }
+            )
+
+    def p3_for(self, server: Server) -> None:
+        if server is self.estafeta and not self.args.p3_default_hashes:
+            idle = self.estafeta_idle
+            idle.start()
+            try:
+                self.p3(idle)
+            finally:
+                idle.stop()
+        else:
+            self.p3(server)
+
+    def stop(self) -> None:
+        for profiler in self._profilers:
+            if profiler.poll() is None:
+                profiler.kill()
+        for server in (self.estafeta, self.estafeta_idle, self.peer):
+            with contextlib.suppress(Exception):
+                server.stop()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if not self.args.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+# -- report ----------------------------------------------------------------------
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}"
+
+
+def ratio_text(ratio: float) -> str:
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
+
+
+def table(results: Results) -> str:
+    rows = [("metric", "unit", "estafeta", "postfix+dovecot", "ratio e/p", "estafeta is")]
+    for m in results.metrics.values():
+        ratio = m.ratio()
+        rows.append(
+            (
+                m.label,
+                m.unit,
+                fmt(m.median("estafeta")),
+                fmt(m.median("peer")),
+                ratio_text(ratio) if ratio is not None else "-",
+                m.verdict(),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [c.rjust(w) for c, w in zip(row[2:5], widths[2:5], strict=True)]
+        cells.append(row[5])
+        lines.append("  ".join(cells))
+        if n == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def chart(results: Results, path: Path, title: str) -> None:
+    """Horizontal bars on a log scale: how many times better (right, green)
+    or worse (left, red) estafeta is than the peer, per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    metrics = [
+        m
+        for m in results.metrics.values()
+        if m.ratio() and not m.key.endswith((".ack_rate", ".p50"))
+    ]
+    if not metrics:
+        return
+    fig, ax = plt.subplots(figsize=(10, 0.4 * len(metrics) + 1.8))
+    labels, values, colors = [], [], []
+    for m in reversed(metrics):
+        ratio = m.ratio() or 1.0
+        goodness = ratio if m.better == "higher" else 1 / ratio
+        labels.append(f"{m.label} [{m.unit}, {m.better} is better]")
+        values.append(goodness)
+        colors.append(
+            "#2e7d32" if goodness >= 1 + SAME else "#c62828" if goodness <= 1 - SAME else "#757575"
+        )
+    ax.set_xscale("log")
+    bars = ax.barh(labels, [v - 1 for v in values], left=1, color=colors)
+    for bar, value, m in zip(bars, values, reversed(metrics), strict=True):
+        ratio = m.ratio() or 1.0
+        ax.text(
+            value * (1.08 if value >= 1 else 1 / 1.08),
+            bar.get_y() + bar.get_height() / 2,
+            f"e/p {ratio_text(ratio)}: {m.verdict()}",
+            va="center",
+            ha="left" if value >= 1 else "right",
+            fontsize=7.5,
+        )
+    ax.axvline(1, color="black", linewidth=0.8)
+    low = min(min(values), 1) / 60
+    high = max(max(values), 1) * 60
+    ax.set_xlim(low, high)
+    ticks = [t for t in (1 / 1000, 1 / 100, 1 / 10, 1, 10, 100, 1000) if low <= t <= high]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}x" if t >= 1 else f"1/{1 / t:.0f}" for t in ticks])
+    ax.set_xlabel("estafeta vs Postfix+Dovecot: times better (right) or worse (left), log scale")
+    ax.set_title(title, fontsize=9.5)
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine() -> dict[str, object]:
+    info: dict[str, object] = {
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_kib"] = int(line.split()[1])
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="a few minutes: 1 round, small P2 box, 1,000 IDLE"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds, alternating the order (default 3)")
+    parser.add_argument(
+        "--p1-messages",
+        type=int,
+        help="messages per P1 run with 20/50 sessions (1 session: a fifth); default 2000",
+    )
+    parser.add_argument("--p1-size", type=int, default=4096, help="P1 message size (default 4096)")
+    parser.add_argument("--p2-messages", type=int, help="messages in the P2 INBOX (default 100000)")
+    parser.add_argument("--p3-connections", type=int, help="IDLE connections in P3 (default 10000)")
+    parser.add_argument(
+        "--p3-rounds",
+        type=int,
+        default=1,
+        help="rounds that run P3, the first ones (default 1: 10,000 Dovecot processes take "
+        "5-6 minutes to start on 2 cores, and memory hardly varies between rounds)",
+    )
+    parser.add_argument(
+        "--p3-accounts",
+        type=int,
+        default=100,
+        help="accounts the P3 connections log in to (default 100)",
+    )
+    parser.add_argument(
+        "--p3-default-hashes",
+        action="store_true",
+        help="P3 logins with default-cost hashes too (about 0.3 CPU-seconds per login: slow)",
+    )
+    parser.add_argument(
+        "--p4-messages", type=int, default=1000, help="messages RETR'd in P4 (default 1000)"
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["P1", "P2", "P3", "P4"],
+        help="phases to leave out",
+    )
+    parser.add_argument(
+        "--profile",
+        nargs="*",
+        default=[],
+        choices=["P1", "P2", "P3", "P4"],
+        help="py-spy record estafeta in these phases of the last round (results/profile-P?.svg)",
+    )
+    parser.add_argument(
+        "--dir", default="/var/tmp", help="where the temporary data goes (default /var/tmp)"
+    )
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="output directory")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
+    parser.add_argument(
+        "--no-install", action="store_true", help="do not apt-get install missing packages"
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "rounds": 1 if quick else 3,
+        "p1_messages": 1000 if quick else 2000,
+        "p2_messages": 10_000 if quick else 100_000,
+        "p3_connections": 1000 if quick else 10_000,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.p3_accounts = max(1, min(args.p3_accounts, args.p3_connections))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("compare.py runs Postfix and Dovecot: run it as root")
+    started_at = time.strftime("%Y-%m-%dT%H%M%S")
+    wall = time.perf_counter()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * args.p3_connections + 4096
+    if hard < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            hard = want
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
+    if hard < args.p3_connections + 1000:
+        raise SystemExit(f"RLIMIT_NOFILE {hard} is too low for {args.p3_connections} connections")
+    info = machine()
+    installed = [] if args.no_install else ensure_packages(say)
+    args.results.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    atexit.register(bench.cleanup)
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    say(
+        f"estafeta vs Postfix+Dovecot: {args.rounds} round(s), P1 {args.p1_messages} msgs, "
+        f"P2 {args.p2_messages} msgs, P3 {args.p3_connections} IDLE, P4 {args.p4_messages} msgs; "
+        f"load {info['loadavg_start']} on {info['cores']} cores"
+    )
+    try:
+        bench.setup()
+        setup_seconds = time.perf_counter() - wall
+        bench.run()
+    except KeyboardInterrupt:
+        say("interrupted: stopping the servers")
+        return 130
+    finally:
+        bench.stop()
+    info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    duration = time.perf_counter() - wall
+    results = bench.results
+    report = {
+        "started": started_at,
+        "duration_seconds": round(duration, 1),
+        "setup_seconds": round(setup_seconds, 1),
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": info,
+        "load_samples": bench.loads,
+        "versions": versions(),
+        "installed_now": installed,
+        "configuration": {
+            "estafeta": {
+                "hash": bench.estafeta.hash_scheme,
+                "p3_hash": "same as above"
+                if args.p3_default_hashes
+                else "argon2id " + ", ".join(f"{k}={v}" for k, v in CHEAP_ARGON2.items()),
+                "durability": "250 after file + new/ directory fsync'd and SQLite index committed",
+                "log level": "info (default)",
+            },
+            "peer": {
+                "hash": bench.peer.hash_scheme,
+                "p3_hash": "same as above"
+                if args.p3_default_hashes
+                else "{ARGON2ID} " + ", ".join(f"{k}={v}" for k, v in CHEAP_ARGON2.items()),
+                "durability": "Postfix: 250 once the queue file is fsync'd; Dovecot LMTP "
+                "mail_fsync = optimized (message file fsync'd before LMTP 250)",
+                "dovecot": "maildir, one imap process per connection (default high-security "
+                "login), imap-login/imap process_limit raised, auth_cache off (default)",
+            },
+        },
+        "rounds": results.rounds,
+        "checks": bench.checks,
+        "metrics": [
+            {
+                "key": m.key,
+                "label": m.label,
+                "unit": m.unit,
+                "better": m.better,
+                "estafeta": [round(v, 4) for v in m.values["estafeta"]],
+                "peer": [round(v, 4) for v in m.values["peer"]],
+                "estafeta_median": m.median("estafeta"),
+                "peer_median": m.median("peer"),
+                "ratio_estafeta_over_peer": m.ratio(),
+                "verdict": m.verdict(),
+            }
+            for m in results.metrics.values()
+        ],
+    }
+    out = args.results / f"{started_at}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    found = versions()
+    title = (
+        f"estafeta {found.get('estafeta')} vs Postfix {found.get('postfix')}"
+        f" + Dovecot {found.get('dovecot', '?').split()[0]}\nmedians of {args.rounds} round(s), "
+        f"{info['cores']} cores, load average {info['loadavg_start'][0]} at the start"
+    )
+    png = out.with_suffix(".png")
+    try:
+        chart(results, png, title)
+    except ImportError:
+        say("matplotlib missing: no chart (pip install -r requirements-bench.txt)")
+        png = None  # type: ignore[assignment]
+    print()
+    print(table(results))
+    print()
+    print(
+        f"{args.rounds} round(s) in {duration / 60:.1f} min (setup {setup_seconds / 60:.1f} min); "
+        f"load average {info['loadavg_start']} -> {info['loadavg_end']} on {info['cores']} cores"
+    )
+    for key, value in bench.checks.items():
+        print(f"  {key}: {value}")
+    print(f"results: {out}" + (f" and {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
