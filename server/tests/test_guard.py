@@ -411,21 +411,6 @@ def smtp_auth(inst: Instance, source: str, user: str, password: str) -> bytes:
         client.close()
 
 
-def start(inst: Instance) -> None:
-    """Start the server and wait for every listener, not only SMTP's."""
-    inst.start()
-    for port in (inst.imap_port, inst.pop3_port, inst.submission_port):
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=10).close()
-                break
-            except ConnectionRefusedError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[Instance]:
     inst = Instance(
@@ -441,7 +426,7 @@ def guarded(tmp_path: Path) -> Iterator[Instance]:
     inst.write_config()
     inst.add_user(ALICE)
     inst.add_user(BOB)
-    start(inst)
+    inst.start()  # waits for every listener
     yield inst
     if inst.process is not None:
         inst.kill()
@@ -552,7 +537,7 @@ def test_max_connections_per_ip(tmp_path: Path) -> None:
         auth_config="allow_plaintext = true\n",
     )
     inst.write_config()
-    start(inst)
+    inst.start()  # waits for every listener
     try:
         source = "127.0.0.20"
         # Three connections on three different listeners fill the quota...
