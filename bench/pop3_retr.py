@@ -11,14 +11,13 @@ message (and the bytes moved).
 from __future__ import annotations
 
 import argparse
-import poplib
 import secrets
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from _harness import add_user, free_port, running
+from _load import pop3_retr_all
 from estafeta.message import summarize
 from estafeta.store import Delivery, Store
 
@@ -56,21 +55,9 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, port: int, body_size: int) -> None:
-    t0 = time.perf_counter()
-    client = poplib.POP3("127.0.0.1", port, timeout=120)
-    client.user(USER)
-    client.pass_(PASSWORD)
-    t_login = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    _, listing, _ = client.list()
-    t_list = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    moved = 0
-    for n in range(1, len(listing) + 1):
-        _, _lines, octets = client.retr(n)
-        moved += octets
-    t_retr = time.perf_counter() - t0
-    client.quit()
+    result = pop3_retr_all(port, USER, PASSWORD)
+    t_login, t_list, t_retr, moved = result.login, result.list, result.retr, result.octets
+    listing = range(result.messages)
     print(f"estafeta POP3, {args.messages} messages of ~{body_size} bytes (loopback, poplib)")
     print(f"login: {t_login * 1000:.1f} ms")
     print(f"LIST: {t_list * 1000:.1f} ms ({len(listing)} entries)")
