@@ -91,6 +91,31 @@ def test_good_config(tmp_path: Path) -> None:
             "limits.max_message_size",
             "must be an integer",
         ),
+        (
+            ("max_message_size = 1000", "max_message_size = 1000\nmax_preauth_per_ip = 600"),
+            "limits.max_preauth_per_ip",
+            "not be larger than max_preauth_connections",
+        ),
+        (
+            ("max_message_size = 1000", "max_message_size = 1000\nsmtp_hard_error_limit = 5"),
+            "limits.smtp_hard_error_limit",
+            "not be smaller than smtp_soft_error_limit",
+        ),
+        (
+            ("max_message_size = 1000", "max_message_size = 1000\ndata_memory = 999"),
+            "limits.data_memory",
+            "at least max_message_size",
+        ),
+        (
+            ("max_message_size = 1000", "max_message_size = 1000\nmax_mailboxes = 0"),
+            "limits.max_mailboxes",
+            "greater than 0",
+        ),
+        (
+            ("max_message_size = 1000", 'max_message_size = 1000\nsmtp_error_delay = "soon"'),
+            "limits.smtp_error_delay",
+            "duration like",
+        ),
         (("[listen]", '[listen]\nimaps = ["127.0.0.1:993"]'), "listen.imaps", "needs [tls]"),
         (
             ("[listen]", '[listen]\nhttp = ["127.0.0.1:2525"]'),

@@ -113,6 +113,26 @@ class Limits:
     max_connections_per_ip: int = 50
     # Per-account storage quota in bytes (rfc9208 STORAGE); 0 means none.
     quota: int = 0
+    # Connections that have not logged in yet (IMAP, POP3, submission before
+    # AUTH; every port-25 session), over all listeners, and from one client
+    # address. When the pool is full, a newcomer from an address holding less
+    # than its share evicts the oldest idle unauthenticated connection of the
+    # address holding the most: a flood from a few addresses cannot lock
+    # everybody else out.
+    max_preauth_connections: int = 500
+    max_preauth_per_ip: int = 20
+    # Message bytes all SMTP DATA transfers together may hold in memory; a
+    # transfer that would go beyond gets 452 4.3.1 after its final dot.
+    data_memory: int = 256 * 1024 * 1024
+    # SMTP errors (rejected commands and recipients) in one session: after the
+    # soft limit each further error is answered after smtp_error_delay seconds,
+    # doubling, per client address; at the hard limit 421 and the connection
+    # is closed (Postfix's smtpd_soft_error_limit / smtpd_hard_error_limit).
+    smtp_soft_error_limit: int = 10
+    smtp_hard_error_limit: int = 20
+    smtp_error_delay: float = 1.0
+    # Mailboxes one account may have (CREATE and RENAME beyond: NO [LIMIT]).
+    max_mailboxes: int = 1000
 
 
 @dataclass(frozen=True)
@@ -139,6 +159,9 @@ class AuthConfig:
     max_delay: float = 8.0
     # Networks never locked out nor slowed down (a webmail on this host, say).
     exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Failures of one client for one account that lock that pair only (the
+    # client may still log in to other accounts, and the account from others).
+    pair_max_failures: int = 5
 
     def hasher(self) -> argon2.PasswordHasher:
         return argon2.PasswordHasher(
@@ -522,6 +545,23 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
             limits_reader, "max_connections_per_ip", defaults.max_connections_per_ip
         ),
         quota=limits_reader.get("quota", int, defaults.quota),
+        max_preauth_connections=_positive(
+            limits_reader, "max_preauth_connections", defaults.max_preauth_connections
+        ),
+        max_preauth_per_ip=_positive(
+            limits_reader, "max_preauth_per_ip", defaults.max_preauth_per_ip
+        ),
+        data_memory=_positive(limits_reader, "data_memory", defaults.data_memory),
+        smtp_soft_error_limit=_positive(
+            limits_reader, "smtp_soft_error_limit", defaults.smtp_soft_error_limit
+        ),
+        smtp_hard_error_limit=_positive(
+            limits_reader, "smtp_hard_error_limit", defaults.smtp_hard_error_limit
+        ),
+        smtp_error_delay=_duration(
+            limits_reader, "smtp_error_delay", defaults.smtp_error_delay, allow_zero=True
+        ),
+        max_mailboxes=_positive(limits_reader, "max_mailboxes", defaults.max_mailboxes),
     )
     if limits.quota < 0:
         raise limits_reader.error("quota", "must be 0 (no quota) or a number of bytes")
@@ -529,6 +569,18 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         raise limits_reader.error("imap_idle_timeout", "must be at least 30 minutes (rfc9051:5.4)")
     if limits.pop3_idle_timeout < POP3_MIN_IDLE:
         raise limits_reader.error("pop3_idle_timeout", "must be at least 10 minutes (rfc1939:3)")
+    if limits.max_preauth_per_ip > limits.max_preauth_connections:
+        raise limits_reader.error(
+            "max_preauth_per_ip", "must not be larger than max_preauth_connections"
+        )
+    if limits.smtp_hard_error_limit < limits.smtp_soft_error_limit:
+        raise limits_reader.error(
+            "smtp_hard_error_limit", "must not be smaller than smtp_soft_error_limit"
+        )
+    if limits.data_memory < limits.max_message_size:
+        raise limits_reader.error(
+            "data_memory", "must be at least max_message_size (one message must fit)"
+        )
     limits_reader.check_unknown()
 
     log_reader = top.table_of("log")
@@ -562,6 +614,9 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         delay_base=_duration(auth_reader, "delay_base", auth_defaults.delay_base, allow_zero=True),
         max_delay=_duration(auth_reader, "max_delay", auth_defaults.max_delay, allow_zero=True),
         exempt=_networks(auth_reader, "exempt"),
+        pair_max_failures=_positive(
+            auth_reader, "pair_max_failures", auth_defaults.pair_max_failures
+        ),
     )
     if auth.max_delay < auth.delay_base:
         raise auth_reader.error("max_delay", "must not be smaller than delay_base")
