@@ -34,10 +34,20 @@ def make_tls(directory: Path) -> tuple[str, trustme.CA]:
     return section, ca
 
 
+_given_ports: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nobody listens on, and one this test process has not handed out
+    before: the kernel may give the same ephemeral port to two binds in a row
+    once the first socket is closed (seen: imaps and smtp on one port)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
 
 
 def estafeta(
