@@ -13,7 +13,11 @@ such a message gives well-formed response items.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,5 +110,30 @@ def test_encoded_word_in_a_charset_that_cannot_replace() -> None:
     assert summarize(data).from_addr == "a@b.test"
 
 
-def test_deep_fuzz_profile_is_known() -> None:
-    assert _fuzz.PROFILE in ("ci", "long")
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [("ci", "200 True"), ("long", "20000 False"), ("bogus", "InvalidArgument")],
+)
+def test_estafeta_fuzz_selects_the_hypothesis_profile(profile: str, expected: str) -> None:
+    """ESTAFETA_FUZZ=long (make fuzz's deep runs) really changes the number of
+    examples; a misspelt profile fails loudly instead of running the short one."""
+    probe = (
+        "import hypothesis\n"
+        "try:\n"
+        "    import _fuzz\n"
+        "except hypothesis.errors.InvalidArgument:\n"
+        "    print('InvalidArgument')\n"
+        "else:\n"
+        "    s = hypothesis.settings.default\n"
+        "    print(s.max_examples, s.derandomize)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).parent,
+        env={**os.environ, "ESTAFETA_FUZZ": profile},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == expected

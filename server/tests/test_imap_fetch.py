@@ -1,7 +1,8 @@
 """Tests for estafeta.imap.fetch: FETCH data items (rfc9051:6.4.5, 7.5.2).
 
 Messages go through ``summarize`` as at delivery; expected responses are
-written out by hand from the RFC text, not computed from the summary.
+written out by hand from the RFC text (the sample of rfc3501:8 among them),
+never computed with the renderer's own functions.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from estafeta.imap.fetch import (
     sets_seen,
 )
 from estafeta.imap.types import FetchAtt, Section
-from estafeta.message import imap_bodystructure, imap_envelope, summarize
+from estafeta.message import summarize
 
 
 def crlf(text: str) -> bytes:
@@ -183,24 +184,110 @@ def test_empty_flags_and_items_in_the_order_asked() -> None:
     assert out == b"FLAGS () UID 99"
 
 
-def test_envelope_body_bodystructure_from_the_summary() -> None:
+# rfc3501:8 (the sample session, also in rfc9051:8): "a FETCH 12 full" answers
+#   ENVELOPE ("Wed, 17 Jul 1996 02:23:25 -0700 (PDT)"
+#   "IMAP4rev1 WG mtg summary and minutes"
+#   (("Terry Gray" NIL "gray" "cac.washington.edu"))
+#   (("Terry Gray" NIL "gray" "cac.washington.edu"))
+#   (("Terry Gray" NIL "gray" "cac.washington.edu"))
+#   ((NIL NIL "imap" "cac.washington.edu"))
+#   ((NIL NIL "minutes" "CNRI.Reston.VA.US")
+#   ("John Klensin" NIL "KLENSIN" "MIT.EDU")) NIL NIL
+#   "<B27397-0100000@cac.washington.edu>")
+#   BODY ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 3028 92)
+# The RFC folds the response for reading; on the wire the items are
+# separated by single spaces and the addresses of one list follow each other
+# with none (rfc9051:9 env-cc = "(" 1*address ")"). Below, the message that
+# gives this envelope: 3,028 octets of body in 92 lines.
+RFC3501_HEADER = (
+    b"Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\r\n"
+    b"From: Terry Gray <gray@cac.washington.edu>\r\n"
+    b"Subject: IMAP4rev1 WG mtg summary and minutes\r\n"
+    b"To: imap@cac.washington.edu\r\n"
+    b"cc: minutes@CNRI.Reston.VA.US, John Klensin <KLENSIN@MIT.EDU>\r\n"
+    b"Message-Id: <B27397-0100000@cac.washington.edu>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n"
+    b"\r\n"
+)
+RFC3501_BODY = (b"x" * 31 + b"\r\n") * 91 + b"x" * 23 + b"\r\n"
+RFC3501_ENVELOPE = (
+    b'ENVELOPE ("Wed, 17 Jul 1996 02:23:25 -0700 (PDT)" '
+    b'"IMAP4rev1 WG mtg summary and minutes" '
+    b'(("Terry Gray" NIL "gray" "cac.washington.edu")) '
+    b'(("Terry Gray" NIL "gray" "cac.washington.edu")) '
+    b'(("Terry Gray" NIL "gray" "cac.washington.edu")) '
+    b'((NIL NIL "imap" "cac.washington.edu")) '
+    b'((NIL NIL "minutes" "CNRI.Reston.VA.US")'
+    b'("John Klensin" NIL "KLENSIN" "MIT.EDU")) NIL NIL '
+    b'"<B27397-0100000@cac.washington.edu>")'
+)
+
+
+def test_envelope_and_body_of_the_rfc3501_sample() -> None:
+    assert (len(RFC3501_BODY), RFC3501_BODY.count(b"\r\n")) == (3028, 92)
+    msg, loader = message(RFC3501_HEADER + RFC3501_BODY)
+    out = render_items(msg, [FetchAtt("ENVELOPE"), FetchAtt("BODY")], imap4rev2=False)
+    # The RFC writes the default encoding as "7BIT"; we send it as "7bit"
+    # (body-fld-enc is case-insensitive, and Dovecot writes it so too).
+    assert out == (
+        RFC3501_ENVELOPE + b' BODY ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7bit" 3028 92)'
+    )
+    assert loader.calls == 0
+
+
+def test_bodystructure_of_the_rfc3501_sample_adds_extension_data() -> None:
+    msg, _ = message(RFC3501_HEADER + RFC3501_BODY)
+    out = render_items(msg, [FetchAtt("BODYSTRUCTURE")], imap4rev2=True)
+    # rfc9051:9 body-ext-1part: body-fld-md5 body-fld-dsp body-fld-lang body-fld-loc.
+    assert out == (
+        b'BODYSTRUCTURE ("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7bit" 3028 92'
+        b" NIL NIL NIL NIL)"
+    )
+
+
+def test_envelope_body_bodystructure_of_a_multipart() -> None:
     msg, loader = message(MIXED)
     atts = [FetchAtt("ENVELOPE"), FetchAtt("BODY"), FetchAtt("BODYSTRUCTURE")]
     out = render_items(msg, atts, imap4rev2=False)
-    bs = msg.summary.bodystructure
-    non_ext = imap_bodystructure(bs, False)
-    ext = imap_bodystructure(bs, True)
-    assert non_ext != ext
-    assert out == (
-        b"ENVELOPE "
-        + imap_envelope(msg.summary.envelope)
-        + b" BODY "
-        + non_ext
-        + b" BODYSTRUCTURE "
-        + ext
+    # Written out by hand from rfc9051:7.5.2 and the grammar of rfc9051:9:
+    # - ENVELOPE: no Date (NIL); Sender and Reply-To default to From; no Cc,
+    #   Bcc, In-Reply-To, Message-ID.
+    # - parts: text 34 octets in 2 lines (the CRLF before a boundary belongs
+    #   to the boundary, rfc2046:5.1.1), application 14 octets (no line count
+    #   for non-text), message/rfc822 of 88 octets and 4 lines with the
+    #   envelope and structure of the inner message (its text/plain defaults
+    #   to charset us-ascii, rfc2045:5.2), then the subtype "mixed".
+    # - BODY has no extension data; BODYSTRUCTURE adds, per leaf, md5 dsp lang
+    #   loc (NIL NIL NIL NIL) and, for the multipart, the parameters then dsp
+    #   lang loc.
+    envelope = (
+        b'(NIL "mixed" (("Alice" NIL "alice" "example.test")) '
+        b'(("Alice" NIL "alice" "example.test")) (("Alice" NIL "alice" "example.test")) '
+        b'((NIL NIL "bob" "example.test")) NIL NIL NIL NIL)'
     )
-    assert out.startswith(b'ENVELOPE (NIL "mixed" (("Alice" NIL "alice" "example.test"))')
-    assert b' "mixed" ("boundary" "XX") NIL NIL NIL)' in out  # extension data
+    inner_envelope = (
+        b'(NIL "inner" (("Carol" NIL "carol" "example.test")) '
+        b'(("Carol" NIL "carol" "example.test")) (("Carol" NIL "carol" "example.test")) '
+        b"NIL NIL NIL NIL NIL)"
+    )
+    body = (
+        b'(("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable" 34 2)'
+        b'("application" "octet-stream" ("name" "a.bin") NIL NIL "base64" 14)'
+        b'("message" "rfc822" NIL NIL NIL "7bit" 88 ' + inner_envelope + b" "
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 0) 4) "mixed")'
+    )
+    bodystructure = (
+        b'(("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable" 34 2'
+        b" NIL NIL NIL NIL)"
+        b'("application" "octet-stream" ("name" "a.bin") NIL NIL "base64" 14'
+        b" NIL NIL NIL NIL)"
+        b'("message" "rfc822" NIL NIL NIL "7bit" 88 ' + inner_envelope + b" "
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 0 NIL NIL NIL NIL) 4'
+        b" NIL NIL NIL NIL)"
+        b' "mixed" ("boundary" "XX") NIL NIL NIL)'
+    )
+    assert out == b"ENVELOPE " + envelope + b" BODY " + body + b" BODYSTRUCTURE " + bodystructure
     assert loader.calls == 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -638,7 +637,10 @@ def test_results_come_in_mailbox_order() -> None:
     assert run(k("SEEN"), box) == [1, 3, 4, 7, 8, 9, 10]
 
 
-def test_large_mailbox_flag_search_is_fast() -> None:
+def test_large_mailbox_flag_search_reads_no_file() -> None:
+    """Flag, size and UID keys over 100,000 messages come from the columns:
+    every result is right and no message file is opened (the time it takes
+    is measured by bench/search_flags.py, not asserted here)."""
     summary = summarize(M1)
 
     def refuse() -> bytes:
@@ -668,11 +670,8 @@ def test_large_mailbox_flag_search_is_fast() -> None:
         ),
     ]
     for key, expected in tests:
-        start = time.perf_counter()
         found = evaluate(key, candidates, largest_seq=100_000, largest_uid=200_000)
-        elapsed = time.perf_counter() - start
-        assert elapsed < 0.5, (key, elapsed)
-        assert [m.seq for m in found] == expected
+        assert [m.seq for m in found] == expected, key
 
 
 # -- responses --------------------------------------------------------------

@@ -200,7 +200,22 @@ def test_submission_after_failed_auth_refuses(
     assert_nothing_relayed(mail_server, empty_before)
 
 
-def test_the_queue_is_empty_as_the_cli_sees_it(mail_server: MailServer) -> None:
-    """After every case above: ``estafeta queue list --json`` shows nothing."""
+def test_a_refused_relay_is_logged_and_absent_from_the_queue_as_the_cli_sees_it(
+    mail_server: MailServer, source: str
+) -> None:
+    """A relay attempt of this test alone: refused, logged with its client and
+    recipient, and ``estafeta queue list --json`` (the CLI, not the in-process
+    reader the other tests use) shows nothing queued."""
+    victim = f"victim-{source.replace('.', '-')}@other.example"
+    with smtp_client(mail_server.port("smtp"), source=source) as client:
+        assert client.smtp(f"MAIL FROM:{REMOTE_SENDER}").startswith(b"250 ")
+        assert re.match(RELAY_DENIED, client.smtp(f"RCPT TO:<{victim}>").decode())
+        assert client.smtp("QUIT").startswith(b"221 ")
     assert mail_server.queue() == []
-    assert "relay denied" in mail_server.log_text()
+    logged = [
+        line
+        for line in mail_server.log_text().splitlines()
+        if "rcpt_rejected" in line and victim in line
+    ]
+    assert len(logged) == 1, logged
+    assert "relay denied" in logged[0] and source in logged[0]
