@@ -120,8 +120,11 @@ class Instance:
             )
             + (f'http = ["127.0.0.1:{self.http_port}"]\n' if self.http_port else "")
             + "[limits]\n"
-            "max_message_size = 1048576\n"
-            "max_recipients = 5\n" + self.limits_config + "[log]\n"
+            # Small defaults for tests; limits_config may set them itself.
+            + ("" if "max_message_size" in self.limits_config else "max_message_size = 1048576\n")
+            + ("" if "max_recipients" in self.limits_config else "max_recipients = 5\n")
+            + self.limits_config
+            + "[log]\n"
             'level = "info"\n'
             # Cheap hashes keep the suite fast; production keeps the defaults.
             "[auth]\n"
