@@ -65,6 +65,11 @@ def estafeta(
     return result
 
 
+# Every Instance started in this test process, in order: suites check their
+# logs (tests/security asserts that no server logged a traceback).
+STARTED: list[Instance] = []
+
+
 @dataclass
 class Instance:
     """An estafeta data dir + config, and the server process when running."""
@@ -154,6 +159,8 @@ class Instance:
             stderr=log,
         )
         log.close()
+        if not any(started is self for started in STARTED):
+            STARTED.append(self)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

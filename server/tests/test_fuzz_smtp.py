@@ -135,7 +135,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     generated messages (deterministic) in alice's INBOX."""
     root = tmp_path_factory.mktemp("fuzz")
     section, ca = make_tls(root)
-    instance = Instance(root, free_port(), extra_config=section)
+    # Garbage collects SMTP error replies, all from 127.0.0.1: no tarpit
+    # delay here (the hard error limit, a 421 and close, still applies).
+    instance = Instance(
+        root, free_port(), extra_config=section, limits_config="smtp_error_delay = 0\n"
+    )
     instance.imap_port, instance.imaps_port = free_port(), free_port()
     instance.pop3_port, instance.pop3s_port = free_port(), free_port()
     instance.write_config()

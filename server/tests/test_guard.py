@@ -15,17 +15,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import argon2
 import pytest
 
 from conftest import DOMAIN, PASSWORD, Instance, free_port
 from estafeta import config
+from estafeta.auth import Accounts
+from estafeta.auth.accounts import looks_like_app_password
 from estafeta.auth.guard import (
     ACCOUNT,
+    BUSY,
     IP,
+    MAX_PAIR_LOCKS,
+    PAIR,
     Authenticator,
     ConnectionsPerIP,
     GuardPolicy,
     LoginGuard,
+    LoginResult,
     account_key,
     client_key,
 )
@@ -212,11 +219,13 @@ class FakeAccounts:
         self.delay = delay
         self.lock = threading.Lock()
 
-    def authenticate(self, address: str, secret: str, protocol: str) -> str | None:
+    def authenticate(
+        self, address: str, secret: str, protocol: str, *, allow_password: bool = True
+    ) -> str | None:
         with self.lock:
             self.calls += 1
         time.sleep(self.delay)
-        return account_key(address) if secret == PASSWORD else None
+        return account_key(address) if allow_password and secret == PASSWORD else None
 
 
 def authenticator(accounts: FakeAccounts, **changes: object) -> tuple[Authenticator, list[float]]:
@@ -515,13 +524,16 @@ def test_account_lockout_spares_the_owners_known_address(guarded: Instance) -> N
     for source in ("127.0.0.11", "127.0.0.12", "127.0.0.13"):
         for n in range(2):
             assert pop_login(guarded, source, ALICE, f"wrong {n}").startswith(b"-ERR [AUTH]")
-    # A new address gets nowhere with alice, even with her password...
-    assert b"NO [UNAVAILABLE]" in imap_login(guarded, "127.0.0.14", ALICE, PASSWORD)
-    assert pop_login(guarded, "127.0.0.14", ALICE, PASSWORD).startswith(b"-ERR [SYS/TEMP]")
-    # ...but bob may log in from there, and alice from home.
-    assert b"a OK" in imap_login(guarded, "127.0.0.14", BOB, PASSWORD)
+    # A new address (in another /24 than home) gets nowhere with alice's
+    # password...
+    assert b"NO [UNAVAILABLE]" in imap_login(guarded, "127.0.1.14", ALICE, PASSWORD)
+    assert pop_login(guarded, "127.0.1.14", ALICE, PASSWORD).startswith(b"-ERR [SYS/TEMP]")
+    # ...but bob may log in from there, and alice from home or from her
+    # home's /24 (a phone roaming within its carrier).
+    assert b"a OK" in imap_login(guarded, "127.0.1.14", BOB, PASSWORD)
     assert b"a OK" in imap_login(guarded, "127.0.0.10", ALICE, PASSWORD)
     assert smtp_auth(guarded, "127.0.0.10", ALICE, PASSWORD).startswith(b"235")
+    assert b"a OK" in imap_login(guarded, "127.0.0.14", ALICE, PASSWORD)
     (lockout,) = log_events(guarded, "auth_lockout")
     assert "scope=account" in lockout and f"account={ALICE}" in lockout
 
@@ -575,3 +587,259 @@ def test_max_connections_per_ip(tmp_path: Path) -> None:
             client.close()
     finally:
         inst.kill()
+
+
+# -- item 12 of #14: pair lockouts, account lockout with an escape ---------------
+
+PAIR_POLICY = {
+    "ip_max_failures": 10,
+    "account_max_failures": 50,
+    "pair_max_failures": 5,
+    "window": 900.0,
+    "lockout": 900.0,
+}
+
+
+def attempt(g: LoginGuard, ip: str, account: str) -> str:
+    """What the Authenticator does with a wrong password: "checked", or the
+    lockout scope that refused it without a check."""
+    decision = g.check(ip, account)
+    if not decision.allowed:
+        return decision.scope
+    g.failure(ip, account)
+    return "checked"
+
+
+def test_pair_lockout_refuses_only_that_client_for_that_account() -> None:
+    clock = Clock()
+    g = guard(clock, **PAIR_POLICY)
+    results = [g.failure("192.0.2.1", BOB) for _ in range(5)]
+    assert [r.lockouts for r in results[:4]] == [()] * 4
+    (lockout,) = results[4].lockouts
+    assert (lockout.scope, lockout.client, lockout.account) == (PAIR, "192.0.2.1", BOB)
+    assert (lockout.until, lockout.failures) == (1900.0, 5)
+    refused = g.check("192.0.2.1", BOB)
+    assert (refused.allowed, refused.scope, refused.until) == (False, PAIR, 1900.0)
+    # The client may still try other accounts, and bob may log in from elsewhere.
+    assert g.check("192.0.2.1", ALICE).allowed
+    assert g.check("192.0.2.2", BOB).allowed
+    # Refused attempts are not counted again (the Authenticator never
+    # records them): nothing grows while the pair is locked.
+    assert [attempt(g, "192.0.2.1", BOB) for _ in range(20)] == [PAIR] * 20
+    assert g.failures("192.0.2.1") == 5 and g.account_failures(BOB) == 5
+    clock.advance(900)
+    assert g.check("192.0.2.1", BOB).allowed
+
+
+def test_client_and_pair_lockout_at_once_is_reported_once() -> None:
+    g = guard(Clock(), **{**PAIR_POLICY, "ip_max_failures": 5})
+    lockouts = [g.failure("192.0.2.1", BOB).lockouts for _ in range(5)]
+    assert lockouts[:4] == [()] * 4
+    assert [lockout.scope for lockout in lockouts[4]] == [IP]
+    assert g.check("192.0.2.1", BOB).scope == IP
+
+
+def test_fifty_failures_from_five_addresses_do_not_lock_the_account() -> None:
+    """Issue 14 item 12: each address stops at its pair lockout, so five
+    addresses contribute 25 failures, under account_max_failures."""
+    g = guard(Clock(), **PAIR_POLICY)
+    outcomes = [attempt(g, f"203.0.113.{n % 5}", BOB) for n in range(50)]
+    assert outcomes.count("checked") == 25 and outcomes.count(PAIR) == 25
+    assert g.account_failures(BOB) == 25
+    assert g.check("198.51.100.9", BOB).allowed  # the owner, roaming
+
+
+def test_distributed_guessing_locks_the_password_for_unknown_clients_only() -> None:
+    clock = Clock()
+    g = guard(clock, **PAIR_POLICY)
+    g.success("198.51.100.7", BOB)  # home
+    g.success("2001:db8:aa:1::5", BOB)  # a phone on IPv6
+    outcomes = [attempt(g, f"203.0.113.{n}", BOB) for n in range(10) for _ in range(5)]
+    assert outcomes == ["checked"] * 50
+    refused = g.check("192.0.2.200", BOB)
+    assert (refused.allowed, refused.scope, refused.until) == (False, ACCOUNT, 1900.0)
+    # Known: the address itself, its /24, and the /48 of a known IPv6 client.
+    assert g.check("198.51.100.7", BOB).allowed
+    assert g.check("198.51.100.201", BOB).allowed
+    assert g.check("2001:db8:aa:ffff::1", BOB).allowed
+    assert not g.check("198.51.101.7", BOB).allowed
+    assert not g.check("2001:db8:ab::1", BOB).allowed
+    # Other accounts are not concerned; the lockout ends.
+    assert g.check("192.0.2.200", ALICE).allowed
+    clock.advance(900)
+    assert g.check("192.0.2.200", BOB).allowed
+
+
+def test_account_lockout_needs_several_clients() -> None:
+    """With short pair lockouts one client could contribute its share again
+    and again within the window: a few clients still cannot lock the account."""
+    clock = Clock()
+    g = guard(clock, **{**PAIR_POLICY, "lockout": 60.0, "ip_max_failures": 1000})
+    assert g.policy.min_clients == 10
+    for _ in range(4):  # 5 clients x 5 failures, four times: 100 in the window
+        for n in range(5):
+            assert [attempt(g, f"203.0.113.{n}", BOB) for _ in range(5)] == ["checked"] * 5
+        clock.advance(61)
+    assert g.account_failures(BOB) == 50  # at most account_max_failures kept
+    assert g.check("192.0.2.200", BOB).allowed
+    # Five more clients: now it is distributed.
+    for n in range(5, 10):
+        for _ in range(5):
+            attempt(g, f"203.0.113.{n}", BOB)
+    assert g.check("192.0.2.200", BOB).scope == ACCOUNT
+
+
+def test_exempt_proxy_failures_count_as_many_clients() -> None:
+    g = guard(
+        Clock(),
+        **{**PAIR_POLICY, "account_max_failures": 10},
+        exempt=(ipaddress.ip_network("10.0.0.0/8"),),
+    )
+    # A webmail on 10.0.0.5 relays a distributed guesser: never pair-locked,
+    # and each of its failures counts as a client of its own.
+    outcomes = [attempt(g, "10.0.0.5", BOB) for _ in range(10)]
+    assert outcomes == ["checked"] * 10
+    assert g.check("192.0.2.200", BOB).scope == ACCOUNT
+
+
+def test_pair_lockouts_of_one_client_are_bounded() -> None:
+    g = guard(Clock(), **{**PAIR_POLICY, "ip_max_failures": 100_000})
+    for n in range(MAX_PAIR_LOCKS + 50):
+        for _ in range(5):
+            g.failure("192.0.2.1", f"user{n}@{DOMAIN}")
+    client = g._clients[client_key("192.0.2.1")]
+    assert len(client.pairs) == MAX_PAIR_LOCKS
+    assert not g.check("192.0.2.1", f"user{MAX_PAIR_LOCKS + 49}@{DOMAIN}").allowed
+
+
+def test_memory_stays_bounded_with_pairs_and_networks() -> None:
+    g = guard(Clock(), **PAIR_POLICY, max_entries=100)
+    for n in range(5_000):
+        ip = str(ipaddress.ip_address("10.0.0.0") + 256 * n)  # a new /24 each time
+        for _ in range(5):
+            g.failure(ip, f"user{n}@{DOMAIN}")
+        g.success(ip, f"other{n}@{DOMAIN}")
+    assert g.tracked <= 300
+    assert sum(len(c.pairs) + len(c.failures) for c in g._clients.values()) <= 100 * 10
+
+
+class AppAccounts(FakeAccounts):
+    """PASSWORD or the app password APP; records how each call was made."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__(delay)
+        self.allowed: list[bool] = []
+        self.threads: list[str] = []
+
+    def authenticate(
+        self, address: str, secret: str, protocol: str, *, allow_password: bool = True
+    ) -> str | None:
+        with self.lock:
+            self.calls += 1
+            self.allowed.append(allow_password)
+            self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay)
+        if secret == APP or (allow_password and secret == PASSWORD):
+            return account_key(address)
+        return None
+
+
+APP = "abcd-efgh-jkmn-pqrs"
+
+
+def test_authenticator_keeps_app_passwords_working_during_an_account_lockout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    accounts = AppAccounts()
+    auth, _ = authenticator(accounts, **{**PAIR_POLICY, "account_max_failures": 10}, delay_base=0.0)
+
+    async def run() -> None:
+        assert (await auth.login(BOB, PASSWORD, "imap", "198.51.100.7")).ok  # home
+        for n in range(10):
+            for _ in range(2):
+                assert not (await auth.login(BOB, "guess", "imap", f"203.0.113.{n}")).ok
+        calls = accounts.calls
+        # An unknown client: the password is refused without a check...
+        refused = await auth.login(BOB, PASSWORD, "pop3", "192.0.2.50")
+        assert refused.locked and refused.reason == ACCOUNT
+        assert accounts.calls == calls
+        # ...an app password is checked, app passwords only, and works...
+        ok = await auth.login(BOB, APP, "smtp", "192.0.2.51")
+        assert ok.ok and accounts.allowed[-1] is False
+        # ...a wrong one is an ordinary failure...
+        wrong = await auth.login(BOB, "zzzz-zzzz-zzzz-zzzz", "imap", "192.0.2.52")
+        assert not wrong.ok and not wrong.locked
+        # ...and home keeps its password.
+        assert (await auth.login(BOB, PASSWORD, "imap", "198.51.100.7")).ok
+        assert (await auth.login(BOB, PASSWORD, "imap", "198.51.100.8")).ok  # same /24
+        # The app password made 192.0.2.51 known: its password works now too.
+        assert (await auth.login(BOB, PASSWORD, "imap", "192.0.2.51")).ok
+
+    with caplog.at_level(logging.INFO, logger="estafeta"):
+        asyncio.run(run())
+    lockouts = [r for r in caplog.records if r.getMessage() == "auth_lockout"]
+    assert [r.estafeta_fields["scope"] for r in lockouts] == [ACCOUNT]  # type: ignore[attr-defined]
+
+
+def test_password_checks_run_on_their_own_executor() -> None:
+    """Item 7 of #14: a busy default executor must not delay a login."""
+    accounts = AppAccounts()
+    auth, _ = authenticator(accounts, delay_base=0.0)
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        gate = threading.Event()
+        # Fill asyncio's default pool with work that waits for the gate.
+        blockers = [loop.run_in_executor(None, gate.wait, 30) for _ in range(64)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        result = await asyncio.wait_for(auth.login(ALICE, PASSWORD, "imap", "192.0.2.1"), 10)
+        waited = time.monotonic() - started
+        gate.set()
+        await asyncio.gather(*blockers)
+        assert result.ok
+        await auth.close()
+        return waited
+
+    assert asyncio.run(run()) < 5  # generous; with the default pool it waits 30 s
+    assert accounts.threads and all(t.startswith("estafeta-auth") for t in accounts.threads)
+
+
+def test_queued_password_checks_are_bounded() -> None:
+    accounts = AppAccounts(delay=0.2)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    auth = Authenticator(
+        accounts, guard(Clock(), delay_base=0.0), sleep=sleep, workers=1, max_queued=3
+    )
+
+    async def run() -> list[LoginResult]:
+        # Ten clients at once: three checks wait or run, the others are refused at once.
+        results = await asyncio.gather(
+            *(auth.login(ALICE, PASSWORD, "imap", f"192.0.2.{n}") for n in range(10))
+        )
+        await auth.close()
+        return list(results)
+
+    results = asyncio.run(run())
+    assert sum(r.ok for r in results) == 3 and accounts.calls == 3
+    busy = [r for r in results if not r.ok]
+    assert all(r.locked and r.reason == BUSY for r in busy) and len(busy) == 7
+
+
+def test_accounts_authenticate_without_the_password(tmp_path: Path) -> None:
+    cheap = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    with Accounts(tmp_path / "accounts.db", [DOMAIN], hasher=cheap) as db:
+        db.add_user(BOB, PASSWORD)
+        app = db.app_password_create(BOB, "phone")
+        assert db.authenticate(BOB, PASSWORD, "imap") == BOB
+        assert db.authenticate(BOB, PASSWORD, "imap", allow_password=False) is None
+        assert db.authenticate(BOB, app, "imap", allow_password=False) == BOB
+        spaced = app.upper().replace("-", " ")  # as a person may type it
+        assert db.authenticate(BOB, spaced, "smtp", allow_password=False) == BOB
+    assert looks_like_app_password(app) and looks_like_app_password(app.upper())
+    assert not looks_like_app_password(PASSWORD)
+    assert not looks_like_app_password("abcd-efgh-jkmn-pqr0")  # 0 is not in the alphabet

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from estafeta.imap.listing import Box, list_mailboxes, lsub, matches
+from estafeta.imap.listing import (
+    MAX_PATTERN,
+    MAX_PATTERN_TOTAL,
+    MAX_PATTERNS,
+    Box,
+    Matcher,
+    PatternLimit,
+    cost,
+    list_mailboxes,
+    lsub,
+    matches,
+)
 
 BOXES = [
     Box("INBOX", subscribed=True),
@@ -106,3 +117,67 @@ def test_lsub() -> None:
         "Work/2026",
         "Work/2026/Q4",
     ]
+
+
+# -- the matcher without backtracking (issue 14 item 2) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("reference", "pattern", "name", "expected"),
+    [
+        ("", "inbox/%", "INBOX/x", True),  # INBOX as the first level, any case
+        ("", "Inbox/*", "INBOX/x/y", True),
+        ("inbox/", "%", "INBOX/x", True),
+        ("", "inbox/X", "INBOX/x", False),  # only the INBOX level is case-insensitive
+        ("", "inboxes", "INBOXes", False),  # "INBOXes" is not INBOX
+        ("", "INBOXes", "INBOXes", True),
+        ("", "\u0131nbox", "INBOX", False),  # ASCII case only: dotless i is not I
+        ("", "%" * 70 + "X", "INBOX", True),  # the issue's pattern; INBOX ends in X
+        ("", "%" * 70 + "X", "Drafts", False),
+        ("", "*%*%*%", "a/b", True),  # a run with a "*" crosses levels
+        ("", "%%%%", "a/b", False),  # a run of "%" does not
+        ("", "a%%b", "ab", True),
+        ("", "", "", True),
+        ("", "", "x", False),
+    ],
+)
+def test_matcher_rules(reference: str, pattern: str, name: str, expected: bool) -> None:
+    assert matches(reference, pattern, name) is expected
+
+
+def test_levels_are_decided_in_one_scan() -> None:
+    matcher = Matcher("", ["%", "Work/*"])
+    assert matcher.levels("Work/2026/Q4") == ["Work", "Work/2026", "Work/2026/Q4"]
+    assert Matcher("", ["%/%"]).levels("Work/2026/Q4") == ["Work/2026"]
+    assert Matcher("", ["x*"]).levels("Work/2026") == []
+
+
+@pytest.mark.parametrize(
+    ("reference", "patterns", "message"),
+    [
+        ("", [f"p{i}" for i in range(MAX_PATTERNS + 1)], "more than 64 patterns"),
+        ("", ["%" * (MAX_PATTERN + 1)], "longer than 1024"),
+        ("%" * MAX_PATTERN, ["x"], "longer than 1024"),  # the reference counts
+        ("", ["%" * 1000 + str(i) for i in range(5)], "4096 characters in all"),
+    ],
+)
+def test_pattern_bounds(reference: str, patterns: list[str], message: str) -> None:
+    with pytest.raises(PatternLimit, match=message):
+        list_mailboxes(BOXES, reference, patterns)
+    if len(patterns) == 1:
+        with pytest.raises(PatternLimit):
+            lsub(BOXES, reference, patterns[0])
+
+
+def test_pattern_bounds_count_distinct_patterns() -> None:
+    """The same pattern repeated is one pattern (clients repeat INBOX)."""
+    entries = list_mailboxes(BOXES, "", ["INBOX"] * (MAX_PATTERNS * 2))
+    assert [e.name for e in entries] == ["INBOX"]
+    # And patterns right at the bounds are fine.
+    list_mailboxes(BOXES, "", ["%" * (MAX_PATTERN_TOTAL // MAX_PATTERNS)] * 1)
+    list_mailboxes(BOXES, "", [f"{i:02d}" + "%" * 62 for i in range(MAX_PATTERNS)])
+
+
+def test_cost_grows_with_names_and_patterns() -> None:
+    assert cost(["abcd"], "", ["*"]) == 4
+    assert cost(["abcd"] * 10, "", ["x" * 200]) == 40 * (1 + 201 // 64)

@@ -25,7 +25,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +36,7 @@ _SERVER_TESTS = Path(__file__).resolve().parents[2] / "server" / "tests"
 if str(_SERVER_TESTS) not in sys.path:
     sys.path.insert(0, str(_SERVER_TESTS))
 
-from conftest import DOMAIN, PASSWORD, Instance, free_port, make_tls  # noqa: E402
+from conftest import DOMAIN, PASSWORD, STARTED, Instance, free_port, make_tls  # noqa: E402
 from estafeta.queue.store import QueueStore  # noqa: E402
 
 __all__ = [
@@ -48,7 +48,9 @@ __all__ = [
     "LISTENERS",
     "PASSWORD",
     "PROTOCOL",
+    "STARTED",
     "Client",
+    "Instance",
     "MailServer",
     "make_tls",
     "new_source",
@@ -152,9 +154,16 @@ class MailServer:
 
 
 def start_server(
-    root: Path, *, limits_config: str = "", auth_config: str = "", extra_config: str = ""
+    root: Path,
+    *,
+    limits_config: str = "",
+    auth_config: str = "",
+    extra_config: str = "",
+    populate: Callable[[Path], None] | None = None,
 ) -> MailServer:
-    """A running estafeta in ``root`` with every listener, TLS and two accounts."""
+    """A running estafeta in ``root`` with every listener, TLS and two accounts;
+    ``populate(root)``, if given, runs once the accounts exist and before the
+    server starts (to put mail in place through the store API)."""
     tls_section, _ = make_tls(root)
     instance = Instance(
         root,
@@ -176,6 +185,8 @@ def start_server(
     instance.write_config()
     instance.add_user(ALICE)
     instance.add_user(BOB)
+    if populate is not None:
+        populate(root)
     instance.start()
     server = MailServer(instance, root / "ca.pem")
     # start() waits for the SMTP port; the other listeners open right after it.
@@ -191,6 +202,53 @@ def start_server(
                     raise AssertionError(f"{name} does not listen: {server.log_text()}") from None
                 time.sleep(0.05)
     return server
+
+
+# -- no traceback, ever (issue 14, acceptance 3) ------------------------------------
+
+# Index in STARTED of the first server of the running module, and how much of
+# each server's log has been checked already.
+_first_of_module = 0
+_checked: dict[Path, int] = {}
+
+
+def _tracebacks_since_last_check() -> list[str]:
+    found = []
+    for instance in STARTED[_first_of_module:]:
+        try:
+            text = instance.log_path.read_bytes()
+        except FileNotFoundError:
+            continue
+        new = text[_checked.get(instance.log_path, 0) :]
+        _checked[instance.log_path] = len(text)
+        if b"Traceback" in new:
+            at = new.index(b"Traceback")
+            found.append(
+                f"{instance.log_path}:\n"
+                + new[max(0, at - 500) : at + 3000].decode("utf-8", "replace")
+            )
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _servers_of_this_module() -> Iterator[None]:
+    """Set up before the module's own server fixtures, torn down after them:
+    so the check below also sees what a server logged while stopping."""
+    global _first_of_module
+    _first_of_module = len(STARTED)
+    yield
+    found = _tracebacks_since_last_check()
+    assert not found, "a server logged a traceback:\n" + "\n".join(found)
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_in_server_logs() -> Iterator[None]:
+    """After every test of the battery: no server of this module logged a
+    traceback. Client input must get a protocol reply, never an internal
+    error; an internal error is a bug even when the client got a clean NO."""
+    yield
+    found = _tracebacks_since_last_check()
+    assert not found, "a server logged a traceback:\n" + "\n".join(found)
 
 
 @pytest.fixture(scope="module")

@@ -356,6 +356,9 @@ def _existing_account(config: Config, address: str) -> str:
 
 def cmd_reindex(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
+    # What the rebuild repairs (renames an older version could not finish,
+    # mailboxes whose folder cannot exist) is logged: show it on stderr.
+    log_module.setup("warning", config.log.format)
     with Store(config.mail_dir, config.hostname) as store:
         count = store.reindex(address)
     print(f"reindexed {address}: {count} messages")

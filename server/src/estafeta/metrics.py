@@ -66,6 +66,23 @@ SEND_LIMITS = Counter(
     ["limit"],
     registry=REGISTRY,
 )
+SMTP_TARPITS = Counter(
+    "estafeta_smtp_tarpits_total",
+    "SMTP clients (address or IPv6 /64) whose error replies began to be delayed "
+    "([limits] smtp_soft_error_limit), once per episode.",
+    registry=REGISTRY,
+)
+SMTP_ERROR_LIMITS = Counter(
+    "estafeta_smtp_error_limit_closes_total",
+    "SMTP sessions closed with 421 at [limits] smtp_hard_error_limit.",
+    registry=REGISTRY,
+)
+SMTP_DATA_REFUSED = Counter(
+    "estafeta_smtp_data_refused_total",
+    "SMTP transfers answered 452 4.3.1 after the final dot, by reason (data memory).",
+    ["reason"],
+    registry=REGISTRY,
+)
 STORE_BATCH_SECONDS = Histogram(
     "estafeta_store_commit_duration_seconds",
     "Time to make one group of deliveries durable (files fsync'd, index committed).",
@@ -108,6 +125,12 @@ def record_event(event: str, fields: Mapping[str, Any]) -> None:
         ms = fields.get("ms")
         if isinstance(ms, int | float):
             DELIVERY_SECONDS.observe(ms / 1000)
+    elif event == "smtp_tarpit":
+        SMTP_TARPITS.inc()
+    elif event == "smtp_error_limit":
+        SMTP_ERROR_LIMITS.inc()
+    elif event == "data_refused":
+        SMTP_DATA_REFUSED.labels(_reason(fields)).inc()
     elif event == "auth_lockout":
         AUTH_LOCKOUTS.labels(str(fields.get("scope", "other"))).inc()
 

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from estafeta import metrics, srs
 from estafeta.address import AddressError, normalize_address
 from estafeta.auth import Accounts
+from estafeta.auth.connections import (
+    ADDRESS,
+    CROWDED_TIMEOUT,
+    EVICTED_IMAP,
+    EVICTED_POP3,
+    PreauthPool,
+    Ticket,
+    report,
+)
 from estafeta.auth.guard import (
     Authenticator,
     ConnectionsPerIP,
@@ -32,6 +43,8 @@ from estafeta.queue.forward import Forwarder
 from estafeta.queue.mtasts import MTASTS, Policy, fetch_policy
 from estafeta.queue.runner import QueueRunner
 from estafeta.queue.store import QueueStore
+from estafeta.smtp.data import DataBudget
+from estafeta.smtp.errors import ErrorLimiter
 from estafeta.smtp.inbound import InboundHandler
 from estafeta.smtp.protocol import Connections, ImplicitTLS, SMTPProtocol
 from estafeta.smtp.submission import SendLimits, SubmissionHandler
@@ -39,6 +52,8 @@ from estafeta.store import Delivery, Store, StoreError
 from estafeta.web import WebApp, WebServer
 
 log = logging.getLogger("estafeta.server")
+
+_SettingsT = TypeVar("_SettingsT", Settings, pop3.Settings)
 
 # Listeners that later versions serve; configuring them now is not an error.
 IMPLEMENTED = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
@@ -53,7 +68,9 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.accounts = Accounts(config.accounts_db, config.domains, hasher=config.auth.hasher())
-        self.store = Store(config.mail_dir, config.hostname)
+        self.store = Store(
+            config.mail_dir, config.hostname, max_mailboxes=config.limits.max_mailboxes
+        )
         self.tls: ssl.SSLContext | None = server_context(config.tls) if config.tls else None
         auth = config.auth
         # One guard for every protocol: failures on IMAP count for POP3 and SMTP.
@@ -68,11 +85,18 @@ class Server:
                     delay_base=auth.delay_base,
                     max_delay=auth.max_delay,
                     exempt=auth.exempt,
+                    pair_max_failures=auth.pair_max_failures,
                 )
             ),
         )
         self.per_ip = ConnectionsPerIP(config.limits.max_connections_per_ip, auth.exempt)
-        self.connections = Connections(config.limits.max_connections, per_ip=self.per_ip)
+        # Connections not logged in yet, over every listener (item 10 of #14).
+        self.preauth = PreauthPool(
+            config.limits.max_preauth_connections, config.limits.max_preauth_per_ip, auth.exempt
+        )
+        self.connections = Connections(
+            config.limits.max_connections, per_ip=self.per_ip, preauth=self.preauth
+        )
         self._servers: list[asyncio.Server] = []
         # [listen] http: /metrics, /healthz and MTA-STS policies written by
         # the dns_records role next to the configuration (mta-sts/<domain>.txt).
@@ -179,6 +203,22 @@ class Server:
                 recipients_per_message=self.config.submission.max_recipients_per_message,
             ),
         )
+        limits = self.config.limits
+        # Shared by every SMTP connection, MX and submission alike (#14 items 1, 11).
+        data_memory = DataBudget(limits.data_memory)
+        errors = ErrorLimiter(
+            soft_limit=limits.smtp_soft_error_limit,
+            hard_limit=limits.smtp_hard_error_limit,
+            delay=limits.smtp_error_delay,
+            exempt=self.config.auth.exempt,
+        )
+        metrics.register_gauge(
+            "estafeta_smtp_data_memory_bytes",
+            "Message bytes SMTP DATA transfers hold in memory ([limits] data_memory): "
+            "used and limit.",
+            "measure",
+            lambda: {"used": float(data_memory.used), "limit": float(data_memory.limit)},
+        )
 
         def make_smtp() -> SMTPProtocol:
             return SMTPProtocol(
@@ -193,6 +233,8 @@ class Server:
                 require_starttls=False,
                 timeout=self.config.limits.command_timeout,
                 data_timeout=self.config.limits.data_timeout,
+                data_memory=data_memory,
+                errors=errors,
                 loop=loop,
             )
 
@@ -214,6 +256,8 @@ class Server:
                 require_starttls=False,
                 timeout=self.config.limits.command_timeout,
                 data_timeout=self.config.limits.data_timeout,
+                data_memory=data_memory,
+                errors=errors,
                 loop=loop,
             )
 
@@ -285,33 +329,34 @@ class Server:
         )
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            ip = await self._admit(
-                writer,
-                len(self._imap_sessions),
-                b"* BYE Too many connections\r\n",
-                b"* BYE Too many connections from your address\r\n",
-                implicit_tls,
-            )
-            if ip is None:
-                return
-            try:
+            async def run(ticket: Ticket) -> None:
                 session = Session(
                     reader,
                     writer,
                     accounts=self.accounts,
                     authenticator=self.authenticator,
                     store=self.store,
-                    settings=settings,
+                    settings=_crowded(settings, ticket),
                     tls=self.tls,
                     implicit_tls=implicit_tls,
+                    preauth=ticket,
                 )
                 self._imap_sessions.add(session)
                 try:
                     await session.run()
                 finally:
                     self._imap_sessions.discard(session)
-            finally:
-                self.per_ip.release(ip)
+
+            await self._serve(
+                writer,
+                name,
+                len(self._imap_sessions),
+                b"* BYE Too many connections\r\n",
+                b"* BYE Too many connections from your address\r\n",
+                EVICTED_IMAP,
+                implicit_tls,
+                run,
+            )
 
         await self._start_stream_server(name, endpoint, handle)
 
@@ -324,76 +369,126 @@ class Server:
         )
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            ip = await self._admit(
-                writer,
-                len(self._pop3_sessions),
-                b"-ERR [SYS/TEMP] Too many connections\r\n",
-                b"-ERR [SYS/TEMP] Too many connections from your address\r\n",
-                implicit_tls,
-            )
-            if ip is None:
-                return
-            try:
+            async def run(ticket: Ticket) -> None:
                 session = pop3.Session(
                     reader,
                     writer,
                     accounts=self.accounts,
                     authenticator=self.authenticator,
                     store=self.store,
-                    settings=settings,
+                    settings=_crowded(settings, ticket),
                     locks=self._pop3_locks,
                     tls=self.tls,
                     implicit_tls=implicit_tls,
+                    preauth=ticket,
                 )
                 self._pop3_sessions.add(session)
                 try:
                     await session.run()
                 finally:
                     self._pop3_sessions.discard(session)
-            finally:
-                self.per_ip.release(ip)
+
+            await self._serve(
+                writer,
+                name,
+                len(self._pop3_sessions),
+                b"-ERR [SYS/TEMP] Too many connections\r\n",
+                b"-ERR [SYS/TEMP] Too many connections from your address\r\n",
+                EVICTED_POP3,
+                implicit_tls,
+                run,
+            )
 
         await self._start_stream_server(name, endpoint, handle)
+
+    async def _serve(
+        self,
+        writer: asyncio.StreamWriter,
+        listener: str,
+        sessions: int,
+        too_many: bytes,
+        too_many_here: bytes,
+        evicted: bytes,
+        implicit_tls: bool,
+        run: Callable[[Ticket], Awaitable[None]],
+    ) -> None:
+        """One IMAP or POP3 connection: admitted (or refused), then ``run``;
+        its places given back at the end, however it ends."""
+        eviction = _Eviction(writer, evicted)
+        try:
+            admitted = await self._admit(
+                writer, listener, sessions, too_many, too_many_here, eviction, implicit_tls
+            )
+            if admitted is None:
+                return
+            ip, ticket = admitted
+            try:
+                await run(ticket)
+            finally:
+                ticket.leave()
+                self.per_ip.release(ip)
+        except asyncio.CancelledError:
+            if not eviction.absorb():
+                raise
 
     async def _admit(
         self,
         writer: asyncio.StreamWriter,
+        listener: str,
         sessions: int,
         too_many: bytes,
         too_many_here: bytes,
+        eviction: _Eviction,
         implicit_tls: bool,
-    ) -> str | None:
+    ) -> tuple[str, Ticket] | None:
         """Count a new IMAP or POP3 connection — before any TLS handshake, so
         that a client stalling handshakes on 993/995 cannot escape the
-        per-address cap — and on those ports do the handshake. The client's
-        address (to release at the end), or None: refused, connection closed."""
+        per-address caps — and on those ports do the handshake. The client's
+        address (to release at the end) and its place among the connections
+        not logged in yet, or None: refused, connection closed."""
         ip = _peer_ip(writer)
         refusal = None
+        ticket = None
         if sessions >= self.config.limits.max_connections:
             refusal = too_many
         elif not self.per_ip.acquire(ip):
             refusal = too_many_here
-        if refusal is not None:
+        else:
+            admission = self.preauth.admit(ip)
+            report(self.preauth, admission, ip, listener)
+            ticket = admission.ticket
+            if ticket is None:
+                self.per_ip.release(ip)
+                refusal = too_many_here if admission.refusal == ADDRESS else too_many
+            elif admission.victim is not None:
+                admission.victim.evict()
+        if ticket is None:
             # On imaps/pop3s no handshake for a refused client (the costly
             # part): the close is the answer.
-            if not implicit_tls:
+            if not implicit_tls and refusal is not None:
                 writer.write(refusal)
             writer.close()
             return None
+        ticket.evict = eviction
         if implicit_tls:
             assert self.tls is not None  # config.from_dict: imaps/pop3s need [tls]
+            timeout = self._handshake_timeout(self.config.limits.login_timeout)
+            if ticket.crowded:
+                timeout = min(timeout, CROWDED_TIMEOUT)
+            shaken = False
             try:
-                await writer.start_tls(
-                    self.tls,
-                    ssl_handshake_timeout=self._handshake_timeout(self.config.limits.login_timeout),
-                )
-            except BaseException as exc:
-                self.per_ip.release(ip)
-                writer.close()
-                if isinstance(exc, OSError):  # ssl.SSLError, a reset, the timeout
-                    return None
-                raise
-        return ip
+                await writer.start_tls(self.tls, ssl_handshake_timeout=timeout)
+                shaken = True
+            except OSError:  # ssl.SSLError, a reset, the timeout
+                pass
+            finally:
+                if not shaken:  # failed, or evicted (cancelled) meanwhile
+                    ticket.leave()
+                    self.per_ip.release(ip)
+                    writer.close()
+            if not shaken:
+                return None
+        return ip, ticket
 
     async def _start_stream_server(
         self,
@@ -447,8 +542,24 @@ class Server:
             age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
             return {"entries": float(count), "oldest_age_seconds": age}
 
+        def preauth() -> dict[str, float]:
+            pool = self.preauth
+            return {
+                "open": float(pool.open),
+                "addresses": float(pool.addresses),
+                "evictions": float(pool.evictions),
+                "refusals": float(pool.refusals),
+            }
+
         metrics.register_gauge(
             "estafeta_connections", "Open client connections by protocol.", "protocol", connections
+        )
+        metrics.register_gauge(
+            "estafeta_preauth_connections",
+            "Connections not logged in yet (open, client addresses), and since the start "
+            "those evicted and refused for [limits] max_preauth_connections / max_preauth_per_ip.",
+            "measure",
+            preauth,
         )
         metrics.register_gauge(
             "estafeta_queue",
@@ -481,8 +592,50 @@ class Server:
         # Queued deliveries finish before the store closes.
         await asyncio.to_thread(self.store.stop)
         self.queue.close()
+        # Password checks still running finish before the accounts close.
+        await self.authenticator.close()
         self.accounts.close()
         log_event(log, "stopped")
+
+
+class _Eviction:
+    """Says goodbye to an IMAP or POP3 connection that makes room for a
+    newcomer among the connections not logged in yet: the protocol's goodbye
+    and the close; inside a TLS handshake (implicit TLS, STARTTLS, STLS) its
+    task is cancelled instead. (Closing the transport under asyncio's
+    start_tls makes start_tls fail on a None of its own.)"""
+
+    def __init__(self, writer: asyncio.StreamWriter, goodbye: bytes) -> None:
+        self.writer = writer
+        self.goodbye = goodbye
+        self.task = asyncio.current_task()
+        self.cancelled = False
+
+    def __call__(self) -> None:
+        if self.cancelled or self.writer.is_closing():
+            return
+        if isinstance(self.writer.transport.get_protocol(), asyncio.sslproto.SSLProtocol):
+            if self.task is not None:
+                self.cancelled = True
+                self.task.cancel()
+            return
+        self.writer.write(self.goodbye)
+        self.writer.close()
+
+    def absorb(self) -> bool:
+        """Was the CancelledError being handled ours? Then it ends here."""
+        if not self.cancelled or self.task is None:
+            return False
+        self.task.uncancel()
+        return True
+
+
+def _crowded(settings: _SettingsT, ticket: Ticket) -> _SettingsT:
+    """The settings of a connection admitted while many others had not logged
+    in yet: a short login deadline, so that a flood cannot renew for free."""
+    if ticket.crowded and settings.login_timeout > CROWDED_TIMEOUT:
+        return dataclasses.replace(settings, login_timeout=CROWDED_TIMEOUT)
+    return settings
 
 
 def _peer_ip(writer: asyncio.StreamWriter) -> str:

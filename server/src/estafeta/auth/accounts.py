@@ -161,6 +161,11 @@ def _app_password_key(secret: str) -> str | None:
     return key
 
 
+def looks_like_app_password(secret: str) -> bool:
+    """Could ``secret`` be an app password (length and alphabet)? Cheap: no hash."""
+    return _app_password_key(secret) is not None
+
+
 def _app_password_tag(key: str) -> str:
     """16 bits of SHA-256: picks the hash to verify, reveals little of 80 bits."""
     return hashlib.sha256(key.encode("ascii")).hexdigest()[:4]
@@ -541,16 +546,20 @@ class Accounts:
             self._rehash(normalized, stored, secret)
         return True
 
-    def authenticate(self, address: str, secret: str, protocol: str) -> str | None:
+    def authenticate(
+        self, address: str, secret: str, protocol: str, *, allow_password: bool = True
+    ) -> str | None:
         """Check a login for PROTOCOL ("imap", "pop3" or "smtp"); the normalised address or None.
 
         The one entry point the IMAP, POP3 and SMTP sessions use. Slow on
         purpose (argon2): call it off the event loop.
 
         Accepted: an app password of the account that allows PROTOCOL and
-        has not expired; or, only if the account has no TOTP, the account's
-        own password. A login costs one argon2 verification whatever the
-        outcome and whether or not the account exists (rarely two: a
+        has not expired; or, only if the account has no TOTP and
+        ``allow_password`` is true, the account's own password (the login
+        guard passes False while the account is locked for this client:
+        estafeta.auth.guard). A login costs one argon2 verification whatever
+        the outcome and whether or not the account exists (rarely two: a
         password shaped like an app password whose tag matches one).
         """
         if protocol not in PROTOCOLS:
@@ -592,7 +601,7 @@ class Accounts:
                     if self._matches(app_hash, key.encode("ascii")):
                         self._app_password_used(normalized, name, app_hash, key, last_used, now)
                         return normalized
-            if not has_totp:
+            if allow_password and not has_totp:
                 verifications += 1
                 if self._matches(stored, secret_bytes):
                     if self.hasher.check_needs_rehash(stored):

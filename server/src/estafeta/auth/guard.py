@@ -1,50 +1,74 @@
 """Brute-force protection shared by IMAP, POP3 and SMTP AUTH.
 
 One ``LoginGuard`` per server process sees every login attempt of every
-protocol. It is pure bookkeeping with an injectable clock (no I/O):
+protocol. It is pure bookkeeping with an injectable clock (no I/O). A
+"client" is an IPv4 address or an IPv6 /64 (one customer line usually gets
+a whole /64).
 
 - **per-client failures** over a sliding window (``window`` seconds). Each
   failure delays the answer a little longer: ``delay_base * 2**(n-1)``, at
   most ``max_delay``. After ``ip_max_failures`` failures the client is
   locked out for ``lockout`` seconds: every attempt from it is refused
   without looking at the password. Other clients are never affected.
-- **per-account failures** (from any client) over the same window. After
-  ``account_max_failures`` the account is locked for ``lockout`` seconds,
-  but only for clients that have not logged in to it successfully during
-  the last ``known_for`` seconds: the owner on a known address keeps working
-  while a distributed guesser is shut out.
+- **per (client, account) pair**: after ``pair_max_failures`` failures of
+  one client for one account within the window, that pair is locked for
+  ``lockout`` seconds (refused without a password check); the client may
+  still log in to other accounts and the account from other clients.
+  Refused attempts are not counted again, so one client contributes at most
+  ``pair_max_failures`` failures to an account per lockout.
+- **per-account failures**, only against *distributed* guessing: after
+  ``account_max_failures`` failures for one account from at least
+  ``account_min_clients`` different clients (by default as many as it takes
+  when each client stops at its pair lockout: a few addresses cannot
+  trigger it), the account's *password* is refused for ``lockout`` seconds
+  to clients that are not known for it. A client is known when it, or
+  another in the same IPv4 /24 or IPv6 /48 (a phone roaming within its
+  carrier), logged in to the account during the last ``known_for`` seconds.
+  App passwords (80 random bits: not guessable) keep working from anywhere:
+  the owner is never locked out of his own account. ``check`` answers
+  ``ACCOUNT`` for such a client; ``Authenticator`` then checks app
+  passwords only, and refuses anything else without argon2 work.
 - a successful login forgets that client's failures for that account (and
   only for that account: logging in to your own account does not wipe the
-  record of guessing at others).
+  record of guessing at others) and makes the client known for it.
 
-IPv4 clients are counted per address, IPv6 clients per /64 (one customer
-line usually gets a whole /64). Addresses in ``exempt`` networks (a webmail
-on the same host, say) are never locked out nor slowed down beyond
-``delay_base``; their failures still count for the account.
+Addresses in ``exempt`` networks (a webmail on the same host, say) are never
+locked out nor slowed down beyond ``delay_base``; their failures still count
+for the account, each as if from a client of its own (such a proxy speaks
+for many users).
 
-Memory is bounded: at most ``max_entries`` clients, accounts and
-known (account, client) pairs are tracked each; the oldest are forgotten
-first. Everything lives in memory: a restart forgets it.
+Memory is bounded: at most ``max_entries`` clients (each with at most
+``MAX_PAIR_LOCKS`` pair lockouts and ``ip_max_failures`` failures), accounts
+(each with at most ``account_max_failures`` failures) and known (account,
+client or network) entries are tracked; the oldest are forgotten first.
+Everything lives in memory: a restart forgets it.
 
 ``Authenticator`` is the one async entry point the sessions call: it
-consults the guard, runs the (slow, argon2) password check in a thread,
-records the outcome, logs each lockout once and sleeps on failure.
+consults the guard, runs the (slow, argon2) password check on an executor of
+its own (``Authenticator.workers`` threads, at most ``max_queued`` checks
+waiting: beyond, the login gets the temporary-failure answer), records the
+outcome, logs each lockout once and sleeps on failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
+import math
+import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from estafeta import metrics
 from estafeta.address import AddressError, normalize_address
+from estafeta.auth.accounts import looks_like_app_password
 from estafeta.log import log_event
 
 log = logging.getLogger("estafeta.auth")
@@ -54,24 +78,47 @@ V = TypeVar("V")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IP = "ip"
+PAIR = "pair"
 ACCOUNT = "account"
+BUSY = "busy"
 # Longest user name we keep as a key: anything longer is not an address
 # (rfc5321:4.5.3.1.3 path limit) and must not let a client grow our memory.
 _MAX_KEY = 320
+# Pair lockouts one client may hold at once; beyond, the oldest is forgotten.
+MAX_PAIR_LOCKS = 64
+# "Known" widens to the network a roaming client moves around in.
+KNOWN_PREFIX_V4 = 24
+KNOWN_PREFIX_V6 = 48
+
+
+def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def client_key(ip: str) -> str:
     """What the guard counts for a client address: the IPv4 address (also
     when written as ::ffff:a.b.c.d) or the IPv6 /64."""
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    address = _address(ip)
+    if address is None:
         return ip[:_MAX_KEY]
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
+
+
+def network_key(ip: str) -> str:
+    """The wider network a client is "known" in: its IPv4 /24 or IPv6 /48."""
+    address = _address(ip)
+    if address is None:
+        return "net:" + ip[:_MAX_KEY]
+    prefix = KNOWN_PREFIX_V6 if isinstance(address, ipaddress.IPv6Address) else KNOWN_PREFIX_V4
+    return "net:" + str(ipaddress.ip_network((address, prefix), strict=False))
 
 
 def account_key(user: str) -> str:
@@ -83,13 +130,8 @@ def account_key(user: str) -> str:
 
 
 def in_networks(ip: str, networks: Iterable[Network]) -> bool:
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
+    address = _address(ip)
+    return address is not None and any(address in network for network in networks)
 
 
 @dataclass(frozen=True)
@@ -101,17 +143,34 @@ class GuardPolicy:
     delay_base: float = 1.0
     max_delay: float = 8.0
     exempt: tuple[Network, ...] = ()
-    # How long a successful login makes a client "known" for that account.
+    # Failures of one client for one account that lock that pair.
+    pair_max_failures: int = 5
+    # Different clients the account's failures must come from before the
+    # account lockout; 0: as many as needed when each stops at its pair (or
+    # client) lockout, at least 2.
+    account_min_clients: int = 0
+    # How long a successful login makes a client (and its /24 or /48) "known"
+    # for that account.
     known_for: float = 30 * 86400.0
     max_entries: int = 100_000
+
+    @property
+    def min_clients(self) -> int:
+        if self.account_min_clients:
+            return self.account_min_clients
+        per_client = min(self.pair_max_failures, self.ip_max_failures)
+        return max(2, math.ceil(self.account_max_failures / per_client))
 
 
 @dataclass(frozen=True)
 class Decision:
-    """May this client try a password for this account now?"""
+    """May this client try a password for this account now?
+
+    ``scope`` says why not: IP or PAIR (nothing is checked), or ACCOUNT (the
+    account's own password is refused; its app passwords may be tried)."""
 
     allowed: bool
-    scope: str = ""  # IP or ACCOUNT when refused
+    scope: str = ""
     until: float = 0.0  # guard clock
 
 
@@ -137,18 +196,34 @@ class _Client:
     # (time, account) of each failure inside the window.
     failures: deque[tuple[float, str]] = field(default_factory=deque)
     locked_until: float = 0.0
+    # account -> end of that pair's (last) lockout, oldest first; kept while
+    # failures from before that end may still be in the window.
+    pairs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class _Account:
-    # (time, client key) of each failure inside the window.
-    failures: deque[tuple[float, str]] = field(default_factory=deque)
+    # (time, client key, exempt) of each failure inside the window.
+    failures: deque[tuple[float, str, bool]] = field(default_factory=deque)
     locked_until: float = 0.0
 
 
-def _trim(entries: deque[tuple[float, str]], since: float) -> None:
+def _trim(entries: deque[tuple[float, str]] | deque[tuple[float, str, bool]], since: float) -> None:
     while entries and entries[0][0] <= since:
         entries.popleft()
+
+
+def _clients_among(failures: Iterable[tuple[float, str, bool]]) -> int:
+    """Different clients behind failures; each failure of an exempt proxy
+    counts as one of its own."""
+    keys: set[str] = set()
+    proxied = 0
+    for _, key, exempt in failures:
+        if exempt:
+            proxied += 1
+        else:
+            keys.add(key)
+    return len(keys) + proxied
 
 
 class LoginGuard:
@@ -157,7 +232,7 @@ class LoginGuard:
         self.clock = clock
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._accounts: OrderedDict[str, _Account] = OrderedDict()
-        # (account, client key) -> time of the last successful login.
+        # (account, client key or network key) -> time of the last good login.
         self._known: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     # -- queries -------------------------------------------------------------
@@ -166,23 +241,29 @@ class LoginGuard:
         return in_networks(ip, self.policy.exempt)
 
     def check(self, ip: str, account: str) -> Decision:
-        """Refuse a client that is locked out, or an account that is locked
-        for clients it does not know."""
+        """Refuse a locked-out client or (client, account) pair, or say that
+        the account's password is locked for a client it does not know."""
         now = self.clock()
-        key = client_key(ip)
         if not self.exempt(ip):
-            client = self._clients.get(key)
-            if client is not None and client.locked_until > now:
-                return Decision(False, IP, client.locked_until)
+            client = self._clients.get(client_key(ip))
+            if client is not None:
+                if client.locked_until > now:
+                    return Decision(False, IP, client.locked_until)
+                pair_until = client.pairs.get(account, 0.0)
+                if pair_until > now:
+                    return Decision(False, PAIR, pair_until)
         entry = self._accounts.get(account)
         if entry is not None and entry.locked_until > now and not self.known(ip, account):
             return Decision(False, ACCOUNT, entry.locked_until)
         return Decision(True)
 
     def known(self, ip: str, account: str) -> bool:
-        """Did this client log in to this account recently?"""
-        last = self._known.get((account, client_key(ip)))
-        return last is not None and last > self.clock() - self.policy.known_for
+        """Did this client, or one in its /24 (IPv6: /48), log in to this account recently?"""
+        since = self.clock() - self.policy.known_for
+        return any(
+            self._known.get((account, key), since) > since
+            for key in (client_key(ip), network_key(ip))
+        )
 
     def failures(self, ip: str) -> int:
         """Failures of a client inside the window."""
@@ -191,6 +272,15 @@ class LoginGuard:
             return 0
         _trim(client.failures, self.clock() - self.policy.window)
         return len(client.failures)
+
+    def pair_failures(self, ip: str, account: str) -> int:
+        """Failures of a client for one account inside the window, since its last pair lockout."""
+        client = self._clients.get(client_key(ip))
+        if client is None:
+            return 0
+        _trim(client.failures, self.clock() - self.policy.window)
+        after = client.pairs.get(account, 0.0)
+        return sum(1 for t, name in client.failures if name == account and t >= after)
 
     def account_failures(self, account: str) -> int:
         entry = self._accounts.get(account)
@@ -212,44 +302,69 @@ class LoginGuard:
         now = self.clock()
         since = now - policy.window
         key = client_key(ip)
+        exempt = self.exempt(ip)
         lockouts: list[Lockout] = []
 
         entry = self._touch(self._accounts, account, _Account)
         _trim(entry.failures, since)
-        entry.failures.append((now, key))
-        if len(entry.failures) >= policy.account_max_failures and entry.locked_until <= now:
+        entry.failures.append((now, key, exempt))
+        while len(entry.failures) > policy.account_max_failures:
+            entry.failures.popleft()
+        if (
+            len(entry.failures) >= policy.account_max_failures
+            and entry.locked_until <= now
+            and _clients_among(entry.failures) >= policy.min_clients
+        ):
             entry.locked_until = now + policy.lockout
             lockouts.append(Lockout(ACCOUNT, ip, account, entry.locked_until, len(entry.failures)))
             entry.failures.clear()
 
-        if self.exempt(ip):
+        if exempt:
             return Failure(policy.delay_base, tuple(lockouts))
         client = self._touch(self._clients, key, _Client)
         _trim(client.failures, since)
         client.failures.append((now, account))
         count = len(client.failures)
         delay = min(policy.delay_base * 2 ** min(count - 1, 64), policy.max_delay)
+        for name, until in list(client.pairs.items()):
+            if until <= since:  # what it locked has left the window too
+                del client.pairs[name]
+        # After a pair lockout the pair starts again from nothing.
+        after = client.pairs.get(account, 0.0)
+        pair_count = sum(1 for t, name in client.failures if name == account and t >= after)
+        pair_locked = False
+        if pair_count >= policy.pair_max_failures and after <= now:
+            client.pairs[account] = now + policy.lockout
+            while len(client.pairs) > MAX_PAIR_LOCKS:
+                del client.pairs[next(iter(client.pairs))]
+            pair_locked = True
         if count >= policy.ip_max_failures and client.locked_until <= now:
             client.locked_until = now + policy.lockout
+            # The client lockout covers the pair's: one lockout to report.
             lockouts.append(Lockout(IP, ip, account, client.locked_until, count))
             # After the lockout the client starts again from nothing.
             client.failures.clear()
+        elif pair_locked:
+            lockouts.append(Lockout(PAIR, ip, account, client.pairs[account], pair_count))
         return Failure(delay, tuple(lockouts))
 
     def success(self, ip: str, account: str) -> None:
-        """A good login: remember the client for the account and forget its
-        failures for that account."""
+        """A good login: remember the client (and its network) for the
+        account and forget its failures for that account."""
+        now = self.clock()
         key = client_key(ip)
         client = self._clients.get(key)
         if client is not None:
             client.failures = deque(f for f in client.failures if f[1] != account)
-            if not client.failures and client.locked_until <= self.clock():
+            client.pairs.pop(account, None)  # an expired one: a good login was allowed
+            if not client.failures and client.locked_until <= now and not client.pairs:
                 del self._clients[key]
         entry = self._accounts.get(account)
         if entry is not None:
             entry.failures = deque(f for f in entry.failures if f[1] != key)
-        self._known[(account, key)] = self.clock()
-        self._known.move_to_end((account, key))
+        for known in ((account, network_key(ip)), (account, key)):
+            self._known[known] = now
+            self._known.move_to_end(known)
         self._evict(self._known)
 
     # -- memory ----------------------------------------------------------------
@@ -272,7 +387,9 @@ class LoginGuard:
 
 
 class PasswordChecker(Protocol):
-    def authenticate(self, address: str, secret: str, protocol: str) -> str | None: ...
+    def authenticate(
+        self, address: str, secret: str, protocol: str, *, allow_password: bool = True
+    ) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -281,15 +398,28 @@ class LoginResult:
 
     address: str | None  # the account, normalised; None when refused
     locked: bool = False  # refused without a password check: try again later
-    reason: str = ""  # "ip" or "account" when locked
+    reason: str = ""  # IP, PAIR, ACCOUNT or BUSY when locked
 
     @property
     def ok(self) -> bool:
         return self.address is not None
 
 
+def default_workers() -> int:
+    """Password checks at once: argon2 is CPU- and memory-bound (64 MiB each
+    by default) and releases the GIL; more threads than cores only queue."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 class Authenticator:
-    """Checks logins for every protocol through one ``LoginGuard``."""
+    """Checks logins for every protocol through one ``LoginGuard``.
+
+    Password checks run on an executor of their own (``workers`` threads),
+    never on asyncio's default one where searches and message parsing could
+    keep a login waiting. At most ``max_queued`` checks wait or run at once:
+    beyond, the login is refused at once with the temporary failure
+    (``LoginResult.reason == BUSY``), so a flood cannot queue unbounded work.
+    """
 
     def __init__(
         self,
@@ -298,11 +428,19 @@ class Authenticator:
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
+        workers: int | None = None,
+        max_queued: int | None = None,
     ) -> None:
         self.accounts = accounts
         self.guard = guard
         self._sleep = sleep
         self._wall_clock = wall_clock
+        self.workers = workers or default_workers()
+        self.max_queued = max_queued or 8 * self.workers
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="estafeta-auth")
+        self._queued = 0
+        self._saturated = False  # logged once per episode
+        self._closed = False  # server stopping: no new checks
         # One password check at a time per client (exempt ones excepted), so
         # that parallel connections cannot slip past ip_max_failures.
         self._serial: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -311,10 +449,21 @@ class Authenticator:
         account = account_key(user)
         async with self._one_at_a_time(peer_ip):
             decision = self.guard.check(peer_ip, account)
+            allow_password = True
             if not decision.allowed:
-                metrics.AUTH_ATTEMPTS.labels(protocol, "locked").inc()
-                return LoginResult(None, locked=True, reason=decision.scope)
-            address = await asyncio.to_thread(self.accounts.authenticate, user, secret, protocol)
+                # During an account lockout an unknown client may still use
+                # an app password; anything else costs no argon2 work.
+                if decision.scope != ACCOUNT or not looks_like_app_password(secret):
+                    metrics.AUTH_ATTEMPTS.labels(protocol, "locked").inc()
+                    return LoginResult(None, locked=True, reason=decision.scope)
+                allow_password = False
+            if self._queued >= self.max_queued or self._closed:
+                metrics.AUTH_ATTEMPTS.labels(protocol, BUSY).inc()
+                if not self._saturated:
+                    self._saturated = True
+                    log_event(log, "auth_busy", logging.WARNING, queued=self._queued)
+                return LoginResult(None, locked=True, reason=BUSY)
+            address = await self._check(user, secret, protocol, allow_password)
             metrics.AUTH_ATTEMPTS.labels(protocol, "ok" if address else "failed").inc()
             if address is not None:
                 self.guard.success(peer_ip, account)
@@ -327,6 +476,25 @@ class Authenticator:
         if failure.delay > 0:
             await self._sleep(failure.delay)  # slow down guessing
         return LoginResult(None)
+
+    async def _check(
+        self, user: str, secret: str, protocol: str, allow_password: bool
+    ) -> str | None:
+        self._queued += 1
+        try:
+            check = functools.partial(self.accounts.authenticate, user, secret, protocol)
+            if not allow_password:
+                check = functools.partial(check, allow_password=False)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, check)
+        finally:
+            self._queued -= 1
+            if self._queued <= self.max_queued // 2:
+                self._saturated = False
+
+    async def close(self) -> None:
+        """Stop the executor once the running checks are done (server stop)."""
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self, peer_ip: str) -> AsyncIterator[None]:

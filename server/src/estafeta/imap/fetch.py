@@ -5,6 +5,14 @@
 (the ``Summary`` computed at delivery, flags, sizes); the message file is read
 only when a body section is asked for, and then at most once per message.
 
+For the server the same output comes in pieces: ``prepare`` does everything
+that can fail (reading the file, decoding BINARY sections, each once per
+message), then ``render_pieces`` yields the response piece by piece, body
+data as memoryviews of the file read once, so that a session can send a
+response of any size holding one message and a bounded buffer (issue 14
+item 5: 300 overlapping BODY[]<n.2000000> of a 1 MiB message were a 298 MiB
+response built in memory). ``MAX_ITEMS`` bounds the items of one FETCH.
+
 Choices (each one of several that IMAP servers make):
 
 * A section that does not exist (``BODY[9]``, ``BODY[1.HEADER]`` of a part
@@ -41,8 +49,9 @@ Choices (each one of several that IMAP servers make):
 from __future__ import annotations
 
 import binascii
+import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,12 +59,19 @@ from estafeta.imap.types import FetchAtt, Section
 from estafeta.message import Summary, find_part, imap_bodystructure, imap_envelope, imap_string
 
 __all__ = [
+    "MAX_ITEMS",
     "FetchError",
     "MessageData",
     "needs_content",
+    "prepare",
     "render_items",
+    "render_pieces",
     "sets_seen",
 ]
+
+MAX_ITEMS = 1000
+"""Data items in one FETCH (after macro expansion). Far above what clients
+send (a handful); beyond it the command gets NO [LIMIT] (rfc5530:3)."""
 
 _MONTHS = b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 _MAX_TIME = 253_402_300_799  # 9999-12-31 23:59:59 UTC, the last date-year
@@ -83,6 +99,11 @@ _SUMMARY_KINDS = frozenset(
 _IDENTITY_CTE = frozenset({"7bit", "8bit", "binary"})
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _NOT_BASE64 = bytes(b for b in range(256) if b not in _BASE64_ALPHABET)
+_NUL = re.compile(b"\0")
+_LITERAL_THRESHOLD = 1024  # estafeta.message.structure: longer strings are literals
+
+# What a piece of a response is: bytes, or a view into the message file.
+Piece = bytes | memoryview
 
 
 @dataclass
@@ -100,12 +121,25 @@ class MessageData:
     # needs no JSON parse; None: render from the summary.
     envelope: bytes | None = None
     _content: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _sendable: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    # BINARY data by part path, decoded once per message.
+    _binary: dict[tuple[int, ...], Piece] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def content(self) -> bytes:
         """The message file, read on first use only."""
         if self._content is None:
             self._content = self.load()
         return self._content
+
+    def sendable(self) -> bytes:
+        """The file with NUL replaced by 0x80 (see the module docstring):
+        the file itself unless it has a NUL; offsets are the same."""
+        if self._sendable is None:
+            content = self.content()
+            self._sendable = content.replace(b"\0", b"\x80") if b"\0" in content else content
+        return self._sendable
 
 
 class FetchError(Exception):
@@ -153,8 +187,33 @@ def render_items(
     cannot decode; whatever the file read raises (OSError) passes through.
     ``utf8`` is accepted for UTF8=ACCEPT sessions; see the module docstring.
     """
-    out: list[bytes] = []
+    prepare(message, atts)
+    return b"".join(render_pieces(message, atts, imap4rev2=imap4rev2, utf8=utf8))
+
+
+def prepare(message: MessageData, atts: Sequence[FetchAtt]) -> None:
+    """Do what may fail before any of the response is sent: read the file
+    if an item needs it (OSError passes through) and decode the BINARY
+    sections (FetchError UNKNOWN-CTE). ``render_pieces`` then cannot fail."""
+    for att in atts:
+        kind = _kind(att)
+        if kind == _BINARY:
+            _binary_data(message, (att.section or Section()).part)
+        elif kind == _BINARY_SIZE:
+            _binary_size(message, (att.section or Section()).part)
+        elif kind in _SECTION_KINDS:
+            # Reads the file unless the section does not exist.
+            _section_data(message, _RFC822_SECTIONS.get(kind) or att.section or Section(), False)
+
+
+def render_pieces(
+    message: MessageData, atts: Sequence[FetchAtt], *, imap4rev2: bool, utf8: bool = False
+) -> Iterator[Piece]:
+    """``render_items`` in pieces (call ``prepare`` first): body data are
+    views of the message file, no larger than the section asked for; the
+    caller sends each piece before asking for the next."""
     answered: set[tuple[bytes, tuple[int, int] | None]] = set()
+    first = True
     for att in atts:
         kind = _kind(att)
         name = _response_name(kind, att)
@@ -162,8 +221,14 @@ def render_items(
         if key in answered:
             continue
         answered.add(key)
-        out.append(name + b" " + _value(message, kind, att, imap4rev2))
-    return b" ".join(out)
+        head = name + b" " if first else b" " + name + b" "
+        first = False
+        if kind in _SECTION_KINDS:
+            pieces = _section_pieces(message, kind, att)
+            yield head + pieces[0]
+            yield from pieces[1:]
+        else:
+            yield head + _value(message, kind, att, imap4rev2)
 
 
 def _response_name(kind: str, att: FetchAtt) -> bytes:
@@ -198,22 +263,40 @@ def _value(message: MessageData, kind: str, att: FetchAtt, imap4rev2: bool) -> b
         return imap_bodystructure(summary.bodystructure, False, imap4rev2=imap4rev2)
     if kind == "BODYSTRUCTURE":
         return imap_bodystructure(summary.bodystructure, True, imap4rev2=imap4rev2)
-    # rfc3501:6.4.5: RFC822 = BODY[], RFC822.HEADER = BODY.PEEK[HEADER],
-    # RFC822.TEXT = BODY[TEXT], differing only in the response item name.
-    if kind == "RFC822":
-        return _body_string(_section_data(message, Section()))
-    if kind == "RFC822.HEADER":
-        return _body_string(_section_data(message, Section(text="HEADER")))
-    if kind == "RFC822.TEXT":
-        return _body_string(_section_data(message, Section(text="TEXT")))
-    section = att.section or Section()
-    if kind == _SECTION:
-        return _body_string(_partial(_section_data(message, section), att.partial))
-    if kind == _BINARY:
-        return _binary_string(_partial(_binary_data(message, section.part), att.partial))
     if kind == _BINARY_SIZE:
+        section = att.section or Section()
         return b"%d" % _binary_size(message, section.part)
+    if kind in _SECTION_KINDS:
+        return b"".join(_section_pieces(message, kind, att))
     raise ValueError(f"unknown FETCH data item {att.name!r}")
+
+
+# Items whose value is (a part of) the message: sent as literals, in pieces.
+# rfc3501:6.4.5: RFC822 = BODY[], RFC822.HEADER = BODY.PEEK[HEADER],
+# RFC822.TEXT = BODY[TEXT], differing only in the response item name.
+_RFC822_SECTIONS = {
+    "RFC822": Section(),
+    "RFC822.HEADER": Section(text="HEADER"),
+    "RFC822.TEXT": Section(text="TEXT"),
+}
+_SECTION_KINDS = frozenset({_SECTION, _BINARY, *_RFC822_SECTIONS})
+
+
+def _section_pieces(message: MessageData, kind: str, att: FetchAtt) -> list[Piece]:
+    """The value of a body item: [literal header, data] (or one short string)."""
+    if kind == _BINARY:
+        data = _binary_data(message, (att.section or Section()).part)
+        return _binary_string(_partial(data, att.partial))
+    section = _RFC822_SECTIONS.get(kind) or att.section or Section()
+    partial = att.partial if kind == _SECTION else None
+    source = _section_data(message, section)
+    if isinstance(source, tuple):
+        # A range of the file: a view of it, NUL already replaced.
+        start, end = source
+        return _body_string(_partial(memoryview(message.sendable())[start:end], partial))
+    if b"\0" in source:
+        source = source.replace(b"\0", b"\x80")  # see the module docstring
+    return _body_string(_partial(source, partial))
 
 
 def _internal_date(timestamp: int) -> bytes:
@@ -230,46 +313,67 @@ def _internal_date(timestamp: int) -> bytes:
     )
 
 
-def _partial(data: bytes, partial: tuple[int, int] | None) -> bytes:
+def _partial(data: Piece, partial: tuple[int, int] | None) -> Piece:
     # rfc9051:6.4.5: a substring from the origin octet; an origin beyond the
     # end gives the empty string, a length beyond it is cut.
     if partial is None:
         return data
     origin, length = partial
+    if isinstance(data, bytes):
+        data = memoryview(data)
     return data[origin : origin + length]
 
 
-def _body_string(data: bytes) -> bytes:
-    if b"\0" in data:
-        data = data.replace(b"\0", b"\x80")  # see the module docstring
-    return imap_string(data)
+def _body_string(data: Piece) -> list[Piece]:
+    """An IMAP string of ``data`` (NUL-free): a literal when long, else what
+    ``imap_string`` makes of it (quoted when it can be)."""
+    if len(data) > _LITERAL_THRESHOLD:
+        return [b"{%d}\r\n" % len(data), data]
+    return [imap_string(bytes(data))]
 
 
-def _binary_string(data: bytes) -> bytes:
+def _has_nul(data: Piece) -> bool:
+    if isinstance(data, bytes):
+        return b"\0" in data
+    return _NUL.search(data) is not None  # no copy of the view
+
+
+def _binary_string(data: Piece) -> list[Piece]:
     # rfc3516:4.3 / rfc9051:7.5.2: a literal8 only when the data has a NUL,
     # otherwise a normal string (a literal: the data is arbitrary octets).
     if not data:
-        return b'""'
-    if b"\0" in data:
-        return b"~{%d}\r\n" % len(data) + data
-    return b"{%d}\r\n" % len(data) + data
+        return [b'""']
+    if _has_nul(data):
+        return [b"~{%d}\r\n" % len(data), data]
+    return [b"{%d}\r\n" % len(data), data]
 
 
 # --------------------------------------------------------------------------
 # Sections
 
 
+def _range(message: MessageData, start: Any, end: Any) -> tuple[int, int]:
+    """Offsets of the file, clamped to it (as a slice would be)."""
+    size = len(message.content())
+    low = min(max(int(start), 0), size)
+    return low, min(max(int(end), low), size)
+
+
 def _slice(message: MessageData, start: Any, end: Any) -> bytes:
     return message.content()[int(start) : int(end)]
 
 
-def _section_data(message: MessageData, section: Section) -> bytes:
-    """rfc9051:6.4.5 BODY[<section>], before any partial."""
+def _section_data(
+    message: MessageData, section: Section, fields: bool = True
+) -> tuple[int, int] | bytes:
+    """rfc9051:6.4.5 BODY[<section>], before any partial: a range of the file
+    (start, end), or computed bytes (HEADER.FIELDS, nothing). With ``fields``
+    False, HEADER.FIELDS(.NOT) gives the whole header's range (a probe)."""
     root = message.summary.bodystructure
     text = section.text.upper()
     if not section.part:
         if text == "":  # the whole message, header included
-            return message.content()
+            return 0, len(message.content())
         if text == "MIME":  # needs a part number (rfc9051:6.4.5)
             return b""
         entity: Mapping[str, Any] = root
@@ -281,9 +385,9 @@ def _section_data(message: MessageData, section: Section) -> bytes:
             # The part's body without its MIME header; for message/rfc822 the
             # whole encapsulated message; for part 1 of a single-part message
             # the message body.
-            return _slice(message, part["body_start"], part["body_end"])
+            return _range(message, part["body_start"], part["body_end"])
         if text == "MIME":
-            return _slice(message, part["header_start"], part["body_start"])
+            return _range(message, part["header_start"], part["body_start"])
         inner = part.get("body")
         # HEADER and TEXT only of message/rfc822 (and message/global) parts:
         # the header and body of the encapsulated message.
@@ -291,10 +395,10 @@ def _section_data(message: MessageData, section: Section) -> bytes:
             return b""
         entity = inner
     if text == "TEXT":
-        return _slice(message, entity["body_start"], entity["body_end"])
+        return _range(message, entity["body_start"], entity["body_end"])
+    if text == "HEADER" or (not fields and text.startswith("HEADER")):
+        return _range(message, entity["header_start"], entity["body_start"])
     header = _slice(message, entity["header_start"], entity["body_start"])
-    if text == "HEADER":
-        return header
     if text == "HEADER.FIELDS":
         return _header_fields(header, section.fields, exclude=False)
     if text == "HEADER.FIELDS.NOT":
@@ -362,17 +466,29 @@ def _encoding(part: Mapping[str, Any]) -> str:
     return str(part.get("encoding") or "7bit").strip().lower()
 
 
-def _binary_data(message: MessageData, path: Sequence[int]) -> bytes:
-    """The section's content with its Content-Transfer-Encoding removed."""
+def _binary_data(message: MessageData, path: Sequence[int]) -> Piece:
+    """The section's content with its Content-Transfer-Encoding removed;
+    decoded once per message (kept in the MessageData)."""
+    key = tuple(path)
+    data = message._binary.get(key)
+    if data is None:
+        data = message._binary[key] = _decode_binary(message, key)
+    return data
+
+
+def _decode_binary(message: MessageData, path: Sequence[int]) -> Piece:
     if not path:
         return message.content()  # BINARY[]: the whole message, unchanged
     part = _binary_part(message, path)
     if part is None:
         return b""
-    raw = _slice(message, part["body_start"], part["body_end"])
+    start, end = _range(message, part["body_start"], part["body_end"])
     if not _is_leaf(part):
-        return raw
+        return memoryview(message.content())[start:end]
     encoding = _encoding(part)
+    if encoding in _IDENTITY_CTE and not _is_text(part):
+        return memoryview(message.content())[start:end]
+    raw = message.content()[start:end]
     if encoding == "base64":
         data = _decode_base64(raw)
     elif encoding == "quoted-printable":

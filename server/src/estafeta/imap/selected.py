@@ -67,7 +67,9 @@ class Selected:
         """The UIDs a sequence set names, ascending (rfc9051:9 seq-number / uid-set).
 
         For UID sets, "*" is the largest UID in the view, and numbers that
-        are not in the view are ignored (rfc9051:6.4.9).
+        are not in the view are ignored (rfc9051:6.4.9). The set is merged
+        first, so the work is O(ranges x log ranges + the UIDs named),
+        whatever the client repeated or overlapped.
         """
         if sequence.saved:
             wanted = set(saved)
@@ -75,24 +77,25 @@ class Selected:
         if not self.uids:
             return []
         if uid:
-            largest = self.uids[-1]
-            result: list[int] = []
-            for low, high in sequence.resolve(largest):
-                start = bisect.bisect_left(self.uids, low)
-                end = bisect.bisect_right(self.uids, high)
-                result.extend(self.uids[start:end])
-            return sorted(set(result))
-        return [self.uids[n - 1] for n in sequence.iter(len(self.uids))]
+            return sequence.merged(self.uids[-1]).select(self.uids)
+        exists = len(self.uids)
+        result: list[int] = []
+        for low, high in sequence.merged(exists):
+            if low > exists:
+                break
+            result.extend(self.uids[max(low, 1) - 1 : min(high, exists)])
+        return result
 
     def valid_seqs(self, sequence: SequenceSet) -> bool:
-        """rfc9051:6.4.5: a sequence number beyond EXISTS is a BAD request."""
+        """rfc9051:6.4.5: a sequence number beyond EXISTS is a BAD request.
+        O(ranges)."""
         if sequence.saved:
             return True
-        for start, end in sequence.ranges:
-            for bound in (start, end):
-                if bound is not None and bound > len(self.uids):
-                    return False
-        return True
+        exists = len(self.uids)
+        return all(
+            (start is None or start <= exists) and (end is None or end <= exists)
+            for start, end in sequence.ranges
+        )
 
     # -- keeping up with the index --------------------------------------------
 
@@ -141,15 +144,17 @@ class Selected:
     def apply_expunge(self, uids: Iterable[int]) -> list[int]:
         """Remove UIDs; returns their sequence numbers as the client must hear
         them (each EXPUNGE shifts the ones after it: report in descending
-        order so that every number is right when it is read)."""
-        seqs = []
-        for uid in sorted(set(uids), reverse=True):
-            seq = self.seq_of(uid)
-            if seq is None:
-                continue
-            seqs.append(seq)
-            del self.uids[seq - 1]
-            self.flags.pop(uid, None)
+        order so that every number is right when it is read). One pass over
+        the view, however many go."""
+        wanted = set(uids)
+        self.pending_expunge.difference_update(wanted)
+        doomed = {uid for uid in wanted if uid in self.flags}
+        if not doomed:
+            return []
+        seqs = [seq for seq, uid in enumerate(self.uids, 1) if uid in doomed]
+        seqs.reverse()
+        self.uids[:] = [uid for uid in self.uids if uid not in doomed]
+        for uid in doomed:
+            del self.flags[uid]
             self.modseqs.pop(uid, None)
-        self.pending_expunge.difference_update(uids)
         return seqs

@@ -9,7 +9,9 @@ a command become a tagged NO/BAD, never a traceback to the client.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import sqlite3
 import ssl
@@ -21,12 +23,14 @@ from typing import Any
 
 from estafeta import __version__
 from estafeta.auth import Accounts
-from estafeta.auth.guard import Authenticator
+from estafeta.auth.connections import Ticket
+from estafeta.auth.guard import BUSY, Authenticator
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.imap import commands as c
 from estafeta.imap import fetch as fetch_module
 from estafeta.imap import search as search_module
-from estafeta.imap.listing import Box, list_mailboxes, lsub
+from estafeta.imap.listing import Box, Entry, PatternLimit, list_mailboxes, lsub
+from estafeta.imap.listing import cost as list_cost
 from estafeta.imap.parser import (
     Command,
     Continue,
@@ -38,11 +42,14 @@ from estafeta.imap.parser import (
     encode_mutf7,
 )
 from estafeta.imap.selected import Selected, Updates
+from estafeta.imap.stream import ResponseStream
 from estafeta.imap.types import FetchAtt, SearchKey
 from estafeta.log import log_event
 from estafeta.message import Summary, imap_string, summarize
 from estafeta.store import Store, StoreError, index
+from estafeta.store.names import canonical
 from estafeta.store.operations import MailboxError
+from estafeta.workers import SEARCHES
 
 log = logging.getLogger("estafeta.imap")
 
@@ -102,6 +109,7 @@ class Session:
         settings: Settings,
         tls: ssl.SSLContext | None,
         implicit_tls: bool,
+        preauth: Ticket | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -124,6 +132,8 @@ class Session:
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.login_deadline = self._loop.time() + settings.login_timeout
+        # Its place among the connections not logged in yet (server.py).
+        self.preauth = preauth if preauth is not None else Ticket("", 0.0)
         peer = writer.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
@@ -372,6 +382,32 @@ async def discard_buffered(reader: asyncio.StreamReader) -> int:
     return len(await reader.read(buffered))
 
 
+async def start_tls(
+    writer: asyncio.StreamWriter,
+    context: ssl.SSLContext,
+    handshake_timeout: float,
+    *,
+    peer: str,
+    protocol: str,
+) -> None:
+    """The handshake after STARTTLS / STLS. A client that fails it (no shared
+    version or cipher, garbage, a reset, too slow) is the client's problem,
+    not an internal error: one log line, then ConnectionError ends the
+    session (the connection cannot be used in the clear any more)."""
+    try:
+        await writer.start_tls(context, ssl_handshake_timeout=handshake_timeout)
+    except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+        log_event(
+            log,
+            "tls_failed",
+            logging.INFO,
+            protocol=protocol,
+            client=peer,
+            reason=getattr(exc, "reason", None) or type(exc).__name__,
+        )
+        raise ConnectionError("TLS handshake failed") from None
+
+
 # ---------------------------------------------------------------------------
 # Commands. Each is `async def cmd_x(session, command)`; it sends untagged
 # data and the tagged completion itself, or raises No / Bad.
@@ -407,9 +443,12 @@ async def cmd_starttls(s: Session, cmd: Command) -> None:
     dropped = await discard_buffered(s.reader)
     if dropped:
         log_event(log, "starttls_pipelined", logging.WARNING, client=s.peer, octets=dropped)
-    await s.writer.start_tls(
+    await start_tls(
+        s.writer,
         s.tls,
-        ssl_handshake_timeout=max(1.0, min(TLS_HANDSHAKE_TIMEOUT, s.login_time_left())),
+        max(1.0, min(TLS_HANDSHAKE_TIMEOUT, s.login_time_left())),
+        peer=s.peer,
+        protocol="imap",
     )
     s.tls_active = True
 
@@ -426,12 +465,16 @@ async def _login(s: Session, cmd: Command, user: str, password: str) -> None:
         if s.failed_logins >= MAX_FAILED_LOGINS:
             s.untagged("BYE Too many failed logins")
             s.state = LOGOUT
+        if result.reason == BUSY:
+            raise No("Too many logins at once, try again later", "UNAVAILABLE")
         if result.locked:
             # rfc5530:3: UNAVAILABLE is the temporary failure ("try later");
             # AUTHENTICATIONFAILED would tell the client the credentials are
             # wrong and not worth trying again.
             raise No("Too many failed logins, try again later", "UNAVAILABLE")
         raise No("Invalid credentials", "AUTHENTICATIONFAILED")
+    # Logged in: no longer one of the connections not logged in yet.
+    s.preauth.leave()
     s.user = result.address
     # One read connection per account, shared by its sessions (memory).
     s.conn = await asyncio.to_thread(s.store.shared_reader, s.user)
@@ -574,15 +617,15 @@ def _qresync_report(s: Session, view: Selected, params: Any) -> None:
             (view.box.id, modseq),
         )
     ]
-    if known is not None:
-        vanished = [u for u in vanished if known.contains(u, view.uids[-1] if view.uids else u)]
+    if known is not None and vanished:
+        # Merged once: O(ranges log ranges + UIDs), not ranges x UIDs.
+        wanted = known.merged(view.uids[-1] if view.uids else vanished[-1])
+        vanished = [u for u in vanished if wanted.contains(u)]
     if vanished:
         s.untagged(f"VANISHED (EARLIER) {search_module.compress(vanished)}")
-    for uid in view.uids:
+    for seq, uid in enumerate(view.uids, 1):
         if view.modseqs[uid] > modseq:
-            s.untagged(
-                s._flags_fetch(view.seq_of(uid) or 0, uid, view.flags[uid], view.modseqs[uid])
-            )
+            s.untagged(s._flags_fetch(seq, uid, view.flags[uid], view.modseqs[uid]))
 
 
 async def cmd_create(s: Session, cmd: Command) -> None:
@@ -596,7 +639,7 @@ async def cmd_create(s: Session, cmd: Command) -> None:
 
 async def cmd_delete(s: Session, cmd: Command) -> None:
     args: c.Delete = cmd.args  # type: ignore[assignment]
-    if s.selected is not None and s.selected.box.name == args.mailbox:
+    if s.selected is not None and s.selected.box.name in (args.mailbox, canonical(args.mailbox)):
         raise No("Cannot delete the selected mailbox; select another first", "INUSE")
     await asyncio.to_thread(s.store.delete_mailbox, _user(s), args.mailbox)
     s.tagged(cmd.tag, "OK", "DELETE completed")
@@ -619,18 +662,46 @@ def _user(s: Session) -> str:
     return s.user
 
 
+# Above this many word operations (listing.cost; a few milliseconds), LIST
+# and LSUB match on a thread of their own, so the event loop never waits for
+# them (issue 14 item 2), and they never take a thread of asyncio's default
+# pool, where logins and deliveries wait. Within listing's bounds the largest
+# takes about 0.1 s for 1,000 mailboxes; several queue behind each other.
+LIST_INLINE_COST = 100_000
+_LIST_THREAD = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="estafeta-list")
+
+
+async def _match(
+    boxes: Sequence[Box], reference: str, patterns: Sequence[str], run: Callable[[], list[Entry]]
+) -> list[Entry]:
+    """``run`` (a LIST or LSUB match) inline when it is cheap, else on the
+    LIST thread; patterns beyond listing's bounds get NO [LIMIT] (rfc5530:3)."""
+    try:
+        if list_cost((b.name for b in boxes), reference, patterns) <= LIST_INLINE_COST:
+            return run()
+        return await asyncio.get_running_loop().run_in_executor(_LIST_THREAD, run)
+    except PatternLimit as exc:
+        raise No(f"Too many or too long mailbox patterns: {exc}", "LIMIT") from None
+
+
 async def cmd_list(s: Session, cmd: Command) -> None:
     args: c.List = cmd.args  # type: ignore[assignment]
-    boxes = [Box(b.name, b.special_use, b.subscribed) for b in _boxes(s)]
+    rows = _boxes(s)
+    boxes = [Box(b.name, b.special_use, b.subscribed) for b in rows]
     if not args.patterns or args.patterns == ("",):
         # rfc9051:6.3.9: an empty pattern asks for the delimiter.
         s.untagged('LIST (\\Noselect) "/" ""')
         s.tagged(cmd.tag, "OK", "LIST completed")
         return
-    entries = list_mailboxes(
-        boxes, args.reference, args.patterns, selection=args.selection, returns=args.returns
+    entries = await _match(
+        boxes,
+        args.reference,
+        args.patterns,
+        lambda: list_mailboxes(
+            boxes, args.reference, args.patterns, selection=args.selection, returns=args.returns
+        ),
     )
-    by_name = {b.name: b for b in _boxes(s)}
+    by_name = {b.name: b for b in rows}
     for entry in entries:
         line = (
             b"LIST (" + " ".join(entry.attributes).encode() + b') "/" ' + s.mailbox_name(entry.name)
@@ -647,7 +718,10 @@ async def cmd_list(s: Session, cmd: Command) -> None:
 async def cmd_lsub(s: Session, cmd: Command) -> None:
     args: c.Lsub = cmd.args  # type: ignore[assignment]
     boxes = [Box(b.name, b.special_use, b.subscribed) for b in _boxes(s)]
-    for entry in lsub(boxes, args.reference, args.pattern):
+    entries = await _match(
+        boxes, args.reference, [args.pattern], lambda: lsub(boxes, args.reference, args.pattern)
+    )
+    for entry in entries:
         s.untagged(
             b"LSUB (" + " ".join(entry.attributes).encode() + b') "/" ' + s.mailbox_name(entry.name)
         )
@@ -713,9 +787,14 @@ async def cmd_append(s: Session, cmd: Command) -> None:
     if limit is not None:
         used = s.index().execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0]
         if used + len(args.data) > limit:
-            raise No("Quota exceeded", "OVERQUOTA")  # rfc9208:5.2
+            raise No("Quota exceeded", "OVERQUOTA")  # rfc9208:4.3.1
     when = args.date.timestamp() if args.date is not None else None
-    delivered = await s.store.append(_user(s), args.mailbox, args.data, args.flags, when)
+    # The check above spares the work of a message that cannot fit; the one
+    # that counts is made again with the commit, in the store's writer thread
+    # (two APPENDs or an APPEND and a COPY cannot both take the same room).
+    delivered = await s.store.append(
+        _user(s), args.mailbox, args.data, args.flags, when, quota=limit
+    )
     s.report_updates(allow_expunge=True)
     s.tagged(
         cmd.tag, "OK", "APPEND completed", f"APPENDUID {delivered.uidvalidity} {delivered.uid}"
@@ -810,6 +889,10 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
     view = s.selected
     assert view is not None
     args: c.Fetch = cmd.args  # type: ignore[assignment]
+    if len(args.atts) > fetch_module.MAX_ITEMS:
+        # rfc9051:6.4.5 sets no bound, this one is ours: a tagged NO (rfc9051:7.1.2)
+        # with the rfc5530:3 LIMIT code, before anything is read or sent.
+        raise No(f"Too many FETCH items (at most {fetch_module.MAX_ITEMS})", "LIMIT")
     _needs_valid(s, cmd, args.sequence_set)
     s.report_updates(allow_expunge=False)
     uids = view.resolve(args.sequence_set, uid=cmd.uid, saved=s.saved_result)
@@ -829,72 +912,124 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
                 "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
                 (view.box.id, args.changedsince),
             )
-            if args.sequence_set.contains(r[0], view.uids[-1] if view.uids else r[0])
         ]
+        if gone:
+            # "*" is the largest UID in the view (else the largest expunged one).
+            wanted = args.sequence_set.merged(view.uids[-1] if view.uids else gone[-1])
+            gone = [uid for uid in gone if wanted.contains(uid)]
         if gone:
             s.untagged(f"VANISHED (EARLIER) {search_module.compress(gone)}")
     sets_seen = fetch_module.sets_seen(atts) and not view.readonly
     # UID FLAGS RFC822.SIZE INTERNALDATE MODSEQ come from columns: skip the JSON.
     needs_summary = any(a.name not in _COLUMN_ITEMS and a.name != "ENVELOPE" for a in atts)
     wants_envelope = any(a.name == "ENVELOPE" for a in atts)
+    needs_file = fetch_module.needs_content(atts)
     account_dir = s.store.account_dir(_user(s))
     imap4rev2 = "IMAP4rev2" in s.enabled
     utf8 = "UTF8=ACCEPT" in s.enabled
-    for chunk_start in range(0, len(uids), 500):
-        chunk = uids[chunk_start : chunk_start + 500]
-        columns = "uid, file, size, internal_date, flags, modseq, summary, envelope"
-        if chunk[-1] - chunk[0] + 1 == len(chunk):
-            # A contiguous run (the common 1:*): a range scan of the primary key.
-            sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"  # noqa: S608
-            params: tuple[int, ...] = (view.box.id, chunk[0], chunk[-1])
-        else:
-            placeholders = ",".join("?" * len(chunk))
-            sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid IN ({placeholders})"  # noqa: S608
-            params = (view.box.id, *chunk)
-        rows = s.index().execute(sql, params).fetchall()
-        rows.sort()
-        new_flags: dict[int, tuple[tuple[str, ...], int]] = {}
-        if sets_seen:
-            # rfc9051:6.4.5: BODY[...] sets \Seen; store it first so that the
-            # FLAGS in this very response already show it.
-            unseen = [row[0] for row in rows if "\\Seen" not in row[4].split()]
-            if unseen:
-                result = await asyncio.to_thread(
-                    s.store.store_flags, _user(s), view.box.name, unseen, "+", ["\\Seen"]
+    # Responses are streamed message by message, item by item, with
+    # back-pressure (issue 14 item 5): one message file and a bounded buffer
+    # at a time, however many items, messages or octets were asked for.
+    out = ResponseStream(s.writer, s.settings.idle_timeout, s.peer)
+    try:
+        for chunk_start in range(0, len(uids), _FETCH_ROWS):
+            chunk = uids[chunk_start : chunk_start + _FETCH_ROWS]
+            rows = _fetch_rows(s, view.box.id, chunk)
+            new_flags: dict[int, tuple[tuple[str, ...], int]] = {}
+            if sets_seen:
+                # rfc9051:6.4.5: BODY[...] sets \Seen; store it first so that the
+                # FLAGS in this very response already show it.
+                unseen = [row[0] for row in rows if "\\Seen" not in row[4].split()]
+                if unseen:
+                    out.flush_nowait()
+                    result = await asyncio.to_thread(
+                        s.store.store_flags, _user(s), view.box.name, unseen, "+", ["\\Seen"]
+                    )
+                    for change in result.changed:
+                        view.apply_flags([(change.uid, change.flags, change.modseq)])
+                        new_flags[change.uid] = (change.flags, change.modseq)
+            for uid, file, size, internal_date, flag_text, modseq, summary, envelope in rows:
+                if args.changedsince is not None and modseq <= args.changedsince:
+                    continue
+                flags, modseq = new_flags.get(uid, (tuple(flag_text.split()), modseq))
+                message = fetch_module.MessageData(
+                    uid=uid,
+                    flags=flags,
+                    internal_date=internal_date,
+                    size=size,
+                    modseq=modseq,
+                    summary=Summary.from_json(summary)
+                    if needs_summary or (wants_envelope and envelope is None)
+                    else _NO_SUMMARY,
+                    load=(account_dir / file).read_bytes,
+                    envelope=envelope,
                 )
-                for change in result.changed:
-                    view.apply_flags([(change.uid, change.flags, change.modseq)])
-                    new_flags[change.uid] = (change.flags, change.modseq)
-        out: list[bytes] = []
-        for uid, file, size, internal_date, flag_text, modseq, summary, envelope in rows:
-            if args.changedsince is not None and modseq <= args.changedsince:
-                continue
-            flags, modseq = new_flags.get(uid, (tuple(flag_text.split()), modseq))
-            message = fetch_module.MessageData(
-                uid=uid,
-                flags=flags,
-                internal_date=internal_date,
-                size=size,
-                modseq=modseq,
-                summary=Summary.from_json(summary)
-                if needs_summary or (wants_envelope and envelope is None)
-                else _NO_SUMMARY,
-                load=(account_dir / file).read_bytes,
-                envelope=envelope,
-            )
-            atts_here = atts
-            if uid in new_flags and not any(a.name == "FLAGS" for a in atts):
-                atts_here = [*atts, FetchAtt("FLAGS")]  # the \Seen change is reported
-            try:
-                body = fetch_module.render_items(message, atts_here, imap4rev2=imap4rev2, utf8=utf8)
-            except fetch_module.FetchError as exc:
-                raise No(str(exc), exc.code) from None
-            except FileNotFoundError:
-                continue  # expunged meanwhile by another session
-            out.append(b"* %d FETCH (" % (view.seq_of(uid) or 0) + body + b")\r\n")
-        s.writer.write(b"".join(out))
-        await s.flush()
+                atts_here = atts
+                if uid in new_flags and not any(a.name == "FLAGS" for a in atts):
+                    atts_here = [*atts, FetchAtt("FLAGS")]  # the \Seen change is reported
+                try:
+                    # Everything that can fail happens before a byte is sent.
+                    if needs_file and size > _READ_INLINE:
+                        await asyncio.to_thread(fetch_module.prepare, message, atts_here)
+                    else:
+                        fetch_module.prepare(message, atts_here)
+                except fetch_module.FetchError as exc:
+                    raise No(str(exc), exc.code) from None
+                except FileNotFoundError:
+                    continue  # expunged meanwhile by another session
+                await _stream_fetch(
+                    s, out, view.seq_of(uid) or 0, message, atts_here, imap4rev2, utf8
+                )
+            await out.pump()
+    finally:
+        out.flush_nowait()
     s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}FETCH completed")
+
+
+_FETCH_ROWS = 256  # index rows read at a time
+_READ_INLINE = 256 * 1024  # larger message files are read (and decoded) in a thread
+
+
+def _fetch_rows(s: Session, mailbox_id: int, chunk: Sequence[int]) -> list[Any]:
+    columns = "uid, file, size, internal_date, flags, modseq, summary, envelope"
+    if chunk[-1] - chunk[0] + 1 == len(chunk):
+        # A contiguous run (the common 1:*): a range scan of the primary key.
+        sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"  # noqa: S608
+        params: tuple[int, ...] = (mailbox_id, chunk[0], chunk[-1])
+    else:
+        placeholders = ",".join("?" * len(chunk))
+        sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid IN ({placeholders})"  # noqa: S608
+        params = (mailbox_id, *chunk)
+    rows = s.index().execute(sql, params).fetchall()
+    rows.sort()
+    return rows
+
+
+async def _stream_fetch(
+    s: Session,
+    out: ResponseStream,
+    seq: int,
+    message: fetch_module.MessageData,
+    atts: Sequence[FetchAtt],
+    imap4rev2: bool,
+    utf8: bool,
+) -> None:
+    """One ``* seq FETCH (...)`` response (rfc9051:7.5.2), piece by piece."""
+    pieces = fetch_module.render_pieces(message, atts, imap4rev2=imap4rev2, utf8=utf8)
+    try:
+        if out.add(b"* %d FETCH (" % seq):
+            await out.pump()
+        for piece in pieces:
+            if out.add(piece):
+                await out.pump()
+        out.add(b")\r\n")
+    except ConnectionError:
+        raise  # the client is gone, or stopped reading (ResponseStream)
+    except Exception:
+        # Half a response cannot be taken back: the stream is unusable.
+        log.exception("FETCH response cut short (uid %d)", message.uid)
+        s.writer.transport.abort()
+        raise ConnectionResetError("FETCH response cut short") from None
 
 
 _COLUMN_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"})
@@ -966,8 +1101,11 @@ async def cmd_copy(s: Session, cmd: Command) -> None:
         raise No("Mailbox is read-only")
     s.report_updates(allow_expunge=False)
     uids = view.resolve(args.sequence_set, uid=cmd.uid, saved=s.saved_result)
+    # rfc9208:4.3.1 OVERQUOTA: checked in the store's writer thread, atomically
+    # with the copy. A MOVE stays within the account: no quota to check.
+    quota = None if move else _quota_limit(s)
     result = await asyncio.to_thread(
-        s.store.copy, _user(s), view.box.name, uids, args.mailbox, move
+        s.store.copy, _user(s), view.box.name, uids, args.mailbox, move, quota
     )
     code = ""
     if result.source_uids:
@@ -1003,10 +1141,12 @@ async def cmd_search(s: Session, cmd: Command) -> None:
         .fetchall()
     )
     candidates = []
+    octets = 0
     for uid, file, size, internal_date, flag_text, modseq, summary in rows:
         seq = view.seq_of(uid)
         if seq is None:
             continue
+        octets += size
         candidates.append(
             search_module.Candidate(
                 seq=seq,
@@ -1020,14 +1160,32 @@ async def cmd_search(s: Session, cmd: Command) -> None:
                 load=_reader(f"{account_dir}/{file}"),
             )
         )
-    matched = await asyncio.to_thread(
+    del rows
+    # Searches run on a pool of their own, one per account at a time, each
+    # within a work and time budget (issue 14 item 7; see estafeta.workers).
+    budget = search_module.Budget.for_mailbox(octets)
+    evaluate = functools.partial(
         search_module.evaluate,
         key,
         candidates,
         largest_seq=view.exists,
         largest_uid=view.uids[-1] if view.uids else 0,
         saved=s.saved_result,
+        budget=budget,
     )
+    try:
+        matched = await SEARCHES.run(_user(s), evaluate)
+    except search_module.SearchLimit as exc:
+        log_event(
+            log, "search_limit", logging.WARNING, user=s.user, why=str(exc),
+            work=budget.used(), messages=len(candidates),
+        )  # fmt: skip
+        if args.return_options is not None and "SAVE" in args.return_options:
+            s.saved_result = []  # rfc5182:2.1: a failed SEARCH ... SAVE empties "$"
+        raise No("Search too expensive", "LIMIT") from None  # rfc5530:3
+    finally:
+        budget.cancel()  # the client went away: a running search stops
+    del candidates, evaluate
     numbers = [m.uid if cmd.uid else m.seq for m in matched]
     options = list(args.return_options) if args.return_options is not None else None
     if options is not None and "SAVE" in [o.upper() for o in options]:

@@ -6,9 +6,10 @@ consume them.
 
 from __future__ import annotations
 
+import bisect
 import datetime
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 # A bound of a range; None stands for "*", the largest number in use.
@@ -16,11 +17,73 @@ Bound = int | None
 
 
 @dataclass(frozen=True)
+class Ranges:
+    """Disjoint, ascending, non-adjacent closed ranges: a merged sequence set.
+
+    ``starts`` and ``ends`` are parallel; ``ends[i] + 1 < starts[i + 1]``.
+    Membership is a binary search, selection from a sorted list one pair of
+    binary searches per range: nothing here is proportional to the numbers
+    a range spans.
+    """
+
+    starts: tuple[int, ...] = ()
+    ends: tuple[int, ...] = ()
+
+    @classmethod
+    def merge(cls, pairs: Iterable[tuple[int, int]]) -> Ranges:
+        """Sort and coalesce (low, high) pairs (low <= high): overlapping and
+        adjacent ranges become one. O(n log n) in the number of pairs."""
+        starts: list[int] = []
+        ends: list[int] = []
+        for low, high in sorted(pairs):
+            if ends and low <= ends[-1] + 1:
+                if high > ends[-1]:
+                    ends[-1] = high
+            else:
+                starts.append(low)
+                ends.append(high)
+        return cls(tuple(starts), tuple(ends))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self.starts, self.ends, strict=True)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def contains(self, number: int) -> bool:
+        i = bisect.bisect_right(self.starts, number) - 1
+        return i >= 0 and number <= self.ends[i]
+
+    def count(self) -> int:
+        """How many numbers the ranges hold."""
+        return sum(high - low + 1 for low, high in self)
+
+    def select(self, ordered: Sequence[int]) -> list[int]:
+        """The members of ``ordered`` (ascending, no duplicates) that the
+        ranges hold, ascending: O(ranges x log len(ordered) + output)."""
+        out: list[int] = []
+        for low, high in self:
+            first = bisect.bisect_left(ordered, low)
+            last = bisect.bisect_right(ordered, high, first)
+            out.extend(ordered[first:last])
+        return out
+
+
+@dataclass(frozen=True)
 class SequenceSet:
-    """rfc9051:9 sequence-set: "1,3:5,7:*", or "$" (rfc5182 saved result)."""
+    """rfc9051:9 sequence-set: "1,3:5,7:*", or "$" (rfc5182 saved result).
+
+    ``ranges`` are kept as the client sent them (a client may send the same
+    range thousands of times); everything that uses the set goes through
+    ``merged``, computed once per value of "*" and kept.
+    """
 
     ranges: tuple[tuple[Bound, Bound], ...] = ()
     saved: bool = False
+    # (largest, merged ranges) of the last ``merged`` call; not part of the value.
+    _merged: list[tuple[int, Ranges]] = field(
+        default_factory=list, init=False, repr=False, compare=False, hash=False
+    )
 
     def resolve(self, largest: int) -> list[tuple[int, int]]:
         """Ranges as (low, high) with "*" replaced by ``largest``; rfc9051:9
@@ -32,18 +95,27 @@ class SequenceSet:
             result.append((min(a, b), max(a, b)))
         return result
 
+    def merged(self, largest: int) -> Ranges:
+        """The set with "*" resolved to ``largest``, sorted and coalesced
+        (rfc9051:9: a set names each number once, in whatever order and with
+        whatever repeats it was written)."""
+        cache = self._merged
+        if cache and cache[0][0] == largest:
+            return cache[0][1]
+        ranges = Ranges.merge(self.resolve(largest))
+        cache[:] = [(largest, ranges)]
+        return ranges
+
     def contains(self, number: int, largest: int) -> bool:
-        return any(low <= number <= high for low, high in self.resolve(largest))
+        return self.merged(largest).contains(number)
 
     def iter(self, largest: int, limit: int | None = None) -> Iterator[int]:
         """The numbers in the set, ascending, without duplicates, capped at ``limit``."""
         ceiling = largest if limit is None else min(largest, limit)
-        seen: set[int] = set()
-        for low, high in sorted(self.resolve(largest)):
-            for n in range(max(low, 1), min(high, ceiling) + 1):
-                if n not in seen:
-                    seen.add(n)
-                    yield n
+        for low, high in self.merged(largest):
+            if low > ceiling:
+                return
+            yield from range(max(low, 1), min(high, ceiling) + 1)
 
 
 @dataclass(frozen=True)

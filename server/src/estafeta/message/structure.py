@@ -529,16 +529,8 @@ _CONTINUATION_RE = re.compile(r"(.+?)\*(\d+)(\*?)\Z", re.S)
 
 def _skip_comment(s: str, pos: int) -> int:
     """``s[pos]`` is "("; return the index after the matching ")" (or len(s))."""
-    depth = 0
-    for m in _COMMENT_PIECE_RE.finditer(s, pos):
-        piece = m.group()
-        if piece == "(":
-            depth += 1
-        elif piece == ")":
-            depth -= 1
-            if depth == 0:
-                return m.end()
-    return len(s)
+    end = _comment_closed(s, pos)
+    return len(s) if end is None else end
 
 
 def _mime_segments(s: str) -> list[list[tuple[bool, str]]]:
@@ -1172,3 +1164,207 @@ def find_part(bodystructure: Mapping[str, Any], section: Sequence[int]) -> Mappi
         else:
             children = []
     return part
+
+
+# --------------------------------------------------------------------------
+# Originator fields, strictly (rfc5322:3.4, rfc5322:3.6.2), for the checks
+# that submission makes before it signs and sends a message. The fields and
+# the mailboxes are the very ones ``_parse_header`` and ``parse_addresses``
+# give ENVELOPE (what IMAP clients show), never a second parser's reading.
+
+
+def header_fields(data: bytes) -> list[tuple[str, bytes]]:
+    """Every field of the top-level header of ``data``, in order.
+
+    (lower-cased name, raw value after the colon, folding included). Lines
+    are split exactly as ``_parse_header`` splits them (which keeps only the
+    first field of each name): rfc5322:2.2.3 folding, rfc5322:4.5 obsolete
+    blanks before the colon ("From :"), the header ending at the empty line
+    or at the first line that is neither a field nor a continuation.
+    """
+    out: list[tuple[str, bytes]] = []
+    name: str | None = None
+    vstart = vend = 0
+    pos, end = 0, len(data)
+    find = data.find
+    while pos < end:
+        nl = find(b"\n", pos, end)
+        line_end = end if nl < 0 else nl + 1
+        c = data[pos]
+        if c == 0x0A or (
+            c == 0x0D and (line_end - pos == 1 or (line_end - pos == 2 and data[pos + 1] == 0x0A))
+        ):
+            break
+        if c == 0x20 or c == 0x09:
+            if name is not None:
+                vend = line_end
+            pos = line_end
+            continue
+        m = _FIELD_NAME_RE.match(data, pos, line_end)
+        if name is not None:
+            out.append((name, data[vstart:vend]))
+            name = None
+        if m is None:
+            break
+        name = m.group(1).decode("ascii").lower()
+        vstart = m.end()
+        vend = line_end
+        pos = line_end
+    if name is not None:
+        out.append((name, data[vstart:vend]))
+    return out
+
+
+class AddressSyntaxError(ValueError):
+    """A mailbox-list that is not one by rfc5322:3.4 (or that we would read
+    differently from mail clients)."""
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """One mailbox of a mailbox-list (rfc5322:3.4)."""
+
+    local_part: str  # as written (a quoted string keeps its quotes)
+    domain: str
+    # The display name and the comments around the mailbox, unquoted but not
+    # RFC 2047 decoded: what a mail client may show instead of the address.
+    texts: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        return f"{self.local_part}@{self.domain}"
+
+
+# C0 controls (blanks excepted) and DEL: no business in an address field.
+_ADDRESS_CONTROLS_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CLOSED_QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_CLOSED_LITERAL_RE = re.compile(r"\[(?:[^\]\\]|\\.)*\]", re.S)
+
+
+def _comment_closed(s: str, pos: int) -> int | None:
+    """``s[pos]`` is "("; the index after its matching ")", None if unclosed."""
+    depth = 0
+    for m in _COMMENT_PIECE_RE.finditer(s, pos):
+        piece = m.group()
+        if piece == "(":
+            depth += 1
+        elif piece == ")":
+            depth -= 1
+            if depth == 0:
+                return m.end()
+        elif piece == "\\":  # a backslash at the very end escapes nothing
+            return None
+    return None
+
+
+def _check_lexical(value: str) -> None:
+    """Quoted strings, domain literals and comments closed; no stray ")"."""
+    if _ADDRESS_CONTROLS_RE.search(value.replace("\r\n", "")):
+        raise AddressSyntaxError("control character")
+    pos = 0
+    while pos < len(value):
+        m = _ADDR_TOKEN_RE.match(value, pos)
+        assert m is not None  # "other" matches any character
+        kind = m.lastgroup
+        if kind == "cm":
+            after = _comment_closed(value, pos)
+            if after is None:
+                raise AddressSyntaxError("unclosed comment")
+            pos = after
+            continue
+        if kind == "other":
+            raise AddressSyntaxError(f"unexpected {m.group()!r}")
+        if kind == "qs" and not _CLOSED_QUOTED_RE.fullmatch(m.group()):
+            raise AddressSyntaxError("unclosed quoted string")
+        if kind == "dl" and not _CLOSED_LITERAL_RE.fullmatch(m.group()):
+            raise AddressSyntaxError("unclosed domain literal")
+        pos = m.end()
+
+
+def _is_addr_spec(tokens: Sequence[_Token]) -> bool:
+    """rfc5322:3.4.1 addr-spec (with rfc5322:4.4 obs-local-part: words and dots)."""
+    at = _split_at(tokens, "@")
+    if at <= 0 or at == len(tokens) - 1:
+        return False
+    local, domain = tokens[:at], tokens[at + 1 :]
+    for i, (kind, value, _, _) in enumerate(local):
+        if i % 2 == 0 and kind not in ("atom", "qs"):
+            return False
+        if i % 2 == 1 and (kind, value) != ("sp", "."):
+            return False
+    if len(local) % 2 == 0:
+        return False
+    if len(domain) == 1 and domain[0][0] == "dl":
+        return True
+    for i, (kind, value, _, _) in enumerate(domain):
+        if i % 2 == 0 and kind != "atom":
+            return False
+        if i % 2 == 1 and (kind, value) != ("sp", "."):
+            return False
+    return len(domain) % 2 == 1
+
+
+def _mailbox_texts(tokens: Sequence[_Token]) -> tuple[str, ...] | None:
+    """The display name and comments of one mailbox (rfc5322:3.4 name-addr
+    or addr-spec), None if the tokens are not one."""
+    comments = tuple(value for kind, value, _, _ in tokens if kind == "comment" and value)
+    words = [t for t in tokens if t[0] != "comment"]
+    if _is_addr_spec(words):
+        return comments
+    open_ = _split_at(words, "<")
+    if open_ < 0 or words[-1][:2] != ("sp", ">") or not _is_addr_spec(words[open_ + 1 : -1]):
+        return None
+    phrase = words[:open_]
+    # rfc5322:3.2.5 phrase, with rfc5322:4.1 obs-phrase dots.
+    for kind, value, _, _ in phrase:
+        if kind not in ("atom", "qs") and (kind, value) != ("sp", "."):
+            return None
+    name = _phrase(phrase)
+    return ((name,) if name else ()) + comments
+
+
+def parse_mailbox_list(raw: bytes) -> list[Mailbox]:
+    """The mailboxes of a From or Sender field value, as ENVELOPE has them.
+
+    rfc5322:3.6.2: From is a mailbox-list, Sender one mailbox; so no group
+    (rfc5322:3.4), and every element a name-addr or an addr-spec with both a
+    local part and a domain. The addresses are those ``parse_addresses``
+    finds in the same value; anything it would skip or guess at (junk
+    around an angle address, an unclosed quote or comment, a route, a
+    group) raises ``AddressSyntaxError`` instead of being read leniently.
+    """
+    unfolded = _unfold(raw)
+    if len(unfolded) > STRUCTURED_LIMIT:
+        raise AddressSyntaxError("field too long")
+    value = _raw_text(unfolded)
+    _check_lexical(value)
+    tokens = _address_tokens(value)
+    elements: list[list[_Token]] = [[]]
+    depth = 0
+    for tok in tokens:
+        if tok[0] == "sp" and tok[1] in "<>":
+            depth += 1 if tok[1] == "<" else -1
+            if depth not in (0, 1):
+                raise AddressSyntaxError("misplaced angle bracket")
+        if tok[0] == "sp" and tok[1] in ":;":
+            raise AddressSyntaxError("a group or a route where a mailbox must be")
+        if tok[0] == "sp" and tok[1] == "," and depth == 0:
+            elements.append([])
+        else:
+            elements[-1].append(tok)
+    if depth != 0:
+        raise AddressSyntaxError("unclosed angle bracket")
+    # rfc5322:4.4 obs-mbox-list: empty elements (",,") are allowed.
+    elements = [e for e in elements if any(t[0] != "comment" for t in e)]
+    addresses = parse_addresses(value)
+    if not elements or len(addresses) != len(elements):
+        raise AddressSyntaxError("not a mailbox-list")
+    mailboxes: list[Mailbox] = []
+    for element, (_, adl, local, domain) in zip(elements, addresses, strict=True):
+        texts = _mailbox_texts(element)
+        if texts is None or adl is not None or local is None or domain is None:
+            raise AddressSyntaxError("not a mailbox")
+        if local == MISSING_MAILBOX or domain == MISSING_DOMAIN:
+            raise AddressSyntaxError("a mailbox without a local part or a domain")
+        mailboxes.append(Mailbox(local, domain, texts))
+    return mailboxes

@@ -17,9 +17,10 @@ import ssl
 from dataclasses import dataclass, field
 
 from estafeta.auth import Accounts
-from estafeta.auth.guard import Authenticator
+from estafeta.auth.connections import Ticket
+from estafeta.auth.guard import BUSY, Authenticator
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
-from estafeta.imap.session import discard_buffered
+from estafeta.imap.session import discard_buffered, start_tls
 from estafeta.log import log_event
 from estafeta.pop3.parser import Command, Eof, Error, NeedData, Parser, RawLine
 from estafeta.store import Store, StoreError, index
@@ -87,6 +88,7 @@ class Session:
         locks: Locks,
         tls: ssl.SSLContext | None,
         implicit_tls: bool,
+        preauth: Ticket | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -110,6 +112,8 @@ class Session:
         self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self._event_loop = asyncio.get_running_loop()
         self.login_deadline = self._event_loop.time() + settings.login_timeout
+        # Its place among the connections not logged in yet (server.py).
+        self.preauth = preauth if preauth is not None else Ticket("", 0.0)
 
     # -- output --------------------------------------------------------------
 
@@ -242,7 +246,9 @@ class Session:
         address = result.address
         if address is None:
             self.failed_logins += 1
-            if result.locked:
+            if result.reason == BUSY:
+                self.err("Too many logins at once, try again later", "SYS/TEMP")
+            elif result.locked:
                 # rfc3206:4: SYS/TEMP, a temporary condition, try again later;
                 # [AUTH] (rfc3206:5) would make the client ask for a new password.
                 self.err("Too many failed logins, try again later", "SYS/TEMP")
@@ -257,6 +263,8 @@ class Session:
             return
         self.locks.held.add(address)
         self.user = address
+        # Logged in: no longer one of the connections not logged in yet.
+        self.preauth.leave()
         try:
             conn = await asyncio.to_thread(self.store.open_index, address)
             try:
@@ -304,9 +312,12 @@ async def cmd_stls(s: Session, cmd: Command) -> None:
     dropped = await discard_buffered(s.reader)
     if dropped:
         log_event(log, "starttls_pipelined", logging.WARNING, client=s.peer, octets=dropped)
-    await s.writer.start_tls(
+    await start_tls(
+        s.writer,
         s.tls,
-        ssl_handshake_timeout=max(1.0, min(TLS_HANDSHAKE_TIMEOUT, s.login_time_left())),
+        max(1.0, min(TLS_HANDSHAKE_TIMEOUT, s.login_time_left())),
+        peer=s.peer,
+        protocol="pop3",
     )
     s.tls_active = True
 

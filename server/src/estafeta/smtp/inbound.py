@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiosmtpd.smtp import TLSSetupException
+
 from estafeta import srs
 from estafeta.address import AddressError, normalize_address, split_address
 from estafeta.auth import Accounts
@@ -64,6 +66,10 @@ class HandlerBase:
         return result
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A failed STARTTLS handshake is the client's doing, logged by
+            # SMTPProtocol.smtp_STARTTLS; aiosmtpd closes without a reply.
+            return replies.INTERNAL_ERROR
         # Never a traceback to the client: log it, answer 451 (the client retries).
         log.error("internal error in SMTP session", exc_info=error)
         return replies.INTERNAL_ERROR

@@ -14,7 +14,14 @@
 - timeouts that say so: ``421 4.4.2`` before the connection is closed, when
   the client has been silent for ``command_timeout`` (rfc5321:4.5.3.2.7) or
   its DATA phase has lasted ``data_timeout`` in all (a client trickling its
-  message a byte at a time cannot hold a connection for ever).
+  message a byte at a time cannot hold a connection for ever);
+- the DATA phase read by a sans-IO reader (``smtp.data``) into one buffer,
+  within a byte budget shared by every SMTP connection (``[limits]
+  data_memory``: ``452 4.3.1`` after the final dot when it is spent);
+- an error limit with tarpitting per client address (``smtp.errors``:
+  ``[limits] smtp_soft_error_limit``, ``smtp_hard_error_limit``,
+  ``smtp_error_delay``);
+- ``503 5.5.1`` to a STARTTLS on a connection that has TLS already.
 """
 
 from __future__ import annotations
@@ -28,12 +35,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, TLSSetupException, syntax
 
+from estafeta.auth.connections import (
+    ADDRESS,
+    CROWDED_TIMEOUT,
+    EVICTED_SMTP,
+    PreauthPool,
+    Ticket,
+    report,
+)
 from estafeta.auth.guard import ConnectionsPerIP, LoginResult
 from estafeta.auth.sasl import SASLError, decode_plain
 from estafeta.log import log_event
 from estafeta.smtp import replies
+from estafeta.smtp.data import DataBudget, DataReader, DataStatus
+from estafeta.smtp.errors import TOO_MANY_ERRORS, ErrorLimiter, counts_as_error
 
 log = logging.getLogger("estafeta.smtp")
 
@@ -59,6 +76,9 @@ class Connections:
     open: set[SMTPProtocol] = field(default_factory=set)
     # Shared with the IMAP and POP3 listeners; None: no per-address cap.
     per_ip: ConnectionsPerIP | None = None
+    # Connections not logged in yet (every port-25 session, submission before
+    # AUTH), shared with IMAP and POP3; None: no such budget.
+    preauth: PreauthPool | None = None
 
     def shutdown(self) -> None:
         """Say goodbye (rfc5321:3.8) to every connection not in a delivery."""
@@ -92,6 +112,8 @@ class ImplicitTLS(asyncio.Protocol):
         self._connections = connections
         self._handshake_timeout = handshake_timeout
         self._ip: str | None = None  # counted, until the SMTP protocol owns it
+        # Its place among the connections not logged in yet, likewise.
+        self._ticket: Ticket | None = None
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,14 +127,32 @@ class ImplicitTLS(asyncio.Protocol):
                 transport.abort()
                 return
             self._ip = ip
-        self._task = asyncio.get_running_loop().create_task(self._start_tls(transport))
+        timeout = self._handshake_timeout
+        preauth = self._connections.preauth
+        if preauth is not None:
+            admission = preauth.admit(ip)
+            report(preauth, admission, ip, "submissions")
+            if admission.ticket is None:
+                self._release()
+                transport.abort()
+                return
+            self._ticket = admission.ticket
+            self._ticket.evict = transport.abort  # during the handshake: just closed
+            if self._ticket.crowded:
+                timeout = min(timeout, CROWDED_TIMEOUT)
+            if admission.victim is not None:
+                admission.victim.evict()
+        self._task = asyncio.get_running_loop().create_task(self._start_tls(transport, timeout))
 
     def _release(self) -> None:
         if self._ip is not None and self._connections.per_ip is not None:
             self._connections.per_ip.release(self._ip)
         self._ip = None
+        if self._ticket is not None:
+            self._ticket.leave()
+            self._ticket = None
 
-    async def _start_tls(self, transport: asyncio.Transport) -> None:
+    async def _start_tls(self, transport: asyncio.Transport, handshake_timeout: float) -> None:
         protocol = self._make()
         try:
             tls = await asyncio.get_running_loop().start_tls(
@@ -120,7 +160,7 @@ class ImplicitTLS(asyncio.Protocol):
                 protocol,
                 self._context,
                 server_side=True,
-                ssl_handshake_timeout=self._handshake_timeout,
+                ssl_handshake_timeout=handshake_timeout,
             )
         except OSError:  # ssl.SSLError, a reset, the handshake timeout
             self._release()
@@ -135,6 +175,7 @@ class ImplicitTLS(asyncio.Protocol):
             return
         # The SMTP protocol releases the address when the connection ends.
         protocol._counted_ip, self._ip = self._ip, None
+        protocol._preauth, self._ticket = self._ticket, None
         protocol.connection_made(tls)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -144,6 +185,15 @@ class ImplicitTLS(asyncio.Protocol):
             self._task.cancel()
         self._release()
 
+
+# Octets pipelined after STARTTLS that are read and dropped before the 220.
+STARTTLS_DRAIN = 1024 * 1024
+
+_DATA_REFUSALS = {
+    DataStatus.LINE_TOO_LONG: replies.DATA_LINE_TOO_LONG,
+    DataStatus.TOO_MUCH_DATA: replies.DATA_TOO_BIG,
+    DataStatus.NO_MEMORY: replies.DATA_NO_MEMORY,
+}
 
 # C0 controls and DEL: never in a reply line (CRLF is added by push()).
 _CONTROLS = {c: "?" for c in [*range(0x20), 0x7F]}
@@ -169,6 +219,8 @@ class SMTPProtocol(SMTP):
         authenticate: Authenticate | None = None,
         implicit_tls: bool = False,
         data_timeout: float | None = None,
+        data_memory: DataBudget | None = None,
+        errors: ErrorLimiter | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
@@ -185,31 +237,55 @@ class SMTPProtocol(SMTP):
         self._connections = connections
         self._counted = False
         self._counted_ip: str | None = None
+        # Its place among the connections not logged in yet (until AUTH).
+        self._preauth: Ticket | None = None
         # True while a DATA hook stores a message: shutdown waits for it.
         self.busy = False
         self._allow_auth = allow_auth
         self._greeted = False
         self._in_ehlo = False
+        # Message bytes in memory, shared by all SMTP connections (None: no cap).
+        self._data_memory = data_memory
+        # Error replies of this session, and the per-client tarpit.
+        self._errors = errors
+        self._error_count = 0
+        self._closing_for_errors = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None and not self._counted:
             # A new TCP connection (not the STARTTLS upgrade of one).
+            assert isinstance(transport, asyncio.WriteTransport)
             if len(self._connections.open) >= self._connections.limit:
                 self._release_address()  # counted by ImplicitTLS
-                assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
                 transport.close()
                 return
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
             per_ip = self._connections.per_ip
             if per_ip is not None and self._counted_ip is None:
-                peer = transport.get_extra_info("peername")
-                ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
                 if not per_ip.acquire(ip):
-                    assert isinstance(transport, asyncio.WriteTransport)
                     transport.write(TOO_MANY_FROM_ADDRESS.encode() + b"\r\n")
                     transport.close()
                     return
                 self._counted_ip = ip
+            preauth = self._connections.preauth
+            if preauth is not None and self._preauth is None:
+                admission = preauth.admit(ip)
+                report(preauth, admission, ip, "submission" if self._allow_auth else "smtp")
+                if admission.ticket is None:
+                    self._release_address()
+                    full = admission.refusal != ADDRESS
+                    refusal = replies.TOO_MANY_CONNECTIONS if full else TOO_MANY_FROM_ADDRESS
+                    transport.write(refusal.encode() + b"\r\n")
+                    transport.close()
+                    return
+                self._preauth = admission.ticket
+                if admission.victim is not None:
+                    admission.victim.evict()
+            if self._preauth is not None:
+                self._preauth.evict = self._evict
+                self._preauth.busy = self._in_transaction
             self._connections.open.add(self)
             self._counted = True
         super().connection_made(transport)
@@ -218,6 +294,29 @@ class SMTPProtocol(SMTP):
         if self._counted_ip is not None and self._connections.per_ip is not None:
             self._connections.per_ip.release(self._counted_ip)
         self._counted_ip = None
+        if self._preauth is not None:
+            self._preauth.leave()
+
+    def _in_transaction(self) -> bool:
+        """MAIL given (the envelope keeps its sender until the transaction
+        ends), DATA in progress or a message being stored: not evicted."""
+        envelope = self.envelope
+        return self.busy or (envelope is not None and envelope.mail_from is not None)
+
+    def _evict(self) -> None:
+        """Too many connections not logged in: this one makes room (421, close)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        original = self._original_transport
+        if original is not None and self.session is not None and self.session.ssl is None:
+            # Inside the STARTTLS handshake: no reply can get through.
+            assert isinstance(original, asyncio.Transport)
+            original.abort()
+            return
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(EVICTED_SMTP)
+        transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:
@@ -227,6 +326,11 @@ class SMTPProtocol(SMTP):
         if self.session is None:  # refused in connection_made
             return
         super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self.session is None:  # refused in connection_made: closing already
+            return False
+        return super().eof_received()
 
     # -- timeouts -------------------------------------------------------------
 
@@ -261,16 +365,111 @@ class SMTPProtocol(SMTP):
             self._reset_timeout(max(0.001, min(self._timeout_duration, remaining)))
         super().data_received(data)
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        """rfc5321:4.1.1.4 — aiosmtpd's checks and replies, but the message is
+        read in chunks by ``DataReader`` into one buffer within the shared
+        byte budget (aiosmtpd keeps a bytearray per line: about 44 bytes of
+        memory per byte of a message of empty lines)."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        reader = DataReader(size_limit=self.data_size_limit, budget=self._data_memory)
         self._data_deadline = self.loop.time() + self._data_timeout
         self._reset_timeout(min(self._timeout_duration, self._data_timeout))
         try:
-            await super().smtp_DATA(arg)
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            if await self._receive_data(reader):
+                await self._end_of_data(reader)
         finally:
+            # Every way out (reply sent, disconnect, timeout, cancel): the
+            # budget gets back what this transfer held.
+            reader.close()
             self._data_deadline = None
             if self.transport is not None:
                 # Back to waiting for a command, with the whole command timeout.
                 self._reset_timeout()
+
+    async def _receive_data(self, reader: DataReader) -> bool:
+        """Feed the reader until the final dot; False if the connection ended.
+
+        Reading up to ``reader.needed()`` (CRLF "." CRLF, or what completes
+        it) never goes past the end of the data, so pipelined commands
+        after it stay in the stream; a longer stretch without one comes in
+        pieces of what has arrived (LimitOverrunError: aiosmtpd's stream
+        limit is one line). Just after a CRLF, one octet tells whether the
+        line may be the end: that keeps the pieces large even when every
+        line ends in "." (a search for "." CRLF would stop at each line).
+        """
+        stream = self._reader
+        while not reader.done:
+            needed = reader.needed()
+            try:
+                try:
+                    if needed == b".\r\n":
+                        chunk = await stream.readexactly(1)
+                    else:
+                        chunk = await stream.readuntil(needed)
+                except asyncio.LimitOverrunError as exc:
+                    chunk = await stream.read(exc.consumed)
+            except asyncio.IncompleteReadError:
+                chunk = b""
+            except asyncio.CancelledError:
+                # The connection went away during DATA (as aiosmtpd does).
+                self._writer.close()
+                raise
+            if not chunk:  # end of the stream
+                self._writer.close()
+                return False
+            reader.receive_data(chunk)
+        # Unreachable data after the dot would be a bug in the reader's use.
+        assert not reader.trailing
+        return True
+
+    async def _end_of_data(self, reader: DataReader) -> None:
+        assert self.envelope is not None
+        status = reader.status
+        if status is not DataStatus.OK:
+            self.envelope = self._create_envelope()
+            if status is DataStatus.NO_MEMORY:
+                log_event(
+                    log,
+                    "data_refused",
+                    logging.WARNING,
+                    client=self._client_ip(),
+                    reason="data memory",
+                    size=reader.size,
+                )
+            await self.push(_DATA_REFUSALS[status])
+            return
+        original_content = reader.take_message()
+        content: str | bytes = original_content
+        if self._decode_data:
+            try:
+                content = original_content.decode(
+                    "utf-8" if self.enable_SMTPUTF8 else "ascii",
+                    "surrogateescape" if self.enable_SMTPUTF8 else "strict",
+                )
+            except UnicodeDecodeError:
+                self.envelope = self._create_envelope()
+                await self.push("500 Error: strict ASCII mode")
+                return
+        self.envelope.content = content
+        self.envelope.original_content = original_content
+        del content, original_content
+        status = await self._call_handler_hook("DATA")
+        # The transaction is over: its memory goes back before the reply.
+        self.envelope = self._create_envelope()
+        reader.close()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         if command != "DATA":
@@ -292,7 +491,49 @@ class SMTPProtocol(SMTP):
         if self._greeted and not self._in_ehlo:
             status = replies.with_enhanced_code(status)
         self._greeted = True
+        if self._closing_for_errors:
+            return  # "too many errors" was the last word
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            # Closed already (aiosmtpd goes on with pipelined commands after
+            # its own closes): nothing can be sent, and a TLS transport
+            # would raise.
+            return
+        error = self._errors is not None and counts_as_error(status)
+        if error:
+            await self._count_error()
         await super().push(_printable(status))
+        if error and self._errors is not None and self._error_count >= self._errors.hard_limit:
+            await self._too_many_errors()
+
+    def _client_ip(self) -> str:
+        peer = self.session.peer if self.session is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+    async def _count_error(self) -> None:
+        """One more error reply: past the soft limit of the client, it waits
+        (in line with the client's other connections)."""
+        assert self._errors is not None
+        self._error_count += 1
+        ip = self._client_ip()
+        await self._errors.wait(ip, self._errors.record(ip))
+
+    async def _too_many_errors(self) -> None:
+        """rfc5321:3.8 — 421 and close, like Postfix's smtpd_hard_error_limit."""
+        self._closing_for_errors = True
+        log_event(
+            log,
+            "smtp_error_limit",
+            logging.WARNING,
+            client=self._client_ip(),
+            errors=self._error_count,
+        )
+        await super().push(_printable(TOO_MANY_ERRORS.format(self.hostname)))
+        if self.transport is not None:
+            self.transport.close()
+        if self._handler_coroutine is not None:
+            # Nothing more is read (as after QUIT).
+            self._handler_coroutine.cancel()
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_ehlo = True
@@ -309,23 +550,53 @@ class SMTPProtocol(SMTP):
             self._in_ehlo = False
 
     async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.tls_active:
+            # rfc3207:4 — a client MUST NOT start TLS on a TLS session; it is
+            # a command out of sequence (rfc5321:4.2.4, 503). aiosmtpd would
+            # answer 220 and stack a second TLS layer that fails.
+            await self.push(replies.TLS_ALREADY_ACTIVE)
+            return
         if not arg and self.tls_context:
             # rfc3207:4.2 — what the client pipelined after STARTTLS is
             # discarded (aiosmtpd empties the buffer again once TLS is up).
             # Reading it now also resumes a transport that a flood of more
-            # than two lines paused: the handshake would never arrive.
-            buffered = len(getattr(self._reader, "_buffer", b""))
-            if buffered:
-                await self._reader.read(buffered)
-                peer = self.session.peer if self.session is not None else None
+            # than two lines paused: the handshake would never arrive. A
+            # client waits for the 220 before its ClientHello, so whatever
+            # arrives before the 220 is not TLS: what the socket still holds
+            # is drained too (the loop reads it between two yields), up to
+            # STARTTLS_DRAIN octets; more, and the handshake fails instead.
+            discarded = 0
+            quiet = 0
+            while quiet < 2 and discarded < STARTTLS_DRAIN:
+                buffered = len(getattr(self._reader, "_buffer", b""))
+                if buffered:
+                    await self._reader.read(buffered)
+                    discarded += buffered
+                    quiet = 0
+                else:
+                    quiet += 1
+                await asyncio.sleep(0)
+            if discarded:
                 log_event(
                     log,
                     "starttls_pipelined",
                     logging.WARNING,
-                    client=str(peer[0]) if isinstance(peer, tuple) else str(peer),
-                    octets=buffered,
+                    client=self._client_ip(),
+                    octets=discarded,
                 )
-        await super().smtp_STARTTLS(arg)
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException as exc:
+            # The client's handshake failed: aiosmtpd closes the connection
+            # (HandlerBase.handle_exception logs no traceback for it).
+            log_event(
+                log,
+                "starttls_failed",
+                logging.INFO,
+                client=self._client_ip(),
+                reason=str(exc.__cause__ or exc)[:200],
+            )
+            raise
 
     async def smtp_AUTH(self, arg: str) -> None:
         if not self._allow_auth:
@@ -401,6 +672,8 @@ class SMTPProtocol(SMTP):
                 return AuthResult(success=False, handled=True)
             return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
         log_event(log, "auth", protocol="smtp", user=account, client=peer, result="ok")
+        if self._preauth is not None:
+            self._preauth.leave()  # logged in: no longer counted as pre-auth
         return AuthResult(success=True, auth_data=account)
 
     @property

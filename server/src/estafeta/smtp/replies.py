@@ -33,15 +33,23 @@ _BY_CODE = {
     "555": "5.5.4",
 }
 
+# The replies after the final dot of a refused DATA (smtp.data): rfc1870:6
+# too big; rfc5321:4.5.3.1.6 line too long; rfc5321:4.2.2 452 with
+# rfc3463:3.4 X.3.1 "mail system full" when [limits] data_memory is in use
+# by other transfers (temporary: the client retries later).
+DATA_TOO_BIG = "552 5.3.4 Message too big for system"
+DATA_LINE_TOO_LONG = (
+    "500 5.5.2 Line too long: lines may be at most 998 octets plus CRLF (rfc5321:4.5.3.1.6)"
+)
+DATA_NO_MEMORY = "452 4.3.1 Insufficient system resources, try again later"
+
 # aiosmtpd's own texts that deserve a better one.
 _REWRITE = {
-    "552 Error: Too much mail data": "552 5.3.4 Message too big for system",
+    "552 Error: Too much mail data": DATA_TOO_BIG,
     "552 Error: message size exceeds fixed maximum message size": (
         "552 5.3.4 Message size exceeds fixed maximum message size"
     ),
-    "500 Line too long (see RFC5321 4.5.3.1.6)": (
-        "500 5.5.2 Line too long: lines may be at most 998 octets plus CRLF (rfc5321:4.5.3.1.6)"
-    ),
+    "500 Line too long (see RFC5321 4.5.3.1.6)": DATA_LINE_TOO_LONG,
 }
 
 
@@ -74,3 +82,5 @@ TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections; try again later"
 AUTH_UNAVAILABLE = "502 5.5.1 AUTH is not available on this port"
 TOO_MANY_HOPS = "554 5.4.6 Too many hops: the message is in a mail loop"
 SHUTTING_DOWN = "421 4.3.2 Server shutting down; try again later"
+# rfc3207:4: no STARTTLS on a TLS session; rfc5321:4.2.4 503 bad sequence.
+TLS_ALREADY_ACTIVE = "503 5.5.1 TLS already active"

@@ -5,6 +5,16 @@ send anywhere (relay), but only as themselves: the envelope sender and every
 From: address must be the account or an address that resolves to it (an
 alias, a subaddress), else ``553 5.7.1``.
 
+The From: and Sender: fields are read by the parser that gives IMAP its
+ENVELOPE (``message.structure``), the reading mail clients share, not by a
+second one that could see another address in the same bytes: exactly one
+From field (rfc5322:3.6), at most one Sender, each a strict mailbox-list
+(rfc5322:3.4, 3.6.2; no group, nothing our parser would have to guess at:
+``550 5.6.0``), every mailbox owned, and no unowned address in a display
+name or comment either (decoded from RFC 2047), since clients show those
+instead of the address (``553 5.7.1``). The first From mailbox names the
+DKIM signing domain.
+
 Before the ``250``: the message gets the Message-ID and Date a client left
 out (rfc6409:8.2/8.3), our Received header (without the client's address if
 ``[submission] strip_client_ip``), DKIM signatures for the From domain;
@@ -28,15 +38,13 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from email.headerregistry import Address
-from email.parser import BytesHeaderParser
-from email.policy import SMTPUTF8 as HEADER_POLICY
 from typing import Any
 
 from estafeta.address import AddressError, normalize_address, split_address
 from estafeta.auth import Accounts
 from estafeta.log import log_event
-from estafeta.message import summarize
+from estafeta.message import decode_rfc2047, summarize
+from estafeta.message.structure import AddressSyntaxError, header_fields, parse_mailbox_list
 from estafeta.policy.signer import Signer
 from estafeta.queue.store import QueueStore
 from estafeta.smtp import replies
@@ -52,6 +60,16 @@ NOT_OWNER = "553 5.7.1 Sender address not owned by the authenticated user"
 FROM_NOT_OWNER = "553 5.7.1 From: header address not owned by the authenticated user"
 NULL_SENDER = "553 5.7.1 The null sender is not accepted on submission"
 BAD_FROM = "550 5.6.0 From: header cannot be parsed"
+# rfc5322:3.6 — From exactly once, Sender at most once (rfc3463:3.7 X.6.0).
+MANY_FROM = "550 5.6.0 More than one From: header field; a message has exactly one (rfc5322:3.6)"
+MANY_SENDER = "550 5.6.0 More than one Sender: header field (rfc5322:3.6)"
+BAD_SENDER = "550 5.6.0 Sender: header must be one mailbox (rfc5322:3.6.2)"
+SENDER_NOT_OWNER = "553 5.7.1 Sender: header address not owned by the authenticated user"
+NAME_NOT_OWNER = (
+    "553 5.7.1 From: display name or comment shows an address not owned by the authenticated user"
+)
+# An address as a mail client may pick it out of a display name or comment.
+_ADDRESS_IN_TEXT = re.compile(r"[^\s<>()\[\]\",;:@]+@[^\s<>()\[\]\",;:@]+\.[^\s<>()\[\]\",;:@.]+")
 # rfc3463:3.8 X.7.1 "delivery not authorized": a policy refusal, temporary (4xx)
 # because it lifts by itself.
 HOURLY_LIMIT = "451 4.7.1 Sending limit reached: at most {} messages per hour; try again later"
@@ -225,43 +243,25 @@ class SubmissionHandler(HandlerBase):
         # Authenticated clients get the benefit of the doubt: lone LFs and CRs
         # become CRLF (smuggling needs an unauthenticated hop to matter).
         content = _BARE_LF.sub(b"\r\n", _BARE_CR.sub(b"\r\n", envelope.original_content))
-        header_end = content.find(b"\r\n\r\n")
-        head = content[: header_end + 2] if header_end >= 0 else content
-        headers = BytesHeaderParser(policy=HEADER_POLICY).parsebytes(head)
+        header = header_fields(content)
+        names = {name for name, _ in header}
         added: list[str] = []
-        from_values = headers.get_all("From") or []
-        if not from_values:
+        from_address, refusal = self._check_originator(account, envelope, header)
+        if refusal is not None:
+            return refusal
+        if "from" not in names:
             added.append(f"From: <{envelope.mail_from}>")
-            from_addresses = [envelope.mail_from]
-        else:
-            try:
-                from_addresses = [a.addr_spec for value in from_values for a in _addresses(value)]
-            except (ValueError, IndexError):
-                return BAD_FROM
-            if not from_addresses:
-                return BAD_FROM
-        for address in from_addresses:
-            if not self.owns(account, address):
-                log_event(
-                    log,
-                    "submission_refused",
-                    logging.WARNING,
-                    user=account,
-                    header_from=address,
-                    reason="From: not owned",
-                )
-                return f"{FROM_NOT_OWNER}: <{_header_safe(address)}>"
-        if headers.get("Message-ID") is None:
+        if "message-id" not in names:
             # rfc6409:8.3 — the MSA may add a missing Message-ID.
             added.append(f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>")
-        if headers.get("Date") is None:
+        if "date" not in names:
             added.append(f"Date: {email.utils.formatdate(localtime=True)}")  # rfc6409:8.2
         data = (
             self._received(server, session, envelope, transaction)
             + "".join(f"{line}\r\n" for line in added).encode("utf-8")
             + content
         )
-        from_domain = split_address(normalize_address(from_addresses[0]))[1]
+        from_domain = split_address(normalize_address(from_address))[1]
         signature = await asyncio.to_thread(self.signer.sign, from_domain, data)
         data = signature + data
 
@@ -314,6 +314,48 @@ class SubmissionHandler(HandlerBase):
         )
         return f"250 2.0.0 Ok: queued as {transaction.queue_id}"
 
+    def _check_originator(
+        self, account: str, envelope: Any, fields: list[tuple[str, bytes]]
+    ) -> tuple[str, str | None]:
+        """(the From address that names the signing domain, None), or ("",
+        the refusal) for a message whose From: or Sender: is not the
+        account's (see the module docstring)."""
+        froms = [raw for name, raw in fields if name == "from"]
+        senders = [raw for name, raw in fields if name == "sender"]
+        if len(froms) > 1:
+            self._refused(account, "several From:", None, detail=str(len(froms)))
+            return "", MANY_FROM
+        if len(senders) > 1:
+            self._refused(account, "several Sender:", None, detail=str(len(senders)))
+            return "", MANY_SENDER
+        try:
+            mailboxes = parse_mailbox_list(froms[0]) if froms else []
+            sender = parse_mailbox_list(senders[0]) if senders else []
+        except AddressSyntaxError as exc:
+            self._refused(account, "From: syntax", None, detail=str(exc))
+            return "", BAD_FROM
+        if senders and len(sender) != 1:
+            self._refused(account, "Sender: not one mailbox", None, detail=str(len(sender)))
+            return "", BAD_SENDER
+        for mailbox, refusal in [(m, FROM_NOT_OWNER) for m in mailboxes] + [
+            (m, SENDER_NOT_OWNER) for m in sender
+        ]:
+            if not self.owns(account, mailbox.address):
+                self._refused(account, "From: not owned", mailbox.address)
+                return "", f"{refusal}: <{_header_safe(mailbox.address)}>"
+            for text in mailbox.texts:
+                for shown in _ADDRESS_IN_TEXT.findall(decode_rfc2047(text)):
+                    if not self.owns(account, shown):
+                        self._refused(account, "display name not owned", shown)
+                        return "", f"{NAME_NOT_OWNER}: <{_header_safe(shown)}>"
+        return (mailboxes[0].address if mailboxes else str(envelope.mail_from)), None
+
+    def _refused(self, account: str, reason: str, value: object, detail: str = "") -> None:
+        fields = {} if value is None else {"header_from": _header_safe(str(value))}
+        if detail:
+            fields["detail"] = detail
+        log_event(log, "submission_refused", logging.WARNING, user=account, **fields, reason=reason)
+
     def _received(
         self, server: Any, session: Any, envelope: Any, transaction: Transaction
     ) -> bytes:
@@ -333,11 +375,3 @@ class SubmissionHandler(HandlerBase):
         lines[-1] += ";"
         lines.append(f"\t{email.utils.formatdate(localtime=True)}")
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
-
-
-def _addresses(value: Any) -> list[Address]:
-    """The mailboxes of a parsed address header (groups flattened)."""
-    result: list[Address] = []
-    for group in value.groups:
-        result.extend(group.addresses)
-    return result

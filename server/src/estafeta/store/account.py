@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import queue
 import sqlite3
@@ -32,14 +33,19 @@ from typing import Any, TypeVar
 
 from estafeta import metrics
 from estafeta.address import split_address
+from estafeta.log import log_event
 from estafeta.message import Summary, summarize
-from estafeta.store import index, maildir, operations
+from estafeta.store import index, maildir, names, operations
 from estafeta.store.changes import Changes
 from estafeta.store.index import NewMessage
 
 T = TypeVar("T")
 
 MAX_BATCH = 256
+# Mailboxes per account ([limits] max_mailboxes); CREATE/RENAME beyond: NO [LIMIT].
+MAX_MAILBOXES = 1000
+
+log = logging.getLogger("estafeta.store")
 
 
 class StoreError(Exception):
@@ -77,6 +83,8 @@ class _Account:
     address: str
     path: Path
     conn: sqlite3.Connection
+    # Mailbox name -> folder, filled as deliveries need them (``_folder``)
+    # and emptied when mailboxes change: never rebuilt whole per operation.
     folders: dict[str, Path] = field(default_factory=dict)
 
 
@@ -85,6 +93,7 @@ class _Staged:
     job: _Job
     delivery: Delivery
     account: _Account
+    folder: Path
     staged: maildir.Staged | None = None
     error: BaseException | None = None
 
@@ -92,10 +101,17 @@ class _Staged:
 class Store:
     """All accounts' mail under ``mail_dir``. Thread-safe; one writer thread."""
 
-    def __init__(self, mail_dir: Path, hostname: str, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        mail_dir: Path,
+        hostname: str,
+        max_batch: int = MAX_BATCH,
+        max_mailboxes: int = MAX_MAILBOXES,
+    ) -> None:
         self.mail_dir = mail_dir
         self.hostname = hostname
         self.max_batch = max_batch
+        self.max_mailboxes = max_mailboxes
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._accounts: dict[str, _Account] = {}
@@ -185,13 +201,20 @@ class Store:
 
     # -- IMAP operations (each one transaction, then a change notification) --
 
-    def _account_op(self, address: str, function: Callable[[_Account], T]) -> T:
+    def _account_op(
+        self, address: str, function: Callable[[_Account], T], mailboxes: bool = False
+    ) -> T:
+        """Run ``function`` in the writer thread; ``mailboxes``: it may
+        create, rename or delete mailboxes (their folders are looked up
+        again when needed, which costs nothing per mailbox of the account)."""
+
         def run() -> T:
             account = self._open(address)
             try:
                 return function(account)
             finally:
-                self._refresh_folders(account)
+                if mailboxes:
+                    account.folders.clear()
                 self.changes.notify(address)
 
         return self._call(run)
@@ -223,12 +246,20 @@ class Store:
         )
 
     def copy(
-        self, address: str, source: str, uids: Sequence[int], destination: str, move: bool = False
+        self,
+        address: str,
+        source: str,
+        uids: Sequence[int],
+        destination: str,
+        move: bool = False,
+        quota: int | None = None,
     ) -> operations.CopyResult:
+        """COPY / MOVE; with ``quota``, OVERQUOTA when a COPY would go over it
+        (checked in the writer thread, see ``operations.copy``)."""
         return self._account_op(
             address,
             lambda a: operations.copy(
-                a.conn, a.path, self.hostname, source, uids, destination, move=move
+                a.conn, a.path, self.hostname, source, uids, destination, move=move, quota=quota
             ),
         )
 
@@ -236,16 +267,25 @@ class Store:
         self, address: str, name: str, special_use: str | None = None
     ) -> index.Mailbox:
         return self._account_op(
-            address, lambda a: operations.create_mailbox(a.conn, a.path, name, special_use)
+            address,
+            lambda a: operations.create_mailbox(
+                a.conn, a.path, name, special_use, max_mailboxes=self.max_mailboxes
+            ),
+            mailboxes=True,
         )
 
     def delete_mailbox(self, address: str, name: str) -> None:
-        self._account_op(address, lambda a: operations.delete_mailbox(a.conn, a.path, name))
+        self._account_op(
+            address, lambda a: operations.delete_mailbox(a.conn, a.path, name), mailboxes=True
+        )
 
     def rename_mailbox(self, address: str, old: str, new: str) -> None:
         self._account_op(
             address,
-            lambda a: operations.rename_mailbox(a.conn, a.path, self.hostname, old, new),
+            lambda a: operations.rename_mailbox(
+                a.conn, a.path, self.hostname, old, new, max_mailboxes=self.max_mailboxes
+            ),
+            mailboxes=True,
         )
 
     def subscribe(self, address: str, name: str, subscribed: bool) -> None:
@@ -258,8 +298,10 @@ class Store:
         data: bytes,
         flags: Sequence[str] = (),
         internal_date: float | None = None,
+        quota: int | None = None,
     ) -> Delivered:
-        """rfc9051:6.3.12 APPEND; MailboxError TRYCREATE if the mailbox is missing."""
+        """rfc9051:6.3.12 APPEND; MailboxError TRYCREATE if the mailbox is missing,
+        OVERQUOTA if the account would hold more than ``quota`` octets."""
         # open_index waits for the writer thread: never block the event loop on it.
         conn = await asyncio.to_thread(self.open_index, address)
         try:
@@ -278,8 +320,32 @@ class Store:
             flags=tuple(operations.canonical_flags(flags)),
             internal_date=internal_date if internal_date is not None else time.time(),
         )
-        [delivered] = await self.deliver([delivery])
-        return delivered
+        if quota is None:
+            [delivered] = await self.deliver([delivery])
+            return delivered
+        # Under a quota the check and the commit are one step of the writer
+        # thread (a group-committed delivery would check too early: two
+        # APPENDs could both pass on the same room).
+        future: concurrent.futures.Future[Delivered] = concurrent.futures.Future()
+        self._submit(_Job(future, call=lambda: self._append_within(delivery, quota)))
+        return await asyncio.wrap_future(future)
+
+    def _append_within(self, delivery: Delivery, quota: int) -> Delivered:
+        """In the writer thread: ``operations.append`` with the quota check."""
+        account = self._open(delivery.address)
+        uid, uidvalidity, file = operations.append(
+            account.conn,
+            account.path,
+            self.hostname,
+            delivery.mailbox,
+            delivery.data,
+            delivery.summary,
+            delivery.flags,
+            delivery.internal_date or time.time(),
+            quota,
+        )
+        self.changes.notify(delivery.address)
+        return Delivered(delivery.address, delivery.mailbox, uid, file, uidvalidity)
 
     # -- writer thread ------------------------------------------------------
 
@@ -335,7 +401,8 @@ class Store:
             for delivery in job.deliveries:
                 try:
                     account = self._open(delivery.address)
-                    items.append(_Staged(job, delivery, account))
+                    folder = self._folder(account, delivery.mailbox)
+                    items.append(_Staged(job, delivery, account, folder))
                 except Exception as exc:
                     failed[id(job)] = exc
         items = [item for item in items if id(item.job) not in failed]
@@ -399,9 +466,10 @@ class Store:
     def _stage(self, item: _Staged) -> None:
         delivery = item.delivery
         try:
-            folder = self._folder(item.account, delivery.mailbox)
             name = maildir.unique_name(self.hostname, len(delivery.data))
-            item.staged = maildir.write_tmp(folder, name, delivery.data, delivery.internal_date)
+            item.staged = maildir.write_tmp(
+                item.folder, name, delivery.data, delivery.internal_date
+            )
         except BaseException as exc:
             item.error = exc
 
@@ -470,25 +538,45 @@ class Store:
         account = _Account(address, path, conn)
         # Finish file work committed before a crash first, so that files an
         # expunge removed from the index are not "recovered" as new mail.
+        # replay_journal never raises for the file system, and a mailbox whose
+        # folder cannot be made is skipped: an account always opens.
         operations.replay_journal(conn, path)
-        self._refresh_folders(account)
+        self._make_folders(account)
         self._recover(account)
         self._accounts[address] = account
         return account
 
-    def _refresh_folders(self, account: _Account) -> None:
+    def _make_folders(self, account: _Account) -> None:
+        """Make every mailbox's folder (at open, once): one that cannot exist
+        (a name an older version let through) is logged and skipped, and
+        ``estafeta reindex`` repairs it."""
         account.folders.clear()
         for box in index.mailboxes(account.conn):
             folder = account.path / box.dir if box.dir else account.path
-            maildir.make_maildir(folder)
+            try:
+                maildir.make_maildir(folder)
+            except OSError as exc:
+                log_event(
+                    log, "mailbox_folder_unusable", logging.ERROR, account=account.address,
+                    mailbox=box.name, error=exc.strerror, hint="estafeta reindex",
+                )  # fmt: skip
+                continue
             account.folders[box.name] = folder
 
     def _folder(self, account: _Account, mailbox_name: str) -> Path:
-        if mailbox_name.upper() == maildir.INBOX:
-            mailbox_name = maildir.INBOX
+        """The folder of a mailbox, from the cache or the index (writer thread)."""
         folder = account.folders.get(mailbox_name)
-        if folder is None:
+        if folder is not None:
+            return folder
+        box = index.mailbox(account.conn, mailbox_name)
+        if box is None:
             raise StoreError(f"{account.address}: no mailbox {mailbox_name!r}")
+        folder = account.path / box.dir if box.dir else account.path
+        try:
+            maildir.make_maildir(folder)
+        except OSError as exc:
+            raise StoreError(f"{account.address}: mailbox {box.name!r}: {exc.strerror}") from None
+        account.folders[mailbox_name] = folder
         return folder
 
     def _recover(self, account: _Account) -> int:
@@ -496,7 +584,9 @@ class Store:
         known = index.files(account.conn)
         recovered = 0
         for box in index.mailboxes(account.conn):
-            folder = account.folders[box.name]
+            folder = account.folders.get(box.name)
+            if folder is None:
+                continue  # no folder (logged by _make_folders)
             maildir.clean_tmp(folder)
             prefix = f"{box.dir}/" if box.dir else ""
             orphans = sorted(
@@ -530,9 +620,23 @@ class Store:
             conn.execute("DELETE FROM messages")
             conn.execute("DELETE FROM expunged")
             conn.execute("DELETE FROM mailboxes")
-            uidvalidity = max(int(time.time()), *(s[2] + 1 for s in settings.values()))
+            uidvalidity = index.new_uidvalidity(
+                conn, max((s[2] + 1 for s in settings.values()), default=0)
+            )
             total = 0
-            folders = set(maildir.folders(path)) | {maildir.mailbox_dir(name) for name in settings}
+            fs_limits = names.limits(path)
+            folders = set(maildir.folders(path))
+            for name in settings:
+                directory = maildir.mailbox_dir(name)
+                if names.fits(path, directory, fs_limits):
+                    folders.add(directory)
+                else:
+                    # A name an older version committed whose folder cannot
+                    # exist (issue 14 item 3): it never held a file.
+                    log_event(
+                        log, "reindex_dropped_mailbox", logging.WARNING, account=address,
+                        mailbox=name, reason="folder name too long",
+                    )  # fmt: skip
             for directory in sorted(folders):
                 name = maildir.mailbox_name(directory)
                 special, subscribed, _, highest = settings.get(name, (None, True, 0, 0))
@@ -545,11 +649,11 @@ class Store:
                 maildir.make_maildir(folder)
                 account.folders[name] = folder
                 prefix = f"{directory}/" if directory else ""
-                names = sorted(
+                files = sorted(
                     (prefix + f for f in maildir.scan(folder)),
                     key=lambda f: maildir.sort_key(f.rsplit("/", 1)[1]),
                 )
-                records = [_from_file(path, f, carried.get(f)) for f in names]
+                records = [_from_file(path, f, carried.get(f)) for f in files]
                 index.add_messages(conn, name, records)
                 total += len(records)
             conn.execute("COMMIT")

@@ -18,8 +18,9 @@ from typing import Any
 
 from estafeta.message import Summary, imap_envelope
 from estafeta.store.maildir import mailbox_dir
+from estafeta.store.names import canonical
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -73,7 +74,7 @@ CREATE TABLE expunged (                  -- rfc7162:3.2.10 VANISHED needs these
 _SCHEMA_V2 = """
 CREATE TABLE journal (
     id INTEGER PRIMARY KEY,
-    op TEXT NOT NULL,                    -- 'unlink' | 'rename' | 'rmtree'
+    op TEXT NOT NULL,                    -- 'unlink' | 'rename' | 'rmtree' | 'renaming'
     a TEXT NOT NULL,                     -- file or folder, relative to the account
     b TEXT NOT NULL DEFAULT ''           -- rename target
 );
@@ -84,6 +85,22 @@ CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
 # FETCH of envelopes for a whole mailbox reads one column per message.
 _SCHEMA_V3 = """
 ALTER TABLE messages ADD COLUMN envelope BLOB
+"""
+
+# Version 4: mailbox operations that do not grow with the number of
+# mailboxes (issue 14 item 8): the last UIDVALIDITY given out, kept even when
+# its mailbox is deleted (rfc9051:2.3.1.1: a name must not get an old
+# UIDVALIDITY again), and indexes for the queries CREATE makes. Since
+# version 4 'rename' is no longer written: RENAME journals 'renaming' (the
+# folder renames it is about to do, undone at open if the index was not
+# committed); see estafeta.store.operations.
+_SCHEMA_V4 = """
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,                -- 'uidvalidity': the last one given out
+    value INTEGER NOT NULL
+);
+CREATE INDEX mailboxes_uidvalidity ON mailboxes (uidvalidity);
+CREATE INDEX mailboxes_special_use ON mailboxes (special_use)
 """
 
 
@@ -160,6 +177,8 @@ def _create(conn: sqlite3.Connection) -> None:
             _run_script(conn, _SCHEMA_V2)
         if version <= 2:
             _run_script(conn, _SCHEMA_V3)
+        if version <= 3:
+            _run_script(conn, _SCHEMA_V4)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -198,12 +217,47 @@ def mailboxes(conn: sqlite3.Connection) -> list[Mailbox]:
 
 
 def mailbox(conn: sqlite3.Connection, name: str) -> Mailbox | None:
-    if name.upper() == "INBOX":
-        name = "INBOX"
+    """The mailbox a client means by ``name``: the name as given, else its
+    canonical form ("inbox/x" is "INBOX/x", NFC: estafeta.store.names). The
+    exact name first, so that a name an older version stored unnormalised
+    stays reachable, and is never taken for another one."""
     sql = f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE name = ?"  # noqa: S608
-    row = conn.execute(sql, (name,))
-    found = row.fetchone()
+    found = conn.execute(sql, (name,)).fetchone()
+    if found is None:
+        wanted = canonical(name)
+        if wanted != name:
+            found = conn.execute(sql, (wanted,)).fetchone()
     return None if found is None else _mailbox(found)
+
+
+def inferiors(conn: sqlite3.Connection, name: str) -> list[Mailbox]:
+    """Mailboxes below ``name`` ("A/B", "A/B/C" for "A"), from the name
+    index: "0" is the character after the delimiter "/"."""
+    sql = (
+        f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes"  # noqa: S608
+        " WHERE name > ? AND name < ? ORDER BY name"
+    )
+    rows = conn.execute(sql, (name + "/", name + "0")).fetchall()
+    return [_mailbox(row) for row in rows]
+
+
+def mailbox_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM mailboxes").fetchone()[0])
+
+
+def new_uidvalidity(conn: sqlite3.Connection, at_least: int = 0) -> int:
+    """A UIDVALIDITY no mailbox of the account ever had (rfc9051:2.3.1.1),
+    inside the caller's transaction: the current time, or one more than the
+    last one given out if that is later."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
+    highest = conn.execute("SELECT max(uidvalidity) FROM mailboxes").fetchone()[0]
+    value = max(int(time.time()), at_least, int(row[0] if row else 0) + 1, int(highest or 0) + 1)
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('uidvalidity', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (value,),
+    )
+    return value
 
 
 def add_messages(

@@ -10,6 +10,7 @@ import itertools
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,8 +58,9 @@ def unescape(text: str) -> str:
 
 def mailbox_dir(name: str) -> str:
     """Directory of a mailbox, relative to the account: "" for INBOX,
-    Maildir++ ``.A.B`` for ``A/B``."""
-    if name.upper() == INBOX:
+    Maildir++ ``.A.B`` for ``A/B``. Every level is in this one directory
+    name, which must fit in NAME_MAX (estafeta.store.names checks)."""
+    if name.isascii() and name.upper() == INBOX:
         return ""
     return "." + ".".join(escape(part) for part in name.split(DELIMITER))
 
@@ -182,6 +184,55 @@ def folders(account_dir: Path) -> Iterator[str]:
                 and (Path(entry.path) / "cur").is_dir()
             ):
                 yield entry.name
+
+
+def remove_if_empty(folder: Path) -> bool:
+    """Take away ``folder`` if it is an empty Maildir (only empty tmp/,
+    new/, cur/, as a crashed CREATE or an interrupted DELETE leave it).
+    True if nothing is there any more; False if it holds anything."""
+    if not os.path.lexists(folder):
+        return True
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    with os.scandir(folder) as entries:
+        inside = [entry for entry in entries]
+    for entry in inside:
+        if entry.name not in SUBDIRS or not entry.is_dir(follow_symlinks=False):
+            return False
+        with os.scandir(entry.path) as files:
+            if any(True for _ in files):
+                return False
+    for entry in inside:
+        os.rmdir(entry.path)
+    os.rmdir(folder)
+    fsync_dir(folder.parent)
+    return True
+
+
+def move_folder(source: Path, target: Path) -> bool:
+    """Move a mailbox folder (a journal entry being finished or undone):
+    rename it when the target is not there, else move its files into the
+    target's tmp/, new/ and cur/ and remove it. Idempotent; True if
+    anything moved. OSError if the file system refuses."""
+    if not os.path.lexists(source):
+        return False
+    if not os.path.lexists(target):
+        os.rename(source, target)
+        return True
+    for sub in SUBDIRS:
+        try:
+            entries = os.scandir(source / sub)
+        except FileNotFoundError:
+            continue
+        (target / sub).mkdir(mode=0o700, exist_ok=True)
+        with entries:
+            for entry in entries:
+                destination = target / sub / entry.name
+                if not os.path.lexists(destination):
+                    os.rename(entry.path, destination)
+        fsync_dir(target / sub)
+    shutil.rmtree(source, ignore_errors=True)
+    return True
 
 
 def clean_tmp(folder: Path, older_than: float = 36 * 3600) -> int:

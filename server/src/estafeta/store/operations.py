@@ -6,33 +6,55 @@ commit the index, then do the file-system work the commit decided (unlink,
 rename, remove), recorded in the ``journal`` table inside the commit so
 that ``replay_journal`` finishes it after a crash. So an acknowledged
 change is never undone, and an expunged message never comes back.
+
+Mailboxes (rfc9051:6.3.4-6.3.6). Every check comes before the first write:
+the name (estafeta.store.names: characters, canonical form, folder size on
+disk for every name the operation gives), clashes, the mailbox count.
+
+* CREATE: 1. make the folder of each new level (fsync'd); 2. commit their
+  rows. A crash between leaves empty folders the index does not know:
+  harmless, never mail.
+* DELETE: 1. commit (rows gone, an 'rmtree' journal entry); 2. remove the
+  folder. A crash between: the open replays the entry.
+* RENAME (not INBOX): the folders move before the index says so, and the
+  index moves only if every folder did.
+  1. commit one 'renaming' journal entry per folder (old a, new b): the intent;
+  2. rename each folder a -> b and make the new superiors' folders (fsync'd);
+  3. commit the rows (names, folders, message paths) and delete the intents.
+  A failure in 2 or 3 renames the folders back and deletes the intents, and
+  the client gets NO with nothing changed. A crash after 1 and before 3
+  leaves intents whose index was not committed: the open renames b back to
+  a first (``replay_journal``), so the index and the folders agree again.
+  A crash after 3 leaves nothing to do. Versions before 4 committed the rows
+  first and journaled 'rename' (a -> b) to do after; the open still does
+  those, and undoes in the index one that cannot be done (a name too long
+  for the disk), so such an account opens with the mailbox's old name.
+* RENAME INBOX: a CREATE, then a MOVE of every message (``copy``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from estafeta.log import log_event
 from estafeta.message import Summary
-from estafeta.store import index, maildir
+from estafeta.store import index, maildir, names
 from estafeta.store.index import Mailbox
+from estafeta.store.names import MailboxError as MailboxError
+from estafeta.store.names import check_name as check_name
+
+# MailboxError and check_name are re-exported: sessions and the store use them from here.
+log = logging.getLogger("estafeta.store")
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-MAX_MAILBOX_NAME = 1000  # octets; far above what clients use, far below path limits
-
-
-class MailboxError(Exception):
-    """A mailbox operation refused; ``code`` is an rfc5530 response code."""
-
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -227,11 +249,20 @@ def copy(
     uids: Sequence[int],
     destination: str,
     move: bool = False,
+    quota: int | None = None,
 ) -> CopyResult:
     """rfc9051:6.4.7 COPY / rfc6851 MOVE, with rfc4315 COPYUID data.
 
     Copies are hard links (same file system, no extra space); flags are
-    copied, \\Recent is not (rfc9051 has none).
+    copied, \\Recent is not (rfc9051 has none). With ``quota`` (octets the
+    account may hold), a COPY that would go over it is refused with
+    OVERQUOTA (rfc9208:4.3.1) before anything is linked, and checked again
+    inside the transaction that adds the rows, so that two COPYs (or a COPY
+    and an APPEND) cannot both pass on the same room: the writer thread runs
+    one at a time, and BEGIN IMMEDIATE keeps out other processes. Quota is
+    counted as IMAP reports it (the sum of RFC822.SIZE, ``used_octets``),
+    although the copy is a hard link. A MOVE within the account changes
+    nothing to that sum, and is never refused for quota.
     """
     src = _need(conn, source)
     dst = index.mailbox(conn, destination)
@@ -246,6 +277,9 @@ def copy(
             (src.id, *uid_chunk),
         ).fetchall()
     ]
+    added = sum(row[2] for row in rows)
+    if quota is not None and not move:
+        _check_quota(conn, quota, added)
     dest_folder = account_path / dst.dir if dst.dir else account_path
     maildir.make_maildir(dest_folder)
     linked: list[tuple[str, index.NewMessage]] = []
@@ -269,6 +303,8 @@ def copy(
         if linked:
             maildir.fsync_dir(dest_folder / "new")
         with transaction(conn):
+            if quota is not None and not move:
+                _check_quota(conn, quota, added)  # again, under the write lock
             new_uids = index.add_messages(conn, dst.name, [message for _, message in linked])
             expunged = _remove(conn, src, [row[0] for row in rows]) if move else []
     except BaseException:
@@ -280,34 +316,118 @@ def copy(
     return CopyResult(dst.uidvalidity, [row[0] for row in rows], new_uids, expunged)
 
 
+def used_octets(conn: sqlite3.Connection) -> int:
+    """What the account holds, for quota: the sum of its messages' RFC822.SIZE
+    (rfc9208:3.1.1 STORAGE counts in units of 1024 of these)."""
+    return int(conn.execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0])
+
+
+def _check_quota(conn: sqlite3.Connection, quota: int, added: int) -> None:
+    if added > 0 and used_octets(conn) + added > quota:
+        raise MailboxError("Quota exceeded", "OVERQUOTA")  # rfc9208:4.3.1, rfc5530:3
+
+
+def append(
+    conn: sqlite3.Connection,
+    account_path: Path,
+    hostname: str,
+    mailbox: str,
+    data: bytes,
+    summary: Summary,
+    flags: Sequence[str],
+    internal_date: float,
+    quota: int,
+) -> tuple[int, int, str]:
+    """rfc9051:6.3.12 APPEND of one message within ``quota`` octets:
+    (uid, uidvalidity, file). OVERQUOTA (rfc9208:4.3.1) when it does not fit.
+
+    The durable order of ``estafeta.store.account`` (file fsync'd in tmp/,
+    renamed into new/, new/ fsync'd, then the commit), with the quota
+    checked inside the transaction (the writer thread runs one operation at
+    a time; BEGIN IMMEDIATE keeps out other processes). A refused or failed
+    append leaves no file. (The IMAP session checks first too, so that a
+    message that cannot fit is not written for nothing.)
+    """
+    box = _need(conn, mailbox)
+    folder = account_path / box.dir if box.dir else account_path
+    maildir.make_maildir(folder)
+    staged = maildir.write_tmp(
+        folder, maildir.unique_name(hostname, len(data)), data, internal_date
+    )
+    try:
+        maildir.publish(staged)
+    except BaseException:
+        staged.tmp_path.unlink(missing_ok=True)
+        raise
+    try:
+        maildir.fsync_dir(staged.final_path.parent)
+        file = str(staged.final_path.relative_to(account_path))
+        message = index.NewMessage(
+            file=file,
+            size=len(data),
+            internal_date=int(internal_date),
+            flags=list(flags),
+            summary=summary,
+        )
+        with transaction(conn):
+            _check_quota(conn, quota, len(data))
+            [uid] = index.add_messages(conn, box.name, [message])
+    except BaseException:
+        staged.final_path.unlink(missing_ok=True)
+        raise
+    return uid, box.uidvalidity, file
+
+
 # -- mailboxes ---------------------------------------------------------------
 
 
-def check_name(name: str) -> str:
-    """A mailbox name we can store, or MailboxError (rfc9051:5.1)."""
-    if name.upper() == maildir.INBOX:
-        return maildir.INBOX
-    if not name or name.startswith(maildir.DELIMITER) or name.endswith(maildir.DELIMITER):
-        raise MailboxError(f"invalid mailbox name {name!r}", "CANNOT")
-    if maildir.DELIMITER * 2 in name:
-        raise MailboxError(f"empty level in mailbox name {name!r}", "CANNOT")
-    if any(ord(c) < 0x20 or c in "\x7f*%" for c in name):
-        raise MailboxError("mailbox names cannot contain *, % or control characters", "CANNOT")
-    if len(name.encode("utf-8")) > MAX_MAILBOX_NAME:
-        raise MailboxError("mailbox name too long", "CANNOT")
-    if name.split(maildir.DELIMITER)[0].upper() == maildir.INBOX and not name.startswith("INBOX"):
-        name = maildir.INBOX + name[len(maildir.INBOX) :]
-    return name
+def _check_count(conn: sqlite3.Connection, adding: int, max_mailboxes: int | None) -> None:
+    """rfc5530:3 LIMIT when ``adding`` more mailboxes would pass ``max_mailboxes``."""
+    if max_mailboxes is None or adding == 0:
+        return
+    count = index.mailbox_count(conn)
+    if count + adding > max_mailboxes:
+        more = f" (this would add {adding})" if adding > 1 else ""
+        raise MailboxError(
+            f"too many mailboxes: this account has {count}, at most {max_mailboxes}{more}",
+            "LIMIT",
+        )
+
+
+def _superiors(name: str) -> list[str]:
+    parts = name.split(maildir.DELIMITER)
+    return [maildir.DELIMITER.join(parts[:depth]) for depth in range(1, len(parts))]
+
+
+def _insert_mailbox(
+    conn: sqlite3.Connection, name: str, uidvalidity: int, special_use: str | None = None
+) -> None:
+    conn.execute(
+        "INSERT INTO mailboxes (name, dir, uidvalidity, uidnext, highestmodseq,"
+        " special_use, subscribed) VALUES (?, ?, ?, 1, 1, ?, 0)",
+        (name, maildir.mailbox_dir(name), uidvalidity, special_use),
+    )
 
 
 def create_mailbox(
-    conn: sqlite3.Connection, account_path: Path, name: str, special_use: str | None = None
+    conn: sqlite3.Connection,
+    account_path: Path,
+    name: str,
+    special_use: str | None = None,
+    max_mailboxes: int | None = None,
 ) -> Mailbox:
-    """rfc9051:6.3.4 CREATE (superiors created as needed), rfc6154:3 USE."""
+    """rfc9051:6.3.4 CREATE (superiors created as needed), rfc6154:3 USE.
+
+    Refused before anything is written: a name that cannot be (CANNOT), one
+    whose folder would not fit on disk, or more than ``max_mailboxes``
+    mailboxes counting the superiors it adds (LIMIT). The work does not
+    grow with the number of mailboxes: a few index lookups per level.
+    """
     name = check_name(name)
     if name == maildir.INBOX:
         raise MailboxError("INBOX always exists", "ALREADYEXISTS")
-    parts = name.split(maildir.DELIMITER)
+    # The folder of each superior is a prefix of this one's: one check for all.
+    names.check_fits(account_path, name)
     with transaction(conn):
         if index.mailbox(conn, name) is not None:
             raise MailboxError(f"mailbox {name!r} already exists", "ALREADYEXISTS")
@@ -317,22 +437,16 @@ def create_mailbox(
             ).fetchone()
             if taken:
                 raise MailboxError(f"{special_use} is already used by {taken[0]!r}", "USEATTR")
-        uidvalidity = max(
-            int(time.time()),
-            int(conn.execute("SELECT coalesce(max(uidvalidity), 0) FROM mailboxes").fetchone()[0])
-            + 1,
-        )
-        for depth in range(1, len(parts) + 1):
-            each = maildir.DELIMITER.join(parts[:depth])
-            if each.upper() == maildir.INBOX or index.mailbox(conn, each) is not None:
-                continue
-            directory = maildir.mailbox_dir(each)
-            maildir.make_maildir(account_path / directory)
-            conn.execute(
-                "INSERT INTO mailboxes (name, dir, uidvalidity, uidnext, highestmodseq,"
-                " special_use, subscribed) VALUES (?, ?, ?, 1, 1, ?, 0)",
-                (each, directory, uidvalidity, special_use if each == name else None),
-            )
+        missing = [
+            each
+            for each in [*_superiors(name), name]
+            if each != maildir.INBOX and index.mailbox(conn, each) is None
+        ]
+        _check_count(conn, len(missing), max_mailboxes)
+        uidvalidity = index.new_uidvalidity(conn)
+        for each in missing:
+            maildir.make_maildir(account_path / maildir.mailbox_dir(each))
+            _insert_mailbox(conn, each, uidvalidity, special_use if each == name else None)
         box = index.mailbox(conn, name)
     assert box is not None
     return box
@@ -340,11 +454,10 @@ def create_mailbox(
 
 def delete_mailbox(conn: sqlite3.Connection, account_path: Path, name: str) -> None:
     """rfc9051:6.3.5 DELETE: the mailbox and its messages; inferiors stay."""
-    name = check_name(name)
-    if name == maildir.INBOX:
-        raise MailboxError("INBOX cannot be deleted", "CANNOT")
     with transaction(conn):
         box = _need(conn, name)
+        if box.name == maildir.INBOX:
+            raise MailboxError("INBOX cannot be deleted", "CANNOT")
         conn.execute("DELETE FROM messages WHERE mailbox_id = ?", (box.id,))
         conn.execute("DELETE FROM expunged WHERE mailbox_id = ?", (box.id,))
         conn.execute("DELETE FROM mailboxes WHERE id = ?", (box.id,))
@@ -353,99 +466,232 @@ def delete_mailbox(conn: sqlite3.Connection, account_path: Path, name: str) -> N
 
 
 def rename_mailbox(
-    conn: sqlite3.Connection, account_path: Path, hostname: str, old: str, new: str
+    conn: sqlite3.Connection,
+    account_path: Path,
+    hostname: str,
+    old: str,
+    new: str,
+    max_mailboxes: int | None = None,
 ) -> None:
     """rfc9051:6.3.6 RENAME, inferiors included; renaming INBOX moves its
-    messages to the new mailbox and leaves INBOX empty."""
-    old, new = check_name(old), check_name(new)
+    messages to the new mailbox and leaves INBOX empty.
+
+    Every name the rename gives (the mailbox's and each inferior's) is
+    checked first: no clash (ALREADYEXISTS), folders that fit on disk and
+    the count of superiors it adds (LIMIT). Then the folders are renamed and
+    only then the index committed; see the module docstring for the order.
+    """
+    new = check_name(new)
     if new == maildir.INBOX:
         raise MailboxError("cannot rename to INBOX", "ALREADYEXISTS")
+    source = _need(conn, old)
     if index.mailbox(conn, new) is not None:
         raise MailboxError(f"mailbox {new!r} already exists", "ALREADYEXISTS")
-    if old == maildir.INBOX:
-        create_mailbox(conn, account_path, new)
+    if source.name == maildir.INBOX:
+        _rename_inbox(conn, account_path, hostname, new, max_mailboxes)
+        return
+    if new.startswith(source.name + maildir.DELIMITER):
+        raise MailboxError("cannot rename a mailbox into itself", "CANNOT")
+
+    moves = [
+        (box, new + box.name[len(source.name) :])
+        for box in [source, *index.inferiors(conn, source.name)]
+    ]
+    fs_limits = names.limits(account_path)
+    for box, name in moves:
+        names.check_fits(account_path, name, fs_limits)
+        if box is not source and index.mailbox(conn, name) is not None:
+            raise MailboxError(
+                f"cannot rename {box.name!r}: mailbox {name!r} already exists", "ALREADYEXISTS"
+            )
+    superiors = [each for each in _superiors(new) if index.mailbox(conn, each) is None]
+    _check_count(conn, len(superiors), max_mailboxes)
+    plan = [(box, name, maildir.mailbox_dir(name)) for box, name in moves]
+    for _box, name, directory in plan:
+        taken = conn.execute("SELECT name FROM mailboxes WHERE dir = ?", (directory,)).fetchone()
+        if taken is not None:  # a row an older version wrote otherwise
+            raise MailboxError(f"mailbox {taken[0]!r} already has the folder of {name!r}", "CANNOT")
+        if not maildir.remove_if_empty(account_path / directory):
+            log_event(log, "rename_target_on_disk", logging.WARNING, folder=directory)
+            raise MailboxError(
+                f"a folder {directory!r} the index does not know is in the way"
+                " (the administrator can run estafeta reindex)",
+                "CANNOT",
+            )
+
+    # 1. The intent: the folder renames about to be done, undone at open
+    #    unless step 3 commits.
+    with transaction(conn):
+        intents = [
+            int(
+                conn.execute(
+                    "INSERT INTO journal (op, a, b) VALUES ('renaming', ?, ?)",
+                    (box.dir, directory),
+                ).lastrowid
+                or 0
+            )
+            for box, _name, directory in plan
+        ]
+    done: list[tuple[Path, Path]] = []
+    try:
+        # 2. The folders, then the superiors' (fsync'd: make_maildir).
+        for box, _name, directory in plan:
+            here, there = account_path / box.dir, account_path / directory
+            if os.path.lexists(here):
+                os.rename(here, there)
+                done.append((here, there))
+            maildir.make_maildir(there)
+        for each in superiors:
+            maildir.make_maildir(account_path / maildir.mailbox_dir(each))
+        maildir.fsync_dir(account_path)
+        # 3. The index, and the intent is spent.
+        with transaction(conn):
+            for box, name, directory in plan:
+                conn.execute(
+                    "UPDATE mailboxes SET name = ?, dir = ? WHERE id = ?", (name, directory, box.id)
+                )
+                conn.execute(
+                    "UPDATE messages SET file = ? || substr(file, ?) WHERE mailbox_id = ?",
+                    (directory, len(box.dir) + 1, box.id),
+                )
+            if superiors:
+                uidvalidity = index.new_uidvalidity(conn)
+                for each in superiors:
+                    _insert_mailbox(conn, each, uidvalidity)
+            _forget(conn, intents)
+    except BaseException:
+        # Nothing was committed: put the folders back. If that fails too,
+        # the intents stay and the next open puts them back.
+        for here, there in reversed(done):
+            with contextlib.suppress(OSError):
+                os.rename(there, here)
+        with contextlib.suppress(Exception):
+            maildir.fsync_dir(account_path)
+            with transaction(conn):
+                _forget(conn, intents)
+        raise
+
+
+def _rename_inbox(
+    conn: sqlite3.Connection,
+    account_path: Path,
+    hostname: str,
+    new: str,
+    max_mailboxes: int | None,
+) -> None:
+    """rfc9051:6.3.6: a new mailbox gets INBOX's messages (a MOVE)."""
+    create_mailbox(conn, account_path, new, max_mailboxes=max_mailboxes)
+    try:
         inbox = _need(conn, maildir.INBOX)
         uids = [
             r[0] for r in conn.execute("SELECT uid FROM messages WHERE mailbox_id = ?", (inbox.id,))
         ]
         copy(conn, account_path, hostname, maildir.INBOX, uids, new, move=True)
-        return
-    if new.startswith(old + maildir.DELIMITER):
-        raise MailboxError("cannot rename a mailbox into itself", "CANNOT")
-    with transaction(conn):
-        _need(conn, old)
-        boxes = [
-            box
-            for box in index.mailboxes(conn)
-            if box.name == old or box.name.startswith(old + maildir.DELIMITER)
-        ]
-        for box in boxes:
-            name = new + box.name[len(old) :]
-            directory = maildir.mailbox_dir(name)
-            conn.execute(
-                "UPDATE mailboxes SET name = ?, dir = ? WHERE id = ?", (name, directory, box.id)
-            )
-            conn.execute(
-                "UPDATE messages SET file = ? || substr(file, ?) WHERE mailbox_id = ?",
-                (directory, len(box.dir) + 1, box.id),
-            )
-            conn.execute(
-                "INSERT INTO journal (op, a, b) VALUES ('rename', ?, ?)", (box.dir, directory)
-            )
-        # Superiors of the new name (rfc9051:6.3.6: created as needed).
-        parts = new.split(maildir.DELIMITER)
-        for depth in range(1, len(parts)):
-            each = maildir.DELIMITER.join(parts[:depth])
-            if index.mailbox(conn, each) is None:
-                directory = maildir.mailbox_dir(each)
-                conn.execute(
-                    "INSERT INTO mailboxes (name, dir, uidvalidity, uidnext, highestmodseq,"
-                    " special_use, subscribed) VALUES (?, ?, ?, 1, 1, NULL, 0)",
-                    (each, directory, int(time.time())),
-                )
-                maildir.make_maildir(account_path / directory)
-    replay_journal(conn, account_path)
+    except BaseException:
+        # The move failed as a whole (copy links, then commits once): the new
+        # mailbox is empty, take it away again so that NO means nothing changed.
+        with contextlib.suppress(Exception):
+            delete_mailbox(conn, account_path, new)
+        raise
 
 
 def subscribe(conn: sqlite3.Connection, name: str, subscribed: bool) -> None:
-    """rfc9051:6.3.7/6.3.8; subscribing to a name that does not exist is allowed."""
-    name = check_name(name)
+    """rfc9051:6.3.7/6.3.8: SUBSCRIBE needs the mailbox; UNSUBSCRIBE of a
+    name that is not there does nothing."""
     with transaction(conn):
-        cursor = conn.execute(
-            "UPDATE mailboxes SET subscribed = ? WHERE name = ?", (int(subscribed), name)
-        )
-        if cursor.rowcount == 0 and subscribed:
-            raise MailboxError(f"no mailbox {name!r}", "NONEXISTENT")
+        box = index.mailbox(conn, name)
+        if box is None:
+            if subscribed:
+                raise MailboxError(f"no mailbox {name!r}", "NONEXISTENT")
+            return
+        conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?", (int(subscribed), box.id))
 
 
 # -- the journal --------------------------------------------------------------
 
 
+def _forget(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    for chunk in _chunks(list(ids), 500):
+        conn.execute(
+            f"DELETE FROM journal WHERE id IN ({','.join('?' * len(chunk))})",  # noqa: S608
+            tuple(chunk),
+        )
+
+
 def replay_journal(conn: sqlite3.Connection, account_path: Path) -> int:
-    """Do the file-system work committed transactions asked for. Idempotent."""
+    """Do the file-system work committed transactions asked for. Idempotent.
+
+    It never raises for the file system, so an account always opens: work
+    that fails stays in the journal for the next time and is logged, except
+    a 'rename' committed by a version before 4 whose folder cannot be
+    renamed (a name too long for the disk, issue 14 item 3), which is
+    undone in the index: the mailbox keeps its old name and folder, and its
+    messages stay readable. Returns the number of entries finished.
+    """
     entries = conn.execute("SELECT id, op, a, b FROM journal ORDER BY id").fetchall()
     if not entries:
         return 0
     touched: set[Path] = set()
-    for _id, op, a, b in entries:
-        if op == "unlink":
-            path = account_path / a
-            try:
-                path.unlink()
-                touched.add(path.parent)
-            except FileNotFoundError:
-                pass
-        elif op == "rename":
-            source, target = account_path / a, account_path / b
-            if source.exists() and not target.exists():
-                os.rename(source, target)
+    finished: list[int] = []
+    undo: list[tuple[str, str, str]] = []
+    fs_limits = names.limits(account_path)
+    for id_, op, a, b in entries:
+        try:
+            if op == "unlink":
+                path = account_path / a
+                try:
+                    path.unlink()
+                    touched.add(path.parent)
+                except FileNotFoundError:
+                    pass
+            elif op == "rename":  # the index already says b: move the folder there
+                if not names.fits(account_path, b, fs_limits):
+                    undo.append((a, b, f"folder name of {len(b.encode())} octets"))
+                elif maildir.move_folder(account_path / a, account_path / b):
+                    touched.add(account_path)
+            elif op == "renaming":  # the index still says a: put the folder back
+                if maildir.move_folder(account_path / b, account_path / a):
+                    touched.add(account_path)
+            elif op == "rmtree" and a:  # never the account itself (INBOX)
+                shutil.rmtree(account_path / a, ignore_errors=True)
                 touched.add(account_path)
-        elif op == "rmtree" and a:  # never the account itself (INBOX)
-            shutil.rmtree(account_path / a, ignore_errors=True)
-            touched.add(account_path)
+        except OSError as exc:
+            if op != "rename":
+                log_event(log, "journal_retry", logging.WARNING, op=op, path=a, error=exc)
+                continue
+            undo.append((a, b, str(exc)))
+        finished.append(id_)
     for directory in touched:
-        if directory.exists():
-            maildir.fsync_dir(directory)
+        with contextlib.suppress(OSError):
+            if directory.exists():
+                maildir.fsync_dir(directory)
     with transaction(conn):
-        conn.execute("DELETE FROM journal WHERE id <= ?", (entries[-1][0],))
-    return len(entries)
+        for a, b, reason in undo:
+            _undo_rename(conn, a, b, reason)
+        _forget(conn, finished)
+    return len(finished)
+
+
+def _undo_rename(conn: sqlite3.Connection, a: str, b: str, reason: str) -> None:
+    """The mailbox the index moved to folder ``b`` goes back to ``a``, its
+    name with it (inside the caller's transaction)."""
+    row = conn.execute("SELECT id, name FROM mailboxes WHERE dir = ?", (b,)).fetchone()
+    if row is None or not a:
+        return
+    box_id, name = int(row[0]), str(row[1])
+    old_name = maildir.mailbox_name(a)
+    clash = conn.execute(
+        "SELECT name FROM mailboxes WHERE (name = ? OR dir = ?) AND id != ?", (old_name, a, box_id)
+    ).fetchone()
+    if clash is not None:
+        log_event(
+            log, "rename_not_undone", logging.ERROR, mailbox=name, folder=a, taken_by=clash[0],
+            hint="estafeta reindex",
+        )  # fmt: skip
+        return
+    conn.execute("UPDATE mailboxes SET name = ?, dir = ? WHERE id = ?", (old_name, a, box_id))
+    conn.execute(
+        "UPDATE messages SET file = ? || substr(file, ?) WHERE mailbox_id = ?",
+        (a, len(b) + 1, box_id),
+    )
+    log_event(log, "rename_undone", logging.WARNING, mailbox=name, restored=old_name, reason=reason)
