@@ -20,7 +20,7 @@ help:
 	@echo "make lab-up / lab-down   boot / remove the nspawn lab hosts"
 	@echo "make molecule  both Molecule scenarios (default, deliverability)"
 	@echo "make clean    stop the lab, remove .venv, .lab and caches"
-	@echo "make fuzz     the long fuzz run: 10^6 inputs per parser (about 10 minutes)"
+	@echo "make fuzz     the long fuzz run: 10^6 inputs per parser (about 20 minutes)"
 	@echo "make bench    estafeta vs Postfix+Dovecot benchmark (BENCH_ARGS=--quick: 1-2 minutes)"
 
 deps:

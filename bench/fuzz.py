@@ -2,10 +2,13 @@
 """The long fuzz run: the sans-IO parsers driven directly, without pytest.
 
 Targets: the SMTP reply parser (queue client), the IMAP and POP3 command
-parsers, address normalisation, and MIME structure (summary, ENVELOPE,
-BODYSTRUCTURE and FETCH rendering). Inputs are random mutations of a corpus
-of valid inputs (see server/tests/_fuzz.py, shared with the test_fuzz_*.py
-property tests, which check the same invariants). Each parser input is fed
+parsers, address normalisation, MIME structure (summary, ENVELOPE,
+BODYSTRUCTURE and FETCH rendering), the LIST/LSUB pattern matcher and the
+merging of IMAP sequence sets (both against naive references). Inputs are
+random mutations of a corpus of valid inputs (see server/tests/_fuzz.py,
+shared with the test_fuzz_*.py property tests, which check the same
+invariants; the LIST and sequence-set drivers live in test_fuzz_list.py and
+test_fuzz_sequence_set.py). Each parser input is fed
 whole; a quarter of them also in random pieces (one octet at a time for some),
 which must give the same result.
 
@@ -15,7 +18,7 @@ bench/results/fuzz-crashes/ (the input as .bin, the traceback as .txt) and
 the exit status is 1.
 
     .venv/bin/python bench/fuzz.py [--inputs 1000000] [--mime-seconds 120]
-        [--targets smtp,imap,pop3,address,mime] [--jobs 2] [--seed N]
+        [--targets smtp,imap,pop3,address,mime,list,seqset] [--jobs 2] [--seed N]
 
 Each parser target runs ``--inputs`` inputs (split over ``--jobs``
 processes); MIME, much slower per input, runs for ``--mime-seconds`` (or
@@ -39,10 +42,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server" / "tests"))
 
+import test_fuzz_list
+import test_fuzz_sequence_set
+
 import _fuzz
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fuzz-crashes"
-TARGETS = ("smtp", "imap", "pop3", "address", "mime")
+TARGETS = ("smtp", "imap", "pop3", "address", "mime", "list", "seqset")
 MAX_SAVED = 5  # inputs saved per distinct crash (same exception at the same place)
 CHUNKED = 0.25  # share of the parser inputs also fed in random pieces and compared
 
@@ -134,12 +140,22 @@ def mime_case(rng: random.Random) -> Case:
     return data, f"atts={atts!r}", run
 
 
+def list_case(rng: random.Random) -> Case:
+    """LIST/LSUB matching (issue 14 item 2): the backtracking-free matcher
+    against a reference, on mutated references, patterns and names."""
+    data = _fuzz.fuzz_input(rng, test_fuzz_list.LIST_CORPUS, test_fuzz_list.LIST_TOKENS)
+    return data, "", lambda: test_fuzz_list.list_match_case(data)
+
+
 CASES: dict[str, Callable[[random.Random], Case]] = {
     "smtp": smtp_case,
     "imap": imap_case,
     "pop3": pop3_case,
     "address": address_case,
     "mime": mime_case,
+    "list": list_case,
+    # Merged sequence sets (issue 14 item 6) against the naive reading.
+    "seqset": test_fuzz_sequence_set.sequence_set_case,
 }
 
 
