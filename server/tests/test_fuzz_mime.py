@@ -110,6 +110,18 @@ def test_encoded_word_in_a_charset_that_cannot_replace() -> None:
     assert summarize(data).from_addr == "a@b.test"
 
 
+def test_rfc2231_value_with_raw_8bit_octets() -> None:
+    # Found by make fuzz: a boundary*= whose charset or text held raw 8-bit
+    # octets (surrogate-escaped in the parsed header) made unquote raise
+    # UnicodeEncodeError; summarize fell back to a summary without structure.
+    data = b"Content-Type: multipart/mixed; boundary*=u\\\x8f'\xf3\xbb'b%35\r\n\r\nbody\r\n"
+    summary = structure._summarize(data)
+    assert summary.bodystructure is not None
+    assert structure._rfc2231_value("utf-8''caf%C3%A9") == "caf\u00e9"
+    assert structure._rfc2231_value("iso-8859-1''caf%E9 \udce9") == "caf\u00e9 \u00e9"
+    assert structure._rfc2231_value("no-such-charset''%E9") == "\u00e9"
+
+
 @pytest.mark.parametrize(
     ("profile", "expected"),
     [("ci", "200 True"), ("long", "20000 False"), ("bogus", "InvalidArgument")],

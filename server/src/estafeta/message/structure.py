@@ -638,10 +638,13 @@ def _rfc2231_value(value: str) -> str:
     """Decode an rfc2231:4 ``charset'language'percent-encoded`` value."""
     parts = value.split("'", 2)
     charset, text = (parts[0], parts[2]) if len(parts) == 3 else ("us-ascii", value)
+    # The header's raw octets (undecodable ones are surrogate-escaped in
+    # ``text``), percent-decoded, then read in the declared charset.
+    raw = urllib.parse.unquote_to_bytes(text.encode("utf-8", "surrogateescape"))
     try:
-        return urllib.parse.unquote(text, encoding=charset or "us-ascii", errors="replace")
-    except LookupError:
-        return urllib.parse.unquote(text, encoding="latin-1")
+        return raw.decode(charset or "us-ascii", "replace")
+    except (LookupError, UnicodeError, ValueError):  # no such codec, or an odd one
+        return raw.decode("latin-1")
 
 
 def _parse_content_type(s: str) -> tuple[str, str, list[list[str]]] | None:
