@@ -241,15 +241,15 @@ def _fallback_summary(data: bytes) -> Summary:
 _FIELD_NAME_RE = re.compile(rb"([!-9;-~]+)[ \t]*:")
 
 
-def _parse_header(data: bytes, start: int, end: int) -> tuple[dict[str, bytes], int]:
-    """Read the header of the entity in ``data[start:end]``.
+def _split_header(data: bytes, start: int, end: int) -> tuple[list[tuple[str, int, int]], int]:
+    """Split the header of the entity in ``data[start:end]`` into fields.
 
-    Returns the first occurrence of each field (lower-cased name -> raw value
-    bytes after the colon, folding included) and the offset where the body
+    Returns every field in order as (lower-cased name, start, end of its raw
+    value after the colon, folding included) and the offset where the body
     starts: after the empty line, or at the first line that is neither a field
     nor a continuation (a header missing its separator), or ``end``.
     """
-    fields: dict[str, bytes] = {}
+    fields: list[tuple[str, int, int]] = []
     name: str | None = None
     vstart = vend = 0
     pos = start
@@ -261,8 +261,8 @@ def _parse_header(data: bytes, start: int, end: int) -> tuple[dict[str, bytes], 
         if c == 0x0A or (
             c == 0x0D and (line_end - pos == 1 or (line_end - pos == 2 and data[pos + 1] == 0x0A))
         ):
-            if name is not None and name not in fields:
-                fields[name] = data[vstart:vend]
+            if name is not None:
+                fields.append((name, vstart, vend))
             return fields, line_end
         if c == 0x20 or c == 0x09:  # rfc5322:2.2.3 folded continuation
             if name is not None:
@@ -270,17 +270,30 @@ def _parse_header(data: bytes, start: int, end: int) -> tuple[dict[str, bytes], 
             pos = line_end
             continue
         m = _FIELD_NAME_RE.match(data, pos, line_end)
-        if name is not None and name not in fields:
-            fields[name] = data[vstart:vend]
+        if name is not None:
+            fields.append((name, vstart, vend))
+            name = None
         if m is None:
             return fields, pos
         name = m.group(1).decode("ascii").lower()
         vstart = m.end()
         vend = line_end
         pos = line_end
-    if name is not None and name not in fields:
-        fields[name] = data[vstart:vend]
+    if name is not None:
+        fields.append((name, vstart, vend))
     return fields, end
+
+
+def _parse_header(data: bytes, start: int, end: int) -> tuple[dict[str, bytes], int]:
+    """The first occurrence of each field of the header in ``data[start:end]``
+    (lower-cased name -> raw value bytes) and where the body starts (see
+    ``_split_header``)."""
+    fields, body = _split_header(data, start, end)
+    first: dict[str, bytes] = {}
+    for name, vstart, vend in fields:
+        if name not in first:
+            first[name] = data[vstart:vend]
+    return first, body
 
 
 def _unfold(raw: bytes) -> bytes:
@@ -1179,43 +1192,14 @@ def find_part(bodystructure: Mapping[str, Any], section: Sequence[int]) -> Mappi
 def header_fields(data: bytes) -> list[tuple[str, bytes]]:
     """Every field of the top-level header of ``data``, in order.
 
-    (lower-cased name, raw value after the colon, folding included). Lines
-    are split exactly as ``_parse_header`` splits them (which keeps only the
-    first field of each name): rfc5322:2.2.3 folding, rfc5322:4.5 obsolete
-    blanks before the colon ("From :"), the header ending at the empty line
-    or at the first line that is neither a field nor a continuation.
+    (lower-cased name, raw value after the colon, folding included), split by
+    the same ``_split_header`` that gives ENVELOPE its fields (``_parse_header``
+    keeps only the first of each name): rfc5322:2.2.3 folding, rfc5322:4.5
+    obsolete blanks before the colon ("From :"), the header ending at the
+    empty line or at the first line that is neither a field nor a continuation.
     """
-    out: list[tuple[str, bytes]] = []
-    name: str | None = None
-    vstart = vend = 0
-    pos, end = 0, len(data)
-    find = data.find
-    while pos < end:
-        nl = find(b"\n", pos, end)
-        line_end = end if nl < 0 else nl + 1
-        c = data[pos]
-        if c == 0x0A or (
-            c == 0x0D and (line_end - pos == 1 or (line_end - pos == 2 and data[pos + 1] == 0x0A))
-        ):
-            break
-        if c == 0x20 or c == 0x09:
-            if name is not None:
-                vend = line_end
-            pos = line_end
-            continue
-        m = _FIELD_NAME_RE.match(data, pos, line_end)
-        if name is not None:
-            out.append((name, data[vstart:vend]))
-            name = None
-        if m is None:
-            break
-        name = m.group(1).decode("ascii").lower()
-        vstart = m.end()
-        vend = line_end
-        pos = line_end
-    if name is not None:
-        out.append((name, data[vstart:vend]))
-    return out
+    fields, _ = _split_header(data, 0, len(data))
+    return [(name, data[vstart:vend]) for name, vstart, vend in fields]
 
 
 class AddressSyntaxError(ValueError):
