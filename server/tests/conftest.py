@@ -65,6 +65,18 @@ def estafeta(
     return result
 
 
+class Loader:
+    """A ``load`` callable that counts its calls."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.calls = 0
+
+    def __call__(self) -> bytes:
+        self.calls += 1
+        return self.data
+
+
 # Every Instance started in this test process, in order: suites check their
 # logs (tests/security asserts that no server logged a traceback).
 STARTED: list[Instance] = []

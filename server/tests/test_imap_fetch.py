@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from conftest import Loader
 from estafeta.imap.fetch import (
     FetchError,
     MessageData,
@@ -95,18 +96,6 @@ MIXED = (
 )
 
 LF_ONLY = b"Subject: lf\nX-Other: 1\n\nfirst\nsecond\n"
-
-
-class Loader:
-    """A ``load`` callable that counts its calls."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.calls = 0
-
-    def __call__(self) -> bytes:
-        self.calls += 1
-        return self.data
 
 
 def message(

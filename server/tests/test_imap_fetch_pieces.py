@@ -10,21 +10,12 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import Loader
 from estafeta.imap.fetch import FetchError, MessageData, prepare, render_items, render_pieces
 from estafeta.imap.types import FetchAtt, Section
 from estafeta.message import summarize
 
 HEADER = b"From: a@example.test\r\nSubject: pieces\r\n\r\n"
-
-
-class Loader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.calls = 0
-
-    def __call__(self) -> bytes:
-        self.calls += 1
-        return self.data
 
 
 def message(data: bytes) -> tuple[MessageData, Loader]:

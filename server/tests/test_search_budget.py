@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from conftest import Loader
 from estafeta.imap import search
 from estafeta.imap.search import Budget, Candidate, SearchLimit, evaluate, program_size
 from estafeta.imap.types import SearchKey
@@ -24,16 +25,6 @@ from estafeta.message import summarize
 from estafeta.workers import SearchPool
 
 TEXT = b"Content-Type: text/plain\r\nSubject: s\r\n\r\n" + (b"a" * 998 + b"\r\n") * 1000
-
-
-class Loader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.calls = 0
-
-    def __call__(self) -> bytes:
-        self.calls += 1
-        return self.data
 
 
 def candidate(data: bytes = TEXT, uid: int = 1) -> tuple[Candidate, Loader]:

@@ -25,12 +25,12 @@ from pathlib import Path
 from estafeta.message import summarize
 from estafeta.store import Delivery, Store
 from tests.security.conftest import (
-    ALICE,
     BOB,
     HOSTNAME,
     PASSWORD,
     Client,
     MailServer,
+    imap_login,
     new_source,
     start_server,
 )
@@ -80,16 +80,6 @@ class RssSampler:
         self._thread.join()
         with contextlib.suppress(OSError, AssertionError):
             self.peak = max(self.peak, rss(self.server))
-
-
-def imap_login(server: MailServer, user: str = ALICE, *, timeout: float = 30.0) -> Client:
-    """A plain IMAP connection (the server allows plaintext), logged in as ``user``."""
-    client = Client(server.port("imap"), source=new_source(), timeout=timeout)
-    greeting = client.line()
-    assert greeting.startswith(b"* OK"), greeting
-    _, tagged = client.imap("L", f'LOGIN {user} "{PASSWORD}"')
-    assert tagged.startswith(b"L OK"), tagged
-    return client
 
 
 class Probe:

@@ -52,6 +52,7 @@ __all__ = [
     "Client",
     "Instance",
     "MailServer",
+    "imap_login",
     "make_tls",
     "new_source",
     "plain_before_tls",
@@ -407,6 +408,19 @@ class Client:
             if not line or line.startswith(tag.encode() + b" "):
                 return other, line
             other.append(line)
+
+
+def imap_login(
+    server: MailServer, user: str = ALICE, *, source: str | None = None, timeout: float = 30.0
+) -> Client:
+    """A plain IMAP connection (the server must allow plaintext), greeted and
+    logged in as ``user`` (tag "L"), from ``source`` or a fresh address."""
+    client = Client(server.port("imap"), source=source or new_source(), timeout=timeout)
+    greeting = client.line()
+    assert greeting.startswith(b"* OK"), greeting
+    _, tagged = client.imap("L", f'LOGIN {user} "{PASSWORD}"')
+    assert tagged.startswith(b"L OK"), tagged
+    return client
 
 
 def smtp_client(

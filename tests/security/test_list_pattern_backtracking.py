@@ -25,6 +25,7 @@ from tests.security.conftest import (
     PASSWORD,
     Client,
     MailServer,
+    imap_login,
     new_source,
     start_server,
 )
@@ -47,11 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
 
 
 def login(server: MailServer, user: str) -> Client:
-    client = Client(server.port("imap"), source=new_source(), timeout=ANSWER_SECONDS)
-    assert client.line().startswith(b"* OK")
-    _, tagged = client.imap("L", f'LOGIN {user} "{PASSWORD}"')
-    assert tagged.startswith(b"L OK"), tagged
-    return client
+    return imap_login(server, user, timeout=ANSWER_SECONDS)
 
 
 def alice_with_long_name(server: MailServer) -> Client:

@@ -25,9 +25,9 @@ import pytest
 from tests.security.conftest import (
     ALICE,
     BOB,
-    PASSWORD,
     Client,
     MailServer,
+    imap_login,
     new_source,
     smtp_client,
     start_server,
@@ -39,11 +39,7 @@ DEFAULTS = 6
 
 
 def login(server: MailServer) -> Client:
-    client = Client(server.port("imap"), source=new_source())
-    assert client.line().startswith(b"* OK")
-    _, tagged = client.imap("L", f'LOGIN {ALICE} "{PASSWORD}"')
-    assert tagged.startswith(b"L OK"), tagged
-    return client
+    return imap_login(server, ALICE)
 
 
 def names(client: Client) -> list[bytes]:

@@ -26,10 +26,8 @@ import pytest
 from estafeta.imap.parser import encode_mutf7
 from tests.security.conftest import (
     ALICE,
-    PASSWORD,
-    Client,
     MailServer,
-    new_source,
+    imap_login,
     start_server,
 )
 
@@ -47,10 +45,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
 
 class Imap:
     def __init__(self, server: MailServer) -> None:
-        self.client = Client(server.port("imap"), source=new_source())
-        assert self.client.line().startswith(b"* OK")
+        self.client = imap_login(server, ALICE)
         self.count = 0
-        self.expect("OK", f'LOGIN {ALICE} "{PASSWORD}"')
 
     def expect(self, status: str, command: str | bytes) -> tuple[list[bytes], bytes]:
         self.count += 1

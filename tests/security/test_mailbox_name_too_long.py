@@ -34,9 +34,8 @@ from estafeta.imap.parser import encode_mutf7
 from estafeta.store import maildir
 from tests.security.conftest import (
     ALICE,
-    PASSWORD,
-    Client,
     MailServer,
+    imap_login,
     new_source,
     smtp_client,
     start_server,
@@ -59,10 +58,8 @@ class Imap:
     """A logged-in raw IMAP connection that checks every reply."""
 
     def __init__(self, server: MailServer) -> None:
-        self.client = Client(server.port("imap"), source=new_source())
-        assert self.client.line().startswith(b"* OK")
+        self.client = imap_login(server, ALICE)
         self.count = 0
-        self.ok(f'LOGIN {ALICE} "{PASSWORD}"')
 
     def send(self, command: str | bytes) -> tuple[list[bytes], bytes]:
         self.count += 1
