@@ -49,6 +49,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server/src
+	cd server && ../$(BIN)/lint-imports
 	$(BIN)/yamllint -s .
 	@if ls playbooks/*.yml roles/*/tasks/*.yml >/dev/null 2>&1; then \
 	  echo "$(BIN)/ansible-lint"; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint; \

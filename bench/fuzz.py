@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """The long fuzz run: the sans-IO parsers driven directly, without pytest.
 
-Targets: the SMTP reply parser (queue client), the IMAP and POP3 command
-parsers, address normalisation, MIME structure (summary, ENVELOPE,
+Targets: the SMTP reply parser (queue client), the IMAP, POP3 and
+ManageSieve command parsers, the Sieve script parser, address normalisation,
+MIME structure (summary, ENVELOPE,
 BODYSTRUCTURE and FETCH rendering), the LIST/LSUB pattern matcher and the
 merging of IMAP sequence sets (both against naive references). Inputs are
 random mutations of a corpus of valid inputs (see server/tests/_fuzz.py,
 shared with the test_fuzz_*.py property tests, which check the same
-invariants; the LIST and sequence-set drivers live in test_fuzz_list.py and
-test_fuzz_sequence_set.py). Each parser input is fed
+invariants; the LIST, sequence-set, ManageSieve and Sieve drivers live in
+test_fuzz_list.py, test_fuzz_sequence_set.py, test_fuzz_managesieve.py and
+test_fuzz_sieve.py). Each parser input is fed
 whole; a quarter of them also in random pieces (one octet at a time for some),
 which must give the same result.
 
@@ -18,7 +20,7 @@ bench/results/fuzz-crashes/ (the input as .bin, the traceback as .txt) and
 the exit status is 1.
 
     .venv/bin/python bench/fuzz.py [--inputs 1000000] [--mime-seconds 120]
-        [--targets smtp,imap,pop3,address,mime,list,seqset] [--jobs 2] [--seed N]
+        [--targets smtp,imap,pop3,address,mime,list,seqset,managesieve,sieve] [--jobs 2] [--seed N]
 
 Each parser target runs ``--inputs`` inputs (split over ``--jobs``
 processes); MIME, much slower per input, runs for ``--mime-seconds`` (or
@@ -43,12 +45,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server" / "tests"))
 
 import test_fuzz_list
+import test_fuzz_managesieve
 import test_fuzz_sequence_set
+import test_fuzz_sieve
 
 import _fuzz
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fuzz-crashes"
-TARGETS = ("smtp", "imap", "pop3", "address", "mime", "list", "seqset")
+TARGETS = ("smtp", "imap", "pop3", "address", "mime", "list", "seqset", "managesieve", "sieve")
 MAX_SAVED = 5  # inputs saved per distinct crash (same exception at the same place)
 CHUNKED = 0.25  # share of the parser inputs also fed in random pieces and compared
 
@@ -156,6 +160,11 @@ CASES: dict[str, Callable[[random.Random], Case]] = {
     "list": list_case,
     # Merged sequence sets (issue 14 item 6) against the naive reading.
     "seqset": test_fuzz_sequence_set.sequence_set_case,
+    # The ManageSieve command parser (issue 15); its driver is in test_fuzz_managesieve.py.
+    "managesieve": test_fuzz_managesieve.managesieve_case,
+    # The Sieve script parser (issue 15): errors with positions, limits, the
+    # round trip and LF/CRLF; its driver is in test_fuzz_sieve.py.
+    "sieve": test_fuzz_sieve.sieve_case,
 }
 
 

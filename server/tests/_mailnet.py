@@ -158,6 +158,8 @@ class MailHost:
     ca: trustme.CA
     nameserver: str
     extra_config: str = ""
+    # More [listen] lines, e.g. 'managesieve = ["127.0.0.2:4190"]\n'.
+    extra_listen: str = ""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -186,8 +188,7 @@ class MailHost:
             f'smtp = ["{self.ip}:25"]\n'
             f'submission = ["{self.ip}:587"]\n'
             f'submissions = ["{self.ip}:465"]\n'
-            f'imap = ["{self.ip}:143"]\n'
-            "[tls]\n"
+            f'imap = ["{self.ip}:143"]\n' + self.extra_listen + "[tls]\n"
             f'cert = "{self.root / "cert.pem"}"\n'
             f'key = "{self.root / "key.pem"}"\n'
             "[dns]\n"
@@ -399,6 +400,12 @@ class Postfix:
                 self.process.kill()
                 self.process.wait()
             self.process = None
+        # The master daemon must not outlive its test (it would hold the
+        # address's port 25 for the next one): by the PID it recorded.
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/usr/lib/postfix"):
+                os.kill(pid, signal.SIGKILL)
 
     def messages(self, address: str) -> list[bytes]:
         local = address.split("@")[0]

@@ -128,6 +128,21 @@ def test_good_config(tmp_path: Path) -> None:
             "listen.submission",
             "AUTH is only offered after TLS",
         ),
+        (
+            ("[listen]", '[listen]\nmanagesieve = ["127.0.0.1:4190"]'),
+            "listen.managesieve",
+            "AUTH is only offered after TLS",
+        ),
+        (("[log]", '[delivery]\nover_quota = "bounce"\n[log]'), "delivery.over_quota", "one of"),
+        (("[log]", "[sieve]\nmax_redirects = -1\n[log]"), "sieve.max_redirects", "0 (no"),
+        (("[log]", "[sieve]\nmax_scripts = 0\n[log]"), "sieve.max_scripts", "greater than 0"),
+        (
+            ("[log]", '[sieve]\nvacation_min_period = "2d"\nvacation_max_period = "1d"\n[log]'),
+            "sieve.vacation_max_period",
+            "not be shorter",
+        ),
+        (("[log]", '[sieve]\nglobal_before = "x.sieve"\n[log]'), "sieve.global_before", "list"),
+        (("[log]", "[sieve]\nregex = true\n[log]"), "sieve.regex", "unknown"),
         (("[log]", '[queue]\nlifetime = "5 days"\n[log]'), "queue.lifetime", "duration like"),
         (("[log]", "[queue]\nlifetime = 0\n[log]"), "queue.lifetime", "greater than 0"),
         (
@@ -225,6 +240,29 @@ def test_tls_files_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         config.check_runtime(cfg)
     assert error.value.key == "tls.key"
+
+
+def test_global_sieve_scripts_checked_with_line_and_column(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        GOOD.replace(
+            "[log]",
+            '[sieve]\nglobal_before = ["spam.sieve"]\nglobal_after = ["after.sieve"]\n[log]',
+        ),
+    )
+    cfg = config.load(path)
+    assert cfg.sieve.global_before == ((tmp_path / "spam.sieve").resolve(),)
+    with pytest.raises(ConfigError) as error:
+        config.check_runtime(cfg)
+    assert error.value.key == "sieve.global_before[0]" and "cannot read" in str(error.value)
+    (tmp_path / "spam.sieve").write_text('require "fileinto";\nif true {\n  fileinto "Junk"\n}\n')
+    (tmp_path / "after.sieve").write_text("keep;\n")
+    with pytest.raises(ConfigError) as error:
+        config.check_runtime(cfg)
+    assert error.value.key == "sieve.global_before[0]"
+    assert f"{tmp_path / 'spam.sieve'}:4:1:" in str(error.value)
+    (tmp_path / "spam.sieve").write_text('require "fileinto";\nfileinto "Junk";\n')
+    config.check_runtime(cfg)
 
 
 def test_check_command(tmp_path: Path) -> None:

@@ -232,6 +232,46 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """Mail rules (rfc5228) and ManageSieve (rfc5804): limits that hold under
+    hostile scripts, and the operator's global scripts."""
+
+    # Scripts run for every account before and after the user's active one
+    # (an operator files spam into Junk for everyone). Absolute paths, or
+    # relative to the configuration file.
+    global_before: tuple[Path, ...] = ()
+    global_after: tuple[Path, ...] = ()
+    # Directory of global scripts for ``include :global "NAME"`` (rfc6609:3.2).
+    global_dir: Path | None = None
+    # One script's size in octets (PUTSCRIPT beyond: NO (QUOTA/MAXSIZE)).
+    max_script_size: int = 64 * 1024
+    # Scripts per account (PUTSCRIPT of a new one beyond: NO (QUOTA/MAXSCRIPTS)).
+    max_scripts: int = 32
+    # Actions per message; redirects per message (rfc5228:2.10.5 allows limits).
+    max_actions: int = 32
+    max_redirects: int = 4
+    # Commands and tests evaluated per message over all scripts: every script
+    # ends quickly whatever it does.
+    max_steps: int = 100_000
+    # Wall-clock budget of one regular-expression match (the regex extension).
+    regex_timeout: float = 0.1
+    # rfc5230:4.1 — :days may be no shorter than this (vacation-seconds too,
+    # rfc6131:2) and no longer than vacation_max_period; values out of range
+    # are moved into it.
+    vacation_min_period: float = 86400.0
+    vacation_max_period: float = 90 * 86400.0
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    # A message that would take an account past its quota, after DATA:
+    # "defer" answers 452 4.2.2 (the sender retries, rfc3463:3.3 X.2.2),
+    # "reject" answers 552 5.2.2 (the sender bounces it). An account that is
+    # already over quota gets 452 4.2.2 at RCPT either way.
+    over_quota: str = "defer"
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -252,6 +292,13 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+
+    @property
+    def sieve_dir(self) -> Path:
+        """Per-account Sieve scripts and the vacation/duplicate memory."""
+        return self.data_dir / "sieve"
 
     @property
     def queue_dir(self) -> Path:
@@ -623,10 +670,11 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
     if auth.argon2_memory_cost < 8 * auth.argon2_parallelism:
         raise auth_reader.error("argon2_memory_cost", "must be at least 8 x argon2_parallelism KiB")
     auth_reader.check_unknown()
-    if "submission" in listen and tls is None and not auth.allow_plaintext:
-        raise ConfigError(
-            path, "listen.submission", "needs [tls] cert and key: AUTH is only offered after TLS"
-        )
+    for name in ("submission", "managesieve"):
+        if name in listen and tls is None and not auth.allow_plaintext:
+            raise ConfigError(
+                path, f"listen.{name}", "needs [tls] cert and key: AUTH is only offered after TLS"
+            )
 
     submission_reader = top.table_of("submission")
     submission_defaults = SubmissionConfig()
@@ -652,6 +700,14 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
     )
     inbound_reader.check_unknown()
 
+    sieve = _sieve_config(top.table_of("sieve"), path)
+
+    delivery_reader = top.table_of("delivery")
+    delivery = DeliveryConfig(over_quota=delivery_reader.get("over_quota", str, "defer"))
+    if delivery.over_quota not in OVER_QUOTA:
+        raise delivery_reader.error("over_quota", f"must be one of {', '.join(OVER_QUOTA)}")
+    delivery_reader.check_unknown()
+
     top.check_unknown()
     return Config(
         path=path,
@@ -667,7 +723,42 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         submission=submission,
         queue=queue,
         inbound=inbound,
+        sieve=sieve,
+        delivery=delivery,
     )
+
+
+OVER_QUOTA = ("defer", "reject")
+
+
+def _sieve_config(reader: _Reader, path: Path) -> SieveConfig:
+    d = SieveConfig()
+    base = path.parent
+
+    def paths(name: str) -> tuple[Path, ...]:
+        return tuple((base / text).resolve() for text in reader.string_list(name))
+
+    config = SieveConfig(
+        global_before=paths("global_before"),
+        global_after=paths("global_after"),
+        global_dir=_path(reader, "global_dir", base),
+        max_script_size=_positive(reader, "max_script_size", d.max_script_size),
+        max_scripts=_positive(reader, "max_scripts", d.max_scripts),
+        max_actions=_positive(reader, "max_actions", d.max_actions),
+        max_redirects=reader.get("max_redirects", int, d.max_redirects),
+        max_steps=_positive(reader, "max_steps", d.max_steps),
+        regex_timeout=_duration(reader, "regex_timeout", d.regex_timeout),
+        vacation_min_period=_duration(
+            reader, "vacation_min_period", d.vacation_min_period, allow_zero=True
+        ),
+        vacation_max_period=_duration(reader, "vacation_max_period", d.vacation_max_period),
+    )
+    if config.max_redirects < 0:
+        raise reader.error("max_redirects", "must be 0 (no redirects) or more")
+    if config.vacation_max_period < config.vacation_min_period:
+        raise reader.error("vacation_max_period", "must not be shorter than vacation_min_period")
+    reader.check_unknown()
+    return config
 
 
 QUEUE_TLS = ("opportunistic", "verify", "none")
@@ -764,6 +855,7 @@ def check_runtime(config: Config) -> None:
             raise ConfigError(
                 config.path, "queue.ca_file", f"not a PEM certificate file: {exc}"
             ) from None
+    _check_global_scripts(config)
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         # os.access() says yes to root even on a read-only file system: try for real.
@@ -775,6 +867,30 @@ def check_runtime(config: Config) -> None:
         raise ConfigError(
             config.path, "data_dir", f"{config.data_dir} is not writable: {exc.strerror}"
         ) from None
+
+
+def _check_global_scripts(config: Config) -> None:
+    """The operator's global Sieve scripts must exist and compile: the error
+    names the key, the file and the line:column."""
+    from estafeta import sieve  # the Sieve compiler is only needed here
+
+    limits = sieve.Limits.from_config(config.sieve)
+    for key in ("global_before", "global_after"):
+        for i, file in enumerate(getattr(config.sieve, key)):
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    config.path, f"sieve.{key}[{i}]", f"cannot read {file}: {exc}"
+                ) from None
+            try:
+                sieve.compile_script(text, name=str(file), limits=limits)
+            except sieve.SieveError as exc:
+                raise ConfigError(config.path, f"sieve.{key}[{i}]", f"{file}:{exc}") from None
+    if config.sieve.global_dir is not None and not config.sieve.global_dir.is_dir():
+        raise ConfigError(
+            config.path, "sieve.global_dir", f"{config.sieve.global_dir} is not a directory"
+        )
 
 
 # TLS 1.2 cipher suites of every listener: forward secrecy and AEAD only, the

@@ -12,8 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from estafeta import metrics, srs
-from estafeta.address import AddressError, normalize_address
+from estafeta import metrics, sieve, srs
 from estafeta.auth import Accounts
 from estafeta.auth.connections import (
     ADDRESS,
@@ -32,23 +31,29 @@ from estafeta.auth.guard import (
     LoginResult,
 )
 from estafeta.config import Config, Endpoint, server_context
+from estafeta.delivery.filters import DmarcQuarantine, SieveFilter
+from estafeta.delivery.forward import Forwarder
+from estafeta.delivery.local import LocalDelivery
+from estafeta.delivery.route import Router
+from estafeta.delivery.rules import Rules
 from estafeta.dns import DNSPythonResolver
 from estafeta.imap.session import Session, Settings
 from estafeta.log import log_event
-from estafeta.message import summarize
+from estafeta.managesieve import listener as managesieve
 from estafeta.policy.signer import Signer
 from estafeta.pop3 import session as pop3
 from estafeta.queue.delivery import Deliverer, verifying_context
-from estafeta.queue.forward import Forwarder
 from estafeta.queue.mtasts import MTASTS, Policy, fetch_policy
 from estafeta.queue.runner import QueueRunner
 from estafeta.queue.store import QueueStore
+from estafeta.sieve.memory import Memory
+from estafeta.sieve.scripts import ScriptStore
 from estafeta.smtp.data import DataBudget
 from estafeta.smtp.errors import ErrorLimiter
 from estafeta.smtp.inbound import InboundHandler
 from estafeta.smtp.protocol import Connections, ImplicitTLS, SMTPProtocol
 from estafeta.smtp.submission import SendLimits, SubmissionHandler
-from estafeta.store import Delivery, Store, StoreError
+from estafeta.store import Store
 from estafeta.web import WebApp, WebServer
 
 log = logging.getLogger("estafeta.server")
@@ -56,7 +61,17 @@ log = logging.getLogger("estafeta.server")
 _SettingsT = TypeVar("_SettingsT", Settings, pop3.Settings)
 
 # Listeners that later versions serve; configuring them now is not an error.
-IMPLEMENTED = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+IMPLEMENTED = (
+    "smtp",
+    "submission",
+    "submissions",
+    "imap",
+    "imaps",
+    "pop3",
+    "pop3s",
+    "managesieve",
+    "http",
+)
 # How long in-flight sessions get to finish on SIGTERM.
 SHUTDOWN_GRACE = 30.0
 # Longest TLS handshake on the implicit-TLS ports (asyncio's default), or
@@ -70,6 +85,14 @@ class Server:
         self.accounts = Accounts(config.accounts_db, config.domains, hasher=config.auth.hasher())
         self.store = Store(
             config.mail_dir, config.hostname, max_mailboxes=config.limits.max_mailboxes
+        )
+        self.sieve_limits = sieve.Limits.from_config(config.sieve)
+        # Users' Sieve scripts (rfc5228), managed over ManageSieve and the CLI.
+        self.scripts = ScriptStore(
+            config.sieve_dir,
+            max_script_size=config.sieve.max_script_size,
+            max_scripts=config.sieve.max_scripts,
+            compile=lambda text: sieve.compile_script(text, limits=self.sieve_limits),
         )
         self.tls: ssl.SSLContext | None = server_context(config.tls) if config.tls else None
         auth = config.auth
@@ -106,15 +129,47 @@ class Server:
         self._imap_sessions: set[Session] = set()
         self._pop3_sessions: set[pop3.Session] = set()
         self._pop3_locks = pop3.Locks()
+        self._managesieve: list[managesieve.Listener] = []
         self.resolver = DNSPythonResolver([(e.host, e.port) for e in config.nameservers])
         self.queue = QueueStore(config.queue_dir)
         self.signer = Signer(config.dkim_dir)
+        srs_secret = srs.load_secret(config.data_dir / "srs.key")
+        self.router = Router(self.accounts, srs_secret)
         self.forwarder = Forwarder(
             queue=self.queue,
             signer=self.signer,
-            srs_secret=srs.load_secret(config.data_dir / "srs.key"),
+            srs_secret=srs_secret,
             authserv_id=config.hostname,
             wake=lambda: self.runner.wake(),
+        )
+        # The global scripts, compiled now: an error stops the start with
+        # the file, line and column (estafeta check reports the same).
+        self.rules = Rules(config.sieve, self.scripts, self.sieve_limits)
+        # Vacation and duplicate records (no domain directory starts with ".").
+        self.memory = Memory(config.sieve_dir / ".memory.db")
+        self.delivery = LocalDelivery(
+            hostname=config.hostname,
+            store=self.store,
+            router=self.router,
+            queue=self.queue,
+            wake_queue=lambda: self.runner.wake(),
+            forwarder=self.forwarder,
+            signer=self.signer,
+            memory=self.memory,
+            filters=[
+                DmarcQuarantine(),
+                SieveFilter(
+                    scripts_for=self.rules.scripts_for,
+                    limits=self.sieve_limits,
+                    memory=self.memory,
+                    hostname=config.hostname,
+                    addresses_of=self.router.addresses_of,
+                    includes=self.rules.include,
+                    mailbox_exists=self.store.has_mailbox,
+                ),
+            ],
+            quota_for=self._quota_for,
+            over_quota=config.delivery.over_quota,
         )
         queue_config = config.queue
         verify = verifying_context(str(queue_config.ca_file) if queue_config.ca_file else None)
@@ -135,44 +190,15 @@ class Server:
             ),
             config=queue_config,
             hostname=config.hostname,
-            local_deliver=self._deliver_local,
-            is_local=self._is_local,
+            local=self.delivery,
         )
         self._runner_task: asyncio.Task[None] | None = None
 
-    def _is_local(self, address: str) -> bool:
-        try:
-            return self.accounts.is_local_domain(normalize_address(address).rsplit("@", 1)[1])
-        except AddressError:
-            return False
-
-    async def _deliver_local(self, address: str, data: bytes) -> bool:
-        """A DSN for a sender in one of our domains: to its mailbox, or, for
-        an SRS address we made when forwarding, on to the original sender."""
-        normalized = normalize_address(address)
-        local_part = normalized.rsplit("@", 1)[0]
-        if srs.is_srs(local_part):
-            try:
-                targets = [srs.reverse(self.forwarder.srs_secret, normalized)]
-            except srs.SRSError:
-                return False
-        else:
-            targets = self.accounts.resolve(normalized) or []
-        local = [t for t in targets if self._is_local(t)]
-        remote = [t for t in targets if not self._is_local(t)]
-        if remote:
-            await asyncio.to_thread(self.queue.enqueue, "", remote, data)
-            self.runner.wake()
-        if not local:
-            return bool(remote)
-        data = b"Return-Path: <>\r\n" + data
-        summary = await asyncio.to_thread(summarize, data)
-        try:
-            await self.store.deliver([Delivery(t, data, summary) for t in local])
-        except StoreError:
-            log.exception("cannot deliver a DSN to %s", address)
-            return False
-        return True
+    def _quota_for(self, account: str) -> int | None:
+        """The account's own quota (``estafeta user quota``), else the global one."""
+        own = self.accounts.get_quota(account)
+        limit = own if own > 0 else self.config.limits.quota
+        return limit if limit > 0 else None
 
     async def _authenticate(self, user: str, password: str, peer_ip: str) -> LoginResult:
         return await self.authenticator.login(user, password, "smtp", peer_ip)
@@ -182,19 +208,14 @@ class Server:
         loop = asyncio.get_running_loop()
         handler = InboundHandler(
             hostname=self.config.hostname,
-            accounts=self.accounts,
-            store=self.store,
+            delivery=self.delivery,
             max_recipients=self.config.limits.max_recipients,
             resolver=self.resolver if self.config.inbound.authenticate else None,
             dmarc_reject=self.config.inbound.dmarc_reject,
-            forwarder=self.forwarder,
         )
         submission = SubmissionHandler(
             hostname=self.config.hostname,
-            accounts=self.accounts,
-            store=self.store,
-            queue=self.queue,
-            wake_queue=self.runner.wake,
+            delivery=self.delivery,
             signer=self.signer,
             max_recipients=self.config.limits.max_recipients,
             strip_client_ip=self.config.submission.strip_client_ip,
@@ -283,6 +304,8 @@ class Server:
         for name in ("pop3", "pop3s"):
             for endpoint in self.config.listen.get(name, ()):
                 await self._listen_pop3(name, endpoint, implicit_tls=name == "pop3s")
+        for endpoint in self.config.listen.get("managesieve", ()):
+            await self._listen_managesieve(endpoint)
         for endpoint in self.config.listen.get("http", ()):
             await self._start_stream_server("http", endpoint, self._web.handle)
         self._register_metrics()
@@ -400,6 +423,30 @@ class Server:
             )
 
         await self._start_stream_server(name, endpoint, handle)
+
+    async def _listen_managesieve(self, endpoint: Endpoint) -> None:
+        """ManageSieve (rfc5804), STARTTLS only: admitted like IMAP and POP3."""
+        sessions = managesieve.Listener(
+            authenticator=self.authenticator,
+            scripts=self.scripts,
+            settings=managesieve.settings_from(self.config, sieve.SUPPORTED),
+            tls=self.tls,
+        )
+        self._managesieve.append(sessions)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve(
+                writer,
+                "managesieve",
+                len(sessions.sessions),
+                managesieve.TOO_MANY,
+                managesieve.TOO_MANY_HERE,
+                managesieve.EVICTED,
+                False,
+                lambda ticket: sessions.run(reader, writer, ticket),
+            )
+
+        await self._start_stream_server("managesieve", endpoint, handle)
 
     async def _serve(
         self,
@@ -528,13 +575,20 @@ class Server:
 
     def _register_metrics(self) -> None:
         def connections() -> dict[str, float]:
-            counts = {"smtp": 0.0, "submission": 0.0, "imap": 0.0, "pop3": 0.0}
+            counts = {
+                "smtp": 0.0,
+                "submission": 0.0,
+                "imap": 0.0,
+                "pop3": 0.0,
+                "managesieve": 0.0,
+            }
             for protocol in list(self.connections.open):
                 handler = getattr(protocol, "event_handler", None)
                 kind = "submission" if isinstance(handler, SubmissionHandler) else "smtp"
                 counts[kind] += 1
             counts["imap"] = float(len(self._imap_sessions))
             counts["pop3"] = float(len(self._pop3_sessions))
+            counts["managesieve"] = float(sum(len(m.sessions) for m in self._managesieve))
             return counts
 
         def queue() -> dict[str, float]:
@@ -580,6 +634,8 @@ class Server:
             session.shutdown()
         for pop3_session in list(self._pop3_sessions):
             pop3_session.shutdown()
+        for listener in self._managesieve:
+            listener.shutdown()
         self.connections.shutdown()
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE
         while self.connections.open and asyncio.get_running_loop().time() < deadline:
@@ -595,6 +651,7 @@ class Server:
         # Password checks still running finish before the accounts close.
         await self.authenticator.close()
         self.accounts.close()
+        self.memory.close()
         log_event(log, "stopped")
 
 

@@ -21,10 +21,11 @@ characters, not guessable, not built from the address) unless the
 
 Second factors. An account may have a TOTP secret (RFC 6238, see
 ``estafeta.auth.totp``) and up to MAX_APP_PASSWORDS app passwords, each
-limited to some of the protocols (imap, pop3, smtp) and optionally expiring.
-``authenticate`` is what the IMAP, POP3 and SMTP sessions call: mail clients
-cannot ask for a one-time code, so once an account has TOTP its own password
-no longer opens any of them and only its app passwords do. Without TOTP the
+limited to some of the protocols (imap, pop3, smtp, sieve: ManageSieve) and
+optionally expiring. ``authenticate`` is what the IMAP, POP3, SMTP and
+ManageSieve sessions call: mail clients cannot ask for a one-time code, so
+once an account has TOTP its own password no longer opens any of them and
+only its app passwords do. Without TOTP the
 account password and the app passwords both work. The TOTP code itself is
 checked where a person is present (``estafeta app-password create``).
 
@@ -61,7 +62,7 @@ from estafeta.address import AddressError, normalize_address, normalize_domain, 
 MAX_ALIAS_DEPTH = 10  # aliases expanded along one path, the first included
 BUSY_TIMEOUT_MS = 30_000
 
-PROTOCOLS = ("imap", "pop3", "smtp")  # what authenticate() and app passwords know
+PROTOCOLS = ("imap", "pop3", "smtp", "sieve")  # what authenticate() and app passwords know
 MAX_APP_PASSWORDS = 20  # per account
 MAX_APP_PASSWORD_NAME = 64  # characters
 MAX_EXPIRES_DAYS = 36_500
@@ -549,9 +550,9 @@ class Accounts:
     def authenticate(
         self, address: str, secret: str, protocol: str, *, allow_password: bool = True
     ) -> str | None:
-        """Check a login for PROTOCOL ("imap", "pop3" or "smtp"); the normalised address or None.
+        """Check a login for PROTOCOL (one of PROTOCOLS); the normalised address or None.
 
-        The one entry point the IMAP, POP3 and SMTP sessions use. Slow on
+        The one entry point the IMAP, POP3, SMTP and ManageSieve sessions use. Slow on
         purpose (argon2): call it off the event loop.
 
         Accepted: an app password of the account that allows PROTOCOL and

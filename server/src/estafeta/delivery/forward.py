@@ -24,7 +24,7 @@ from estafeta.policy import dkim
 from estafeta.policy.signer import Signer
 from estafeta.queue.store import QueueStore
 
-log = logging.getLogger("estafeta.queue")
+log = logging.getLogger("estafeta.delivery")
 
 
 class Forwarder:

@@ -20,8 +20,8 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from estafeta.config import QueueConfig
 from estafeta.log import log_event
@@ -33,9 +33,17 @@ log = logging.getLogger("estafeta.queue")
 
 POLL = 1.0
 
-# Delivers a DSN to a local mailbox: (address, message) -> delivered?
-LocalDeliver = Callable[[str, bytes], Awaitable[bool]]
-IsLocal = Callable[[str], bool]
+
+class Local(Protocol):
+    """Delivery to our own domains (estafeta.delivery.LocalDelivery): entries
+    for them (DSNs to local senders, deliveries deferred for quota,
+    redirects and replies to local addresses) never go out over SMTP."""
+
+    def handles(self, domain: str) -> bool: ...
+
+    async def deliver_queued(
+        self, sender: str, recipients: Sequence[str], data: bytes, queue_id: str = ""
+    ) -> list[Result]: ...
 
 
 class QueueRunner:
@@ -46,16 +54,14 @@ class QueueRunner:
         deliverer: Deliverer,
         config: QueueConfig,
         hostname: str,
-        local_deliver: LocalDeliver,
-        is_local: IsLocal,
+        local: Local,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.deliverer = deliverer
         self.config = config
         self.hostname = hostname
-        self.local_deliver = local_deliver
-        self.is_local = is_local
+        self.local = local
         self.clock = clock
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -111,9 +117,14 @@ class QueueRunner:
                 await asyncio.to_thread(self.store.remove, entry.id)
                 return
             started = time.monotonic()
-            results = await self.deliverer.deliver(
-                entry.domain, entry.sender, entry.recipients, data
-            )
+            if self.local.handles(entry.domain):
+                results = await self.local.deliver_queued(
+                    entry.sender, entry.recipients, data, entry.id
+                )
+            else:
+                results = await self.deliverer.deliver(
+                    entry.domain, entry.sender, entry.recipients, data
+                )
             for result in results:
                 fields: dict[str, Any] = {"id": entry.id, "from": f"<{entry.sender}>"}
                 log_event(
@@ -202,13 +213,9 @@ class QueueRunner:
             queue_id=entry.id,
             now=now,
         )
-        if self.is_local(entry.sender):
-            delivered = await self.local_deliver(entry.sender, dsn)
-            where = "local"
-        else:
-            await asyncio.to_thread(self.store.enqueue, "", [entry.sender], dsn)
-            self.wake()
-            delivered, where = True, "queued"
+        # Local senders too: the queue hands their DSN to local delivery.
+        await asyncio.to_thread(self.store.enqueue, "", [entry.sender], dsn)
+        self.wake()
         log_event(
             log,
             "dsn",
@@ -216,7 +223,7 @@ class QueueRunner:
             action=action,
             to=f"<{entry.sender}>",
             recipients=[r.recipient for r in results],
-            result=where if delivered else "dropped",
+            result="queued",
         )
 
 

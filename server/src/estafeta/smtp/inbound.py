@@ -8,7 +8,6 @@ message file and directory are fsync'd and the index is committed.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import logging
 import re
@@ -19,17 +18,13 @@ from typing import Any
 
 from aiosmtpd.smtp import TLSSetupException
 
-from estafeta import srs
-from estafeta.address import AddressError, normalize_address, split_address
-from estafeta.auth import Accounts
+from estafeta.address import AddressError, normalize_address
+from estafeta.delivery.local import Envelope, LocalDelivery, Outcome, Recipient, RecipientCheck
 from estafeta.dns import Resolver
 from estafeta.log import log_event
-from estafeta.message import summarize
 from estafeta.policy import authresults
 from estafeta.policy.analyze import Analysis, analyze
-from estafeta.queue.forward import Forwarder
 from estafeta.smtp import replies
-from estafeta.store import Delivery, Store, StoreError
 
 log = logging.getLogger("estafeta.smtp")
 
@@ -51,8 +46,8 @@ class Transaction:
     """What we learn about one mail transaction beyond aiosmtpd's Envelope."""
 
     queue_id: str = field(default_factory=new_queue_id)
-    # Each accepted RCPT: (address as given, local accounts it delivers to).
-    recipients: list[tuple[str, list[str]]] = field(default_factory=list)
+    # Each accepted RCPT: the address as given and where it leads.
+    recipients: list[Recipient] = field(default_factory=list)
 
 
 class HandlerBase:
@@ -94,12 +89,24 @@ class HandlerBase:
             return "", f"{replies.BAD_RECIPIENT_SYNTAX}: {exc}"
 
     def _accept_rcpt(
-        self, envelope: Any, address: str, recorded: str, targets: list[str], options: list[str]
+        self, envelope: Any, address: str, recipient: Recipient, options: list[str]
     ) -> str:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
-        envelope.estafeta.recipients.append((recorded, targets))
+        envelope.estafeta.recipients.append(recipient)
         return replies.OK_RECIPIENT
+
+    @staticmethod
+    def _reply(outcome: Outcome, queue_id: str) -> str:
+        """The reply after DATA for what the delivery layer did."""
+        if outcome.status == "delivered":
+            return f"250 2.0.0 Ok: queued as {queue_id}"
+        if outcome.status == "overquota":
+            return replies.MAILBOX_FULL_PERMANENT if outcome.permanent else replies.MAILBOX_FULL
+        if outcome.status == "rejected":
+            reason = _reply_safe(outcome.reason) or "Message refused by the recipient's rules"
+            return f"{replies.REFUSED_BY_RULE} {reason}"
+        return replies.TEMPORARY_FAILURE
 
 
 class InboundHandler(HandlerBase):
@@ -107,22 +114,17 @@ class InboundHandler(HandlerBase):
         self,
         *,
         hostname: str,
-        accounts: Accounts,
-        store: Store,
+        delivery: LocalDelivery,
         max_recipients: int,
         resolver: Resolver | None = None,
         dmarc_reject: bool = True,
-        forwarder: Forwarder | None = None,
     ) -> None:
         self.hostname = hostname
-        self.accounts = accounts
-        self.store = store
+        self.delivery = delivery
         self.max_recipients = max_recipients
         # None: no SPF/DKIM/DMARC/ARC checks ([inbound] authenticate = false).
         self.resolver = resolver
         self.dmarc_reject = dmarc_reject
-        # Queues mail for aliases that point to other domains (None: tests).
-        self.forwarder = forwarder
 
     # -- hooks called by aiosmtpd -----------------------------------------
 
@@ -139,33 +141,23 @@ class InboundHandler(HandlerBase):
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
-        if address.lower() == "postmaster" and self.accounts.domains:
-            # rfc5321:4.1.1.3 / 4.5.1 — "<Postmaster>" without a domain MUST be
-            # accepted: this host's postmaster, that of its first domain.
-            address = f"postmaster@{self.accounts.domains[0]}"
+        address = self.delivery.router.postmaster(address)
         normalized, refusal = self._check_rcpt(envelope, address)
         if refusal:
             return refusal
-        _, domain = split_address(normalized)
-        if not self.accounts.is_local_domain(domain):
+        check: RecipientCheck = await self.delivery.check_recipient(normalized)
+        if check.refusal == "relay":
             # Relaying needs authentication (submission); the MX never relays.
             self._rejected(session, envelope, address, "relay denied")
             return f"{replies.RELAY_DENIED}: <{address}>"
-        local_part = split_address(normalized)[0]
-        targets: list[str] | None
-        if srs.is_srs(local_part) and self.forwarder is not None:
-            # A bounce to an address we rewrote when forwarding: back to its sender.
-            try:
-                targets = [srs.reverse(self.forwarder.srs_secret, normalized)]
-            except srs.SRSError as exc:
-                self._rejected(session, envelope, address, str(exc))
-                return f"{replies.NO_SUCH_USER}: <{address}>"
-        else:
-            targets = self.accounts.resolve(normalized)
-        if not targets:
-            self._rejected(session, envelope, address, "no such user")
+        if check.refusal == "over_quota":
+            self._rejected(session, envelope, address, "mailbox full")
+            return f"{replies.MAILBOX_FULL}: <{address}>"
+        if check.refusal:
+            self._rejected(session, envelope, address, check.reason)
             return f"{replies.NO_SUCH_USER}: <{address}>"
-        return self._accept_rcpt(envelope, address, address, targets, rcpt_options)
+        recipient = Recipient(address, check.targets, check.srs)
+        return self._accept_rcpt(envelope, address, recipient, rcpt_options)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         transaction: Transaction = envelope.estafeta
@@ -175,7 +167,7 @@ class InboundHandler(HandlerBase):
             "client": _peer(session),
             "helo": session.host_name,
             "from": _angle(envelope.mail_from),
-            "to": [_angle(rcpt) for rcpt, _ in transaction.recipients],
+            "to": [_angle(rcpt.address) for rcpt in transaction.recipients],
             "size": len(content),
         }
         if _BARE_LINE_ENDING.search(content):
@@ -214,65 +206,33 @@ class InboundHandler(HandlerBase):
                 return analysis.reject
         received = self._trace_headers(server, session, envelope, transaction)
         message = received + (analysis.header if analysis else b"") + content
-        data = f"Return-Path: {_angle(envelope.mail_from)}\r\n".encode() + message
-        loop = asyncio.get_running_loop()
-        summary = await loop.run_in_executor(None, summarize, data)
-        now = time.time()
-        # One copy per account, however many of its addresses were named.
-        everyone = list(dict.fromkeys(t for _, targets in transaction.recipients for t in targets))
-        accounts = [t for t in everyone if self.accounts.is_local_domain(split_address(t)[1])]
-        # Remote targets of aliases, grouped by the alias's domain (which forwards them).
-        forwards: dict[str, list[str]] = {}
-        for rcpt, targets in transaction.recipients:
-            for target in targets:
-                if target not in accounts:
-                    forwards.setdefault(split_address(rcpt)[1], []).append(target)
-        mailbox = "Junk" if analysis and analysis.junk else "INBOX"
         started = time.monotonic()
         server.busy = True
         try:
-            for domain, remote in forwards.items():
-                if self.forwarder is None:
-                    raise StoreError("forwarding is not available")
-                sender = "" if envelope.mail_from == "<>" else envelope.mail_from
-                rewritten = await self.forwarder.forward(
-                    sender=sender,
-                    recipients=list(dict.fromkeys(remote)),
-                    message=message,
-                    domain=domain,
-                )
-                fields.setdefault("forwarded", []).extend(remote)
-                fields["srs"] = rewritten or "<>"
-            try:
-                if accounts:
-                    await self.store.deliver(
-                        [Delivery(a, data, summary, mailbox, internal_date=now) for a in accounts]
-                    )
-            except StoreError:
-                if mailbox == "INBOX":
-                    raise
-                # The user deleted Junk: the INBOX is better than a retry loop.
-                mailbox = "INBOX"
-                await self.store.deliver(
-                    [Delivery(a, data, summary, internal_date=now) for a in accounts]
-                )
-        except (StoreError, OSError) as exc:
-            log_event(
-                log, "delivery", level=logging.ERROR, **fields, result="tempfail", reason=str(exc)
+            outcome = await self.delivery.deliver(
+                Envelope(
+                    sender="" if envelope.mail_from == "<>" else envelope.mail_from,
+                    recipients=tuple(transaction.recipients),
+                    queue_id=transaction.queue_id,
+                    origin="mx",
+                    client_ip=_peer(session),
+                ),
+                message,
+                analysis,
             )
-            return replies.TEMPORARY_FAILURE
         finally:
             server.busy = False
         log_event(
             log,
             "delivery",
+            level=logging.ERROR if outcome.status == "tempfail" else logging.INFO,
             **fields,
-            mailboxes=accounts,
-            folder=mailbox,
-            result="delivered",
+            **outcome.log_fields(),
+            result=outcome.status,
+            **({"reason": outcome.reason} if outcome.reason else {}),
             ms=round((time.monotonic() - started) * 1000, 1),
         )
-        return f"250 2.0.0 Ok: queued as {transaction.queue_id}"
+        return self._reply(outcome, transaction.queue_id)
 
     # -- helpers ----------------------------------------------------------
 
@@ -308,7 +268,7 @@ class InboundHandler(HandlerBase):
         if tls:
             lines.append(f"\t(using {tls})")
         if len(transaction.recipients) == 1:
-            lines.append(f"\tfor {_angle(_header_safe(transaction.recipients[0][0]))};")
+            lines.append(f"\tfor {_angle(_header_safe(transaction.recipients[0].address))};")
         else:
             lines[-1] += ";"
         lines.append(f"\t{email.utils.formatdate(localtime=True)}")
@@ -333,6 +293,12 @@ def _angle(address: str | None) -> str:
     if not address or address == "<>":
         return "<>"
     return f"<{address}>"
+
+
+def _reply_safe(text: str) -> str:
+    """A user's text in an SMTP reply: one line of printable ASCII (rfc5321:4.2)."""
+    flat = " ".join(text.split())
+    return "".join(c if " " <= c <= "~" else "?" for c in flat)[:400]
 
 
 def _header_safe(text: str) -> str:

@@ -84,3 +84,12 @@ TOO_MANY_HOPS = "554 5.4.6 Too many hops: the message is in a mail loop"
 SHUTTING_DOWN = "421 4.3.2 Server shutting down; try again later"
 # rfc3207:4: no STARTTLS on a TLS session; rfc5321:4.2.4 503 bad sequence.
 TLS_ALREADY_ACTIVE = "503 5.5.1 TLS already active"
+# rfc3463:3.3 X.2.2 "mailbox full": at RCPT for an account already over its
+# quota (temporary: the sender retries that recipient later), after DATA
+# for a message that would take it over ([delivery] over_quota: "defer"
+# answers 452 4.2.2, "reject" answers 552 5.2.2).
+MAILBOX_FULL = "452 4.2.2 Mailbox full; try again later"
+MAILBOX_FULL_PERMANENT = "552 5.2.2 Mailbox full"
+# rfc5429:2.1 — the recipient's rules refused the message (Sieve reject /
+# ereject); the reason is the user's text, on one line.
+REFUSED_BY_RULE = "550 5.7.1"

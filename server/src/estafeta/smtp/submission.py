@@ -40,16 +40,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from estafeta.address import AddressError, normalize_address, split_address
-from estafeta.auth import Accounts
+from estafeta.address import normalize_address, split_address
+from estafeta.delivery.local import Envelope, LocalDelivery, Recipient
 from estafeta.log import log_event
-from estafeta.message import decode_rfc2047, summarize
+from estafeta.message import decode_rfc2047
 from estafeta.message.structure import AddressSyntaxError, header_fields, parse_mailbox_list
 from estafeta.policy.signer import Signer
-from estafeta.queue.store import QueueStore
 from estafeta.smtp import replies
 from estafeta.smtp.inbound import HandlerBase, Transaction, _angle, _header_safe, _peer
-from estafeta.store import Delivery, Store, StoreError
 
 log = logging.getLogger("estafeta.smtp")
 
@@ -144,20 +142,14 @@ class SubmissionHandler(HandlerBase):
         self,
         *,
         hostname: str,
-        accounts: Accounts,
-        store: Store,
-        queue: QueueStore,
-        wake_queue: Callable[[], None],
+        delivery: LocalDelivery,
         signer: Signer,
         max_recipients: int,
         strip_client_ip: bool = False,
         limits: SendLimits | None = None,
     ) -> None:
         self.hostname = hostname
-        self.accounts = accounts
-        self.store = store
-        self.queue = queue
-        self.wake_queue = wake_queue
+        self.delivery = delivery
         self.signer = signer
         self.max_recipients = max_recipients
         self.strip_client_ip = strip_client_ip
@@ -166,14 +158,7 @@ class SubmissionHandler(HandlerBase):
         )
 
     def owns(self, account: str, address: str) -> bool:
-        try:
-            normalized = normalize_address(address)
-        except AddressError:
-            return False
-        if not self.accounts.is_local_domain(split_address(normalized)[1]):
-            return False
-        targets = self.accounts.resolve(normalized) or []
-        return account in targets
+        return self.delivery.router.owns(account, address)
 
     # -- hooks called by aiosmtpd -----------------------------------------
 
@@ -230,12 +215,17 @@ class SubmissionHandler(HandlerBase):
         if refusal:
             return refusal
         _, domain = split_address(normalized)
-        targets: list[str] = []
-        if self.accounts.is_local_domain(domain):
-            targets = self.accounts.resolve(normalized) or []
-            if not targets:
-                return f"{replies.NO_SUCH_USER}: <{address}>"
-        return self._accept_rcpt(envelope, address, normalized, targets, rcpt_options)
+        if not self.delivery.router.is_local_domain(domain):
+            # Relayed for our user: the queue takes it.
+            recipient = Recipient(normalized, (normalized,))
+            return self._accept_rcpt(envelope, address, recipient, rcpt_options)
+        check = await self.delivery.check_recipient(normalized)
+        if check.refusal == "over_quota":
+            return f"{replies.MAILBOX_FULL}: <{address}>"
+        if check.refusal:
+            return f"{replies.NO_SUCH_USER}: <{address}>"
+        recipient = Recipient(normalized, check.targets, check.srs)
+        return self._accept_rcpt(envelope, address, recipient, rcpt_options)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         transaction: Transaction = envelope.estafeta
@@ -265,54 +255,42 @@ class SubmissionHandler(HandlerBase):
         signature = await asyncio.to_thread(self.signer.sign, from_domain, data)
         data = signature + data
 
-        # Remote recipients, and remote targets of local aliases, go to the queue.
-        remote = [rcpt for rcpt, targets in transaction.recipients if not targets]
-        accounts: list[str] = []
-        for target in dict.fromkeys(t for _, targets in transaction.recipients for t in targets):
-            if self.accounts.is_local_domain(split_address(target)[1]):
-                accounts.append(target)
-            else:
-                remote.append(target)
-        remote = list(dict.fromkeys(remote))
         fields: dict[str, Any] = {
             "qid": transaction.queue_id,
             "user": account,
             "client": _peer(session),
             "from": _angle(envelope.mail_from),
-            "to": [_angle(rcpt) for rcpt, _ in transaction.recipients],
+            "to": [_angle(rcpt.address) for rcpt in transaction.recipients],
             "size": len(data),
             "dkim": bool(signature),
         }
         server.busy = True
         try:
-            if remote:
-                await asyncio.to_thread(self.queue.enqueue, envelope.mail_from, remote, data)
-                self.wake_queue()
-            if accounts:
-                local = f"Return-Path: <{envelope.mail_from}>\r\n".encode() + data
-                summary = await asyncio.to_thread(summarize, local)
-                now = time.time()
-                await self.store.deliver(
-                    [Delivery(a, local, summary, internal_date=now) for a in accounts]
-                )
-        except (StoreError, OSError) as exc:
-            log_event(
-                log, "submission", logging.ERROR, **fields, result="tempfail", reason=str(exc)
+            outcome = await self.delivery.deliver(
+                Envelope(
+                    sender=envelope.mail_from,
+                    recipients=tuple(transaction.recipients),
+                    queue_id=transaction.queue_id,
+                    origin="submission",
+                    client_ip=_peer(session),
+                    auth=account,
+                ),
+                data,
             )
-            return replies.TEMPORARY_FAILURE
         finally:
             server.busy = False
-        self.limits.sent(account)
         log_event(
             log,
             "submission",
-            logging.INFO,
+            logging.ERROR if outcome.status == "tempfail" else logging.INFO,
             **fields,
-            queued=len(remote),
-            local=accounts,
-            result="ok",
+            **outcome.log_fields(),
+            result="ok" if outcome.status == "delivered" else outcome.status,
+            **({"reason": outcome.reason} if outcome.reason else {}),
         )
-        return f"250 2.0.0 Ok: queued as {transaction.queue_id}"
+        if outcome.status == "delivered":
+            self.limits.sent(account)
+        return self._reply(outcome, transaction.queue_id)
 
     def _check_originator(
         self, account: str, envelope: Any, fields: list[tuple[str, bytes]]

@@ -21,7 +21,7 @@ modseqs live in the index, so the files stay readable by any Maildir tool
 Write path and crash safety: see ``estafeta.store.account``.
 """
 
-from estafeta.store.account import Delivered, Delivery, Store, StoreError
+from estafeta.store.account import Delivered, Delivery, OverQuota, Store, StoreError
 from estafeta.store.index import Mailbox, MessageRow
 
-__all__ = ["Delivered", "Delivery", "Mailbox", "MessageRow", "Store", "StoreError"]
+__all__ = ["Delivered", "Delivery", "Mailbox", "MessageRow", "OverQuota", "Store", "StoreError"]

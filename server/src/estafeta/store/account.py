@@ -52,6 +52,10 @@ class StoreError(Exception):
     """A delivery or store operation failed; nothing was acknowledged."""
 
 
+class OverQuota(StoreError):
+    """The delivery would take the account past its quota; nothing was written."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     address: str  # a normalised local account address
@@ -60,6 +64,14 @@ class Delivery:
     mailbox: str = maildir.INBOX
     flags: tuple[str, ...] = ()
     internal_date: float | None = None
+    # Octets the account may hold (sum of RFC822.SIZE, as IMAP QUOTA reports
+    # it); None: no quota. Checked in the writer thread, so two deliveries
+    # cannot both pass on the same room; a delivery over it fails with
+    # OverQuota before anything is written.
+    quota: int | None = None
+    # Create the mailbox if it is missing (Sieve fileinto :create, rfc5490:3.2);
+    # otherwise a missing mailbox fails the delivery.
+    create: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,36 @@ class Store:
         future: concurrent.futures.Future[list[Delivered]] = concurrent.futures.Future()
         self._submit(_Job(future, deliveries=deliveries))
         return future.result()
+
+    async def usage(self, address: str) -> int:
+        """Octets the account holds (for the quota check at RCPT); 0 for an
+        account that has no mail directory yet."""
+        path = self._index_path(address)
+
+        def read() -> int:
+            if not path.exists():
+                return 0
+            conn = index.connect(path)
+            try:
+                return operations.used_octets(conn)
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(read)
+
+    def has_mailbox(self, address: str, name: str) -> bool:
+        """Whether the account has mailbox ``name`` (Sieve mailboxexists,
+        rfc5490:3.1). Blocking: call it from a thread."""
+        path = self._index_path(address)
+        if not path.exists():
+            return name.upper() == maildir.INBOX
+        conn = index.connect(path)
+        try:
+            return index.mailbox(conn, name) is not None
+        except Exception:
+            return False
+        finally:
+            conn.close()
 
     def reindex(self, address: str) -> int:
         """Rebuild an account's index from its files; returns the message count."""
@@ -397,10 +439,22 @@ class Store:
         live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
         items: list[_Staged] = []
         failed: dict[int, BaseException] = {}
+        # Octets each account holds, plus what this batch adds, for quotas.
+        usage: dict[str, int] = {}
         for job in live:
             for delivery in job.deliveries:
                 try:
                     account = self._open(delivery.address)
+                    if delivery.quota is not None:
+                        self._reserve(account, delivery, usage)
+                    if delivery.create and index.mailbox(account.conn, delivery.mailbox) is None:
+                        operations.create_mailbox(
+                            account.conn,
+                            account.path,
+                            delivery.mailbox,
+                            max_mailboxes=self.max_mailboxes,
+                        )
+                        account.folders.clear()
                     folder = self._folder(account, delivery.mailbox)
                     items.append(_Staged(job, delivery, account, folder))
                 except Exception as exc:
@@ -458,10 +512,26 @@ class Store:
             metrics.STORE_BATCH_MESSAGES.observe(len(published))
         for job in live:
             error = failed.get(id(job))
-            if error is not None:
+            if isinstance(error, OverQuota):
+                job.future.set_exception(error)
+            elif error is not None:
                 job.future.set_exception(StoreError(f"delivery failed: {error}"))
             else:
                 job.future.set_result(results[id(job)])
+
+    def _reserve(self, account: _Account, delivery: Delivery, usage: dict[str, int]) -> None:
+        """Count ``delivery`` against its account's quota (writer thread)."""
+        assert delivery.quota is not None
+        used = usage.get(account.address)
+        if used is None:
+            used = operations.used_octets(account.conn)
+        if used + len(delivery.data) > delivery.quota:
+            usage[account.address] = used
+            raise OverQuota(
+                f"{account.address} would hold {used + len(delivery.data)} of {delivery.quota}"
+                " octets"
+            )
+        usage[account.address] = used + len(delivery.data)
 
     def _stage(self, item: _Staged) -> None:
         delivery = item.delivery

@@ -1,0 +1,1 @@
+"""ManageSieve (rfc5804): users manage their Sieve scripts remotely."""

@@ -1,0 +1,211 @@
+"""The delivery layer against a real server: quota at RCPT and after DATA,
+accounts that are full while others are not, the INBOX fallback of a rule
+whose mailbox is missing, rejects and discards, and the queue's local
+deliveries (issue 15, section 1)."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DOMAIN, Instance
+from estafeta.smtp import replies
+
+ALICE = f"alice@{DOMAIN}"
+BOB = f"bob@{DOMAIN}"
+
+
+def message(subject: str, size: int = 0, extra: str = "") -> bytes:
+    body = ("x" * 70 + "\r\n") * (size // 72) if size else "Hello."
+    return (
+        f"From: <sender@remote.test>\r\nTo: <{ALICE}>\r\nSubject: {subject}\r\n{extra}"
+        f"Message-ID: <{subject.replace(' ', '.')}.{time.monotonic_ns()}@remote.test>\r\n"
+        f"\r\n{body}\r\n"
+    ).encode()
+
+
+def send(server: Instance, to: list[str], data: bytes, sender: str = "sender@remote.test") -> str:
+    """The reply after DATA, whatever it is ('250 ...', '452 ...')."""
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        client.ehlo("client.remote.test")
+        code, text = client.mail(sender)
+        assert code == 250, text
+        for rcpt in to:
+            code, text = client.rcpt(rcpt)
+            assert code == 250, (rcpt, code, text)
+        code, text = client.data(data)
+    return f"{code} {text.decode()}"
+
+
+def rcpt_reply(server: Instance, rcpt: str) -> str:
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        client.ehlo("client.remote.test")
+        client.mail("sender@remote.test")
+        code, text = client.rcpt(rcpt)
+    return f"{code} {text.decode()}"
+
+
+def subjects(server: Instance, address: str, mailbox_dir: str = "") -> list[str]:
+    found = []
+    for path in server.files(address, mailbox_dir):
+        for line in path.read_bytes().split(b"\r\n"):
+            if line.startswith(b"Subject: "):
+                found.append(line[9:].decode())
+                break
+    return found
+
+
+def put_script(server: Instance, address: str, script: str, tmp_path: Path) -> None:
+    path = tmp_path / "rules.sieve"
+    path.write_text(script)
+    server.cli("sieve", "put", address, "rules", str(path), "--activate")
+
+
+def wait_until(condition: object, timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def no_stray_files(server: Instance, address: str) -> None:
+    """Nothing half-written: tmp/ is empty and every file is in the index."""
+    account = server.account_dir(address)
+    assert not list((account / "tmp").glob("*"))
+    indexed = {r.file for r in server.index_rows(address)}
+    on_disk = {f"{p.parent.name}/{p.name}" for p in server.files(address)}
+    assert on_disk == indexed
+
+
+# -- quota ----------------------------------------------------------------------
+
+
+def test_message_over_quota_gets_452_and_nothing_is_written(server: Instance) -> None:
+    assert send(server, [ALICE], message("small")).startswith("250")
+    used = sum(p.stat().st_size for p in server.files(ALICE))
+    server.cli("user", "quota", ALICE, str(used + 1000))
+    reply = send(server, [ALICE], message("too big", size=3000))
+    assert reply.startswith("452 4.2.2"), reply
+    assert subjects(server, ALICE) == ["small"]
+    no_stray_files(server, ALICE)
+    # A message that fits still goes in.
+    assert send(server, [ALICE], message("fits")).startswith("250")
+    assert sorted(subjects(server, ALICE)) == ["fits", "small"]
+
+
+def test_account_already_over_quota_is_refused_at_rcpt(server: Instance) -> None:
+    assert send(server, [ALICE], message("fill", size=2000)).startswith("250")
+    server.cli("user", "quota", ALICE, "1000")
+    reply = rcpt_reply(server, ALICE)
+    assert reply.startswith("452 4.2.2"), reply
+    assert replies.MAILBOX_FULL.split(";")[0][4:] in reply
+    assert rcpt_reply(server, BOB).startswith("250")  # others are not affected
+
+
+def test_over_quota_reject_mode_answers_552(instance: Instance) -> None:
+    instance.extra_config += '[delivery]\nover_quota = "reject"\n'
+    instance.write_config()
+    instance.add_user(ALICE)
+    instance.start()
+    instance.cli("user", "quota", ALICE, "500")
+    reply = send(instance, [ALICE], message("way too big", size=3000))
+    assert reply.startswith("552 5.2.2"), reply
+    assert instance.files(ALICE) == []
+
+
+def test_full_account_among_others_is_deferred_then_delivered(server: Instance) -> None:
+    server.cli("user", "quota", ALICE, "100")  # room for nothing, but not yet over
+    reply = send(server, [ALICE, BOB], message("to both", size=500))
+    # Bob took it, so the transaction succeeds; alice's copy waits in the queue.
+    assert reply.startswith("250"), reply
+    assert subjects(server, BOB) == ["to both"]
+    assert subjects(server, ALICE) == []
+    entries = json.loads(server.cli("queue", "list", "--json").stdout)
+    assert [e["recipients"] for e in entries] == [[ALICE]]
+    server.cli("user", "quota", ALICE, "0")
+    server.cli("queue", "flush")  # as an operator would, rather than wait for the retry
+    wait_until(lambda: subjects(server, ALICE) == ["to both"], what="the deferred copy")
+    wait_until(lambda: json.loads(server.cli("queue", "list", "--json").stdout) == [])
+    no_stray_files(server, ALICE)
+
+
+# -- rules ----------------------------------------------------------------------
+
+
+def test_fileinto_a_missing_mailbox_falls_back_to_inbox(server: Instance, tmp_path: Path) -> None:
+    put_script(server, ALICE, 'require "fileinto";\nfileinto "Nowhere";\n', tmp_path)
+    assert send(server, [ALICE], message("where to?")).startswith("250")
+    assert subjects(server, ALICE) == ["where to?"]
+    assert not (server.account_dir(ALICE) / ".Nowhere").exists()
+    assert "fileinto_failed" in server.log_text()
+
+
+def test_fileinto_create_makes_the_mailbox(server: Instance, tmp_path: Path) -> None:
+    script = 'require ["fileinto", "mailbox"];\nfileinto :create "Lists/dev";\n'
+    put_script(server, ALICE, script, tmp_path)
+    assert send(server, [ALICE], message("filed")).startswith("250")
+    assert subjects(server, ALICE, ".Lists.dev") == ["filed"]
+    assert subjects(server, ALICE) == []
+
+
+def test_reject_of_the_only_recipient_is_the_smtp_reply(server: Instance, tmp_path: Path) -> None:
+    script = 'require "reject";\nif header :contains "subject" "buy" { reject "Not here."; }\n'
+    put_script(server, ALICE, script, tmp_path)
+    reply = send(server, [ALICE], message("buy now"))
+    assert reply.startswith("550 5.7.1") and "Not here." in reply, reply
+    assert subjects(server, ALICE) == []
+    assert send(server, [ALICE], message("hello")).startswith("250")
+
+
+def test_reject_with_another_recipient_becomes_a_notice(server: Instance, tmp_path: Path) -> None:
+    script = 'require "reject";\nreject "No thanks.";\n'
+    put_script(server, ALICE, script, tmp_path)
+    # The sender is local, so the rejection notice lands in bob's INBOX.
+    reply = send(server, [ALICE, BOB], message("both of you"), sender=BOB)
+    assert reply.startswith("250"), reply
+    wait_until(lambda: len(server.files(BOB)) == 2, what="bob's copy and the notice")
+    assert subjects(server, ALICE) == []
+    notice = next(
+        p.read_bytes() for p in server.files(BOB) if b"multipart/report" in p.read_bytes()
+    )
+    assert b"Status: 5.7.1" in notice and b"No thanks." in notice
+
+
+def test_discard_stores_nothing_and_answers_250(server: Instance, tmp_path: Path) -> None:
+    put_script(server, ALICE, "discard;\n", tmp_path)
+    assert send(server, [ALICE], message("gone")).startswith("250")
+    assert server.files(ALICE) == []
+    assert "discarded" in server.log_text()
+
+
+@pytest.mark.parametrize("script", ['require "fileinto";\nfileinto "INBOX";\nkeep;\n'])
+def test_keep_and_fileinto_inbox_store_one_copy(
+    server: Instance, tmp_path: Path, script: str
+) -> None:
+    put_script(server, ALICE, script, tmp_path)
+    assert send(server, [ALICE], message("once")).startswith("250")
+    assert subjects(server, ALICE) == ["once"]  # rfc5228:2.10.3
+
+
+def test_redirect_loop_keeps_the_message(server: Instance, tmp_path: Path) -> None:
+    put_script(server, ALICE, 'redirect "friend@remote.test";\n', tmp_path)
+    # A copy this account redirected before comes back: not again, and kept.
+    looped = message("came back", extra=f"Delivered-To: <{ALICE}>\r\n")
+    assert send(server, [ALICE], looped).startswith("250")
+    assert subjects(server, ALICE) == ["came back"]
+    assert json.loads(server.cli("queue", "list", "--json").stdout) == []
+    assert "redirect_loop" in server.log_text()
+    # A fresh message is redirected through the queue with an SRS sender,
+    # not kept (remote.test does not exist here: the bounce to the SRS
+    # address then goes back to the original sender through our MX).
+    assert send(server, [ALICE], message("go on")).startswith("250")
+    wait_until(lambda: "to=<friend@remote.test>" in server.log_text(), what="the redirect")
+    line = next(x for x in server.log_text().splitlines() if "to=<friend@remote.test>" in x)
+    assert 'from="<SRS0=' in line and "@example.test>" in line
+    assert subjects(server, ALICE) == ["came back"]
