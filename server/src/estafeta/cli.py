@@ -5,6 +5,8 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.
 not (and nothing is printed), 2 an error (printed on stderr).
 ``app-password create`` prints the new password alone on stdout (the rest on
 stderr); on an account with TOTP a wrong or reused code is an exit 1.
+``sieve check`` and ``sieve test`` (cli_sieve.py) exit 2 with
+``FILE:line:column: message`` when the script does not compile.
 
 ``--json`` output is for programs (the Ansible modules in ``library/``):
 one JSON document on stdout, keys as documented on each command.
@@ -42,6 +44,10 @@ DEFAULT_CONFIG = "/etc/estafeta/estafeta.toml"
 
 class UsageError(Exception):
     pass
+
+
+class CommandFailed(Exception):
+    """The operation failed (exit 1); the message is the one line printed."""
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -653,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument(
         "--protocols",
         default="imap,pop3,smtp",
-        help="what it opens, comma-separated (default: imap,pop3,smtp)",
+        help="what it opens, comma-separated: imap, pop3, smtp, sieve (ManageSieve)"
+        " (default: imap,pop3,smtp)",
     )
     command.add_argument("--expires", type=int, metavar="DAYS", help="expire after DAYS days")
     command.add_argument("--code", help="the current TOTP code (asked on the terminal if omitted)")
@@ -724,6 +731,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command.add_argument("domain")
     command.add_argument("--selector", required=True)
+
+    from estafeta import cli_sieve  # its own file: the sieve commands are many
+
+    cli_sieve.register(commands, add)
     return parser
 
 
@@ -739,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"estafeta: {exc}", file=sys.stderr)
         return 2
-    except (AccountError, AddressError, StoreError) as exc:
+    except (AccountError, AddressError, StoreError, CommandFailed) as exc:
         print(f"estafeta: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
