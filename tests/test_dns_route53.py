@@ -256,6 +256,8 @@ def expected_records(dkim: str, dmarc_policy: str) -> dict[tuple[str, str], list
         (f"_imap._tcp.{ZONE}.", "SRV"): [f"10 1 143 {target}"],
         (f"_pop3s._tcp.{ZONE}.", "SRV"): ["0 0 0 ."],
         (f"_pop3._tcp.{ZONE}.", "SRV"): ["0 0 0 ."],
+        # rfc5804:1.8 — the example inventory offers ManageSieve on 4190.
+        (f"_sieve._tcp.{ZONE}.", "SRV"): [f"0 1 4190 {target}"],
         (f"autoconfig.{ZONE}.", "CNAME"): [target],
         (f"autodiscover.{ZONE}.", "CNAME"): [target],
         (f"mta-sts.{ZONE}.", "CNAME"): [target],
