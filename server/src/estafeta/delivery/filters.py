@@ -186,7 +186,7 @@ class SieveFilter:
             message=item.message,
             envelope=sieve.Envelope(sender=item.sender, recipient=item.recipient, auth=item.auth),
             account=account,
-            addresses=self.addresses_of(account),
+            addresses=_Lazy(lambda: self.addresses_of(account)),
             now=datetime.now().astimezone(),  # the local zone: "currentdate" without :zone
             environment={
                 "domain": account.rsplit("@", 1)[-1],
@@ -219,15 +219,36 @@ class SieveFilter:
         verdict: list[Action] = []
         for action in result.actions:
             verdict.append(_translate(action, keep))
-        log_event(
-            log,
-            "sieve",
-            logging.DEBUG,
-            account=account,
-            actions=[a.to_json() for a in result.actions],
-            ms=round((time.monotonic() - started) * 1000, 2),
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log_event(
+                log,
+                "sieve",
+                logging.DEBUG,
+                account=account,
+                actions=[a.to_json() for a in result.actions],
+                ms=round((time.monotonic() - started) * 1000, 2),
+            )
         return verdict
+
+
+class _Lazy(Sequence[str]):
+    """The account's addresses, looked up only when a rule asks (vacation):
+    reading every alias for every delivery would cost more than the rules."""
+
+    def __init__(self, load: Callable[[], Sequence[str]]) -> None:
+        self._load = load
+        self._items: Sequence[str] | None = None
+
+    def _get(self) -> Sequence[str]:
+        if self._items is None:
+            self._items = list(self._load())
+        return self._items
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def _translate(action: sieve_actions.Action, keep: Keep) -> Action:

@@ -269,6 +269,7 @@ def glob_cost(value_len: int, glob: Glob) -> int:
 _QUANT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 
 
+@functools.lru_cache(maxsize=1024)
 def regex_weight(pattern: str) -> int:
     """How large a pattern may become when its counted repetitions are
     expanded: every atom weighs 1, a group the sum of its content, a
