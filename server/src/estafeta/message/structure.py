@@ -1202,6 +1202,13 @@ def header_fields(data: bytes) -> list[tuple[str, bytes]]:
     return [(name, data[vstart:vend]) for name, vstart, vend in fields]
 
 
+def header_spans(data: bytes) -> list[tuple[str, int, int]]:
+    """``header_fields`` as offsets: (lower-cased name, start, end of the raw
+    value) per field; a field starts where the one before it ended (at 0
+    for the first)."""
+    return _split_header(data, 0, len(data))[0]
+
+
 class AddressSyntaxError(ValueError):
     """A mailbox-list that is not one by rfc5322:3.4 (or that we would read
     differently from mail clients)."""

@@ -74,7 +74,8 @@ def _fields(
     return fields
 
 
-def _address_part(node: Node) -> str:
+def address_part_of(node: Node) -> str:
+    """The ADDRESS-PART tag of a test (rfc5228:2.7.4), \"all\" without one."""
     for part in ADDRESS_PARTS:
         if part in node.tags:
             return part
@@ -129,7 +130,7 @@ def _header(run: Run, frame: Frame, node: Node) -> bool:
 def _address(run: Run, frame: Frame, node: Node) -> bool:
     # rfc5228:5.1: only the fields that hold addresses.
     fields = _fields(run, frame, node, _strings(node.args[0]), ADDRESS_HEADERS)
-    part = _address_part(node)
+    part = address_part_of(node)
     addresses = [a for f in fields for a in f.addresses]
     run.charge(len(addresses) // 16)
     values = [v for a in addresses if (v := address_part(a, part)) is not None]
@@ -139,7 +140,7 @@ def _address(run: Run, frame: Frame, node: Node) -> bool:
 
 def _envelope(run: Run, frame: Frame, node: Node) -> bool:
     envelope = run.ctx.envelope
-    part = _address_part(node)
+    part = address_part_of(node)
     values: list[str] = []
     count = 0
     for name in run.expand_all(frame, _strings(node.args[0])):

@@ -34,12 +34,12 @@ from datetime import datetime
 
 from estafeta.sieve import actions
 from estafeta.sieve.actions import INBOX, Action
-from estafeta.sieve.conditions import evaluate
 from estafeta.sieve.extensions import addheader, canonical_mailbox, deleteheader, vacation
+from estafeta.sieve.fast import COMMAND, IF, plan_of
 from estafeta.sieve.limits import Limits
 from estafeta.sieve.message import sieve_address
 from estafeta.sieve.signatures import Compiled, Node
-from estafeta.sieve.state import Frame, Return, Run, ScriptError, Stop
+from estafeta.sieve.state import Frame, NeedsWorker, Return, Run, ScriptError, Stop
 from estafeta.sieve.variables import (
     MODIFIERS,
     Ref,
@@ -68,7 +68,9 @@ class Context:
     envelope: Envelope
     account: str  # the account being delivered to (normalized address)
     addresses: Sequence[str] = ()  # all addresses that reach the account
-    now: datetime | None = None  # "currentdate"; None -> now in UTC
+    # "currentdate"; None -> now in UTC; a callable is asked when a date
+    # test needs it (most runs never do).
+    now: datetime | Callable[[], datetime] | None = None
     environment: Mapping[str, str] = field(default_factory=dict)  # rfc5183 items
     # rfc7352: seen(key, seconds) -> True when key was recorded within seconds.
     seen: Callable[[str, float], bool] | None = None
@@ -88,10 +90,35 @@ class Result:
     duplicate_marks: list[tuple[str, float]] = field(default_factory=list)
 
 
-def run(scripts: Sequence[Compiled], ctx: Context, limits: Limits = Limits()) -> Result:  # noqa: B008
-    """Run ``scripts`` as one execution; never raises for script problems."""
+# What a script may do that reads files or databases through the context's
+# callbacks (duplicate, include, mailboxexists, the addresses of vacation)
+# or parses the body (rfc5173): not on the event loop.
+_NOT_INLINE = frozenset({"duplicate", "include", "mailbox", "vacation", "vacation-seconds", "body"})
+
+
+def inline_safe(scripts: Sequence[Compiled]) -> bool:
+    """Whether ``scripts`` may run with ``inline=True``: no capability they
+    require calls back into IO (see ``run``)."""
+    return not any(script.requires & _NOT_INLINE for script in scripts)
+
+
+def run(
+    scripts: Sequence[Compiled],
+    ctx: Context,
+    limits: Limits = Limits(),  # noqa: B008
+    *,
+    inline: bool = False,
+) -> Result:
+    """Run ``scripts`` as one execution; never raises for script problems.
+
+    ``inline``: the caller is an event loop, and ``scripts`` are
+    ``inline_safe``; the run stops at the inline budget (``Limits.inline_steps``,
+    ``inline_regex``) with ``NeedsWorker``, having decided nothing, for the
+    caller to run it again in a thread with the full limits."""
     try:
-        return _Executor(ctx, limits).run(scripts)
+        return _Executor(ctx, limits, inline).run(scripts)
+    except NeedsWorker:
+        raise
     except ScriptError as exc:
         where = f"{exc.pos.line}:{exc.pos.column}: " if exc.pos is not None else ""
         return _failed(f"{exc.script or 'script'}:{where}{exc.message}")
@@ -105,8 +132,8 @@ def _failed(message: str) -> Result:
 
 
 class _Executor:
-    def __init__(self, ctx: Context, limits: Limits) -> None:
-        self.run_state = Run(ctx, limits)
+    def __init__(self, ctx: Context, limits: Limits, inline: bool = False) -> None:
+        self.run_state = Run(ctx, limits, inline)
         self.ctx = ctx
         self.limits = limits
         self.deliveries: dict[tuple[str, str], Action] = {}
@@ -154,25 +181,24 @@ class _Executor:
 
     def block(self, frame: Frame, nodes: tuple[Node, ...]) -> None:
         state = self.run_state
-        i, n = 0, len(nodes)
-        while i < n:
-            node = nodes[i]
-            if node.name != "if":
-                self.command(frame, node)
-                i += 1
-                continue
-            taken = False
-            while True:  # the if, its elsif's and its else: one of them runs
-                current = nodes[i]
-                if not taken:
-                    state.charge(1, current.pos)
-                    if current.name == "else" or evaluate(state, frame, current.tests[0]):
-                        taken = True
-                        assert current.block is not None
-                        self.block(frame, current.block)
-                i += 1
-                if i >= n or nodes[i].name not in ("elsif", "else"):
-                    break
+        for kind, first, test, block in plan_of(frame.script, nodes):
+            if kind == IF:
+                state.steps += 1
+                if state.steps > state.max_steps:
+                    state.charge(0, first)
+                if test(state, frame):
+                    self.block(frame, block)
+            elif kind == COMMAND:
+                self.command(frame, first)
+            else:
+                # An if, its elsif's and its else: the first whose test holds runs.
+                for pos, branch_test, branch_block in first:
+                    state.steps += 1
+                    if state.steps > state.max_steps:
+                        state.charge(0, pos)
+                    if branch_test is None or branch_test(state, frame):
+                        self.block(frame, branch_block)
+                        break
 
     def command(self, frame: Frame, node: Node) -> None:
         self.run_state.charge(1, node.pos)

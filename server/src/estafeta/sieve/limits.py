@@ -24,6 +24,12 @@ class Limits:
     # package), and all of a run's :regex matches together.
     regex_timeout: float = 0.1
     regex_total: float = 1.0
+    # A run on the event loop (``run(..., inline=True)``) stops at these,
+    # well before the limits above, and is made again in a worker thread:
+    # about a millisecond of work at most, where a thread hop costs more
+    # than the 50-rule script it would carry.
+    inline_steps: int = 1000
+    inline_regex: float = 0.001
     # rfc5230:4.1 / rfc6131:2: :days/:seconds are moved into this range.
     vacation_min_period: float = 86400.0
     vacation_max_period: float = 90 * 86400.0

@@ -147,7 +147,10 @@ class Glob:
 
     def match(self, value: bytes, fold: bool) -> list[bytes] | None:
         """The captures (${0} first) if ``value`` matches, else None."""
-        text = value.upper() if fold else value
+        return self.match_folded(value, value.upper() if fold else value)
+
+    def match_folded(self, value: bytes, text: bytes) -> list[bytes] | None:
+        """``match`` with ``text`` the value already folded as the pattern was."""
         segs = self.segments
         first = segs[0]
         n = len(text)
@@ -362,16 +365,83 @@ def _compile_regex(pattern: str, fold: bool) -> Callable[..., object]:
     return search
 
 
-def regex_search(
-    pattern: str, value: str, comparator: str, timeout: float
+# Characters that stand for themselves in a pattern, and the punctuation a
+# backslash makes literal; anything else ends a literal run (see below).
+_PLAIN: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -_@/:,;'\"!%&=<>#~`"
+)
+_ESCAPED: Final = frozenset("[](){}.*+?^$|\\/-")
+_QUANTIFIERS: Final = frozenset("*+?{")
+
+
+@functools.lru_cache(maxsize=1024)
+def required_literal(pattern: str) -> str | None:
+    """A string every match of ``pattern`` contains, or None.
+
+    The leading run of literal characters (after an optional "^"), short of
+    one that a quantifier makes optional: "^\\[ticket-3\\] [0-9]+$" gives
+    "[ticket-3] ".  Conservative: None for a pattern with an alternation or
+    an inline flag or group extension anywhere ("|", "(?"), and a run is
+    only of ASCII characters that mean themselves in every syntax the regex
+    package has.  A search can skip the engine when the text lacks it.
+    """
+    if "|" in pattern or "(?" in pattern:
+        return None
+    i = 1 if pattern.startswith("^") else 0
+    run: list[str] = []
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern) and pattern[i + 1] in _ESCAPED:
+            char, width = pattern[i + 1], 2
+        elif c in _PLAIN:
+            char, width = c, 1
+        else:
+            break
+        if i + width < len(pattern) and pattern[i + width] in _QUANTIFIERS:
+            break  # this one may be absent (or repeated): the run ends before it
+        run.append(char)
+        i += width
+    return "".join(run) or None
+
+
+def literal_absent(literal: str | None, text: str, fold: bool) -> bool:
+    """Whether ``text`` certainly lacks ``required_literal``'s string (so the
+    pattern cannot match).  Case-insensitive patterns fold with Unicode rules
+    (U+212A KELVIN SIGN matches "k"): those are only decided on ASCII text."""
+    if literal is None:
+        return False
+    if not fold:
+        return literal not in text
+    if not text.isascii():
+        return False
+    return literal.lower() not in text.lower()
+
+
+def regex_light(pattern: str) -> bool:
+    """Whether a compiled ``pattern`` is small enough to keep (see regex_cost)."""
+    return len(pattern) <= MAX_REGEX and regex_weight(pattern) <= _CACHED_REGEX_WEIGHT
+
+
+def regex_groups(
+    search: Callable[..., object], value: str, timeout: float
 ) -> tuple[str, ...] | None:
-    """Groups (the whole match first) if ``pattern`` is found in ``value``."""
-    search = compile_regex(pattern, comparator == CASEMAP)
+    """Groups (the whole match first) if the compiled pattern's ``search``
+    finds it in ``value``; MatchTimeout after ``timeout`` seconds."""
     try:
-        m = search(value, timeout=timeout)
+        # (string, pos, endpos, concurrent, partial, timeout): positional,
+        # as keyword arguments cost the package twice the time of a short
+        # search (test_regex_timeout_is_a_runtime_error checks the timeout).
+        m = search(value, None, None, None, False, timeout)
     except TimeoutError:
         raise MatchTimeout("regular expression took too long") from None
     if m is None:
         return None
     groups: tuple[str | None, ...] = (m.group(0), *m.groups())  # type: ignore[attr-defined]
     return tuple(g or "" for g in groups)
+
+
+def regex_search(
+    pattern: str, value: str, comparator: str, timeout: float
+) -> tuple[str, ...] | None:
+    """Groups (the whole match first) if ``pattern`` is found in ``value``."""
+    return regex_groups(compile_regex(pattern, comparator == CASEMAP), value, timeout)

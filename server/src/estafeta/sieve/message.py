@@ -1,7 +1,7 @@
 """The message as Sieve tests see it: header fields (editable, rfc5293),
 their decoded values, the addresses in them, and the envelope.
 
-The header is split by ``estafeta.message.header_fields`` -- the very split
+The header is split by ``estafeta.message.header_fields`` (``header_spans``) -- the very split
 that gives IMAP's ENVELOPE its fields -- so a rule and a mail client never
 disagree on which fields a message has.  Values are unfolded
 (rfc5322:2.2.3), read as UTF-8 (Latin-1 when they are not UTF-8),
@@ -19,7 +19,7 @@ never edited.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from estafeta.message.structure import (
@@ -27,7 +27,7 @@ from estafeta.message.structure import (
     MISSING_MAILBOX,
     AddressSyntaxError,
     decode_rfc2047,
-    header_fields,
+    header_spans,
     parse_addresses,
     parse_mailbox_list,
 )
@@ -128,9 +128,29 @@ class Address:
         return f"{self.local}@{self.domain}" if self.domain else self.local
 
 
+# rfc5322:3.2.3 atext, and the two forms most fields hold: "dot-atom@dot-atom"
+# and "phrase of atoms <dot-atom@dot-atom>".  Such a value means what the full
+# parser says (test_sieve_message checks it), at a fraction of its cost.
+_ATOM: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM: Final = rf"{_ATOM}(?:\.{_ATOM})*"
+_SIMPLE_ADDRESS: Final = re.compile(
+    rf"(?:{_ATOM}(?:[ \t]+{_ATOM})*[ \t]*)?<({_DOT_ATOM})@({_DOT_ATOM})>"
+    rf"|({_DOT_ATOM})@({_DOT_ATOM})"
+)
+
+
 def parse_address_list(text: str) -> list[Address]:
     """The mailboxes of an address-list value, group markers left out
     (rfc5228:5.1: "never acts on group names")."""
+    simple = _SIMPLE_ADDRESS.fullmatch(text)
+    if simple is not None:
+        local, domain = simple.group(1, 2) if simple.group(1) else simple.group(3, 4)
+        return [Address(local, domain)]
+    return parse_address_list_fully(text)
+
+
+def parse_address_list_fully(text: str) -> list[Address]:
+    """``parse_address_list`` by the rfc5322 parser alone."""
     out: list[Address] = []
     for _, _, mailbox, host in parse_addresses(text):
         if mailbox is None or host is None:
@@ -194,71 +214,138 @@ def address_part(address: Address, part: str) -> str | None:
     return subaddress(address.local, part)
 
 
-@dataclass(slots=True)
+# A whole field, continuation lines included, of a header whose lines all
+# end in CRLF.
+_FIELD: Final = re.compile(rb"([!-9;-~]+)[ \t]*:([^\n]*\n(?:[ \t][^\n]*\n)*)")
+
+
+def split_header(data: bytes) -> list[tuple[str, int, int]]:
+    """``header_spans(data)``, one regular expression match per field when
+    the header is the usual kind (every line up to the first CRLF CRLF a
+    field or a continuation; an empty line ending in a bare LF before it is
+    neither); any other header goes to header_spans (test_sieve_fast
+    compares the two)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return header_spans(data)
+    end += 2
+    spans: list[tuple[str, int, int]] = []
+    match = _FIELD.match
+    pos = 0
+    while pos < end:
+        m = match(data, pos, end)
+        if m is None:
+            return header_spans(data)
+        spans.append((m.group(1).decode("ascii").lower(), m.start(2), m.end(2)))
+        pos = m.end()
+    return spans
+
+
 class Header:
     """The header fields of the message, in order; ``data[end:]`` follows
     them (the empty line and the body, or what ended a broken header).
-    The message is never copied, only the fields are held apart."""
+    The message is never copied, only the fields are held apart.
 
-    fields: list[Field]
-    data: bytes
-    end: int
-    edited: bool = False
-    _index: dict[str, list[Field]] | None = field(default=None)
+    A run reads a few fields by name: a ``Field`` is made when a test first
+    asks for its name (or for all of them, ``fields``), not for every field
+    of every message.  The first edit makes them all."""
+
+    __slots__ = (
+        "_by_name",
+        "_fields",
+        "_index",
+        "_made",
+        "_spans",
+        "data",
+        "edited",
+        "end",
+        "version",
+    )
+
+    def __init__(self, data: bytes, spans: list[tuple[str, int, int]]) -> None:
+        self.data = data
+        self._spans = spans  # (name, value start, value end), see header_spans
+        self.end = spans[-1][2] if spans else 0
+        self.edited = False
+        self.version = 0  # counts the edits (what was read from the fields is stale)
+        self._made: dict[int, Field] = {}
+        self._by_name: dict[str, list[int]] | None = None  # before any edit
+        self._fields: list[Field] | None = None
+        self._index: dict[str, list[Field]] | None = None  # after the first edit
 
     @classmethod
     def parse(cls, data: bytes) -> Header:
-        fields: list[Field] = []
-        pos = 0
-        for name, value in header_fields(data):
-            colon = data.find(b":", pos)
-            start = colon + 1
-            end = start + len(value)
-            if colon < 0 or data[start:end] != value:
-                break  # cannot happen: header_fields splits this very data
-            fields.append(Field(name, data[pos:end], value))
-            pos = end
-        return cls(fields, data, pos)
+        return cls(data, split_header(data))
+
+    def _field(self, i: int) -> Field:
+        made = self._made.get(i)
+        if made is None:
+            name, vstart, vend = self._spans[i]
+            start = self._spans[i - 1][2] if i else 0
+            made = self._made[i] = Field(name, self.data[start:vend], self.data[vstart:vend])
+        return made
+
+    @property
+    def fields(self) -> list[Field]:
+        if self._fields is None:
+            self._fields = [self._field(i) for i in range(len(self._spans))]
+        return self._fields
 
     def named(self, name: str) -> list[Field]:
+        if self._fields is None or self._index is None:
+            if self._by_name is None:
+                by_name: dict[str, list[int]] = {}
+                for i, (field_name, _, _) in enumerate(self._spans):
+                    by_name.setdefault(field_name, []).append(i)
+                self._by_name = by_name
+            found = self._by_name.get(name.lower())
+            return [self._field(i) for i in found] if found else []
+        return self._index.get(name.lower(), [])
+
+    def _edit(self) -> list[Field]:
+        """The fields and their index, made to be changed."""
+        fields = self.fields
         if self._index is None:
             index: dict[str, list[Field]] = {}
-            for f in self.fields:
+            for f in fields:
                 index.setdefault(f.name, []).append(f)
             self._index = index
-        return self._index.get(name.lower(), [])
+        return fields
 
     def add(self, name: str, folded_value: bytes, last: bool) -> None:
         """rfc5293:4: at the beginning (or end with ``:last``) of the header."""
         raw = name.encode("ascii") + b":" + folded_value + b"\r\n"
         new = Field(name.lower(), raw, folded_value)
-        same = self._index.setdefault(new.name, []) if self._index is not None else None
+        fields = self._edit()
+        assert self._index is not None
+        same = self._index.setdefault(new.name, [])
         if last:
-            self.fields.append(new)
-            if same is not None:
-                same.append(new)
+            fields.append(new)
+            same.append(new)
         else:
-            self.fields.insert(0, new)
-            if same is not None:
-                same.insert(0, new)
+            fields.insert(0, new)
+            same.insert(0, new)
         self.edited = True
+        self.version += 1
 
     def delete(self, doomed: list[Field]) -> None:
         """Remove these fields (all of one name, as deleteheader finds them)."""
         if not doomed:
             return
+        fields = self._edit()
+        assert self._index is not None
         if len(doomed) <= 16:
             for f in doomed:
-                self.fields.remove(f)  # identity: Field has no __eq__
+                fields.remove(f)  # identity: Field has no __eq__
         else:
             ids = {id(f) for f in doomed}
-            self.fields = [f for f in self.fields if id(f) not in ids]
-        if self._index is not None:
-            ids = {id(f) for f in doomed}
-            for name in {f.name for f in doomed}:
-                kept = [f for f in self._index.get(name, ()) if id(f) not in ids]
-                self._index[name] = kept
+            self._fields = [f for f in fields if id(f) not in ids]
+        ids = {id(f) for f in doomed}
+        for name in {f.name for f in doomed}:
+            kept = [f for f in self._index.get(name, ()) if id(f) not in ids]
+            self._index[name] = kept
         self.edited = True
+        self.version += 1
 
     def to_bytes(self) -> bytes:
         return b"".join(f.raw for f in self.fields) + self.data[self.end :]

@@ -79,6 +79,9 @@ class Compiled:
     name: str
     commands: tuple[Node, ...]
     requires: frozenset[str]
+    # Blocks prepared for the interpreter on first use (``fast.plan_of``),
+    # by the id of the block's tuple of nodes.
+    plans: dict[int, object] = field(default_factory=dict, repr=False)
 
     def has(self, capability: str) -> bool:
         return capability in self.requires

@@ -12,29 +12,33 @@ rfc6609:3.4: variables are private to the script unless declared global).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from datetime import UTC, datetime, timezone
+from typing import TYPE_CHECKING, Any, Final
 
 from estafeta.sieve import ast
 from estafeta.sieve.body import content_parts
 from estafeta.sieve.dates import local_zone
 from estafeta.sieve.limits import Limits
 from estafeta.sieve.match import (
+    CASEMAP,
     OPS_PER_STEP,
     MatchTimeout,
     RegexError,
     compile_glob,
+    compile_regex,
     contains,
     decode,
     encode,
     equal,
     glob_cost,
+    literal_absent,
     order,
     regex_cost,
-    regex_search,
+    regex_groups,
     relation_holds,
+    required_literal,
 )
 from estafeta.sieve.message import Header, body_of
 from estafeta.sieve.signatures import Compiled, Node
@@ -58,6 +62,11 @@ class ScriptError(Exception):
         self.script = ""  # set by the frame that was running
 
 
+class NeedsWorker(Exception):
+    """An inline run went past its budget (``Limits.inline_steps``,
+    ``inline_regex``): nothing is decided, the caller runs it in a thread."""
+
+
 class Stop(Exception):
     """rfc5228:3.3 stop: the whole run ends."""
 
@@ -73,23 +82,23 @@ class Frame:
     declared: set[str] = field(default_factory=set)  # names made global (rfc6609:3.4.1)
     matches: list[str] = field(default_factory=list)
 
-    @property
-    def variables(self) -> bool:
-        return self.script.has("variables")
+    def __post_init__(self) -> None:
+        # Whether tests set match variables (rfc5229:3.2): asked per match.
+        self.variables = self.script.has("variables")
 
 
 class Run:
-    def __init__(self, ctx: Context, limits: Limits) -> None:
+    def __init__(self, ctx: Context, limits: Limits, inline: bool = False) -> None:
         self.ctx = ctx
         self.limits = limits
+        self.inline = inline
         self.steps = 0
+        self.max_steps = min(limits.max_steps, limits.inline_steps) if inline else limits.max_steps
+        self.regex_budget = limits.inline_regex if inline else limits.regex_total
         self.original = ctx.message
         self.header = Header.parse(ctx.message)
         self.body_start = self.header.end  # edits never move the body: read it here
-        self.now = ctx.now if ctx.now is not None else datetime.now(UTC)
-        if self.now.tzinfo is None:
-            self.now = self.now.replace(tzinfo=UTC)
-        self.zone = local_zone(self.now)
+        self._now: datetime | None = None  # read when a date test asks
         self.globals: dict[str, str] = {}
         self.flags = ""  # rfc5232:3 the internal variable
         self._body: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
@@ -97,10 +106,33 @@ class Run:
         self.marks: dict[str, float] = {}  # rfc7352 records to make afterwards
         self.added_header = 0  # rfc5293 octets added
         self.regex_time = 0.0  # seconds spent in :regex matches
+        # Values the compiled tests prepared (fast.py), by what they were
+        # read from: (header version, values, ...).
+        self.memo: dict[str, tuple[Any, ...]] = {}
+
+    @property
+    def now(self) -> datetime:
+        """The time of the run ("currentdate", rfc5260:5): the context's."""
+        if self._now is None:
+            given = self.ctx.now
+            now = given() if callable(given) else given
+            if now is None:
+                now = datetime.now(UTC)
+            elif now.tzinfo is None:
+                now = now.replace(tzinfo=UTC)
+            self._now = now
+        return self._now
+
+    @property
+    def zone(self) -> timezone:
+        """The local zone, for dates without :zone (rfc5260:4.1)."""
+        return local_zone(self.now)
 
     def charge(self, steps: int, pos: ast.Position | None = None) -> None:
         self.steps += steps
-        if self.steps > self.limits.max_steps:
+        if self.steps > self.max_steps:
+            if self.inline and self.steps <= self.limits.max_steps:
+                raise NeedsWorker
             raise ScriptError(pos, f"the script took more than {self.limits.max_steps} steps")
 
     # ------------------------------------------------------------------
@@ -207,17 +239,32 @@ class Run:
     def regex(
         self, pattern: str, text: str, comparator: str, pos: ast.Position
     ) -> tuple[str, ...] | None:
-        self.charge(regex_cost(pattern), pos)
-        left = self.limits.regex_total - self.regex_time
-        timeout = min(self.limits.regex_timeout, left)
+        self.charge(regex_cost(pattern), pos)  # before compiling: heavy ones cost
+        fold = comparator == CASEMAP
+        try:
+            search = compile_regex(pattern, fold)
+        except RegexError as exc:
+            raise ScriptError(pos, str(exc)) from None
+        if literal_absent(required_literal(pattern), text, fold):
+            return None  # a string every match has is not there
+        return self.search(search, text, pos)
+
+    def search(
+        self, search: Callable[..., object], text: str, pos: ast.Position
+    ) -> tuple[str, ...] | None:
+        """A compiled :regex pattern's groups (the whole match first) in
+        ``text``, within the per-match and per-run time limits."""
+        timeout = min(self.limits.regex_timeout, self.regex_budget - self.regex_time)
         if timeout <= 0:
+            if self.inline:
+                raise NeedsWorker
             raise ScriptError(pos, "regular expressions took too long")
         started = time.monotonic()
         try:
-            return regex_search(pattern, text, comparator, timeout)
-        except RegexError as exc:
-            raise ScriptError(pos, str(exc)) from None
+            return regex_groups(search, text, timeout)
         except MatchTimeout as exc:
+            if self.inline:
+                raise NeedsWorker from None
             raise ScriptError(pos, str(exc)) from None
         finally:
             self.regex_time += time.monotonic() - started
