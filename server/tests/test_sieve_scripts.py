@@ -350,6 +350,69 @@ def test_compiled_is_cached_per_file_version(
     assert store.compiled(ALICE) is None
 
 
+class Loads:
+    """Counts the times ``compiled`` reads the files again."""
+
+    def __init__(self, store: ScriptStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = store._load
+
+        def load(*args: object) -> object:
+            self.count += 1
+            return real(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "_load", load)
+
+
+def test_compiled_reads_nothing_while_the_files_are_unchanged(
+    store: ScriptStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scripts_module, "SETTLED_NS", -(10**18))  # every file settled
+    store.put(ALICE, "a", "keep;")
+    store.activate(ALICE, "a")
+    loads = Loads(store, monkeypatch)
+    first = store.compiled(ALICE)
+    assert store.compiled(ALICE) is first and store.compiled(ALICE) is first
+    assert store.compiled(BOB) is None and store.compiled(BOB) is None
+    assert loads.count == 2  # the first look at each account
+
+
+def test_files_changed_behind_the_store_are_seen(
+    store: ScriptStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scripts_module, "SETTLED_NS", -(10**18))
+    store.put(ALICE, "one", "keep;")
+    store.put(ALICE, "three", "discard;")
+    store.activate(ALICE, "one")
+    assert store.compiled(ALICE).text == "keep;"  # type: ignore[union-attr]
+    directory = account_dir(store)
+    # An editor writing the script in place (no rename: same inode).
+    with open(directory / "one.sieve", "r+b") as stream:
+        stream.write(b"stop; ")
+    assert store.compiled(ALICE).text == "stop; "  # type: ignore[union-attr]
+    # "active" rewritten in place by hand.
+    with open(directory / "active", "r+b") as stream:
+        stream.write(b"three")
+    assert store.compiled(ALICE).text == "discard;"  # type: ignore[union-attr]
+    (directory / "active").unlink()
+    assert store.compiled(ALICE) is None
+
+
+def test_a_file_changed_within_the_clock_tick_is_read_again(
+    store: ScriptStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two writes of the same size within one tick of the file system's clock
+    # leave the same stat (here: a clock that never ticks): a file that
+    # changed lately is never trusted.
+    monkeypatch.setattr(scripts_module, "_stat_key", lambda info: (info.st_ino, info.st_size))
+    store.put(ALICE, "a", "keep;")
+    store.activate(ALICE, "a")
+    assert store.compiled(ALICE).text == "keep;"  # type: ignore[union-attr]
+    with open(account_dir(store) / "a.sieve", "r+b") as stream:
+        stream.write(b"stop;")
+    assert store.compiled(ALICE).text == "stop;"  # type: ignore[union-attr]
+
+
 def test_compile_defaults_to_the_interpreter(tmp_path: Path) -> None:
     # Without a compile callable, the store validates with estafeta.sieve.
     store = ScriptStore(tmp_path, max_script_size=1000, max_scripts=5)

@@ -57,6 +57,7 @@ import os
 import re
 import secrets
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,8 +113,31 @@ class ScriptError(Exception):
 
 
 class _Cached(NamedTuple):
-    key: tuple[str, int, int, int]  # name, mtime_ns, size, inode
+    """An account's active script as last read.  ``stamp``: what stat(2)
+    said of ``active`` and of the script file then (None: look again)."""
+
+    stamp: tuple[object, ...] | None
+    directory: Path
+    active: str  # the paths stat(2)ed, as str: a Path costs more than the call
+    script: str | None
+    data: bytes | None
     compiled: Compiled | None
+
+
+# A file changed less than this long ago may change again within the same
+# tick of the file system's clock without its stat changing ("racy" as git
+# calls it): such a stamp is not trusted, the file is read again.
+SETTLED_NS = 2_000_000_000
+_NO_SCRIPT: tuple[object, ...] = ("no active script",)
+
+
+def _stat_key(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _settled(*infos: os.stat_result) -> bool:
+    now = time.time_ns()
+    return all(now - max(i.st_mtime_ns, i.st_ctime_ns) > SETTLED_NS for i in infos)
 
 
 def check_name(name: str) -> str:
@@ -499,27 +523,69 @@ class ScriptStore:
     def compiled(self, account: str) -> Compiled | None:
         """The active script compiled, or None (no active script, or one that
         does not compile any more: logged once per version of the file).
-        Cached per account by (name, mtime_ns, size, inode)."""
-        directory = self.account_dir(account)
+
+        Kept per account with the stat(2) of ``active`` and of the script
+        file: when both are unchanged (two stat calls per delivery) the
+        files are not read again; any change through this class, the CLI in
+        another process or an editor replaces or touches one of them."""
+        with self._cache_lock:
+            cached = self._cache.get(account)
+        if (
+            cached is not None
+            and cached.stamp is not None
+            and self._stamp(cached.active, cached.script) == cached.stamp
+        ):
+            with self._cache_lock:
+                if account in self._cache:
+                    self._cache.move_to_end(account)
+            return cached.compiled
+        directory = cached.directory if cached is not None else self.account_dir(account)
+        return self._load(account, directory, cached)
+
+    @staticmethod
+    def _stamp(active: str, script: str | None) -> tuple[object, ...] | None:
+        try:
+            info = os.stat(active)
+        except FileNotFoundError:
+            return _NO_SCRIPT
+        except OSError:
+            return None
+        if script is None:
+            return None
+        try:
+            return (_stat_key(info), _stat_key(os.stat(script)))
+        except OSError:
+            return None
+
+    def _load(self, account: str, directory: Path, cached: _Cached | None) -> Compiled | None:
         for _attempt in range(3):
+            try:
+                active_info = os.stat(directory / ACTIVE)
+            except FileNotFoundError:
+                entry = _Cached(_NO_SCRIPT, directory, str(directory / ACTIVE), None, None, None)
+                self._keep(account, entry)
+                return None
+            except OSError:
+                return None
             name = self._active_name(directory)
             if name is None:
                 return None
+            path = self._script_path(directory, name)
             try:
-                with open(self._script_path(directory, name), "rb") as stream:
+                with open(path, "rb") as stream:
                     info = os.fstat(stream.fileno())
-                    key = (name, info.st_mtime_ns, info.st_size, info.st_ino)
-                    with self._cache_lock:
-                        cached = self._cache.get(account)
-                        if cached is not None and cached.key == key:
-                            self._cache.move_to_end(account)
-                            return cached.compiled
                     data = stream.read()
                 break
             except FileNotFoundError:
                 continue  # renamed meanwhile (``active`` names the new one now)
         else:
             return None
+        stamp: tuple[object, ...] | None = None
+        if _settled(active_info, info):
+            stamp = (_stat_key(active_info), _stat_key(info))
+        if cached is not None and cached.data == data:
+            self._keep(account, cached._replace(stamp=stamp, script=str(path)))
+            return cached.compiled
         result: Compiled | None
         try:
             result = self._compile(data.decode("utf-8", "replace"))
@@ -533,9 +599,14 @@ class ScriptStore:
                 error=str(exc),
             )
             result = None
+        self._keep(
+            account, _Cached(stamp, directory, str(directory / ACTIVE), str(path), data, result)
+        )
+        return result
+
+    def _keep(self, account: str, entry: _Cached) -> None:
         with self._cache_lock:
-            self._cache[account] = _Cached(key, result)
+            self._cache[account] = entry
             self._cache.move_to_end(account)
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return result
