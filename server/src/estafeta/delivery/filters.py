@@ -135,8 +135,20 @@ ScriptsFor = Callable[[str], Sequence[sieve.Compiled]]
 Includes = Callable[[str, str, str], "sieve.Compiled | None"]  # (account, location, name)
 
 
+# Messages up to this size may have their rules run on the event loop
+# (reading their header is part of the run).
+INLINE_MESSAGE = 256 * 1024
+
+
 class SieveFilter:
-    """The user's rules (rfc5228), run in a worker thread under ``limits``."""
+    """The user's rules (rfc5228), under ``limits``.
+
+    Most scripts are a few dozen rules on header fields and the envelope:
+    tens of microseconds, less than handing the run to a worker thread and
+    back costs.  Those run on the event loop, within the small inline budget
+    of ``sieve.run(inline=True)`` (about a millisecond); a script that needs
+    IO (``sieve.inline_safe``), a large message, or a run that goes past the
+    budget runs (again, from the start) in a worker thread."""
 
     name = "sieve"
 
@@ -165,10 +177,19 @@ class SieveFilter:
         scripts = self.scripts_for(item.account)
         if not scripts:
             return actions
+        if len(item.message) <= INLINE_MESSAGE and sieve.inline_safe(scripts):
+            try:
+                return self._run(scripts, item, actions, inline=True)
+            except sieve.NeedsWorker:
+                pass  # nothing was decided: the full run follows
         return await asyncio.to_thread(self._run, scripts, item, actions)
 
     def _run(
-        self, scripts: Sequence[sieve.Compiled], item: Item, actions: Sequence[Action]
+        self,
+        scripts: Sequence[sieve.Compiled],
+        item: Item,
+        actions: Sequence[Action],
+        inline: bool = False,
     ) -> Sequence[Action]:
         account = item.account
 
@@ -187,7 +208,7 @@ class SieveFilter:
             envelope=sieve.Envelope(sender=item.sender, recipient=item.recipient, auth=item.auth),
             account=account,
             addresses=_Lazy(lambda: self.addresses_of(account)),
-            now=datetime.now().astimezone(),  # the local zone: "currentdate" without :zone
+            now=_local_now,  # the local zone: "currentdate" without :zone
             environment={
                 "domain": account.rsplit("@", 1)[-1],
                 "host": self.hostname,
@@ -201,7 +222,7 @@ class SieveFilter:
             mailbox_exists=None if exists is None else (lambda name: exists(account, name)),
         )
         started = time.monotonic()
-        result = sieve.run(scripts, context, self.limits)
+        result = sieve.run(scripts, context, self.limits, inline=inline)
         if result.errors:
             item.errors.extend(result.errors)
             log_event(
@@ -216,6 +237,8 @@ class SieveFilter:
             item.message = result.message
         item.marks.extend(result.duplicate_marks)
         keep = default_keep(actions)
+        if len(result.actions) == 1 and result.actions[0] == _IMPLICIT_KEEP and not keep.create:
+            return [keep]  # the common end: the keep the chain had (what _translate makes)
         verdict: list[Action] = []
         for action in result.actions:
             verdict.append(_translate(action, keep))
@@ -227,8 +250,16 @@ class SieveFilter:
                 account=account,
                 actions=[a.to_json() for a in result.actions],
                 ms=round((time.monotonic() - started) * 1000, 2),
+                inline=inline,
             )
         return verdict
+
+
+_IMPLICIT_KEEP = sieve_actions.Keep()
+
+
+def _local_now() -> datetime:
+    return datetime.now().astimezone()
 
 
 class _Lazy(Sequence[str]):
