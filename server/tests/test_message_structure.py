@@ -799,3 +799,12 @@ def test_json_round_trip() -> None:
 def test_from_json_rejects_malformed(text: str) -> None:
     with pytest.raises(ValueError):
         Summary.from_json(text)
+
+
+def test_punycode_and_idna_are_no_mail_charsets() -> None:
+    # Their decoders are quadratic: a long encoded-word in either stays as
+    # written, whatever its length (here short; the point is the refusal).
+    for charset in ("punycode", "PUNYCODE", "idna"):
+        word = f"=?{charset}?Q?abc-999?="
+        assert decode_rfc2047(word) == word
+    assert decode_rfc2047("=?utf-8?Q?caf=C3=A9?=") == "café"
