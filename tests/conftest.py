@@ -277,6 +277,7 @@ def estafeta_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Estaf
         f'[tls]\ncert = "{root / "cert.pem"}"\nkey = "{root / "key.pem"}"\n'
         "[auth]\nargon2_time_cost = 1\nargon2_memory_cost = 1024\nargon2_parallelism = 1\n"
         "[inbound]\nauthenticate = false\n"
+        "[greylist]\nenabled = false\n[screen]\ngreeting_pause = 0\n"
         '[log]\nlevel = "info"\n'
     )
     for user in ("alice", "bob"):

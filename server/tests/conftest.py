@@ -153,6 +153,10 @@ class Instance:
             # No DNS on the test machine: SPF/DKIM/DMARC are tested with a
             # real DNS server in test_deliverability.py and with mocks.
             + ("" if "[inbound]" in self.extra_config else "[inbound]\nauthenticate = false\n")
+            # Greylisting and the pregreet pause are tested where a test
+            # asks for them (test_spam_*, test_smtp_screen).
+            + ("" if "[greylist]" in self.extra_config else "[greylist]\nenabled = false\n")
+            + ("" if "[screen]" in self.extra_config else "[screen]\ngreeting_pause = 0\n")
             + self.extra_config
         )
 

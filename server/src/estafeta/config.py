@@ -39,6 +39,18 @@ from typing import Any, TypeVar
 import argon2
 
 from estafeta.address import AddressError, normalize_domain
+from estafeta.config_spam import (
+    DnsblConfig,
+    GreylistConfig,
+    RspamdConfig,
+    ScreenConfig,
+    SpamConfig,
+    dnsbl_config,
+    greylist_config,
+    rspamd_config,
+    screen_config,
+    spam_config,
+)
 
 LISTENERS = (
     "smtp",
@@ -294,6 +306,20 @@ class Config:
     inbound: InboundConfig = field(default_factory=InboundConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)
+    rspamd: RspamdConfig = field(default_factory=RspamdConfig)
+
+    @property
+    def spam_dir(self) -> Path:
+        """Per-account statistics of the learning junk filter."""
+        return self.data_dir / "spam"
+
+    @property
+    def greylist_db(self) -> Path:
+        return self.data_dir / "greylist.db"
 
     @property
     def sieve_dir(self) -> Path:
@@ -708,6 +734,12 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         raise delivery_reader.error("over_quota", f"must be one of {', '.join(OVER_QUOTA)}")
     delivery_reader.check_unknown()
 
+    screen = screen_config(top.table_of("screen"))
+    dnsbl = dnsbl_config(top.table_of("dnsbl"))
+    greylist = greylist_config(top.table_of("greylist"))
+    spam = spam_config(top.table_of("spam"))
+    rspamd = rspamd_config(top.table_of("rspamd"), path.parent)
+
     top.check_unknown()
     return Config(
         path=path,
@@ -725,6 +757,11 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         inbound=inbound,
         sieve=sieve,
         delivery=delivery,
+        screen=screen,
+        dnsbl=dnsbl,
+        greylist=greylist,
+        spam=spam,
+        rspamd=rspamd,
     )
 
 

@@ -31,6 +31,7 @@ from estafeta.auth.guard import (
     LoginResult,
 )
 from estafeta.config import Config, Endpoint, server_context
+from estafeta.defences import Defences
 from estafeta.delivery.filters import DmarcQuarantine, SieveFilter
 from estafeta.delivery.forward import Forwarder
 from estafeta.delivery.local import LocalDelivery
@@ -147,6 +148,8 @@ class Server:
         self.rules = Rules(config.sieve, self.scripts, self.sieve_limits)
         # Vacation and duplicate records (no domain directory starts with ".").
         self.memory = Memory(config.sieve_dir / ".memory.db")
+        # Blocklists, greylisting, the learning filter, rspamd (issue 16).
+        self.defences = Defences.build(config, self.resolver)
         self.delivery = LocalDelivery(
             hostname=config.hostname,
             store=self.store,
@@ -158,6 +161,7 @@ class Server:
             memory=self.memory,
             filters=[
                 DmarcQuarantine(),
+                self.defences.spam_filter,
                 SieveFilter(
                     scripts_for=self.rules.scripts_for,
                     limits=self.sieve_limits,
@@ -212,6 +216,8 @@ class Server:
             max_recipients=self.config.limits.max_recipients,
             resolver=self.resolver if self.config.inbound.authenticate else None,
             dmarc_reject=self.config.inbound.dmarc_reject,
+            gate=self.defences.gate,
+            scanner=self.defences.scanner,
         )
         submission = SubmissionHandler(
             hostname=self.config.hostname,
@@ -652,6 +658,7 @@ class Server:
         await self.authenticator.close()
         self.accounts.close()
         self.memory.close()
+        self.defences.close()
         log_event(log, "stopped")
 
 

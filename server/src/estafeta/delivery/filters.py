@@ -6,9 +6,11 @@ from ``[Keep()]`` (the INBOX) and runs the filters in order:
 
 1. ``DmarcQuarantine``: a message whose DMARC policy says ``quarantine``
    (rfc7489:6.3) is kept in Junk instead of the INBOX;
-2. ``SieveFilter``: the operator's global scripts and the user's active
-   script (rfc5228), whose implicit keep goes where step 1 said;
-3. (issue 16) the spam filter plugs in the same way.
+2. ``SpamFilter`` (delivery/spam.py): the learning filter, rspamd's and the
+   URL lists' verdicts: spam is kept in Junk, with one X-Spam-* header set;
+3. ``SieveFilter``: the operator's global scripts and the user's active
+   script (rfc5228), whose implicit keep goes where the steps before said,
+   and whose ``spamtest`` (rfc5235) sees step 2's score.
 
 The verdicts are a closed set, whatever filter made them: ``Keep`` (into a
 mailbox, with flags), ``Redirect``, ``Reject``, ``Discard`` and ``Reply`` (a
@@ -92,6 +94,10 @@ class Item:
     analysis: Analysis | None = None
     auth: str = ""  # the authenticated submitter, if any
     client_ip: str = ""
+    # The MX's per-message spam checks (delivery.spam.Scan), None for other
+    # origins; the spam filter's score for Sieve's spamtest (rfc5235), 0..1.
+    scan: object | None = None
+    spam_score: float | None = None
     # Filled by filters for LocalDelivery: duplicate records to write after
     # a successful delivery (rfc7352), and errors to log for the user.
     marks: list[tuple[str, float]] = field(default_factory=list)
@@ -220,6 +226,7 @@ class SieveFilter:
             seen=seen,
             load_include=load_include,
             mailbox_exists=None if exists is None else (lambda name: exists(account, name)),
+            spam_score=item.spam_score,
         )
         started = time.monotonic()
         result = sieve.run(scripts, context, self.limits, inline=inline)

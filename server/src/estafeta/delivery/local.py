@@ -195,7 +195,11 @@ class LocalDelivery:
     # -- delivery -------------------------------------------------------------
 
     async def deliver(
-        self, envelope: Envelope, message: bytes, analysis: Analysis | None = None
+        self,
+        envelope: Envelope,
+        message: bytes,
+        analysis: Analysis | None = None,
+        scan: object | None = None,
     ) -> Outcome:
         """Carry out everything an accepted message needs (see the module
         docstring). ``message`` carries our trace headers, no Return-Path."""
@@ -222,6 +226,7 @@ class LocalDelivery:
                                 analysis=analysis,
                                 auth=envelope.auth,
                                 client_ip=envelope.client_ip,
+                                scan=scan,
                             )
                         )
                         for account, rcpt in first_rcpt.items()

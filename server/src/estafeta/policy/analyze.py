@@ -59,10 +59,16 @@ async def analyze(
     mail_from: str,
     message: bytes,
     dmarc_reject: bool = True,
+    spf_verdict: SPFVerdict | None = None,
 ) -> Analysis:
-    """``message`` must already be free of A-R fields claiming our authserv-id."""
-    spf_task = spf.verify(resolver, ip, mail_from, helo, receiver=hostname)
-    spf_verdict, dkim_results, arc_result = await asyncio.gather(
+    """``message`` must already be free of A-R fields claiming our authserv-id.
+    ``spf_verdict``: the MAIL FROM's SPF, when it was checked at RCPT already."""
+    spf_task = (
+        _ready(spf_verdict)
+        if spf_verdict is not None
+        else spf.verify(resolver, ip, mail_from, helo, receiver=hostname)
+    )
+    spf_checked, dkim_results, arc_result = await asyncio.gather(
         spf_task, dkim.verify(resolver, message), dkim.arc_verify(resolver, message)
     )
     from_domain = dmarc.from_domain(header_block(message))
@@ -71,8 +77,8 @@ async def analyze(
         dmarc_result = await dmarc.verify(
             resolver,
             from_domain,
-            spf_result=str(spf_verdict.result),
-            spf_domain=spf_verdict.domain,
+            spf_result=str(spf_checked.result),
+            spf_domain=spf_checked.domain,
             dkim=dkim_results,
         )
     reject: str | None = None
@@ -92,17 +98,21 @@ async def analyze(
             junk = True
     header = authresults.header(
         hostname,
-        spf=spf_verdict,
+        spf=spf_checked,
         dkim=dkim_results,
         dmarc=dmarc_result,
         arc=arc_result,
     )
     return Analysis(
         header=header,
-        spf=spf_verdict,
+        spf=spf_checked,
         dkim=tuple(dkim_results),
         arc=arc_result,
         dmarc=dmarc_result,
         reject=reject,
         junk=junk,
     )
+
+
+async def _ready(verdict: SPFVerdict) -> SPFVerdict:
+    return verdict

@@ -20,11 +20,13 @@ from aiosmtpd.smtp import TLSSetupException
 
 from estafeta.address import AddressError, normalize_address
 from estafeta.delivery.local import Envelope, LocalDelivery, Outcome, Recipient, RecipientCheck
+from estafeta.delivery.spam import Scanner, rewrite_subject, strip_spam_fields
 from estafeta.dns import Resolver
 from estafeta.log import log_event
-from estafeta.policy import authresults
+from estafeta.policy import authresults, spf
 from estafeta.policy.analyze import Analysis, analyze
 from estafeta.smtp import replies
+from estafeta.smtp.gate import Gate
 
 log = logging.getLogger("estafeta.smtp")
 
@@ -48,6 +50,10 @@ class Transaction:
     queue_id: str = field(default_factory=new_queue_id)
     # Each accepted RCPT: the address as given and where it leads.
     recipients: list[Recipient] = field(default_factory=list)
+    # SPF of the MAIL FROM identity, when RCPT needed it (greylisting).
+    spf: spf.SPFVerdict | None = None
+    # Why greylisting does not apply to this transaction ("" : not decided).
+    greylist_skip: str = ""
 
 
 class HandlerBase:
@@ -118,6 +124,8 @@ class InboundHandler(HandlerBase):
         max_recipients: int,
         resolver: Resolver | None = None,
         dmarc_reject: bool = True,
+        gate: Gate | None = None,
+        scanner: Scanner | None = None,
     ) -> None:
         self.hostname = hostname
         self.delivery = delivery
@@ -125,6 +133,9 @@ class InboundHandler(HandlerBase):
         # None: no SPF/DKIM/DMARC/ARC checks ([inbound] authenticate = false).
         self.resolver = resolver
         self.dmarc_reject = dmarc_reject
+        # Greylisting at RCPT (None: off) and the spam checks after DATA.
+        self.gate = gate
+        self.scanner = scanner if scanner is not None and scanner.active else None
 
     # -- hooks called by aiosmtpd -----------------------------------------
 
@@ -156,8 +167,34 @@ class InboundHandler(HandlerBase):
         if check.refusal:
             self._rejected(session, envelope, address, check.reason)
             return f"{replies.NO_SUCH_USER}: <{address}>"
+        if self.gate is not None:
+            refusal = await self._greylist(session, envelope, normalized)
+            if refusal:
+                return refusal
         recipient = Recipient(address, check.targets, check.srs)
         return self._accept_rcpt(envelope, address, recipient, rcpt_options)
+
+    async def _greylist(self, session: Any, envelope: Any, rcpt: str) -> str:
+        """rfc6647:2.2 — greylisting at RCPT: "" to go on, or the 451 reply."""
+        assert self.gate is not None
+        transaction: Transaction = envelope.estafeta
+        sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+        if not transaction.greylist_skip:
+            transaction.greylist_skip = await self.gate.skip(
+                ip=_peer(session),
+                sender=sender,
+                helo=session.host_name or "",
+                screen=getattr(session, "screen", None),
+                resolver=self.resolver,
+                hostname=self.hostname,
+                transaction=transaction,
+            )
+        if transaction.greylist_skip != "no":
+            return ""
+        reply = await self.gate.check(_peer(session), sender, rcpt)
+        if reply:
+            self._rejected(session, envelope, rcpt, "greylisted")
+        return reply
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         transaction: Transaction = envelope.estafeta
@@ -197,6 +234,7 @@ class InboundHandler(HandlerBase):
                 mail_from="" if envelope.mail_from == "<>" else envelope.mail_from,
                 message=content,
                 dmarc_reject=self.dmarc_reject,
+                spf_verdict=transaction.spf,
             )
             fields.update(analysis.summary())
             if analysis.reject:
@@ -204,6 +242,26 @@ class InboundHandler(HandlerBase):
                     log, "delivery", logging.INFO, **fields, result="rejected", reason="dmarc"
                 )
                 return analysis.reject
+        scan = None
+        if self.scanner is not None:
+            # Only our X-Spam-* fields are believed (the filter adds them).
+            content = strip_spam_fields(content)
+            scan = await self.scanner.scan(
+                content,
+                ip=_peer(session),
+                helo=session.host_name or "",
+                sender="" if envelope.mail_from == "<>" else envelope.mail_from,
+                recipients=[rcpt.address for rcpt in transaction.recipients],
+                queue_id=transaction.queue_id,
+            )
+            fields.update(scan.fields)
+            if scan.reply:
+                log_event(
+                    log, "delivery", logging.INFO, **fields, result="rejected", reason=scan.reason
+                )
+                return scan.reply
+            if scan.rspamd is not None and scan.rspamd.action == "rewrite subject":
+                content = rewrite_subject(content, scan.rspamd.subject)
         received = self._trace_headers(server, session, envelope, transaction)
         message = received + (analysis.header if analysis else b"") + content
         started = time.monotonic()
@@ -219,9 +277,12 @@ class InboundHandler(HandlerBase):
                 ),
                 message,
                 analysis,
+                scan,
             )
         finally:
             server.busy = False
+        if self.gate is not None and analysis is not None and outcome.status == "delivered":
+            await self.gate.delivered(analysis)
         log_event(
             log,
             "delivery",

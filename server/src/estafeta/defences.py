@@ -1,0 +1,82 @@
+"""The spam defences of one server, built from the configuration (issue 16).
+
+``Defences.build`` makes the pieces ``server.py`` hands to the MX listener
+and the delivery layer; ``close`` ends their files. What each piece does is
+said in its module: ``policy.dnsbl`` (DNS lists), ``policy.greylist`` and
+``smtp.gate`` (greylisting), ``spam`` (the learning filter),
+``delivery.spam`` (the per-message scan and the per-account filter).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from estafeta.config import Config
+from estafeta.delivery.spam import RspamdChecker, Scanner, SpamFilter
+from estafeta.dns import Resolver
+from estafeta.log import log_event
+from estafeta.policy.dnsbl import Lists
+from estafeta.policy.greylist import Greylist
+from estafeta.smtp.gate import Gate
+from estafeta.spam import JunkFilter
+
+log = logging.getLogger("estafeta.server")
+
+
+@dataclass
+class Defences:
+    lists: Lists | None
+    gate: Gate | None
+    junk: JunkFilter | None
+    rspamd: RspamdChecker | None
+    scanner: Scanner
+    spam_filter: SpamFilter
+
+    @classmethod
+    def build(
+        cls, config: Config, resolver: Resolver, rspamd: RspamdChecker | None = None
+    ) -> Defences:
+        dnsbl = config.dnsbl
+        lists = (
+            Lists(resolver, dnsbl.settings)
+            if dnsbl.enabled or dnsbl.settings.domain_zones
+            else None
+        )
+        gate: Gate | None = None
+        if config.greylist.enabled:
+            greylist = Greylist(config.greylist_db, config.greylist.settings)
+            gate = Gate(greylist, config.greylist, trusted=config.screen.trusted)
+        junk = JunkFilter(config.spam_dir, config.spam.settings) if config.spam.enabled else None
+        scanner = Scanner(
+            junk=junk,
+            config=config.spam,
+            lists=lists,
+            rspamd=rspamd,
+            rspamd_config=config.rspamd,
+            hostname=config.hostname,
+        )
+        log_event(
+            log,
+            "spam_defences",
+            logging.INFO,
+            dnsbl_zones=[z.name for z in dnsbl.settings.zones],
+            domain_zones=[z.name for z in dnsbl.settings.domain_zones],
+            greylist=gate is not None,
+            junk_filter=junk is not None,
+            rspamd=rspamd is not None,
+        )
+        return cls(
+            lists=lists,
+            gate=gate,
+            junk=junk,
+            rspamd=rspamd,
+            scanner=scanner,
+            spam_filter=SpamFilter(junk, config.spam),
+        )
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.greylist.close()
+        if self.junk is not None:
+            self.junk.close()
