@@ -21,6 +21,7 @@ from estafeta.dns import MockResolver
 from estafeta.policy import greylist
 from estafeta.policy.greylist import Greylist
 from estafeta.server import Server
+from estafeta.smtp import gate as gate_module
 from estafeta.smtp.gate import NO, Gate
 
 # aiosmtpd warns when AUTH goes without TLS, which this test config allows
@@ -98,6 +99,28 @@ def test_known_sender_skips_after_min_age(tmp_path: Path) -> None:
     assert skip(g) == NO  # not yet: remembered less than sender_min_age ago
     g.greylist._clock.now += greylist.DAY + 1  # type: ignore[attr-defined]
     assert skip(g) == "known sender"
+
+
+def test_passes_are_remembered_in_memory_for_a_while(tmp_path: Path) -> None:
+    g = gate(tmp_path, settings=greylist.Settings(delay=0))
+    calls: list[str] = []
+    real = g.greylist.check
+
+    def counted(ip: str, sender: str, rcpt: str) -> greylist.Decision:
+        calls.append(rcpt)
+        return real(ip, sender, rcpt)
+
+    g.greylist.check = counted  # type: ignore[method-assign]
+    check = lambda rcpt: asyncio.run(g.check("192.0.2.10", "a@remote.test", rcpt))  # noqa: E731
+    assert check("me@example.test").startswith("451")  # first sight
+    assert check("me@example.test") == ""  # retried after the delay (0)
+    assert check("ME@example.test") == ""  # from memory: the same triplet
+    assert calls == ["me@example.test", "me@example.test"]
+    clock = g.greylist._clock  # type: ignore[attr-defined]
+    clock.now += gate_module.CACHE_SECONDS
+    assert check("me@example.test") == ""  # asked the list again
+    assert len(calls) == 3
+    assert check("you@example.test").startswith("451")  # another triplet
 
 
 # -- a real server, real clients -------------------------------------------------

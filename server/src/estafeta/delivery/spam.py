@@ -45,6 +45,10 @@ log = logging.getLogger("estafeta.delivery")
 MAX_HEADER = 256 * 1024
 _SPAM_PREFIX = b"x-spam-"
 _SUBJECT = re.compile(rb"(?im)^subject:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*\r?\n")
+# Messages up to this size are parsed on the event loop: about 0.1 ms for
+# 4 KiB of text, at most a few ms here (spam.extract reads at most
+# 256 KiB of text whatever the size).
+INLINE_EXTRACT = 64 * 1024
 # rfc3463:3.8 X.7.1 "delivery not authorized, message refused".
 EXECUTABLE_REFUSED = "554 5.7.1 Executable attachments are not accepted here: {}"
 RSPAMD_REJECT = "554 5.7.1 {}"
@@ -134,10 +138,13 @@ class Scanner:
     ) -> Scan:
         scan = Scan()
         settings = self.config.settings
-        if self.junk is not None:
-            scan.extracted = await asyncio.to_thread(self.junk.extract, message)
-        elif self.config.reject_executables or self.lists is not None:
-            scan.extracted = await asyncio.to_thread(extract, message, None)
+        if self.junk is not None or self.config.reject_executables or self.lists is not None:
+            parse = self.junk.extract if self.junk is not None else extract
+            if len(message) <= INLINE_EXTRACT:
+                # Cheaper than the hop to a worker thread and back (bench/spam.py).
+                scan.extracted = parse(message)
+            else:
+                scan.extracted = await asyncio.to_thread(parse, message)
         if self.config.reject_executables and scan.extracted is not None:
             names = executable_attachments(scan.extracted, settings.executable_extensions)
             if names:

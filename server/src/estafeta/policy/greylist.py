@@ -384,6 +384,10 @@ class Greylist:
             raise
         return conn
 
+    def now(self) -> float:
+        """The list's clock (injected in tests)."""
+        return self._clock()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

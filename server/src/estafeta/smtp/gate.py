@@ -16,7 +16,11 @@ module decides when it applies. A transaction skips greylisting when:
 
 Submission never reaches this: the gate belongs to the MX handler only.
 SQLite work runs in worker threads; a database error lets the mail through
-(the list logs it).
+(the list logs it). Most mail comes from triplets and senders that passed
+before: those answers are kept in memory for ``CACHE_SECONDS`` (at most
+``CACHE_SIZE`` of each, least recently used dropped first), so the steady
+state costs no thread hop and no database read. A cached pass is never
+older than the list's own refresh period, so nothing expires early.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from estafeta.config_spam import GreylistConfig, Network
@@ -32,11 +37,44 @@ from estafeta.log import log_event
 from estafeta.policy import spf
 from estafeta.policy.analyze import Analysis
 from estafeta.policy.dmarc import aligned
-from estafeta.policy.greylist import Greylist
+from estafeta.policy.greylist import (
+    AUTO_ALLOWED,
+    ERROR,
+    REFRESH_AFTER,
+    Greylist,
+    client_network,
+    normalize_recipient,
+    normalize_sender,
+)
 
 log = logging.getLogger("estafeta.smtp")
 
 NO = "no"  # greylisting applies
+CACHE_SECONDS = min(600.0, REFRESH_AFTER)
+CACHE_SIZE = 10_000
+
+
+class _Recent:
+    """Keys that passed, each for CACHE_SECONDS of the list's clock (bounded LRU)."""
+
+    def __init__(self) -> None:
+        self._until: OrderedDict[object, float] = OrderedDict()
+
+    def fresh(self, key: object, now: float) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if now >= until or now < until - CACHE_SECONDS:  # expired, or the clock went back
+            del self._until[key]
+            return False
+        self._until.move_to_end(key)
+        return True
+
+    def add(self, key: object, now: float) -> None:
+        self._until[key] = now + CACHE_SECONDS
+        self._until.move_to_end(key)
+        while len(self._until) > CACHE_SIZE:
+            self._until.popitem(last=False)
 
 
 class Gate:
@@ -46,6 +84,10 @@ class Gate:
         self.greylist = greylist
         self.config = config
         self.allow = (*trusted, *config.allow)
+        self._passed = _Recent()  # triplets
+        self._networks = _Recent()  # auto-allowed client networks
+        self._senders = _Recent()  # known sender domains
+        self._strangers = _Recent()  # sender domains that were not
 
     async def skip(
         self,
@@ -71,18 +113,38 @@ class Gate:
             transaction.spf = verdict
             if _specific_pass(verdict):
                 return "spf pass"
-        domain = sender.rpartition("@")[2]
-        known: bool = bool(domain) and await asyncio.to_thread(self.greylist.known_sender, domain)
-        if known:
+        domain = sender.rpartition("@")[2].lower()
+        if not domain:
+            return NO
+        now = self.greylist.now()
+        if self._senders.fresh(domain, now):
             return "known sender"
+        if self._strangers.fresh(domain, now):
+            return NO
+        if await asyncio.to_thread(self.greylist.known_sender, domain):
+            self._senders.add(domain, now)
+            return "known sender"
+        # A domain becomes known only sender_min_age after it was first
+        # remembered: an answer of "no" may wait CACHE_SECONDS too.
+        self._strangers.add(domain, now)
         return NO
 
     async def check(self, ip: str, sender: str, rcpt: str) -> str:
         """The 451 reply for a greylisted RCPT, or "" to accept it."""
+        settings = self.greylist.settings
         try:
-            decision = await asyncio.to_thread(self.greylist.check, ip, sender, rcpt)
+            network = client_network(ip, settings.ipv4_prefix, settings.ipv6_prefix)
         except ValueError:  # not an IP address (a UNIX socket in a test)
             return ""
+        key = (network, normalize_sender(sender), normalize_recipient(rcpt))
+        now = self.greylist.now()
+        if self._networks.fresh(network, now) or self._passed.fresh(key, now):
+            return ""
+        decision = await asyncio.to_thread(self.greylist.check, ip, sender, rcpt)
+        if decision.reason == AUTO_ALLOWED:
+            self._networks.add(network, now)
+        elif not decision.greylisted and decision.reason != ERROR:
+            self._passed.add(key, now)
         if decision.greylisted:
             log_event(
                 log,
