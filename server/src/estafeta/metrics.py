@@ -156,12 +156,12 @@ class GaugeCollector(Collector):
         yield GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
 
 
-_GAUGES: dict[str, Collector] = {}
+_GAUGES: dict[str, GaugeCollector] = {}
 
 
 def register_gauge(
     name: str, documentation: str, label: str, read: Callable[[], Mapping[str, float]]
-) -> Collector:
+) -> GaugeCollector:
     """Register a scrape-time gauge; one registered earlier under NAME is replaced
     (a server object created again in the same process)."""
     old = _GAUGES.pop(name, None)
@@ -171,6 +171,16 @@ def register_gauge(
     REGISTRY.register(collector)
     _GAUGES[name] = collector
     return collector
+
+
+def unregister_gauge(collector: GaugeCollector) -> None:
+    """Take back a gauge registered by ``register_gauge`` (a server that stopped:
+    its reads would touch closed databases); one registered later under the same
+    name by another server object stays."""
+    for name, current in list(_GAUGES.items()):
+        if current is collector:
+            del _GAUGES[name]
+            REGISTRY.unregister(collector)
 
 
 def exposition() -> bytes:

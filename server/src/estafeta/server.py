@@ -83,6 +83,8 @@ TLS_HANDSHAKE_TIMEOUT = 60.0
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
+        # Scrape-time gauges this server registered, taken back at stop().
+        self._gauges: list[metrics.GaugeCollector] = []
         self.accounts = Accounts(config.accounts_db, config.domains, hasher=config.auth.hasher())
         self.store = Store(
             config.mail_dir, config.hostname, max_mailboxes=config.limits.max_mailboxes
@@ -239,12 +241,14 @@ class Server:
             delay=limits.smtp_error_delay,
             exempt=self.config.auth.exempt,
         )
-        metrics.register_gauge(
-            "estafeta_smtp_data_memory_bytes",
-            "Message bytes SMTP DATA transfers hold in memory ([limits] data_memory): "
-            "used and limit.",
-            "measure",
-            lambda: {"used": float(data_memory.used), "limit": float(data_memory.limit)},
+        self._gauges.append(
+            metrics.register_gauge(
+                "estafeta_smtp_data_memory_bytes",
+                "Message bytes SMTP DATA transfers hold in memory ([limits] data_memory): "
+                "used and limit.",
+                "measure",
+                lambda: {"used": float(data_memory.used), "limit": float(data_memory.limit)},
+            )
         )
 
         def make_smtp() -> SMTPProtocol:
@@ -611,21 +615,30 @@ class Server:
                 "refusals": float(pool.refusals),
             }
 
-        metrics.register_gauge(
-            "estafeta_connections", "Open client connections by protocol.", "protocol", connections
+        self._gauges.append(
+            metrics.register_gauge(
+                "estafeta_connections",
+                "Open client connections by protocol.",
+                "protocol",
+                connections,
+            )
         )
-        metrics.register_gauge(
-            "estafeta_preauth_connections",
-            "Connections not logged in yet (open, client addresses), and since the start "
-            "those evicted and refused for [limits] max_preauth_connections / max_preauth_per_ip.",
-            "measure",
-            preauth,
+        self._gauges.append(
+            metrics.register_gauge(
+                "estafeta_preauth_connections",
+                "Connections not logged in yet (open, client addresses), and since the start "
+                "those evicted and refused for [limits] max_preauth_connections / max_preauth_per_ip.",
+                "measure",
+                preauth,
+            )
         )
-        metrics.register_gauge(
-            "estafeta_queue",
-            "Outbound queue: entries waiting, and the age of the oldest message in seconds.",
-            "measure",
-            queue,
+        self._gauges.append(
+            metrics.register_gauge(
+                "estafeta_queue",
+                "Outbound queue: entries waiting, and the age of the oldest message in seconds.",
+                "measure",
+                queue,
+            )
         )
 
     @staticmethod
@@ -659,6 +672,8 @@ class Server:
         self.accounts.close()
         self.memory.close()
         self.defences.close()
+        for gauge in self._gauges:
+            metrics.unregister_gauge(gauge)
         log_event(log, "stopped")
 
 
