@@ -320,3 +320,44 @@ def test_a_tokenizer_bug_does_not_fail_training(
     assert junk.train_from(ACCOUNT, [message(1), message(2)], spam=True).errors == 2
     assert caplog.text.count("spam_tokenize_failed") == 4
     assert junk.status(ACCOUNT).spam == 0
+
+
+# -- the account's allowlist ----------------------------------------------------
+
+
+def test_allowlist_by_address_and_domain(junk: JunkFilter) -> None:
+    assert junk.allow(ACCOUNT, " News@Shop.Example ")
+    assert junk.allow(ACCOUNT, "@friends.example")
+    assert junk.allowed(ACCOUNT) == ["@friends.example", "news@shop.example"]
+    assert junk.is_allowed(ACCOUNT, ["NEWS@shop.example"])
+    assert junk.is_allowed(ACCOUNT, ["x@other.example", "anyone@friends.example"])
+    assert not junk.is_allowed(ACCOUNT, ["other@shop.example"])
+    assert not junk.is_allowed("bob@example.test", ["news@shop.example"])  # per account
+    assert junk.disallow(ACCOUNT, "news@shop.example")
+    assert not junk.disallow(ACCOUNT, "news@shop.example")
+    assert not junk.is_allowed(ACCOUNT, ["news@shop.example"])
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "nobody", "@", "a@localhost", "a b@x.example", "<a@x.example>"]
+)
+def test_allowlist_refuses_what_is_not_an_address(junk: JunkFilter, bad: str) -> None:
+    with pytest.raises(ValueError, match="not an address"):
+        junk.allow(ACCOUNT, bad)
+    assert junk.allowed(ACCOUNT) == []
+
+
+def test_allowlist_is_bounded(junk: JunkFilter, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "MAX_ALLOW", 3)
+    for n in range(3):
+        assert junk.allow(ACCOUNT, f"s{n}@x.example")
+    assert not junk.allow(ACCOUNT, "s9@x.example")  # full
+    assert junk.allow(ACCOUNT, "s1@x.example")  # already there: fine
+    assert len(junk.allowed(ACCOUNT)) == 3
+
+
+def test_allowlist_survives_a_restart(tmp_path: Path) -> None:
+    with JunkFilter(tmp_path) as first:
+        first.allow(ACCOUNT, "@keep.example")
+    with JunkFilter(tmp_path) as second:
+        assert second.is_allowed(ACCOUNT, ["a@keep.example"])

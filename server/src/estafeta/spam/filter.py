@@ -28,7 +28,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +47,7 @@ from estafeta.spam.classify import (
 )
 from estafeta.spam.extract import DEFAULT_EXECUTABLE_EXTENSIONS, MAX_TEXT, Extracted, extract
 from estafeta.spam.store import (
+    MAX_ALLOW_LENGTH,
     MAX_OPEN,
     MAX_TOKENS,
     MAX_TRAINED,
@@ -135,6 +136,18 @@ def message_digest(data: bytes) -> bytes:
     total = len(data) - data.count(b"\r\n") - header_size
     h.update(b"\n%d" % max(total, 0))
     return h.digest()
+
+
+def allow_entry(sender: str) -> str:
+    """The allowlist form of ``sender``: "user@domain" or "@domain", lower
+    case. ValueError names what is wrong."""
+    entry = sender.strip().lower()
+    _local, at, domain = entry.rpartition("@")
+    if not at or not domain or "." not in domain.strip("."):
+        raise ValueError(f"not an address or @domain: {sender!r}")
+    if len(entry) > MAX_ALLOW_LENGTH or any(c.isspace() or c in '<>,;"' for c in entry):
+        raise ValueError(f"not an address or @domain: {sender!r}")
+    return entry
 
 
 def _untrained(threshold: float) -> Verdict:
@@ -310,6 +323,33 @@ class JunkFilter:
                 flush()
         flush()
         return report
+
+    # -- the account's allowlist: senders never judged spam ------------------------
+
+    def allow(self, account: str, sender: str) -> bool:
+        """Put ``sender`` ("user@domain" or "@domain") on ``account``'s list.
+        Raises ValueError for anything else; False when the list is full."""
+        return self.store.allow(account, allow_entry(sender))
+
+    def disallow(self, account: str, sender: str) -> bool:
+        return self.store.disallow(account, allow_entry(sender))
+
+    def allowed(self, account: str) -> list[str]:
+        return self.store.allowed(account)
+
+    def is_allowed(self, account: str, senders: Sequence[str]) -> bool:
+        """Whether a sender address (From, envelope sender) or its domain is
+        on ``account``'s list. Never raises (a broken list allows nobody)."""
+        entries: list[str] = []
+        for sender in senders[:8]:
+            address = sender.strip().lower()
+            if "@" in address:
+                entries += [address, "@" + address.rpartition("@")[2]]
+        try:
+            return self.store.any_allowed(account, entries)
+        except (sqlite3.Error, OSError) as exc:
+            log_event(log, "spam_allowlist_failed", logging.ERROR, account=account, error=str(exc))
+            return False
 
     # -- administration ----------------------------------------------------------
 

@@ -11,6 +11,8 @@ caller gives the directory, e.g. ``data_dir/spam``; the account is
     trained(digest BLOB PRIMARY KEY,        message_digest of a trained message
             spam, at)                       how it was trained, when
         INDEX trained_by_age (at)
+    allow(entry PRIMARY KEY, at)            the account's allowlist: "user@domain"
+                                            or "@domain", lower case, at most MAX_ALLOW
 
 Why one file per account, not one for all: an account's statistics are
 read and written together and never with another's, so separate files
@@ -82,6 +84,8 @@ log = logging.getLogger("estafeta.spam")
 MAX_TOKENS = 500_000
 MAX_TRAINED = 200_000
 MAX_OPEN = 16
+MAX_ALLOW = 1_000  # allowlist entries per account
+MAX_ALLOW_LENGTH = 320  # octets of one entry (an address: 64 + 1 + 255)
 BUSY_TIMEOUT_MS = 10_000
 PRUNE_TO = 0.9  # fraction of a cap kept when pruning
 _CHUNK = 500  # ids per "IN (...)" query
@@ -101,6 +105,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS trained ("
     " digest BLOB PRIMARY KEY, spam INTEGER NOT NULL, at REAL NOT NULL) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS trained_by_age ON trained (at)",
+    "CREATE TABLE IF NOT EXISTS allow (entry TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID",
 )
 # The two count columns; the names are constants, never input.
 _COLUMN = {True: "spam", False: "ham"}
@@ -335,6 +340,61 @@ class TokenStore:
             return Status(account, int(nspam), int(nham), db.tokens, db.trained, size, str(path))
 
         return self._run(account, False, work, Status(account, 0, 0, 0, 0, 0, str(path)))
+
+    # -- the account's allowlist ---------------------------------------------------
+
+    def allow(self, account: str, entry: str) -> bool:
+        """Add ``entry`` (normalised by the caller); False when the list is
+        full (``MAX_ALLOW``) and the entry is not on it already."""
+
+        def work(db: _Db) -> bool:
+            conn = db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (count,) = conn.execute("SELECT COUNT(*) FROM allow").fetchone()
+                known = conn.execute("SELECT 1 FROM allow WHERE entry = ?", (entry,)).fetchone()
+                if known is None and count >= MAX_ALLOW:
+                    conn.execute("ROLLBACK")
+                    return False
+                conn.execute(
+                    "INSERT OR REPLACE INTO allow (entry, at) VALUES (?, ?)", (entry, self.clock())
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return True
+
+        return self._run(account, True, work, False)
+
+    def disallow(self, account: str, entry: str) -> bool:
+        """Take ``entry`` off the list; False if it was not on it."""
+
+        def work(db: _Db) -> bool:
+            return db.conn.execute("DELETE FROM allow WHERE entry = ?", (entry,)).rowcount > 0
+
+        return self._run(account, False, work, False)
+
+    def allowed(self, account: str) -> list[str]:
+        def work(db: _Db) -> list[str]:
+            return [r[0] for r in db.conn.execute("SELECT entry FROM allow ORDER BY entry")]
+
+        return self._run(account, False, work, [])
+
+    def any_allowed(self, account: str, entries: Sequence[str]) -> bool:
+        """Whether one of ``entries`` (at most a few: addresses and "@domain"s
+        of one message's senders) is on the list."""
+        wanted = list(dict.fromkeys(entries))[:_CHUNK]
+        if not wanted:
+            return False
+
+        def work(db: _Db) -> bool:
+            marks = ",".join("?" * len(wanted))
+            query = f"SELECT 1 FROM allow WHERE entry IN ({marks}) LIMIT 1"  # noqa: S608
+            return db.conn.execute(query, wanted).fetchone() is not None
+
+        return self._run(account, False, work, False)
 
     # -- training ---------------------------------------------------------------
 
