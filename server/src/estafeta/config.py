@@ -878,6 +878,7 @@ def check_runtime(config: Config) -> None:
     files = [("queue.ca_file", config.queue.ca_file)]
     if config.queue.relay is not None:
         files.append(("queue.relay.password_file", config.queue.relay.password_file))
+    files.append(("rspamd.password_file", config.rspamd.password_file))
     for key, file in files:
         if file is None:
             continue

@@ -20,6 +20,7 @@ from estafeta.policy.dnsbl import Lists
 from estafeta.policy.greylist import Greylist
 from estafeta.smtp.gate import Gate
 from estafeta.spam import JunkFilter
+from estafeta.spam.rspamd import RspamdClient
 
 log = logging.getLogger("estafeta.server")
 
@@ -32,11 +33,14 @@ class Defences:
     rspamd: RspamdChecker | None
     scanner: Scanner
     spam_filter: SpamFilter
+    _learn: bool = False
 
     @classmethod
     def build(
         cls, config: Config, resolver: Resolver, rspamd: RspamdChecker | None = None
     ) -> Defences:
+        if rspamd is None and config.rspamd.enabled:
+            rspamd = rspamd_client(config)
         dnsbl = config.dnsbl
         lists = (
             Lists(resolver, dnsbl.settings)
@@ -73,10 +77,31 @@ class Defences:
             rspamd=rspamd,
             scanner=scanner,
             spam_filter=SpamFilter(junk, config.spam),
+            _learn=config.rspamd.learn and bool(config.rspamd.controller_url),
         )
+
+    @property
+    def rspamd_learning(self) -> RspamdClient | None:
+        """The client that passes Junk moves to rspamd ([rspamd] learn)."""
+        if isinstance(self.rspamd, RspamdClient) and self._learn:
+            return self.rspamd
+        return None
 
     def close(self) -> None:
         if self.gate is not None:
             self.gate.greylist.close()
         if self.junk is not None:
             self.junk.close()
+
+
+def rspamd_client(config: Config) -> RspamdClient:
+    """rspamd's client from [rspamd]; the controller password is read from
+    ``password_file`` (check_runtime made sure it is readable), never from
+    the configuration itself."""
+    r = config.rspamd
+    password = ""
+    if r.password_file is not None:
+        password = r.password_file.read_text(encoding="utf-8").strip()
+    return RspamdClient(
+        r.url, controller_url=r.controller_url, password=password, timeout=r.timeout
+    )

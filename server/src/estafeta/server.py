@@ -627,7 +627,8 @@ class Server:
             metrics.register_gauge(
                 "estafeta_preauth_connections",
                 "Connections not logged in yet (open, client addresses), and since the start "
-                "those evicted and refused for [limits] max_preauth_connections / max_preauth_per_ip.",
+                "those evicted and refused for [limits] max_preauth_connections / "
+                "max_preauth_per_ip.",
                 "measure",
                 preauth,
             )
