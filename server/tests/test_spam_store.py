@@ -361,3 +361,53 @@ def test_allowlist_survives_a_restart(tmp_path: Path) -> None:
         first.allow(ACCOUNT, "@keep.example")
     with JunkFilter(tmp_path) as second:
         assert second.is_allowed(ACCOUNT, ["a@keep.example"])
+
+
+# -- reads on the event loop: only when nothing would wait ----------------------
+
+
+def test_classify_nowait_agrees_with_classify(junk: JunkFilter) -> None:
+    assert junk.classify_nowait(ACCOUNT, message(1)) is not None  # no file: untrained, now
+    for n in range(3):
+        junk.learn(ACCOUNT, message(n, "viagra pills"), True)
+        junk.learn(ACCOUNT, message(100 + n, "meeting agenda"), False)
+    new = message(50, "cheap viagra pills")
+    assert junk.classify_nowait(ACCOUNT, new) == junk.classify(ACCOUNT, new)
+    assert junk.is_allowed_nowait(ACCOUNT, ["x@y.example"]) is False
+
+
+def test_nowait_does_not_wait_for_a_busy_account(junk: JunkFilter) -> None:
+    junk.learn(ACCOUNT, message(1, "pills"), True)
+    db = junk.store._dbs[ACCOUNT]
+    with db.lock:  # a training in a worker thread holds it
+        assert junk.classify_nowait(ACCOUNT, message(2)) is None
+        assert junk.is_allowed_nowait(ACCOUNT, ["x@y.example"]) is None
+    assert junk.classify_nowait(ACCOUNT, message(2)) is not None
+
+
+def test_nowait_does_not_wait_for_another_process(junk: JunkFilter) -> None:
+    junk.learn(ACCOUNT, message(1, "pills"), True)
+    db = junk.store._dbs[ACCOUNT]
+    real = db.conn
+    seen: list[str] = []
+
+    class Locked:
+        """SQLite's answer while another process holds the file (busy_timeout 0)."""
+
+        in_transaction = False
+
+        def execute(self, sql: str, *args: object) -> object:
+            seen.append(sql)
+            if sql.startswith(("BEGIN", "SELECT")):
+                raise sqlite3.OperationalError("database is locked")
+            return real.execute(sql, *args)
+
+    db.conn = Locked()  # type: ignore[assignment]
+    try:
+        assert junk.classify_nowait(ACCOUNT, message(2)) is None
+    finally:
+        db.conn = real
+    assert seen[0] == "PRAGMA busy_timeout=0" and seen[-1].startswith("PRAGMA busy_timeout=1")
+    verdict = junk.classify_nowait(ACCOUNT, message(2))
+    assert verdict is not None and verdict.trained is False
+    assert real.execute("PRAGMA busy_timeout").fetchone()[0] == store_module.BUSY_TIMEOUT_MS

@@ -233,7 +233,10 @@ class SpamFilter:
         allowed = self._allowed_globally(senders)
         verdict: Verdict | None = None
         if self.junk is not None and not allowed:
-            verdict, allowed = await asyncio.to_thread(self._classify, item, scan, senders)
+            done = self._classify_nowait(item, scan, senders)
+            if done is None:
+                done = await asyncio.to_thread(self._classify, item, scan, senders)
+            verdict, allowed = done
         tests: list[str] = []
         if not allowed:
             if verdict is not None and verdict.spam:
@@ -260,12 +263,28 @@ class SpamFilter:
             return False
         return any(s in self._global or "@" + s.rpartition("@")[2] in self._global for s in senders)
 
+    def _classify_nowait(
+        self, item: Item, scan: Scan, senders: Sequence[str]
+    ) -> tuple[Verdict | None, bool] | None:
+        """``_classify`` on the loop when the account's statistics can be
+        read without waiting (JunkFilter.*_nowait), else None."""
+        assert self.junk is not None
+        if scan.extracted is None:
+            return None  # a big message: extraction belongs in a thread
+        if senders:
+            allowed = self.junk.is_allowed_nowait(item.account, senders)
+            if allowed is None:
+                return None
+            if allowed:
+                return None, True
+        verdict = self.junk.classify_nowait(item.account, scan.extracted)
+        return None if verdict is None else (verdict, False)
+
     def _classify(
         self, item: Item, scan: Scan, senders: Sequence[str]
     ) -> tuple[Verdict | None, bool]:
         assert self.junk is not None
-        is_allowed = getattr(self.junk, "is_allowed", None)
-        if is_allowed is not None and senders and is_allowed(item.account, senders):
+        if senders and self.junk.is_allowed(item.account, senders):
             return None, True
         message: bytes | Extracted = scan.extracted if scan.extracted is not None else item.message
         return self.junk.classify(item.account, message), False

@@ -172,6 +172,33 @@ class _Db:
             self.conn.close()
 
 
+def _read_counts(db: _Db, ids: Sequence[int]) -> Counts:
+    conn = db.conn
+    conn.execute("BEGIN")  # one snapshot for all the reads
+    try:
+        nspam, nham = conn.execute("SELECT nspam, nham FROM stats").fetchone()
+        found: dict[int, tuple[int, int]] = {}
+        for chunk in _chunks(list(dict.fromkeys(ids))):
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT id, spam, ham FROM tokens WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            for token, spam, ham in rows:
+                found[int(token)] = (int(spam), int(ham))
+    finally:
+        conn.execute("COMMIT")
+    return Counts(int(nspam), int(nham), found)
+
+
+def _any_allowed(db: _Db, wanted: Sequence[str]) -> bool:
+    if not wanted:
+        return False
+    marks = ",".join("?" * len(wanted))
+    query = f"SELECT 1 FROM allow WHERE entry IN ({marks}) LIMIT 1"  # noqa: S608
+    return db.conn.execute(query, wanted).fetchone() is not None
+
+
 def _chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
@@ -287,6 +314,40 @@ class TokenStore:
                     db.close()
                     self._move_aside(db.path, exc)
 
+    def run_nowait(self, account: str, work: Callable[[_Db], T], absent: T) -> tuple[bool, T]:
+        """``(True, work(db))`` now, on the caller's thread, only if nothing
+        would wait for it: the account's file is open already and its lock
+        free, and SQLite answers without its busy wait (busy_timeout 0 for
+        this call); ``(True, absent)`` if the account has no file (one stat).
+        ``(False, absent)`` means "not now": run the blocking method in a
+        worker thread. Meant for reads on the event loop: a few index lookups."""
+        if not self._lock.acquire(blocking=False):
+            return False, absent
+        try:
+            db = self._dbs.get(account)
+            if db is not None:
+                self._dbs.move_to_end(account)
+        finally:
+            self._lock.release()
+        if db is None:
+            return not self.path_for(account).exists(), absent
+        if not db.lock.acquire(blocking=False):
+            return False, absent
+        try:
+            if db.closed:
+                return False, absent
+            db.conn.execute("PRAGMA busy_timeout=0")
+            try:
+                return True, work(db)
+            except sqlite3.OperationalError:
+                return False, absent  # locked by another process (a reset): a thread waits
+            finally:
+                if db.conn.in_transaction:
+                    db.conn.execute("ROLLBACK")
+                db.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        finally:
+            db.lock.release()
+
     def close(self) -> None:
         with self._lock:
             dbs = list(self._dbs.values())
@@ -300,27 +361,11 @@ class TokenStore:
     def counts(self, account: str, ids: Sequence[int]) -> Counts | None:
         """Counts for scoring; None if the account has never trained (no file
         is created for it)."""
-        wanted = list(dict.fromkeys(ids))
+        return self._run(account, False, lambda db: _read_counts(db, ids), None)
 
-        def work(db: _Db) -> Counts:
-            conn = db.conn
-            conn.execute("BEGIN")  # one snapshot for all the reads
-            try:
-                nspam, nham = conn.execute("SELECT nspam, nham FROM stats").fetchone()
-                found: dict[int, tuple[int, int]] = {}
-                for chunk in _chunks(wanted):
-                    marks = ",".join("?" * len(chunk))
-                    rows = conn.execute(
-                        f"SELECT id, spam, ham FROM tokens WHERE id IN ({marks})",  # noqa: S608
-                        chunk,
-                    )
-                    for token, spam, ham in rows:
-                        found[int(token)] = (int(spam), int(ham))
-            finally:
-                conn.execute("COMMIT")
-            return Counts(int(nspam), int(nham), found)
-
-        return self._run(account, False, work, None)
+    def counts_nowait(self, account: str, ids: Sequence[int]) -> tuple[bool, Counts | None]:
+        """``counts`` if it can be had without waiting: see ``run_nowait``."""
+        return self.run_nowait(account, lambda db: _read_counts(db, ids), None)
 
     def status(self, account: str) -> Status:
         """Training figures of ``account`` (zeros, size 0 if it has no file)."""
@@ -386,15 +431,11 @@ class TokenStore:
         """Whether one of ``entries`` (at most a few: addresses and "@domain"s
         of one message's senders) is on the list."""
         wanted = list(dict.fromkeys(entries))[:_CHUNK]
-        if not wanted:
-            return False
+        return self._run(account, False, lambda db: _any_allowed(db, wanted), False)
 
-        def work(db: _Db) -> bool:
-            marks = ",".join("?" * len(wanted))
-            query = f"SELECT 1 FROM allow WHERE entry IN ({marks}) LIMIT 1"  # noqa: S608
-            return db.conn.execute(query, wanted).fetchone() is not None
-
-        return self._run(account, False, work, False)
+    def any_allowed_nowait(self, account: str, entries: Sequence[str]) -> tuple[bool, bool]:
+        wanted = list(dict.fromkeys(entries))[:_CHUNK]
+        return self.run_nowait(account, lambda db: _any_allowed(db, wanted), False)
 
     # -- training ---------------------------------------------------------------
 
