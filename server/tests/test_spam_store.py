@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -396,7 +397,7 @@ def test_nowait_does_not_wait_for_another_process(junk: JunkFilter) -> None:
 
         in_transaction = False
 
-        def execute(self, sql: str, *args: object) -> object:
+        def execute(self, sql: str, *args: Any) -> object:
             seen.append(sql)
             if sql.startswith(("BEGIN", "SELECT")):
                 raise sqlite3.OperationalError("database is locked")
