@@ -152,10 +152,16 @@ class Scanner:
                 scan.reason = "executable"
                 scan.fields["attachments"] = ", ".join(names)[:200]
                 return scan
-        await asyncio.gather(
-            self._rspamd(scan, message, ip, helo, sender, recipients, queue_id),
-            self._urls(scan),
-        )
+        urls = self.lists is not None and scan.extracted is not None
+        if self.rspamd is not None and urls:
+            await asyncio.gather(
+                self._rspamd(scan, message, ip, helo, sender, recipients, queue_id),
+                self._urls(scan),
+            )
+        elif self.rspamd is not None:  # one check: no tasks to make (bench/spam.py)
+            await self._rspamd(scan, message, ip, helo, sender, recipients, queue_id)
+        elif urls:
+            await self._urls(scan)
         return scan
 
     async def _rspamd(
@@ -271,14 +277,11 @@ class SpamFilter:
         assert self.junk is not None
         if scan.extracted is None:
             return None  # a big message: extraction belongs in a thread
-        if senders:
-            allowed = self.junk.is_allowed_nowait(item.account, senders)
-            if allowed is None:
-                return None
-            if allowed:
-                return None, True
-        verdict = self.junk.classify_nowait(item.account, scan.extracted)
-        return None if verdict is None else (verdict, False)
+        checked = self.junk.check_nowait(item.account, scan.extracted, senders)
+        if checked is None:
+            return None
+        allowed, verdict = checked
+        return verdict, allowed
 
     def _classify(
         self, item: Item, scan: Scan, senders: Sequence[str]

@@ -150,6 +150,16 @@ def allow_entry(sender: str) -> str:
     return entry
 
 
+def _allow_entries(senders: Sequence[str]) -> list[str]:
+    """What to look up for ``senders``: each address and its "@domain"."""
+    entries: list[str] = []
+    for sender in senders[:8]:
+        address = sender.strip().lower()
+        if "@" in address:
+            entries += [address, "@" + address.rpartition("@")[2]]
+    return entries
+
+
 def _untrained(threshold: float) -> Verdict:
     return Verdict(score=0.5, spam=False, tokens=(), trained=False, threshold=threshold)
 
@@ -207,40 +217,48 @@ class JunkFilter:
 
     def classify(self, account: str, message: bytes | Extracted) -> Verdict:
         """The verdict for ``message`` delivered to ``account``. Never raises."""
-        verdict = self._classify(account, message, wait=True)
-        assert verdict is not None
-        return verdict
+        result = self._classify(account, message, None)
+        assert result is not None
+        return result[1] or _untrained(self.settings.threshold)
 
-    def classify_nowait(self, account: str, message: bytes | Extracted) -> Verdict | None:
-        """``classify`` on the event loop when it need not wait for anything
-        (the account's statistics open and not busy: ``TokenStore.run_nowait``),
-        else None: call ``classify`` in a worker thread. The CPU it takes is
-        bounded by ``max_text`` and ``max_message_tokens`` (~0.1 ms for a
-        4 KiB message); the thread hop it saves costs as much, and more under
-        load."""
-        return self._classify(account, message, wait=False)
+    def check_nowait(
+        self, account: str, message: bytes | Extracted, senders: Sequence[str] = ()
+    ) -> tuple[bool, Verdict | None] | None:
+        """``is_allowed`` then ``classify`` on the event loop, in one read,
+        when that need not wait for anything (the account's statistics open
+        and free: ``TokenStore.run_nowait``): (True, None) for a sender on
+        the account's allowlist, else (False, verdict). None: call the
+        blocking methods in a worker thread. The CPU it takes is bounded by
+        ``max_text`` and ``max_message_tokens`` (~0.1 ms for a 4 KiB
+        message); the thread hop it saves costs as much, and more under load."""
+        return self._classify(account, message, _allow_entries(senders))
 
-    def _classify(self, account: str, message: bytes | Extracted, wait: bool) -> Verdict | None:
+    def _classify(
+        self, account: str, message: bytes | Extracted, entries: list[str] | None
+    ) -> tuple[bool, Verdict | None] | None:
+        """entries None: wait as needed, no allowlist; else the nowait read."""
         s = self.settings
         try:
             tokens = self.tokens(message)
             ids = [token_id(t) for t in tokens]
-            if wait:
+            if entries is None:
                 counts = self.store.counts(account, ids)
             else:
-                done, counts = self.store.counts_nowait(account, ids)
+                done, (allowed, counts) = self.store.read_nowait(account, ids, entries)
                 if not done:
                     return None
+                if allowed:
+                    return True, None
         except sqlite3.Error as exc:
             log_event(log, "spam_store_error", logging.ERROR, op="classify", account=account,
                       error=str(exc))  # fmt: skip
-            return _untrained(s.threshold)
+            return False, _untrained(s.threshold)
         except Exception as exc:  # a bug: the message is still delivered
             log.exception("spam classify failed")
             log_event(log, "spam_classify_failed", logging.ERROR, account=account, error=repr(exc))
-            return _untrained(s.threshold)
+            return False, _untrained(s.threshold)
         if counts is None:
-            return _untrained(s.threshold)
+            return False, _untrained(s.threshold)
         by_token = {
             t: counts.tokens[i] for t, i in zip(tokens, ids, strict=True) if i in counts.tokens
         }
@@ -254,7 +272,7 @@ class JunkFilter:
             max_clues=s.max_clues,
         )
         trained = counts.nspam >= s.min_spam and counts.nham >= s.min_ham
-        return Verdict(
+        return False, Verdict(
             score=value,
             spam=trained and value >= s.threshold,
             tokens=clues,
@@ -359,27 +377,11 @@ class JunkFilter:
     def is_allowed(self, account: str, senders: Sequence[str]) -> bool:
         """Whether a sender address (From, envelope sender) or its domain is
         on ``account``'s list. Never raises (a broken list allows nobody)."""
-        allowed = self._is_allowed(account, senders, wait=True)
-        assert allowed is not None
-        return allowed
-
-    def is_allowed_nowait(self, account: str, senders: Sequence[str]) -> bool | None:
-        """``is_allowed`` if it need not wait (see ``classify_nowait``), else None."""
-        return self._is_allowed(account, senders, wait=False)
-
-    def _is_allowed(self, account: str, senders: Sequence[str], wait: bool) -> bool | None:
-        entries: list[str] = []
-        for sender in senders[:8]:
-            address = sender.strip().lower()
-            if "@" in address:
-                entries += [address, "@" + address.rpartition("@")[2]]
+        entries = _allow_entries(senders)
         if not entries:
             return False
         try:
-            if wait:
-                return self.store.any_allowed(account, entries)
-            done, allowed = self.store.any_allowed_nowait(account, entries)
-            return allowed if done else None
+            return self.store.any_allowed(account, entries)
         except (sqlite3.Error, OSError) as exc:
             log_event(log, "spam_allowlist_failed", logging.ERROR, account=account, error=str(exc))
             return False

@@ -165,38 +165,67 @@ class _Db:
         self.closed = False
         self.tokens = tokens  # row counts as this process last knew them
         self.trained = trained
+        # A second, read-only connection that never waits (no busy handler),
+        # for reads on the event loop (TokenStore.run_nowait), guarded by its
+        # own lock: in WAL mode it reads while a training holds ``conn``.
+        self.reader: sqlite3.Connection | None = None
+        self.read_lock = threading.Lock()
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.conn.close()
+            with self.read_lock:
+                if self.reader is not None:
+                    self.reader.close()
+                    self.reader = None
 
 
-def _read_counts(db: _Db, ids: Sequence[int]) -> Counts:
-    conn = db.conn
+def _connect_reader(path: Path) -> sqlite3.Connection:
+    reader = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    try:
+        reader.execute("PRAGMA query_only=1")
+        reader.execute("PRAGMA cache_size=-512")
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def _read_counts(conn: sqlite3.Connection, ids: Sequence[int]) -> Counts:
     conn.execute("BEGIN")  # one snapshot for all the reads
     try:
         nspam, nham = conn.execute("SELECT nspam, nham FROM stats").fetchone()
-        found: dict[int, tuple[int, int]] = {}
-        for chunk in _chunks(list(dict.fromkeys(ids))):
-            marks = ",".join("?" * len(chunk))
-            rows = conn.execute(
-                f"SELECT id, spam, ham FROM tokens WHERE id IN ({marks})",  # noqa: S608
-                chunk,
-            )
-            for token, spam, ham in rows:
-                found[int(token)] = (int(spam), int(ham))
+        return _read_tokens(conn, ids, int(nspam), int(nham))
     finally:
         conn.execute("COMMIT")
-    return Counts(int(nspam), int(nham), found)
 
 
-def _any_allowed(db: _Db, wanted: Sequence[str]) -> bool:
+def _read_tokens(conn: sqlite3.Connection, ids: Sequence[int], nspam: int, nham: int) -> Counts:
+    found: dict[int, tuple[int, int]] = {}
+    for chunk in _chunks(list(dict.fromkeys(ids))):
+        marks = ",".join("?" * len(chunk))
+        # One row for all: Python's sqlite3 lets go of the GIL at every row
+        # it steps to, and on a busy server taking it back is what costs
+        # (bench/spam.py), not the query. "id spam ham id spam ham ...".
+        (packed,) = conn.execute(
+            "SELECT group_concat(id || ' ' || spam || ' ' || ham, ' ')"  # noqa: S608
+            f" FROM tokens WHERE id IN ({marks})",
+            chunk,
+        ).fetchone()
+        if packed:
+            numbers = list(map(int, packed.split(" ")))
+            for i in range(0, len(numbers) - 2, 3):
+                found[numbers[i]] = (numbers[i + 1], numbers[i + 2])
+    return Counts(nspam, nham, found)
+
+
+def _any_allowed(conn: sqlite3.Connection, wanted: Sequence[str]) -> bool:
     if not wanted:
         return False
     marks = ",".join("?" * len(wanted))
     query = f"SELECT 1 FROM allow WHERE entry IN ({marks}) LIMIT 1"  # noqa: S608
-    return db.conn.execute(query, wanted).fetchone() is not None
+    return conn.execute(query, wanted).fetchone() is not None
 
 
 def _chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
@@ -314,13 +343,17 @@ class TokenStore:
                     db.close()
                     self._move_aside(db.path, exc)
 
-    def run_nowait(self, account: str, work: Callable[[_Db], T], absent: T) -> tuple[bool, T]:
-        """``(True, work(db))`` now, on the caller's thread, only if nothing
-        would wait for it: the account's file is open already and its lock
-        free, and SQLite answers without its busy wait (busy_timeout 0 for
-        this call); ``(True, absent)`` if the account has no file (one stat).
+    def run_nowait(
+        self, account: str, work: Callable[[sqlite3.Connection], T], absent: T
+    ) -> tuple[bool, T]:
+        """``(True, work(reader))`` now, on the caller's thread, only if nothing
+        would wait for it: the account's file is open already, its reader free,
+        and SQLite answers at once (the reader has no busy handler);
+        ``(True, absent)`` if the account has no file (one stat).
         ``(False, absent)`` means "not now": run the blocking method in a
-        worker thread. Meant for reads on the event loop: a few index lookups."""
+        worker thread. Meant for reads on the event loop: a few index
+        lookups; any SQLite error is "not now" (the thread's path logs it,
+        and repairs a corrupt file)."""
         if not self._lock.acquire(blocking=False):
             return False, absent
         try:
@@ -331,22 +364,21 @@ class TokenStore:
             self._lock.release()
         if db is None:
             return not self.path_for(account).exists(), absent
-        if not db.lock.acquire(blocking=False):
+        if not db.read_lock.acquire(blocking=False):
             return False, absent
         try:
             if db.closed:
                 return False, absent
-            db.conn.execute("PRAGMA busy_timeout=0")
             try:
-                return True, work(db)
-            except sqlite3.OperationalError:
-                return False, absent  # locked by another process (a reset): a thread waits
-            finally:
-                if db.conn.in_transaction:
-                    db.conn.execute("ROLLBACK")
-                db.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                if db.reader is None:
+                    db.reader = _connect_reader(db.path)
+                return True, work(db.reader)
+            except sqlite3.Error:
+                if db.reader is not None and db.reader.in_transaction:
+                    db.reader.execute("ROLLBACK")
+                return False, absent
         finally:
-            db.lock.release()
+            db.read_lock.release()
 
     def close(self) -> None:
         with self._lock:
@@ -361,11 +393,32 @@ class TokenStore:
     def counts(self, account: str, ids: Sequence[int]) -> Counts | None:
         """Counts for scoring; None if the account has never trained (no file
         is created for it)."""
-        return self._run(account, False, lambda db: _read_counts(db, ids), None)
+        return self._run(account, False, lambda db: _read_counts(db.conn, ids), None)
 
-    def counts_nowait(self, account: str, ids: Sequence[int]) -> tuple[bool, Counts | None]:
-        """``counts`` if it can be had without waiting: see ``run_nowait``."""
-        return self.run_nowait(account, lambda db: _read_counts(db, ids), None)
+    def read_nowait(
+        self, account: str, ids: Sequence[int], entries: Sequence[str]
+    ) -> tuple[bool, tuple[bool, Counts | None]]:
+        """In one snapshot, without waiting (see ``run_nowait``): whether one
+        of ``entries`` is on the allowlist, else the counts of ``ids``."""
+
+        def work(conn: sqlite3.Connection) -> tuple[bool, Counts | None]:
+            # Two statements, no BEGIN/COMMIT: each statement is a round trip
+            # that lets other threads take the GIL, which costs the loop more
+            # than the query. Without one snapshot, a training committed in
+            # between may show in the tokens and not in the totals: one
+            # message's worth of skew in a score, harmless.
+            wanted = list(dict.fromkeys(entries))[:_CHUNK]
+            marks = ",".join("?" * len(wanted)) or "NULL"
+            nspam, nham, allowed = conn.execute(
+                "SELECT nspam, nham, EXISTS (SELECT 1 FROM allow"  # noqa: S608
+                f" WHERE entry IN ({marks})) FROM stats",
+                wanted,
+            ).fetchone()
+            if allowed:
+                return True, None
+            return False, _read_tokens(conn, ids, int(nspam), int(nham))
+
+        return self.run_nowait(account, work, (False, None))
 
     def status(self, account: str) -> Status:
         """Training figures of ``account`` (zeros, size 0 if it has no file)."""
@@ -431,11 +484,7 @@ class TokenStore:
         """Whether one of ``entries`` (at most a few: addresses and "@domain"s
         of one message's senders) is on the list."""
         wanted = list(dict.fromkeys(entries))[:_CHUNK]
-        return self._run(account, False, lambda db: _any_allowed(db, wanted), False)
-
-    def any_allowed_nowait(self, account: str, entries: Sequence[str]) -> tuple[bool, bool]:
-        wanted = list(dict.fromkeys(entries))[:_CHUNK]
-        return self.run_nowait(account, lambda db: _any_allowed(db, wanted), False)
+        return self._run(account, False, lambda db: _any_allowed(db.conn, wanted), False)
 
     # -- training ---------------------------------------------------------------
 
