@@ -54,6 +54,7 @@ from estafeta.smtp.errors import ErrorLimiter
 from estafeta.smtp.inbound import InboundHandler
 from estafeta.smtp.protocol import Connections, ImplicitTLS, SMTPProtocol
 from estafeta.smtp.submission import SendLimits, SubmissionHandler
+from estafeta.spam.training import Trainer
 from estafeta.store import Store
 from estafeta.web import WebApp, WebServer
 
@@ -152,6 +153,8 @@ class Server:
         self.memory = Memory(config.sieve_dir / ".memory.db")
         # Blocklists, greylisting, the learning filter, rspamd (issue 16).
         self.defences = Defences.build(config, self.resolver)
+        # IMAP Junk moves and $Junk/$NotJunk, trained in the background.
+        self.trainer = Trainer(self.defences.junk, self.defences.rspamd_learning)
         self.delivery = LocalDelivery(
             hostname=config.hostname,
             store=self.store,
@@ -373,6 +376,7 @@ class Server:
                     tls=self.tls,
                     implicit_tls=implicit_tls,
                     preauth=ticket,
+                    trainer=self.trainer if self.trainer.active else None,
                 )
                 self._imap_sessions.add(session)
                 try:
@@ -672,6 +676,7 @@ class Server:
         await self.authenticator.close()
         self.accounts.close()
         self.memory.close()
+        await self.trainer.close()
         self.defences.close()
         for gauge in self._gauges:
             metrics.unregister_gauge(gauge)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from estafeta import __version__
 from estafeta.auth import Accounts
@@ -97,6 +97,14 @@ class Settings:
 Handler = Callable[["Session", Command], Awaitable[None]]
 
 
+class JunkTrainer(Protocol):
+    """What the session needs of estafeta.spam.training.Trainer."""
+
+    def submit(
+        self, account: str, spam: bool, load: Callable[[int], tuple[list[bytes], int]]
+    ) -> bool: ...
+
+
 class Session:
     def __init__(
         self,
@@ -110,12 +118,15 @@ class Session:
         tls: ssl.SSLContext | None,
         implicit_tls: bool,
         preauth: Ticket | None = None,
+        trainer: JunkTrainer | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.accounts = accounts
         self.authenticator = authenticator
         self.store = store
+        # Junk moves and $Junk / $NotJunk teach the spam filter (issue 16).
+        self.trainer = trainer
         self.settings = settings
         self.tls = tls
         self.tls_active = implicit_tls
@@ -1089,6 +1100,13 @@ async def cmd_store(s: Session, cmd: Command) -> None:
         )
     else:
         s.tagged(cmd.tag, "OK", "STORE completed")
+    if s.trainer is not None and args.mode in ("+", ""):
+        # $Junk / $NotJunk (IANA IMAP keywords): the client says what it is.
+        keywords = {f.lower() for f in args.flags}
+        verdict = True if "$junk" in keywords else False if "$notjunk" in keywords else None
+        taught = [ch.uid for ch in result.changed]
+        if verdict is not None and taught:
+            _teach(s, view.box.name, taught, verdict)
 
 
 async def cmd_copy(s: Session, cmd: Command) -> None:
@@ -1119,6 +1137,69 @@ async def cmd_copy(s: Session, cmd: Command) -> None:
         s.tagged(cmd.tag, "OK", "MOVE completed")
     else:
         s.tagged(cmd.tag, "OK", "COPY completed", code)
+    if s.trainer is not None and result.dest_uids:
+        _teach_moved(s, view.box, args.mailbox, result.dest_uids)
+
+
+# -- training the junk filter (issue 16) -------------------------------------------
+
+_READ_LIMIT = 1 << 20  # octets of one message read for training
+
+
+def _kind(box: index.Mailbox) -> str:
+    """ "junk", "trash" or "" for a mailbox (rfc6154 special use, else the name)."""
+    use = (box.special_use or "").lower()
+    name = box.name.rsplit("/", 1)[-1].lower()
+    if use == "\\junk" or (not use and name in ("junk", "spam")):
+        return "junk"
+    if use == "\\trash" or (not use and name == "trash"):
+        return "trash"
+    return ""
+
+
+def _teach_moved(s: Session, source: index.Mailbox, target: str, uids: list[int]) -> None:
+    """Into Junk from elsewhere: spam; out of Junk, not into Trash: ham."""
+    box = index.mailbox(s.store.shared_reader(_user(s)), target)
+    if box is None:
+        return
+    to, came_from = _kind(box), _kind(source)
+    if to == "junk" and came_from != "junk":
+        _teach(s, box.name, uids, True)
+    elif came_from == "junk" and to not in ("junk", "trash"):
+        _teach(s, box.name, uids, False)
+
+
+def _teach(s: Session, mailbox: str, uids: list[int], spam: bool) -> None:
+    assert s.trainer is not None
+    account_dir = s.store.account_dir(_user(s))
+
+    def load(limit: int) -> tuple[list[bytes], int]:
+        # In the trainer's worker thread: the files named by the index now
+        # (a message expunged meanwhile is left out), each read up to a cap.
+        conn = index.connect(account_dir / "index.db")
+        try:
+            box = index.mailbox(conn, mailbox)
+            if box is None:
+                return [], 0
+            wanted = sorted(set(uids))[:limit]
+            files: list[str] = []
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT file FROM messages WHERE mailbox_id = ? AND uid IN ({marks})",  # noqa: S608
+                    (box.id, *chunk),
+                )
+                files += [row[0] for row in rows]
+        finally:
+            conn.close()
+        messages: list[bytes] = []
+        for file in files:
+            with contextlib.suppress(FileNotFoundError), open(account_dir / file, "rb") as f:
+                messages.append(f.read(_READ_LIMIT))
+        return messages, max(0, len(set(uids)) - limit)
+
+    s.trainer.submit(_user(s), spam, load)
 
 
 async def cmd_search(s: Session, cmd: Command) -> None:
