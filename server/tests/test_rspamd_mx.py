@@ -5,8 +5,12 @@ marked "unchecked" (our failure never becomes the sender's 5xx)."""
 
 from __future__ import annotations
 
+import asyncio
 import email
+import imaplib
 import smtplib
+import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import pytest
 from _rspamd import RspamdProcess, start_rspamd
 from test_rspamd import GTUBE_STRING
 
-from conftest import DOMAIN, PASSWORD, Instance, free_port
+from conftest import DOMAIN, PASSWORD, Instance, free_port, make_tls
 
 ALICE = f"alice@{DOMAIN}"
 
@@ -40,10 +44,14 @@ def mx(tmp_path: Path, rspamd: RspamdProcess) -> Iterator[Instance]:
     secret = tmp_path / "rspamd.password"
     secret.write_text(rspamd.password + "\n")
     secret.chmod(0o600)
+    (tmp_path / "estafeta").mkdir()
+    section, ca = make_tls(tmp_path / "estafeta")
     inst = Instance(
         tmp_path / "estafeta",
         free_port(),
-        extra_config=(
+        imaps_port=free_port(),
+        extra_config=section
+        + (
             "[rspamd]\n"
             f'url = "{rspamd.url}"\n'
             f'controller_url = "{rspamd.controller_url}"\n'
@@ -51,8 +59,8 @@ def mx(tmp_path: Path, rspamd: RspamdProcess) -> Iterator[Instance]:
             'timeout = "3s"\n'
         ),
     )
-    inst.root.mkdir()
     inst.write_config()
+    inst.ca = ca  # type: ignore[attr-defined]
     inst.add_user(ALICE)
     inst.start()
     yield inst
@@ -97,3 +105,34 @@ def test_rspamd_down_delivers_unchecked(mx: Instance, rspamd: RspamdProcess) -> 
     assert "rspamd" in mx.log_text()
     rspamd_password = (mx.root.parent / "rspamd.password").read_text().strip()
     assert rspamd_password not in mx.log_text()
+
+
+def test_a_junk_move_reaches_rspamds_learning(mx: Instance, rspamd: RspamdProcess) -> None:
+    from estafeta.spam.rspamd import RspamdClient
+
+    client = RspamdClient(
+        rspamd.url, controller_url=rspamd.controller_url, password=rspamd.password
+    )
+    before = asyncio.run(client.stat())["learned"]
+    send(
+        mx,
+        mail(
+            "You have won",
+            "Congratulations dear friend, you have won one million dollars in our "
+            "international lottery. Send your bank account details and a small "
+            "processing fee to claim the prize money today before it expires.",
+        ),
+    )
+    context = ssl.create_default_context()
+    mx.ca.configure_trust(context)  # type: ignore[attr-defined]
+    imap = imaplib.IMAP4_SSL("127.0.0.1", mx.imaps_port, ssl_context=context, timeout=20)
+    imap.login(ALICE, PASSWORD)
+    imap.select("INBOX")
+    assert imap.uid("MOVE", "1", "Junk")[0] == "OK"
+    imap.logout()
+    deadline = time.monotonic() + 20
+    learned = before
+    while learned == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+        learned = asyncio.run(client.stat())["learned"]
+    assert learned == before + 1
