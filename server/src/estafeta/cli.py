@@ -735,6 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     from estafeta import cli_sieve  # its own file: the sieve commands are many
 
     cli_sieve.register(commands, add)
+    from estafeta import cli_spam
+
+    cli_spam.register(commands, add)
     return parser
 
 
