@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tools and tests need; installed only when missing.
-APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6 knot knot-dnsutils postfix nftables debootstrap systemd-container openssh-client testssl.sh rspamd redis-server
+APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6 knot knot-dnsutils postfix nftables debootstrap systemd-container openssh-client testssl.sh rspamd redis-server unbound dns-root-data
 
 .PHONY: help deps venv lint test test-server test-ansible molecule lab lab-up lab-down deploy stop clean bench fuzz
 
@@ -31,7 +31,7 @@ deps:
 	  echo "installing Debian packages:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  for unit in knot rspamd redis-server; do \
+	  for unit in knot rspamd redis-server unbound; do \
 	    case " $$missing " in *" $$unit "*) \
 	      if [ -d /run/systemd/system ]; then systemctl disable --now $$unit.service || true; \
 	      else service $$unit stop >/dev/null 2>&1 || true; fi;; \

@@ -157,6 +157,8 @@ WRONG = {
     "firewall": ({"firewall__ssh_port": "not-a-number"}, "firewall__ssh_port"),
     "lab_acme": ({"lab_acme__http_port": "eighty"}, "lab_acme__http_port"),
     "lab_dns": ({"lab_dns__zones": "example.test"}, "lab_dns__zones"),
+    "resolver": ({"resolver__port": "fifty-three"}, "resolver__port"),
+    "rspamd": ({"rspamd__service_enabled": "perhaps"}, "rspamd__service_enabled"),
     "tls": ({"tls__mode": "magic"}, "tls__mode"),
 }
 
