@@ -1,54 +1,77 @@
 """``estafeta spam ...``: the learning junk filter of an account (issue 16).
 
     estafeta spam status ADDRESS [--json]
-    estafeta spam train ADDRESS (--spam | --ham) PATH...     files, Maildirs or mboxes
-    estafeta spam train ADDRESS --from-mailboxes              Junk as spam, the rest as ham
-    estafeta spam reset ADDRESS --yes
-    estafeta spam allow | disallow ADDRESS SENDER              user@domain or @domain
+    estafeta spam train ADDRESS [--spam PATH...] [--ham PATH...]   files, Maildirs, mboxes
+    estafeta spam train ADDRESS --from-mailboxes                     Junk as spam, the rest ham
+    estafeta spam reset ADDRESS
+    estafeta spam allow | disallow ADDRESS SENDER                    user@domain or @domain
     estafeta spam allowlist ADDRESS [--json]
+
+ADDRESS must be an existing account (normalised as the other commands do).
+Exit codes as in cli.py: 0 success; 1 the operation failed (a missing or
+unreadable PATH, a SENDER that is neither user@domain nor @domain, a
+statistics file that cannot be opened); 2 bad usage (no such account, no
+--spam/--ham). Every error is one line on stderr, never a traceback.
+
+``reset`` acts at once and says what it forgot, as ``user del`` does; the
+allowlist is kept (``disallow`` takes entries off).
+
+``train`` checks every PATH before it learns anything, then prints one line
+per PATH: learned (new), relearned (trained the other way before),
+unchanged (already trained so), errors (not readable as a message) and
+skipped (larger than 10 MiB). It streams: one message read at a time
+(readers.MessageSource), 50 in a transaction (JunkFilter.train_from), so a
+2 GB mbox takes as little memory as a small one.
 
 The server may run meanwhile: the statistics are SQLite files it shares
 (busy timeout), and a training by the CLI counts for the next delivery.
-Training streams: one batch of messages in memory at a time, whatever the
-size of the mbox.
+
+``--json``: ``status`` {"account", "spam", "ham", "tokens", "size", "path",
+"ready", "min_spam", "min_ham"}; ``allowlist`` ["entry", ...].
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from estafeta.address import normalize_address
-from estafeta.auth import Accounts
-from estafeta.cli import CommandFailed, UsageError
+from estafeta.cli import CommandFailed, UsageError, _existing_account
 from estafeta.config import Config
 from estafeta.spam import JunkFilter
-from estafeta.spam.filter import TrainReport
-from estafeta.spam.readers import MessageSource, read_maildir
-from estafeta.store import maildir
+from estafeta.spam.filter import TrainReport, allow_entry
+from estafeta.spam.readers import MessageSource
 
-Add = Callable[..., argparse.ArgumentParser]
+Command = Callable[[Config, argparse.Namespace], int]
+Add = Callable[
+    ["argparse._SubParsersAction[argparse.ArgumentParser]", str, Command, str],
+    argparse.ArgumentParser,
+]
 
-# Folders never read as ham by --from-mailboxes (rfc6154 names as created).
-_NOT_HAM = {"Junk", "Spam", "Trash", "Drafts"}
-
-
-def _account(config: Config, raw: str) -> str:
-    address = normalize_address(raw)
-    with Accounts(config.accounts_db, config.domains) as accounts:
-        if not accounts.exists(address):
-            raise CommandFailed(f"no such account: {address}")
-    return address
+# Folders --from-mailboxes learns as spam, and those it leaves out (rfc6154
+# names, as the server creates them; "Spam" as other servers name Junk).
+_SPAM_FOLDERS = {"Junk", "Spam"}
+_SKIPPED_FOLDERS = {"Trash", "Drafts"}
 
 
-def _junk(config: Config) -> JunkFilter:
-    return JunkFilter(config.spam_dir, config.spam.settings)
+@contextmanager
+def _junk(config: Config) -> Iterator[JunkFilter]:
+    """The filter; a statistics file that cannot be opened or written
+    (permissions, a full disk, a file where the directory should be) is one
+    line naming it, exit 1."""
+    try:
+        with JunkFilter(config.spam_dir, config.spam.settings) as junk:
+            yield junk
+    except (sqlite3.Error, OSError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CommandFailed(f"{config.spam_dir}: the junk filter's statistics: {detail}") from None
 
 
 def cmd_spam_status(config: Config, args: argparse.Namespace) -> int:
-    address = _account(config, args.address)
+    address = _existing_account(config, args.address)
     settings = config.spam.settings
     with _junk(config) as junk:
         status = junk.status(address)
@@ -56,8 +79,8 @@ def cmd_spam_status(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "account": address, "spam": status.spam, "ham": status.ham,
-            "tokens": status.tokens, "size": status.size, "ready": ready,
-            "min_spam": settings.min_spam, "min_ham": settings.min_ham,
+            "tokens": status.tokens, "size": status.size, "path": status.path,
+            "ready": ready, "min_spam": settings.min_spam, "min_ham": settings.min_ham,
         }))  # fmt: skip
         return 0
     print(f"{address}: trained {status.spam} spam, {status.ham} ham; {status.tokens} tokens,")
@@ -79,89 +102,115 @@ def _report(what: str, report: TrainReport, skipped: int) -> None:
     )
 
 
+def _source(raw: str) -> MessageSource:
+    """PATH as a message source, or one line naming it (exit 1)."""
+    try:
+        return MessageSource(Path(raw))
+    except FileNotFoundError:
+        raise CommandFailed(f"{raw}: no such file or directory") from None
+    except OSError as exc:
+        raise CommandFailed(f"{raw}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a directory that is not a Maildir
+        raise CommandFailed(str(exc)) from None
+
+
+def _read(source: MessageSource) -> Iterator[bytes]:
+    """The messages of ``source``; a read error (a file gone, EIO, a
+    permission) stops the training with one line naming the path."""
+    messages = iter(source)
+    while True:
+        try:
+            message = next(messages)
+        except StopIteration:
+            return
+        except OSError as exc:
+            where = exc.filename or source.path
+            raise CommandFailed(f"{where}: {exc.strerror or exc}") from None
+        yield message
+
+
+def _train(junk: JunkFilter, address: str, source: MessageSource, spam: bool, what: str) -> None:
+    report = junk.train_from(address, _read(source), spam)
+    _report(what, report, source.skipped)
+
+
 def cmd_spam_train(config: Config, args: argparse.Namespace) -> int:
-    address = _account(config, args.address)
+    address = _existing_account(config, args.address)
     if args.from_mailboxes:
         if args.spam or args.ham:
             raise UsageError("--from-mailboxes takes no --spam/--ham")
         return _train_from_mailboxes(config, address)
     if not (args.spam or args.ham):
-        raise UsageError("give --spam PATH... or --ham PATH... (or --from-mailboxes)")
-    sources: list[MessageSource] = []
-    for raw in args.spam or args.ham:
-        path = Path(raw)
-        try:
-            sources.append(MessageSource(path))
-        except FileNotFoundError:
-            raise CommandFailed(f"{raw}: no such file or directory") from None
-        except (ValueError, OSError) as exc:
-            raise CommandFailed(str(exc)) from None
+        raise UsageError("give --spam PATH... and/or --ham PATH... (or --from-mailboxes)")
+    # Every PATH is checked before anything is learned.
+    sources = [(_source(raw), True) for raw in args.spam or ()]
+    sources += [(_source(raw), False) for raw in args.ham or ()]
     with _junk(config) as junk:
-        for source in sources:
-            try:
-                report = junk.train_from(address, source, bool(args.spam))
-            except OSError as exc:
-                raise CommandFailed(f"{source.path}: {exc.strerror or exc}") from None
-            _report(f"{source.path} ({source.kind})", report, source.skipped)
+        for source, spam in sources:
+            what = f"{source.path} ({source.kind}, {'spam' if spam else 'ham'})"
+            _train(junk, address, source, spam, what)
     return 0
 
 
 def _train_from_mailboxes(config: Config, address: str) -> int:
-    from estafeta.store import Store
+    from estafeta.store import Store, maildir
 
     account_dir = Store(config.mail_dir, config.hostname).account_dir(address)
     if not account_dir.is_dir():
         print(f"{address}: no mail yet, nothing to learn from")
         return 0
     with _junk(config) as junk:
-        for folder in maildir.folders(account_dir):
+        for folder in sorted(maildir.folders(account_dir)):
             name = folder.lstrip(".") or "INBOX"
-            spam = name in ("Junk", "Spam")
-            if not spam and name in _NOT_HAM:
+            spam = name in _SPAM_FOLDERS
+            if name in _SKIPPED_FOLDERS:
                 continue
-            report = junk.train_from(address, read_maildir(account_dir / folder), spam)
-            _report(f"{name} as {'spam' if spam else 'ham'}", report, 0)
+            source = _source(str(account_dir / folder) if folder else str(account_dir))
+            _train(junk, address, source, spam, f"{name} as {'spam' if spam else 'ham'}")
     return 0
 
 
 def cmd_spam_reset(config: Config, args: argparse.Namespace) -> int:
-    address = _account(config, args.address)
-    if not args.yes:
-        raise UsageError("this forgets all of the account's training: add --yes")
+    address = _existing_account(config, args.address)
     with _junk(config) as junk:
+        before = junk.status(address)
         junk.reset(address)
-    print(f"{address}: training forgotten")
+    # As user del: no question asked, what went is printed.
+    print(f"reset {address}: forgot {before.spam} spam, {before.ham} ham, {before.tokens} tokens")
     return 0
 
 
+def _entry(sender: str) -> str:
+    try:
+        return allow_entry(sender)
+    except ValueError as exc:
+        raise CommandFailed(str(exc)) from None
+
+
 def cmd_spam_allow(config: Config, args: argparse.Namespace) -> int:
-    address = _account(config, args.address)
+    address = _existing_account(config, args.address)
+    entry = _entry(args.sender)
     with _junk(config) as junk:
-        try:
-            added = junk.allow(address, args.sender)
-        except ValueError as exc:
-            raise CommandFailed(str(exc)) from None
+        added = junk.allow(address, entry)
     if not added:
         raise CommandFailed(f"{address}: the allowlist is full")
-    print(f"{address}: {args.sender.strip().lower()} allowed")
+    print(f"{address}: {entry} allowed")
     return 0
 
 
 def cmd_spam_disallow(config: Config, args: argparse.Namespace) -> int:
-    address = _account(config, args.address)
+    address = _existing_account(config, args.address)
+    entry = _entry(args.sender)
     with _junk(config) as junk:
-        try:
-            removed = junk.disallow(address, args.sender)
-        except ValueError as exc:
-            raise CommandFailed(str(exc)) from None
+        removed = junk.disallow(address, entry)
     if not removed:
-        raise CommandFailed(f"{address}: {args.sender} is not on the allowlist")
-    print(f"{address}: {args.sender.strip().lower()} removed")
+        raise CommandFailed(f"{address}: {entry} is not on the allowlist")
+    print(f"{address}: {entry} removed from the allowlist")
     return 0
 
 
 def cmd_spam_allowlist(config: Config, args: argparse.Namespace) -> int:
-    address = _account(config, args.address)
+    address = _existing_account(config, args.address)
     with _junk(config) as junk:
         entries = junk.allowed(address)
     if args.json:
@@ -179,12 +228,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], add:
     )
     command = add(spam, "status", cmd_spam_status, "what an account's filter has learned")
     command.add_argument("address")
-    command.add_argument("--json", action="store_true", help="machine-readable output")
+    command.add_argument(
+        "--json",
+        action="store_true",
+        help='machine-readable: {"account", "spam", "ham", "tokens", "size", "path", "ready",'
+        ' "min_spam", "min_ham"}',
+    )
     command = add(spam, "train", cmd_spam_train, "teach it spam or ham from files")
     command.add_argument("address")
-    kind = command.add_mutually_exclusive_group()
-    kind.add_argument("--spam", nargs="+", metavar="PATH", help="spam: files, Maildirs or mboxes")
-    kind.add_argument("--ham", nargs="+", metavar="PATH", help="not spam: the same")
+    command.add_argument("--spam", nargs="+", metavar="PATH", help="spam: files, Maildirs, mboxes")
+    command.add_argument("--ham", nargs="+", metavar="PATH", help="not spam: the same")
     command.add_argument(
         "--from-mailboxes",
         action="store_true",
@@ -193,7 +246,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], add:
     )
     command = add(spam, "reset", cmd_spam_reset, "forget everything an account's filter learned")
     command.add_argument("address")
-    command.add_argument("--yes", action="store_true", help="really")
     for name, func, text in (
         ("allow", cmd_spam_allow, "never judge mail from SENDER (user@domain or @domain) spam"),
         ("disallow", cmd_spam_disallow, "take SENDER off the account's allowlist"),
@@ -203,4 +255,4 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], add:
         command.add_argument("sender")
     command = add(spam, "allowlist", cmd_spam_allowlist, "the account's allowed senders")
     command.add_argument("address")
-    command.add_argument("--json", action="store_true", help="machine-readable output")
+    command.add_argument("--json", action="store_true", help="machine-readable: [entry, ...]")
