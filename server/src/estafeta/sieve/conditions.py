@@ -10,6 +10,7 @@ expression that does not compile or takes too long, a failing callback).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -267,6 +268,39 @@ def _environment(run: Run, frame: Frame, node: Node) -> bool:
     return run.test_values(frame, node, [value], _keys(node), count=1 if value else 0)
 
 
+# --------------------------------------------------------------------------
+# rfc5235 spamtest / spamtestplus
+
+
+def spam_tested(score: float | None) -> bool:
+    """Whether something judged the message: ``Context.spam_score`` is a
+    number (one that is not finite counts as no judgement)."""
+    return score is not None and math.isfinite(score)
+
+
+def spam_result(score: float | None, percent: bool) -> str:
+    """The normalized result (rfc5235:3.1, the left-hand side) of a spam
+    score 0..1 (clamped), or None when nothing judged the message: only the
+    digits, no text after them.  Halves round up."""
+    if score is None or not math.isfinite(score):
+        # rfc5235:3.2.1 "0": not tested; rfc5235:3.2.2 with :percent "0"
+        # too (clear of spam, or not tested: :count tells them apart).
+        return "0"
+    score = min(max(score, 0.0), 1.0)
+    if percent:
+        return str(math.floor(score * 100 + 0.5))  # rfc5235:3.2.2: 0..100
+    # rfc5235:3.2.1: 1 tested and clear of spam .. 10 definitely spam.
+    return str(1 + math.floor(score * 9 + 0.5))
+
+
+def _spamtest(run: Run, frame: Frame, node: Node) -> bool:
+    score = run.ctx.spam_score
+    value = spam_result(score, "percent" in node.tags)
+    # rfc5235:3.1: the :count is 1 when a test was done, else 0.
+    count = 1 if spam_tested(score) else 0
+    return run.test_values(frame, node, [value], _keys(node), count=count)
+
+
 _TESTS: Final[dict[str, Callable[[Run, Frame, Node], bool]]] = {
     "true": _true,
     "false": _false,
@@ -286,4 +320,5 @@ _TESTS: Final[dict[str, Callable[[Run, Frame, Node], bool]]] = {
     "mailboxexists": _mailboxexists,
     "environment": _environment,
     "duplicate": duplicate,
+    "spamtest": _spamtest,
 }

@@ -9,14 +9,17 @@ message.  Here a test whose strings are all constant -- ``header``,
 ``size``, ``true``, ``false``, ``not``, ``allof``, ``anyof`` over such tests
 -- becomes a closure with its header names checked and lowered, its keys
 encoded and folded, its globs and patterns compiled, once per script.
+``spamtest`` (rfc5235) with constant keys under ``:is``, ``:value`` or
+``:count``, any comparator, has its few possible answers worked out once.
 
 The closures do exactly what ``evaluate`` does, in the same order: the same
 steps charged at the same places (rfc5228:2.10.4 budget, ``Run.charge``),
 the same values compared, the same match variables set (rfc5229:3.2).
 Every other test (variables in its strings, ``:index``, ``:count`` and
-``:value``, ``i;ascii-numeric``, the extensions' tests) runs through
-``evaluate`` unchanged.  The tests in tests/test_sieve_fast.py run every
-shape both ways and compare results, steps and match variables.
+``:value`` of the tests above, ``i;ascii-numeric`` there, the other
+extensions' tests) runs through ``evaluate`` unchanged.  The tests in
+tests/test_sieve_fast.py (tests/test_sieve_spamtest.py for ``spamtest``)
+run every shape both ways and compare results, steps and match variables.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from estafeta.sieve import ast
-from estafeta.sieve.conditions import address_part_of, evaluate
+from estafeta.sieve.conditions import address_part_of, evaluate, spam_result, spam_tested
 from estafeta.sieve.match import (
     CASEMAP,
     OCTET,
@@ -36,10 +39,13 @@ from estafeta.sieve.match import (
     compile_regex,
     decode,
     encode,
+    equal,
     glob_cost,
     literal_absent,
+    order,
     regex_cost,
     regex_light,
+    relation_holds,
     required_literal,
 )
 from estafeta.sieve.message import (
@@ -215,6 +221,54 @@ def _exists(node: Node) -> TestFn | None:
             if not named(name):
                 return False
         return True
+
+    return test
+
+
+def _spamtest(node: Node) -> TestFn | None:
+    """rfc5235:3.2 with constant keys under :is, :value or :count: the
+    normalized results it can see ("0".."10", or "0".."100" with :percent,
+    conditions.spam_result) are few, so each is compared with the keys
+    once, here; a run looks its result up and charges what
+    ``Run.test_values`` would (per key, up to the first that holds)."""
+    spec = node.match
+    keys = _constants(node.args[-1])
+    if keys is None or spec.kind not in ("is", "value", "count"):
+        return None
+    pos, comparator, relation = node.pos, spec.comparator, spec.relation
+    if spec.kind == "count":  # rfc5235:3.1, rfc5231:4.2: 1 if tested, else 0
+        counted = tuple(
+            any(relation_holds(order(str(n), key, comparator), relation) for key in keys)
+            for n in (0, 1)
+        )
+
+        def count_test(run: Run, frame: Frame) -> bool:
+            run.steps += 1
+            if run.steps > run.max_steps:
+                run.charge(0, pos)
+            return counted[1 if spam_tested(run.ctx.spam_score) else 0]
+
+        return count_test
+    percent = "percent" in node.tags
+    table: dict[str, tuple[int, tuple[bool, ...]]] = {}
+    for n in range(101 if percent else 11):
+        value = str(n)
+        if spec.kind == "is":
+            hits = tuple(equal(value, key, comparator) for key in keys)
+        else:
+            hits = tuple(relation_holds(order(value, key, comparator), relation) for key in keys)
+        table[value] = (1 + len(value) // OPS_PER_STEP, hits)
+
+    def test(run: Run, frame: Frame) -> bool:
+        run.steps += 1
+        if run.steps > run.max_steps:
+            run.charge(0, pos)
+        cost, hits = table[spam_result(run.ctx.spam_score, percent)]
+        for hit in hits:
+            run.charge(cost, pos)
+            if hit:
+                return True
+        return False
 
     return test
 
@@ -574,4 +628,5 @@ _BUILDERS: Final[dict[str, Callable[[Node], TestFn | None]]] = {
     "header": _header,
     "address": _address,
     "envelope": _envelope,
+    "spamtest": _spamtest,
 }

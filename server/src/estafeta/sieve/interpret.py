@@ -76,7 +76,9 @@ class Context:
     seen: Callable[[str, float], bool] | None = None
     # rfc6609: load_include("personal"|"global", name) -> Compiled or None.
     load_include: Callable[[str, str], Compiled | None] | None = None
-    spam_score: float | None = None  # reserved for spamtest (issue 16)
+    # rfc5235 spamtest: the spam filter's score, 0.0 (ham) .. 1.0 (spam);
+    # None when nothing judged the message (spamtest sees "0").
+    spam_score: float | None = None
     # rfc5490:3.1 mailboxexists: does the account have this mailbox (IMAP
     # name) and may mail be delivered into it?  None: only INBOX exists.
     mailbox_exists: Callable[[str], bool] | None = None

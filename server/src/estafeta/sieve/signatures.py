@@ -47,6 +47,8 @@ SUPPORTED: Final = frozenset(
         "editheader",
         "environment",
         "regex",
+        "spamtest",  # rfc5235:3.2
+        "spamtestplus",
     }
 )
 
@@ -250,6 +252,14 @@ TESTS: Final[Mapping[str, Signature]] = {
         },
     ),
     "environment": Signature(ext=("environment",), tags=MATCHING, positional=(STRING, STRINGS)),
+    # rfc5235:3.2: either capability allows the test; :percent needs
+    # "spamtestplus" (an error otherwise).  No default comparator of its
+    # own: rfc5228:2.7.3's i;ascii-casemap, as for every test.
+    "spamtest": Signature(
+        ext=("spamtest", "spamtestplus"),
+        tags={**MATCHING, "percent": TagSpec(None, None, ("spamtestplus",))},
+        positional=(STRING,),
+    ),
 }
 
 # Which capability implies which (rfc6131:2: vacation-seconds implies vacation).
