@@ -281,6 +281,19 @@ class MailHost:
         )
 
 
+def peer_host(root: Path, ca: trustme.CA, nameserver: str) -> MailHost:
+    """example.net on 127.0.0.3: a peer that sends from its own address and
+    retries within seconds (the usual second host of a mail test net)."""
+    return MailHost(
+        root,
+        "example.net",
+        "127.0.0.3",
+        ca,
+        nameserver,
+        extra_config='[queue]\nsource_address = "127.0.0.3"\nretry_min = "1s"\nretry_max = "2s"\n',
+    )
+
+
 # -- Postfix as a peer --------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from _dnsfakes import Clock, HangingResolver
 
 from estafeta.dns import Answer, MockResolver
 from estafeta.policy import dnsbl
@@ -21,28 +22,6 @@ WL = "wl.example"
 DBL = "dbl.example"
 CLIENT = "198.51.100.66"
 CLIENT_NAME = f"66.100.51.198.{BL}"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class HangingResolver(MockResolver):
-    """Names under ``hang`` never answer (until cancelled)."""
-
-    def __init__(self, hang: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.hang = hang
-
-    async def lookup(self, name: str, rdtype: str, _depth: int = 0) -> Answer:
-        if name.lower().rstrip(".").endswith("." + self.hang):
-            self.queries.append((name, rdtype))
-            await asyncio.get_running_loop().create_future()
-        return await super().lookup(name, rdtype, _depth)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -32,7 +32,7 @@ import pytest
 import trustme
 from sievelib.managesieve import Client
 
-from _mailnet import Knot, MailHost, Postfix, mail_zone
+from _mailnet import Knot, MailHost, Postfix, mail_zone, peer_host
 from conftest import PASSWORD
 
 pytestmark = pytest.mark.slow
@@ -68,14 +68,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         # Vacation windows in seconds (rfc6131) so a test can see one pass.
         extra_config='[sieve]\nvacation_min_period = "1s"\n',
     )
-    b = MailHost(
-        root / "b",
-        "example.net",
-        "127.0.0.3",
-        ca,
-        knot.address,
-        extra_config='[queue]\nsource_address = "127.0.0.3"\nretry_min = "1s"\nretry_max = "2s"\n',
-    )
+    b = peer_host(root / "b", ca, knot.address)
     for host, users in ((a, (ALICE, DAVE)), (b, (BOB,))):
         host.write_config()
         for user in users:

@@ -83,6 +83,12 @@ SMTP_DATA_REFUSED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+SMTP_CONNECTIONS_REJECTED = Counter(
+    "estafeta_smtp_connections_rejected_total",
+    "MX connections refused by the connection screen, by reason (dnsbl, pregreet, fcrdns, helo).",
+    ["reason"],
+    registry=REGISTRY,
+)
 STORE_BATCH_SECONDS = Histogram(
     "estafeta_store_commit_duration_seconds",
     "Time to make one group of deliveries durable (files fsync'd, index committed).",
@@ -131,6 +137,8 @@ def record_event(event: str, fields: Mapping[str, Any]) -> None:
         SMTP_ERROR_LIMITS.inc()
     elif event == "data_refused":
         SMTP_DATA_REFUSED.labels(_reason(fields)).inc()
+    elif event == "connection_rejected":
+        SMTP_CONNECTIONS_REJECTED.labels(_reason(fields)).inc()
     elif event == "auth_lockout":
         AUTH_LOCKOUTS.labels(str(fields.get("scope", "other"))).inc()
 

@@ -53,6 +53,7 @@ from estafeta.smtp.data import DataBudget
 from estafeta.smtp.errors import ErrorLimiter
 from estafeta.smtp.inbound import InboundHandler
 from estafeta.smtp.protocol import Connections, ImplicitTLS, SMTPProtocol
+from estafeta.smtp.screen import Screen
 from estafeta.smtp.submission import SendLimits, SubmissionHandler
 from estafeta.spam.training import Trainer
 from estafeta.store import Store
@@ -254,9 +255,20 @@ class Server:
             )
         )
 
+        # The MX's connection screen (issue 16): DNS lists of the client
+        # address, the pregreet test, FCrDNS and HELO signals.
+        screen = Screen(
+            self.config.screen,
+            self.resolver,
+            self.defences.lists,
+            reject_score=self.config.dnsbl.reject_score,
+            dns_timeout=self.config.dnsbl.settings.timeout,
+        )
+
         def make_smtp() -> SMTPProtocol:
             return SMTPProtocol(
                 handler,
+                screen=screen,
                 connections=self.connections,
                 data_size_limit=self.config.limits.max_message_size,
                 enable_SMTPUTF8=True,

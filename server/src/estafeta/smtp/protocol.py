@@ -21,7 +21,13 @@
 - an error limit with tarpitting per client address (``smtp.errors``:
   ``[limits] smtp_soft_error_limit``, ``smtp_hard_error_limit``,
   ``smtp_error_delay``);
-- ``503 5.5.1`` to a STARTTLS on a connection that has TLS already.
+- ``503 5.5.1`` to a STARTTLS on a connection that has TLS already;
+- on the MX, the connection screen (``smtp.screen``, given as ``screen=``):
+  a multi-line greeting whose final line comes after ``[screen]
+  greeting_pause`` while DNS lists and reverse DNS are checked; an early
+  talker or a listed client gets a 554 instead of the final line, and HELO
+  signals are judged at EHLO/HELO. ``session.screen`` carries the result
+  (None on submission).
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ import base64
 import binascii
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, TLSSetupException, syntax
 
@@ -51,8 +57,10 @@ from estafeta.log import log_event
 from estafeta.smtp import replies
 from estafeta.smtp.data import DataBudget, DataReader, DataStatus
 from estafeta.smtp.errors import TOO_MANY_ERRORS, ErrorLimiter, counts_as_error
+from estafeta.smtp.screen import HELO, PREGREET, Screen, ScreenResult, pregreet_reply
 
 log = logging.getLogger("estafeta.smtp")
+T = TypeVar("T")
 
 # Checks a user name and password from a client address (Authenticator.login).
 Authenticate = Callable[[str, str, str], Awaitable[LoginResult]]
@@ -66,6 +74,13 @@ TOO_MANY_FROM_ADDRESS = "421 4.7.0 Too many connections from your address"
 # connection says 421 first; rfc3463:3.5 X.4.2 "bad connection".
 IDLE_TIMEOUT = "421 4.4.2 {} Error: timeout exceeded"
 DATA_TIMEOUT = "421 4.4.2 {} Error: the message took too long to arrive"
+# rfc5321:3.1 — after a 554 greeting the server waits for QUIT, answering
+# 503 to anything else: for at most this long, and this many commands.
+REFUSED_LINGER = 10.0
+REFUSED_COMMANDS = 5
+REFUSED_SEQUENCE = "503 5.5.1 Bad sequence of commands: service unavailable, send QUIT"
+# The screen's DNS checks end on their own timeouts; this is the backstop.
+SCREEN_BACKSTOP = 5.0
 
 
 @dataclass
@@ -221,6 +236,7 @@ class SMTPProtocol(SMTP):
         data_timeout: float | None = None,
         data_memory: DataBudget | None = None,
         errors: ErrorLimiter | None = None,
+        screen: Screen | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
@@ -250,6 +266,14 @@ class SMTPProtocol(SMTP):
         self._errors = errors
         self._error_count = 0
         self._closing_for_errors = False
+        # The connection screen (MX only) and what it found: session.screen.
+        self._screen = screen
+        self.screen_result: ScreenResult | None = None
+        # True until the final greeting line is sent: any octet from the
+        # client meanwhile makes it an early talker (set in data_received).
+        self._before_greeting = screen is not None
+        self._talked = asyncio.Event()
+        self._helo_refusal_logged = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None and not self._counted:
@@ -289,6 +313,9 @@ class SMTPProtocol(SMTP):
             self._connections.open.add(self)
             self._counted = True
         super().connection_made(transport)
+        if self.session is not None:
+            # aiosmtpd makes a new Session after STARTTLS: the result stays.
+            self.session.screen = self.screen_result  # type: ignore[attr-defined]
 
     def _release_address(self) -> None:
         if self._counted_ip is not None and self._connections.per_ip is not None:
@@ -330,7 +357,177 @@ class SMTPProtocol(SMTP):
     def eof_received(self) -> bool | None:
         if self.session is None:  # refused in connection_made: closing already
             return False
+        if self._before_greeting and self._talked.is_set():
+            # An early talker that closed its side: its 554 still goes out
+            # (the screen closes the connection after it).
+            return True
         return super().eof_received()
+
+    # -- the connection screen (MX) ----------------------------------------------
+
+    async def _handle_client(self) -> None:
+        """aiosmtpd sends the greeting and reads commands here; there is no
+        hook before the greeting, so the screen runs first and aiosmtpd's
+        loop (whose first act is the final "220 " line) only if it passes."""
+        if self._screen is not None:
+            try:
+                passed = await self._run_screen(self._screen)
+            except asyncio.CancelledError:
+                # The connection went away (or EOF) during the screen: as
+                # aiosmtpd does when its own loop is cancelled.
+                self._writer.close()
+                raise
+            if not passed:
+                return
+        self._before_greeting = False
+        await super()._handle_client()
+
+    def _set_screen(self, result: ScreenResult) -> None:
+        self.screen_result = result
+        if self.session is not None:
+            self.session.screen = result  # type: ignore[attr-defined]
+
+    async def _run_screen(self, screen: Screen) -> bool:
+        """Hold the client in a multi-line greeting while it is checked.
+
+        rfc5321:4.2 — the greeting may span lines: "220-" and our name now,
+        the final "220 " line once the pause is over and the checks are in.
+        A client that sends anything before the final line (rfc5321:4.3.1:
+        it waits for the greeting) is an early talker: 554 and the close. A
+        listed client gets the 554 instead of the final line (rfc5321:3.1).
+        A well-behaved client waits the greeting pause, or the DNS checks if
+        they take longer (they run during the pause); a trusted one, or one
+        that passed recently with no DNS work to do, not at all. False: the
+        connection is refused and ends.
+        """
+        ip = self._client_ip()
+        if screen.is_trusted(ip):
+            self._set_screen(ScreenResult(ip, trusted=True))
+            return True
+        self._set_screen(ScreenResult(ip))
+        pause = screen.greeting_pause(ip)
+        if pause <= 0 and not screen.checks_at_connect:
+            return True
+        started = asyncio.get_running_loop().time()
+        if screen.checks_at_connect:
+            # The DNS checks come before any greeting line: a refusal must be
+            # the greeting itself ("554 ...", rfc5321:3.1), never a "554" after
+            # a "220-" line (rfc5321:4.2.1: one reply, one code). Bytes sent
+            # meanwhile are early talk too (rfc5321:4.3.1).
+            found = await self._watch(self._check_client(screen, ip))
+            if found is None:
+                return await self._early_talker(screen, ip)
+            self._set_screen(found)
+            if found.reject is not None:
+                await self._refuse(found.reject, found.reason or "other", linger=True)
+                return False
+            if found.allowlisted:
+                return True  # an allow zone vouches for it: no pause
+        # What is left of the pause after the checks (they ran inside it).
+        remaining = pause - (asyncio.get_running_loop().time() - started)
+        if pause > 0 and remaining > 0:
+            if not await self._send_line(f"220-{self.hostname} {self.__ident__}"):
+                return False
+            if await self._watch(asyncio.sleep(remaining, True)) is None:
+                return await self._early_talker(screen, ip)
+        if pause > 0:
+            screen.passed(ip)
+        return True
+
+    async def _watch(self, work: Coroutine[Any, Any, T]) -> T | None:
+        """``work``'s result, or None if the client talked first (``work``
+        is then cancelled)."""
+        talked = asyncio.ensure_future(self._talked.wait())
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({talked, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (talked, task):
+                if not future.done():
+                    future.cancel()
+        if self._talked.is_set() or not task.done() or task.cancelled():
+            return None
+        return task.result()
+
+    async def _early_talker(self, screen: Screen, ip: str) -> bool:
+        screen.failed(ip)
+        await self._refuse(pregreet_reply(ip), PREGREET, linger=False)
+        return False
+
+    async def _check_client(self, screen: Screen, ip: str) -> ScreenResult:
+        """``screen.check_client``, within a backstop; never raises: a
+        failure here lets the client in (our trouble is not its fault)."""
+        try:
+            async with asyncio.timeout(SCREEN_BACKSTOP + screen.dns_timeout):
+                return await screen.check_client(ip)
+        except Exception as exc:  # logged; never a traceback to the client
+            log_event(
+                log,
+                "screen_failed",
+                logging.WARNING,
+                client=ip,
+                error=f"{type(exc).__name__}: {exc}"[:200],
+            )
+            return ScreenResult(ip)
+
+    async def _send_line(self, line: str) -> bool:
+        """One reply line as it is (no enhanced code); False if the client is gone."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        try:
+            await super().push(_printable(line))
+        except ConnectionError:
+            return False
+        return True
+
+    async def _refuse(self, reply: str, reason: str, *, linger: bool) -> None:
+        """Refuse the session: the reply, logged and counted once, then the
+        close; with ``linger``, first wait (briefly) for the QUIT that
+        rfc5321:3.1 says a 554 greeting waits for."""
+        ip = self._client_ip()
+        log_event(
+            log, "connection_rejected", logging.WARNING, client=ip, reason=reason, reply=reply
+        )
+        self._before_greeting = not linger  # an early talker's octets stay dropped
+        if await self._send_line(reply) and linger:
+            try:
+                async with asyncio.timeout(REFUSED_LINGER):
+                    for _ in range(REFUSED_COMMANDS):
+                        line = await self._reader.readuntil(b"\n")
+                        if line.strip().upper() == b"QUIT":
+                            await self._send_line(f"221 2.0.0 {self.hostname} Bye")
+                            break
+                        await self._send_line(REFUSED_SEQUENCE)
+            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+                pass
+            except asyncio.LimitOverrunError:
+                pass
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _helo_refused(self, hostname: str) -> bool:
+        """The screen's HELO checks (signals; in reject mode, the refusal)."""
+        screen, result = self._screen, self.screen_result
+        if screen is None or result is None or not hostname:
+            return False
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        own = [str(sockname[0])] if isinstance(sockname, tuple) else []
+        reply = screen.check_helo(result, hostname, self.hostname, own)
+        if reply is None:
+            return False
+        if not self._helo_refusal_logged:
+            self._helo_refusal_logged = True
+            log_event(
+                log,
+                "connection_rejected",
+                logging.WARNING,
+                client=self._client_ip(),
+                reason=HELO,
+                reply=reply,
+            )
+        await self.push(reply)
+        return True
 
     # -- timeouts -------------------------------------------------------------
 
@@ -358,6 +555,11 @@ class SMTPProtocol(SMTP):
         transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._before_greeting:
+            # rfc5321:4.3.1 — the client waits for the greeting. What an
+            # early talker sends is dropped: it gets a 554 and the close.
+            self._talked.set()
+            return
         if self._data_deadline is not None:
             # Inside DATA, each arrival restarts the silence timer (rfc5321:
             # 4.5.3.2.7), but never beyond the DATA deadline.
@@ -538,6 +740,8 @@ class SMTPProtocol(SMTP):
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_ehlo = True
         try:
+            if await self._helo_refused(hostname):
+                return
             await super().smtp_EHLO(hostname)
         finally:
             self._in_ehlo = False
@@ -545,6 +749,8 @@ class SMTPProtocol(SMTP):
     async def smtp_HELO(self, hostname: str) -> None:
         self._in_ehlo = True
         try:
+            if await self._helo_refused(hostname):
+                return
             await super().smtp_HELO(hostname)
         finally:
             self._in_ehlo = False
