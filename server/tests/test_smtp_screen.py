@@ -395,7 +395,7 @@ class Handler:
 
 @asynccontextmanager
 async def serving(
-    screen: Screen | None, handler: Handler | None = None
+    screen: Screen | None, handler: Handler | None = None, idle: float = 300.0
 ) -> AsyncIterator[tuple[int, list[SMTPProtocol], Connections]]:
     loop = asyncio.get_running_loop()
     connections = Connections(limit=100)
@@ -409,6 +409,7 @@ async def serving(
             ident="ESMTP estafeta",
             screen=screen,
             loop=loop,
+            timeout=idle,
         )
         protocols.append(protocol)
         return protocol
@@ -620,6 +621,26 @@ def test_an_early_talk_during_the_dns_checks_is_caught() -> None:
     lines = talk(screen, b"EHLO spam.example\r\n", before=0)
     assert len(lines) == 1 and lines[0].startswith(b"554 5.7.1 ")
     assert LOCAL not in screen.passes
+
+
+def test_the_idle_timeout_counts_from_the_greeting() -> None:
+    # An idle timeout shorter than the pause: the client is greeted all the
+    # same, and the timer starts with the final greeting line.
+    screen = make_screen(greeting_pause=0.4)
+
+    async def main() -> list[bytes]:
+        async with asyncio.timeout(10), serving(screen, idle=0.2) as (port, _, c):
+            reader, writer = await asyncio.open_connection(LOCAL, port)
+            lines = await lines_until_eof(reader)  # no command: the timer ends it
+            writer.close()
+            await _closed(c)
+            return lines
+
+    assert run(main()) == [
+        b"220-mx.example.test ESMTP estafeta\r\n",
+        b"220 mx.example.test ESMTP estafeta\r\n",
+        b"421 4.4.2 mx.example.test Error: timeout exceeded\r\n",
+    ]
 
 
 def test_a_failing_check_lets_the_client_in(caplog: pytest.LogCaptureFixture) -> None:

@@ -274,6 +274,9 @@ class SMTPProtocol(SMTP):
         self._before_greeting = screen is not None
         self._talked = asyncio.Event()
         self._helo_refusal_logged = False
+        # While the screen holds the client (bounded by the pause, the DNS
+        # timeouts and the refusal's linger), the idle timer waits too.
+        self._screening = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None and not self._counted:
@@ -370,6 +373,7 @@ class SMTPProtocol(SMTP):
         hook before the greeting, so the screen runs first and aiosmtpd's
         loop (whose first act is the final "220 " line) only if it passes."""
         if self._screen is not None:
+            self._screening = True
             try:
                 passed = await self._run_screen(self._screen)
             except asyncio.CancelledError:
@@ -377,8 +381,12 @@ class SMTPProtocol(SMTP):
                 # aiosmtpd does when its own loop is cancelled.
                 self._writer.close()
                 raise
+            finally:
+                self._screening = False
             if not passed:
                 return
+            # The idle timeout counts from the greeting, not from the connect.
+            self._reset_timeout()
         self._before_greeting = False
         await super()._handle_client()
 
@@ -533,8 +541,9 @@ class SMTPProtocol(SMTP):
 
     def _timeout_cb(self) -> None:
         """aiosmtpd's timer went off: say why (421 4.4.2), then close."""
-        if self.busy:
-            # The message is in and being stored: its reply comes first.
+        if self.busy or self._screening:
+            # The message is in and being stored: its reply comes first. Or
+            # the screen holds the client: it ends on its own bounds.
             self._reset_timeout()
             return
         transport = self.transport
