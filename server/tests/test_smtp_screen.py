@@ -195,6 +195,14 @@ def fcrdns_resolver(*forward: str, ptr: list[str] | None = None) -> MockResolver
     return resolver
 
 
+async def checked(screen: Screen, ip: str) -> ScreenResult:
+    """What the protocol runs: the checks the greeting waits for, then the
+    signals it does not wait for."""
+    result = await screen.check_client(ip)
+    await screen.check_signals(result)
+    return result
+
+
 def test_fcrdns_pass() -> None:
     screen = make_screen(fcrdns_resolver("192.0.2.1", CLIENT), fcrdns="reject")
     result = run(screen.check_client(CLIENT))
@@ -211,7 +219,11 @@ def test_fcrdns_pass() -> None:
     ],
 )
 def test_fcrdns_failure_is_a_signal_by_default(resolver: MockResolver, signal: str) -> None:
-    result = run(make_screen(resolver, fcrdns="signal").check_client(CLIENT))
+    screen = make_screen(resolver, fcrdns="signal")
+    # The greeting does not wait for a check that refuses no one.
+    assert not screen.checks_at_connect and screen.checks_later
+    assert run(screen.check_client(CLIENT)).signals == []
+    result = run(checked(screen, CLIENT))
     assert result.signals == [signal]
     assert result.reject is None and result.ptr is None
 
@@ -234,8 +246,8 @@ def test_a_dns_failure_never_refuses_in_reject_mode() -> None:
 def test_fcrdns_off_asks_nothing() -> None:
     resolver = fcrdns_resolver("192.0.2.1")
     screen = make_screen(resolver, fcrdns="off")
-    assert not screen.checks_at_connect
-    result = run(screen.check_client(CLIENT))
+    assert not screen.checks_at_connect and not screen.checks_later
+    result = run(checked(screen, CLIENT))
     assert resolver.queries == [] and result.signals == []
 
 
@@ -251,7 +263,7 @@ def test_fcrdns_ipv6_compares_addresses_not_text() -> None:
 def test_fcrdns_looks_at_ten_ptr_names_at_most() -> None:
     names = [f"h{i}.sender.example" for i in range(30)]
     resolver = MockResolver({(PTR, "PTR"): names, ("h29.sender.example", "A"): [CLIENT]})
-    result = run(make_screen(resolver, fcrdns="signal").check_client(CLIENT))
+    result = run(checked(make_screen(resolver, fcrdns="signal"), CLIENT))
     assert result.signals == ["fcrdns_mismatch"]
     assert len([q for q in resolver.queries if q[1] == "A"]) == 10
 
@@ -643,12 +655,13 @@ def test_the_idle_timeout_counts_from_the_greeting() -> None:
     ]
 
 
-def test_a_failing_check_lets_the_client_in(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("mode", ["signal", "reject"])  # beside the session / before the greeting
+def test_a_failing_check_lets_the_client_in(mode: str, caplog: pytest.LogCaptureFixture) -> None:
     class Broken(MockResolver):
         async def lookup(self, name: str, rdtype: str, _depth: int = 0) -> Answer:
             raise RuntimeError("bug")
 
-    screen = make_screen(Broken(), fcrdns="signal", greeting_pause=0.0)
+    screen = make_screen(Broken(), fcrdns=mode, greeting_pause=0.0)
 
     with caplog.at_level(logging.WARNING, logger="estafeta"):
         lines = talk(screen, b"QUIT\r\n")

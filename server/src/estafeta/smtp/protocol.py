@@ -277,6 +277,7 @@ class SMTPProtocol(SMTP):
         # While the screen holds the client (bounded by the pause, the DNS
         # timeouts and the refusal's linger), the idle timer waits too.
         self._screening = False
+        self._signals: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None and not self._counted:
@@ -349,6 +350,8 @@ class SMTPProtocol(SMTP):
         transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._signals is not None and not self._signals.done():
+            self._signals.cancel()
         if self._counted:
             self._connections.open.discard(self)
             self._counted = False
@@ -387,6 +390,11 @@ class SMTPProtocol(SMTP):
                 return
             # The idle timeout counts from the greeting, not from the connect.
             self._reset_timeout()
+            if self._screen.checks_later and self.screen_result is not None:
+                # Signals (FCrDNS) the greeting did not wait for.
+                self._signals = asyncio.ensure_future(
+                    self._check_signals(self._screen, self.screen_result)
+                )
         self._before_greeting = False
         await super()._handle_client()
 
@@ -469,14 +477,25 @@ class SMTPProtocol(SMTP):
             async with asyncio.timeout(SCREEN_BACKSTOP + screen.dns_timeout):
                 return await screen.check_client(ip)
         except Exception as exc:  # logged; never a traceback to the client
-            log_event(
-                log,
-                "screen_failed",
-                logging.WARNING,
-                client=ip,
-                error=f"{type(exc).__name__}: {exc}"[:200],
-            )
+            self._screen_failed(ip, exc)
             return ScreenResult(ip)
+
+    async def _check_signals(self, screen: Screen, result: ScreenResult) -> None:
+        """``screen.check_signals`` beside the session; a failure is logged
+        and changes nothing for the client."""
+        try:
+            await screen.check_signals(result)
+        except Exception as exc:  # logged; the session goes on
+            self._screen_failed(result.ip, exc)
+
+    def _screen_failed(self, ip: str, exc: Exception) -> None:
+        log_event(
+            log,
+            "screen_failed",
+            logging.WARNING,
+            client=ip,
+            error=f"{type(exc).__name__}: {exc}"[:200],
+        )
 
     async def _send_line(self, line: str) -> bool:
         """One reply line as it is (no enhanced code); False if the client is gone."""

@@ -14,9 +14,11 @@ holds the client in a multi-line greeting (``smtp.protocol``):
   (``Lists`` logs it, throttled per zone);
 - forward-confirmed reverse DNS (``[screen] fcrdns``): the PTR names of the
   address, then their A/AAAA records must contain the address. ``signal``
-  records ``fcrdns_none`` / ``fcrdns_mismatch``; ``reject`` refuses with
-  ``554 5.7.25`` (rfc7372:3.3). A DNS failure is ``fcrdns_temperror`` and
-  never refuses.
+  records ``fcrdns_none`` / ``fcrdns_mismatch`` (``check_signals``, beside
+  the session: the greeting does not wait for a check that refuses no
+  one); ``reject`` refuses with ``554 5.7.25`` (rfc7372:3.3), and the
+  greeting waits for it. A DNS failure is ``fcrdns_temperror`` and never
+  refuses.
 
 ``Screen.check_helo`` judges the EHLO/HELO argument (``[screen] helo``):
 its syntax (rfc5321:4.1.1.1, 4.1.2, address literals 4.1.3), a name that is
@@ -277,8 +279,17 @@ class Screen:
 
     @property
     def checks_at_connect(self) -> bool:
-        """True when ``check_client`` has DNS work to do."""
-        return self.lists is not None or (self.config.fcrdns != "off" and self.resolver is not None)
+        """True when ``check_client`` has DNS work that may refuse the
+        client: the greeting waits for it."""
+        return self.lists is not None or (
+            self.config.fcrdns == "reject" and self.resolver is not None
+        )
+
+    @property
+    def checks_later(self) -> bool:
+        """True when ``check_signals`` has work: FCrDNS as a signal, which
+        the greeting does not wait for (it cannot refuse anyone)."""
+        return self.config.fcrdns == "signal" and self.resolver is not None
 
     # -- at connection time ----------------------------------------------------
 
@@ -296,7 +307,7 @@ class Screen:
         jobs: list[asyncio.Future[None]] = []
         if self.lists is not None:
             jobs.append(asyncio.ensure_future(self._dnsbl(self.lists, result)))
-        if self.config.fcrdns != "off" and self.resolver is not None:
+        if self.config.fcrdns == "reject" and self.resolver is not None:
             jobs.append(asyncio.ensure_future(self._fcrdns(self.resolver, addr, result)))
         try:
             await asyncio.gather(*jobs)
@@ -306,6 +317,19 @@ class Screen:
         if result.signals:
             log_event(log, "screen_signal", client=result.ip, signals=list(result.signals))
         return result
+
+    async def check_signals(self, result: ScreenResult) -> None:
+        """The checks that only record signals (FCrDNS in ``signal`` mode),
+        run beside the session once the client is greeted: they add to
+        ``result.signals`` and log them. Bounded by ``dns_timeout``."""
+        addr = _address(result.ip)
+        if addr is None or result.trusted or not self.checks_later or self.resolver is None:
+            return
+        before = len(result.signals)
+        await self._fcrdns(self.resolver, addr, result)
+        new = result.signals[before:]
+        if new:
+            log_event(log, "screen_signal", client=result.ip, signals=list(new))
 
     async def _dnsbl(self, lists: Lists, result: ScreenResult) -> None:
         found = await lists.check_ip(result.ip)
