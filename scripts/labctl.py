@@ -44,6 +44,7 @@ SUITE = "bookworm"
 PACKAGES = sorted(
     [
         "ca-certificates",
+        "dns-root-data",
         "dbus",
         "iproute2",
         "knot",
@@ -63,12 +64,14 @@ PACKAGES = sorted(
         "systemd",
         "systemd-sysv",
         "systemd-timesyncd",
+        "unbound",
         "unattended-upgrades",
     ]
 )
 # Services the image has installed but that roles decide about.
 DISABLED = [
     "knot.service",
+    "unbound.service",
     "pebble.service",
     "systemd-timesyncd.service",
     "apt-daily.timer",

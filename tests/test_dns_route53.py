@@ -311,6 +311,7 @@ def test_route53_publishes_the_records_and_is_idempotent(
         "dns_records__ttl": TTL,
         "dns_records__apex_txt": ["example-verification=abc123"],
         "dns_records__dkim_records": [{"name": f"rsa2025._domainkey.{ZONE}", "value": dkim}],
+        "dns_records__mta_sts": True,
         "dns_records__mta_sts_policy_dir": str(tmp_path / "policies"),
         # No DNS server serves moto's zones, so there is nothing to check against.
         "dns_records__check": False,

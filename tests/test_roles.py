@@ -372,6 +372,7 @@ def test_dns_records_zonefile_for_the_example(tmp_path: Path) -> None:
         "dns_records__check": False,
         "dns_records__tlsa": False,
         "dns_records__zonefile_dir": str(tmp_path / "zones"),
+        "dns_records__mta_sts": True,
         "dns_records__mta_sts_policy_dir": str(tmp_path / "policies"),
         "dns_records__dkim_records": [
             {
@@ -596,6 +597,7 @@ def test_dns_records_nsupdate_publishes_and_checks(
             "dns_records__nsupdate_key_name": "test-update",
             "dns_records__nsupdate_key_secret": TSIG_SECRET,
             "dns_records__tlsa_cert_path": str(tls_files[0]),
+            "dns_records__mta_sts": True,
             "dns_records__mta_sts_policy_dir": str(tmp_path / "policies"),
             "dns_records__dkim_records": [
                 {"name": "ed2025._domainkey.example.org", "value": DKIM_ED25519},
