@@ -71,6 +71,7 @@ worker threads (``asyncio.to_thread``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -98,6 +99,7 @@ PRUNE_INTERVAL = 300.0  # ...or seconds of the injected clock, whichever comes f
 PRUNE_BATCH = 10_000  # rows one run removes from one table, at most
 REFRESH_AFTER = 3600.0  # "last seen" is rewritten at most this often (reads stay reads)
 MAX_INPUT = 1024  # characters of an address that are looked at
+MAX_ADDRESS_TEXT = 100  # an IPv6 address with a scope is far shorter
 
 # The counter attributes of a Greylist, for /metrics and the CLI.
 COUNTERS = ("greylisted", "passed", "auto_allowed", "known", "evicted", "evicted_passed", "errors")
@@ -194,6 +196,15 @@ def client_network(client_ip: str, ipv4_prefix: int = 24, ipv6_prefix: int = 64)
     """
     if not isinstance(client_ip, str):
         raise ValueError(f"not an IP address: {client_ip!r}")
+    if len(client_ip) > MAX_ADDRESS_TEXT:
+        raise ValueError(f"not an IP address: {client_ip[:100]!r}")
+    return _client_network(client_ip, ipv4_prefix, ipv6_prefix)
+
+
+# Every RCPT asks (ipaddress is slow: tens of microseconds); the same
+# clients come back.
+@functools.lru_cache(maxsize=4096)
+def _client_network(client_ip: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
     try:
         address = ipaddress.ip_address(client_ip)
     except ValueError:

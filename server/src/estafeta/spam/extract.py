@@ -66,6 +66,10 @@ MAX_URL_DOMAINS = 20
 MAX_ATTACHMENTS = 100
 """Attachments recorded per message."""
 
+MAX_HOST = 1024
+"""Characters of a host name looked at (an A-label name is at most 253;
+U-labels take more characters before conversion)."""
+
 MAX_FILENAME = 255
 """Characters of an attachment's file name kept."""
 
@@ -175,8 +179,11 @@ def executable_attachments(
     (C APIs) or with the NUL dropped; case does not matter.
     """
     extracted = message if isinstance(message, Extracted) else extract(message)
-    wanted = DEFAULT_EXECUTABLE_EXTENSIONS if extensions is None else extensions
-    wanted = frozenset(e.lower().lstrip(".") for e in wanted) - {""}
+    if not extracted.attachments:
+        return []
+    wanted = _extensions(
+        DEFAULT_EXECUTABLE_EXTENSIONS if extensions is None else frozenset(extensions)
+    )
     out: list[str] = []
     for attachment in extracted.attachments:
         for name in attachment.names:
@@ -185,6 +192,11 @@ def executable_attachments(
                 out.append(name)
                 break
     return out
+
+
+@functools.lru_cache(maxsize=16)  # the configured list, and a test's few
+def _extensions(extensions: frozenset[str]) -> frozenset[str]:
+    return frozenset(e.lower().lstrip(".") for e in extensions) - {""}
 
 
 def file_extension(name: str) -> str:
@@ -209,6 +221,15 @@ _ASCII_HOST_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
 def registrable_domain(host: str) -> str | None:
     """``host``'s registrable domain (A-labels), None for IP literals, public
     suffixes and names that are not domain names."""
+    if len(host) > MAX_HOST:
+        return None  # rfc1035:2.3.4 — no domain name is this long
+    return _registrable_domain(host)
+
+
+# Hosts are asked about again and again (the From domain of every message, a
+# newsletter's links): the answers of the last few thousand are kept.
+@functools.lru_cache(maxsize=4096)
+def _registrable_domain(host: str) -> str | None:
     host = host.rstrip(".").lower()
     if not host or host.startswith("[") or _is_ip(host):
         return None
