@@ -427,3 +427,29 @@ def test_eviction_closes_the_reader(tmp_path: Path) -> None:
         assert junk.check_nowait(ACCOUNT, message(2)) is None
         junk.classify(ACCOUNT, message(2))  # the worker thread's path opens it
         assert junk.check_nowait(ACCOUNT, message(2)) is not None
+
+
+def test_read_nowait_agrees_with_counts_past_one_statement(tmp_path: Path) -> None:
+    # More ids than one "IN (...)" takes: the first chunk comes with the
+    # totals and the allowlist in one statement, the rest in more.
+    store = TokenStore(tmp_path)
+    try:
+        ids = list(range(-700, 700))
+        store.learn(ACCOUNT, [(b"s" * 32, ids[::3])], spam=True)
+        store.learn(ACCOUNT, [(b"h" * 32, ids[::5])], spam=False)
+        asked = [*ids, *ids[:10]]  # repeats are asked once
+        expected = store.counts(ACCOUNT, asked)
+        assert expected is not None and len(expected.tokens) > store_module._CHUNK
+        done, (allowed, counts) = store.read_nowait(ACCOUNT, asked, ["bob@example.org"])
+        assert done and not allowed and counts == expected
+        assert store.allow(ACCOUNT, "bob@example.org")
+        assert store.read_nowait(ACCOUNT, asked, ["x@y.example", "bob@example.org"]) == (
+            True,
+            (True, None),
+        )
+        # No entries, no ids: the totals alone.
+        done, (allowed, counts) = store.read_nowait(ACCOUNT, [], [])
+        assert done and not allowed and counts is not None and counts.tokens == {}
+        assert (counts.nspam, counts.nham) == (1, 1)
+    finally:
+        store.close()

@@ -213,11 +213,16 @@ def _read_tokens(conn: sqlite3.Connection, ids: Sequence[int], nspam: int, nham:
             f" FROM tokens WHERE id IN ({marks})",
             chunk,
         ).fetchone()
-        if packed:
-            numbers = list(map(int, packed.split(" ")))
-            for i in range(0, len(numbers) - 2, 3):
-                found[numbers[i]] = (numbers[i + 1], numbers[i + 2])
+        found.update(_unpack(packed))
     return Counts(nspam, nham, found)
+
+
+def _unpack(packed: str | None) -> dict[int, tuple[int, int]]:
+    """ "id spam ham id spam ham ..." (group_concat's one row) as a dict."""
+    if not packed:
+        return {}
+    numbers = list(map(int, packed.split(" ")))
+    return {numbers[i]: (numbers[i + 1], numbers[i + 2]) for i in range(0, len(numbers) - 2, 3)}
 
 
 def _any_allowed(conn: sqlite3.Connection, wanted: Sequence[str]) -> bool:
@@ -402,21 +407,30 @@ class TokenStore:
         of ``entries`` is on the allowlist, else the counts of ``ids``."""
 
         def work(conn: sqlite3.Connection) -> tuple[bool, Counts | None]:
-            # Two statements, no BEGIN/COMMIT: each statement is a round trip
-            # that lets other threads take the GIL, which costs the loop more
-            # than the query. Without one snapshot, a training committed in
-            # between may show in the tokens and not in the totals: one
-            # message's worth of skew in a score, harmless.
+            # One statement for the usual message (at most _CHUNK tokens): the
+            # totals, the allowlist and the token counts together. Every step
+            # of a statement lets go of the GIL, and on a busy server taking
+            # it back costs the loop more than the query (bench/spam.py). No
+            # BEGIN/COMMIT either: a training committed between two chunks
+            # of a very large message may show in some counts and not in the
+            # totals, one message's worth of skew in a score, harmless.
             wanted = list(dict.fromkeys(entries))[:_CHUNK]
-            marks = ",".join("?" * len(wanted)) or "NULL"
-            nspam, nham, allowed = conn.execute(
-                "SELECT nspam, nham, EXISTS (SELECT 1 FROM allow"  # noqa: S608
-                f" WHERE entry IN ({marks})) FROM stats",
-                wanted,
+            allow_marks = ",".join("?" * len(wanted)) or "NULL"
+            unique = list(dict.fromkeys(ids))
+            first, rest = unique[:_CHUNK], unique[_CHUNK:]
+            token_marks = ",".join("?" * len(first)) or "NULL"
+            nspam, nham, allowed, packed = conn.execute(
+                "SELECT nspam, nham,"  # noqa: S608
+                f" EXISTS (SELECT 1 FROM allow WHERE entry IN ({allow_marks})),"
+                " (SELECT group_concat(id || ' ' || spam || ' ' || ham, ' ') FROM tokens"
+                f" WHERE id IN ({token_marks})) FROM stats",
+                [*wanted, *first],
             ).fetchone()
             if allowed:
                 return True, None
-            return False, _read_tokens(conn, ids, int(nspam), int(nham))
+            counts = _read_tokens(conn, rest, int(nspam), int(nham))
+            counts.tokens.update(_unpack(packed))
+            return False, counts
 
         return self.run_nowait(account, work, (False, None))
 
