@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DOMAIN, Instance
+from estafeta.message import summarize
 from estafeta.smtp import replies
 
 ALICE = f"alice@{DOMAIN}"
@@ -209,3 +210,25 @@ def test_redirect_loop_keeps_the_message(server: Instance, tmp_path: Path) -> No
     line = next(x for x in server.log_text().splitlines() if "to=<friend@remote.test>" in x)
     assert 'from="<SRS0=' in line and "@example.test>" in line
     assert subjects(server, ALICE) == ["came back"]
+
+
+def test_the_stored_summary_is_the_parse_of_the_stored_file(server: Instance) -> None:
+    # On the MX the spam filter's parse of the message is handed to the store
+    # (only offsets move past the fields put on top): what IMAP serves from
+    # the index must be exactly what parsing the file gives.
+    multipart = (
+        f"From: Ann <ann@remote.test>\r\nTo: <{ALICE}>\r\nSubject: parts\r\n"
+        "X-Spam-Status: Yes, forged\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        "--b1\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nbody\r\n--b1--\r\n"
+    ).encode()
+    for data in (message("plain"), multipart, b"no header at all\r\n"):
+        assert send(server, [ALICE], data).startswith("250")
+    rows = server.index_rows(ALICE)
+    assert len(rows) == 3
+    folder = server.account_dir(ALICE)
+    for row in rows:
+        stored = (folder / row.file).read_bytes()
+        assert b"X-Spam-Status: " in stored and b"forged" not in stored
+        assert row.summary == summarize(stored), stored[:300]

@@ -23,6 +23,7 @@ from estafeta.delivery.spam import (
     rewrite_subject,
     strip_spam_fields,
 )
+from estafeta.message import summarize
 from estafeta.spam import JunkFilter, SpamSettings
 
 ACCOUNT = "me@example.test"
@@ -94,6 +95,24 @@ def test_spam_goes_to_junk_with_one_header_set(trained: JunkFilter) -> None:
     assert it.spam_score is not None and it.spam_score >= 0.9
     # Our fields come right after our trace fields, before the message's own.
     assert it.message.startswith(TRACE + b"X-Spam-Status: Yes")
+
+
+def test_the_filter_hands_its_parse_to_the_store(trained: JunkFilter) -> None:
+    # The store needs the Summary of the message as filed: made from the
+    # scan's parse (offsets moved past our fields), equal to a new parse.
+    for message in (spam_mail(98), with_attachment("report.pdf")):
+        it = item(message, Scan(extracted=trained.extract(message)))
+        run(SpamFilter(trained, SpamConfig()), it)
+        assert it.parsed is not None and it.parsed[0] is it.message
+        assert it.parsed[1] == summarize(it.message)
+
+
+def test_no_parse_handed_on_when_the_content_changed(trained: JunkFilter) -> None:
+    # rspamd's "rewrite subject" changed the bytes after the scan parsed them.
+    scanned = Scan(extracted=trained.extract(ham_mail(97)))
+    it = item(rewrite_subject(ham_mail(97), "***SPAM***"), scanned)
+    run(SpamFilter(trained, SpamConfig()), it)
+    assert it.parsed is None
 
 
 def test_ham_stays_in_inbox(trained: JunkFilter) -> None:

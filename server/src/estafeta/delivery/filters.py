@@ -30,6 +30,7 @@ from typing import Protocol
 
 from estafeta import sieve
 from estafeta.log import log_event
+from estafeta.message import Summary
 from estafeta.policy.analyze import Analysis
 from estafeta.sieve import actions as sieve_actions
 from estafeta.sieve.memory import Memory
@@ -98,6 +99,10 @@ class Item:
     # origins; the spam filter's score for Sieve's spamtest (rfc5235), 0..1.
     scan: object | None = None
     spam_score: float | None = None
+    # ``message`` and its Summary, when a filter knows them (the spam filter
+    # does, from its own parse); only used while ``message`` is that very
+    # object, so a filter that changes the message need not care.
+    parsed: tuple[bytes, Summary] | None = None
     # Filled by filters for LocalDelivery: duplicate records to write after
     # a successful delivery (rfc7352), and errors to log for the user.
     marks: list[tuple[str, float]] = field(default_factory=list)

@@ -52,7 +52,7 @@ from estafeta.delivery.filters import (
 from estafeta.delivery.forward import Forwarder
 from estafeta.delivery.route import Router
 from estafeta.log import log_event
-from estafeta.message import Summary, summarize
+from estafeta.message import Summary, summarize, with_fields
 from estafeta.message.structure import header_fields
 from estafeta.policy.analyze import Analysis
 from estafeta.policy.signer import Signer
@@ -320,22 +320,33 @@ class LocalDelivery:
         # One parse per distinct message (editheader may have changed some).
         prepared: dict[bytes, tuple[bytes, Summary]] = {}
 
-        async def prepare(message: bytes) -> tuple[bytes, Summary]:
+        async def prepare(item: Item) -> tuple[bytes, Summary]:
+            message = item.message
             found = prepared.get(message)
             if found is None:
                 data = return_path + message
-                found = prepared[message] = (data, await asyncio.to_thread(summarize, data))
+                # The spam filter's parse of this very message, when it has
+                # one: the Return-Path moves its offsets, nothing else.
+                known = item.parsed
+                summary = (
+                    with_fields(known[1], message, 0, return_path)
+                    if known is not None and known[0] is message
+                    else None
+                )
+                if summary is None:
+                    summary = await asyncio.to_thread(summarize, data)
+                found = prepared[message] = (data, summary)
             return found
 
         for plan in plans:
             if _merge_keeps(plan.actions):
-                await prepare(plan.item.message)
+                await prepare(plan.item)
 
         async def store_one(plan: _Plan) -> None:
             keeps = _merge_keeps(plan.actions)
             if not keeps:
                 return
-            data, summary = await prepare(plan.item.message)
+            data, summary = await prepare(plan.item)
             quota = self.quota_for(plan.item.account)
             deliveries = [
                 Delivery(

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from estafeta.config_spam import RspamdConfig, SpamConfig
 from estafeta.delivery.filters import INBOX, JUNK, Action, Item, Keep
 from estafeta.log import log_event
+from estafeta.message import Summary, with_fields
 from estafeta.policy import dnsbl
 from estafeta.spam import JunkFilter, Verdict, executable_attachments, extract, url_domains
 from estafeta.spam.extract import Extracted
@@ -255,7 +256,9 @@ class SpamFilter:
         fields = _header_fields(verdict, scan, tests, allowed)
         header = b"".join(f"{n}: {v}\r\n".encode() for n, v in fields)
         at = _after_trace(item.message)
-        item.message = item.message[:at] + header + item.message[at:]
+        message = item.message[:at] + header + item.message[at:]
+        item.parsed = _parsed(scan, item.message, at, header, message)
+        item.message = message
         if not tests:
             return actions
         item.notes.append("spam: " + ",".join(tests))
@@ -291,6 +294,24 @@ class SpamFilter:
             return None, True
         message: bytes | Extracted = scan.extracted if scan.extracted is not None else item.message
         return self.junk.classify(item.account, message), False
+
+
+def _parsed(
+    scan: Scan, message: bytes, at: int, header: bytes, new: bytes
+) -> tuple[bytes, Summary] | None:
+    """``new`` (``header`` put into ``message`` at ``at``) and its Summary,
+    made from the scan's parse of the content without parsing again: the
+    message is our trace fields on top of that content, so only offsets
+    move (``message.with_fields``). None when that does not hold (rspamd
+    rewrote the subject, say): the store parses the message itself."""
+    extracted = scan.extracted
+    if extracted is None or not message.endswith(extracted.data):
+        return None
+    top = len(message) - len(extracted.data)
+    summary = with_fields(extracted.summary, extracted.data, 0, message[:top])
+    if summary is not None:
+        summary = with_fields(summary, message, at, header)
+    return None if summary is None else (new, summary)
 
 
 def _score(verdict: Verdict | None, scan: Scan, spam: bool) -> float | None:

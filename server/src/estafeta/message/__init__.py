@@ -10,6 +10,7 @@ from estafeta.message.structure import (
     imap_string,
     parse_addresses,
     summarize,
+    with_fields,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "imap_string",
     "parse_addresses",
     "summarize",
+    "with_fields",
 ]

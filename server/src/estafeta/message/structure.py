@@ -215,6 +215,81 @@ def _summarize(data: bytes) -> Summary:
     )
 
 
+# Fields a server puts on top of a message it delivers, none of which the
+# Summary reads: ``with_fields`` may add these without a new parse.
+_TRACE_FIELDS = frozenset(
+    {
+        "return-path",
+        "received",
+        "authentication-results",
+        "arc-seal",
+        "arc-message-signature",
+        "arc-authentication-results",
+        "delivered-to",
+    }
+)
+
+
+def with_fields(summary: Summary, data: bytes, at: int, lines: bytes) -> Summary | None:
+    """The Summary of ``data[:at] + lines + data[at:]``, made from ``summary``
+    (``summarize(data)``) without parsing again: the offsets past ``at`` move
+    by ``len(lines)``, nothing else changes. None when that is not certain
+    and the caller must ``summarize`` the new bytes:
+
+    - ``lines`` must be whole header fields (rfc5322:2.2) of the kinds a
+      delivering server adds (trace fields, rfc5321:4.4, and our
+      ``X-Spam-*``), which the Summary does not read;
+    - ``at`` must be the start of a field in ``data``'s header, or its end
+      (the empty line), so that the inserted fields neither continue a
+      folded field nor end the header early.
+    """
+    n = len(lines)
+    if n == 0:
+        return summary
+    if not (0 <= at < summary.header_size <= len(data)) or (at and data[at - 1] != 0x0A):
+        return None
+    if data[at] in (0x20, 0x09) or not lines.endswith(b"\n") or lines[0] in (0x20, 0x09):
+        return None
+    if at == 0 and _FIELD_NAME_RE.match(data, 0) is None and data[:1] not in (b"\r", b"\n"):
+        return None  # data has no header: the inserted lines would make one
+    fields, end = _split_header(lines, 0, n)
+    if end != n or not fields:
+        return None  # an empty line, or a line that is not a field
+    for name, _, _ in fields:
+        if name not in _TRACE_FIELDS and not name.startswith("x-spam-"):
+            return None
+    return Summary(
+        header_size=summary.header_size + n,
+        envelope=summary.envelope,
+        bodystructure=_moved(summary.bodystructure, at, n),
+        subject=summary.subject,
+        from_addr=summary.from_addr,
+        to_addrs=summary.to_addrs,
+        cc_addrs=summary.cc_addrs,
+        date=summary.date,
+        message_id=summary.message_id,
+        in_reply_to=summary.in_reply_to,
+        references=summary.references,
+    )
+
+
+_OFFSETS = ("header_start", "body_start", "body_end")
+
+
+def _moved(part: Part, at: int, n: int) -> Part:
+    """A copy of ``part`` whose offsets past ``at`` are ``n`` further on."""
+    moved = dict(part)
+    for key in _OFFSETS:
+        value = moved.get(key)
+        if isinstance(value, int) and value > at:
+            moved[key] = value + n
+    if "parts" in moved:
+        moved["parts"] = [_moved(child, at, n) for child in moved["parts"]]
+    if "body" in moved:
+        moved["body"] = _moved(moved["body"], at, n)
+    return moved
+
+
 def _fallback_summary(data: bytes) -> Summary:
     """Used only if ``_summarize`` has a bug: the whole data as a text body."""
     root = _leaf("text", "plain", [["charset", "us-ascii"]], {}, 0, 0, len(data))
