@@ -175,3 +175,19 @@ def test_unique_names_sort_by_time() -> None:
     assert "/" not in first and ":" not in first
     assert first.endswith(",S=10")
     assert maildir.sort_key(first) < maildir.sort_key(second)
+
+
+def test_read_messages_for_training(store: Store) -> None:
+    # What the spam trainer reads after a move into Junk: the files the index
+    # names now, at most `limit` of them, each cut at `max_size`.
+    store.deliver_sync([delivery(ALICE, f"m{n}", "Junk") for n in range(5)])
+    uids = [row.uid for row in rows(store, ALICE, "Junk")]
+    contents, left = store.read_messages(ALICE, "Junk", [*uids, uids[0]], limit=3, max_size=12)
+    assert contents == [b"Subject: m0\r", b"Subject: m1\r", b"Subject: m2\r"]
+    assert left == 2  # five distinct UIDs asked, two beyond the limit
+    # A UID that is not (or no longer) there is left out.
+    assert store.read_messages(ALICE, "Junk", [uids[4], 999], 2, 100)[0] == [
+        b"Subject: m4\r\nMessage-ID: <m4@x.test>\r\n\r\nbody\r\n"
+    ]
+    assert store.read_messages(ALICE, "Nope", uids, 10, 100) == ([], 0)
+    assert store.read_messages("nobody@example.test", "Junk", uids, 10, 100) == ([], 0)

@@ -1171,35 +1171,14 @@ def _teach_moved(s: Session, source: index.Mailbox, target: str, uids: list[int]
 
 def _teach(s: Session, mailbox: str, uids: list[int], spam: bool) -> None:
     assert s.trainer is not None
-    account_dir = s.store.account_dir(_user(s))
+    store, user = s.store, _user(s)
 
     def load(limit: int) -> tuple[list[bytes], int]:
-        # In the trainer's worker thread: the files named by the index now
-        # (a message expunged meanwhile is left out), each read up to a cap.
-        conn = index.connect(account_dir / "index.db")
-        try:
-            box = index.mailbox(conn, mailbox)
-            if box is None:
-                return [], 0
-            wanted = sorted(set(uids))[:limit]
-            files: list[str] = []
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT file FROM messages WHERE mailbox_id = ? AND uid IN ({marks})",  # noqa: S608
-                    (box.id, *chunk),
-                )
-                files += [row[0] for row in rows]
-        finally:
-            conn.close()
-        messages: list[bytes] = []
-        for file in files:
-            with contextlib.suppress(FileNotFoundError), open(account_dir / file, "rb") as f:
-                messages.append(f.read(_READ_LIMIT))
-        return messages, max(0, len(set(uids)) - limit)
+        # In the trainer's worker thread: the messages as the index names
+        # them now, each read up to a cap.
+        return store.read_messages(user, mailbox, uids, limit, _READ_LIMIT)
 
-    s.trainer.submit(_user(s), spam, load)
+    s.trainer.submit(user, spam, load)
 
 
 async def cmd_search(s: Session, cmd: Command) -> None:

@@ -308,6 +308,23 @@ def add_messages(
     return uids
 
 
+def files_of(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> list[str]:
+    """The files of the messages ``uids`` of a mailbox that exist now, in
+    UID order (a UID expunged meanwhile is left out)."""
+    wanted = sorted(set(uids))
+    files: list[str] = []
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT file FROM messages WHERE mailbox_id = ? AND uid IN ({marks})"  # noqa: S608
+            " ORDER BY uid",
+            (mailbox_id, *chunk),
+        )
+        files += [row[0] for row in rows]
+    return files
+
+
 def messages(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageRow]:
     rows = conn.execute(
         "SELECT mailbox_id, uid, file, size, internal_date, flags, modseq, summary"
