@@ -115,6 +115,14 @@ def test_no_parse_handed_on_when_the_content_changed(trained: JunkFilter) -> Non
     assert it.parsed is None
 
 
+def test_screen_signals_are_shown_not_judged(trained: JunkFilter) -> None:
+    scanned = Scan(extracted=trained.extract(ham_mail(96)), screen=("fcrdns_none", "helo_syntax"))
+    it = item(ham_mail(96), scanned)
+    assert run(SpamFilter(trained, SpamConfig()), it) == [Keep()]
+    assert fields(it.message)["X-Spam-Screen"] == "fcrdns_none helo_syntax"
+    assert fields(it.message)["X-Spam-Status"].startswith("No")
+
+
 def test_ham_stays_in_inbox(trained: JunkFilter) -> None:
     it = item(ham_mail(99), Scan(extracted=trained.extract(ham_mail(99))))
     assert run(SpamFilter(trained, SpamConfig()), it) == [Keep()]

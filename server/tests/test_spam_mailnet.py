@@ -196,6 +196,20 @@ def test_peer_with_spf_dkim_dmarc_pass_is_not_greylisted(net: Net) -> None:
     print(f"peer message arrived in {seconds:.2f} s")
 
 
+def test_screen_signals_reach_the_message(net: Net) -> None:
+    """A bare HELO name is a signal, not a refusal: the message is delivered
+    and says what the screen noticed."""
+    sender = "plain@unknown-sender.test"
+    before = len(net.a.messages(ALICE))
+    with client(net.a, "127.0.0.67") as allowed:  # allowlisted: no greylisting
+        allowed.ehlo("localhost")
+        allowed.sendmail(sender, [ALICE], compose(sender, ALICE, "bare helo"))
+    inbox = net.a.wait_messages(ALICE, before + 1)
+    message = next(m for m in inbox if b"Subject: bare helo" in m)
+    screen = next(line for line in message.split(b"\r\n") if line.startswith(b"X-Spam-Screen:"))
+    assert b"helo_not_fqdn" in screen
+
+
 def test_listed_url_domain_files_into_junk(net: Net) -> None:
     sender = "shop@unknown-sender.test"
     body = "Great offer: https://www.evil-shop.example/buy?now=1 only today."

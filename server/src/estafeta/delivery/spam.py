@@ -91,6 +91,7 @@ class Scan:
     rspamd: RspamdVerdict | None = None
     unchecked: str = ""  # rspamd is configured and failed: why
     url_listings: tuple[str, ...] = ()  # "domain (zone)"
+    screen: tuple[str, ...] = ()  # the connection screen's signals (smtp.screen)
     reply: str = ""  # refuse the message with this reply
     reason: str = ""  # a short word for the log and the metric
     fields: dict[str, str] = field(default_factory=dict)  # log fields
@@ -362,6 +363,10 @@ def _header_fields(
         )
     if scan.url_listings:
         fields.append(("X-Spam-Urls", _header_text(", ".join(scan.url_listings))))
+    if scan.screen:
+        # What the connection screen noticed and did not refuse for (FCrDNS,
+        # HELO, a block list below the reject score): for the reader and Sieve.
+        fields.append(("X-Spam-Screen", _header_text(" ".join(scan.screen))))
     return [(name, _fold(name, value)) for name, value in fields]
 
 

@@ -254,6 +254,10 @@ class InboundHandler(HandlerBase):
                 recipients=[rcpt.address for rcpt in transaction.recipients],
                 queue_id=transaction.queue_id,
             )
+            screen = getattr(session, "screen", None)
+            if screen is not None and screen.signals:
+                scan.screen = tuple(screen.signals)
+                fields["screen"] = ",".join(scan.screen)
             fields.update(scan.fields)
             if scan.reply:
                 log_event(
