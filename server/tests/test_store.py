@@ -191,3 +191,25 @@ def test_read_messages_for_training(store: Store) -> None:
     ]
     assert store.read_messages(ALICE, "Nope", uids, 10, 100) == ([], 0)
     assert store.read_messages("nobody@example.test", "Junk", uids, 10, 100) == ([], 0)
+
+
+def test_status_counts_compute_what_is_asked(store: Store) -> None:
+    store.deliver_sync([delivery(ALICE, f"s{n}") for n in range(3)])
+    uids = [row.uid for row in rows(store, ALICE)]
+    store.store_flags(ALICE, "INBOX", uids[:2], "+", ["\\Seen"])
+    store.store_flags(ALICE, "INBOX", uids[2:], "+", ["\\Deleted"])
+    conn = store.open_index(ALICE)
+    try:
+        box = index.mailbox(conn, "INBOX")
+        assert box is not None
+        size = sum(row.size for row in rows(store, ALICE))
+        assert index.status_counts(conn, box.id, ["messages", "UNSEEN", "DELETED", "SIZE"]) == {
+            "MESSAGES": 3,
+            "UNSEEN": 1,
+            "DELETED": 1,
+            "SIZE": size,
+        }
+        assert index.status_counts(conn, box.id, ["UIDNEXT", "UNSEEN"]) == {"UNSEEN": 1}
+        assert index.status_counts(conn, box.id, []) == {}
+    finally:
+        conn.close()

@@ -46,7 +46,7 @@ from estafeta.imap.stream import ResponseStream
 from estafeta.imap.types import FetchAtt, SearchKey
 from estafeta.log import log_event
 from estafeta.message import Summary, imap_string, summarize
-from estafeta.store import Store, StoreError, index
+from estafeta.store import Store, StoreError, index, operations
 from estafeta.store.names import canonical
 from estafeta.store.operations import MailboxError
 from estafeta.workers import SEARCHES
@@ -742,33 +742,16 @@ async def cmd_lsub(s: Session, cmd: Command) -> None:
 def _status_line(s: Session, box: index.Mailbox, items: Sequence[str]) -> bytes:
     conn = s.index()
     box = index.mailbox(conn, box.name) or box
+    counts = index.status_counts(conn, box.id, items)
     values = []
     for item in items:
         item = item.upper()
-        if item == "MESSAGES":
-            value = conn.execute(
-                "SELECT count(*) FROM messages WHERE mailbox_id = ?", (box.id,)
-            ).fetchone()[0]
+        if item in counts:
+            value = counts[item]
         elif item == "UIDNEXT":
             value = box.uidnext
         elif item == "UIDVALIDITY":
             value = box.uidvalidity
-        elif item == "UNSEEN":
-            value = conn.execute(
-                "SELECT count(*) FROM messages WHERE mailbox_id = ?"
-                " AND (' ' || flags || ' ') NOT LIKE '% \\Seen %'",
-                (box.id,),
-            ).fetchone()[0]
-        elif item == "DELETED":
-            value = conn.execute(
-                "SELECT count(*) FROM messages WHERE mailbox_id = ?"
-                " AND (' ' || flags || ' ') LIKE '% \\Deleted %'",
-                (box.id,),
-            ).fetchone()[0]
-        elif item == "SIZE":
-            value = conn.execute(
-                "SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = ?", (box.id,)
-            ).fetchone()[0]
         elif item == "RECENT":
             value = 0
         elif item == "HIGHESTMODSEQ":
@@ -796,7 +779,7 @@ async def cmd_append(s: Session, cmd: Command) -> None:
         raise No("Message too large", "TOOBIG")  # rfc7889
     limit = _quota_limit(s)
     if limit is not None:
-        used = s.index().execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0]
+        used = operations.used_octets(s.index())
         if used + len(args.data) > limit:
             raise No("Quota exceeded", "OVERQUOTA")  # rfc9208:4.3.1
     when = args.date.timestamp() if args.date is not None else None
@@ -1323,7 +1306,7 @@ def _quota_limit(s: Session) -> int | None:
 
 
 def _quota_line(s: Session) -> str:
-    used = s.index().execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0]
+    used = operations.used_octets(s.index())
     limit = _quota_limit(s)
     # rfc9208:5.1 STORAGE is in units of 1024 octets.
     if limit is None:

@@ -308,6 +308,31 @@ def add_messages(
     return uids
 
 
+# The aggregates STATUS may ask for (rfc9051:6.3.11), as SQL over one mailbox.
+_STATUS_SQL = {
+    "MESSAGES": "count(*)",
+    "UNSEEN": "coalesce(sum((' ' || flags || ' ') NOT LIKE '% \\Seen %'), 0)",
+    "DELETED": "coalesce(sum((' ' || flags || ' ') LIKE '% \\Deleted %'), 0)",
+    "SIZE": "coalesce(sum(size), 0)",
+}
+
+
+def status_counts(
+    conn: sqlite3.Connection, mailbox_id: int, items: Iterable[str]
+) -> dict[str, int]:
+    """The counts among ``items`` (MESSAGES, UNSEEN, DELETED, SIZE; others
+    are ignored) of one mailbox, in one statement that computes only those."""
+    wanted = [item for item in dict.fromkeys(i.upper() for i in items) if item in _STATUS_SQL]
+    if not wanted:
+        return {}
+    columns = ", ".join(_STATUS_SQL[item] for item in wanted)
+    row = conn.execute(
+        f"SELECT {columns} FROM messages WHERE mailbox_id = ?",  # noqa: S608 - fixed texts
+        (mailbox_id,),
+    ).fetchone()
+    return {item: int(value) for item, value in zip(wanted, row, strict=True)}
+
+
 def files_of(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> list[str]:
     """The files of the messages ``uids`` of a mailbox that exist now, in
     UID order (a UID expunged meanwhile is left out)."""
