@@ -30,7 +30,7 @@ from estafeta import log as log_module
 from estafeta.address import AddressError, normalize_address, normalize_domain
 from estafeta.auth import AccountError, Accounts
 from estafeta.config import Config, ConfigError
-from estafeta.store import Store, StoreError, index
+from estafeta.store import Store, StoreError
 
 if TYPE_CHECKING:
     from estafeta.queue.store import QueueStore
@@ -374,14 +374,12 @@ def cmd_reindex(config: Config, args: argparse.Namespace) -> int:
 def cmd_mail_ls(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
     with Store(config.mail_dir, config.hostname) as store:
-        conn = store.open_index(address)
-    try:
-        box = index.mailbox(conn, args.mailbox)
+        reader = store.reader(address)
+    with reader:
+        box = reader.mailbox(args.mailbox)
         if box is None:
             raise UsageError(f"{address} has no mailbox {args.mailbox!r}")
-        rows = index.messages(conn, box.id)
-    finally:
-        conn.close()
+        rows = reader.messages(box.id)
     print(f"{address} {box.name}: {len(rows)} messages (UIDVALIDITY {box.uidvalidity})")
     for row in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.internal_date))
@@ -396,20 +394,16 @@ def cmd_mail_ls(config: Config, args: argparse.Namespace) -> int:
 def cmd_mail_cat(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
     with Store(config.mail_dir, config.hostname) as store:
-        conn = store.open_index(address)
+        reader = store.reader(address)
         account_dir = store.account_dir(address)
-    try:
-        box = index.mailbox(conn, args.mailbox)
+    with reader:
+        box = reader.mailbox(args.mailbox)
         if box is None:
             raise UsageError(f"{address} has no mailbox {args.mailbox!r}")
-        row = conn.execute(
-            "SELECT file FROM messages WHERE mailbox_id = ? AND uid = ?", (box.id, args.uid)
-        ).fetchone()
-    finally:
-        conn.close()
-    if row is None:
+        file = reader.message_file(box.id, args.uid)
+    if file is None:
         raise UsageError(f"{address} {box.name} has no message with UID {args.uid}")
-    sys.stdout.buffer.write((account_dir / row[0]).read_bytes())
+    sys.stdout.buffer.write((account_dir / file).read_bytes())
     sys.stdout.flush()
     return 0
 

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from estafeta.cli import CommandFailed, UsageError, _existing_account
 from estafeta.config import Config
-from estafeta.spam import JunkFilter
+from estafeta.spam import STATS_ERRORS, JunkFilter
 from estafeta.spam.filter import TrainReport, allow_entry
 from estafeta.spam.readers import MessageSource
 
@@ -65,7 +64,7 @@ def _junk(config: Config) -> Iterator[JunkFilter]:
     try:
         with JunkFilter(config.spam_dir, config.spam.settings) as junk:
             yield junk
-    except (sqlite3.Error, OSError) as exc:
+    except STATS_ERRORS as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CommandFailed(f"{config.spam_dir}: the junk filter's statistics: {detail}") from None
 

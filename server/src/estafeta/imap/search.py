@@ -61,12 +61,16 @@ from email.utils import parsedate_tz
 from typing import Any
 
 from estafeta.imap.types import SearchKey, SequenceSet, date_arg
+from estafeta.message.searchtext import ADDRESS_SLOTS
+from estafeta.message.searchtext import address_text as _address_text
+from estafeta.message.searchtext import clean as _clean
+from estafeta.message.searchtext import desurrogate as _desurrogate
+from estafeta.message.searchtext import envelope_slot as _envelope_slot
 from estafeta.message.structure import (
-    MISSING_DOMAIN,
-    MISSING_MAILBOX,
     Summary,
     decode_rfc2047,
 )
+from estafeta.store.reader import Condition
 
 log = logging.getLogger(__name__)
 
@@ -263,13 +267,6 @@ class _View:
 _FIELD_RE = re.compile(rb"([!-9;-~]+)[ \t]*:")
 
 
-def _clean(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
 def _parse_fields(header: bytes) -> list[tuple[str, str]]:
     fields: list[tuple[str, str]] = []
     name: str | None = None
@@ -382,49 +379,11 @@ def _body_text(data: bytes, summary: Summary) -> str:
 # Summary-based text
 
 
-def _desurrogate(s: str) -> str:
-    """Envelope strings keep 8-bit bytes as lone surrogates; make them text."""
-    if s.isascii():
-        return s
-    return _clean(s.encode("utf-8", "surrogateescape"))
-
-
-def _address_text(addresses: Sequence[Sequence[str | None]] | None) -> str:
-    """An ENVELOPE address list (rfc3501:7.4.2) written back as header text:
-    ``Name <mailbox@host>, group: member, member;``."""
-    out: list[str] = []
-    separate = False
-    for name, _, mailbox, host in addresses or ():
-        if host is None:  # rfc3501:7.4.2 group syntax: start, or end if no name
-            if mailbox is None:
-                out.append(";")
-                separate = True
-                continue
-            text = f"{_desurrogate(mailbox)}:"
-        else:
-            addr = "" if mailbox in (None, MISSING_MAILBOX) else _desurrogate(mailbox or "")
-            if host != MISSING_DOMAIN:
-                addr = f"{addr}@{_desurrogate(host)}"
-            text = f"{decode_rfc2047(_desurrogate(name))} <{addr}>" if name else addr
-        if separate:
-            out.append(", ")
-        elif out:
-            out.append(" ")
-        out.append(text)
-        separate = host is not None
-    return "".join(out)
-
-
 # Header fields whose (first) value the ENVELOPE holds verbatim:
 # name -> envelope slot (rfc3501:7.4.2 order). Sender and Reply-To are not
 # here: the envelope fills them from From when they are absent.
 _ENVELOPE_FIELDS = {"date": 0, "subject": 1, "in-reply-to": 8, "message-id": 9}
-_ENVELOPE_ADDRESSES = {"FROM": 2, "TO": 5, "CC": 6, "BCC": 7}
-
-
-def _envelope_slot(summary: Summary, slot: int) -> Any:
-    envelope = summary.envelope
-    return envelope[slot] if len(envelope) > slot else None
+_ENVELOPE_ADDRESSES = ADDRESS_SLOTS
 
 
 def _sent_day(summary: Summary) -> datetime.date | None:
@@ -673,6 +632,59 @@ def _text_predicate(op: str, args: tuple[Any, ...]) -> _Predicate | None:
             return lambda v: v.find(needle, v.body_text())
         return lambda v: v.find(needle, v.header_text()) or v.find(needle, v.body_text())
     raise ValueError(f"unknown SEARCH key {op!r}")
+
+
+# --------------------------------------------------------------------------
+# What the index can narrow down
+
+
+_TEXT_COLUMNS = {
+    "SUBJECT": "s_subject",
+    "FROM": "s_from",
+    "TO": "s_to",
+    "CC": "s_cc",
+    "BCC": "s_bcc",
+}
+
+
+def conditions(key: SearchKey, largest_uid: int) -> list[Condition]:
+    """Tests on indexed columns that every message matching ``key`` passes
+    (estafeta.store.reader.Condition), from the keys the program ANDs at
+    its top: the index hands back only the messages that pass them, and
+    ``evaluate`` still checks each one against the whole program, so a
+    condition may let through more than the key matches, never less.
+
+    The text columns hold exactly what the keys compare against (folded by
+    estafeta.message.searchtext at delivery), so a substring test there is
+    the key's own test. Keys under OR or NOT, and keys with no column, give
+    no condition: every message stays a candidate for them.
+    """
+    op = key.op.upper()
+    if op == "AND":
+        return [c for k in key.args[0] for c in conditions(k, largest_uid)]
+    if op in _FLAG_KEYS:
+        flag, wanted = _FLAG_KEYS[op]
+        return [Condition("flag", value=flag, negate=not wanted)]
+    if op in _TEXT_COLUMNS:
+        needle = str(key.args[0]).casefold()
+        return [Condition("text", column=_TEXT_COLUMNS[op], value=needle)] if needle else []
+    if op == "HEADER" and str(key.args[0]).lower() == "subject":
+        needle = str(key.args[1]).casefold()
+        # An empty needle matches the messages that have the field: any row.
+        return [Condition("text", column="s_hsubject", value=needle)] if needle else []
+    if op == "LARGER":
+        return [Condition("larger", number=int(key.args[0]))]
+    if op == "SMALLER":
+        return [Condition("smaller", number=int(key.args[0]))]
+    if op == "MODSEQ":
+        return [Condition("modseq", number=int(key.args[-1]))]
+    if op == "UID":
+        sequence = key.args[0]
+        if isinstance(sequence, SequenceSet) and not sequence.saved and largest_uid:
+            ranges = list(sequence.merged(largest_uid))
+            if ranges:
+                return [Condition("uids", number=ranges[0][0], high=ranges[-1][1])]
+    return []
 
 
 # --------------------------------------------------------------------------

@@ -10,12 +10,12 @@ its view up to the index (EXISTS, FETCH FLAGS, EXPUNGE / VANISHED).
 from __future__ import annotations
 
 import bisect
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from estafeta.imap.types import SequenceSet
-from estafeta.store.index import Mailbox
+from estafeta.store import Mailbox
+from estafeta.store.reader import IndexReader
 
 
 @dataclass
@@ -42,10 +42,8 @@ class Selected:
     pending_expunge: set[int] = field(default_factory=set)
 
     @classmethod
-    def load(cls, conn: sqlite3.Connection, box: Mailbox, readonly: bool) -> Selected:
-        rows = conn.execute(
-            "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? ORDER BY uid", (box.id,)
-        ).fetchall()
+    def load(cls, reader: IndexReader, box: Mailbox, readonly: bool) -> Selected:
+        rows = reader.flag_rows(box.id)
         uids = [row[0] for row in rows]
         flags = {row[0]: tuple(row[1].split()) for row in rows}
         modseqs = {row[0]: row[2] for row in rows}
@@ -99,33 +97,24 @@ class Selected:
 
     # -- keeping up with the index --------------------------------------------
 
-    def pull(self, conn: sqlite3.Connection) -> Updates:
+    def pull(self, reader: IndexReader) -> Updates:
         """What changed in the index since this view last looked."""
         updates = Updates(highestmodseq=self.highestmodseq)
-        row = conn.execute(
-            "SELECT highestmodseq FROM mailboxes WHERE id = ?", (self.box.id,)
-        ).fetchone()
-        if row is None or row[0] <= self.highestmodseq:
+        highest = reader.highestmodseq(self.box.id)
+        if highest is None or highest <= self.highestmodseq:
             return updates
         since = self.highestmodseq
-        for (uid,) in conn.execute(
-            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
-            (self.box.id, since),
-        ):
+        for uid in reader.vanished_since(self.box.id, since):
             if uid in self.flags:
                 updates.expunged.append(uid)
         known_max = self.uids[-1] if self.uids else 0
-        for uid, flag_text, modseq in conn.execute(
-            "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND modseq > ?"
-            " ORDER BY uid",
-            (self.box.id, since),
-        ):
+        for uid, flag_text, modseq in reader.flag_rows(self.box.id, since):
             flags = tuple(flag_text.split())
             if uid > known_max:
                 updates.new.append((uid, flags, modseq))
             elif uid in self.flags:
                 updates.flags.append((uid, flags, modseq))
-        updates.highestmodseq = int(row[0])
+        updates.highestmodseq = highest
         return updates
 
     def apply_flags(self, changes: Iterable[tuple[int, tuple[str, ...], int]]) -> None:

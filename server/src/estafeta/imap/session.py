@@ -13,12 +13,10 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from estafeta import __version__
@@ -46,9 +44,10 @@ from estafeta.imap.stream import ResponseStream
 from estafeta.imap.types import FetchAtt, SearchKey
 from estafeta.log import log_event
 from estafeta.message import Summary, imap_string, summarize
-from estafeta.store import Store, StoreError, index, operations
+from estafeta.store import Mailbox, Store, StoreError
 from estafeta.store.names import canonical
 from estafeta.store.operations import MailboxError
+from estafeta.store.reader import IndexReader
 from estafeta.workers import SEARCHES
 
 log = logging.getLogger("estafeta.imap")
@@ -133,7 +132,7 @@ class Session:
         self.parser = Parser(max_literal=settings.append_limit + 1024)
         self.state = NOT_AUTHENTICATED
         self.user: str | None = None
-        self.conn: sqlite3.Connection | None = None
+        self.index_reader: IndexReader | None = None
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
         self.saved_result: list[int] = []  # rfc5182 $, as UIDs
@@ -323,9 +322,9 @@ class Session:
 
     # -- index access -------------------------------------------------------
 
-    def index(self) -> sqlite3.Connection:
-        assert self.conn is not None
-        return self.conn
+    def index(self) -> IndexReader:
+        assert self.index_reader is not None
+        return self.index_reader
 
     def _watch(self, _address: str) -> None:
         # Called in the store's writer thread after a commit.
@@ -488,7 +487,7 @@ async def _login(s: Session, cmd: Command, user: str, password: str) -> None:
     s.preauth.leave()
     s.user = result.address
     # One read connection per account, shared by its sessions (memory).
-    s.conn = await asyncio.to_thread(s.store.shared_reader, s.user)
+    s.index_reader = await asyncio.to_thread(s.store.shared_reader, s.user)
     s.parser.set_authenticated(True)
     s.state = AUTHENTICATED
     log_event(log, "login", client=s.peer, user=s.user, tls=s.tls_active)
@@ -562,8 +561,8 @@ async def cmd_namespace(s: Session, cmd: Command) -> None:
     s.tagged(cmd.tag, "OK", "NAMESPACE completed")
 
 
-def _boxes(s: Session) -> list[index.Mailbox]:
-    return index.mailboxes(s.index())
+def _boxes(s: Session) -> list[Mailbox]:
+    return s.index().mailboxes()
 
 
 async def cmd_select(s: Session, cmd: Command) -> None:
@@ -574,12 +573,12 @@ async def cmd_select(s: Session, cmd: Command) -> None:
         s.selected = None
         s.state = AUTHENTICATED
         s.untagged("OK [CLOSED] Previous mailbox closed")
-    box = index.mailbox(s.index(), args.mailbox)
+    box = s.index().mailbox(args.mailbox)
     if box is None:
         raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
     # Loading a big mailbox takes a while (0.3 s for 100,000 messages): do it
     # on a connection of its own in a thread, so other sessions go on.
-    view = await asyncio.to_thread(_load_view, s.store.account_dir(_user(s)), box, readonly)
+    view = await asyncio.to_thread(_load_view, s.store, _user(s), box, readonly)
     if args.qresync is not None and "QRESYNC" not in s.enabled:
         raise Bad("QRESYNC must be enabled first (rfc7162:3.2.5)")
     view.condstore = args.condstore or args.qresync is not None or "CONDSTORE" in s.enabled
@@ -607,12 +606,9 @@ async def cmd_select(s: Session, cmd: Command) -> None:
     s.tagged(cmd.tag, "OK", f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE")
 
 
-def _load_view(account_dir: Path, box: index.Mailbox, readonly: bool) -> Selected:
-    conn = index.connect(account_dir / "index.db")
-    try:
-        return Selected.load(conn, box, readonly)
-    finally:
-        conn.close()
+def _load_view(store: Store, user: str, box: Mailbox, readonly: bool) -> Selected:
+    with store.reader(user) as reader:
+        return Selected.load(reader, box, readonly)
 
 
 def _qresync_report(s: Session, view: Selected, params: Any) -> None:
@@ -621,13 +617,7 @@ def _qresync_report(s: Session, view: Selected, params: Any) -> None:
     known = params[2] if len(params) > 2 else None
     if uidvalidity != view.box.uidvalidity:
         return
-    vanished = [
-        row[0]
-        for row in s.index().execute(
-            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
-            (view.box.id, modseq),
-        )
-    ]
+    vanished = s.index().vanished_since(view.box.id, modseq)
     if known is not None and vanished:
         # Merged once: O(ranges log ranges + UIDs), not ranges x UIDs.
         wanted = known.merged(view.uids[-1] if view.uids else vanished[-1])
@@ -739,10 +729,10 @@ async def cmd_lsub(s: Session, cmd: Command) -> None:
     s.tagged(cmd.tag, "OK", "LSUB completed")
 
 
-def _status_line(s: Session, box: index.Mailbox, items: Sequence[str]) -> bytes:
-    conn = s.index()
-    box = index.mailbox(conn, box.name) or box
-    counts = index.status_counts(conn, box.id, items)
+def _status_line(s: Session, box: Mailbox, items: Sequence[str]) -> bytes:
+    reader = s.index()
+    box = reader.mailbox(box.name) or box
+    counts = reader.status_counts(box.id, items)
     values = []
     for item in items:
         item = item.upper()
@@ -766,7 +756,7 @@ def _status_line(s: Session, box: index.Mailbox, items: Sequence[str]) -> bytes:
 
 async def cmd_status(s: Session, cmd: Command) -> None:
     args: c.Status = cmd.args  # type: ignore[assignment]
-    box = index.mailbox(s.index(), args.mailbox)
+    box = s.index().mailbox(args.mailbox)
     if box is None:
         raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
     s.untagged(_status_line(s, box, args.items))
@@ -779,7 +769,7 @@ async def cmd_append(s: Session, cmd: Command) -> None:
         raise No("Message too large", "TOOBIG")  # rfc7889
     limit = _quota_limit(s)
     if limit is not None:
-        used = operations.used_octets(s.index())
+        used = s.index().used_octets()
         if used + len(args.data) > limit:
             raise No("Quota exceeded", "OVERQUOTA")  # rfc9208:4.3.1
     when = args.date.timestamp() if args.date is not None else None
@@ -900,13 +890,7 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
     if args.vanished:
         if not cmd.uid or args.changedsince is None:
             raise Bad("VANISHED needs UID FETCH with CHANGEDSINCE (rfc7162:3.2.6)")
-        gone = [
-            r[0]
-            for r in s.index().execute(
-                "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
-                (view.box.id, args.changedsince),
-            )
-        ]
+        gone = s.index().vanished_since(view.box.id, args.changedsince)
         if gone:
             # "*" is the largest UID in the view (else the largest expunged one).
             wanted = args.sequence_set.merged(view.uids[-1] if view.uids else gone[-1])
@@ -918,7 +902,7 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
     needs_summary = any(a.name not in _COLUMN_ITEMS and a.name != "ENVELOPE" for a in atts)
     wants_envelope = any(a.name == "ENVELOPE" for a in atts)
     needs_file = fetch_module.needs_content(atts)
-    account_dir = s.store.account_dir(_user(s))
+    content = s.index().content
     imap4rev2 = "IMAP4rev2" in s.enabled
     utf8 = "UTF8=ACCEPT" in s.enabled
     # Responses are streamed message by message, item by item, with
@@ -928,7 +912,9 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
     try:
         for chunk_start in range(0, len(uids), _FETCH_ROWS):
             chunk = uids[chunk_start : chunk_start + _FETCH_ROWS]
-            rows = _fetch_rows(s, view.box.id, chunk)
+            rows = _fetch_rows(s, view.box.id, chunk, needs_summary)
+            if wants_envelope and not needs_summary and any(row[7] is None for row in rows):
+                rows = _fetch_rows(s, view.box.id, chunk, True)  # rows from before schema 3
             new_flags: dict[int, tuple[tuple[str, ...], int]] = {}
             if sets_seen:
                 # rfc9051:6.4.5: BODY[...] sets \Seen; store it first so that the
@@ -955,7 +941,7 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
                     summary=Summary.from_json(summary)
                     if needs_summary or (wants_envelope and envelope is None)
                     else _NO_SUMMARY,
-                    load=(account_dir / file).read_bytes,
+                    load=functools.partial(content, file),
                     envelope=envelope,
                 )
                 atts_here = atts
@@ -984,19 +970,8 @@ _FETCH_ROWS = 256  # index rows read at a time
 _READ_INLINE = 256 * 1024  # larger message files are read (and decoded) in a thread
 
 
-def _fetch_rows(s: Session, mailbox_id: int, chunk: Sequence[int]) -> list[Any]:
-    columns = "uid, file, size, internal_date, flags, modseq, summary, envelope"
-    if chunk[-1] - chunk[0] + 1 == len(chunk):
-        # A contiguous run (the common 1:*): a range scan of the primary key.
-        sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"  # noqa: S608
-        params: tuple[int, ...] = (mailbox_id, chunk[0], chunk[-1])
-    else:
-        placeholders = ",".join("?" * len(chunk))
-        sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid IN ({placeholders})"  # noqa: S608
-        params = (mailbox_id, *chunk)
-    rows = s.index().execute(sql, params).fetchall()
-    rows.sort()
-    return rows
+def _fetch_rows(s: Session, mailbox_id: int, chunk: Sequence[int], summary: bool) -> list[Any]:
+    return s.index().fetch_rows(mailbox_id, chunk, summary=summary)
 
 
 async def _stream_fetch(
@@ -1129,7 +1104,7 @@ async def cmd_copy(s: Session, cmd: Command) -> None:
 _READ_LIMIT = 1 << 20  # octets of one message read for training
 
 
-def _kind(box: index.Mailbox) -> str:
+def _kind(box: Mailbox) -> str:
     """ "junk", "trash" or "" for a mailbox (rfc6154 special use, else the name)."""
     use = (box.special_use or "").lower()
     name = box.name.rsplit("/", 1)[-1].lower()
@@ -1140,9 +1115,9 @@ def _kind(box: index.Mailbox) -> str:
     return ""
 
 
-def _teach_moved(s: Session, source: index.Mailbox, target: str, uids: list[int]) -> None:
+def _teach_moved(s: Session, source: Mailbox, target: str, uids: list[int]) -> None:
     """Into Junk from elsewhere: spam; out of Junk, not into Trash: ham."""
-    box = index.mailbox(s.store.shared_reader(_user(s)), target)
+    box = s.store.shared_reader(_user(s)).mailbox(target)
     if box is None:
         return
     to, came_from = _kind(box), _kind(source)
@@ -1170,18 +1145,16 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     args: c.Search = cmd.args  # type: ignore[assignment]
     s.report_updates(allow_expunge=False)
     key: SearchKey = args.key
-    account_dir = str(s.store.account_dir(_user(s)))
+    content = s.index().content
     # Flags, dates, sizes and numbers come from columns; skip the summary
-    # JSON (the bulk of a row) unless a key reads headers or the body.
-    summary_column = "summary" if _needs_summary(key) else "NULL"
-    rows = (
-        s.index()
-        .execute(
-            f"SELECT uid, file, size, internal_date, flags, modseq, {summary_column}"  # noqa: S608
-            " FROM messages WHERE mailbox_id = ? ORDER BY uid",
-            (view.box.id,),
-        )
-        .fetchall()
+    # JSON (the bulk of a row) unless a key reads headers or the body. The
+    # index narrows the messages down first (flags, header columns, sizes:
+    # search.conditions); every row it returns is checked by evaluate.
+    largest_uid = view.uids[-1] if view.uids else 0
+    rows = s.index().search_rows(
+        view.box.id,
+        search_module.conditions(key, largest_uid),
+        summary=_needs_summary(key),
     )
     candidates = []
     octets = 0
@@ -1200,7 +1173,7 @@ async def cmd_search(s: Session, cmd: Command) -> None:
                 size=size,
                 modseq=modseq,
                 summary=_NO_SUMMARY if summary is None else summary,  # JSON, parsed on use
-                load=_reader(f"{account_dir}/{file}"),
+                load=functools.partial(content, file),
             )
         )
     del rows
@@ -1238,15 +1211,15 @@ async def cmd_search(s: Session, cmd: Command) -> None:
             s.tagged(cmd.tag, "OK", "SEARCH completed (saved)")
             return
     # rfc7162:3.1.5 / rfc4731:3.2: which messages' modseq is reported depends on RETURN.
-    modseq = search_module.response_modseq(matched, options) if _uses_modseq(key) else None
+    highest = search_module.response_modseq(matched, options) if _uses_modseq(key) else None
     if options is not None or "IMAP4rev2" in s.enabled:
         s.untagged(
             search_module.render_esearch(
-                cmd.tag, numbers, options or ["ALL"], uid=cmd.uid, modseq=modseq
+                cmd.tag, numbers, options or ["ALL"], uid=cmd.uid, modseq=highest
             )
         )
     else:
-        s.untagged(search_module.render_search(numbers, modseq=modseq))
+        s.untagged(search_module.render_search(numbers, modseq=highest))
     s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}SEARCH completed")
 
 
@@ -1273,14 +1246,6 @@ def _needs_summary(key: SearchKey) -> bool:
     return False
 
 
-def _reader(path: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        with open(path, "rb") as handle:
-            return handle.read()
-
-    return read
-
-
 def _uses_modseq(key: SearchKey) -> bool:
     if key.op == "MODSEQ":
         return True
@@ -1292,7 +1257,7 @@ def _uses_modseq(key: SearchKey) -> bool:
 
 async def cmd_getquotaroot(s: Session, cmd: Command) -> None:
     args: c.GetQuotaRoot = cmd.args  # type: ignore[assignment]
-    if index.mailbox(s.index(), args.mailbox) is None:
+    if s.index().mailbox(args.mailbox) is None:
         raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
     s.untagged(b"QUOTAROOT " + s.mailbox_name(args.mailbox) + b' ""')
     s.untagged(_quota_line(s))
@@ -1306,7 +1271,7 @@ def _quota_limit(s: Session) -> int | None:
 
 
 def _quota_line(s: Session) -> str:
-    used = operations.used_octets(s.index())
+    used = s.index().used_octets()
     limit = _quota_limit(s)
     # rfc9208:5.1 STORAGE is in units of 1024 octets.
     if limit is None:

@@ -23,7 +23,8 @@ from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.imap.session import discard_buffered, start_tls
 from estafeta.log import log_event
 from estafeta.pop3.parser import Command, Eof, Error, NeedData, Parser, RawLine
-from estafeta.store import Store, StoreError, index
+from estafeta.store import Store, StoreError
+from estafeta.store.reader import ListingRow
 
 log = logging.getLogger("estafeta.pop3")
 
@@ -266,17 +267,7 @@ class Session:
         # Logged in: no longer one of the connections not logged in yet.
         self.preauth.leave()
         try:
-            conn = await asyncio.to_thread(self.store.open_index, address)
-            try:
-                box = index.mailbox(conn, "INBOX")
-                assert box is not None
-                self.uidvalidity = box.uidvalidity
-                rows = conn.execute(
-                    "SELECT uid, size, file FROM messages WHERE mailbox_id = ? ORDER BY uid",
-                    (box.id,),
-                ).fetchall()
-            finally:
-                conn.close()
+            self.uidvalidity, rows = await asyncio.to_thread(_maildrop, self.store, address)
         except BaseException:
             self.locks.held.discard(address)
             self.user = None
@@ -286,6 +277,14 @@ class Session:
         log_event(log, "login", client=self.peer, user=address, tls=self.tls_active)
         total = sum(m.size for m in self.messages)
         self.ok(f"Logged in, {len(self.messages)} messages ({total} octets)")
+
+
+def _maildrop(store: Store, address: str) -> tuple[int, list[ListingRow]]:
+    """The INBOX's UIDVALIDITY and (uid, size, file) of its messages."""
+    with store.reader(address) as reader:
+        box = reader.mailbox("INBOX")
+        assert box is not None
+        return box.uidvalidity, reader.listing(box.id)
 
 
 async def cmd_capa(s: Session, cmd: Command) -> None:

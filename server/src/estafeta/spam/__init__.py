@@ -38,11 +38,12 @@ from estafeta.spam.extract import (
 )
 from estafeta.spam.filter import JunkFilter, SpamSettings, TrainReport, message_digest
 from estafeta.spam.readers import MessageSource
-from estafeta.spam.store import Outcome, Status
+from estafeta.spam.store import STATS_ERRORS, Outcome, Status
 from estafeta.spam.tokens import tokenize
 
 __all__ = [
     "DEFAULT_EXECUTABLE_EXTENSIONS",
+    "STATS_ERRORS",
     "Extracted",
     "JunkFilter",
     "MessageSource",

@@ -79,6 +79,10 @@ from typing import Literal, TypeVar
 
 from estafeta.log import log_event
 
+# What opening or writing the statistics can raise, for callers that report
+# it (the CLI) without importing sqlite3 themselves.
+STATS_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+
 log = logging.getLogger("estafeta.spam")
 
 MAX_TOKENS = 500_000

@@ -39,6 +39,7 @@ from estafeta.message import Summary, summarize
 from estafeta.store import index, maildir, names, operations
 from estafeta.store.changes import Changes
 from estafeta.store.index import NewMessage
+from estafeta.store.reader import SqliteReader
 
 T = TypeVar("T")
 
@@ -128,7 +129,7 @@ class Store:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._accounts: dict[str, _Account] = {}
-        self._readers: dict[str, sqlite3.Connection] = {}
+        self._readers: dict[str, SqliteReader] = {}
         self._readers_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="fsync")
         # Who wants to hear about commits (IMAP IDLE, other sessions).
@@ -154,8 +155,8 @@ class Store:
         for account in self._accounts.values():
             account.conn.close()
         self._accounts.clear()
-        for conn in self._readers.values():
-            conn.close()
+        for reader in self._readers.values():
+            reader.close()
         self._readers.clear()
         self._pool.shutdown()
 
@@ -253,20 +254,26 @@ class Store:
         self._call(lambda: self._open(address))
         return index.connect(self._index_path(address))
 
-    def shared_reader(self, address: str) -> sqlite3.Connection:
-        """One read connection per account for all sessions of one event loop.
+    def reader(self, address: str) -> SqliteReader:
+        """A reader of its own over an account's index (created if missing);
+        the caller closes it. Blocking: call it from a thread."""
+        return SqliteReader(self.open_index(address), self.account_dir(address))
+
+    def shared_reader(self, address: str) -> SqliteReader:
+        """One reader per account for all sessions of one event loop.
 
         Sessions of one loop never use it at the same time (a query runs
         to completion between awaits), and sharing keeps memory flat with
         thousands of IMAP connections. Closed by ``stop``.
         """
         with self._readers_lock:
-            conn = self._readers.get(address)
-            if conn is None:
+            reader = self._readers.get(address)
+            if reader is None:
                 conn = self.open_index(address)
                 conn.execute("PRAGMA cache_size = -512")  # KiB: reads are mostly sequential
-                self._readers[address] = conn
-            return conn
+                reader = SqliteReader(conn, self.account_dir(address))
+                self._readers[address] = reader
+            return reader
 
     # -- IMAP operations (each one transaction, then a change notification) --
 

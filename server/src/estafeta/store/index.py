@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from estafeta.message import Summary, imap_envelope
+from estafeta.message.searchtext import search_columns
+from estafeta.store import flags as flags_module
 from estafeta.store.maildir import mailbox_dir
 from estafeta.store.names import canonical
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -103,6 +105,29 @@ CREATE INDEX mailboxes_uidvalidity ON mailboxes (uidvalidity);
 CREATE INDEX mailboxes_special_use ON mailboxes (special_use)
 """
 
+# Version 5: what SEARCH and STATUS ask of every message, in forms the
+# database can index (issue 17). ``sysflags`` is the bit set of the system
+# flags (estafeta.store.flags), generated from the flags text so the two
+# never disagree; the search columns hold the folded text SEARCH's SUBJECT,
+# HEADER SUBJECT, FROM, TO, CC and BCC keys compare against
+# (estafeta.message.searchtext), computed at delivery; NULL where a row
+# written before version 5 was not filled yet ("unknown": a lookup keeps
+# the row and the search checks it). Filled when the index is upgraded.
+_SCHEMA_V5 = f"""
+ALTER TABLE messages ADD COLUMN sysflags INTEGER
+    GENERATED ALWAYS AS ({flags_module.sysflags_sql()}) VIRTUAL;
+CREATE INDEX messages_sysflags ON messages (mailbox_id, sysflags);
+ALTER TABLE messages ADD COLUMN s_subject TEXT;
+ALTER TABLE messages ADD COLUMN s_hsubject TEXT;
+ALTER TABLE messages ADD COLUMN s_from TEXT;
+ALTER TABLE messages ADD COLUMN s_to TEXT;
+ALTER TABLE messages ADD COLUMN s_cc TEXT;
+ALTER TABLE messages ADD COLUMN s_bcc TEXT
+"""
+
+# The search columns, in the order of searchtext.search_columns.
+SEARCH_COLUMNS = ("s_subject", "s_hsubject", "s_from", "s_to", "s_cc", "s_bcc")
+
 
 @dataclass(frozen=True)
 class Mailbox:
@@ -179,11 +204,31 @@ def _create(conn: sqlite3.Connection) -> None:
             _run_script(conn, _SCHEMA_V3)
         if version <= 3:
             _run_script(conn, _SCHEMA_V4)
+        if version <= 4:
+            _run_script(conn, _SCHEMA_V5)
+            _fill_v5(conn)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _fill_v5(conn: sqlite3.Connection) -> None:
+    """Upgrade to version 5 in the caller's transaction: flags in canonical
+    form (older versions stored what a Sieve script gave), search columns
+    from each summary."""
+    rows = conn.execute("SELECT rowid, flags, summary FROM messages").fetchall()
+    for rowid, flag_text, summary_json in rows:
+        try:
+            columns = search_columns(Summary.from_json(summary_json))
+        except (ValueError, KeyError, TypeError):
+            continue  # left NULL: searches check such a row themselves
+        conn.execute(
+            "UPDATE messages SET flags = ?, s_subject = ?, s_hsubject = ?, s_from = ?,"
+            " s_to = ?, s_cc = ?, s_bcc = ? WHERE rowid = ?",
+            (" ".join(flags_module.canonical_flags(flag_text.split())), *columns, rowid),
+        )
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -278,15 +323,17 @@ def add_messages(
         summary = message.summary
         cursor = conn.execute(
             "INSERT INTO messages (mailbox_id, uid, file, size, internal_date, flags, modseq,"
-            " subject, from_addr, sent_date, message_id, summary, envelope)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file) DO NOTHING",
+            " subject, from_addr, sent_date, message_id, summary, envelope,"
+            " s_subject, s_hsubject, s_from, s_to, s_cc, s_bcc)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (file) DO NOTHING",
             (
                 box.id,
                 uid,
                 message.file,
                 message.size,
                 message.internal_date,
-                " ".join(message.flags),
+                " ".join(flags_module.canonical_flags(message.flags)),
                 modseq,
                 summary.subject,
                 summary.from_addr,
@@ -294,6 +341,7 @@ def add_messages(
                 summary.message_id,
                 summary.to_json(),
                 imap_envelope(summary.envelope),
+                *search_columns(summary),
             ),
         )
         if cursor.rowcount:
@@ -308,11 +356,12 @@ def add_messages(
     return uids
 
 
-# The aggregates STATUS may ask for (rfc9051:6.3.11), as SQL over one mailbox.
+# The aggregates STATUS may ask for (rfc9051:6.3.11), as SQL over one
+# mailbox; all but SIZE are read from the (mailbox_id, sysflags) index.
 _STATUS_SQL = {
     "MESSAGES": "count(*)",
-    "UNSEEN": "coalesce(sum((' ' || flags || ' ') NOT LIKE '% \\Seen %'), 0)",
-    "DELETED": "coalesce(sum((' ' || flags || ' ') LIKE '% \\Deleted %'), 0)",
+    "UNSEEN": f"coalesce(sum((sysflags & {flags_module.SEEN}) = 0), 0)",
+    "DELETED": f"coalesce(sum((sysflags & {flags_module.DELETED}) != 0), 0)",
     "SIZE": "coalesce(sum(size), 0)",
 }
 

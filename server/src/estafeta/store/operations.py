@@ -39,7 +39,7 @@ import logging
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,14 +47,15 @@ from pathlib import Path
 from estafeta.log import log_event
 from estafeta.message import Summary
 from estafeta.store import index, maildir, names
+from estafeta.store.flags import BITS
+from estafeta.store.flags import SYSTEM_FLAGS as SYSTEM_FLAGS
+from estafeta.store.flags import canonical_flags as canonical_flags
 from estafeta.store.index import Mailbox
 from estafeta.store.names import MailboxError as MailboxError
 from estafeta.store.names import check_name as check_name
 
 # MailboxError and check_name are re-exported: sessions and the store use them from here.
 log = logging.getLogger("estafeta.store")
-
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 @dataclass(frozen=True)
@@ -105,20 +106,6 @@ def _bump(conn: sqlite3.Connection, box: Mailbox) -> int:
     return modseq
 
 
-def canonical_flags(flags: Iterable[str]) -> list[str]:
-    """System flags in canonical case (rfc9051:2.3.2: flags are case-insensitive),
-    keywords as given; duplicates removed, order kept."""
-    by_lower = {flag.lower(): flag for flag in SYSTEM_FLAGS}
-    result: list[str] = []
-    seen: set[str] = set()
-    for flag in flags:
-        canonical = by_lower.get(flag.lower(), flag)
-        if canonical.lower() not in seen:
-            seen.add(canonical.lower())
-            result.append(canonical)
-    return result
-
-
 # -- flags ---------------------------------------------------------------------
 
 
@@ -132,51 +119,164 @@ def store_flags(
 ) -> StoreResult:
     """rfc9051:6.4.6 STORE FLAGS / +FLAGS / -FLAGS on ``uids``.
 
-    Only messages whose flags really change get a new modseq. With
-    ``unchangedsince`` (rfc7162:3.1.3), messages modified after it fail.
+    Only messages whose flags really change get a new modseq, one for the
+    whole command (rfc7162:3.1.1 only asks it to be larger than any
+    before). With ``unchangedsince`` (rfc7162:3.1.3), messages modified
+    after it fail. Set-based: one UPDATE per flag over the messages named
+    (system flags tested in the indexed ``sysflags``), not one per message;
+    taking away keywords, which match case-insensitively, goes message by
+    message.
     """
     if mode not in ("", "+", "-"):
         raise ValueError(mode)
     wanted = canonical_flags(flags)
-    lowered = {flag.lower() for flag in wanted}
     with transaction(conn):
         box = _need(conn, mailbox)
-        changed: list[FlagChange] = []
+        target, params = _targets(conn, sorted(set(uids)))
         failed: list[int] = []
-        modseq: int | None = None
-        for uid_chunk in _chunks(sorted(set(uids)), 500):
-            placeholders = ",".join("?" * len(uid_chunk))
-            rows = conn.execute(
-                f"SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? "  # noqa: S608
-                f"AND uid IN ({placeholders}) ORDER BY uid",
-                (box.id, *uid_chunk),
-            ).fetchall()
-            for uid, flag_text, old_modseq in rows:
-                if unchangedsince is not None and old_modseq > unchangedsince:
-                    failed.append(uid)
-                    continue
-                current = flag_text.split()
-                if mode == "+":
-                    new = current + [
-                        f for f in wanted if f.lower() not in {c.lower() for c in current}
-                    ]
-                elif mode == "-":
-                    new = [f for f in current if f.lower() not in lowered]
-                else:
-                    new = list(wanted)
-                if new == current:
-                    continue
-                if modseq is None:
-                    modseq = _bump(conn, box)
-                conn.execute(
-                    "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
-                    (" ".join(new), modseq, box.id, uid),
+        if unchangedsince is not None:
+            failed = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT uid FROM messages WHERE mailbox_id = ? AND {target}"  # noqa: S608
+                    " AND modseq > ? ORDER BY uid",
+                    (box.id, *params, unchangedsince),
                 )
-                changed.append(FlagChange(uid, tuple(new), modseq))
-        highest = conn.execute(
-            "SELECT highestmodseq FROM mailboxes WHERE id = ?", (box.id,)
-        ).fetchone()[0]
-    return StoreResult(changed, failed, int(highest))
+            ]
+        modseq = box_modseq(conn, box) + 1
+        if _set_based(mode, wanted):
+            changed = _store_set(conn, box, target, params, mode, wanted, modseq, unchangedsince)
+        else:
+            changed = _store_each(conn, box, target, params, mode, wanted, modseq, unchangedsince)
+        if changed:
+            conn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, box.id))
+        highest = box_modseq(conn, box)
+    return StoreResult(changed, failed, highest)
+
+
+def box_modseq(conn: sqlite3.Connection, box: Mailbox) -> int:
+    row = conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?", (box.id,)).fetchone()
+    return int(row[0])
+
+
+def _set_based(mode: str, wanted: Sequence[str]) -> bool:
+    """Whether SQL can make the change exactly: replacing, adding system
+    flags or ASCII keywords (SQLite's lower() folds ASCII only), taking
+    away system flags (always stored in canonical case)."""
+    if mode == "":
+        return True
+    if mode == "+":
+        return all(flag in BITS or flag.isascii() for flag in wanted)
+    return all(flag in BITS for flag in wanted)
+
+
+_MANY_RUNS = 32
+
+
+def _targets(conn: sqlite3.Connection, uids: Sequence[int]) -> tuple[str, tuple[int, ...]]:
+    """A WHERE clause naming exactly the messages ``uids`` (sorted, unique):
+    a few ``uid BETWEEN`` ranges when they are runs of consecutive UIDs (the
+    usual 1:*), else a temporary table of them."""
+    runs: list[tuple[int, int]] = []
+    for uid in uids:
+        if runs and runs[-1][1] == uid - 1:
+            runs[-1] = (runs[-1][0], uid)
+        else:
+            runs.append((uid, uid))
+            if len(runs) > _MANY_RUNS:
+                break
+    if not runs:
+        return "0", ()
+    if len(runs) <= _MANY_RUNS:
+        clause = " OR ".join("uid BETWEEN ? AND ?" for _ in runs)
+        return f"({clause})", tuple(value for run in runs for value in run)
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS store_targets (uid INTEGER PRIMARY KEY)")
+    conn.execute("DELETE FROM store_targets")
+    conn.executemany("INSERT INTO store_targets (uid) VALUES (?)", ((uid,) for uid in uids))
+    return "uid IN (SELECT uid FROM store_targets)", ()
+
+
+def _store_set(
+    conn: sqlite3.Connection,
+    box: Mailbox,
+    target: str,
+    params: tuple[int, ...],
+    mode: str,
+    wanted: Sequence[str],
+    modseq: int,
+    unchangedsince: int | None,
+) -> list[FlagChange]:
+    # A message changed by an earlier flag of this command already has
+    # ``modseq``: it is still "unchanged since" for the next one.
+    guard = "" if unchangedsince is None else " AND (modseq <= ? OR modseq = ?)"
+    guard_params: tuple[int, ...] = () if unchangedsince is None else (unchangedsince, modseq)
+    where = f"mailbox_id = ? AND {target}{guard}"
+    if mode == "":
+        text = " ".join(wanted)
+        conn.execute(
+            f"UPDATE messages SET flags = ?, modseq = ? WHERE {where} AND flags != ?",  # noqa: S608
+            (text, modseq, box.id, *params, *guard_params, text),
+        )
+    for flag in wanted if mode else ():
+        if flag in BITS:
+            test = f"(sysflags & {BITS[flag]}) " + ("= 0" if mode == "+" else "!= 0")
+            flag_params: tuple[str, ...] = ()
+        else:  # mode "+": an ASCII keyword the message does not have in any case
+            test = "instr(' ' || lower(flags) || ' ', ?) = 0"
+            flag_params = (f" {flag.lower()} ",)
+        if mode == "+":
+            update, update_params = "ltrim(flags || ' ' || ?)", (flag,)
+        else:
+            update, update_params = "trim(replace(' ' || flags || ' ', ?, ' '))", (f" {flag} ",)
+        conn.execute(
+            f"UPDATE messages SET flags = {update}, modseq = ? WHERE {where} AND {test}",  # noqa: S608
+            (*update_params, modseq, box.id, *params, *guard_params, *flag_params),
+        )
+    return [
+        FlagChange(uid, tuple(text.split()), modseq)
+        for uid, text in conn.execute(
+            "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND modseq = ? ORDER BY uid",
+            (box.id, modseq),
+        )
+    ]
+
+
+def _store_each(
+    conn: sqlite3.Connection,
+    box: Mailbox,
+    target: str,
+    params: tuple[int, ...],
+    mode: str,
+    wanted: Sequence[str],
+    modseq: int,
+    unchangedsince: int | None,
+) -> list[FlagChange]:
+    lowered = {flag.lower() for flag in wanted}
+    rows = conn.execute(
+        f"SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND {target}"  # noqa: S608
+        " ORDER BY uid",
+        (box.id, *params),
+    ).fetchall()
+    changed: list[FlagChange] = []
+    for uid, flag_text, old_modseq in rows:
+        if unchangedsince is not None and old_modseq > unchangedsince:
+            continue
+        current = flag_text.split()
+        if mode == "+":
+            have = {c.lower() for c in current}
+            new = current + [f for f in wanted if f.lower() not in have]
+        elif mode == "-":
+            new = [f for f in current if f.lower() not in lowered]
+        else:
+            new = list(wanted)
+        if new == current:
+            continue
+        conn.execute(
+            "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+            (" ".join(new), modseq, box.id, uid),
+        )
+        changed.append(FlagChange(uid, tuple(new), modseq))
+    return changed
 
 
 def _chunks(values: Sequence[int], size: int) -> Iterator[Sequence[int]]:

@@ -1,0 +1,243 @@
+"""Reading an account's index: the one way sessions and the CLI see it.
+
+IMAP, POP3 and the CLI never run SQL or open index files themselves (an
+import contract in ``make lint`` keeps sqlite3 out of them): they call an
+``IndexReader``. ``SqliteReader`` is the implementation over the per-account
+SQLite index (estafeta.store.index); a second backend (PostgreSQL) provides
+the same methods. Rows come back as plain tuples, not objects: a FETCH or
+SEARCH over 100,000 messages makes one tuple per message and nothing else.
+
+Every method is a read that runs to completion without awaiting; with
+SQLite in WAL mode it sees the last committed state and never blocks a
+writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from estafeta.store import index
+from estafeta.store.flags import BITS
+from estafeta.store.index import Mailbox, MessageRow
+
+# (uid, flags text, modseq): flags are space-separated, system flags in
+# canonical case (estafeta.store.flags).
+FlagRow = tuple[int, str, int]
+# (uid, file, size, internal_date, flags text, modseq, summary JSON or None,
+# ENVELOPE or None); ``file`` is relative to the account directory.
+FetchRow = tuple[int, str, int, int, str, int, str | None, bytes | None]
+# (uid, file, size, internal_date, flags text, modseq, summary JSON or None)
+SearchRow = tuple[int, str, int, int, str, int, str | None]
+# (uid, size, file)
+ListingRow = tuple[int, int, str]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test a search asks of every message, in terms of stored columns.
+
+    The reader returns every message that passes (a superset is allowed: the
+    caller checks each row it gets against the whole search). ``kind``:
+
+    * ``"flag"``: ``value`` (a system flag) is set, or not if ``negate``;
+    * ``"text"``: ``column`` (one of index.SEARCH_COLUMNS) contains ``value``,
+      already folded by the caller the way estafeta.message.searchtext folds;
+    * ``"larger"`` / ``"smaller"``: RFC822.SIZE, ``number``;
+    * ``"since"`` / ``"before"``: internal date >= / < ``number``;
+    * ``"modseq"``: modseq >= ``number``;
+    * ``"uids"``: UID between ``number`` and ``high`` (inclusive).
+    """
+
+    kind: str
+    value: str = ""
+    column: str = ""
+    number: int = 0
+    high: int = 0
+    negate: bool = False
+
+
+class IndexReader(Protocol):
+    """Read access to one account's mailboxes and messages."""
+
+    def mailboxes(self) -> list[Mailbox]: ...
+
+    def mailbox(self, name: str) -> Mailbox | None: ...
+
+    def highestmodseq(self, mailbox_id: int) -> int | None: ...
+
+    def flag_rows(self, mailbox_id: int, since: int | None = None) -> list[FlagRow]: ...
+
+    def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]: ...
+
+    def status_counts(self, mailbox_id: int, items: Iterable[str]) -> dict[str, int]: ...
+
+    def used_octets(self) -> int: ...
+
+    def fetch_rows(
+        self, mailbox_id: int, uids: Sequence[int], *, summary: bool
+    ) -> list[FetchRow]: ...
+
+    def search_rows(
+        self, mailbox_id: int, conditions: Sequence[Condition], *, summary: bool
+    ) -> list[SearchRow]: ...
+
+    def listing(self, mailbox_id: int) -> list[ListingRow]: ...
+
+    def message_file(self, mailbox_id: int, uid: int) -> str | None: ...
+
+    def messages(self, mailbox_id: int) -> list[MessageRow]: ...
+
+    def content(self, file: str) -> bytes:
+        """A message's bytes, by the ``file`` its row names; FileNotFoundError
+        once it is expunged. Blocking (a file read): call it from a thread
+        for large messages."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_FETCH_COLUMNS = "uid, file, size, internal_date, flags, modseq, {summary}, envelope"
+_SEARCH_COLUMNS = "uid, file, size, internal_date, flags, modseq, {summary}"
+
+
+class SqliteReader:
+    """``IndexReader`` over one connection to an account's ``index.db``."""
+
+    def __init__(self, conn: sqlite3.Connection, account_dir: Path) -> None:
+        self.conn = conn
+        self.account_dir = str(account_dir)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> SqliteReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- mailboxes ---------------------------------------------------------
+
+    def mailboxes(self) -> list[Mailbox]:
+        return index.mailboxes(self.conn)
+
+    def mailbox(self, name: str) -> Mailbox | None:
+        return index.mailbox(self.conn, name)
+
+    def highestmodseq(self, mailbox_id: int) -> int | None:
+        row = self.conn.execute(
+            "SELECT highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def status_counts(self, mailbox_id: int, items: Iterable[str]) -> dict[str, int]:
+        return index.status_counts(self.conn, mailbox_id, items)
+
+    def used_octets(self) -> int:
+        row = self.conn.execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()
+        return int(row[0])
+
+    # -- messages ----------------------------------------------------------
+
+    def flag_rows(self, mailbox_id: int, since: int | None = None) -> list[FlagRow]:
+        """(uid, flags, modseq) of the messages changed after modseq
+        ``since`` (None: all of them), in UID order."""
+        if since is None:
+            sql = "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? ORDER BY uid"
+            return self.conn.execute(sql, (mailbox_id,)).fetchall()
+        return self.conn.execute(
+            "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND modseq > ?"
+            " ORDER BY uid",
+            (mailbox_id, since),
+        ).fetchall()
+
+    def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]:
+        """UIDs expunged after ``modseq`` (rfc7162:3.2.10), ascending."""
+        rows = self.conn.execute(
+            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+            (mailbox_id, modseq),
+        )
+        return [row[0] for row in rows]
+
+    def fetch_rows(self, mailbox_id: int, uids: Sequence[int], *, summary: bool) -> list[FetchRow]:
+        """The rows of messages ``uids`` (ascending, a few hundred at a time)
+        that exist, in UID order; the summary JSON only if asked for."""
+        if not uids:
+            return []
+        columns = _FETCH_COLUMNS.format(summary="summary" if summary else "NULL")
+        if uids[-1] - uids[0] + 1 == len(uids):
+            # A contiguous run (the common 1:*): a range scan of the primary key.
+            sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"  # noqa: S608
+            params: tuple[int, ...] = (mailbox_id, uids[0], uids[-1])
+        else:
+            marks = ",".join("?" * len(uids))
+            sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid IN ({marks})"  # noqa: S608
+            params = (mailbox_id, *uids)
+        rows: list[FetchRow] = self.conn.execute(sql + " ORDER BY uid", params).fetchall()
+        return rows
+
+    def search_rows(
+        self, mailbox_id: int, conditions: Sequence[Condition], *, summary: bool
+    ) -> list[SearchRow]:
+        """The messages that pass every condition (or may: see Condition),
+        in UID order; the summary JSON only if asked for."""
+        where = ["mailbox_id = ?"]
+        params: list[object] = [mailbox_id]
+        for condition in conditions:
+            clause, values = _condition_sql(condition)
+            where.append(clause)
+            params += values
+        columns = _SEARCH_COLUMNS.format(summary="summary" if summary else "NULL")
+        sql = f"SELECT {columns} FROM messages WHERE {' AND '.join(where)} ORDER BY uid"  # noqa: S608
+        rows: list[SearchRow] = self.conn.execute(sql, params).fetchall()
+        return rows
+
+    def listing(self, mailbox_id: int) -> list[ListingRow]:
+        """(uid, size, file) of every message, in UID order (a POP3 maildrop)."""
+        rows: list[ListingRow] = self.conn.execute(
+            "SELECT uid, size, file FROM messages WHERE mailbox_id = ? ORDER BY uid",
+            (mailbox_id,),
+        ).fetchall()
+        return rows
+
+    def message_file(self, mailbox_id: int, uid: int) -> str | None:
+        row = self.conn.execute(
+            "SELECT file FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def messages(self, mailbox_id: int) -> list[MessageRow]:
+        return index.messages(self.conn, mailbox_id)
+
+    def content(self, file: str) -> bytes:
+        with open(f"{self.account_dir}/{file}", "rb") as handle:
+            return handle.read()
+
+
+def _condition_sql(condition: Condition) -> tuple[str, list[object]]:
+    kind = condition.kind
+    if kind == "flag":
+        bit = BITS[condition.value]
+        return f"(sysflags & {bit}) {'=' if condition.negate else '!='} 0", []
+    if kind == "text":
+        if condition.column not in index.SEARCH_COLUMNS:
+            raise ValueError(condition.column)
+        # NULL: a row from before the column existed; the caller checks it.
+        column = condition.column
+        return f"({column} IS NULL OR instr({column}, ?) > 0)", [condition.value]
+    comparisons = {
+        "larger": "size > ?",
+        "smaller": "size < ?",
+        "since": "internal_date >= ?",
+        "before": "internal_date < ?",
+        "modseq": "modseq >= ?",
+    }
+    if kind in comparisons:
+        return comparisons[kind], [condition.number]
+    if kind == "uids":
+        return "uid BETWEEN ? AND ?", [condition.number, condition.high]
+    raise ValueError(f"unknown search condition {kind!r}")
