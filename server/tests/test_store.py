@@ -177,6 +177,19 @@ def test_unique_names_sort_by_time() -> None:
     assert maildir.sort_key(first) < maildir.sort_key(second)
 
 
+def test_names_within_one_second_sort_by_microseconds() -> None:
+    # The usec field is not zero-padded: "M99999" comes before "M100500".
+    early = "1764800000.M99999P12Q1Rab.mx,S=5"
+    late = "1764800000.M100500P12Q2Rcd.mx,S=5"
+    assert late < early  # as text they sort the wrong way
+    assert maildir.sort_key(early) < maildir.sort_key(late)
+    assert sorted([late, early, "1764799999.x"], key=maildir.sort_key) == [
+        "1764799999.x",
+        early,
+        late,
+    ]
+
+
 def test_read_messages_for_training(store: Store) -> None:
     # What the spam trainer reads after a move into Junk: the files the index
     # names now, at most `limit` of them, each cut at `max_size`.

@@ -106,7 +106,7 @@ def flood_one(server: MailServer, listener: str, source: str) -> socket.socket |
             sock.close()
             return None
         sock.sendall(PARTIAL[PROTOCOL[listener]])
-    except (ssl.SSLError, ConnectionError, TimeoutError):
+    except OSError:  # ssl.SSLError, ConnectionError, TimeoutError and the rest
         sock.close()
         return None
     return sock

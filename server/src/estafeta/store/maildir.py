@@ -97,9 +97,20 @@ def flags_from_name(name: str) -> list[str]:
     return [MAILDIR_FLAGS[c] for c in info if c in MAILDIR_FLAGS]
 
 
-def sort_key(name: str) -> tuple[int, str]:
+_NAME_TIME = re.compile(r"(\d+)\.M(\d+)")
+
+
+def sort_key(name: str) -> tuple[int, int, str]:
+    """Delivery order of Maildir file names: the seconds, then the
+    microseconds of ``SECONDS.M<usec>...`` as numbers ("M999" before
+    "M12000": the field is not zero-padded, so the names alone do not sort
+    within a second), then the name. Names of other tools sort by their
+    leading seconds, if any."""
+    match = _NAME_TIME.match(name)
+    if match is not None:
+        return (int(match[1]), int(match[2]), name)
     head = name.split(".", 1)[0]
-    return (int(head) if head.isdigit() else 0, name)
+    return (int(head) if head.isdigit() else 0, 0, name)
 
 
 def fsync_dir(path: Path) -> None:
