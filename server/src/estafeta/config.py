@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import argon2
 
 from estafeta.address import AddressError, normalize_domain
+from estafeta.auth.logincache import MAX_LIFETIME as LOGIN_CACHE_MAX_LIFETIME
 from estafeta.config_spam import (
     DnsblConfig,
     GreylistConfig,
@@ -174,6 +175,10 @@ class AuthConfig:
     # Failures of one client for one account that lock that pair only (the
     # client may still log in to other accounts, and the account from others).
     pair_max_failures: int = 5
+    # Seconds a successful login is remembered, so that a repeat login with
+    # the same secret skips argon2 (estafeta.auth.logincache); any change to
+    # the credential ends it at once. 0 turns the cache off; at most 1h.
+    login_cache_lifetime: float = 300.0
 
     def hasher(self) -> argon2.PasswordHasher:
         return argon2.PasswordHasher(
@@ -690,11 +695,21 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         pair_max_failures=_positive(
             auth_reader, "pair_max_failures", auth_defaults.pair_max_failures
         ),
+        login_cache_lifetime=_duration(
+            auth_reader,
+            "login_cache_lifetime",
+            auth_defaults.login_cache_lifetime,
+            allow_zero=True,
+        ),
     )
     if auth.max_delay < auth.delay_base:
         raise auth_reader.error("max_delay", "must not be smaller than delay_base")
     if auth.argon2_memory_cost < 8 * auth.argon2_parallelism:
         raise auth_reader.error("argon2_memory_cost", "must be at least 8 x argon2_parallelism KiB")
+    if auth.login_cache_lifetime > LOGIN_CACHE_MAX_LIFETIME:
+        raise auth_reader.error(
+            "login_cache_lifetime", 'must be at most 3600 seconds ("1h"); 0 turns the cache off'
+        )
     auth_reader.check_unknown()
     for name in ("submission", "managesieve"):
         if name in listen and tls is None and not auth.allow_plaintext:

@@ -30,6 +30,7 @@ from estafeta.auth.guard import (
     LoginGuard,
     LoginResult,
 )
+from estafeta.auth.logincache import LoginCache
 from estafeta.config import Config, Endpoint, server_context
 from estafeta.defences import Defences
 from estafeta.delivery.filters import DmarcQuarantine, SieveFilter
@@ -87,7 +88,12 @@ class Server:
         self.config = config
         # Scrape-time gauges this server registered, taken back at stop().
         self._gauges: list[metrics.GaugeCollector] = []
-        self.accounts = Accounts(config.accounts_db, config.domains, hasher=config.auth.hasher())
+        self.accounts = Accounts(
+            config.accounts_db,
+            config.domains,
+            hasher=config.auth.hasher(),
+            login_cache=LoginCache(config.auth.login_cache_lifetime),
+        )
         self.store = Store(
             config.mail_dir, config.hostname, max_mailboxes=config.limits.max_mailboxes
         )

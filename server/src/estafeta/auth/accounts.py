@@ -35,6 +35,13 @@ verifies about one hash, not one per app password; the ~64 bits the tag does
 not reveal are still behind argon2id. TOTP secrets must be readable to check
 a code, so they are stored as they are: the file is its owner's only (0600).
 
+Successful logins may be remembered for a few minutes by a
+``estafeta.auth.logincache.LoginCache`` (the server passes one; other users
+of ``Accounts`` do not): a repeat login with the same secret then costs one
+SQLite read instead of argon2, and any change to the credential (password,
+TOTP, app password, the account itself) is seen at that read, whichever
+process made it.
+
 Schema (``PRAGMA user_version``): 1 = accounts and aliases; 2 = adds
 ``accounts.quota`` (bytes, 0 = the global ``[limits] quota``); 3 = adds the
 tables ``totp`` and ``app_passwords``.
@@ -58,6 +65,7 @@ from typing import Any
 import argon2
 
 from estafeta.address import AddressError, normalize_address, normalize_domain, split_address
+from estafeta.auth.logincache import APP_PASSWORD, PASSWORD, LoginCache
 
 MAX_ALIAS_DEPTH = 10  # aliases expanded along one path, the first included
 BUSY_TIMEOUT_MS = 30_000
@@ -198,6 +206,29 @@ def _app_password_name(name: str) -> str:
     return stripped
 
 
+# A cached login is used only while what it depends on reads the same as when
+# it was verified; the login cache keeps a keyed hash of these, never them.
+
+
+def _password_state(password_hash: str, totp_secret: str | None) -> tuple[str, ...]:
+    """What a cached password login depends on: the hash, and TOTP enrolment."""
+    return (PASSWORD, password_hash, "" if totp_secret is None else "totp:" + totp_secret)
+
+
+def _app_password_state(
+    name: str, password_hash: str, protocols: str, expires: int | None, totp_secret: str | None
+) -> tuple[str, ...]:
+    """What a cached app-password login depends on: its row, and TOTP enrolment."""
+    return (
+        APP_PASSWORD,
+        name,
+        password_hash,
+        protocols,
+        "" if expires is None else str(expires),
+        "" if totp_secret is None else "totp:" + totp_secret,
+    )
+
+
 class Accounts:
     def __init__(
         self,
@@ -208,12 +239,15 @@ class Accounts:
         subaddress_separator: str | None = "+",
         password_policy: bool = True,
         clock: Callable[[], float] = time.time,
+        login_cache: LoginCache | None = None,
     ) -> None:
         """``password_policy=False`` accepts any non-empty new password (for
-        tests and tools that must); ``clock`` gives Unix time (tests move it)."""
+        tests and tools that must); ``clock`` gives Unix time (tests move it);
+        ``login_cache`` remembers successful logins of ``authenticate``."""
         self.path = Path(path)
         self.password_policy = password_policy
         self.clock = clock
+        self.login_cache = login_cache if login_cache is not None and login_cache.enabled else None
         try:
             normalized = [normalize_domain(d) for d in domains]
         except AddressError as exc:
@@ -561,7 +595,8 @@ class Accounts:
         guard passes False while the account is locked for this client:
         estafeta.auth.guard). A login costs one argon2 verification whatever
         the outcome and whether or not the account exists (rarely two: a
-        password shaped like an app password whose tag matches one).
+        password shaped like an app password whose tag matches one), unless
+        the login cache vouches for this very secret: see ``_cached_login``.
         """
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
@@ -570,17 +605,18 @@ class Accounts:
             normalized: str | None = normalize_address(address)
         except AddressError:
             normalized = None
-        account: tuple[str, bool] | None = None
+        # The password hash and the TOTP secret (None: no TOTP).
+        account: tuple[str, str | None] | None = None
         apps: list[tuple[str, str, str, str, int | None, int | None]] = []
         if normalized is not None:
             with self._read() as conn:
                 row = conn.execute(
-                    "SELECT password_hash, EXISTS (SELECT 1 FROM totp WHERE address = ?) "
+                    "SELECT password_hash, (SELECT secret FROM totp WHERE address = ?) "
                     "FROM accounts WHERE address = ?",
                     (normalized, normalized),
                 ).fetchone()
                 if row is not None:
-                    account = (row[0], bool(row[1]))
+                    account = (row[0], row[1])
                     apps = conn.execute(
                         "SELECT name, password_hash, tag, protocols, expires, last_used "
                         "FROM app_passwords WHERE address = ? ORDER BY created, name",
@@ -588,7 +624,16 @@ class Accounts:
                     ).fetchall()
         verifications = 0
         if normalized is not None and account is not None:
-            stored, has_totp = account
+            stored, totp_secret = account
+            has_totp = totp_secret is not None
+            cache = self.login_cache
+            cache_key = None
+            if cache is not None:
+                cache_key = cache.key(normalized, protocol, secret_bytes)
+                if self._cached_login(
+                    cache, cache_key, normalized, protocol, secret, account, apps, allow_password
+                ):
+                    return normalized
             key = _app_password_key(secret)
             if key is not None:
                 now = self.clock()
@@ -600,28 +645,100 @@ class Accounts:
                         continue
                     verifications += 1
                     if self._matches(app_hash, key.encode("ascii")):
-                        self._app_password_used(normalized, name, app_hash, key, last_used, now)
+                        current = self._app_password_used(
+                            normalized, name, app_hash, key, last_used, now
+                        )
+                        if cache is not None and cache_key is not None and current is not None:
+                            state = _app_password_state(
+                                name, current, protocols, expires, totp_secret
+                            )
+                            cache.put(
+                                cache_key, normalized, APP_PASSWORD, name, cache.fingerprint(*state)
+                            )
                         return normalized
             if allow_password and not has_totp:
                 verifications += 1
                 if self._matches(stored, secret_bytes):
+                    current_hash: str | None = stored
                     if self.hasher.check_needs_rehash(stored):
-                        self._rehash(normalized, stored, secret_bytes)
+                        current_hash = self._rehash(normalized, stored, secret_bytes)
+                    # A failed re-hash is not cached: the next login tries again.
+                    if cache is not None and cache_key is not None and current_hash is not None:
+                        state = _password_state(current_hash, totp_secret)
+                        cache.put(cache_key, normalized, PASSWORD, "", cache.fingerprint(*state))
                     return normalized
         if verifications == 0:
             self._dummy_verification(secret_bytes)
         return None
 
-    def _rehash(self, address: str, stored: str, secret: bytes) -> None:
-        """Store a hash with the current parameters, unless the password changed meanwhile."""
+    def _cached_login(
+        self,
+        cache: LoginCache,
+        cache_key: bytes,
+        address: str,
+        protocol: str,
+        secret: str,
+        account: tuple[str, str | None],
+        apps: list[tuple[str, str, str, str, int | None, int | None]],
+        allow_password: bool,
+    ) -> bool:
+        """A login the cache vouches for: verified earlier with this very
+        secret, and the credential unchanged in the database since (as read
+        by ``authenticate`` just now). An entry that no longer holds is dropped.
+
+        Never a login the slow path would refuse: the account password only
+        without TOTP and when ``allow_password``; an app password only for
+        the protocols it allows and until it expires. (Logins never consume
+        a TOTP code: mail clients cannot ask for one.)
+        """
+        entry = cache.get(cache_key)
+        if entry is None:
+            return False
+        stored, totp_secret = account
+        if entry.address == address and entry.kind == PASSWORD:
+            if not allow_password:
+                # The guard locks this account's password for this client:
+                # the slow path refuses it without a check. The entry stays
+                # good for clients the lockout does not concern.
+                return False
+            if totp_secret is None and cache.matches(
+                entry, cache.fingerprint(*_password_state(stored, totp_secret))
+            ):
+                return True
+        elif entry.address == address and entry.kind == APP_PASSWORD:
+            now = self.clock()
+            for name, app_hash, _tag, protocols, expires, last_used in apps:
+                if name != entry.app_name:
+                    continue
+                state = _app_password_state(name, app_hash, protocols, expires, totp_secret)
+                key = _app_password_key(secret)
+                if (
+                    key is not None
+                    and protocol in protocols.split(",")
+                    and (expires is None or now < expires)
+                    and cache.matches(entry, cache.fingerprint(*state))
+                ):
+                    current = self._app_password_used(address, name, app_hash, key, last_used, now)
+                    if current != app_hash:
+                        cache.discard(cache_key)  # re-hashed or changed meanwhile
+                    return True
+                break
+        cache.discard(cache_key)
+        return False
+
+    def _rehash(self, address: str, stored: str, secret: bytes) -> str | None:
+        """Store a hash with the current parameters, unless the password changed
+        meanwhile; the new hash, or None if it was not stored."""
         new_hash = self.hasher.hash(secret)
         # A failure here (database busy or read-only) must not fail the
         # login: the old hash still works and the next login tries again.
         with suppress(sqlite3.Error, AccountError), self._write() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 "UPDATE accounts SET password_hash = ? WHERE address = ? AND password_hash = ?",
                 (new_hash, address, stored),
             )
+            return new_hash if cursor.rowcount == 1 else None
+        return None
 
     def _app_password_used(
         self,
@@ -631,19 +748,25 @@ class Accounts:
         key: str,
         last_used: int | None,
         now: float,
-    ) -> None:
-        """Record a login with an app password (and re-hash it if needed); best effort."""
+    ) -> str | None:
+        """Record a login with an app password (and re-hash it if needed); best effort.
+
+        The app password's hash as stored now (``stored``, or the new one),
+        or None if the row changed meanwhile or a re-hash could not be stored.
+        """
         rehash = self.hasher.check_needs_rehash(stored)
         if not rehash and last_used is not None and now - last_used < LAST_USED_RESOLUTION:
-            return  # mail clients log in often: no write for each login
+            return stored  # mail clients log in often: no write for each login
         new_hash = self.hasher.hash(key.encode("ascii")) if rehash else stored
         # Like _rehash: a busy or read-only database must not fail the login.
         with suppress(sqlite3.Error, AccountError), self._write() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 "UPDATE app_passwords SET last_used = ?, password_hash = ? "
                 "WHERE address = ? AND name = ? AND password_hash = ?",
                 (int(now), new_hash, address, name, stored),
             )
+            return new_hash if cursor.rowcount == 1 else None
+        return None if rehash else stored
 
     # -- TOTP ------------------------------------------------------------------------
 

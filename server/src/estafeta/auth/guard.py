@@ -47,7 +47,11 @@ Everything lives in memory: a restart forgets it.
 consults the guard, runs the (slow, argon2) password check on an executor of
 its own (``Authenticator.workers`` threads, at most ``max_queued`` checks
 waiting: beyond, the login gets the temporary-failure answer), records the
-outcome, logs each lockout once and sleeps on failure.
+outcome, logs each lockout once and sleeps on failure. The check may be
+answered by the accounts' login cache (``estafeta.auth.logincache``, no
+argon2 for a repeat login with the same secret): only ever after ``check``
+let the attempt through, and only for a success; failures are counted here
+exactly as before.
 """
 
 from __future__ import annotations
