@@ -4,7 +4,8 @@
 Fills an INBOX with N messages (default 100,000) through the store API
 (durable writes, as deliveries do), starts a real estafeta, and prints:
   - SELECT time, FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE) time,
-  - UID SEARCH HEADER time and SEARCH BODY time,
+  - UID SEARCH HEADER time and SEARCH BODY time, STATUS time,
+  - STORE 1:* +FLAGS (\\Seen) and -FLAGS (\\Seen) times,
   - the server's RSS before and after opening C connections that LOGIN,
     SELECT and sit in IDLE (default 10,000).
 Targets (issue #3, not gates): SELECT + FETCH under 3 s; 10,000 IDLE under 1 GiB.
@@ -43,6 +44,12 @@ def rss_mib(pid: int) -> float:
 
 def raw_fetch(port: int, fetch_args: str) -> tuple[float, int]:
     """Time one FETCH over a raw socket, reading until the tagged OK."""
+    return raw_command(port, f"FETCH {fetch_args}")
+
+
+def raw_command(port: int, command: str) -> tuple[float, int]:
+    """Time one command over a raw socket, reading until the tagged OK;
+    returns the time and the number of FETCH responses."""
     with socket.create_connection(("127.0.0.1", port), timeout=600) as sock:
         reader = sock.makefile("rb")
         reader.readline()
@@ -50,7 +57,7 @@ def raw_fetch(port: int, fetch_args: str) -> tuple[float, int]:
         while not reader.readline().startswith(b"b OK"):
             pass
         started = time.perf_counter()
-        sock.sendall(f"c FETCH {fetch_args}\r\n".encode())
+        sock.sendall(f"c {command}\r\n".encode())
         count = 0
         while True:
             line = reader.readline()
@@ -155,7 +162,12 @@ def measure(args: argparse.Namespace, port: int, server_pid: int) -> None:
     t0 = time.perf_counter()
     status, body_found = client.search(None, "BODY", "zebracorn")
     t_body = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    status, _ = client.status("INBOX", "(MESSAGES UNSEEN)")
+    t_status = time.perf_counter() - t0
     client.logout()
+    t_store_set, set_count = raw_command(port, "STORE 1:* +FLAGS (\\Seen)")
+    t_store_clear, clear_count = raw_command(port, "STORE 1:* -FLAGS (\\Seen)")
     print(f"SELECT {args.messages}: {t_select:.2f} s")
     print(
         f"FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE): {t_fetch:.2f} s ({fetched} messages;"
@@ -164,6 +176,9 @@ def measure(args: argparse.Namespace, port: int, server_pid: int) -> None:
     print(f"SELECT + FETCH: {t_select + t_fetch:.2f} s (target < 3 s)")
     print(f"UID SEARCH HEADER Subject: {t_header:.2f} s ({len(found[0].split())} hits)")
     print(f"SEARCH BODY: {t_body:.2f} s ({len(body_found[0].split())} hits)")
+    print(f"STATUS (MESSAGES UNSEEN): {t_status:.3f} s")
+    print(f"STORE 1:* +FLAGS (\\Seen): {t_store_set:.2f} s ({set_count} FETCH responses)")
+    print(f"STORE 1:* -FLAGS (\\Seen): {t_store_clear:.2f} s ({clear_count} FETCH responses)")
 
     if args.idle:
         before = rss_mib(server_pid)
