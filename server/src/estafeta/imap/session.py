@@ -1005,6 +1005,9 @@ _COLUMN_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSE
 _NO_SUMMARY = summarize(b"")
 
 
+_STORE_CHUNK = 128 * 1024  # characters of STORE's FETCH responses per write
+
+
 async def cmd_store(s: Session, cmd: Command) -> None:
     view = s.selected
     assert view is not None
@@ -1028,21 +1031,35 @@ async def cmd_store(s: Session, cmd: Command) -> None:
         args.unchangedsince,
     )
     changed = {ch.uid: ch for ch in result.changed}
+    failed = set(result.failed)
+    # The FETCH responses go out in large writes with flow control, not one
+    # write per message (a STORE 1:* answers for the whole mailbox).
+    out: list[str] = []
+    size = 0
     for uid in uids:
         change = changed.get(uid)
+        line: str | None = None
         if change is not None:
             view.apply_flags([(uid, change.flags, change.modseq)])
             if not args.silent or view.condstore:
                 seq = view.seq_of(uid) or 0
                 if args.silent:
                     uid_part = f"UID {uid} " if cmd.uid else ""
-                    s.untagged(f"{seq} FETCH ({uid_part}MODSEQ ({change.modseq}))")
+                    line = f"* {seq} FETCH ({uid_part}MODSEQ ({change.modseq}))\r\n"
                 else:
-                    s.untagged(s._flags_fetch(seq, uid, change.flags, change.modseq))
-        elif not args.silent and uid not in result.failed and uid in view.flags:
-            s.untagged(
-                s._flags_fetch(view.seq_of(uid) or 0, uid, view.flags[uid], view.modseqs[uid])
-            )
+                    line = f"* {s._flags_fetch(seq, uid, change.flags, change.modseq)}\r\n"
+        elif not args.silent and uid not in failed and uid in view.flags:
+            seq = view.seq_of(uid) or 0
+            line = f"* {s._flags_fetch(seq, uid, view.flags[uid], view.modseqs[uid])}\r\n"
+        if line is not None:
+            out.append(line)
+            size += len(line)
+            if size >= _STORE_CHUNK:
+                s.writer.write("".join(out).encode("utf-8"))
+                out, size = [], 0
+                await s.flush()
+    if out:
+        s.writer.write("".join(out).encode("utf-8"))
     view.highestmodseq = (
         max(view.highestmodseq, result.highestmodseq)
         if not view.pending_expunge
