@@ -263,6 +263,29 @@ def test_pipelined_transaction(server: Instance) -> None:
     assert len(server.files(ALICE)) == 1 and len(server.files(BOB)) == 1
 
 
+def test_pipelined_replies_come_as_one_unit(server: Instance) -> None:
+    """rfc2920:3.2: the replies to a pipelined group are sent together, in
+    one write (one segment on loopback), not one write per command; the
+    354 ends the group (the client waits for it)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"EHLO pipe.remote.test\r\n")
+        while reader.readline()[3:4] == b"-":
+            pass
+        for _ in range(3):
+            sock.sendall(
+                b"RSET\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"
+                b"RCPT TO:<nobody@example.test>\r\nDATA\r\n"
+            )
+            first = sock.recv(65536)
+            assert first.count(b"\r\n") == 5, first
+            assert first.endswith(b"\r\n") and first.split(b"\r\n")[-2].startswith(b"354 ")
+            sock.sendall(b"Subject: piped\r\n\r\nhi\r\n.\r\n")
+            assert reader.readline().startswith(b"250 ")
+    assert len(server.files(ALICE)) == 3
+
+
 def test_delivery_log_line(server: Instance) -> None:
     with smtplib.SMTP("127.0.0.1", server.port) as client:
         client.ehlo("client.remote.test")

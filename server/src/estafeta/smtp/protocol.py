@@ -100,6 +100,7 @@ class Connections:
         for protocol in list(self.open):
             transport = protocol.transport
             if not protocol.busy and isinstance(transport, asyncio.WriteTransport):
+                protocol._flush_held()
                 transport.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
                 transport.close()
 
@@ -201,6 +202,9 @@ class ImplicitTLS(asyncio.Protocol):
         self._release()
 
 
+# Replies held for one pipelined group at most (rfc2920:3.2), then sent.
+_MAX_HELD = 64
+
 # Octets pipelined after STARTTLS that are read and dropped before the 220.
 STARTTLS_DRAIN = 1024 * 1024
 
@@ -266,6 +270,7 @@ class SMTPProtocol(SMTP):
         self._errors = errors
         self._error_count = 0
         self._closing_for_errors = False
+        self._held: list[bytes] = []  # replies held for a pipelined group (see _may_hold)
         # The connection screen (MX only) and what it found: session.screen.
         self._screen = screen
         self.screen_result: ScreenResult | None = None
@@ -346,6 +351,7 @@ class SMTPProtocol(SMTP):
             original.abort()
             return
         assert isinstance(transport, asyncio.WriteTransport)
+        self._flush_held()
         transport.write(EVICTED_SMTP)
         transport.close()
 
@@ -578,6 +584,7 @@ class SMTPProtocol(SMTP):
             phase="data" if in_data else "command",
         )
         reply = DATA_TIMEOUT if in_data else IDLE_TIMEOUT
+        self._flush_held()
         transport.write(reply.format(self.hostname).encode() + b"\r\n")
         # close() sends what is buffered (the 421) before the FIN / close_notify.
         transport.close()
@@ -732,9 +739,39 @@ class SMTPProtocol(SMTP):
         error = self._errors is not None and counts_as_error(status)
         if error:
             await self._count_error()
-        await super().push(_printable(status))
+        text = _printable(status)
+        self._held.append(text.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n")
+        if not self._may_hold(text):
+            await self._send_held()
         if error and self._errors is not None and self._error_count >= self._errors.hard_limit:
             await self._too_many_errors()
+
+    def _may_hold(self, text: str) -> bool:
+        """Whether a reply may wait for the next ones: rfc2920:3.2 lets a
+        server keep the replies to pipelined commands and send them as one
+        unit, and while the next command is already read in full it is
+        answered before anything could be read from the client. Never a
+        reply the client must see before it goes on (3xx: 354, 334; 220
+        before the TLS handshake) or the last words (221, 421)."""
+        if text[:1] not in ("2", "4", "5") or text.startswith(("220", "221", "421")):
+            return False
+        if len(self._held) >= _MAX_HELD:
+            return False
+        return b"\n" in getattr(self._reader, "_buffer", b"")
+
+    async def _send_held(self) -> None:
+        """Send the replies held so far, in one write."""
+        self._flush_held()
+        await self._writer.drain()
+
+    def _flush_held(self) -> None:
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(data)
 
     def _client_ip(self) -> str:
         peer = self.session.peer if self.session is not None else None
@@ -758,6 +795,7 @@ class SMTPProtocol(SMTP):
             client=self._client_ip(),
             errors=self._error_count,
         )
+        self._flush_held()
         await super().push(_printable(TOO_MANY_ERRORS.format(self.hostname)))
         if self.transport is not None:
             self.transport.close()
