@@ -340,3 +340,17 @@ def test_tls_below_1_2_is_refused(tls_server: tuple[Instance, trustme.CA]) -> No
         client.ehlo("client.remote.test")
         with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
             client.starttls(context=context)
+
+
+def test_queue_ids_are_unique_and_use_the_whole_alphabet() -> None:
+    from collections import Counter
+
+    from estafeta.smtp.inbound import _QID_ALPHABET, new_queue_id
+
+    ids = [new_queue_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(qid) == 12 and set(qid) <= set(_QID_ALPHABET) for qid in ids)
+    counts = Counter("".join(ids))
+    assert set(counts) == set(_QID_ALPHABET)
+    # 60,000 characters over 28: about 2,143 each; far from that is a bias.
+    assert min(counts.values()) > 1800 and max(counts.values()) < 2500
