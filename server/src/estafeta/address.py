@@ -23,6 +23,7 @@ receives mail for configured domain names.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -90,6 +91,10 @@ def _check_unicode(text: str, where: str) -> None:
 # -- domains ----------------------------------------------------------------
 
 
+# Pure functions of their argument, called for every MAIL FROM, RCPT TO and
+# address lookup: the last few thousand results are kept (the IDNA mapping
+# is most of their cost). Errors are not cached; they are raised each time.
+@functools.lru_cache(maxsize=4096)
 def normalize_domain(domain: str) -> str:
     """Lower-case A-label form of a domain name; raises AddressError saying why.
 
@@ -249,6 +254,7 @@ def _split_raw(address: str) -> tuple[str, str]:
     return local, domain
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_address(address: str) -> str:
     """Canonical ``local@domain``; raises AddressError saying what is wrong.
 
