@@ -13,6 +13,13 @@ response of any size holding one message and a bounded buffer (issue 14
 item 5: 300 overlapping BODY[]<n.2000000> of a 1 MiB message were a 298 MiB
 response built in memory). ``MAX_ITEMS`` bounds the items of one FETCH.
 
+The items an index row answers alone (UID, FLAGS, RFC822.SIZE, INTERNALDATE,
+MODSEQ, ENVELOPE: what clients ask for when they list a whole mailbox) have
+a path of their own, ``RowFormat``: one ``%``-format per message straight
+from the row tuple, with the FLAGS and INTERNALDATE texts cached, and no
+MessageData (issue 17: FETCH 1:* of 100,000 messages). Its lines are the
+bytes ``render_items`` gives, octet for octet.
+
 Choices (each one of several that IMAP servers make):
 
 * A section that does not exist (``BODY[9]``, ``BODY[1.HEADER]`` of a part
@@ -51,17 +58,20 @@ from __future__ import annotations
 import binascii
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from estafeta.imap.types import FetchAtt, Section
 from estafeta.message import Summary, find_part, imap_bodystructure, imap_envelope, imap_string
+from estafeta.store.reader import FetchRow
 
 __all__ = [
     "MAX_ITEMS",
     "FetchError",
     "MessageData",
+    "RowFormat",
     "needs_content",
     "prepare",
     "render_items",
@@ -526,3 +536,131 @@ def _decode_base64(raw: bytes) -> bytes:
     usable = len(clean) - (len(clean) % 4 == 1)
     clean = clean[:usable]
     return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+
+
+# --------------------------------------------------------------------------
+# Responses straight from index rows (issue 17)
+
+ROW_KINDS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ", "ENVELOPE"})
+"""Items a ``FetchRow`` answers alone: no summary, no message file."""
+
+# Columns of a FetchRow (estafeta.store.reader).
+_UID = itemgetter(0)
+_SIZE = itemgetter(2)
+_DATE = itemgetter(3)
+_FLAGS = itemgetter(4)
+_MODSEQ = itemgetter(5)
+_ENVELOPE = itemgetter(7)
+_CACHE_SIZE = 65_536  # texts kept per cache; past it the cache starts over
+
+
+class _FlagsText(dict[str, bytes]):
+    """FLAGS values by the index's flags column, as ``_value`` renders them:
+    a mailbox has few distinct flag sets."""
+
+    def __missing__(self, text: str) -> bytes:
+        if len(self) >= _CACHE_SIZE:
+            self.clear()
+        value = self[text] = b"(" + " ".join(text.split()).encode("utf-8", "surrogateescape") + b")"
+        return value
+
+
+class _DayText(dict[int, bytes]):
+    """``"dd-Mon-yyyy `` of ``_internal_date`` by day since the epoch."""
+
+    def __missing__(self, day: int) -> bytes:
+        if len(self) >= _CACHE_SIZE:
+            self.clear()
+        value = self[day] = _internal_date(day * 86_400)[:13]
+        return value
+
+
+_DAYS = _DayText()
+
+
+class _DateText(dict[int, bytes]):
+    """INTERNALDATE values by timestamp, the same bytes as ``_internal_date``
+    (UTC: a day is 86,400 POSIX seconds), the date part cached by day."""
+
+    def __missing__(self, timestamp: int) -> bytes:
+        if len(self) >= _CACHE_SIZE:
+            self.clear()
+        day, second = divmod(min(max(timestamp, 0), _MAX_TIME), 86_400)
+        value = self[timestamp] = b'%s%02d:%02d:%02d +0000"' % (
+            _DAYS[day],
+            second // 3600,
+            second // 60 % 60,
+            second % 60,
+        )
+        return value
+
+
+class RowFormat:
+    """``* n FETCH (...)`` lines for item lists made of ``ROW_KINDS`` only,
+    rendered straight from index rows: one template with a ``%`` field per
+    item, in the order asked, repeated items answered once (as
+    ``render_pieces`` does). The values come from the row's columns through
+    C-level ``map``s; FLAGS and INTERNALDATE texts are cached for the
+    command (messages share flag sets and dates). Nothing here can fail on
+    a well-formed row, and nothing reads a file.
+    """
+
+    def __init__(self, kinds: Sequence[str]) -> None:
+        self.kinds = tuple(dict.fromkeys(kinds))
+        fields = []
+        for kind in self.kinds:
+            if kind not in ROW_KINDS:
+                raise ValueError(f"{kind} is not answered from the index row")
+            value = b"%d" if kind in ("UID", "RFC822.SIZE") else b"%s"
+            if kind == "MODSEQ":
+                value = b"(%d)"  # rfc7162:3.1.4
+            fields.append(kind.encode("ascii") + b" " + value)
+        self.template = b"* %d FETCH (" + b" ".join(fields) + b")\r\n"
+        self.wants_envelope = "ENVELOPE" in self.kinds
+        self._flags = _FlagsText()
+        self._dates = _DateText()
+
+    @classmethod
+    def for_items(cls, atts: Sequence[FetchAtt]) -> RowFormat | None:
+        """The format for ``atts``, or None when one of them needs more than
+        the row (a summary, the message file)."""
+        kinds = [_kind(att) for att in atts]
+        if not kinds or not ROW_KINDS.issuperset(kinds):
+            return None
+        return cls(kinds)
+
+    def lines(self, seqs: Iterable[int], rows: Sequence[FetchRow]) -> Iterator[bytes]:
+        """One response line per row, with the sequence numbers ``seqs``,
+        rendered as they are taken: the caller holds the rows and the lines
+        not sent yet, never a second copy of all of them. With ENVELOPE,
+        every row must have its envelope (``with_envelopes``)."""
+        columns: list[Iterable[Any]] = []
+        for kind in self.kinds:
+            if kind == "UID":
+                columns.append(map(_UID, rows))
+            elif kind == "FLAGS":
+                columns.append(map(self._flags.__getitem__, map(_FLAGS, rows)))
+            elif kind == "RFC822.SIZE":
+                columns.append(map(_SIZE, rows))
+            elif kind == "INTERNALDATE":
+                columns.append(map(self._dates.__getitem__, map(_DATE, rows)))
+            elif kind == "MODSEQ":
+                columns.append(map(_MODSEQ, rows))
+            else:
+                columns.append(map(_ENVELOPE, rows))
+        return map(self.template.__mod__, zip(seqs, *columns, strict=True))
+
+    def lacks_envelopes(self, rows: Sequence[FetchRow]) -> bool:
+        """Whether ENVELOPE is asked for and a row has none (see below)."""
+        return self.wants_envelope and None in map(_ENVELOPE, rows)
+
+    @staticmethod
+    def with_envelopes(rows: Sequence[FetchRow]) -> list[FetchRow]:
+        """``rows`` (read with their summary) with the envelope rendered from
+        the summary where the index has none (rows from before schema 3)."""
+        return [
+            row
+            if row[7] is not None
+            else (*row[:7], imap_envelope(Summary.from_json(row[6] or "").envelope))
+            for row in rows
+        ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 from estafeta.log import log_event
 
@@ -55,9 +56,29 @@ class ResponseStream:
         if self.add(piece):
             await self.pump()
 
+    async def put_many(self, pieces: Iterable[bytes]) -> None:
+        """``put`` of each piece in turn (many short ones: whole response
+        lines), with the bookkeeping in locals: the same writes of about
+        FLUSH octets and the same waits for the client."""
+        pending = self._pending
+        size = self._size
+        for piece in pieces:
+            pending.append(piece)
+            size += len(piece)
+            if size >= FLUSH:
+                self._size = size
+                await self.pump()
+                pending = self._pending
+                size = self._size
+        self._size = size
+
     async def pump(self) -> None:
         """Write what is queued; wait for the client if the transport is full."""
         pending, self._pending, self._size = self._pending, [], 0
+        if max(map(len, pending), default=0) <= SLICE:  # the usual case: one write
+            self._write(pending)
+            await self._wait()
+            return
         small: list[bytes | memoryview] = []
         for piece in pending:
             if len(piece) <= SLICE:
