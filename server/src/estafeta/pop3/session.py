@@ -14,6 +14,7 @@ import contextlib
 import logging
 import re
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from estafeta.auth import Accounts
@@ -24,7 +25,7 @@ from estafeta.imap.session import discard_buffered, start_tls
 from estafeta.log import log_event
 from estafeta.pop3.parser import Command, Eof, Error, NeedData, Parser, RawLine
 from estafeta.store import Store, StoreError
-from estafeta.store.reader import ListingRow
+from estafeta.store.reader import IndexReader, ListingRow
 
 log = logging.getLogger("estafeta.pop3")
 
@@ -38,9 +39,18 @@ IDLE_TIMEOUT = 10 * 60.0
 TLS_HANDSHAKE_TIMEOUT = 60.0
 MAX_FAILED_LOGINS = 3
 MAX_ERRORS = 20
+# Messages up to this size are read on the event loop (a page-cache read of
+# a few KiB costs far less than a hop to a thread); larger ones in a thread,
+# then sent CHUNK octets at a time, each stuffed on its own and drained.
+INLINE_READ = 256 * 1024
 CHUNK = 256 * 1024
-# Lines that start with "." after any line ending get one more "." (rfc1939:3).
-_DOT_LINES = re.compile(rb"(^|\n)\.")
+# Responses are gathered and written together when the session waits for
+# the client (pipelined commands: one write for the lot), or as soon as
+# this much is pending, then drained (the transport's back-pressure).
+HIGH_WATER = 64 * 1024
+# A line that starts with "." after a line ending, CRLF or a bare LF (the
+# store keeps messages as received: SMTP and APPEND may bring bare LFs).
+_LF_DOT = re.compile(rb"\n\.")
 
 
 @dataclass
@@ -68,12 +78,39 @@ class Message:
     deleted: bool = False
 
 
+def stuff(data: bytes, line_start: bool = True) -> bytes:
+    """Byte-stuff for a multi-line response (rfc1939:3): a "." that starts
+    a line, after any line ending (CRLF or a bare LF), gets another ".".
+    ``line_start``: ``data`` follows a line ending (or starts the body)."""
+    # Most messages need nothing, and finding that out is the cost: a "."
+    # anywhere (memchr), then an LF "." (the regex engine scans faster for
+    # a two-octet needle than bytes.__contains__ on Python 3.11).
+    if b"." in data and _LF_DOT.search(data) is not None:
+        data = data.replace(b"\n.", b"\n..")
+    if line_start and data[:1] == b".":
+        data = b"." + data
+    return data
+
+
+def terminator(data: bytes) -> bytes:
+    """What ends a multi-line response whose body ends with ``data``: a CRLF
+    if the body does not end with one, then "." CRLF."""
+    return b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"
+
+
+def stuffed_chunks(data: bytes, size: int) -> Iterator[bytes]:
+    """``stuff(data)`` in pieces made from ``size`` octets each: a "." that
+    starts a piece starts a line if the previous piece ended one."""
+    line_start = True
+    for start in range(0, len(data), size):
+        chunk = data[start : start + size]
+        yield stuff(chunk, line_start)
+        line_start = chunk.endswith(b"\n")
+
+
 def dot_stuff(data: bytes) -> bytes:
     """Byte-stuff a message for a multi-line response and terminate it."""
-    stuffed = _DOT_LINES.sub(rb"\1..", data)
-    if not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"
+    return stuff(data) + terminator(data)
 
 
 class Session:
@@ -105,6 +142,11 @@ class Session:
         self.user_arg: str | None = None
         self.user: str | None = None
         self.messages: list[Message] = []
+        # The account's shared reader (content() only: a file read, no SQL).
+        self.content_reader: IndexReader | None = None
+        # Responses not written yet (see HIGH_WATER).
+        self._out: list[bytes] = []
+        self._out_size = 0
         self.uidvalidity = 0
         self.failed_logins = 0
         self.errors = 0
@@ -113,29 +155,54 @@ class Session:
         self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self._event_loop = asyncio.get_running_loop()
         self.login_deadline = self._event_loop.time() + settings.login_timeout
+        self._read_deadline = self.login_deadline
+        self._read_timer_handle: asyncio.TimerHandle | None = None
+        self._reading = False
         # Its place among the connections not logged in yet (server.py).
         self.preauth = preauth if preauth is not None else Ticket("", 0.0)
 
     # -- output --------------------------------------------------------------
 
+    def send(self, data: bytes) -> None:
+        """Queue output; ``flush`` writes it."""
+        self._out.append(data)
+        self._out_size += len(data)
+
+    def flush(self) -> None:
+        if self._out:
+            out = self._out
+            self._out = []
+            self._out_size = 0
+            self.writer.write(out[0] if len(out) == 1 else b"".join(out))
+
+    async def flush_and_drain(self) -> None:
+        self.flush()
+        # drain() waits only while the transport holds more than its own
+        # high-water mark; with nothing held (what was written went to the
+        # socket at once, the usual case) there is nothing to wait for.
+        # A closing transport is drained: that raises if the client is gone.
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() or transport.is_closing():
+            await self.writer.drain()
+
     def ok(self, text: str = "") -> None:
-        self.writer.write(f"+OK {text}".rstrip().encode() + b"\r\n")
+        self.send(f"+OK {text}".rstrip().encode() + b"\r\n")
 
     def err(self, text: str, code: str = "") -> None:
         # rfc2449:8 response codes, e.g. -ERR [IN-USE] ...
         prefix = f"[{code}] " if code else ""
-        self.writer.write(f"-ERR {prefix}{text}".encode() + b"\r\n")
+        self.send(f"-ERR {prefix}{text}".encode() + b"\r\n")
 
     def lines(self, lines: list[str]) -> None:
         body = "".join(f"{line}\r\n" for line in lines)
-        self.writer.write(body.encode() + b".\r\n")
+        self.send(body.encode() + b".\r\n")
 
     # -- main loop -----------------------------------------------------------
 
     async def run(self) -> None:
         try:
             self.ok(f"{self.settings.hostname} estafeta POP3 ready")
-            await self.writer.drain()
+            await self.flush_and_drain()
             await self._loop()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
@@ -147,15 +214,22 @@ class Session:
                     self.err("Autologout: not logged in in time")
                 else:
                     self.err("Autologout: idle for too long")
-                await asyncio.wait_for(self.writer.drain(), 5)
+                await asyncio.wait_for(self.flush_and_drain(), 5)
         finally:
+            self._stop_read_timer()
             self._unlock()
+            # What a last command answered (before an EOF or too many
+            # errors) still goes out: close() sends what is buffered.
+            with contextlib.suppress(Exception):
+                self.flush()
             self.writer.close()
 
     def shutdown(self) -> None:
         if self.state != CLOSED:
             self.err("Server shutting down", "SYS/TEMP")
             self.state = CLOSED
+        with contextlib.suppress(Exception):
+            self.flush()
         self.writer.close()
 
     def _unlock(self) -> None:
@@ -166,19 +240,55 @@ class Session:
         return self.login_deadline - self._event_loop.time()
 
     async def _read(self) -> bytes:
+        now = self._event_loop.time()
         if self.state == AUTHORIZATION:
-            timeout = self.login_time_left()
-            if timeout <= 0:
+            deadline = self.login_deadline
+            if deadline <= now:
                 raise TimeoutError
         else:
-            timeout = self.settings.idle_timeout
-        return await asyncio.wait_for(self.reader.read(65536), timeout)
+            deadline = now + self.settings.idle_timeout
+        # One timer per session, armed again only when it fires before the
+        # deadline of the read then under way (see _read_timer), rather
+        # than a timer made and cancelled for every command.
+        self._read_deadline = deadline
+        timer = self._read_timer_handle
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._read_timer_handle = self._event_loop.call_at(deadline, self._read_timer, deadline)
+        self._reading = True
+        try:
+            return await self.reader.read(65536)
+        finally:
+            self._reading = False
+
+    def _read_timer(self, when: float) -> None:
+        """The timer of _read: a read still waiting at its deadline ends in
+        TimeoutError (rfc1939:3 autologout); a later deadline re-arms it."""
+        self._read_timer_handle = None
+        if not self._reading or getattr(self.reader, "_buffer", None):
+            # Busy answering, or a command has just come in (as wait_for
+            # did, a read that has its data is no timeout): the next read
+            # arms the timer again.
+            return
+        if self._read_deadline > when:
+            deadline = self._read_deadline
+            self._read_timer_handle = self._event_loop.call_at(deadline, self._read_timer, deadline)
+            return
+        self.reader.set_exception(TimeoutError())  # the waiting read() raises it
+
+    def _stop_read_timer(self) -> None:
+        if self._read_timer_handle is not None:
+            self._read_timer_handle.cancel()
+            self._read_timer_handle = None
 
     async def _next(self) -> Command | RawLine | Error | Eof:
         while True:
             event = self.parser.next_event()
             if isinstance(event, NeedData):
-                await self.writer.drain()
+                # All commands received so far are answered: one write for
+                # their responses (rfc2449:6.6 PIPELINING), then wait.
+                await self.flush_and_drain()
                 self.parser.receive_data(await self._read())
                 continue
             return event
@@ -212,7 +322,9 @@ class Session:
             except Exception:
                 log.exception("internal error in POP3 %s", event.name)
                 self.err("Internal error", "SYS/TEMP")
-        await self.writer.drain()
+            if self._out_size >= HIGH_WATER:
+                await self.flush_and_drain()
+        await self.flush_and_drain()
 
     # -- helpers ----------------------------------------------------------
 
@@ -267,7 +379,9 @@ class Session:
         # Logged in: no longer one of the connections not logged in yet.
         self.preauth.leave()
         try:
-            self.uidvalidity, rows = await asyncio.to_thread(_maildrop, self.store, address)
+            self.uidvalidity, rows, self.content_reader = await asyncio.to_thread(
+                _maildrop, self.store, address
+            )
         except BaseException:
             self.locks.held.discard(address)
             self.user = None
@@ -279,12 +393,14 @@ class Session:
         self.ok(f"Logged in, {len(self.messages)} messages ({total} octets)")
 
 
-def _maildrop(store: Store, address: str) -> tuple[int, list[ListingRow]]:
-    """The INBOX's UIDVALIDITY and (uid, size, file) of its messages."""
+def _maildrop(store: Store, address: str) -> tuple[int, list[ListingRow], IndexReader]:
+    """The INBOX's UIDVALIDITY, (uid, size, file) of its messages and the
+    account's shared reader (for message contents)."""
     with store.reader(address) as reader:
         box = reader.mailbox("INBOX")
         assert box is not None
-        return box.uidvalidity, reader.listing(box.id)
+        listing = reader.listing(box.id)
+    return box.uidvalidity, listing, store.shared_reader(address)
 
 
 async def cmd_capa(s: Session, cmd: Command) -> None:
@@ -304,7 +420,7 @@ async def cmd_stls(s: Session, cmd: Command) -> None:
         s.err("STLS is not available")
         return
     s.ok("Begin TLS negotiation")
-    await s.writer.drain()
+    await s.flush_and_drain()
     # rfc2595:4 — anything pipelined after STLS is discarded: what the
     # parser holds and what is still in the stream's buffer.
     s.parser = Parser()
@@ -354,7 +470,7 @@ async def cmd_auth(s: Session, cmd: Command) -> None:
         return
     response = cmd.args[1] if len(cmd.args) > 1 else None
     if response is None:
-        s.writer.write(b"+ \r\n")
+        s.send(b"+ \r\n")
         s.parser.expect_line()
         event = await s._next()
         if not isinstance(event, RawLine):
@@ -409,8 +525,13 @@ async def cmd_list(s: Session, cmd: Command) -> None:
         if message is not None:
             s.ok(f"{cmd.args[0].lstrip('0') or '0'} {message.size}")
         return
-    s.ok("Scan listing follows")
-    s.lines([f"{n} {m.size}" for n, m in enumerate(s.messages, 1) if not m.deleted])
+    s.send(
+        b"".join(
+            [b"+OK Scan listing follows\r\n"]
+            + [b"%d %d\r\n" % (n, m.size) for n, m in enumerate(s.messages, 1) if not m.deleted]
+            + [b".\r\n"]
+        )
+    )
 
 
 async def cmd_uidl(s: Session, cmd: Command) -> None:
@@ -419,15 +540,28 @@ async def cmd_uidl(s: Session, cmd: Command) -> None:
         if message is not None:
             s.ok(f"{int(cmd.args[0])} {s.uidl(message)}")
         return
-    s.ok("Unique-id listing follows")
-    s.lines([f"{n} {s.uidl(m)}" for n, m in enumerate(s.messages, 1) if not m.deleted])
+    prefix = b"%d." % s.uidvalidity  # rfc1939:7 unique-id: UIDVALIDITY.UID
+    s.send(
+        b"".join(
+            [b"+OK Unique-id listing follows\r\n"]
+            + [
+                b"%d %s%d\r\n" % (n, prefix, m.uid)
+                for n, m in enumerate(s.messages, 1)
+                if not m.deleted
+            ]
+            + [b".\r\n"]
+        )
+    )
 
 
 async def _send_message(s: Session, message: Message, top: int | None) -> None:
-    assert s.user is not None
-    path = s.store.account_dir(s.user) / message.file
+    reader = s.content_reader
+    assert reader is not None
     try:
-        data = await asyncio.to_thread(path.read_bytes)
+        if message.size <= INLINE_READ:
+            data = reader.content(message.file)  # microseconds from the page cache
+        else:
+            data = await asyncio.to_thread(reader.content, message.file)  # a file read, no SQL
     except FileNotFoundError:
         # Expunged by an IMAP session since we listed the maildrop.
         s.err("Message was deleted by another session", "SYS/TEMP")
@@ -444,10 +578,19 @@ async def _send_message(s: Session, message: Message, top: int | None) -> None:
         s.ok("Top of message follows")
     else:
         s.ok(f"{message.size} octets")
-    stuffed = dot_stuff(data)
-    for start in range(0, len(stuffed), CHUNK):
-        s.writer.write(stuffed[start : start + CHUNK])
-        await s.writer.drain()
+    if len(data) <= CHUNK:
+        # Status line, body and terminator: one write, with whatever
+        # pipelined responses come before and after it.
+        s.send(stuff(data))
+        s.send(terminator(data))
+        return
+    # A large message: CHUNK octets at a time, each stuffed on its own (a
+    # "." at a chunk's start is a line start if the previous chunk ended
+    # a line), and drained, so that the output in flight stays bounded.
+    for piece in stuffed_chunks(data, CHUNK):
+        s.send(piece)
+        await s.flush_and_drain()
+    s.send(terminator(data))
 
 
 async def cmd_retr(s: Session, cmd: Command) -> None:
