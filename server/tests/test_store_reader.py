@@ -307,3 +307,15 @@ def test_condition_sql_refuses_unknown_columns_and_kinds() -> None:
         reader.search_rows(1, [Condition("text", column="summary; DROP", value="x")], summary=False)
     with pytest.raises(ValueError):
         reader.search_rows(1, [Condition("bogus")], summary=False)
+
+
+def test_content_reads_whole_files_of_any_size(tmp_path: Path) -> None:
+    (tmp_path / "new").mkdir()
+    sizes = {"empty": 0, "small": 4096, "big": 300_000}
+    for name, size in sizes.items():
+        (tmp_path / "new" / name).write_bytes(random.Random(size).randbytes(size))
+    reader = SqliteReader(sqlite3.connect(":memory:"), tmp_path)
+    for name in sizes:
+        assert reader.content(f"new/{name}") == (tmp_path / "new" / name).read_bytes()
+    with pytest.raises(FileNotFoundError):
+        reader.content("new/expunged")
