@@ -220,7 +220,7 @@ class SqliteReader:
         fd = os.open(f"{self.account_dir}/{file}", os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 chunk = os.read(fd, max(size, 65536))
                 if not chunk:
