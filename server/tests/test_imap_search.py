@@ -29,7 +29,7 @@ from estafeta.imap.search import (
     response_modseq,
 )
 from estafeta.imap.types import SearchKey, SequenceSet
-from estafeta.message import summarize
+from estafeta.message import searchtext, summarize
 
 
 def crlf(text: str) -> bytes:
@@ -609,7 +609,7 @@ def test_unreadable_file_does_not_match_content_keys() -> None:
 def test_scan_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     assert search.MAX_SCAN >= 1024 * 1024
     assert run(k("BODY", "needle at the end")) == [10]
-    monkeypatch.setattr(search, "MAX_SCAN", 2000)
+    monkeypatch.setattr(searchtext, "MAX_SCAN", 2000)
     assert run(k("BODY", "needle at the end")) == []
     assert run(k("BODY", "filler line")) == [10]  # the start is still scanned
 
@@ -621,7 +621,7 @@ def test_scan_cap_spans_all_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     data = crlf(f"Subject: parts\nContent-Type: multipart/mixed; boundary=P\n\n{parts}--P--\n")
     candidate = Candidate(1, 1, frozenset(), False, 0, len(data), 1, summarize(data), lambda: data)
-    monkeypatch.setattr(search, "MAX_SCAN", 2000)
+    monkeypatch.setattr(searchtext, "MAX_SCAN", 2000)
 
     def found(word: str) -> bool:
         return bool(evaluate(k("BODY", word), [candidate], largest_seq=1, largest_uid=1))

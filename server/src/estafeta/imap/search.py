@@ -50,10 +50,8 @@ messages; keys that only look at flags, numbers, dates or the stored
 
 from __future__ import annotations
 
-import binascii
 import datetime
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,11 +59,13 @@ from email.utils import parsedate_tz
 from typing import Any
 
 from estafeta.imap.types import SearchKey, SequenceSet, date_arg
+from estafeta.message import searchtext
 from estafeta.message.searchtext import ADDRESS_SLOTS
 from estafeta.message.searchtext import address_text as _address_text
-from estafeta.message.searchtext import clean as _clean
 from estafeta.message.searchtext import desurrogate as _desurrogate
 from estafeta.message.searchtext import envelope_slot as _envelope_slot
+from estafeta.message.searchtext import parse_fields as _parse_fields
+from estafeta.message.searchtext import raw_body_text as _body_text
 from estafeta.message.structure import (
     Summary,
     decode_rfc2047,
@@ -74,9 +74,10 @@ from estafeta.store.reader import Condition
 
 log = logging.getLogger(__name__)
 
-MAX_SCAN = 10 * 1024 * 1024
+MAX_SCAN = searchtext.MAX_SCAN
 """Bytes of (still encoded) text part bodies scanned per message by BODY and
-TEXT. Bounds the work one message can cause; words past it are not found."""
+TEXT (estafeta.message.searchtext). Bounds the work one message can cause;
+words past it are not found."""
 
 # -- the work budget of one SEARCH ----------------------------------------------
 # A unit is about one character scanned. Calibrated on CPython 3.11: a
@@ -260,123 +261,6 @@ class _View:
         if self._body is None:
             self._body = _body_text(self.data(), self.info()).casefold()
         return self._body
-
-
-# rfc5322:3.6.8 field-name, with blanks before the colon tolerated (like
-# estafeta.message.structure, so both see the same fields).
-_FIELD_RE = re.compile(rb"([!-9;-~]+)[ \t]*:")
-
-
-def _parse_fields(header: bytes) -> list[tuple[str, str]]:
-    fields: list[tuple[str, str]] = []
-    name: str | None = None
-    value: list[bytes] = []
-
-    def flush() -> None:
-        if name is not None:
-            # rfc5322:2.2.3 unfolding: the line breaks go, the blanks stay.
-            fields.append((name, decode_rfc2047(_clean(b"".join(value)).strip(" \t"))))
-
-    for line in header.splitlines():
-        if not line:
-            break
-        if line[0] in b" \t":
-            if name is not None:
-                value.append(line)
-            continue
-        flush()
-        m = _FIELD_RE.match(line)
-        if m is None:  # not a field: the header ends here, as in summarize()
-            name = None
-            break
-        name = m.group(1).decode("ascii").lower()
-        value = [line[m.end() :]]
-    flush()
-    return fields
-
-
-_NOT_BASE64_RE = re.compile(rb"[^A-Za-z0-9+/]")
-
-
-def _decode_transfer(raw: bytes, encoding: str) -> bytes:
-    """Undo Content-Transfer-Encoding (rfc2045:6); unknown ones are kept as is."""
-    encoding = encoding.strip().lower()
-    if encoding == "quoted-printable":
-        return binascii.a2b_qp(raw)
-    if encoding == "base64":
-        try:
-            return binascii.a2b_base64(raw)
-        except binascii.Error:  # bad padding, or cut short by MAX_SCAN
-            clean = _NOT_BASE64_RE.sub(b"", raw)
-            try:
-                return binascii.a2b_base64(clean[: len(clean) - len(clean) % 4])
-            except binascii.Error:
-                return b""
-    return raw
-
-
-def _charset(params: Sequence[Sequence[str]]) -> str:
-    for pair in params:
-        if len(pair) == 2 and pair[0].lower() == "charset":
-            return pair[1].strip()
-    return "us-ascii"
-
-
-def _decode_text(raw: bytes, charset: str) -> str:
-    # us-ascii text often carries 8-bit UTF-8 anyway; UTF-8 is a superset.
-    if charset.lower() in ("us-ascii", "ascii", ""):
-        charset = "utf-8"
-    try:
-        return raw.decode(charset, "replace")
-    except LookupError:  # unknown, or not a text codec ("hex")
-        return raw.decode("utf-8", "replace")
-
-
-def _body_text(data: bytes, summary: Summary) -> str:
-    """rfc9051:6.4.4 BODY: the text parts of the body, decoded.
-
-    Uses the part offsets computed at delivery (Summary.bodystructure), so
-    the message is not parsed again.
-    """
-    pieces: list[str] = []
-    budget = MAX_SCAN
-
-    def walk(part: dict[str, Any]) -> None:
-        nonlocal budget
-        if budget <= 0:
-            return
-        children = part.get("parts")
-        if children is not None:
-            for child in children:
-                walk(child)
-            return
-        start = part.get("body_start")
-        end = part.get("body_end")
-        if not isinstance(start, int) or not isinstance(end, int):
-            return
-        inner = part.get("body")
-        if isinstance(inner, dict):
-            # message/rfc822: the encapsulated header is text of this body.
-            header_end = inner.get("body_start", start)
-            if isinstance(header_end, int):
-                header = data[start : min(header_end, start + budget)]
-                budget -= len(header)
-                pieces.extend(f"{n}: {v}" for n, v in _parse_fields(header))
-            walk(inner)
-            return
-        if str(part.get("type", "")).lower() != "text":
-            return  # rfc9051:6.4.4 searches text; attachments are not text
-        raw = data[start : min(end, start + budget)]
-        budget -= len(raw)
-        decoded = _decode_transfer(raw, str(part.get("encoding", "7bit")))
-        pieces.append(_decode_text(decoded, _charset(part.get("params") or ())))
-
-    walk(summary.bodystructure)
-    return "\n".join(pieces)
-
-
-# --------------------------------------------------------------------------
-# Summary-based text
 
 
 # Header fields whose (first) value the ENVELOPE holds verbatim:
@@ -645,6 +529,18 @@ _TEXT_COLUMNS = {
     "CC": "s_cc",
     "BCC": "s_bcc",
 }
+
+
+def fulltext_keys(key: SearchKey) -> list[tuple[str, str]]:
+    """The BODY and TEXT keys (op, needle) the program ANDs at its top:
+    every match contains each needle, so the full-text index can narrow the
+    messages down to those that may (estafeta.store.reader.fulltext)."""
+    op = key.op.upper()
+    if op == "AND":
+        return [pair for k in key.args[0] for pair in fulltext_keys(k)]
+    if op in ("BODY", "TEXT") and str(key.args[0]):
+        return [(op, str(key.args[0]))]
+    return []
 
 
 def conditions(key: SearchKey, largest_uid: int) -> list[Condition]:

@@ -12,12 +12,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import json
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from estafeta import __version__
 from estafeta.auth import Accounts
@@ -47,7 +48,7 @@ from estafeta.message import Summary, imap_string, summarize
 from estafeta.store import Mailbox, Store, StoreError
 from estafeta.store.names import canonical
 from estafeta.store.operations import MailboxError
-from estafeta.store.reader import IndexReader
+from estafeta.store.reader import Condition, IndexReader
 from estafeta.workers import SEARCHES
 
 log = logging.getLogger("estafeta.imap")
@@ -1218,11 +1219,21 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     # index narrows the messages down first (flags, header columns, sizes:
     # search.conditions); every row it returns is checked by evaluate.
     largest_uid = view.uids[-1] if view.uids else 0
-    rows = s.index().search_rows(
-        view.box.id,
-        search_module.conditions(key, largest_uid),
-        summary=_needs_summary(key),
-    )
+    conditions = search_module.conditions(key, largest_uid)
+    texts = search_module.fulltext_keys(key)
+    if texts:
+        # BODY / TEXT: the full-text index names the messages that may
+        # match (and those it does not hold yet); evaluate checks them.
+        try:
+            allowed = await _fulltext_candidates(s, view.box, texts)
+        except search_module.SearchLimit as exc:
+            log_event(log, "search_limit", logging.WARNING, user=s.user, why=str(exc))
+            if args.return_options is not None and "SAVE" in args.return_options:
+                s.saved_result = []  # rfc5182:2.1: a failed SEARCH ... SAVE empties "$"
+            raise No("Search too expensive", "LIMIT") from None  # rfc5530:3
+        if allowed is not None:
+            conditions.append(Condition("uid_in", value=json.dumps(sorted(allowed))))
+    rows = s.index().search_rows(view.box.id, conditions, summary=_needs_summary(key))
     candidates = []
     octets = 0
     for uid, file, size, internal_date, flag_text, modseq, summary in rows:
@@ -1298,6 +1309,34 @@ _SUMMARY_FREE = frozenset(
         "MODSEQ", "NOT", "OR", "AND",
     }
 )  # fmt: skip
+
+
+async def _fulltext_candidates(
+    s: Session, box: Mailbox, texts: list[tuple[str, str]]
+) -> set[int] | None:
+    """UIDs that may match every BODY/TEXT key of ``texts``, from the
+    full-text index, on a search thread with a reader of its own, within a
+    search budget (SearchLimit when it is used up); None: the index cannot
+    narrow."""
+    user = _user(s)
+    octets = s.index().status_counts(box.id, ["SIZE"])["SIZE"]
+    budget = search_module.Budget.for_mailbox(octets)
+
+    def lookup() -> set[int] | None:
+        budget.start()
+        found: set[int] | None = None
+        with s.store.reader(user) as reader:
+            for op, needle in texts:
+                field: Literal["BODY", "TEXT"] = "BODY" if op == "BODY" else "TEXT"
+                uids = reader.fulltext(box.id, field, needle, budget.charge)
+                if uids is not None:
+                    found = uids if found is None else found & uids
+        return found
+
+    try:
+        return await SEARCHES.run(user, lookup)
+    finally:
+        budget.cancel()  # the client went away: a running lookup stops
 
 
 def _needs_summary(key: SearchKey) -> bool:

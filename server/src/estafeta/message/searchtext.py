@@ -9,6 +9,8 @@ with both sides folded (see estafeta.imap.search).
 
 from __future__ import annotations
 
+import binascii
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,3 +91,138 @@ def search_columns(summary: Summary) -> tuple[str, str | None, str, str, str, st
         address_key_text(summary, "CC"),
         address_key_text(summary, "BCC"),
     )
+
+
+MAX_SCAN = 10 * 1024 * 1024
+"""Bytes of (still encoded) text part bodies scanned per message by BODY and
+TEXT. Bounds the work one message can cause; words past it are not found."""
+
+
+# rfc5322:3.6.8 field-name, with blanks before the colon tolerated (like
+# estafeta.message.structure, so both see the same fields).
+_FIELD_RE = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+def parse_fields(header: bytes) -> list[tuple[str, str]]:
+    fields: list[tuple[str, str]] = []
+    name: str | None = None
+    value: list[bytes] = []
+
+    def flush() -> None:
+        if name is not None:
+            # rfc5322:2.2.3 unfolding: the line breaks go, the blanks stay.
+            fields.append((name, decode_rfc2047(clean(b"".join(value)).strip(" \t"))))
+
+    for line in header.splitlines():
+        if not line:
+            break
+        if line[0] in b" \t":
+            if name is not None:
+                value.append(line)
+            continue
+        flush()
+        m = _FIELD_RE.match(line)
+        if m is None:  # not a field: the header ends here, as in summarize()
+            name = None
+            break
+        name = m.group(1).decode("ascii").lower()
+        value = [line[m.end() :]]
+    flush()
+    return fields
+
+
+_NOT_BASE64_RE = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def decode_transfer(raw: bytes, encoding: str) -> bytes:
+    """Undo Content-Transfer-Encoding (rfc2045:6); unknown ones are kept as is."""
+    encoding = encoding.strip().lower()
+    if encoding == "quoted-printable":
+        return binascii.a2b_qp(raw)
+    if encoding == "base64":
+        try:
+            return binascii.a2b_base64(raw)
+        except binascii.Error:  # bad padding, or cut short by MAX_SCAN
+            clean = _NOT_BASE64_RE.sub(b"", raw)
+            try:
+                return binascii.a2b_base64(clean[: len(clean) - len(clean) % 4])
+            except binascii.Error:
+                return b""
+    return raw
+
+
+def charset_of(params: Sequence[Sequence[str]]) -> str:
+    for pair in params:
+        if len(pair) == 2 and pair[0].lower() == "charset":
+            return pair[1].strip()
+    return "us-ascii"
+
+
+def decode_text(raw: bytes, charset: str) -> str:
+    # us-ascii text often carries 8-bit UTF-8 anyway; UTF-8 is a superset.
+    if charset.lower() in ("us-ascii", "ascii", ""):
+        charset = "utf-8"
+    try:
+        return raw.decode(charset, "replace")
+    except LookupError:  # unknown, or not a text codec ("hex")
+        return raw.decode("utf-8", "replace")
+
+
+def raw_body_text(data: bytes, summary: Summary) -> str:
+    """rfc9051:6.4.4 BODY: the text parts of the body, decoded.
+
+    Uses the part offsets computed at delivery (Summary.bodystructure), so
+    the message is not parsed again.
+    """
+    pieces: list[str] = []
+    budget = MAX_SCAN
+
+    def walk(part: dict[str, Any]) -> None:
+        nonlocal budget
+        if budget <= 0:
+            return
+        children = part.get("parts")
+        if children is not None:
+            for child in children:
+                walk(child)
+            return
+        start = part.get("body_start")
+        end = part.get("body_end")
+        if not isinstance(start, int) or not isinstance(end, int):
+            return
+        inner = part.get("body")
+        if isinstance(inner, dict):
+            # message/rfc822: the encapsulated header is text of this body.
+            header_end = inner.get("body_start", start)
+            if isinstance(header_end, int):
+                header = data[start : min(header_end, start + budget)]
+                budget -= len(header)
+                pieces.extend(f"{n}: {v}" for n, v in parse_fields(header))
+            walk(inner)
+            return
+        if str(part.get("type", "")).lower() != "text":
+            return  # rfc9051:6.4.4 searches text; attachments are not text
+        raw = data[start : min(end, start + budget)]
+        budget -= len(raw)
+        decoded = decode_transfer(raw, str(part.get("encoding", "7bit")))
+        pieces.append(decode_text(decoded, charset_of(part.get("params") or ())))
+
+    walk(summary.bodystructure)
+    return "\n".join(pieces)
+
+
+# --------------------------------------------------------------------------
+# Summary-based text
+
+
+def header_text(data: bytes, summary: Summary) -> str:
+    """What TEXT matches in the header: one "name: value" line per field,
+    unfolded, RFC 2047 decoded, casefolded."""
+    fields = parse_fields(data[: summary.header_size])
+    return "\n".join(f"{n}: {v}" for n, v in fields).casefold()
+
+
+def body_text(data: bytes, summary: Summary) -> str:
+    """What BODY matches: the decoded text parts and encapsulated headers,
+    casefolded."""
+    return raw_body_text(data, summary).casefold()

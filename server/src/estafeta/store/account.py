@@ -36,7 +36,7 @@ from estafeta import metrics
 from estafeta.address import split_address
 from estafeta.log import log_event
 from estafeta.message import Summary, summarize
-from estafeta.store import index, maildir, names, operations
+from estafeta.store import fulltext, index, maildir, names, operations
 from estafeta.store.changes import Changes
 from estafeta.store.index import NewMessage
 from estafeta.store.reader import SqliteReader
@@ -48,6 +48,12 @@ MAX_BATCH = 256
 MAX_MAILBOXES = 1000
 
 log = logging.getLogger("estafeta.store")
+
+
+FULLTEXT_BATCH = 200
+"""Messages indexed (or keys dropped) per step of the full-text index."""
+FULLTEXT_IDLE = 0.05
+"""Seconds the writer thread waits for work before a full-text step."""
 
 
 class StoreError(Exception):
@@ -131,6 +137,10 @@ class Store:
         self._accounts: dict[str, _Account] = {}
         self._readers: dict[str, SqliteReader] = {}
         self._readers_lock = threading.Lock()
+        # Accounts whose full-text index may lack messages, or hold keys of
+        # messages that are gone (writer thread only; see _fulltext_step).
+        self._fulltext_todo: set[str] = set()
+        self._fulltext_stale: set[str] = set()
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="fsync")
         # Who wants to hear about commits (IMAP IDLE, other sessions).
         self.changes = Changes()
@@ -247,7 +257,15 @@ class Store:
 
     def reindex(self, address: str) -> int:
         """Rebuild an account's index from its files; returns the message count."""
-        return self._call(lambda: self._reindex(address))
+
+        def run() -> int:
+            count = self._reindex(address)
+            # New mailbox ids: the full-text index starts again for them.
+            self._fulltext_todo.add(address)
+            self._fulltext_stale.add(address)
+            return count
+
+        return self._call(run)
 
     def open_index(self, address: str) -> sqlite3.Connection:
         """A connection for reading an account's index (created if missing)."""
@@ -278,7 +296,11 @@ class Store:
     # -- IMAP operations (each one transaction, then a change notification) --
 
     def _account_op(
-        self, address: str, function: Callable[[_Account], T], mailboxes: bool = False
+        self,
+        address: str,
+        function: Callable[[_Account], T],
+        mailboxes: bool = False,
+        changes_mail: bool = True,
     ) -> T:
         """Run ``function`` in the writer thread; ``mailboxes``: it may
         create, rename or delete mailboxes (their folders are looked up
@@ -291,6 +313,9 @@ class Store:
             finally:
                 if mailboxes:
                     account.folders.clear()
+                if changes_mail:
+                    self._fulltext_todo.add(address)  # copies to index, old keys to drop
+                    self._fulltext_stale.add(address)
                 self.changes.notify(address)
 
         return self._call(run)
@@ -307,6 +332,7 @@ class Store:
         return self._account_op(
             address,
             lambda a: operations.store_flags(a.conn, mailbox, uids, mode, flags, unchangedsince),
+            changes_mail=False,
         )
 
     def expunge(self, address: str, mailbox: str, uids: Sequence[int] | None = None) -> list[int]:
@@ -365,7 +391,9 @@ class Store:
         )
 
     def subscribe(self, address: str, name: str, subscribed: bool) -> None:
-        self._account_op(address, lambda a: operations.subscribe(a.conn, name, subscribed))
+        self._account_op(
+            address, lambda a: operations.subscribe(a.conn, name, subscribed), changes_mail=False
+        )
 
     async def append(
         self,
@@ -438,7 +466,18 @@ class Store:
     def _run(self) -> None:
         pending: list[_Job | None] = []
         while True:
-            job = pending.pop() if pending else self._queue.get()
+            if pending:
+                job = pending.pop()
+            elif self._fulltext_todo:
+                # Index mail for SEARCH when nothing else waits (a step is
+                # bounded: deliveries never wait long behind it).
+                try:
+                    job = self._queue.get(timeout=FULLTEXT_IDLE)
+                except queue.Empty:
+                    self._fulltext_step()
+                    continue
+            else:
+                job = self._queue.get()
             if job is None:
                 return
             if job.call is not None:
@@ -537,6 +576,7 @@ class Store:
                 continue
             for item, record in zip(group, delivered, strict=True):
                 results[id(item.job)].append(record)
+            self._fulltext_todo.add(group[0].account.address)
             self.changes.notify(group[0].account.address)
 
         self.batches += 1
@@ -648,7 +688,74 @@ class Store:
         self._make_folders(account)
         self._recover(account)
         self._accounts[address] = account
+        self._fulltext_todo.add(address)  # what was delivered before the index existed
+        self._fulltext_stale.add(address)
         return account
+
+    # -- the full-text index (estafeta.store.fulltext) ------------------------
+
+    def _fulltext_step(self) -> None:
+        """One bounded step of keeping an account's full-text index up to
+        date, in its own transaction: index up to FULLTEXT_BATCH messages
+        not in it yet (each mailbox's messages above the highest UID it
+        holds), or drop up to FULLTEXT_BATCH keys of messages that are gone.
+        An account with nothing left to do leaves the to-do set. SEARCH is
+        right whatever the index holds: it scans the messages not in it."""
+        address = next(iter(self._fulltext_todo))
+        try:
+            account = self._open(address)
+            if address in self._fulltext_stale:
+                if self._fulltext_drop(account) < FULLTEXT_BATCH:
+                    self._fulltext_stale.discard(address)
+                return
+            if self._fulltext_add(account) < FULLTEXT_BATCH:
+                self._fulltext_todo.discard(address)
+        except Exception as exc:  # the index is an accelerator: never fatal
+            self._fulltext_todo.discard(address)
+            self._fulltext_stale.discard(address)
+            log_event(log, "fulltext_failed", logging.WARNING, account=address, error=str(exc))
+
+    def _fulltext_add(self, account: _Account) -> int:
+        conn = account.conn
+        items: list[tuple[int, bytes, Summary | None]] = []
+        for box in index.mailboxes(conn):
+            low, high = fulltext.mailbox_range(box.id)
+            row = conn.execute(
+                "SELECT max(key) FROM fulltext_doc WHERE key BETWEEN ? AND ?", (low, high)
+            ).fetchone()
+            above = fulltext.split_key(row[0])[1] if row[0] is not None else 0
+            rows = conn.execute(
+                "SELECT uid, file, summary FROM messages WHERE mailbox_id = ? AND uid > ?"
+                " ORDER BY uid LIMIT ?",
+                (box.id, above, FULLTEXT_BATCH - len(items)),
+            ).fetchall()
+            for uid, file, summary in rows:
+                try:
+                    data = (account.path / file).read_bytes()
+                except OSError:
+                    continue  # expunged meanwhile: nothing to index
+                items.append((fulltext.message_key(box.id, uid), data, Summary.from_json(summary)))
+            if len(items) >= FULLTEXT_BATCH:
+                break
+        if items:
+            with operations.transaction(conn):
+                fulltext.add_many(conn, items)
+        return len(items)
+
+    def _fulltext_drop(self, account: _Account) -> int:
+        conn = account.conn
+        gone = [
+            key
+            for (key,) in conn.execute(
+                "SELECT key FROM fulltext_doc d WHERE NOT EXISTS (SELECT 1 FROM messages m"
+                " WHERE m.mailbox_id = d.key >> 32 AND m.uid = d.key & 4294967295) LIMIT ?",
+                (FULLTEXT_BATCH,),
+            )
+        ]
+        if gone:
+            with operations.transaction(conn):
+                fulltext.remove(conn, gone)
+        return len(gone)
 
     def _make_folders(self, account: _Account) -> None:
         """Make every mailbox's folder (at open, once): one that cannot exist
@@ -745,9 +852,17 @@ class Store:
                 name = maildir.mailbox_name(directory)
                 special, subscribed, _, highest = settings.get(name, (None, True, 0, 0))
                 conn.execute(
-                    "INSERT INTO mailboxes (name, dir, uidvalidity, uidnext, highestmodseq,"
-                    " special_use, subscribed) VALUES (?, ?, ?, 1, ?, ?, ?)",
-                    (name, directory, uidvalidity, highest, special, int(subscribed)),
+                    "INSERT INTO mailboxes (id, name, dir, uidvalidity, uidnext, highestmodseq,"
+                    " special_use, subscribed) VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+                    (
+                        index.next_mailbox_id(conn),
+                        name,
+                        directory,
+                        uidvalidity,
+                        highest,
+                        special,
+                        int(subscribed),
+                    ),
                 )
                 folder = path / directory if directory else path
                 maildir.make_maildir(folder)

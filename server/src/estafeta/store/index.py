@@ -19,10 +19,11 @@ from typing import Any
 from estafeta.message import Summary, imap_envelope
 from estafeta.message.searchtext import search_columns
 from estafeta.store import flags as flags_module
+from estafeta.store import fulltext
 from estafeta.store.maildir import mailbox_dir
 from estafeta.store.names import canonical
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -125,6 +126,11 @@ ALTER TABLE messages ADD COLUMN s_cc TEXT;
 ALTER TABLE messages ADD COLUMN s_bcc TEXT
 """
 
+# Version 6: the full-text index of SEARCH BODY and TEXT
+# (estafeta.store.fulltext), filled in the background after delivery; and
+# mailbox ids that are never given out twice (its keys hold the id).
+_SCHEMA_V6 = ";".join(fulltext.SCHEMA)
+
 # The search columns, in the order of searchtext.search_columns.
 SEARCH_COLUMNS = ("s_subject", "s_hsubject", "s_from", "s_to", "s_cc", "s_bcc")
 
@@ -196,7 +202,7 @@ def _create(conn: sqlite3.Connection) -> None:
                     "INSERT INTO mailboxes (name, dir, uidvalidity, uidnext, highestmodseq,"
                     " special_use, subscribed) VALUES (?, ?, ?, 1, 1, ?, 1)",
                     (name, mailbox_dir(name), uidvalidity, special),
-                )
+                )  # ids 1-6: a fresh index, nothing given out before
             version = 1
         if version <= 1:
             _run_script(conn, _SCHEMA_V2)
@@ -207,6 +213,8 @@ def _create(conn: sqlite3.Connection) -> None:
         if version <= 4:
             _run_script(conn, _SCHEMA_V5)
             _fill_v5(conn)
+        if version <= 5:
+            _run_script(conn, _SCHEMA_V6)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -288,6 +296,21 @@ def inferiors(conn: sqlite3.Connection, name: str) -> list[Mailbox]:
 
 def mailbox_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM mailboxes").fetchone()[0])
+
+
+def next_mailbox_id(conn: sqlite3.Connection) -> int:
+    """An id no mailbox of the account ever had, inside the caller's
+    transaction (the full-text index keys messages by mailbox id and UID:
+    a deleted mailbox's id must not come back)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'mailbox_id'").fetchone()
+    highest = conn.execute("SELECT max(id) FROM mailboxes").fetchone()[0]
+    value = max(int(row[0] if row else 0), int(highest or 0)) + 1
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('mailbox_id', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (value,),
+    )
+    return value
 
 
 def new_uidvalidity(conn: sqlite3.Connection, at_least: int = 0) -> int:

@@ -503,9 +503,9 @@ def _insert_mailbox(
     conn: sqlite3.Connection, name: str, uidvalidity: int, special_use: str | None = None
 ) -> None:
     conn.execute(
-        "INSERT INTO mailboxes (name, dir, uidvalidity, uidnext, highestmodseq,"
-        " special_use, subscribed) VALUES (?, ?, ?, 1, 1, ?, 0)",
-        (name, maildir.mailbox_dir(name), uidvalidity, special_use),
+        "INSERT INTO mailboxes (id, name, dir, uidvalidity, uidnext, highestmodseq,"
+        " special_use, subscribed) VALUES (?, ?, ?, ?, 1, 1, ?, 0)",
+        (index.next_mailbox_id(conn), name, maildir.mailbox_dir(name), uidvalidity, special_use),
     )
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
-from estafeta.store import index
+from estafeta.store import fulltext, index
 from estafeta.store.flags import BITS
 from estafeta.store.index import Mailbox, MessageRow
 
@@ -50,7 +50,8 @@ class Condition:
     * ``"larger"`` / ``"smaller"``: RFC822.SIZE, ``number``;
     * ``"since"`` / ``"before"``: internal date >= / < ``number``;
     * ``"modseq"``: modseq >= ``number``;
-    * ``"uids"``: UID between ``number`` and ``high`` (inclusive).
+    * ``"uids"``: UID between ``number`` and ``high`` (inclusive);
+    * ``"uid_in"``: UID in ``value``, a JSON array of UIDs.
     """
 
     kind: str
@@ -85,6 +86,14 @@ class IndexReader(Protocol):
     def search_rows(
         self, mailbox_id: int, conditions: Sequence[Condition], *, summary: bool
     ) -> list[SearchRow]: ...
+
+    def fulltext(
+        self,
+        mailbox_id: int,
+        field: Literal["BODY", "TEXT"],
+        needle: str,
+        charge: Callable[[int], object] | None = None,
+    ) -> set[int] | None: ...
 
     def listing(self, mailbox_id: int) -> list[ListingRow]: ...
 
@@ -197,6 +206,36 @@ class SqliteReader:
         rows: list[SearchRow] = self.conn.execute(sql, params).fetchall()
         return rows
 
+    def fulltext(
+        self,
+        mailbox_id: int,
+        field: Literal["BODY", "TEXT"],
+        needle: str,
+        charge: Callable[[int], object] | None = None,
+    ) -> set[int] | None:
+        """The UIDs of the mailbox's messages that may match SEARCH BODY or
+        TEXT ``needle`` (rfc9051:6.4.4): those the full-text index says
+        contain it or cannot tell about (texts cut at its size bounds), and
+        every message it does not hold yet. None when the index cannot
+        answer for this needle (under 3 characters): every message may.
+        ``charge`` is called with the octets of text each check reads; it
+        may raise to stop the search. Can take a while: run it in a search
+        thread, on a reader of its own."""
+        low, high = fulltext.mailbox_range(mailbox_id)
+        answer = fulltext.search(self.conn, field, needle, low, high, charge=charge)
+        if answer is None:
+            return None
+        mask = (1 << fulltext.UID_BITS) - 1
+        held = {key & mask for key in fulltext.indexed(self.conn, low, high)}
+        uids = {
+            uid
+            for (uid,) in self.conn.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,)
+            )
+        }
+        maybe = {key & mask for key in answer.found | answer.unsure}
+        return (maybe & uids) | (uids - held)
+
     def listing(self, mailbox_id: int) -> list[ListingRow]:
         """(uid, size, file) of every message, in UID order (a POP3 maildrop)."""
         rows: list[ListingRow] = self.conn.execute(
@@ -253,4 +292,6 @@ def _condition_sql(condition: Condition) -> tuple[str, list[object]]:
         return comparisons[kind], [condition.number]
     if kind == "uids":
         return "uid BETWEEN ? AND ?", [condition.number, condition.high]
+    if kind == "uid_in":
+        return "uid IN (SELECT value FROM json_each(?))", [condition.value]
     raise ValueError(f"unknown search condition {kind!r}")
