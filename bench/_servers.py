@@ -232,6 +232,9 @@ class Estafeta:
                     pending = []
             if pending:
                 store.deliver_sync(pending)
+            # The full-text index a running server keeps up to date as mail
+            # arrives (the peer's box gets `doveadm index` likewise).
+            store.build_fulltext(address)
 
     def maildir(self, address: str) -> Path:
         local = address.split("@")[0]

@@ -417,6 +417,18 @@ def test_fulltext_search_equals_a_scan_as_mail_comes_and_goes(store: Store) -> N
     assert _compare_fulltext(store, _FT_NEEDLES) >= 10
 
 
+def test_build_fulltext_indexes_everything_at_once(tmp_path: Path) -> None:
+    rng = random.Random(8)
+    data = [_encoded(n, rng) for n in range(450)]
+    with Store(tmp_path, "mx.example.test") as first:
+        first.deliver_sync([Delivery(ALICE, d, summarize(d)) for d in data])
+    with Store(tmp_path, "mx.example.test") as store:
+        built = store.build_fulltext(ALICE)
+        assert 0 < built <= 450  # the writer may have done some when idle
+        assert store.build_fulltext(ALICE) == 0
+        _wait_indexed(store, 450)
+
+
 def test_a_deleted_mailbox_id_is_never_given_again(store: Store) -> None:
     store.create_mailbox(ALICE, "Old")
     with _reader(store) as reader:

@@ -694,6 +694,21 @@ class Store:
 
     # -- the full-text index (estafeta.store.fulltext) ------------------------
 
+    def build_fulltext(self, address: str) -> int:
+        """Index now every message of the account the full-text index does
+        not hold (the writer thread does it when idle anyway); the number
+        indexed. Blocking: for tools and benchmarks."""
+
+        def run() -> int:
+            account = self._open(address)
+            total = 0
+            while added := self._fulltext_add(account):
+                total += added
+            self._fulltext_todo.discard(address)
+            return total
+
+        return self._call(run)
+
     def _fulltext_step(self) -> None:
         """One bounded step of keeping an account's full-text index up to
         date, in its own transaction: index up to FULLTEXT_BATCH messages
