@@ -10,7 +10,9 @@ order every round:
       (4 KiB messages, 1, 20 and 50 sessions), and server CPU per 1,000;
   P2  IMAP on a 100,000-message INBOX: SELECT, FETCH 1:* (UID FLAGS
       RFC822.SIZE ENVELOPE), SEARCH HEADER, SEARCH BODY, STORE 1:* +/-\\Seen;
-  P3  memory (RSS and PSS sums) with 10,000 connections in IDLE;
+  P3  memory (RSS and PSS sums) with 10,000 connections in IDLE, and the
+      time until a delivery is announced to all idle connections of its
+      account;
   P4  POP3 LIST + RETR of 1,000 messages.
 
 Writes bench/results/<date>.json and .png and prints a table of medians and
@@ -28,7 +30,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import secrets
 import shutil
 import signal
@@ -40,16 +41,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from _harness import free_port
 from _load import (
+    IdleFleet,
     IMAPClient,
     bigbox_message,
-    idle_connections,
     ingest_message,
     pop3_retr_all,
     pop_message,
+    raise_open_files,
     smtp_ingest,
+    smtp_send,
 )
 from _procs import cpu_seconds, memory_kib, names
 from _servers import (
@@ -144,7 +148,11 @@ class Bench:
             label="estafeta (P3)",
         )
         self.peer = PostfixDovecot(
-            self.root / "peer", free_port(), free_port(), free_port(), max_connections=limit
+            self.root / "peer",
+            free_port(),
+            free_port(),
+            free_port(),
+            max_connections=max(1000, args.p3_peer_connections + 200),
         )
         self.passwords: dict[str, str] = {}
         self.idle_passwords: dict[str, str] = {}
@@ -316,43 +324,92 @@ class Bench:
         )
 
     def p3(self, server: Server) -> None:
-        n = self.args.p3_connections
+        s = side(server)
+        n = self.args.p3_connections if s == "estafeta" else self.args.p3_peer_connections
+        if n <= 0:
+            say(f"  P3 {server.label}: skipped (--p3-peer-connections 0)")
+            return
         addresses = list(self.idle_passwords)
         logins = [(addresses[i % len(addresses)], "") for i in range(n)]
         logins = [(a, self.idle_passwords[a]) for a, _ in logins]
         before_rss, before_pss = memory_kib(server.memory_pids())
         base_processes = len(server.memory_pids())
+        # Held by worker processes, from source addresses spread over
+        # 127.0.0.0/8 (one address has ~28,000 ephemeral ports).
+        fleet = IdleFleet(server.imap_port, logins, per_address=self.args.p3_per_address)
+        last = [time.monotonic()]
 
-        async def run() -> tuple[float, int, int, int, dict[str, int]]:
-            t0 = time.perf_counter()
-            writers = await idle_connections(server.imap_port, logins)
-            opened = time.perf_counter() - t0
-            await asyncio.sleep(3)
+        def progress(done: int) -> None:
+            if time.monotonic() - last[0] > 30:
+                last[0] = time.monotonic()
+                say(f"  P3 {server.label}: {done}/{n} in IDLE")
+
+        try:
+            opened = fleet.open(progress)
+            time.sleep(3)
             pids = server.memory_pids()
             rss, pss = memory_kib(pids)
             counts = names(pids)
-            for writer in writers:
-                writer.close()
-            await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
-            return opened, rss, pss, len(pids), counts
-
-        opened, rss, pss, processes, counts = asyncio.run(run())
+            processes = len(pids)
+            announced = self.p3_announce(server, fleet, addresses[0], logins)
+        finally:
+            fleet.close()
         # Let the server wind the sessions down before the next measurement.
         deadline = time.monotonic() + 300
         while len(server.memory_pids()) > base_processes + 5 and time.monotonic() < deadline:
             time.sleep(0.5)
-        s = side(server)
         add = self.results.add
-        add("P3.rss", f"P3 RSS sum, {n} IDLE", "MiB", "lower", s, rss / 1024)
-        add("P3.pss", f"P3 PSS sum, {n} IDLE", "MiB", "lower", s, pss / 1024)
+        # Sums and times at different counts (the peer is capped, see
+        # --p3-peer-connections) are different metrics.
+        tag = "" if self.args.p3_connections == self.args.p3_peer_connections else f".{n}"
+        add(f"P3.rss{tag}", f"P3 RSS sum, {n} IDLE", "MiB", "lower", s, rss / 1024)
+        add(f"P3.pss{tag}", f"P3 PSS sum, {n} IDLE", "MiB", "lower", s, pss / 1024)
         add("P3.per_conn", "P3 PSS per IDLE conn.", "KiB", "lower", s, (pss - before_pss) / n)
-        add("P3.open", f"P3 open {n} IDLE (cheap hash)", "s", "lower", s, opened)
+        add(f"P3.open{tag}", f"P3 open {n} IDLE (cheap hash)", "s", "lower", s, opened)
+        wanted = announced["connections"]
+        for last_ms in announced["last_ms"]:
+            add(
+                f"P3.announce{tag}",
+                f"P3 EXISTS to all {wanted} idle conns. of an account, {n} IDLE",
+                "ms",
+                "lower",
+                s,
+                last_ms,
+            )
         self.checks.setdefault("P3 processes", {})[s] = counts  # type: ignore[index]
+        self.checks.setdefault("P3 announced", {})[s] = announced  # type: ignore[index]
+        self.checks.setdefault("P3 source addresses", {})[s] = fleet.addresses  # type: ignore[index]
         say(
             f"  P3 {server.label:<16} {n} IDLE: RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB "
-            f"(before {before_rss / 1024:.0f}/{before_pss / 1024:.0f}), {processes} processes, "
-            f"opened in {opened:.1f} s"
+            f"(before {before_rss / 1024:.0f}/{before_pss / 1024:.0f}; "
+            f"{(pss - before_pss) / n:.2f} KiB PSS each), {processes} processes, "
+            f"opened in {opened:.1f} s; a delivery announced to all {wanted} IDLE connections "
+            f"of its account within {', '.join(f'{v:.0f}' for v in announced['last_ms'])} ms"
         )
+
+    def p3_announce(
+        self, server: Server, fleet: IdleFleet, target: str, logins: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        """Three messages over SMTP to ``target``, one at a time: from the
+        final dot to the ``* n EXISTS`` of each of its IDLE connections."""
+        wanted = sum(1 for address, _ in logins if address == target)
+        result: dict[str, Any] = {"connections": wanted}
+        lasts, medians, heard, acks = [], [], [], []
+        for attempt in range(3):
+            fleet.mark()
+            message = pop_message(10_000 + attempt, 2048)
+            dot, acked = smtp_send(server.smtp_port, target, message)
+            times = fleet.exists(target, wanted, timeout=60)
+            heard.append(len(times))
+            acks.append(round((acked - dot) * 1000, 1))
+            if times:
+                lasts.append(round((times[-1] - dot) * 1000, 1))
+                medians.append(round((statistics.median(times) - dot) * 1000, 1))
+            time.sleep(1)
+        result.update(last_ms=lasts, median_ms=medians, heard=heard, smtp_250_ms=acks)
+        if min(heard) < wanted:
+            say(f"  P3 {server.label}: only {heard} of {wanted} connections heard EXISTS")
+        return result
 
     def p4(self, server: Server, record: bool = True) -> None:
         pop = f"pop@{DOMAIN}"
@@ -611,6 +668,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--p2-messages", type=int, help="messages in the P2 INBOX (default 100000)")
     parser.add_argument("--p3-connections", type=int, help="IDLE connections in P3 (default 10000)")
     parser.add_argument(
+        "--p3-peer-connections",
+        type=int,
+        help="the peer's IDLE connections in P3 (default: --p3-connections, at most 10000: "
+        "Dovecot's process per connection takes about 0.5 MiB PSS; 0: no P3 for the peer)",
+    )
+    parser.add_argument(
+        "--p3-per-address",
+        type=int,
+        default=500,
+        help="P3 client connections per loopback source address (default 500)",
+    )
+    parser.add_argument(
         "--p3-rounds",
         type=int,
         default=1,
@@ -665,6 +734,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.p3_accounts = max(1, min(args.p3_accounts, args.p3_connections))
+    if args.p3_peer_connections is None:
+        args.p3_peer_connections = min(args.p3_connections, 10_000)
     return args
 
 
@@ -674,15 +745,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("compare.py runs Postfix and Dovecot: run it as root")
     started_at = time.strftime("%Y-%m-%dT%H%M%S")
     wall = time.perf_counter()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 2 * args.p3_connections + 4096
-    if hard < want:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
-            hard = want
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
-    if hard < args.p3_connections + 1000:
-        raise SystemExit(f"RLIMIT_NOFILE {hard} is too low for {args.p3_connections} connections")
+    # Inherited by the servers: estafeta holds every P3 connection itself
+    # (the client side is held by worker processes, PER_WORKER each).
+    most = max(args.p3_connections, args.p3_peer_connections)
+    limit = raise_open_files(2 * most + 4096)
+    if "P3" not in args.skip and limit < most + 1000:
+        raise SystemExit(
+            f"RLIMIT_NOFILE is {limit} and cannot be raised here (it needs root with "
+            f"CAP_SYS_RESOURCE, up to /proc/sys/fs/nr_open): too low for {most} IDLE "
+            f"connections in one server; --p3-connections {max(0, limit - 1000)} at most"
+        )
     info = machine()
     installed = [] if args.no_install else ensure_packages(say)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -6,40 +6,44 @@ Fills an INBOX with N messages (default 100,000) through the store API
   - SELECT time, FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE) time,
   - UID SEARCH HEADER time and SEARCH BODY time, STATUS time,
   - STORE 1:* +FLAGS (\\Seen) and -FLAGS (\\Seen) times,
-  - the server's RSS before and after opening C connections that LOGIN,
-    SELECT and sit in IDLE (default 10,000).
-Targets (issue #3, not gates): SELECT + FETCH under 3 s; 10,000 IDLE under 1 GiB.
+  - the server's RSS and PSS before and after opening C connections that
+    LOGIN, SELECT INBOX and sit in IDLE (default 10,000; over --idle-accounts
+    accounts of 10 messages, from source addresses spread over 127.0.0.0/8,
+    held by worker processes), and the time until a message delivered over
+    SMTP is announced (* n EXISTS) to every idle connection of its account.
+Targets: SELECT + FETCH under 3 s (issue #3); 100,000 IDLE connections in
+1 GiB, a delivery announced within 1 s (issue 17).
 
     .venv/bin/python bench/imap_bigbox.py [--messages 100000] [--idle 10000]
+    .venv/bin/python bench/imap_bigbox.py --messages 0 --idle 100000   # IDLE only
+
+100,000 connections need RLIMIT_NOFILE above 100,000 for the server: this
+script raises its own (inherited by the server) if it may (root with
+CAP_SYS_RESOURCE, up to /proc/sys/fs/nr_open) and says so if it cannot.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import imaplib
-import resource
 import secrets
 import shutil
 import socket
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from _harness import add_user, free_port, running
-from _load import bigbox_message
+from _load import IdleFleet, bigbox_message, pop_message, raise_open_files, smtp_send
+from _procs import memory_kib
+from estafeta import config as config_module
+from estafeta.auth import Accounts
 from estafeta.message import summarize
 from estafeta.store import Delivery, Store
 
 USER = "big@bench.test"
 PASSWORD = secrets.token_urlsafe(18)  # estafeta refuses guessable passwords
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def raw_fetch(port: int, fetch_args: str) -> tuple[float, int]:
@@ -86,65 +90,85 @@ def fill(root: Path, count: int) -> float:
     return time.perf_counter() - started
 
 
-async def idle_clients(port: int, count: int, ready: asyncio.Event) -> list[asyncio.StreamWriter]:
-    writers = []
-    sem = asyncio.Semaphore(200)
-
-    async def one(i: int) -> None:
-        async with sem:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            await reader.readline()
-            writer.write(f'a LOGIN {USER} "{PASSWORD}"\r\nb EXAMINE Drafts\r\nc IDLE\r\n'.encode())
-            while True:
-                line = await reader.readline()
-                if not line:
-                    raise ConnectionError(f"client {i} closed")
-                if line.startswith(b"+ "):
-                    break
-            writers.append(writer)
-
-    await asyncio.gather(*(one(i) for i in range(count)))
-    ready.set()
-    return writers
+def idle_accounts(config: Path, count: int) -> dict[str, str]:
+    """``count`` accounts for the IDLE connections, 10 messages in each INBOX
+    (created in this process: same code as ``estafeta user add``)."""
+    cfg = config_module.load(config)
+    passwords = {f"idle{n:04d}@bench.test": secrets.token_urlsafe(18) for n in range(count)}
+    with Accounts(cfg.accounts_db, cfg.domains, hasher=cfg.auth.hasher()) as accounts:
+        for address, password in passwords.items():
+            accounts.add_user(address, password)
+    with Store(cfg.mail_dir, "mx.bench.test") as store:
+        for address in passwords:
+            messages = [pop_message(n, 2048) for n in range(10)]
+            store.deliver_sync([Delivery(address, m, summarize(m)) for m in messages])
+    return passwords
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--idle", type=int, default=10_000)
+    parser.add_argument(
+        "--messages", type=int, default=100_000, help="big INBOX size; 0: IDLE only"
+    )
+    parser.add_argument("--idle", type=int, default=10_000, help="IDLE connections")
+    parser.add_argument(
+        "--idle-accounts", type=int, default=100, help="accounts they log in to (default 100)"
+    )
+    parser.add_argument(
+        "--per-address",
+        type=int,
+        default=500,
+        help="client connections per loopback source address (default 500)",
+    )
     parser.add_argument("--dir", default="/var/tmp")
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    args.idle_accounts = max(1, min(args.idle_accounts, args.idle or 1))
+    limit = raise_open_files(args.idle + 4096)
+    if args.idle and limit < args.idle + 1000:
+        raise SystemExit(
+            f"RLIMIT_NOFILE is {limit} and cannot be raised here (needs root with "
+            f"CAP_SYS_RESOURCE): the server could not hold {args.idle} connections; "
+            f"--idle {max(0, limit - 1000)} at most"
+        )
 
     root = Path(tempfile.mkdtemp(prefix="estafeta-imapbench-", dir=args.dir))
     port = free_port()
+    smtp_port = free_port()
     config = root / "estafeta.toml"
     config.write_text(
         f'hostname = "mx.bench.test"\ndata_dir = "{root / "data"}"\ndomains = ["bench.test"]\n'
-        f'[listen]\nimap = ["127.0.0.1:{port}"]\n[limits]\nmax_connections = {args.idle + 100}\n'
+        f'[listen]\nimap = ["127.0.0.1:{port}"]\nsmtp = ["127.0.0.1:{smtp_port}"]\n'
+        f"[limits]\nmax_connections = {args.idle + 100}\n"
         '[log]\nlevel = "warning"\n'
         # Loopback only: plaintext LOGIN, and cheap hashes so that 10,000
         # logins measure the IMAP server, not argon2.
         "[auth]\nallow_plaintext = true\nargon2_time_cost = 1\nargon2_memory_cost = 1024\n"
         "argon2_parallelism = 1\n"
-        # All the connections come from 127.0.0.1: no per-client cap
-        # (max_connections_per_ip) and no login serialisation for it.
+        # Loopback clients: no per-client cap (max_connections_per_ip) and
+        # no login serialisation for them.
         'exempt = ["127.0.0.0/8"]\n'
+        # No DNS here (SPF/DKIM/DMARC), no greylisting of the probe message.
+        "[inbound]\nauthenticate = false\n[greylist]\nenabled = false\n"
+        "[screen]\ngreeting_pause = 0\n"
     )
     add_user(config, USER, PASSWORD)
-    print(f"filling INBOX with {args.messages} messages ...", flush=True)
-    fill_s = fill(root, args.messages)
-    print(f"fill: {fill_s:.1f} s ({args.messages / fill_s:.0f} msg/s, store API, fsync'd)")
+    if args.messages:
+        print(f"filling INBOX with {args.messages} messages ...", flush=True)
+        fill_s = fill(root, args.messages)
+        print(f"fill: {fill_s:.1f} s ({args.messages / fill_s:.0f} msg/s, store API, fsync'd)")
+    passwords = idle_accounts(config, args.idle_accounts) if args.idle else {}
 
     try:
         with running(config, port, root / "log") as server:
-            measure(args, port, server.pid)
+            if args.messages:
+                measure(args, port)
+            if args.idle:
+                measure_idle(args, port, smtp_port, server.pid, passwords)
     finally:
         shutil.rmtree(root)
 
 
-def measure(args: argparse.Namespace, port: int, server_pid: int) -> None:
+def measure(args: argparse.Namespace, port: int) -> None:
     client = imaplib.IMAP4("127.0.0.1", port, timeout=600)
     client.login(USER, PASSWORD)
     t0 = time.perf_counter()
@@ -180,25 +204,67 @@ def measure(args: argparse.Namespace, port: int, server_pid: int) -> None:
     print(f"STORE 1:* +FLAGS (\\Seen): {t_store_set:.2f} s ({set_count} FETCH responses)")
     print(f"STORE 1:* -FLAGS (\\Seen): {t_store_clear:.2f} s ({clear_count} FETCH responses)")
 
-    if args.idle:
-        before = rss_mib(server_pid)
-        ready = asyncio.Event()
 
-        async def run_idle() -> None:
-            t = time.perf_counter()
-            writers = await idle_clients(port, args.idle, ready)
-            elapsed = time.perf_counter() - t
-            await asyncio.sleep(2)
-            after = rss_mib(server_pid)
-            print(f"{len(writers)} IDLE connections opened in {elapsed:.1f} s")
+def measure_idle(
+    args: argparse.Namespace, port: int, smtp_port: int, pid: int, passwords: dict[str, str]
+) -> None:
+    """Memory of ``args.idle`` IDLE connections, and how soon they hear of a
+    delivery."""
+    accounts = list(passwords)
+    logins = [(accounts[n % len(accounts)], "") for n in range(args.idle)]
+    logins = [(address, passwords[address]) for address, _ in logins]
+    rss_before, pss_before = memory_kib([pid])
+    fleet = IdleFleet(port, logins, per_address=args.per_address)
+    print(
+        f"opening {args.idle} IDLE connections over {len(accounts)} accounts from "
+        f"{fleet.addresses} source addresses, {len(fleet.jobs)} client processes ...",
+        flush=True,
+    )
+    last = [0.0]
+
+    def progress(done: int) -> None:
+        if time.monotonic() - last[0] > 10:
+            last[0] = time.monotonic()
+            print(f"  {done} in IDLE", flush=True)
+
+    try:
+        opened = fleet.open(progress)
+        time.sleep(3)
+        rss, pss = memory_kib([pid])
+        print(f"{args.idle} IDLE connections opened in {opened:.1f} s")
+        print(
+            f"server RSS {rss_before / 1024:.0f} MiB before, {rss / 1024:.0f} MiB with them; "
+            f"PSS {pss_before / 1024:.0f} -> {pss / 1024:.0f} MiB "
+            f"({(pss - pss_before) / args.idle:.2f} KiB PSS, "
+            f"{(rss - rss_before) / args.idle:.2f} KiB RSS per connection; target: "
+            f"100,000 in 1 GiB)"
+        )
+        # One message to the first account: every one of its connections
+        # must hear "* 11 EXISTS".
+        target = accounts[0]
+        wanted = sum(1 for address, _ in logins if address == target)
+        for attempt in range(3):
+            fleet.mark()
+            dot, acked = smtp_send(smtp_port, target, pop_message(1000 + attempt, 2048))
+            times = fleet.exists(target, wanted)
+            if not times:
+                print("  no EXISTS heard")
+                continue
+            late = [t - dot for t in times]
             print(
-                f"server RSS: {before:.0f} MiB before, {after:.0f} MiB with them "
-                f"({(after - before) * 1024 / len(writers):.1f} KiB each; target < 1 GiB)"
+                f"delivery {attempt + 1}: 250 after {(acked - dot) * 1000:.0f} ms; EXISTS on "
+                f"{len(times)}/{wanted} connections of {target}: first "
+                f"{late[0] * 1000:.0f} ms, median {statistics.median(late) * 1000:.0f} ms, "
+                f"last {late[-1] * 1000:.0f} ms after the final dot (target < 1 s)"
             )
-            for writer in writers:
-                writer.close()
-
-        asyncio.run(run_idle())
+            time.sleep(1)
+        rss_after, pss_after = memory_kib([pid])
+        print(
+            f"server after the deliveries: RSS {rss_after / 1024:.0f} MiB, "
+            f"PSS {pss_after / 1024:.0f} MiB"
+        )
+    finally:
+        fleet.close()
 
 
 if __name__ == "__main__":

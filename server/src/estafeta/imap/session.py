@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -66,6 +67,12 @@ MAX_FAILED_LOGINS = 3
 # Commands a client may send before it authenticates: enough for CAPABILITY,
 # ID, STARTTLS and a few tries; a scanner gets cut off.
 MAX_COMMANDS_BEFORE_AUTH = 30
+# Octets read from the client at a time.
+READ_SIZE = 65536
+# Why Session._read_or_wake was interrupted.
+_WOKEN_BY_TIMER, _WOKEN_BY_CHANGE = 1, 2
+# The context the timers of _read_or_wake run in (they read no context variable).
+_TIMER_CONTEXT = contextvars.Context()
 
 
 class No(Exception):  # named after the IMAP response it becomes
@@ -136,11 +143,17 @@ class Session:
         self.index_reader: IndexReader | None = None
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
-        self.saved_result: list[int] = []  # rfc5182 $, as UIDs
+        self.saved_result: Sequence[int] = ()  # rfc5182 $, as UIDs
         self.bad_commands = 0
         self.failed_logins = 0
         self.commands_before_auth = 0
-        self._changed = asyncio.Event()
+        # The index changed since the last report_updates (set by _on_change).
+        self._changed = False
+        # The session's task while it waits in _read_or_wake (what a change
+        # or the timer interrupts), and why it was interrupted (_WOKEN_BY_*).
+        self._waiting: asyncio.Task[Any] | None = None
+        self._wake_on_change = False
+        self._woken = 0
         self._loop = asyncio.get_running_loop()
         self.login_deadline = self._loop.time() + settings.login_timeout
         # Its place among the connections not logged in yet (server.py).
@@ -213,14 +226,40 @@ class Session:
 
     # -- main loop -------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, sessions: set[Session] | None = None) -> None:
+        """The whole connection; in ``sessions`` (the server's) meanwhile."""
+        if sessions is not None:
+            sessions.add(self)
         try:
             self.untagged(
                 f"OK [CAPABILITY {' '.join(self.capabilities())}] {self.settings.hostname} "
                 "estafeta IMAP ready"
             )
             await self.flush()
-            await self._loop_commands()
+            # The command loop, here rather than in a coroutine of its own:
+            # one frame less kept by every connection (issue 17).
+            while self.state != LOGOUT:
+                event = self.parser.next_event()
+                if isinstance(event, NeedData):
+                    await self.flush()
+                    self.parser.receive_data(await self._read())
+                elif isinstance(event, Continue):
+                    self.send(f"+ {event.text}")
+                    await self.flush()
+                elif isinstance(event, Command):
+                    await self._dispatch(event)
+                elif isinstance(event, ParseError):
+                    self.bad_commands += 1
+                    prefix = event.tag if event.tag else "*"
+                    self.send(f"{prefix} BAD {event.text}")
+                    if event.fatal or self.bad_commands > MAX_BAD_COMMANDS:
+                        self.untagged("BYE Too many errors, closing")
+                        await self._safe_flush()
+                        return
+                elif isinstance(event, Eof):
+                    return
+                elif isinstance(event, RawLine):  # pragma: no cover — only after expect_line
+                    self.send("* BAD Unexpected continuation line")
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         except TimeoutError:
@@ -233,6 +272,8 @@ class Session:
         finally:
             self._close_selected()
             self.writer.close()
+            if sessions is not None:
+                sessions.discard(self)
 
     async def _safe_flush(self) -> None:
         with contextlib.suppress(ConnectionError, TimeoutError):
@@ -248,31 +289,50 @@ class Session:
                 raise TimeoutError
         else:
             timeout = self.settings.idle_timeout
-        return await asyncio.wait_for(self.reader.read(65536), timeout)
+        data = await self._read_or_wake(timeout, wake_on_change=False)
+        assert data is not None
+        return data
 
-    async def _loop_commands(self) -> None:
-        while self.state != LOGOUT:
-            event = self.parser.next_event()
-            if isinstance(event, NeedData):
-                await self.flush()
-                self.parser.receive_data(await self._read())
-            elif isinstance(event, Continue):
-                self.send(f"+ {event.text}")
-                await self.flush()
-            elif isinstance(event, Command):
-                await self._dispatch(event)
-            elif isinstance(event, ParseError):
-                self.bad_commands += 1
-                prefix = event.tag if event.tag else "*"
-                self.send(f"{prefix} BAD {event.text}")
-                if event.fatal or self.bad_commands > MAX_BAD_COMMANDS:
-                    self.untagged("BYE Too many errors, closing")
-                    await self._safe_flush()
-                    return
-            elif isinstance(event, Eof):
-                return
-            elif isinstance(event, RawLine):  # pragma: no cover — only after expect_line
-                self.send("* BAD Unexpected continuation line")
+    async def _read_or_wake(self, within: float, *, wake_on_change: bool) -> bytes | None:
+        """What the client sent (b"" once it closed); TimeoutError after
+        ``within`` seconds; None when the index changed meanwhile (only
+        ``wake_on_change``, IDLE), its data then stays buffered.
+
+        No task of its own (asyncio.wait_for and asyncio.wait each make one,
+        and a future, a coroutine...): the session's task waits in the read,
+        and the timer or a change interrupts it by cancelling it, and knows
+        it did (_woken). 100,000 connections sit here in IDLE (issue 17)."""
+        if wake_on_change and self._changed:
+            return None
+        task = asyncio.current_task()
+        assert task is not None
+        # A function and one context for all (not a bound method and a copy
+        # of the context per timer): smaller timers.
+        timer = self._loop.call_later(
+            max(0.0, within), _interrupt, self, _WOKEN_BY_TIMER, context=_TIMER_CONTEXT
+        )
+        self._waiting = task
+        self._wake_on_change = wake_on_change
+        try:
+            waiter = _park(self.reader, self._loop)
+            if waiter is not None:
+                try:
+                    await waiter
+                finally:
+                    _unpark(self.reader, waiter)
+            return await self.reader.read(READ_SIZE)
+        except asyncio.CancelledError:
+            woken = self._woken
+            # Not ours, or cancelled from elsewhere as well: a real cancellation.
+            if not woken or task.uncancel() > 0:
+                raise
+            if woken == _WOKEN_BY_TIMER:
+                raise TimeoutError from None
+            return None
+        finally:
+            timer.cancel()
+            self._waiting = None
+            self._woken = 0
 
     async def _dispatch(self, command: Command) -> None:
         if self.state == NOT_AUTHENTICATED:
@@ -329,7 +389,12 @@ class Session:
 
     def _watch(self, _address: str) -> None:
         # Called in the store's writer thread after a commit.
-        self._loop.call_soon_threadsafe(self._changed.set)
+        self._loop.call_soon_threadsafe(self._on_change)
+
+    def _on_change(self) -> None:
+        self._changed = True
+        if self._wake_on_change:
+            _interrupt(self, _WOKEN_BY_CHANGE)
 
     def _close_selected(self) -> None:
         self.selected = None
@@ -338,45 +403,97 @@ class Session:
 
     def report_updates(self, allow_expunge: bool) -> None:
         """Send what other sessions and deliveries changed (rfc9051:7.5.1)."""
+        self._changed = False
         view = self.selected
         if view is None:
             return
-        self._changed.clear()
         updates: Updates = view.pull(self.index())
-        view.pending_expunge.update(updates.expunged)
+        if not (updates.expunged or updates.flags or updates.new or view.pending_expunge):
+            view.highestmodseq = updates.highestmodseq
+            return
+        # The sessions idling on one mailbox share their view of it
+        # (selected.Snapshot): the first to take a change works it out, the
+        # others on the same snapshot take its result and what it said.
+        variant = (allow_expunge, "QRESYNC" in self.enabled, view.condstore)
+        lines = view.step(updates, variant)
+        if lines is None:
+            start = view.snapshot
+            lines = self._apply_updates(view, updates, allow_expunge)
+            view.remember(start, updates, variant, lines, self.user or "")
+        for line in lines:
+            self.untagged(line)
+
+    def _apply_updates(self, view: Selected, updates: Updates, allow_expunge: bool) -> list[str]:
+        """Bring ``view`` up to ``updates``; the untagged responses that tell it."""
+        lines: list[str] = []
+        view.note_expunged(updates.expunged)
         if allow_expunge and view.pending_expunge:
-            self._send_expunges(sorted(view.pending_expunge))
+            lines += self._expunges(view, sorted(view.pending_expunge))
         for uid, flags, modseq in updates.flags:
             if uid in view.pending_expunge:
                 continue
             if view.flags.get(uid) != flags or view.condstore:
                 view.apply_flags([(uid, flags, modseq)])
                 seq = view.seq_of(uid)
-                self.untagged(self._flags_fetch(seq or 0, uid, flags, modseq))
+                lines.append(self._flags_fetch(seq or 0, uid, flags, modseq))
         if updates.new:
             view.apply_new(updates.new)
-            self.untagged(f"{view.exists} EXISTS")
+            lines.append(f"{view.exists} EXISTS")
         if not view.pending_expunge:
             view.highestmodseq = updates.highestmodseq
         else:
             view.highestmodseq = max(view.highestmodseq, updates.highestmodseq)
+        return lines
 
-    def _send_expunges(self, uids: list[int]) -> None:
-        view = self.selected
-        assert view is not None
+    def _expunges(self, view: Selected, uids: list[int]) -> list[str]:
         if "QRESYNC" in self.enabled:
             # rfc7162:3.2.10: VANISHED instead of EXPUNGE once QRESYNC is enabled.
             view.apply_expunge(uids)
-            self.untagged(f"VANISHED {search_module.compress(uids)}")
-            return
-        for seq in view.apply_expunge(uids):
-            self.untagged(f"{seq} EXPUNGE")
+            return [f"VANISHED {search_module.compress(uids)}"]
+        return [f"{seq} EXPUNGE" for seq in view.apply_expunge(uids)]
 
     def _flags_fetch(self, seq: int, uid: int, flags: Sequence[str], modseq: int) -> str:
         parts = [f"UID {uid}", f"FLAGS ({' '.join(flags)})"]
         if self.selected is not None and self.selected.condstore:
             parts.append(f"MODSEQ ({modseq})")
         return f"{seq} FETCH ({' '.join(parts)})"
+
+
+def _park(
+    reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop
+) -> asyncio.Future[None] | None:
+    """The future the stream resolves on data, its end or an error, made as
+    StreamReader.read() would make it, for the session's task to wait on
+    itself: no read() and _wait_for_data() coroutines kept for every idle
+    connection (a sixteenth of what one costs, issue 17). None when read()
+    would not wait, or for a reader not known to work this way: then read()
+    does it all."""
+    if type(reader) is not asyncio.StreamReader:
+        return None
+    if (
+        getattr(reader, "_buffer", True)
+        or reader.at_eof()
+        or reader.exception() is not None
+        or getattr(reader, "_waiter", True) is not None
+        or getattr(reader, "_paused", True)
+    ):
+        return None
+    waiter: asyncio.Future[None] = loop.create_future()
+    setattr(reader, "_waiter", waiter)  # noqa: B010 — StreamReader's own attribute
+    return waiter
+
+
+def _unpark(reader: asyncio.StreamReader, waiter: asyncio.Future[None]) -> None:
+    """As read() does after its wait (woken, the reader has let go already)."""
+    if getattr(reader, "_waiter", None) is waiter:
+        setattr(reader, "_waiter", None)  # noqa: B010 — StreamReader's own attribute
+
+
+def _interrupt(session: Session, why: int) -> None:
+    """Wake the task waiting in Session._read_or_wake (in the event loop)."""
+    if session._waiting is not None and not session._woken:
+        session._woken = why
+        session._waiting.cancel()
 
 
 async def discard_buffered(reader: asyncio.StreamReader) -> int:
@@ -788,15 +905,16 @@ async def cmd_append(s: Session, cmd: Command) -> None:
 
 async def cmd_idle(s: Session, cmd: Command) -> None:
     """rfc2177 / rfc9051:6.3.13: report changes until DONE."""
-    s.send("+ idling")
-    s.report_updates(allow_expunge=True)
-    await s.flush()
     assert s.user is not None
+    # Watching before the first report: a change committed meanwhile is
+    # either in that report or wakes the loop below.
     s.store.changes.watch(s.user, s._watch)
     try:
+        s.send("+ idling")
+        s.report_updates(allow_expunge=True)
+        await s.flush()
         s.parser.expect_line()
-        deadline = time.monotonic() + s.settings.idle_timeout
-        read_task: asyncio.Task[bytes] | None = None
+        deadline = s._loop.time() + s.settings.idle_timeout
         while True:
             event = s.parser.next_event()
             if isinstance(event, RawLine):
@@ -806,21 +924,15 @@ async def cmd_idle(s: Session, cmd: Command) -> None:
             if isinstance(event, Eof):
                 s.state = LOGOUT
                 return
-            if read_task is None:
-                read_task = asyncio.ensure_future(s.reader.read(65536))
-            change_task = asyncio.ensure_future(s._changed.wait())
-            done, _ = await asyncio.wait(
-                {read_task, change_task},
-                timeout=max(0.0, deadline - time.monotonic()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            change_task.cancel()
-            if not done:
-                raise TimeoutError
-            if read_task in done:
-                s.parser.receive_data(read_task.result())
-                read_task = None
-            if s._changed.is_set():
+            # One task per connection in all, waiting in the read, and the
+            # mailbox's view shared with the other sessions idling on it
+            # (memory: 100,000 IDLE connections, issue 17); a change wakes it.
+            if s.selected is not None:
+                s.selected.share(s.user)
+            data = await s._read_or_wake(deadline - s._loop.time(), wake_on_change=True)
+            if data is not None:
+                s.parser.receive_data(data)
+            if s._changed:
                 s.report_updates(allow_expunge=True)
                 await s.flush()
     finally:
