@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _fakeio import FakeWriter
 from test_imap_stream import pair
 
 from estafeta.imap import session as session_module
@@ -36,42 +37,6 @@ from estafeta.store import Delivery, Store
 
 ALICE = "alice@example.test"
 MAX_TIME = 253_402_300_799
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.closing = False
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        self.closing = True
-
-
-class FakeWriter:
-    """What a session writes, kept."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.transport = FakeTransport()
-        self.writes = 0
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-        self.writes += 1
-
-    async def drain(self) -> None:
-        pass
-
-    def get_extra_info(self, _name: str) -> object:
-        return ("127.0.0.1", 1143)
-
-    def close(self) -> None:
-        self.transport.closing = True
 
 
 def message(n: int) -> bytes:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _fakeio import FakeWriter
 
 from estafeta import config as config_module
 from estafeta import server as server_module
@@ -52,43 +53,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     with Store(tmp_path, "mx.example.test") as s:
         s.deliver_sync([Delivery(ALICE, message(n), summarize(message(n))) for n in range(5)])
         yield s
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.closing = False
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        self.closing = True
-
-
-class FakeWriter:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.transport = FakeTransport()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        pass
-
-    def get_extra_info(self, _name: str) -> object:
-        return ("127.0.0.1", 1143)
-
-    def close(self) -> None:
-        self.transport.closing = True
-
-    def take(self) -> bytes:
-        data = bytes(self.data)
-        del self.data[:]
-        return data
 
 
 def command(line: bytes) -> Command:

@@ -9,21 +9,12 @@ to.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Any
 
+from _fakeio import old_dot_stuff
+
 from estafeta.pop3 import session as pop3
-
-_OLD_DOT_LINES = re.compile(rb"(^|\n)\.")
-
-
-def old_dot_stuff(data: bytes) -> bytes:
-    """pop3/session.py's dot_stuff before the fast path, verbatim."""
-    stuffed = _OLD_DOT_LINES.sub(rb"\1..", data)
-    if not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"
 
 
 class FakeContentReader:

@@ -19,20 +19,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _fakeio import old_dot_stuff
 
 from conftest import DOMAIN, PASSWORD, Instance, free_port
 
 ALICE = f"alice@{DOMAIN}"
 CHUNK = 256 * 1024  # pop3.session.CHUNK and INLINE_READ
-
-_OLD_DOT_LINES = re.compile(rb"(^|\n)\.")
-
-
-def old_dot_stuff(data: bytes) -> bytes:
-    stuffed = _OLD_DOT_LINES.sub(rb"\1..", data)
-    if not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"
 
 
 def old_top(data: bytes, top: int) -> bytes:

@@ -9,23 +9,12 @@ another "."; a CRLF is added if the data does not end with one; then
 from __future__ import annotations
 
 import random
-import re
 
 import pytest
+from _fakeio import old_dot_stuff
 
 from estafeta.pop3 import session as pop3
 from estafeta.pop3.session import dot_stuff, stuff, stuffed_chunks, terminator
-
-_OLD_DOT_LINES = re.compile(rb"(^|\n)\.")
-
-
-def old_dot_stuff(data: bytes) -> bytes:
-    """pop3/session.py's dot_stuff before the fast path, verbatim."""
-    stuffed = _OLD_DOT_LINES.sub(rb"\1..", data)
-    if not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"
-
 
 PIECES = [b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.\r\n", b"\n.", b"\r.", b"a", b"xyz", b" "]
 
