@@ -440,3 +440,26 @@ def test_a_deleted_mailbox_id_is_never_given_again(store: Store) -> None:
         new = reader.mailbox("New")
         assert new is not None
         assert new.id > old.id
+
+
+def test_an_indexing_step_reads_a_bounded_amount_of_mail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from estafeta.store import account as account_module
+
+    monkeypatch.setattr(account_module, "FULLTEXT_BATCH_OCTETS", 2000)
+    rng = random.Random(9)
+    data = [_encoded(n, rng) + b"x" * 1500 for n in range(12)]
+    seen: list[int] = []
+    real_add_many = account_module.fulltext.add_many
+
+    def counting(conn: sqlite3.Connection, items: list, **kw: object) -> int:
+        items = list(items)
+        seen.append(len(items))
+        return real_add_many(conn, items, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(account_module.fulltext, "add_many", counting)
+    with Store(tmp_path, "mx.example.test") as store:
+        store.deliver_sync([Delivery(ALICE, d, summarize(d)) for d in data])
+        _wait_indexed(store, 12)  # every message, in steps of about 2,000 octets
+    assert seen and max(seen) <= 2

@@ -52,6 +52,8 @@ log = logging.getLogger("estafeta.store")
 
 FULLTEXT_BATCH = 200
 """Messages indexed (or keys dropped) per step of the full-text index."""
+FULLTEXT_BATCH_OCTETS = 16 * 1024 * 1024
+"""Octets of message files read per step at most (one message may be larger)."""
 FULLTEXT_IDLE = 0.05
 """Seconds the writer thread waits for work before a full-text step."""
 
@@ -723,7 +725,7 @@ class Store:
                 if self._fulltext_drop(account) < FULLTEXT_BATCH:
                     self._fulltext_stale.discard(address)
                 return
-            if self._fulltext_add(account) < FULLTEXT_BATCH:
+            if self._fulltext_add(account) == 0:
                 self._fulltext_todo.discard(address)
         except Exception as exc:  # the index is an accelerator: never fatal
             self._fulltext_todo.discard(address)
@@ -733,6 +735,7 @@ class Store:
     def _fulltext_add(self, account: _Account) -> int:
         conn = account.conn
         items: list[tuple[int, bytes, Summary | None]] = []
+        octets = 0
         for box in index.mailboxes(conn):
             low, high = fulltext.mailbox_range(box.id)
             row = conn.execute(
@@ -750,7 +753,10 @@ class Store:
                 except OSError:
                     continue  # expunged meanwhile: nothing to index
                 items.append((fulltext.message_key(box.id, uid), data, Summary.from_json(summary)))
-            if len(items) >= FULLTEXT_BATCH:
+                octets += len(data)
+                if octets >= FULLTEXT_BATCH_OCTETS:
+                    break  # a step holds at most this much mail (and one message)
+            if len(items) >= FULLTEXT_BATCH or octets >= FULLTEXT_BATCH_OCTETS:
                 break
         if items:
             with operations.transaction(conn):
