@@ -798,7 +798,10 @@ def main(argv: list[str] | None = None) -> int:
                 "p3_hash": "same as above"
                 if args.p3_default_hashes
                 else "argon2id " + ", ".join(f"{k}={v}" for k, v in CHEAP_ARGON2.items()),
-                "durability": "250 after file + new/ directory fsync'd and SQLite index committed",
+                "durability": (
+                    "250 after the index row and the message bytes are committed (SQLite WAL,"
+                    " synchronous=FULL; up to 256 KiB, else file + new/ fsync'd first)"
+                ),
                 "log level": "info (default)",
             },
             "peer": {

@@ -10,14 +10,19 @@ expired entries bouncing, orphan files):
    remote domains whose relay is a closed port (queue entries retried every
    second and bounced after ``lifetime``), IMAP ``UID STORE +FLAGS``;
 2. SIGKILL at a random moment 0.5-3 s into the load;
-3. offline check of the dead server's files: every index row has its file,
-   every file the index does not know is an unacknowledged message or DSN
-   (a crash between rename and commit), every queue row has its file, every
-   acknowledged queued message is still queued or bounced (a committed DSN
-   in the sender's mailbox);
+3. offline check of the dead server's files: every index row has its file
+   (or, index schema 7, its bytes in the ``pending`` table: acknowledged on
+   the index commit, file not settled into new/ yet; those bytes must be the
+   message sent), every file the index does not know is an unacknowledged
+   message or DSN (a crash between rename and commit), every file in new/
+   and cur/ of a message sent is whole (ends with the bytes sent), every
+   queue row has its file, every acknowledged queued message is still
+   queued or bounced (a committed DSN in the sender's mailbox);
 4. restart (time until the SMTP port answers 220), then over IMAP: every
-   acknowledged message exactly once in each mailbox it was sent to,
-   every acknowledged flag set, UIDVALIDITY unchanged.
+   acknowledged message exactly once in each mailbox it was sent to, with
+   the bytes sent (BODY.PEEK[] ends with them: the server only prepends
+   trace headers; each message checked once), every acknowledged flag set,
+   UIDVALIDITY unchanged.
 
 After the last round the server is stopped with SIGTERM and the index must
 equal the files exactly (no orphans left: recovery indexed them).
@@ -28,7 +33,9 @@ the index and the files disagree.
 Columns: kill s = load time before the SIGKILL; msgs / flags / queue =
 acknowledged this round (inbound messages, flag changes, queued messages);
 lost, dup (acknowledged message found twice), idx (index/file or queue
-row/file disagreements) = over everything acknowledged so far; orph = files
+row/file disagreements, partial files, wrong bytes) = over everything
+acknowledged so far; pend = index rows whose file was not settled yet at the
+kill (their bytes in ``pending``; written out at the restart); orph = files
 the kill left unindexed (never acknowledged; recovered at the restart);
 unack+ = unacknowledged messages that turned up anyway (allowed); qlen =
 queue entries at the kill; bounced = queued recipients bounced so far (a DSN
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import imaplib
 import json
 import os
@@ -109,6 +117,12 @@ def write_config(root: Path, ports: Ports, lifetime: str) -> Path:
         # No DNS here: no SPF/DKIM/DMARC on the MX.
         "[inbound]\n"
         "authenticate = false\n"
+        # Every message is a first contact from the same client: no
+        # greylisting, no pregreet pause (as the tests run it).
+        "[greylist]\n"
+        "enabled = false\n"
+        "[screen]\n"
+        "greeting_pause = 0\n"
         # Remote mail goes to a smarthost on a closed port: every attempt
         # fails at once, is retried within seconds, and bounces (a DSN to
         # the local sender) once older than `lifetime`.
@@ -185,6 +199,10 @@ class Ledger:
     # (account, uid) -> flags acknowledged (lower case).
     flags: dict[tuple[str, int], set[str]] = field(default_factory=dict)
     flag_acks: int = 0
+    # Message-ID -> (length, SHA-256) of the bytes sent (inbound SMTP).
+    sent: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # (account, Message-ID) whose stored bytes were checked over IMAP.
+    verified: set[tuple[str, str]] = field(default_factory=set)
     uidvalidity: dict[str, int] = field(default_factory=dict)
     tempfails: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -252,9 +270,10 @@ class Load:
                             ledger.queue_acked[msgid] = (sender, (ALIAS_TARGET,))
                         continue
                     rcpts = rng.sample(names, 2 if rng.random() < 0.2 else 1)
+                    data = self.message(msgid, "someone@elsewhere.test", rcpts[0], data_size)
                     with ledger.lock:
                         ledger.attempted[msgid] = frozenset(rcpts)
-                    data = self.message(msgid, "someone@elsewhere.test", rcpts[0], data_size)
+                        ledger.sent[msgid] = digest(data)
                     try:
                         refused = client.sendmail("someone@elsewhere.test", rcpts, data)
                     except smtplib.SMTPDataError:
@@ -353,6 +372,16 @@ def time_header() -> str:
     return time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
 
 
+def digest(data: bytes) -> tuple[int, bytes]:
+    return len(data), hashlib.sha256(data).digest()
+
+
+def whole(stored: bytes, sent: tuple[int, bytes]) -> bool:
+    """Whether ``stored`` is the message sent with trace headers prepended."""
+    length, sha = sent
+    return len(stored) >= length and hashlib.sha256(stored[len(stored) - length :]).digest() == sha
+
+
 # -- checks on the files (server not running) -----------------------------------
 
 
@@ -373,6 +402,11 @@ def message_id_of(path: Path) -> str | None:
             head = handle.read(16384)
     except FileNotFoundError:
         return None
+    return _message_id(head)
+
+
+def _message_id(data: bytes) -> str | None:
+    head = data[:16384]
     end = head.find(b"\r\n\r\n")
     match = MESSAGE_ID.search(head if end < 0 else head[: end + 2])
     return match.group(1).decode() if match else None
@@ -386,7 +420,12 @@ def parse_dsn(path: Path) -> tuple[str | None, list[str]]:
     cached = _dsn_cache.get(path)
     if cached is not None:
         return cached
-    data = path.read_bytes()
+    result = parse_dsn_bytes(path.read_bytes())
+    _dsn_cache[path] = result
+    return result
+
+
+def parse_dsn_bytes(data: bytes) -> tuple[str | None, list[str]]:
     body = data[data.find(b"\r\n\r\n") :]
     found = MESSAGE_ID.search(body)
     failed = []
@@ -394,9 +433,7 @@ def parse_dsn(path: Path) -> tuple[str | None, list[str]]:
         action = ACTION.search(body, match.end())
         if action and action.group(1).lower() == b"failed":
             failed.append(match.group(1).decode().lower())
-    result = (found.group(1).decode() if found else None, failed)
-    _dsn_cache[path] = result
-    return result
+    return (found.group(1).decode() if found else None, failed)
 
 
 @dataclass
@@ -404,7 +441,9 @@ class StoreCheck:
     rows_without_file: list[str] = field(default_factory=list)
     acked_not_indexed: list[str] = field(default_factory=list)
     unexplained_files: list[str] = field(default_factory=list)
+    partial_files: list[str] = field(default_factory=list)  # in new/ or cur/, not whole
     orphans: int = 0  # files not (yet) indexed: unacknowledged, recovered at open
+    pending: int = 0  # rows whose bytes wait in ``pending`` for their file
     tmp_files: int = 0
     journal_rows: int = 0
     bounced: set[tuple[str, str]] = field(default_factory=set)  # (Message-ID, recipient)
@@ -415,6 +454,7 @@ class StoreCheck:
             len(self.rows_without_file)
             + len(self.acked_not_indexed)
             + len(self.unexplained_files)
+            + len(self.partial_files)
             + self.journal_rows
         )
 
@@ -442,6 +482,10 @@ def check_store(mail_dir: Path, accounts: list[str], ledger: Ledger, exact: bool
                 for r in conn.execute("SELECT file FROM messages WHERE subject = ?", (DSN_SUBJECT,))
             ]
             result.journal_rows += conn.execute("SELECT count(*) FROM journal").fetchone()[0]
+            try:  # index schema 7: acknowledged, file not settled yet
+                pending = dict(conn.execute("SELECT file, data FROM pending").fetchall())
+            except sqlite3.OperationalError:
+                pending = {}
         finally:
             conn.close()
         for box, name, directory in boxes:
@@ -459,7 +503,22 @@ def check_store(mail_dir: Path, accounts: list[str], ledger: Ledger, exact: bool
                 result.tmp_files += len(os.listdir(folder / "tmp"))
             rows = rows_by_box[box]
             for file in sorted(rows - files):
-                result.rows_without_file.append(f"{address} {name} {file}")
+                data = pending.get(file)
+                msgid = _message_id(data) if data is not None else None
+                if data is not None and (
+                    msgid not in ledger.sent or whole(data, ledger.sent[msgid])
+                ):
+                    result.pending += 1
+                else:
+                    result.rows_without_file.append(f"{address} {name} {file}")
+            for file in sorted(files):
+                try:
+                    stored = (account / file).read_bytes()
+                except FileNotFoundError:
+                    continue
+                msgid = _message_id(stored)
+                if msgid in ledger.sent and not whole(stored, ledger.sent[msgid]):
+                    result.partial_files.append(f"{address} {name} {file} {len(stored)} octets")
             for file in sorted(files - rows):
                 # A crash between publishing the file and committing its row.
                 msgid = message_id_of(account / file)
@@ -473,10 +532,15 @@ def check_store(mail_dir: Path, accounts: list[str], ledger: Ledger, exact: bool
                 else:
                     result.unexplained_files.append(where)
         for file in dsn_files:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 original, failed = parse_dsn(account / file)
-                if original:
-                    result.bounced.update((original, rcpt) for rcpt in failed)
+            except FileNotFoundError:
+                if file not in pending:
+                    continue
+                # Acknowledged, its file not settled yet: its bytes are in pending.
+                original, failed = parse_dsn_bytes(pending[file])
+            if original:
+                result.bounced.update((original, rcpt) for rcpt in failed)
     return result
 
 
@@ -495,6 +559,9 @@ class QueueCheck:
     entries_without_message: int = 0
     orphan_files: int = 0
     queued: set[tuple[str, str]] = field(default_factory=set)  # (Message-ID, recipient)
+    # (original Message-ID, recipient) of failures whose DSN is queued for
+    # the (local) sender: the queue delivers every DSN, local ones too.
+    dsn_queued: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def mismatches(self) -> int:
@@ -525,6 +592,12 @@ def check_queue(queue_dir: Path) -> QueueCheck:
         msgid = _eml_cache[message]
         if msgid:
             result.queued.update((msgid, r.lower()) for r in json.loads(recipients))
+        path = queue_dir / "messages" / f"{message}.eml"
+        with contextlib.suppress(FileNotFoundError):
+            if _is_dsn(path):
+                original, failed = parse_dsn(path)
+                if original:
+                    result.dsn_queued.update((original, rcpt) for rcpt in failed)
     return result
 
 
@@ -540,11 +613,15 @@ def check_queued(
     for msgid, (_sender, rcpts) in acked.items():
         for rcpt in rcpts:
             key = (msgid, rcpt.lower())
-            if key in store.bounced:
+            if key in store.bounced or key in queue.dsn_queued:
                 bounced += 1
             elif key not in queue.queued:
                 lost.append(f"{msgid} -> {rcpt}")
-    present = {m for m, _ in queue.queued} | {m for m, _ in store.bounced}
+    present = (
+        {m for m, _ in queue.queued}
+        | {m for m, _ in store.bounced}
+        | {m for m, _ in queue.dsn_queued}
+    )
     unacked_present = sum(1 for m in attempted if m not in acked and m in present)
     return lost, bounced, unacked_present
 
@@ -557,6 +634,8 @@ class ImapCheck:
     lost: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     flags_lost: list[str] = field(default_factory=list)
+    wrong_bytes: list[str] = field(default_factory=list)
+    verified: int = 0
     unacked_present: int = 0
     messages: int = 0
     uidvalidity_changed: list[str] = field(default_factory=list)
@@ -604,6 +683,29 @@ def fetch_mailbox(
     return validity, result
 
 
+def fetch_bodies(port: int, user: str, password: str, uids: list[int]) -> dict[int, bytes]:
+    """UID -> BODY.PEEK[] of the INBOX messages ``uids``."""
+    bodies: dict[int, bytes] = {}
+    imap = imaplib.IMAP4("127.0.0.1", port, timeout=120)
+    try:
+        imap.login(user, password)
+        imap.select("INBOX", readonly=True)
+        for start in range(0, len(uids), 200):
+            chunk = ",".join(str(u) for u in uids[start : start + 200])
+            typ, data = imap.uid("FETCH", chunk, "(BODY.PEEK[])")
+            if typ != "OK":
+                raise SystemExit(f"FETCH BODY of {user} failed: {data}")
+            for item in data:
+                if isinstance(item, tuple):
+                    uid = re.search(rb"UID (\d+)", item[0])
+                    if uid is not None:
+                        bodies[int(uid.group(1))] = item[1]
+    finally:
+        with contextlib.suppress(Exception):
+            imap.logout()
+    return bodies
+
+
 def check_imap(port: int, accounts: dict[str, str], ledger: Ledger) -> ImapCheck:
     result = ImapCheck()
     with ledger.lock:
@@ -629,6 +731,26 @@ def check_imap(port: int, accounts: dict[str, str], ledger: Ledger) -> ImapCheck
                 result.lost.append(f"{user} {msgid}")
             elif counts[msgid] > 1:
                 result.duplicates.append(f"{user} {msgid} x{counts[msgid]}")
+        # The bytes of each acknowledged message, once (new ones each round).
+        with ledger.lock:
+            unchecked = {
+                uid: msgid
+                for uid, _, msgid in messages
+                if user in acked.get(msgid, ())
+                and msgid in ledger.sent
+                and (user, msgid) not in ledger.verified
+            }
+            sent = {msgid: ledger.sent[msgid] for msgid in unchecked.values()}
+        bodies = fetch_bodies(port, user, password, sorted(unchecked)) if unchecked else {}
+        for uid, msgid in sorted(unchecked.items()):
+            body = bodies.get(uid)
+            if body is None or not whole(body, sent[msgid]):
+                size = "none" if body is None else f"{len(body)} octets"
+                result.wrong_bytes.append(f"{user} UID {uid} {msgid}: {size}")
+                continue
+            result.verified += 1
+            with ledger.lock:
+                ledger.verified.add((user, msgid))
         for (owner, uid), wanted in flags.items():
             if owner != user:
                 continue
@@ -670,6 +792,7 @@ def seed(ports: Ports, accounts: dict[str, str], ledger: Ledger, run_id: str) ->
                     f"Message-ID: {msgid}\r\nFrom: <seed@elsewhere.test>\r\nTo: <{user}>\r\n"
                     f"Subject: seed\r\nDate: {time_header()}\r\n\r\nseed\r\n"
                 ).encode()
+                ledger.sent[msgid] = digest(data)
                 client.sendmail("seed@elsewhere.test", [user], data)
                 ledger.acked[msgid] = frozenset([user])
 
@@ -679,9 +802,11 @@ ROUND_DETAILS = (
     "lost_flags",
     "lost_queue",
     "duplicates",
+    "wrong_bytes",
     "index_rows_without_file",
     "acked_files_not_indexed",
     "unexplained_files",
+    "partial_files",
     "queue_rows_without_file",
     "uidvalidity_changed",
 )
@@ -689,9 +814,11 @@ ROUND_DETAILS = (
 
 LOST_KEYS = ("lost_messages", "lost_flags", "lost_queue")
 MISMATCH_KEYS = (
+    "wrong_bytes",
     "index_rows_without_file",
     "acked_files_not_indexed",
     "unexplained_files",
+    "partial_files",
     "queue_rows_without_file",
     "uidvalidity_changed",
 )
@@ -699,6 +826,7 @@ FINAL_MISMATCH_KEYS = (
     "index_rows_without_file",
     "acked_files_not_indexed",
     "files_not_indexed",
+    "partial_files",
     "queue_rows_without_file",
 )
 
@@ -765,14 +893,21 @@ class Run:
             "lost_flags": imap.flags_lost,
             "lost_queue": queue_lost,
             "duplicates": imap.duplicates,
+            "wrong_bytes": imap.wrong_bytes,
+            "bytes_verified": imap.verified,
             "index_rows_without_file": store.rows_without_file,
             "acked_files_not_indexed": store.acked_not_indexed,
             "unexplained_files": store.unexplained_files,
+            "partial_files": store.partial_files,
+            "pending_after_kill": store.pending,
             "queue_rows_without_file": queue.rows_without_file,
             "queue_entries_without_message": queue.entries_without_message,
             "uidvalidity_changed": imap.uidvalidity_changed,
             "lost": len(imap.lost) + len(imap.flags_lost) + len(queue_lost),
-            "mismatches": store.mismatches + queue.mismatches + len(imap.uidvalidity_changed),
+            "mismatches": store.mismatches
+            + queue.mismatches
+            + len(imap.uidvalidity_changed)
+            + len(imap.wrong_bytes),
             "orphan_files_after_kill": store.orphans,
             "tmp_files_after_kill": store.tmp_files,
             "queue_orphan_files_after_kill": queue.orphan_files,
@@ -800,6 +935,9 @@ class Run:
             "index_rows_without_file": store.rows_without_file,
             "acked_files_not_indexed": store.acked_not_indexed,
             "files_not_indexed": store.unexplained_files,
+            "partial_files": store.partial_files,
+            # A clean stop settles every file: nothing may wait in ``pending``.
+            "pending_rows": store.pending,
             "journal_rows": store.journal_rows,
             "tmp_files": store.tmp_files,
             "queue_rows_without_file": queue.rows_without_file,
@@ -808,7 +946,7 @@ class Run:
             "queue_entries": queue.entries,
             "lost_queue": lost,
             "bounced_recipients": bounced,
-            "mismatches": store.mismatches + queue.mismatches + queue.orphan_files,
+            "mismatches": store.mismatches + queue.mismatches + queue.orphan_files + store.pending,
             "log": events,
         }
 
@@ -856,7 +994,7 @@ def main() -> None:
     )
     print(
         f"{'round':>5} {'kill s':>6} {'msgs':>5} {'flags':>5} {'queue':>5} "
-        f"{'lost':>4} {'dup':>3} {'idx':>3} {'orph':>4} {'unack+':>6} {'qlen':>5} "
+        f"{'lost':>4} {'dup':>3} {'idx':>3} {'pend':>4} {'orph':>4} {'unack+':>6} {'qlen':>5} "
         f"{'bounced':>7} {'restart ms':>10}"
     )
     rounds: list[dict] = []  # type: ignore[type-arg]
@@ -875,7 +1013,7 @@ def main() -> None:
                 f"{number:>5} {r['kill_after_s']:>6.2f} {r['acked_messages']:>5} "
                 f"{r['acked_flag_changes']:>5} {r['acked_queue_messages']:>5} "
                 f"{r['lost']:>4} {len(r['duplicates']):>3} {r['mismatches']:>3} "
-                f"{r['orphan_files_after_kill']:>4} "
+                f"{r['pending_after_kill']:>4} {r['orphan_files_after_kill']:>4} "
                 f"{r['unacked_present_new']:>6} "
                 f"{r['queue_entries']:>5} {r['bounced_recipients']:>7} "
                 f"{r['restart_s'] * 1000:>10.0f}" + ("  <-- FAILED" if bad else ""),
@@ -906,6 +1044,7 @@ def main() -> None:
         + max((r["queue_entries_without_message"] for r in rounds), default=0)
         + final["queue_entries_without_message"]
         + final["journal_rows"]
+        + final["pending_rows"]
         + final["queue_orphan_files"]
     )
     restarts = sorted(r["restart_s"] for r in rounds)
@@ -921,6 +1060,9 @@ def main() -> None:
         "duplicates": duplicates,
         "mismatches": mismatches,
         "orphan_files_after_kills": sum(r["orphan_files_after_kill"] for r in rounds),
+        "pending_after_kills": sum(r["pending_after_kill"] for r in rounds),
+        "bytes_verified": len(ledger.verified),
+        "wrong_bytes": len({item for r in rounds for item in r["wrong_bytes"]}),
         "unacked_present_messages": rounds[-1]["unacked_present_messages"] if rounds else 0,
         "unacked_present_queue": rounds[-1]["unacked_present_queue"] if rounds else 0,
         "bounced_recipients": final["bounced_recipients"],
@@ -933,12 +1075,14 @@ def main() -> None:
         f"total: {totals['acked_messages']} messages, {totals['acked_flag_changes']} flag "
         f"changes, {totals['acked_queue_messages']} queued messages acknowledged over "
         f"{len(rounds)} kills; lost {lost}, duplicates {duplicates}, "
-        f"index/file mismatches {mismatches}"
+        f"index/file mismatches {mismatches} (wrong bytes {totals['wrong_bytes']} of "
+        f"{totals['bytes_verified']} messages checked byte for byte)"
     )
     print(
         f"unacknowledged but present (allowed): {totals['unacked_present_messages']} messages, "
         f"{totals['unacked_present_queue']} queued; orphan files found after kills "
-        f"{totals['orphan_files_after_kills']}"
+        f"{totals['orphan_files_after_kills']}; rows with the file not settled at the kill "
+        f"(bytes in pending) {totals['pending_after_kills']}"
     )
     if restarts:
         print(
@@ -949,7 +1093,8 @@ def main() -> None:
         f"after SIGTERM (exit {final['sigterm_exit_code']}): "
         f"{len(final['index_rows_without_file'])} index rows without file, "
         f"{len(final['files_not_indexed']) + len(final['acked_files_not_indexed'])} files "
-        f"not indexed, {final['journal_rows']} journal rows, "
+        f"not indexed, {len(final['partial_files'])} partial files, "
+        f"{final['pending_rows']} pending rows, {final['journal_rows']} journal rows, "
         f"{len(final['queue_rows_without_file'])} queue rows without file, "
         f"{final['queue_orphan_files']} queue orphan files; {final['queue_entries']} entries "
         f"queued, {final['bounced_recipients']} recipients bounced"

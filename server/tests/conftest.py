@@ -101,6 +101,8 @@ class Instance:
     limits_config: str = ""
     auth_config: str = ""
     process: subprocess.Popen[bytes] | None = None
+    # The server runs in this process instead (a test's own thread).
+    in_process: bool = False
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -221,10 +223,33 @@ class Instance:
         return self.data_dir / "mail" / domain / local
 
     def files(self, address: str, mailbox_dir: str = "") -> list[Path]:
+        """The account's message files in new/ and cur/, once every message
+        acknowledged so far has its file there (see ``settled``)."""
+        self.settled(address)
         folder = self.account_dir(address) / mailbox_dir
         return sorted(p for sub in ("new", "cur") for p in (folder / sub).glob("*"))
 
+    def settled(self, address: str, timeout: float = 10.0) -> None:
+        """Wait until no message of the account waits in the index for its
+        file (estafeta.store.ingest: the server moves files into new/ a few
+        milliseconds after the 250, several at a time). A stopped server
+        settles nothing: then the files are as it left them."""
+        path = self.account_dir(address) / "index.db"
+        deadline = time.monotonic() + timeout
+        while path.exists() and (self.process is not None or self.in_process):
+            conn = index.connect(path)
+            try:
+                left = conn.execute("SELECT count(*) FROM pending").fetchone()[0]
+            finally:
+                conn.close()
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{left} messages of {address} not settled")
+            time.sleep(0.01)
+
     def index_rows(self, address: str, mailbox: str = "INBOX") -> list[index.MessageRow]:
+        self.settled(address)  # callers read the rows' files next
         path = self.account_dir(address) / "index.db"
         if not path.exists():
             return []  # nothing was ever delivered to this account

@@ -183,6 +183,7 @@ def mx(tmp_path: Path) -> Iterator[tuple[Instance, InProcess, Clock]]:
     instance.add_user(f"alice@{DOMAIN}")
     instance.add_user(f"bob@{DOMAIN}")
     with InProcess(instance.config) as running:
+        instance.in_process = True  # Instance.files() waits for its settling
         assert running.server is not None and running.server.defences.gate is not None
         clock = Clock()
         running.server.defences.gate.greylist._clock = clock  # type: ignore[assignment]

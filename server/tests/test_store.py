@@ -39,6 +39,7 @@ def store(tmp_path: Path) -> Store:
 
 def test_layout_of_a_delivery(store: Store) -> None:
     [result] = store.deliver_sync([delivery(ALICE, "one")])
+    store.settle()  # the file moves into new/ once fsync'd (store.ingest)
     account = store.mail_dir / "example.test" / "alice"
     assert store.account_dir(ALICE) == account
     assert result.uid == 1 and result.mailbox == "INBOX"
@@ -86,6 +87,7 @@ def test_failed_delivery_leaves_nothing(store: Store) -> None:
     store.deliver_sync([delivery(ALICE, "ok")])
     with pytest.raises(StoreError, match="no mailbox 'Nope'"):
         store.deliver_sync([delivery(BOB, "x"), delivery(ALICE, "y", mailbox="Nope")])
+    store.settle()
     account = store.account_dir(ALICE)
     assert len(list(maildir.scan(account))) == 1
     assert os.listdir(account / "tmp") == []

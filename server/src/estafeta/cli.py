@@ -30,7 +30,7 @@ from estafeta import log as log_module
 from estafeta.address import AddressError, normalize_address, normalize_domain
 from estafeta.auth import AccountError, Accounts
 from estafeta.config import Config, ConfigError
-from estafeta.store import Store, StoreError
+from estafeta.store import Store, StoreError, maildir
 
 if TYPE_CHECKING:
     from estafeta.queue.store import QueueStore
@@ -403,7 +403,7 @@ def cmd_mail_cat(config: Config, args: argparse.Namespace) -> int:
         file = reader.message_file(box.id, args.uid)
     if file is None:
         raise UsageError(f"{address} {box.name} has no message with UID {args.uid}")
-    sys.stdout.buffer.write((account_dir / file).read_bytes())
+    sys.stdout.buffer.write(maildir.read_message(account_dir / file))
     sys.stdout.flush()
     return 0
 

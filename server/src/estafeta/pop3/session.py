@@ -558,6 +558,7 @@ async def _send_message(s: Session, message: Message, top: int | None) -> None:
     reader = s.content_reader
     assert reader is not None
     try:
+        # reader.content: a message not settled yet is in tmp/ (store.ingest).
         if message.size <= INLINE_READ:
             data = reader.content(message.file)  # microseconds from the page cache
         else:

@@ -1,8 +1,20 @@
 """The store: durable delivery with group commit, recovery and reindex.
 
 All writes to message files and indexes go through one writer thread. A
-delivery is acknowledged only after, in this order (see the package
-docstring for the layout):
+delivery of a message up to ``inline_max`` octets (almost all mail) is
+acknowledged after one flush, the index commit (``estafeta.store.ingest``
+has the order and why it is crash-safe):
+
+1. the file is written in ``tmp/``, not fsync'd;
+2. the index rows of the batch and the messages' bytes (table ``pending``)
+   are inserted in one transaction per account and committed (WAL,
+   synchronous=FULL: the commit is on disk). Acknowledged;
+3. afterwards, many at a time, off the writer thread ("settling"): the
+   files are fsync'd, renamed into ``new/``, ``new/`` fsync'd, and their
+   ``pending`` rows deleted. Before an operation that links, unlinks or
+   renames files of an account, its files are settled at once.
+
+A larger message is acknowledged after three, in this order:
 
 1. the file is written in ``tmp/`` and fsync'd (several files of a batch
    are fsync'd in parallel, which the file system's journal merges);
@@ -12,7 +24,8 @@ docstring for the layout):
    and committed (WAL, synchronous=FULL: the commit is on disk).
 
 A crash between 2 and 3 leaves a file that the index does not know; it was
-never acknowledged. ``open`` of an account finds such files and indexes
+never acknowledged. ``open`` of an account first writes out the files of
+``pending`` rows (``ingest.recover``), then finds such files and indexes
 them (duplicates of unacknowledged messages are allowed; losses are not).
 """
 
@@ -36,7 +49,7 @@ from estafeta import metrics
 from estafeta.address import split_address
 from estafeta.log import log_event
 from estafeta.message import Summary, summarize
-from estafeta.store import fulltext, index, maildir, names, operations
+from estafeta.store import fulltext, index, ingest, maildir, names, operations
 from estafeta.store.changes import Changes
 from estafeta.store.index import NewMessage
 from estafeta.store.reader import SqliteReader
@@ -44,6 +57,11 @@ from estafeta.store.reader import SqliteReader
 T = TypeVar("T")
 
 MAX_BATCH = 256
+# Files delivered on the index commit alone are made durable in ``new/``
+# this long after the first of them, or at once when this many wait
+# (``Store._settle_tick``); at most one settling runs at a time.
+SETTLE_DELAY = 0.05
+SETTLE_MAX = 512
 # Mailboxes per account ([limits] max_mailboxes); CREATE/RENAME beyond: NO [LIMIT].
 MAX_MAILBOXES = 1000
 
@@ -98,6 +116,8 @@ class _Job:
     future: concurrent.futures.Future[Any]
     deliveries: Sequence[Delivery] = ()
     call: Callable[[], Any] | None = None
+    # Not work: wakes the writer to collect a finished settling.
+    wake: bool = False
 
 
 @dataclass
@@ -118,6 +138,9 @@ class _Staged:
     folder: Path
     staged: maildir.Staged | None = None
     error: BaseException | None = None
+    # Acknowledged on the index commit alone: the file stays unsynced in
+    # tmp/ and its bytes go into ``pending`` (estafeta.store.ingest).
+    inline: bool = False
 
 
 class Store:
@@ -129,11 +152,24 @@ class Store:
         hostname: str,
         max_batch: int = MAX_BATCH,
         max_mailboxes: int = MAX_MAILBOXES,
+        inline_max: int = ingest.INLINE_MAX,
+        settle_delay: float = SETTLE_DELAY,
+        settle_syncfs: bool | None = None,
     ) -> None:
         self.mail_dir = mail_dir
         self.hostname = hostname
         self.max_batch = max_batch
         self.max_mailboxes = max_mailboxes
+        # Messages up to this size: one flush (ingest); larger: three. 0: always three.
+        self.inline_max = inline_max
+        self.settle_delay = settle_delay
+        # Settle with one syncfs(2) per file system instead of an fsync per
+        # file (ingest.settle): far fewer syscalls, threads and journal
+        # commits, but it flushes everything dirty on that file system.
+        # None: where syncfs reports write errors (Linux 5.8 and later).
+        self.settle_syncfs = (
+            ingest.syncfs_reports_errors() if settle_syncfs is None else settle_syncfs
+        )
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._accounts: dict[str, _Account] = {}
@@ -144,6 +180,15 @@ class Store:
         self._fulltext_todo: set[str] = set()
         self._fulltext_stale: set[str] = set()
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="fsync")
+        # Settling (ingest step 3), writer thread only: files acknowledged
+        # but still unsynced in tmp/, since when, and the one settling running.
+        self._settler = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="settle")
+        self._unsynced: list[ingest.Unsynced] = []
+        self._unsynced_since = 0.0
+        self._settling: (
+            concurrent.futures.Future[tuple[list[ingest.Unsynced], list[ingest.Unsynced]]] | None
+        ) = None
+        self.settled = 0  # files made durable by settling, for tests and benchmarks
         # Who wants to hear about commits (IMAP IDLE, other sessions).
         self.changes = Changes()
         # Batch sizes the writer saw, for metrics and benchmarks.
@@ -170,6 +215,7 @@ class Store:
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
+        self._settler.shutdown()
         self._pool.shutdown()
 
     def __enter__(self) -> Store:
@@ -253,9 +299,20 @@ class Store:
         account = self.account_dir(address)
         contents: list[bytes] = []
         for file in files:
-            with contextlib.suppress(FileNotFoundError), open(account / file, "rb") as f:
+            with contextlib.suppress(FileNotFoundError), maildir.open_message(account / file) as f:
                 contents.append(f.read(max_size))
         return contents, max(0, len(wanted) - limit)
+
+    def settle(self) -> int:
+        """Make every file acknowledged so far durable in ``new/`` now (it
+        happens by itself within ``settle_delay``); returns how many files
+        settling has made durable since the start. Blocking."""
+
+        def run() -> int:
+            self._settle_all()
+            return self.settled
+
+        return self._call(run)
 
     def reindex(self, address: str) -> int:
         """Rebuild an account's index from its files; returns the message count."""
@@ -302,14 +359,19 @@ class Store:
         address: str,
         function: Callable[[_Account], T],
         mailboxes: bool = False,
+        files: bool = False,
         changes_mail: bool = True,
     ) -> T:
         """Run ``function`` in the writer thread; ``mailboxes``: it may
         create, rename or delete mailboxes (their folders are looked up
-        again when needed, which costs nothing per mailbox of the account)."""
+        again when needed, which costs nothing per mailbox of the account);
+        ``files``: it may link, unlink or rename message files, so the
+        account's files still in tmp/ are settled first."""
 
         def run() -> T:
             account = self._open(address)
+            if files:
+                self._settle_account(address)
             try:
                 return function(account)
             finally:
@@ -339,7 +401,7 @@ class Store:
 
     def expunge(self, address: str, mailbox: str, uids: Sequence[int] | None = None) -> list[int]:
         return self._account_op(
-            address, lambda a: operations.expunge(a.conn, a.path, mailbox, uids)
+            address, lambda a: operations.expunge(a.conn, a.path, mailbox, uids), files=True
         )
 
     def remove(self, address: str, mailbox: str, uids: Sequence[int]) -> list[int]:
@@ -347,6 +409,7 @@ class Store:
         return self._account_op(
             address,
             lambda a: operations.expunge(a.conn, a.path, mailbox, uids, only_deleted=False),
+            files=True,
         )
 
     def copy(
@@ -365,6 +428,7 @@ class Store:
             lambda a: operations.copy(
                 a.conn, a.path, self.hostname, source, uids, destination, move=move, quota=quota
             ),
+            files=True,
         )
 
     def create_mailbox(
@@ -380,7 +444,10 @@ class Store:
 
     def delete_mailbox(self, address: str, name: str) -> None:
         self._account_op(
-            address, lambda a: operations.delete_mailbox(a.conn, a.path, name), mailboxes=True
+            address,
+            lambda a: operations.delete_mailbox(a.conn, a.path, name),
+            mailboxes=True,
+            files=True,
         )
 
     def rename_mailbox(self, address: str, old: str, new: str) -> None:
@@ -390,6 +457,7 @@ class Store:
                 a.conn, a.path, self.hostname, old, new, max_mailboxes=self.max_mailboxes
             ),
             mailboxes=True,
+            files=True,
         )
 
     def subscribe(self, address: str, name: str, subscribed: bool) -> None:
@@ -467,23 +535,37 @@ class Store:
 
     def _run(self) -> None:
         pending: list[_Job | None] = []
+        # When the writer last had work (a delivery or a call): the full-text
+        # index is filled only after FULLTEXT_IDLE without any, so that it
+        # never takes the GIL from a stream of deliveries.
+        last_work = time.monotonic()
         while True:
             if pending:
                 job = pending.pop()
-            elif self._fulltext_todo:
-                # Index mail for SEARCH when nothing else waits (a step is
-                # bounded: deliveries never wait long behind it).
-                try:
-                    job = self._queue.get(timeout=FULLTEXT_IDLE)
-                except queue.Empty:
-                    self._fulltext_step()
-                    continue
             else:
-                job = self._queue.get()
+                # Settling is due after a while; and mail is indexed for
+                # SEARCH when nothing else waits (a step is bounded:
+                # deliveries never wait long behind it).
+                timeout = self._settle_timeout()
+                if self._fulltext_todo:
+                    idle = max(0.0, last_work + FULLTEXT_IDLE - time.monotonic())
+                    timeout = idle if timeout is None else min(timeout, idle)
+                try:
+                    job = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    self._settle_tick()
+                    if self._fulltext_todo and time.monotonic() - last_work >= FULLTEXT_IDLE:
+                        self._fulltext_step()
+                    continue
             if job is None:
+                self._settle_all()
                 return
+            if job.wake:
+                self._settle_tick()
+                continue
             if job.call is not None:
                 self._run_call(job)
+                last_work = time.monotonic()
                 continue
             batch = [job]
             count = len(job.deliveries)
@@ -493,12 +575,16 @@ class Store:
                     more = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if more is not None and more.wake:
+                    continue  # the tick after this batch collects it
                 if more is None or more.call is not None:
                     pending.append(more)
                     break
                 batch.append(more)
                 count += len(more.deliveries)
             self._run_batch(batch)
+            self._settle_tick()
+            last_work = time.monotonic()
 
     def _run_call(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -531,18 +617,23 @@ class Store:
                         )
                         account.folders.clear()
                     folder = self._folder(account, delivery.mailbox)
-                    items.append(_Staged(job, delivery, account, folder))
+                    inline = len(delivery.data) <= self.inline_max
+                    items.append(_Staged(job, delivery, account, folder, inline=inline))
                 except Exception as exc:
                     failed[id(job)] = exc
         items = [item for item in items if id(item.job) not in failed]
 
-        # 1. Write and fsync the files, in parallel.
-        list(self._pool.map(self._stage, items))
+        # 1. Write the files: the large ones fsync'd, in parallel; the others
+        #    only into the page cache (their bytes go into the commit).
+        for item in items:
+            if item.inline:
+                self._stage(item)
+        list(self._pool.map(self._stage, [item for item in items if not item.inline]))
         for item in items:
             if item.error is not None:
                 failed.setdefault(id(item.job), item.error)
 
-        # 2. Publish them and fsync each new/ directory once.
+        # 2. Publish the large ones and fsync each new/ directory once.
         published: list[_Staged] = []
         new_dirs: set[Path] = set()
         for item in items:
@@ -550,6 +641,9 @@ class Store:
                 continue
             if id(item.job) in failed:
                 item.staged.tmp_path.unlink(missing_ok=True)
+                continue
+            if item.inline:
+                published.append(item)
                 continue
             try:
                 maildir.publish(item.staged)
@@ -562,7 +656,8 @@ class Store:
         for directory in new_dirs:
             maildir.fsync_dir(directory)
 
-        # 3. One transaction per account for the whole batch.
+        # 3. One transaction per account for the whole batch: the commit is
+        #    the one flush of the inline ones.
         results: dict[int, list[Delivered]] = {id(job): [] for job in live}
         by_account: dict[str, list[_Staged]] = {}
         for item in published:
@@ -574,10 +669,25 @@ class Store:
                 for item in group:
                     failed.setdefault(id(item.job), exc)
                     assert item.staged is not None
-                    item.staged.final_path.unlink(missing_ok=True)
+                    if item.inline:
+                        item.staged.tmp_path.unlink(missing_ok=True)
+                    else:
+                        item.staged.final_path.unlink(missing_ok=True)
                 continue
+            if not self._unsynced:
+                self._unsynced_since = time.monotonic()
             for item, record in zip(group, delivered, strict=True):
                 results[id(item.job)].append(record)
+                if item.inline:
+                    assert item.staged is not None
+                    self._unsynced.append(
+                        ingest.Unsynced(
+                            item.account.address,
+                            item.account.path,
+                            record.file,
+                            item.staged.tmp_path,
+                        )
+                    )
             self._fulltext_todo.add(group[0].account.address)
             self.changes.notify(group[0].account.address)
 
@@ -594,6 +704,87 @@ class Store:
                 job.future.set_exception(StoreError(f"delivery failed: {error}"))
             else:
                 job.future.set_result(results[id(job)])
+
+    # -- settling (ingest step 3), writer thread ------------------------------------
+
+    def _settle_timeout(self) -> float | None:
+        """How long the writer may wait for work before settling is due."""
+        if not self._unsynced or self._settling is not None:
+            return None  # nothing due, or a wake job comes when it is done
+        return max(0.0, self._unsynced_since + self.settle_delay - time.monotonic())
+
+    def _settle_tick(self) -> None:
+        """Collect a finished settling; start one when files are due."""
+        if self._settling is not None:
+            if not self._settling.done():
+                return
+            self._collect(*self._settling.result())
+            self._settling = None
+        if not self._unsynced:
+            return
+        due = self._unsynced_since + self.settle_delay <= time.monotonic()
+        if not due and len(self._unsynced) < SETTLE_MAX:
+            return
+        entries, self._unsynced = self._unsynced, []
+        future = self._settler.submit(ingest.settle, entries, self._pool.map, self.settle_syncfs)
+        self._settling = future
+        future.add_done_callback(
+            lambda _: self._queue.put(_Job(concurrent.futures.Future(), wake=True))
+        )
+
+    def _settle_account(self, address: str) -> None:
+        """Settle an account's files now (before an operation on its files)."""
+        if self._settling is not None:
+            self._collect(*self._settling.result())
+            self._settling = None
+        mine = [entry for entry in self._unsynced if entry.address == address]
+        if mine:
+            self._unsynced = [entry for entry in self._unsynced if entry.address != address]
+            self._collect(*ingest.settle(mine, self._pool.map, self.settle_syncfs))
+
+    def _settle_all(self) -> None:
+        if self._settling is not None:
+            self._collect(*self._settling.result())
+            self._settling = None
+        if self._unsynced:
+            entries, self._unsynced = self._unsynced, []
+            self._collect(*ingest.settle(entries, self._pool.map, self.settle_syncfs))
+
+    def _collect(self, durable: list[ingest.Unsynced], failed: list[ingest.Unsynced]) -> None:
+        """After a settling: a file that could not be settled is written
+        again from its committed bytes (``ingest.materialise``); the
+        ``pending`` rows of durable files are deleted. What fails here stays
+        in ``pending``, safe, for the next open of the account."""
+        by_account: dict[str, list[str]] = {}
+        for entry in durable:
+            by_account.setdefault(entry.address, []).append(entry.file)
+        for entry in failed:
+            account = self._accounts.get(entry.address)
+            if account is None:
+                continue
+            try:
+                for file, (data, internal_date) in ingest.data_of(
+                    account.conn, [entry.file]
+                ).items():
+                    ingest.materialise(account.path, file, data, internal_date)
+            except (OSError, sqlite3.Error) as exc:
+                log_event(
+                    log, "settle_failed", logging.ERROR, account=entry.address, file=entry.file,
+                    error=str(exc),
+                )  # fmt: skip
+                continue
+            by_account.setdefault(entry.address, []).append(entry.file)
+        for address, files in by_account.items():
+            account = self._accounts.get(address)
+            if account is None:
+                continue
+            try:
+                ingest.forget_settled(account.conn, files)
+            except sqlite3.Error as exc:
+                log_event(
+                    log, "settle_forget_failed", logging.WARNING, account=address, error=str(exc)
+                )
+            self.settled += len(files)
 
     def _reserve(self, account: _Account, delivery: Delivery, usage: dict[str, int]) -> None:
         """Count ``delivery`` against its account's quota (writer thread)."""
@@ -614,7 +805,7 @@ class Store:
         try:
             name = maildir.unique_name(self.hostname, len(delivery.data))
             item.staged = maildir.write_tmp(
-                item.folder, name, delivery.data, delivery.internal_date
+                item.folder, name, delivery.data, delivery.internal_date, sync=not item.inline
             )
         except BaseException as exc:
             item.error = exc
@@ -649,6 +840,16 @@ class Store:
                     positions, index.add_messages(conn, mailbox_name, new), strict=True
                 ):
                     uids[position] = uid
+            # The bytes of the messages whose files are not durable yet: in
+            # the same commit as their rows (estafeta.store.ingest).
+            ingest.add_pending(
+                conn,
+                (
+                    (str(item.staged.final_path.relative_to(account.path)), item.delivery.data)
+                    for item, uid in zip(group, uids, strict=True)
+                    if item.inline and uid and item.staged is not None
+                ),
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -688,6 +889,9 @@ class Store:
         # folder cannot be made is skipped: an account always opens.
         operations.replay_journal(conn, path)
         self._make_folders(account)
+        # Then the files of acknowledged messages a crash left in tmp/ (or
+        # nowhere): written from their committed bytes before anything reads.
+        ingest.recover(conn, path, address)
         self._recover(account)
         self._accounts[address] = account
         self._fulltext_todo.add(address)  # what was delivered before the index existed
@@ -749,7 +953,8 @@ class Store:
             ).fetchall()
             for uid, file, summary in rows:
                 try:
-                    data = (account.path / file).read_bytes()
+                    # A message not settled yet is in tmp/ (estafeta.store.ingest).
+                    data = maildir.read_message(account.path / file)
                 except OSError:
                     continue  # expunged meanwhile: nothing to index
                 items.append((fulltext.message_key(box.id, uid), data, Summary.from_json(summary)))
@@ -844,9 +1049,14 @@ class Store:
         if not path.is_dir():
             raise StoreError(f"{address}: no mail directory at {path}")
         account = self._open(address)
+        self._settle_account(address)  # reindex reads new/ and cur/ only
         conn = account.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # And what another process (the server, when the CLI reindexes)
+            # committed with its file still in tmp/: written out under the
+            # write lock, so that no such message can be missed below.
+            ingest.write_out(conn, path, address)
             carried = index.old_flags(conn)
             settings = index.dump_mailbox_settings(conn)
             conn.execute("DELETE FROM messages")

@@ -23,7 +23,7 @@ from estafeta.store import fulltext
 from estafeta.store.maildir import mailbox_dir
 from estafeta.store.names import canonical
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -131,6 +131,19 @@ ALTER TABLE messages ADD COLUMN s_bcc TEXT
 # mailbox ids that are never given out twice (its keys hold the id).
 _SCHEMA_V6 = ";".join(fulltext.SCHEMA)
 
+# Version 7: messages acknowledged before their file is durable (issue 17,
+# "Ingest"). The row in ``messages`` and the bytes here are committed in one
+# transaction, which is the one flush a delivery waits for; the file is made
+# durable afterwards, several at a time, and then its row here is deleted.
+# Opening the account writes out every file still listed here
+# (estafeta.store.ingest).
+_SCHEMA_V7 = """
+CREATE TABLE pending (
+    file TEXT PRIMARY KEY,               -- messages.file: 'new/NAME', '.Sent/new/NAME'
+    data BLOB NOT NULL                   -- the whole message
+)
+"""
+
 # The search columns, in the order of searchtext.search_columns.
 SEARCH_COLUMNS = ("s_subject", "s_hsubject", "s_from", "s_to", "s_cc", "s_bcc")
 
@@ -215,6 +228,8 @@ def _create(conn: sqlite3.Connection) -> None:
             _fill_v5(conn)
         if version <= 5:
             _run_script(conn, _SCHEMA_V6)
+        if version <= 6:
+            _run_script(conn, _SCHEMA_V7)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

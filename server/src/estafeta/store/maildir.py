@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 SUBDIRS = ("tmp", "new", "cur")
 INBOX = "INBOX"
@@ -142,10 +143,15 @@ class Staged:
     final_path: Path
 
 
-def write_tmp(folder: Path, name: str, data: bytes, mtime: float | None) -> Staged:
-    """Write ``data`` to ``folder/tmp/name`` and fsync it.
+def write_tmp(
+    folder: Path, name: str, data: bytes, mtime: float | None, sync: bool = True
+) -> Staged:
+    """Write ``data`` to ``folder/tmp/name`` and fsync it (``sync``).
 
     The caller renames it with ``publish`` and then fsyncs ``folder/new``.
+    Without ``sync`` the file is only in the page cache: the caller must
+    hold the bytes durably elsewhere (``estafeta.store.ingest``) until it
+    is fsync'd, and must not publish it before.
     """
     tmp_path = folder / "tmp" / name
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -157,7 +163,8 @@ def write_tmp(folder: Path, name: str, data: bytes, mtime: float | None) -> Stag
         if mtime is not None:
             # The internal date survives in the file's mtime, for reindex.
             os.utime(fd, (mtime, mtime))
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp_path.unlink(missing_ok=True)
@@ -168,6 +175,35 @@ def write_tmp(folder: Path, name: str, data: bytes, mtime: float | None) -> Stag
 
 def publish(staged: Staged) -> None:
     os.rename(staged.tmp_path, staged.final_path)
+
+
+def open_message(path: Path | str) -> BinaryIO:
+    """Open a message file by the path its index row names.
+
+    A message delivered but not yet fsync'd is still in ``tmp/`` under the
+    same name (``estafeta.store.ingest``): its row already says
+    ``new/NAME``, and it moves there (one rename) once it is durable. So a
+    ``new/`` path that is not there is looked for in ``tmp/``, then once
+    more in ``new/`` (it may have moved between the two looks).
+    FileNotFoundError when it is in neither: the message was expunged.
+    """
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        head, name = os.path.split(path)
+        folder, sub = os.path.split(head)
+        if sub != "new":
+            raise
+        try:
+            return open(os.path.join(folder, "tmp", name), "rb")
+        except FileNotFoundError:
+            return open(path, "rb")
+
+
+def read_message(path: Path | str) -> bytes:
+    """The bytes of a message file (see ``open_message``)."""
+    with open_message(path) as handle:
+        return handle.read()
 
 
 def scan(folder: Path) -> Iterator[str]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from estafeta.store import fulltext, index
+from estafeta.store import fulltext, index, maildir
 from estafeta.store.flags import BITS
 from estafeta.store.index import Mailbox, MessageRow
 
@@ -256,7 +256,14 @@ class SqliteReader:
     def content(self, file: str) -> bytes:
         # os.open/fstat/read: about half the syscalls and time of open().read()
         # for the small files that FETCH and RETR read one after another.
-        fd = os.open(f"{self.account_dir}/{file}", os.O_RDONLY | os.O_CLOEXEC)
+        path = f"{self.account_dir}/{file}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # A file read, no SQL: a message acknowledged but not settled
+            # yet is still in tmp/ (estafeta.store.ingest); read_message
+            # looks there.
+            return maildir.read_message(path)
         try:
             size = os.fstat(fd).st_size
             chunks: list[bytes] = []
