@@ -638,3 +638,45 @@ def test_concurrent_adds_of_one_address_make_one_account(tmp_path: Path) -> None
     finally:
         for db in instances:
             db.close()
+
+
+# -- remembered lookups (Accounts._lookup) ---------------------------------------
+
+
+def test_lookups_follow_writes_by_the_same_object(people: Accounts) -> None:
+    dave = "dave@example.test"
+    assert people.resolve(dave) is None
+    assert people.get_quota(ALICE) == 0
+    people.add_user(dave, PASSWORD)
+    people.set_quota(ALICE, 5000)
+    assert people.resolve(dave) == [dave]
+    assert people.get_quota(ALICE) == 5000
+    people.add_alias("team@example.test", [ALICE, BOB])
+    assert people.resolve("team@example.test") == [ALICE, BOB]
+    people.delete_alias("team@example.test")
+    people.delete_user(dave)
+    assert people.resolve("team@example.test") is None
+    assert people.resolve(dave) is None
+    with pytest.raises(AccountError):
+        people.get_quota(dave)
+
+
+def test_lookups_follow_commits_of_another_connection(people: Accounts, tmp_path: Path) -> None:
+    # Another process (estafeta user ... while the server runs) writes
+    # through its own connection: this object's cached answers must go.
+    assert people.resolve("team@example.test") is None
+    assert people.get_quota(BOB) == 0
+    with Accounts(_db(tmp_path), DOMAINS, hasher=CHEAP) as other:
+        other.add_alias("team@example.test", [CAROL])
+        other.set_quota(BOB, 1234)
+    assert people.resolve("team@example.test") == [CAROL]
+    assert people.get_quota(BOB) == 1234
+
+
+def test_lookups_in_another_thread_see_this_threads_writes(people: Accounts) -> None:
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(people.get_quota, CAROL).result() == 0
+        people.set_quota(CAROL, 99)
+        assert pool.submit(people.get_quota, CAROL).result() == 99

@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import argon2
 
@@ -69,6 +69,10 @@ from estafeta.auth.logincache import APP_PASSWORD, PASSWORD, LoginCache
 
 MAX_ALIAS_DEPTH = 10  # aliases expanded along one path, the first included
 BUSY_TIMEOUT_MS = 30_000
+# Remembered recipient lookups (resolve, quota) per thread; see Accounts._lookup.
+LOOKUP_CACHE = 4096
+
+T = TypeVar("T")
 
 PROTOCOLS = ("imap", "pop3", "smtp", "sieve")  # what authenticate() and app passwords know
 MAX_APP_PASSWORDS = 20  # per account
@@ -264,6 +268,9 @@ class Accounts:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()  # guards _connections only
+        # Bumped by every write through this object: its own commits do not
+        # change its connections' data_version (see _lookup).
+        self._generation = 0
         self._conn()  # open and migrate now, so a bad path shows at start
 
     # -- connections -------------------------------------------------------
@@ -347,7 +354,35 @@ class Accounts:
             if conn.in_transaction:  # SQLite may have rolled back already
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            self._generation += 1
         conn.execute("COMMIT")
+
+    def _lookup(self, key: tuple[str, str], compute: Callable[[], T]) -> T:
+        """``compute()``, remembered until the database changes: every RCPT
+        and every delivery asks where an address leads and what its quota
+        is, which is three to five queries each time. A commit by another
+        connection (another thread, ``estafeta user`` in another process)
+        changes this thread's ``PRAGMA data_version``
+        (https://sqlite.org/pragma.html#pragma_data_version); a commit by
+        this object bumps ``_generation``. Per thread, at most LOOKUP_CACHE
+        entries."""
+        conn = self._conn()
+        stamp = (conn.execute("PRAGMA data_version").fetchone()[0], self._generation)
+        cache: dict[tuple[str, str], Any] | None = getattr(self._local, "lookups", None)
+        if cache is None or self._local.stamp != stamp or len(cache) >= LOOKUP_CACHE:
+            cache = self._local.lookups = {}
+            self._local.stamp = stamp
+        try:
+            return cast(T, cache[key])
+        except KeyError:
+            pass
+        value = compute()
+        # Kept only if nothing was committed meanwhile (by this object: the
+        # other connections' commits show in the next stamp anyway).
+        if self._generation == stamp[1]:
+            cache[key] = value
+        return value
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -505,14 +540,19 @@ class Accounts:
     def get_quota(self, address: str) -> int:
         """The account's own storage quota in bytes; 0 means the global ``[limits] quota``."""
         normalized = self._local_address(address)
-        row = (
-            self._conn()
-            .execute("SELECT quota FROM accounts WHERE address = ?", (normalized,))
-            .fetchone()
-        )
-        if row is None:
+
+        def read() -> int | None:
+            row = (
+                self._conn()
+                .execute("SELECT quota FROM accounts WHERE address = ?", (normalized,))
+                .fetchone()
+            )
+            return None if row is None else int(row[0])
+
+        quota = self._lookup(("quota", normalized), read)
+        if quota is None:
             raise AccountError(f"no account {normalized}")
-        return int(row[0])
+        return quota
 
     def set_quota(self, address: str, quota: int) -> None:
         """Set the account's storage quota in bytes; 0 goes back to the global quota."""
@@ -1045,12 +1085,17 @@ class Accounts:
         if base is not None and base != normalized:
             candidates.append(base)
         candidates.append(f"@{domain}")
-        with self._read() as conn:
-            for name in candidates:
-                found = self._expand(conn, name)
-                if found:
-                    return found
-        return None
+
+        def read() -> tuple[str, ...] | None:
+            with self._read() as conn:
+                for name in candidates:
+                    found = self._expand(conn, name)
+                    if found:
+                        return tuple(found)
+            return None
+
+        found = self._lookup(("resolve", normalized), read)
+        return None if found is None else list(found)
 
     def _base_address(self, local: str, domain: str) -> str | None:
         """``user@domain`` for ``user+tag@domain``; None without a separator."""
