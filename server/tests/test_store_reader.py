@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 from collections.abc import Iterator
@@ -451,15 +452,53 @@ def test_an_indexing_step_reads_a_bounded_amount_of_mail(
     rng = random.Random(9)
     data = [_encoded(n, rng) + b"x" * 1500 for n in range(12)]
     seen: list[int] = []
-    real_add_many = account_module.fulltext.add_many
+    real_insert_many = account_module.fulltext.insert_many
 
-    def counting(conn: sqlite3.Connection, items: list, **kw: object) -> int:
-        items = list(items)
-        seen.append(len(items))
-        return real_add_many(conn, items, **kw)  # type: ignore[arg-type]
+    def counting(conn: sqlite3.Connection, entries: list) -> int:  # type: ignore[type-arg]
+        entries = list(entries)
+        seen.append(len(entries))
+        return real_insert_many(conn, entries)
 
-    monkeypatch.setattr(account_module.fulltext, "add_many", counting)
+    monkeypatch.setattr(account_module.fulltext, "insert_many", counting)
     with Store(tmp_path, "mx.example.test") as store:
         store.deliver_sync([Delivery(ALICE, d, summarize(d)) for d in data])
         _wait_indexed(store, 12)  # every message, in steps of about 2,000 octets
     assert seen and max(seen) <= 2
+
+
+def test_the_helper_process_prepares_big_steps(tmp_path: Path) -> None:
+    # The server's store decodes mail for the index in a helper process
+    # (not under the server's GIL); the index must be the same as the
+    # writer thread's own, and SEARCH must still answer like a scan.
+    rng = random.Random(10)
+    data = [_encoded(n, rng) for n in range(60)]
+    with Store(tmp_path, "mx.example.test", fulltext_helper=True) as store:
+        store.deliver_sync([Delivery(ALICE, d, summarize(d)) for d in data])
+        _wait_indexed(store, 60)
+        helper = store._helper
+        assert helper is not None  # 60 messages: a step for the helper
+        pids = [p.pid for p in getattr(helper, "_processes", {}).values()]
+        assert pids and all(pid != os.getpid() for pid in pids)
+        assert _compare_fulltext(store, _FT_NEEDLES) >= 10
+    assert store._helper is None  # stopped with the store
+
+
+def test_a_failing_helper_is_replaced_by_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import concurrent.futures
+
+    from estafeta.store import account as account_module
+
+    class Broken(concurrent.futures.ProcessPoolExecutor):
+        def submit(self, *args: object, **kwargs: object) -> concurrent.futures.Future:  # type: ignore[override,type-arg]
+            raise concurrent.futures.process.BrokenProcessPool("helper died")
+
+    monkeypatch.setattr(account_module.concurrent.futures, "ProcessPoolExecutor", Broken)
+    rng = random.Random(11)
+    data = [_encoded(n, rng) for n in range(40)]
+    with Store(tmp_path, "mx.example.test", fulltext_helper=True) as store:
+        store.deliver_sync([Delivery(ALICE, d, summarize(d)) for d in data])
+        _wait_indexed(store, 40)
+        assert _compare_fulltext(store, _FT_NEEDLES) >= 10
+    assert "fulltext_helper_failed" in caplog.text

@@ -100,7 +100,10 @@ class Server:
             login_cache=LoginCache(config.auth.login_cache_lifetime),
         )
         self.store = Store(
-            config.mail_dir, config.hostname, max_mailboxes=config.limits.max_mailboxes
+            config.mail_dir,
+            config.hostname,
+            max_mailboxes=config.limits.max_mailboxes,
+            fulltext_helper=True,
         )
         self.sieve_limits = sieve.Limits.from_config(config.sieve)
         # Users' Sieve scripts (rfc5228), managed over ManageSieve and the CLI.

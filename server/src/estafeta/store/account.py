@@ -35,6 +35,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import multiprocessing
 import os
 import queue
 import sqlite3
@@ -74,6 +75,18 @@ FULLTEXT_BATCH_OCTETS = 16 * 1024 * 1024
 """Octets of message files read per step at most (one message may be larger)."""
 FULLTEXT_IDLE = 0.05
 """Seconds the writer thread waits for work before a full-text step."""
+FULLTEXT_HELPER_MIN = 16
+"""Steps of at least this many messages are prepared by the helper process
+(``Store(fulltext_helper=True)``); smaller ones in the writer thread."""
+FULLTEXT_HELPER_TIMEOUT = 120.0
+"""Seconds a step may take in the helper before it is given up (and redone
+in the writer thread)."""
+
+
+def _helper_init() -> None:
+    # The index is an accelerator: it may wait for the CPU, mail may not.
+    with contextlib.suppress(OSError):  # a sandbox may refuse; then at equal priority
+        os.nice(10)
 
 
 class StoreError(Exception):
@@ -155,6 +168,7 @@ class Store:
         inline_max: int = ingest.INLINE_MAX,
         settle_delay: float = SETTLE_DELAY,
         settle_syncfs: bool | None = None,
+        fulltext_helper: bool = False,
     ) -> None:
         self.mail_dir = mail_dir
         self.hostname = hostname
@@ -179,6 +193,13 @@ class Store:
         # messages that are gone (writer thread only; see _fulltext_step).
         self._fulltext_todo: set[str] = set()
         self._fulltext_stale: set[str] = set()
+        # Decoding and folding mail for the index takes about 1 ms of CPU per
+        # message: with ``fulltext_helper`` (the server) a step of many
+        # messages runs in one helper process, started when first needed,
+        # at a lower priority and without the GIL that IMAP, POP3 and SMTP
+        # need. Writer thread only.
+        self.fulltext_helper = fulltext_helper
+        self._helper: concurrent.futures.ProcessPoolExecutor | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="fsync")
         # Settling (ingest step 3), writer thread only: files acknowledged
         # but still unsynced in tmp/, since when, and the one settling running.
@@ -217,6 +238,9 @@ class Store:
         self._readers.clear()
         self._settler.shutdown()
         self._pool.shutdown()
+        if self._helper is not None:
+            self._helper.shutdown(cancel_futures=True)
+            self._helper = None
 
     def __enter__(self) -> Store:
         self.start()
@@ -938,7 +962,7 @@ class Store:
 
     def _fulltext_add(self, account: _Account) -> int:
         conn = account.conn
-        items: list[tuple[int, bytes, Summary | None]] = []
+        items: list[tuple[int, str, str | None]] = []
         octets = 0
         for box in index.mailboxes(conn):
             low, high = fulltext.mailbox_range(box.id)
@@ -947,26 +971,50 @@ class Store:
             ).fetchone()
             above = fulltext.split_key(row[0])[1] if row[0] is not None else 0
             rows = conn.execute(
-                "SELECT uid, file, summary FROM messages WHERE mailbox_id = ? AND uid > ?"
+                "SELECT uid, file, summary, size FROM messages WHERE mailbox_id = ? AND uid > ?"
                 " ORDER BY uid LIMIT ?",
                 (box.id, above, FULLTEXT_BATCH - len(items)),
             ).fetchall()
-            for uid, file, summary in rows:
-                try:
-                    # A message not settled yet is in tmp/ (estafeta.store.ingest).
-                    data = maildir.read_message(account.path / file)
-                except OSError:
-                    continue  # expunged meanwhile: nothing to index
-                items.append((fulltext.message_key(box.id, uid), data, Summary.from_json(summary)))
-                octets += len(data)
+            for uid, file, summary, size in rows:
+                # A message not settled yet is in tmp/: prepare_files reads
+                # it with maildir.read_message (estafeta.store.ingest).
+                items.append((fulltext.message_key(box.id, uid), str(account.path / file), summary))
+                octets += size
                 if octets >= FULLTEXT_BATCH_OCTETS:
                     break  # a step holds at most this much mail (and one message)
             if len(items) >= FULLTEXT_BATCH or octets >= FULLTEXT_BATCH_OCTETS:
                 break
         if items:
+            entries = self._prepare(items)
             with operations.transaction(conn):
-                fulltext.add_many(conn, items)
+                fulltext.insert_many(conn, entries)
         return len(items)
+
+    def _prepare(
+        self, items: list[tuple[int, str, str | None]]
+    ) -> list[tuple[int, fulltext.Entry]]:
+        """``fulltext.prepare_files``, in the helper process when it is worth
+        it. The writer waits (without the GIL), so nothing changes the
+        account meanwhile; if the helper fails, it is done here instead."""
+        if self.fulltext_helper and len(items) >= FULLTEXT_HELPER_MIN:
+            try:
+                if self._helper is None:
+                    self._helper = concurrent.futures.ProcessPoolExecutor(
+                        1,
+                        mp_context=multiprocessing.get_context("spawn"),  # no fork of threads
+                        initializer=_helper_init,
+                    )
+                return self._helper.submit(fulltext.prepare_files, items).result(
+                    timeout=FULLTEXT_HELPER_TIMEOUT
+                )
+            except Exception as exc:  # BrokenProcessPool, TimeoutError, OSError
+                log_event(log, "fulltext_helper_failed", logging.WARNING, error=repr(exc))
+                helper, self._helper = self._helper, None
+                if helper is not None:
+                    helper.shutdown(wait=False, cancel_futures=True)
+                    for process in list((getattr(helper, "_processes", None) or {}).values()):
+                        process.kill()  # a stuck helper must not outlive its use
+        return fulltext.prepare_files(items)
 
     def _fulltext_drop(self, account: _Account) -> int:
         conn = account.conn

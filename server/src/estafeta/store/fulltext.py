@@ -106,7 +106,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import zlib
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -244,6 +244,36 @@ def prepare_text(header: str, body: str) -> Entry:
     encoded = _encode(header)
     raw = len(encoded).to_bytes(4, "little") + encoded + _encode(body)
     return Entry(header, body, flags, zlib.compress(raw, 6))
+
+
+def prepare_files(
+    items: Sequence[tuple[int, str, str | None]],
+) -> list[tuple[int, Entry]]:
+    """``prepare`` for each (key, message file path, stored summary as
+    JSON): what a helper process does for the writer (``Store``), so that
+    decoding and folding mail does not hold the server's GIL. A file that
+    is gone (expunged) is skipped. CPU and reads only: no connection."""
+    from estafeta.store.maildir import read_message  # light; for helper processes
+
+    prepared: list[tuple[int, Entry]] = []
+    for key, path, summary in items:
+        try:
+            data = read_message(path)
+        except OSError:
+            continue
+        prepared.append((key, prepare(data, Summary.from_json(summary) if summary else None)))
+    return prepared
+
+
+def insert_many(conn: sqlite3.Connection, entries: Iterable[tuple[int, Entry]]) -> int:
+    """``insert`` each (key, entry), indexed at once (one FTS5 segment per
+    call), all or nothing. The number inserted."""
+    n = 0
+    with _savepoint(conn):
+        for key, entry in entries:
+            _insert(conn, key, entry, False)
+            n += 1
+    return n
 
 
 @contextmanager
