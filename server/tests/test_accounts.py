@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -669,6 +670,7 @@ def test_lookups_follow_commits_of_another_connection(people: Accounts, tmp_path
     with Accounts(_db(tmp_path), DOMAINS, hasher=CHEAP) as other:
         other.add_alias("team@example.test", [CAROL])
         other.set_quota(BOB, 1234)
+    time.sleep(accounts_module.LOOKUP_CHECK + 0.01)  # another process's writes: this late at most
     assert people.resolve("team@example.test") == [CAROL]
     assert people.get_quota(BOB) == 1234
 
@@ -680,3 +682,17 @@ def test_lookups_in_another_thread_see_this_threads_writes(people: Accounts) -> 
         assert pool.submit(people.get_quota, CAROL).result() == 0
         people.set_quota(CAROL, 99)
         assert pool.submit(people.get_quota, CAROL).result() == 99
+
+
+def test_remembered_lookups_ask_sqlite_rarely(people: Accounts) -> None:
+    statements: list[str] = []
+    assert people.resolve(ALICE) == [ALICE]
+    people._conn().set_trace_callback(statements.append)
+    try:
+        for _ in range(200):
+            assert people.resolve(ALICE) == [ALICE]
+            assert people.get_quota(ALICE) == 0
+    finally:
+        people._conn().set_trace_callback(None)
+    # One quota query, and a data_version check per LOOKUP_CHECK seconds.
+    assert len(statements) <= 3, statements

@@ -71,6 +71,9 @@ MAX_ALIAS_DEPTH = 10  # aliases expanded along one path, the first included
 BUSY_TIMEOUT_MS = 30_000
 # Remembered recipient lookups (resolve, quota) per thread; see Accounts._lookup.
 LOOKUP_CACHE = 4096
+# Seconds a remembered lookup is trusted without asking SQLite whether
+# another process changed the database (this process's writes count at once).
+LOOKUP_CHECK = 0.05
 
 T = TypeVar("T")
 
@@ -361,18 +364,31 @@ class Accounts:
     def _lookup(self, key: tuple[str, str], compute: Callable[[], T]) -> T:
         """``compute()``, remembered until the database changes: every RCPT
         and every delivery asks where an address leads and what its quota
-        is, which is three to five queries each time. A commit by another
-        connection (another thread, ``estafeta user`` in another process)
-        changes this thread's ``PRAGMA data_version``
-        (https://sqlite.org/pragma.html#pragma_data_version); a commit by
-        this object bumps ``_generation``. Per thread, at most LOOKUP_CACHE
+        is, which is three to five queries each time. A commit by this
+        object bumps ``_generation``: seen at once. A commit by another
+        connection (``estafeta user`` in another process) changes this
+        thread's ``PRAGMA data_version``
+        (https://sqlite.org/pragma.html#pragma_data_version), which is
+        looked at once per LOOKUP_CHECK seconds: every SQLite call lets the
+        event loop's thread lose the GIL to the store's threads, which is
+        what a lookup is meant to save. Per thread, at most LOOKUP_CACHE
         entries."""
-        conn = self._conn()
-        stamp = (conn.execute("PRAGMA data_version").fetchone()[0], self._generation)
-        cache: dict[tuple[str, str], Any] | None = getattr(self._local, "lookups", None)
-        if cache is None or self._local.stamp != stamp or len(cache) >= LOOKUP_CACHE:
-            cache = self._local.lookups = {}
-            self._local.stamp = stamp
+        local = self._local
+        cache: dict[tuple[str, str], Any] | None = getattr(local, "lookups", None)
+        now = time.monotonic()
+        generation = self._generation
+        if (
+            cache is None
+            or local.generation != generation
+            or now - local.checked >= LOOKUP_CHECK
+            or len(cache) >= LOOKUP_CACHE
+        ):
+            version = self._conn().execute("PRAGMA data_version").fetchone()[0]
+            if cache is None or local.stamp != (version, generation) or len(cache) >= LOOKUP_CACHE:
+                cache = local.lookups = {}
+                local.stamp = (version, generation)
+            local.generation = generation
+            local.checked = now
         try:
             return cast(T, cache[key])
         except KeyError:
@@ -380,7 +396,7 @@ class Accounts:
         value = compute()
         # Kept only if nothing was committed meanwhile (by this object: the
         # other connections' commits show in the next stamp anyway).
-        if self._generation == stamp[1]:
+        if self._generation == generation:
             cache[key] = value
         return value
 
