@@ -190,6 +190,14 @@ def test_malformed_addresses_get_553(server: Instance) -> None:
         code, text = client.rcpt(f"{'a' * 65}@{DOMAIN}")
         assert code == 553
         assert text.decode().startswith("5.1.3 ")
+        # A path cut short made aiosmtpd's parser raise IndexError: a 451
+        # and a traceback in the log. Now a syntax error like the others.
+        code, text = client.docmd("RCPT", "TO:<")
+        assert code == 553, text
+        client.rset()
+        code, text = client.docmd("MAIL", "FROM:<")
+        assert code == 553, text
+    assert "Traceback" not in server.log_path.read_text()
 
 
 def test_every_reply_has_an_enhanced_code(server: Instance) -> None:
