@@ -386,6 +386,19 @@ def test_garbage_gets_protocol_replies(live: Live, case: tuple[str, bytes]) -> N
     assert "Traceback" not in log, log[-3000:]
 
 
+def test_too_many_unknown_commands_in_one_pipelined_group(live: Live) -> None:
+    # Found by this fuzzer with another Hypothesis version: the replies to a
+    # pipelined group were held (rfc2920:3.2) and aiosmtpd closed the
+    # connection after its "too many unrecognized commands" 502 without
+    # them: the client got nothing at all.
+    data = b" E\nHLO client.te E\nHLO client.te E\nHLO client.te E\nHLO client.test\r\n"
+    received, closed = exchange(live.instance.port, b"220", data, b"XSYNC42\r\n", b"XSYNC42")
+    lines = lines_of(received)
+    check_lines(lines, SMTP_LINE)
+    assert closed and lines[-1].startswith(b"502 5.5.1 "), lines
+    assert sum(line.startswith(b"500 ") for line in lines) == 4, lines
+
+
 def test_vrfy_with_an_8bit_argument(live: Live) -> None:
     # Found by the smoke test: aiosmtpd's VRFY echoed the surrogate-escaped
     # argument, the reply could not be encoded: "451 Internal error" and a

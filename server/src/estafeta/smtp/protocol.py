@@ -82,6 +82,8 @@ REFUSED_COMMANDS = 5
 REFUSED_SEQUENCE = "503 5.5.1 Bad sequence of commands: service unavailable, send QUIT"
 # The screen's DNS checks end on their own timeouts; this is the backstop.
 SCREEN_BACKSTOP = 5.0
+# Replies after which the connection closes: never held (see _may_hold).
+_LAST_WORDS = ("220", "221", "421", "502 5.5.1 Too many unrecognized")
 
 # rfc5321:4.1.2 the common form of a MAIL/RCPT path: "<" Dot-string "@"
 # Domain ">", then the parameters. aiosmtpd parses every path with the
@@ -780,8 +782,10 @@ class SMTPProtocol(SMTP):
         unit, and while the next command is already read in full it is
         answered before anything could be read from the client. Never a
         reply the client must see before it goes on (3xx: 354, 334; 220
-        before the TLS handshake) or the last words (221, 421)."""
-        if text[:1] not in ("2", "4", "5") or text.startswith(("220", "221", "421")):
+        before the TLS handshake) or the last words (221, 421, and
+        aiosmtpd's 502 before it closes on too many unknown commands: held,
+        it was never sent)."""
+        if text[:1] not in ("2", "4", "5") or text.startswith(_LAST_WORDS):
             return False
         if len(self._held) >= _MAX_HELD:
             return False
