@@ -10,6 +10,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import _fuzz  # noqa: F401  (the project's Hypothesis profile: derandomized, no database)
 from estafeta.smtp.protocol import _SIMPLE_PATH, SMTPProtocol
 
 
