@@ -502,3 +502,36 @@ def test_a_failing_helper_is_replaced_by_the_writer(
         _wait_indexed(store, 40)
         assert _compare_fulltext(store, _FT_NEEDLES) >= 10
     assert "fulltext_helper_failed" in caplog.text
+
+
+def test_fulltext_candidates_come_from_one_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in CI: the writer indexed new mail between the reader's search
+    # of the index and its list of what the index holds, so the new
+    # messages counted as held but were not in the answer: SEARCH missed them.
+    from estafeta.store import fulltext as fulltext_module
+    from estafeta.store import reader as reader_module
+
+    rng = random.Random(12)
+    with Store(tmp_path, "mx.example.test") as store:
+        first = [_encoded(n, rng) for n in range(30)]
+        store.deliver_sync([Delivery(ALICE, d, summarize(d)) for d in first])
+        store.build_fulltext(ALICE)
+        later = [_encoded(n, rng) for n in range(30, 60)]
+        store.deliver_sync([Delivery(ALICE, d, summarize(d)) for d in later])
+        real_indexed = fulltext_module.indexed
+
+        def indexed_after_the_writer(conn: sqlite3.Connection, *args: int) -> set[int]:
+            assert store.build_fulltext(ALICE) > 0  # commits while the reader reads
+            return real_indexed(conn, *args)
+
+        with _reader(store) as reader:
+            box = reader.mailbox("INBOX")
+            assert box is not None
+            scan = _run(reader, box.id, SearchKey("TEXT", ("zebracorn",)), [])
+            monkeypatch.setattr(reader_module.fulltext, "indexed", indexed_after_the_writer)
+            allowed = reader.fulltext(box.id, "TEXT", "zebracorn")
+        assert allowed is not None
+        assert any(uid > 30 for uid in scan)
+        assert set(scan) <= allowed

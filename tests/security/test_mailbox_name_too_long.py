@@ -256,6 +256,7 @@ def test_account_broken_by_an_older_version_opens_again(server: MailServer) -> N
     # The index as fc9a17d had it (schema 3), then its two broken renames:
     # RENAME P N*60 moved .P, then stopped at the child; RENAME Stuff A*300
     # stopped at the child's entry again and never reached its own.
+    conn.execute("DROP TABLE IF EXISTS pending")  # schema 7's addition
     conn.execute("DROP INDEX IF EXISTS messages_sysflags")  # schema 5's additions
     for column in ("sysflags", "s_subject", "s_hsubject", "s_from", "s_to", "s_cc", "s_bcc"):
         conn.execute(f"ALTER TABLE messages DROP COLUMN {column}")

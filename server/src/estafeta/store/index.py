@@ -138,7 +138,7 @@ _SCHEMA_V6 = ";".join(fulltext.SCHEMA)
 # Opening the account writes out every file still listed here
 # (estafeta.store.ingest).
 _SCHEMA_V7 = """
-CREATE TABLE pending (
+CREATE TABLE IF NOT EXISTS pending (
     file TEXT PRIMARY KEY,               -- messages.file: 'new/NAME', '.Sent/new/NAME'
     data BLOB NOT NULL                   -- the whole message
 )

@@ -222,17 +222,23 @@ class SqliteReader:
         may raise to stop the search. Can take a while: run it in a search
         thread, on a reader of its own."""
         low, high = fulltext.mailbox_range(mailbox_id)
-        answer = fulltext.search(self.conn, field, needle, low, high, charge=charge)
-        if answer is None:
-            return None
-        mask = (1 << fulltext.UID_BITS) - 1
-        held = {key & mask for key in fulltext.indexed(self.conn, low, high)}
-        uids = {
-            uid
-            for (uid,) in self.conn.execute(
-                "SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,)
-            )
-        }
+        # One snapshot: a message the writer indexes between the search and
+        # the list of what is indexed would be "held" but not in the answer.
+        self.conn.execute("BEGIN")
+        try:
+            answer = fulltext.search(self.conn, field, needle, low, high, charge=charge)
+            if answer is None:
+                return None
+            mask = (1 << fulltext.UID_BITS) - 1
+            held = {key & mask for key in fulltext.indexed(self.conn, low, high)}
+            uids = {
+                uid
+                for (uid,) in self.conn.execute(
+                    "SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,)
+                )
+            }
+        finally:
+            self.conn.execute("COMMIT")
         maybe = {key & mask for key in answer.found | answer.unsure}
         return (maybe & uids) | (uids - held)
 
