@@ -26,7 +26,7 @@ from estafeta.smtp.data import (
     DataReader,
     DataStatus,
 )
-from estafeta.smtp.protocol import Connections, SMTPProtocol
+from estafeta.smtp.protocol import DATA_STREAM_LIMIT, Connections, SMTPProtocol
 
 # -- the reader --------------------------------------------------------------------------
 
@@ -283,7 +283,7 @@ async def _serve(budget: DataBudget, handler: Handler, **kwargs: Any) -> asyncio
             handler,
             connections=connections,
             data_memory=budget,
-            data_size_limit=4000,
+            data_size_limit=2 * len(BLOCK) + 1000,
             hostname="mx.example.test",
             loop=loop,
             **kwargs,
@@ -308,9 +308,9 @@ async def _until_used(budget: DataBudget, value: int) -> None:
     raise AssertionError(f"budget used {budget.used}, expected {value}")
 
 
-# 15 lines, 1,500 octets: more than aiosmtpd's stream limit (1001), so the
-# reader gets all but the last few octets at once.
-BLOCK = (b"x" * 98 + b"\r\n") * 15
+# More than the stream's limit during DATA (DATA_STREAM_LIMIT), so the
+# reader gets at least all but that much at once.
+BLOCK = (b"x" * 98 + b"\r\n") * (DATA_STREAM_LIMIT // 100 + 15)
 
 
 async def _stable(budget: DataBudget) -> int:
@@ -328,13 +328,13 @@ async def _held(budget: DataBudget, transfers: int) -> int:
     used = await _stable(budget)
     held = used // transfers
     assert used == transfers * held
-    assert len(BLOCK) - MAX_LINE <= held <= len(BLOCK)
+    assert len(BLOCK) - DATA_STREAM_LIMIT <= held <= len(BLOCK)
     return held
 
 
 def test_aborted_transfers_leave_the_budget_at_zero() -> None:
     async def main() -> None:
-        budget = DataBudget(7000)
+        budget = DataBudget(4 * len(BLOCK) + len(BLOCK) // 2)
         handler = Handler()
         server = await _serve(budget, handler, data_timeout=2.0)
         port = server.sockets[0].getsockname()[1]
@@ -376,7 +376,7 @@ def test_cancelled_sessions_give_the_budget_back() -> None:
     """Server shutdown cancels the session tasks in the middle of DATA."""
 
     async def main() -> None:
-        budget = DataBudget(100_000)
+        budget = DataBudget(20 * len(BLOCK))
         server = await _serve(budget, Handler())
         port = server.sockets[0].getsockname()[1]
         streams = [await _open_transfer(port) for _ in range(10)]

@@ -82,6 +82,8 @@ REFUSED_COMMANDS = 5
 REFUSED_SEQUENCE = "503 5.5.1 Bad sequence of commands: service unavailable, send QUIT"
 # The screen's DNS checks end on their own timeouts; this is the backstop.
 SCREEN_BACKSTOP = 5.0
+# The stream's limit while DATA is read (see smtp_DATA).
+DATA_STREAM_LIMIT = 16 * 1024
 # Replies after which the connection closes: never held (see _may_hold).
 _LAST_WORDS = ("220", "221", "421", "502 5.5.1 Too many unrecognized")
 
@@ -652,11 +654,23 @@ class SMTPProtocol(SMTP):
         reader = DataReader(size_limit=self.data_size_limit, budget=self._data_memory)
         self._data_deadline = self.loop.time() + self._data_timeout
         self._reset_timeout(min(self._timeout_duration, self._data_timeout))
+        # aiosmtpd's stream limit is one command line (1001 octets), and the
+        # stream stops reading the socket past twice that: a 4 KiB message
+        # came in LimitOverrunError pieces, with the socket paused and
+        # resumed (two epoll_ctl calls, each letting the event loop's thread
+        # lose the GIL) for each. During DATA the limit is DATA_STREAM_LIMIT
+        # (asyncio.StreamReader keeps it in _limit, which readuntil and flow
+        # control both use). What the stream holds unread stays bounded as
+        # before: by one read of the socket (256 KiB, asyncio's) plus twice
+        # the limit; what the reader holds counts against [limits] data_memory.
+        stream = self._reader
+        stream._limit = max(stream._limit, DATA_STREAM_LIMIT)  # type: ignore[attr-defined]
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             if await self._receive_data(reader):
                 await self._end_of_data(reader)
         finally:
+            stream._limit = self.line_length_limit  # type: ignore[attr-defined]
             # Every way out (reply sent, disconnect, timeout, cancel): the
             # budget gets back what this transfer held.
             reader.close()
@@ -671,8 +685,8 @@ class SMTPProtocol(SMTP):
         Reading up to ``reader.needed()`` (CRLF "." CRLF, or what completes
         it) never goes past the end of the data, so pipelined commands
         after it stay in the stream; a longer stretch without one comes in
-        pieces of what has arrived (LimitOverrunError: aiosmtpd's stream
-        limit is one line). Just after a CRLF, one octet tells whether the
+        pieces of what has arrived (LimitOverrunError past the stream's
+        limit, DATA_STREAM_LIMIT during DATA). Just after a CRLF, one octet tells whether the
         line may be the end: that keeps the pieces large even when every
         line ends in "." (a search for "." CRLF would stop at each line).
         """
