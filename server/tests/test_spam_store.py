@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -453,3 +454,37 @@ def test_read_nowait_agrees_with_counts_past_one_statement(tmp_path: Path) -> No
         assert (counts.nspam, counts.nham) == (1, 1)
     finally:
         store.close()
+
+
+def test_an_untrained_account_costs_one_stat_per_window(
+    junk: JunkFilter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats: list[Path] = []
+    real_exists = Path.exists
+
+    def counting(self: Path, *args: Any, **kwargs: Any) -> bool:
+        stats.append(self)
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", counting)
+    for n in range(50):
+        assert nowait(junk, n) is not None  # untrained: answered at once
+    assert len([p for p in stats if p.name == file_name(ACCOUNT)]) == 1
+
+
+def test_training_is_seen_at_once_here_and_soon_from_another_process(
+    junk: JunkFilter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "ABSENT_FOR", 0.2)
+    assert junk.store.run_nowait(ACCOUNT, lambda conn: "read", "absent") == (True, "absent")
+    # This process trains: the file is used at once.
+    junk.learn(ACCOUNT, message(1, "pills"), True)
+    assert junk.store.run_nowait(ACCOUNT, lambda conn: "read", "absent") == (True, "read")
+    # Another process (estafeta spam train) trains a second account.
+    other_account = "bob@example.test"
+    assert junk.store.run_nowait(other_account, lambda conn: "read", "absent")[1] == "absent"
+    with JunkFilter(tmp_path) as other:
+        other.learn(other_account, message(2, "pills"), True)
+    time.sleep(0.25)
+    found = junk.store.run_nowait(other_account, lambda conn: "read", "absent")
+    assert found == (False, "absent")  # "not now": there is a file to open in a thread

@@ -91,6 +91,9 @@ MAX_OPEN = 16
 MAX_ALLOW = 1_000  # allowlist entries per account
 MAX_ALLOW_LENGTH = 320  # octets of one entry (an address: 64 + 1 + 255)
 BUSY_TIMEOUT_MS = 10_000
+# How long an account found without a file is taken to have none (TokenStore._absent).
+ABSENT_FOR = 1.0
+ABSENT_MAX = 10_000
 PRUNE_TO = 0.9  # fraction of a cap kept when pruning
 _CHUNK = 500  # ids per "IN (...)" query
 _SQLITE_CORRUPT = 11
@@ -261,6 +264,12 @@ class TokenStore:
         self.clock = clock
         self._lock = threading.Lock()
         self._dbs: OrderedDict[str, _Db] = OrderedDict()
+        # Accounts seen without a file (never trained), with when (monotonic):
+        # run_nowait answers "absent" from here for ABSENT_FOR seconds
+        # instead of a stat(2) per message, which let the event loop's
+        # thread lose the GIL. A file this process creates clears it at
+        # once (_get); one 'estafeta spam train' writes is seen that late.
+        self._absent: dict[str, float] = {}
 
     def path_for(self, account: str) -> Path:
         return self.directory / file_name(account)
@@ -320,6 +329,7 @@ class TokenStore:
             if not create and not path.exists():
                 return None
             db = self._open(path)
+            self._absent.pop(account, None)
             self._dbs[account] = db
             while len(self._dbs) > self.max_open:
                 evicted.append(self._dbs.popitem(last=False)[1])
@@ -372,7 +382,16 @@ class TokenStore:
         finally:
             self._lock.release()
         if db is None:
-            return not self.path_for(account).exists(), absent
+            now = time.monotonic()
+            seen = self._absent.get(account)
+            if seen is not None and now - seen < ABSENT_FOR:
+                return True, absent
+            if self.path_for(account).exists():
+                return False, absent
+            if len(self._absent) >= ABSENT_MAX:
+                self._absent.clear()
+            self._absent[account] = now
+            return True, absent
         if not db.read_lock.acquire(blocking=False):
             return False, absent
         try:
