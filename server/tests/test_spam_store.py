@@ -488,3 +488,25 @@ def test_training_is_seen_at_once_here_and_soon_from_another_process(
     time.sleep(0.25)
     found = junk.store.run_nowait(other_account, lambda conn: "read", "absent")
     assert found == (False, "absent")  # "not now": there is a file to open in a thread
+
+
+def test_an_untrained_account_is_not_tokenized(
+    junk: JunkFilter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[object] = []
+    real_tokens = junk.tokens
+
+    def counting(message: Any) -> list[str]:
+        calls.append(message)
+        return real_tokens(message)
+
+    monkeypatch.setattr(junk, "tokens", counting)
+    checked = junk.check_nowait(ACCOUNT, message(1, "pills"), ["a@b.example"])
+    assert checked is not None
+    allowed, verdict = checked
+    assert allowed is False and verdict is not None and not verdict.trained
+    assert calls == []
+    junk.learn(ACCOUNT, message(2, "pills"), True)  # trained: tokens are needed now
+    calls.clear()
+    junk.check_nowait(ACCOUNT, message(3, "pills"))
+    assert len(calls) == 1

@@ -238,6 +238,10 @@ class JunkFilter:
     ) -> tuple[bool, Verdict | None] | None:
         """entries None: wait as needed, no allowlist; else the nowait read."""
         s = self.settings
+        if entries is not None and self.store.has_no_file(account):
+            # Never trained, so no statistics and no allowlist: the verdict
+            # is "untrained" whatever the tokens are (not worth making them).
+            return False, _untrained(s.threshold)
         try:
             tokens = self.tokens(message)
             ids = [token_id(t) for t in tokens]

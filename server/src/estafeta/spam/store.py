@@ -362,6 +362,23 @@ class TokenStore:
                     db.close()
                     self._move_aside(db.path, exc)
 
+    def has_no_file(self, account: str) -> bool:
+        """Whether the account has no statistics (never trained), without
+        waiting: from memory while an earlier answer is younger than
+        ABSENT_FOR, else one stat(2). False for an account whose file is open."""
+        if account in self._dbs:
+            return False
+        now = time.monotonic()
+        seen = self._absent.get(account)
+        if seen is not None and now - seen < ABSENT_FOR:
+            return True
+        if self.path_for(account).exists():
+            return False
+        if len(self._absent) >= ABSENT_MAX:
+            self._absent.clear()
+        self._absent[account] = now
+        return True
+
     def run_nowait(
         self, account: str, work: Callable[[sqlite3.Connection], T], absent: T
     ) -> tuple[bool, T]:
@@ -382,16 +399,7 @@ class TokenStore:
         finally:
             self._lock.release()
         if db is None:
-            now = time.monotonic()
-            seen = self._absent.get(account)
-            if seen is not None and now - seen < ABSENT_FOR:
-                return True, absent
-            if self.path_for(account).exists():
-                return False, absent
-            if len(self._absent) >= ABSENT_MAX:
-                self._absent.clear()
-            self._absent[account] = now
-            return True, absent
+            return self.has_no_file(account), absent
         if not db.read_lock.acquire(blocking=False):
             return False, absent
         try:
