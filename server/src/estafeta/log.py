@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -33,11 +34,14 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{seconds}.{int(record.msecs):03d}Z"
 
 
+_NEEDS_QUOTES = re.compile('[ ="\\\\\n\r\t]')
+
+
 def _logfmt_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         value = ",".join(str(v) for v in value)
     text = str(value)
-    if text == "" or any(c in text for c in ' ="\\\n\r\t'):
+    if text == "" or _NEEDS_QUOTES.search(text):
         escaped = text.replace("\\", "\\\\").replace('"', '\\"')
         escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
         return f'"{escaped}"'
@@ -75,6 +79,13 @@ class JSONFormatter(logging.Formatter):
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:
+    # What neither format prints, the logging module need not gather for
+    # every record (https://docs.python.org/3/howto/logging.html#optimization):
+    # the caller's file and line (a walk up the stack), thread, process.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
