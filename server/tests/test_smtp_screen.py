@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import smtplib
+import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -743,3 +744,27 @@ async def _closed(connections: Connections) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{len(connections.open)} connections still open")
+
+
+def test_each_command_moves_the_idle_deadline() -> None:
+    # One timer per connection (SMTPProtocol._reset_timeout): commands
+    # push the deadline on; the timer set for the first deadline must not
+    # end a connection that has been talking since.
+    async def main() -> tuple[list[bytes], float]:
+        async with asyncio.timeout(10), serving(None, idle=0.3) as (port, _, c):
+            reader, writer = await asyncio.open_connection(LOCAL, port)
+            assert (await reader.readline()).startswith(b"220 ")
+            for _ in range(6):  # 1.2 s of talk, each gap under the timeout
+                await asyncio.sleep(0.2)
+                writer.write(b"NOOP\r\n")
+                assert (await reader.readline()).startswith(b"250 ")
+            quiet = time.monotonic()
+            lines = await lines_until_eof(reader)  # silence: the timer ends it
+            waited = time.monotonic() - quiet
+            writer.close()
+            await _closed(c)
+            return lines, waited
+
+    lines, waited = run(main())
+    assert lines == [b"421 4.4.2 mx.example.test Error: timeout exceeded\r\n"]
+    assert 0.25 <= waited < 2.0

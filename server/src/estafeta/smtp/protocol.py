@@ -303,6 +303,8 @@ class SMTPProtocol(SMTP):
         self._error_count = 0
         self._closing_for_errors = False
         self._held: list[bytes] = []  # replies held for a pipelined group (see _may_hold)
+        self._deadline = 0.0  # when the connection times out (see _reset_timeout)
+        self._timer_armed = False  # _timeout_handle has not fired and is not cancelled
         # The connection screen (MX only) and what it found: session.screen.
         self._screen = screen
         self.screen_result: ScreenResult | None = None
@@ -595,6 +597,32 @@ class SMTPProtocol(SMTP):
         return True
 
     # -- timeouts -------------------------------------------------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's: the connection times out ``duration`` (the command
+        timeout by default) from now. aiosmtpd cancels its timer and makes a
+        new one at every command and every DATA chunk; here the deadline
+        moves and the one timer stays, unless the new deadline is earlier:
+        when the timer fires before the deadline it is set again for it."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None and self._timer_armed and handle.when() <= deadline:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._timer_fired)
+        self._timer_armed = True
+
+    def _timer_fired(self) -> None:
+        self._timer_armed = False
+        # asyncio may run a timer up to its clock resolution early: within a
+        # millisecond of the deadline is the deadline.
+        if self._deadline - self.loop.time() > 0.001:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timer_fired)
+            self._timer_armed = True
+            return
+        self._timeout_cb()
 
     def _timeout_cb(self) -> None:
         """aiosmtpd's timer went off: say why (421 4.4.2), then close."""
