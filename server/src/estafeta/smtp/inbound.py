@@ -32,8 +32,18 @@ from estafeta.smtp.gate import Gate
 log = logging.getLogger("estafeta.smtp")
 
 # rfc5321:2.3.8 — CRLF is the only line ending; a lone CR or LF is how
-# "SMTP smuggling" hides a second message inside the first.
+# "SMTP smuggling" hides a second message inside the first. The definition;
+# has_bare_line_ending is the fast form (test_smtp_bare_lines.py compares them).
 _BARE_LINE_ENDING = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def has_bare_line_ending(content: bytes) -> bool:
+    """Whether ``content`` has a CR not followed by LF or an LF not after a
+    CR: exactly when there are more CRs or more LFs than CRLF pairs. Three
+    counts in C instead of the regex's two tries at every octet (the regex
+    was 16 % of the event loop's GIL time in a P1 profile)."""
+    pairs = content.count(b"\r\n")
+    return content.count(b"\r") != pairs or content.count(b"\n") != pairs
 _QID_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ23456789"
 # rfc5321:6.3 — loop detection by counting Received fields; 100 is the
 # suggested ceiling, Postfix uses 50.
@@ -221,7 +231,7 @@ class InboundHandler(HandlerBase):
             "to": [_angle(rcpt.address) for rcpt in transaction.recipients],
             "size": len(content),
         }
-        if _BARE_LINE_ENDING.search(content):
+        if has_bare_line_ending(content):
             log_event(
                 log,
                 "delivery",
