@@ -82,7 +82,7 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     # What neither format prints, the logging module need not gather for
     # every record (https://docs.python.org/3/howto/logging.html#optimization):
     # the caller's file and line (a walk up the stack), thread, process.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

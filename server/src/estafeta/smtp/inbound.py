@@ -44,6 +44,8 @@ def has_bare_line_ending(content: bytes) -> bool:
     was 16 % of the event loop's GIL time in a P1 profile)."""
     pairs = content.count(b"\r\n")
     return content.count(b"\r") != pairs or content.count(b"\n") != pairs
+
+
 _QID_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ23456789"
 # rfc5321:6.3 — loop detection by counting Received fields; 100 is the
 # suggested ceiling, Postfix uses 50.
