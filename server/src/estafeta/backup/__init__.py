@@ -1,0 +1,4 @@
+"""Backups (issue 18): encrypted, content-addressed snapshots of data_dir.
+
+``objects``: keys, the keyring and sealed objects (what the destination holds).
+"""
