@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from estafeta.store import index
+from estafeta.store import Store, index
 
 DOMAIN = "example.test"
 PASSWORD = "correct horse battery staple"
@@ -253,13 +254,7 @@ class Instance:
         path = self.account_dir(address) / "index.db"
         if not path.exists():
             return []  # nothing was ever delivered to this account
-        conn = index.connect(path)
-        try:
-            box = index.mailbox(conn, mailbox)
-            assert box is not None
-            return index.messages(conn, box.id)
-        finally:
-            conn.close()
+        return _mailbox_rows(index.connect(path), mailbox)
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -281,3 +276,18 @@ def server(instance: Instance) -> Instance:
     instance.add_user(f"bob@{DOMAIN}")
     instance.start()
     return instance
+
+
+def store_rows(store: Store, address: str, mailbox: str = "INBOX") -> list[index.MessageRow]:
+    """The index rows of one mailbox of ``store`` (a Store in this process)."""
+    return _mailbox_rows(store.open_index(address), mailbox)
+
+
+def _mailbox_rows(conn: sqlite3.Connection, mailbox: str) -> list[index.MessageRow]:
+    """The rows of ``mailbox`` read through ``conn``, which is then closed."""
+    try:
+        box = index.mailbox(conn, mailbox)
+        assert box is not None
+        return index.messages(conn, box.id)
+    finally:
+        conn.close()

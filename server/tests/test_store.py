@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import store_rows
 from estafeta.message import summarize
 from estafeta.store import Delivery, Store, StoreError, index, maildir
 
@@ -19,16 +20,6 @@ BOB = "bob@example.test"
 def delivery(address: str, subject: str, mailbox: str = "INBOX") -> Delivery:
     data = f"Subject: {subject}\r\nMessage-ID: <{subject}@x.test>\r\n\r\nbody\r\n".encode()
     return Delivery(address, data, summarize(data), mailbox=mailbox, internal_date=1_700_000_000)
-
-
-def rows(store: Store, address: str, mailbox: str = "INBOX") -> list[index.MessageRow]:
-    conn = store.open_index(address)
-    try:
-        box = index.mailbox(conn, mailbox)
-        assert box is not None
-        return index.messages(conn, box.id)
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -50,7 +41,7 @@ def test_layout_of_a_delivery(store: Store) -> None:
     assert os.listdir(account / "tmp") == []
     for name in ("Drafts", "Sent", "Archive", "Junk", "Trash"):
         assert (account / f".{name}" / "cur").is_dir()
-    [row] = rows(store, ALICE)
+    [row] = store_rows(store, ALICE)
     assert (row.uid, row.file, row.size) == (1, result.file, path.stat().st_size)
     assert row.summary.subject == "one"
     assert row.internal_date == 1_700_000_000
@@ -68,8 +59,8 @@ def test_special_use_and_uids(store: Store) -> None:
     assert boxes["INBOX"].uidnext == 3
     assert boxes["Sent"].uidnext == 2
     assert boxes["INBOX"].highestmodseq > boxes["Sent"].highestmodseq
-    assert [r.summary.subject for r in rows(store, ALICE)] == ["a", "c"]
-    assert [r.summary.subject for r in rows(store, ALICE, "Sent")] == ["b"]
+    assert [r.summary.subject for r in store_rows(store, ALICE)] == ["a", "c"]
+    assert [r.summary.subject for r in store_rows(store, ALICE, "Sent")] == ["b"]
 
 
 def test_group_commit_batches_concurrent_deliveries(store: Store) -> None:
@@ -77,7 +68,7 @@ def test_group_commit_batches_concurrent_deliveries(store: Store) -> None:
         await asyncio.gather(*(store.deliver([delivery(ALICE, f"m{i}")]) for i in range(200)))
 
     asyncio.run(many())
-    assert len(rows(store, ALICE)) == 200
+    assert len(store_rows(store, ALICE)) == 200
     # Fewer commits than messages: deliveries shared transactions and fsyncs.
     assert store.batched_messages == 200
     assert store.batches < 200
@@ -93,7 +84,7 @@ def test_failed_delivery_leaves_nothing(store: Store) -> None:
     assert os.listdir(account / "tmp") == []
     # Bob's part of the failed request was not published either.
     assert list(maildir.scan(store.account_dir(BOB))) == []
-    assert rows(store, BOB) == []
+    assert store_rows(store, BOB) == []
 
 
 def test_unindexed_files_are_recovered_on_open(tmp_path: Path) -> None:
@@ -107,8 +98,8 @@ def test_unindexed_files_are_recovered_on_open(tmp_path: Path) -> None:
     stale.write_bytes(b"never acknowledged")
     os.utime(stale, (1_600_000_000, 1_600_000_000))
     with Store(tmp_path, "mx") as store:
-        assert [r.summary.subject for r in rows(store, ALICE)] == ["indexed", "orphan"]
-        [sent] = rows(store, ALICE, "Sent")
+        assert [r.summary.subject for r in store_rows(store, ALICE)] == ["indexed", "orphan"]
+        [sent] = store_rows(store, ALICE, "Sent")
         assert sent.flags == ("\\Seen",)
     assert not stale.exists()
 
@@ -122,9 +113,9 @@ def test_reindex_rebuilds_from_files(tmp_path: Path) -> None:
         conn.execute("UPDATE messages SET flags = '\\Flagged' WHERE uid = 2")
         conn.close()
         assert store.reindex(ALICE) == 6
-        subjects = [r.summary.subject for r in rows(store, ALICE)]
+        subjects = [r.summary.subject for r in store_rows(store, ALICE)]
         assert subjects == [f"m{i}" for i in range(5)]
-        assert rows(store, ALICE)[1].flags == ("\\Flagged",)  # carried over
+        assert store_rows(store, ALICE)[1].flags == ("\\Flagged",)  # carried over
         conn = store.open_index(ALICE)
         box = index.mailbox(conn, "INBOX")
         conn.close()
@@ -141,9 +132,9 @@ def test_reindex_rebuilds_from_files(tmp_path: Path) -> None:
     )
     with Store(tmp_path, "mx") as store:
         assert store.reindex(ALICE) == 7
-        [py] = rows(store, ALICE, "Lists/Python")
+        [py] = store_rows(store, ALICE, "Lists/Python")
         assert py.flags == ("\\Answered", "\\Seen")
-        assert [r.uid for r in rows(store, ALICE)] == [1, 2, 3, 4, 5]
+        assert [r.uid for r in store_rows(store, ALICE)] == [1, 2, 3, 4, 5]
 
 
 def test_store_not_started(tmp_path: Path) -> None:
@@ -196,7 +187,7 @@ def test_read_messages_for_training(store: Store) -> None:
     # What the spam trainer reads after a move into Junk: the files the index
     # names now, at most `limit` of them, each cut at `max_size`.
     store.deliver_sync([delivery(ALICE, f"m{n}", "Junk") for n in range(5)])
-    uids = [row.uid for row in rows(store, ALICE, "Junk")]
+    uids = [row.uid for row in store_rows(store, ALICE, "Junk")]
     contents, left = store.read_messages(ALICE, "Junk", [*uids, uids[0]], limit=3, max_size=12)
     assert contents == [b"Subject: m0\r", b"Subject: m1\r", b"Subject: m2\r"]
     assert left == 2  # five distinct UIDs asked, two beyond the limit
@@ -210,14 +201,14 @@ def test_read_messages_for_training(store: Store) -> None:
 
 def test_status_counts_compute_what_is_asked(store: Store) -> None:
     store.deliver_sync([delivery(ALICE, f"s{n}") for n in range(3)])
-    uids = [row.uid for row in rows(store, ALICE)]
+    uids = [row.uid for row in store_rows(store, ALICE)]
     store.store_flags(ALICE, "INBOX", uids[:2], "+", ["\\Seen"])
     store.store_flags(ALICE, "INBOX", uids[2:], "+", ["\\Deleted"])
     conn = store.open_index(ALICE)
     try:
         box = index.mailbox(conn, "INBOX")
         assert box is not None
-        size = sum(row.size for row in rows(store, ALICE))
+        size = sum(row.size for row in store_rows(store, ALICE))
         assert index.status_counts(conn, box.id, ["messages", "UNSEEN", "DELETED", "SIZE"]) == {
             "MESSAGES": 3,
             "UNSEEN": 1,

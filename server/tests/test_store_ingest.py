@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from conftest import store_rows
 from estafeta.message import summarize
 from estafeta.store import Delivery, Store, index, ingest, maildir
 from estafeta.store.account import _Job
@@ -47,16 +48,6 @@ def pending_files(account: Path) -> list[str]:
     conn = sqlite3.connect(account / "index.db")
     try:
         return [row[0] for row in conn.execute("SELECT file FROM pending ORDER BY file")]
-    finally:
-        conn.close()
-
-
-def rows(store: Store, mailbox: str = "INBOX") -> list[index.MessageRow]:
-    conn = store.open_index(ALICE)
-    try:
-        box = index.mailbox(conn, mailbox)
-        assert box is not None
-        return index.messages(conn, box.id)
     finally:
         conn.close()
 
@@ -129,7 +120,7 @@ def test_a_crash_before_settling_loses_nothing(lazy: Store, tmp_path: Path) -> N
     done = lazy.deliver_sync([delivery(n) for n in range(4)])
     mail = crash_copy(lazy, tmp_path / "crash")
     with Store(mail, "mx") as store:
-        got = {row.file: row.summary.message_id for row in rows(store)}
+        got = {row.file: row.summary.message_id for row in store_rows(store, ALICE)}
         account = store.account_dir(ALICE)
         assert pending_files(account) == []
     assert sorted(got) == sorted(d.file for d in done)
@@ -156,7 +147,7 @@ def test_power_loss_before_settling_is_recovered(lazy: Store, tmp_path: Path, da
         else:
             tmp.write_bytes(tmp.read_bytes()[:50])
     with Store(mail, "mx") as store:
-        got = sorted(row.file for row in rows(store))
+        got = sorted(row.file for row in store_rows(store, ALICE))
         assert pending_files(account) == []
     assert got == sorted(d.file for d in done)
     for n, d in enumerate(done):
@@ -177,7 +168,7 @@ def test_a_settled_file_is_not_written_again(lazy: Store, tmp_path: Path) -> Non
     assert pending_files(copy) == [done.file]
     inode = (copy / done.file).stat().st_ino
     with Store(mail, "mx") as store:
-        assert [row.file for row in rows(store)] == [done.file]
+        assert [row.file for row in store_rows(store, ALICE)] == [done.file]
     assert pending_files(copy) == []
     assert (copy / done.file).stat().st_ino == inode
     assert (copy / done.file).read_bytes() == message(1)
@@ -219,7 +210,7 @@ def test_operations_on_files_settle_first(lazy: Store) -> None:
     result = lazy.copy(ALICE, "INBOX", [done[0].uid], "Archive")
     assert result.dest_uids == [1]
     assert pending_files(account) == []
-    [archived] = rows(lazy, "Archive")
+    [archived] = store_rows(lazy, ALICE, "Archive")
     assert (account / archived.file).read_bytes() == message(0)
     more = lazy.deliver_sync([delivery(9)])
     lazy.store_flags(ALICE, "INBOX", [more[0].uid], "+", ["\\Deleted"])
@@ -242,7 +233,7 @@ def test_an_expunged_pending_message_is_not_resurrected(tmp_path: Path) -> None:
     conn.close()
     (account / done.file).unlink()
     with Store(tmp_path, "mx") as store:
-        assert rows(store) == []
+        assert store_rows(store, ALICE) == []
     assert pending_files(account) == []
     assert not (account / done.file).exists()
 
@@ -258,8 +249,8 @@ def test_a_reindex_by_another_process_keeps_pending_messages(lazy: Store) -> Non
         assert pending_files(account) == [late.file]
         assert cli.reindex(ALICE) == 2
         assert pending_files(account) == []
-        assert sorted(r.summary.subject for r in rows(cli)) == ["m1", "m2"]
-        found = {r.summary.subject: r.file for r in rows(cli)}
+        assert sorted(r.summary.subject for r in store_rows(cli, ALICE)) == ["m1", "m2"]
+        found = {r.summary.subject: r.file for r in store_rows(cli, ALICE)}
     assert (account / found["m2"]).read_bytes() == message(2)
     assert lazy.settle() >= 0  # the server's settling finds its tmp/ file gone: no harm
     assert sorted(maildir.read_message(account / f) for f in found.values()) == [
@@ -499,7 +490,7 @@ def check_snapshot(snapshot: Snapshot, sizes: dict[int, int]) -> list[str]:
             return [] if not snapshot.acked else ["no index"]
         found: dict[str, list[str]] = {}
         for box in ("INBOX", "Sent"):
-            for row in rows(store, box):
+            for row in store_rows(store, ALICE, box):
                 found.setdefault(row.summary.message_id or "", []).append(row.file)
     for n in snapshot.acked:
         files = found.get(f"<m{n}@x.test>", [])
