@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import imaplib
 import signal
 import socket
 import sqlite3
@@ -218,6 +219,16 @@ class Instance:
         self.process.kill()
         self.process.wait(timeout=30)
         self.process = None
+
+    def imap_opens(self, user: str, secret: str) -> bool:
+        """Whether ``secret`` logs ``user`` in over IMAP (the connection is closed)."""
+        with imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30) as client:
+            try:
+                client.login(user, secret)
+            except imaplib.IMAP4.error:
+                return False
+            client.logout()
+            return True
 
     def account_dir(self, address: str) -> Path:
         local, domain = address.split("@")

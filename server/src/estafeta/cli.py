@@ -732,6 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     from estafeta import cli_spam
 
     cli_spam.register(commands, add)
+    from estafeta import cli_backup
+
+    cli_backup.register(commands, add)
     return parser
 
 

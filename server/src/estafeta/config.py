@@ -40,6 +40,7 @@ import argon2
 
 from estafeta.address import AddressError, normalize_domain
 from estafeta.auth.logincache import MAX_LIFETIME as LOGIN_CACHE_MAX_LIFETIME
+from estafeta.config_backup import BackupConfig, backup_config
 from estafeta.config_spam import (
     DnsblConfig,
     GreylistConfig,
@@ -316,6 +317,7 @@ class Config:
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
     rspamd: RspamdConfig = field(default_factory=RspamdConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
 
     @property
     def spam_dir(self) -> Path:
@@ -754,6 +756,7 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
     greylist = greylist_config(top.table_of("greylist"))
     spam = spam_config(top.table_of("spam"))
     rspamd = rspamd_config(top.table_of("rspamd"), path.parent)
+    backup = backup_config(top.table_of("backup"), path.parent)
 
     top.check_unknown()
     return Config(
@@ -777,6 +780,7 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         greylist=greylist,
         spam=spam,
         rspamd=rspamd,
+        backup=backup,
     )
 
 

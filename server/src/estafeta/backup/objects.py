@@ -116,14 +116,20 @@ def object_id(subkey: bytes, data: bytes) -> str:
 
 def seal_object(subkey: bytes, data: bytes) -> tuple[str, bytes]:
     """(id, blob) for ``data``: what goes to the destination."""
+    name = object_id(subkey, data)
+    return name, seal_named(subkey, name, data)
+
+
+def seal_named(subkey: bytes, name: str, data: bytes) -> bytes:
+    """The blob of ``data`` whose id ``name`` the caller computed already
+    (``object_id``: to skip sealing what the destination holds)."""
     if len(data) > MAX_OBJECT:
         raise BackupError(f"an object of {len(data)} octets is over the {MAX_OBJECT} limit")
-    name = object_id(subkey, data)
     nonce = secrets.token_bytes(NONCE_SIZE)
     sealed = bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
         zlib.compress(data, COMPRESSION), name.encode(), nonce, subkey
     )
-    return name, MAGIC + nonce + sealed
+    return MAGIC + nonce + sealed
 
 
 def open_object(subkey: bytes, name: str, blob: bytes) -> bytes:
@@ -162,10 +168,15 @@ class Keyring:
     """Per-scope subkeys, sealed with the master key (``seal``/``open``).
 
     ``destroyed`` remembers scopes erased on purpose, so that a restore
-    says "key destroyed" rather than "no such account"."""
+    says "key destroyed" rather than "no such account"; ``revoked`` holds
+    the fingerprints of destroyed subkeys, so that ``merge`` with a copy
+    read before the erasure (a ``backup create`` that was running) cannot
+    bring a destroyed subkey back, while a new subkey for the same scope
+    (a new account under an old address) survives."""
 
     subkeys: dict[str, bytes] = field(default_factory=dict)
     destroyed: set[str] = field(default_factory=set)
+    revoked: set[str] = field(default_factory=set)
 
     def subkey(self, scope: str) -> bytes:
         """The scope's subkey for a new backup, made when first needed (a
@@ -188,15 +199,37 @@ class Keyring:
 
     def destroy(self, scope: str) -> bool:
         """Forget the scope's subkey; whether there was one."""
-        found = self.subkeys.pop(scope, None) is not None
+        key = self.subkeys.pop(scope, None)
+        if key is not None:
+            self.revoked.add(fingerprint(key))
         self.destroyed.add(scope)
-        return found
+        return key is not None
+
+    def merge(self, other: Keyring) -> None:
+        """Take in what ``other`` (the copy at the destination, read again
+        just before writing) knows: its subkeys and its destructions. A
+        revoked subkey is dropped whichever copy still has it."""
+        self.revoked |= other.revoked
+        for scope, key in other.subkeys.items():
+            mine = self.subkeys.get(scope)
+            if mine is None and scope not in self.destroyed:
+                self.subkeys[scope] = key
+            elif mine is not None and mine != key and scope not in other.destroyed:
+                # Two runs made a subkey for a new scope at once: keep the
+                # one already stored, whose objects may be uploaded.
+                self.subkeys[scope] = key
+        self.destroyed |= {s for s in other.destroyed if s not in self.subkeys}
+        for scope, key in list(self.subkeys.items()):
+            if fingerprint(key) in self.revoked:
+                del self.subkeys[scope]
+                self.destroyed.add(scope)
 
     def seal(self, master: bytes) -> bytes:
         body = json.dumps(
             {
                 "subkeys": {scope: key.hex() for scope, key in sorted(self.subkeys.items())},
                 "destroyed": sorted(self.destroyed),
+                "revoked": sorted(self.revoked),
             }
         ).encode()
         nonce = secrets.token_bytes(NONCE_SIZE)
@@ -222,4 +255,10 @@ class Keyring:
         return cls(
             {scope: bytes.fromhex(key) for scope, key in data["subkeys"].items()},
             set(data["destroyed"]),
+            set(data.get("revoked", ())),
         )
+
+
+def fingerprint(key: bytes) -> str:
+    """A name for a subkey that does not reveal it."""
+    return hashlib.sha256(b"estafeta backup subkey\0" + key).hexdigest()[:32]
