@@ -6,6 +6,7 @@
     estafeta backup verify [SNAPSHOT] [--repo DEST] [--json]     fetch, decrypt, check all
     estafeta backup restore SNAPSHOT --to DATA_DIR [--repo DEST]  onto an empty data directory
     estafeta backup restore SNAPSHOT --account ADDRESS [--to DATA_DIR]   one account
+    estafeta backup prune [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--dry-run]
 
 DEST is a directory or ``s3://BUCKET/PREFIX`` (``[backup] destination`` by
 default; the S3 endpoint, region, addressing and credentials come from
@@ -28,17 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from estafeta import log as log_module
-from estafeta.backup.destinations import (
-    Destination,
-    DirectoryDestination,
-    S3Destination,
-    S3Settings,
-)
-from estafeta.backup.objects import BackupError, generate_key, load_key
+from estafeta.backup.objects import BackupError, generate_key
 from estafeta.backup.repository import Repository
+from estafeta.backup.settings import key_path, open_repository
 from estafeta.cli import CommandFailed, UsageError
 from estafeta.config import Config
-from estafeta.config_backup import check_destination, read_credentials
 
 Command = Callable[[Config, argparse.Namespace], int]
 Add = Callable[
@@ -47,53 +42,8 @@ Add = Callable[
 ]
 
 
-def destination(config: Config, text: str | None) -> Destination:
-    """The destination ``text`` (or ``[backup] destination``)."""
-    settings = config.backup
-    where = text or settings.destination
-    if not where:
-        raise UsageError(
-            f"no backup destination: give --to/--repo, or set [backup] destination in {config.path}"
-        )
-    try:
-        check_destination(where)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if not where.startswith("s3://"):
-        return DirectoryDestination(Path(where))
-    bucket, _, prefix = where[5:].partition("/")
-    key = secret = None
-    if settings.s3_credentials_file is not None:
-        try:
-            key, secret = read_credentials(settings.s3_credentials_file)
-        except ValueError as exc:
-            raise CommandFailed(str(exc)) from None
-    try:
-        return S3Destination(
-            S3Settings(
-                bucket=bucket,
-                prefix=prefix,
-                endpoint_url=settings.s3_endpoint,
-                region=settings.s3_region,
-                path_style=settings.s3_path_style,
-                access_key=key,
-                secret_key=secret,
-            )
-        )
-    except BackupError as exc:
-        raise CommandFailed(str(exc)) from None
-
-
-def _key_file(config: Config, args: argparse.Namespace) -> Path:
-    path = getattr(args, "key", None) or config.backup.key_file
-    if path is None:
-        raise UsageError(f"no backup key: give --key, or set [backup] key_file in {config.path}")
-    return Path(path)
-
-
 def _repository(config: Config, args: argparse.Namespace, create: bool = False) -> Repository:
-    master = load_key(_key_file(config, args))
-    return Repository.open(destination(config, args.repo), master, create=create)
+    return open_repository(config, args.repo, getattr(args, "key", None), create=create)
 
 
 def _snapshot(repository: Repository, name: str) -> str:
@@ -120,7 +70,7 @@ def _failing(func: Command) -> Command:
 
 @_failing
 def cmd_backup_key(config: Config, args: argparse.Namespace) -> int:
-    path = _key_file(config, args)
+    path = key_path(config, args.key)
     generate_key(path)
     print(f"wrote a new backup key to {path}")
     print("keep a copy somewhere else: without it no backup can be read")
@@ -231,6 +181,34 @@ def cmd_backup_restore(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+@_failing
+def cmd_backup_prune(config: Config, args: argparse.Namespace) -> int:
+    from estafeta.backup.prune import prune
+
+    log_module.setup("info", config.log.format)
+    settings = config.backup
+    report = prune(
+        _repository(config, args),
+        daily=settings.keep_daily if args.keep_daily is None else args.keep_daily,
+        weekly=settings.keep_weekly if args.keep_weekly is None else args.keep_weekly,
+        monthly=settings.keep_monthly if args.keep_monthly is None else args.keep_monthly,
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        print(json.dumps(report.__dict__))
+        return 0
+    verb = "would forget" if args.dry_run else "forgot"
+    print(f"kept {len(report.kept)} snapshots, {verb} {len(report.forgotten)}")
+    for name in report.forgotten:
+        print(f"  {name}")
+    if not args.dry_run:
+        print(
+            f"deleted {report.packs_deleted} packs ({report.octets_freed / 1e6:.1f} MB), "
+            f"rewrote {report.packs_repacked}; {report.objects_kept} objects kept"
+        )
+    return 0
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], add: Add) -> None:
     """Add ``estafeta backup ...`` to the command's parser (cli.build_parser)."""
     backup = commands.add_parser(
@@ -275,4 +253,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], add:
     common(command, ("--from", "--repo"))
     command.add_argument("--to", metavar="DATA_DIR", help="where to restore")
     command.add_argument("--account", metavar="ADDRESS", help="restore only this account")
+    command = add(
+        backup,
+        "prune",
+        cmd_backup_prune,
+        "forget old snapshots (--keep-*, default: [backup] keep_*) and delete unneeded objects",
+    )
+    common(command, ("--repo",))
+    for period in ("daily", "weekly", "monthly"):
+        command.add_argument(
+            f"--keep-{period}", type=int, metavar="N", help=f"default: [backup] keep_{period}"
+        )
+    command.add_argument("--dry-run", action="store_true", help="only say what would go")
+    command.add_argument("--json", action="store_true")
     logging.getLogger("botocore").setLevel(logging.WARNING)

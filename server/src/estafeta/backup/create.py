@@ -144,6 +144,11 @@ class Cache:
             count = self.conn.execute("DELETE FROM files WHERE scope = ?", (token,)).rowcount
         return count
 
+    def vacuum(self) -> None:
+        """Rewrite the file and truncate its journal: no freed page keeps a
+        forgotten row (``estafeta user erase``)."""
+        self.conn.execute("VACUUM")
+
     def close(self) -> None:
         self.conn.close()
 

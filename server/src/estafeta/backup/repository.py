@@ -69,9 +69,11 @@ def _pack_key(pack: str) -> str:
 
 
 def snapshot_name(now: float | None = None) -> str:
-    """A new snapshot's name: UTC time (sorts by age) and a random suffix."""
-    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime(now))
-    return f"{stamp}-{secrets.token_hex(3)}"
+    """A new snapshot's name: UTC time to the millisecond (names sort by
+    age) and a random suffix, e.g. ``2026-12-04T112428.016Z-6dd54c``."""
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y-%m-%dT%H%M%S", time.gmtime(now))
+    return f"{stamp}.{int(now * 1000) % 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 class Repository:
@@ -280,6 +282,9 @@ class Packer:
 
     repository: Repository
     workers: int = 4
+    # False: do not skip objects the repository's index lists (prune
+    # rewrites such objects into new packs).
+    use_index: bool = True
     added: dict[str, Location] = field(default_factory=dict)
     uploaded_octets: int = 0
     packs: list[str] = field(default_factory=list)
@@ -295,7 +300,7 @@ class Packer:
         self._slots = threading.Semaphore(self.workers + 1)
 
     def known(self, name: str) -> bool:
-        return name in self.added or name in self.repository.index()
+        return name in self.added or (self.use_index and name in self.repository.index())
 
     def add(self, name: str, blob: bytes) -> None:
         """Add one sealed object (thread-safe); a full pack goes out."""
@@ -337,8 +342,9 @@ class Packer:
             self._futures.remove(future)
             future.result()
 
-    def finish(self) -> None:
-        """Upload what is left and write this run's index (after every pack)."""
+    def finish(self, write_index: bool = True) -> None:
+        """Upload what is left and write this run's index (after every pack;
+        ``write_index=False``: the caller writes one)."""
         assert self._pool is not None
         with self._lock:
             data, pending = bytes(self._buffer), self._pending
@@ -351,7 +357,7 @@ class Packer:
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._futures.clear()
-        if not self.added:
+        if not self.added or not write_index:
             return
         numbers = {pack: number for number, pack in enumerate(self.packs)}
         entries = [
