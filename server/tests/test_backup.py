@@ -12,6 +12,7 @@ import re
 import shutil
 import smtplib
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def _instance(root: Path, data_dir: Path | None = None) -> Instance:
         root,
         free_port(),
         imap_port=free_port(),
+        http_port=free_port(),
         auth_config="allow_plaintext = true\ndelay_base = 0.01\nmax_delay = 0.02\n",
     )
     if data_dir is not None:
@@ -133,6 +135,16 @@ def test_a_running_server_restores_whole(live: Instance, tmp_path: Path) -> None
     assert first["cached_files"] == 0 and second["cached_files"] == 26
     assert second["files"] == first["files"] + 3
     assert second["new_objects"] < first["new_objects"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{live.http_port}/metrics") as response:
+        exposition = response.read().decode()
+    stamp = re.search(
+        r'^estafeta_backup_last_success_timestamp_seconds\{destination="([^"]+)"\} (\S+)$',
+        exposition,
+        re.M,
+    )
+    assert stamp and stamp.group(1) == str(tmp_path / "repo")
+    assert abs(float(stamp.group(2)) - time.time()) < 60
+    assert f'estafeta_backup_last{{measure="files"}} {float(second["files"])}' in exposition
     listed = json.loads(live.cli("backup", "list", "--json").stdout)
     assert [row["snapshot"] for row in listed] == sorted([first["snapshot"], second["snapshot"]])
     assert all(row["accounts"] == 2 for row in listed)

@@ -34,6 +34,7 @@ from estafeta.auth.guard import (
     LoginResult,
 )
 from estafeta.auth.logincache import LoginCache
+from estafeta.backup.create import read_status as read_backup_status
 from estafeta.config import Config, Endpoint, server_context
 from estafeta.defences import Defences
 from estafeta.delivery.filters import DmarcQuarantine, SieveFilter
@@ -677,6 +678,43 @@ class Server:
                 "Outbound queue: entries waiting, and the age of the oldest message in seconds.",
                 "measure",
                 queue,
+            )
+        )
+
+        def backup_success() -> dict[str, float]:
+            status = read_backup_status(self.config)
+            if status is None:
+                return {}
+            return {str(status.get("destination", "")): float(str(status["last_success"]))}
+
+        def backup_last() -> dict[str, float]:
+            status = read_backup_status(self.config)
+            if status is None:
+                return {}
+            return {
+                "files": float(str(status.get("files", 0))),
+                "bytes": float(str(status.get("octets", 0))),
+                "read_bytes": float(str(status.get("read_octets", 0))),
+                "uploaded_bytes": float(str(status.get("uploaded_octets", 0))),
+                "new_objects": float(str(status.get("new_objects", 0))),
+                "duration_seconds": float(str(status.get("seconds", 0))),
+            }
+
+        self._gauges.append(
+            metrics.register_gauge(
+                "estafeta_backup_last_success_timestamp_seconds",
+                "When the last `estafeta backup create` succeeded (Unix time), by destination.",
+                "destination",
+                backup_success,
+            )
+        )
+        self._gauges.append(
+            metrics.register_gauge(
+                "estafeta_backup_last",
+                "The last successful backup: files and bytes in the snapshot, bytes read and "
+                "uploaded, new objects, seconds it took.",
+                "measure",
+                backup_last,
             )
         )
 

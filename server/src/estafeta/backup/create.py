@@ -300,7 +300,7 @@ class Snapshotter:
             cache.commit()
         finally:
             cache.close()
-        write_status(self.config, report)
+        write_status(self.config, report, repository.destination.describe())
         log.info(
             "backup: snapshot %s: %d files, %.1f MB; %.1f MB read, %d new objects, "
             "%.1f MB uploaded, in %.1f s",
@@ -440,10 +440,10 @@ def _clean_work(own: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def write_status(config: Config, report: Report) -> None:
+def write_status(config: Config, report: Report, destination: str) -> None:
     """``data_dir/backup/status.json``, written whole (tmp, fsync, rename)."""
     path = own_dir(config) / "status.json"
-    body = {"last_success": time.time(), **report.as_dict()}
+    body = {"last_success": time.time(), "destination": destination, **report.as_dict()}
     tmp = path.with_name(f".status.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(body, handle)
