@@ -28,7 +28,8 @@ write one, refreshed every LOCK_REFRESH seconds, then look for others. A
 ``create`` that finds a ``prune`` steps back and waits; a ``prune`` that
 finds anything gives up. So ``prune`` never deletes a pack a running
 ``create`` relies on (it reuses objects it finds in the index). A lock not
-refreshed for LOCK_STALE seconds belongs to a dead process and is ignored.
+refreshed for LOCK_STALE seconds belongs to a dead process and is ignored,
+as is one of this host whose process is gone.
 """
 
 from __future__ import annotations
@@ -211,9 +212,7 @@ class Repository:
         while True:
             self._write_lock(key, kind)
             others = {
-                name: info
-                for name, info in self.locks().items()
-                if name != key and time.time() - float(str(info.get("time", 0))) < LOCK_STALE
+                name: info for name, info in self.locks().items() if name != key and _alive(info)
             }
             if not others:
                 break
@@ -246,6 +245,27 @@ class Repository:
     def _write_lock(self, key: str, kind: str) -> None:
         body = {"kind": kind, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
         self.destination.put(key, json.dumps(body).encode())
+
+
+def _alive(lock: dict[str, object]) -> bool:
+    """Whether a lock's holder may still run: refreshed lately, and, if it
+    ran on this host, its process is there (a killed run's lock is ignored
+    at once, not after LOCK_STALE)."""
+    try:
+        age = time.time() - float(str(lock.get("time", 0)))
+        pid = int(str(lock.get("pid", 0)))
+    except ValueError:
+        return False
+    if age >= LOCK_STALE:
+        return False
+    if lock.get("host") == socket.gethostname() and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
 
 
 def _seal_master(master: bytes, body: bytes) -> bytes:
