@@ -77,6 +77,7 @@ class Site:
             data = f"Subject: m{self.sent}\r\n\r\n".encode() + b"x" * size + b"\r\n"
             deliveries.append(Delivery(to, data, summarize(data)))
         self.store.deliver_sync(deliveries)
+        self.store.settle()  # files in new/ (else their octets wait in the index)
 
     def snapshot(self) -> str:
         repository = open_repository(self.config, create=True)

@@ -42,7 +42,7 @@ from estafeta import __version__
 from estafeta.backup import objects
 from estafeta.backup.objects import BackupError
 from estafeta.backup.repository import FORMAT, SERVER, Packer, Repository, snapshot_name
-from estafeta.backup.sources import OWN_DIR, Planner, Scope, Source
+from estafeta.backup.sources import OWN_DIR, Planner, Scope, Source, forget_vanished
 from estafeta.config import Config
 
 log = logging.getLogger("estafeta.backup")
@@ -338,18 +338,33 @@ class Snapshotter:
             if batch:
                 in_flight.acquire()
                 job = pool.submit(
-                    self._read_batch, subkey, token, batch, entries, cache, packer, progress
-                )
+                    self._read_batch, subkey, token, batch, entries, cache, packer, progress,
+                    vanished,
+                )  # fmt: skip
                 job.add_done_callback(lambda _f: in_flight.release())
                 jobs.append(job)
                 _raise_done(jobs)
             batch, batch_octets = [], 0
 
-        for number, source in enumerate(scope.sources):
+        vanished: list[Source] = []
+        # Files first, then the database copies: a message file that vanished
+        # before it was read is taken out of its copy (sources.forget_vanished)
+        # before the copy is stored.
+        files_first = sorted(range(len(scope.sources)), key=lambda n: scope.sources[n].kind == "db")
+        for position, number in enumerate(files_first):
+            source = scope.sources[number]
+            if source.kind == "db" and (
+                position == 0 or scope.sources[files_first[position - 1]].kind != "db"
+            ):
+                flush()
+                for job in jobs:
+                    job.result()
+                scope.dropped += forget_vanished(vanished)
             try:
                 info = os.stat(source.path, follow_symlinks=False)
             except FileNotFoundError:
-                continue  # removed since it was planned (a folder deleted)
+                vanished.append(source)  # removed since it was planned (a folder deleted)
+                continue
             except OSError as exc:
                 raise BackupError(f"{source.path}: cannot look at: {exc.strerror}") from None
             mode = source.mode if source.mode is not None else info.st_mode & 0o7777
@@ -400,6 +415,7 @@ class Snapshotter:
         cache: Cache,
         packer: Packer,
         progress: Progress,
+        vanished: list[Source],
     ) -> None:
         octets = 0
         for number, source, info in batch:
@@ -407,7 +423,8 @@ class Snapshotter:
                 ids, length = _read_file(subkey, packer, source.path)
             except BackupError:
                 if not source.path.exists():
-                    continue  # removed since it was planned: not in this snapshot
+                    vanished.append(source)  # removed since it was planned
+                    continue
                 raise
             octets += length
             mode = source.mode if source.mode is not None else info.st_mode & 0o7777

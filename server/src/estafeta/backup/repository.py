@@ -103,6 +103,7 @@ class Repository:
             body = json.dumps({"id": repo_id, "format": FORMAT}).encode()
             destination.put("config", _seal_master(master, body))
             repository = cls(destination, master, repo_id)
+            repository.keyring.subkey(SERVER)
             repository.save_keyring()
             return repository
         body = _open_master(
@@ -354,13 +355,13 @@ class Packer:
                 assert self._slots is not None
                 self._slots.release()
 
-        self._futures.append(self._pool.submit(upload))
-        self._raise_failed()
-
-    def _raise_failed(self) -> None:
-        for future in [f for f in self._futures if f.done()]:
-            self._futures.remove(future)
-            future.result()
+        future = self._pool.submit(upload)
+        with self._lock:
+            self._futures.append(future)
+            done = [f for f in self._futures if f.done()]
+            self._futures = [f for f in self._futures if not f.done()]
+        for finished in done:
+            finished.result()  # an upload that failed fails the run now
 
     def finish(self, write_index: bool = True) -> None:
         """Upload what is left and write this run's index (after every pack;
@@ -372,7 +373,9 @@ class Packer:
         if pending:
             self._send(data, pending)
         try:
-            for future in self._futures:
+            with self._lock:
+                waiting = list(self._futures)
+            for future in waiting:
                 future.result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)

@@ -57,6 +57,11 @@ class Source:
     kind: str = "f"  # "f" a file, "d" a directory, "db" a SQLite copy made already
     cacheable: bool = True  # immutable files: the cache may skip reading them
     mode: int | None = None  # a copy's: the original's permission bits
+    # A message file listed in a database copy: (the copy, "index" or
+    # "queue", what names it there). If the file vanishes before it is read
+    # (expunged, delivered), ``forget_vanished`` takes it out of the copy,
+    # which is stored after the files.
+    listed_in: tuple[Path, str, str] | None = None
 
 
 @dataclass
@@ -257,7 +262,13 @@ class Planner:
                 gone.append(file)  # expunged after the copy was made
                 continue
             # Under the name the index copy knows (a rename since moved it).
-            scope.sources.append(Source(self._name(account / file), where[0]))
+            scope.sources.append(
+                Source(
+                    self._name(account / file),
+                    where[0],
+                    listed_in=(database.path, "index", file) if database else None,
+                )
+            )
         if database is not None:
             if gone:
                 _forget_messages(database.path, gone)
@@ -269,28 +280,48 @@ class Planner:
         conn = sqlite3.connect(database.path)
         try:
             ids = [row[0] for row in conn.execute("SELECT id FROM messages")]
-            server.sources.append(Source(self._name(queue_dir), queue_dir, "d"))
-            messages = queue_dir / "messages"
-            server.sources.append(Source(self._name(messages), messages, "d"))
-            gone = []
-            for message_id in ids:
-                path = messages / f"{message_id}.eml"
-                if path.is_file():
-                    server.sources.append(Source(self._name(path), path))
-                else:
-                    gone.append(message_id)  # delivered or bounced after the copy
-            if gone:
-                with conn:
-                    conn.executemany(
-                        "DELETE FROM entries WHERE message_id = ?", [(i,) for i in gone]
-                    )
-                    conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in gone])
-                server.dropped += len(gone)
         except sqlite3.Error as exc:
             raise BackupError(f"{queue_dir / 'queue.db'}: not a queue database: {exc}") from None
         finally:
             conn.close()
+        server.sources.append(Source(self._name(queue_dir), queue_dir, "d"))
+        messages = queue_dir / "messages"
+        server.sources.append(Source(self._name(messages), messages, "d"))
+        gone = []
+        for message_id in ids:
+            path = messages / f"{message_id}.eml"
+            if path.is_file():
+                listed = (database.path, "queue", message_id)
+                server.sources.append(Source(self._name(path), path, listed_in=listed))
+            else:
+                gone.append(message_id)  # delivered or bounced after the copy
+        if gone:
+            _forget_queued(database.path, gone)
+            server.dropped += len(gone)
         server.sources.append(database)
+
+
+def forget_vanished(sources: list[Source]) -> int:
+    """Take the files of ``sources`` (which vanished after their database
+    was copied) out of those copies; how many."""
+    by_copy: dict[tuple[Path, str], list[str]] = {}
+    for source in sources:
+        if source.listed_in is not None:
+            copy, kind, key = source.listed_in
+            by_copy.setdefault((copy, kind), []).append(key)
+    for (copy, kind), keys in by_copy.items():
+        (_forget_messages if kind == "index" else _forget_queued)(copy, keys)
+    return sum(len(keys) for keys in by_copy.values())
+
+
+def _forget_queued(copy: Path, ids: list[str]) -> None:
+    conn = sqlite3.connect(copy)
+    try:
+        with conn:
+            conn.executemany("DELETE FROM entries WHERE message_id = ?", [(i,) for i in ids])
+            conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
+    finally:
+        conn.close()
 
 
 def _forget_messages(copy: Path, files: list[str]) -> None:
