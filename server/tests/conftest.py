@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import imaplib
 import signal
@@ -9,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from estafeta.config import load
+from estafeta.server import Server
 from estafeta.store import Store, index
 
 DOMAIN = "example.test"
@@ -302,3 +306,47 @@ def _mailbox_rows(conn: sqlite3.Connection, mailbox: str) -> list[index.MessageR
         return index.messages(conn, box.id)
     finally:
         conn.close()
+
+
+class InProcess:
+    """``estafeta serve`` in this process (a thread with its own loop), so
+    a test can reach into it (the greylist's clock, a retention run)."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.server: Server | None = None
+        self.ready = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_event: asyncio.Event | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to the test
+            self.error = exc
+            self.ready.set()
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        self.server = Server(load(self.config))
+        await self.server.start()
+        self.ready.set()
+        try:
+            await self.stop_event.wait()
+        finally:
+            await self.server.stop()
+
+    def __enter__(self) -> InProcess:
+        self.thread.start()
+        assert self.ready.wait(30), "server did not start"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.loop is not None and self.stop_event is not None
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(30)

@@ -264,3 +264,44 @@ def test_nothing_is_listed_for_an_empty_repository(tmp_path: Path) -> None:
     result = estafeta(inst.config, "backup", "list", check=False)
     assert result.returncode == 1 and "no backup repository here" in result.stderr
     shutil.rmtree(tmp_path / "live")
+
+
+def _mentions(root: Path, needle: str) -> list[Path]:
+    """Files under root whose octets contain needle, in any case."""
+    wanted = needle.lower().encode()
+    return [p for p in root.rglob("*") if p.is_file() and wanted in p.read_bytes().lower()]
+
+
+def test_an_erased_account_is_gone_from_data_dir_and_from_old_snapshots(
+    live: Instance, tmp_path: Path
+) -> None:
+    _send(live, 4, [ALICE], "for alice")
+    _send(live, 3, [BOB], "for bob")
+    client = _imap(live, ALICE)  # a login in the history
+    client.logout()
+    live.cli("sieve", "put", ALICE, "rules", "--activate", stdin=RULES)
+    old = json.loads(live.cli("backup", "create", "--json").stdout)["snapshot"]
+    assert _mentions(live.data_dir, ALICE)
+
+    out = live.cli("user", "erase", ALICE, "--yes").stdout
+    assert "is destroyed" in out
+    assert _mentions(live.data_dir, ALICE) == []
+
+    result = estafeta(live.config, "backup", "restore", old, "--account", ALICE, check=False)
+    assert result.returncode == 1 and f"{ALICE}: key destroyed" in result.stderr
+    bob = _state(live, BOB)
+    newer = json.loads(live.cli("backup", "create", "--json").stdout)["snapshot"]
+    live.stop()
+
+    target = tmp_path / "restored"
+    out = live.cli("backup", "restore", old, "--to", str(target)).stdout
+    assert f"{ALICE}: not restored, its key was destroyed" in out
+    assert _mentions(target, ALICE) == []  # not its mail, not its account row
+    again = _instance(tmp_path / "again", data_dir=target)
+    again.start()
+    try:
+        assert _state(again, BOB) == bob
+        assert not again.imap_opens(ALICE, PASSWORD)
+    finally:
+        again.stop()
+    assert newer > old

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import smtplib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,13 +13,11 @@ from typing import Any
 
 import pytest
 
-from conftest import DOMAIN, PASSWORD, Instance, free_port
-from estafeta.config import load
+from conftest import DOMAIN, PASSWORD, InProcess, Instance, free_port
 from estafeta.config_spam import GreylistConfig
 from estafeta.dns import MockResolver
 from estafeta.policy import greylist
 from estafeta.policy.greylist import Greylist
-from estafeta.server import Server
 from estafeta.smtp import gate as gate_module
 from estafeta.smtp.gate import NO, Gate
 
@@ -124,50 +121,6 @@ def test_passes_are_remembered_in_memory_for_a_while(tmp_path: Path) -> None:
 
 
 # -- a real server, real clients -------------------------------------------------
-
-
-class InProcess:
-    """``estafeta serve`` in this process (a thread with its own loop), so
-    the test can reach into it (the greylist's clock)."""
-
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.server: Server | None = None
-        self.ready = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.stop_event: asyncio.Event | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported to the test
-            self.error = exc
-            self.ready.set()
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.stop_event = asyncio.Event()
-        self.server = Server(load(self.config))
-        await self.server.start()
-        self.ready.set()
-        try:
-            await self.stop_event.wait()
-        finally:
-            await self.server.stop()
-
-    def __enter__(self) -> InProcess:
-        self.thread.start()
-        assert self.ready.wait(30), "server did not start"
-        if self.error is not None:
-            raise self.error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.loop is not None and self.stop_event is not None
-        self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(30)
 
 
 @pytest.fixture

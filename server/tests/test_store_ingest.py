@@ -268,7 +268,7 @@ def test_schema_6_gets_the_pending_table(tmp_path: Path) -> None:
     conn.close()
     conn = index.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 7
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 8
         assert conn.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
     finally:
         conn.close()

@@ -732,10 +732,27 @@ def build_parser() -> argparse.ArgumentParser:
     from estafeta import cli_spam
 
     cli_spam.register(commands, add)
+    from estafeta import cli_retention  # retention run, user retention (issue 18)
+
+    cli_retention.register(commands, add)
+    from estafeta import cli_privacy  # user export / user erase (issue 18)
+
+    cli_privacy.register(commands, add)
     from estafeta import cli_backup
 
     cli_backup.register(commands, add)
     return parser
+
+
+def user_actions(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """The ACTION subparsers of ``estafeta user`` (build_parser made them): where
+    cli_privacy and cli_retention add theirs."""
+    for action in commands.choices["user"]._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError("estafeta user has no actions")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ target as it was.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -34,6 +35,7 @@ from estafeta.backup.repository import Repository
 from estafeta.backup.settings import key_path, open_repository
 from estafeta.cli import CommandFailed, UsageError
 from estafeta.config import Config
+from estafeta.config_backup import BackupConfig
 
 Command = Callable[[Config, argparse.Namespace], int]
 Add = Callable[
@@ -152,6 +154,26 @@ def cmd_backup_verify(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _scrubber(config: Config) -> Callable[[Path, str], None]:
+    """What ``user erase`` does, on a restored data directory: an account
+    erased after the snapshot was made does not come back (its mail cannot:
+    its key is destroyed; this takes its account row, aliases, queue
+    entries and the rest out of the server's files)."""
+
+    def scrub(data_dir: Path, address: str) -> None:
+        from estafeta.privacy.erase import EraseError, erase
+
+        restored = dataclasses.replace(config, data_dir=data_dir, backup=BackupConfig())
+        try:
+            erase(restored, address, pause=0)
+        except EraseError as exc:
+            raise BackupError(
+                f"{address}: erased, but not out of the restored data: {exc}"
+            ) from None
+
+    return scrub
+
+
 @_failing
 def cmd_backup_restore(config: Config, args: argparse.Namespace) -> int:
     from estafeta.backup import restore
@@ -169,7 +191,7 @@ def cmd_backup_restore(config: Config, args: argparse.Namespace) -> int:
         return 0
     if not args.to:
         raise UsageError("a full restore needs --to DATA_DIR (an empty or new directory)")
-    report = restore.restore_all(repository, name, Path(args.to))
+    report = restore.restore_all(repository, name, Path(args.to), scrub=_scrubber(config))
     print(
         f"restored snapshot {name} into {args.to}: {report.files} files, "
         f"{report.octets / 1e6:.1f} MB, {len(report.scopes) - 1} accounts"

@@ -41,6 +41,7 @@ import argon2
 from estafeta.address import AddressError, normalize_domain
 from estafeta.auth.logincache import MAX_LIFETIME as LOGIN_CACHE_MAX_LIFETIME
 from estafeta.config_backup import BackupConfig, backup_config
+from estafeta.config_retention import RetentionConfig, retention_config
 from estafeta.config_spam import (
     DnsblConfig,
     GreylistConfig,
@@ -318,6 +319,7 @@ class Config:
     spam: SpamConfig = field(default_factory=SpamConfig)
     rspamd: RspamdConfig = field(default_factory=RspamdConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def spam_dir(self) -> Path:
@@ -757,6 +759,7 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
     spam = spam_config(top.table_of("spam"))
     rspamd = rspamd_config(top.table_of("rspamd"), path.parent)
     backup = backup_config(top.table_of("backup"), path.parent)
+    retention = retention_config(top.table_of("retention"))
 
     top.check_unknown()
     return Config(
@@ -781,6 +784,7 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         spam=spam,
         rspamd=rspamd,
         backup=backup,
+        retention=retention,
     )
 
 

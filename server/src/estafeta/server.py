@@ -34,6 +34,7 @@ from estafeta.auth.guard import (
     LoginResult,
 )
 from estafeta.auth.logincache import LoginCache
+from estafeta.auth.logins import LoginRecorder
 from estafeta.backup.create import read_status as read_backup_status
 from estafeta.config import Config, Endpoint, server_context
 from estafeta.defences import Defences
@@ -52,6 +53,7 @@ from estafeta.queue.delivery import Deliverer, verifying_context
 from estafeta.queue.mtasts import MTASTS, Policy, fetch_policy
 from estafeta.queue.runner import QueueRunner
 from estafeta.queue.store import QueueStore
+from estafeta.retention import RetentionRunner
 from estafeta.sieve.memory import Memory
 from estafeta.sieve.scripts import ScriptStore
 from estafeta.smtp.data import DataBudget
@@ -131,6 +133,7 @@ class Server:
                     pair_max_failures=auth.pair_max_failures,
                 )
             ),
+            history=LoginRecorder(self.accounts),  # login history, written once a second
         )
         self.per_ip = ConnectionsPerIP(config.limits.max_connections_per_ip, auth.exempt)
         # Connections not logged in yet, over every listener (item 10 of #14).
@@ -218,6 +221,7 @@ class Server:
             local=self.delivery,
         )
         self._runner_task: asyncio.Task[None] | None = None
+        self.retention = RetentionRunner(config.retention, self.accounts, self.store)
 
     def _quota_for(self, account: str) -> int | None:
         """The account's own quota (``estafeta user quota``), else the global one."""
@@ -359,6 +363,7 @@ class Server:
                     reason="not implemented in this version",
                 )
         self._runner_task = asyncio.create_task(self.runner.run())
+        self.retention.start()  # daily at [retention] hour
         log_event(log, "ready", hostname=self.config.hostname, domains=self.config.domains)
 
     async def _listen(
@@ -741,6 +746,7 @@ class Server:
         await self.runner.stop()
         if self._runner_task is not None:
             await self._runner_task
+        await self.retention.stop()  # a run in progress ends after its batch
         # Queued deliveries finish before the store closes.
         await asyncio.to_thread(self.store.stop)
         self.queue.close()

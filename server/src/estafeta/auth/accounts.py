@@ -44,7 +44,9 @@ process made it.
 
 Schema (``PRAGMA user_version``): 1 = accounts and aliases; 2 = adds
 ``accounts.quota`` (bytes, 0 = the global ``[limits] quota``); 3 = adds the
-tables ``totp`` and ``app_passwords``.
+tables ``totp`` and ``app_passwords``; 4 = adds ``logins`` (the login
+history) and ``retention`` (an account's own retention per mailbox), see
+``estafeta.auth.logins``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -65,7 +67,9 @@ from typing import Any, TypeVar, cast
 import argon2
 
 from estafeta.address import AddressError, normalize_address, normalize_domain, split_address
+from estafeta.auth import logins
 from estafeta.auth.logincache import APP_PASSWORD, PASSWORD, LoginCache
+from estafeta.auth.logins import LoginRecord
 
 MAX_ALIAS_DEPTH = 10  # aliases expanded along one path, the first included
 BUSY_TIMEOUT_MS = 30_000
@@ -143,7 +147,12 @@ def _add_second_factors_v3(conn: sqlite3.Connection) -> None:
 # The migration hook: _MIGRATIONS[n] takes the schema from version n to n + 1
 # (PRAGMA user_version). Append, never edit: databases in the field are at
 # every version. Each runs inside the transaction that bumps user_version.
-_MIGRATIONS: list[Migration] = [_create_v1, _add_quota_v2, _add_second_factors_v3]
+_MIGRATIONS: list[Migration] = [
+    _create_v1,
+    _add_quota_v2,
+    _add_second_factors_v3,
+    logins.create_v4,  # login history, per-account retention
+]
 
 
 def schema_version() -> int:
@@ -347,8 +356,10 @@ class Accounts:
             raise
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed if the block ends normally, else rolled back."""
+    def _write(self, *, lookups: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed if the block ends normally, else
+        rolled back. ``lookups=False``: it changes nothing ``_lookup``
+        remembers (the login history), so this object's lookups stay."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -358,7 +369,8 @@ class Accounts:
                 conn.execute("ROLLBACK")
             raise
         finally:
-            self._generation += 1
+            if lookups:
+                self._generation += 1
         conn.execute("COMMIT")
 
     def _lookup(self, key: tuple[str, str], compute: Callable[[], T]) -> T:
@@ -523,7 +535,8 @@ class Accounts:
                 raise AccountError(f"no account {normalized}")
 
     def delete_user(self, address: str) -> list[str]:
-        """Delete an account, its TOTP secret and app passwords, and take it out of every alias.
+        """Delete an account, its TOTP secret, app passwords, login history and
+        retention settings, and take it out of every alias.
 
         Returns the sources of the aliases that pointed to it, sorted. An
         alias left with no target at all disappears (an alias needs one).
@@ -535,6 +548,7 @@ class Accounts:
                 raise AccountError(f"no account {normalized}")
             conn.execute("DELETE FROM totp WHERE address = ?", (normalized,))
             conn.execute("DELETE FROM app_passwords WHERE address = ?", (normalized,))
+            logins.forget_account(conn, normalized)
             sources = [
                 row[0]
                 for row in conn.execute(
@@ -1009,6 +1023,83 @@ class Accounts:
             )
             if cursor.rowcount == 0:
                 raise AccountError(f"{normalized} has no app password named {name.strip()!r}")
+
+    # -- login history and retention (SQL: estafeta.auth.logins) -----------------
+
+    def record_logins(self, records: Sequence[tuple[str, int, str, str, bool]]) -> int:
+        """Add (address, at, protocol, client, ok) login records in one
+        transaction, those of addresses that are not accounts left out, and
+        keep each account's newest ``logins.KEEP_PER_ACCOUNT``; rows added.
+        For ``logins.LoginRecorder``, which calls it at most once a second."""
+        with self._write(lookups=False) as conn:
+            return logins.insert(conn, records, logins.KEEP_PER_ACCOUNT)
+
+    def login_history(self, address: str) -> list[LoginRecord]:
+        """The account's recorded login attempts, newest first (empty for
+        an address that is not an account)."""
+        normalized = self._local_address(address)
+        with self._read() as conn:
+            return logins.history(conn, normalized)
+
+    def forget_logins(self, address: str) -> int:
+        """Delete the login history of ``address`` (an account or one that
+        was); how many rows went."""
+        try:
+            normalized = normalize_address(address)
+        except AddressError as exc:
+            raise AccountError(f"address {address!r}: {exc}") from None
+        with self._write(lookups=False) as conn:
+            return logins.forget(conn, normalized)
+
+    def prune_logins(self, before: int, *, dry_run: bool = False) -> int:
+        """Delete login rows older than ``before`` (Unix time), in
+        transactions of ``logins.BATCH`` rows; how many went (or would)."""
+        if dry_run:
+            with self._read() as conn:
+                return logins.count_before(conn, before)
+        return self._batches(lambda conn: logins.delete_before(conn, before, logins.BATCH))
+
+    def truncate_login_clients(self, before: int, *, dry_run: bool = False) -> int:
+        """Cut the client address of login rows older than ``before`` to its
+        network (IPv4 /24, IPv6 /48), ``logins.BATCH`` rows per transaction;
+        how many rows were (or would be) changed."""
+        if dry_run:
+            with self._read() as conn:
+                return logins.count_untruncated(conn, before)
+        return self._batches(lambda conn: logins.truncate_before(conn, before, logins.BATCH))
+
+    def _batches(self, step: Callable[[sqlite3.Connection], int]) -> int:
+        total = 0
+        while True:
+            with self._write(lookups=False) as conn:
+                done = step(conn)
+            total += done
+            if done < logins.BATCH:
+                return total
+
+    def retention_overrides(self, address: str | None = None) -> dict[str, dict[str, int]]:
+        """Accounts' own retention: address -> {mailbox key: seconds, 0 =
+        keep}, of one account (AccountError if there is none) or of all."""
+        with self._read() as conn:
+            if address is None:
+                return logins.overrides(conn)
+            normalized = self._local_address(address)
+            self._account_or_error(conn, normalized)
+            return logins.overrides(conn, normalized)
+
+    def set_retention(self, address: str, mailbox: str, seconds: int | None) -> None:
+        """Set the account's retention for a mailbox key (a special-use role
+        like "Trash", or a mailbox name): seconds, 0 = keep forever; None
+        goes back to the configuration's."""
+        normalized = self._local_address(address)
+        key = mailbox.strip()
+        if not key or not key.isprintable():
+            raise AccountError(f"mailbox {mailbox!r}: give a mailbox name or a role like Trash")
+        if seconds is not None and (isinstance(seconds, bool) or not 0 <= seconds < 2**63):
+            raise AccountError(f"retention {seconds!r}: use a number of seconds, 0 = keep")
+        with self._write() as conn:
+            self._account_or_error(conn, normalized)
+            logins.set_override(conn, normalized, key, seconds)
 
     # -- aliases ---------------------------------------------------------------
 

@@ -51,7 +51,10 @@ outcome, logs each lockout once and sleeps on failure. The check may be
 answered by the accounts' login cache (``estafeta.auth.logincache``, no
 argon2 for a repeat login with the same secret): only ever after ``check``
 let the attempt through, and only for a success; failures are counted here
-exactly as before.
+exactly as before. Every decided attempt (a success, a failure, a refusal of
+a locked-out client; not BUSY, where nothing was decided) goes to the login
+history (``history``, estafeta.auth.logins.LoginRecorder): buffered in
+memory, written by a thread of its own, never an fsync per login.
 """
 
 from __future__ import annotations
@@ -390,6 +393,14 @@ class LoginGuard:
 # -- the entry point the sessions use ----------------------------------------
 
 
+class LoginHistory(Protocol):
+    """Where decided login attempts go (estafeta.auth.logins.LoginRecorder)."""
+
+    def record(self, address: str, protocol: str, client: str, ok: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class PasswordChecker(Protocol):
     def authenticate(
         self, address: str, secret: str, protocol: str, *, allow_password: bool = True
@@ -434,9 +445,11 @@ class Authenticator:
         wall_clock: Callable[[], float] = time.time,
         workers: int | None = None,
         max_queued: int | None = None,
+        history: LoginHistory | None = None,
     ) -> None:
         self.accounts = accounts
         self.guard = guard
+        self.history = history
         self._sleep = sleep
         self._wall_clock = wall_clock
         self.workers = workers or default_workers()
@@ -459,6 +472,7 @@ class Authenticator:
                 # an app password; anything else costs no argon2 work.
                 if decision.scope != ACCOUNT or not looks_like_app_password(secret):
                     metrics.AUTH_ATTEMPTS.labels(protocol, "locked").inc()
+                    self._remember(account, protocol, peer_ip, False)
                     return LoginResult(None, locked=True, reason=decision.scope)
                 allow_password = False
             if self._queued >= self.max_queued or self._closed:
@@ -469,6 +483,7 @@ class Authenticator:
                 return LoginResult(None, locked=True, reason=BUSY)
             address = await self._check(user, secret, protocol, allow_password)
             metrics.AUTH_ATTEMPTS.labels(protocol, "ok" if address else "failed").inc()
+            self._remember(address or account, protocol, peer_ip, address is not None)
             if address is not None:
                 self.guard.success(peer_ip, account)
                 if address != account:
@@ -495,10 +510,17 @@ class Authenticator:
             if self._queued <= self.max_queued // 2:
                 self._saturated = False
 
+    def _remember(self, account: str, protocol: str, peer_ip: str, ok: bool) -> None:
+        if self.history is not None:
+            self.history.record(account, protocol, peer_ip, ok)
+
     async def close(self) -> None:
-        """Stop the executor once the running checks are done (server stop)."""
+        """Stop the executor once the running checks are done, then write the
+        login history that waits (server stop: before the accounts close)."""
         self._closed = True
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        if self.history is not None:
+            await asyncio.to_thread(self.history.close)
 
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self, peer_ip: str) -> AsyncIterator[None]:

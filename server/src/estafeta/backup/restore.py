@@ -22,7 +22,7 @@ import secrets
 import shutil
 import threading
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -255,10 +255,17 @@ def _config_names(trees: Iterable[Tree]) -> dict[str, str]:
 
 
 def restore_all(
-    repository: Repository, snapshot: str, target: Path, workers: int = 4
+    repository: Repository,
+    snapshot: str,
+    target: Path,
+    workers: int = 4,
+    scrub: Callable[[Path, str], None] | None = None,
 ) -> RestoreReport:
     """Restore a whole snapshot into ``target``, which must be absent or an
-    empty folder. The scopes of erased accounts are left out."""
+    empty folder. The scopes of erased accounts are left out, and
+    ``scrub(staging folder, address)`` removes what the server's own files
+    still hold of each (its account row, aliases, queue entries: the
+    snapshot was made before the erasure) before the folder is renamed."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BackupError(f"{target}: not empty; a full restore needs an empty data directory")
     reader = Reader(repository, snapshot)
@@ -276,6 +283,9 @@ def restore_all(
         _lay_out(stage, trees, names)
         report.files, report.octets = reader.fetch(trees, True, stage, workers, names)
         _finish(stage, trees, names)
+        if scrub is not None:
+            for address in report.erased:
+                scrub(stage, address)
         if target.exists():
             target.rmdir()
         os.rename(stage, target)

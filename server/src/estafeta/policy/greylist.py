@@ -81,7 +81,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -593,6 +593,51 @@ class Greylist:
             if known:
                 self.known += 1
             return known
+
+    # -- erasure ------------------------------------------------------------------
+
+    def forget(self, triplets: Iterable[tuple[str, str, str]]) -> int:
+        """Remove the pending and passed entries of these (client IP, sender,
+        recipient) triplets, keyed as ``check`` keys them (``estafeta user
+        erase``); how many entries went. Keys are hashes, so only triplets
+        the caller can name are found: entries of mail it never saw stay
+        until they expire (``retry_window``, ``expire``). Deleted with
+        ``secure_delete``; if any went, the file is rebuilt (VACUUM: older
+        copies of the keys in free space) and its WAL truncated."""
+        s = self.settings
+        keys: set[bytes] = set()
+        for client_ip, sender, recipient in triplets:
+            try:
+                network = client_network(client_ip, s.ipv4_prefix, s.ipv6_prefix)
+            except ValueError:
+                continue
+            keys.add(triplet_key(network, normalize_sender(sender), normalize_recipient(recipient)))
+        removed = 0
+        with self._lock:
+            conn = self._conn
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+
+                def delete() -> None:
+                    nonlocal removed
+                    for table in ("pending", "passed"):
+                        for key in keys:
+                            cursor = conn.execute(
+                                f"DELETE FROM {table} WHERE key = ?",  # noqa: S608
+                                (key,),
+                            )
+                            self._rows[table] -= max(0, cursor.rowcount)
+                            removed += max(0, cursor.rowcount)
+
+                self._write(delete)
+                if removed:
+                    conn.execute("VACUUM")
+                (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute("PRAGMA secure_delete = OFF")
+        if busy:
+            raise sqlite3.OperationalError(f"{self.path}: the WAL is in use; run again")
+        return removed
 
     # -- maintenance ----------------------------------------------------------------
 

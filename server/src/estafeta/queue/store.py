@@ -19,15 +19,19 @@ the same database from another process, which WAL makes safe.
 
 from __future__ import annotations
 
+import contextlib
+import email.policy
 import json
 import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
 from pathlib import Path
 
 from estafeta.address import split_address
@@ -56,6 +60,12 @@ CREATE TABLE IF NOT EXISTS mta_sts (
     policy TEXT NOT NULL
 );
 """
+
+# Octets of a queued message's header read to see whose it is (forget_address).
+HEADER_PEEK = 64 * 1024
+# A message file without a row this old is left by a crash, not an enqueue
+# in progress (forget_address removes it; the server does at start).
+ORPHAN_AGE = 3600.0
 
 _ID_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ23456789"
 
@@ -286,6 +296,119 @@ class QueueStore:
                 )
             return cursor.rowcount
 
+    # -- erasure ----------------------------------------------------------
+
+    def forget_address(
+        self, address: str, separator: str | None = "+", now: float | None = None
+    ) -> tuple[int, int]:
+        """Take ``address`` (normalised) out of the queue (``estafeta user
+        erase``): (messages deleted, entries it was taken out of).
+
+        Deleted: the messages it sent, i.e. whose envelope sender is it (or
+        a ``local+tag`` of it), and those whose header says it sent them or
+        they are its: ``From``/``Sender`` of a null-sender message (its
+        vacation replies), ``Delivered-To`` (what its Sieve redirect
+        forwards). Of the other entries it is taken out as a recipient (an
+        entry left with none goes), and a last error naming it is cleared.
+        Rows go with ``secure_delete``, then the files; the file is rebuilt
+        (VACUUM: rows of messages sent long ago left copies in free space)
+        and its WAL truncated. A crash between the commit and the unlinks
+        leaves files without rows: removed here once they are ORPHAN_AGE
+        old (younger ones may be an enqueue in progress), and by the
+        server's next start. An attempt in flight meanwhile may write its
+        old recipient list back: erase again once it is done."""
+        now = time.time() if now is None else now
+        wanted = address.lower()
+        local, _, domain = wanted.rpartition("@")
+
+        def is_address(text: str) -> bool:
+            text = text.strip().strip("<>").lower()
+            if text == wanted:
+                return True
+            head, _, tail = text.rpartition("@")
+            return bool(separator) and tail == domain and head.split(separator, 1)[0] == local
+
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT e.id, e.message_id, m.sender, e.recipients, e.last_error"
+                " FROM entries e JOIN messages m ON m.id = e.message_id"
+            ).fetchall()
+        doomed: set[str] = set()
+        for _eid, message_id, sender, _rcpts, _error in rows:
+            if message_id in doomed:
+                continue
+            if is_address(sender) or _header_names(self._file(message_id), not sender, is_address):
+                doomed.add(message_id)
+        changes: list[tuple[str, list[str], str]] = []
+        for eid, message_id, _sender, rcpts, error in rows:
+            if message_id in doomed:
+                continue
+            recipients = json.loads(rcpts)
+            kept = [r for r in recipients if not is_address(r)]
+            if len(kept) != len(recipients):
+                changes.append((eid, kept, "" if wanted in error.lower() else error))
+        with self._lock:
+            self._conn.execute("PRAGMA secure_delete = ON")
+            try:
+                emptied = self._forget(doomed, changes)
+                self._conn.execute("VACUUM")
+                (busy, _, _) = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                self._conn.execute("PRAGMA secure_delete = OFF")
+        for message_id in doomed.union(emptied):
+            self._file(message_id).unlink(missing_ok=True)
+        self._remove_orphans_of(now, is_address)
+        if busy:
+            raise sqlite3.OperationalError(f"{self.directory}: the WAL is in use; run again")
+        return len(doomed), len(changes)
+
+    def _forget(self, doomed: set[str], changes: list[tuple[str, list[str], str]]) -> list[str]:
+        """The rows of forget_address, in one transaction; the other messages
+        it left without an entry (their files go too)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for message_id in doomed:
+                conn.execute("DELETE FROM entries WHERE message_id = ?", (message_id,))
+                conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            for eid, kept, error in changes:
+                if kept:
+                    conn.execute(
+                        "UPDATE entries SET recipients = ?, last_error = ? WHERE id = ?",
+                        (json.dumps(kept), error, eid),
+                    )
+                    continue
+                conn.execute("DELETE FROM entries WHERE id = ?", (eid,))
+            # Messages whose last entry went (it was their only recipient).
+            emptied = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM messages WHERE id NOT IN (SELECT message_id FROM entries)"
+                )
+            ]
+            for message_id in emptied:
+                conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return emptied
+
+    def _remove_orphans_of(self, now: float, is_address: Callable[[str], bool]) -> None:
+        """Message files without a row left by a crash: those ORPHAN_AGE old,
+        and younger ones whose header names the address (an erasure that
+        crashed after its commit, run again at once)."""
+        with self._lock:
+            known = {row[0] for row in self._conn.execute("SELECT id FROM messages")}
+        for path in self.messages.iterdir():
+            if path.suffix not in (".eml", ".tmp") or path.stem in known:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime >= ORPHAN_AGE or _header_names(
+                    path, True, is_address
+                ):
+                    path.unlink()
+
     # -- reading ----------------------------------------------------------
 
     _SELECT = (
@@ -361,3 +484,24 @@ class QueueStore:
                 " ON CONFLICT(domain) DO UPDATE SET policy = excluded.policy",
                 (domain, policy),
             )
+
+
+def _header_names(path: Path, null_sender: bool, is_address: Callable[[str], bool]) -> bool:
+    """Whether a queued message's header says it is the address's: its
+    ``Delivered-To``, and for a null-sender message its ``From``/``Sender``
+    (see QueueStore.forget_address)."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(HEADER_PEEK)
+    except FileNotFoundError:
+        return False
+    end = head.find(b"\r\n\r\n")
+    header = BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+        head[: end + 2] if end >= 0 else head
+    )
+    names = ["Delivered-To"] + (["From", "Sender"] if null_sender else [])
+    for name in names:
+        for value in header.get_all(name, []):
+            if any(is_address(found) for _, found in getaddresses([str(value)])):
+                return True
+    return False

@@ -212,6 +212,29 @@ class Memory:
         cursor = self._conn.execute("DELETE FROM records WHERE expires <= ?", (now,))
         return max(0, cursor.rowcount)
 
+    def forget(self, account: str) -> int:
+        """Remove every record of ``account`` (``estafeta user erase``), so
+        that the file no longer names it; how many went. The rows are deleted
+        with ``secure_delete`` (their octets overwritten), the file is
+        rebuilt (VACUUM: rows pruned earlier left copies in free space), and
+        the WAL is checkpointed and truncated: sqlite3.OperationalError if a
+        reader kept it busy past the busy timeout (call it again). Records
+        of other accounts that concern ``account`` (their vacation replies
+        to it) are keyed by hashes and stay until they expire."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                cursor = conn.execute("DELETE FROM records WHERE account = ?", (account,))
+                removed = max(0, cursor.rowcount)
+                conn.execute("VACUUM")
+                (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute("PRAGMA secure_delete = OFF")
+        if busy:
+            raise sqlite3.OperationalError(f"{self.path}: the WAL is in use; run again")
+        return removed
+
     def count(self, account: str | None = None) -> int:
         """Records held (for one account, or all): tests and metrics."""
         with self._lock:

@@ -56,6 +56,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 import unicodedata
@@ -517,6 +518,38 @@ class ScriptStore:
             os.unlink(source)
             fsync_dir(directory)
             self._remove_name(directory, old)
+
+    def remove_account(self, account: str) -> int:
+        """Remove every script of ``account`` and its directory (``estafeta
+        user erase``); the number of scripts removed. Under the lock, in this
+        order: ``active`` (a delivery meanwhile runs no script, never half of
+        them), the scripts and their ``.name`` files, the lock file; then the
+        directory. A crash half-way leaves less of the same, and calling it
+        again finishes the work; an account without scripts costs one stat."""
+        directory = self.account_dir(account)
+        removed = 0
+        with self._locked(directory, create=False):
+            if directory.is_dir():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(directory / ACTIVE)
+                for entry in list(os.scandir(directory)):
+                    if entry.name == LOCK:
+                        continue
+                    if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
+                        removed += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(directory / LOCK)
+        with contextlib.suppress(FileNotFoundError):
+            directory.rmdir()
+            fsync_dir(directory.parent)
+        with self._cache_lock:
+            self._cache.pop(account, None)
+        return removed
 
     # -- delivery --------------------------------------------------------------
 

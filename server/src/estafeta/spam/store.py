@@ -74,6 +74,7 @@ import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -574,6 +575,32 @@ class TokenStore:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
         self._run(account, False, work, None)
+
+    def remove(self, account: str) -> list[Path]:
+        """Delete ``account``'s statistics outright (``estafeta user erase``):
+        its open connection closed, then its file, WAL, shared memory and any
+        copies moved aside as broken. The paths removed; none if it never
+        trained. Another process that has the file open (the server) keeps
+        an unlinked copy until it closes it: nothing under the directory
+        names the account any more."""
+        with self._lock:
+            db = self._dbs.pop(account, None)
+            self._absent.pop(account, None)
+        if db is not None:
+            with db.lock:
+                db.close()
+        path = self.path_for(account)
+        removed: list[Path] = []
+        candidates = [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+        if self.directory.is_dir():
+            candidates += sorted(self.directory.glob(f"{glob_escape(path.name)}.broken-*"))
+        for candidate in candidates:
+            try:
+                candidate.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(candidate)
+        return removed
 
     def _transaction(self, db: _Db, account: str, body: Callable[[], T]) -> T:
         conn = db.conn

@@ -428,6 +428,32 @@ class Store:
             address, lambda a: operations.expunge(a.conn, a.path, mailbox, uids), files=True
         )
 
+    def expire(self, address: str, mailbox: str, saved_before: int, limit: int) -> list[int]:
+        """Retention (estafeta.retention): expunge up to ``limit`` messages
+        of ``mailbox`` saved into it before ``saved_before`` (POSIX seconds),
+        whatever their flags, in one transaction; the UIDs expunged. The
+        path of EXPUNGE: committed (with VANISHED records) before the files
+        go, sessions told after the commit. Call it again while it returns
+        ``limit`` UIDs: deliveries queued meanwhile go in between."""
+        return self._account_op(
+            address,
+            lambda a: operations.expire(a.conn, a.path, mailbox, saved_before, limit),
+            files=True,
+        )
+
+    def count_expired(self, address: str, mailbox: str, saved_before: int) -> int:
+        """How many messages ``expire`` would take (``retention run --dry-run``).
+        Blocking: call it from a thread."""
+        path = self._index_path(address)
+        if not path.exists():
+            return 0
+        conn = index.connect(path)
+        try:
+            box = index.mailbox(conn, mailbox)
+            return 0 if box is None else len(index.saved_before(conn, box.id, saved_before))
+        finally:
+            conn.close()
+
     def remove(self, address: str, mailbox: str, uids: Sequence[int]) -> list[int]:
         """Remove messages whatever their flags (POP3 UPDATE, rfc1939:6)."""
         return self._account_op(
@@ -1162,19 +1188,23 @@ class Store:
 
 
 def _from_file(
-    account_path: Path, name: str, carried: tuple[tuple[str, ...], int] | None = None
+    account_path: Path, name: str, carried: tuple[tuple[str, ...], int, int | None] | None = None
 ) -> NewMessage:
     file = account_path / name
     data = file.read_bytes()
+    saved: int | None
     if carried is not None:
-        flags, internal_date = carried
+        flags, internal_date, saved = carried
     else:
         flags = tuple(maildir.flags_from_name(file.name))
         internal_date = int(os.stat(file).st_mtime)
+        saved = None
     return NewMessage(
         file=name,
         size=len(data),
         internal_date=internal_date,
         flags=flags,
         summary=summarize(data),
+        # Kept by reindex; else when the file was made in its folder.
+        saved=saved if saved is not None else index.saved_from_name(name, internal_date),
     )

@@ -3,7 +3,8 @@
 The index is the source of truth for everything IMAP needs that is not the
 message bytes themselves: mailboxes with UIDVALIDITY/UIDNEXT/HIGHESTMODSEQ,
 and per message its UID, file, size, internal date, flags, modseq and the
-summary computed at delivery (envelope, bodystructure, common headers).
+summary computed at delivery (envelope, bodystructure, common headers),
+and when it was saved into its mailbox (``saved``, for retention).
 The files can always rebuild it (``reindex``); it cannot rebuild the files.
 """
 
@@ -20,10 +21,10 @@ from estafeta.message import Summary, imap_envelope
 from estafeta.message.searchtext import search_columns
 from estafeta.store import flags as flags_module
 from estafeta.store import fulltext
-from estafeta.store.maildir import mailbox_dir
+from estafeta.store.maildir import mailbox_dir, sort_key
 from estafeta.store.names import canonical
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -144,6 +145,20 @@ CREATE TABLE IF NOT EXISTS pending (
 )
 """
 
+# Version 8: when each message was saved into its mailbox (delivery,
+# APPEND, COPY, MOVE: POSIX seconds), which ``[retention]`` counts from.
+# Not the internal date: COPY and MOVE keep that (rfc9051:6.4.7, rfc9051:6.4.8),
+# so a year-old message moved to Trash today would go at the next run.
+# Rows written before version 8 get the time in their file's Maildir name
+# (``saved_from_name``): estafeta names every file it makes in a folder
+# (delivery, APPEND, and the link of a COPY or MOVE) with the time it made
+# it, so that is when the message came into this mailbox; a name without a
+# time (another tool's) falls back to the internal date. NULL (never
+# written by this version) means "not known": retention keeps such a row.
+_SCHEMA_V8 = """
+ALTER TABLE messages ADD COLUMN saved INTEGER
+"""
+
 # The search columns, in the order of searchtext.search_columns.
 SEARCH_COLUMNS = ("s_subject", "s_hsubject", "s_from", "s_to", "s_cc", "s_bcc")
 
@@ -169,6 +184,7 @@ class NewMessage:
     internal_date: int
     flags: Sequence[str]
     summary: Summary
+    saved: int | None = None  # into its mailbox; None: now (``add_messages``)
 
 
 @dataclass(frozen=True)
@@ -230,6 +246,11 @@ def _create(conn: sqlite3.Connection) -> None:
             _run_script(conn, _SCHEMA_V6)
         if version <= 6:
             _run_script(conn, _SCHEMA_V7)
+        if version <= 7:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+            if "saved" not in columns:  # a version 8 file marked older (tests do)
+                _run_script(conn, _SCHEMA_V8)
+            _fill_v8(conn)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -252,6 +273,29 @@ def _fill_v5(conn: sqlite3.Connection) -> None:
             " s_to = ?, s_cc = ?, s_bcc = ? WHERE rowid = ?",
             (" ".join(flags_module.canonical_flags(flag_text.split())), *columns, rowid),
         )
+
+
+def saved_from_name(file: str, internal_date: int) -> int:
+    """When a message file was made in its folder, from its Maildir name
+    (``SECONDS.M...``); the internal date for a name without a time, or with
+    one that cannot be (before 1990, or in the future)."""
+    seconds = sort_key(file.rsplit("/", 1)[-1])[0]
+    return seconds if _PLAUSIBLE <= seconds <= time.time() + 86_400 else internal_date
+
+
+_PLAUSIBLE = 631_152_000  # 1990-01-01: older "times" are not from a Maildir name
+
+
+def _fill_v8(conn: sqlite3.Connection) -> None:
+    """Upgrade to version 8 in the caller's transaction: ``saved`` from each
+    file's name (see _SCHEMA_V8)."""
+    rows = conn.execute(
+        "SELECT rowid, file, internal_date FROM messages WHERE saved IS NULL"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE messages SET saved = ? WHERE rowid = ?",
+        ((saved_from_name(file, int(date)), rowid) for rowid, file, date in rows),
+    )
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -356,14 +400,15 @@ def add_messages(
         raise KeyError(mailbox_name)
     uid = box.uidnext
     modseq = box.highestmodseq + 1
+    now = int(time.time())  # saved into the mailbox: delivery, APPEND, COPY, MOVE
     uids = []
     for message in messages:
         summary = message.summary
         cursor = conn.execute(
             "INSERT INTO messages (mailbox_id, uid, file, size, internal_date, flags, modseq,"
             " subject, from_addr, sent_date, message_id, summary, envelope,"
-            " s_subject, s_hsubject, s_from, s_to, s_cc, s_bcc)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " s_subject, s_hsubject, s_from, s_to, s_cc, s_bcc, saved)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (file) DO NOTHING",
             (
                 box.id,
@@ -380,6 +425,7 @@ def add_messages(
                 summary.to_json(),
                 imap_envelope(summary.envelope),
                 *search_columns(summary),
+                now if message.saved is None else message.saved,
             ),
         )
         if cursor.rowcount:
@@ -469,12 +515,26 @@ def files(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT file FROM messages")}
 
 
-def old_flags(conn: sqlite3.Connection) -> dict[str, tuple[tuple[str, ...], int]]:
-    """file -> (flags, internal date), what ``reindex`` carries over."""
+def old_flags(conn: sqlite3.Connection) -> dict[str, tuple[tuple[str, ...], int, int | None]]:
+    """file -> (flags, internal date, saved), what ``reindex`` carries over."""
     return {
-        row[0]: (tuple(row[1].split()), row[2])
-        for row in conn.execute("SELECT file, flags, internal_date FROM messages")
+        row[0]: (tuple(row[1].split()), row[2], row[3])
+        for row in conn.execute("SELECT file, flags, internal_date, saved FROM messages")
     }
+
+
+def saved_before(
+    conn: sqlite3.Connection, mailbox_id: int, before: int, limit: int | None = None
+) -> list[int]:
+    """UIDs of the mailbox's messages saved into it before ``before`` (POSIX
+    seconds), lowest first, at most ``limit``. Rows of unknown ``saved``
+    (NULL) never match. It walks the mailbox's rows in UID order, which is
+    nearly the order they were saved in: the old ones come first."""
+    rows = conn.execute(
+        "SELECT uid FROM messages WHERE mailbox_id = ? AND saved < ? ORDER BY uid LIMIT ?",
+        (mailbox_id, before, -1 if limit is None else limit),
+    )
+    return [int(row[0]) for row in rows]
 
 
 def dump_mailbox_settings(conn: sqlite3.Connection) -> dict[str, tuple[str | None, bool, int, int]]:

@@ -341,6 +341,21 @@ def expunge(
     return removed
 
 
+def expire(
+    conn: sqlite3.Connection, account_path: Path, mailbox: str, saved_before: int, limit: int
+) -> list[int]:
+    """Retention: expunge up to ``limit`` messages saved into ``mailbox``
+    before ``saved_before``, whatever their flags, as EXPUNGE does (one
+    transaction, VANISHED records, files unlinked after the commit). A
+    server may expunge at any time; sessions report it where an untagged
+    EXPUNGE is allowed (rfc9051:7.5.1), or VANISHED (rfc7162:3.2.10)."""
+    with transaction(conn):
+        box = _need(conn, mailbox)
+        removed = _remove(conn, box, index.saved_before(conn, box.id, saved_before, limit))
+    replay_journal(conn, account_path)
+    return removed
+
+
 def copy(
     conn: sqlite3.Connection,
     account_path: Path,
