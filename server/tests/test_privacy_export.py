@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,6 +196,7 @@ def test_account_json_says_everything_but_the_secrets(
         record = json.loads(archive.read("account.json"))
         everything = b"".join(archive.read(name) for name in archive.namelist())
     assert record["address"] == ALICE and record["quota"] == 10_000_000
+    assert isinstance(record["created"], int) and abs(record["created"] - time.time()) < 600
     aliases = {a["alias"]: a for a in record["aliases"]}
     assert set(aliases) == {f"al@{DOMAIN}", f"chain@{DOMAIN}", f"team@{DOMAIN}", "@other.test"}
     assert aliases[f"chain@{DOMAIN}"]["via"] == [f"al@{DOMAIN}"]

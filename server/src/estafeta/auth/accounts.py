@@ -567,6 +567,17 @@ class Accounts:
         rows = self._conn().execute("SELECT address, quota FROM accounts ORDER BY address")
         return {address: int(quota) for address, quota in rows}
 
+    def created(self, address: str) -> int | None:
+        """When the account was made (Unix time); None if there is no such account."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT created FROM accounts WHERE address = ?", (self._local_address(address),)
+            )
+            .fetchone()
+        )
+        return None if row is None else int(row[0])
+
     def get_quota(self, address: str) -> int:
         """The account's own storage quota in bytes; 0 means the global ``[limits] quota``."""
         normalized = self._local_address(address)

@@ -348,8 +348,7 @@ def account_record(config: Config, accounts: Accounts, address: str) -> dict[str
         "address": address,
         "server": config.hostname,
         "exported": int(time.time()),
-        # LEAD: accounts.created has no public reader in auth/accounts.py yet.
-        "created": None,
+        "created": accounts.created(address),
         "quota": accounts.get_quota(address),
         "aliases": aliases_of(accounts.list_aliases(), set(accounts.list_users()), address),
         "sieve_scripts": sieve,
