@@ -47,10 +47,8 @@ from estafeta.message import summarize
 from estafeta.store import Delivery, Store
 
 PASSWORD = "bench-" + os.urandom(9).hex()
-WORDS = (
-    "meeting report budget project quarter review schedule team customer update "
-    "invoice delivery contract draft proposal agenda summary release feedback plan"
-).split()
+WORDS = """meeting report budget project quarter review schedule team customer update
+invoice delivery contract draft proposal agenda summary release feedback plan""".split()  # noqa: SIM905
 
 
 def message(rng: random.Random, number: int, to: str) -> bytes:
@@ -146,7 +144,7 @@ def write_config(root: Path, destination: str, extra: str = "") -> Path:
     path.write_text(
         f'hostname = "mx.bench.test"\ndata_dir = "{root / "data"}"\ndomains = ["bench.test"]\n'
         f'[listen]\nsmtp = ["127.0.0.1:{free_port()}"]\n'
-        '[auth]\nargon2_time_cost = 1\nargon2_memory_cost = 1024\nargon2_parallelism = 1\n'
+        "[auth]\nargon2_time_cost = 1\nargon2_memory_cost = 1024\nargon2_parallelism = 1\n"
         f'[backup]\nkey_file = "{root / "backup.key"}"\ndestination = "{destination}"\n' + extra
     )
     return path
@@ -180,8 +178,9 @@ def main() -> None:
         figures["first_dir_MBps"] = round(size / 1e6 / took, 1)
         figures["snapshot_MB"] = round(size / 1e6, 1)
         figures["repository_MB"] = round(du(root / "repo") / 1e6, 1)
+        stored = du(root / "repo") / 1e6
         print(f"first backup to a directory: {took:.1f} s, {size / 1e6 / took:.1f} MB/s "
-              f"({size / 1e6:.0f} MB in the snapshot, {du(root / 'repo') / 1e6:.0f} MB stored)")  # fmt: skip
+              f"({size / 1e6:.0f} MB in the snapshot, {stored:.0f} MB stored)")  # fmt: skip
 
         fill(config, accounts, args.new, args.messages, seed=19)
         took, second = run(config, "create", "--json", "--no-progress")
@@ -206,7 +205,7 @@ def main() -> None:
             with moto_server(root) as url:
                 boto3.client(
                     "s3", endpoint_url=url, region_name="us-east-1",
-                    aws_access_key_id="bench", aws_secret_access_key="bench",
+                    aws_access_key_id="bench", aws_secret_access_key="bench",  # noqa: S106
                 ).create_bucket(Bucket="bench")  # fmt: skip
                 creds = root / "s3.ini"
                 creds.write_text("access_key_id = bench\nsecret_access_key = bench\n")
