@@ -15,10 +15,10 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail
 
 help:
 	@echo "make deploy   install into .venv, boot the lab, run site.yml and verify.yml on it"
-	@echo "make test     lint and all tests (both Molecule scenarios included)"
+	@echo "make test     lint and all tests (every Molecule scenario included)"
 	@echo "make stop     stop the lab (same as make lab-down)"
 	@echo "make lab-up / lab-down   boot / remove the nspawn lab hosts"
-	@echo "make molecule  both Molecule scenarios (default, deliverability)"
+	@echo "make molecule  the Molecule scenarios (default, deliverability, backup)"
 	@echo "make clean    stop the lab, remove .venv, .lab and caches"
 	@echo "make fuzz     the long fuzz run: 10^6 inputs per parser (about 20 minutes)"
 	@echo "make bench    estafeta vs Postfix+Dovecot benchmark (BENCH_ARGS=--quick: 1-2 minutes)"
@@ -85,10 +85,10 @@ lab: deploy
 lab-down: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-playbook -i inventories/lab playbooks/lab.yml -e lab_state=absent
 
-# Both scenarios boot their hosts with playbooks/lab.yml: they replace a
+# The scenarios boot their hosts with playbooks/lab.yml: they replace a
 # running lab and leave none behind.
 molecule: venv
-	@for scenario in default deliverability; do \
+	@for scenario in default deliverability backup; do \
 	  start=$$(date +%s); \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $$scenario; \
 	  echo "molecule $$scenario: passed in $$(( $$(date +%s) - start )) s"; \

@@ -3,6 +3,8 @@
 
     labctl.py image                 build (or reuse) the cached root file system
     labctl.py up NAME=IP[:FQDN] ... create the bridge and boot each host
+    labctl.py renew NAME=IP[:FQDN]  stop that host, throw its root away, boot a fresh copy
+                                    of the image (the other hosts keep running)
     labctl.py down                  stop every lab host, remove the bridge and the copies
     labctl.py status                JSON: the hosts, their PIDs and addresses
 
@@ -253,15 +255,22 @@ def wait_ssh(ip: str, timeout: float = 90.0) -> None:
     raise SystemExit(f"{ip}: SSH did not come up within {timeout:.0f} s")
 
 
+def parse_spec(spec: str) -> tuple[str, str, str]:
+    """NAME=IP[:FQDN] -> (name, ip, fqdn); the FQDN defaults to the name."""
+    name, _, rest = spec.partition("=")
+    ip, _, fqdn = rest.partition(":")
+    if not name or not ip:
+        raise SystemExit(f"labctl: {spec!r} is not NAME=IP[:FQDN]")
+    return name, ip, fqdn or name
+
+
 def cmd_up(specs: list[str]) -> dict[str, object]:
     changed = build_image()
     changed |= bridge_up()
     state = load_state()
     started = []
     for spec in specs:
-        name, _, rest = spec.partition("=")
-        ip, _, fqdn = rest.partition(":")
-        fqdn = fqdn or name
+        name, ip, fqdn = parse_spec(spec)
         current = state.get(name)
         if current and alive(int(current["pid"])) and current["ip"] == ip:  # type: ignore[call-overload]
             continue
@@ -287,6 +296,45 @@ def stop(pid: int, timeout: float = 30.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         time.sleep(0.5)
+
+
+def wait_link_gone(name: str, timeout: float = 15.0) -> None:
+    """nspawn's end of the host's veth pair ("vb-NAME") goes when the machine
+    has stopped; a new machine of the same name needs the name free."""
+    link = f"vb-{name}"
+    if len(link) > 15:  # nspawn shortens long names its own way: nothing to wait for
+        return
+    deadline = time.monotonic() + timeout
+    while run("ip", "link", "show", link, check=False).returncode == 0:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"labctl: {link} is still there {timeout:.0f} s after {name} stopped")
+        time.sleep(0.2)
+
+
+def cmd_renew(specs: list[str]) -> dict[str, object]:
+    """Stop each named host, throw its root file system away and boot a fresh
+    copy of the image at the same address (a new machine: new SSH host keys,
+    nothing of the old one). The other hosts and the bridge stay as they are."""
+    if run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        raise SystemExit(f"labctl: {BRIDGE} does not exist: start the lab with 'up' first")
+    build_image()
+    state = load_state()
+    renewed = []
+    for spec in specs:
+        name, ip, fqdn = parse_spec(spec)
+        current = state.get(name)
+        if current and alive(int(current["pid"])):  # type: ignore[call-overload]
+            log(f"{name}: stopping")
+            stop(int(current["pid"]))  # type: ignore[call-overload]
+        wait_link_gone(name)
+        pid = boot(name, ip, fqdn)
+        state[name] = {"pid": pid, "ip": ip, "fqdn": fqdn}
+        save_state(state)
+        renewed.append(name)
+    for name in renewed:
+        wait_ssh(str(state[name]["ip"]))
+        log(f"{name}: renewed, up at {state[name]['ip']}")
+    return {"changed": True, "hosts": state, "renewed": renewed}
 
 
 def cmd_down() -> dict[str, object]:
@@ -366,6 +414,8 @@ def main() -> int:
     sub.add_parser("image")
     up = sub.add_parser("up")
     up.add_argument("hosts", nargs="+", metavar="NAME=IP[:FQDN]")
+    renew = sub.add_parser("renew")
+    renew.add_argument("hosts", nargs="+", metavar="NAME=IP[:FQDN]")
     sub.add_parser("down")
     sub.add_parser("status")
     args = parser.parse_args()
@@ -376,6 +426,8 @@ def main() -> int:
         result: dict[str, object] = {"changed": build_image(), "image": str(image_dir())}
     elif args.command == "up":
         result = cmd_up(args.hosts)
+    elif args.command == "renew":
+        result = cmd_renew(args.hosts)
     elif args.command == "down":
         result = cmd_down()
     else:

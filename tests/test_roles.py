@@ -151,12 +151,14 @@ def test_every_role_has_the_usual_files(role: str) -> None:
 
 # A wrong value for one variable of each role, and the word the message must hold.
 WRONG = {
+    "backup": ({"backup__keep_daily": "a week"}, "backup__keep_daily"),
     "base": ({"base__unattended_reboot": "perhaps"}, "base__unattended_reboot"),
     "dns_records": ({"dns_records__ttl": "an hour"}, "dns_records__ttl"),
     "estafeta": ({"estafeta__limits_quota": "lots"}, "estafeta__limits_quota"),
     "firewall": ({"firewall__ssh_port": "not-a-number"}, "firewall__ssh_port"),
     "lab_acme": ({"lab_acme__http_port": "eighty"}, "lab_acme__http_port"),
     "lab_dns": ({"lab_dns__zones": "example.test"}, "lab_dns__zones"),
+    "lab_s3": ({"lab_s3__port": "nine thousand"}, "lab_s3__port"),
     "resolver": ({"resolver__port": "fifty-three"}, "resolver__port"),
     "rspamd": ({"rspamd__service_enabled": "perhaps"}, "rspamd__service_enabled"),
     "tls": ({"tls__mode": "magic"}, "tls__mode"),
@@ -735,4 +737,11 @@ def test_site_imports_every_service_playbook() -> None:
     site = load_yaml(ROOT / "playbooks" / "site.yml")
     assert all(set(entry) == {"name", "ansible.builtin.import_playbook"} for entry in site)
     imported = [entry["ansible.builtin.import_playbook"] for entry in site]
-    assert imported == ["base.yml", "firewall.yml", "tls.yml", "estafeta.yml", "dns.yml"]
+    assert imported == [
+        "base.yml",
+        "firewall.yml",
+        "tls.yml",
+        "estafeta.yml",
+        "backup.yml",
+        "dns.yml",
+    ]
