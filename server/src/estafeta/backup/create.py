@@ -272,7 +272,19 @@ class Snapshotter:
                     manifest_scopes[scope.name] = self._scope(scope, cache, packer, pool, progress)
                     report.dropped += scope.dropped
             progress.end()
+            log.info(
+                "backup: files read and sealed: %.1f MB read, %d new objects (%.1f s)",
+                progress.read / 1e6,
+                len(packer.added),
+                time.monotonic() - started,
+            )
             packer.finish()
+            log.info(
+                "backup: %d packs and their index written, %.1f MB (%.1f s)",
+                len(packer.packs),
+                packer.uploaded_octets / 1e6,
+                time.monotonic() - started,
+            )
         except BaseException:
             packer.abort()
             cache.close()
