@@ -42,15 +42,9 @@ def test_a_message_expunged_during_the_run_leaves_the_copy_too(
 
     target = tmp_path / "restored"
     restore_all(repository, snapshot, target)
-    with Store(target / "mail", site.config.hostname) as store:
-        reader = store.reader(ALICE)
-        with reader:
-            box = reader.mailbox("INBOX")
-            assert box is not None
-            rows = reader.messages(box.id)
-            assert [row.uid for row in rows] == [1, 3, 4, 6]
-            for row in rows:
-                assert reader.content(row.file).startswith(b"Subject: m")
+    inbox = site.restored_inbox(target, ALICE)
+    assert [uid for uid, _ in inbox] == [1, 3, 4, 6]
+    assert all(content.startswith(b"Subject: m") for _, content in inbox)
 
 
 def test_messages_not_settled_yet_are_restored_from_the_index(
@@ -71,11 +65,6 @@ def test_messages_not_settled_yet_are_restored_from_the_index(
     snapshot = site.snapshot()
     target = tmp_path / "restored"
     restore_all(site.repository(), snapshot, target)
-    with Store(target / "mail", site.config.hostname) as store:
-        reader = store.reader(ALICE)
-        with reader:
-            box = reader.mailbox("INBOX")
-            assert box is not None
-            contents = sorted(reader.content(row.file) for row in reader.messages(box.id))
+    contents = sorted(content for _, content in site.restored_inbox(target, ALICE))
     assert contents == sorted(data)
     assert sorted(p.name for p in (target / "mail" / "example.test" / "alice" / "new").iterdir())

@@ -86,6 +86,15 @@ class Site:
     def repository(self) -> Repository:
         return open_repository(self.config)
 
+    def restored_inbox(self, data_dir: Path, address: str) -> list[tuple[int, bytes]]:
+        """(UID, content) of each message in the INBOX of a restored data_dir."""
+        with Store(data_dir / "mail", self.config.hostname) as store:
+            reader = store.reader(address)
+            with reader:
+                box = reader.mailbox("INBOX")
+                assert box is not None
+                return [(row.uid, reader.content(row.file)) for row in reader.messages(box.id)]
+
     def close(self) -> None:
         self.store.stop()
 
@@ -131,14 +140,9 @@ def test_prune_forgets_snapshots_and_sweeps_what_nothing_needs(site: Site, tmp_p
     assert checked.files > 0 and not checked.erased
     target = tmp_path / "restored"
     restore_all(repository, third, target)
-    with Store(target / "mail", site.config.hostname) as store:
-        reader = store.reader(ALICE)
-        with reader:
-            box = reader.mailbox("INBOX")
-            assert box is not None
-            rows = reader.messages(box.id)
-            assert [row.uid for row in rows] == list(range(31, 41))
-            assert all(len(reader.content(row.file)) > 20_000 for row in rows)
+    inbox = site.restored_inbox(target, ALICE)
+    assert [uid for uid, _ in inbox] == list(range(31, 41))
+    assert all(len(content) > 20_000 for _, content in inbox)
 
     # Nothing left to do: a second prune deletes nothing.
     again = prune(site.repository(), 0, 0, 0)
