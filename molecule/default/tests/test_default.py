@@ -99,7 +99,7 @@ def test_nftables_input_policy_drops_and_opens_only_mail_ports(host) -> None:  #
     chain, rules = input_chain(host)
     assert chain["hook"] == "input" and chain["policy"] == "drop", chain
     # Every mail port is open to the world, and nothing else is (SSH is
-    # limited to the controller's address, hence not "from anywhere").
+    # limited to firewall__ssh_allow, hence not "from anywhere").
     assert accepted_from_anywhere(rules) == MAIL_PORTS
     # No rule accepts everything (a bare "accept" or "tcp accept").
     for rule in rules:
