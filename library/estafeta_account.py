@@ -30,7 +30,7 @@ options:
     default: present
   password:
     description:
-      - The account's password (at least 12 characters and not guessable: estafeta refuses
+      - The account's password, at least 12 characters and not guessable (estafeta refuses
         common and address-derived passwords). Required to create an account.
       - For an existing account it is checked with C(estafeta user verify) and set only
         if it differs (see O(update_password)).
