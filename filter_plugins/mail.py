@@ -99,6 +99,12 @@ options:
     type: str
     default: "-all"
     choices: ["-all", "~all", "?all"]
+  extra:
+    description:
+      - C(spf_record) - more SPF terms, added after the mechanisms of the input (for example
+        V(include:_spf.google.com) for another sender of the domain); checked like them.
+    type: list
+    elements: str
   rua:
     description: C(dmarc_record) - C(mailto:) URIs that receive aggregate reports; a size
       limit may follow, as in V(mailto:dmarc@example.org!10m).
@@ -177,6 +183,11 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ ['mx', 'include:_spf.provider.example'] | spf_record(all='~all') }}"
     # => "v=spf1 mx include:_spf.provider.example ~all"
+
+- name: SPF value with another sender of the domain
+  ansible.builtin.debug:
+    msg: "{{ {'mx': true} | spf_record(extra=['include:_spf.google.com']) }}"
+    # => "v=spf1 mx include:_spf.google.com -all"
 
 - name: DMARC value, policy as input
   ansible.builtin.debug:
@@ -440,7 +451,7 @@ def _spf_terms_from_dict(mechanisms: Mapping[Any, Any]) -> list[str]:
     return terms
 
 
-def spf_record(mechanisms: Any, all: str | None = "-all") -> str:
+def spf_record(mechanisms: Any, all: str | None = "-all", extra: Any = None) -> str:
     """Build an SPF TXT value (RFC 7208).
 
     ``mechanisms`` is either a dict or a list of SPF terms:
@@ -451,6 +462,9 @@ def spf_record(mechanisms: Any, all: str | None = "-all") -> str:
       ip4, ip6, include, exists, redirect, exp.
     * list: terms such as ``mx``, ``a:mail.example.org/24``, ``ip4:198.51.100.0/24``,
       ``~include:_spf.provider.example`` or ``redirect=_spf.example.org``, kept in order.
+
+    ``extra`` is a list of more terms, added after the mechanisms (other senders of the
+    domain, such as ``include:_spf.google.com``) and checked like them.
 
     ``all`` ends the record: ``-all`` (default), ``~all`` or ``?all``. It must be None when
     the record has ``redirect=``, which receivers ignore if there is an ``all`` (RFC 7208 6.1).
@@ -471,6 +485,8 @@ def spf_record(mechanisms: Any, all: str | None = "-all") -> str:
             f"input must be a dict like {{'mx': true, 'ip4': ['198.51.100.10']}} or a list of "
             f"mechanisms like ['mx', 'ip4:198.51.100.10'], not {type(mechanisms).__name__}"
         )
+    if extra is not None:
+        raw_terms = raw_terms + _strings("extra", extra)
     terms: list[str] = []
     lookups = 0
     redirect = False

@@ -20,6 +20,9 @@ description:
     their current status (RV(table)).
   - The module only reads DNS. Run it on the controller, with C(delegate_to) set to
     C(localhost).
+  - Right after a change, ask the servers that hold the zone (O(nameservers) set to the
+    primary, or O(authoritative)) and let the checks repeat (O(wait)) while the change
+    reaches the secondaries; a caching resolver keeps the old answer until its TTL runs out.
 version_added: "1.0.0"
 options:
   domain:
@@ -31,8 +34,28 @@ options:
       - Nameservers to ask, each C(ip) or C(ip:port) (C([v6]:port) for IPv6 with a port).
       - Ask the authoritative servers to see what is published now, without resolver caches.
       - Default is the system resolver (C(/etc/resolv.conf)).
+      - With O(authoritative), these (or the system resolver) are only used to find the
+        authoritative servers.
     type: list
     elements: str
+  authoritative:
+    description:
+      - Ask the authoritative servers of each name's zone directly (without recursion); the
+        zone is found from the SOA record, its servers from the NS records and their
+        addresses, all through O(nameservers) or the system resolver.
+      - The reverse zones of O(expect.ptr) have their own servers, found the same way.
+    type: bool
+    default: false
+  authoritative_port:
+    description: The port the authoritative servers are asked on (53; another for tests).
+    type: int
+    default: 53
+  wait:
+    description:
+      - Seconds to keep repeating the checks while any of them fails, every 2 seconds; the
+        last round's results are returned. V(0) checks once.
+    type: float
+    default: 0
   timeout:
     description: Seconds to wait for the answer to each query.
     type: float
@@ -219,6 +242,11 @@ results:
       description: What was found to be right or wrong.
       type: str
       sample: "unexpected MX host: mx2.example.org (preference 20)"
+attempts:
+  description: How many rounds of checks were made (more than one with O(wait)).
+  returned: always
+  type: int
+  sample: 1
 failed_checks:
   description: C(<check> <name>) of every check with status V(fail).
   returned: always
@@ -261,6 +289,7 @@ import binascii  # noqa: E402
 import ipaddress  # noqa: E402
 import itertools  # noqa: E402
 import re  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -269,6 +298,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # no
 DNSPYTHON_IMPORT_ERROR = None
 try:
     import dns.exception
+    import dns.flags
     import dns.name
     import dns.resolver
     import dns.reversename
@@ -293,6 +323,8 @@ _DMARC_DEFAULTS = {"adkim": "r", "aspf": "r", "pct": "100", "fo": "0", "rf": "af
 _ALL_RANK = {"+": 0, "?": 1, "~": 2, "-": 3}
 _ALL_NAMES = {"+": "pass", "?": "neutral", "~": "softfail", "-": "fail"}
 _SPF_ALL = re.compile(r"[+?~-]?all")
+# Seconds between rounds of checks with O(wait).
+WAIT_INTERVAL = 2.0
 
 
 class LookupFailure(Exception):
@@ -384,7 +416,7 @@ def _is_record(text: str, version: str) -> bool:
 class MailDNSCheck:
     """Runs the checks named in ``expect`` and collects one result per check."""
 
-    def __init__(self, module: AnsibleModule) -> None:
+    def __init__(self, module: AnsibleModule, zone_servers: dict[str, Any] | None = None) -> None:
         self.module = module
         params = module.params
         self.domain = self.host(params["domain"])
@@ -392,6 +424,10 @@ class MailDNSCheck:
         self.expect = {k: v for k, v in (params["expect"] or {}).items() if v is not None}
         self.servers_text = ", ".join(params["nameservers"] or []) or "the system resolver"
         self.resolver = self._resolver(params["nameservers"] or [])
+        self.authoritative = bool(params["authoritative"])
+        # zone -> its authoritative servers' resolver (or the LookupFailure finding them),
+        # kept across the rounds of O(wait).
+        self.zone_servers: dict[str, Any] = {} if zone_servers is None else zone_servers
         self.results: list[dict[str, Any]] = []
         # (record, index of the result it belongs to), for the report.
         self.published: list[tuple[dict[str, str], int]] = []
@@ -463,18 +499,66 @@ class MailDNSCheck:
             raise cached
         return cached
 
+    def _authoritative_resolver(self, name: str) -> tuple[dns.resolver.Resolver, str]:
+        """A resolver that asks the authoritative servers of ``name``'s zone, and their text."""
+        try:
+            zone = dns.resolver.zone_for_name(name, resolver=self.resolver)
+        except dns.exception.DNSException as exc:
+            raise LookupFailure(f"cannot find the zone of {name}: {exc}") from exc
+        key = zone.to_text()
+        if key not in self.zone_servers:
+            self.zone_servers[key] = self._zone_resolver(zone)
+        found = self.zone_servers[key]
+        if isinstance(found, LookupFailure):
+            raise found
+        resolver, text = found
+        return resolver, text
+
+    def _zone_resolver(self, zone: Any) -> tuple[dns.resolver.Resolver, str] | LookupFailure:
+        port = int(self.module.params["authoritative_port"])
+        addresses: list[str] = []
+        try:
+            targets = [r.target for r in self.resolver.resolve(zone, "NS", search=False)]
+            for target in targets:
+                for rdtype in ("A", "AAAA"):
+                    answer = self.resolver.resolve(
+                        target, rdtype, raise_on_no_answer=False, search=False
+                    )
+                    addresses += [r.address for r in answer.rrset or []]
+        except dns.exception.DNSException as exc:
+            return LookupFailure(f"cannot find the servers of {zone}: {exc}")
+        if not addresses:
+            return LookupFailure(f"no address for the NS records of {zone}")
+        resolver = dns.resolver.Resolver(configure=False)
+        if HAS_NAMESERVER_CLASSES:
+            resolver.nameservers = [dns.nameserver.Do53Nameserver(a, port) for a in addresses]
+        else:
+            resolver.nameservers = addresses
+            resolver.nameserver_ports = dict.fromkeys(addresses, port)
+        resolver.flags = 0  # no recursion: the servers answer from the zone
+        resolver.timeout = self.timeout
+        resolver.lifetime = self.timeout
+        resolver.cache = None
+        where = ", ".join(f"{t.to_text(omit_final_dot=True)}" for t in targets)
+        return resolver, f"the servers of {zone.to_text(omit_final_dot=True)} ({where})"
+
     def _query(self, name: str, rdtype: str) -> list[Any] | LookupFailure:
         where = f"{name} {rdtype}"
+        resolver, servers_text = self.resolver, self.servers_text
+        if self.authoritative:
+            try:
+                resolver, servers_text = self._authoritative_resolver(name)
+            except LookupFailure as exc:
+                return exc
         try:
-            answer = self.resolver.resolve(
+            answer = resolver.resolve(
                 dns.name.from_text(name), rdtype, raise_on_no_answer=False, search=False
             )
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except dns.exception.Timeout:
             return LookupFailure(
-                f"timeout querying {where}: no answer from {self.servers_text}"
-                f" within {self.timeout:g}s"
+                f"timeout querying {where}: no answer from {servers_text} within {self.timeout:g}s"
             )
         except dns.resolver.NoNameservers as exc:
             return LookupFailure(f"no nameserver answered {where}: {exc}")
@@ -1093,6 +1177,9 @@ def main() -> None:
             "nameservers": {"type": "list", "elements": "str"},
             "timeout": {"type": "float", "default": 5},
             "mode": {"type": "str", "choices": ["check", "report"], "default": "check"},
+            "authoritative": {"type": "bool", "default": False},
+            "authoritative_port": {"type": "int", "default": 53},
+            "wait": {"type": "float", "default": 0},
             "expect": {"type": "dict", "options": expect_spec},
         },
         supports_check_mode=True,
@@ -1102,11 +1189,29 @@ def main() -> None:
     if module.params["timeout"] <= 0:
         module.fail_json(msg="timeout must be more than 0")
 
-    checker = MailDNSCheck(module)
-    checker.run()
-    failed = checker.failed()
+    if module.params["wait"] < 0:
+        module.fail_json(msg="wait must not be negative")
+
+    # Repeat while a check fails and the wait allows (propagation, RFC 1996 NOTIFY
+    # and zone transfers to the secondaries, or an old negative answer's TTL, RFC 2308).
+    deadline = time.monotonic() + module.params["wait"]
+    zone_servers: dict[str, Any] = {}
+    attempts = 0
+    while True:
+        attempts += 1
+        checker = MailDNSCheck(module, zone_servers)
+        checker.run()
+        failed = checker.failed()
+        left = deadline - time.monotonic()
+        if not failed or left <= 0:
+            break
+        # A zone whose servers could not be found is looked for again.
+        for zone in [z for z, v in zone_servers.items() if isinstance(v, LookupFailure)]:
+            del zone_servers[zone]
+        time.sleep(min(WAIT_INTERVAL, left))
     result: dict[str, Any] = {
         "changed": False,
+        "attempts": attempts,
         "ok": not failed,
         "results": checker.results,
         "failed_checks": failed,

@@ -7,13 +7,13 @@ the test reads the records back with boto3:
 
 - every record of the domain is there with the value Route 53 stores (TXT
   values quoted and split into strings of at most 255 octets, the 2048-bit
-  DKIM key in two), records the role does not own are left alone and the
-  apex TXT set is replaced as a whole;
+  DKIM key in two); records the role does not own are left alone, and in the
+  apex TXT set the foreign values (``google-site-verification=``, ``MS=``)
+  stay while the foreign SPF is merged with ours into one value (the record
+  set is read, changed and written back whole);
 - a second run and a ``--check --diff`` run change nothing;
-- a changed input (the DMARC policy) updates exactly that record.
-
-Each record is one amazon.aws.route53 call (about a second each), so a run
-of the role takes some 20 seconds and the test about a minute and a half.
+- a changed input (the DMARC policy) updates exactly that record, and the
+  diff shows exactly its old and new line.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ZONE = "example.org"
 HOST = "mx1.example.org"
 TTL = 300
-PUBLISH_TASK = "dns_records : Publish the records in Route 53"
+SHOW_TASK = "dns_records : Show the record changes"
 # moto takes any credentials; the role gets them as variables only.
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -188,14 +188,21 @@ def recap(output: dict[str, Any]) -> dict[str, int]:
 
 
 def changed_items(output: dict[str, Any]) -> list[str]:
-    """The loop labels of the records the publish task changed."""
+    """``TYPE NAME`` of the record sets the role changed (from its diff task)."""
     return [
-        f"{item['item']['type']} {item['item']['name']}"
+        f"{change['type']} {change['name']}"
         for name, result in task_results(output)
-        if name == PUBLISH_TASK
-        for item in result.get("results", [])
-        if item.get("changed")
+        if name == SHOW_TASK
+        for change in result.get("changes", [])
     ]
+
+
+def diff_lines(output: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """(removed, added) record lines of the role's diff."""
+    [diff] = [result["diff"] for name, result in task_results(output) if name == SHOW_TASK]
+    diff = diff[0] if isinstance(diff, list) else diff
+    before, after = set(diff["before"].splitlines()), set(diff["after"].splitlines())
+    return before - after, after - before
 
 
 # -- what Route 53 holds ---------------------------------------------------------------------
@@ -236,6 +243,9 @@ def dkim_rsa_record() -> str:
     return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
 
 
+FOREIGN_TXT = [quoted("google-site-verification=abc"), quoted("MS=ms123")]
+
+
 def expected_records(dkim: str, dmarc_policy: str) -> dict[tuple[str, str], list[str]]:
     policy = f"version: STSv1\r\nmode: testing\r\nmx: {HOST}\r\nmax_age: 604800\r\n"
     # The role's policy id: the first 20 hex digits of the policy's SHA-1 (not security).
@@ -243,7 +253,11 @@ def expected_records(dkim: str, dmarc_policy: str) -> dict[tuple[str, str], list
     target = f"{HOST}."
     return {
         (f"{ZONE}.", "MX"): [f"10 {target}"],
-        (f"{ZONE}.", "TXT"): [quoted("v=spf1 mx -all"), quoted("example-verification=abc123")],
+        (f"{ZONE}.", "TXT"): [
+            quoted("v=spf1 mx include:_spf.example.net -all"),
+            quoted("example-verification=abc123"),
+            *FOREIGN_TXT,
+        ],
         (f"_dmarc.{ZONE}.", "TXT"): [
             quoted(f"v=DMARC1; p={dmarc_policy}; rua=mailto:postmaster@{ZONE}")
         ],
@@ -270,8 +284,9 @@ def test_route53_publishes_the_records_and_is_idempotent(
     hosted_zone = route53.create_hosted_zone(Name=ZONE, CallerReference=str(time.time_ns()))
     hosted_zone_id = hosted_zone["HostedZone"]["Id"]
     assert zone_id(route53, ZONE) == hosted_zone_id
-    # Records that are there before: the apex TXT set (which the role owns) and
-    # an address record (which it does not).
+    # Records that are there before: foreign values in the apex TXT set (two
+    # verification tokens and an SPF with another sender's include) and an
+    # address record the role does not publish.
     route53.change_resource_record_sets(
         HostedZoneId=hosted_zone_id,
         ChangeBatch={
@@ -282,7 +297,13 @@ def test_route53_publishes_the_records_and_is_idempotent(
                         "Name": f"{ZONE}.",
                         "Type": "TXT",
                         "TTL": 60,
-                        "ResourceRecords": [{"Value": '"stale-verification=gone"'}],
+                        "ResourceRecords": [
+                            {"Value": value}
+                            for value in [
+                                *FOREIGN_TXT,
+                                quoted("v=spf1 include:_spf.example.net ~all"),
+                            ]
+                        ],
                     },
                 },
                 {
@@ -313,6 +334,7 @@ def test_route53_publishes_the_records_and_is_idempotent(
         "dns_records__dkim_records": [{"name": f"rsa2025._domainkey.{ZONE}", "value": dkim}],
         "dns_records__mta_sts": True,
         "dns_records__mta_sts_policy_dir": str(tmp_path / "policies"),
+        "dns_records__state_dir": str(tmp_path / "state"),
         # No DNS server serves moto's zones, so there is nothing to check against.
         "dns_records__check": False,
     }
@@ -324,11 +346,13 @@ def test_route53_publishes_the_records_and_is_idempotent(
     published = record_sets(route53, hosted_zone_id)
     for key, values in expected.items():
         assert key in published, f"{key} not published: {sorted(published)}"
-        assert published[key] == (TTL, values), key
+        ttl = 60 if key == (f"{ZONE}.", "TXT") else TTL  # a shared set keeps its TTL
+        assert published[key][0] == ttl, key
+        assert sorted(published[key][1]) == sorted(values), key
     dkim_strings = published[(f"rsa2025._domainkey.{ZONE}.", "TXT")][1][0]
     assert dkim_strings.count('" "') == 1, "the DKIM record is not split in two strings"
     assert all(len(part) <= 255 for part in dkim_strings.strip('"').split('" "'))
-    # The role replaced the apex TXT set and left the rest of the zone alone.
+    # The rest of the zone is as it was.
     assert published[(f"www.{ZONE}.", "A")] == (60, ["192.0.2.80"])
     assert set(published) == {
         *expected,
@@ -347,16 +371,20 @@ def test_route53_publishes_the_records_and_is_idempotent(
     assert recap(output)["changed"] == 0, changed_items(output)
     assert record_sets(route53, hosted_zone_id) == published
 
-    # A new DMARC policy updates that record and no other.
+    # A new DMARC policy updates that record and no other; --check --diff says so first.
     variables["dns_records__dmarc"] = {"p": "quarantine", "rua": ["mailto:postmaster@{domain}"]}
+    dmarc = (f"_dmarc.{ZONE}.", "TXT")
+    old_line = f"{dmarc[0]} {TTL} IN TXT {published[dmarc][1][0]}"
+    new_line = f"{dmarc[0]} {TTL} IN TXT {expected_records(dkim, 'quarantine')[dmarc][0]}"
+    rc, output, stderr = run_role(tmp_path, variables, "--check", "--diff")
+    assert rc == 0, failures(output) or stderr
+    assert diff_lines(output) == ({old_line}, {new_line})
+    assert record_sets(route53, hosted_zone_id) == published
     rc, output, stderr = run_role(tmp_path, variables)
     assert rc == 0, failures(output) or stderr
-    assert recap(output)["changed"] == 1
     assert changed_items(output) == [f"TXT _dmarc.{ZONE}"]
     updated = record_sets(route53, hosted_zone_id)
-    dmarc = (f"_dmarc.{ZONE}.", "TXT")
     assert updated[dmarc] == (TTL, expected_records(dkim, "quarantine")[dmarc])
-    assert updated[dmarc] != published[dmarc]
     assert {key: value for key, value in updated.items() if key != dmarc} == {
         key: value for key, value in published.items() if key != dmarc
     }

@@ -27,8 +27,9 @@ The runs go to localhost with a local connection and files under tmp_path:
   check mode on a new host (no certificate directory: issue 19 §6), and
   self-signed in check mode on a new host: nothing fails, nothing is made.
 
-Not covered here: the TSIG key and the AWS keys of the dns_records role
-(being rewritten in issue 19 §2), the TSIG key of the tls role's DNS-01
+The TSIG key and the AWS keys of the dns_records role are covered by
+tests/test_role_dns_records.py (test_tsig_secret_and_aws_keys_stay_out_of_the_output).
+Not covered here: the TSIG key of the tls role's DNS-01
 tasks (they run only with an ACME CA) and the rspamd role (it installs and
 starts system services).
 """
