@@ -68,3 +68,22 @@ def test_messages_not_settled_yet_are_restored_from_the_index(
     contents = sorted(content for _, content in site.restored_inbox(target, ALICE))
     assert contents == sorted(data)
     assert sorted(p.name for p in (target / "mail" / "example.test" / "alice" / "new").iterdir())
+
+
+def test_the_roles_pre_upgrade_copies_are_not_backed_up(
+    site: Site,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # roles/estafeta/files/snapshot_databases.py copies every database into
+    # data_dir/pre-upgrade/RELEASE/ before an upgrade; a backup that carried
+    # them would hold account indexes outside the accounts' scopes.
+    site.deliver(2, ALICE)
+    copies = site.config.data_dir / "pre-upgrade" / "0.1.0-abc"
+    copies.mkdir(parents=True)
+    (copies / "accounts.db").write_bytes((site.config.accounts_db).read_bytes())
+    (copies / "note").write_text("kept on the host only\n")
+    snapshot = site.snapshot()
+    target = tmp_path / "restored"
+    restore_all(site.repository(), snapshot, target)
+    assert not (target / "pre-upgrade").exists()
+    assert [uid for uid, _ in site.restored_inbox(target, ALICE)] == [1, 2]

@@ -44,6 +44,9 @@ from estafeta.store import maildir
 # files being written, the backup's own state.
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 OWN_DIR = "backup"  # data_dir/backup: the cache and the temporary copies
+# data_dir/pre-upgrade: the Ansible role's database copies taken before an
+# upgrade (roles/estafeta/files/snapshot_databases.py); not backed up.
+PRE_UPGRADE_DIR = "pre-upgrade"
 CONFIG_PREFIX = "@config/"  # the configuration file, which lives outside data_dir
 
 
@@ -173,7 +176,7 @@ class Planner:
         own = self.data_dir / OWN_DIR
         server = Scope(SERVER)
         scopes: dict[str, Scope] = {}
-        claimed: set[Path] = {own}
+        claimed: set[Path] = {own, self.data_dir / PRE_UPGRADE_DIR}
         accounts_copy: Path | None = None
         if self.config.accounts_db.is_file():
             source = self._database(self.config.accounts_db)
