@@ -8,36 +8,89 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the tools and tests need; installed only when missing.
-APT_PACKAGES := python3 python3-venv python3-dev gcc git swaks fetchmail getmail6 knot knot-dnsutils postfix nftables debootstrap systemd-container openssh-client testssl.sh rspamd redis-server unbound dns-root-data
+# Debian packages, installed only when missing. `make deploy` needs only the
+# first list on the controller: the venv (python3-dev and gcc for wheels
+# without a binary for this platform), the lab (debootstrap, nspawn, ip,
+# ssh-keygen); the lab hosts get their packages from labctl.py's image.
+DEPLOY_PACKAGES := python3 python3-venv python3-dev gcc git debootstrap systemd-container iproute2 openssh-client
+# What only the tests run on the controller: servers and clients to test
+# against (tests/, server/tests/, molecule/), started by the tests themselves.
+TEST_PACKAGES := swaks fetchmail getmail6 knot knot-dnsutils postfix nftables testssl.sh rspamd redis-server unbound dns-root-data
+# Seconds `make deps` waits for another apt or dpkg run (unattended-upgrades,
+# an apt-get in another shell) to let go of the dpkg lock.
+APT_LOCK_TIMEOUT ?= 300
+APT_GET ?= apt-get
 
-.PHONY: help deps venv lint test test-server test-ansible molecule lab lab-up lab-down deploy stop clean bench fuzz
+# The lab's name (scripts/labctl.py): `lab` is br-lab on 198.51.100.0/24;
+# another name (1-8 of a-z0-9) gets its own bridge br-NAME and /24, so that
+# two clones on one machine can each run a lab (LAB_SUBNET picks the /24).
+LAB_NAME ?= lab
+LAB_SUBNET ?=
+export LAB_NAME LAB_SUBNET
+
+.PHONY: help deps deps-test venv lint test test-server test-ansible molecule lab lab-up lab-down deploy stop clean bench fuzz collection lock
 
 help:
 	@echo "make deploy   install into .venv, boot the lab, run site.yml and verify.yml on it"
 	@echo "make test     lint and all tests (every Molecule scenario included)"
 	@echo "make stop     stop the lab (same as make lab-down)"
-	@echo "make lab-up / lab-down   boot / remove the nspawn lab hosts"
-	@echo "make molecule  the Molecule scenarios (default, deliverability, backup)"
+	@echo "make lab-up / lab-down   boot / remove the nspawn lab hosts (LAB_NAME=NAME: a lab of its own)"
+	@echo "make molecule  the Molecule scenarios (default, deliverability, backup, upgrade)"
 	@echo "make clean    stop the lab, remove .venv, .lab and caches"
+	@echo "make collection  build the estafeta.mail Ansible collection (scripts/build_collection.py)"
+	@echo "make lock     regenerate server/requirements.lock (versions and hashes the hosts install)"
 	@echo "make fuzz     the long fuzz run: 10^6 inputs per parser (about 20 minutes)"
 	@echo "make bench    estafeta vs Postfix+Dovecot benchmark (BENCH_ARGS=--quick: 1-2 minutes)"
 
+# Install the missing packages of $(1). apt-get runs again while another apt
+# or dpkg run holds its lock (`apt-get update` has no wait of its own), up to
+# APT_LOCK_TIMEOUT seconds, saying so every 15 s.
+define apt_install
+@missing=""; for p in $(1); do \
+  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+done; \
+if [ -n "$$missing" ]; then \
+  echo "installing Debian packages:$$missing"; \
+  out=$$(mktemp); trap 'rm -f "$$out"' EXIT; \
+  apt_locked() { \
+    start=$$(date +%s); said=0; \
+    while :; do \
+      if DEBIAN_FRONTEND=noninteractive "$$@" >"$$out" 2>&1; then grep -v '^Waiting for cache lock' "$$out" || true; return 0; fi; \
+      lock=$$(grep -m1 -E 'Could not get lock|Unable to lock|Unable to acquire the dpkg|is locked by another process' "$$out" | sed 's/^[EW]: //') || { cat "$$out"; return 1; }; \
+      waited=$$(( $$(date +%s) - start )); \
+      if [ $$waited -ge $(APT_LOCK_TIMEOUT) ]; then \
+        echo "make: gave up after $$waited s waiting for the dpkg lock: $$lock" >&2; \
+        echo "make: another apt or dpkg run holds it (unattended-upgrades, an apt-get elsewhere); let it finish and run make again, or wait longer with APT_LOCK_TIMEOUT=SECONDS" >&2; \
+        return 1; \
+      fi; \
+      if [ $$waited -ge $$said ]; then \
+        echo "make: waiting for the dpkg lock ($$waited of $(APT_LOCK_TIMEOUT) s): $$lock"; said=$$(( said + 15 )); \
+      fi; \
+      sleep 2; \
+    done; \
+  }; \
+  case " $$missing " in *" postfix "*) \
+    seed=$$(mktemp); echo "postfix postfix/main_mailer_type select No configuration" >"$$seed"; \
+    apt_locked debconf-set-selections "$$seed"; rm -f "$$seed";; \
+  esac; \
+  apt_locked $(APT_GET) update -qq; \
+  apt_locked $(APT_GET) install -y -qq $$missing; \
+  for unit in knot rspamd redis-server unbound; do \
+    case " $$missing " in *" $$unit "*) \
+      if [ -d /run/systemd/system ]; then systemctl disable --now $$unit.service || true; \
+      else service $$unit stop >/dev/null 2>&1 || true; fi;; \
+    esac; \
+  done; \
+fi
+endef
+
+# What deploying needs (every target that makes .venv runs it).
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  for unit in knot rspamd redis-server unbound; do \
-	    case " $$missing " in *" $$unit "*) \
-	      if [ -d /run/systemd/system ]; then systemctl disable --now $$unit.service || true; \
-	      else service $$unit stop >/dev/null 2>&1 || true; fi;; \
-	    esac; \
-	  done; \
-	fi
+	$(call apt_install,$(DEPLOY_PACKAGES))
+
+# What only the tests need (make test).
+deps-test: deps
+	$(call apt_install,$(TEST_PACKAGES))
 
 $(STAMP): requirements.txt server/pyproject.toml
 	@$(MAKE) --no-print-directory deps
@@ -58,17 +111,18 @@ lint: venv
 	  echo "$(BIN)/ansible-lint"; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint; \
 	else echo "ansible-lint: no playbooks or roles yet"; fi
 
-test-server: venv
+test-server: venv deps-test
 	$(BIN)/pytest server/tests
 
-test-ansible: venv
+test-ansible: venv deps-test
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests
 
-test: deps lint
+test: deps-test lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest server/tests tests
 	$(MAKE) --no-print-directory molecule
 
-# The lab (issue #7): booted Debian 12 hosts under systemd-nspawn on br-lab.
+# The lab (issue #7): booted Debian 12 hosts under systemd-nspawn on the
+# lab's bridge (br-lab, or br-$(LAB_NAME)).
 lab-up: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-playbook -i inventories/lab playbooks/lab.yml -e lab_state=present
 
@@ -86,15 +140,24 @@ lab-down: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-playbook -i inventories/lab playbooks/lab.yml -e lab_state=absent
 
 # The scenarios boot their hosts with playbooks/lab.yml: they replace a
-# running lab and leave none behind.
+# running lab of this clone and leave none behind.
 molecule: venv
-	@for scenario in default deliverability backup; do \
+	@for scenario in default deliverability backup upgrade; do \
 	  start=$$(date +%s); \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $$scenario; \
 	  echo "molecule $$scenario: passed in $$(( $$(date +%s) - start )) s"; \
 	done
 
 stop: lab-down
+
+# The estafeta.mail Ansible collection (roles, modules, filters) as a tarball.
+collection: venv
+	$(BIN)/python scripts/build_collection.py
+
+# server/requirements.lock: the exact versions and hashes of estafeta's
+# dependencies for every platform the role deploys to (x86_64, aarch64).
+lock: venv
+	$(BIN)/python roles/estafeta/files/lock_requirements.py --source server --output server/requirements.lock
 
 # The long fuzz run (make test runs the short Hypothesis profile): at least
 # 10^6 inputs per parser, crashes saved to bench/results/fuzz-crashes/.

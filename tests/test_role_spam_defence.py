@@ -151,11 +151,29 @@ def test_inventory_blocklists_pass_estafeta_check(
             ]
 
 
+# The default lab's network (no .lab/lab.json): the inventory's templates filled in.
+DEFAULT_LAB = {
+    "{{ lab__dns_address }}": "198.51.100.2",
+    "{{ lab__prefix }}": "198.51.100",
+    "{{ lab__net.gateway }}": "198.51.100.1",
+    "{{ lab__net.reverse_zone }}": "100.51.198.in-addr.arpa",
+    "{{ lab__net.reverse_prefix }}": "100.51.198",
+}
+
+
+def lab_file(name: str) -> dict[str, Any]:
+    text = (ROOT / "inventories" / "lab" / name).read_text()
+    for template, value in DEFAULT_LAB.items():
+        text = text.replace(template, value)
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
+
+
 def test_lab_blocklist_lists_no_mail_host() -> None:
     """The lab's Knot zone lists the RFC 5782 test entry and one lab address,
     never the address of a host that sends mail."""
-    group = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text())
-    hosts = yaml.safe_load((ROOT / "inventories" / "lab" / "hosts.yml").read_text())
+    group = lab_file("group_vars/all.yml")
+    hosts = lab_file("hosts.yml")
     mail = hosts["all"]["children"]["mail_servers"]["hosts"]
     senders = {".".join(reversed(h["ansible_host"].split("."))) for h in mail.values()}
     (zone,) = [z for z in group["lab_dns__zones"] if z["name"] == "dnsbl.test"]
@@ -261,10 +279,7 @@ def role_defaults(role: str) -> dict[str, Any]:
 
 
 def lab_vars() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(
-        (ROOT / "inventories" / "lab" / "group_vars" / "all.yml").read_text()
-    )
-    return data
+    return lab_file("group_vars/all.yml")
 
 
 TEMPLATE = """
