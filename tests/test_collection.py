@@ -83,7 +83,8 @@ def test_names_come_from_the_tree() -> None:
     assert NAMES.modules == {p.stem for p in (ROOT / "library").glob("*.py")}
     # Every filter of every FilterModule, including those of packages.py and sieve.py.
     assert {"spf_record", "tlsa_record", "dpkg_missing", "sieve_vacation"} <= NAMES.filters
-    assert NAMES.module_utils == {"estafeta"}
+    assert NAMES.module_utils == {p.stem for p in (ROOT / "module_utils").glob("*.py")}
+    assert {"estafeta", "dns_providers", "dns_cloudflare", "dns_hetzner"} <= NAMES.module_utils
     assert bc.production_roles(ROOT / "roles") == PRODUCTION_ROLES
 
 
