@@ -4,7 +4,8 @@
 Ownership and crash ordering
 ----------------------------
 The module reads every record set it is about to touch from the provider
-(the zone's primary for RFC 2136, the hosted zone for Route 53), plans the
+(the zone's primary for RFC 2136, the hosted zone for Route 53, the zone's
+records through the Cloudflare or Hetzner DNS API), plans the
 record-level change against the ownership state it is given (the values this
 host published before, with the time each was first published), sends the
 change, and returns the new state. The role writes that state on the mail host
@@ -43,9 +44,12 @@ description:
 version_added: "1.0.0"
 options:
   provider:
-    description: V(nsupdate) sends RFC 2136 updates (with TSIG); V(route53) uses the Route 53 API.
+    description:
+      - V(nsupdate) sends RFC 2136 updates (with TSIG); V(route53) uses the Route 53 API.
+      - V(cloudflare) uses the Cloudflare API v4 and V(hetzner) the Hetzner DNS API, value by
+        value (records are added and deleted one by one; a CNAME is deleted, then added).
     type: str
-    choices: [nsupdate, route53]
+    choices: [cloudflare, hetzner, nsupdate, route53]
     required: true
   records:
     description: The records wanted.
@@ -114,7 +118,7 @@ options:
     type: str
     default: hmac-sha256
   timeout:
-    description: Seconds to wait for each DNS query or update.
+    description: Seconds to wait for each DNS query or update, or each API request.
     type: float
     default: 10
   endpoint_url:
@@ -141,6 +145,18 @@ options:
     description: route53, the longest wait for the change, in seconds.
     type: int
     default: 300
+  api_token:
+    description:
+      - cloudflare and hetzner, the API token. Cloudflare needs a token with the permission
+        Zone DNS Edit; Hetzner an API token of the DNS Console.
+    type: str
+    default: ""
+  api_url:
+    description:
+      - cloudflare and hetzner, the API's base URL; empty for the provider's public API
+        (C(https://api.cloudflare.com/client/v4), C(https://dns.hetzner.com/api/v1)).
+    type: str
+    default: ""
 attributes:
   check_mode:
     support: full
@@ -155,7 +171,9 @@ requirements:
   - boto3 (for O(provider=route53))
 notes:
   - Run it on the controller (C(delegate_to) V(localhost)). Give the task C(no_log) when it
-    carries a TSIG secret or AWS keys, and show RV(diff) with a separate task.
+    carries a TSIG secret, AWS keys or an API token, and show RV(diff) with a separate task.
+  - O(provider=cloudflare) and O(provider=hetzner) use the module_utils C(dns_cloudflare) and
+    C(dns_hetzner) (standard library only). Error messages never hold the API token.
 author:
   - Estafeta contributors
 """
@@ -225,6 +243,19 @@ try:
     import dns.update
 except ImportError:
     DNSPYTHON_IMPORT_ERROR = traceback.format_exc()
+
+# The HTTP API clients (module_utils/dns_*.py; AnsiballZ ships them with the module).
+API_IMPORT_ERROR = None
+try:
+    from ansible.module_utils.dns_cloudflare import CloudflareClient
+    from ansible.module_utils.dns_hetzner import HetznerClient
+    from ansible.module_utils.dns_providers import ProviderError
+except ImportError:
+    API_IMPORT_ERROR = traceback.format_exc()
+
+    class ProviderError(Exception):  # type: ignore[no-redef]
+        """Stands in for dns_providers.ProviderError when module_utils is not there."""
+
 
 STATE_VERSION = 1
 _DURATION = re.compile(r"\s*(\d+)\s*([smhdw]?)\s*\Z", re.IGNORECASE)
@@ -710,7 +741,64 @@ class Route53:
                 )
 
 
-PROVIDERS: dict[str, type[Rfc2136] | type[Route53]] = {"nsupdate": Rfc2136, "route53": Route53}
+class HttpApi:
+    """Cloudflare or Hetzner DNS through their HTTP APIs, one record value at a time.
+
+    Both APIs hold a record set as separate records, so values others published
+    are never touched: the values to remove are deleted one by one, the values
+    to add are added at the change's TTL. A record set that holds only our
+    values and gets a new TTL has it set on every record. A CNAME (one per name,
+    RFC 1034 3.6.2) is deleted first and then added, as the APIs refuse a second
+    CNAME at a name.
+    """
+
+    def __init__(self, module: AnsibleModule) -> None:
+        params = module.params
+        if API_IMPORT_ERROR is not None:
+            module.fail_json(
+                msg="the module_utils dns_cloudflare, dns_hetzner and dns_providers are missing",
+                exception=API_IMPORT_ERROR,
+            )
+        if not params["api_token"]:
+            module.fail_json(msg=f"api_token is required with provider {params['provider']}")
+        client = CloudflareClient if params["provider"] == "cloudflare" else HetznerClient
+        self.client = client(params["api_token"], params["api_url"], timeout=params["timeout"])
+
+    def read(self, zone: str, name: str, rdtype: str) -> tuple[int | None, list[Any]]:
+        records = self.client.rrset(zone, name, rdtype)
+        if not records:
+            return None, []
+        values: list[Any] = []
+        for record in records:
+            value = rdata(rdtype, record.value)
+            if value not in values:
+                values.append(value)
+        return records[0].ttl, values
+
+    def apply(self, changes: list[dict[str, Any]]) -> None:
+        for change in changes:
+            zone, name, rdtype = change["zone"], change["name"], change["type"]
+            before, after = change["before"], change["after"]
+            if rdtype == "CNAME":
+                removed, added = list(before), list(after)
+            else:
+                removed = [v for v in before if v not in after]
+                added = [v for v in after if v not in before]
+            for value in removed:
+                self.client.delete(zone, name, rdtype, value.to_text())
+            for value in added:
+                self.client.add(zone, name, rdtype, value.to_text(), change["ttl"])
+            kept = [v for v in after if v not in added]
+            if change["exclusive"] and kept and change["before_ttl"] != change["ttl"]:
+                self.client.set_ttl(zone, name, rdtype, change["ttl"])
+
+
+PROVIDERS: dict[str, type[Rfc2136] | type[Route53] | type[HttpApi]] = {
+    "cloudflare": HttpApi,
+    "hetzner": HttpApi,
+    "nsupdate": Rfc2136,
+    "route53": Route53,
+}
 
 
 def main() -> None:
@@ -750,6 +838,8 @@ def main() -> None:
             "secret_key": {"type": "str", "default": "", "no_log": True},
             "wait": {"type": "bool", "default": True},
             "wait_timeout": {"type": "int", "default": 300},
+            "api_token": {"type": "str", "default": "", "no_log": True},
+            "api_url": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -765,7 +855,7 @@ def main() -> None:
         plan = planner.plan(provider.read)
         if plan["changes"] and not module.check_mode:
             provider.apply(plan["changes"])
-    except (PlanError, dns.exception.DNSException, ValueError) as exc:
+    except (PlanError, ProviderError, dns.exception.DNSException, ValueError) as exc:
         module.fail_json(msg=str(exc))
     except Exception as exc:
         if type(exc).__module__.startswith("botocore"):
