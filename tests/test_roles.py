@@ -398,6 +398,30 @@ def ansible_env() -> dict[str, str]:
     return {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
 
 
+DEBUG_SOURCE_DIR = ["-m", "ansible.builtin.debug", "-a", "var=estafeta__source_dir"]
+
+
+@pytest.mark.parametrize("inventory", ["example", "lab", "molecule", "backup"])
+def test_every_inventory_points_the_estafeta_role_at_server(inventory: str) -> None:
+    # The role has no default for it (a collection has no server/ beside it):
+    # an inventory without it fails at the first estafeta task.
+    tool = shutil.which("ansible")
+    assert tool, "ansible not on PATH"
+    result = subprocess.run(
+        [tool, "-i", f"inventories/{inventory}", "mail_servers", "-o", *DEBUG_SOURCE_DIR],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ansible_env(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if "SUCCESS" in line]
+    assert lines, result.stdout
+    for line in lines:
+        value = json.loads(line.split("=>", 1)[1])["estafeta__source_dir"]
+        assert Path(value).resolve() == ROOT / "server", line
+
+
 @pytest.mark.parametrize("inventory", ["example", "lab"])
 def test_inventory_lists_the_mail_hosts(inventory: str) -> None:
     tool = shutil.which("ansible-inventory")
