@@ -231,27 +231,29 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # no
 DNSPYTHON_IMPORT_ERROR = None
 try:
     import dns.exception
-    import dns.flags
-    import dns.message
     import dns.name
-    import dns.query
-    import dns.rcode
     import dns.rdata
     import dns.rdataclass
     import dns.rdatatype
-    import dns.tsigkeyring
-    import dns.update
 except ImportError:
     DNSPYTHON_IMPORT_ERROR = traceback.format_exc()
 
-# The HTTP API clients (module_utils/dns_*.py; AnsiballZ ships them with the module).
-API_IMPORT_ERROR = None
+# The providers (module_utils/dns_backends.py and the clients it uses; AnsiballZ
+# ships them with the module).
+BACKEND_IMPORT_ERROR = None
 try:
-    from ansible.module_utils.dns_cloudflare import CloudflareClient
-    from ansible.module_utils.dns_hetzner import HetznerClient
+    from ansible.module_utils.dns_backends import (
+        BACKEND_OPTIONS,
+        BACKENDS,
+        MissingLibrary,
+        absolute,
+        backend,
+        rdata,
+    )
     from ansible.module_utils.dns_providers import ProviderError
 except ImportError:
-    API_IMPORT_ERROR = traceback.format_exc()
+    BACKEND_IMPORT_ERROR = traceback.format_exc()
+    BACKEND_OPTIONS, BACKENDS = {}, {}
 
     class ProviderError(Exception):  # type: ignore[no-redef]
         """Stands in for dns_providers.ProviderError when module_utils is not there."""
@@ -285,16 +287,6 @@ def parse_time(text: str) -> float:
 def format_time(stamp: float) -> str:
     moment = datetime.datetime.fromtimestamp(int(stamp), tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def absolute(name: str) -> dns.name.Name:
-    return dns.name.from_text(str(name).strip().rstrip(".") + ".")
-
-
-def rdata(rdtype: str, text: str) -> Any:
-    return dns.rdata.from_text(
-        dns.rdataclass.IN, rdtype, text, origin=dns.name.root, relativize=False
-    )
 
 
 def txt_text(value: Any) -> str:
@@ -580,225 +572,7 @@ class Planner:
         return stale
 
 
-# -- providers ---------------------------------------------------------------------------
-
-
-class Rfc2136:
-    """Reads from and updates the zone's primary (RFC 1035 queries, RFC 2136 updates)."""
-
-    def __init__(self, module: AnsibleModule) -> None:
-        params = module.params
-        self.module = module
-        if not params["server"]:
-            module.fail_json(msg="server is required with provider nsupdate")
-        self.server = params["server"]
-        self.port = params["port"]
-        self.timeout = params["timeout"]
-        self.keyring = None
-        self.keyname = None
-        if params["key_name"]:
-            self.keyname = dns.name.from_text(params["key_name"])
-            self.keyring = dns.tsigkeyring.from_text({params["key_name"]: params["key_secret"]})
-        self.algorithm = dns.name.from_text(params["key_algorithm"])
-
-    def read(self, zone: str, name: str, rdtype: str) -> tuple[int | None, list[Any]]:
-        query = dns.message.make_query(absolute(name), rdtype)
-        query.flags &= ~dns.flags.RD
-        try:
-            answer = dns.query.tcp(query, self.server, port=self.port, timeout=self.timeout)
-        except (OSError, dns.exception.DNSException) as exc:
-            raise PlanError(
-                f"cannot query {name} {rdtype} at {self.server}:{self.port}: {exc}"
-            ) from exc
-        if answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            raise PlanError(
-                f"{self.server}:{self.port} answered {dns.rcode.to_text(answer.rcode())} to"
-                f" {name} {rdtype}: is it the primary of {zone}?"
-            )
-        if not answer.flags & dns.flags.AA:
-            raise PlanError(f"{self.server}:{self.port} is not authoritative for {name}")
-        try:
-            rrset = answer.find_rrset(
-                answer.answer, absolute(name), dns.rdataclass.IN, dns.rdatatype.from_text(rdtype)
-            )
-        except KeyError:
-            return None, []
-        return rrset.ttl, list(rrset)
-
-    def apply(self, changes: list[dict[str, Any]]) -> None:
-        zones: dict[str, list[dict[str, Any]]] = {}
-        for change in changes:
-            zones.setdefault(change["zone"], []).append(change)
-        for zone, items in zones.items():
-            update = dns.update.UpdateMessage(
-                absolute(zone),
-                keyring=self.keyring,
-                keyname=self.keyname,
-                keyalgorithm=self.algorithm,
-            )
-            for change in items:
-                name = absolute(change["name"])
-                ttl_changes = change["before"] and change["before_ttl"] != change["ttl"]
-                if change["type"] == "CNAME" or (change["exclusive"] and ttl_changes):
-                    # A record set that holds only our values: replaced as a whole.
-                    update.delete(name, change["type"])
-                    removed, added = [], change["after"]
-                else:
-                    removed = [v for v in change["before"] if v not in change["after"]]
-                    added = [v for v in change["after"] if v not in change["before"]]
-                for value in removed:
-                    update.delete(name, value)
-                for value in added:
-                    update.add(name, change["ttl"], value)
-            try:
-                response = dns.query.tcp(update, self.server, port=self.port, timeout=self.timeout)
-            except (OSError, dns.exception.DNSException) as exc:
-                raise PlanError(f"the update of {zone} failed: {exc}") from exc
-            if response.rcode() != dns.rcode.NOERROR:
-                raise PlanError(
-                    f"{self.server}:{self.port} refused the update of {zone}:"
-                    f" {dns.rcode.to_text(response.rcode())}"
-                )
-
-
-class Route53:
-    """Reads record sets and writes whole record sets (read-modify-write) with boto3."""
-
-    def __init__(self, module: AnsibleModule) -> None:
-        try:
-            import boto3
-        except ImportError:
-            module.fail_json(msg=missing_required_lib("boto3"), exception=traceback.format_exc())
-        params = module.params
-        options: dict[str, Any] = {"region_name": params["region"]}
-        if params["endpoint_url"]:
-            options["endpoint_url"] = params["endpoint_url"]
-        if params["access_key"]:
-            options["aws_access_key_id"] = params["access_key"]
-            options["aws_secret_access_key"] = params["secret_key"]
-        self.client = boto3.session.Session().client("route53", **options)
-        self.params = params
-        self.zone_ids: dict[str, str] = {}
-
-    def zone_id(self, zone: str) -> str:
-        if zone not in self.zone_ids:
-            found = self.client.list_hosted_zones_by_name(DNSName=zone)["HostedZones"]
-            ids = [
-                z["Id"]
-                for z in found
-                if z["Name"].lower() == zone + "." and not z.get("Config", {}).get("PrivateZone")
-            ]
-            if len(ids) != 1:
-                raise PlanError(f"{len(ids)} public hosted zones are named {zone}; expected one")
-            self.zone_ids[zone] = ids[0]
-        return self.zone_ids[zone]
-
-    def read(self, zone: str, name: str, rdtype: str) -> tuple[int | None, list[Any]]:
-        answer = self.client.list_resource_record_sets(
-            HostedZoneId=self.zone_id(zone),
-            StartRecordName=name + ".",
-            StartRecordType=rdtype,
-            MaxItems="1",
-        )
-        for rrset in answer["ResourceRecordSets"]:
-            if rrset["Name"].lower().rstrip(".") != name or rrset["Type"] != rdtype:
-                continue
-            if "SetIdentifier" in rrset or "AliasTarget" in rrset:
-                raise PlanError(f"{name} {rdtype} is an alias or routing-policy record set")
-            return rrset.get("TTL"), [rdata(rdtype, r["Value"]) for r in rrset["ResourceRecords"]]
-        return None, []
-
-    def apply(self, changes: list[dict[str, Any]]) -> None:
-        zones: dict[str, list[dict[str, Any]]] = {}
-        for change in changes:
-            if change["after"]:
-                action, ttl, values = "UPSERT", change["ttl"], change["after"]
-            else:
-                action, ttl, values = "DELETE", change["before_ttl"], change["before"]
-            zones.setdefault(change["zone"], []).append(
-                {
-                    "Action": action,
-                    "ResourceRecordSet": {
-                        "Name": change["name"] + ".",
-                        "Type": change["type"],
-                        "TTL": ttl,
-                        "ResourceRecords": [{"Value": v.to_text()} for v in values],
-                    },
-                }
-            )
-        for zone, batch in zones.items():
-            answer = self.client.change_resource_record_sets(
-                HostedZoneId=self.zone_id(zone), ChangeBatch={"Changes": batch}
-            )
-            if self.params["wait"]:
-                delay = 5
-                self.client.get_waiter("resource_record_sets_changed").wait(
-                    Id=answer["ChangeInfo"]["Id"],
-                    WaiterConfig={
-                        "Delay": delay,
-                        "MaxAttempts": max(1, self.params["wait_timeout"] // delay),
-                    },
-                )
-
-
-class HttpApi:
-    """Cloudflare or Hetzner DNS through their HTTP APIs, one record value at a time.
-
-    Both APIs hold a record set as separate records, so values others published
-    are never touched: the values to remove are deleted one by one, the values
-    to add are added at the change's TTL. A record set that holds only our
-    values and gets a new TTL has it set on every record. A CNAME (one per name,
-    RFC 1034 3.6.2) is deleted first and then added, as the APIs refuse a second
-    CNAME at a name.
-    """
-
-    def __init__(self, module: AnsibleModule) -> None:
-        params = module.params
-        if API_IMPORT_ERROR is not None:
-            module.fail_json(
-                msg="the module_utils dns_cloudflare, dns_hetzner and dns_providers are missing",
-                exception=API_IMPORT_ERROR,
-            )
-        if not params["api_token"]:
-            module.fail_json(msg=f"api_token is required with provider {params['provider']}")
-        client = CloudflareClient if params["provider"] == "cloudflare" else HetznerClient
-        self.client = client(params["api_token"], params["api_url"], timeout=params["timeout"])
-
-    def read(self, zone: str, name: str, rdtype: str) -> tuple[int | None, list[Any]]:
-        records = self.client.rrset(zone, name, rdtype)
-        if not records:
-            return None, []
-        values: list[Any] = []
-        for record in records:
-            value = rdata(rdtype, record.value)
-            if value not in values:
-                values.append(value)
-        return records[0].ttl, values
-
-    def apply(self, changes: list[dict[str, Any]]) -> None:
-        for change in changes:
-            zone, name, rdtype = change["zone"], change["name"], change["type"]
-            before, after = change["before"], change["after"]
-            if rdtype == "CNAME":
-                removed, added = list(before), list(after)
-            else:
-                removed = [v for v in before if v not in after]
-                added = [v for v in after if v not in before]
-            for value in removed:
-                self.client.delete(zone, name, rdtype, value.to_text())
-            for value in added:
-                self.client.add(zone, name, rdtype, value.to_text(), change["ttl"])
-            kept = [v for v in after if v not in added]
-            if change["exclusive"] and kept and change["before_ttl"] != change["ttl"]:
-                self.client.set_ttl(zone, name, rdtype, change["ttl"])
-
-
-PROVIDERS: dict[str, type[Rfc2136] | type[Route53] | type[HttpApi]] = {
-    "cloudflare": HttpApi,
-    "hetzner": HttpApi,
-    "nsupdate": Rfc2136,
-    "route53": Route53,
-}
+PROVIDERS = ["cloudflare", "hetzner", "nsupdate", "route53"]
 
 
 def main() -> None:
@@ -826,41 +600,32 @@ def main() -> None:
             "state": {"type": "dict", "default": {}},
             "dkim_retire_after": {"type": "str", "default": "7d"},
             "now": {"type": "str"},
-            "server": {"type": "str"},
-            "port": {"type": "int", "default": 53},
-            "key_name": {"type": "str", "default": ""},
-            "key_secret": {"type": "str", "default": "", "no_log": True},
-            "key_algorithm": {"type": "str", "default": "hmac-sha256"},
-            "timeout": {"type": "float", "default": 10},
-            "endpoint_url": {"type": "str", "default": ""},
-            "region": {"type": "str", "default": "us-east-1"},
-            "access_key": {"type": "str", "default": "", "no_log": True},
-            "secret_key": {"type": "str", "default": "", "no_log": True},
-            "wait": {"type": "bool", "default": True},
-            "wait_timeout": {"type": "int", "default": 300},
-            "api_token": {"type": "str", "default": "", "no_log": True},
-            "api_url": {"type": "str", "default": ""},
+            **BACKEND_OPTIONS,
         },
         supports_check_mode=True,
     )
     if DNSPYTHON_IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("dnspython"), exception=DNSPYTHON_IMPORT_ERROR)
+    if BACKEND_IMPORT_ERROR is not None:
+        module.fail_json(
+            msg="the module_utils dns_backends, dns_cloudflare, dns_hetzner and dns_providers"
+            " are missing",
+            exception=BACKEND_IMPORT_ERROR,
+        )
     params = module.params
     try:
         now = parse_time(params["now"]) if params["now"] else time.time()
         planner = Planner(
             params["records"], params["state"], now, parse_duration(params["dkim_retire_after"])
         )
-        provider = PROVIDERS[params["provider"]](module)
+        provider = backend(params)
         plan = planner.plan(provider.read)
         if plan["changes"] and not module.check_mode:
             provider.apply(plan["changes"])
+    except MissingLibrary as exc:
+        module.fail_json(msg=missing_required_lib(exc.library), exception=exc.trace)
     except (PlanError, ProviderError, dns.exception.DNSException, ValueError) as exc:
         module.fail_json(msg=str(exc))
-    except Exception as exc:
-        if type(exc).__module__.startswith("botocore"):
-            module.fail_json(msg=f"Route 53: {exc}")
-        raise
     changes = [
         {"name": c["name"], "type": c["type"], "added": c["added"], "removed": c["removed"]}
         for c in plan["changes"]

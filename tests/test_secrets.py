@@ -29,9 +29,9 @@ The runs go to localhost with a local connection and files under tmp_path:
 
 The TSIG key and the AWS keys of the dns_records role are covered by
 tests/test_role_dns_records.py (test_tsig_secret_and_aws_keys_stay_out_of_the_output).
-Not covered here: the TSIG key of the tls role's DNS-01
-tasks (they run only with an ACME CA) and the rspamd role (it installs and
-starts system services).
+The secrets of the tls role's DNS-01 tasks (TSIG key, AWS key, API tokens)
+are covered by tests/test_role_tls_dns01.py, which runs them against pebble.
+Not covered here: the rspamd role (it installs and starts system services).
 """
 
 from __future__ import annotations
