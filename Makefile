@@ -118,7 +118,7 @@ test-ansible: venv deps-test
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests
 
 test: deps-test lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest server/tests tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest --durations=40 server/tests tests
 	$(MAKE) --no-print-directory molecule
 
 # The lab (issue #7): booted Debian 12 hosts under systemd-nspawn on the
