@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import smtplib
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import pytest
 from conftest import DOMAIN, Instance, estafeta
 from estafeta import cli
 from estafeta.auth import Accounts
+from estafeta.backup.sources import PRE_UPGRADE_DIR
 from estafeta.config import Config, check_runtime, load
 from estafeta.message import summarize
 from estafeta.policy.greylist import Greylist
@@ -271,6 +273,89 @@ def test_mail_that_comes_back_during_the_erasure_is_reported(
     assert len(result.problems) == 1 and "run the erase again" in result.problems[0]
     monkeypatch.undo()
     assert erase(config, ALICE, pause=0).problems == []
+
+
+def snapshot(data_dir: Path, dest: Path) -> list[Path]:
+    """What roles/estafeta/files/snapshot_databases.py makes: every SQLite
+    database under data_dir copied with the backup API to the same relative
+    path under dest, in rollback-journal mode; nothing else."""
+    copied = []
+    for source in sorted(data_dir.rglob("*.db")):
+        if PRE_UPGRADE_DIR in source.relative_to(data_dir).parts:
+            continue
+        target = dest / source.relative_to(data_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src, dst = sqlite3.connect(source), sqlite3.connect(target)
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+        src.close()
+        dst.close()
+        copied.append(target)
+    return copied
+
+
+def test_the_pre_upgrade_copies_lose_the_account_too(world: World) -> None:
+    config, accounts = world.config, world.accounts
+    root = config.data_dir / PRE_UPGRADE_DIR
+    copies = [root / "0.1.0-1f0e2d3c4b5a", root / "0.2.0-aaaabbbbcccc.partial"]
+    for dest in copies:
+        assert snapshot(config.data_dir, dest)
+    with sqlite3.connect(copies[0] / "accounts.db") as db:
+        secrets = [  # her password hash, TOTP secret and app password hash, as copied
+            row[0]
+            for query in (
+                "SELECT password_hash FROM accounts WHERE address = ?",
+                "SELECT secret FROM totp WHERE address = ?",
+                "SELECT password_hash FROM app_passwords WHERE address = ?",
+            )
+            for row in db.execute(query, (ALICE,))
+        ]
+    db.close()
+    assert len(secrets) == 3
+    index = Path("mail") / DOMAIN / "alice" / "index.db"
+    bob_index = Path("mail") / DOMAIN / "bob" / "index.db"
+    assert all((dest / index).is_file() for dest in copies)
+    bob_before = (copies[0] / bob_index).read_bytes()
+    assert mentions(root, ALICE)
+    result = erase(config, ALICE, pause=0)
+    assert result.problems == []
+    assert result.pre_upgrade == [str(dest) for dest in copies]
+    assert f"pre-upgrade copy: {copies[0]}" in result.lines()
+    assert result.to_json()["removed"]["pre_upgrade"] == [str(dest) for dest in copies]
+    assert mentions(root, ALICE) == []  # no file name or octet names her
+    for dest in copies:
+        assert not (dest / index).parent.exists()
+        data = (dest / "accounts.db").read_bytes()
+        assert not any(secret.encode() in data for secret in secrets)
+        assert not (dest / "queue" / "messages").exists()  # only databases in a copy
+        with Accounts(
+            dest / "accounts.db", config.domains, hasher=config.auth.hasher(),
+            password_policy=False,
+        ) as copy:  # fmt: skip
+            assert copy.list_users() == [BOB]
+            assert [a["name"] for a in copy.app_password_list(BOB)] == ["laptop"]
+            assert copy.list_aliases() == accounts.list_aliases()
+        assert (dest / bob_index).read_bytes() == bob_before
+    again = erase(config, ALICE, pause=0)
+    assert again.problems == [] and again.pre_upgrade == []
+    assert mentions(root, ALICE) == []
+
+
+def test_a_copy_at_another_schema_is_left_alone_and_reported(world: World) -> None:
+    """Opening it would migrate it: the older release could no longer use it."""
+    config = world.config
+    dest = config.data_dir / PRE_UPGRADE_DIR / "0.0.9-000000000000"
+    snapshot(config.data_dir, dest)
+    with sqlite3.connect(dest / "accounts.db") as db:
+        db.execute("PRAGMA user_version = 3")
+    result = erase(config, ALICE, pause=0)
+    assert len(result.problems) == 1
+    assert "schema version 3" in result.problems[0] and "by hand" in result.problems[0]
+    with sqlite3.connect(dest / "accounts.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("SELECT count(*) FROM accounts WHERE address = ?", (ALICE,)).fetchone()
+    assert not (dest / "mail" / DOMAIN / "alice").exists()  # the rest of the copy went
+    assert result.pre_upgrade == [str(dest)]
 
 
 def run(instance: Instance, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

@@ -28,13 +28,27 @@ rest gone.
 4. Sieve: the scripts and their directory (``active`` first), then its rows
    in the vacation/duplicate memory.
 5. Its junk-filter statistics file (and its WAL, and broken copies).
-6. Its mail: the directory is renamed out of the server's way (one atomic
+6. The pre-upgrade copies: every directory under ``data_dir/pre-upgrade``
+   (``PRE_UPGRADE_DIR``: the Ansible role's copies of every SQLite
+   database, same relative paths, taken before an upgrade), ``.partial``
+   ones (an interrupted copy, which the next upgrade replaces) included,
+   gets steps 1 to 5 and 7 applied to it as if it were data_dir, so the
+   copy of ``accounts.db`` loses its row, TOTP secret and app passwords
+   (rebuilt as in step 1) and its index copies (``mail/DOMAIN/LOCAL``,
+   ``deleted/ADDRESS.*``) go with their directories; what a copy lacks
+   (message files, Sieve scripts) is skipped. Before the mail goes: the
+   copies' greylist entries are matched with triplets read from it. A copy
+   of ``accounts.db`` or ``greylist.db`` at another schema version than
+   this estafeta writes is left alone and reported: opening it would
+   migrate it, and the release it was taken for could no longer use it
+   (remove that copy by hand).
+7. Its mail: the directory is renamed out of the server's way (one atomic
    rename to ``mail/DOMAIN/.erase-HASH``: no local part starts with ".")
    and removed; then what ``user del`` kept under ``deleted/ADDRESS.*``.
-   Last of the local steps: the greylist step reads it.
-7. Backups: its subkey destroyed, so no snapshot can yield its data.
-8. A last look: a path of step 4 to 6 that is there again means mail or a
-   session was in flight during the erasure; it is reported (run again).
+   Last of the local steps: the greylist steps read it.
+8. Backups: its subkey destroyed, so no snapshot can yield its data.
+9. A last look: a path of step 4, 5 or 7 that is there again means mail or
+   a session was in flight during the erasure; it is reported (run again).
 
 What stays, by design: mail other accounts received from or sent to the
 address is theirs (their Maildirs, indexes, Sieve memory keyed on their
@@ -46,9 +60,11 @@ account still open keeps unlinked files alive until it ends.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,8 +75,10 @@ from typing import Any
 
 from estafeta.address import normalize_address
 from estafeta.auth import Accounts
-from estafeta.auth.accounts import LOOKUP_CHECK
+from estafeta.auth.accounts import LOOKUP_CHECK, schema_version
+from estafeta.backup.sources import PRE_UPGRADE_DIR
 from estafeta.config import Config
+from estafeta.policy.greylist import SCHEMA_VERSION as GREYLIST_SCHEMA
 from estafeta.policy.greylist import Greylist
 from estafeta.privacy.export import aliases_of
 from estafeta.privacy.scrub import scrub_database
@@ -100,6 +118,7 @@ class Erasure:
     sieve_memory: int = 0
     spam_files: list[str] = field(default_factory=list)
     mail: list[str] = field(default_factory=list)
+    pre_upgrade: list[str] = field(default_factory=list)  # copies it was removed from
     backup: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -118,6 +137,7 @@ class Erasure:
                 "sieve_memory": self.sieve_memory,
                 "spam_files": self.spam_files,
                 "mail": self.mail,
+                "pre_upgrade": self.pre_upgrade,
             },
             "backup": self.backup,
             "problems": self.problems,
@@ -137,6 +157,7 @@ class Erasure:
         out.append(f"sieve: {self.sieve_scripts} scripts, {self.sieve_memory} memory records")
         out += [f"junk filter: {path}" for path in self.spam_files]
         out += [f"mail: {path}" for path in self.mail]
+        out += [f"pre-upgrade copy: {path}" for path in self.pre_upgrade]
         out += self.backup
         out += [f"problem: {problem}" for problem in self.problems]
         return out
@@ -163,6 +184,7 @@ def erase(config: Config, address: str, *, pause: float = 2 * LOOKUP_CHECK) -> E
     step("greylisting", lambda: _greylist(config, paths, recipients, erasure))
     step("sieve", lambda: _sieve(config, address, erasure))
     step("junk filter", lambda: _spam(config, address, erasure))
+    step("pre-upgrade copies", lambda: _pre_upgrade(config, paths, recipients, erasure))
     step("mail", lambda: _mail(paths, erasure))
     step("backups", lambda: _backup(config, address, erasure))
     for path in paths.all():
@@ -347,6 +369,61 @@ def _mail(paths: _Paths, erasure: Erasure) -> None:
         erasure.mail.append(str(kept))
     if erasure.mail and paths.deleted_dir.is_dir():
         maildir.fsync_dir(paths.deleted_dir)
+
+
+def _pre_upgrade(config: Config, paths: _Paths, recipients: set[str], erasure: Erasure) -> None:
+    """Step 6: steps 1 to 5 and 7 on each copy under ``data_dir/pre-upgrade``."""
+    root = config.data_dir / PRE_UPGRADE_DIR
+    if not root.is_dir():
+        return
+    for snapshot in sorted(root.iterdir()):
+        if snapshot.is_symlink() or not snapshot.is_dir():
+            continue
+        copy = dataclasses.replace(config, data_dir=snapshot)
+        found = Erasure(erasure.address)
+        if copy.accounts_db.is_file() and _usable(copy.accounts_db, (schema_version(),), found):
+            _accounts(copy, erasure.address, found)
+        messages = copy.queue_dir / "messages"
+        had_messages = messages.exists()
+        _queue(copy, erasure.address, found)
+        if not had_messages and messages.is_dir():
+            messages.rmdir()  # QueueStore made it; a copy holds no message files
+        # The copy's greylist is keyed like the live one: triplets of the
+        # mail the account holds now (the copy has no message files).
+        if copy.greylist_db.is_file() and _usable(copy.greylist_db, (0, GREYLIST_SCHEMA), found):
+            with Greylist(copy.greylist_db, config.greylist.settings) as greylist:
+                found.greylist = greylist.forget(_triplets(paths.mail_trees(), recipients))
+        _sieve(copy, erasure.address, found)
+        _spam(copy, erasure.address, found)
+        _mail(_Paths(copy, erasure.address), found)
+        erasure.problems += found.problems
+        if (
+            found.account or found.aliases_removed or found.aliases_changed or found.logins
+            or found.queue_messages or found.queue_entries or found.greylist
+            or found.sieve_scripts or found.sieve_memory or found.spam_files or found.mail
+        ):  # fmt: skip
+            erasure.pre_upgrade.append(str(snapshot))
+
+
+def _usable(path: Path, versions: tuple[int, ...], erasure: Erasure) -> bool:
+    """Whether a copied database is at a schema version this estafeta opens
+    without migrating it; if not, a problem says so and it is left alone."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        erasure.problems.append(f"{path}: cannot read it ({exc}); remove it by hand")
+        return False
+    if version in versions:
+        return True
+    erasure.problems.append(
+        f"{path}: schema version {version}, this estafeta writes {versions[-1]}; left as it"
+        " is (opening it would migrate it): remove this pre-upgrade copy by hand"
+    )
+    return False
 
 
 def _backup(config: Config, address: str, erasure: Erasure) -> None:
