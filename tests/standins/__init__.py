@@ -11,7 +11,9 @@ a status of choice (429 with ``Retry-After``, 5xx), to test retries.
 - ``tests/standins/cloudflare.py``: Cloudflare API v4, base URL
   ``http://127.0.0.1:PORT/client/v4``;
 - ``tests/standins/hetzner.py``: the Hetzner DNS API, base URL
-  ``http://127.0.0.1:PORT/api/v1``.
+  ``http://127.0.0.1:PORT/api/v1``;
+- ``tests/standins/hcloud.py``: the Hetzner Cloud API's servers and their
+  reverse DNS, base URL ``http://127.0.0.1:PORT/v1``.
 
 Use them as context managers (``with CloudflareStandIn() as api: ...``); each
 test module defines its fixtures from them.
