@@ -292,7 +292,7 @@ def test_install_migrates_the_single_venv_layout_and_changes_nothing_twice(
         "estafeta__user": getpass.getuser(),
         "estafeta__group": grp.getgrgid(os.getgid()).gr_name,
         "estafeta__service_state": "stopped",
-        # Both are 0.1.0: snapshot on any release change.
+        # The legacy layout has this tree's version: snapshot on any release change.
         "estafeta__snapshot_before_upgrade": "release",
     }
     args = ["-i", "localhost,"]

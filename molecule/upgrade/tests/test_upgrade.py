@@ -10,7 +10,7 @@ module-scoped fixture, ``story``, then does, in order:
    UIDs and flags of every mailbox, the accounts, TOTP, the app passwords);
 2. the upgrade: this tree's playbooks/estafeta.yml, with an http listener
    added (so /healthz is checked) and a snapshot on any release change
-   (v0.1.0 and this tree are both version 0.1.0);
+   (v0.1.0 is version 0.1.0, this tree server/pyproject.toml's version);
 3. the same play again, which must change nothing;
 4. a deliberately broken release: this tree's server/ copied, its /healthz
    made to answer 503 ("broken on purpose"), deployed with the same play.
@@ -30,6 +30,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ PASSWORD = yaml.safe_load((INVENTORY / "host_vars" / f"{HOST}.yml").read_text())
 ALICE, BOB = "alice@example.test", "bob@example.test"
 OPT, DATA = "/opt/estafeta", "/var/lib/estafeta"
 HTTP = "127.0.0.1:8080"
+# This tree's estafeta version (the release directories are VERSION-FINGERPRINT).
+VERSION = tomllib.loads((ROOT / "server" / "pyproject.toml").read_text())["project"]["version"]
 LISTEN = {
     **yaml.safe_load((INVENTORY / "group_vars" / "all.yml").read_text())["estafeta__listen"],
     "http": [HTTP],
@@ -366,7 +369,7 @@ def test_v0_1_0_had_one_virtualenv_and_the_upgrade_made_releases(story: Story) -
     assert {"pyvenv.cfg", "wheelhouse", ".wheelhouse-fingerprint"} <= set(story.old_layout.split())
     mx1 = story.mx1
     releases = mx1.check(f"ls {OPT}/releases").split()
-    assert story.good_release.startswith("releases/0.1.0-")
+    assert story.good_release.startswith(f"releases/{VERSION}-")
     (legacy,) = [
         r for r in releases if f"releases/{r}" != story.good_release and r != story.broken_release
     ]

@@ -1,3 +1,3 @@
 """Estafeta: self-hosted mail server (SMTP, IMAP, POP3) over a durable Maildir store."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
