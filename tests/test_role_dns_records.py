@@ -471,7 +471,7 @@ def test_dns_records_keep_what_others_published(tmp_path: Path) -> None:
 
 @needs_knot
 def test_dns_records_says_which_ptr_to_ask_for(tmp_path: Path, knot: Any) -> None:
-    """No provider sets PTR records: the check finds the missing one and the role
+    """With dns_records__ptr_provider none: the check finds the missing PTR and the role
     prints the exact record to ask for (zone file provider, checks in report mode)."""
     server = knot({"example.org": ["mx1 A 192.0.2.10"], "2.0.192.in-addr.arpa": []})
     inventory = tmp_path / "hosts.ini"

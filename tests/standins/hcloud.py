@@ -12,9 +12,12 @@ and what the hcloud client that ``hetzner.hcloud.rdns`` carries sends:
 - ``POST /servers/{id}/actions/change_dns_ptr`` with ``{"ip", "dns_ptr"}``:
   ``ip`` must be the server's IPv4 address or inside its IPv6 /64 (else 422
   ``invalid_input``); ``dns_ptr`` null resets it (IPv4: the default name,
-  IPv6: the entry goes). Answers 201 with an action that has already
-  succeeded;
-- ``GET /actions/{id}``;
+  IPv6: the entry goes). IPv6 entries are kept with the address in its
+  compressed form (RFC 5952), which the stand-in assumes the API does too.
+  Answers 201 with an action in status ``running``;
+- ``GET /actions/{id}``: the first read of a running action finishes it
+  (status ``success``, progress 100) and only then is the new name in place,
+  so a client that does not wait for the action does not see it;
 - servers carry ``public_net.ipv4`` (``ip``, ``blocked``, ``dns_ptr``, ``id``),
   ``public_net.ipv6`` (``ip`` as ``NET/64``, ``dns_ptr`` as a list of
   ``{"ip", "dns_ptr"}``, ``id``), ``floating_ips`` and ``firewalls`` (empty).
@@ -25,6 +28,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +50,8 @@ class HcloudStandIn(StandIn):
         super().__init__(token)
         self.servers: dict[int, dict[str, Any]] = {}
         self.actions: dict[int, dict[str, Any]] = {}
+        # What each running action does when it finishes.
+        self._pending: dict[int, Callable[[], None]] = {}
         self._ids = itertools.count(4711)
 
     # -- test set-up and inspection --------------------------------------------------------------
@@ -102,6 +108,9 @@ class HcloudStandIn(StandIn):
             action = self.actions.get(int(parts[1])) if parts[1].isdigit() else None
             if action is None:
                 return _error(404, "not_found", "action not found")
+            if action["status"] == "running":
+                self._pending.pop(action["id"])()
+                action.update(status="success", progress=100, finished=_now())
             return 200, {"action": copy.deepcopy(action)}, {}
         return _error(404, "not_found", f"no route for {request.method} {request.path}")
 
@@ -136,23 +145,30 @@ class HcloudStandIn(StandIn):
         if address.version == 4 and ip == net["ipv4"]["ip"]:
             octets = ip.split(".")
             default = f"static.{'.'.join(reversed(octets))}.clients.your-server.de"
-            net["ipv4"]["dns_ptr"] = name if name is not None else default
+
+            def apply() -> None:
+                net["ipv4"]["dns_ptr"] = name if name is not None else default
+
         elif address.version == 6 and address in ipaddress.ip_network(net["ipv6"]["ip"]):
-            entries = [e for e in net["ipv6"]["dns_ptr"] if e["ip"] != ip]
-            if name is not None:
-                entries.append({"ip": ip, "dns_ptr": name})
-            net["ipv6"]["dns_ptr"] = entries
+
+            def apply() -> None:
+                entries = [e for e in net["ipv6"]["dns_ptr"] if e["ip"] != str(address)]
+                if name is not None:
+                    entries.append({"ip": str(address), "dns_ptr": name})
+                net["ipv6"]["dns_ptr"] = entries
+
         else:
             return _error(422, "invalid_input", f"ip {ip} does not belong to the server")
         action_id = next(self._ids)
         self.actions[action_id] = {
             "id": action_id,
             "command": "change_dns_ptr",
-            "status": "success",
-            "progress": 100,
+            "status": "running",
+            "progress": 0,
             "started": _now(),
-            "finished": _now(),
+            "finished": None,
             "resources": [{"id": server["id"], "type": "server"}],
             "error": None,
         }
+        self._pending[action_id] = apply
         return 201, {"action": copy.deepcopy(self.actions[action_id])}, {}
