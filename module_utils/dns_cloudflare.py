@@ -223,16 +223,10 @@ class CloudflareClient(JsonApiClient):
         raise self._error(status, payload, what)
 
     def delete(self, zone: str, name: str, rtype: str, value: str) -> int:
-        rtype = rtype.upper()
-        wanted = checked_value(self.provider, rtype, value)
-        origin = absolute_name(zone).rstrip(".")
         deleted = 0
-        for record in self.rrset(zone, name, rtype):
-            if record.value != wanted:
-                continue
-            what = f"deleting {absolute_name(name).rstrip('.')} {rtype} {value} from zone {origin}"
+        for record_id, what in self._deletions(zone, name, rtype.upper(), value):
             status, payload = self._call(
-                "DELETE", f"/zones/{self.zone_id(zone)}/dns_records/{record.id}", what=what
+                "DELETE", f"/zones/{self.zone_id(zone)}/dns_records/{record_id}", what=what
             )
             codes = (
                 {e.get("code") for e in (payload or {}).get("errors") or []}

@@ -169,19 +169,13 @@ class HetznerClient(JsonApiClient):
         return str(payload["record"]["id"])
 
     def delete(self, zone: str, name: str, rtype: str, value: str) -> int:
-        rtype = rtype.upper()
-        wanted = checked_value(self.provider, rtype, value)
-        origin = absolute_name(zone).rstrip(".")
         deleted = 0
-        for record in self.rrset(zone, name, rtype):
-            if record.value != wanted:
-                continue
-            what = f"deleting {absolute_name(name).rstrip('.')} {rtype} {value} from zone {origin}"
-            status, payload = self._call("DELETE", f"/records/{record.id}", what=what)
+        for record_id, what in self._deletions(zone, name, rtype.upper(), value):
+            status, payload = self._call("DELETE", f"/records/{record_id}", what=what)
             if not (200 <= status < 300 or status == 404):
                 raise self._error(status, payload, what)
             cached = self._cache[self.zone_id(zone)]
-            cached[:] = [r for r in cached if str(r["id"]) != record.id]
+            cached[:] = [r for r in cached if str(r["id"]) != record_id]
             deleted += 1
         return deleted
 

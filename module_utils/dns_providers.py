@@ -50,7 +50,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 # Record types whose data is one domain name.
@@ -288,6 +288,19 @@ class JsonApiClient:
 
     def _headers(self) -> dict[str, str]:
         raise NotImplementedError
+
+    def rrset(self, zone: str, name: str, rtype: str) -> list[Record]:
+        raise NotImplementedError
+
+    def _deletions(self, zone: str, name: str, rtype: str, value: str) -> Iterator[tuple[str, str]]:
+        """``(record id, what)`` of every record of the set with ``value``, for
+        ``delete``: the value compared in canonical form, ``what`` for messages."""
+        wanted = checked_value(self.provider, rtype, value)
+        origin = absolute_name(zone).rstrip(".")
+        for record in self.rrset(zone, name, rtype):
+            if record.value == wanted:
+                full = absolute_name(name).rstrip(".")
+                yield record.id, f"deleting {full} {rtype} {value} from zone {origin}"
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "<token>") if len(self._token) >= 4 else text
