@@ -333,3 +333,15 @@ def test_dns01_with_route53(
         assert_no_secret(result, [secret])
     finally:
         drop_route53_zone(route53, zone_id)
+
+
+@needs_tools
+def test_dns01_with_a_zone_file_says_what_to_do(
+    tmp_path: Path, knot: int, pebble: dict[str, Any]
+) -> None:
+    inventory = write_inventory(tmp_path, {})
+    variables = role_vars(tmp_path, pebble, knot, tls__acme_dns_provider="zonefile")
+    result = run(PLAYBOOK, tmp_path, inventory, extra_vars=variables)
+    assert result.rc != 0
+    assert "A zone file cannot be changed while the" in result.text
+    assert not (tmp_path / "tls" / "fullchain.pem").exists()
