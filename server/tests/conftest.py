@@ -101,6 +101,7 @@ class Instance:
     submission_port: int = 0
     submissions_port: int = 0
     http_port: int = 0
+    https_port: int = 0
     extra_config: str = ""
     # Extra lines for the [limits] and [auth] tables written here (TOML
     # allows a table only once, so extra_config cannot add to them).
@@ -144,6 +145,7 @@ class Instance:
                 else ""
             )
             + (f'http = ["127.0.0.1:{self.http_port}"]\n' if self.http_port else "")
+            + (f'https = ["127.0.0.1:{self.https_port}"]\n' if self.https_port else "")
             + "[limits]\n"
             # Small defaults for tests; limits_config may set them itself.
             + ("" if "max_message_size" in self.limits_config else "max_message_size = 1048576\n")
@@ -203,6 +205,7 @@ class Instance:
             self.submission_port,
             self.submissions_port,
             self.http_port,
+            self.https_port,
         ):
             while port:
                 if time.monotonic() > deadline:

@@ -52,6 +52,24 @@ def test_good_config(tmp_path: Path) -> None:
     assert cfg.tls is None
 
 
+def test_web_and_mta_sts(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, GOOD))
+    assert [str(n) for n in cfg.web.metrics_networks] == ["127.0.0.0/8", "::1/128"]
+    assert (cfg.mta_sts.mode, cfg.mta_sts.max_age, cfg.mta_sts.mx) == ("testing", 604800, ())
+    text = GOOD.replace(
+        "[log]",
+        '[web]\nmetrics_networks = ["10.0.0.0/8"]\nmetrics_token_file = "t"\nhsts_max_age = 0\n'
+        '[mta_sts]\nmode = "enforce"\nmax_age = "1d"\nmx = ["MX.example.test.", "*.example.test"]\n'
+        "[log]",
+    )
+    cfg = config.load(write(tmp_path, text))
+    assert [str(n) for n in cfg.web.metrics_networks] == ["10.0.0.0/8"]
+    assert cfg.web.metrics_token_file == tmp_path / "t"
+    assert cfg.web.hsts_max_age == 0
+    assert cfg.mta_sts.mx == ("mx.example.test", "*.example.test")
+    assert (cfg.mta_sts.mode, cfg.mta_sts.max_age) == ("enforce", 86400)
+
+
 @pytest.mark.parametrize(
     ("change", "key", "message"),
     [
@@ -117,6 +135,17 @@ def test_good_config(tmp_path: Path) -> None:
             "duration like",
         ),
         (("[listen]", '[listen]\nimaps = ["127.0.0.1:993"]'), "listen.imaps", "needs [tls]"),
+        (("[listen]", '[listen]\nhttps = ["127.0.0.1:443"]'), "listen.https", "needs [tls]"),
+        (("[log]", '[mta_sts]\nmode = "strict"\n[log]'), "mta_sts.mode", "enforce, testing"),
+        (("[log]", '[mta_sts]\nmax_age = "400d"\n[log]'), "mta_sts.max_age", "at most 31557600"),
+        (("[log]", '[mta_sts]\nmx = ["mx..x"]\n[log]'), "mta_sts.mx[0]", "not a host name"),
+        (
+            ("[log]", '[web]\nmetrics_networks = ["10.0.0.1/8"]\n[log]'),
+            "web.metrics_networks[0]",
+            "not a network",
+        ),
+        (("[log]", "[web]\nhsts_max_age = -1\n[log]"), "web.hsts_max_age", "0 or more"),
+        (("[log]", "[web]\nhsts = 1\n[log]"), "web.hsts", "unknown key"),
         (
             ("[listen]", '[listen]\nhttp = ["127.0.0.1:2525"]'),
             "listen.http",

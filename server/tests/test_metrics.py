@@ -109,5 +109,9 @@ def test_healthz_and_mta_sts_policy(web: Instance) -> None:
     status, content_type, body = get(web, "/.well-known/mta-sts.txt", f"mta-sts.{DOMAIN}")
     assert (status, content_type) == (200, "text/plain; charset=utf-8")
     assert body.startswith("version: STSv1\nmode: enforce\n")
-    assert get(web, "/.well-known/mta-sts.txt", "mta-sts.other.test")[0] == 404
+    # A domain of ours without a policy file: the policy made from [mta_sts]
+    # (its defaults here: testing, this host as the MX).
+    made = get(web, "/.well-known/mta-sts.txt", "mta-sts.other.test")
+    assert made[0] == 200 and "mode: testing\r\nmx: mx.example.test\r\n" in made[2]
+    assert get(web, "/.well-known/mta-sts.txt", "mta-sts.nobody.test")[0] == 404
     assert get(web, "/nothing")[0] == 404

@@ -1,144 +1,250 @@
-"""estafeta.web: the sans-IO HTTP request parser, the routes, and the asyncio server."""
+"""estafeta.web.connection: one HTTP/1.1 connection, driven by transcripts.
+
+Every transcript is fed whole and one byte at a time: the answers must be
+the same (h11 frames, our session bounds).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import re
+from collections.abc import Callable
 
 import pytest
+from _fakeio import FakeWriter
 
-from estafeta import metrics
-from estafeta.web import HTTPError, Request, RequestParser, WebApp, WebServer
+from estafeta.web.connection import HTTPSession, Limits, Request, Response, text
 
-GET = b"GET /metrics HTTP/1.1\r\nHost: mx.example.test:8080\r\nUser-Agent: t\r\n\r\n"
-
-
-def parse_whole(data: bytes) -> Request | None:
-    return RequestParser().feed(data)
+DEFAULT_LIMITS = Limits()
 
 
-def parse_bytewise(data: bytes) -> Request | None:
-    parser = RequestParser()
-    result = None
-    for i in range(len(data)):
-        result = parser.feed(data[i : i + 1])
-    return result
+class ChunkReader:
+    """A StreamReader stand-in handing out the transcript in fixed pieces."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self.pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)] if chunk else [data]
+
+    async def read(self, n: int = -1) -> bytes:
+        await asyncio.sleep(0)
+        if not self.pieces:
+            return b""
+        piece = self.pieces[0]
+        if 0 < n < len(piece):  # like a socket: at most n bytes a read
+            self.pieces[0] = piece[n:]
+            return piece[:n]
+        return self.pieces.pop(0)
 
 
-@pytest.mark.parametrize("parse", [parse_whole, parse_bytewise])
-def test_a_request_parses_the_same_in_one_piece_and_byte_by_byte(parse) -> None:  # type: ignore[no-untyped-def]
-    request = parse(GET)
-    assert request == Request(
-        "GET", "/metrics", "HTTP/1.1", {"host": "mx.example.test:8080", "user-agent": "t"}
+class StallingReader(ChunkReader):
+    """Hands out the transcript, then never sends another byte."""
+
+    async def read(self, n: int = -1) -> bytes:
+        if self.pieces:
+            return await super().read(n)
+        await asyncio.sleep(3600)
+        return b""
+
+
+async def echo(request: Request) -> Response:
+    if request.path == "/boom":
+        raise RuntimeError("secret internal detail")
+    if request.path == "/static":
+        return Response(200, b"static body\n", max_age=60)
+    body = f"{request.method} {request.path} {len(request.body)} {request.body[:20]!r}\n"
+    return Response(200, body.encode())
+
+
+def serve(
+    data: bytes,
+    chunk: int = 0,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    secure: bool = True,
+    reader_class: type[ChunkReader] = ChunkReader,
+    handler: Callable[[Request], object] = echo,
+) -> bytes:
+    writer = FakeWriter()
+
+    async def run() -> None:
+        session = HTTPSession(
+            reader_class(data, chunk),  # type: ignore[arg-type]
+            writer,  # type: ignore[arg-type]
+            handler,  # type: ignore[arg-type]
+            limits=limits,
+            secure=secure,
+            remote="192.0.2.1",
+            listener="https",
+        )
+        await asyncio.wait_for(session.run(), 20)
+
+    asyncio.run(run())
+    return bytes(writer.data)
+
+
+def responses(data: bytes, heads: tuple[int, ...] = ()) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split a byte stream of responses (Content-Length framed) apart; the
+    answers numbered in ``heads`` answer HEAD requests (no content)."""
+    out: list[tuple[int, dict[str, str], bytes]] = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.lower()] = value.strip()
+        length = 0 if len(out) in heads else int(headers.get("content-length", "0"))
+        out.append((status, headers, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+GET = b"GET /a HTTP/1.1\r\nHost: mx.example.test\r\n\r\n"
+BOTH = pytest.mark.parametrize("chunk", [0, 1], ids=["whole", "bytewise"])
+
+
+@BOTH
+def test_keep_alive_serves_pipelined_requests_in_order(chunk: int) -> None:
+    data = GET + b"HEAD /b HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n"
+    out = serve(data, chunk)
+    got = responses(out, heads=(1,))
+    assert [status for status, _, _ in got] == [200, 200, 200]
+    assert got[0][2] == b"GET /a 0 b''\n"
+    # rfc9110:9.3.2: HEAD has the Content-Length of the GET, and no content.
+    assert got[1][1]["content-length"] == str(len(b"HEAD /b 0 b''\n"))
+    assert got[2][2] == b"GET /c 0 b''\n"
+    assert b"HEAD /b" not in out
+
+
+@BOTH
+def test_bodies_by_length_and_chunked(chunk: int) -> None:
+    data = (
+        b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        b"POST /q HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     )
-    assert request.host == "mx.example.test"
+    got = responses(serve(data, chunk))
+    assert [body for _, _, body in got] == [b"POST /p 5 b'hello'\n", b"POST /q 5 b'abcde'\n"]
 
 
-def test_an_incomplete_head_is_not_a_request_yet() -> None:
-    parser = RequestParser()
-    assert parser.feed(GET[:-2]) is None
-    assert parser.feed(GET[-2:]) is not None
+@BOTH
+def test_too_large_bodies_are_refused_without_reading_them(chunk: int) -> None:
+    limits = Limits(body_bytes=8)
+    declared = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n123456789" + GET
+    got = responses(serve(declared, chunk, limits=limits))
+    assert len(got) == 1 and got[0][0] == 413 and got[0][1]["connection"] == "close"
+    chunked = (
+        b"POST /q HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nabcde\r\n5\r\nfghij\r\n0\r\n\r\n"
+    )
+    got = responses(serve(chunked, chunk, limits=limits))
+    assert [status for status, _, _ in got] == [413]
 
 
+@BOTH
+def test_expect_100_continue(chunk: int) -> None:
+    data = b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok"
+    out = serve(data, chunk)
+    assert out.startswith(b"HTTP/1.1 100 ")
+    assert responses(out.split(b"\r\n\r\n", 1)[1])[0][2] == b"POST /p 2 b'ok'\n"
+    too_big = b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99\r\n\r\n"
+    out = serve(too_big, chunk, limits=Limits(body_bytes=10))
+    assert out.startswith(b"HTTP/1.1 413 ") and b" 100 " not in out
+
+
+@BOTH
 @pytest.mark.parametrize(
     ("data", "status"),
     [
-        (b"GET /metrics\r\n\r\n", 400),  # HTTP/0.9 style
+        (b"GET /metrics\r\n\r\n", 400),  # HTTP/0.9
         (b"GET  /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-        (b"GET /metrics HTTP/2.0\r\nHost: x\r\n\r\n", 505),
         (b"GET /metrics HTTP/1.1\r\n\r\n", 400),  # rfc9112:3.2 Host required
         (b"GET /metrics HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         (b"GET /metrics HTTP/1.1\r\nHost : a\r\n\r\n", 400),  # rfc9112:5.1
-        (b"GET /m\x01 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
-        (b"GET /" + b"a" * 9000, 414),
-        (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"Host: a\r\n\r\n", 431),
-        (b"GET / HTTP/1.1\r\nX: " + b"a" * 41000, 431),
+        (b"GET http://evil.test/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # we are no proxy
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, 400),  # TLS on http
     ],
 )
-def test_malformed_requests_get_the_right_status(data: bytes, status: int) -> None:
-    with pytest.raises(HTTPError) as excinfo:
-        parse_whole(data)
-    assert excinfo.value.status == status
+def test_malformed_requests_get_a_status_and_the_connection_closes(
+    data: bytes, status: int, chunk: int
+) -> None:
+    out = serve(data + GET, chunk)
+    got = responses(out)
+    assert [s for s, _, _ in got] == [status]
+    assert got[0][1].get("connection") == "close"
+    assert b"Traceback" not in out
 
 
-def test_http_1_0_needs_no_host() -> None:
-    request = parse_whole(b"GET /healthz HTTP/1.0\r\n\r\n")
-    assert request is not None and request.target == "/healthz"
+@BOTH
+def test_a_failing_handler_gives_500_without_detail(chunk: int) -> None:
+    out = serve(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n" + GET, chunk)
+    got = responses(out)
+    assert [s for s, _, _ in got] == [500]
+    assert b"secret internal detail" not in out and b"Traceback" not in out
 
 
-def test_routes(tmp_path: Path) -> None:
-    (tmp_path / "example.test.txt").write_text("version: STSv1\nmode: enforce\n")
-    problems: list[str | None] = [None]
-    app = WebApp(health=lambda: problems[0], policy_dir=tmp_path)
-
-    def get(target: str, host: str = "mx.example.test", method: str = "GET") -> tuple[int, bytes]:
-        status, body, _ = app.handle(Request(method, target, "HTTP/1.1", {"host": host}))
-        return status, body
-
-    assert get("/healthz") == (200, b"ok\n")
-    problems[0] = "store stopped"
-    assert get("/healthz") == (503, b"unhealthy: store stopped\n")
-    status, body = get("/metrics")
-    assert status == 200 and b"# TYPE estafeta_messages_received_total counter" in body
-    assert get("/.well-known/mta-sts.txt", "mta-sts.example.test")[1].startswith(b"version: STSv1")
-    assert get("/.well-known/mta-sts.txt", "MTA-STS.Example.Test:443")[0] == 200
-    assert get("/.well-known/mta-sts.txt", "mta-sts.other.test")[0] == 404
-    assert get("/.well-known/mta-sts.txt", "mx.example.test")[0] == 404
-    assert get("/.well-known/mta-sts.txt", "mta-sts.../../etc/passwd")[0] == 404
-    assert get("/nope")[0] == 404
-    assert get("/metrics", method="POST")[0] == 405
+@BOTH
+def test_conditional_get_answers_304(chunk: int) -> None:
+    first = responses(serve(b"GET /static HTTP/1.1\r\nHost: x\r\n\r\n", chunk))[0]
+    etag = first[1]["etag"]
+    assert first[1]["cache-control"] == "max-age=60"
+    again = b'GET /static HTTP/1.1\r\nHost: x\r\nIf-None-Match: W/"zz", ' + etag.encode()
+    got = responses(serve(again + b"\r\n\r\n" + GET, chunk))
+    assert got[0][0] == 304 and got[0][2] == b"" and got[0][1]["etag"] == etag
+    assert got[1][0] == 200  # and the connection went on
+    other = b'GET /static HTTP/1.1\r\nHost: x\r\nIf-None-Match: "other"\r\n\r\n'
+    assert responses(serve(other, chunk))[0][0] == 200
 
 
-def test_events_move_the_counters() -> None:
-    def value(name: str, **labels: str) -> float:
-        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
-
-    before = value("estafeta_messages_received_total", kind="inbound")
-    metrics.record_event("delivery", {"result": "delivered", "ms": 3.0})
-    assert value("estafeta_messages_received_total", kind="inbound") == before + 1
-    before = value("estafeta_messages_rejected_total", kind="inbound", reason="dmarc")
-    metrics.record_event("delivery", {"result": "rejected", "reason": "dmarc"})
-    assert value("estafeta_messages_rejected_total", kind="inbound", reason="dmarc") == before + 1
-    before = value("estafeta_delivery_duration_seconds_count")
-    metrics.record_event("outbound", {"result": "delivered", "ms": 250.0})
-    assert value("estafeta_delivery_duration_seconds_count") == before + 1
-    # Long free-text reasons do not become label values.
-    metrics.record_event("rcpt_rejected", {"reason": "x" * 200})
-    assert value("estafeta_messages_rejected_total", kind="inbound", reason="other") >= 1
+def test_security_headers_and_hsts_only_over_tls() -> None:
+    secure = responses(serve(GET))[0][1]
+    assert secure["strict-transport-security"] == "max-age=31536000"
+    assert "frame-ancestors 'none'" in secure["content-security-policy"]
+    assert secure["x-content-type-options"] == "nosniff"
+    assert secure["cache-control"] == "no-store"
+    assert re.match(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", secure["date"])
+    plain = responses(serve(GET, secure=False))[0][1]
+    assert "strict-transport-security" not in plain
 
 
-async def _serve(app: WebApp) -> tuple[asyncio.Server, int]:
-    server = await asyncio.start_server(WebServer(app).handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+def test_http_1_0_closes_after_one_answer_and_needs_no_host() -> None:
+    got = responses(serve(b"GET /a HTTP/1.0\r\n\r\n" + GET))
+    assert len(got) == 1 and got[0][0] == 200
 
 
-async def _exchange(port: int, data: bytes, pause: float = 0) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    if pause:
-        for i in range(len(data)):
-            writer.write(data[i : i + 1])
-            await writer.drain()
-    else:
-        writer.write(data)
-    reply = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    return reply
+def test_max_requests_per_connection() -> None:
+    got = responses(serve(GET * 5, limits=Limits(max_requests=3)))
+    assert [s for s, _, _ in got] == [200, 200, 200]
+    assert got[2][1]["connection"] == "close"
 
 
-def test_server_answers_and_closes() -> None:
-    async def run() -> None:
-        server, port = await _serve(WebApp())
-        async with server:
-            reply = await _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
-            assert b"Connection: close" in reply and reply.endswith(b"\r\n\r\nok\n")
-            head = await _exchange(port, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200 OK") and head.endswith(b"\r\n\r\n")
-            assert b"Content-Length: 3" in head
-            bad = await _exchange(port, b"BREW /pot HTCPCP/1.0\r\n\r\n")
-            assert bad.startswith(b"HTTP/1.1 400 Bad Request")
-            slow = await _exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", pause=1)
-            assert slow.startswith(b"HTTP/1.1 200 OK") and b"estafeta_" in slow
-            assert b"Traceback" not in bad + slow
+def test_a_head_that_never_ends_gets_408() -> None:
+    out = serve(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n",
+        1,
+        limits=Limits(head_timeout=0.3),
+        reader_class=StallingReader,
+    )
+    assert out.startswith(b"HTTP/1.1 408 ")
 
-    asyncio.run(run())
+
+def test_an_idle_connection_is_closed_quietly() -> None:
+    out = serve(GET, limits=Limits(keepalive_timeout=0.2), reader_class=StallingReader)
+    got = responses(out)
+    assert [s for s, _, _ in got] == [200]  # then closed, no 408 for nothing sent
+
+
+def test_a_trickled_body_is_bounded_by_body_timeout() -> None:
+    data = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc"
+    out = serve(
+        data, 1, limits=Limits(head_timeout=0.2, body_timeout=0.2), reader_class=StallingReader
+    )
+    assert out.startswith(b"HTTP/1.1 408 ")
+
+
+def test_text_helper() -> None:
+    response = text(404, "not found")
+    assert response.body == b"not found\n" and response.content_type.startswith("text/plain")

@@ -308,10 +308,10 @@ def broken_source(directory: Path) -> Path:
         source,
         ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__"),
     )
-    web = source / "src" / "estafeta" / "web.py"
+    web = source / "src" / "estafeta" / "web" / "site.py"
     text = web.read_text()
     healthy = "problem = self.health()"
-    assert healthy in text, "web.py no longer has the line this scenario breaks"
+    assert healthy in text, "web/site.py no longer has the line this scenario breaks"
     web.write_text(text.replace(healthy, f"problem = {BROKEN!r}"))
     return source
 

@@ -54,6 +54,7 @@ from estafeta.config_spam import (
     screen_config,
     spam_config,
 )
+from estafeta.config_web import MtaStsConfig, WebConfig, mta_sts_config, web_config
 
 LISTENERS = (
     "smtp",
@@ -65,6 +66,7 @@ LISTENERS = (
     "pop3s",
     "managesieve",
     "http",
+    "https",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -320,6 +322,8 @@ class Config:
     rspamd: RspamdConfig = field(default_factory=RspamdConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
 
     @property
     def spam_dir(self) -> Path:
@@ -604,7 +608,7 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         key = tls_reader.get("key", str, required=True)
         tls_reader.check_unknown()
         tls = TLSConfig(cert=(path.parent / cert).resolve(), key=(path.parent / key).resolve())
-    for implicit in ("submissions", "imaps", "pop3s"):
+    for implicit in ("submissions", "imaps", "pop3s", "https"):
         if implicit in listen and tls is None:
             raise ConfigError(path, f"listen.{implicit}", "needs [tls] cert and key")
 
@@ -760,6 +764,8 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
     rspamd = rspamd_config(top.table_of("rspamd"), path.parent)
     backup = backup_config(top.table_of("backup"), path.parent)
     retention = retention_config(top.table_of("retention"))
+    web = web_config(top.table_of("web"), path.parent)
+    mta_sts = mta_sts_config(top.table_of("mta_sts"))
 
     top.check_unknown()
     return Config(
@@ -785,6 +791,8 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         rspamd=rspamd,
         backup=backup,
         retention=retention,
+        web=web,
+        mta_sts=mta_sts,
     )
 
 

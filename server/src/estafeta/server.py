@@ -36,7 +36,8 @@ from estafeta.auth.guard import (
 from estafeta.auth.logincache import LoginCache
 from estafeta.auth.logins import LoginRecorder
 from estafeta.backup.create import read_status as read_backup_status
-from estafeta.config import Config, Endpoint, server_context
+from estafeta.config import Config, ConfigError, Endpoint, server_context
+from estafeta.config_web import read_token
 from estafeta.defences import Defences
 from estafeta.delivery.filters import DmarcQuarantine, SieveFilter
 from estafeta.delivery.forward import Forwarder
@@ -64,7 +65,10 @@ from estafeta.smtp.screen import Screen
 from estafeta.smtp.submission import SendLimits, SubmissionHandler
 from estafeta.spam.training import Trainer
 from estafeta.store import Store
-from estafeta.web import WebApp, WebServer
+from estafeta.web.clientconfig import ClientSettings
+from estafeta.web.connection import Limits as WebLimits
+from estafeta.web.listener import HTTPListener
+from estafeta.web.site import MtaSts, Site, SiteSettings
 
 log = logging.getLogger("estafeta.server")
 
@@ -81,6 +85,7 @@ IMPLEMENTED = (
     "pop3s",
     "managesieve",
     "http",
+    "https",
 )
 # How long in-flight sessions get to finish on SIGTERM.
 SHUTDOWN_GRACE = 30.0
@@ -144,11 +149,15 @@ class Server:
             config.limits.max_connections, per_ip=self.per_ip, preauth=self.preauth
         )
         self._servers: list[asyncio.Server] = []
-        # [listen] http: /metrics, /healthz and MTA-STS policies written by
-        # the dns_records role next to the configuration (mta-sts/<domain>.txt).
-        self._web = WebServer(
-            WebApp(health=self._health, policy_dir=config.path.parent / "mta-sts")
-        )
+        # [listen] http and https (estafeta.web.site): MTA-STS policies (the
+        # dns_records role's files next to the configuration, else [mta_sts]),
+        # client autoconfiguration, /healthz, /metrics.
+        self.https_tls: ssl.SSLContext | None = None
+        if config.tls:
+            self.https_tls = server_context(config.tls)
+            self.https_tls.set_alpn_protocols(["http/1.1"])  # rfc7301:3.2
+        self._site = Site(_site_settings(config), health=self._health)
+        self._http_listeners: list[HTTPListener] = []
         self._imap_sessions: set[Session] = set()
         self._pop3_sessions: set[pop3.Session] = set()
         self._pop3_locks = pop3.Locks()
@@ -350,8 +359,9 @@ class Server:
                 await self._listen_pop3(name, endpoint, implicit_tls=name == "pop3s")
         for endpoint in self.config.listen.get("managesieve", ()):
             await self._listen_managesieve(endpoint)
-        for endpoint in self.config.listen.get("http", ()):
-            await self._start_stream_server("http", endpoint, self._web.handle)
+        for name in ("http", "https"):
+            if name in self.config.listen:
+                await self._listen_http(name, self.config.listen[name])
         self._register_metrics()
         for name in self.config.listen:
             if name not in IMPLEMENTED:
@@ -494,6 +504,27 @@ class Server:
 
         await self._start_stream_server("managesieve", endpoint, handle)
 
+    async def _listen_http(self, name: str, endpoints: tuple[Endpoint, ...]) -> None:
+        https = name == "https"
+        listener = HTTPListener(
+            name,
+            self._site.https if https else self._site.http,
+            limits=WebLimits(),
+            admit=self.per_ip.acquire,
+            release=self.per_ip.release,
+            context=(lambda: self.https_tls) if https else None,  # type: ignore[arg-type,return-value]
+            handshake_timeout=self._handshake_timeout(WebLimits().head_timeout),
+            hsts_max_age=self.config.web.hsts_max_age,
+        )
+        self._http_listeners.append(listener)
+        for endpoint in endpoints:
+            try:
+                await listener.listen(endpoint.host, endpoint.port)
+            except OSError as exc:
+                message = f"listen.{name}: cannot listen on {endpoint}: {exc.strerror}"
+                raise OSError(exc.errno, message) from None
+            log_event(log, "listening", listener=name, address=str(endpoint))
+
     async def _serve(
         self,
         writer: asyncio.StreamWriter,
@@ -619,7 +650,7 @@ class Server:
             return "starting"
         if self._runner_task.done():
             return "the queue runner stopped"
-        if not self._servers:
+        if not self._servers and not self._http_listeners:
             return "no listener"
         try:
             self.queue.depth()
@@ -731,6 +762,8 @@ class Server:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        for http_listener in self._http_listeners:
+            await http_listener.close()
         for session in list(self._imap_sessions):
             session.shutdown()
         for pop3_session in list(self._pop3_sessions):
@@ -759,6 +792,29 @@ class Server:
         for gauge in self._gauges:
             metrics.unregister_gauge(gauge)
         log_event(log, "stopped")
+
+
+def _site_settings(config: Config) -> SiteSettings:
+    try:
+        token = read_token(config.web.metrics_token_file)
+    except OSError as exc:
+        raise ConfigError(
+            config.path, "web.metrics_token_file", f"cannot read: {exc.strerror}"
+        ) from None
+    https = config.listen.get("https", ())
+    return SiteSettings(
+        hostname=config.hostname,
+        domains=config.domains,
+        client=ClientSettings.from_listen(
+            config.hostname, config.listen, starttls=config.tls is not None
+        ),
+        policy_dir=config.path.parent / "mta-sts",
+        mta_sts=MtaSts(config.mta_sts.mode, config.mta_sts.max_age, config.mta_sts.mx),
+        metrics_networks=config.web.metrics_networks,
+        metrics_token=token,
+        https=bool(https),
+        https_port=https[0].port if https else 443,
+    )
 
 
 class _StreamProtocol(asyncio.StreamReaderProtocol):

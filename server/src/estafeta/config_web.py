@@ -1,0 +1,109 @@
+"""Configuration of the HTTP side: ``[web]`` and ``[mta_sts]`` (issue 20).
+
+Example::
+
+    [listen]
+    http = ["0.0.0.0:80", "[::]:80"]      # ACME HTTP-01, redirects to https
+    https = ["0.0.0.0:443", "[::]:443"]   # MTA-STS, autoconfig, account pages
+
+    [web]
+    metrics_networks = ["127.0.0.0/8", "::1/128"]  # who may GET /metrics
+    metrics_token_file = "metrics.token"           # or send this bearer token
+    hsts_max_age = "365d"                          # 0: no Strict-Transport-Security
+
+    [mta_sts]                 # the policy of a domain without a policy file
+    mode = "enforce"          # rfc8461:3.2: enforce, testing or none
+    max_age = "7d"            # rfc8461:3.2: at most 31557600 seconds
+    mx = ["mx1.example.test", "*.example.test"]   # default: the hostname
+
+The dns_records role writes ``mta-sts/<domain>.txt`` next to the
+configuration (its id is in the domain's ``_mta-sts`` TXT record); such a
+file is served as it is, and ``[mta_sts]`` is for the domains without one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from estafeta.config import _Reader
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MTA_STS_MODES = ("enforce", "testing", "none")
+MTA_STS_MAX_AGE = 31557600  # rfc8461:3.2
+# rfc8461:3.2 mx patterns: a host name, or "*." and one, for one label more.
+_MX_PATTERN = re.compile(
+    r"^(\*\.)?(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$"
+)
+LOOPBACK: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    metrics_networks: tuple[IPNetwork, ...] = LOOPBACK
+    metrics_token_file: Path | None = None
+    hsts_max_age: int = 365 * 86400
+
+
+@dataclass(frozen=True)
+class MtaStsConfig:
+    mode: str = "testing"
+    max_age: int = 7 * 86400
+    mx: tuple[str, ...] = ()
+
+
+def web_config(reader: _Reader, base: Path) -> WebConfig:
+    from estafeta.config import _duration, _networks, _path
+
+    defaults = WebConfig()
+    networks = (
+        _networks(reader, "metrics_networks")
+        if "metrics_networks" in reader.table
+        else defaults.metrics_networks
+    )
+    reader.used.add("metrics_networks")
+    token_file = _path(reader, "metrics_token_file", base)
+    hsts = _duration(reader, "hsts_max_age", defaults.hsts_max_age, allow_zero=True)
+    reader.check_unknown()
+    return WebConfig(
+        metrics_networks=networks, metrics_token_file=token_file, hsts_max_age=int(hsts)
+    )
+
+
+def mta_sts_config(reader: _Reader) -> MtaStsConfig:
+    from estafeta.config import ConfigError, _duration
+
+    defaults = MtaStsConfig()
+    mode = reader.get("mode", str, defaults.mode)
+    if mode not in MTA_STS_MODES:
+        raise reader.error("mode", f"must be one of {', '.join(MTA_STS_MODES)} (rfc8461:3.2)")
+    max_age = int(_duration(reader, "max_age", defaults.max_age))
+    if max_age > MTA_STS_MAX_AGE:
+        raise reader.error("max_age", "must be at most 31557600 seconds, a year (rfc8461:3.2)")
+    mx: list[str] = []
+    for i, pattern in enumerate(reader.string_list("mx")):
+        value = pattern.strip().lower().rstrip(".")
+        if not _MX_PATTERN.match(value):
+            raise ConfigError(
+                reader.path,
+                f"{reader.key('mx')}[{i}]",
+                f"{pattern!r} is not a host name or a *.-pattern like *.example.org",
+            )
+        mx.append(value)
+    reader.check_unknown()
+    return MtaStsConfig(mode=mode, max_age=max_age, mx=tuple(mx))
+
+
+def read_token(path: Path | None) -> str | None:
+    """The metrics bearer token (first line of the file), or None."""
+    if path is None:
+        return None
+    text = path.read_text(encoding="utf-8").strip()
+    return text or None
