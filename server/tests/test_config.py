@@ -52,6 +52,27 @@ def test_good_config(tmp_path: Path) -> None:
     assert cfg.tls is None
 
 
+def test_acme_names_and_the_certificate_files(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "[log]",
+        '[acme]\ndirectory = "https://ca.test/dir"\nnames = ["Webmail.Example.TEST."]\n[log]',
+    )
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.acme is not None
+    assert cfg.acme.names == (
+        "mx.example.test",
+        "mta-sts.example.test",
+        "autoconfig.example.test",
+        "autodiscover.example.test",
+        "mta-sts.xn--bcher-kva.test",
+        "autoconfig.xn--bcher-kva.test",
+        "autodiscover.xn--bcher-kva.test",
+        "webmail.example.test",
+    )
+    assert cfg.tls is not None and cfg.tls.cert == cfg.acme_dir / "fullchain.pem"
+    config.check_runtime(cfg)  # no certificate yet: the server makes a placeholder
+
+
 def test_web_and_mta_sts(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, GOOD))
     assert [str(n) for n in cfg.web.metrics_networks] == ["127.0.0.0/8", "::1/128"]
@@ -146,6 +167,23 @@ def test_web_and_mta_sts(tmp_path: Path) -> None:
         ),
         (("[log]", "[web]\nhsts_max_age = -1\n[log]"), "web.hsts_max_age", "0 or more"),
         (("[log]", "[web]\nhsts = 1\n[log]"), "web.hsts", "unknown key"),
+        (("[log]", '[acme]\nemail = "a@b.test"\n[log]'), "acme.directory", "is required"),
+        (("[log]", '[acme]\ndirectory = "http://ca/dir"\n[log]'), "acme.directory", "https://"),
+        (
+            ("[log]", '[acme]\ndirectory = "https://ca/dir"\nchallenge = "dns-01"\n[log]'),
+            "acme.challenge",
+            "http-01, tls-alpn-01",
+        ),
+        (
+            ("[log]", '[acme]\ndirectory = "https://ca/dir"\nnames = ["*.x.test"]\n[log]'),
+            "acme.names[0]",
+            "not a host name",
+        ),
+        (
+            ("[log]", '[tls]\ncert = "c"\nkey = "k"\n[acme]\ndirectory = "https://ca/d"\n[log]'),
+            "tls",
+            "leave out [tls]",
+        ),
         (
             ("[listen]", '[listen]\nhttp = ["127.0.0.1:2525"]'),
             "listen.http",

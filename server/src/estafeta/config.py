@@ -54,7 +54,14 @@ from estafeta.config_spam import (
     screen_config,
     spam_config,
 )
-from estafeta.config_web import MtaStsConfig, WebConfig, mta_sts_config, web_config
+from estafeta.config_web import (
+    AcmeConfig,
+    MtaStsConfig,
+    WebConfig,
+    acme_config,
+    mta_sts_config,
+    web_config,
+)
 
 LISTENERS = (
     "smtp",
@@ -324,6 +331,12 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     web: WebConfig = field(default_factory=WebConfig)
     mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
+    acme: AcmeConfig | None = None
+
+    @property
+    def acme_dir(self) -> Path:
+        """The ACME account, certificate and key ([acme])."""
+        return self.data_dir / "acme"
 
     @property
     def spam_dir(self) -> Path:
@@ -608,6 +621,16 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         key = tls_reader.get("key", str, required=True)
         tls_reader.check_unknown()
         tls = TLSConfig(cert=(path.parent / cert).resolve(), key=(path.parent / key).resolve())
+    acme = acme_config(top.table_of("acme"), path.parent, hostname, tuple(domains))
+    if acme is not None:
+        if tls is not None:
+            raise ConfigError(
+                path, "tls", "leave out [tls]: [acme] obtains the certificate and keeps it"
+            )
+        # Until the first certificate is issued, the server makes a
+        # self-signed one there, so that the TLS listeners can start.
+        acme_dir = data_dir / "acme"
+        tls = TLSConfig(cert=acme_dir / "fullchain.pem", key=acme_dir / "privkey.pem")
     for implicit in ("submissions", "imaps", "pop3s", "https"):
         if implicit in listen and tls is None:
             raise ConfigError(path, f"listen.{implicit}", "needs [tls] cert and key")
@@ -793,6 +816,7 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         retention=retention,
         web=web,
         mta_sts=mta_sts,
+        acme=acme,
     )
 
 
@@ -889,8 +913,12 @@ def check_runtime(config: Config) -> None:
     """Checks that need the file system: TLS files readable, data_dir writable.
 
     ``load`` only validates the text; ``check`` and ``serve`` also run this.
+    With ``[acme]`` the certificate may not exist yet: the server makes one.
     """
-    if config.tls is not None:
+    if config.acme is not None:
+        if config.acme.ca_bundle is not None and not config.acme.ca_bundle.is_file():
+            raise ConfigError(config.path, "acme.ca_bundle", f"no file {config.acme.ca_bundle}")
+    elif config.tls is not None:
         for name in ("cert", "key"):
             file = getattr(config.tls, name)
             try:

@@ -16,6 +16,21 @@ Example::
     max_age = "7d"            # rfc8461:3.2: at most 31557600 seconds
     mx = ["mx1.example.test", "*.example.test"]   # default: the hostname
 
+    [acme]                    # the server obtains and renews its certificate
+    directory = "https://acme-v02.api.letsencrypt.org/directory"
+    email = "postmaster@example.org"  # optional account contact
+    challenge = "http-01"     # on [listen] http (80); or "tls-alpn-01" on https (443)
+    key_type = "ec-p256"      # or "rsa-2048"
+    names = []                # more names; always: the hostname, and mta-sts.,
+                              # autoconfig. and autodiscover. of every domain
+    ca_bundle = ""            # a CA file to trust the ACME server with (tests)
+    retry_min = "1m"          # the first wait after a failure (doubling each time,
+    retry_max = "6h"          # up to retry_max); also the least wait between orders
+
+With ``[acme]`` there is no ``[tls]``: the certificate and key live in
+``<data_dir>/acme/`` (0600), and every listener takes a new certificate
+without a restart.
+
 The dns_records role writes ``mta-sts/<domain>.txt`` next to the
 configuration (its id is in the domain's ``_mta-sts`` TXT record); such a
 file is served as it is, and ``[mta_sts]`` is for the domains without one.
@@ -99,6 +114,68 @@ def mta_sts_config(reader: _Reader) -> MtaStsConfig:
         mx.append(value)
     reader.check_unknown()
     return MtaStsConfig(mode=mode, max_age=max_age, mx=tuple(mx))
+
+
+@dataclass(frozen=True)
+class AcmeConfig:
+    directory: str
+    names: tuple[str, ...]
+    email: str | None = None
+    challenge: str = "http-01"
+    key_type: str = "ec-p256"
+    ca_bundle: Path | None = None
+    retry_min: float = 60.0
+    retry_max: float = 6 * 3600.0
+
+
+ACME_LABELS = ("mta-sts", "autoconfig", "autodiscover")
+ACME_CHALLENGES = ("http-01", "tls-alpn-01")
+ACME_KEY_TYPES = ("ec-p256", "rsa-2048")
+
+
+def acme_config(
+    reader: _Reader, base: Path, hostname: str, domains: tuple[str, ...]
+) -> AcmeConfig | None:
+    from estafeta.config import ConfigError, _duration, _path
+
+    if not reader.table:
+        return None
+    directory = reader.get("directory", str, required=True)
+    if not directory.startswith("https://"):
+        raise reader.error("directory", "must be the https:// URL of the CA's directory")
+    email = reader.get("email", str, "") or None
+    if email is not None and ("@" not in email or any(c.isspace() or c in ",;<>" for c in email)):
+        raise reader.error("email", f"{email!r} is not one email address")
+    challenge = reader.get("challenge", str, "http-01")
+    if challenge not in ACME_CHALLENGES:
+        raise reader.error("challenge", f"must be one of {', '.join(ACME_CHALLENGES)}")
+    key_type = reader.get("key_type", str, "ec-p256")
+    if key_type not in ACME_KEY_TYPES:
+        raise reader.error("key_type", f"must be one of {', '.join(ACME_KEY_TYPES)}")
+    names = [hostname] + [f"{label}.{d}" for d in domains for label in ACME_LABELS]
+    for i, name in enumerate(reader.string_list("names")):
+        value = name.strip().lower().rstrip(".")
+        if not _MX_PATTERN.match(value) or value.startswith("*."):
+            raise ConfigError(
+                reader.path, f"{reader.key('names')}[{i}]", f"{name!r} is not a host name"
+            )
+        names.append(value)
+    ca_bundle = _path(reader, "ca_bundle", base)
+    retry_min = _duration(reader, "retry_min", 60.0)
+    retry_max = _duration(reader, "retry_max", 6 * 3600.0)
+    if retry_max < retry_min:
+        raise reader.error("retry_max", "must not be smaller than retry_min")
+    reader.check_unknown()
+    return AcmeConfig(
+        directory=directory,
+        names=tuple(dict.fromkeys(names)),
+        email=email,
+        challenge=challenge,
+        key_type=key_type,
+        ca_bundle=ca_bundle,
+        retry_min=retry_min,
+        retry_max=retry_max,
+    )
 
 
 def read_token(path: Path | None) -> str | None:

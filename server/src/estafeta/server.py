@@ -13,9 +13,12 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 from estafeta import metrics, sieve, srs
+from estafeta.acme import AcmeSettings, CertificateManager, Challenges
+from estafeta.acme.placeholder import placeholder
 from estafeta.auth import Accounts
 from estafeta.auth.connections import (
     ADDRESS,
@@ -36,7 +39,7 @@ from estafeta.auth.guard import (
 from estafeta.auth.logincache import LoginCache
 from estafeta.auth.logins import LoginRecorder
 from estafeta.backup.create import read_status as read_backup_status
-from estafeta.config import Config, ConfigError, Endpoint, server_context
+from estafeta.config import Config, ConfigError, Endpoint, TLSConfig, server_context
 from estafeta.config_web import read_token
 from estafeta.defences import Defences
 from estafeta.delivery.filters import DmarcQuarantine, SieveFilter
@@ -65,6 +68,7 @@ from estafeta.smtp.screen import Screen
 from estafeta.smtp.submission import SendLimits, SubmissionHandler
 from estafeta.spam.training import Trainer
 from estafeta.store import Store
+from estafeta.web.account import AccountPages
 from estafeta.web.clientconfig import ClientSettings
 from estafeta.web.connection import Limits as WebLimits
 from estafeta.web.listener import HTTPListener
@@ -121,7 +125,33 @@ class Server:
             max_scripts=config.sieve.max_scripts,
             compile=lambda text: sieve.compile_script(text, limits=self.sieve_limits),
         )
-        self.tls: ssl.SSLContext | None = server_context(config.tls) if config.tls else None
+        # [acme]: the server obtains and renews its certificate (estafeta.acme);
+        # until the first one is issued the listeners start with a placeholder.
+        self.challenges = Challenges()
+        self.certificates: CertificateManager | None = None
+        self._certificates_task: asyncio.Task[None] | None = None
+        tls_files = config.tls
+        if config.acme is not None:
+            acme = config.acme
+            self.certificates = CertificateManager(
+                AcmeSettings(
+                    directory=acme.directory,
+                    names=acme.names,
+                    email=acme.email,
+                    challenge=acme.challenge,
+                    key_type=acme.key_type,
+                    ca_bundle=acme.ca_bundle,
+                    retry_min=acme.retry_min,
+                    retry_max=acme.retry_max,
+                ),
+                config.acme_dir,
+                self.challenges,
+                self._install_certificate,
+            )
+            if tls_files is not None and not tls_files.cert.exists():
+                cert, key = placeholder(config.acme_dir, acme.names)
+                tls_files = TLSConfig(cert=cert, key=key)
+        self.tls: ssl.SSLContext | None = server_context(tls_files) if tls_files else None
         auth = config.auth
         # One guard for every protocol: failures on IMAP count for POP3 and SMTP.
         self.authenticator = Authenticator(
@@ -153,10 +183,25 @@ class Server:
         # dns_records role's files next to the configuration, else [mta_sts]),
         # client autoconfiguration, /healthz, /metrics.
         self.https_tls: ssl.SSLContext | None = None
-        if config.tls:
-            self.https_tls = server_context(config.tls)
+        if tls_files:
+            self.https_tls = server_context(tls_files)
             self.https_tls.set_alpn_protocols(["http/1.1"])  # rfc7301:3.2
-        self._site = Site(_site_settings(config), health=self._health)
+        site_settings = _site_settings(config)
+        # The account pages (estafeta.web.account): every path Site does not serve.
+        self._site = Site(
+            site_settings,
+            health=self._health,
+            pages=AccountPages(
+                accounts=self.accounts,
+                authenticator=self.authenticator,
+                scripts=self.scripts,
+                store=self.store,
+                hostname=config.hostname,
+                client=site_settings.client,
+                default_quota=config.limits.quota or None,
+            ),
+        )
+        self._site.acme_http01 = self.challenges.http01_response
         self._http_listeners: list[HTTPListener] = []
         self._imap_sessions: set[Session] = set()
         self._pop3_sessions: set[pop3.Session] = set()
@@ -373,6 +418,8 @@ class Server:
                     reason="not implemented in this version",
                 )
         self._runner_task = asyncio.create_task(self.runner.run())
+        if self.certificates is not None:
+            self._certificates_task = asyncio.create_task(self.certificates.run())
         self.retention.start()  # daily at [retention] hour
         log_event(log, "ready", hostname=self.config.hostname, domains=self.config.domains)
 
@@ -513,6 +560,7 @@ class Server:
             admit=self.per_ip.acquire,
             release=self.per_ip.release,
             context=(lambda: self.https_tls) if https else None,  # type: ignore[arg-type,return-value]
+            challenges=self.challenges if https else None,
             handshake_timeout=self._handshake_timeout(WebLimits().head_timeout),
             hsts_max_age=self.config.web.hsts_max_age,
         )
@@ -717,6 +765,16 @@ class Server:
             )
         )
 
+        if self.certificates is not None:
+            self._gauges.append(
+                metrics.register_gauge(
+                    "estafeta_certificate_expiry_timestamp_seconds",
+                    "When each name's certificate from ACME expires (Unix time).",
+                    "name",
+                    self.certificates.expiry,
+                )
+            )
+
         def backup_success() -> dict[str, float]:
             status = read_backup_status(self.config)
             if status is None:
@@ -759,7 +817,19 @@ class Server:
         # asyncio's default is 60 s; a shorter configured timeout wins.
         return min(TLS_HANDSHAKE_TIMEOUT, limit)
 
+    def _install_certificate(self, fullchain: Path, key: Path) -> None:
+        """A new certificate from ACME, into every listener's context: the
+        next handshake uses it, open connections keep theirs (OpenSSL copies
+        the certificate into each connection)."""
+        for context in (self.tls, self.https_tls):
+            if context is not None:
+                context.load_cert_chain(fullchain, key)
+
     async def stop(self) -> None:
+        if self._certificates_task is not None:
+            self._certificates_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._certificates_task
         for server in self._servers:
             server.close()
         for http_listener in self._http_listeners:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from estafeta.backup.objects import BackupError
+from estafeta.durable import fsync_dir
 
 # Keys are made by estafeta: path segments of letters, digits and - _ . :
 _KEY = re.compile(r"[A-Za-z0-9_.:-]+(?:/[A-Za-z0-9_.:-]+)*\Z")
@@ -55,14 +56,6 @@ class Destination(Protocol):
 # -- a directory ----------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class DirectoryDestination:
     root: Path
@@ -87,7 +80,7 @@ class DirectoryDestination:
             finally:
                 os.close(fd)
             os.rename(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()

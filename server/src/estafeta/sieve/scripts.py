@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from estafeta.address import AddressError, split_address
+from estafeta.durable import fsync_dir
 from estafeta.log import log_event
 from estafeta.sieve.errors import SieveError
 
@@ -203,14 +204,6 @@ def _account_component(text: str, dots: bool) -> str:
 def _line_column(text: str, index: int) -> tuple[int, int]:
     line_start = text.rfind("\n", 0, index) + 1
     return text.count("\n", 0, index) + 1, index - line_start + 1
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _default_compile(text: str) -> Compiled:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from estafeta.durable import fsync_dir as fsync_dir  # the store's modules take it from here
+
 SUBDIRS = ("tmp", "new", "cur")
 INBOX = "INBOX"
 # The IMAP hierarchy delimiter. On disk, Maildir++ uses "." instead.
@@ -112,14 +114,6 @@ def sort_key(name: str) -> tuple[int, int, str]:
         return (int(match[1]), int(match[2]), name)
     head = name.split(".", 1)[0]
     return (int(head) if head.isdigit() else 0, 0, name)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_maildir(path: Path) -> None:

@@ -6,30 +6,24 @@ spent on it, like imaps. On https the TLS handshake is started here, after a
 look at the ClientHello without taking it off the socket (MSG_PEEK): an ACME
 TLS-ALPN-01 validation (rfc8737:3, ALPN ``acme-tls/1`` and the name being
 validated) gets the challenge certificate, everybody else the certificate
-of the moment — which ``contexts`` gives anew for every connection, so a
-renewed certificate is used by the next handshake and open connections keep
-theirs.
+of the moment (``context``; a renewal loads the new one into it, so the
+next handshake has it and open connections keep theirs). The ClientHello is
+only looked at while a TLS-ALPN-01 challenge is pending.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Callable
 
+from estafeta.acme import Challenges, ClientHelloError, answer_tls_alpn, peek_client_hello
 from estafeta.log import log_event
 from estafeta.web.connection import Handler, HTTPSession, Limits
 
 log = logging.getLogger("estafeta.web")
-
-# How much of a ClientHello is read to find SNI and ALPN; a longer one
-# (post-quantum key shares make them about 1.8 KiB) is still well inside.
-PEEK_BYTES = 16 * 1024
-PEEK_PAUSE = 0.02
 
 
 class HTTPListener:
@@ -42,7 +36,7 @@ class HTTPListener:
         admit: Callable[[str], bool],
         release: Callable[[str], None],
         context: Callable[[], ssl.SSLContext] | None = None,
-        alpn_challenge: Callable[[bytes], ssl.SSLContext | None] | None = None,
+        challenges: Challenges | None = None,
         handshake_timeout: float = 10.0,
         hsts_max_age: int = 31536000,
     ) -> None:
@@ -52,7 +46,7 @@ class HTTPListener:
         self.admit = admit
         self.release = release
         self.context = context
-        self.alpn_challenge = alpn_challenge
+        self.challenges = challenges
         self.handshake_timeout = handshake_timeout
         self.hsts_max_age = hsts_max_age
         self.open: set[asyncio.Task[None]] = set()
@@ -112,12 +106,23 @@ class HTTPListener:
         context = None
         if self.context is not None:
             context = self.context()
-            if self.alpn_challenge is not None:
-                hello = await self._peek(conn, time.monotonic() + self.handshake_timeout)
+            challenges = self.challenges
+            if challenges is not None and challenges.pending()["tls-alpn-01"]:
+                # rfc8737:3: an ACME validator offers exactly acme-tls/1 for
+                # the name being validated; only then the ClientHello matters.
+                try:
+                    async with asyncio.timeout(self.handshake_timeout):
+                        hello = await peek_client_hello(conn)
+                except (ClientHelloError, TimeoutError, OSError):
+                    hello = None
                 if hello is None:
                     conn.close()
                     return
-                context = self.alpn_challenge(hello) or context
+                challenge = challenges.context_for(hello)
+                if challenge is not None:
+                    async with asyncio.timeout(self.handshake_timeout):
+                        await answer_tls_alpn(conn, challenge)
+                    return
         reader = asyncio.StreamReader(limit=64 * 1024)
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
@@ -142,46 +147,3 @@ class HTTPListener:
             hsts_max_age=self.hsts_max_age,
         )
         await session.run()
-
-    async def _peek(self, conn: socket.socket, deadline: float) -> bytes | None:
-        """The bytes that came so far, once they hold a whole TLS record or
-        PEEK_BYTES; None if the client went away or took too long."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                data = conn.recv(PEEK_BYTES, socket.MSG_PEEK)
-            except BlockingIOError:
-                data = None
-            except OSError:
-                return None
-            if data == b"":
-                return None
-            if data is not None and _record_complete(data):
-                return data
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            if data is None:
-                waiter = loop.create_future()
-                loop.add_reader(conn.fileno(), waiter.set_result, None)
-                try:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(waiter, remaining)
-                finally:
-                    loop.remove_reader(conn.fileno())
-            else:
-                # Part of a record is there; readiness would stay set while
-                # it is not taken, so wait a moment instead.
-                await asyncio.sleep(PEEK_PAUSE)
-
-
-def _record_complete(data: bytes) -> bool:
-    """A whole TLS record (rfc8446:5.1: 5-byte header, 2-byte length), or
-    as much as is ever peeked, or something that is no TLS at all."""
-    if len(data) >= PEEK_BYTES:
-        return True
-    if data[:1] != b"\x16":
-        return True  # not a handshake record: the TLS layer will refuse it
-    if len(data) < 5:
-        return False
-    return len(data) >= 5 + int.from_bytes(data[3:5], "big")
