@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 DEPLOY_PACKAGES := python3 python3-venv python3-dev gcc git debootstrap systemd-container iproute2 openssh-client
 # What only the tests run on the controller: servers and clients to test
 # against (tests/, server/tests/, molecule/), started by the tests themselves.
-TEST_PACKAGES := swaks fetchmail getmail6 knot knot-dnsutils pebble postfix nftables testssl.sh rspamd redis-server unbound dns-root-data
+TEST_PACKAGES := swaks fetchmail getmail6 knot knot-dnsutils pebble postfix nftables testssl.sh rspamd redis-server unbound dns-root-data chromium chromium-driver
 # Seconds `make deps` waits for another apt or dpkg run (unattended-upgrades,
 # an apt-get in another shell) to let go of the dpkg lock.
 APT_LOCK_TIMEOUT ?= 300
