@@ -80,6 +80,17 @@ ALL_REFUSED: dict[str, str | None] = dict.fromkeys(PROTOCOLS, None)
 # -- TOTP ------------------------------------------------------------------------
 
 
+def test_enrolling_a_secret_the_user_confirmed_already(db: Accounts, clock: Clock) -> None:
+    # The account page shows a secret, checks a code, then enrols that secret.
+    secret = pyotp.random_base32(32)
+    assert db.totp_enroll(ALICE, secret=secret)[0] == secret
+    assert db.totp_verify(ALICE, code(secret, clock.now))
+    for bad in ("A" * 31, "a" * 32, "1" * 32, secret + "A"):
+        with pytest.raises(AccountError, match="32 base32"):
+            db.totp_enroll(BOB, secret=bad)
+    assert not db.totp_enrolled(BOB)
+
+
 def test_enrol_refuses_the_account_password_everywhere(db: Accounts) -> None:
     assert logins(db, ALICE, PASSWORD) == ALL_OK
     assert not db.totp_enrolled(ALICE)

@@ -188,19 +188,16 @@ class Server:
             self.https_tls.set_alpn_protocols(["http/1.1"])  # rfc7301:3.2
         site_settings = _site_settings(config)
         # The account pages (estafeta.web.account): every path Site does not serve.
-        self._site = Site(
-            site_settings,
-            health=self._health,
-            pages=AccountPages(
-                accounts=self.accounts,
-                authenticator=self.authenticator,
-                scripts=self.scripts,
-                store=self.store,
-                hostname=config.hostname,
-                client=site_settings.client,
-                default_quota=config.limits.quota or None,
-            ),
+        self._account_pages = AccountPages(
+            accounts=self.accounts,
+            authenticator=self.authenticator,
+            scripts=self.scripts,
+            store=self.store,
+            hostname=config.hostname,
+            client=site_settings.client,
+            default_quota=config.limits.quota or None,
         )
+        self._site = Site(site_settings, health=self._health, pages=self._account_pages)
         self._site.acme_http01 = self.challenges.http01_response
         self._http_listeners: list[HTTPListener] = []
         self._imap_sessions: set[Session] = set()
@@ -854,6 +851,7 @@ class Server:
         await asyncio.to_thread(self.store.stop)
         self.queue.close()
         # Password checks still running finish before the accounts close.
+        await self._account_pages.close()
         await self.authenticator.close()
         self.accounts.close()
         self.memory.close()

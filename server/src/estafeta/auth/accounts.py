@@ -855,18 +855,27 @@ class Accounts:
         if not self._is_account(conn, address):
             raise AccountError(f"no account {address}")
 
-    def totp_enroll(self, address: str, *, issuer: str | None = None) -> tuple[str, str]:
+    def totp_enroll(
+        self, address: str, *, issuer: str | None = None, secret: str | None = None
+    ) -> tuple[str, str]:
         """Give the account a new TOTP secret; returns it and its ``otpauth://`` URI.
 
         Active at once: from now on the account password no longer opens
         IMAP, POP3 or SMTP (create app passwords for the mail clients). The
         issuer shown by authenticator apps is the account's domain unless
         given. An account that has TOTP already is refused: disable it first.
+        ``secret``: one the user has confirmed with a code already (the
+        account page shows it first and enrols it only then).
         """
         from estafeta.auth import totp
 
         normalized = self._local_address(address)
-        secret = totp.new_secret()
+        if secret is None:
+            secret = totp.new_secret()
+        elif len(secret) != totp.SECRET_LENGTH or not set(secret) <= set(
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+        ):
+            raise AccountError("a TOTP secret is 32 base32 characters")
         with self._write() as conn:
             self._account_or_error(conn, normalized)
             if conn.execute("SELECT 1 FROM totp WHERE address = ?", (normalized,)).fetchone():
