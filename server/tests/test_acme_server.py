@@ -50,6 +50,7 @@ def acme_server(tmp_path: Path, pebble: Pebble) -> Iterator[Instance]:
             f'ca_bundle = "{pebble.ca_file}"\n'
             'email = "postmaster@example.test"\n'
             'retry_min = "2s"\n'
+            "reuse_key = true\n"
         ),
     )
     instance.write_config()
@@ -138,6 +139,8 @@ def test_the_server_obtains_renews_and_swaps_its_certificate(
         "the renewed certificate",
     )
     assert issued(renewed)
+    # reuse_key: the same key, so DANE 3 1 1 records stay true.
+    assert renewed.public_key() == first.public_key()
     assert renewed.not_valid_after_utc > first.not_valid_after_utc
     assert peer_certificate(acme_server.https_port).serial_number == renewed.serial_number
     # The old session goes on, on its own certificate.

@@ -24,6 +24,7 @@ Example::
     names = []                # more names; always: the hostname, and mta-sts.,
                               # autoconfig. and autodiscover. of every domain
     ca_bundle = ""            # a CA file to trust the ACME server with (tests)
+    reuse_key = false         # keep the key across renewals (DANE 3 1 1 records stay true)
     retry_min = "1m"          # the first wait after a failure (doubling each time,
     retry_max = "6h"          # up to retry_max); also the least wait between orders
 
@@ -126,6 +127,7 @@ class AcmeConfig:
     ca_bundle: Path | None = None
     retry_min: float = 60.0
     retry_max: float = 6 * 3600.0
+    reuse_key: bool = False
 
 
 ACME_LABELS = ("mta-sts", "autoconfig", "autodiscover")
@@ -161,6 +163,7 @@ def acme_config(
             )
         names.append(value)
     ca_bundle = _path(reader, "ca_bundle", base)
+    reuse_key = reader.get("reuse_key", bool, False)
     retry_min = _duration(reader, "retry_min", 60.0)
     retry_max = _duration(reader, "retry_max", 6 * 3600.0)
     if retry_max < retry_min:
@@ -175,6 +178,7 @@ def acme_config(
         ca_bundle=ca_bundle,
         retry_min=retry_min,
         retry_max=retry_max,
+        reuse_key=reuse_key,
     )
 
 

@@ -143,6 +143,7 @@ class Server:
                     ca_bundle=acme.ca_bundle,
                     retry_min=acme.retry_min,
                     retry_max=acme.retry_max,
+                    reuse_key=acme.reuse_key,
                 ),
                 config.acme_dir,
                 self.challenges,

@@ -163,6 +163,19 @@ class AcmeFiles:
 
     # -- the certificate ----------------------------------------------------------------------
 
+    def current_key(self, key_type: str) -> bytes | None:
+        """The key in use, when it is of ``key_type``; else None."""
+        try:
+            pem = self.privkey.read_bytes()
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (OSError, ValueError):
+            return None
+        if key_type == "rsa-2048":
+            fits = isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+        else:
+            fits = isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+        return pem if fits else None
+
     def stage_key(self, key_pem: bytes) -> None:
         """Step 1: keep the key of an issuance under way."""
         write_atomic(self.directory / NEXT_PRIVKEY, key_pem)

@@ -69,6 +69,9 @@ class AcmeSettings:
     renew_fraction: float = 2 / 3  # of the lifetime, when the CA has no renewal info
     retry_min: float = 60.0  # seconds of backoff after the first failure
     retry_max: float = 6 * 3600.0  # the most backoff grows to
+    # Keep the certificate's key across renewals (DANE 3 1 1 TLSA records
+    # name the key: they stay true); a new key each time otherwise.
+    reuse_key: bool = False
 
     def __post_init__(self) -> None:
         if not self.directory.startswith(("https://", "http://")):
@@ -391,7 +394,9 @@ class CertificateManager:
     ) -> tuple[acme_client.ClientV2, messages.OrderResource]:
         client = self._client_for(settings)
         self._register(client, settings)
-        key_pem = new_private_key(settings.key_type)
+        key_pem = (self._files.current_key(settings.key_type) if settings.reuse_key else None) or (
+            new_private_key(settings.key_type)
+        )
         self._files.stage_key(key_pem)
         csr = crypto_util.make_csr(key_pem, list(settings.names))
         return client, client.new_order(csr)
