@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import imaplib
+import signal
 import socket
 import ssl
 import time
@@ -21,7 +22,7 @@ import pytest
 from _pebble import Pebble
 from cryptography import x509
 
-from conftest import PASSWORD, Instance, free_port
+from conftest import PASSWORD, Instance, free_port, make_tls
 
 VALIDITY = 24  # seconds: renewal after 16
 
@@ -156,3 +157,36 @@ def test_the_server_obtains_renews_and_swaps_its_certificate(
     body = metrics.getresponse().read().decode()
     metrics.close()
     assert 'estafeta_certificate_expiry_timestamp_seconds{name="mta-sts.example.test"}' in body
+
+
+def test_sighup_reads_the_tls_files_again(tmp_path: Path) -> None:
+    """Without [acme]: a certificate renewed on disk (tls role, certbot) is
+    used after `systemctl reload` (SIGHUP); a broken pair is refused and
+    the certificate in use stays."""
+    tls_section, ca = make_tls(tmp_path)
+    instance = Instance(tmp_path, free_port(), imaps_port=free_port(), extra_config=tls_section)
+    instance.write_config()
+    instance.start()
+    try:
+        first = peer_certificate(instance.imaps_port)
+        renewed = ca.issue_cert("mx.example.test")
+        renewed.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+        renewed.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+        assert instance.process is not None
+        instance.process.send_signal(signal.SIGHUP)
+        second = certificate_when(
+            instance.imaps_port,
+            lambda cert: cert.serial_number != first.serial_number,
+            10,
+            "the reloaded certificate",
+        )
+        # A key that does not belong to the certificate: refused, logged.
+        ca.issue_cert("mx.example.test").private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+        instance.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload_failed" not in instance.log_text():
+            assert time.monotonic() < deadline, instance.log_text()
+            time.sleep(0.1)
+        assert peer_certificate(instance.imaps_port).serial_number == second.serial_number
+    finally:
+        instance.stop()

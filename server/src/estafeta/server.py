@@ -815,10 +815,28 @@ class Server:
         # asyncio's default is 60 s; a shorter configured timeout wins.
         return min(TLS_HANDSHAKE_TIMEOUT, limit)
 
+    def reload(self) -> None:
+        """SIGHUP (``systemctl reload estafeta``): the ACME manager looks again
+        at once; without [acme], the [tls] files are read again (a renewal by
+        the tls role or certbot) and used from the next handshake on."""
+        if self.certificates is not None:
+            self.certificates.wake()
+            log_event(log, "reload", what="acme")
+        elif self.config.tls is not None:
+            try:
+                self._install_certificate(self.config.tls.cert, self.config.tls.key)
+            except (OSError, ssl.SSLError) as exc:
+                # The certificate in use stays; the error says which file.
+                log_event(log, "reload_failed", logging.ERROR, error=str(exc))
+            else:
+                log_event(log, "reload", what="tls", cert=str(self.config.tls.cert))
+
     def _install_certificate(self, fullchain: Path, key: Path) -> None:
         """A new certificate from ACME, into every listener's context: the
         next handshake uses it, open connections keep theirs (OpenSSL copies
-        the certificate into each connection)."""
+        the certificate into each connection). Tried on a scratch context
+        first: a pair that does not load leaves the live contexts alone."""
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(fullchain, key)
         for context in (self.tls, self.https_tls):
             if context is not None:
                 context.load_cert_chain(fullchain, key)
@@ -999,6 +1017,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     try:
         await server.start()
         await stop.wait()

@@ -210,6 +210,11 @@ class CertificateManager:
         self._state.failures = 0
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look again now (SIGHUP): after a failure, the next attempt is now,
+        not at the end of its backoff (the DNS records may exist now)."""
+        self.update_settings(self._settings)
+
     async def run(self) -> None:
         """The manager's task: runs until cancelled, never raises otherwise."""
         try:
