@@ -10,6 +10,8 @@ short_description: Check the DNS records of a mail domain against what is expect
 description:
   - Queries the MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, SRV, A/AAAA and PTR records of a mail
     domain and compares each with an expectation. Only the checks named in O(expect) are made.
+  - With O(expect.mta_sts_policy) it also fetches the domain's MTA-STS policy over HTTPS, as a
+    sending mail server does (RFC 8461 sections 3.3 and 4.1), and checks it.
   - Every check yields one entry in RV(results) with a status of V(ok), V(warn) or V(fail).
     A V(warn) never fails the task (for example an MX host nobody expected, or an SPF record
     stricter than expected); a V(fail) does in O(mode=check) (for example a missing record,
@@ -18,8 +20,8 @@ description:
   - O(mode=report) is for domains whose DNS is run by someone else. The module never fails on
     a check and returns the records to publish (RV(records)) and an aligned table of them with
     their current status (RV(table)).
-  - The module only reads DNS. Run it on the controller, with C(delegate_to) set to
-    C(localhost).
+  - The module only reads (DNS, and the MTA-STS policy over HTTPS). Run it on the controller,
+    with C(delegate_to) set to C(localhost).
   - Right after a change, ask the servers that hold the zone (O(nameservers) set to the
     primary, or O(authoritative)) and let the checks repeat (O(wait)) while the change
     reaches the secondaries; a caching resolver keeps the old answer until its TTL runs out.
@@ -57,9 +59,26 @@ options:
     type: float
     default: 0
   timeout:
-    description: Seconds to wait for the answer to each query.
+    description:
+      - Seconds to wait for the answer to each query.
+      - Also the time limit of the whole MTA-STS policy fetch (connection, TLS handshake and
+        HTTP response together).
     type: float
     default: 5
+  mta_sts_ca_file:
+    description:
+      - A file of PEM CA certificates (on the host that runs the module) trusted for the
+        certificate of C(mta-sts.<domain>) in addition to the system's trust store, for a
+        private or test CA. A sending mail server trusts only its own store, so a policy that
+        only passes with this file set is seen by nobody else.
+      - Only used by O(expect.mta_sts_policy).
+    type: path
+  mta_sts_port:
+    description:
+      - The port the MTA-STS policy is fetched from. Senders always use 443; another port is for
+        tests.
+    type: int
+    default: 443
   mode:
     description:
       - V(check) fails the task when any check has status V(fail).
@@ -101,6 +120,20 @@ options:
         type: raw
       mta_sts_id:
         description: The C(id) published in the C(_mta-sts) TXT record (C(v=STSv1; id=...)).
+        type: str
+      mta_sts_policy:
+        description:
+          - The exact MTA-STS policy text C(https://mta-sts.<domain>/.well-known/mta-sts.txt)
+            must serve, line ends included (CRLF, as the dns_records role writes it).
+          - The policy host's name is resolved through O(nameservers) (or O(authoritative)),
+            CNAMEs followed, and the policy fetched from that address as a sender fetches it
+            (RFC 8461 3.3). A certificate that is not trusted or not valid for
+            C(mta-sts.<domain>), a redirect (never followed), a status other than 200, a media
+            type other than C(text/plain), a body over 64 KiB, no complete answer within
+            O(timeout), a policy that is not valid (RFC 8461 3.2), a text that differs from
+            this one (the first differing line is named), or an MX host that no C(mx:) line of
+            the served policy matches (RFC 8461 4.1) fails.
+          - The MX hosts are those of O(expect.mx) when given, else the published ones.
         type: str
       tlsrpt:
         description:
@@ -151,7 +184,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: The module only reads DNS; check mode makes the same queries.
+    details: The module only reads; check mode makes the same queries and the same policy fetch.
   diff_mode:
     support: none
   platform:
@@ -177,6 +210,9 @@ EXAMPLES = r"""
         s2026: "{{ lookup('ansible.builtin.file', 'dkim/example.org.s2026.txt') }}"
       dmarc: {p: reject}
       mta_sts_id: "20260101T000000"
+      # CRLF line ends, as the policy is served.
+      mta_sts_policy: "version: STSv1\r\nmode: enforce\r\n\
+        mx: mx1.example.org\r\nmx: mx2.example.org\r\nmax_age: 604800\r\n"
       tlsrpt: v=TLSRPTv1; rua=mailto:tlsrpt@example.org
       srv:
         - {name: _submission._tcp, port: 587, target: mx1.example.org}
@@ -210,18 +246,20 @@ ok:
   sample: true
 results:
   description:
-    - One entry per check, in the order mx, a, aaaa, ptr, spf, dkim, dmarc, mta_sts, tlsrpt
-      and srv.
+    - One entry per check, in the order mx, a, aaaa, ptr, spf, dkim, dmarc, mta_sts,
+      mta_sts_policy, tlsrpt and srv.
   returned: always
   type: list
   elements: dict
   contains:
     check:
-      description: mx, a, aaaa, ptr, spf, dkim, dmarc, mta_sts, tlsrpt or srv.
+      description: mx, a, aaaa, ptr, spf, dkim, dmarc, mta_sts, mta_sts_policy, tlsrpt or srv.
       type: str
       sample: dkim
     name:
-      description: The DNS name checked (no final dot).
+      description:
+        - The DNS name checked (no final dot); for mta_sts_policy the policy host
+          C(mta-sts.<domain>).
       type: str
       sample: s2026._domainkey.example.org
     status:
@@ -229,12 +267,12 @@ results:
       type: str
       sample: ok
     expected:
-      description: The record values expected.
+      description: The record values expected (for mta_sts_policy, the policy's lines).
       type: list
       elements: str
       sample: ["10 mx1.example.org."]
     found:
-      description: The record values published now.
+      description: The record values published now (for mta_sts_policy, the lines served).
       type: list
       elements: str
       sample: ["10 mx1.example.org.", "20 mx2.example.org."]
@@ -275,6 +313,9 @@ table:
   description:
     - Aligned text lines, a header then one line per record, with the columns TYPE, NAME,
       VALUE (to publish), STATUS (of its check) and NOW (what is published now).
+    - With O(expect.mta_sts_policy), a line of TYPE C(POLICY) follows the C(_mta-sts) TXT
+      record, with the policy's URL as NAME and its lines separated by C( | ) as VALUE and
+      NOW. It is not a DNS record, so it is not in RV(records).
   returned: when O(mode=report)
   type: list
   elements: str
@@ -286,9 +327,14 @@ table:
 # Ansible reads DOCUMENTATION, EXAMPLES and RETURN first: the imports follow them.
 import base64  # noqa: E402
 import binascii  # noqa: E402
+import http.client  # noqa: E402
+import io  # noqa: E402
 import ipaddress  # noqa: E402
 import itertools  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
+import socket  # noqa: E402
+import ssl  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from typing import Any  # noqa: E402
@@ -325,6 +371,24 @@ _ALL_NAMES = {"+": "pass", "?": "neutral", "~": "softfail", "-": "fail"}
 _SPF_ALL = re.compile(r"[+?~-]?all")
 # Seconds between rounds of checks with O(wait).
 WAIT_INTERVAL = 2.0
+
+# rfc8461:3.2: the policy is served from this "well-known" path (RFC 8615) of the
+# Policy Host, mta-sts.<domain>.
+MTA_STS_PATH = "/.well-known/mta-sts.txt"
+# rfc8461:3.3: "a suggested maximum policy size is 64 kilobytes"; senders may read
+# no more.
+MTA_STS_MAX_BODY = 64 * 1024
+# rfc8461:3.2: max_age is at most 31557600 seconds (about a year).
+MTA_STS_MAX_AGE = 31557600
+MTA_STS_MODES = ("enforce", "testing", "none")
+# How many CNAMEs are followed from mta-sts.<domain> to its address.
+MAX_CNAMES = 8
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH: the certificate is for another name.
+_X509_HOSTNAME_MISMATCH = 62
+# OpenSSL's verify errors that mean "signed by a CA that is not trusted" (self-signed,
+# unknown issuer...).
+_X509_UNTRUSTED = (18, 19, 20, 21)
+_LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
 class LookupFailure(Exception):
@@ -413,6 +477,152 @@ def _is_record(text: str, version: str) -> bool:
     )
 
 
+class PolicyError(Exception):
+    """The MTA-STS policy could not be fetched; ``why`` says what to fix."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _policy_lines(text: str) -> list[str]:
+    """The lines of a policy, without their ends (rfc8461:3.2: LF or CRLF)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the last line's end is optional
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def parse_mta_sts_policy(text: str) -> tuple[dict[str, Any], list[str], list[str]]:
+    """An MTA-STS policy (rfc8461:3.2) as ``(fields, problems, warnings)``.
+
+    ``fields`` has version, mode and max_age (the first of each; rfc8461:3.2 says
+    later repeats SHOULD be ignored) and mx (every pattern, in order). Each entry
+    of ``problems`` makes the policy invalid to a sender; ``warnings`` do not."""
+    fields: dict[str, Any] = {"mx": []}
+    problems: list[str] = []
+    warnings: list[str] = []
+    keys: list[str] = []
+    for number, line in enumerate(_policy_lines(text), 1):
+        # rfc8461:3.2: sts-policy-field *WSP, the field "name:" *WSP value.
+        key, colon, value = line.partition(":")
+        value = value.strip(" \t")
+        if not line.strip():
+            warnings.append(f"line {number} is empty")
+            continue
+        if not colon or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", key):
+            problems.append(f"line {number} {line!r} is not a 'key: value' field")
+            continue
+        keys.append(key)
+        if key == "mx":
+            fields["mx"].append(value)
+            if not _valid_mx_pattern(value):
+                problems.append(f"mx: {value!r} is not a host name or *.domain pattern")
+        elif key in ("version", "mode", "max_age"):
+            if key in fields:
+                warnings.append(f"{key}: repeated on line {number}; senders use the first")
+            else:
+                fields[key] = value
+        # Other keys are extensions: rfc8461:3.2 says senders ignore them.
+    if "version" not in fields:
+        problems.append("no version: line")
+    elif fields["version"] != "STSv1":
+        problems.append(f"version: {fields['version']}, STSv1 expected")
+    elif keys and keys[0] != "version":
+        warnings.append("version: is not the first line")
+    if "mode" not in fields:
+        problems.append("no mode: line")
+    elif fields["mode"] not in MTA_STS_MODES:
+        problems.append(f"mode: {fields['mode']} is none of enforce, testing, none")
+    max_age = fields.get("max_age")
+    if max_age is None:
+        problems.append("no max_age: line")
+    elif not re.fullmatch(r"[0-9]{1,10}", max_age) or int(max_age) > MTA_STS_MAX_AGE:
+        problems.append(f"max_age: {max_age} is not a number of seconds, 0 to {MTA_STS_MAX_AGE}")
+    # rfc8461:3.2: mx "required at least once, except when mode is 'none'".
+    if not fields["mx"] and fields.get("mode") != "none":
+        problems.append("no mx: line")
+    return fields, problems, warnings
+
+
+def _valid_mx_pattern(pattern: str) -> bool:
+    """rfc8461:3.2: sts-policy-mx-value = ["*."] Domain (a wildcard is a whole label)."""
+    name = pattern[2:] if pattern.startswith("*.") else pattern
+    labels = name.lower().rstrip(".").split(".")
+    return len(labels) >= 1 and all(_LDH_LABEL.fullmatch(label) for label in labels)
+
+
+def mx_pattern_matches(pattern: str, host: str) -> bool:
+    """Whether an MX host name matches a policy's mx pattern (rfc8461:4.1).
+
+    Names compare without letter case; "*.example.com" stands for exactly one more
+    label: it matches "mail.example.com", not "example.com" nor "a.b.example.com"."""
+    pattern = pattern.strip().lower().rstrip(".")
+    host = host.strip().lower().rstrip(".")
+    if pattern.startswith("*."):
+        first, dot, rest = host.partition(".")
+        return bool(first) and bool(dot) and rest == pattern[2:]
+    return host == pattern
+
+
+def first_difference(served: str, expected: str) -> str:
+    """Where a served policy first differs from the expected text, as a sentence."""
+    # Lines end at LF (rfc8461:3.2: LF or CRLF); the CR stays part of the line's end.
+    have = re.findall(r"[^\n]*\n|[^\n]+\Z", served)
+    want = re.findall(r"[^\n]*\n|[^\n]+\Z", expected)
+    ends = {"\r\n": "CRLF", "\n": "LF", "": "no line end"}
+
+    def bare(line: str) -> str:
+        return line.rstrip("\r\n")
+
+    for number, (got, wanted) in enumerate(zip(have, want, strict=False), 1):
+        if got == wanted:
+            continue
+        if bare(got) != bare(wanted):
+            return f"line {number} is {bare(got)!r}, {bare(wanted)!r} expected"
+        got_end = ends.get(got[len(bare(got)) :], "another line end")
+        wanted_end = ends.get(wanted[len(bare(wanted)) :], "another line end")
+        return f"line {number} {bare(got)!r} has {got_end}, {wanted_end} expected"
+    if len(have) == len(want):
+        return "the same text"
+    if len(have) > len(want):
+        return f"line {len(want) + 1} {bare(have[len(want)])!r} is not expected"
+    return (
+        f"line {len(have) + 1} {bare(want[len(have)])!r} is missing"
+        f" (the policy served ends after line {len(have)})"
+    )
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket until an absolute deadline: each read waits only for the time
+    left, so a server that sends one byte at a time cannot stretch the time limit."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("time limit reached")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+class _ResponseSource:
+    """What http.client.HTTPResponse reads from: only makefile() is used."""
+
+    def __init__(self, reader: _DeadlineReader) -> None:
+        self.reader = reader
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(self.reader)
+
+
 class MailDNSCheck:
     """Runs the checks named in ``expect`` and collects one result per check."""
 
@@ -431,6 +641,9 @@ class MailDNSCheck:
         self.results: list[dict[str, Any]] = []
         # (record, index of the result it belongs to), for the report.
         self.published: list[tuple[dict[str, str], int]] = []
+        # What is served rather than published in DNS (the MTA-STS policy), the same way:
+        # in the table, not in RV(records).
+        self.served: list[tuple[dict[str, str], int]] = []
         self._cache: dict[tuple[str, str], list[Any] | LookupFailure] = {}
 
     # -- plumbing -------------------------------------------------------------
@@ -614,6 +827,7 @@ class MailDNSCheck:
             ("dkim", self.check_dkim),
             ("dmarc", self.check_dmarc),
             ("mta_sts_id", self.check_mta_sts),
+            ("mta_sts_policy", self.check_mta_sts_policy),
             ("tlsrpt", self.check_tlsrpt),
             ("srv", self.check_srv),
         ]
@@ -694,21 +908,27 @@ class MailDNSCheck:
 
     def _mx_hosts(self, check: str) -> list[str] | None:
         """The MX hosts whose addresses are checked; None after recording a failure."""
+        try:
+            return self._find_mx_hosts()
+        except LookupFailure as exc:
+            self.add(check, self.domain, FAIL, [], [], exc.why)
+            return None
+
+    def _find_mx_hosts(self) -> list[str]:
+        """The MX hosts of O(expect.mx), else the published ones. Raises LookupFailure."""
         if "mx" in self.expect:
             return [host for _, host in self._expected_mx(self.expect["mx"])]
         try:
             records = self.query(self.domain, "MX")
         except LookupFailure as exc:
-            self.add(check, self.domain, FAIL, [], [], f"cannot find the MX hosts: {exc.why}")
-            return None
+            raise LookupFailure(f"cannot find the MX hosts: {exc.why}") from exc
         hosts = [
             self.host(r.exchange.to_text()) for r in sorted(records, key=lambda r: r.preference)
         ]
         if not hosts:
             return [self.domain]  # RFC 5321 5.1: the implicit MX
         if "" in hosts:
-            self.add(check, self.domain, FAIL, [], [], "null MX: there is no MX host to check")
-            return None
+            raise LookupFailure("null MX: there is no MX host to check")
         return list(dict.fromkeys(hosts))
 
     def _addresses(self, check: str, values: Any) -> list[str]:
@@ -1030,6 +1250,226 @@ class MailDNSCheck:
             index = self.add("mta_sts", name, status, [expected], records, why)
         self.publish(index, "TXT", name, expected)
 
+    def check_mta_sts_policy(self, value: str) -> None:
+        """Fetch the MTA-STS policy as a sender does (rfc8461:3.3) and check it."""
+        host = f"mta-sts.{self.domain}"
+        port = int(self.module.params["mta_sts_port"])
+        url = f"https://{host}{'' if port == 443 else f':{port}'}{MTA_STS_PATH}"
+        expected_text = str(value)
+        expected = _policy_lines(expected_text)
+        want, invalid, _ = parse_mta_sts_policy(expected_text)
+        if invalid:
+            self.module.fail_json(
+                msg=f"expect.mta_sts_policy is not a valid MTA-STS policy: {'; '.join(invalid)}"
+            )
+        try:
+            served = self.fetch_policy(host, port, url)
+        except (PolicyError, LookupFailure) as exc:
+            index = self.add("mta_sts_policy", host, FAIL, expected, [], exc.why)
+        else:
+            status, why = self._compare_policy(served, expected_text, want)
+            index = self.add("mta_sts_policy", host, status, expected, _policy_lines(served), why)
+        record = {"type": "POLICY", "name": url, "value": " | ".join(expected)}
+        self.served.append((record, index))
+
+    def _compare_policy(
+        self, served: str, expected_text: str, want: dict[str, Any]
+    ) -> tuple[str, str]:
+        have, problems, warnings = parse_mta_sts_policy(served)
+        if not problems:
+            # What a sender acts on first: it says what matters.
+            if have["mode"] != want["mode"]:
+                problems.append(f"mode {have['mode']}, {want['mode']} expected")
+            if int(have["max_age"]) != int(want["max_age"]):
+                problems.append(f"max_age {have['max_age']}, {want['max_age']} expected")
+            # rfc8461:4.1: a sender delivers only to MX hosts that match an mx pattern
+            # of the policy (in mode testing it reports the others).
+            if have["mode"] != "none":
+                try:
+                    mx_hosts = self._find_mx_hosts()
+                except LookupFailure as exc:
+                    problems.append(exc.why)
+                else:
+                    problems += [
+                        f"MX {mx} matches no mx: line"
+                        for mx in mx_hosts
+                        if not any(mx_pattern_matches(p, mx) for p in have["mx"])
+                    ]
+        if served != expected_text:
+            problems.append(
+                f"the policy served differs from the one expected:"
+                f" {first_difference(served, expected_text)}"
+            )
+        return self.verdict(problems, warnings, "MTA-STS policy served as expected")
+
+    def _policy_addresses(self, host: str) -> list[str]:
+        """The addresses of the policy host through this module's resolver, CNAMEs
+        followed, IPv4 first. Raises LookupFailure or PolicyError."""
+        name = host
+        for _ in range(MAX_CNAMES + 1):
+            addresses = [r.address for r in self.query(name, "A")]
+            addresses += [r.address for r in self.query(name, "AAAA")]
+            if addresses:
+                return list(dict.fromkeys(addresses))
+            # An authoritative server answers for a CNAME to another zone without
+            # the target's addresses: follow it, through that zone's servers.
+            targets = [self.host(r.target.to_text()) for r in self.query(name, "CNAME")]
+            if not targets:
+                break
+            name = targets[0]
+        else:
+            raise PolicyError(f"more than {MAX_CNAMES} CNAMEs from {host}")
+        if name != host:
+            raise PolicyError(
+                f"no A or AAAA record for {name}, the CNAME target of {host}: senders cannot"
+                " reach the policy host"
+            )
+        raise PolicyError(
+            f"no A or AAAA record for {host}: senders cannot reach the policy host; publish"
+            " it (a CNAME to the mail host that serves https)"
+        )
+
+    def _policy_context(self) -> ssl.SSLContext:
+        # rfc8461:3.3: the certificate must be valid for the "mta-sts" host name
+        # (RFC 6125), chain to a root the sender trusts and not be expired: the
+        # system's store (plus mta_sts_ca_file), the name checked.
+        context = ssl.create_default_context()
+        ca_file = self.module.params["mta_sts_ca_file"]
+        if ca_file:
+            if not os.path.isfile(ca_file):
+                self.module.fail_json(msg=f"mta_sts_ca_file {ca_file} does not exist")
+            try:
+                context.load_verify_locations(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                self.module.fail_json(
+                    msg=f"mta_sts_ca_file {ca_file} holds no PEM CA certificate: {exc}"
+                )
+        return context
+
+    def fetch_policy(self, host: str, port: int, url: str) -> str:
+        """The policy text served at ``url``, from an address of ``host`` found through
+        this module's resolver, within O(timeout). Raises PolicyError (or
+        LookupFailure) saying what to fix."""
+        addresses = self._policy_addresses(host)
+        context = self._policy_context()
+        deadline = time.monotonic() + self.timeout
+        errors = []
+        # Like a sender: the first address that takes the connection is asked.
+        for address in addresses:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                errors.append(f"{address}: not tried, no time left")
+                continue
+            try:
+                sock = socket.create_connection((address, port), timeout=left)
+            except TimeoutError:
+                errors.append(f"{address}: no answer within {self.timeout:g}s")
+                continue
+            except OSError as exc:
+                errors.append(f"{address}: {exc.strerror or exc}")
+                continue
+            with sock:
+                return self._get_policy(context, sock, host, port, url, address, deadline)
+        raise PolicyError(f"cannot connect to {host} port {port}: {', '.join(errors)}")
+
+    def _get_policy(
+        self,
+        context: ssl.SSLContext,
+        sock: socket.socket,
+        host: str,
+        port: int,
+        url: str,
+        address: str,
+        deadline: float,
+    ) -> str:
+        where = f"{host} ({address} port {port})"
+        try:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            # SNI and the name checked: the policy host's (rfc8461:3.3).
+            tls = context.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or str(exc.reason)
+            if exc.verify_code == _X509_HOSTNAME_MISMATCH:
+                raise PolicyError(
+                    f"certificate of {where} is not valid for the name {host}: senders"
+                    " require a certificate for the policy host's name (rfc8461:3.3)"
+                ) from exc
+            hint = ""
+            if exc.verify_code in _X509_UNTRUSTED:
+                hint = (
+                    "; senders trust public CAs only (for a private or test CA, set"
+                    " mta_sts_ca_file)"
+                )
+            raise PolicyError(f"certificate for {host} not trusted: {reason}{hint}") from exc
+        except TimeoutError as exc:
+            raise PolicyError(f"no TLS handshake with {where} within {self.timeout:g}s") from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise PolicyError(f"TLS handshake with {where} failed: {exc}") from exc
+        with tls:
+            return self._read_policy(tls, host, port, url, where, deadline)
+
+    def _read_policy(
+        self, tls: ssl.SSLSocket, host: str, port: int, url: str, where: str, deadline: float
+    ) -> str:
+        # RFC 9110 7.2: Host is the URL's authority, with the port only when not 443.
+        authority = host if port == 443 else f"{host}:{port}"
+        request = (
+            f"GET {MTA_STS_PATH} HTTP/1.1\r\nHost: {authority}\r\n"
+            "User-Agent: mail_dns_check (Ansible)\r\nAccept: text/plain\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        try:
+            tls.settimeout(max(deadline - time.monotonic(), 0.001))
+            tls.sendall(request.encode("ascii"))
+            source = _ResponseSource(_DeadlineReader(tls, deadline))
+            response = http.client.HTTPResponse(source, method="GET")  # type: ignore[arg-type]
+            response.begin()
+            # rfc8461:3.3: "Policies fetched via HTTPS are only valid if the HTTP
+            # response code is 200 (OK). HTTP 3xx redirects MUST NOT be followed".
+            if 300 <= response.status < 400:
+                location = response.getheader("Location", "(no Location)")
+                raise PolicyError(
+                    f"HTTP {response.status} redirect to {location}: senders do not follow"
+                    f" redirects (rfc8461:3.3); serve the policy at {url} itself"
+                )
+            if response.status != 200:
+                raise PolicyError(
+                    f"HTTP {response.status} {response.reason} for {url}: the policy must be"
+                    " served there with status 200"
+                )
+            # rfc8461:3.2: senders SHOULD check that the media type is text/plain
+            # (parameters other than charset are ignored).
+            content_type = response.getheader("Content-Type", "")
+            media_type = content_type.partition(";")[0].strip().lower()
+            if media_type != "text/plain":
+                raise PolicyError(
+                    f"media type {media_type or '(no Content-Type)'} for {url}, text/plain"
+                    " expected (rfc8461:3.2)"
+                )
+            # rfc8461:3.3: senders may limit the body; 64 KiB is the suggested size.
+            length = (response.getheader("Content-Length") or "").strip()
+            if length.isdigit() and int(length) > MTA_STS_MAX_BODY:
+                raise PolicyError(
+                    f"the policy at {url} is {int(length)} bytes, more than the"
+                    f" {MTA_STS_MAX_BODY // 1024} KiB senders read (rfc8461:3.3)"
+                )
+            body = response.read(MTA_STS_MAX_BODY + 1)
+        except TimeoutError as exc:
+            raise PolicyError(f"no complete answer from {where} within {self.timeout:g}s") from exc
+        except http.client.HTTPException as exc:
+            raise PolicyError(f"no valid HTTP response from {where}: {exc!r}") from exc
+        except (ssl.SSLError, OSError) as exc:
+            raise PolicyError(f"reading the answer of {where} failed: {exc}") from exc
+        if len(body) > MTA_STS_MAX_BODY:
+            raise PolicyError(
+                f"the policy at {url} is more than the {MTA_STS_MAX_BODY // 1024} KiB senders"
+                " read (rfc8461:3.3)"
+            )
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"the policy at {url} is not UTF-8 text: {exc}") from exc
+
     def check_tlsrpt(self, value: str) -> None:
         name = f"_smtp._tls.{self.domain}"
         expected = unquote_txt(value)
@@ -1134,6 +1574,8 @@ class MailDNSCheck:
 
     def table(self) -> list[str]:
         header = ("TYPE", "NAME", "VALUE", "STATUS", "NOW")
+        # Served things (the MTA-STS policy) among the records, in the order of the checks.
+        entries = sorted(self.published + self.served, key=lambda entry: entry[1])
         rows = [
             (
                 record["type"],
@@ -1142,7 +1584,7 @@ class MailDNSCheck:
                 self.results[index]["status"],
                 " | ".join(self.results[index]["found"]) or "-",
             )
-            for record, index in self.published
+            for record, index in entries
         ]
         widths = [max(len(row[col]) for row in [header, *rows]) for col in range(4)]
         return [
@@ -1165,6 +1607,7 @@ def main() -> None:
         "dkim": {"type": "dict"},
         "dmarc": {"type": "raw"},
         "mta_sts_id": {"type": "str"},
+        "mta_sts_policy": {"type": "str"},
         "tlsrpt": {"type": "str"},
         "srv": {"type": "list", "elements": "dict", "options": srv_spec},
         "a": {"type": "raw"},
@@ -1180,6 +1623,8 @@ def main() -> None:
             "authoritative": {"type": "bool", "default": False},
             "authoritative_port": {"type": "int", "default": 53},
             "wait": {"type": "float", "default": 0},
+            "mta_sts_ca_file": {"type": "path"},
+            "mta_sts_port": {"type": "int", "default": 443},
             "expect": {"type": "dict", "options": expect_spec},
         },
         supports_check_mode=True,
@@ -1191,6 +1636,8 @@ def main() -> None:
 
     if module.params["wait"] < 0:
         module.fail_json(msg="wait must not be negative")
+    if not 0 < module.params["mta_sts_port"] < 65536:
+        module.fail_json(msg=f"mta_sts_port {module.params['mta_sts_port']} is not a TCP port")
 
     # Repeat while a check fails and the wait allows (propagation, RFC 1996 NOTIFY
     # and zone transfers to the secondaries, or an old negative answer's TTL, RFC 2308).
