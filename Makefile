@@ -15,7 +15,10 @@ STAMP := $(VENV)/.installed
 DEPLOY_PACKAGES := python3 python3-venv python3-dev gcc git debootstrap systemd-container iproute2 openssh-client
 # What only the tests run on the controller: servers and clients to test
 # against (tests/, server/tests/, molecule/), started by the tests themselves.
-TEST_PACKAGES := swaks fetchmail getmail6 knot knot-dnsutils pebble postfix nftables testssl.sh rspamd redis-server unbound dns-root-data chromium chromium-driver
+TEST_PACKAGES := swaks fetchmail getmail6 knot knot-dnsutils pebble postfix nftables testssl.sh rspamd redis-server unbound dns-root-data chromium chromium-driver nginx php-fpm
+# Installed after TEST_PACKAGES: with nginx and php-fpm in, Roundcube's web
+# server dependency does not pull apache2 (the webmail role's test).
+WEBMAIL_TEST_PACKAGES := roundcube roundcube-sqlite3 roundcube-plugins php-zip
 # Seconds `make deps` waits for another apt or dpkg run (unattended-upgrades,
 # an apt-get in another shell) to let go of the dpkg lock.
 APT_LOCK_TIMEOUT ?= 300
@@ -73,10 +76,15 @@ if [ -n "$$missing" ]; then \
     seed=$$(mktemp); echo "postfix postfix/main_mailer_type select No configuration" >"$$seed"; \
     apt_locked debconf-set-selections "$$seed"; rm -f "$$seed";; \
   esac; \
+  case " $$missing " in *" roundcube "*) \
+    seed=$$(mktemp); printf '%s\n' "roundcube-core roundcube/dbconfig-install boolean true" \
+      "roundcube-core roundcube/database-type select sqlite3" >"$$seed"; \
+    apt_locked debconf-set-selections "$$seed"; rm -f "$$seed";; \
+  esac; \
   apt_locked $(APT_GET) update -qq; \
   apt_locked $(APT_GET) install -y -qq $$missing; \
-  for unit in knot rspamd redis-server unbound; do \
-    case " $$missing " in *" $$unit "*) \
+  for unit in knot rspamd redis-server unbound nginx php8.2-fpm; do \
+    case " $$missing " in *" $$unit "*|*" $${unit%8.2-fpm}-fpm "*) \
       if [ -d /run/systemd/system ]; then systemctl disable --now $$unit.service || true; \
       else service $$unit stop >/dev/null 2>&1 || true; fi;; \
     esac; \
@@ -91,6 +99,7 @@ deps:
 # What only the tests need (make test).
 deps-test: deps
 	$(call apt_install,$(TEST_PACKAGES))
+	$(call apt_install,$(WEBMAIL_TEST_PACKAGES))
 
 $(STAMP): requirements.txt server/pyproject.toml
 	@$(MAKE) --no-print-directory deps

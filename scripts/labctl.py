@@ -299,6 +299,21 @@ def hosts_entries(
     return kept, warnings
 
 
+# The names a mail host mxN.<domain> serves over HTTPS besides its own
+# (estafeta's https listener; the dns_records role publishes them as CNAMEs).
+SERVICE_LABELS = ("mta-sts", "autoconfig", "autodiscover")
+
+
+def host_names(fqdn: str) -> str:
+    """The hosts-file names of a lab host: its FQDN, and for a mail host
+    (mx1.example.test) the service names of its domain, so that
+    https://mta-sts.example.test/ works from this machine too."""
+    first, _, domain = fqdn.partition(".")
+    if not (first.startswith("mx") and "." in domain):
+        return fqdn
+    return " ".join([fqdn, *(f"{label}.{domain}" for label in SERVICE_LABELS)])
+
+
 def hosts_file() -> Path | None:
     path = os.environ.get("LAB_HOSTS_FILE", "/etc/hosts")
     return Path(path) if path else None
@@ -311,7 +326,7 @@ def update_hosts_file(net: Net, state: dict[str, dict[str, object]]) -> list[str
     path = hosts_file()
     if path is None:
         return []
-    entries = [(str(h["ip"]), str(h["fqdn"])) for h in state.values()]
+    entries = [(str(h["ip"]), host_names(str(h["fqdn"]))) for h in state.values()]
     try:
         with path.open("r+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)  # another labctl of another clone

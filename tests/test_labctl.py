@@ -230,7 +230,10 @@ def test_hosts_file_is_edited_in_place(tmp_path: Path, monkeypatch: pytest.Monke
     net = labctl.make_net("a", "10.210.36.0/24")
     state = {"mx1": {"pid": 1, "ip": "10.210.36.10", "fqdn": "mx1.example.test"}}
     assert labctl.update_hosts_file(net, state) == []
-    assert "10.210.36.10 mx1.example.test\n# END estafeta lab a\n" in hosts.read_text()
+    assert (
+        "10.210.36.10 mx1.example.test mta-sts.example.test autoconfig.example.test"
+        " autodiscover.example.test\n# END estafeta lab a\n"
+    ) in hosts.read_text()
     assert hosts.stat().st_ino == inode  # a bind-mounted /etc/hosts cannot be renamed over
     # Lab b, with a: its mx1 is left out while a has the name ...
     other = labctl.make_net("b", "10.216.123.0/24")
@@ -239,13 +242,19 @@ def test_hosts_file_is_edited_in_place(tmp_path: Path, monkeypatch: pytest.Monke
         "mx2": {"pid": 3, "ip": "10.216.123.11", "fqdn": "mx2.example.net"},
     }
     warnings = labctl.update_hosts_file(other, state_b)
-    assert len(warnings) == 1 and warnings[0].startswith("mx1.example.test is 10.210.36.10")
+    # mx1.example.test and its three service names.
+    assert len(warnings) == 4 and warnings[0].startswith("mx1.example.test is 10.210.36.10")
     assert hosts.read_text().count("mx1.example.test") == 1
     # ... a goes down, b's next up takes the name.
     assert labctl.update_hosts_file(net, {}) == []
     assert labctl.update_hosts_file(other, state_b) == []
     assert hosts.read_text() == labctl.edit_hosts(
-        SYSTEM, "b", [("10.216.123.10", "mx1.example.test"), ("10.216.123.11", "mx2.example.net")]
+        SYSTEM,
+        "b",
+        [
+            ("10.216.123.10", labctl.host_names("mx1.example.test")),
+            ("10.216.123.11", labctl.host_names("mx2.example.net")),
+        ],
     )
     # Unwritable: a warning, not a failure; no file at all: nothing done.
     monkeypatch.setenv("LAB_HOSTS_FILE", str(tmp_path / "missing" / "hosts"))
@@ -406,3 +415,11 @@ def test_inventory_default_network_is_labctls(inventory: str) -> None:
     default = labctl.make_net("lab").as_json()
     assert group["lab__net_default"] == {k: default[k] for k in group["lab__net_default"]}
     assert set(group["lab__net_default"]) >= {"name", "prefix", "gateway", "dns", "reverse_zone"}
+
+
+def test_mail_hosts_bring_their_service_names() -> None:
+    assert labctl.host_names("mx1.example.test") == (
+        "mx1.example.test mta-sts.example.test autoconfig.example.test autodiscover.example.test"
+    )
+    assert labctl.host_names("dns.lab") == "dns.lab"
+    assert labctl.host_names("mx9") == "mx9"

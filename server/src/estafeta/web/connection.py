@@ -367,7 +367,8 @@ class HTTPSession:
         if close:
             headers.append(("Connection", "close"))
         try:
-            data = self.conn.send(h11.Response(status_code=status, headers=headers, reason=b""))
+            reason = REASONS.get(status, "").encode()
+            data = self.conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
             if body and request.method != "HEAD":  # rfc9110:9.3.2: HEAD, no content
                 data += self.conn.send(h11.Data(data=body)) or b""
             data += self.conn.send(h11.EndOfMessage()) or b""
@@ -384,7 +385,10 @@ class HTTPSession:
         headers = self._headers(None, response)
         headers += [("Content-Length", str(len(response.body))), ("Connection", "close")]
         with contextlib.suppress(h11.LocalProtocolError):
-            data = self.conn.send(h11.Response(status_code=response.status, headers=headers))
+            reason = REASONS.get(response.status, "").encode()
+            data = self.conn.send(
+                h11.Response(status_code=response.status, headers=headers, reason=reason)
+            )
             data += self.conn.send(h11.Data(data=response.body)) or b""
             data += self.conn.send(h11.EndOfMessage()) or b""
             await self._write(data)
