@@ -10,6 +10,8 @@ Example::
     metrics_networks = ["127.0.0.0/8", "::1/128"]  # who may GET /metrics
     metrics_token_file = "metrics.token"           # or send this bearer token
     hsts_max_age = "365d"                          # 0: no Strict-Transport-Security
+    proxy_protocol = ["127.0.0.1/32"]  # a TLS-passthrough front (nginx stream) there
+                                       # sends a PROXY header (v1 or v2) with the client
 
     [mta_sts]                 # the policy of a domain without a policy file
     mode = "enforce"          # rfc8461:3.2: enforce, testing or none
@@ -66,6 +68,8 @@ class WebConfig:
     metrics_networks: tuple[IPNetwork, ...] = LOOPBACK
     metrics_token_file: Path | None = None
     hsts_max_age: int = 365 * 86400
+    # Addresses whose connections to http/https start with a PROXY header.
+    proxy_protocol: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,13 @@ def web_config(reader: _Reader, base: Path) -> WebConfig:
     reader.used.add("metrics_networks")
     token_file = _path(reader, "metrics_token_file", base)
     hsts = _duration(reader, "hsts_max_age", defaults.hsts_max_age, allow_zero=True)
+    proxies = _networks(reader, "proxy_protocol")
     reader.check_unknown()
     return WebConfig(
-        metrics_networks=networks, metrics_token_file=token_file, hsts_max_age=int(hsts)
+        metrics_networks=networks,
+        metrics_token_file=token_file,
+        hsts_max_age=int(hsts),
+        proxy_protocol=proxies,
     )
 
 

@@ -561,6 +561,7 @@ class Server:
             challenges=self.challenges if https else None,
             handshake_timeout=self._handshake_timeout(WebLimits().head_timeout),
             hsts_max_age=self.config.web.hsts_max_age,
+            proxy_networks=self.config.web.proxy_protocol,
         )
         self._http_listeners.append(listener)
         for endpoint in endpoints:

@@ -14,14 +14,18 @@ only looked at while a TLS-ALPN-01 challenge is pending.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from estafeta.acme import Challenges, ClientHelloError, answer_tls_alpn, peek_client_hello
 from estafeta.log import log_event
+from estafeta.web import proxy
 from estafeta.web.connection import Handler, HTTPSession, Limits
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 log = logging.getLogger("estafeta.web")
 
@@ -39,6 +43,7 @@ class HTTPListener:
         challenges: Challenges | None = None,
         handshake_timeout: float = 10.0,
         hsts_max_age: int = 31536000,
+        proxy_networks: Sequence[IPNetwork] = (),
     ) -> None:
         self.name = name
         self.handler = handler
@@ -49,6 +54,8 @@ class HTTPListener:
         self.challenges = challenges
         self.handshake_timeout = handshake_timeout
         self.hsts_max_age = hsts_max_age
+        # Connections from these addresses start with a PROXY header (web/proxy.py).
+        self.proxy_networks = tuple(proxy_networks)
         self.open: set[asyncio.Task[None]] = set()
         self._accepting: list[asyncio.Task[None]] = []
         self._sockets: list[socket.socket] = []
@@ -92,6 +99,19 @@ class HTTPListener:
             task.add_done_callback(self.open.discard)
 
     async def _connection(self, conn: socket.socket, ip: str) -> None:
+        conn.setblocking(False)
+        if self._from_proxy(ip):
+            # The front (a TLS-passthrough proxy) says who the client is.
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    header = await proxy.read(conn)
+            except (proxy.ProxyError, TimeoutError, OSError) as exc:
+                log_event(
+                    log, "proxy_header_refused", logging.WARNING, listener=self.name, error=str(exc)
+                )
+                conn.close()
+                return
+            ip = header.source or ip
         if not self.admit(ip):
             conn.close()
             return
@@ -100,9 +120,19 @@ class HTTPListener:
         finally:
             self.release(ip)
 
+    def _from_proxy(self, ip: str) -> bool:
+        if not self.proxy_networks:
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.proxy_networks)
+
     async def _serve(self, conn: socket.socket, ip: str) -> None:
         loop = asyncio.get_running_loop()
-        conn.setblocking(False)
         context = None
         if self.context is not None:
             context = self.context()
