@@ -18,7 +18,7 @@ DEPLOY_PACKAGES := python3 python3-venv python3-dev gcc git debootstrap systemd-
 TEST_PACKAGES := swaks fetchmail getmail6 knot knot-dnsutils pebble postfix nftables testssl.sh rspamd redis-server unbound dns-root-data chromium chromium-driver nginx php-fpm
 # Installed after TEST_PACKAGES: with nginx and php-fpm in, Roundcube's web
 # server dependency does not pull apache2 (the webmail role's test).
-WEBMAIL_TEST_PACKAGES := roundcube roundcube-sqlite3 roundcube-plugins php-zip
+WEBMAIL_TEST_PACKAGES := roundcube roundcube-sqlite3 roundcube-plugins php-zip libnginx-mod-stream
 # Seconds `make deps` waits for another apt or dpkg run (unattended-upgrades,
 # an apt-get in another shell) to let go of the dpkg lock.
 APT_LOCK_TIMEOUT ?= 300

@@ -625,3 +625,100 @@ def test_a_certificate_for_another_name_is_refused(site: Site, browser: WebDrive
     finally:
         rc, output, stderr = site.role()
         assert rc == 0, failures(output) or stderr
+
+
+# -- port 443 shared with estafeta (webmail__front) ----------------------------------------------
+
+
+def tls_exchange(
+    port: int, name: str, context: ssl.SSLContext, request: bytes
+) -> tuple[str, bytes]:
+    """The first DNS name of the certificate the server at ``port`` shows
+    for ``name``, and its answer to ``request``."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        names = [v for k, v in tls.getpeercert()["subjectAltName"] if k == "DNS"]  # type: ignore[index]
+        tls.sendall(request)
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    return str(names[0]) if names else "", data
+
+
+@pytest.mark.usefixtures("applied")
+def test_the_front_shares_443_by_server_name_with_estafeta(site: Site) -> None:
+    """nginx's stream front passes webmail.<domain> to Roundcube and the rest,
+    still encrypted and with a PROXY header, to estafeta's own https
+    listener, which only takes connections that start with one."""
+    tmp = site.tmp / "front"
+    tmp.mkdir()
+    front, behind, web = _free_port(), _free_port(), _free_port()
+    # estafeta's https listener behind the front (its own certificate).
+    config = tmp / "estafeta.toml"
+    config.write_text(
+        f'hostname = "{MAIL_HOST}"\ndata_dir = "{tmp / "data"}"\ndomains = ["{DOMAIN}"]\n'
+        f'[listen]\nsmtp = ["127.0.0.1:{_free_port()}"]\nhttps = ["127.0.0.1:{behind}"]\n'
+        f'[tls]\ncert = "{site.tmp / "mail-cert.pem"}"\nkey = "{site.tmp / "mail-key.pem"}"\n'
+        '[web]\nproxy_protocol = ["127.0.0.1/32"]\n[log]\nlevel = "info"\n'
+    )
+    behind_estafeta = site.start(
+        "estafeta-behind", [sys.executable, "-m", "estafeta", "-c", str(config), "serve"]
+    )
+    _wait_tcp(behind, behind_estafeta, site.tmp / "estafeta-behind.log")
+    overrides = {
+        "webmail__front": True,
+        "webmail__front_listen": [f"127.0.0.1:{front}"],
+        "webmail__front_estafeta": f"127.0.0.1:{behind}",
+        "webmail__front_config_path": str(tmp / "front.conf"),
+        "webmail__listen": [f"127.0.0.1:{web}"],
+        "webmail__web_packages": ["nginx", "php-fpm", "libnginx-mod-stream"],
+    }
+    rc, output, stderr = site.role(**overrides)
+    assert rc == 0, failures(output) or stderr
+    # nginx's main configuration as Debian's: modules, then the front at the
+    # top level, the server blocks inside http{}.
+    (tmp / "nginx.conf").write_text(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n"
+        "user www-data;\nworker_processes 1;\ndaemon off;\n"
+        f"pid {tmp / 'nginx.pid'};\nerror_log {tmp / 'nginx-error.log'} info;\n"
+        "events { worker_connections 64; }\n"
+        f"include {tmp / 'front.conf'};\n"
+        "http {\n    include /etc/nginx/mime.types;\n"
+        f"    access_log {tmp / 'nginx-access.log'};\n"
+        f"    include {site.tmp / 'webmail.conf'};\n}}\n"
+    )
+    try:
+        nginx = site.start("nginx-front", [NGINX, "-c", str(tmp / "nginx.conf")])
+        _wait_tcp(front, nginx, tmp / "nginx-error.log")
+        context = site.client_context()
+        request = b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+        # webmail.<domain>: Roundcube, with the webmail certificate.
+        subject, answer = tls_exchange(
+            front, WEBMAIL_HOST, context, request % WEBMAIL_HOST.encode()
+        )
+        assert answer.startswith(b"HTTP/1.1 200") and b'id="rcmloginuser"' in answer
+        # Any other name: estafeta, its own certificate (TLS passed through).
+        healthz = f"GET /healthz HTTP/1.1\r\nHost: {MAIL_HOST}\r\nConnection: close\r\n\r\n"
+        context.check_hostname = False
+        subject, answer = tls_exchange(front, MAIL_HOST, context, healthz.encode())
+        assert subject == MAIL_HOST
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok\n")
+        policy_request = (
+            f"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: mta-sts.{DOMAIN}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        _, answer = tls_exchange(front, f"mta-sts.{DOMAIN}", context, policy_request)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"version: STSv1" in answer
+        # estafeta took them only because the front sent a PROXY header: a
+        # client straight to it is refused.
+        with pytest.raises((ssl.SSLError, OSError)):
+            tls_exchange(behind, MAIL_HOST, context, healthz.encode())
+        log = (site.tmp / "estafeta-behind.log").read_text()
+        assert "path=/healthz status=200" in log and "proxy_header_refused" in log
+    finally:
+        for name in ("nginx-front", "estafeta-behind"):
+            stop(site.processes.pop(name))
+        rc, output, stderr = site.role()
+        assert rc == 0, failures(output) or stderr

@@ -470,7 +470,7 @@ def test_site_imports_every_service_playbook() -> None:
         "firewall.yml",
         "tls.yml",
         "estafeta.yml",
-        "webmail.yml",
         "backup.yml",
         "dns.yml",
+        "webmail.yml",
     ]
