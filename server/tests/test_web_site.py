@@ -196,3 +196,45 @@ def test_a_real_server_over_https_with_keep_alive(web: Instance) -> None:
         f"https://autoconfig.example.test:{web.https_port}/mail/config-v1.1.xml"
     )
     assert "http_request" in web.log_text()
+
+
+def test_the_listener_caps_open_connections_and_each_address() -> None:
+    """max_open over the listener, the per-address admission before any
+    byte is read; both refusals are a close, nothing more."""
+    from estafeta.web.connection import Limits as WebLimits
+    from estafeta.web.listener import HTTPListener
+
+    async def ok(_request: Request) -> Response:
+        return Response(200, b"ok\n")
+
+    async def run() -> None:
+        admitted: list[str] = []
+        listener = HTTPListener(
+            "http",
+            ok,
+            limits=WebLimits(keepalive_timeout=5),
+            admit=lambda ip: admitted.append(ip) is None and len(admitted) <= 2,
+            release=lambda ip: None,
+            max_open=2,
+        )
+        port = free_port()
+        await listener.listen("127.0.0.1", port)
+        try:
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # over max_open
+            writer.close()
+            for _, held_writer in held:
+                held_writer.close()
+            await asyncio.sleep(0.2)
+            # Room again; the admit callback (per address) refuses the third.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            assert len(admitted) == 3  # the one over max_open was never asked about
+        finally:
+            await listener.close()
+
+    asyncio.run(run())

@@ -562,6 +562,7 @@ class Server:
             handshake_timeout=self._handshake_timeout(WebLimits().head_timeout),
             hsts_max_age=self.config.web.hsts_max_age,
             proxy_networks=self.config.web.proxy_protocol,
+            max_open=self.config.limits.max_connections,
         )
         self._http_listeners.append(listener)
         for endpoint in endpoints:

@@ -44,6 +44,7 @@ class HTTPListener:
         handshake_timeout: float = 10.0,
         hsts_max_age: int = 31536000,
         proxy_networks: Sequence[IPNetwork] = (),
+        max_open: int = 1000,
     ) -> None:
         self.name = name
         self.handler = handler
@@ -56,6 +57,7 @@ class HTTPListener:
         self.hsts_max_age = hsts_max_age
         # Connections from these addresses start with a PROXY header (web/proxy.py).
         self.proxy_networks = tuple(proxy_networks)
+        self.max_open = max_open
         self.open: set[asyncio.Task[None]] = set()
         self._accepting: list[asyncio.Task[None]] = []
         self._sockets: list[socket.socket] = []
@@ -93,6 +95,11 @@ class HTTPListener:
             except OSError as exc:  # EMFILE and the like: wait, do not spin
                 log_event(log, "accept_failed", logging.WARNING, listener=self.name, error=str(exc))
                 await asyncio.sleep(0.5)
+                continue
+            if len(self.open) >= self.max_open:
+                # Every listener's connections together ([limits]
+                # max_connections): beyond, closed at once, before TLS.
+                conn.close()
                 continue
             task = asyncio.create_task(self._connection(conn, str(address[0])))
             self.open.add(task)
