@@ -130,6 +130,8 @@ def web(tmp_path: Path) -> Instance:
         tmp_path,
         free_port(),
         imaps_port=free_port(),
+        pop3s_port=free_port(),
+        submission_port=free_port(),
         submissions_port=free_port(),
         http_port=free_port(),
         https_port=free_port(),
@@ -184,6 +186,33 @@ def test_a_real_server_over_https_with_keep_alive(web: Instance) -> None:
     text = answer.read()
     assert answer.status == 200 and b"<Server>mx.example.test</Server>" in text
     assert str(web.imaps_port).encode() in text
+    # Thunderbird's autoconfig over the same connection: every protocol the
+    # server offers, with its port and socket type (implicit TLS first).
+    connection.request(
+        "GET",
+        "/mail/config-v1.1.xml?emailaddress=ann%40example.test",
+        headers={"Host": "autoconfig.example.test"},
+    )
+    answer = connection.getresponse()
+    config = ET.fromstring(answer.read())  # noqa: S314 — our own answer
+    assert answer.status == 200 and answer.getheader("Content-Type", "").startswith("text/xml")
+    servers = [
+        (
+            server.get("type"),
+            server.findtext("hostname"),
+            server.findtext("port"),
+            server.findtext("socketType"),
+            server.findtext("username"),
+        )
+        for server in config.iter()
+        if server.tag in ("incomingServer", "outgoingServer")
+    ]
+    assert servers == [
+        ("imap", "mx.example.test", str(web.imaps_port), "SSL", "%EMAILADDRESS%"),
+        ("pop3", "mx.example.test", str(web.pop3s_port), "SSL", "%EMAILADDRESS%"),
+        ("smtp", "mx.example.test", str(web.submissions_port), "SSL", "%EMAILADDRESS%"),
+        ("smtp", "mx.example.test", str(web.submission_port), "STARTTLS", "%EMAILADDRESS%"),
+    ]
     connection.close()
 
     plain = http.client.HTTPConnection("127.0.0.1", web.http_port)
