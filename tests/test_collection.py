@@ -52,6 +52,7 @@ PRODUCTION_ROLES = [
     "resolver",
     "rspamd",
     "tls",
+    "webmail",
 ]
 CAROL = "carol@example.test"
 CAROL_PASSWORD = "tangerine orbit harbour 58 quietly"
