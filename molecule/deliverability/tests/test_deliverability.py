@@ -87,10 +87,11 @@ def test_dns_server_holds_the_pushed_records(hosts, name: str) -> None:  # type:
     assert ask(domain, "TXT") == ["v=spf1 mx -all"]
     dmarc = ask(f"_dmarc.{domain}", "TXT")
     assert len(dmarc) == 1 and dmarc[0].startswith("v=DMARC1;") and "p=" in dmarc[0]
-    # No MTA-STS policy host in the lab (nothing serves https://mta-sts.<domain>/
-    # yet), so no policy is published: an unfetchable one would hold the other
-    # host's first message for its fetch timeout (dns_records__mta_sts).
-    assert ask(f"_mta-sts.{domain}", "TXT") == []
+    # MTA-STS (issue 20): estafeta serves https://mta-sts.<domain>/, so the
+    # policy is published, in enforce mode, and its name points at the host.
+    sts = ask(f"_mta-sts.{domain}", "TXT")
+    assert len(sts) == 1 and sts[0].startswith("v=STSv1; id=")
+    assert ask(f"mta-sts.{domain}", "CNAME") == [f"{name}."]
     tlsrpt = ask(f"_smtp._tls.{domain}", "TXT")
     assert len(tlsrpt) == 1 and tlsrpt[0].startswith("v=TLSRPTv1; rua=")
     # rfc8314:5.1: implicit TLS is preferred (a lower priority) over STARTTLS.
@@ -129,7 +130,29 @@ def test_verify_playbook_reports_every_check_ok() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(MAIL_HOSTS))
-@pytest.mark.parametrize("port", [465, 993])
+def test_the_mta_sts_policy_is_served_in_enforce_mode(name: str) -> None:
+    """The server's own https listener, with the certificate it got from
+    pebble itself (tls__mode acme_builtin) for mta-sts.<domain>."""
+    domain = MAIL_HOSTS[name]["domain"]
+    host = f"mta-sts.{domain}"
+    with (
+        socket.create_connection((MAIL_HOSTS[name]["address"], 443), timeout=10) as raw,
+        pebble_context().wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        request = f"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {host}\r\n"
+        tls.sendall(f"{request}Connection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"text/plain" in head
+    assert body == (
+        f"version: STSv1\r\nmode: enforce\r\nmx: {name}\r\nmax_age: 604800\r\n".encode()
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MAIL_HOSTS))
+@pytest.mark.parametrize("port", [465, 993, 443])
 def test_certificates_come_from_pebble(name: str, port: int) -> None:
     address = MAIL_HOSTS[name]["address"]
     with (
