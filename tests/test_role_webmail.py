@@ -60,7 +60,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.conftest import _free_port, _wait_tcp
+from tests.conftest import _free_port, _stop, _wait_tcp
 from tests.test_roles import ROOT, changed_tasks, failures, run_playbook, task_results
 
 DOMAIN = "example.test"
@@ -95,16 +95,6 @@ def wait_path(path: Path, process: subprocess.Popen[bytes], log: Path) -> None:
         if process.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"no {path}: {log.read_text(errors='replace')}")
         time.sleep(0.05)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
 
 
 @dataclass
@@ -254,7 +244,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield site
     finally:
         for process in reversed(site.processes.values()):
-            stop(process)
+            _stop(process)
         shutil.rmtree(shared, ignore_errors=True)
 
 
@@ -719,6 +709,6 @@ def test_the_front_shares_443_by_server_name_with_estafeta(site: Site) -> None:
         assert "path=/healthz status=200" in log and "proxy_header_refused" in log
     finally:
         for name in ("nginx-front", "estafeta-behind"):
-            stop(site.processes.pop(name))
+            _stop(site.processes.pop(name))
         rc, output, stderr = site.role()
         assert rc == 0, failures(output) or stderr
