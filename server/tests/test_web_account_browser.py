@@ -18,10 +18,10 @@ from urllib.parse import urlencode
 import pyotp
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import DOMAIN, PASSWORD, Instance, free_port, make_tls
@@ -84,11 +84,22 @@ def fill(driver: WebDriver, fields: dict[str, str]) -> None:
 
 
 def submit(driver: WebDriver, action: str) -> None:
-    """Submit the form and wait for the page that answers it."""
-    page = driver.find_element(By.TAG_NAME, "html")
+    """Submit the form and wait for the page that answers it: the old
+    document is marked, and the wait ends when the document has no mark and
+    has loaded. (selenium's staleness_of asks chromedriver about the old
+    element, which during the navigation can answer "Node with given id does
+    not belong to the document" instead of "stale".)"""
+    driver.execute_script("document.documentElement.dataset.submitted = 'yes'")
     form = driver.find_element(By.CSS_SELECTOR, f'form[action="{action}"]')
     form.find_element(By.CSS_SELECTOR, 'button[type="submit"]').click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+
+    def answered(d: WebDriver) -> bool:
+        state = d.execute_script(
+            "return [document.documentElement.dataset.submitted || '', document.readyState]"
+        )
+        return bool(state == ["", "complete"])
+
+    WebDriverWait(driver, 30, ignored_exceptions=(WebDriverException,)).until(answered)
 
 
 def test_account_pages_in_chromium(running: Instance, browser: WebDriver) -> None:
