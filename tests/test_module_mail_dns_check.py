@@ -432,6 +432,13 @@ def test_unreachable_nameserver_in_report_mode_does_not_fail(
     assert result["table"][1].split()[-2:] == ["fail", "-"]
 
 
+# The MTA-STS policy the tests below serve and expect (CRLF, rfc8461:3.2).
+POLICY = (
+    "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: mx2.example.test\r\n"
+    "max_age: 604800\r\n"
+)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -441,6 +448,12 @@ def test_unreachable_nameserver_in_report_mode_does_not_fail(
         ({"expect": {"dkim": {"s": "v=DKIM1; k=rsa"}}}, "has no p= tag"),
         ({"expect": {"ptr": {"mx.example.test": "mx"}}}, "is not an IP address"),
         ({"expect": {"srv": [{"name": "_imap._tcp", "port": 143}]}}, "target"),
+        ({"expect": {"mta_sts_policy": "version: STSv1\r\nmode: on\r\n"}}, "mode: on is none of"),
+        (
+            {"expect": {"mta_sts_policy": POLICY}, "mta_sts_ca_file": "/nonexistent/ca.pem"},
+            "mta_sts_ca_file /nonexistent/ca.pem does not exist",
+        ),
+        ({"mta_sts_port": 70000}, "mta_sts_port 70000 is not a TCP port"),
     ],
 )
 def test_bad_arguments(
@@ -517,10 +530,6 @@ def test_missing_dnspython_is_reported(
 
 # -- the MTA-STS policy, fetched over HTTPS (RFC 8461 3.3) ----------------------------------
 
-POLICY = (
-    "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: mx2.example.test\r\n"
-    "max_age: 604800\r\n"
-)
 POLICY_HOST = "mta-sts.example.test"
 POLICY_PATH = "/.well-known/mta-sts.txt"
 
@@ -882,30 +891,6 @@ def test_no_policy_host(check: Callable[..., dict[str, Any]], policy_ca_file: st
     row = by_check(result, "mta_sts_policy")
     assert row["status"] == "fail"
     assert row["why"].startswith("no A or AAAA record for mta-sts.fail.test: ")
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ({"expect": {"mta_sts_policy": "version: STSv1\r\nmode: on\r\n"}}, "mode: on is none of"),
-        (
-            {"expect": {"mta_sts_policy": POLICY}, "mta_sts_ca_file": "/nonexistent/ca.pem"},
-            "mta_sts_ca_file /nonexistent/ca.pem does not exist",
-        ),
-        ({"mta_sts_port": 70000}, "mta_sts_port 70000 is not a TCP port"),
-    ],
-)
-def test_bad_policy_arguments(
-    run_module: Callable[..., dict[str, Any]],
-    nameserver: str,
-    args: dict[str, Any],
-    message: str,
-) -> None:
-    result = run_module(
-        "mail_dns_check", {"domain": "example.test", "nameservers": [nameserver], **args}
-    )
-    assert result["failed"] is True
-    assert message in result["msg"]
 
 
 def test_policy_helpers(library_module: Callable[[str], Any]) -> None:

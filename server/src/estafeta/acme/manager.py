@@ -301,13 +301,7 @@ class CertificateManager:
             return
         self._install(self._files.fullchain, self._files.privkey)
         self._state.installed = cert.fingerprint
-        log_event(
-            log,
-            "acme_installed",
-            names=sorted(cert.names),
-            not_after=_iso(cert.not_after),
-            fingerprint=cert.fingerprint[:16],
-        )
+        log_event(log, "acme_installed", **_described(cert))
 
     async def _renewal_time(self, cert: Certificate) -> float:
         """When to renew ``cert``: in the CA's suggested window (rfc9773:4.2)
@@ -444,13 +438,7 @@ class CertificateManager:
             raise errors.Error(f"the CA issued a certificate for {sorted(cert.names)}")
         self._current = cert
         self._state.issued += 1
-        log_event(
-            log,
-            "acme_issued",
-            names=sorted(cert.names),
-            not_after=_iso(cert.not_after),
-            fingerprint=cert.fingerprint[:16],
-        )
+        log_event(log, "acme_issued", **_described(cert))
 
     async def _prepare(
         self,
@@ -488,6 +476,15 @@ def _kind(challb: messages.ChallengeBody) -> str:
     if isinstance(chall, acme_challenges.UnrecognizedChallenge):
         return str(chall.jobj.get("type", "unknown"))
     return str(chall.typ)
+
+
+def _described(cert: Certificate) -> dict[str, Any]:
+    """The log fields of a certificate (never its key)."""
+    return {
+        "names": sorted(cert.names),
+        "not_after": _iso(cert.not_after),
+        "fingerprint": cert.fingerprint[:16],
+    }
 
 
 def _iso(epoch: float) -> str:
