@@ -232,7 +232,7 @@ def test_hosts_file_is_edited_in_place(tmp_path: Path, monkeypatch: pytest.Monke
     assert labctl.update_hosts_file(net, state) == []
     assert (
         "10.210.36.10 mx1.example.test mta-sts.example.test autoconfig.example.test"
-        " autodiscover.example.test\n# END estafeta lab a\n"
+        " autodiscover.example.test webmail.example.test\n# END estafeta lab a\n"
     ) in hosts.read_text()
     assert hosts.stat().st_ino == inode  # a bind-mounted /etc/hosts cannot be renamed over
     # Lab b, with a: its mx1 is left out while a has the name ...
@@ -242,8 +242,8 @@ def test_hosts_file_is_edited_in_place(tmp_path: Path, monkeypatch: pytest.Monke
         "mx2": {"pid": 3, "ip": "10.216.123.11", "fqdn": "mx2.example.net"},
     }
     warnings = labctl.update_hosts_file(other, state_b)
-    # mx1.example.test and its three service names.
-    assert len(warnings) == 4 and warnings[0].startswith("mx1.example.test is 10.210.36.10")
+    # mx1.example.test and its four service names.
+    assert len(warnings) == 5 and warnings[0].startswith("mx1.example.test is 10.210.36.10")
     assert hosts.read_text().count("mx1.example.test") == 1
     # ... a goes down, b's next up takes the name.
     assert labctl.update_hosts_file(net, {}) == []
@@ -420,6 +420,7 @@ def test_inventory_default_network_is_labctls(inventory: str) -> None:
 def test_mail_hosts_bring_their_service_names() -> None:
     assert labctl.host_names("mx1.example.test") == (
         "mx1.example.test mta-sts.example.test autoconfig.example.test autodiscover.example.test"
+        " webmail.example.test"
     )
     assert labctl.host_names("dns.lab") == "dns.lab"
     assert labctl.host_names("mx9") == "mx9"

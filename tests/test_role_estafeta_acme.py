@@ -64,9 +64,16 @@ def test_the_lab_gets_its_certificates_from_pebble(
     assert acme["ca_bundle"] == str(ca)
     assert acme["email"] == "postmaster@example.test"
     assert acme["reuse_key"] is False
-    assert acme["names"] == []  # the hostname and mta-sts. etc. are always in
-    # HTTP-01 on 80, the policy and the account pages on 443.
-    assert mx1["listen"]["http"] == ["0.0.0.0:80"] and mx1["listen"]["https"] == ["0.0.0.0:443"]
+    # The hostname and mta-sts. etc. are always in; the webmail's name too.
+    assert acme["names"] == ["webmail.example.test"]
+    # HTTP-01 on 80; the policy and the account pages on 443 (mx1: behind the
+    # webmail's stream front, which sends a PROXY header).
+    assert mx1["listen"]["http"] == ["0.0.0.0:80"]
+    assert mx1["listen"]["https"] == ["127.0.0.1:8443"]
+    assert mx1["web"] == {"proxy_protocol": ["127.0.0.1/32"]}
+    mx2 = configs["mx2.example.net"]
+    assert mx2["acme"]["names"] == [] and mx2["listen"]["https"] == ["0.0.0.0:443"]
+    assert "web" not in mx2
     assert set(configs) == {"mx1.example.test", "mx2.example.net"}
 
 

@@ -341,10 +341,16 @@ def test_ruleset_of_the_inventories_passes_nft_check(inventory: str, tmp_path: P
         # Established traffic comes first; SSH and the mail ports are open.
         assert ruleset.index("ct state established,related accept") < ruleset.index("dport")
         assert "tcp dport { 22 } accept" in ruleset
-        # The example also offers ManageSieve (4190, rfc5804); the lab does not.
-        # Both serve http (ACME HTTP-01 for the built-in client) and https.
-        ports = "25, 80, 143, 443, 465, 587, 993" + (", 4190" if inventory == "example" else "")
-        assert f"tcp dport {{ {ports} }} accept" in ruleset
+        # Both serve http (ACME HTTP-01 for the built-in client) and https;
+        # the example also offers ManageSieve (4190, rfc5804), and so does the
+        # lab's mx1, whose Roundcube uses it; there 443 is the webmail's
+        # stream front (an extra rule), estafeta's own https on loopback.
+        if host == "mx1.example.test":
+            assert "tcp dport { 25, 80, 143, 465, 587, 993, 4190, 8443 } accept" in ruleset
+            assert 'tcp dport { 443 } accept comment "https"' in ruleset
+        else:
+            ports = "25, 80, 143, 443, 465, 587, 993" + (", 4190" if inventory == "example" else "")
+            assert f"tcp dport {{ {ports} }} accept" in ruleset
         assert "policy drop;" in ruleset
 
 

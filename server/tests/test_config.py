@@ -87,6 +87,13 @@ def test_web_and_mta_sts(tmp_path: Path) -> None:
     assert [str(n) for n in cfg.web.metrics_networks] == ["10.0.0.0/8"]
     assert cfg.web.metrics_token_file == tmp_path / "t"
     assert cfg.web.hsts_max_age == 0
+    assert cfg.web.proxy_protocol_listeners == ("http", "https")
+    cfg = config.load(
+        write(
+            tmp_path, text.replace("[mta_sts]", 'proxy_protocol_listeners = ["https"]\n[mta_sts]')
+        )
+    )
+    assert cfg.web.proxy_protocol_listeners == ("https",)
     assert cfg.mta_sts.mx == ("mx.example.test", "*.example.test")
     assert (cfg.mta_sts.mode, cfg.mta_sts.max_age) == ("enforce", 86400)
 
@@ -167,6 +174,16 @@ def test_web_and_mta_sts(tmp_path: Path) -> None:
         ),
         (("[log]", "[web]\nhsts_max_age = -1\n[log]"), "web.hsts_max_age", "0 or more"),
         (("[log]", "[web]\nhsts = 1\n[log]"), "web.hsts", "unknown key"),
+        (
+            ("[log]", '[web]\nproxy_protocol_listeners = ["https", "imap"]\n[log]'),
+            "web.proxy_protocol_listeners[1]",
+            "not a web listener",
+        ),
+        (
+            ("[log]", "[web]\nproxy_protocol_listeners = []\n[log]"),
+            "web.proxy_protocol_listeners",
+            "http, https or both",
+        ),
         (("[log]", '[acme]\nemail = "a@b.test"\n[log]'), "acme.directory", "is required"),
         (("[log]", '[acme]\ndirectory = "http://ca/dir"\n[log]'), "acme.directory", "https://"),
         (

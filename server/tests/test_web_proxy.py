@@ -100,7 +100,9 @@ def behind_a_front(tmp_path: Path) -> tuple[Instance, ssl.SSLContext]:
         tmp_path,
         free_port(),
         https_port=free_port(),
-        extra_config=tls_section + '[web]\nproxy_protocol = ["127.0.0.1/32"]\n',
+        http_port=free_port(),
+        extra_config=tls_section
+        + '[web]\nproxy_protocol = ["127.0.0.1/32"]\nproxy_protocol_listeners = ["https"]\n',
     )
     instance.write_config()
     instance.start()
@@ -138,3 +140,27 @@ def test_the_client_address_comes_from_the_header(
     log = instance.log_text()
     assert "remote=203.0.113.9" in log  # the access log has the client, not the front
     assert "remote=127.0.0.1 host=mx.example.test method=GET path=/healthz" in log  # LOCAL
+
+
+def test_listeners_not_named_take_no_header(
+    behind_a_front: tuple[Instance, ssl.SSLContext],
+) -> None:
+    """proxy_protocol_listeners = ["https"]: the front is on 443 only, and a
+    health check from the same address reaches http without a header."""
+    instance, _ = behind_a_front
+    with socket.create_connection(("127.0.0.1", instance.http_port), timeout=10) as plain:
+        plain.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: mx.example.test\r\nConnection: close\r\n\r\n"
+        )
+        answer = b""
+        while chunk := plain.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+    # A PROXY header there is not taken for one: the request line is refused.
+    with socket.create_connection(("127.0.0.1", instance.http_port), timeout=10) as plain:
+        plain.sendall(
+            b"PROXY TCP4 203.0.113.9 127.0.0.1 56324 80\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: mx.example.test\r\n\r\n"
+        )
+        answer = plain.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]

@@ -12,6 +12,8 @@ Example::
     hsts_max_age = "365d"                          # 0: no Strict-Transport-Security
     proxy_protocol = ["127.0.0.1/32"]  # a TLS-passthrough front (nginx stream) there
                                        # sends a PROXY header (v1 or v2) with the client
+    proxy_protocol_listeners = ["https"]  # on these listeners (default both): the
+                                          # health check on http comes without one
 
     [mta_sts]                 # the policy of a domain without a policy file
     mode = "enforce"          # rfc8461:3.2: enforce, testing or none
@@ -68,8 +70,10 @@ class WebConfig:
     metrics_networks: tuple[IPNetwork, ...] = LOOPBACK
     metrics_token_file: Path | None = None
     hsts_max_age: int = 365 * 86400
-    # Addresses whose connections to http/https start with a PROXY header.
+    # Addresses whose connections to http/https start with a PROXY header ...
     proxy_protocol: tuple[IPNetwork, ...] = ()
+    # ... on these listeners.
+    proxy_protocol_listeners: tuple[str, ...] = ("http", "https")
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class MtaStsConfig:
 
 
 def web_config(reader: _Reader, base: Path) -> WebConfig:
-    from estafeta.config import _duration, _networks, _path
+    from estafeta.config import ConfigError, _duration, _networks, _path
 
     defaults = WebConfig()
     networks = (
@@ -92,12 +96,25 @@ def web_config(reader: _Reader, base: Path) -> WebConfig:
     token_file = _path(reader, "metrics_token_file", base)
     hsts = _duration(reader, "hsts_max_age", defaults.hsts_max_age, allow_zero=True)
     proxies = _networks(reader, "proxy_protocol")
+    listeners = defaults.proxy_protocol_listeners
+    if "proxy_protocol_listeners" in reader.table:
+        listeners = tuple(reader.string_list("proxy_protocol_listeners"))
+        for i, name in enumerate(listeners):
+            if name not in ("http", "https"):
+                raise ConfigError(
+                    reader.path,
+                    f"{reader.key('proxy_protocol_listeners')}[{i}]",
+                    f"{name!r} is not a web listener: http or https",
+                )
+        if not listeners:
+            raise reader.error("proxy_protocol_listeners", "must name http, https or both")
     reader.check_unknown()
     return WebConfig(
         metrics_networks=networks,
         metrics_token_file=token_file,
         hsts_max_age=int(hsts),
         proxy_protocol=proxies,
+        proxy_protocol_listeners=listeners,
     )
 
 

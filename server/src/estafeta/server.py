@@ -561,7 +561,11 @@ class Server:
             challenges=self.challenges if https else None,
             handshake_timeout=self._handshake_timeout(WebLimits().head_timeout),
             hsts_max_age=self.config.web.hsts_max_age,
-            proxy_networks=self.config.web.proxy_protocol,
+            proxy_networks=(
+                self.config.web.proxy_protocol
+                if name in self.config.web.proxy_protocol_listeners
+                else ()
+            ),
             max_open=self.config.limits.max_connections,
         )
         self._http_listeners.append(listener)
