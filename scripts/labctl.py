@@ -48,6 +48,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -96,11 +97,26 @@ PACKAGES = sorted(
         "unattended-upgrades",
     ]
 )
+# The webmail role's packages (roles/webmail/defaults/main.yml), installed by
+# apt inside the image after debootstrap: debootstrap takes the first of
+# alternative dependencies (it would bring apache2 and MySQL), apt takes the
+# web server and PHP already there. Two steps, as the role does them.
+WEBMAIL_PACKAGES = (
+    ("nginx", "php-fpm", "libnginx-mod-stream"),
+    ("roundcube", "roundcube-sqlite3", "roundcube-plugins", "php-zip"),
+)
+# Roundcube's database questions (dbconfig-common), answered as the role does.
+WEBMAIL_PRESEED = (
+    "roundcube-core roundcube/dbconfig-install boolean true",
+    "roundcube-core roundcube/database-type select sqlite3",
+)
 # Services the image has installed but that roles decide about.
 DISABLED = [
     "knot.service",
     "unbound.service",
     "pebble.service",
+    "nginx.service",
+    "php8.2-fpm.service",
     "systemd-timesyncd.service",
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
@@ -300,8 +316,9 @@ def hosts_entries(
 
 
 # The names a mail host mxN.<domain> serves over HTTPS besides its own
-# (estafeta's https listener; the dns_records role publishes them as CNAMEs).
-SERVICE_LABELS = ("mta-sts", "autoconfig", "autodiscover")
+# (estafeta's https listener, and webmail where the webmail role runs; the
+# dns_records role publishes them as CNAMEs).
+SERVICE_LABELS = ("mta-sts", "autoconfig", "autodiscover", "webmail")
 
 
 def host_names(fqdn: str) -> str:
@@ -348,7 +365,8 @@ def update_hosts_file(net: Net, state: dict[str, dict[str, object]]) -> list[str
 
 
 def image_key() -> str:
-    text = SUITE + " " + " ".join(PACKAGES) + " v2"
+    steps = " | ".join(" ".join(step) for step in WEBMAIL_PACKAGES)
+    text = SUITE + " " + " ".join(PACKAGES) + " + " + steps + " v3"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -392,6 +410,9 @@ def build_image_locked(target: Path) -> None:
                 f"debootstrap failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
             )
         (partial / ".debootstrapped").write_text("")
+    if not (partial / ".webmail").exists():
+        install_webmail_packages(partial)
+        (partial / ".webmail").write_text("")
     for unit in DISABLED:
         run("systemctl", f"--root={partial}", "disable", unit, check=False)
     run("systemctl", f"--root={partial}", "enable", "systemd-networkd.service", "ssh.service")
@@ -405,6 +426,46 @@ def build_image_locked(target: Path) -> None:
     for old in CACHE.glob("rootfs-*"):
         if old != target:  # images of older package lists
             shutil.rmtree(old, ignore_errors=True)
+
+
+def install_webmail_packages(rootfs: Path) -> None:
+    """apt-get inside the image (nspawn, not booted: no service starts)."""
+    log(f"installing the webmail packages into {rootfs} (about a minute)")
+    script = " && ".join(
+        [
+            "printf '%s\\n' "
+            + " ".join(shlex.quote(line) for line in WEBMAIL_PRESEED)
+            + " | debconf-set-selections",
+            "apt-get update -qq",
+            *(
+                "apt-get install -y -qq --no-install-recommends " + " ".join(step)
+                for step in WEBMAIL_PACKAGES
+            ),
+            "apt-get clean",
+        ]
+    )
+    result = subprocess.run(
+        [
+            "systemd-nspawn",
+            "--quiet",
+            "--register=no",
+            "--keep-unit",
+            "-D",
+            str(rootfs),
+            "--setenv=DEBIAN_FRONTEND=noninteractive",
+            "sh",
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise SystemExit(
+            "installing the webmail packages into the image failed"
+            f" (apt-get in {rootfs}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
 
 
 # -- state ---------------------------------------------------------------------------------------

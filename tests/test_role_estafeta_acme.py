@@ -70,7 +70,7 @@ def test_the_lab_gets_its_certificates_from_pebble(
     # webmail's stream front, which sends a PROXY header).
     assert mx1["listen"]["http"] == ["0.0.0.0:80"]
     assert mx1["listen"]["https"] == ["127.0.0.1:8443"]
-    assert mx1["web"] == {"proxy_protocol": ["127.0.0.1/32"]}
+    assert mx1["web"] == {"proxy_protocol": ["127.0.0.1/32"], "proxy_protocol_listeners": ["https"]}
     mx2 = configs["mx2.example.net"]
     assert mx2["acme"]["names"] == [] and mx2["listen"]["https"] == ["0.0.0.0:443"]
     assert "web" not in mx2

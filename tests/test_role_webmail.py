@@ -28,10 +28,8 @@ stops all three at the end.
 
 from __future__ import annotations
 
-import base64
 import imaplib
 import json
-import os
 import shutil
 import signal
 import smtplib
@@ -52,15 +50,11 @@ from typing import Any
 
 import pytest
 import trustme
-from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.conftest import _free_port, _stop, _wait_tcp
+from tests.roundcube import CHROMEDRIVER, CHROMIUM, Roundcube, chromium
 from tests.test_roles import ROOT, changed_tasks, failures, run_playbook, task_results
 
 DOMAIN = "example.test"
@@ -74,8 +68,6 @@ REPLY_TEXT = "Friday works for me."
 VACATION_TEXT = "I am away until Monday."
 PHP_FPM = "/usr/sbin/php-fpm8.2"
 NGINX = "/usr/sbin/nginx"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = ROOT / "test-artifacts" / "webmail"
 DES_KEY = Path("/etc/roundcube/des_key.inc.php")
 
@@ -385,45 +377,14 @@ def test_nginx_serves_only_roundcube_over_tls12_or_later(site: Site) -> None:
 
 
 @pytest.fixture
-def browser(site: Site) -> Iterator[WebDriver]:
-    profile = site.tmp / "chromium"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--ignore-certificate-errors",
-        "--host-resolver-rules=MAP * 127.0.0.1",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(argument)
-    environment = {**os.environ, "HOME": str(site.tmp)}
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, env=environment), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+def browser(site: Site) -> Iterator[Roundcube]:
+    with chromium(site.tmp, "127.0.0.1") as driver:
+        yield Roundcube(driver, site.base_url, ARTIFACTS)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def fresh_artifacts() -> None:
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
-
-
-def shot(driver: WebDriver, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    assert driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
-
-
-def wait(driver: WebDriver, name: str, condition: Any, seconds: float = 30) -> Any:
-    try:
-        return WebDriverWait(driver, seconds).until(condition)
-    except TimeoutException:
-        shot(driver, f"failed-{name}")
-        raise AssertionError(f"{name}: timed out on {driver.current_url}") from None
 
 
 def send_from_bob(site: Site) -> None:
@@ -459,88 +420,28 @@ def find(site: Site, address: str, subject: str) -> EmailMessage | None:
 
 
 @pytest.mark.usefixtures("applied")
-def test_alice_reads_replies_and_sets_a_vacation(site: Site, browser: WebDriver) -> None:
+def test_alice_reads_replies_and_sets_a_vacation(site: Site, browser: Roundcube) -> None:
     send_from_bob(site)
     deadline = time.monotonic() + 30
     while find(site, ALICE, SUBJECT) is None:
         assert time.monotonic() < deadline, "bob's message did not arrive"
         time.sleep(0.2)
 
-    # Log in with the full address.
-    browser.get(site.base_url + "/")
-    wait(
-        browser,
-        "login form",
-        expected_conditions.presence_of_element_located((By.ID, "rcmloginuser")),
-    )
-    shot(browser, "01-login")
-    browser.find_element(By.ID, "rcmloginuser").send_keys(ALICE)
-    browser.find_element(By.ID, "rcmloginpwd").send_keys(PASSWORD)
-    browser.find_element(By.ID, "rcmloginsubmit").click()
-
-    # The message list shows bob's message; open it.
-    row = wait(
-        browser,
-        "message list",
-        expected_conditions.presence_of_element_located(
-            (By.XPATH, f"//table[@id='messagelist']//tr[contains(., '{SUBJECT}')]")
-        ),
-    )
-    shot(browser, "02-inbox")
-    # Roundcube's row id is "rcmrow" and the UID in unpadded URL-safe base64.
-    encoded = row.get_attribute("id").removeprefix("rcmrow")
-    uid = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
-    browser.get(f"{site.base_url}/?_task=mail&_mbox=INBOX&_uid={uid}&_action=show")
-    wait(
-        browser,
-        "message",
-        expected_conditions.text_to_be_present_in_element(
-            (By.TAG_NAME, "body"), "Shall we have lunch on Friday?"
-        ),
-    )
-    shot(browser, "03-message")
-
-    # Reply.
-    browser.get(f"{site.base_url}/?_task=mail&_reply_uid={uid}&_mbox=INBOX&_action=compose")
-    body = wait(
-        browser, "compose", expected_conditions.element_to_be_clickable((By.ID, "composebody"))
-    )
-    body.send_keys(REPLY_TEXT + "\n")
-    shot(browser, "04-compose")
-    send = browser.find_element(By.CSS_SELECTOR, "button.btn.send, a.send")
-    browser.execute_script("arguments[0].scrollIntoView();", send)
-    send.click()
-    deadline = time.monotonic() + 60
-    while (reply := find(site, BOB, f"Re: {SUBJECT}")) is None:
-        if time.monotonic() > deadline:
-            shot(browser, "failed-send")
-            raise AssertionError("the reply did not arrive in bob's INBOX")
-        time.sleep(0.5)
+    # Log in with the full address, read bob's message, reply.
+    browser.login(ALICE, PASSWORD)
+    uid = browser.open_message(SUBJECT, "Shall we have lunch on Friday?")
+    browser.reply(uid, REPLY_TEXT)
+    reply = browser.until("reply at bob", lambda: find(site, BOB, f"Re: {SUBJECT}"), 60)
     original = find(site, ALICE, SUBJECT)
     assert original is not None
     assert reply["From"].addresses[0].addr_spec == ALICE
     assert reply["In-Reply-To"] == original["Message-ID"]
     text = reply.get_body(("plain",))
     assert text is not None and REPLY_TEXT in text.get_content()
-    # Roundcube goes back to the message list by itself after sending.
-    wait(browser, "back to the list", lambda d: "_action=compose" not in d.current_url)
-    wait(browser, "list", expected_conditions.presence_of_element_located((By.ID, "messagelist")))
-    shot(browser, "05-sent")
+    browser.back_at_the_list()
 
     # The vacation page of the managesieve plugin.
-    browser.get(f"{site.base_url}/?_task=settings&_action=plugin.managesieve-vacation")
-    wait(
-        browser,
-        "vacation form",
-        expected_conditions.presence_of_element_located((By.ID, "vacation_reason")),
-    )
-    browser.find_element(By.ID, "vacation_subject").send_keys("Away")
-    browser.find_element(By.ID, "vacation_reason").send_keys(VACATION_TEXT)
-    Select(browser.find_element(By.ID, "vacation_status")).select_by_value("on")
-    shot(browser, "06-vacation")
-    browser.find_element(
-        By.CSS_SELECTOR, ".formbuttons button.submit, .formbuttons input.button.mainaction"
-    ).click()
+    browser.set_vacation("Away", VACATION_TEXT)
     deadline = time.monotonic() + 30
     while True:
         scripts = json.loads(site.estafeta("sieve", "list", ALICE, "--json"))
@@ -548,10 +449,10 @@ def test_alice_reads_replies_and_sets_a_vacation(site: Site, browser: WebDriver)
         if active:
             break
         if time.monotonic() > deadline:
-            shot(browser, "failed-vacation")
+            browser.shot("failed-vacation")
             raise AssertionError(f"no active Sieve script: {scripts}")
         time.sleep(0.5)
-    shot(browser, "07-vacation-saved")
+    browser.shot("07-vacation-saved")
     assert active == ["roundcube"]
     script = site.estafeta("sieve", "get", ALICE, "roundcube")
     assert "vacation" in script and VACATION_TEXT in script, script
@@ -588,30 +489,21 @@ def reload_nginx(site: Site, path: str) -> None:
 
 
 @pytest.mark.usefixtures("applied")
-def test_a_certificate_for_another_name_is_refused(site: Site, browser: WebDriver) -> None:
+def test_a_certificate_for_another_name_is_refused(site: Site, browser: Roundcube) -> None:
     # The same server and CA, but Roundcube expects another name in the certificate.
     rc, output, stderr = site.role(webmail__mail_host="elsewhere.example.test")
     assert rc == 0, failures(output) or stderr
     try:
         reload_nginx(site, "/")
-        browser.get(site.base_url + "/")
-        wait(
-            browser,
-            "login form",
-            expected_conditions.element_to_be_clickable((By.ID, "rcmloginuser")),
-        )
-        browser.find_element(By.ID, "rcmloginuser").send_keys(ALICE)
-        browser.find_element(By.ID, "rcmloginpwd").send_keys(PASSWORD)
-        browser.find_element(By.ID, "rcmloginsubmit").click()
-        wait(
-            browser,
+        browser.login(ALICE, PASSWORD)
+        browser.wait(
             "login refused",
             expected_conditions.text_to_be_present_in_element(
                 (By.TAG_NAME, "body"), "Connection to storage server failed"
             ),
         )
-        shot(browser, "08-wrong-certificate-name")
-        assert "_task=mail" not in browser.current_url
+        browser.shot("08-wrong-certificate-name")
+        assert "_task=mail" not in browser.driver.current_url
     finally:
         rc, output, stderr = site.role()
         assert rc == 0, failures(output) or stderr
