@@ -153,3 +153,27 @@ class Roundcube:
         self.driver.find_element(
             By.CSS_SELECTOR, ".formbuttons button.submit, .formbuttons input.button.mainaction"
         ).click()
+
+    def change_password(self, current: str, new: str) -> str:
+        """Fill and save the password plugin's form; the message Roundcube shows."""
+        self.driver.get(f"{self.base_url}/?_task=settings&_action=plugin.password")
+        self.wait(
+            "password form",
+            expected_conditions.presence_of_element_located((By.ID, "password-form")),
+        )
+        for field, value in (("_curpasswd", current), ("_newpasswd", new), ("_confpasswd", new)):
+            element = self.driver.find_element(By.NAME, field)
+            element.clear()
+            element.send_keys(value)
+        self.shot("08-password")
+        self.driver.find_element(
+            By.CSS_SELECTOR, ".formbuttons button.submit, .formbuttons input.button.mainaction"
+        ).click()
+        message = self.wait(
+            "password answer",
+            expected_conditions.visibility_of_element_located(
+                (By.CSS_SELECTOR, "#messagestack div")
+            ),
+        )
+        self.shot("09-password-answer")
+        return str(message.text)

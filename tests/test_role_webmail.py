@@ -63,6 +63,8 @@ WEBMAIL_HOST = f"webmail.{DOMAIN}"
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
 PASSWORD = "correct horse battery staple"
+NEW_PASSWORD = "violet tractor sings quietly"
+ESTAFETA_CLI = (sys.executable, "-m", "estafeta", "-c")
 SUBJECT = "Lunch on Friday"
 REPLY_TEXT = "Friday works for me."
 VACATION_TEXT = "I am away until Monday."
@@ -144,6 +146,8 @@ def write_estafeta(site: Site) -> None:
     cert.cert_chain_pems[0].write_to_path(str(site.tmp / "mail-cert.pem"))
     names = ("smtp", "submissions", "imaps", "managesieve")
     listen = "".join(f'{name} = ["127.0.0.1:{site.ports[name]}"]\n' for name in names)
+    # The password plugin's backend (POST /api/password).
+    listen += f'https = ["127.0.0.1:{site.ports["estafeta_https"]}"]\n'
     site.config.write_text(
         f'hostname = "{MAIL_HOST}"\n'
         f'data_dir = "{site.tmp / "data"}"\n'
@@ -194,6 +198,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     shared.chmod(0o755)
     ports = {name: _free_port() for name in ("smtp", "submissions", "imaps", "managesieve")}
     ports["https"] = _free_port()
+    ports["estafeta_https"] = _free_port()
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
     web = ca.issue_cert(WEBMAIL_HOST)
@@ -211,6 +216,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "webmail__imap_port": ports["imaps"],
         "webmail__smtp_port": ports["submissions"],
         "webmail__managesieve_port": ports["managesieve"],
+        # The certificate names 127.0.0.1 too (write_estafeta).
+        "webmail__password_api_url": f"https://127.0.0.1:{ports['estafeta_https']}/api/password",
         "webmail__ca_src": str(tmp / "ca.pem"),
         "webmail__ca_file": str(shared / "mail-ca.pem"),
         "webmail__max_message_size": 10485760,
@@ -266,7 +273,9 @@ def test_second_run_changes_nothing_and_check_mode_hides_the_key(
     assert f"'tls://127.0.0.1:{site.ports['managesieve']}'" in config
     assert f"'peer_name' => '{MAIL_HOST}'" in config
     assert "'verify_peer' => true" in config
-    assert "'managesieve'" in config and "'password'" not in config
+    assert "$config['plugins'] = ['archive', 'zipdownload', 'managesieve', 'password'];" in config
+    assert "$config['password_driver'] = 'httpapi';" in config
+    assert f"'verify' => '{site.shared / 'mail-ca.pem'}'" in config
     key = DES_KEY.read_text()
     assert DES_KEY.stat().st_mode & 0o777 == 0o640
     assert (site.shared / "mail-ca.pem").read_bytes() == (site.tmp / "ca.pem").read_bytes()
@@ -292,10 +301,10 @@ def test_second_run_changes_nothing_and_check_mode_hides_the_key(
     assert f"PathChanged={site.tmp / 'web-chain.pem'}" in unit
 
 
-def test_the_password_plugin_is_refused(site: Site) -> None:
-    rc, output, _ = site.role(webmail__plugins=["managesieve", "password"])
+def test_the_password_plugin_needs_https(site: Site) -> None:
+    rc, output, _ = site.role(webmail__password_api_url="http://127.0.0.1/api/password")
     assert rc != 0
-    assert "password plugin has no estafeta backend" in failures(output)
+    assert "password plugin needs webmail__password_api_url" in failures(output)
 
 
 # -- nginx ----------------------------------------------------------------------------------------
@@ -604,3 +613,37 @@ def test_the_front_shares_443_by_server_name_with_estafeta(site: Site) -> None:
             _stop(site.processes.pop(name))
         rc, output, stderr = site.role()
         assert rc == 0, failures(output) or stderr
+
+
+@pytest.mark.usefixtures("applied")
+def test_alice_changes_her_password_in_roundcube(site: Site, browser: Roundcube) -> None:
+    def verify(password: str) -> bool:
+        result = subprocess.run(
+            [*ESTAFETA_CLI, str(site.config), "user", "verify", ALICE, "--password-stdin"],
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode in (0, 1), result.stderr
+        return result.returncode == 0
+
+    browser.login(ALICE, PASSWORD)
+    browser.wait("logged in", lambda d: "_task=mail" in d.current_url)
+    try:
+        # Roundcube's own check first (webmail__password_minimum_length).
+        assert "at least 12" in browser.change_password(PASSWORD, "short")
+        assert verify(PASSWORD)
+        # The change itself, through estafeta's /api/password.
+        answer = browser.change_password(PASSWORD, NEW_PASSWORD)
+        assert "Successfully saved" in answer, answer
+        assert verify(NEW_PASSWORD) and not verify(PASSWORD)
+        # A wrong current password: Roundcube checks it itself and estafeta never sees it.
+        assert "incorrect" in browser.change_password("not the password", PASSWORD).lower()
+        assert verify(NEW_PASSWORD)
+        log = (site.tmp / "estafeta.log").read_text()
+        assert "account_change" in log and "via=api" in log
+        assert NEW_PASSWORD not in log and PASSWORD not in log
+    finally:
+        site.estafeta("user", "passwd", ALICE, "--password-stdin", stdin=PASSWORD + "\n")

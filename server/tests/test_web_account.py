@@ -647,3 +647,91 @@ def test_fetch_metadata_and_null_origin(alice: Browser, accounts: Accounts) -> N
     )
     assert same.status == 200
     assert [a["name"] for a in accounts.app_password_list(ALICE)] == ["x"]
+
+
+# -- the password API (Roundcube's password plugin, httpapi driver) -------------
+
+
+def api(
+    pages: AccountPages,
+    fields: dict[str, str],
+    *,
+    remote: str = "192.0.2.7",
+    secure: bool = True,
+    method: str = "POST",
+) -> Response:
+    request = Request(
+        method=method,
+        target="/api/password",
+        headers=[("host", HOST), ("content-type", "application/x-www-form-urlencoded")],
+        body=urlencode(fields).encode(),
+        remote=remote,
+        secure=secure,
+    )
+    return asyncio.run(pages(request))
+
+
+def test_api_changes_the_password_and_ends_page_sessions(
+    pages: AccountPages, accounts: Accounts
+) -> None:
+    alice = Browser(pages)
+    alice.login()
+    fields = {"user": ALICE.upper(), "curpass": PASSWORD, "newpass": NEW_PASSWORD}
+    response = api(pages, fields)
+    assert (response.status, response.body) == (200, b"ok\n")  # what the driver expects
+    assert accounts.verify_password(ALICE, NEW_PASSWORD)
+    assert not accounts.verify_password(ALICE, PASSWORD)
+    assert alice.get("/").status == 303  # the page session ended
+    pages.auth.history.history.flush()  # type: ignore[union-attr]
+    latest = accounts.login_history(ALICE)[0]
+    assert (latest.protocol, latest.client, latest.ok) == ("web", "192.0.2.7", True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "reason"),
+    [
+        ({"user": ALICE, "curpass": "wrong password", "newpass": NEW_PASSWORD}, 403, "wrong"),
+        (
+            {"user": "nobody@example.test", "curpass": PASSWORD, "newpass": NEW_PASSWORD},
+            403,
+            "wrong",
+        ),
+        ({"user": ALICE, "curpass": PASSWORD, "newpass": "short"}, 400, "too short"),
+        ({"user": ALICE, "curpass": PASSWORD}, 400, "required"),
+        ({"user": ALICE, "curpass": PASSWORD, "newpass": "x" * 2000}, 400, "too long"),
+    ],
+)
+def test_api_errors_change_nothing(
+    pages: AccountPages, accounts: Accounts, fields: dict[str, str], status: int, reason: str
+) -> None:
+    response = api(pages, fields)
+    assert response.status == status
+    assert reason in response.body.decode()
+    assert PASSWORD not in response.body.decode() and NEW_PASSWORD not in response.body.decode()
+    assert accounts.verify_password(ALICE, PASSWORD)
+
+
+def test_api_refuses_app_passwords_totp_accounts_and_plain_http(
+    pages: AccountPages, accounts: Accounts
+) -> None:
+    secret = accounts.app_password_create(ALICE, "phone")
+    assert api(pages, {"user": ALICE, "curpass": secret, "newpass": NEW_PASSWORD}).status == 403
+    fields = {"user": ALICE, "curpass": PASSWORD, "newpass": NEW_PASSWORD}
+    assert api(pages, fields, secure=False).status == 403
+    get = api(pages, fields, method="GET")
+    assert get.status == 405 and ("Allow", "POST") in get.headers
+    accounts.totp_enroll(ALICE)
+    refused = api(pages, fields)
+    assert refused.status == 403 and b"account page" in refused.body
+    assert accounts.verify_password(ALICE, PASSWORD)
+
+
+def test_api_guesses_count_towards_the_lockout(pages: AccountPages, accounts: Accounts) -> None:
+    wrong = {"user": ALICE, "curpass": "wrong wrong wrong", "newpass": NEW_PASSWORD}
+    for _ in range(3):  # pair_max_failures
+        assert api(pages, wrong).status == 403
+    right = {"user": ALICE, "curpass": PASSWORD, "newpass": NEW_PASSWORD}
+    assert api(pages, right).status == 429  # even the right password now
+    assert Browser(pages).login().status == 429  # the same guard as the login page
+    assert accounts.verify_password(ALICE, PASSWORD)
+    assert api(pages, right, remote="198.51.100.9").status == 200  # another client is not affected

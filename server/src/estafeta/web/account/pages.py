@@ -62,7 +62,7 @@ from estafeta.auth.guard import BUSY, Authenticator, LoginHistory
 from estafeta.log import log_event
 from estafeta.sieve.scripts import ScriptError, ScriptStore
 from estafeta.web import clientconfig
-from estafeta.web.account import vacation
+from estafeta.web.account import api, vacation
 from estafeta.web.account.sessions import (
     COOKIE,
     LOGIN_COOKIE,
@@ -219,6 +219,8 @@ class AccountPages:
             if method != "GET":
                 return Response(405, b"only GET and HEAD\n", headers=[("Allow", "GET, HEAD")])
             return Response(200, self.css, "text/css; charset=utf-8", max_age=CSS_MAX_AGE)
+        if path == api.PASSWORD_PATH:  # a webmail's password plugin (api.py)
+            return await api.change_password(self, request)
         handler = self.routes.get((method, path))
         if handler is None:
             if any(route_path == path for _, route_path in self.routes):
