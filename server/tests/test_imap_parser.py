@@ -23,6 +23,7 @@ from estafeta.imap.parser import (
     ParseError,
     Parser,
     RawLine,
+    UnencodedName,
     decode_mutf7,
     encode_mutf7,
 )
@@ -1038,14 +1039,6 @@ def test_too_long_tag() -> None:
             ParseError("a", "Syntax error in SETQUOTA: expected resource limit"),
         ),
         (b"a UID EXPUNGE", ParseError("a", "Syntax error in UID EXPUNGE: expected sequence set")),
-        (
-            b"a SELECT &Jjo",
-            ParseError(
-                "a",
-                "Syntax error in SELECT: mailbox is not valid modified UTF-7:"
-                " unterminated &...- sequence",
-            ),
-        ),
     ],
 )
 def test_errors_and_resync(line: bytes, error: ParseError) -> None:
@@ -1171,10 +1164,19 @@ def test_mailbox_names() -> None:
     assert args_of(b"a CREATE INBOXES\r\n") == c.Create("INBOXES")
     # 8-bit names cannot be mUTF-7: taken as UTF-8 (rfc9051 quoted strings).
     assert args_of('a CREATE "Entwürfe"\r\n'.encode()) == c.Create("Entwürfe")
-    error = error_of(b"a DELETE &AGE-\r\n")
-    assert error.text.startswith("Syntax error in DELETE: mailbox is not valid modified UTF-7")
-    error = error_of(b"a COPY 1 &AGE-\r\n")
-    assert error.text.startswith("Syntax error in COPY: mailbox is not valid modified UTF-7")
+    # A name that is not valid mUTF-7 is a name all the same, kept as sent
+    # (rfc3501:5.1.3): the session answers NO, never BAD.
+    for line, wanted in (
+        (b"a DELETE &AGE-\r\n", c.Delete("&AGE-")),
+        (b"a SELECT &Jjo\r\n", c.Select("&Jjo")),
+        (b"a SELECT !#$&'+,-.\r\n", c.Select("!#$&'+,-.")),
+    ):
+        parsed = args_of(line)
+        assert parsed == wanted
+        assert isinstance(parsed.mailbox, UnencodedName)  # type: ignore[attr-defined]
+    copy = args_of(b"a COPY 1 &AGE-\r\n")
+    assert isinstance(copy.mailbox, UnencodedName)  # type: ignore[attr-defined]
+    assert not isinstance(args_of(b"a SELECT &ZeVnLIqe-\r\n").mailbox, UnencodedName)  # type: ignore[attr-defined]
 
 
 def test_utf8_accept_takes_names_as_they_are() -> None:

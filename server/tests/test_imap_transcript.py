@@ -127,7 +127,9 @@ def deliver(port: int) -> None:
             )
 
 
-def run_script(port: int, byte_at_a_time: bool) -> str:
+def run_script(
+    port: int, byte_at_a_time: bool, script: list[tuple[bytes, list[str]]] = SCRIPT
+) -> str:
     transcript = []
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -153,7 +155,7 @@ def run_script(port: int, byte_at_a_time: bool) -> str:
             return text.decode("utf-8", "replace")
 
         transcript.append(read_until(r"\* OK .*\r\n"))
-        for command, expected in SCRIPT:
+        for command, expected in script:
             if byte_at_a_time:
                 for byte in command:
                     sock.sendall(bytes([byte]))

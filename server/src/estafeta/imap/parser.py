@@ -60,6 +60,7 @@ __all__ = [
     "ParseError",
     "Parser",
     "RawLine",
+    "UnencodedName",
     "decode_mutf7",
     "encode_mutf7",
 ]
@@ -200,6 +201,19 @@ def encode_mutf7(name: str) -> str:
 
 
 _MUTF7_B64 = re.compile(r"[A-Za-z0-9+,]+")
+
+
+class UnencodedName(str):
+    """A mailbox name that is a valid astring but not valid modified UTF-7.
+
+    rfc3501:5.1.3 asks clients to encode; a name that is not is still a
+    name, not a syntax error: a BAD makes clients drop the connection. It is
+    kept as sent, so SELECT finds nothing (NO [NONEXISTENT]) and LIST
+    matches nothing (an empty OK), and CREATE and RENAME refuse to make it
+    (NO [CANNOT]): no mailbox gets a name other clients cannot decode.
+    """
+
+    __slots__ = ()
 
 
 def decode_mutf7(name: str) -> str:
@@ -385,8 +399,8 @@ class _Cursor:
         else:
             try:
                 name = decode_mutf7(raw.decode("ascii"))
-            except ValueError as exc:
-                raise _Syntax(f"{what} is not valid modified UTF-7: {exc}") from None
+            except ValueError:
+                return UnencodedName(raw.decode("ascii"))
         if inbox and name.upper() == "INBOX":
             return "INBOX"
         return name

@@ -29,7 +29,7 @@ from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.imap import commands as c
 from estafeta.imap import fetch as fetch_module
 from estafeta.imap import search as search_module
-from estafeta.imap.listing import Box, Entry, PatternLimit, list_mailboxes, lsub
+from estafeta.imap.listing import DELIMITER, Box, Entry, PatternLimit, list_mailboxes, lsub
 from estafeta.imap.listing import cost as list_cost
 from estafeta.imap.parser import (
     Command,
@@ -39,6 +39,7 @@ from estafeta.imap.parser import (
     ParseError,
     Parser,
     RawLine,
+    UnencodedName,
     encode_mutf7,
 )
 from estafeta.imap.selected import Selected, Updates
@@ -50,6 +51,7 @@ from estafeta.store import Mailbox, Store, StoreError
 from estafeta.store.names import canonical
 from estafeta.store.operations import MailboxError
 from estafeta.store.reader import Condition, IndexReader
+from estafeta.tlsclose import close_promptly
 from estafeta.workers import SEARCHES
 
 log = logging.getLogger("estafeta.imap")
@@ -524,6 +526,7 @@ async def start_tls(
     session (the connection cannot be used in the clear any more)."""
     try:
         await writer.start_tls(context, ssl_handshake_timeout=handshake_timeout)
+        close_promptly(writer.transport)
     except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
         log_event(
             log,
@@ -752,7 +755,14 @@ async def cmd_create(s: Session, cmd: Command) -> None:
     use = args.use[0] if args.use else None
     if args.use and len(args.use) > 1:
         raise No("One special-use attribute per mailbox", "USEATTR")
-    await asyncio.to_thread(s.store.create_mailbox, _user(s), args.mailbox, use)
+    # rfc9051:6.3.4 a trailing hierarchy separator declares that names will
+    # be created below this one; we need no such declaration, so it is
+    # ignored and the name is created without it.
+    name = args.mailbox
+    _refuse_unencoded(name)
+    if name.endswith(DELIMITER) and name.strip(DELIMITER):
+        name = name[: -len(DELIMITER)]
+    await asyncio.to_thread(s.store.create_mailbox, _user(s), name, use)
     s.tagged(cmd.tag, "OK", "CREATE completed")
 
 
@@ -766,6 +776,7 @@ async def cmd_delete(s: Session, cmd: Command) -> None:
 
 async def cmd_rename(s: Session, cmd: Command) -> None:
     args: c.Rename = cmd.args  # type: ignore[assignment]
+    _refuse_unencoded(args.new)
     await asyncio.to_thread(s.store.rename_mailbox, _user(s), args.old, args.new)
     s.tagged(cmd.tag, "OK", "RENAME completed")
 
@@ -774,6 +785,12 @@ async def cmd_subscribe(s: Session, cmd: Command) -> None:
     args: c.Subscribe = cmd.args  # type: ignore[assignment]
     await asyncio.to_thread(s.store.subscribe, _user(s), args.mailbox, cmd.name == "SUBSCRIBE")
     s.tagged(cmd.tag, "OK", f"{cmd.name} completed")
+
+
+def _refuse_unencoded(name: str) -> None:
+    # rfc3501:5.1.3 a name that is not valid modified UTF-7 is not made.
+    if isinstance(name, UnencodedName):
+        raise No(f"{name!r} is not valid modified UTF-7 (rfc3501:5.1.3)", "CANNOT")
 
 
 def _user(s: Session) -> str:

@@ -1,0 +1,73 @@
+"""Regressions from a peer's IMAP compliance suite (issue 21), as transcripts.
+
+Each step is what the suite sent and what RFC 9051 / RFC 3501 want back;
+the script runs whole and one byte per send against fresh servers, and both
+transcripts must agree (test_imap_transcript's runner).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+from pathlib import Path
+
+import pytest
+from test_imap_transcript import ALICE, PLAIN, run_script, start
+
+from conftest import PASSWORD
+
+SCRIPT: list[tuple[bytes, list[str]]] = [
+    (f"a1 AUTHENTICATE PLAIN {PLAIN}\r\n".encode(), [r"a1 OK"]),
+    # 1. rfc9051:6.3.4 a trailing hierarchy separator is ignored: the name
+    # is created without it (and its parent with it).
+    (b"a2 CREATE imaptest/\r\n", [r"a2 OK"]),
+    (b'a3 LIST "" imaptest\r\n', [r'\* LIST \([^)]*\) "/" "?imaptest"?\r\n', r"a3 OK"]),
+    (b"a4 CREATE a/b/\r\n", [r"a4 OK"]),
+    (b'a5 LIST "" a/%\r\n', [r'\* LIST \([^)]*\) "/" "?a/b"?\r\n', r"a5 OK"]),
+    (b"a6 CREATE /\r\n", [r"a6 NO \[CANNOT\]"]),
+    # 3. rfc3501:5.1.3 a valid atom that is not valid modified UTF-7 is a
+    # name no mailbox has: NO for SELECT, an empty LIST, never BAD.
+    (b"b1 SELECT !#$&'+,-.\r\n", [r"b1 NO \[NONEXISTENT\]"]),
+    (b'b2 LIST "" "!#$&\'+,-."\r\n', [r"b2 OK"]),
+    (b"b3 CREATE &Jjo\r\n", [r"b3 NO \[CANNOT\] .*modified UTF-7"]),
+    (b"b4 RENAME imaptest &AGE-\r\n", [r"b4 NO \[CANNOT\]"]),
+    (b"b5 STATUS &Jjo (MESSAGES)\r\n", [r"b5 NO \[NONEXISTENT\]"]),
+    (b"b6 NOOP\r\n", [r"b6 OK"]),  # still connected
+    (b"z1 LOGOUT\r\n", [r"\* BYE", r"z1 OK"]),
+]
+
+
+@pytest.mark.slow
+def test_compliance_script_whole_and_byte_by_byte(tmp_path: Path) -> None:
+    whole_server = start(tmp_path, "whole")
+    bytes_server = start(tmp_path, "bytes")
+    try:
+        whole = run_script(whole_server.imap_port, byte_at_a_time=False, script=SCRIPT)
+        one_byte = run_script(bytes_server.imap_port, byte_at_a_time=True, script=SCRIPT)
+    finally:
+        for server in (whole_server, bytes_server):
+            if server.process is not None:
+                server.stop()
+    assert whole == one_byte
+    listed = re.search(r"b1 NO[^\n]*\n(.*?)b2 OK", whole, re.DOTALL)
+    assert listed is not None and "* LIST" not in listed.group(1)  # an empty LIST
+    assert "Traceback" not in whole_server.log_text() + bytes_server.log_text()
+
+
+def test_uidvalidity_is_never_reused(tmp_path: Path) -> None:
+    """8. rfc9051:2.3.1.1 DELETE and CREATE of a name within one second."""
+    server = start(tmp_path, "uidvalidity")
+    try:
+        with imaplib.IMAP4("127.0.0.1", server.imap_port) as client:
+            client.login(ALICE, PASSWORD)
+            seen = []
+            for _ in range(3):
+                assert client.create("Again")[0] == "OK"
+                status = client.status("Again", "(UIDVALIDITY)")[1][0]
+                match = re.search(rb"UIDVALIDITY (\d+)", status)  # type: ignore[arg-type]
+                assert match is not None
+                seen.append(int(match.group(1)))
+                assert client.delete("Again")[0] == "OK"
+            assert len(set(seen)) == 3 and seen == sorted(seen), seen
+    finally:
+        server.stop()
