@@ -68,6 +68,7 @@ from estafeta.smtp.screen import Screen
 from estafeta.smtp.submission import SendLimits, SubmissionHandler
 from estafeta.spam.training import Trainer
 from estafeta.store import Store
+from estafeta.tlsclose import close_promptly
 from estafeta.web.account import AccountPages
 from estafeta.web.clientconfig import ClientSettings
 from estafeta.web.connection import Limits as WebLimits
@@ -657,6 +658,7 @@ class Server:
             shaken = False
             try:
                 await writer.start_tls(self.tls, ssl_handshake_timeout=timeout)
+                close_promptly(writer.transport)
                 shaken = True
             except OSError:  # ssl.SSLError, a reset, the timeout
                 pass

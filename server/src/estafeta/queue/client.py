@@ -15,6 +15,8 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from estafeta.tlsclose import close_promptly
+
 # rfc5321:4.5.3.1.5 — a reply line is at most 512 octets; be lenient, not unbounded.
 MAX_LINE = 4096
 MAX_LINES = 100
@@ -218,6 +220,7 @@ class SMTPConnection:
             raise ProtocolError("server sent data after 220 for STARTTLS")
         async with asyncio.timeout(self.timeout):
             await self.writer.start_tls(context, server_hostname=self.peer_name)
+            close_promptly(self.writer.transport)
         self.tls = True
         return reply
 

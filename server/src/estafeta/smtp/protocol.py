@@ -59,6 +59,7 @@ from estafeta.smtp import replies
 from estafeta.smtp.data import DataBudget, DataReader, DataStatus
 from estafeta.smtp.errors import TOO_MANY_ERRORS, ErrorLimiter, counts_as_error
 from estafeta.smtp.screen import HELO, PREGREET, Screen, ScreenResult, pregreet_reply
+from estafeta.tlsclose import SHUTDOWN_SECONDS, close_promptly
 
 log = logging.getLogger("estafeta.smtp")
 T = TypeVar("T")
@@ -194,6 +195,7 @@ class ImplicitTLS(asyncio.Protocol):
                 self._context,
                 server_side=True,
                 ssl_handshake_timeout=handshake_timeout,
+                ssl_shutdown_timeout=SHUTDOWN_SECONDS,
             )
         except OSError:  # ssl.SSLError, a reset, the handshake timeout
             self._release()
@@ -932,6 +934,8 @@ class SMTPProtocol(SMTP):
                 )
         try:
             await super().smtp_STARTTLS(arg)
+            if self._tls_protocol is not None:
+                close_promptly(self._tls_protocol)
         except TLSSetupException as exc:
             # The client's handshake failed: aiosmtpd closes the connection
             # (HandlerBase.handle_exception logs no traceback for it).

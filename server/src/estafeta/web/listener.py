@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from estafeta.acme import Challenges, ClientHelloError, answer_tls_alpn, peek_client_hello
 from estafeta.log import log_event
+from estafeta.tlsclose import SHUTDOWN_SECONDS
 from estafeta.web import proxy
 from estafeta.web.connection import Handler, HTTPSession, Limits
 
@@ -168,6 +169,7 @@ class HTTPListener:
                 conn,
                 ssl=context,
                 ssl_handshake_timeout=self.handshake_timeout if context else None,
+                ssl_shutdown_timeout=SHUTDOWN_SECONDS if context else None,
             )
         except (OSError, TimeoutError, ssl.SSLError):
             conn.close()
