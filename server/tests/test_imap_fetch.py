@@ -7,6 +7,7 @@ never computed with the renderer's own functions.
 
 from __future__ import annotations
 
+import base64
 import calendar
 from collections.abc import Sequence
 
@@ -541,9 +542,27 @@ def test_nul_in_body_is_replaced_keeping_the_size() -> None:
 # BINARY
 
 
-def test_binary_quoted_printable_text_is_decoded_with_crlf() -> None:
+def test_binary_quoted_printable_text_is_decoded() -> None:
     out = render(MIXED, binary([1]), binary_size([1]))
     decoded = "café and a soft break\r\nend".encode()
+    assert out == b"BINARY[1] " + lit(decoded) + b" BINARY.SIZE[1] %d" % len(decoded)
+
+
+def test_binary_quoted_printable_padding_and_soft_breaks() -> None:
+    """rfc2045:6.7 rules 3 and 5 (issue 21 item 7): whitespace that ends a
+    line is dropped, "=" then whitespace then the line end is a soft break;
+    "=" not followed by two hex digits stays; LF-only lines keep their LF."""
+    data = (
+        crlf(
+            """Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+"""
+        )
+        + b"padded   \t\r\nsoft= \t\r\nbreak=ZZ=3D\nlf  \nend  "
+    )
+    decoded = b"padded\r\nsoftbreak=ZZ=\nlf\nend"
+    out = render(data, binary([1]), binary_size([1]))
     assert out == b"BINARY[1] " + lit(decoded) + b" BINARY.SIZE[1] %d" % len(decoded)
 
 
@@ -570,9 +589,19 @@ def test_binary_partial_refers_to_decoded_data() -> None:
     assert out == b'BINARY[2]<3> {4}\r\nhell BINARY[2]<50> ""'
 
 
-def test_binary_of_lf_only_text_is_sent_with_crlf() -> None:
+def test_binary_of_lf_only_text_is_unchanged() -> None:
+    """rfc9051:7.5.2 BINARY is the content after removing the CTE, nothing
+    more (issue 21 item 6): no CRLF conversion, and BINARY.SIZE is its length."""
     out = render(LF_ONLY, binary([1]), binary_size([1]))
-    assert out == b"BINARY[1] {15}\r\nfirst\r\nsecond\r\n BINARY.SIZE[1] 15"
+    assert out == b"BINARY[1] {13}\r\nfirst\nsecond\n BINARY.SIZE[1] 13"
+    data = crlf(
+        """Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: base64
+
+"""
+    ) + base64.b64encode(b"one\ntwo\n")
+    out = render(data, binary([1]), binary_size([1]))
+    assert out == b"BINARY[1] {8}\r\none\ntwo\n BINARY.SIZE[1] 8"
 
 
 def test_binary_of_identity_encoding_non_text_is_unchanged() -> None:

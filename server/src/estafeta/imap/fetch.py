@@ -30,8 +30,9 @@ Choices (each one of several that IMAP servers make):
 * Bytes are sent as stored: a message stored with LF line ends gives LF
   sections, matching the sizes in BODYSTRUCTURE (see
   ``estafeta.message.structure``). The blank line that ends a
-  ``HEADER.FIELDS`` subset uses the header's own line end. The exception is
-  ``BINARY`` of a text/* part, which rfc9051:7.5.2 requires in CRLF form.
+  ``HEADER.FIELDS`` subset uses the header's own line end. ``BINARY`` data
+  is the decoded octets, line ends as decoded (rfc9051:7.5.2: the content
+  "after removing any encoding"), so ``BINARY.SIZE`` is its exact length.
 * A NUL byte cannot be sent in a string or a normal literal (rfc9051:4.3), so
   in ``BODY[...]``/``RFC822*`` data it is replaced by 0x80, as Dovecot does.
   Unlike dropping it, this keeps ``RFC822.SIZE`` equal to the length of
@@ -40,7 +41,9 @@ Choices (each one of several that IMAP servers make):
 * ``INTERNALDATE`` is always given in UTC (``+0000``): the same answer in
   every session, whatever the server's time zone.
 * ``BINARY`` decodes base64 and quoted-printable leniently (characters outside
-  the alphabet are skipped, missing padding is tolerated): clients asked for
+  the alphabet are skipped, missing padding is tolerated; quoted-printable
+  drops the whitespace that ends a line, rfc2045:6.7 rule 3, and takes "="
+  followed by whitespace and the line end as a soft break): clients asked for
   the decoded data and a NO for one bad character helps nobody. Only an
   encoding we do not know gives ``NO [UNKNOWN-CTE]`` (rfc3516:4.2).
   rfc9051:6.4.5 allows BINARY only for leaf parts; for a multipart, and for
@@ -65,6 +68,7 @@ from typing import Any
 
 from estafeta.imap.types import FetchAtt, Section
 from estafeta.message import Summary, find_part, imap_bodystructure, imap_envelope, imap_string
+from estafeta.message.transfer import decode_quoted_printable
 from estafeta.store.reader import FetchRow
 
 __all__ = [
@@ -462,16 +466,6 @@ def _is_leaf(part: Mapping[str, Any]) -> bool:
     return "parts" not in part
 
 
-def _is_text(part: Mapping[str, Any]) -> bool:
-    if str(part.get("type", "")).lower() != "text":
-        return False
-    for name, value in part.get("params") or ():
-        if str(name).lower() == "charset":
-            # Line ends of a UTF-16/32 text are not the bytes CR LF.
-            return not str(value).lower().startswith(("utf-16", "utf-32", "ucs"))
-    return True
-
-
 def _encoding(part: Mapping[str, Any]) -> str:
     return str(part.get("encoding") or "7bit").strip().lower()
 
@@ -496,24 +490,17 @@ def _decode_binary(message: MessageData, path: Sequence[int]) -> Piece:
     if not _is_leaf(part):
         return memoryview(message.content())[start:end]
     encoding = _encoding(part)
-    if encoding in _IDENTITY_CTE and not _is_text(part):
+    if encoding in _IDENTITY_CTE:
         return memoryview(message.content())[start:end]
     raw = message.content()[start:end]
     if encoding == "base64":
-        data = _decode_base64(raw)
-    elif encoding == "quoted-printable":
-        data = binascii.a2b_qp(raw)
-    elif encoding in _IDENTITY_CTE:
-        data = raw
-    else:
-        section = ".".join(str(n) for n in path)
-        raise FetchError(
-            f"Unknown Content-Transfer-Encoding {encoding!r} in part {section}", "UNKNOWN-CTE"
-        )
-    if _is_text(part):
-        # rfc9051:7.5.2: textual sections are sent with CRLF line ends.
-        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return data
+        return _decode_base64(raw)
+    if encoding == "quoted-printable":
+        return decode_quoted_printable(raw)
+    section = ".".join(str(n) for n in path)
+    raise FetchError(
+        f"Unknown Content-Transfer-Encoding {encoding!r} in part {section}", "UNKNOWN-CTE"
+    )
 
 
 def _binary_size(message: MessageData, path: Sequence[int]) -> int:
@@ -523,7 +510,7 @@ def _binary_size(message: MessageData, path: Sequence[int]) -> int:
         part = _binary_part(message, path)
         if part is None:
             return 0
-        if not _is_leaf(part) or (_encoding(part) in _IDENTITY_CTE and not _is_text(part)):
+        if not _is_leaf(part) or _encoding(part) in _IDENTITY_CTE:
             return max(0, int(part["body_end"]) - int(part["body_start"]))
     return len(_binary_data(message, path))
 

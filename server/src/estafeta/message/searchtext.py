@@ -22,6 +22,7 @@ from estafeta.message.structure import (
     _desurrogate,
     decode_rfc2047,
 )
+from estafeta.message.transfer import decode_quoted_printable
 
 # Envelope slots (rfc3501:7.4.2 order) of the address keys FROM, TO, CC, BCC.
 ADDRESS_SLOTS = {"FROM": 2, "TO": 5, "CC": 6, "BCC": 7}
@@ -138,7 +139,7 @@ def decode_transfer(raw: bytes, encoding: str) -> bytes:
     """Undo Content-Transfer-Encoding (rfc2045:6); unknown ones are kept as is."""
     encoding = encoding.strip().lower()
     if encoding == "quoted-printable":
-        return binascii.a2b_qp(raw)
+        return decode_quoted_printable(raw)
     if encoding == "base64":
         try:
             return binascii.a2b_base64(raw)

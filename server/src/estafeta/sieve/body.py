@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from estafeta.message.structure import header_fields
+from estafeta.message.transfer import decode_quoted_printable
 
 # Nesting of multipart and message/rfc822 entities followed; every level
 # copies what it holds, so the work is at most MAX_DEPTH x max_octets.
@@ -77,7 +78,7 @@ def _decode(data: bytes, encoding: str, charset: str | None) -> bytes:
         with contextlib.suppress(binascii.Error, ValueError):
             data = base64.b64decode(re.sub(rb"[^A-Za-z0-9+/]", b"", data) + b"==", validate=False)
     elif encoding == "quoted-printable":
-        data = binascii.a2b_qp(data)
+        data = decode_quoted_printable(data)
     for name in (charset, "utf-8"):
         if not name:
             continue

@@ -50,6 +50,7 @@ from publicsuffixlist import PublicSuffixList
 
 from estafeta.address import AddressError, normalize_domain
 from estafeta.message import Summary, decode_rfc2047, summarize
+from estafeta.message.transfer import decode_quoted_printable
 
 MAX_TEXT = 256 * 1024
 """Characters of decoded text taken from one message (all parts together)."""
@@ -413,7 +414,7 @@ def _decode_transfer(
     elif encoding == "quoted-printable":
         # rfc2045:6.7: "=XX" is three raw octets for one; soft line breaks.
         window = limit * 3 + 1024
-        decoded = binascii.a2b_qp(data[start : min(end, start + window)])
+        decoded = decode_quoted_printable(data[start : min(end, start + window)])
     else:  # 7bit, 8bit, binary, and unknown encodings read as they are
         window = limit
         decoded = data[start : min(end, start + window)]
