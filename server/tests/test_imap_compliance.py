@@ -33,6 +33,17 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
     (b"b4 RENAME imaptest &AGE-\r\n", [r"b4 NO \[CANNOT\]"]),
     (b"b5 STATUS &Jjo (MESSAGES)\r\n", [r"b5 NO \[NONEXISTENT\]"]),
     (b"b6 NOOP\r\n", [r"b6 OK"]),  # still connected
+    # 5. rfc7162:3.1 the first CONDSTORE enabling command while a mailbox is
+    # selected sends its HIGHESTMODSEQ; later ones do not.
+    (b"c1 SELECT INBOX\r\n", [r"\* 2 EXISTS", r"c1 OK"]),
+    (
+        b"c2 FETCH 1 (MODSEQ)\r\n",
+        [r"\* OK \[HIGHESTMODSEQ \d+\]", r"\* 1 FETCH \(MODSEQ \(\d+\)\)", r"c2 OK"],
+    ),
+    (b"c3 UID SEARCH MODSEQ 1\r\n", [r"c3 OK"]),
+    (b"c4 UNSELECT\r\n", [r"c4 OK"]),
+    (b"c5 SELECT INBOX\r\n", [r"c5 OK"]),
+    (b"c6 STATUS INBOX (HIGHESTMODSEQ)\r\n", [r"\* OK \[HIGHESTMODSEQ \d+\]", r"c6 OK"]),
     (b"z1 LOGOUT\r\n", [r"\* BYE", r"z1 OK"]),
 ]
 
@@ -49,6 +60,8 @@ def test_compliance_script_whole_and_byte_by_byte(tmp_path: Path) -> None:
             if server.process is not None:
                 server.stop()
     assert whole == one_byte
+    after = re.search(r"c2 OK[^\n]*\n(.*?)c3 OK", whole, re.DOTALL)
+    assert after is not None and "HIGHESTMODSEQ" not in after.group(1)  # once only
     listed = re.search(r"b1 NO[^\n]*\n(.*?)b2 OK", whole, re.DOTALL)
     assert listed is not None and "* LIST" not in listed.group(1)  # an empty LIST
     assert "Traceback" not in whole_server.log_text() + bytes_server.log_text()

@@ -668,6 +668,8 @@ async def cmd_enable(s: Session, cmd: Command) -> None:
         s.parser.set_utf8(True)
     # rfc5161:3.1: ENABLED lists what this command enabled.
     s.untagged("ENABLED" + "".join(f" {n}" for n in newly))
+    if "CONDSTORE" in s.enabled:
+        _condstore_on(s)
     s.tagged(cmd.tag, "OK", "ENABLE completed")
 
 
@@ -787,6 +789,17 @@ async def cmd_subscribe(s: Session, cmd: Command) -> None:
     s.tagged(cmd.tag, "OK", f"{cmd.name} completed")
 
 
+def _condstore_on(s: Session) -> None:
+    """A CONDSTORE enabling command (rfc7162:3.1) while a mailbox is
+    selected: the first one sends the mailbox's HIGHESTMODSEQ (rfc7162:3.1.2,
+    3.1.8), so the client has a modseq to resynchronise from; from then on
+    FETCH responses carry MODSEQ."""
+    view = s.selected
+    if view is not None and not view.condstore:
+        view.condstore = True
+        s.untagged(f"OK [HIGHESTMODSEQ {view.highestmodseq}] Highest")
+
+
 def _refuse_unencoded(name: str) -> None:
     # rfc3501:5.1.3 a name that is not valid modified UTF-7 is not made.
     if isinstance(name, UnencodedName):
@@ -895,6 +908,8 @@ async def cmd_status(s: Session, cmd: Command) -> None:
     if box is None:
         raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
     s.untagged(_status_line(s, box, args.items))
+    if any(item.upper() == "HIGHESTMODSEQ" for item in args.items):
+        _condstore_on(s)
     s.tagged(cmd.tag, "OK", "STATUS completed")
 
 
@@ -1014,7 +1029,7 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
     if cmd.uid and not any(a.name == "UID" for a in atts):
         atts.insert(0, FetchAtt("UID"))  # rfc9051:6.4.9
     if args.changedsince is not None or any(a.name == "MODSEQ" for a in atts):
-        view.condstore = True
+        _condstore_on(s)
         if not any(a.name == "MODSEQ" for a in atts):
             atts.append(FetchAtt("MODSEQ"))
     if args.vanished:
@@ -1200,7 +1215,7 @@ async def cmd_store(s: Session, cmd: Command) -> None:
     s.report_updates(allow_expunge=False)
     uids = view.resolve(args.sequence_set, uid=cmd.uid, saved=s.saved_result)
     if args.unchangedsince is not None:
-        view.condstore = True
+        _condstore_on(s)
     result = await asyncio.to_thread(
         s.store.store_flags,
         _user(s),
@@ -1418,7 +1433,10 @@ async def cmd_search(s: Session, cmd: Command) -> None:
             s.tagged(cmd.tag, "OK", "SEARCH completed (saved)")
             return
     # rfc7162:3.1.5 / rfc4731:3.2: which messages' modseq is reported depends on RETURN.
-    highest = search_module.response_modseq(matched, options) if _uses_modseq(key) else None
+    highest = None
+    if _uses_modseq(key):
+        _condstore_on(s)
+        highest = search_module.response_modseq(matched, options)
     if options is not None or "IMAP4rev2" in s.enabled:
         s.untagged(
             search_module.render_esearch(
