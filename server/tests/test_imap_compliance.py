@@ -44,6 +44,18 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
     (b"c4 UNSELECT\r\n", [r"c4 OK"]),
     (b"c5 SELECT INBOX\r\n", [r"c5 OK"]),
     (b"c6 STATUS INBOX (HIGHESTMODSEQ)\r\n", [r"\* OK \[HIGHESTMODSEQ \d+\]", r"c6 OK"]),
+    # 9. rfc9051:7.3.5 a new keyword: FLAGS and PERMANENTFLAGS again, before
+    # the FETCH that shows it; once.
+    (
+        b"d1 STORE 1 +FLAGS (Project7)\r\n",
+        [
+            r"\* FLAGS \([^)]*Project7\)",
+            r"\* OK \[PERMANENTFLAGS \([^)]*Project7 \\\*\)\]",
+            r"\* 1 FETCH \(",
+            r"d1 OK",
+        ],
+    ),
+    (b"d2 STORE 2 +FLAGS (Project7)\r\n", [r"\* 2 FETCH \(", r"d2 OK"]),
     (b"z1 LOGOUT\r\n", [r"\* BYE", r"z1 OK"]),
 ]
 
@@ -62,6 +74,8 @@ def test_compliance_script_whole_and_byte_by_byte(tmp_path: Path) -> None:
     assert whole == one_byte
     after = re.search(r"c2 OK[^\n]*\n(.*?)c3 OK", whole, re.DOTALL)
     assert after is not None and "HIGHESTMODSEQ" not in after.group(1)  # once only
+    second = re.search(r"d1 OK[^\n]*\n(.*?)d2 OK", whole, re.DOTALL)
+    assert second is not None and "* FLAGS" not in second.group(1)  # once only
     listed = re.search(r"b1 NO[^\n]*\n(.*?)b2 OK", whole, re.DOTALL)
     assert listed is not None and "* LIST" not in listed.group(1)  # an empty LIST
     assert "Traceback" not in whole_server.log_text() + bytes_server.log_text()
@@ -82,5 +96,32 @@ def test_uidvalidity_is_never_reused(tmp_path: Path) -> None:
                 seen.append(int(match.group(1)))
                 assert client.delete("Again")[0] == "OK"
             assert len(set(seen)) == 3 and seen == sorted(seen), seen
+    finally:
+        server.stop()
+
+
+def test_a_new_keyword_is_announced_to_other_sessions(tmp_path: Path) -> None:
+    """9. The other session with the mailbox selected learns the keyword
+    from FLAGS / PERMANENTFLAGS at its next command; a read-only one gets
+    an empty PERMANENTFLAGS."""
+    server = start(tmp_path, "keywords")
+    try:
+        with (
+            imaplib.IMAP4("127.0.0.1", server.imap_port) as writer,
+            imaplib.IMAP4("127.0.0.1", server.imap_port) as watcher,
+            imaplib.IMAP4("127.0.0.1", server.imap_port) as reader,
+        ):
+            for client in (writer, watcher, reader):
+                client.login(ALICE, PASSWORD)
+            writer.select("INBOX")
+            watcher.select("INBOX")
+            reader.select("INBOX", readonly=True)
+            assert writer.store("1", "+FLAGS", "(Urgent2)")[0] == "OK"
+            for client, permanent in ((watcher, rb"Urgent2 \\\*"), (reader, b"")):
+                assert client.noop()[0] == "OK"
+                flags = client.untagged_responses.pop("FLAGS", [])
+                assert any(b"Urgent2" in f for f in flags), flags
+                codes = client.untagged_responses.pop("PERMANENTFLAGS", [])
+                assert any(re.search(rb"^\(.*" + permanent + rb"\)$", c) for c in codes), codes
     finally:
         server.stop()

@@ -88,6 +88,8 @@ class Selected:
     pending_expunge: set[int] = field(default_factory=set)
     # Whose uids, flags and modseqs these are when shared with other views.
     snapshot: Snapshot | None = None
+    # The keywords the client was told in FLAGS / PERMANENTFLAGS.
+    keywords: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, reader: IndexReader, box: Mailbox, readonly: bool) -> Selected:

@@ -17,7 +17,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -416,18 +416,24 @@ class Session:
         # The sessions idling on one mailbox share their view of it
         # (selected.Snapshot): the first to take a change works it out, the
         # others on the same snapshot take its result and what it said.
-        variant = (allow_expunge, "QRESYNC" in self.enabled, view.condstore)
+        variant = (allow_expunge, "QRESYNC" in self.enabled, view.condstore, view.readonly)
         lines = view.step(updates, variant)
         if lines is None:
             start = view.snapshot
             lines = self._apply_updates(view, updates, allow_expunge)
             view.remember(start, updates, variant, lines, self.user or "")
+        elif lines and lines[0].startswith("FLAGS ("):
+            # Told by the view that worked the step out: learn its keywords.
+            view.keywords = view.keywords | frozenset(lines[0][7:-1].split()) - set(SYSTEM_FLAGS)
         for line in lines:
             self.untagged(line)
 
     def _apply_updates(self, view: Selected, updates: Updates, allow_expunge: bool) -> list[str]:
         """Bring ``view`` up to ``updates``; the untagged responses that tell it."""
-        lines: list[str] = []
+        lines: list[str] = _new_keywords(
+            view,
+            [flags for _, flags, _ in updates.flags] + [flags for _, flags, _ in updates.new],
+        )
         view.note_expunged(updates.expunged)
         if allow_expunge and view.pending_expunge:
             lines += self._expunges(view, sorted(view.pending_expunge))
@@ -706,17 +712,15 @@ async def cmd_select(s: Session, cmd: Command) -> None:
         raise Bad("QRESYNC must be enabled first (rfc7162:3.2.5)")
     view.condstore = args.condstore or args.qresync is not None or "CONDSTORE" in s.enabled
     view.qresync = args.qresync is not None
-    flags = r"\Answered \Flagged \Deleted \Seen \Draft"
-    keywords = sorted({f for fl in view.flags.values() for f in fl if not f.startswith("\\")})
+    view.keywords = frozenset(f for fl in view.flags.values() for f in fl if f[:1] != "\\")
     s.untagged(f"{view.exists} EXISTS")
     if "IMAP4rev2" not in s.enabled:
         s.untagged("0 RECENT")  # rfc3501:7.3.2 (we keep no \Recent)
         unseen = next((i + 1 for i, u in enumerate(view.uids) if "\\Seen" not in view.flags[u]), 0)
         if unseen:
             s.untagged(f"OK [UNSEEN {unseen}] First unseen")
-    s.untagged(f"FLAGS ({' '.join([*flags.split(), *keywords])})")
-    permanent = "" if readonly else f"{flags} {' '.join(keywords)} \\*".replace("  ", " ")
-    s.untagged(f"OK [PERMANENTFLAGS ({permanent.strip()})] Flags permitted")
+    for line in _flags_lines(view):
+        s.untagged(line)
     s.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
     s.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
     if view.condstore:
@@ -787,6 +791,27 @@ async def cmd_subscribe(s: Session, cmd: Command) -> None:
     args: c.Subscribe = cmd.args  # type: ignore[assignment]
     await asyncio.to_thread(s.store.subscribe, _user(s), args.mailbox, cmd.name == "SUBSCRIBE")
     s.tagged(cmd.tag, "OK", f"{cmd.name} completed")
+
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def _flags_lines(view: Selected) -> list[str]:
+    """FLAGS and PERMANENTFLAGS for the keywords the view knows (rfc9051:7.3.5,
+    7.1: "\\*" says new keywords may be made; none on a read-only view)."""
+    every = " ".join([*SYSTEM_FLAGS, *sorted(view.keywords)])
+    permanent = "" if view.readonly else f"{every} \\*"
+    return [f"FLAGS ({every})", f"OK [PERMANENTFLAGS ({permanent})] Flags permitted"]
+
+
+def _new_keywords(view: Selected, flag_sets: Iterable[Sequence[str]]) -> list[str]:
+    """rfc9051:7.3.5 / rfc3501:7.2.6: a keyword the client was not told of
+    yet: the view learns it, and the FLAGS lines to send (else none)."""
+    new = {f for flags in flag_sets for f in flags if f[:1] != "\\"} - view.keywords
+    if not new:
+        return []
+    view.keywords = view.keywords | new
+    return _flags_lines(view)
 
 
 def _condstore_on(s: Session) -> None:
@@ -1227,6 +1252,8 @@ async def cmd_store(s: Session, cmd: Command) -> None:
     )
     changed = {ch.uid: ch for ch in result.changed}
     failed = set(result.failed)
+    for line in _new_keywords(view, [ch.flags for ch in result.changed]):
+        s.untagged(line)
     # The FETCH responses go out in large writes with flow control, not one
     # write per message (a STORE 1:* answers for the whole mailbox).
     out: list[str] = []
