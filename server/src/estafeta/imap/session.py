@@ -1252,8 +1252,8 @@ async def cmd_store(s: Session, cmd: Command) -> None:
     )
     changed = {ch.uid: ch for ch in result.changed}
     failed = set(result.failed)
-    for line in _new_keywords(view, [ch.flags for ch in result.changed]):
-        s.untagged(line)
+    for told in _new_keywords(view, [ch.flags for ch in result.changed]):
+        s.untagged(told)
     # The FETCH responses go out in large writes with flow control, not one
     # write per message (a STORE 1:* answers for the whole mailbox).
     out: list[str] = []
