@@ -18,11 +18,15 @@ browser on the internet would:
    comes from lists@example.test on mx1 itself: mx2 greylists the first
    message from <> of a new client for five minutes (the null sender passes
    no SPF check there, the lab publishes no SPF record for host names).
+4. alice changes her password in Roundcube's password plugin, which posts
+   it through the front to estafeta's /api/password: IMAP takes the new
+   one and refuses the old; she changes it back the same way.
 Screenshots of each step go to test-artifacts/lab-webmail/.
 """
 
 from __future__ import annotations
 
+import imaplib
 import json
 import smtplib
 import socket
@@ -95,7 +99,7 @@ def mx1(pytestconfig: pytest.Config) -> testinfra.host.Host:
     return testinfra.get_host(f"ansible://{MX1}", ansible_inventory=inventory)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roundcube]:
     home: Path = tmp_path_factory.mktemp("chromium")
     # Every name chromium asks for is mx1's address: webmail.example.test as
@@ -173,3 +177,29 @@ def test_the_certificate_check_has_a_context() -> None:
         pytest.raises(ssl.SSLCertVerificationError),
     ):
         context.wrap_socket(raw, server_hostname=WEBMAIL)
+
+
+def imap_login_works(password: str) -> bool:
+    info = MAIL_HOSTS[MX1]
+    with LabIMAP(MX1, info["address"]) as client:
+        try:
+            client.login(ALICE, password)
+        except imaplib.IMAP4.error:
+            return False
+        return True
+
+
+def test_alice_changes_her_password_in_roundcube(browser: Roundcube) -> None:
+    password = MAIL_HOSTS[MX1]["password"]
+    new = f"violet tractor {uuid.uuid4().hex[:8]}"
+    browser.login(ALICE, password)
+    browser.wait("logged in", lambda d: "_task=mail" in d.current_url)
+    try:
+        answer = browser.change_password(password, new)
+        assert "Successfully saved" in answer, answer
+        assert imap_login_works(new) and not imap_login_works(password)
+    finally:
+        # Back to the inventory's password, the same way (the session knows the new one).
+        answer = browser.change_password(new, password)
+    assert "Successfully saved" in answer, answer
+    assert imap_login_works(password)
