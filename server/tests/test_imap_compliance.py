@@ -56,6 +56,36 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
         ],
     ),
     (b"d2 STORE 2 +FLAGS (Project7)\r\n", [r"\* 2 FETCH \(", r"d2 OK"]),
+    # 2. rfc9051:6.3.7-6.3.9 subscriptions are names: SUBSCRIBE needs no
+    # mailbox, DELETE keeps the subscription, LIST (SUBSCRIBED) shows such a
+    # name as \NonExistent, plain LIST does not show it, LSUB as \Noselect.
+    (b"e1 SUBSCRIBE Nowhere/Yet\r\n", [r"e1 OK"]),
+    (b"e2 CREATE Gone\r\n", [r"e2 OK"]),
+    (b"e3 SUBSCRIBE Gone\r\n", [r"e3 OK"]),
+    (b"e4 DELETE Gone\r\n", [r"e4 OK"]),
+    (
+        b'e5 LIST (SUBSCRIBED) "" "*"\r\n',
+        [
+            r'\* LIST \(\\NonExistent \\HasNoChildren \\Subscribed\) "/" "?Gone"?\r\n',
+            r'\* LIST \(\\NonExistent \\HasNoChildren \\Subscribed\) "/" "?Nowhere/Yet"?\r\n',
+            r"e5 OK",
+        ],
+    ),
+    (b'e6 LIST "" "*"\r\n', [r"e6 OK"]),
+    (b'e7 LSUB "" "*"\r\n', [r'\* LSUB \(\\Noselect\) "/" "?Gone"?\r\n', r"e7 OK"]),
+    (b"e8 CREATE Gone\r\n", [r"e8 OK"]),
+    (
+        b'e9 LIST (SUBSCRIBED) "" Gone\r\n',
+        [r'\* LIST \(\\HasNoChildren \\Subscribed\) "/" "?Gone"?\r\n', r"e9 OK"],
+    ),
+    (b"f1 SUBSCRIBE &Jjo\r\n", [r"f1 NO \[CANNOT\]"]),
+    (b"f2 UNSUBSCRIBE Nowhere/Yet\r\n", [r"f2 OK"]),
+    (b'f3 LSUB "" Nowhere/Yet\r\n', [r"f3 OK"]),
+    # A subscribed mailbox stays subscribed under its new name.
+    (b"g1 CREATE Old\r\n", [r"g1 OK"]),
+    (b"g2 SUBSCRIBE Old\r\n", [r"g2 OK"]),
+    (b"g3 RENAME Old Renamed\r\n", [r"g3 OK"]),
+    (b'g4 LSUB "" Renamed\r\n', [r'\* LSUB \(\) "/" "?Renamed"?\r\n', r"g4 OK"]),
     (b"z1 LOGOUT\r\n", [r"\* BYE", r"z1 OK"]),
 ]
 
@@ -76,6 +106,10 @@ def test_compliance_script_whole_and_byte_by_byte(tmp_path: Path) -> None:
     assert after is not None and "HIGHESTMODSEQ" not in after.group(1)  # once only
     second = re.search(r"d1 OK[^\n]*\n(.*?)d2 OK", whole, re.DOTALL)
     assert second is not None and "* FLAGS" not in second.group(1)  # once only
+    plain = re.search(r"e5 OK[^\n]*\n(.*?)e6 OK", whole, re.DOTALL)
+    assert plain is not None and "Gone" not in plain.group(1) and "Nowhere" not in plain.group(1)
+    gone = re.search(r"f2 OK[^\n]*\n(.*?)f3 OK", whole, re.DOTALL)
+    assert gone is not None and "LSUB" not in gone.group(1)  # unsubscribed
     listed = re.search(r"b1 NO[^\n]*\n(.*?)b2 OK", whole, re.DOTALL)
     assert listed is not None and "* LIST" not in listed.group(1)  # an empty LIST
     assert "Traceback" not in whole_server.log_text() + bytes_server.log_text()

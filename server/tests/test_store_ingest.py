@@ -268,8 +268,54 @@ def test_schema_6_gets_the_pending_table(tmp_path: Path) -> None:
     conn.close()
     conn = index.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 8
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 9
         assert conn.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+def test_schema_8_subscriptions_move_to_their_table(tmp_path: Path) -> None:
+    """Version 9 keeps subscriptions as names (rfc9051:6.3.9): the
+    mailboxes an older index marked subscribed are the subscriptions."""
+    path = tmp_path / "index.db"
+    conn = index.connect(path)
+    conn.execute("DROP TABLE subscriptions")
+    conn.execute("UPDATE mailboxes SET subscribed = (name IN ('INBOX', 'Sent'))")
+    conn.execute("PRAGMA user_version=8")
+    conn.close()
+    conn = index.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 9
+        assert index.subscriptions(conn) == ["INBOX", "Sent"]
+        assert {b.name for b in index.mailboxes(conn) if b.subscribed} == {"INBOX", "Sent"}
+    finally:
+        conn.close()
+    # A new index: its first mailboxes are subscribed.
+    fresh = index.connect(tmp_path / "fresh.db")
+    try:
+        assert index.subscriptions(fresh) == sorted(n for n, _ in index.DEFAULT_MAILBOXES)
+    finally:
+        fresh.close()
+
+
+def test_subscriptions_are_bounded_and_checked(tmp_path: Path) -> None:
+    from estafeta.store import operations
+
+    conn = index.connect(tmp_path / "index.db")
+    try:
+        conn.execute("DELETE FROM subscriptions")
+        operations.subscribe(conn, "inbox", True, max_subscriptions=2)  # canonical: INBOX
+        operations.subscribe(conn, "Later/On", True, max_subscriptions=2)
+        operations.subscribe(conn, "Later/On", True, max_subscriptions=2)  # again: no change
+        with pytest.raises(operations.MailboxError) as limit:
+            operations.subscribe(conn, "Third", True, max_subscriptions=2)
+        assert limit.value.code == "LIMIT"
+        with pytest.raises(operations.MailboxError) as bad:
+            operations.subscribe(conn, "a//b", True, max_subscriptions=9)
+        assert bad.value.code == "CANNOT"
+        operations.subscribe(conn, "Nothing", False, max_subscriptions=2)  # not subscribed: fine
+        operations.subscribe(conn, "Later/On", False, max_subscriptions=2)
+        assert index.subscriptions(conn) == ["INBOX"]
     finally:
         conn.close()
 

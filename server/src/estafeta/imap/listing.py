@@ -25,6 +25,9 @@ class Box:
     name: str
     special_use: str | None = None
     subscribed: bool = False
+    # False for a subscribed name no mailbox has (rfc9051:6.3.9: listed by
+    # LIST (SUBSCRIBED) with \NonExistent, by LSUB with \Noselect).
+    exists: bool = True
 
 
 @dataclass
@@ -204,6 +207,8 @@ def list_mailboxes(
     special_only = "SPECIAL-USE" in selection
     recursive = "RECURSIVEMATCH" in selection
 
+    if not subscribed_only:
+        boxes = [box for box in boxes if box.exists]
     by_name = {box.name: box for box in boxes}
     # Names with inferiors, real or not (rfc3348 \HasChildren), and those
     # with a subscribed inferior (rfc5258:3.5 CHILDINFO).
@@ -223,8 +228,9 @@ def list_mailboxes(
     def attributes(name: str) -> list[str]:
         attrs: list[str] = []
         box = by_name.get(name)
-        if box is None:
-            # Names that only exist as parents of others (rfc5258:3).
+        if box is None or not box.exists:
+            # Names that only exist as parents of others (rfc5258:3), and
+            # subscribed names without a mailbox (rfc9051:6.3.9).
             attrs.append("\\NonExistent")
         attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
         if box is not None and box.subscribed and (subscribed_only or "SUBSCRIBED" in returns):
@@ -258,11 +264,12 @@ def lsub(boxes: Sequence[Box], reference: str, pattern: str) -> list[Entry]:
     returned with \\Noselect."""
     matcher = Matcher(reference, [pattern])  # PatternLimit beyond the bounds
     subscribed = {box.name for box in boxes if box.subscribed}
+    missing = {box.name for box in boxes if box.subscribed and not box.exists}
     result: dict[str, Entry] = {}
     for name in subscribed:
         for each in matcher.levels(name):
             if each in subscribed:
-                result[each] = Entry(each, [])
+                result[each] = Entry(each, ["\\Noselect"] if each in missing else [])
             elif each not in result:
                 result[each] = Entry(each, ["\\Noselect"])
     return sorted(result.values(), key=lambda e: e.name)

@@ -690,8 +690,15 @@ async def cmd_namespace(s: Session, cmd: Command) -> None:
     s.tagged(cmd.tag, "OK", "NAMESPACE completed")
 
 
-def _boxes(s: Session) -> list[Mailbox]:
-    return s.index().mailboxes()
+def _list_boxes(s: Session) -> tuple[list[Mailbox], list[Box]]:
+    """The mailboxes, and as listing Boxes with the subscribed names no
+    mailbox has (rfc9051:6.3.9)."""
+    reader = s.index()
+    rows = reader.mailboxes()
+    boxes = [Box(b.name, b.special_use, b.subscribed) for b in rows]
+    have = {box.name for box in boxes}
+    boxes += [Box(n, None, True, exists=False) for n in reader.subscriptions() if n not in have]
+    return rows, boxes
 
 
 async def cmd_select(s: Session, cmd: Command) -> None:
@@ -789,6 +796,8 @@ async def cmd_rename(s: Session, cmd: Command) -> None:
 
 async def cmd_subscribe(s: Session, cmd: Command) -> None:
     args: c.Subscribe = cmd.args  # type: ignore[assignment]
+    if cmd.name == "SUBSCRIBE":
+        _refuse_unencoded(args.mailbox)
     await asyncio.to_thread(s.store.subscribe, _user(s), args.mailbox, cmd.name == "SUBSCRIBE")
     s.tagged(cmd.tag, "OK", f"{cmd.name} completed")
 
@@ -860,8 +869,7 @@ async def _match(
 
 async def cmd_list(s: Session, cmd: Command) -> None:
     args: c.List = cmd.args  # type: ignore[assignment]
-    rows = _boxes(s)
-    boxes = [Box(b.name, b.special_use, b.subscribed) for b in rows]
+    rows, boxes = _list_boxes(s)
     if not args.patterns or args.patterns == ("",):
         # rfc9051:6.3.9: an empty pattern asks for the delimiter.
         s.untagged('LIST (\\Noselect) "/" ""')
@@ -891,7 +899,7 @@ async def cmd_list(s: Session, cmd: Command) -> None:
 
 async def cmd_lsub(s: Session, cmd: Command) -> None:
     args: c.Lsub = cmd.args  # type: ignore[assignment]
-    boxes = [Box(b.name, b.special_use, b.subscribed) for b in _boxes(s)]
+    _, boxes = _list_boxes(s)
     entries = await _match(
         boxes, args.reference, [args.pattern], lambda: lsub(boxes, args.reference, args.pattern)
     )

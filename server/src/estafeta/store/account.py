@@ -512,7 +512,11 @@ class Store:
 
     def subscribe(self, address: str, name: str, subscribed: bool) -> None:
         self._account_op(
-            address, lambda a: operations.subscribe(a.conn, name, subscribed), changes_mail=False
+            address,
+            lambda a: operations.subscribe(
+                a.conn, name, subscribed, max_subscriptions=self.max_mailboxes
+            ),
+            changes_mail=False,
         )
 
     async def append(
@@ -1156,6 +1160,9 @@ class Store:
             for directory in sorted(folders):
                 name = maildir.mailbox_name(directory)
                 special, subscribed, _, highest = settings.get(name, (None, True, 0, 0))
+                if name not in settings:
+                    # A folder the index did not know: subscribed, as before.
+                    conn.execute("INSERT OR IGNORE INTO subscriptions (name) VALUES (?)", (name,))
                 conn.execute(
                     "INSERT INTO mailboxes (id, name, dir, uidvalidity, uidnext, highestmodseq,"
                     " special_use, subscribed) VALUES (?, ?, ?, ?, 1, ?, ?, ?)",

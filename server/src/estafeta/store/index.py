@@ -24,7 +24,7 @@ from estafeta.store import fulltext
 from estafeta.store.maildir import mailbox_dir, sort_key
 from estafeta.store.names import canonical
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -159,6 +159,16 @@ _SCHEMA_V8 = """
 ALTER TABLE messages ADD COLUMN saved INTEGER
 """
 
+# Version 9: subscriptions are names, not a property of a mailbox
+# (rfc9051:6.3.7-6.3.9): a name may be subscribed without a mailbox (a
+# deleted one stays subscribed; SUBSCRIBE needs none). The mailboxes'
+# ``subscribed`` column is no longer read: Mailbox.subscribed comes from here.
+_SCHEMA_V9 = """
+CREATE TABLE IF NOT EXISTS subscriptions (
+    name TEXT PRIMARY KEY
+)
+"""
+
 # The search columns, in the order of searchtext.search_columns.
 SEARCH_COLUMNS = ("s_subject", "s_hsubject", "s_from", "s_to", "s_cc", "s_bcc")
 
@@ -251,6 +261,12 @@ def _create(conn: sqlite3.Connection) -> None:
             if "saved" not in columns:  # a version 8 file marked older (tests do)
                 _run_script(conn, _SCHEMA_V8)
             _fill_v8(conn)
+        if version <= 8:
+            _run_script(conn, _SCHEMA_V9)
+            conn.execute(
+                "INSERT OR IGNORE INTO subscriptions (name)"
+                " SELECT name FROM mailboxes WHERE subscribed = 1"
+            )
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -319,7 +335,15 @@ def _mailbox(row: tuple[Any, ...]) -> Mailbox:
     )
 
 
-_MAILBOX_COLUMNS = "id, name, dir, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+_MAILBOX_COLUMNS = (
+    "id, name, dir, uidvalidity, uidnext, highestmodseq, special_use,"
+    " EXISTS (SELECT 1 FROM subscriptions WHERE subscriptions.name = mailboxes.name)"
+)
+
+
+def subscriptions(conn: sqlite3.Connection) -> list[str]:
+    """The subscribed names, whether or not a mailbox has them."""
+    return [str(row[0]) for row in conn.execute("SELECT name FROM subscriptions ORDER BY name")]
 
 
 def mailboxes(conn: sqlite3.Connection) -> list[Mailbox]:

@@ -665,6 +665,10 @@ def rename_mailbox(
                 conn.execute(
                     "UPDATE mailboxes SET name = ?, dir = ? WHERE id = ?", (name, directory, box.id)
                 )
+                # A subscribed mailbox stays subscribed under its new name.
+                moved = conn.execute("DELETE FROM subscriptions WHERE name = ?", (box.name,))
+                if moved.rowcount:
+                    conn.execute("INSERT OR IGNORE INTO subscriptions (name) VALUES (?)", (name,))
                 conn.execute(
                     "UPDATE messages SET file = ? || substr(file, ?) WHERE mailbox_id = ?",
                     (directory, len(box.dir) + 1, box.id),
@@ -710,16 +714,25 @@ def _rename_inbox(
         raise
 
 
-def subscribe(conn: sqlite3.Connection, name: str, subscribed: bool) -> None:
-    """rfc9051:6.3.7/6.3.8: SUBSCRIBE needs the mailbox; UNSUBSCRIBE of a
-    name that is not there does nothing."""
+def subscribe(
+    conn: sqlite3.Connection, name: str, subscribed: bool, *, max_subscriptions: int
+) -> None:
+    """rfc9051:6.3.7/6.3.8: a subscription is a name; it needs no mailbox
+    (one may be created later, or was deleted: the name stays subscribed).
+    The name must be one a mailbox could have; at most ``max_subscriptions``
+    names (LIMIT). UNSUBSCRIBE of a name not subscribed does nothing."""
+    name = names.canonical(name)
     with transaction(conn):
-        box = index.mailbox(conn, name)
-        if box is None:
-            if subscribed:
-                raise MailboxError(f"no mailbox {name!r}", "NONEXISTENT")
+        if not subscribed:
+            conn.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
             return
-        conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?", (int(subscribed), box.id))
+        if index.mailbox(conn, name) is None:
+            name = names.check_name(name)  # CANNOT / LIMIT for a name never possible
+        count = conn.execute("SELECT count(*) FROM subscriptions").fetchone()[0]
+        known = conn.execute("SELECT 1 FROM subscriptions WHERE name = ?", (name,)).fetchone()
+        if known is None and count >= max_subscriptions:
+            raise MailboxError(f"too many subscriptions (at most {max_subscriptions})", "LIMIT")
+        conn.execute("INSERT OR IGNORE INTO subscriptions (name) VALUES (?)", (name,))
 
 
 # -- the journal --------------------------------------------------------------

@@ -69,6 +69,8 @@ class IndexReader(Protocol):
 
     def mailbox(self, name: str) -> Mailbox | None: ...
 
+    def subscriptions(self) -> list[str]: ...
+
     def highestmodseq(self, mailbox_id: int) -> int | None: ...
 
     def flag_rows(self, mailbox_id: int, since: int | None = None) -> list[FlagRow]: ...
@@ -137,6 +139,9 @@ class SqliteReader:
 
     def mailbox(self, name: str) -> Mailbox | None:
         return index.mailbox(self.conn, name)
+
+    def subscriptions(self) -> list[str]:
+        return index.subscriptions(self.conn)
 
     def highestmodseq(self, mailbox_id: int) -> int | None:
         row = self.conn.execute(
