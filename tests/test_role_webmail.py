@@ -489,9 +489,30 @@ def test_roundcube_under_a_path(site: Site) -> None:
         assert https_get(site, path)[0] == 404, path
 
 
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
 def reload_nginx(site: Site, path: str) -> None:
-    site.processes["nginx"].send_signal(signal.SIGHUP)  # reload, as systemctl reload does
+    """Reload as systemctl reload does, and wait until the old workers are
+    gone: until then a new connection may still reach one of them and get
+    the old configuration's answer."""
+    master = site.processes["nginx"]
+    old = _children(master.pid)
+    master.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 30
+    while old & _children(master.pid):
+        assert time.monotonic() < deadline, "nginx's old workers did not stop"
+        time.sleep(0.05)
     while (status := https_get(site, path)[0]) != 200:
         assert time.monotonic() < deadline, f"{path} answers {status}"
         time.sleep(0.1)
