@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_imap_transcript import ALICE, PLAIN, run_script, start
+from test_imap_transcript import ALICE, PLAIN, deliver, run_script, start
 
 from conftest import PASSWORD
 
@@ -33,9 +33,35 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
     (b"b4 RENAME imaptest &AGE-\r\n", [r"b4 NO \[CANNOT\]"]),
     (b"b5 STATUS &Jjo (MESSAGES)\r\n", [r"b5 NO \[NONEXISTENT\]"]),
     (b"b6 NOOP\r\n", [r"b6 OK"]),  # still connected
+    # 4. rfc3501:2.3.2 \Recent: a message is recent to the first read-write
+    # session told of it. EXAMINE sees them and leaves them (rfc3501:6.3.2).
+    (b"r1 EXAMINE INBOX\r\n", [r"\* 2 EXISTS\r\n\* 2 RECENT\r\n", r"r1 OK \[READ-ONLY\]"]),
+    (
+        b"r2 FETCH 1:2 FLAGS\r\n",
+        [r"\* 1 FETCH \(FLAGS \(\\Recent\)\)", r"\* 2 FETCH \(FLAGS \(\\Recent\)\)", r"r2 OK"],
+    ),
+    (b"r3 SEARCH NEW\r\n", [r"\* SEARCH 1 2\r\n", r"r3 OK"]),
+    (b"r4 CLOSE\r\n", [r"r4 OK"]),
+    (b"r5 STATUS INBOX (MESSAGES RECENT)\r\n", [r"\(MESSAGES 2 RECENT 2\)", r"r5 OK"]),
+    (b"r6 SELECT INBOX\r\n", [r"\* 2 EXISTS\r\n\* 2 RECENT\r\n", r"r6 OK \[READ-WRITE\]"]),
+    (
+        b"r7 STORE 1 +FLAGS (\\Seen)\r\n",
+        [r"\* 1 FETCH \(UID 1 FLAGS \(\\Recent \\Seen\)\)", r"r7 OK"],
+    ),
+    (b"r8 STORE 1 -FLAGS (\\Recent)\r\n", [r"r8 BAD"]),  # rfc3501:2.3.2: not the client's
+    (b"r9 SEARCH NEW\r\n", [r"\* SEARCH 2\r\n", r"r9 OK"]),
+    (b"s1 SEARCH OLD\r\n", [r"\* SEARCH\r\n", r"s1 OK"]),
+    # rfc3501:6.3.11: APPEND to the selected mailbox: this session is told
+    # of it first, and takes it.
+    (
+        b"s2 APPEND INBOX {18+}\r\nSubject: third\r\n\r\n\r\n",
+        [r"\* 3 EXISTS\r\n\* 3 RECENT\r\n", r"s2 OK"],
+    ),
+    (b"s3 UID SEARCH RECENT\r\n", [r"\* SEARCH 1 2 3\r\n", r"s3 OK"]),
+    (b"s4 STATUS INBOX (RECENT)\r\n", [r"\(RECENT 0\)", r"s4 OK"]),
     # 5. rfc7162:3.1 the first CONDSTORE enabling command while a mailbox is
     # selected sends its HIGHESTMODSEQ; later ones do not.
-    (b"c1 SELECT INBOX\r\n", [r"\* 2 EXISTS", r"c1 OK"]),
+    (b"c1 SELECT INBOX\r\n", [r"\* 3 EXISTS\r\n\* 0 RECENT\r\n", r"c1 OK"]),
     (
         b"c2 FETCH 1 (MODSEQ)\r\n",
         [r"\* OK \[HIGHESTMODSEQ \d+\]", r"\* 1 FETCH \(MODSEQ \(\d+\)\)", r"c2 OK"],
@@ -157,5 +183,92 @@ def test_a_new_keyword_is_announced_to_other_sessions(tmp_path: Path) -> None:
                 assert any(b"Urgent2" in f for f in flags), flags
                 codes = client.untagged_responses.pop("PERMANENTFLAGS", [])
                 assert any(re.search(rb"^\(.*" + permanent + rb"\)$", c) for c in codes), codes
+    finally:
+        server.stop()
+
+
+def _recent(client: imaplib.IMAP4) -> list[bytes]:
+    return client.untagged_responses.pop("RECENT", [])  # type: ignore[return-value]
+
+
+def test_recent_goes_to_the_first_session_told(tmp_path: Path) -> None:
+    """4. rfc3501:2.3.2 between sessions: a delivery or APPEND is recent to
+    the session that hears of it first, a COPY is recent in its target
+    (rfc3501:6.4.7), a later session sees none of them as recent."""
+    server = start(tmp_path, "recent")
+    try:
+        with (
+            imaplib.IMAP4("127.0.0.1", server.imap_port) as first,
+            imaplib.IMAP4("127.0.0.1", server.imap_port) as other,
+        ):
+            for client in (first, other):
+                client.login(ALICE, PASSWORD)
+            first.select("INBOX")
+            assert _recent(first) == [b"2"]
+            assert other.append("INBOX", "", None, b"Subject: x\r\n\r\nhi\r\n")[0] == "OK"
+            first.noop()
+            assert _recent(first) == [b"3"]
+            assert first.fetch("3", "(FLAGS)")[1] == [b"3 (FLAGS (\\Recent))"]
+            other.select("INBOX")
+            assert _recent(other) == [b"0"]
+            assert other.fetch("1:3", "(FLAGS)")[1] == [
+                b"1 (FLAGS ())",
+                b"2 (FLAGS ())",
+                b"3 (FLAGS ())",
+            ]
+            # A COPY into a mailbox another session has selected.
+            first.select("Archive")
+            assert _recent(first) == [b"0"]
+            assert other.copy("1:2", "Archive")[0] == "OK"
+            first.noop()
+            assert first.untagged_responses.pop("EXISTS", [])[-1] == b"2"
+            assert _recent(first) == [b"2"]
+            flags = first.fetch("1:2", "(FLAGS)")[1]
+            assert flags == [b"1 (FLAGS (\\Recent))", b"2 (FLAGS (\\Recent))"], flags
+            assert other.status("Archive", "(RECENT)")[1] == [b'"Archive" (RECENT 0)']
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log_text()
+
+
+def test_imap4rev2_sessions_neither_see_nor_take_recent(tmp_path: Path) -> None:
+    """rfc9051 has no \\Recent (appendix E): no RECENT response, no flag,
+    and the messages stay recent for the next IMAP4rev1 session."""
+    server = start(tmp_path, "rev2")
+    try:
+        with imaplib.IMAP4("127.0.0.1", server.imap_port) as modern:
+            modern.login(ALICE, PASSWORD)
+            modern.enable("IMAP4rev2")
+            modern.select("INBOX")
+            assert _recent(modern) == []
+            assert modern.fetch("1:2", "(FLAGS)")[1] == [b"1 (FLAGS ())", b"2 (FLAGS ())"]
+        with imaplib.IMAP4("127.0.0.1", server.imap_port) as older:
+            older.login(ALICE, PASSWORD)
+            older.select("INBOX")
+            assert _recent(older) == [b"2"]
+    finally:
+        server.stop()
+
+
+def test_recent_claims_outlive_a_restart(tmp_path: Path) -> None:
+    """What a session took is written to the index: after a restart the
+    messages are no longer recent; what came in meanwhile is."""
+    server = start(tmp_path, "restart")
+    try:
+        with imaplib.IMAP4("127.0.0.1", server.imap_port) as client:
+            client.login(ALICE, PASSWORD)
+            client.select("INBOX")
+            assert _recent(client) == [b"2"]
+        server.stop()
+        server.start()
+        deliver(server.port)
+        with imaplib.IMAP4("127.0.0.1", server.imap_port) as client:
+            client.login(ALICE, PASSWORD)
+            assert client.status("INBOX", "(MESSAGES RECENT)")[1] == [
+                b'"INBOX" (MESSAGES 4 RECENT 2)'
+            ]
+            client.select("INBOX")
+            assert _recent(client) == [b"2"]
+            assert client.search(None, "RECENT")[1] == [b"3 4"]
     finally:
         server.stop()

@@ -16,6 +16,7 @@ gone.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +121,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
             conn.commit()
         finally:
             conn.close()
+        # A session was told of the first 30: those above are \Recent to an
+        # IMAP4rev1 session (rfc3501:2.3.2). The scripts EXAMINE, so that
+        # each run sees the same ones (a SELECT would take them).
+        s.claim_recent(ALICE, 1, 30)
         yield s
 
 
@@ -167,7 +172,7 @@ async def transcript(store: Store, lines: list[bytes], fast: bool) -> list[bytes
 
 
 SCRIPT = [
-    b"a SELECT INBOX",
+    b"a EXAMINE INBOX",
     b"b FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)",
     b"c FETCH 1:* ALL",
     b"d FETCH 1:* FAST",
@@ -226,12 +231,20 @@ def test_fast_path_sends_the_same_bytes_as_the_general_path(
     changed = replies[b"p UID FETCH 1:* (FLAGS) (CHANGEDSINCE 2)"]
     assert changed.count(b" FETCH (UID ") == 3 and b"* 6 FETCH (UID 9 FLAGS (" in changed
     assert replies[b"j UID FETCH 1000:2000 (UID)"] == b"j OK UID FETCH completed\r\n"
+    # \Recent above UID 30 for IMAP4rev1, in both paths (compared above).
+    recent = b"\\Recent" in replies[b"o FETCH 1:* (FLAGS)"]
+    assert recent == (b"IMAP4rev2" not in enable)
+    if recent:
+        flags = replies[b"f UID FETCH 1:* FLAGS"]
+        assert re.search(rb"\* 26 FETCH \(UID 30 FLAGS \((?!\\Recent)", flags)
+        assert re.search(rb"\* 27 FETCH \(UID 31 FLAGS \(\\Recent[ )]", flags)
+        assert flags.count(b"\\Recent") == 54 - 26
 
 
 def test_vanished_and_changedsince_take_the_fast_path(store: Store) -> None:
     script = [
         b"a ENABLE QRESYNC",
-        b"b SELECT INBOX",
+        b"b EXAMINE INBOX",
         b"c UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)",
         b"d UID FETCH 30:* (UID ENVELOPE) (CHANGEDSINCE 1 VANISHED)",
         b"e UID FETCH 1:* (FLAGS) (CHANGEDSINCE 2 VANISHED)",

@@ -60,6 +60,7 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
         [
             r"\* OK \[CLOSED\]",
             r"\* 2 EXISTS",
+            r"\* 2 RECENT",  # rfc3501:2.3.2: the first session to see them
             r"\* OK \[UIDVALIDITY \d+\]",
             r"\* OK \[HIGHESTMODSEQ \d+\]",
             r"c2 OK \[READ-WRITE\]",
@@ -67,7 +68,11 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
     ),
     (
         b"c3 FETCH 1:2 (UID FLAGS RFC822.SIZE)\r\n",
-        [r"\* 1 FETCH \(UID 1 FLAGS \(\) RFC822.SIZE \d+\)", r"\* 2 FETCH \(UID 2 ", r"c3 OK"],
+        [
+            r"\* 1 FETCH \(UID 1 FLAGS \(\\Recent\) RFC822.SIZE \d+\)",
+            r"\* 2 FETCH \(UID 2 ",
+            r"c3 OK",
+        ],
     ),
     (
         b"c4 FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n",
@@ -75,7 +80,7 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
     ),
     (
         b"c5 FETCH 1 (BODY[TEXT]<0.5>)\r\n",
-        [r"BODY\[TEXT\]<0> (\{5\}\r\nhello|\"hello\")", r"FLAGS \(\\Seen\)", r"c5 OK"],
+        [r"BODY\[TEXT\]<0> (\{5\}\r\nhello|\"hello\")", r"FLAGS \(\\Recent \\Seen\)", r"c5 OK"],
     ),
     (
         b"c6 FETCH 2 (ENVELOPE BODYSTRUCTURE)\r\n",
@@ -88,7 +93,7 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
     (b"c7 STORE 2 +FLAGS.SILENT (\\Flagged)\r\n", [r"\* 2 FETCH \(MODSEQ \(\d+\)\)", r"c7 OK"]),
     (
         b"c8 STORE 1 +FLAGS (\\Answered)\r\n",
-        [r"\* 1 FETCH \(UID 1 FLAGS \(\\Seen \\Answered\)", r"c8 OK"],
+        [r"\* 1 FETCH \(UID 1 FLAGS \(\\Recent \\Seen \\Answered\)", r"c8 OK"],
     ),
     (b"c9 STORE 1,2 (UNCHANGEDSINCE 1) +FLAGS (x)\r\n", [r"c9 OK \[MODIFIED 1:2\]"]),
     (
@@ -105,7 +110,7 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
     (b"d9 CHECK\r\n", [r"d9 OK"]),
     (b"e1 GETQUOTAROOT INBOX\r\n", [r'\* QUOTAROOT "?INBOX"? ""', r'\* QUOTA "" \(', r"e1 OK"]),
     (b'e2 GETQUOTA ""\r\n', [r'\* QUOTA "" \(', r"e2 OK"]),
-    (b"e3 SELECT Archive\r\n", [r"\* 1 EXISTS", r"e3 OK"]),
+    (b"e3 SELECT Archive\r\n", [r"\* 1 EXISTS", r"\* 1 RECENT", r"e3 OK"]),
     (b"e4 UNSELECT\r\n", [r"e4 OK"]),
     (b"e5 FETCH 1 FLAGS\r\n", [r"e5 BAD"]),  # nothing selected
     (b"e6 SELECT Trash\r\n", [r"\* 1 EXISTS", r"e6 OK"]),

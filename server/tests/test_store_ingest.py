@@ -268,7 +268,7 @@ def test_schema_6_gets_the_pending_table(tmp_path: Path) -> None:
     conn.close()
     conn = index.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 9
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 10
         assert conn.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
     finally:
         conn.close()
@@ -285,7 +285,7 @@ def test_schema_8_subscriptions_move_to_their_table(tmp_path: Path) -> None:
     conn.close()
     conn = index.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 9
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 10
         assert index.subscriptions(conn) == ["INBOX", "Sent"]
         assert {b.name for b in index.mailboxes(conn) if b.subscribed} == {"INBOX", "Sent"}
     finally:
@@ -296,6 +296,25 @@ def test_schema_8_subscriptions_move_to_their_table(tmp_path: Path) -> None:
         assert index.subscriptions(fresh) == sorted(n for n, _ in index.DEFAULT_MAILBOXES)
     finally:
         fresh.close()
+
+
+def test_schema_9_makes_nothing_recent(tmp_path: Path) -> None:
+    """Version 10 keeps the UIDs given out as \\Recent (rfc3501:2.3.2): an
+    older index counts every message it holds as seen by a session, so an
+    upgrade does not show a whole mailbox as new."""
+    path = tmp_path / "index.db"
+    conn = index.connect(path)
+    conn.execute("ALTER TABLE mailboxes DROP COLUMN recent_uid")
+    conn.execute("UPDATE mailboxes SET uidnext = 8 WHERE name = 'INBOX'")
+    conn.execute("PRAGMA user_version=9")
+    conn.close()
+    conn = index.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION
+        recent = {b.name: b.recent_uid for b in index.mailboxes(conn)}
+        assert recent["INBOX"] == 7 and recent["Sent"] == 0
+    finally:
+        conn.close()
 
 
 def test_subscriptions_are_bounded_and_checked(tmp_path: Path) -> None:

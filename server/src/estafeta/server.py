@@ -48,6 +48,7 @@ from estafeta.delivery.local import LocalDelivery
 from estafeta.delivery.route import Router
 from estafeta.delivery.rules import Rules
 from estafeta.dns import DNSPythonResolver
+from estafeta.imap import recent
 from estafeta.imap.session import Session, Settings
 from estafeta.log import log_event
 from estafeta.managesieve import listener as managesieve
@@ -874,7 +875,8 @@ class Server:
         if self._runner_task is not None:
             await self._runner_task
         await self.retention.stop()  # a run in progress ends after its batch
-        # Queued deliveries finish before the store closes.
+        # Queued deliveries and \Recent claims finish before the store closes.
+        await recent.claims(self.store).drain()
         await asyncio.to_thread(self.store.stop)
         self.queue.close()
         # Password checks still running finish before the accounts close.

@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from estafeta.imap.recent import Claim, RecentSet
 from estafeta.imap.types import SequenceSet
 from estafeta.store import Mailbox
 from estafeta.store.reader import IndexReader
@@ -90,6 +91,13 @@ class Selected:
     snapshot: Snapshot | None = None
     # The keywords the client was told in FLAGS / PERMANENTFLAGS.
     keywords: frozenset[str] = frozenset()
+    # rfc3501:2.3.2 \Recent (estafeta.imap.recent): the UIDs this session
+    # holds as recent and the mailbox's claim; None in IMAP4rev2 sessions.
+    recent: RecentSet | None = None
+    claim: Claim | None = None
+
+    def is_recent(self, uid: int) -> bool:
+        return self.recent is not None and uid in self.recent
 
     @classmethod
     def load(cls, reader: IndexReader, box: Mailbox, readonly: bool) -> Selected:

@@ -42,6 +42,7 @@ from estafeta.imap.parser import (
     UnencodedName,
     encode_mutf7,
 )
+from estafeta.imap.recent import RecentSet, claims
 from estafeta.imap.selected import Selected, Updates
 from estafeta.imap.stream import ResponseStream
 from estafeta.imap.types import FetchAtt, SearchKey
@@ -416,7 +417,10 @@ class Session:
         # The sessions idling on one mailbox share their view of it
         # (selected.Snapshot): the first to take a change works it out, the
         # others on the same snapshot take its result and what it said.
-        variant = (allow_expunge, "QRESYNC" in self.enabled, view.condstore, view.readonly)
+        recent_key = None if view.recent is None else view.recent.key()
+        variant = (
+            allow_expunge, "QRESYNC" in self.enabled, view.condstore, view.readonly, recent_key
+        )  # fmt: skip
         lines = view.step(updates, variant)
         if lines is None:
             start = view.snapshot
@@ -427,6 +431,10 @@ class Session:
             view.keywords = view.keywords | frozenset(lines[0][7:-1].split()) - set(SYSTEM_FLAGS)
         for line in lines:
             self.untagged(line)
+        if updates.new and view.recent is not None and _take_recent(self, view):
+            # rfc3501:7.3.2: RECENT when the number grows (this session's
+            # own: never in the lines shared with other views).
+            self.untagged(f"{view.recent.count_in(view.uids)} RECENT")
 
     def _apply_updates(self, view: Selected, updates: Updates, allow_expunge: bool) -> list[str]:
         """Bring ``view`` up to ``updates``; the untagged responses that tell it."""
@@ -461,6 +469,8 @@ class Session:
         return [f"{seq} EXPUNGE" for seq in view.apply_expunge(uids)]
 
     def _flags_fetch(self, seq: int, uid: int, flags: Sequence[str], modseq: int) -> str:
+        if self.selected is not None and self.selected.is_recent(uid):
+            flags = ("\\Recent", *flags)  # rfc3501:2.3.2
         parts = [f"UID {uid}", f"FLAGS ({' '.join(flags)})"]
         if self.selected is not None and self.selected.condstore:
             parts.append(f"MODSEQ ({modseq})")
@@ -672,6 +682,8 @@ async def cmd_enable(s: Session, cmd: Command) -> None:
         s.enabled.add("CONDSTORE")  # rfc7162:3.2.3 QRESYNC implies CONDSTORE
     if "UTF8=ACCEPT" in s.enabled:
         s.parser.set_utf8(True)
+    if "IMAP4rev2" in newly and s.selected is not None:
+        s.selected.recent = None  # rfc9051 has no \Recent
     # rfc5161:3.1: ENABLED lists what this command enabled.
     s.untagged("ENABLED" + "".join(f" {n}" for n in newly))
     if "CONDSTORE" in s.enabled:
@@ -712,6 +724,9 @@ async def cmd_select(s: Session, cmd: Command) -> None:
     box = s.index().mailbox(args.mailbox)
     if box is None:
         raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
+    # Taken with the row read, before waiting: held from now on, the claim
+    # stays what the index said unless a session claims more (recent.Claims.get).
+    claim = claims(s.store).get(_user(s), box.id, box.recent_uid)
     # Loading a big mailbox takes a while (0.3 s for 100,000 messages): do it
     # on a connection of its own in a thread, so other sessions go on.
     view = await asyncio.to_thread(_load_view, s.store, _user(s), box, readonly)
@@ -722,7 +737,9 @@ async def cmd_select(s: Session, cmd: Command) -> None:
     view.keywords = frozenset(f for fl in view.flags.values() for f in fl if f[:1] != "\\")
     s.untagged(f"{view.exists} EXISTS")
     if "IMAP4rev2" not in s.enabled:
-        s.untagged("0 RECENT")  # rfc3501:7.3.2 (we keep no \Recent)
+        view.recent, view.claim = RecentSet(), claim
+        _take_recent(s, view)
+        s.untagged(f"{view.recent.count_in(view.uids)} RECENT")  # rfc3501:7.3.2
         unseen = next((i + 1 for i, u in enumerate(view.uids) if "\\Seen" not in view.flags[u]), 0)
         if unseen:
             s.untagged(f"OK [UNSEEN {unseen}] First unseen")
@@ -738,6 +755,27 @@ async def cmd_select(s: Session, cmd: Command) -> None:
     if args.qresync is not None:
         _qresync_report(s, view, args.qresync)
     s.tagged(cmd.tag, "OK", f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE")
+
+
+def _take_recent(s: Session, view: Selected) -> bool:
+    """rfc3501:2.3.2: the messages of the view no session was given as
+    \\Recent yet become this session's; a read-only session sees them as
+    recent and leaves them for the next one (estafeta.imap.recent). Whether
+    this session got any."""
+    if view.recent is None or view.claim is None or not view.uids:
+        return False
+    top = view.uids[-1]
+    if view.readonly:
+        low = max(view.claim.up_to, view.recent.ranges[-1][1] if view.recent else 0) + 1
+        if top < low:
+            return False
+        view.recent.add(low, top)
+        return True
+    taken = claims(s.store).take(view.claim, top, s.store.claim_recent, _user(s), view.box.id)
+    if taken is None:
+        return False
+    view.recent.add(*taken)
+    return True
 
 
 def _load_view(store: Store, user: str, box: Mailbox, readonly: bool) -> Selected:
@@ -924,7 +962,9 @@ def _status_line(s: Session, box: Mailbox, items: Sequence[str]) -> bytes:
         elif item == "UIDVALIDITY":
             value = box.uidvalidity
         elif item == "RECENT":
-            value = 0
+            # rfc3501:6.3.10: messages no session was given as \Recent.
+            claimed = claims(s.store).claimed(_user(s), box.id, box.recent_uid)
+            value = reader.count_above(box.id, claimed)
         elif item == "HIGHESTMODSEQ":
             value = box.highestmodseq
         elif item == "APPENDLIMIT":
@@ -1117,6 +1157,8 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
                 if args.changedsince is not None and modseq <= args.changedsince:
                     continue
                 flags, modseq = new_flags.get(uid, (tuple(flag_text.split()), modseq))
+                if view.is_recent(uid):
+                    flags = ("\\Recent", *flags)  # rfc3501:2.3.2
                 message = fetch_module.MessageData(
                     uid=uid,
                     flags=flags,
@@ -1208,6 +1250,11 @@ async def _fetch_from_rows(
                 rows = row_format.with_envelopes(_fetch_rows(s, view.box.id, chunk, True))
             if changedsince is not None:
                 rows = [row for row in rows if row[5] > changedsince]
+            if view.recent:
+                rows = [
+                    (*row[:4], "\\Recent " + row[4], *row[5:]) if row[0] in view.recent else row
+                    for row in rows
+                ]  # rfc3501:2.3.2
             if rows:
                 await out.put_many(row_format.lines(_row_seqs(view, rows), rows))
             if s.writer.transport.is_closing():
@@ -1425,7 +1472,7 @@ async def cmd_search(s: Session, cmd: Command) -> None:
                 seq=seq,
                 uid=uid,
                 flags=frozenset(flag_text.split()),
-                recent=False,
+                recent=view.is_recent(uid),
                 internal_date=internal_date,
                 size=size,
                 modseq=modseq,

@@ -519,6 +519,16 @@ class Store:
             changes_mail=False,
         )
 
+    def claim_recent(self, address: str, mailbox_id: int, uid: int) -> None:
+        """rfc3501:2.3.2: the UIDs up to ``uid`` of a mailbox were given out
+        as \\Recent (estafeta.imap.recent). No session needs to hear of it:
+        no change notice, which would wake every session of the account."""
+
+        def run() -> None:
+            operations.claim_recent(self._open(address).conn, mailbox_id, uid)
+
+        self._call(run)
+
     async def append(
         self,
         address: str,

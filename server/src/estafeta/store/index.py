@@ -24,7 +24,7 @@ from estafeta.store import fulltext
 from estafeta.store.maildir import mailbox_dir, sort_key
 from estafeta.store.names import canonical
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -169,6 +169,15 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 )
 """
 
+# Version 10: \Recent for IMAP4rev1 sessions (rfc3501:2.3.2): the highest UID
+# of each mailbox a read-write session has been told is recent; a message
+# above it is recent to the next session that selects the mailbox
+# (estafeta.imap.recent). Mailboxes of an older index start with every
+# message they hold already claimed, so an upgrade makes nothing recent.
+_SCHEMA_V10 = """
+ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 0
+"""
+
 # The search columns, in the order of searchtext.search_columns.
 SEARCH_COLUMNS = ("s_subject", "s_hsubject", "s_from", "s_to", "s_cc", "s_bcc")
 
@@ -183,6 +192,7 @@ class Mailbox:
     highestmodseq: int
     special_use: str | None
     subscribed: bool
+    recent_uid: int = 0  # rfc3501:2.3.2, see _SCHEMA_V10
 
 
 @dataclass(frozen=True)
@@ -267,6 +277,11 @@ def _create(conn: sqlite3.Connection) -> None:
                 "INSERT OR IGNORE INTO subscriptions (name)"
                 " SELECT name FROM mailboxes WHERE subscribed = 1"
             )
+        if version <= 9:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(mailboxes)")}
+            if "recent_uid" not in columns:  # a version 10 file marked older (tests do)
+                _run_script(conn, _SCHEMA_V10)
+                conn.execute("UPDATE mailboxes SET recent_uid = uidnext - 1")
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -322,7 +337,7 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 
 
 def _mailbox(row: tuple[Any, ...]) -> Mailbox:
-    id_, name, dir_, uidvalidity, uidnext, highestmodseq, special, subscribed = row
+    id_, name, dir_, uidvalidity, uidnext, highestmodseq, special, subscribed, recent = row
     return Mailbox(
         id=int(id_),
         name=str(name),
@@ -332,12 +347,14 @@ def _mailbox(row: tuple[Any, ...]) -> Mailbox:
         highestmodseq=int(highestmodseq),
         special_use=None if special is None else str(special),
         subscribed=bool(subscribed),
+        recent_uid=int(recent),
     )
 
 
 _MAILBOX_COLUMNS = (
     "id, name, dir, uidvalidity, uidnext, highestmodseq, special_use,"
-    " EXISTS (SELECT 1 FROM subscriptions WHERE subscriptions.name = mailboxes.name)"
+    " EXISTS (SELECT 1 FROM subscriptions WHERE subscriptions.name = mailboxes.name),"
+    " recent_uid"
 )
 
 

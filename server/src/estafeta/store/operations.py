@@ -735,6 +735,15 @@ def subscribe(
         conn.execute("INSERT OR IGNORE INTO subscriptions (name) VALUES (?)", (name,))
 
 
+def claim_recent(conn: sqlite3.Connection, mailbox_id: int, uid: int) -> None:
+    """rfc3501:2.3.2: the UIDs up to ``uid`` were given out as \\Recent
+    (see index._SCHEMA_V10); never lowers what is there."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE mailboxes SET recent_uid = max(recent_uid, ?) WHERE id = ?", (uid, mailbox_id)
+        )
+
+
 # -- the journal --------------------------------------------------------------
 
 

@@ -81,6 +81,10 @@ class IndexReader(Protocol):
 
     def used_octets(self) -> int: ...
 
+    def count_above(self, mailbox_id: int, uid: int) -> int:
+        """How many messages of the mailbox have a UID above ``uid``."""
+        ...
+
     def fetch_rows(
         self, mailbox_id: int, uids: Sequence[int], *, summary: bool
     ) -> list[FetchRow]: ...
@@ -154,6 +158,12 @@ class SqliteReader:
 
     def used_octets(self) -> int:
         row = self.conn.execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()
+        return int(row[0])
+
+    def count_above(self, mailbox_id: int, uid: int) -> int:
+        row = self.conn.execute(
+            "SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid > ?", (mailbox_id, uid)
+        ).fetchone()
         return int(row[0])
 
     # -- messages ----------------------------------------------------------
