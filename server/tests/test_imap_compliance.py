@@ -272,3 +272,110 @@ def test_recent_claims_outlive_a_restart(tmp_path: Path) -> None:
             assert client.search(None, "RECENT")[1] == [b"3 4"]
     finally:
         server.stop()
+
+
+def _lit(data: bytes) -> bytes:
+    return b"{%d+}\r\n" % len(data) + data
+
+
+FOO = b"From: foo@example.com\r\n\r\nHello world body\r\n"
+BAR = b"From: bar@example.com\r\nSubject: two\r\n\r\nSecond body\r\n"
+
+# rfc3502 MULTIAPPEND and rfc4469 CATENATE (the peer suite's multiappend,
+# catenate and catenate-multiappend cases): all messages or none.
+APPEND_SCRIPT: list[tuple[bytes, list[str]]] = [
+    (f"a1 AUTHENTICATE PLAIN {PLAIN}\r\n".encode(), [r"a1 OK"]),
+    (b"a2 CREATE cat\r\n", [r"a2 OK"]),
+    (
+        b"m1 APPEND cat (\\Seen) "
+        + _lit(FOO)
+        + b' (\\Flagged) "05-Dec-2026 10:00:00 +0000" '
+        + _lit(BAR)
+        + b"\r\n",
+        [r"m1 OK \[APPENDUID \d+ 1:2\]"],
+    ),
+    (b"m2 APPEND cat CATENATE (TEXT " + _lit(FOO) + b")\r\n", [r"m2 OK \[APPENDUID \d+ 3\]"]),
+    (
+        b'm3 APPEND cat (\\Seen) CATENATE (URL "/cat/;uid=2/;section=header" TEXT '
+        + _lit(b"body1\r\n")
+        + b")\r\n",
+        [r"m3 OK \[APPENDUID \d+ 4\]"],
+    ),
+    (
+        b"m4 APPEND cat CATENATE (TEXT "
+        + _lit(b"Subject: made\r\n\r\n")
+        + b' URL "/cat/;UID=1/;SECTION=1" TEXT '
+        + _lit(b"suffix\r\n")
+        + b")"
+        + b' CATENATE (URL "/cat/;uid=2/;partial=100000.1" TEXT '
+        + _lit(b"H: x\r\n\r\nb7\r\n")
+        + b")\r\n",
+        [r"m4 OK \[APPENDUID \d+ 5:6\]"],
+    ),
+    # A URL that names nothing: NO [BADURL url], and nothing appended (the
+    # first message of the command neither).
+    (
+        b"n1 APPEND cat "
+        + _lit(b"Subject: not kept\r\n\r\n")
+        + b' CATENATE (URL "/cat;UIDVALIDITY=12345/;uid=1/;section=header")\r\n',
+        [r"n1 NO \[BADURL /cat;UIDVALIDITY=12345/;uid=1/;section=header\]"],
+    ),
+    (b'n2 APPEND cat CATENATE (URL "/cat/;uid=99")\r\n', [r"n2 NO \[BADURL /cat/;uid=99\]"]),
+    (b'n3 APPEND cat CATENATE (URL "/cat/;uid=1/;urlauth=x")\r\n', [r"n3 NO \[BADURL "]),
+    (b'n4 APPEND cat CATENATE (URL ";UID=1")\r\n', [r"n4 NO \[BADURL ;UID=1\]"]),  # no selected
+    # TRYCREATE whatever the URLs say.
+    (
+        b'n5 APPEND nowhere CATENATE (URL "/cat;UIDVALIDITY=12345/;uid=1")\r\n',
+        [r"n5 NO \[TRYCREATE\]"],
+    ),
+    (b"n6 APPEND cat CATENATE ()\r\n", [r"n6 BAD"]),
+    (b"n7 APPEND cat CATENATE (TEXT)\r\n", [r"n7 BAD"]),
+    (b"n8 STATUS cat (MESSAGES)\r\n", [r"\(MESSAGES 6\)", r"n8 OK"]),
+    (b"p1 SELECT cat\r\n", [r"p1 OK"]),
+    (
+        b"p2 FETCH 1:2 (FLAGS INTERNALDATE)\r\n",
+        [
+            r"\* 1 FETCH \(FLAGS \(\\Recent \\Seen\) ",
+            r"\* 2 FETCH \(FLAGS \(\\Recent \\Flagged\) "
+            r'INTERNALDATE " 5-Dec-2026 10:00:00 \+0000"\)',
+            r"p2 OK",
+        ],
+    ),
+    (
+        b"p3 FETCH 4 BODY.PEEK[]\r\n",
+        [
+            r"BODY\[\] \{\d+\}\r\nFrom: bar@example.com\r\nSubject: two\r\n\r\nbody1\r\n\)",
+            r"p3 OK",
+        ],
+    ),
+    (
+        b"p4 FETCH 5 BODY.PEEK[]\r\n",
+        [
+            r"BODY\[\] \{\d+\}\r\nSubject: made\r\n\r\nHello world body\r\nsuffix\r\n\)",
+            r"p4 OK",
+        ],
+    ),
+    (b"p5 FETCH 6 BODY.PEEK[]\r\n", [r"BODY\[\] \{\d+\}\r\nH: x\r\n\r\nb7\r\n\)", r"p5 OK"]),
+    # rfc5092:7.2 relative to the selected mailbox.
+    (
+        b'p6 APPEND cat CATENATE (URL ";UID=2/;SECTION=TEXT")\r\n',
+        [r"\* 7 EXISTS", r"p6 OK \[APPENDUID \d+ 7\]"],
+    ),
+    (b"p7 FETCH 7 BODY.PEEK[]\r\n", [r"BODY\[\] \{13\}\r\nSecond body\r\n\)", r"p7 OK"]),
+    (b"z1 LOGOUT\r\n", [r"\* BYE", r"z1 OK"]),
+]
+
+
+@pytest.mark.slow
+def test_multiappend_and_catenate_whole_and_byte_by_byte(tmp_path: Path) -> None:
+    whole_server = start(tmp_path, "whole")
+    bytes_server = start(tmp_path, "bytes")
+    try:
+        whole = run_script(whole_server.imap_port, byte_at_a_time=False, script=APPEND_SCRIPT)
+        one_byte = run_script(bytes_server.imap_port, byte_at_a_time=True, script=APPEND_SCRIPT)
+    finally:
+        for server in (whole_server, bytes_server):
+            if server.process is not None:
+                server.stop()
+    assert whole == one_byte
+    assert "Traceback" not in whole_server.log_text() + bytes_server.log_text()

@@ -782,12 +782,64 @@ def test_append_utf8_literal8() -> None:  # rfc6855:4
     ("line", "text"),
     [
         (
-            b'A APPEND Drafts CATENATE (URL "/Drafts;UIDVALIDITY=385759045/;UID=20")',
-            "APPEND CATENATE is not supported",
+            b"A APPEND Drafts " + b"{0+}\r\n " * 1000 + b"{0+}\r\n",
+            "at most 1000 messages in one APPEND",
         ),
         (
-            b"A APPEND Drafts {1+}\r\nx {1+}\r\ny",
-            "APPEND of several messages (MULTIAPPEND) is not supported",
+            b"A APPEND Drafts CATENATE (" + b'URL "/x/;UID=1" ' * 256 + b'URL "/x/;UID=1")',
+            "at most 256 parts in one CATENATE",
+        ),
+    ],
+)
+def test_append_bounds(line: bytes, text: str) -> None:
+    """rfc3502 / rfc4469 bounds: a BAD, and the parser back in step (long
+    lines: a few chunkings, not every one)."""
+    sizes = [1, 7, 4096, len(line) + 20]
+    assert error_of(line + b"\r\n", sizes=sizes) == ParseError("A", text)
+
+
+def test_multiappend_and_catenate() -> None:
+    """rfc3502:6.3.11 several messages, each with its options; rfc4469:5
+    CATENATE parts (TEXT literals and URLs), mixed with plain messages."""
+    data = (
+        b'A APPEND Drafts (\\Seen) {1+}\r\nx "05-Dec-2026 10:00:00 +0000" {1}\r\ny'
+        b' CATENATE (URL "/INBOX/;UID=3/;SECTION=HEADER" TEXT {2+}\r\nzz)'
+        b' (\\Answered) CATENATE (url ";uid=4")\r\n'
+    )
+    [cont, command] = run(data, sizes=[1, 2, 7, len(data)])
+    assert cont == CONT
+    assert isinstance(command, Command) and isinstance(command.args, c.Append)
+    args = command.args
+    when = datetime.datetime(2026, 12, 5, 10, 0, tzinfo=datetime.UTC)
+    assert args.messages() == [
+        c.AppendMessage(("\\Seen",), None, b"x"),
+        c.AppendMessage((), when, b"y"),
+        c.AppendMessage(
+            (), None, b"",
+            catenate=(c.CatPart(url="/INBOX/;UID=3/;SECTION=HEADER"), c.CatPart(text=b"zz")),
+        ),
+        c.AppendMessage(("\\Answered",), None, b"", catenate=(c.CatPart(url=";uid=4"),)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "text"),
+    [
+        (b"A APPEND Drafts CATENATE ()", "Syntax error in APPEND: expected TEXT or URL"),
+        (b"A APPEND Drafts CATENATE (TEXT)", "Syntax error in APPEND: expected TEXT literal"),
+        (
+            b'A APPEND Drafts CATENATE (URL "x"',
+            "Syntax error in APPEND: expected next CATENATE part",
+        ),
+        (b'A APPEND Drafts CATENATE (TEXT "x")', "Syntax error in APPEND: expected TEXT literal"),
+        (
+            b"A APPEND Drafts CATENATE (TEXT ~{1+}\r\nx)",
+            "Syntax error in APPEND: literal8 is not allowed for TEXT literal",
+        ),
+        (b"A APPEND Drafts {1+}\r\nx ", "Syntax error in APPEND: expected message literal"),
+        (
+            b"A APPEND Drafts {1+}\r\nx  {1+}\r\ny",
+            "Syntax error in APPEND: expected message literal",
         ),
         (
             b"A APPEND Drafts (\\*) {1+}\r\nx",

@@ -231,3 +231,43 @@ def test_journal_replay_is_idempotent(tmp_path: Path) -> None:
         assert replay_journal(conn, account) == 2
         assert replay_journal(conn, account) == 0
         conn.close()
+
+
+def test_append_many_is_all_or_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rfc3502:6.3.11 MULTIAPPEND: every message in one commit, or none of
+    them and no file left behind (a quota refused, a write failing)."""
+    put(store, "first")
+    folder = store.mail_dir / "example.test" / "alice" / ".Sent"
+    messages = [
+        (b"Subject: %d\r\n\r\nbody\r\n" % n, ["\\Seen"] if n else [], None) for n in range(3)
+    ]
+
+    async def main() -> None:
+        made = await store.append_many(ALICE, "Sent", messages)
+        assert [d.uid for d in made] == [1, 2, 3]
+        with pytest.raises(MailboxError) as over:
+            await store.append_many(ALICE, "Sent", messages, quota=10)
+        assert over.value.code == "OVERQUOTA"
+        calls = []
+        original = maildir.write_tmp
+
+        def failing(*args: object, **kwargs: object) -> maildir.Staged:
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError("disk full")
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(maildir, "write_tmp", failing)
+        with pytest.raises(OSError):
+            await store.append_many(ALICE, "Sent", messages)
+        monkeypatch.undo()
+        with pytest.raises(MailboxError) as missing:
+            await store.append_many(ALICE, "Nowhere", messages)
+        assert missing.value.code == "TRYCREATE"
+
+    asyncio.run(main())
+    assert [(uid, flags) for uid, _, flags in listing(store, "Sent")] == [
+        (1, ()), (2, ("\\Seen",)), (3, ("\\Seen",)),
+    ]  # fmt: skip
+    files = [f for sub in ("new", "cur", "tmp") for f in os.listdir(folder / sub)]
+    assert len(files) == 3, files

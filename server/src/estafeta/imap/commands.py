@@ -206,12 +206,36 @@ class Status:
 
 
 @dataclass(frozen=True)
-class Append:
-    """rfc9051:6.3.12 (one message: MULTIAPPEND and CATENATE are refused).
+class CatPart:
+    """rfc4469:5 cat-part: ``TEXT`` literal octets, or an IMAP ``URL``
+    (rfc5092) naming a message or a part of one on this server."""
 
-    ``date`` is the optional internal date, timezone-aware; ``binary`` is
-    True when the message came as an rfc3516 literal8 (``~{n}``), ``utf8``
-    when it came as rfc6855 ``UTF8 (~{n})``.
+    text: bytes | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class AppendMessage:
+    """One message of an APPEND (rfc3502:6.3.11 append-message)."""
+
+    flags: tuple[str, ...]
+    date: datetime.datetime | None
+    data: bytes
+    utf8: bool = False
+    binary: bool = False
+    # rfc4469:5: the message is made of these parts (``data`` is empty).
+    catenate: tuple[CatPart, ...] = ()
+
+
+@dataclass(frozen=True)
+class Append:
+    """rfc9051:6.3.12 APPEND, with rfc3502 MULTIAPPEND and rfc4469 CATENATE.
+
+    The fields are those of the first message, ``more`` the others. ``date``
+    is the optional internal date, timezone-aware; ``binary`` is True when
+    the message came as an rfc3516 literal8 (``~{n}``), ``utf8`` when it
+    came as rfc6855 ``UTF8 (~{n})``; ``catenate`` lists its parts when it is
+    made with CATENATE.
     """
 
     mailbox: str
@@ -220,6 +244,14 @@ class Append:
     data: bytes
     utf8: bool = False
     binary: bool = False
+    catenate: tuple[CatPart, ...] = ()
+    more: tuple[AppendMessage, ...] = ()
+
+    def messages(self) -> list[AppendMessage]:
+        first = AppendMessage(
+            self.flags, self.date, self.data, self.utf8, self.binary, self.catenate
+        )
+        return [first, *self.more]
 
 
 @dataclass(frozen=True)

@@ -313,6 +313,19 @@ def _section_pieces(message: MessageData, kind: str, att: FetchAtt) -> list[Piec
     return _body_string(_partial(source, partial))
 
 
+def section_octets(
+    message: MessageData, section: Section | None, partial: tuple[int, int | None] | None
+) -> bytes:
+    """The octets of BODY[section]<partial> as stored (no NUL replaced):
+    what an IMAP URL (rfc5092) names, for CATENATE (rfc4469:3)."""
+    source = _section_data(message, section or Section())
+    data = message.content()[source[0] : source[1]] if isinstance(source, tuple) else source
+    if partial is None:
+        return data
+    origin, length = partial
+    return data[origin:] if length is None else data[origin : origin + length]
+
+
 def _internal_date(timestamp: int) -> bytes:
     # rfc9051:9 date-time = DQUOTE date-day-fixed "-" date-month "-" date-year
     # SP time SP zone DQUOTE; the day is padded with a space, the zone is UTC.

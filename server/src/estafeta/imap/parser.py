@@ -63,6 +63,7 @@ __all__ = [
     "UnencodedName",
     "decode_mutf7",
     "encode_mutf7",
+    "parse_section",
 ]
 
 log = logging.getLogger("estafeta.imap")
@@ -760,12 +761,37 @@ def _cmd_status(cur: _Cursor) -> object:
     return c.Status(mailbox, cur.status_items())
 
 
+# rfc3502 / rfc4469: at most this many messages in one APPEND, and parts in
+# one CATENATE (the octets are bounded by the literal limit; these bound the
+# work of parts and messages that are empty or only URLs).
+MAX_APPEND_MESSAGES = 1000
+MAX_CATENATE_PARTS = 256
+
+
 def _cmd_append(cur: _Cursor) -> object:
     # rfc9051:6.3.12 append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
+    # rfc3502:6.3.11 append = "APPEND" SP mailbox 1*append-message
+    #   append-message = append-opts SP append-data
     # rfc3516:4.4 literal8; rfc6855:4 "UTF8" SP "(" literal8 ")"
+    # rfc4469:5 append-data =/ "CATENATE" SP "(" cat-part *(SP cat-part) ")"
     cur.sp("mailbox")
     mailbox = cur.mailbox()
-    cur.sp("message literal")
+    messages: list[c.AppendMessage] = []
+    while True:
+        cur.sp("message literal")
+        messages.append(_append_message(cur))
+        if len(messages) > MAX_APPEND_MESSAGES:
+            raise _Refused(f"at most {MAX_APPEND_MESSAGES} messages in one APPEND")
+        if cur.at_end():
+            break
+    first, more = messages[0], tuple(messages[1:])
+    return c.Append(
+        mailbox, first.flags, first.date, first.data, utf8=first.utf8, binary=first.binary,
+        catenate=first.catenate, more=more,
+    )  # fmt: skip
+
+
+def _append_message(cur: _Cursor) -> c.AppendMessage:
     flags: tuple[str, ...] = ()
     if cur.peek() == ord("("):
         flags = cur.flag_list()
@@ -777,7 +803,7 @@ def _cmd_append(cur: _Cursor) -> object:
     utf8 = False
     if cur.peek() != _LITERAL:
         if cur.try_keyword(b"CATENATE"):
-            raise _Refused("APPEND CATENATE is not supported")
+            return c.AppendMessage(flags, date, b"", catenate=_catenate(cur))
         if not cur.try_keyword(b"UTF8"):
             raise _Syntax("expected message literal")
         utf8 = True
@@ -786,9 +812,41 @@ def _cmd_append(cur: _Cursor) -> object:
     lit = cur.literal("message literal", binary_ok=True)
     if utf8:
         cur.expect(b")", ") after UTF8 literal")
-    if cur.peek() == ord(" "):
-        raise _Refused("APPEND of several messages (MULTIAPPEND) is not supported")
-    return c.Append(mailbox, flags, date, lit.data, utf8=utf8, binary=lit.binary)
+    return c.AppendMessage(flags, date, lit.data, utf8=utf8, binary=lit.binary)
+
+
+def _catenate(cur: _Cursor) -> tuple[c.CatPart, ...]:
+    # rfc4469:5 cat-part = text-literal / url
+    #   text-literal = "TEXT" SP literal;  url = "URL" SP astring
+    cur.sp("(")
+    cur.expect(b"(", "( after CATENATE")
+    parts: list[c.CatPart] = []
+    while True:
+        if cur.try_keyword(b"TEXT"):
+            cur.sp("TEXT literal")
+            parts.append(c.CatPart(text=cur.literal("TEXT literal").data))
+        elif cur.try_keyword(b"URL"):
+            cur.sp("URL")
+            parts.append(c.CatPart(url=cur.astring_text("URL")))
+        else:
+            raise _Syntax("expected TEXT or URL")
+        if len(parts) > MAX_CATENATE_PARTS:
+            raise _Refused(f"at most {MAX_CATENATE_PARTS} parts in one CATENATE")
+        if cur.try_char(b")"):
+            return tuple(parts)
+        cur.sp("next CATENATE part")
+
+
+def parse_section(text: bytes) -> Section:
+    """A section-spec as an IMAP URL writes it (rfc5092:3 ``;SECTION=``),
+    with the grammar of BODY[...]; ValueError if it is not one."""
+    cur = _Cursor(b"[" + text + b"]", (), utf8=True, max_depth=4)
+    try:
+        section = _section(cur)
+        cur.end()
+    except (_Syntax, _Refused) as exc:
+        raise ValueError(str(exc)) from None
+    return section
 
 
 def _cmd_getquota(cur: _Cursor) -> object:

@@ -15,6 +15,7 @@ import contextvars
 import functools
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -28,6 +29,7 @@ from estafeta.auth.guard import BUSY, Authenticator
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.imap import commands as c
 from estafeta.imap import fetch as fetch_module
+from estafeta.imap import imapurl
 from estafeta.imap import search as search_module
 from estafeta.imap.listing import DELIMITER, Box, Entry, PatternLimit, list_mailboxes, lsub
 from estafeta.imap.listing import cost as list_cost
@@ -224,6 +226,8 @@ class Session:
             "QUOTA=RES-STORAGE",
             "UTF8=ACCEPT",
             "STATUS=SIZE",
+            "MULTIAPPEND",
+            "CATENATE",
         ]
         return list(dict.fromkeys(caps))
 
@@ -988,6 +992,10 @@ async def cmd_status(s: Session, cmd: Command) -> None:
 
 async def cmd_append(s: Session, cmd: Command) -> None:
     args: c.Append = cmd.args  # type: ignore[assignment]
+    messages = args.messages()
+    if len(messages) > 1 or args.catenate:
+        await _append_many(s, cmd, args, messages)
+        return
     if len(args.data) > s.settings.append_limit:
         raise No("Message too large", "TOOBIG")  # rfc7889
     limit = _quota_limit(s)
@@ -1006,6 +1014,97 @@ async def cmd_append(s: Session, cmd: Command) -> None:
     s.tagged(
         cmd.tag, "OK", "APPEND completed", f"APPENDUID {delivered.uidvalidity} {delivered.uid}"
     )
+
+
+async def _append_many(
+    s: Session, cmd: Command, args: c.Append, messages: Sequence[c.AppendMessage]
+) -> None:
+    """rfc3502 MULTIAPPEND and rfc4469 CATENATE: every message is built
+    (URLs resolved) and checked first, then all are stored in one commit, or
+    none (rfc3502:6.3.11)."""
+    if s.index().mailbox(args.mailbox) is None:
+        _refuse_unencoded(args.mailbox)
+        # rfc4469:3: TRYCREATE whatever else is wrong with the URLs.
+        raise No(f"No mailbox {args.mailbox}", "TRYCREATE")
+    resolver = _UrlResolver(s)
+    built: list[tuple[bytes, Sequence[str], float | None]] = []
+    total = 0
+    for message in messages:
+        data = message.data
+        if message.catenate:
+            data = await resolver.catenate(message.catenate)
+        if len(data) > s.settings.append_limit:
+            raise No("Message too large", "TOOBIG")  # rfc7889, rfc4469:5
+        total += len(data)
+        built.append((data, message.flags, message.date.timestamp() if message.date else None))
+    limit = _quota_limit(s)
+    if limit is not None and s.index().used_octets() + total > limit:
+        raise No("Quota exceeded", "OVERQUOTA")  # rfc9208:4.3.1
+    delivered = await s.store.append_many(_user(s), args.mailbox, built, quota=limit)
+    s.report_updates(allow_expunge=True)
+    uids = search_module.compress([d.uid for d in delivered])
+    # rfc4315:3 APPENDUID with a uid-set for several messages.
+    s.tagged(cmd.tag, "OK", "APPEND completed", f"APPENDUID {delivered[0].uidvalidity} {uids}")
+
+
+class _UrlResolver:
+    """The octets IMAP URLs name (rfc4469:3), for one APPEND: each message
+    read once, the octets read bounded (a CATENATE of many URLs to large
+    messages costs reads, not only what it keeps)."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+        self.messages: dict[tuple[int, int], fetch_module.MessageData] = {}
+        self.budget = 4 * s.settings.append_limit
+
+    async def catenate(self, parts: Sequence[c.CatPart]) -> bytes:
+        out = bytearray()
+        for part in parts:
+            if part.text is not None:
+                out += part.text
+            else:
+                assert part.url is not None
+                out += await self.octets(part.url)
+            if len(out) > self.s.settings.append_limit:
+                raise No("Message too large", "TOOBIG")  # rfc4469:5
+        return bytes(out)
+
+    async def octets(self, url: str) -> bytes:
+        s = self.s
+        # rfc4469:5 url-resp-text: TEXT-CHARs but "]".
+        code = "BADURL " + re.sub(r"[\x00-\x1f\x7f\]]", lambda m: f"%{ord(m[0]):02X}", url)
+        try:
+            parsed = imapurl.parse(url)
+        except imapurl.BadUrl as exc:
+            raise No(f"Bad URL: {exc}", code) from None
+        if parsed.user is not None and parsed.user.lower() != _user(s).lower():
+            raise No("Bad URL: another account's message", code)
+        if parsed.mailbox is None:  # rfc5092:7.2 relative to the selected mailbox
+            box = s.index().mailbox(s.selected.box.name) if s.selected is not None else None
+        else:
+            box = s.index().mailbox(parsed.mailbox)
+        if box is None or parsed.uidvalidity not in (None, box.uidvalidity):
+            raise No("Bad URL: no such mailbox", code)
+        message = self.messages.get((box.id, parsed.uid))
+        if message is None:
+            rows = s.index().fetch_rows(box.id, [parsed.uid], summary=True)
+            if not rows:
+                raise No("Bad URL: no such message", code)
+            uid, file, size, internal_date, flag_text, modseq, summary, _ = rows[0]
+            self.budget -= size
+            if self.budget < 0:
+                raise No("CATENATE reads too much", "LIMIT")  # rfc5530:3
+            try:
+                content = await asyncio.to_thread(s.index().content, file)
+            except FileNotFoundError:
+                raise No("Bad URL: the message was expunged", code) from None
+            message = fetch_module.MessageData(
+                uid=uid, flags=tuple(flag_text.split()), internal_date=internal_date,
+                size=size, modseq=modseq, summary=Summary.from_json(summary or ""),
+                load=lambda: content,
+            )  # fmt: skip
+            self.messages[(box.id, parsed.uid)] = message
+        return fetch_module.section_octets(message, parsed.section, parsed.partial)
 
 
 async def cmd_idle(s: Session, cmd: Command) -> None:

@@ -568,6 +568,43 @@ class Store:
         self._submit(_Job(future, call=lambda: self._append_within(delivery, quota)))
         return await asyncio.wrap_future(future)
 
+    async def append_many(
+        self,
+        address: str,
+        mailbox: str,
+        messages: Sequence[tuple[bytes, Sequence[str], float | None]],
+        quota: int | None = None,
+    ) -> list[Delivered]:
+        """rfc3502 MULTIAPPEND: (data, flags, internal date) each, all in one
+        commit or none; MailboxError TRYCREATE if the mailbox is missing,
+        OVERQUOTA if the account would hold more than ``quota`` octets."""
+        loop = asyncio.get_running_loop()
+        items = []
+        for data, flags, when in messages:
+            summary = await loop.run_in_executor(None, summarize, data)
+            items.append(
+                operations.Appended(
+                    data, summary, tuple(operations.canonical_flags(flags)),
+                    when if when is not None else time.time(),
+                )
+            )  # fmt: skip
+
+        def run() -> list[Delivered]:
+            account = self._open(address)
+            box = index.mailbox(account.conn, operations.check_name(mailbox))
+            if box is None:
+                raise operations.MailboxError(f"no mailbox {mailbox!r}", "TRYCREATE")
+            made, uidvalidity = operations.append_many(
+                account.conn, account.path, self.hostname, box.name, items, quota
+            )
+            self._fulltext_todo.add(address)
+            self.changes.notify(address)
+            return [Delivered(address, box.name, uid, file, uidvalidity) for uid, file in made]
+
+        future: concurrent.futures.Future[list[Delivered]] = concurrent.futures.Future()
+        self._submit(_Job(future, call=run))
+        return await asyncio.wrap_future(future)
+
     def _append_within(self, delivery: Delivery, quota: int) -> Delivered:
         """In the writer thread: ``operations.append`` with the quota check."""
         account = self._open(delivery.address)
@@ -582,6 +619,7 @@ class Store:
             delivery.internal_date or time.time(),
             quota,
         )
+        self._fulltext_todo.add(delivery.address)  # as deliveries do
         self.changes.notify(delivery.address)
         return Delivered(delivery.address, delivery.mailbox, uid, file, uidvalidity)
 

@@ -442,6 +442,16 @@ def _check_quota(conn: sqlite3.Connection, quota: int, added: int) -> None:
         raise MailboxError("Quota exceeded", "OVERQUOTA")  # rfc9208:4.3.1, rfc5530:3
 
 
+@dataclass(frozen=True)
+class Appended:
+    """One message of an APPEND: its octets, what the index keeps of it."""
+
+    data: bytes
+    summary: Summary
+    flags: Sequence[str]
+    internal_date: float
+
+
 def append(
     conn: sqlite3.Connection,
     account_path: Path,
@@ -451,13 +461,32 @@ def append(
     summary: Summary,
     flags: Sequence[str],
     internal_date: float,
-    quota: int,
+    quota: int | None,
 ) -> tuple[int, int, str]:
-    """rfc9051:6.3.12 APPEND of one message within ``quota`` octets:
-    (uid, uidvalidity, file). OVERQUOTA (rfc9208:4.3.1) when it does not fit.
+    """rfc9051:6.3.12 APPEND of one message (``append_many``):
+    (uid, uidvalidity, file)."""
+    [(uid, file)], uidvalidity = append_many(
+        conn, account_path, hostname, mailbox,
+        [Appended(data, summary, flags, internal_date)], quota,
+    )  # fmt: skip
+    return uid, uidvalidity, file
 
-    The durable order of ``estafeta.store.account`` (file fsync'd in tmp/,
-    renamed into new/, new/ fsync'd, then the commit), with the quota
+
+def append_many(
+    conn: sqlite3.Connection,
+    account_path: Path,
+    hostname: str,
+    mailbox: str,
+    messages: Sequence[Appended],
+    quota: int | None,
+) -> tuple[list[tuple[int, str]], int]:
+    """rfc9051:6.3.12 APPEND, rfc3502 MULTIAPPEND: all of ``messages`` or
+    none of them, within ``quota`` octets (None: no quota):
+    ([(uid, file), ...], uidvalidity). OVERQUOTA (rfc9208:4.3.1) when they
+    do not fit.
+
+    The durable order of ``estafeta.store.account`` (files fsync'd in tmp/,
+    renamed into new/, new/ fsync'd, then one commit), with the quota
     checked inside the transaction (the writer thread runs one operation at
     a time; BEGIN IMMEDIATE keeps out other processes). A refused or failed
     append leaves no file. (The IMAP session checks first too, so that a
@@ -466,31 +495,43 @@ def append(
     box = _need(conn, mailbox)
     folder = account_path / box.dir if box.dir else account_path
     maildir.make_maildir(folder)
-    staged = maildir.write_tmp(
-        folder, maildir.unique_name(hostname, len(data)), data, internal_date
-    )
+    published: list[maildir.Staged] = []
     try:
-        maildir.publish(staged)
-    except BaseException:
-        staged.tmp_path.unlink(missing_ok=True)
-        raise
-    try:
-        maildir.fsync_dir(staged.final_path.parent)
-        file = str(staged.final_path.relative_to(account_path))
-        message = index.NewMessage(
-            file=file,
-            size=len(data),
-            internal_date=int(internal_date),
-            flags=list(flags),
-            summary=summary,
-        )
+        for message in messages:
+            staged = maildir.write_tmp(
+                folder,
+                maildir.unique_name(hostname, len(message.data)),
+                message.data,
+                message.internal_date,
+            )
+            try:
+                maildir.publish(staged)
+            except BaseException:
+                staged.tmp_path.unlink(missing_ok=True)
+                raise
+            published.append(staged)
+        for directory in {s.final_path.parent for s in published}:
+            maildir.fsync_dir(directory)
+        files = [str(s.final_path.relative_to(account_path)) for s in published]
+        rows = [
+            index.NewMessage(
+                file=file,
+                size=len(message.data),
+                internal_date=int(message.internal_date),
+                flags=list(message.flags),
+                summary=message.summary,
+            )
+            for file, message in zip(files, messages, strict=True)
+        ]
         with transaction(conn):
-            _check_quota(conn, quota, len(data))
-            [uid] = index.add_messages(conn, box.name, [message])
+            if quota is not None:
+                _check_quota(conn, quota, sum(len(m.data) for m in messages))
+            uids = index.add_messages(conn, box.name, rows)
     except BaseException:
-        staged.final_path.unlink(missing_ok=True)
+        for staged in published:
+            staged.final_path.unlink(missing_ok=True)
         raise
-    return uid, box.uidvalidity, file
+    return list(zip(uids, files, strict=True)), box.uidvalidity
 
 
 # -- mailboxes ---------------------------------------------------------------
