@@ -287,7 +287,7 @@ APPEND_SCRIPT: list[tuple[bytes, list[str]]] = [
     (f"a1 AUTHENTICATE PLAIN {PLAIN}\r\n".encode(), [r"a1 OK"]),
     (b"a2 CREATE cat\r\n", [r"a2 OK"]),
     (
-        b"m1 APPEND cat (\\Seen) "
+        b'm1 APPEND cat (\\Seen) "04-Dec-2026 09:00:00 +0000" '
         + _lit(FOO)
         + b' (\\Flagged) "05-Dec-2026 10:00:00 +0000" '
         + _lit(BAR)
@@ -362,6 +362,17 @@ APPEND_SCRIPT: list[tuple[bytes, list[str]]] = [
         [r"\* 7 EXISTS", r"p6 OK \[APPENDUID \d+ 7\]"],
     ),
     (b"p7 FETCH 7 BODY.PEEK[]\r\n", [r"BODY\[\] \{13\}\r\nSecond body\r\n\)", r"p7 OK"]),
+    # rfc8970 PREVIEW (LAZY changes nothing here); not a section: no \Seen.
+    (
+        b"p8 FETCH 1:2 (PREVIEW FLAGS)\r\n",
+        [
+            r'\* 1 FETCH \(PREVIEW "Hello world body" FLAGS \(\\Recent \\Seen\)\)',
+            r'\* 2 FETCH \(PREVIEW "Second body" FLAGS \(\\Recent \\Flagged\)\)',
+            r"p8 OK",
+        ],
+    ),
+    (b"p9 UID FETCH 3 (PREVIEW (LAZY))\r\n", [r'PREVIEW "Hello world body"', r"p9 OK"]),
+    (b"q1 FETCH 1 (PREVIEW (FUZZY))\r\n", [r"q1 BAD"]),
     (b"z1 LOGOUT\r\n", [r"\* BYE", r"z1 OK"]),
 ]
 

@@ -798,6 +798,20 @@ def test_append_bounds(line: bytes, text: str) -> None:
     assert error_of(line + b"\r\n", sizes=sizes) == ParseError("A", text)
 
 
+def test_fetch_preview() -> None:
+    """rfc8970:7 PREVIEW, with or without (LAZY), among other items."""
+    data = b"a FETCH 1 (PREVIEW (LAZY) UID)\r\nb FETCH 1 PREVIEW\r\n"
+    assert run(data) == [
+        Command(
+            "a", "FETCH", c.Fetch(SequenceSet(((1, 1),)), (FetchAtt("PREVIEW"), FetchAtt("UID")))
+        ),
+        Command("b", "FETCH", c.Fetch(SequenceSet(((1, 1),)), (FetchAtt("PREVIEW"),))),
+    ]
+    assert error_of(b"c FETCH 1 (PREVIEW (FUZZY))\r\n").text.endswith(
+        "unknown PREVIEW modifier FUZZY"
+    )
+
+
 def test_multiappend_and_catenate() -> None:
     """rfc3502:6.3.11 several messages, each with its options; rfc4469:5
     CATENATE parts (TEXT literals and URLs), mixed with plain messages."""

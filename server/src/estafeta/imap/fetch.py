@@ -68,6 +68,7 @@ from typing import Any
 
 from estafeta.imap.types import FetchAtt, Section
 from estafeta.message import Summary, find_part, imap_bodystructure, imap_envelope, imap_string
+from estafeta.message.preview import preview
 from estafeta.message.transfer import decode_quoted_printable
 from estafeta.store.reader import FetchRow
 
@@ -280,6 +281,8 @@ def _value(message: MessageData, kind: str, att: FetchAtt, imap4rev2: bool) -> b
     if kind == _BINARY_SIZE:
         section = att.section or Section()
         return b"%d" % _binary_size(message, section.part)
+    if kind == "PREVIEW":  # rfc8970:3, always available (never NIL)
+        return imap_string(preview(message.content(), summary))
     if kind in _SECTION_KINDS:
         return b"".join(_section_pieces(message, kind, att))
     raise ValueError(f"unknown FETCH data item {att.name!r}")

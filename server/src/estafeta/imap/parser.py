@@ -1003,6 +1003,15 @@ def _fetch_att(cur: _Cursor) -> FetchAtt:
     name = cur.match(_FETCH_NAME_RE, "fetch item").decode("ascii").upper()
     if name in _SIMPLE_ATTS:
         return FetchAtt(name)
+    if name == "PREVIEW":
+        # rfc8970:7 "PREVIEW" [SP "(" preview-mod *(SP preview-mod) ")"];
+        # preview-mod = "LAZY": we always have the preview, LAZY changes nothing.
+        if cur.text.startswith(b" (", cur.pos):
+            cur.pos += 1
+            for modifier in cur.paren_list(lambda: cur.keyword("preview modifier"), "modifiers"):
+                if modifier != "LAZY":
+                    raise _Syntax(f"unknown PREVIEW modifier {modifier}")
+        return FetchAtt("PREVIEW")
     if name == "BODY" and cur.peek() != ord("["):
         return FetchAtt("BODY")
     if name in ("BODY", "BODY.PEEK"):

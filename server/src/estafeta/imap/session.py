@@ -228,6 +228,7 @@ class Session:
             "STATUS=SIZE",
             "MULTIAPPEND",
             "CATENATE",
+            "PREVIEW",
         ]
         return list(dict.fromkeys(caps))
 
