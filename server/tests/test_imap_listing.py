@@ -92,6 +92,20 @@ def test_list_extended_selection() -> None:
     assert by_name["INBOX"].childinfo == ()
 
 
+def test_childinfo_only_for_inferiors_not_listed() -> None:
+    """rfc5258:3.5 CHILDINFO shows a subscribed inferior the patterns do not
+    list; one they list needs none (the peer suite's listext, as Dovecot)."""
+    select = ["SUBSCRIBED", "RECURSIVEMATCH"]
+    alone = list_mailboxes(BOXES, "", ["Lists"], selection=select)
+    assert [(e.name, e.childinfo) for e in alone] == [("Lists", ("SUBSCRIBED",))]
+    both = list_mailboxes(BOXES, "", ["Lists", "Lists/Python"], selection=select)
+    assert [(e.name, e.childinfo) for e in both] == [("Lists/Python", ())]
+    deep = list_mailboxes(BOXES, "", ["Work", "Work/2026"], selection=select)
+    assert [(e.name, e.childinfo) for e in deep] == [
+        ("Work", ("SUBSCRIBED",)), ("Work/2026", ("SUBSCRIBED",)),
+    ]  # fmt: skip
+
+
 def test_list_multiple_patterns_and_return_subscribed() -> None:
     entries = list_mailboxes(BOXES, "", ["Sent", "Lists/%"], returns=["SUBSCRIBED"])
     assert names(entries) == [

@@ -218,12 +218,19 @@ def list_mailboxes(
     # for all its parents (a parent is a prefix), so a deep hierarchy costs
     # the length of its names, not its depth squared.
     matched: set[str] = set()
+    subscribed_inferiors: list[str] = []
     for each in boxes:
         above = list(_parents(each.name))
         parents.update(above)
         if each.subscribed:
-            subscribed_parents.update(above)
+            subscribed_inferiors.append(each.name)
         matched.update(matcher.levels(each.name))
+    # rfc5258:3.5 CHILDINFO tells of a subscribed inferior the client would
+    # not otherwise see: one the patterns list (selected: every subscribed
+    # name that matches is) needs none (as Dovecot, the peer suite's listext).
+    for name in subscribed_inferiors:
+        if name not in matched:
+            subscribed_parents.update(_parents(name))
 
     def attributes(name: str) -> list[str]:
         attrs: list[str] = []
