@@ -212,7 +212,7 @@ def test_sievelib_over_starttls(sieve: Sieve, monkeypatch: pytest.MonkeyPatch) -
     assert client.connect(ALICE, PASSWORD, starttls=True, authmech="PLAIN")
     assert client.get_implementation() == "estafeta"
     assert {"fileinto", "vacation", "envelope"} <= set(client.get_sieve_capabilities())
-    assert client.get_sasl_mechanisms() == ["PLAIN"]
+    assert client.get_sasl_mechanisms() == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "PLAIN"]
     assert client.havespace("rules", len(GOOD))
     assert client.putscript("rules", GOOD)
     assert client.checkscript(GOOD)
@@ -256,7 +256,7 @@ def test_before_tls(sieve: Sieve) -> None:
     )
     after = raw.starttls(sieve.context)
     caps = capabilities(after)
-    assert caps["SASL"] == "PLAIN" and "STARTTLS" not in caps
+    assert caps["SASL"] == "SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN" and "STARTTLS" not in caps
     assert after.endswith(b'OK "TLS negotiation successful"\r\n')
     assert raw.command(b"STARTTLS\r\n") == b'NO "STARTTLS is not available"\r\n'
     assert raw.command(b"LOGOUT\r\n") == b'OK "Logout completed"\r\n'
@@ -489,7 +489,7 @@ def test_without_tls_timeouts_and_connection_limits(plaintext: tuple[Instance, i
     # No [tls]: no STARTTLS, PLAIN allowed in the clear ([auth] allow_plaintext).
     first = Raw(port, source)
     caps = capabilities(first.response())
-    assert caps["SASL"] == "PLAIN" and "STARTTLS" not in caps
+    assert caps["SASL"] == "SCRAM-SHA-256 PLAIN" and "STARTTLS" not in caps
     assert first.command(b"STARTTLS\r\n") == b'NO "STARTTLS is not available"\r\n'
     # Two connections not logged in from one address at most: a third is refused.
     second = Raw(port, source)

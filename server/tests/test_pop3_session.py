@@ -117,7 +117,7 @@ SCRIPT = [
         b"CAPA",
         True,
         rb"^\+OK.*\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n"
-        rb".*USER\r\nSASL PLAIN\r\n\.\r\n$",
+        rb".*USER\r\nSASL SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN\r\n\.\r\n$",
     ),
     (b"FROB", False, rb"^-ERR Unknown command"),
     (b"STAT", False, rb"^-ERR STAT is not allowed now"),

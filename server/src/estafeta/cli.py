@@ -67,7 +67,12 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def _accounts(config: Config) -> Accounts:
     config_module.check_runtime(config)
-    return Accounts(config.accounts_db, config.domains, hasher=config.auth.hasher())
+    return Accounts(
+        config.accounts_db,
+        config.domains,
+        hasher=config.auth.hasher(),
+        scram_iterations=config.auth.scram_iterations,
+    )
 
 
 def cmd_check(config: Config, args: argparse.Namespace) -> int:

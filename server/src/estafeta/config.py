@@ -190,6 +190,9 @@ class AuthConfig:
     # the same secret skips argon2 (estafeta.auth.logincache); any change to
     # the credential ends it at once. 0 turns the cache off; at most 1h.
     login_cache_lifetime: float = 300.0
+    # PBKDF2 iterations of new SCRAM-SHA-256 keys (rfc7677:4: at least 4096);
+    # an account keeps its count until its password changes (auth/scramkeys.py).
+    scram_iterations: int = 10_000
 
     def hasher(self) -> argon2.PasswordHasher:
         return argon2.PasswordHasher(
@@ -732,7 +735,10 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
             auth_defaults.login_cache_lifetime,
             allow_zero=True,
         ),
+        scram_iterations=_positive(auth_reader, "scram_iterations", auth_defaults.scram_iterations),
     )
+    if auth.scram_iterations < 4096:
+        raise auth_reader.error("scram_iterations", "must be at least 4096 (rfc7677)")
     if auth.max_delay < auth.delay_base:
         raise auth_reader.error("max_delay", "must not be smaller than delay_base")
     if auth.argon2_memory_cost < 8 * auth.argon2_parallelism:

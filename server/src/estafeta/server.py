@@ -112,6 +112,7 @@ class Server:
             config.domains,
             hasher=config.auth.hasher(),
             login_cache=LoginCache(config.auth.login_cache_lifetime),
+            scram_iterations=config.auth.scram_iterations,
         )
         self.store = Store(
             config.mail_dir,
@@ -363,6 +364,7 @@ class Server:
                 connections=self.connections,
                 allow_auth=True,
                 authenticate=self._authenticate,
+                scram=self.authenticator,
                 implicit_tls=implicit_tls,
                 auth_required=True,
                 auth_require_tls=not self.config.auth.allow_plaintext,

@@ -46,7 +46,16 @@ Schema (``PRAGMA user_version``): 1 = accounts and aliases; 2 = adds
 ``accounts.quota`` (bytes, 0 = the global ``[limits] quota``); 3 = adds the
 tables ``totp`` and ``app_passwords``; 4 = adds ``logins`` (the login
 history) and ``retention`` (an account's own retention per mailbox), see
-``estafeta.auth.logins``.
+``estafeta.auth.logins``; 5 = adds SCRAM-SHA-256 keys (tables ``scram``,
+``scram_secret``, columns ``scram_keys``), see ``estafeta.auth.scramkeys``.
+
+SCRAM (rfc5802, rfc7677). Setting a password (``add_user``,
+``set_password``, ``app_password_create``) stores its SCRAM salt, iteration
+count, StoredKey and ServerKey next to its argon2id hash (PBKDF2 runs
+outside the transaction, like argon2: call these off the event loop). A
+credential made before schema 5 gets keys at its next successful plaintext
+login (``authenticate``). ``scram_salt`` and ``scram_authenticate`` are
+what a SCRAM login asks (estafeta.auth.guard.Authenticator.scram_login).
 """
 
 from __future__ import annotations
@@ -67,7 +76,7 @@ from typing import Any, TypeVar, cast
 import argon2
 
 from estafeta.address import AddressError, normalize_address, normalize_domain, split_address
-from estafeta.auth import logins
+from estafeta.auth import logins, scram, scramkeys
 from estafeta.auth.logincache import APP_PASSWORD, PASSWORD, LoginCache
 from estafeta.auth.logins import LoginRecord
 
@@ -152,6 +161,7 @@ _MIGRATIONS: list[Migration] = [
     _add_quota_v2,
     _add_second_factors_v3,
     logins.create_v4,  # login history, per-account retention
+    scramkeys.create_v5,  # SCRAM-SHA-256 keys
 ]
 
 
@@ -189,6 +199,13 @@ def _app_password_key(secret: str) -> str | None:
 def looks_like_app_password(secret: str) -> bool:
     """Could ``secret`` be an app password (length and alphabet)? Cheap: no hash."""
     return _app_password_key(secret) is not None
+
+
+def _shown_app_password(key: str) -> str:
+    """An app password as it was shown (``abcd-efgh-jkmn-pqrs``): what SCRAM
+    clients are given, so what its SCRAM keys are derived from."""
+    size = APP_PASSWORD_GROUP_LENGTH
+    return "-".join(key[i : i + size] for i in range(0, len(key), size))
 
 
 def _app_password_tag(key: str) -> str:
@@ -256,10 +273,15 @@ class Accounts:
         password_policy: bool = True,
         clock: Callable[[], float] = time.time,
         login_cache: LoginCache | None = None,
+        scram_iterations: int = scram.DEFAULT_ITERATIONS,
     ) -> None:
         """``password_policy=False`` accepts any non-empty new password (for
         tests and tools that must); ``clock`` gives Unix time (tests move it);
-        ``login_cache`` remembers successful logins of ``authenticate``."""
+        ``login_cache`` remembers successful logins of ``authenticate``;
+        ``scram_iterations``: PBKDF2 iterations of new SCRAM keys."""
+        if scram_iterations < scram.MIN_ITERATIONS:
+            raise AccountError(f"scram_iterations must be at least {scram.MIN_ITERATIONS}")
+        self.scram_iterations = scram_iterations
         self.path = Path(path)
         self.password_policy = password_policy
         self.clock = clock
@@ -508,6 +530,8 @@ class Accounts:
         normalized = self._local_address(address)
         secret = self._password_bytes(password, normalized)
         password_hash = self.hasher.hash(secret)  # slow: outside the transaction
+        salt, iterations = self._scram_params(normalized, renew=True)
+        keys = scram.derive_keys(password, salt, iterations)  # slow too
         with self._write() as conn:
             if self._is_account(conn, normalized):
                 raise AccountError(f"account {normalized} already exists")
@@ -516,9 +540,11 @@ class Accounts:
                     f"{normalized} is an alias; delete the alias first to make it an account"
                 )
             conn.execute(
-                "INSERT INTO accounts (address, password_hash, created) VALUES (?, ?, ?)",
-                (normalized, password_hash, int(self.clock())),
+                "INSERT INTO accounts (address, password_hash, created, scram_keys) "
+                "VALUES (?, ?, ?, ?)",
+                (normalized, password_hash, int(self.clock()), keys),
             )
+            scramkeys.set_salt(conn, normalized, salt, iterations)
         return normalized
 
     def set_password(self, address: str, password: str) -> None:
@@ -526,13 +552,17 @@ class Accounts:
         normalized = self._local_address(address)
         secret = self._password_bytes(password, normalized)
         password_hash = self.hasher.hash(secret)
+        salt, iterations = self._scram_params(normalized, renew=True)
+        keys = scram.derive_keys(password, salt, iterations)
         with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE accounts SET password_hash = ? WHERE address = ?",
-                (password_hash, normalized),
+            self._account_or_error(conn, normalized)
+            # A new salt (the iteration count changed) drops the app
+            # passwords' keys: they come back at their next plaintext login.
+            scramkeys.set_salt(conn, normalized, salt, iterations)
+            conn.execute(
+                "UPDATE accounts SET password_hash = ?, scram_keys = ? WHERE address = ?",
+                (password_hash, keys, normalized),
             )
-            if cursor.rowcount == 0:
-                raise AccountError(f"no account {normalized}")
 
     def delete_user(self, address: str) -> list[str]:
         """Delete an account, its TOTP secret, app passwords, login history and
@@ -548,6 +578,7 @@ class Accounts:
                 raise AccountError(f"no account {normalized}")
             conn.execute("DELETE FROM totp WHERE address = ?", (normalized,))
             conn.execute("DELETE FROM app_passwords WHERE address = ?", (normalized,))
+            scramkeys.forget(conn, normalized)
             logins.forget_account(conn, normalized)
             sources = [
                 row[0]
@@ -736,6 +767,8 @@ class Accounts:
                             cache.put(
                                 cache_key, normalized, APP_PASSWORD, name, cache.fingerprint(*state)
                             )
+                        if current is not None:
+                            self._scram_upgrade(normalized, name, current, _shown_app_password(key))
                         return normalized
             if allow_password and not has_totp:
                 verifications += 1
@@ -747,6 +780,8 @@ class Accounts:
                     if cache is not None and cache_key is not None and current_hash is not None:
                         state = _password_state(current_hash, totp_secret)
                         cache.put(cache_key, normalized, PASSWORD, "", cache.fingerprint(*state))
+                    if current_hash is not None:
+                        self._scram_upgrade(normalized, None, current_hash, secret)
                     return normalized
         if verifications == 0:
             self._dummy_verification(secret_bytes)
@@ -848,6 +883,104 @@ class Accounts:
             )
             return new_hash if cursor.rowcount == 1 else None
         return None if rehash else stored
+
+    # -- SCRAM (SQL: estafeta.auth.scramkeys) -----------------------------------------
+
+    def _scram_params(self, address: str, *, renew: bool) -> tuple[bytes, int]:
+        """The salt and iteration count to derive a new key of ``address``
+        with: the account's own; its fake salt if it has none yet (so its
+        salt does not change when it gets keys); with ``renew`` (its password
+        changes) a new random salt if its iteration count is not the
+        configured one any more."""
+        with self._read() as conn:
+            current = scramkeys.salt_of(conn, address)
+            secret = scramkeys.secret(conn)
+        if current is None:
+            return scram.fake_salt(secret, address), self.scram_iterations
+        if renew and current[1] != self.scram_iterations:
+            return secrets.token_bytes(scram.SALT_LENGTH), self.scram_iterations
+        return current
+
+    def _scram_upgrade(self, address: str, app_name: str | None, stored: str, secret: str) -> None:
+        """Give a credential that has just been verified in plaintext its
+        SCRAM keys, if it has none (made before schema 5); best effort, like
+        a re-hash: a busy database leaves it for the next login."""
+        with suppress(sqlite3.Error, AccountError):
+            with self._read() as conn:
+                if app_name is None:
+                    row = scramkeys.password_keys(conn, address)
+                else:
+                    row = scramkeys.app_keys(conn, address, app_name)
+            if row is None or row[1] is not None or row[0] != stored:
+                return
+            salt, iterations = self._scram_params(address, renew=False)
+            keys = scram.derive_keys(secret, salt, iterations)  # PBKDF2: this thread
+            with self._write() as conn:
+                current = scramkeys.salt_of(conn, address)
+                if current is None:
+                    scramkeys.set_salt(conn, address, salt, iterations)
+                elif current != (salt, iterations):
+                    return  # changed meanwhile: the next login tries again
+                if app_name is None:
+                    scramkeys.store_password_keys(conn, address, stored, keys)
+                else:
+                    scramkeys.store_app_keys(conn, address, app_name, stored, keys)
+
+    def scram_salt(self, user: str) -> tuple[bytes, int]:
+        """The salt and iteration count of the server-first message for
+        ``user``: the account's, or, for an address that has none or is no
+        account, a fake salt (the same each time) and the configured count."""
+        try:
+            normalized = normalize_address(user)
+        except AddressError:
+            normalized = user.strip().lower()
+        with self._read() as conn:
+            current = scramkeys.salt_of(conn, normalized)
+            secret = scramkeys.secret(conn)
+        if current is not None:
+            return current
+        return scram.fake_salt(secret, normalized), self.scram_iterations
+
+    def scram_authenticate(
+        self, exchange: scram.ScramServer, protocol: str, *, allow_password: bool = True
+    ) -> tuple[str, scram.Credential] | None:
+        """Check a SCRAM proof (``exchange`` has had the client-final message)
+        against the credentials of its user that may open PROTOCOL, by the
+        rules of ``authenticate``: an app password allowing PROTOCOL and not
+        expired; the account password only without TOTP and with
+        ``allow_password``. The account and the credential that matched, or
+        None. No PBKDF2 or argon2 here: a few HMACs and one SQLite read."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+        try:
+            normalized = normalize_address(exchange.user)
+        except AddressError:
+            exchange.verify([])
+            return None
+        with self._read() as conn:
+            current = scramkeys.salt_of(conn, normalized)
+            password_keys, has_totp, apps = scramkeys.credentials(conn, normalized)
+        candidates: list[scram.Credential] = []
+        if current == (exchange.salt, exchange.iterations):
+            if password_keys is not None and allow_password and not has_totp:
+                candidates.append(scram.Credential(*scram.split_keys(password_keys)))
+            now = self.clock()
+            for name, protocols, expires, keys in apps:
+                if protocol in protocols.split(",") and (expires is None or now < expires):
+                    candidates.append(scram.Credential(*scram.split_keys(keys), "app", name))
+        index = exchange.verify(candidates)
+        if index is None:
+            return None
+        credential = candidates[index]
+        if credential.kind == "app":
+            now = int(self.clock())
+            with suppress(sqlite3.Error, AccountError), self._write() as conn:
+                conn.execute(
+                    "UPDATE app_passwords SET last_used = ? WHERE address = ? AND name = ? "
+                    "AND (last_used IS NULL OR last_used <= ?)",
+                    (now, normalized, credential.name, now - LAST_USED_RESOLUTION),
+                )
+        return normalized, credential
 
     # -- TOTP ------------------------------------------------------------------------
 
@@ -973,10 +1106,18 @@ class Accounts:
         key = _app_password_key(password)
         assert key is not None  # new_app_password makes well-formed ones
         password_hash = self.hasher.hash(key.encode("ascii"))  # slow: outside the transaction
+        # SCRAM keys of the form shown to the user, under the account's salt.
+        salt, iterations = self._scram_params(normalized, renew=False)
+        keys: bytes | None = scram.derive_keys(password, salt, iterations)
         created = int(self.clock())
         expires = None if expires_days is None else created + expires_days * 86_400
         with self._write() as conn:
             self._account_or_error(conn, normalized)
+            current_salt = scramkeys.salt_of(conn, normalized)
+            if current_salt is None:
+                scramkeys.set_salt(conn, normalized, salt, iterations)
+            elif current_salt != (salt, iterations):
+                keys = None  # the salt changed meanwhile: keyed at its first login
             if conn.execute(
                 "SELECT 1 FROM app_passwords WHERE address = ? AND name = ?", (normalized, label)
             ).fetchone():
@@ -994,7 +1135,7 @@ class Accounts:
                 )
             conn.execute(
                 "INSERT INTO app_passwords (address, name, password_hash, tag, protocols, "
-                "created, expires, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                "created, expires, last_used, scram_keys) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
                 (
                     normalized,
                     label,
@@ -1003,6 +1144,7 @@ class Accounts:
                     ",".join(allowed),
                     created,
                     expires,
+                    keys,
                 ),
             )
         return password

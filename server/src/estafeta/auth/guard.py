@@ -71,11 +71,12 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from estafeta import metrics
 from estafeta.address import AddressError, normalize_address
 from estafeta.auth.accounts import looks_like_app_password
+from estafeta.auth.scram import Credential, ScramServer
 from estafeta.log import log_event
 
 log = logging.getLogger("estafeta.auth")
@@ -407,6 +408,16 @@ class PasswordChecker(Protocol):
     ) -> str | None: ...
 
 
+class ScramChecker(Protocol):
+    """What a SCRAM login needs of the accounts (estafeta.auth.accounts.Accounts)."""
+
+    def scram_salt(self, user: str) -> tuple[bytes, int]: ...
+
+    def scram_authenticate(
+        self, exchange: ScramServer, protocol: str, *, allow_password: bool = True
+    ) -> tuple[str, Credential] | None: ...
+
+
 @dataclass(frozen=True)
 class LoginResult:
     """The outcome of one login attempt."""
@@ -463,6 +474,54 @@ class Authenticator:
         self._serial: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     async def login(self, user: str, secret: str, protocol: str, peer_ip: str) -> LoginResult:
+        def check(allow_password: bool) -> str | None:
+            if allow_password:
+                return self.accounts.authenticate(user, secret, protocol)
+            return self.accounts.authenticate(user, secret, protocol, allow_password=False)
+
+        return await self._attempt(user, protocol, peer_ip, check, looks_like_app_password(secret))
+
+    async def scram_salt(self, user: str) -> tuple[bytes, int]:
+        """The salt and iteration count for a SCRAM server-first message
+        (``Accounts.scram_salt``: a fake one for unknown users), read off the
+        event loop."""
+        accounts = cast(ScramChecker, self.accounts)
+        if self._closed:  # stopping: the executor takes no more work
+            return await asyncio.to_thread(accounts.scram_salt, user)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, accounts.scram_salt, user
+        )
+
+    async def scram_login(
+        self, exchange: ScramServer, protocol: str, peer_ip: str
+    ) -> tuple[LoginResult, Credential | None]:
+        """Check a SCRAM proof (``exchange`` has parsed the client-final
+        message) through the same guard as ``login``: lockouts, delays,
+        history. During an account lockout only app passwords are tried.
+        The result, and the credential that matched (for server-final)."""
+        accounts = cast(ScramChecker, self.accounts)
+        matched: list[Credential] = []
+
+        def check(allow_password: bool) -> str | None:
+            found = accounts.scram_authenticate(exchange, protocol, allow_password=allow_password)
+            if found is None:
+                return None
+            matched.append(found[1])
+            return found[0]
+
+        result = await self._attempt(exchange.user, protocol, peer_ip, check, True)
+        return result, (matched[0] if result.ok and matched else None)
+
+    async def _attempt(
+        self,
+        user: str,
+        protocol: str,
+        peer_ip: str,
+        check: Callable[[bool], str | None],
+        maybe_app_password: bool,
+    ) -> LoginResult:
+        """One login through the guard; ``check(allow_password)`` (run on
+        the executor) says which account the secret opens, or None."""
         account = account_key(user)
         async with self._one_at_a_time(peer_ip):
             decision = self.guard.check(peer_ip, account)
@@ -470,7 +529,7 @@ class Authenticator:
             if not decision.allowed:
                 # During an account lockout an unknown client may still use
                 # an app password; anything else costs no argon2 work.
-                if decision.scope != ACCOUNT or not looks_like_app_password(secret):
+                if decision.scope != ACCOUNT or not maybe_app_password:
                     metrics.AUTH_ATTEMPTS.labels(protocol, "locked").inc()
                     self._remember(account, protocol, peer_ip, False)
                     return LoginResult(None, locked=True, reason=decision.scope)
@@ -481,7 +540,7 @@ class Authenticator:
                     self._saturated = True
                     log_event(log, "auth_busy", logging.WARNING, queued=self._queued)
                 return LoginResult(None, locked=True, reason=BUSY)
-            address = await self._check(user, secret, protocol, allow_password)
+            address = await self._check(check, allow_password)
             metrics.AUTH_ATTEMPTS.labels(protocol, "ok" if address else "failed").inc()
             self._remember(address or account, protocol, peer_ip, address is not None)
             if address is not None:
@@ -496,15 +555,12 @@ class Authenticator:
             await self._sleep(failure.delay)  # slow down guessing
         return LoginResult(None)
 
-    async def _check(
-        self, user: str, secret: str, protocol: str, allow_password: bool
-    ) -> str | None:
+    async def _check(self, check: Callable[[bool], str | None], allow_password: bool) -> str | None:
         self._queued += 1
         try:
-            check = functools.partial(self.accounts.authenticate, user, secret, protocol)
-            if not allow_password:
-                check = functools.partial(check, allow_password=False)
-            return await asyncio.get_running_loop().run_in_executor(self._executor, check)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(check, allow_password)
+            )
         finally:
             self._queued -= 1
             if self._queued <= self.max_queued // 2:

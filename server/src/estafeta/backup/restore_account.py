@@ -121,6 +121,7 @@ def _copy_account_rows(live: Config, snapshot_db: Path, address: str) -> list[st
                 ("accounts", "address = ?"),
                 ("totp", "address = ?"),
                 ("app_passwords", "address = ?"),
+                ("scram", "address = ?"),  # the salt of the rows' SCRAM keys
                 ("aliases", "target = ?"),
             ):
                 columns = [row[1] for row in conn.execute(f"PRAGMA main.table_info({table})")]

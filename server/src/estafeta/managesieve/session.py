@@ -23,15 +23,23 @@ of bytes does not extend it), then an idle autologout of
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from estafeta.auth import scramlogin
 from estafeta.auth.connections import Ticket
-from estafeta.auth.guard import BUSY, Authenticator
-from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
+from estafeta.auth.guard import BUSY, Authenticator, LoginResult
+from estafeta.auth.sasl import (
+    MalformedSASL,
+    SASLCancelled,
+    SASLError,
+    decode_plain,
+    decode_response,
+)
 from estafeta.imap.session import discard_buffered, start_tls
 from estafeta.log import log_event
 from estafeta.managesieve import parser as p
@@ -137,13 +145,20 @@ class Session:
     def plaintext_ok(self) -> bool:
         return self.tls_active or self.settings.allow_plaintext
 
+    def scram_mechanisms(self) -> list[str]:
+        """SCRAM-SHA-256, and -PLUS where tls-exporter data can be had (rfc9266)."""
+        return scramlogin.mechanisms(self.binding())
+
+    def binding(self) -> bytes | None:
+        return scramlogin.binding(self.writer) if self.tls_active else None
+
     def capabilities(self) -> list[tuple[str, str | None]]:
         """rfc5804:1.7; they change only after STARTTLS, AUTHENTICATE and
         UNAUTHENTICATE."""
         caps: list[tuple[str, str | None]] = [
             ("IMPLEMENTATION", "estafeta"),
             # Empty only while STARTTLS is offered (rfc5804:1.7).
-            ("SASL", "PLAIN" if self.plaintext_ok() else ""),
+            ("SASL", " ".join([*self.scram_mechanisms(), "PLAIN"]) if self.plaintext_ok() else ""),
             ("SIEVE", " ".join(self.settings.extensions)),
         ]
         if self.state == NOT_AUTHENTICATED and self.tls is not None and not self.tls_active:
@@ -278,10 +293,17 @@ class Session:
     async def login(self, user: str, password: str) -> None:
         # The shared guard delays failures and refuses locked-out clients.
         result = await self.authenticator.login(user, password, "sieve", self.peer)
+        self.logged_in(result, user)
+
+    def logged_in(
+        self, result: LoginResult, user: str, mechanism: str = "", server_final: bytes | None = None
+    ) -> None:
+        """Answer a decided login (PLAIN, SCRAM-*); ``server_final`` goes in
+        the OK's SASL response code (rfc5804:2.1)."""
         if result.address is None:
             self.failed_logins += 1
             if not result.locked:
-                log_event(log, "login_failed", logging.WARNING, client=self.peer, user=user)
+                log_event(log, "login_failed", logging.WARNING, client=self.peer, user=user[:100])
             if self.failed_logins >= MAX_FAILED_LOGINS:
                 # rfc5804:2.1 example: BYE after too many failures.
                 self.send(p.bye("Too many failed authentication attempts"))
@@ -299,10 +321,22 @@ class Session:
         self.user = result.address
         self.state = AUTHENTICATED
         self.parser.set_authenticated(True)
-        log_event(log, "login", client=self.peer, user=self.user, tls=self.tls_active)
-        # PLAIN negotiates no security layer: no capabilities after the OK
-        # (rfc5804:2.1, response-authenticate).
-        self.send(p.ok("Logged in"))
+        extra: dict[str, object] = {"mechanism": mechanism} if mechanism else {}
+        log_event(
+            log,
+            "login",
+            logging.INFO,
+            client=self.peer,
+            user=self.user,
+            tls=self.tls_active,
+            **extra,
+        )
+        # PLAIN and SCRAM negotiate no security layer: no capabilities after
+        # the OK (rfc5804:2.1, response-authenticate).
+        if server_final is None:
+            self.send(p.ok("Logged in"))
+        else:
+            self.send(p.ok("Logged in", "SASL", base64.b64encode(server_final)))
 
 
 def _name(value: bytes | int) -> str:
@@ -387,10 +421,17 @@ async def cmd_starttls(s: Session, cmd: Command) -> None:  # rfc5804:2.2
 async def cmd_authenticate(s: Session, cmd: Command) -> None:  # rfc5804:2.1
     mechanism = cmd.args[0]
     assert isinstance(mechanism, bytes)
-    if mechanism.upper() != b"PLAIN":
+    name = mechanism.decode("ascii", "replace").upper()
+    binding = s.binding()
+    if name != "PLAIN" and name not in scramlogin.mechanisms(binding):
         raise No(f"Unsupported mechanism {mechanism[:20].decode('ascii', 'replace')}")
     if not s.plaintext_ok():
         raise No("Authenticate after STARTTLS", "ENCRYPT-NEEDED")
+    if name != "PLAIN":
+        initial = cmd.args[1] if len(cmd.args) > 1 else None
+        assert initial is None or isinstance(initial, bytes)
+        await _authenticate_scram(s, name, initial, binding)
+        return
     if len(cmd.args) > 1:
         response = cmd.args[1]  # the initial response
         assert isinstance(response, bytes)
@@ -418,6 +459,50 @@ async def cmd_authenticate(s: Session, cmd: Command) -> None:  # rfc5804:2.1
     except SASLError as exc:
         raise No(str(exc)) from None
     await s.login(authcid, password)
+
+
+class _Answered(Exception):
+    """The session answered already (a fatal parse error)."""
+
+
+async def _authenticate_scram(
+    s: Session, mechanism: str, initial: bytes | None, binding: bytes | None
+) -> None:
+    """AUTHENTICATE "SCRAM-SHA-256(-PLUS)" (rfc5804:2.1, rfc5802, rfc9266)."""
+
+    async def challenge(data: bytes) -> bytes:
+        # rfc5804:2.1: a challenge is a string with the base64 data.
+        s.send(p.string(base64.b64encode(data)) + b"\r\n")
+        s.parser.expect_response()
+        event = await s.next_event()
+        if isinstance(event, Eof):
+            raise ConnectionError("closed during AUTHENTICATE")
+        if isinstance(event, ParseError):
+            if event.fatal:
+                s._parse_error(event)
+                raise _Answered
+            raise MalformedSASL(event.text)
+        if not isinstance(event, Response):  # pragma: no cover - the parser gives no other
+            raise MalformedSASL("Expected a SASL response")
+        return decode_response(event.value)
+
+    try:
+        outcome = await scramlogin.login(
+            s.authenticator,
+            mechanism,
+            None if initial is None else decode_response(initial),
+            challenge,
+            protocol="sieve",
+            peer=s.peer,
+            channel_binding=binding,
+        )
+    except _Answered:
+        return
+    except SASLCancelled:
+        raise No("Authentication cancelled") from None  # rfc5804:2.1: MUST be a NO
+    except SASLError as exc:  # malformed or refused: NO either way (rfc5804:2.1)
+        raise No(str(exc)) from None
+    s.logged_in(outcome.result, outcome.user, mechanism, outcome.server_final)
 
 
 async def cmd_unauthenticate(s: Session, cmd: Command) -> None:  # rfc5804:2.14.1

@@ -10,6 +10,7 @@ removals as expunges.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import re
@@ -17,10 +18,16 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from estafeta.auth import Accounts
+from estafeta.auth import Accounts, scramlogin
 from estafeta.auth.connections import Ticket
-from estafeta.auth.guard import BUSY, Authenticator
-from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
+from estafeta.auth.guard import BUSY, Authenticator, LoginResult
+from estafeta.auth.sasl import (
+    MalformedSASL,
+    SASLCancelled,
+    SASLError,
+    decode_plain,
+    decode_response,
+)
 from estafeta.imap.session import discard_buffered, start_tls
 from estafeta.log import log_event
 from estafeta.pop3.parser import Command, Eof, Error, NeedData, Parser, RawLine
@@ -356,6 +363,10 @@ class Session:
             return
         # The shared guard delays failures and refuses locked-out clients.
         result = await self.authenticator.login(user, password, "pop3", self.peer)
+        await self.logged_in(result, user)
+
+    async def logged_in(self, result: LoginResult, user: str, mechanism: str = "") -> None:
+        """Answer a decided login (USER/PASS, AUTH PLAIN, AUTH SCRAM-*)."""
         address = result.address
         if address is None:
             self.failed_logins += 1
@@ -366,7 +377,7 @@ class Session:
                 # [AUTH] (rfc3206:5) would make the client ask for a new password.
                 self.err("Too many failed logins, try again later", "SYS/TEMP")
             else:
-                log_event(log, "login_failed", logging.WARNING, client=self.peer, user=user)
+                log_event(log, "login_failed", logging.WARNING, client=self.peer, user=user[:100])
                 self.err("Invalid credentials", "AUTH")  # rfc3206:5
             if self.failed_logins >= MAX_FAILED_LOGINS:
                 self.state = CLOSED
@@ -388,7 +399,10 @@ class Session:
             raise
         self.messages = [Message(uid, size, file) for uid, size, file in rows]
         self.state = TRANSACTION
-        log_event(log, "login", client=self.peer, user=address, tls=self.tls_active)
+        extra: dict[str, object] = {"mechanism": mechanism} if mechanism else {}
+        log_event(
+            log, "login", logging.INFO, client=self.peer, user=address, tls=self.tls_active, **extra
+        )
         total = sum(m.size for m in self.messages)
         self.ok(f"Logged in, {len(self.messages)} messages ({total} octets)")
 
@@ -410,7 +424,8 @@ async def cmd_capa(s: Session, cmd: Command) -> None:
         if s.tls is not None and not s.tls_active:
             caps.append("STLS")
         if s.plaintext_ok():
-            caps += ["USER", "SASL PLAIN"]
+            binding = scramlogin.binding(s.writer) if s.tls_active else None
+            caps += ["USER", " ".join(["SASL", *scramlogin.mechanisms(binding), "PLAIN"])]
     s.ok("Capability list follows")
     s.lines(caps)
 
@@ -458,17 +473,22 @@ async def cmd_apop(s: Session, cmd: Command) -> None:
 
 
 async def cmd_auth(s: Session, cmd: Command) -> None:
+    binding = scramlogin.binding(s.writer) if s.tls_active else None
     if not cmd.args:
         s.ok("Mechanisms follow")  # rfc5034:4 (as in rfc1734 usage)
-        s.lines(["PLAIN"] if s.plaintext_ok() else [])
+        s.lines([*scramlogin.mechanisms(binding), "PLAIN"] if s.plaintext_ok() else [])
         return
-    if cmd.args[0].upper() != "PLAIN":
+    mechanism = cmd.args[0].upper()
+    if mechanism != "PLAIN" and mechanism not in scramlogin.mechanisms(binding):
         s.err(f"Unsupported mechanism {cmd.args[0][:20]}")
         return
     if not s.plaintext_ok():
         s.err("Authenticate after STLS", "AUTH")
         return
     response = cmd.args[1] if len(cmd.args) > 1 else None
+    if mechanism != "PLAIN":
+        await _auth_scram(s, mechanism, response, binding)
+        return
     if response is None:
         s.send(b"+ \r\n")
         s.parser.expect_line()
@@ -489,6 +509,44 @@ async def cmd_auth(s: Session, cmd: Command) -> None:
         s.err(str(exc), "AUTH")
         return
     await s.login(authcid, password)
+
+
+async def _auth_scram(
+    s: Session, mechanism: str, initial: str | None, binding: bytes | None
+) -> None:
+    """AUTH SCRAM-SHA-256(-PLUS) (rfc5034:4, rfc5802, rfc9266)."""
+
+    async def challenge(data: bytes) -> bytes:
+        s.send(b"+ " + base64.b64encode(data) + b"\r\n")  # rfc5034:4 continuation
+        s.parser.expect_line()
+        event = await s._next()
+        if not isinstance(event, RawLine):
+            raise MalformedSASL("Expected a SASL response")
+        return decode_response(event.line)
+
+    try:
+        outcome = await scramlogin.login(
+            s.authenticator,
+            mechanism,
+            None if initial is None else decode_response(initial),
+            challenge,
+            protocol="pop3",
+            peer=s.peer,
+            channel_binding=binding,
+        )
+        # rfc4422:5 item 5: the server-final message as a challenge, "" back.
+        if outcome.server_final is not None and await challenge(outcome.server_final):
+            raise MalformedSASL("Expected an empty response")
+    except SASLCancelled:
+        s.err("Authentication cancelled")  # rfc5034:4
+        return
+    except MalformedSASL as exc:
+        s.err(str(exc))
+        return
+    except SASLError as exc:
+        s.err(str(exc), "AUTH")
+        return
+    await s.logged_in(outcome.result, outcome.user, mechanism)
 
 
 async def cmd_utf8(s: Session, cmd: Command) -> None:

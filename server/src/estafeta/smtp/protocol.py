@@ -42,8 +42,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, TLSSetupException, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, TLSSetupException, auth_mechanism, syntax
 
+from estafeta import tlsbinding
+from estafeta.auth import scramlogin
 from estafeta.auth.connections import (
     ADDRESS,
     CROWDED_TIMEOUT,
@@ -52,8 +54,15 @@ from estafeta.auth.connections import (
     Ticket,
     report,
 )
-from estafeta.auth.guard import ConnectionsPerIP, LoginResult
-from estafeta.auth.sasl import SASLError, decode_plain
+from estafeta.auth.guard import Authenticator, ConnectionsPerIP, LoginResult
+from estafeta.auth.sasl import (
+    MalformedSASL,
+    SASLCancelled,
+    SASLError,
+    decode_plain,
+    decode_response,
+)
+from estafeta.auth.scram import MAX_MESSAGE, SCRAM_SHA_256, SCRAM_SHA_256_PLUS
 from estafeta.log import log_event
 from estafeta.smtp import replies
 from estafeta.smtp.data import DataBudget, DataReader, DataStatus
@@ -68,6 +77,12 @@ T = TypeVar("T")
 Authenticate = Callable[[str, str, str], Awaitable[LoginResult]]
 # Failed AUTH attempts before the connection is closed.
 MAX_AUTH_FAILURES = 3
+
+
+class _Answered(Exception):
+    """aiosmtpd answered the client already (a "*" or bad base64 to a 334)."""
+
+
 # rfc4954:6 — 454 4.7.0 "Temporary authentication failure": the client (or
 # the account, from an unknown address) is locked out for a while.
 AUTH_LOCKED = "454 4.7.0 Too many failed authentications, try later"
@@ -270,6 +285,7 @@ class SMTPProtocol(SMTP):
         connections: Connections,
         allow_auth: bool = False,
         authenticate: Authenticate | None = None,
+        scram: Authenticator | None = None,
         implicit_tls: bool = False,
         data_timeout: float | None = None,
         data_memory: DataBudget | None = None,
@@ -283,6 +299,8 @@ class SMTPProtocol(SMTP):
         # loop.time() by which the message must be in; None outside DATA.
         self._data_deadline: float | None = None
         self._authenticate_user = authenticate
+        # SCRAM-SHA-256(-PLUS) logins (estafeta.auth.scramlogin); None: not offered.
+        self._scram = scram
         self._implicit_tls = implicit_tls
         if implicit_tls:
             # The whole connection is TLS (port 465, rfc8314:3.3): AUTH may go ahead.
@@ -970,6 +988,65 @@ class SMTPProtocol(SMTP):
             return AuthResult(success=False, handled=True)
         return await self._check_password(user, password)
 
+    # rfc4954:4 with rfc5802 / rfc7677 / rfc9266 (aiosmtpd's public auth_ hook).
+    @auth_mechanism(SCRAM_SHA_256)
+    async def auth_SCRAM_SHA_256(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._auth_scram(SCRAM_SHA_256, args)
+
+    @auth_mechanism(SCRAM_SHA_256_PLUS)
+    async def auth_SCRAM_SHA_256_PLUS(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._auth_scram(SCRAM_SHA_256_PLUS, args)
+
+    def _scram_mechanisms(self) -> list[str]:
+        """What this connection offers: -PLUS only with tls-exporter data."""
+        if self._scram is None:
+            return []
+        return scramlogin.mechanisms(tlsbinding.exporter(self._ssl_object()))
+
+    async def _auth_scram(self, mechanism: str, args: list[str]) -> AuthResult:
+        binding = tlsbinding.exporter(self._ssl_object())
+        if self._scram is None or mechanism not in scramlogin.mechanisms(binding):
+            await self.push("504 5.5.4 Unrecognized authentication type")
+            return AuthResult(success=False, handled=True)
+        peer = self._peer_ip()
+
+        async def challenge(data: bytes) -> bytes:
+            try:
+                blob = await self.challenge_auth(data)  # "334 " + base64; "*", bad base64: 501
+            except ValueError:  # asyncio: over the reader's line limit (dropped)
+                raise MalformedSASL("SASL response too long") from None
+            if blob is MISSING:
+                raise _Answered
+            if len(blob) > MAX_MESSAGE:
+                raise MalformedSASL("SASL response too long")
+            return bytes(blob)
+
+        try:
+            outcome = await scramlogin.login(
+                self._scram,
+                mechanism,
+                decode_response(args[1]) if len(args) > 1 else None,
+                challenge,
+                protocol="smtp",
+                peer=peer,
+                channel_binding=binding,
+            )
+            # rfc4954:4: the server-final message as a 334 challenge, "" back.
+            if outcome.server_final is not None and await challenge(outcome.server_final):
+                raise MalformedSASL("Expected an empty response")
+        except _Answered:
+            return AuthResult(success=False, handled=True)
+        except SASLCancelled:
+            await self.push("501 5.7.0 Auth aborted")
+            return AuthResult(success=False, handled=True)
+        except MalformedSASL as exc:
+            await self.push(f"501 5.5.2 {exc}")
+            return AuthResult(success=False, handled=True)
+        except SASLError as exc:
+            await self.push(f"535 5.7.8 {exc}")
+            return AuthResult(success=False, handled=True)
+        return await self._login_result(outcome.user, outcome.result, peer)
+
     # draft-murchison-sasl-login: username and password, each base64 after a 334.
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:
@@ -993,12 +1070,19 @@ class SMTPProtocol(SMTP):
             return AuthResult(success=False, handled=True)
         return await self._check_password(user, password)
 
+    def _peer_ip(self) -> str:
+        return str(self.session.peer[0]) if self.session and self.session.peer else "?"
+
     async def _check_password(self, user: str, password: str) -> AuthResult:
-        peer = str(self.session.peer[0]) if self.session and self.session.peer else "?"
+        peer = self._peer_ip()
         result = LoginResult(None)
         if self._authenticate_user is not None:
             # Delays after a failure and lockouts are the guard's business.
             result = await self._authenticate_user(user, password, peer)
+        return await self._login_result(user, result, peer)
+
+    async def _login_result(self, user: str, result: LoginResult, peer: str) -> AuthResult:
+        """Answer a decided login (PLAIN, LOGIN, SCRAM)."""
         account = result.address
         if account is None:
             self._auth_failures += 1
@@ -1008,7 +1092,7 @@ class SMTPProtocol(SMTP):
                     "auth",
                     logging.WARNING,
                     protocol="smtp",
-                    user=user,
+                    user=user[:100],
                     client=peer,
                     result="failed",
                 )
@@ -1037,15 +1121,17 @@ class SMTPProtocol(SMTP):
     def tls_active(self) -> bool:
         return self._implicit_tls or self._tls_protocol is not None
 
+    def _ssl_object(self) -> ssl.SSLObject | None:
+        if self._implicit_tls and self.transport is not None:
+            ssl_object: ssl.SSLObject | None = self.transport.get_extra_info("ssl_object")
+            return ssl_object
+        if self._tls_protocol is None:
+            return None
+        return self._tls_protocol._extra.get("ssl_object")
+
     def tls_info(self) -> str | None:
         """'TLSv1.3 TLS_AES_256_GCM_SHA384' on a TLS connection."""
-        ssl_object: ssl.SSLObject | None
-        if self._implicit_tls and self.transport is not None:
-            ssl_object = self.transport.get_extra_info("ssl_object")
-        elif self._tls_protocol is None:
-            return None
-        else:
-            ssl_object = self._tls_protocol._extra.get("ssl_object")
+        ssl_object = self._ssl_object()
         if ssl_object is None:
             return None
         cipher = ssl_object.cipher()
@@ -1056,6 +1142,19 @@ class SMTPProtocol(SMTP):
         lines = [line[4:] for line in responses]
         if not self._allow_auth:
             lines = [line for line in lines if not line.upper().startswith("AUTH")]
+        else:
+            # SCRAM only where this connection can do it (-PLUS: tls-exporter).
+            offered = self._scram_mechanisms()
+            lines = [
+                " ".join(
+                    word
+                    for word in line.split()
+                    if word.upper() not in (SCRAM_SHA_256, SCRAM_SHA_256_PLUS) or word in offered
+                )
+                if line.upper().startswith("AUTH ")
+                else line
+                for line in lines
+            ]
         lines = [line for line in lines if line.upper() != "HELP"]
         lines += ["PIPELINING", "ENHANCEDSTATUSCODES"]
         return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
