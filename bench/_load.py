@@ -39,13 +39,15 @@ def ingest_message(n: int, to: str, size: int = 4096) -> bytes:
 
 def bigbox_message(n: int, to: str) -> bytes:
     """Message ``n`` of the big INBOX: Subject "report N about topic N%50",
-    and the word "zebracorn" in the body of one message in 1,000."""
+    the word "zebracorn" in the body of one message in 1,000, and threads of
+    four (In-Reply-To the message before, but for every fourth one)."""
     needle = "zebracorn" if n % 1000 == 7 else "ordinary"
+    reply = f"In-Reply-To: <{n - 1}@remote.test>\r\n" if n % 4 else ""
     return (
         f"From: Sender {n % 97} <sender{n % 97}@remote.test>\r\n"
         f"To: {to}\r\nSubject: report {n} about topic {n % 50}\r\n"
         f"Date: Mon, 23 Nov 2026 10:{n % 60:02d}:00 +0000\r\n"
-        f"Message-ID: <{n}@remote.test>\r\nX-Batch: {n // 1000}\r\n\r\n"
+        f"Message-ID: <{n}@remote.test>\r\n{reply}X-Batch: {n // 1000}\r\n\r\n"
         + f"Line of {needle} text for message {n}.\r\n"
         * 20
     ).encode()
@@ -150,8 +152,8 @@ class Reply:
     untagged: int  # untagged responses ("* ...") before the tagged one
     octets: int
     tagged: bytes
-    search: list[int] = field(default_factory=list)  # numbers of "* SEARCH"
-    lines: list[bytes] = field(default_factory=list)  # "* STATUS" responses
+    search: list[int] = field(default_factory=list)  # numbers of "* SEARCH" and "* SORT"
+    lines: list[bytes] = field(default_factory=list)  # "* STATUS" and "* THREAD" responses
 
 
 class IMAPClient:
@@ -194,9 +196,9 @@ class IMAPClient:
                 elapsed = time.perf_counter() - started
                 return Reply(elapsed, untagged, octets, line, search, kept)
             untagged += 1
-            if line.startswith(b"* SEARCH"):
+            if line.startswith((b"* SEARCH", b"* SORT")):
                 search.extend(int(n) for n in line.split()[2:])
-            elif line.startswith(b"* STATUS"):
+            elif line.startswith((b"* STATUS", b"* THREAD")):
                 kept.append(line)
 
     def login(self, user: str, password: str) -> Reply:

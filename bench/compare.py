@@ -9,7 +9,8 @@ order every round:
   P1  durable SMTP ingest, messages/s until stored AND visible in the Maildir
       (4 KiB messages, 1, 20 and 50 sessions), and server CPU per 1,000;
   P2  IMAP on a 100,000-message INBOX: SELECT, FETCH 1:* (UID FLAGS
-      RFC822.SIZE ENVELOPE), SEARCH HEADER, SEARCH BODY, STORE 1:* +/-\\Seen;
+      RFC822.SIZE ENVELOPE), SEARCH HEADER, SEARCH BODY, SORT (DATE),
+      SORT (SUBJECT), THREAD REFERENCES, STORE 1:* +/-\\Seen;
   P3  memory (RSS and PSS sums) with 10,000 connections in IDLE, and the
       time until a delivery is announced to all idle connections of its
       account;
@@ -69,9 +70,30 @@ HERE = Path(__file__).resolve().parent
 SESSIONS = (1, 20, 50)
 HEADER_SEARCH = 'SEARCH HEADER Subject "topic 42"'  # 2 % of the big INBOX
 BODY_SEARCH = "SEARCH BODY zebracorn"  # 0.1 %
+SORT_DATE = "SORT (DATE) UTF-8 ALL"  # rfc5256: every message, by sent date
+SORT_SUBJECT = "SORT (SUBJECT) UTF-8 ALL"
+THREAD = "THREAD REFERENCES UTF-8 ALL"  # threads of 4 (bigbox_message's In-Reply-To)
 SAME = 0.05  # ratios within 5 % of 1 are "same"
 
 Server = Estafeta | PostfixDovecot
+
+
+def thread_counts(lines: list[bytes]) -> tuple[int, int]:
+    """(threads, messages) in a "* THREAD" response (rfc5256:4): the
+    top-level parenthesized lists, and the numbers in all of them."""
+    threads = messages = depth = 0
+    for line in lines:
+        if not line.startswith(b"* THREAD"):
+            continue
+        for token in line[8:].replace(b"(", b" ( ").replace(b")", b" ) ").split():
+            if token == b"(":
+                threads += depth == 0
+                depth += 1
+            elif token == b")":
+                depth -= 1
+            else:
+                messages += 1
+    return threads, messages
 
 
 def say(text: str) -> None:
@@ -298,6 +320,9 @@ class Bench:
             ("fetch", "FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)", ""),
             ("search_header", "SEARCH HEADER Subject", HEADER_SEARCH),
             ("search_body", "SEARCH BODY", BODY_SEARCH),
+            ("sort_date", "SORT (DATE)", SORT_DATE),
+            ("sort_subject", "SORT (SUBJECT)", SORT_SUBJECT),
+            ("thread", "THREAD REFERENCES", THREAD),
             ("store_set", "STORE 1:* +FLAGS (\\Seen)", ""),
             ("store_clear", "STORE 1:* -FLAGS (\\Seen)", ""),
         ]
@@ -309,6 +334,17 @@ class Bench:
                 raise RuntimeError(f"{server.label}: FETCH gave {reply.untagged} messages")
             if key.startswith("search"):
                 self.checks.setdefault(f"P2 {key} hits", {})[side(server)] = len(reply.search)  # type: ignore[index]
+            if key.startswith("sort"):
+                # Every message, each once: the same count on both sides.
+                found = len(set(reply.search))
+                self.checks.setdefault(f"P2 {key} messages", {})[side(server)] = found  # type: ignore[index]
+                if found != self.args.p2_messages or len(reply.search) != found:
+                    raise RuntimeError(f"{server.label}: {label} gave {len(reply.search)} numbers")
+            if key == "thread":
+                threads, messages = thread_counts(reply.lines)
+                self.checks.setdefault("P2 thread threads", {})[side(server)] = threads  # type: ignore[index]
+                if messages != self.args.p2_messages:
+                    raise RuntimeError(f"{server.label}: THREAD holds {messages} messages")
         client.close()
         if not record:
             return
@@ -703,6 +739,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--skip",
         nargs="*",
+        action="extend",  # "--skip P1 --skip P3" leaves out both
         default=[],
         choices=["P1", "P2", "P3", "P4"],
         help="phases to leave out",
@@ -710,6 +747,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         nargs="*",
+        action="extend",
         default=[],
         choices=["P1", "P2", "P3", "P4"],
         help="py-spy record estafeta in these phases of the last round (results/profile-P?.svg)",

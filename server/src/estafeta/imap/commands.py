@@ -19,6 +19,7 @@ from estafeta.imap.types import FetchAtt, SearchKey, SequenceSet
 __all__ = [
     "Append",
     "Authenticate",
+    "CancelUpdate",
     "Capability",
     "Check",
     "Close",
@@ -45,10 +46,12 @@ __all__ = [
     "Search",
     "Select",
     "SetQuota",
+    "Sort",
     "StartTls",
     "Status",
     "Store",
     "Subscribe",
+    "Thread",
     "UidExpunge",
     "Unselect",
     "Unsubscribe",
@@ -324,6 +327,40 @@ class Search:
     charset: str | None
     return_options: tuple[str, ...] | None
     key: SearchKey
+
+
+@dataclass(frozen=True)
+class Sort:
+    """rfc5256:3 SORT, with rfc5957 DISPLAYFROM / DISPLAYTO and the rfc5267
+    RETURN options (ESORT, CONTEXT=SORT).
+
+    ``criteria`` are (sort key upper case, reversed) in order; ``charset`` as
+    given, upper case (the session refuses all but US-ASCII and UTF-8);
+    ``return_options`` None without RETURN, else the options upper case;
+    ``partial`` the rfc5267:4.4 PARTIAL range (low, high), low <= high.
+    """
+
+    criteria: tuple[tuple[str, bool], ...]
+    charset: str
+    return_options: tuple[str, ...] | None
+    key: SearchKey
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Thread:
+    """rfc5256:3 THREAD; ``algorithm`` ORDEREDSUBJECT or REFERENCES."""
+
+    algorithm: str
+    charset: str
+    key: SearchKey
+
+
+@dataclass(frozen=True)
+class CancelUpdate:
+    """rfc5267:4.3 CANCELUPDATE: the tags of the updating searches to end."""
+
+    tags: tuple[str, ...]
 
 
 @dataclass(frozen=True)

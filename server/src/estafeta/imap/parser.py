@@ -1176,6 +1176,110 @@ def _cmd_search(cur: _Cursor) -> object:
     return c.Search(charset, options, SearchKey("AND", (tuple(keys),)))
 
 
+# -- SORT, THREAD (rfc5256:5, rfc5957:4, rfc5267:5) ---------------------------------------
+
+_SORT_KEYS = frozenset(
+    {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
+)
+_THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
+# rfc5267:3.1 ESORT's return options are SEARCH's (rfc4731:3.1, rfc5182:2.1
+# SAVE); rfc5267:4 adds UPDATE, CONTEXT and PARTIAL.
+_SORT_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"})
+
+
+def _return_options(
+    cur: _Cursor, allowed: frozenset[str], command: str
+) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """rfc4731:3.1 search-return-opts after "RETURN": the option names (upper
+    case, each once) and the rfc5267:4.4 PARTIAL range, "low:high" with
+    both nz-numbers (given high:low, the same range)."""
+    cur.sp("return options")
+    partial: list[tuple[int, int]] = []
+
+    def option() -> str:
+        name = cur.keyword("return option")
+        if name not in allowed:
+            raise _Syntax(f"unknown {command} return option {name}")
+        if name == "PARTIAL":
+            if partial:
+                raise _Syntax("PARTIAL given twice")
+            cur.sp("partial range")
+            low = cur.number("partial range", nonzero=True)
+            cur.expect(b":", "partial range low:high")
+            high = cur.number("partial range", nonzero=True)
+            partial.append((min(low, high), max(low, high)))
+        return name
+
+    options = tuple(dict.fromkeys(cur.paren_list(option, "return options")))
+    if partial and "ALL" in options:
+        raise _Syntax("PARTIAL and ALL cannot be used together")  # rfc5267:4.4
+    return options, partial[0] if partial else None
+
+
+def _search_criteria(cur: _Cursor) -> tuple[str, SearchKey]:
+    """rfc5256:5 search-criteria = charset 1*(SP search-key): the charset
+    (upper case, any: the session refuses the ones SEARCH does not know with
+    NO [BADCHARSET]) and the keys, ANDed."""
+    quoted = cur.peek() == ord('"')
+    raw = cur.string("charset") if quoted else cur.match(_ATOM_RE, "charset")
+    charset = raw.decode("ascii", "replace").upper()
+    keys: list[SearchKey] = []
+    while not keys or not cur.at_end():
+        cur.sp("search key")
+        keys.append(_search_key(cur, 0))
+    return charset, SearchKey("AND", (tuple(keys),))
+
+
+def _cmd_sort(cur: _Cursor) -> object:
+    # rfc5267:5 sort = ["UID" SP] "SORT" [search-return-opts] SP sort-criteria
+    #                  SP search-criteria
+    # rfc5256:5 sort-criteria = "(" sort-criterion *(SP sort-criterion) ")"
+    #           sort-criterion = ["REVERSE" SP] sort-key
+    options: tuple[str, ...] | None = None
+    partial = None
+    cur.sp("sort criteria")
+    if cur.try_keyword(b"RETURN"):
+        options, partial = _return_options(cur, _SORT_RETURN, "SORT")
+        cur.sp("sort criteria")
+
+    def criterion() -> str:
+        name = cur.keyword("sort key")
+        if name == "REVERSE":
+            cur.sp("sort key after REVERSE")
+            name = "-" + cur.keyword("sort key")
+        if name.lstrip("-") not in _SORT_KEYS:
+            raise _Syntax(f"unknown sort key {name.lstrip('-')}")
+        return name
+
+    items = cur.paren_list(criterion, "sort criteria", empty=False)
+    criteria = tuple((item.lstrip("-"), item.startswith("-")) for item in items)
+    cur.sp("charset")
+    charset, key = _search_criteria(cur)
+    return c.Sort(criteria, charset, options, key, partial)
+
+
+def _cmd_thread(cur: _Cursor) -> object:
+    # rfc5256:5 thread = ["UID" SP] "THREAD" SP thread-alg SP search-criteria
+    cur.sp("threading algorithm")
+    algorithm = cur.keyword("threading algorithm")
+    if algorithm not in _THREAD_ALGORITHMS:
+        raise _Syntax(f"unknown threading algorithm {algorithm}")
+    cur.sp("charset")
+    charset, key = _search_criteria(cur)
+    return c.Thread(algorithm, charset, key)
+
+
+def _cmd_cancelupdate(cur: _Cursor) -> object:
+    # rfc5267:5 cancelupdate = "CANCELUPDATE" 1*(SP quoted)
+    tags: list[str] = []
+    while not tags or not cur.at_end():
+        cur.sp("tag")
+        if cur.peek() != ord('"'):
+            raise _Syntax("expected a quoted tag")
+        tags.append(cur.text_of(cur.string("tag"), "tag"))
+    return c.CancelUpdate(tuple(dict.fromkeys(tags)))
+
+
 # Command name -> (argument parser, allowed after UID).
 _COMMANDS: dict[str, _Handler] = {
     "CAPABILITY": _no_args(c.Capability),
@@ -1207,17 +1311,23 @@ _COMMANDS: dict[str, _Handler] = {
     "UNSELECT": _no_args(c.Unselect),
     "EXPUNGE": _no_args(c.Expunge),
     "SEARCH": _cmd_search,
+    "SORT": _cmd_sort,
+    "THREAD": _cmd_thread,
+    "CANCELUPDATE": _cmd_cancelupdate,
     "FETCH": _cmd_fetch,
     "STORE": _cmd_store,
     "COPY": _copy_like(c.Copy),
     "MOVE": _copy_like(c.Move),
 }
-# rfc9051:6.4.9 uid = "UID" SP (copy / move / fetch / search / store / uid-expunge)
+# rfc9051:6.4.9 uid = "UID" SP (copy / move / fetch / search / store / uid-expunge),
+# rfc5256:5 and sort / thread
 _UID_COMMANDS: dict[str, _Handler] = {
     "COPY": _COMMANDS["COPY"],
     "MOVE": _COMMANDS["MOVE"],
     "FETCH": _COMMANDS["FETCH"],
     "SEARCH": _COMMANDS["SEARCH"],
+    "SORT": _COMMANDS["SORT"],
+    "THREAD": _COMMANDS["THREAD"],
     "STORE": _COMMANDS["STORE"],
     "EXPUNGE": _cmd_uid_expunge,
 }

@@ -31,6 +31,8 @@ from estafeta.imap import commands as c
 from estafeta.imap import fetch as fetch_module
 from estafeta.imap import imapurl
 from estafeta.imap import search as search_module
+from estafeta.imap import sort as sort_module
+from estafeta.imap import thread as thread_module
 from estafeta.imap.listing import DELIMITER, Box, Entry, PatternLimit, list_mailboxes, lsub
 from estafeta.imap.listing import cost as list_cost
 from estafeta.imap.parser import (
@@ -198,7 +200,11 @@ class Session:
             if self.tls is not None and not self.tls_active:
                 caps.append("STARTTLS")
             if plaintext_ok:
-                caps += ["AUTH=PLAIN", "SASL-IR"]
+                from estafeta.auth import scramlogin  # SCRAM (rfc5802); kept in this method
+
+                binding = scramlogin.binding(self.writer) if self.tls_active else None
+                scram = [f"AUTH={name}" for name in scramlogin.mechanisms(binding)]
+                caps += [*scram, "AUTH=PLAIN", "SASL-IR"]
             else:
                 caps.append("LOGINDISABLED")  # rfc9051:6.2.3
         caps += [
@@ -226,6 +232,13 @@ class Session:
             "QUOTA=RES-STORAGE",
             "UTF8=ACCEPT",
             "STATUS=SIZE",
+            # rfc5256 (estafeta.imap.sort, estafeta.imap.thread), rfc5957,
+            # rfc5267:3 (SORT ... RETURN answered with ESEARCH)
+            "SORT",
+            "SORT=DISPLAY",
+            "THREAD=ORDEREDSUBJECT",
+            "THREAD=REFERENCES",
+            "ESORT",
             "MULTIAPPEND",
             "CATENATE",
             "PREVIEW",
@@ -643,14 +656,24 @@ async def cmd_login(s: Session, cmd: Command) -> None:
 
 
 async def cmd_authenticate(s: Session, cmd: Command) -> None:
+    # SCRAM-SHA-256(-PLUS): imported here so that it stays in this command.
+    import base64
+
+    from estafeta.auth import scramlogin
+    from estafeta.auth.sasl import SASLCancelled, decode_response
+
     args: c.Authenticate = cmd.args  # type: ignore[assignment]
-    if args.mechanism.upper() != "PLAIN":
+    mechanism = args.mechanism.upper()
+    binding = scramlogin.binding(s.writer) if s.tls_active else None
+    if mechanism != "PLAIN" and mechanism not in scramlogin.mechanisms(binding):
         raise No(f"Unsupported mechanism {args.mechanism}", "CANNOT")
     if not (s.tls_active or s.settings.allow_plaintext):
         raise No("Authenticate after STARTTLS", "PRIVACYREQUIRED")
-    response = args.initial_response
-    if response is None:
-        s.send("+ ")
+
+    async def respond(challenge: bytes) -> str:
+        """rfc9051:6.2.2: a "+" continuation with the base64 challenge; the
+        client's line."""
+        s.send(b"+ " + base64.b64encode(challenge))
         await s.flush()
         s.parser.expect_line()
         while True:
@@ -661,7 +684,60 @@ async def cmd_authenticate(s: Session, cmd: Command) -> None:
             break
         if not isinstance(event, RawLine):
             raise Bad("Expected a SASL response line")
-        response = event.line.decode("ascii", "replace").strip()
+        return event.line.decode("ascii", "replace").strip()
+
+    if mechanism != "PLAIN":
+
+        async def challenge(data: bytes) -> bytes:
+            return decode_response(await respond(data))
+
+        try:
+            initial = args.initial_response
+            outcome = await scramlogin.login(
+                s.authenticator,
+                mechanism,
+                None if initial is None else decode_response(initial),  # rfc4959:3
+                challenge,
+                protocol="imap",
+                peer=s.peer,
+                channel_binding=binding,
+            )
+            # rfc4422:5: no data with success in IMAP; the client answers "".
+            if outcome.server_final is not None and await challenge(outcome.server_final):
+                raise MalformedSASL("Expected an empty response")
+        except SASLCancelled:  # rfc9051:6.2.2 the client cancels
+            raise Bad("Authentication cancelled") from None
+        except MalformedSASL as exc:
+            raise Bad(str(exc)) from None
+        except SASLError as exc:
+            raise No(str(exc), "AUTHENTICATIONFAILED") from None
+        result = outcome.result
+        # What follows mirrors _login (left untouched while it is edited elsewhere).
+        if result.address is None:
+            s.failed_logins += 1
+            if not result.locked:
+                log_event(
+                    log, "login_failed", logging.WARNING, client=s.peer, user=outcome.user[:100]
+                )
+            if s.failed_logins >= MAX_FAILED_LOGINS:
+                s.untagged("BYE Too many failed logins")
+                s.state = LOGOUT
+            if result.reason == BUSY:
+                raise No("Too many logins at once, try again later", "UNAVAILABLE")
+            if result.locked:
+                raise No("Too many failed logins, try again later", "UNAVAILABLE")  # rfc5530:3
+            raise No("Invalid credentials", "AUTHENTICATIONFAILED")
+        s.preauth.leave()
+        s.user = result.address
+        s.index_reader = await asyncio.to_thread(s.store.shared_reader, s.user)
+        s.parser.set_authenticated(True)
+        s.state = AUTHENTICATED
+        log_event(log, "login", client=s.peer, user=s.user, tls=s.tls_active, mechanism=mechanism)
+        s.tagged(cmd.tag, "OK", "Logged in", "CAPABILITY " + " ".join(s.capabilities()))
+        return
+    response = args.initial_response
+    if response is None:
+        response = await respond(b"")
         if response == "*":  # rfc9051:6.2.2 the client cancels
             raise Bad("Authentication cancelled")
     try:
@@ -1539,6 +1615,43 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     args: c.Search = cmd.args  # type: ignore[assignment]
     s.report_updates(allow_expunge=False)
     key: SearchKey = args.key
+    saving = args.return_options is not None and "SAVE" in args.return_options
+    matched = await _search(s, view, key, saving=saving)
+    numbers = [m.uid if cmd.uid else m.seq for m in matched]
+    options = list(args.return_options) if args.return_options is not None else None
+    if options is not None and "SAVE" in [o.upper() for o in options]:
+        s.saved_result = [m.uid for m in matched]
+        options = [o for o in options if o.upper() != "SAVE"]
+        if not options:
+            s.tagged(cmd.tag, "OK", "SEARCH completed (saved)")
+            return
+    # rfc7162:3.1.5 / rfc4731:3.2: which messages' modseq is reported depends on RETURN.
+    highest = None
+    if _uses_modseq(key):
+        _condstore_on(s)
+        highest = search_module.response_modseq(matched, options)
+    if options is not None or "IMAP4rev2" in s.enabled:
+        s.untagged(
+            search_module.render_esearch(
+                cmd.tag, numbers, options or ["ALL"], uid=cmd.uid, modseq=highest
+            )
+        )
+    else:
+        s.untagged(search_module.render_search(numbers, modseq=highest))
+    s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}SEARCH completed")
+
+
+async def _search(
+    s: Session,
+    view: Selected,
+    key: SearchKey,
+    *,
+    saving: bool = False,
+    uids: Sequence[int] | None = None,
+) -> list[search_module.Candidate]:
+    """The messages of ``view`` that match ``key`` (among ``uids`` when
+    given), in mailbox order, evaluated on the search pool within a budget;
+    No [LIMIT] when it runs out (and, ``saving``, "$" emptied)."""
     content = s.index().content
     # Flags, dates, sizes and numbers come from columns; skip the summary
     # JSON (the bulk of a row) unless a key reads headers or the body. The
@@ -1546,6 +1659,8 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     # search.conditions); every row it returns is checked by evaluate.
     largest_uid = view.uids[-1] if view.uids else 0
     conditions = search_module.conditions(key, largest_uid)
+    if uids is not None:
+        conditions.append(Condition("uid_in", value=json.dumps(sorted(uids))))
     texts = search_module.fulltext_keys(key)
     if texts:
         # BODY / TEXT: the full-text index names the messages that may
@@ -1554,7 +1669,7 @@ async def cmd_search(s: Session, cmd: Command) -> None:
             allowed = await _fulltext_candidates(s, view.box, texts)
         except search_module.SearchLimit as exc:
             log_event(log, "search_limit", logging.WARNING, user=s.user, why=str(exc))
-            if args.return_options is not None and "SAVE" in args.return_options:
+            if saving:
                 s.saved_result = []  # rfc5182:2.1: a failed SEARCH ... SAVE empties "$"
             raise No("Search too expensive", "LIMIT") from None  # rfc5530:3
         if allowed is not None:
@@ -1600,34 +1715,12 @@ async def cmd_search(s: Session, cmd: Command) -> None:
             log, "search_limit", logging.WARNING, user=s.user, why=str(exc),
             work=budget.used(), messages=len(candidates),
         )  # fmt: skip
-        if args.return_options is not None and "SAVE" in args.return_options:
+        if saving:
             s.saved_result = []  # rfc5182:2.1: a failed SEARCH ... SAVE empties "$"
         raise No("Search too expensive", "LIMIT") from None  # rfc5530:3
     finally:
         budget.cancel()  # the client went away: a running search stops
-    del candidates, evaluate
-    numbers = [m.uid if cmd.uid else m.seq for m in matched]
-    options = list(args.return_options) if args.return_options is not None else None
-    if options is not None and "SAVE" in [o.upper() for o in options]:
-        s.saved_result = [m.uid for m in matched]
-        options = [o for o in options if o.upper() != "SAVE"]
-        if not options:
-            s.tagged(cmd.tag, "OK", "SEARCH completed (saved)")
-            return
-    # rfc7162:3.1.5 / rfc4731:3.2: which messages' modseq is reported depends on RETURN.
-    highest = None
-    if _uses_modseq(key):
-        _condstore_on(s)
-        highest = search_module.response_modseq(matched, options)
-    if options is not None or "IMAP4rev2" in s.enabled:
-        s.untagged(
-            search_module.render_esearch(
-                cmd.tag, numbers, options or ["ALL"], uid=cmd.uid, modseq=highest
-            )
-        )
-    else:
-        s.untagged(search_module.render_search(numbers, modseq=highest))
-    s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}SEARCH completed")
+    return matched
 
 
 _SUMMARY_FREE = frozenset(
@@ -1688,6 +1781,133 @@ def _uses_modseq(key: SearchKey) -> bool:
         isinstance(a, tuple) and any(isinstance(k, SearchKey) and _uses_modseq(k) for k in a)
         for a in key.args
     )
+
+
+# -- SORT and THREAD (rfc5256, rfc5957, rfc5267:3) ------------------------------------------
+
+# rfc5256:3: the charset is SEARCH's (rfc9051:6.4.4: US-ASCII and UTF-8 at least).
+_SORT_CHARSETS = ("US-ASCII", "UTF-8")
+# What THREAD reads of each message (estafeta.store.reader.SORT_FIELDS), in
+# the order of estafeta.imap.thread.Record.
+_THREAD_FIELDS = ("date", "message_id", "references", "subject", "reply")
+
+
+def _check_charset(charset: str) -> None:
+    if charset not in _SORT_CHARSETS:
+        shown = "".join(ch if "!" <= ch <= "~" else "?" for ch in charset[:40])
+        # rfc5256:3 / rfc9051:7.1 a charset not supported: NO, and the ones that are.
+        raise No(f"Charset {shown} is not supported", "BADCHARSET (US-ASCII UTF-8)")
+
+
+def _is_all(key: SearchKey) -> bool:
+    """Whether ``key`` is ALL, alone or ANDed with nothing else."""
+    if key.op == "AND":
+        return all(_is_all(k) for k in key.args[0])
+    return key.op == "ALL"
+
+
+async def _matching_uids(
+    s: Session, view: Selected, key: SearchKey, saving: bool
+) -> set[int] | None:
+    """The UIDs the search program of a SORT or THREAD matches (rfc5256:3:
+    "the searching criteria ... are the same as SEARCH"), evaluated by
+    SEARCH's engine; None for ALL, every message of the view."""
+    if _is_all(key):
+        return None
+    return {m.uid for m in await _search(s, view, key, saving=saving)}
+
+
+async def _off_loop(s: Session, compute: Callable[[IndexReader, search_module.Budget], Any]) -> Any:
+    """``compute(reader, budget)`` off the event loop: on the search pool,
+    with an index reader of its own, within a budget (rfc5530:3 NO [LIMIT]
+    when it is used up or the time runs out)."""
+    user = _user(s)
+    budget = search_module.Budget(search_module.BASE_WORK)
+
+    def work() -> Any:
+        budget.start()
+        with s.store.reader(user) as reader:
+            return compute(reader, budget)
+
+    try:
+        return await SEARCHES.run(user, work)
+    except search_module.SearchLimit as exc:
+        log_event(
+            log, "search_limit", logging.WARNING, user=s.user, why=str(exc), work=budget.used()
+        )
+        raise No("Too expensive", "LIMIT") from None
+    finally:
+        budget.cancel()  # the client went away: a running sort stops
+
+
+async def cmd_sort(s: Session, cmd: Command) -> None:
+    view = s.selected
+    assert view is not None
+    args: c.Sort = cmd.args  # type: ignore[assignment]
+    _check_charset(args.charset)
+    s.report_updates(allow_expunge=False)
+    wanted = set(args.return_options or ())
+    saving = "SAVE" in wanted
+    box_id, uids = view.box.id, view.uids  # the view does not change while we wait
+    try:
+        matched = await _matching_uids(s, view, args.key, saving)
+
+        def compute(reader: IndexReader, budget: search_module.Budget) -> list[int]:
+            # rfc5256:3: ordered by the index (estafeta.store.reader.sorted_uids).
+            ordered = reader.sorted_uids(box_id, args.criteria)
+            budget.charge(len(ordered) * sort_module.ROW_WORK)
+            return sort_module.select(ordered, uids, matched)
+
+        result: list[int] = await _off_loop(s, compute)
+    except No:
+        if saving:
+            s.saved_result = []  # rfc5182:2.1: a failed SORT ... SAVE empties "$"
+        raise
+    if saving:
+        s.saved_result = sorted(result)
+    numbers = result if cmd.uid else sort_module.sequence_numbers(result, uids)
+    done = f"{'UID ' if cmd.uid else ''}SORT completed"
+    if args.return_options is None:
+        s.untagged(sort_module.render_sort(numbers))
+        s.tagged(cmd.tag, "OK", done)
+        return
+    # rfc5267:3.1 ESORT: answered with ESEARCH. RETURN () means ALL
+    # (rfc4731:3.1); SAVE alone asks for no answer (rfc5182:2.1).
+    shown = wanted - {"SAVE", "UPDATE", "CONTEXT", "PARTIAL"}
+    if not wanted - {"CONTEXT"}:
+        shown = {"ALL"}
+    if not saving or wanted - {"SAVE", "CONTEXT"}:
+        s.untagged(
+            sort_module.render_esort(
+                cmd.tag, numbers, sorted(shown), uid=cmd.uid, partial_range=args.partial
+            )
+        )
+    s.tagged(cmd.tag, "OK", done)
+
+
+async def cmd_thread(s: Session, cmd: Command) -> None:
+    view = s.selected
+    assert view is not None
+    args: c.Thread = cmd.args  # type: ignore[assignment]
+    _check_charset(args.charset)
+    s.report_updates(allow_expunge=False)
+    matched = await _matching_uids(s, view, args.key, saving=False)
+    algorithm = (
+        thread_module.references if args.algorithm == "REFERENCES"
+        else thread_module.orderedsubject
+    )  # fmt: skip
+    box_id, uids = view.box.id, view.uids
+
+    def compute(reader: IndexReader, budget: search_module.Budget) -> bytes:
+        rows = reader.sort_rows(box_id, _THREAD_FIELDS)
+        budget.charge(len(rows) * sort_module.ROW_WORK)
+        roots, children, numbers = algorithm(sort_module.in_view(rows, uids, matched), budget)
+        if not cmd.uid:
+            numbers = sort_module.sequence_numbers(numbers, uids)
+        return thread_module.render((roots, children, numbers))
+
+    s.untagged(await _off_loop(s, compute))
+    s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}THREAD completed")
 
 
 async def cmd_getquotaroot(s: Session, cmd: Command) -> None:
@@ -1767,6 +1987,8 @@ _COMMANDS: dict[int, dict[str, Handler]] = {
         "UNSELECT": cmd_close,
         "EXPUNGE": cmd_expunge,
         "SEARCH": cmd_search,
+        "SORT": cmd_sort,
+        "THREAD": cmd_thread,
         "FETCH": cmd_fetch,
         "STORE": cmd_store,
         "COPY": cmd_copy,

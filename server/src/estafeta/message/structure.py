@@ -211,7 +211,7 @@ def _summarize(data: bytes) -> Summary:
         date=_parse_date(fields.get("date")),
         message_id=_first_msgid(fields.get("message-id"), fallback_raw=True),
         in_reply_to=_first_msgid(fields.get("in-reply-to"), fallback_raw=False),
-        references=_all_msgids(fields.get("references")),
+        references=_thread_refs(fields.get("references")),
     )
 
 
@@ -1019,6 +1019,14 @@ def _first_msgid(raw: bytes | None, fallback_raw: bool) -> str | None:
         return ids[0]
     text = _clean_text(_unfold(raw))
     return text if fallback_raw and text else None
+
+
+def _thread_refs(raw: bytes | None) -> list[str]:
+    """References as THREAD reads it (estafeta.message.sortkeys.valid_ids:
+    the peer's reading of malformed ids, so both link the same messages)."""
+    from estafeta.message.sortkeys import valid_ids  # sortkeys imports this module
+
+    return [] if raw is None else valid_ids(_clean_text(_unfold(raw)))
 
 
 def _all_msgids(raw: bytes | None) -> list[str]:

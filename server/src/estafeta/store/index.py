@@ -19,12 +19,13 @@ from typing import Any
 
 from estafeta.message import Summary, imap_envelope
 from estafeta.message.searchtext import search_columns
+from estafeta.message.sortkeys import sort_columns
 from estafeta.store import flags as flags_module
 from estafeta.store import fulltext
 from estafeta.store.maildir import mailbox_dir, sort_key
 from estafeta.store.names import canonical
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -178,8 +179,42 @@ _SCHEMA_V10 = """
 ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 0
 """
 
+# Version 11: what SORT and THREAD order messages by (rfc5256, rfc5957), as
+# prepared keys computed at delivery (estafeta.message.sortkeys), so that a
+# SORT or THREAD of a whole mailbox reads these columns in one query and
+# parses nothing: the base subject (rfc5256:2.1) and whether the subject
+# marks a reply or forward, the first From / To / Cc mailbox (rfc5256:3),
+# the first From / To display name (rfc5957:3), the Message-ID and the
+# references THREAD=REFERENCES links by (rfc5256:3). The sent date is
+# ``sent_date`` (version 1). Filled for existing rows when the index is
+# upgraded. ``messages_sort`` holds every column SORT and THREAD read, in
+# mailbox order: they read this index alone (a scan of compact entries, not
+# of rows that carry the summary JSON), and SORT orders by it in SQL.
+_SCHEMA_V11 = """
+ALTER TABLE messages ADD COLUMN sort_subject TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN subject_reply INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN sort_from TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN sort_to TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN sort_cc TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN sort_dfrom TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN sort_dto TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN thread_id TEXT;
+ALTER TABLE messages ADD COLUMN thread_refs TEXT NOT NULL DEFAULT ''
+"""
+_SCHEMA_V11_INDEX = """
+CREATE INDEX IF NOT EXISTS messages_sort ON messages (
+    mailbox_id, uid, internal_date, sent_date, size, sort_subject, subject_reply, sort_from,
+    sort_to, sort_cc, sort_dfrom, sort_dto, thread_id, thread_refs
+)
+"""
+
 # The search columns, in the order of searchtext.search_columns.
 SEARCH_COLUMNS = ("s_subject", "s_hsubject", "s_from", "s_to", "s_cc", "s_bcc")
+# The sort columns, in the order of sortkeys.sort_columns.
+SORT_COLUMNS = (
+    "sort_subject", "subject_reply", "sort_from", "sort_to", "sort_cc", "sort_dfrom", "sort_dto",
+    "thread_id", "thread_refs",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -282,6 +317,12 @@ def _create(conn: sqlite3.Connection) -> None:
             if "recent_uid" not in columns:  # a version 10 file marked older (tests do)
                 _run_script(conn, _SCHEMA_V10)
                 conn.execute("UPDATE mailboxes SET recent_uid = uidnext - 1")
+        if version <= 10:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+            if "thread_refs" not in columns:  # a version 11 file marked older (tests do)
+                _run_script(conn, _SCHEMA_V11)
+            _fill_v11(conn)
+            _run_script(conn, _SCHEMA_V11_INDEX)  # built once, after the fill
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -303,6 +344,22 @@ def _fill_v5(conn: sqlite3.Connection) -> None:
             "UPDATE messages SET flags = ?, s_subject = ?, s_hsubject = ?, s_from = ?,"
             " s_to = ?, s_cc = ?, s_bcc = ? WHERE rowid = ?",
             (" ".join(flags_module.canonical_flags(flag_text.split())), *columns, rowid),
+        )
+
+
+def _fill_v11(conn: sqlite3.Connection) -> None:
+    """Upgrade to version 11 in the caller's transaction: the sort and
+    thread columns from each summary (see _SCHEMA_V11)."""
+    rows = conn.execute("SELECT rowid, summary FROM messages").fetchall()
+    assignments = ", ".join(f"{column} = ?" for column in SORT_COLUMNS)
+    for rowid, summary_json in rows:
+        try:
+            columns = sort_columns(Summary.from_json(summary_json))
+        except (ValueError, KeyError, TypeError):
+            continue  # the defaults: sorts as empty, threads alone
+        conn.execute(
+            f"UPDATE messages SET {assignments} WHERE rowid = ?",  # noqa: S608 - fixed names
+            (*columns, rowid),
         )
 
 
@@ -448,8 +505,11 @@ def add_messages(
         cursor = conn.execute(
             "INSERT INTO messages (mailbox_id, uid, file, size, internal_date, flags, modseq,"
             " subject, from_addr, sent_date, message_id, summary, envelope,"
-            " s_subject, s_hsubject, s_from, s_to, s_cc, s_bcc, saved)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " s_subject, s_hsubject, s_from, s_to, s_cc, s_bcc, saved,"
+            " sort_subject, subject_reply, sort_from, sort_to, sort_cc, sort_dfrom, sort_dto,"
+            " thread_id, thread_refs)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (file) DO NOTHING",
             (
                 box.id,
@@ -467,6 +527,7 @@ def add_messages(
                 imap_envelope(summary.envelope),
                 *search_columns(summary),
                 now if message.saved is None else message.saved,
+                *sort_columns(summary),
             ),
         )
         if cursor.rowcount:

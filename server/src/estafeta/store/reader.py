@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from estafeta.store import fulltext, index, maildir
 from estafeta.store.flags import BITS
@@ -35,6 +35,41 @@ FetchRow = tuple[int, str, int, int, str, int, str | None, bytes | None]
 SearchRow = tuple[int, str, int, int, str, int, str | None]
 # (uid, size, file)
 ListingRow = tuple[int, int, str]
+# (uid, then the SORT_FIELDS asked for, in that order)
+SortRow = tuple[Any, ...]
+
+# What SORT and THREAD read of a message (``sort_rows``), by name: the keys
+# estafeta.message.sortkeys prepared at delivery (index schema 11), the
+# sent date falling back to the internal date (rfc5256:2.2: a missing or
+# unparsable Date: header; the peer takes a date of 0 as missing too).
+SORT_FIELDS = {
+    "arrival": "internal_date",
+    "date": "coalesce(nullif(sent_date, 0), internal_date)",
+    "size": "size",
+    "subject": "sort_subject",
+    "reply": "subject_reply",
+    "from": "sort_from",
+    "to": "sort_to",
+    "cc": "sort_cc",
+    "displayfrom": "sort_dfrom",
+    "displayto": "sort_dto",
+    "message_id": "thread_id",
+    "references": "thread_refs",
+}
+# rfc5256:3 sort keys, rfc5957:3 DISPLAYFROM / DISPLAYTO: what ``sorted_uids``
+# orders by. The strings are prepared collation keys (estafeta.message
+# .sortkeys): SQLite's BINARY comparison of their UTF-8 is code point order.
+SORT_KEYS = {
+    "ARRIVAL": SORT_FIELDS["arrival"],
+    "CC": SORT_FIELDS["cc"],
+    "DATE": SORT_FIELDS["date"],
+    "FROM": SORT_FIELDS["from"],
+    "SIZE": SORT_FIELDS["size"],
+    "SUBJECT": SORT_FIELDS["subject"],
+    "TO": SORT_FIELDS["to"],
+    "DISPLAYFROM": SORT_FIELDS["displayfrom"],
+    "DISPLAYTO": SORT_FIELDS["displayto"],
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +137,17 @@ class IndexReader(Protocol):
     ) -> set[int] | None: ...
 
     def listing(self, mailbox_id: int) -> list[ListingRow]: ...
+
+    def sort_rows(self, mailbox_id: int, fields: Sequence[str]) -> list[SortRow]:
+        """(uid, *fields) of every message of the mailbox, in UID order;
+        ``fields`` are SORT_FIELDS names."""
+        ...
+
+    def sorted_uids(self, mailbox_id: int, criteria: Sequence[tuple[str, bool]]) -> list[int]:
+        """The UIDs of every message of the mailbox in the order of
+        ``criteria`` ((SORT_KEYS name, reversed), first one first), equal
+        ones in UID order (rfc5256:3: mailbox order)."""
+        ...
 
     def message_file(self, mailbox_id: int, uid: int) -> str | None: ...
 
@@ -264,6 +310,25 @@ class SqliteReader:
             (mailbox_id,),
         ).fetchall()
         return rows
+
+    def sort_rows(self, mailbox_id: int, fields: Sequence[str]) -> list[SortRow]:
+        """(uid, *fields) of every message of the mailbox, in UID order, in
+        one query (a range scan of the primary key); ``fields`` are
+        SORT_FIELDS names (KeyError for others)."""
+        columns = ", ".join(["uid", *(SORT_FIELDS[f] for f in fields)])
+        sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? ORDER BY uid"  # noqa: S608
+        rows: list[SortRow] = self.conn.execute(sql, (mailbox_id,)).fetchall()
+        return rows
+
+    def sorted_uids(self, mailbox_id: int, criteria: Sequence[tuple[str, bool]]) -> list[int]:
+        """The UIDs of every message of the mailbox in the order of
+        ``criteria`` ((SORT_KEYS name, reversed), first one first), equal
+        ones in UID order (rfc5256:3: mailbox order). The sort runs in
+        SQLite over the ``messages_sort`` index (index schema 11), which
+        holds every key: no row of the table is read."""
+        order = [f"{SORT_KEYS[name]}{' DESC' if reverse else ''}" for name, reverse in criteria]
+        sql = f"SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY {', '.join(order)}, uid"  # noqa: S608
+        return [row[0] for row in self.conn.execute(sql, (mailbox_id,))]
 
     def message_file(self, mailbox_id: int, uid: int) -> str | None:
         row = self.conn.execute(
