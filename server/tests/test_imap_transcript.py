@@ -193,16 +193,24 @@ def start(tmp_path: Path, name: str) -> Instance:
     return server
 
 
-@pytest.mark.slow
-def test_every_command_whole_and_byte_by_byte(tmp_path: Path) -> None:
+def run_both_ways(tmp_path: Path, script: list[tuple[bytes, list[str]]] = SCRIPT) -> str:
+    """``script`` against two fresh servers, sent whole and one byte at a
+    time: both transcripts must agree and neither server log a traceback.
+    Returns the (masked) transcript."""
     whole_server = start(tmp_path, "whole")
     bytes_server = start(tmp_path, "bytes")
     try:
-        whole = run_script(whole_server.imap_port, byte_at_a_time=False)
-        one_byte = run_script(bytes_server.imap_port, byte_at_a_time=True)
+        whole = run_script(whole_server.imap_port, byte_at_a_time=False, script=script)
+        one_byte = run_script(bytes_server.imap_port, byte_at_a_time=True, script=script)
     finally:
         for server in (whole_server, bytes_server):
             if server.process is not None:
                 server.stop()
     assert whole == one_byte
     assert "Traceback" not in whole_server.log_text() + bytes_server.log_text()
+    return whole
+
+
+@pytest.mark.slow
+def test_every_command_whole_and_byte_by_byte(tmp_path: Path) -> None:
+    run_both_ways(tmp_path)

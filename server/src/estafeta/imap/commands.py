@@ -320,13 +320,16 @@ class Search:
 
     ``charset`` is "US-ASCII" or "UTF-8" when given; ``return_options`` is
     None without RETURN, else the rfc4731/rfc5182 options in upper case
-    (an empty tuple for ``RETURN ()``, which means ALL); ``key`` is an AND
-    node holding the top-level keys.
+    (an empty tuple for ``RETURN ()``, which means ALL), rfc5267:4 UPDATE,
+    CONTEXT and PARTIAL among them; ``key`` is an AND node holding the
+    top-level keys.
     """
 
     charset: str | None
     return_options: tuple[str, ...] | None
     key: SearchKey
+    # rfc5267:4.4 RETURN (PARTIAL low:high): the range, low <= high.
+    partial: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

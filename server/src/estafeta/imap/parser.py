@@ -1074,7 +1074,8 @@ _SEARCH_FLAG_KEYS = frozenset(
 )  # fmt: skip
 _SEARCH_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
 _SEARCH_TEXT_KEYS = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
-_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+# rfc4731:3.1, rfc5182:2.1 SAVE, rfc5267:4 UPDATE, CONTEXT and PARTIAL.
+_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"})
 
 
 def _search_key(cur: _Cursor, depth: int) -> SearchKey:
@@ -1148,16 +1149,9 @@ def _cmd_search(cur: _Cursor) -> object:
     # search-program = ["CHARSET" SP charset SP] search-key *(SP search-key)
     cur.sp("search key")
     options: tuple[str, ...] | None = None
+    partial = None
     if cur.try_keyword(b"RETURN"):
-        cur.sp("return options")
-
-        def option() -> str:
-            name = cur.keyword("return option")
-            if name not in _SEARCH_RETURN:
-                raise _Syntax(f"unknown SEARCH return option {name}")
-            return name
-
-        options = tuple(dict.fromkeys(cur.paren_list(option, "return options")))
+        options, partial = _return_options(cur, _SEARCH_RETURN, "SEARCH")
         cur.sp("search key")
     charset = None
     if cur.try_keyword(b"CHARSET"):
@@ -1173,7 +1167,7 @@ def _cmd_search(cur: _Cursor) -> object:
     while not cur.at_end():
         cur.sp("search key")
         keys.append(_search_key(cur, 0))
-    return c.Search(charset, options, SearchKey("AND", (tuple(keys),)))
+    return c.Search(charset, options, SearchKey("AND", (tuple(keys),)), partial)
 
 
 # -- SORT, THREAD (rfc5256:5, rfc5957:4, rfc5267:5) ---------------------------------------
@@ -1182,9 +1176,7 @@ _SORT_KEYS = frozenset(
     {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
 )
 _THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
-# rfc5267:3.1 ESORT's return options are SEARCH's (rfc4731:3.1, rfc5182:2.1
-# SAVE); rfc5267:4 adds UPDATE, CONTEXT and PARTIAL.
-_SORT_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"})
+_SORT_RETURN = _SEARCH_RETURN  # rfc5267:3.1 ESORT's return options are SEARCH's
 
 
 def _return_options(

@@ -679,7 +679,13 @@ def _quoted(text: str) -> bytes:
 
 
 def render_esearch(
-    tag: str, results: list[int], options: Sequence[str], *, uid: bool, modseq: int | None
+    tag: str,
+    results: list[int],
+    options: Sequence[str],
+    *,
+    uid: bool,
+    modseq: int | None,
+    partial_range: tuple[int, int] | None = None,
 ) -> bytes:
     """rfc4731:3.1 / rfc9051:7.3.4 ESEARCH response, without the "* ".
 
@@ -688,9 +694,12 @@ def render_esearch(
     when nothing matched, COUNT is always there when asked for. SAVE and
     unknown options add nothing. ``modseq`` is appended as "MODSEQ n"
     (rfc4731:3.2) when something matched; see ``response_modseq``.
+    ``partial_range`` (rfc5267:4.4) adds PARTIAL (low:high set) with the
+    results at those 1-based positions in mailbox order, NIL for none.
+    UPDATE and CONTEXT (rfc5267:4.2-4.3) ask for no data of their own.
     """
     wanted = {o.upper() for o in options}
-    if not wanted:
+    if not wanted and partial_range is None:
         wanted = {"ALL"}  # rfc4731:3.1, rfc9051:6.4.4: "RETURN ()" is "RETURN (ALL)"
     out = [b"ESEARCH (TAG " + _quoted(tag) + b")"]
     if uid:
@@ -704,6 +713,11 @@ def render_esearch(
         out.append(b"COUNT %d" % len(results))
     if results and "ALL" in wanted:
         out.append(b"ALL " + compress(sorted(results)).encode("ascii"))
+    if partial_range is not None:
+        low, high = partial_range
+        part = sorted(results)[low - 1 : high]
+        shown = compress(part).encode("ascii") if part else b"NIL"
+        out.append(b"PARTIAL (%d:%d %s)" % (low, high, shown))
     if modseq is not None and results:
         out.append(b"MODSEQ %d" % modseq)
     return b" ".join(out)

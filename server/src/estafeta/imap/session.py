@@ -18,6 +18,7 @@ import logging
 import re
 import ssl
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -28,8 +29,9 @@ from estafeta.auth.connections import Ticket
 from estafeta.auth.guard import BUSY, Authenticator
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.imap import commands as c
+from estafeta.imap import contexts as contexts_module
 from estafeta.imap import fetch as fetch_module
-from estafeta.imap import imapurl
+from estafeta.imap import imapurl, resultcache
 from estafeta.imap import search as search_module
 from estafeta.imap import sort as sort_module
 from estafeta.imap import thread as thread_module
@@ -151,6 +153,13 @@ class Session:
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
         self.saved_result: Sequence[int] = ()  # rfc5182 $, as UIDs
+        # rfc5267:4.3 updating searches (estafeta.imap.contexts), by tag, and
+        # the view they belong to: they end with it.
+        self.contexts: dict[str, contexts_module.Context] = {}
+        self._contexts_view: Selected | None = None
+        # The tagged response held back while the updating searches catch up
+        # with what the command changed (rfc5267:4.3: before the command ends).
+        self._held: list[bytes] | None = None
         self.bad_commands = 0
         self.failed_logins = 0
         self.commands_before_auth = 0
@@ -183,7 +192,11 @@ class Session:
 
     def tagged(self, tag: str, status: str, text: str, code: str = "") -> None:
         code_part = f"[{code}] " if code else ""
-        self.send(f"{tag} {status} {code_part}{text}")
+        line = f"{tag} {status} {code_part}{text}"
+        if self._held is not None:
+            self._held.append(line.encode("utf-8"))
+            return
+        self.send(line)
 
     def mailbox_name(self, name: str) -> bytes:
         """A mailbox name for a response: mUTF-7 (rfc3501:5.1.3) unless UTF8=ACCEPT."""
@@ -239,6 +252,7 @@ class Session:
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
             "ESORT",
+            "CONTEXT=SEARCH",  # rfc5267:4 (estafeta.imap.contexts)
             "MULTIAPPEND",
             "CATENATE",
             "PREVIEW",
@@ -372,6 +386,10 @@ class Session:
                 self.tagged(tag, "BAD", f"Unknown command {command.name}")
             return
         started = time.monotonic()
+        # rfc5267:4.3 the updates a command causes come before its end.
+        hold = command.name not in _UNHELD and bool(self.live_contexts())
+        if hold:
+            self._held = []
         try:
             await handler(self, command)
         except No as exc:
@@ -384,11 +402,25 @@ class Session:
             log.error("store error in %s: %s", command.name, exc)
             self.tagged(tag, "NO", "Temporary failure, try again", "SERVERBUG")
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            self._held = None
             raise
         except Exception:
             # Never a traceback to the client: log it, answer NO [SERVERBUG].
             log.exception("internal error in IMAP %s", command.name)
             self.tagged(tag, "NO", "Internal error", "SERVERBUG")
+        if hold:
+            held, self._held = self._held or [], None
+            try:
+                await self.refresh_contexts()
+            except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+                raise
+            except Exception:
+                log.exception("internal error updating searches after IMAP %s", command.name)
+                for context_tag in list(self.contexts):
+                    self.untagged(contexts_module.noupdate(context_tag))
+                self.contexts.clear()
+            for line in held:
+                self.send(line)
         elapsed = time.monotonic() - started
         if elapsed > 1:
             log_event(
@@ -432,6 +464,10 @@ class Session:
         if not (updates.expunged or updates.flags or updates.new or view.pending_expunge):
             view.highestmodseq = updates.highestmodseq
             return
+        if allow_expunge and self.live_contexts():
+            # rfc5267:4.3.4 REMOVEFROM for the messages about to be expunged,
+            # numbered as they are until the EXPUNGE responses.
+            self._contexts_lose(view, view.pending_expunge.union(updates.expunged))
         # The sessions idling on one mailbox share their view of it
         # (selected.Snapshot): the first to take a change works it out, the
         # others on the same snapshot take its result and what it said.
@@ -453,6 +489,60 @@ class Session:
             # rfc3501:7.3.2: RECENT when the number grows (this session's
             # own: never in the lines shared with other views).
             self.untagged(f"{view.recent.count_in(view.uids)} RECENT")
+
+    # -- updating searches (rfc5267:4.3) -----------------------------------------
+
+    def live_contexts(self) -> dict[str, contexts_module.Context]:
+        """The updating searches of the selected mailbox (none once it is
+        closed or another is selected)."""
+        if self.contexts and self._contexts_view is not self.selected:
+            self.contexts.clear()
+        return self.contexts
+
+    def _contexts_lose(self, view: Selected, uids: Iterable[int]) -> None:
+        gone = [u for u in uids if view.seq_of(u) is not None]
+        for context in self.contexts.values():
+            lost = context.lose(gone)
+            if lost:
+                self.untagged(
+                    contexts_module.render_change(context, "REMOVEFROM", lost, view.seq_of)
+                )
+
+    async def refresh_contexts(self) -> None:
+        """Evaluate the updating searches again on the messages whose
+        mod-sequence moved past what each saw (flags changed, or new), and
+        tell the client what joined or left each result (rfc5267:4.3.3,
+        rfc5267:4.3.4). A search that runs out of budget is dropped."""
+        view = self.selected
+        live = self.live_contexts()
+        if view is None or not live:
+            return
+        low = min(context.modseq for context in live.values())
+        moved = [
+            (u, m) for u, m in view.modseqs.items() if m > low and u not in view.pending_expunge
+        ]
+        if not moved:
+            return
+        for context in list(live.values()):
+            changed = [u for u, m in moved if m > context.modseq]
+            if not changed:
+                continue
+            context.modseq = max(m for _, m in moved)
+            try:
+                found = await _search(self, view, context.key, uids=changed)
+            except No:
+                del live[context.tag]  # rfc5267:4.3.1: the server stops updating it
+                self.untagged(contexts_module.noupdate(context.tag))
+                continue
+            if self.selected is not view or live.get(context.tag) is not context:
+                return  # the mailbox was closed meanwhile (IDLE ... DONE, LOGOUT)
+            added, removed = context.change(changed, {m.uid for m in found})
+            if removed:
+                self.untagged(
+                    contexts_module.render_change(context, "REMOVEFROM", removed, view.seq_of)
+                )
+            if added:
+                self.untagged(contexts_module.render_change(context, "ADDTO", added, view.seq_of))
 
     def _apply_updates(self, view: Selected, updates: Updates, allow_expunge: bool) -> list[str]:
         """Bring ``view`` up to ``updates``; the untagged responses that tell it."""
@@ -1171,17 +1261,26 @@ class _UrlResolver:
             self.budget -= size
             if self.budget < 0:
                 raise No("CATENATE reads too much", "LIMIT")  # rfc5530:3
+            reader = s.index()
+
+            def read() -> fetch_module.MessageData:
+                # Off the event loop: the file, and the summary's JSON.
+                content = reader.content(file)
+                return fetch_module.MessageData(
+                    uid=uid, flags=tuple(flag_text.split()), internal_date=internal_date,
+                    size=size, modseq=modseq, summary=Summary.from_json(summary or ""),
+                    load=lambda: content,
+                )  # fmt: skip
+
             try:
-                content = await asyncio.to_thread(s.index().content, file)
+                message = await asyncio.to_thread(read)
             except FileNotFoundError:
                 raise No("Bad URL: the message was expunged", code) from None
-            message = fetch_module.MessageData(
-                uid=uid, flags=tuple(flag_text.split()), internal_date=internal_date,
-                size=size, modseq=modseq, summary=Summary.from_json(summary or ""),
-                load=lambda: content,
-            )  # fmt: skip
             self.messages[(box.id, parsed.uid)] = message
-        return fetch_module.section_octets(message, parsed.section, parsed.partial)
+        # The section's octets (a MIME walk of the message) in a thread too.
+        return await asyncio.to_thread(
+            fetch_module.section_octets, message, parsed.section, parsed.partial
+        )
 
 
 async def cmd_idle(s: Session, cmd: Command) -> None:
@@ -1193,6 +1292,7 @@ async def cmd_idle(s: Session, cmd: Command) -> None:
     try:
         s.send("+ idling")
         s.report_updates(allow_expunge=True)
+        await s.refresh_contexts()  # rfc5267:4.3 updating searches, as they change
         await s.flush()
         s.parser.expect_line()
         deadline = s._loop.time() + s.settings.idle_timeout
@@ -1215,6 +1315,7 @@ async def cmd_idle(s: Session, cmd: Command) -> None:
                 s.parser.receive_data(data)
             if s._changed:
                 s.report_updates(allow_expunge=True)
+                await s.refresh_contexts()
                 await s.flush()
     finally:
         s.store.changes.unwatch(s.user, s._watch)
@@ -1619,10 +1720,26 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     matched = await _search(s, view, key, saving=saving)
     numbers = [m.uid if cmd.uid else m.seq for m in matched]
     options = list(args.return_options) if args.return_options is not None else None
+    if options is not None and ("UPDATE" in options or "CONTEXT" in options):
+        if "UPDATE" in options:
+            _start_context(s, view, cmd, key, matched)
+        elif not set(options) - {"CONTEXT", "SAVE"} and args.partial is None:
+            options.append("ALL")  # rfc5267:4.2 CONTEXT is a hint: RETURN (CONTEXT) is RETURN ()
+        options = [o for o in options if o not in ("UPDATE", "CONTEXT")]
+        if not options and args.partial is None:
+            # rfc5267:4.3 RETURN (UPDATE) alone: an ESEARCH without data.
+            s.untagged(
+                b"ESEARCH (TAG "
+                + contexts_module.quoted_tag(cmd.tag).encode()
+                + b")"
+                + (b" UID" if cmd.uid else b"")
+            )
+            s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}SEARCH completed")
+            return
     if options is not None and "SAVE" in [o.upper() for o in options]:
         s.saved_result = [m.uid for m in matched]
         options = [o for o in options if o.upper() != "SAVE"]
-        if not options:
+        if not options and args.partial is None:
             s.tagged(cmd.tag, "OK", "SEARCH completed (saved)")
             return
     # rfc7162:3.1.5 / rfc4731:3.2: which messages' modseq is reported depends on RETURN.
@@ -1633,12 +1750,45 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     if options is not None or "IMAP4rev2" in s.enabled:
         s.untagged(
             search_module.render_esearch(
-                cmd.tag, numbers, options or ["ALL"], uid=cmd.uid, modseq=highest
+                cmd.tag,
+                numbers,
+                options or ([] if args.partial else ["ALL"]),
+                uid=cmd.uid,
+                modseq=highest,
+                partial_range=args.partial,
             )
         )
     else:
         s.untagged(search_module.render_search(numbers, modseq=highest))
     s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}SEARCH completed")
+
+
+def _start_context(
+    s: Session, view: Selected, cmd: Command, key: SearchKey, matched: list[search_module.Candidate]
+) -> None:
+    """rfc5267:4.3 keep the result of SEARCH ... RETURN (UPDATE) up to date
+    (a search with the same tag takes the place of the old one), or refuse
+    to: NO [NOUPDATE] (rfc5267:4.3.1) past MAX_CONTEXTS."""
+    live = s.live_contexts()
+    if cmd.tag not in live and len(live) >= contexts_module.MAX_CONTEXTS:
+        s.untagged(contexts_module.noupdate(cmd.tag))
+        return
+    s._contexts_view = view
+    live[cmd.tag] = contexts_module.Context(
+        cmd.tag, key, cmd.uid, {m.uid for m in matched}, max(view.modseqs.values(), default=0)
+    )
+
+
+async def cmd_cancelupdate(s: Session, cmd: Command) -> None:
+    """rfc5267:4.3.5: stop updating the searches with these tags."""
+    args: c.CancelUpdate = cmd.args  # type: ignore[assignment]
+    live = s.live_contexts()
+    unknown = [tag for tag in args.tags if tag not in live]
+    if unknown:
+        raise Bad(f"No updating search has the tag {unknown[0][:40]!r}")
+    for tag in args.tags:
+        del live[tag]
+    s.tagged(cmd.tag, "OK", "CANCELUPDATE completed")
 
 
 async def _search(
@@ -1790,6 +1940,14 @@ _SORT_CHARSETS = ("US-ASCII", "UTF-8")
 # What THREAD reads of each message (estafeta.store.reader.SORT_FIELDS), in
 # the order of estafeta.imap.thread.Record.
 _THREAD_FIELDS = ("date", "message_id", "references", "subject", "reply")
+# The last SORT and THREAD answers over whole views (estafeta.imap.resultcache).
+_ANSWERS = resultcache.ResultCache()
+
+
+def _answer_key(s: Session, view: Selected, *question: object) -> tuple[object, ...]:
+    """What a SORT or THREAD answer over the whole of ``view`` depends on,
+    but for the digest of its UIDs (taken off the event loop)."""
+    return (_user(s), view.box.id, view.box.uidvalidity, *question)
 
 
 def _check_charset(charset: str) -> None:
@@ -1851,12 +2009,20 @@ async def cmd_sort(s: Session, cmd: Command) -> None:
     box_id, uids = view.box.id, view.uids  # the view does not change while we wait
     try:
         matched = await _matching_uids(s, view, args.key, saving)
+        question = _answer_key(s, view, "SORT", tuple(args.criteria))
 
         def compute(reader: IndexReader, budget: search_module.Budget) -> list[int]:
+            key = None if matched is not None else (*question, resultcache.view_digest(uids))
+            known = None if key is None else _ANSWERS.get(key)
+            if known is not None:
+                return list(known)
             # rfc5256:3: ordered by the index (estafeta.store.reader.sorted_uids).
             ordered = reader.sorted_uids(box_id, args.criteria)
             budget.charge(len(ordered) * sort_module.ROW_WORK)
-            return sort_module.select(ordered, uids, matched)
+            result = sort_module.select(ordered, uids, matched)
+            if key is not None:
+                _ANSWERS.put(key, array("I", result))
+            return result
 
         result: list[int] = await _off_loop(s, compute)
     except No:
@@ -1867,6 +2033,10 @@ async def cmd_sort(s: Session, cmd: Command) -> None:
         s.saved_result = sorted(result)
     numbers = result if cmd.uid else sort_module.sequence_numbers(result, uids)
     done = f"{'UID ' if cmd.uid else ''}SORT completed"
+    if "UPDATE" in wanted:
+        # rfc5267:4.3.1 sorted results are not kept up to date (CONTEXT=SORT
+        # is not offered): say so, and answer the rest.
+        s.untagged(contexts_module.noupdate(cmd.tag))
     if args.return_options is None:
         s.untagged(sort_module.render_sort(numbers))
         s.tagged(cmd.tag, "OK", done)
@@ -1897,14 +2067,22 @@ async def cmd_thread(s: Session, cmd: Command) -> None:
         else thread_module.orderedsubject
     )  # fmt: skip
     box_id, uids = view.box.id, view.uids
+    question = _answer_key(s, view, "THREAD", args.algorithm, cmd.uid)
 
     def compute(reader: IndexReader, budget: search_module.Budget) -> bytes:
+        key = None if matched is not None else (*question, resultcache.view_digest(uids))
+        known = None if key is None else _ANSWERS.get(key)
+        if isinstance(known, bytes):
+            return known
         rows = reader.sort_rows(box_id, _THREAD_FIELDS)
         budget.charge(len(rows) * sort_module.ROW_WORK)
         roots, children, numbers = algorithm(sort_module.in_view(rows, uids, matched), budget)
         if not cmd.uid:
             numbers = sort_module.sequence_numbers(numbers, uids)
-        return thread_module.render((roots, children, numbers))
+        answer = thread_module.render((roots, children, numbers))
+        if key is not None:
+            _ANSWERS.put(key, answer)
+        return answer
 
     s.untagged(await _off_loop(s, compute))
     s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}THREAD completed")
@@ -1993,6 +2171,11 @@ _COMMANDS: dict[int, dict[str, Handler]] = {
         "STORE": cmd_store,
         "COPY": cmd_copy,
         "MOVE": cmd_copy,
+        "CANCELUPDATE": cmd_cancelupdate,
     },
     LOGOUT: {},
 }
+# Commands whose tagged response goes out as they end: they change the
+# connection itself, or wait for the client (IDLE updates the searches as
+# it reports).
+_UNHELD = frozenset({"LOGOUT", "STARTTLS", "COMPRESS", "IDLE", "AUTHENTICATE", "LOGIN"})
