@@ -70,6 +70,9 @@ SCRIPT: list[Step] = [
     ask("c4", "STORE 1:3 -FLAGS.SILENT (\\Seen)", es("c2", r"UID REMOVEFROM \(0 1,6\)\r\nc4 OK")),
     # an implicit \Seen (FETCH BODY[]) is a change too
     ask("c5", "FETCH 1 BODY[]", es("c2", r"UID ADDTO \(0 1\)\r\nc5 OK")),
+    # rfc5267:4.3 a searching command may not reuse the tag of a live one
+    ask("c2", "SEARCH ALL", status="BAD"),
+    ask("c2", "SORT (ARRIVAL) UTF-8 ALL", status="BAD"),
     # CONTEXT alone is a hint: the answer is RETURN ()'s
     ask("c6", "SEARCH RETURN (CONTEXT) ALL", es("c6", r"ALL 1:3\r\n")),
     # rfc5267:4.4 PARTIAL: positions in mailbox order, NIL past the end

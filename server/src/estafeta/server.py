@@ -48,7 +48,7 @@ from estafeta.delivery.local import LocalDelivery
 from estafeta.delivery.route import Router
 from estafeta.delivery.rules import Rules
 from estafeta.dns import DNSPythonResolver
-from estafeta.imap import recent
+from estafeta.imap import recent, urlfetch
 from estafeta.imap.session import Session, Settings
 from estafeta.log import log_event
 from estafeta.managesieve import listener as managesieve
@@ -287,6 +287,11 @@ class Server:
     async def _authenticate(self, user: str, password: str, peer_ip: str) -> LoginResult:
         return await self.authenticator.login(user, password, "smtp", peer_ip)
 
+    def _burl(self, url: str, account: str) -> bytes | None:
+        """rfc4468 BURL on submission: what a URLAUTH IMAP URL names, for the
+        submission server acting for ``account`` (in a thread)."""
+        return urlfetch.resolve(self.store, self.accounts, url, user=None, submitter=account)
+
     async def start(self) -> None:
         self.store.start()
         loop = asyncio.get_running_loop()
@@ -365,6 +370,7 @@ class Server:
                 allow_auth=True,
                 authenticate=self._authenticate,
                 scram=self.authenticator,
+                burl=self._burl,
                 implicit_tls=implicit_tls,
                 auth_required=True,
                 auth_require_tls=not self.config.auth.allow_plaintext,

@@ -47,7 +47,9 @@ Schema (``PRAGMA user_version``): 1 = accounts and aliases; 2 = adds
 tables ``totp`` and ``app_passwords``; 4 = adds ``logins`` (the login
 history) and ``retention`` (an account's own retention per mailbox), see
 ``estafeta.auth.logins``; 5 = adds SCRAM-SHA-256 keys (tables ``scram``,
-``scram_secret``, columns ``scram_keys``), see ``estafeta.auth.scramkeys``.
+``scram_secret``, columns ``scram_keys``), see ``estafeta.auth.scramkeys``;
+6 = adds ``urlauth_keys`` (URLAUTH mailbox access keys, rfc4467), see
+``estafeta.auth.urlauthkeys``.
 
 SCRAM (rfc5802, rfc7677). Setting a password (``add_user``,
 ``set_password``, ``app_password_create``) stores its SCRAM salt, iteration
@@ -76,7 +78,7 @@ from typing import Any, TypeVar, cast
 import argon2
 
 from estafeta.address import AddressError, normalize_address, normalize_domain, split_address
-from estafeta.auth import logins, scram, scramkeys
+from estafeta.auth import logins, scram, scramkeys, urlauthkeys
 from estafeta.auth.logincache import APP_PASSWORD, PASSWORD, LoginCache
 from estafeta.auth.logins import LoginRecord
 
@@ -162,6 +164,7 @@ _MIGRATIONS: list[Migration] = [
     _add_second_factors_v3,
     logins.create_v4,  # login history, per-account retention
     scramkeys.create_v5,  # SCRAM-SHA-256 keys
+    urlauthkeys.create_v6,  # URLAUTH mailbox access keys
 ]
 
 
@@ -579,6 +582,7 @@ class Accounts:
             conn.execute("DELETE FROM totp WHERE address = ?", (normalized,))
             conn.execute("DELETE FROM app_passwords WHERE address = ?", (normalized,))
             scramkeys.forget(conn, normalized)
+            urlauthkeys.forget(conn, normalized)
             logins.forget_account(conn, normalized)
             sources = [
                 row[0]
@@ -608,6 +612,36 @@ class Accounts:
             .fetchone()
         )
         return None if row is None else int(row[0])
+
+    # -- URLAUTH mailbox access keys (rfc4467:2.4, estafeta.auth.urlauthkeys) --
+
+    def urlauth_key(
+        self, address: str, mailbox_id: int, uidvalidity: int, *, create: bool = False
+    ) -> bytes | None:
+        """The mailbox's access key; ``create``: made when it has none
+        (rfc4467 GENURLAUTH: "one is automatically generated")."""
+        normalized = self._local_address(address)
+        if not create:
+            with self._read() as conn:
+                return urlauthkeys.key_of(conn, normalized, mailbox_id, uidvalidity)
+        with self._write(lookups=False) as conn:
+            key = urlauthkeys.key_of(conn, normalized, mailbox_id, uidvalidity)
+            return (
+                key
+                if key is not None
+                else urlauthkeys.new_key(conn, normalized, mailbox_id, uidvalidity)
+            )
+
+    def urlauth_reset(self, address: str, mailbox: tuple[int, int] | None = None) -> None:
+        """rfc4467 RESETKEY: a new key for ``mailbox`` ((id, UIDVALIDITY)),
+        revoking the URLs made with the old one; None: drop every key of the
+        account (every URL it authorized)."""
+        normalized = self._local_address(address)
+        with self._write(lookups=False) as conn:
+            if mailbox is None:
+                urlauthkeys.forget(conn, normalized)
+            else:
+                urlauthkeys.new_key(conn, normalized, *mailbox)
 
     def get_quota(self, address: str) -> int:
         """The account's own storage quota in bytes; 0 means the global ``[limits] quota``."""

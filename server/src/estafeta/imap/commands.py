@@ -30,6 +30,7 @@ __all__ = [
     "Examine",
     "Expunge",
     "Fetch",
+    "GenUrlAuth",
     "GetQuota",
     "GetQuotaRoot",
     "Id",
@@ -43,6 +44,7 @@ __all__ = [
     "Noop",
     "QresyncParams",
     "Rename",
+    "ResetKey",
     "Search",
     "Select",
     "SetQuota",
@@ -55,6 +57,7 @@ __all__ = [
     "UidExpunge",
     "Unselect",
     "Unsubscribe",
+    "UrlFetch",
 ]
 
 
@@ -364,6 +367,29 @@ class CancelUpdate:
     """rfc5267:4.3 CANCELUPDATE: the tags of the updating searches to end."""
 
     tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResetKey:
+    """rfc4467 RESETKEY: no mailbox drops every key; else the mailbox and
+    the mechanisms named (none: INTERNAL)."""
+
+    mailbox: str | None
+    mechanisms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenUrlAuth:
+    """rfc4467 GENURLAUTH: (url-rump, mechanism) pairs."""
+
+    pairs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class UrlFetch:
+    """rfc4467 URLFETCH: the URLs."""
+
+    urls: tuple[str, ...]
 
 
 @dataclass(frozen=True)

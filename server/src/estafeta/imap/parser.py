@@ -1272,6 +1272,58 @@ def _cmd_cancelupdate(cur: _Cursor) -> object:
     return c.CancelUpdate(tuple(dict.fromkeys(tags)))
 
 
+# -- URLAUTH (rfc4467:9) ---------------------------------------------------------------
+
+_MECHANISM_RE = re.compile(rb"[A-Za-z0-9.-]+")
+MAX_URLAUTH_URLS = 100  # per GENURLAUTH / URLFETCH (estafeta.imap.urlfetch.MAX_URLS)
+
+
+def _mechanism(cur: _Cursor) -> str:
+    # rfc4467:9 mechanism = "INTERNAL" / 1*(ALPHA / DIGIT / "-" / ".")
+    return cur.match(_MECHANISM_RE, "URL authorization mechanism").decode("ascii").upper()
+
+
+def _url(cur: _Cursor) -> str:
+    return cur.astring_text("URL")
+
+
+def _cmd_resetkey(cur: _Cursor) -> object:
+    # rfc4467:9 resetkey = "RESETKEY" [SP mailbox *(SP mechanism)]
+    if cur.at_end():
+        return c.ResetKey(None)
+    cur.sp("mailbox")
+    mailbox = cur.mailbox()
+    mechanisms: list[str] = []
+    while not cur.at_end():
+        cur.sp("mechanism")
+        mechanisms.append(_mechanism(cur))
+    return c.ResetKey(mailbox, tuple(dict.fromkeys(mechanisms)))
+
+
+def _cmd_genurlauth(cur: _Cursor) -> object:
+    # rfc4467:9 genurlauth = "GENURLAUTH" 1*(SP url-rump SP mechanism)
+    pairs: list[tuple[str, str]] = []
+    while not pairs or not cur.at_end():
+        if len(pairs) == MAX_URLAUTH_URLS:
+            raise _Syntax(f"more than {MAX_URLAUTH_URLS} URLs")
+        cur.sp("URL")
+        url = _url(cur)
+        cur.sp("mechanism")
+        pairs.append((url, _mechanism(cur)))
+    return c.GenUrlAuth(tuple(pairs))
+
+
+def _cmd_urlfetch(cur: _Cursor) -> object:
+    # rfc4467:9 urlfetch = "URLFETCH" 1*(SP url-full)
+    urls: list[str] = []
+    while not urls or not cur.at_end():
+        if len(urls) == MAX_URLAUTH_URLS:
+            raise _Syntax(f"more than {MAX_URLAUTH_URLS} URLs")
+        cur.sp("URL")
+        urls.append(_url(cur))
+    return c.UrlFetch(tuple(urls))
+
+
 # Command name -> (argument parser, allowed after UID).
 _COMMANDS: dict[str, _Handler] = {
     "CAPABILITY": _no_args(c.Capability),
@@ -1306,6 +1358,9 @@ _COMMANDS: dict[str, _Handler] = {
     "SORT": _cmd_sort,
     "THREAD": _cmd_thread,
     "CANCELUPDATE": _cmd_cancelupdate,
+    "RESETKEY": _cmd_resetkey,
+    "GENURLAUTH": _cmd_genurlauth,
+    "URLFETCH": _cmd_urlfetch,
     "FETCH": _cmd_fetch,
     "STORE": _cmd_store,
     "COPY": _copy_like(c.Copy),

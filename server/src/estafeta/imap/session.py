@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from estafeta import __version__
-from estafeta.auth import Accounts
+from estafeta.auth import Accounts, urlauth
 from estafeta.auth.connections import Ticket
 from estafeta.auth.guard import BUSY, Authenticator
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.imap import commands as c
 from estafeta.imap import contexts as contexts_module
 from estafeta.imap import fetch as fetch_module
-from estafeta.imap import imapurl, resultcache
+from estafeta.imap import imapurl, resultcache, urlfetch
 from estafeta.imap import search as search_module
 from estafeta.imap import sort as sort_module
 from estafeta.imap import thread as thread_module
@@ -53,7 +53,7 @@ from estafeta.imap.selected import Selected, Updates
 from estafeta.imap.stream import ResponseStream
 from estafeta.imap.types import FetchAtt, SearchKey
 from estafeta.log import log_event
-from estafeta.message import Summary, imap_string, summarize
+from estafeta.message import Summary, imap_string, imap_utf8_string, summarize
 from estafeta.store import Mailbox, Store, StoreError
 from estafeta.store.names import canonical
 from estafeta.store.operations import MailboxError
@@ -199,9 +199,10 @@ class Session:
         self.send(line)
 
     def mailbox_name(self, name: str) -> bytes:
-        """A mailbox name for a response: mUTF-7 (rfc3501:5.1.3) unless UTF8=ACCEPT."""
+        """A mailbox name for a response: mUTF-7 (rfc3501:5.1.3) unless
+        UTF8=ACCEPT, then UTF-8, quoted when it fits (rfc6855:3)."""
         if "UTF8=ACCEPT" in self.enabled:
-            return imap_string(name)
+            return imap_utf8_string(name)
         return imap_string(encode_mutf7(name))
 
     # -- capabilities ----------------------------------------------------------
@@ -253,6 +254,7 @@ class Session:
             "THREAD=REFERENCES",
             "ESORT",
             "CONTEXT=SEARCH",  # rfc5267:4 (estafeta.imap.contexts)
+            "URLAUTH",  # rfc4467 (estafeta.imap.urlfetch)
             "MULTIAPPEND",
             "CATENATE",
             "PREVIEW",
@@ -918,6 +920,7 @@ async def cmd_select(s: Session, cmd: Command) -> None:
         s.untagged(line)
     s.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
     s.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
+    s.untagged(f"OK [URLMECH {urlauth.MECHANISM}] URL authorization mechanisms")  # rfc4467
     if view.condstore:
         s.untagged(f"OK [HIGHESTMODSEQ {view.highestmodseq}] Highest")
     s.untagged(b'LIST () "/" ' + s.mailbox_name(box.name))
@@ -1714,6 +1717,7 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     view = s.selected
     assert view is not None
     args: c.Search = cmd.args  # type: ignore[assignment]
+    _check_context_tag(s, cmd)
     s.report_updates(allow_expunge=False)
     key: SearchKey = args.key
     saving = args.return_options is not None and "SAVE" in args.return_options
@@ -1761,6 +1765,13 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     else:
         s.untagged(search_module.render_search(numbers, modseq=highest))
     s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}SEARCH completed")
+
+
+def _check_context_tag(s: Session, cmd: Command) -> None:
+    """rfc5267:4.3 a searching command with the tag of a live updating
+    search is refused with BAD."""
+    if cmd.tag in s.live_contexts():
+        raise Bad(f"Tag reuse: {cmd.tag[:40]} names a search that is being updated")
 
 
 def _start_context(
@@ -2002,6 +2013,7 @@ async def cmd_sort(s: Session, cmd: Command) -> None:
     view = s.selected
     assert view is not None
     args: c.Sort = cmd.args  # type: ignore[assignment]
+    _check_context_tag(s, cmd)
     _check_charset(args.charset)
     s.report_updates(allow_expunge=False)
     wanted = set(args.return_options or ())
@@ -2112,6 +2124,56 @@ def _quota_line(s: Session) -> str:
     return f'QUOTA "" (STORAGE {used // 1024} {limit // 1024})'
 
 
+# -- URLAUTH (rfc4467; estafeta.auth.urlauth, estafeta.imap.urlfetch) ------------------
+
+
+async def cmd_resetkey(s: Session, cmd: Command) -> None:
+    """rfc4467 RESETKEY: a new access key for a mailbox, or none at all."""
+    args: c.ResetKey = cmd.args  # type: ignore[assignment]
+    if args.mailbox is None:
+        await asyncio.to_thread(s.accounts.urlauth_reset, _user(s))
+        s.tagged(cmd.tag, "OK", "All keys removed")
+        return
+    unknown = [m for m in args.mechanisms if m != urlauth.MECHANISM]
+    if unknown:
+        raise No(f"Unknown URL authorization mechanism {unknown[0][:40]}")
+    box = s.index().mailbox(args.mailbox)
+    if box is None:
+        raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
+    await asyncio.to_thread(s.accounts.urlauth_reset, _user(s), (box.id, box.uidvalidity))
+    s.tagged(cmd.tag, "OK", "Key reset", f"URLMECH {urlauth.MECHANISM}")
+
+
+async def cmd_genurlauth(s: Session, cmd: Command) -> None:
+    """rfc4467 GENURLAUTH: each URL rump with its token; BAD when one is not
+    a URL this account may authorize."""
+    args: c.GenUrlAuth = cmd.args  # type: ignore[assignment]
+
+    def generate() -> list[str]:
+        return [
+            urlfetch.generate(s.store, s.accounts, _user(s), url, mech) for url, mech in args.pairs
+        ]
+
+    try:
+        urls = await asyncio.to_thread(generate)
+    except urlauth.BadUrlAuth as exc:
+        raise Bad(str(exc)) from None
+    s.untagged(b"GENURLAUTH " + b" ".join(imap_string(url) for url in urls))
+    s.tagged(cmd.tag, "OK", "GENURLAUTH completed")
+
+
+async def cmd_urlfetch(s: Session, cmd: Command) -> None:
+    """rfc4467 URLFETCH: what each URL names, NIL for one that is not valid
+    for this session; one response per URL, sent before the next is read."""
+    args: c.UrlFetch = cmd.args  # type: ignore[assignment]
+    for url in args.urls:
+        data = await asyncio.to_thread(urlfetch.resolve, s.store, s.accounts, url, user=_user(s))
+        value = b"NIL" if data is None else b"{%d}\r\n" % len(data) + data
+        s.untagged(b"URLFETCH " + imap_string(url) + b" " + value)
+        await s.flush()
+    s.tagged(cmd.tag, "OK", "URLFETCH completed")
+
+
 async def cmd_getquota(s: Session, cmd: Command) -> None:
     args: c.GetQuota = cmd.args  # type: ignore[assignment]
     if args.root != "":
@@ -2149,6 +2211,9 @@ _AUTH: dict[str, Handler] = {
     "GETQUOTA": cmd_getquota,
     "GETQUOTAROOT": cmd_getquotaroot,
     "SETQUOTA": cmd_setquota,
+    "RESETKEY": cmd_resetkey,
+    "GENURLAUTH": cmd_genurlauth,
+    "URLFETCH": cmd_urlfetch,
 }
 _COMMANDS: dict[int, dict[str, Handler]] = {
     NOT_AUTHENTICATED: {

@@ -1151,6 +1151,20 @@ def _imap_bytes(data: bytes) -> bytes:
     return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
+def imap_utf8_string(value: str) -> bytes:
+    """A string for a session that enabled UTF8=ACCEPT: quoted when it fits
+    (rfc6855:3, rfc9051:9 QUOTED-CHAR =/ UTF8-2 / UTF8-3 / UTF8-4: UTF-8 is
+    allowed in quoted strings), a literal for CR, LF, text that is not
+    valid UTF-8 (surrogate escapes) or past LITERAL_THRESHOLD."""
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return imap_string(value)
+    if len(data) > LITERAL_THRESHOLD or b"\r" in data or b"\n" in data or b"\0" in data:
+        return imap_string(value)
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
 def _imap_address_list(addresses: Sequence[Sequence[str | None]] | None) -> bytes:
     if not addresses:
         return b"NIL"

@@ -75,6 +75,8 @@ T = TypeVar("T")
 
 # Checks a user name and password from a client address (Authenticator.login).
 Authenticate = Callable[[str, str, str], Awaitable[LoginResult]]
+# rfc4468 BURL: (URL, the account logged in) -> the octets it names, or None. Blocking.
+BurlResolver = Callable[[str, str], bytes | None]
 # Failed AUTH attempts before the connection is closed.
 MAX_AUTH_FAILURES = 3
 
@@ -286,6 +288,7 @@ class SMTPProtocol(SMTP):
         allow_auth: bool = False,
         authenticate: Authenticate | None = None,
         scram: Authenticator | None = None,
+        burl: BurlResolver | None = None,
         implicit_tls: bool = False,
         data_timeout: float | None = None,
         data_memory: DataBudget | None = None,
@@ -301,6 +304,9 @@ class SMTPProtocol(SMTP):
         self._authenticate_user = authenticate
         # SCRAM-SHA-256(-PLUS) logins (estafeta.auth.scramlogin); None: not offered.
         self._scram = scram
+        # rfc4468 BURL (submission only): resolves a URLAUTH URL for the
+        # account logged in, in a thread; None: BURL is not offered.
+        self._burl = burl
         self._implicit_tls = implicit_tls
         if implicit_tls:
             # The whole connection is TLS (port 465, rfc8314:3.3): AUTH may go ahead.
@@ -699,6 +705,10 @@ class SMTPProtocol(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
+        if getattr(self.envelope, "burl_parts", None):
+            # rfc4468:3.2 BURL parts go on with BURL (or BDAT), not DATA.
+            await self.push("503 5.5.1 BURL transaction in progress: end it with BURL ... LAST")
+            return
         reader = DataReader(size_limit=self.data_size_limit, budget=self._data_memory)
         self._data_deadline = self.loop.time() + self._data_timeout
         self._reset_timeout(min(self._timeout_duration, self._data_timeout))
@@ -779,7 +789,13 @@ class SMTPProtocol(SMTP):
                 )
             await self.push(_DATA_REFUSALS[status])
             return
-        original_content = reader.take_message()
+        await self._take_message(reader.take_message(), reader.close)
+
+    async def _take_message(self, original_content: bytes, release: Callable[[], None]) -> None:
+        """The message of the transaction is in (DATA's final dot, BURL
+        LAST): hand it to the handler and answer; ``release`` gives back the
+        memory it was held in (after the handler, before the reply)."""
+        assert self.envelope is not None
         content: str | bytes = original_content
         if self._decode_data:
             try:
@@ -797,8 +813,47 @@ class SMTPProtocol(SMTP):
         status = await self._call_handler_hook("DATA")
         # The transaction is over: its memory goes back before the reply.
         self.envelope = self._create_envelope()
-        reader.close()
+        release()
         await self.push("250 OK" if status is MISSING else status)
+
+    async def smtp_BURL(self, arg: str) -> None:
+        """rfc4468:3.2 BURL <url> [LAST]: the message (or the next part of
+        it) is what a URLAUTH IMAP URL names, fetched from the mailbox
+        store; LAST ends the transaction as DATA's final dot does."""
+        if self._burl is None:
+            await self.push('500 Error: command "BURL" not recognized')
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("BURL"):
+            return
+        assert self.envelope is not None
+        words = arg.split()
+        if not words or len(words) > 2 or (len(words) == 2 and words[1].upper() != "LAST"):
+            await self.push("501 Syntax: BURL absolute-URI [LAST]")
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("554 5.5.0 No recipients have been specified")  # rfc4468:6
+            return
+        account = self.authenticated_user
+        assert account is not None  # check_auth_needed
+        # rfc4468:3.3 submit+ URLs only for the account logged in (checked
+        # by the resolver with the URL's access identifier).
+        data = await asyncio.to_thread(self._burl, words[0], account)
+        if data is None:
+            self.envelope = self._create_envelope()  # rfc4468:3.2 the whole transaction fails
+            await self.push("554 5.7.0 IMAP URL authorization failed")
+            return
+        parts: bytearray = getattr(self.envelope, "burl_parts", bytearray())
+        if self.data_size_limit and len(parts) + len(data) > self.data_size_limit:
+            self.envelope = self._create_envelope()
+            await self.push("554 5.3.4 Message too big for system")  # rfc4468:6
+            return
+        parts += data
+        del data
+        if len(words) == 1:
+            self.envelope.burl_parts = parts  # type: ignore[attr-defined]
+            await self.push("250 2.5.0 Waiting for additional BURL commands")  # rfc4468:6
+            return
+        await self._take_message(bytes(parts), parts.clear)
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         if command != "DATA":
@@ -1157,4 +1212,8 @@ class SMTPProtocol(SMTP):
             ]
         lines = [line for line in lines if line.upper() != "HELP"]
         lines += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        if self._burl is not None:
+            # rfc4468:3.1, 3.3: URLAUTH IMAP URLs of this server's mailboxes;
+            # rfc4468:4 asks for 8BITMIME too (aiosmtpd offers it).
+            lines.append("BURL imap")
         return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
