@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_imap_transcript import ALICE, PLAIN, run_both_ways, start
+from test_imap_transcript import ALICE, PLAIN, RawReader, run_both_ways, start
 
 from conftest import PASSWORD
 from estafeta.imap import contexts
@@ -145,17 +145,7 @@ def test_an_idling_session_hears_another_sessions_change(tmp_path: Path) -> None
             socket.create_connection(("127.0.0.1", server.imap_port), timeout=10) as idler,
             imaplib.IMAP4("127.0.0.1", server.imap_port) as writer,
         ):
-            got = b""
-
-            def until(pattern: bytes) -> bytes:
-                nonlocal got
-                while not re.search(pattern, got):
-                    chunk = idler.recv(65536)
-                    assert chunk, got
-                    got += chunk
-                found = got
-                got = b""
-                return found
+            until = RawReader(idler).until
 
             until(rb"\* OK .*\r\n")
             idler.sendall(f"a AUTHENTICATE PLAIN {PLAIN}\r\nb SELECT INBOX\r\n".encode())

@@ -177,6 +177,24 @@ def run_script(
     return re.sub(r"\{\d+\}", "{N}", masked)
 
 
+class RawReader:
+    """A raw IMAP connection's input, read up to a pattern: what a client
+    sees of responses that come with no command of its own (IDLE, NOTIFY)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.got = b""
+
+    def until(self, pattern: bytes) -> bytes:
+        """Everything received up to the end of what ``pattern`` matches."""
+        while not re.search(pattern, self.got):
+            chunk = self.sock.recv(65536)
+            assert chunk, self.got
+            self.got += chunk
+        found, self.got = self.got, b""
+        return found
+
+
 def start(tmp_path: Path, name: str) -> Instance:
     root = tmp_path / name
     root.mkdir()

@@ -14,6 +14,7 @@ import datetime
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from estafeta.imap.notify import Group
 from estafeta.imap.types import FetchAtt, SearchKey, SequenceSet
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "Move",
     "Namespace",
     "Noop",
+    "Notify",
     "QresyncParams",
     "Rename",
     "ResetKey",
@@ -367,6 +369,15 @@ class CancelUpdate:
     """rfc5267:4.3 CANCELUPDATE: the tags of the updating searches to end."""
 
     tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Notify:
+    """rfc5465:3.1 NOTIFY: the event groups of NOTIFY SET, None for NOTIFY
+    NONE; ``status`` the STATUS indicator."""
+
+    groups: tuple[Group, ...] | None
+    status: bool = False
 
 
 @dataclass(frozen=True)

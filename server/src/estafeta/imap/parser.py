@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from estafeta.imap import commands as c
+from estafeta.imap import notify
 from estafeta.imap.types import FetchAtt, SearchKey, Section, SequenceSet
 
 __all__ = [
@@ -1272,6 +1273,83 @@ def _cmd_cancelupdate(cur: _Cursor) -> object:
     return c.CancelUpdate(tuple(dict.fromkeys(tags)))
 
 
+# -- NOTIFY (rfc5465:8) ----------------------------------------------------------------
+
+_NOTIFY_FILTERS = frozenset(
+    {"SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE", "MAILBOXES"}
+)
+_FILTER_RE = re.compile(rb"[A-Za-z-]+")
+
+
+def _cmd_notify(cur: _Cursor) -> object:
+    # notify = "NOTIFY" SP (notify-set / notify-none)
+    # notify-set = "SET" [status-indicator] SP event-groups; status-indicator = SP "STATUS"
+    cur.sp("SET or NONE")
+    word = cur.keyword("SET or NONE")
+    if word == "NONE":
+        return c.Notify(None)
+    if word != "SET":
+        raise _Syntax("expected SET or NONE")
+    cur.sp("event groups")
+    status = cur.try_keyword(b"STATUS")
+    if status:
+        cur.sp("event groups")
+    groups = [_event_group(cur)]
+    names = len(groups[0].names)
+    while not cur.at_end():
+        cur.sp("event group")
+        groups.append(_event_group(cur))
+        names += len(groups[-1].names)
+        if len(groups) > notify.MAX_GROUPS or names > notify.MAX_NAMES:
+            raise _Syntax("too many event groups or mailboxes")
+    return c.Notify(tuple(groups), status)
+
+
+def _event_group(cur: _Cursor) -> notify.Group:
+    # event-group = "(" filter-mailboxes SP events ")"
+    cur.expect(b"(", "event group")
+    kind = cur.match(_FILTER_RE, "mailbox filter").decode("ascii").upper()
+    if kind not in _NOTIFY_FILTERS:
+        raise _Syntax(f"unknown mailbox filter {kind[:40]}")
+    names: list[str] = []
+    if kind in ("SUBTREE", "MAILBOXES"):
+        # one-or-more-mailbox = mailbox / "(" mailbox *(SP mailbox) ")"
+        cur.sp("mailboxes")
+        if cur.try_char(b"("):
+            names.append(cur.mailbox())
+            while not cur.try_char(b")"):
+                cur.sp("mailbox or )")
+                names.append(cur.mailbox())
+                if len(names) > notify.MAX_NAMES:
+                    raise _Syntax("too many mailboxes")
+        else:
+            names.append(cur.mailbox())
+    cur.sp("events")
+    events: list[str] = []
+    fetch: list[FetchAtt] = []
+    if not cur.try_keyword(b"NONE"):
+        # events = "(" event *(SP event) ")"; MessageNew may take "(" fetch-att ... ")"
+        cur.expect(b"(", "events")
+        while True:
+            name = cur.keyword("event")
+            events.append(name)
+            after = cur.text[cur.pos : cur.pos + 2]
+            if name == "MESSAGENEW" and after == b" (":
+                cur.sp("fetch items")
+                cur.expect(b"(", "fetch items")
+                fetch.append(_fetch_att(cur))
+                while not cur.try_char(b")"):
+                    cur.sp("fetch item or )")
+                    fetch.append(_fetch_att(cur))
+            if cur.try_char(b")"):
+                break
+            cur.sp("event or )")
+            if len(events) > 16:
+                raise _Syntax("too many events")
+    cur.expect(b")", "end of event group")
+    return notify.Group(kind, tuple(names), frozenset(events), tuple(fetch))
+
+
 # -- URLAUTH (rfc4467:9) ---------------------------------------------------------------
 
 _MECHANISM_RE = re.compile(rb"[A-Za-z0-9.-]+")
@@ -1358,6 +1436,7 @@ _COMMANDS: dict[str, _Handler] = {
     "SORT": _cmd_sort,
     "THREAD": _cmd_thread,
     "CANCELUPDATE": _cmd_cancelupdate,
+    "NOTIFY": _cmd_notify,
     "RESETKEY": _cmd_resetkey,
     "GENURLAUTH": _cmd_genurlauth,
     "URLFETCH": _cmd_urlfetch,
@@ -1487,6 +1566,14 @@ class Parser:
     def set_utf8(self, value: bool) -> None:
         """rfc6855:3 after ENABLE UTF8=ACCEPT: mailbox names are UTF-8, not mUTF-7."""
         self._utf8 = value
+
+    def idle(self) -> bool:
+        """Between commands: nothing of a next command received yet (the
+        moment rfc5465 NOTIFY may send its responses)."""
+        return (
+            self._mode == _LINE and not self._buf and not self._text and not self._literals
+            and not self._raw and not self._overlong
+        )  # fmt: skip
 
     def expect_line(self) -> None:
         """The next line is returned as a RawLine (an AUTHENTICATE response,

@@ -9,6 +9,7 @@ a command become a tagged NO/BAD, never a traceback to the client.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import contextvars
@@ -32,6 +33,7 @@ from estafeta.imap import commands as c
 from estafeta.imap import contexts as contexts_module
 from estafeta.imap import fetch as fetch_module
 from estafeta.imap import imapurl, resultcache, urlfetch
+from estafeta.imap import notify as notify_module
 from estafeta.imap import search as search_module
 from estafeta.imap import sort as sort_module
 from estafeta.imap import thread as thread_module
@@ -51,7 +53,7 @@ from estafeta.imap.parser import (
 from estafeta.imap.recent import RecentSet, claims
 from estafeta.imap.selected import Selected, Updates
 from estafeta.imap.stream import ResponseStream
-from estafeta.imap.types import FetchAtt, SearchKey
+from estafeta.imap.types import FetchAtt, SearchKey, SequenceSet
 from estafeta.log import log_event
 from estafeta.message import Summary, imap_string, imap_utf8_string, summarize
 from estafeta.store import Mailbox, Store, StoreError
@@ -157,6 +159,13 @@ class Session:
         # the view they belong to: they end with it.
         self.contexts: dict[str, contexts_module.Context] = {}
         self._contexts_view: Selected | None = None
+        # rfc5465 NOTIFY: what the client asked to be told (None: not set,
+        # or NONE), and what it was last told of the other mailboxes.
+        self.notify_spec: notify_module.Spec | None = None
+        self._notify_state: dict[str, notify_module.BoxState] = {}
+        self._notify_ids: dict[int, str] = {}
+        self._notify_subs: set[str] = set()
+        self._notify_changed = False  # the index changed since the last notify_poll
         # The tagged response held back while the updating searches catch up
         # with what the command changed (rfc5267:4.3: before the command ends).
         self._held: list[bytes] | None = None
@@ -255,6 +264,7 @@ class Session:
             "ESORT",
             "CONTEXT=SEARCH",  # rfc5267:4 (estafeta.imap.contexts)
             "URLAUTH",  # rfc4467 (estafeta.imap.urlfetch)
+            "NOTIFY",  # rfc5465 (estafeta.imap.notify)
             "MULTIAPPEND",
             "CATENATE",
             "PREVIEW",
@@ -279,6 +289,17 @@ class Session:
                 event = self.parser.next_event()
                 if isinstance(event, NeedData):
                     await self.flush()
+                    if self.notify_spec is not None and self.parser.idle():
+                        # rfc5465:1 the client takes notifications at any
+                        # time: a change wakes the read (as in IDLE).
+                        data = await self._read_or_wake(
+                            self.settings.idle_timeout, wake_on_change=True
+                        )
+                        if data is None:
+                            await self.notify_now()
+                            continue
+                        self.parser.receive_data(data)
+                        continue
                     self.parser.receive_data(await self._read())
                 elif isinstance(event, Continue):
                     self.send(f"+ {event.text}")
@@ -307,6 +328,7 @@ class Session:
                 self.untagged("BYE Autologout; idle for too long")
             await self._safe_flush()
         finally:
+            self.stop_notify()
             self._close_selected()
             self.writer.close()
             if sessions is not None:
@@ -388,8 +410,10 @@ class Session:
                 self.tagged(tag, "BAD", f"Unknown command {command.name}")
             return
         started = time.monotonic()
-        # rfc5267:4.3 the updates a command causes come before its end.
-        hold = command.name not in _UNHELD and bool(self.live_contexts())
+        # rfc5267:4.3, rfc5465: the updates a command causes come before its end.
+        hold = command.name not in _UNHELD and (
+            bool(self.live_contexts()) or self.notify_spec is not None
+        )
         if hold:
             self._held = []
         try:
@@ -413,6 +437,13 @@ class Session:
         if hold:
             held, self._held = self._held or [], None
             try:
+                if self.notify_spec is not None and (
+                    self._notify_changed or command.name in _CHANGING
+                ):
+                    # rfc5465 what the command (or others meanwhile) changed
+                    # elsewhere; after a command that writes, whether or not
+                    # its change notice has come through the event loop yet.
+                    self.notify_poll()
                 await self.refresh_contexts()
             except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
                 raise
@@ -448,6 +479,7 @@ class Session:
 
     def _on_change(self) -> None:
         self._changed = True
+        self._notify_changed = True
         if self._wake_on_change:
             _interrupt(self, _WOKEN_BY_CHANGE)
 
@@ -491,6 +523,117 @@ class Session:
             # rfc3501:7.3.2: RECENT when the number grows (this session's
             # own: never in the lines shared with other views).
             self.untagged(f"{view.recent.count_in(view.uids)} RECENT")
+
+    # -- NOTIFY (rfc5465) ------------------------------------------------------------
+
+    def start_notify(self, spec: notify_module.Spec) -> None:
+        """Take ``spec`` and what every mailbox is now (rfc5465:3.1: the
+        changes from here on are told); STATUS for each watched mailbox
+        when the client asked (NOTIFY SET STATUS)."""
+        if self.notify_spec is None:
+            self.store.changes.watch(_user(self), self._watch)
+        self.notify_spec = spec
+        self._notify_state.clear()
+        self._notify_ids.clear()
+        self._notify_subs.clear()
+        self.notify_poll(initial=True)
+
+    def stop_notify(self) -> None:
+        if self.notify_spec is not None and self.user is not None:
+            self.store.changes.unwatch(self.user, self._watch)
+        self.notify_spec = None
+
+    def notify_poll(self, *, initial: bool = False) -> None:
+        """Tell what changed in the mailboxes other than the selected one
+        since the last poll: STATUS for message events (rfc5465:5.1-5.3),
+        LIST for names (rfc5465:5.4) and subscriptions (rfc5465:5.5).
+        ``initial``: only take the state (and, for NOTIFY SET STATUS, send
+        the STATUS of every watched mailbox, rfc5465:3.1)."""
+        spec = self.notify_spec
+        if spec is None:
+            return
+        self._notify_changed = False
+        reader = self.index()
+        boxes = reader.mailboxes()
+        subscribed = set(reader.subscriptions())
+        condstore = "CONDSTORE" in self.enabled or "QRESYNC" in self.enabled
+        ids = {box.id: box.name for box in boxes}
+        if not initial:
+            for line in self._name_changes(spec, ids, subscribed):
+                self.untagged(line)
+        selected = self.selected.box.id if self.selected is not None else None
+        states: dict[str, notify_module.BoxState] = {}
+        for box in boxes:
+            events = spec.events_for(box.name, subscribed) & notify_module.MESSAGE_EVENTS
+            if box.id == selected or not events:
+                continue
+            messages = reader.status_counts(box.id, ["MESSAGES"])["MESSAGES"]
+            state = notify_module.BoxState(
+                box.uidvalidity, messages, box.uidnext, box.highestmodseq
+            )
+            states[box.name] = state
+            if initial:
+                items = notify_module.initial_items(events, condstore) if spec.status else []
+            else:
+                old = self._notify_state.get(box.name)
+                items = notify_module.changed_items(old, state, events, condstore)
+            if items:
+                self.untagged(_status_line(self, box, items))
+        self._notify_state = states
+        self._notify_ids = ids
+        self._notify_subs = subscribed
+
+    def _name_changes(
+        self, spec: notify_module.Spec, ids: dict[int, str], subscribed: set[str]
+    ) -> list[bytes]:
+        """rfc5465:5.4 LIST for mailboxes made, renamed (OLDNAME) or deleted
+        (\\NonExistent); rfc5465:5.5 LIST with or without \\Subscribed."""
+        lines: list[bytes] = []
+        old_subs = self._notify_subs
+
+        def wants(event: str, name: str) -> bool:
+            return event in spec.events_for(name, subscribed | old_subs)
+
+        for box_id, name in ids.items():
+            before = self._notify_ids.get(box_id)
+            if before is None and wants("MAILBOXNAME", name):
+                lines.append(b'LIST () "/" ' + self.mailbox_name(name))
+            elif before is not None and before != name and wants("MAILBOXNAME", name):
+                lines.append(
+                    b'LIST () "/" ' + self.mailbox_name(name)
+                    + b' ("OLDNAME" (' + self.mailbox_name(before) + b"))"
+                )  # fmt: skip
+        for box_id, name in self._notify_ids.items():
+            if box_id not in ids and wants("MAILBOXNAME", name):
+                lines.append(b'LIST (\\NonExistent) "/" ' + self.mailbox_name(name))
+        for name in sorted(subscribed - old_subs):
+            if wants("SUBSCRIPTIONCHANGE", name):
+                lines.append(b'LIST (\\Subscribed) "/" ' + self.mailbox_name(name))
+        for name in sorted(old_subs - subscribed):
+            if wants("SUBSCRIPTIONCHANGE", name):
+                lines.append(b'LIST () "/" ' + self.mailbox_name(name))
+        return lines
+
+    async def notify_now(self) -> None:
+        """A change came while no command was in progress (rfc5465:1): the
+        selected mailbox's (SELECTED: expunges too; SELECTED-DELAYED: at the
+        next command that allows them, rfc5465:6.1), then the others'."""
+        spec = self.notify_spec
+        view = self.selected
+        if spec is not None and view is not None and spec.selected_events() and self._changed:
+            top = view.uids[-1] if view.uids else 0
+            self.report_updates(allow_expunge=spec.immediate_expunge)
+            await self.refresh_contexts()
+            assert spec.selected is not None
+            new = view.uids[bisect.bisect_right(view.uids, top) :]
+            if new and spec.selected.fetch and self.selected is view:
+                await _notify_fetch(self, new, spec.selected.fetch)
+        if self._notify_changed:
+            self.notify_poll()
+        # Told (or nothing the client asked for): the next read waits again.
+        # The selected mailbox's other changes go out at the next command.
+        self._changed = False
+        await self.flush()
 
     # -- updating searches (rfc5267:4.3) -----------------------------------------
 
@@ -1319,6 +1462,8 @@ async def cmd_idle(s: Session, cmd: Command) -> None:
             if s._changed:
                 s.report_updates(allow_expunge=True)
                 await s.refresh_contexts()
+                if s._notify_changed and s.notify_spec is not None:
+                    s.notify_poll()  # rfc5465:4 the same events in IDLE
                 await s.flush()
     finally:
         s.store.changes.unwatch(s.user, s._watch)
@@ -2124,6 +2269,42 @@ def _quota_line(s: Session) -> str:
     return f'QUOTA "" (STORAGE {used // 1024} {limit // 1024})'
 
 
+# -- NOTIFY (rfc5465; estafeta.imap.notify) ----------------------------------------------
+
+
+async def cmd_notify(s: Session, cmd: Command) -> None:
+    """rfc5465:3.1 NOTIFY SET / NOTIFY NONE."""
+    args: c.Notify = cmd.args  # type: ignore[assignment]
+    if args.groups is None:
+        s.stop_notify()
+        s.tagged(cmd.tag, "OK", "NOTIFY completed")
+        return
+    try:
+        spec = notify_module.Spec(args.groups, status=args.status)
+    except notify_module.NotifyError as exc:
+        if exc.bad:
+            raise Bad(str(exc)) from None
+        # rfc5465:3.1 an unsupported event: NO [BADEVENT (the supported ones)]
+        raise No(str(exc), f"BADEVENT ({' '.join(notify_module.SUPPORTED)})") from None
+    if s.selected is not None:
+        s.report_updates(allow_expunge=True)  # rfc5465:3.1 an implicit NOOP
+    s.start_notify(spec)
+    s.tagged(cmd.tag, "OK", "NOTIFY completed")
+
+
+async def _notify_fetch(s: Session, uids: list[int], atts: tuple[FetchAtt, ...]) -> None:
+    """rfc5465:5.2 the FETCH items MessageNew asked for, for new messages
+    of the selected mailbox: a UID FETCH whose tagged reply is dropped."""
+    command = Command("*", "FETCH", c.Fetch(SequenceSet(((uids[0], uids[-1]),)), atts), uid=True)
+    held, s._held = s._held, []
+    try:
+        await cmd_fetch(s, command)
+    except (No, Bad) as exc:
+        log.info("NOTIFY MessageNew FETCH refused: %s", exc)
+    finally:
+        s._held = held
+
+
 # -- URLAUTH (rfc4467; estafeta.auth.urlauth, estafeta.imap.urlfetch) ------------------
 
 
@@ -2211,6 +2392,7 @@ _AUTH: dict[str, Handler] = {
     "GETQUOTA": cmd_getquota,
     "GETQUOTAROOT": cmd_getquotaroot,
     "SETQUOTA": cmd_setquota,
+    "NOTIFY": cmd_notify,
     "RESETKEY": cmd_resetkey,
     "GENURLAUTH": cmd_genurlauth,
     "URLFETCH": cmd_urlfetch,
@@ -2240,6 +2422,12 @@ _COMMANDS: dict[int, dict[str, Handler]] = {
     },
     LOGOUT: {},
 }
+# Commands that change mailboxes, their messages or subscriptions (NOTIFY
+# looks at once for what they changed).
+_CHANGING = frozenset(
+    {"APPEND", "COPY", "MOVE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
+     "STORE", "EXPUNGE", "CLOSE", "FETCH"}
+)  # fmt: skip
 # Commands whose tagged response goes out as they end: they change the
 # connection itself, or wait for the client (IDLE updates the searches as
 # it reports).
