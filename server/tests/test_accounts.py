@@ -557,8 +557,8 @@ def test_version_1_database_gets_quotas(tmp_path: Path) -> None:
         db.set_quota(ALICE, 4096)
         assert db.get_quota(ALICE) == 4096
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (6,)
-    assert accounts_module.schema_version() == 6
+        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
+    assert accounts_module.schema_version() == 7
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -49,7 +49,8 @@ history) and ``retention`` (an account's own retention per mailbox), see
 ``estafeta.auth.logins``; 5 = adds SCRAM-SHA-256 keys (tables ``scram``,
 ``scram_secret``, columns ``scram_keys``), see ``estafeta.auth.scramkeys``;
 6 = adds ``urlauth_keys`` (URLAUTH mailbox access keys, rfc4467), see
-``estafeta.auth.urlauthkeys``.
+``estafeta.auth.urlauthkeys``; 7 = adds ``metadata`` (IMAP METADATA
+entries, rfc5464), see ``estafeta.auth.metadata``.
 
 SCRAM (rfc5802, rfc7677). Setting a password (``add_user``,
 ``set_password``, ``app_password_create``) stores its SCRAM salt, iteration
@@ -78,7 +79,7 @@ from typing import Any, TypeVar, cast
 import argon2
 
 from estafeta.address import AddressError, normalize_address, normalize_domain, split_address
-from estafeta.auth import logins, scram, scramkeys, urlauthkeys
+from estafeta.auth import logins, metadata, scram, scramkeys, urlauthkeys
 from estafeta.auth.logincache import APP_PASSWORD, PASSWORD, LoginCache
 from estafeta.auth.logins import LoginRecord
 
@@ -165,6 +166,7 @@ _MIGRATIONS: list[Migration] = [
     logins.create_v4,  # login history, per-account retention
     scramkeys.create_v5,  # SCRAM-SHA-256 keys
     urlauthkeys.create_v6,  # URLAUTH mailbox access keys
+    metadata.create_v7,  # IMAP METADATA entries
 ]
 
 
@@ -583,6 +585,7 @@ class Accounts:
             conn.execute("DELETE FROM app_passwords WHERE address = ?", (normalized,))
             scramkeys.forget(conn, normalized)
             urlauthkeys.forget(conn, normalized)
+            metadata.forget(conn, normalized)
             logins.forget_account(conn, normalized)
             sources = [
                 row[0]
@@ -642,6 +645,46 @@ class Accounts:
                 urlauthkeys.forget(conn, normalized)
             else:
                 urlauthkeys.new_key(conn, normalized, *mailbox)
+
+    # -- IMAP METADATA entries (rfc5464, estafeta.auth.metadata) --------------
+
+    def metadata(self, address: str, mailbox: tuple[int, int]) -> dict[str, bytes]:
+        """Every entry of a mailbox ((id, UIDVALIDITY); (0, 0): the account's
+        server entries), by lower-case name."""
+        normalized = self._local_address(address)
+        with self._read() as conn:
+            return metadata.entries(conn, normalized, *mailbox)
+
+    def set_metadata(
+        self,
+        address: str,
+        mailbox: tuple[int, int],
+        changes: Sequence[tuple[str, bytes | None]],
+        *,
+        max_entries: int,
+    ) -> bool:
+        """Set (None: remove) entries in one transaction; False, and nothing
+        changed, when the mailbox would hold more than ``max_entries``
+        (rfc5464:4.3 METADATA TOOMANY)."""
+        normalized = self._local_address(address)
+        with self._write(lookups=False) as conn:
+            current = metadata.entries(conn, normalized, *mailbox)
+            after = set(current)
+            for entry, value in changes:
+                if value is None:
+                    after.discard(entry)
+                else:
+                    after.add(entry)
+            if len(after) > max_entries and len(after) > len(current):
+                return False
+            metadata.write(conn, normalized, *mailbox, changes)
+        return True
+
+    def forget_metadata(self, address: str, mailbox_id: int) -> None:
+        """rfc5464:4.1 a deleted mailbox's entries go with it."""
+        normalized = self._local_address(address)
+        with self._write(lookups=False) as conn:
+            metadata.forget(conn, normalized, mailbox_id)
 
     def get_quota(self, address: str) -> int:
         """The account's own storage quota in bytes; 0 means the global ``[limits] quota``."""

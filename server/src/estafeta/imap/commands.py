@@ -32,6 +32,7 @@ __all__ = [
     "Expunge",
     "Fetch",
     "GenUrlAuth",
+    "GetMetadata",
     "GetQuota",
     "GetQuotaRoot",
     "Id",
@@ -49,6 +50,7 @@ __all__ = [
     "ResetKey",
     "Search",
     "Select",
+    "SetMetadata",
     "SetQuota",
     "Sort",
     "StartTls",
@@ -378,6 +380,26 @@ class Notify:
 
     groups: tuple[Group, ...] | None
     status: bool = False
+
+
+@dataclass(frozen=True)
+class GetMetadata:
+    """rfc5464:4.2 GETMETADATA: the mailbox ("" for the server), the entry
+    names as given, DEPTH ("0", "1" or "INFINITY") and MAXSIZE."""
+
+    mailbox: str
+    entries: tuple[str, ...]
+    depth: str = "0"
+    maxsize: int | None = None
+
+
+@dataclass(frozen=True)
+class SetMetadata:
+    """rfc5464:4.3 SETMETADATA: the mailbox ("" for the server) and
+    (entry, value) pairs, None to remove."""
+
+    mailbox: str
+    pairs: tuple[tuple[str, bytes | None], ...]
 
 
 @dataclass(frozen=True)

@@ -1350,6 +1350,82 @@ def _event_group(cur: _Cursor) -> notify.Group:
     return notify.Group(kind, tuple(names), frozenset(events), tuple(fetch))
 
 
+# -- METADATA (rfc5464:5) --------------------------------------------------------------
+
+_MAX_METADATA_ENTRIES = 100  # per command (estafeta.imap.metadata.MAX_ENTRIES a mailbox)
+
+
+def _metadata_mailbox(cur: _Cursor) -> str:
+    # rfc5464:4.1 the empty string names the server
+    raw = cur.astring("mailbox")
+    return "" if raw == b"" else cur.mailbox_name(raw, "mailbox")
+
+
+def _entry(cur: _Cursor) -> str:
+    # rfc5464:5 entry = astring
+    return cur.astring_text("entry")
+
+
+def _cmd_getmetadata(cur: _Cursor) -> object:
+    # getmetadata = "GETMETADATA" [SP getmetadata-options] SP mailbox SP entries
+    cur.sp("mailbox")
+    depth, maxsize = "0", None
+    if cur.try_char(b"("):
+        while True:
+            name = cur.keyword("GETMETADATA option")
+            cur.sp(f"{name} value")
+            if name == "MAXSIZE":  # rfc5464:4.2.1
+                maxsize = cur.number("MAXSIZE")
+            elif name == "DEPTH":  # rfc5464:4.2.2
+                depth = cur.atom("DEPTH").upper()
+                if depth not in ("0", "1", "INFINITY"):
+                    raise _Syntax("DEPTH is 0, 1 or infinity")
+            else:
+                raise _Syntax(f"unknown GETMETADATA option {name[:40]}")
+            if cur.try_char(b")"):
+                break
+            cur.sp("GETMETADATA option")
+        cur.sp("mailbox")
+    mailbox = _metadata_mailbox(cur)
+    cur.sp("entries")
+    entries: list[str] = []
+    if cur.try_char(b"("):
+        entries.append(_entry(cur))
+        while not cur.try_char(b")"):
+            cur.sp("entry or )")
+            entries.append(_entry(cur))
+            if len(entries) > _MAX_METADATA_ENTRIES:
+                raise _Syntax("too many entries")
+    else:
+        entries.append(_entry(cur))
+    return c.GetMetadata(mailbox, tuple(entries), depth, maxsize)
+
+
+def _cmd_setmetadata(cur: _Cursor) -> object:
+    # setmetadata = "SETMETADATA" SP mailbox SP entry-values
+    # entry-values = "(" entry-value *(SP entry-value) ")"; value = nstring / literal8
+    cur.sp("mailbox")
+    mailbox = _metadata_mailbox(cur)
+    cur.sp("entry values")
+    cur.expect(b"(", "entry values")
+    pairs: list[tuple[str, bytes | None]] = []
+    while True:
+        entry = _entry(cur)
+        cur.sp("value")
+        value: bytes | None
+        if cur.peek() == _LITERAL:
+            value = cur.literal("value", binary_ok=True).data
+        else:
+            value = cur.nstring("value")
+        pairs.append((entry, value))
+        if len(pairs) > _MAX_METADATA_ENTRIES:
+            raise _Syntax("too many entries")
+        if cur.try_char(b")"):
+            break
+        cur.sp("entry or )")
+    return c.SetMetadata(mailbox, tuple(pairs))
+
+
 # -- URLAUTH (rfc4467:9) ---------------------------------------------------------------
 
 _MECHANISM_RE = re.compile(rb"[A-Za-z0-9.-]+")
@@ -1437,6 +1513,8 @@ _COMMANDS: dict[str, _Handler] = {
     "THREAD": _cmd_thread,
     "CANCELUPDATE": _cmd_cancelupdate,
     "NOTIFY": _cmd_notify,
+    "GETMETADATA": _cmd_getmetadata,
+    "SETMETADATA": _cmd_setmetadata,
     "RESETKEY": _cmd_resetkey,
     "GENURLAUTH": _cmd_genurlauth,
     "URLFETCH": _cmd_urlfetch,

@@ -33,6 +33,7 @@ from estafeta.imap import commands as c
 from estafeta.imap import contexts as contexts_module
 from estafeta.imap import fetch as fetch_module
 from estafeta.imap import imapurl, resultcache, urlfetch
+from estafeta.imap import metadata as metadata_module
 from estafeta.imap import notify as notify_module
 from estafeta.imap import search as search_module
 from estafeta.imap import sort as sort_module
@@ -265,6 +266,7 @@ class Session:
             "CONTEXT=SEARCH",  # rfc5267:4 (estafeta.imap.contexts)
             "URLAUTH",  # rfc4467 (estafeta.imap.urlfetch)
             "NOTIFY",  # rfc5465 (estafeta.imap.notify)
+            "METADATA",  # rfc5464 (estafeta.imap.metadata): server and mailbox entries
             "MULTIAPPEND",
             "CATENATE",
             "PREVIEW",
@@ -1138,7 +1140,11 @@ async def cmd_delete(s: Session, cmd: Command) -> None:
     args: c.Delete = cmd.args  # type: ignore[assignment]
     if s.selected is not None and s.selected.box.name in (args.mailbox, canonical(args.mailbox)):
         raise No("Cannot delete the selected mailbox; select another first", "INUSE")
+    box = s.index().mailbox(args.mailbox)
     await asyncio.to_thread(s.store.delete_mailbox, _user(s), args.mailbox)
+    if box is not None:
+        # rfc5464:4.1 its METADATA entries go with it.
+        await asyncio.to_thread(s.accounts.forget_metadata, _user(s), box.id)
     s.tagged(cmd.tag, "OK", "DELETE completed")
 
 
@@ -2305,6 +2311,73 @@ async def _notify_fetch(s: Session, uids: list[int], atts: tuple[FetchAtt, ...])
         s._held = held
 
 
+# -- METADATA (rfc5464; estafeta.imap.metadata, estafeta.auth.metadata) ----------------
+
+
+def _metadata_target(s: Session, mailbox: str) -> tuple[int, int]:
+    """(mailbox id, UIDVALIDITY) of the entries of ``mailbox``; (0, 0) for
+    the server's ("")."""
+    if mailbox == "":
+        return (0, 0)
+    box = s.index().mailbox(mailbox)
+    if box is None:
+        raise No(f"No mailbox {mailbox}", "NONEXISTENT")  # rfc5464:3.3
+    return (box.id, box.uidvalidity)
+
+
+def _metadata_names(names: Iterable[str]) -> list[str]:
+    try:
+        return [metadata_module.check_name(name) for name in names]
+    except metadata_module.BadEntry as exc:
+        raise Bad(str(exc)) from None
+
+
+async def cmd_getmetadata(s: Session, cmd: Command) -> None:
+    """rfc5464:4.2 GETMETADATA: the entries asked for (NIL for those with
+    no value), their children to DEPTH, values over MAXSIZE left out
+    (OK [METADATA LONGENTRIES n])."""
+    args: c.GetMetadata = cmd.args  # type: ignore[assignment]
+    wanted = _metadata_names(args.entries)
+    target = _metadata_target(s, args.mailbox)
+    stored = await asyncio.to_thread(s.accounts.metadata, _user(s), target)
+    if target == (0, 0):
+        # rfc5464:3.2.1.1 /shared/admin: how to reach the administrator (read-only)
+        # at the account's own domain (rfc5321:4.5.1: postmaster is there).
+        stored["/shared/admin"] = f"mailto:postmaster@{_user(s).rpartition('@')[2]}".encode()
+    entries, longest = metadata_module.select(stored, wanted, args.depth, args.maxsize)
+    name = s.mailbox_name(args.mailbox) if args.mailbox else b'""'
+    if entries:
+        s.untagged(metadata_module.render(name, entries))
+    code = f"METADATA LONGENTRIES {longest}" if longest is not None else ""
+    s.tagged(cmd.tag, "OK", "GETMETADATA completed", code)
+
+
+async def cmd_setmetadata(s: Session, cmd: Command) -> None:
+    """rfc5464:4.3 SETMETADATA: every entry set (NIL: removed), or none."""
+    args: c.SetMetadata = cmd.args  # type: ignore[assignment]
+    names = _metadata_names(name for name, _ in args.pairs)
+    target = _metadata_target(s, args.mailbox)
+    changes = list(zip(names, (value for _, value in args.pairs), strict=True))
+    for name, value in changes:
+        if name in metadata_module.READ_ONLY or (target == (0, 0) and name.startswith("/shared/")):
+            # rfc5464:3.3 the server's shared entries are the administrator's.
+            raise No(f"{name} cannot be set", "NOPERM")
+        if value is not None and len(value) > metadata_module.MAX_VALUE:
+            raise No("Value too large", f"METADATA MAXSIZE {metadata_module.MAX_VALUE}")
+    done = await asyncio.to_thread(
+        functools.partial(
+            s.accounts.set_metadata,
+            _user(s),
+            target,
+            changes,
+            max_entries=metadata_module.MAX_ENTRIES,
+        )
+    )
+    if not done:
+        raise No("Too many entries", "METADATA TOOMANY")
+    s.tagged(cmd.tag, "OK", "SETMETADATA completed")
+
+
 # -- URLAUTH (rfc4467; estafeta.auth.urlauth, estafeta.imap.urlfetch) ------------------
 
 
@@ -2393,6 +2466,8 @@ _AUTH: dict[str, Handler] = {
     "GETQUOTAROOT": cmd_getquotaroot,
     "SETQUOTA": cmd_setquota,
     "NOTIFY": cmd_notify,
+    "GETMETADATA": cmd_getmetadata,
+    "SETMETADATA": cmd_setmetadata,
     "RESETKEY": cmd_resetkey,
     "GENURLAUTH": cmd_genurlauth,
     "URLFETCH": cmd_urlfetch,
