@@ -1388,16 +1388,12 @@ def _cmd_getmetadata(cur: _Cursor) -> object:
         cur.sp("mailbox")
     mailbox = _metadata_mailbox(cur)
     cur.sp("entries")
-    entries: list[str] = []
-    if cur.try_char(b"("):
-        entries.append(_entry(cur))
-        while not cur.try_char(b")"):
-            cur.sp("entry or )")
-            entries.append(_entry(cur))
-            if len(entries) > _MAX_METADATA_ENTRIES:
-                raise _Syntax("too many entries")
+    if cur.peek() == ord("("):
+        entries = cur.paren_list(lambda: _entry(cur), "entries", empty=False)
+        if len(entries) > _MAX_METADATA_ENTRIES:
+            raise _Syntax("too many entries")
     else:
-        entries.append(_entry(cur))
+        entries = [_entry(cur)]
     return c.GetMetadata(mailbox, tuple(entries), depth, maxsize)
 
 
