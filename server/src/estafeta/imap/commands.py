@@ -24,6 +24,7 @@ __all__ = [
     "Capability",
     "Check",
     "Close",
+    "Compress",
     "Copy",
     "Create",
     "Delete",
@@ -371,6 +372,13 @@ class CancelUpdate:
     """rfc5267:4.3 CANCELUPDATE: the tags of the updating searches to end."""
 
     tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Compress:
+    """rfc4978:3 COMPRESS: the mechanism, upper case."""
+
+    mechanism: str
 
 
 @dataclass(frozen=True)

@@ -1273,6 +1273,12 @@ def _cmd_cancelupdate(cur: _Cursor) -> object:
     return c.CancelUpdate(tuple(dict.fromkeys(tags)))
 
 
+def _cmd_compress(cur: _Cursor) -> object:
+    # rfc4978:5 compress = "COMPRESS" SP algorithm
+    cur.sp("compression mechanism")
+    return c.Compress(cur.keyword("compression mechanism"))
+
+
 # -- NOTIFY (rfc5465:8) ----------------------------------------------------------------
 
 _NOTIFY_FILTERS = frozenset(
@@ -1509,6 +1515,7 @@ _COMMANDS: dict[str, _Handler] = {
     "THREAD": _cmd_thread,
     "CANCELUPDATE": _cmd_cancelupdate,
     "NOTIFY": _cmd_notify,
+    "COMPRESS": _cmd_compress,
     "GETMETADATA": _cmd_getmetadata,
     "SETMETADATA": _cmd_setmetadata,
     "RESETKEY": _cmd_resetkey,
@@ -1648,6 +1655,14 @@ class Parser:
             self._mode == _LINE and not self._buf and not self._text and not self._literals
             and not self._raw and not self._overlong
         )  # fmt: skip
+
+    def take_unread(self) -> bytes:
+        """What was received after the last command and not parsed yet,
+        taken out (COMPRESS: those octets were compressed)."""
+        unread = bytes(self._buf)
+        self._buf.clear()
+        self._scan = 0
+        return unread
 
     def expect_line(self) -> None:
         """The next line is returned as a RawLine (an AUTHENTICATE response,

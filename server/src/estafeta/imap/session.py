@@ -30,6 +30,7 @@ from estafeta.auth.connections import Ticket
 from estafeta.auth.guard import BUSY, Authenticator
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.imap import commands as c
+from estafeta.imap import compress as compress_module
 from estafeta.imap import contexts as contexts_module
 from estafeta.imap import fetch as fetch_module
 from estafeta.imap import imapurl, resultcache, urlfetch
@@ -149,6 +150,7 @@ class Session:
         self.settings = settings
         self.tls = tls
         self.tls_active = implicit_tls
+        self.compressed = False  # rfc4978 COMPRESS=DEFLATE is on
         self.parser = Parser(max_literal=settings.append_limit + 1024)
         self.state = NOT_AUTHENTICATED
         self.user: str | None = None
@@ -266,6 +268,8 @@ class Session:
             "CONTEXT=SEARCH",  # rfc5267:4 (estafeta.imap.contexts)
             "URLAUTH",  # rfc4467 (estafeta.imap.urlfetch)
             "NOTIFY",  # rfc5465 (estafeta.imap.notify)
+            # rfc4978 (imap/compress.py): a command of the authenticated state
+            *([] if self.compressed or self.state == NOT_AUTHENTICATED else ["COMPRESS=DEFLATE"]),
             "METADATA",  # rfc5464 (estafeta.imap.metadata): server and mailbox entries
             "MULTIAPPEND",
             "CATENATE",
@@ -853,6 +857,26 @@ async def cmd_starttls(s: Session, cmd: Command) -> None:
         protocol="imap",
     )
     s.tls_active = True
+
+
+async def cmd_compress(s: Session, cmd: Command) -> None:
+    """rfc4978:3 COMPRESS DEFLATE: the tagged OK goes out as it is; every
+    octet after it, both ways, is DEFLATE (estafeta.imap.compress)."""
+    args: c.Compress = cmd.args  # type: ignore[assignment]
+    if s.compressed:
+        raise Bad("COMPRESS is already active")  # rfc4978:3: BAD
+    if args.mechanism != "DEFLATE":
+        raise Bad(f"Unknown compression mechanism {args.mechanism[:40]}")
+    s.tagged(cmd.tag, "OK", "DEFLATE active")
+    await s.flush()
+    # rfc4978:3 the client compresses from the first command after COMPRESS:
+    # whatever it sent since was compressed, in the parser's or the stream's buffer.
+    unread = s.parser.take_unread()
+    buffered = len(getattr(s.reader, "_buffer", b""))
+    if buffered:
+        unread += await s.reader.read(buffered)
+    compress_module.install(s.reader, s.writer, unread)
+    s.compressed = True
 
 
 async def _login(s: Session, cmd: Command, user: str, password: str) -> None:
@@ -2466,6 +2490,7 @@ _AUTH: dict[str, Handler] = {
     "GETQUOTAROOT": cmd_getquotaroot,
     "SETQUOTA": cmd_setquota,
     "NOTIFY": cmd_notify,
+    "COMPRESS": cmd_compress,
     "GETMETADATA": cmd_getmetadata,
     "SETMETADATA": cmd_setmetadata,
     "RESETKEY": cmd_resetkey,
