@@ -189,7 +189,14 @@ def test_genurlauth_urlfetch_and_resetkey_over_a_socket(tmp_path: Path) -> None:
             assert fetched(other, fresh) == whole
             assert alice._simple_command("RESETKEY")[0] == "OK"  # type: ignore[attr-defined]
             assert fetched(other, fresh) is None
-            # a section and a partial of it
+            # a bare user name at the URL's host is the account user@host (as
+            # hosted servers and the peer suite name users)
+            local, domain = ALICE.split("@")
+            bare = f"imap://{local}@{domain}/INBOX/;uid={uid};urlauth=authuser"
+            _, data = _command(alice, "GENURLAUTH", f'"{bare}"', "INTERNAL")
+            assert fetched(other, data[0].strip(b'"').decode()) == whole
+            # a section of the message
+
             _, data = _command(
                 alice, "GENURLAUTH", f'"{base}/;section=HEADER;urlauth=authuser"', "INTERNAL"
             )

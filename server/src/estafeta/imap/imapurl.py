@@ -37,6 +37,7 @@ class ImapUrl:
     section: Section | None = None
     partial: tuple[int, int | None] | None = None  # offset, length
     user: str | None = None
+    host: str | None = None  # the URL's host, without a port (absolute URLs)
 
 
 _SERVER_RE = re.compile(
@@ -64,12 +65,15 @@ def parse(url: str) -> ImapUrl:
     if len(url.encode("utf-8", "surrogatepass")) > MAX_URL:
         raise BadUrl("URL too long")
     user = None
+    host = None
     path = url
     server = _SERVER_RE.match(url)
     if server is not None:
         userinfo = server.group("userinfo")
         if userinfo:
             user = _decoded(userinfo.split(";", 1)[0], "user") or None
+        # rfc5092:3 host [":" port]; an IPv6 literal keeps its brackets
+        host = re.sub(r":[0-9]*\Z", "", server.group("host")).lower() or None
         path = server.group("path") or ""
     elif not url.startswith(("/", ";")):
         raise BadUrl("not an IMAP URL")
@@ -116,7 +120,7 @@ def parse(url: str) -> ImapUrl:
         if any(";URLAUTH=" in r.upper() or ";EXPIRE=" in r.upper() for r in rest):
             raise BadUrl("URLAUTH is not supported")
         raise BadUrl("unexpected text after the message part")
-    return ImapUrl(mailbox, uid, uidvalidity, section, partial, user)
+    return ImapUrl(mailbox, uid, uidvalidity, section, partial, user, host)
 
 
 def _number(text: str) -> int:

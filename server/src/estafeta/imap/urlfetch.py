@@ -28,6 +28,17 @@ MAX_URLS = 100
 message: the session sends them one at a time)."""
 
 
+def _owner(target: imapurl.ImapUrl) -> str:
+    """The account a URL's server part names (rfc4467 GENURLAUTH (2)): its
+    user when that is an address; a bare user name at the URL's host
+    (imap://alice@example.com/... is alice@example.com, as hosted IMAP
+    servers name their users)."""
+    user = target.user or ""
+    if "@" not in user and target.host:
+        user = f"{user}@{target.host}"
+    return normalize_address(user)
+
+
 def resolve(
     store: Store,
     accounts: Accounts,
@@ -43,7 +54,7 @@ def resolve(
     try:
         authorized = urlauth.split_full(url)
         target = imapurl.parse(authorized.rump.base)
-        owner = normalize_address(target.user or "")
+        owner = _owner(target)
     except (urlauth.BadUrlAuth, imapurl.BadUrl, AddressError):
         return None
     if target.mailbox is None or not urlauth.may_fetch(
@@ -92,9 +103,9 @@ def generate(store: Store, accounts: Accounts, user: str, rump: str, mechanism: 
     if target.mailbox is None or target.user is None:
         raise urlauth.BadUrlAuth("missing owner username in the URL")  # rfc4467 GENURLAUTH (2)
     try:
-        owner = normalize_address(target.user)
+        owner = _owner(target)
     except AddressError:
-        raise urlauth.BadUrlAuth("the URL's owner is not an address") from None
+        raise urlauth.BadUrlAuth("the URL's owner is not an account") from None
     if owner != normalize_address(user):
         raise urlauth.BadUrlAuth("the URL's owner is not the logged-in user")
     with store.reader(owner) as reader:
