@@ -23,7 +23,7 @@ from estafeta.imap.types import Section
         (";UID=7/;SECTION=TEXT", ImapUrl(None, 7, section=Section((), "TEXT"))),
         (
             "imap://bob;AUTH=*@mx.example.test:143/Lists/x;uidvalidity=9/;uid=2",
-            ImapUrl("Lists/x", 2, 9, user="bob"),
+            ImapUrl("Lists/x", 2, 9, user="bob", host="mx.example.test"),  # no port
         ),
         (
             "/x/;UID=2/;SECTION=HEADER.FIELDS%20(FROM%20TO)",
