@@ -48,6 +48,15 @@ def test_inflater_is_bounded_and_fed_in_any_pieces() -> None:
     inflater.feed(compressed)
     first = inflater.read()
     assert len(first) == CHUNK and inflater.pending > 0  # the rest waits, compressed
+    # a client that ends its stream (Z_FINISH) as it logs out: its last
+    # command still counts; anything after the end does not
+    finishing = _client_deflate()
+    inflater = Inflater()
+    inflater.feed(finishing.compress(b"z LOGOUT\r\n") + finishing.flush(zlib.Z_FINISH))
+    assert inflater.read() == b"z LOGOUT\r\n"
+    inflater.feed(b"more")
+    with pytest.raises(CompressError):
+        inflater.read()
     with pytest.raises(CompressError):
         broken = Inflater()
         broken.feed(b"\xff\xff\xff\xff")

@@ -52,13 +52,16 @@ class Inflater:
         """Up to ``limit`` inflated octets (b"": nothing more for now)."""
         if not self._pending:
             return b""
+        if self._z.eof:
+            # Octets after the end of the client's stream: nothing can read them.
+            raise CompressError("data after the end of the client's DEFLATE stream")
         try:
             out = self._z.decompress(self._pending, limit)
         except zlib.error as exc:
             raise CompressError(str(exc)) from None
-        self._pending = self._z.unconsumed_tail
-        if self._z.eof:
-            raise CompressError("the client ended its DEFLATE stream")
+        # At the end of the stream (a client that finished it, Z_FINISH, as it
+        # closes) what came before it is still its last commands.
+        self._pending = self._z.unconsumed_tail if not self._z.eof else self._z.unused_data
         return out
 
     @property
