@@ -13,17 +13,28 @@ SEARCH's budget (a search that runs out is dropped, NO [NOUPDATE] again).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from estafeta.imap.search import compress
 from estafeta.imap.types import SearchKey
 
-__all__ = ["MAX_CONTEXTS", "Context", "noupdate", "quoted_tag", "render_change"]
+__all__ = [
+    "MAX_CONTEXTS",
+    "MAX_SORT_CONTEXTS",
+    "Context",
+    "noupdate",
+    "quoted_tag",
+    "render_change",
+    "render_pairs",
+]
 
 MAX_CONTEXTS = 8
 """Live updating searches per session (Dovecot keeps no fixed number; a
 client uses one per view it shows)."""
+MAX_SORT_CONTEXTS = 2
+"""Of which sorted ones (rfc5267:4.3.1: they cost more; each keeps its
+result in order, and a message joining it re-reads the mailbox's order)."""
 
 
 @dataclass(slots=True)
@@ -37,6 +48,29 @@ class Context:
     uid: bool
     matched: set[int] = field(default_factory=set)
     modseq: int = 0
+    # CONTEXT=SORT (rfc5267:4.3.3): the sort criteria, and the result's
+    # UIDs in sort order; None for a SEARCH (an unordered result).
+    criteria: tuple[tuple[str, bool], ...] | None = None
+    order: list[int] = field(default_factory=list)
+
+    def removals(self, uids: Iterable[int]) -> list[tuple[int, int]]:
+        """A sorted result loses ``uids``: (position, UID) pairs, each to be
+        removed in turn (rfc5267:4.3.4: a pair's position counts the removals
+        before it), the last position first so none moves another."""
+        where = {uid: i for i, uid in enumerate(self.order)}
+        gone = sorted((where[uid] for uid in set(uids) if uid in where), reverse=True)
+        pairs = [(i + 1, self.order[i]) for i in gone]
+        for i in gone:
+            del self.order[i]
+        return pairs
+
+    def insertions(self, ordered: Sequence[int]) -> list[tuple[int, int]]:
+        """A sorted result gained members (``matched``): with the mailbox's
+        order ``ordered`` (every UID, sort order), (position, UID) pairs in
+        ascending positions, each inserted in turn (rfc5267:4.3.3)."""
+        before = set(self.order)
+        self.order = [uid for uid in ordered if uid in self.matched]
+        return [(i + 1, uid) for i, uid in enumerate(self.order) if uid not in before]
 
     def lose(self, uids: Iterable[int]) -> list[int]:
         """The UIDs of ``uids`` that were in the result, now taken out, ascending."""
@@ -64,6 +98,23 @@ def noupdate(tag: str) -> str:
     """rfc5267:4.3.1 the untagged refusal to keep (or to go on keeping) a
     search up to date, without the "* "."""
     return f"NO [NOUPDATE {quoted_tag(tag)}] The search is no longer updated"
+
+
+def render_pairs(
+    context: Context,
+    item: str,
+    pairs: list[tuple[int, int]],
+    number: Callable[[int], int | None],
+) -> str:
+    """rfc5267:4.3.3 ADDTO / rfc5267:4.3.4 REMOVEFROM of a sorted result:
+    ``(position number position number ...)``, UIDs or sequence numbers."""
+    shown = []
+    for position, uid in pairs:
+        value = uid if context.uid else number(uid)
+        if value is not None:
+            shown.append(f"{position} {value}")
+    uid_part = " UID" if context.uid else ""
+    return f"ESEARCH (TAG {quoted_tag(context.tag)}){uid_part} {item} ({' '.join(shown)})"
 
 
 def render_change(

@@ -266,6 +266,7 @@ class Session:
             "THREAD=REFERENCES",
             "ESORT",
             "CONTEXT=SEARCH",  # rfc5267:4 (estafeta.imap.contexts)
+            "CONTEXT=SORT",
             "URLAUTH",  # rfc4467 (estafeta.imap.urlfetch)
             "NOTIFY",  # rfc5465 (estafeta.imap.notify)
             # rfc4978 (imap/compress.py): a command of the authenticated state
@@ -655,9 +656,17 @@ class Session:
         for context in self.contexts.values():
             lost = context.lose(gone)
             if lost:
-                self.untagged(
-                    contexts_module.render_change(context, "REMOVEFROM", lost, view.seq_of)
-                )
+                self._tell_removed(context, view, lost)
+
+    def _tell_removed(
+        self, context: contexts_module.Context, view: Selected, removed: list[int]
+    ) -> None:
+        if context.criteria is None:
+            line = contexts_module.render_change(context, "REMOVEFROM", removed, view.seq_of)
+        else:
+            pairs = context.removals(removed)
+            line = contexts_module.render_pairs(context, "REMOVEFROM", pairs, view.seq_of)
+        self.untagged(line)
 
     async def refresh_contexts(self) -> None:
         """Evaluate the updating searches again on the messages whose
@@ -689,11 +698,23 @@ class Session:
                 return  # the mailbox was closed meanwhile (IDLE ... DONE, LOGOUT)
             added, removed = context.change(changed, {m.uid for m in found})
             if removed:
-                self.untagged(
-                    contexts_module.render_change(context, "REMOVEFROM", removed, view.seq_of)
-                )
-            if added:
+                self._tell_removed(context, view, removed)
+            if not added:
+                continue
+            if context.criteria is None:
                 self.untagged(contexts_module.render_change(context, "ADDTO", added, view.seq_of))
+                continue
+            # rfc5267:4.3.3 CONTEXT=SORT: where each joins the sorted result.
+            try:
+                ordered = await _sorted_uids(self, view, context.criteria)
+            except No:
+                del live[context.tag]
+                self.untagged(contexts_module.noupdate(context.tag))
+                continue
+            if self.selected is not view or live.get(context.tag) is not context:
+                return
+            pairs = context.insertions(ordered)
+            self.untagged(contexts_module.render_pairs(context, "ADDTO", pairs, view.seq_of))
 
     def _apply_updates(self, view: Selected, updates: Updates, allow_expunge: bool) -> list[str]:
         """Bring ``view`` up to ``updates``; the untagged responses that tell it."""
@@ -1901,7 +1922,7 @@ async def cmd_search(s: Session, cmd: Command) -> None:
     options = list(args.return_options) if args.return_options is not None else None
     if options is not None and ("UPDATE" in options or "CONTEXT" in options):
         if "UPDATE" in options:
-            _start_context(s, view, cmd, key, matched)
+            _start_context(s, view, cmd, key, [m.uid for m in matched])
         elif not set(options) - {"CONTEXT", "SAVE"} and args.partial is None:
             options.append("ALL")  # rfc5267:4.2 CONTEXT is a hint: RETURN (CONTEXT) is RETURN ()
         options = [o for o in options if o not in ("UPDATE", "CONTEXT")]
@@ -1950,18 +1971,33 @@ def _check_context_tag(s: Session, cmd: Command) -> None:
 
 
 def _start_context(
-    s: Session, view: Selected, cmd: Command, key: SearchKey, matched: list[search_module.Candidate]
+    s: Session,
+    view: Selected,
+    cmd: Command,
+    key: SearchKey,
+    matched: Sequence[int],
+    *,
+    criteria: tuple[tuple[str, bool], ...] | None = None,
 ) -> None:
-    """rfc5267:4.3 keep the result of SEARCH ... RETURN (UPDATE) up to date
-    (a search with the same tag takes the place of the old one), or refuse
-    to: NO [NOUPDATE] (rfc5267:4.3.1) past MAX_CONTEXTS."""
+    """rfc5267:4.3 keep the result (UIDs; for SORT, in sort order) of a
+    SEARCH or SORT ... RETURN (UPDATE) up to date, or refuse to: NO
+    [NOUPDATE] (rfc5267:4.3.1) past MAX_CONTEXTS (MAX_SORT_CONTEXTS sorted)."""
     live = s.live_contexts()
-    if cmd.tag not in live and len(live) >= contexts_module.MAX_CONTEXTS:
+    sorted_live = sum(1 for context in live.values() if context.criteria is not None)
+    if len(live) >= contexts_module.MAX_CONTEXTS or (
+        criteria is not None and sorted_live >= contexts_module.MAX_SORT_CONTEXTS
+    ):
         s.untagged(contexts_module.noupdate(cmd.tag))
         return
     s._contexts_view = view
     live[cmd.tag] = contexts_module.Context(
-        cmd.tag, key, cmd.uid, {m.uid for m in matched}, max(view.modseqs.values(), default=0)
+        cmd.tag,
+        key,
+        cmd.uid,
+        set(matched),
+        max(view.modseqs.values(), default=0),
+        criteria,
+        list(matched) if criteria is not None else [],
     )
 
 
@@ -2184,6 +2220,30 @@ async def _off_loop(s: Session, compute: Callable[[IndexReader, search_module.Bu
         budget.cancel()  # the client went away: a running sort stops
 
 
+async def _sorted_uids(
+    s: Session, view: Selected, criteria: Sequence[tuple[str, bool]]
+) -> list[int]:
+    """The UIDs of the view's messages in the order of ``criteria``
+    (rfc5256:3, by the index: estafeta.store.reader.sorted_uids), off the
+    event loop; kept by view (estafeta.imap.resultcache)."""
+    box_id, uids = view.box.id, view.uids
+    question = _answer_key(s, view, "SORT", tuple(criteria))
+
+    def compute(reader: IndexReader, budget: search_module.Budget) -> list[int]:
+        key = (*question, resultcache.view_digest(uids))
+        known = _ANSWERS.get(key)
+        if known is not None:
+            return list(known)
+        ordered = reader.sorted_uids(box_id, criteria)
+        budget.charge(len(ordered) * sort_module.ROW_WORK)
+        result = sort_module.select(ordered, uids)
+        _ANSWERS.put(key, array("I", result))
+        return result
+
+    result: list[int] = await _off_loop(s, compute)
+    return result
+
+
 async def cmd_sort(s: Session, cmd: Command) -> None:
     view = s.selected
     assert view is not None
@@ -2193,25 +2253,10 @@ async def cmd_sort(s: Session, cmd: Command) -> None:
     s.report_updates(allow_expunge=False)
     wanted = set(args.return_options or ())
     saving = "SAVE" in wanted
-    box_id, uids = view.box.id, view.uids  # the view does not change while we wait
+    uids = view.uids  # the view does not change while we wait
     try:
         matched = await _matching_uids(s, view, args.key, saving)
-        question = _answer_key(s, view, "SORT", tuple(args.criteria))
-
-        def compute(reader: IndexReader, budget: search_module.Budget) -> list[int]:
-            key = None if matched is not None else (*question, resultcache.view_digest(uids))
-            known = None if key is None else _ANSWERS.get(key)
-            if known is not None:
-                return list(known)
-            # rfc5256:3: ordered by the index (estafeta.store.reader.sorted_uids).
-            ordered = reader.sorted_uids(box_id, args.criteria)
-            budget.charge(len(ordered) * sort_module.ROW_WORK)
-            result = sort_module.select(ordered, uids, matched)
-            if key is not None:
-                _ANSWERS.put(key, array("I", result))
-            return result
-
-        result: list[int] = await _off_loop(s, compute)
+        result = sort_module.select(await _sorted_uids(s, view, args.criteria), uids, matched)
     except No:
         if saving:
             s.saved_result = []  # rfc5182:2.1: a failed SORT ... SAVE empties "$"
@@ -2221,9 +2266,8 @@ async def cmd_sort(s: Session, cmd: Command) -> None:
     numbers = result if cmd.uid else sort_module.sequence_numbers(result, uids)
     done = f"{'UID ' if cmd.uid else ''}SORT completed"
     if "UPDATE" in wanted:
-        # rfc5267:4.3.1 sorted results are not kept up to date (CONTEXT=SORT
-        # is not offered): say so, and answer the rest.
-        s.untagged(contexts_module.noupdate(cmd.tag))
+        # rfc5267:4.3 CONTEXT=SORT: the sorted result kept up to date.
+        _start_context(s, view, cmd, args.key, result, criteria=tuple(args.criteria))
     if args.return_options is None:
         s.untagged(sort_module.render_sort(numbers))
         s.tagged(cmd.tag, "OK", done)
