@@ -174,6 +174,9 @@ def run_script(
             transcript.append(reply)
     masked = re.sub(r"(UIDVALIDITY|COPYUID|APPENDUID) \d+", r"\1 N", "".join(transcript))
     masked = re.sub(r"(MODSEQ|HIGHESTMODSEQ|SIZE|STORAGE) \(?\d+", r"\1 N", masked)
+    # rfc8474 object ids and the rfc8514 save date differ from server to server.
+    masked = re.sub(r"(MAILBOXID|EMAILID|THREADID) \([\w-]+\)", r"\1 (N)", masked)
+    masked = re.sub(r'SAVEDATE "[^"]*"', 'SAVEDATE "N"', masked)
     return re.sub(r"\{\d+\}", "{N}", masked)
 
 

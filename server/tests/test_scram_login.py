@@ -147,8 +147,11 @@ def imap(server: Server) -> Lines:
     return conn
 
 
-def imap_auth(conn: Lines, client: ScramClient, *, initial: bool = True) -> bytes:
-    """One AUTHENTICATE; the tagged answer."""
+def imap_auth(
+    conn: Lines, client: ScramClient, *, initial: bool = True, after_final: bytes = b""
+) -> bytes:
+    """One AUTHENTICATE; the tagged answer. ``after_final``: the answer to
+    the server-final challenge (rfc4422:5 item 5: empty)."""
     if initial:  # rfc4959
         conn.send(f"a AUTHENTICATE {client.mechanism} {b64(client.first())}")
     else:
@@ -162,7 +165,7 @@ def imap_auth(conn: Lines, client: ScramClient, *, initial: bool = True) -> byte
     line = conn.line()
     if line.startswith(b"+ "):
         assert client.verified(unb64(line[2:])), "server signature"
-        conn.send("")
+        conn.send(b64(after_final))
         line = conn.line()
     return line
 
@@ -299,6 +302,16 @@ def test_imap_malformed_messages(server: Server, first: str, expected: bytes) ->
     conn.close()
 
 
+def test_imap_data_after_server_final_refused(server: Server) -> None:
+    """rfc4422:5 item 5: no data with success; a proof that was right does
+    not log in when the answer to the server-final message is not empty."""
+    conn = imap(server)
+    assert imap_auth(conn, ScramClient(ALICE, PASSWORD), after_final=b"x").startswith(b"a BAD")
+    conn.send("s SELECT INBOX")  # not logged in
+    assert conn.line().startswith(b"s BAD")
+    conn.close()
+
+
 def test_imap_cancel_and_garbage_final(server: Server) -> None:
     conn = imap(server)
     client = ScramClient(ALICE, PASSWORD)
@@ -342,7 +355,9 @@ class Proto:
     def plain(self, user: str, secret: str) -> bytes:
         raise NotImplementedError
 
-    def auth(self, conn: Lines, client: ScramClient, *, initial: bool = True) -> bytes:
+    def auth(
+        self, conn: Lines, client: ScramClient, *, initial: bool = True, after_final: bytes = b""
+    ) -> bytes:
         conn.send(self.command(client.mechanism, client.first() if initial else None))
         line = conn.line()
         if not initial:
@@ -357,7 +372,7 @@ class Proto:
         server_final = self.challenge(line)
         if server_final is not None:
             assert client.verified(server_final), "server signature"
-            conn.send(self.response(b"") if self.name == "sieve" else b"")
+            conn.send(self.response(after_final))
             line = conn.line()
         elif line.startswith(self.ok):
             data = self.success_data(line)
@@ -561,6 +576,15 @@ def test_plus_and_relayed_and_downgrade(server: Server, proto: Proto) -> None:
     assert answer.startswith(proto.ok), answer
     conn.close()
     other.close()
+
+
+@pytest.mark.parametrize("proto", [Pop3(), Submission()], ids=lambda proto: proto.name)
+def test_data_after_server_final_refused(server: Server, proto: Proto) -> None:
+    """As for IMAP: no data with success (rfc4422:5 item 5, rfc4954:4)."""
+    conn = proto.connect(server)
+    answer = proto.auth(conn, ScramClient(ALICE, PASSWORD), after_final=b"x")
+    assert answer.startswith(proto.malformed), answer
+    conn.close()
 
 
 @by_name

@@ -210,7 +210,7 @@ class Namespace:
 @dataclass(frozen=True)
 class Status:
     """rfc9051:6.3.11; items upper case (MESSAGES, UIDNEXT, ..., HIGHESTMODSEQ,
-    APPENDLIMIT, RECENT)."""
+    APPENDLIMIT, RECENT, MAILBOXID of rfc8474:4.3)."""
 
     mailbox: str
     items: tuple[str, ...]

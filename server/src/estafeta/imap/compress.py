@@ -1,18 +1,25 @@
 """COMPRESS=DEFLATE (rfc4978): raw DEFLATE (rfc1951, zlib windowBits -15)
 both ways after the tagged OK of COMPRESS.
 
-``Deflater`` and ``Inflater`` are sans-IO: bytes in, bytes out. Every
-write is compressed and sync-flushed at once, so whatever the server has
-written is whole on the client's side when the server waits for it (rfc4978:4
-leaves the flushing to the server). Inflation is bounded: at most
-``CHUNK`` octets come out per call, the rest waits in zlib's unconsumed
-input until asked for, so a few kilobytes that inflate to gigabytes (a
-DEFLATE "bomb", up to 1032:1) cost memory only as fast as the session reads.
+``Deflater`` and ``Inflater`` are sans-IO: bytes in, bytes out. Writes are
+compressed as they come and sync-flushed once per burst (what the session
+writes before it next waits: one turn of the event loop), so whatever the
+server has written is whole on the client's side when the server waits for
+it (rfc4978:4 leaves the flushing to the sender). Inflation is bounded: at
+most ``CHUNK`` octets come out per call, the rest waits in zlib's
+unconsumed input until asked for, so a few kilobytes that inflate to
+gigabytes (a DEFLATE "bomb", up to 1032:1; rfc4978:6 defers to TLS
+compression's considerations, rfc3749) cost memory only as fast as the
+session reads, and the session's parser applies its line and literal
+limits to the inflated octets as to any others.
 
 ``install`` puts the two below an asyncio stream pair (a transport and a
 protocol between the socket's, or TLS's, and the StreamReader/StreamWriter
 of the session), keeping the stream's flow control: while the reader is
 full, inflation stops and the socket is not read.
+
+Memory: a compressing connection holds zlib's state, about 256 KiB to
+deflate (windowBits 15, memLevel 8) and 40 KiB to inflate.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ import asyncio
 import zlib
 from typing import Any
 
-__all__ = ["CHUNK", "CompressError", "Deflater", "Inflater", "install"]
+__all__ = ["BYE_CORRUPT", "CHUNK", "CompressError", "Deflater", "Inflater", "install"]
 
 CHUNK = 64 * 1024
-_WBITS = -15  # rfc4978:4 raw DEFLATE, no zlib header
+_WBITS = -15  # rfc4978:4 raw DEFLATE (rfc1951), no zlib header; a 32 KiB window
+BYE_CORRUPT = b"* BYE Invalid compressed data\r\n"
 
 
 class CompressError(Exception):
@@ -36,8 +44,13 @@ class Deflater:
         self._z = zlib.compressobj(level, zlib.DEFLATED, _WBITS)
 
     def compress(self, data: bytes) -> bytes:
-        """``data`` compressed and flushed to a byte boundary (Z_SYNC_FLUSH)."""
-        return self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+        """``data`` compressed; zlib may hold some of it until ``flush``."""
+        return self._z.compress(data)
+
+    def flush(self) -> bytes:
+        """All held so far, ending on a byte boundary (Z_SYNC_FLUSH: the
+        peer can inflate all of it; the dictionary is kept, rfc4978:4)."""
+        return self._z.flush(zlib.Z_SYNC_FLUSH)
 
 
 class Inflater:
@@ -49,7 +62,10 @@ class Inflater:
         self._pending += data
 
     def read(self, limit: int = CHUNK) -> bytes:
-        """Up to ``limit`` inflated octets (b"": nothing more for now)."""
+        """Up to ``limit`` inflated octets (b"": nothing more for now).
+        Raises CompressError for a stream that is not DEFLATE, or for
+        octets after the end of the stream (a client that ended it, with
+        Z_FINISH, sends nothing more)."""
         if not self._pending:
             return b""
         if self._z.eof:
@@ -72,17 +88,37 @@ class Inflater:
 
 class _Transport(asyncio.Transport):
     """What the session's StreamReader and StreamWriter talk to: writes are
-    deflated into the transport below; pausing reads stops inflation."""
+    deflated into the transport below, flushed once per burst; pausing
+    reads stops inflation."""
 
-    def __init__(self, inner: asyncio.Transport, layer: _Protocol) -> None:
+    def __init__(
+        self, inner: asyncio.Transport, layer: _Protocol, loop: asyncio.AbstractEventLoop
+    ) -> None:
         super().__init__()
         self._inner = inner
         self._layer = layer
+        self._loop = loop
         self._deflater = Deflater()
+        self._flush_due = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if data:
-            self._inner.write(self._deflater.compress(bytes(data)))
+        if not data:
+            return
+        compressed = self._deflater.compress(bytes(data))
+        if compressed:
+            self._inner.write(compressed)
+        if not self._flush_due:
+            # rfc4978:4 one sync flush per burst, not per line: each costs
+            # about five octets, and the client needs whole responses only
+            # when the server waits.
+            self._flush_due = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand the peer all written so far (also ahead of a close)."""
+        if self._flush_due and not self._inner.is_closing():
+            self._inner.write(self._deflater.flush())
+        self._flush_due = False
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -101,9 +137,13 @@ class _Transport(asyncio.Transport):
         return not self._layer.paused
 
     def close(self) -> None:
+        self.flush()
         self._inner.close()
 
     def abort(self) -> None:
+        # What was written goes out if the socket takes it at once, as it
+        # would without compression (a BYE right before an abort).
+        self.flush()
         self._inner.abort()
 
     def is_closing(self) -> bool:
@@ -140,27 +180,36 @@ class _Protocol(asyncio.Protocol):
         self.inflater = Inflater()
         self.paused = False
         self.transport: _Transport | None = None
+        self._failed = False
 
     def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
         self.inflater.feed(data)
         self.pump()
 
     def pump(self) -> None:
-        while not self.paused:
+        while not self.paused and not self._failed:
             try:
                 chunk = self.inflater.read()
             except CompressError:
-                # rfc4978 gives no way back: end the connection (the session
-                # sees it closed, never a traceback).
-                if self.transport is not None:
-                    self.transport.write(b"* BYE Invalid compressed data\r\n")
-                    self.transport.abort()
+                self._fail()
                 return
             if not chunk:
                 return
             self.app.data_received(chunk)
 
+    def _fail(self) -> None:
+        # rfc4978 gives no way back from a broken stream: say so and end the
+        # connection (the session sees it closed, never a traceback).
+        self._failed = True
+        if self.transport is not None:
+            self.transport.write(BYE_CORRUPT)
+            self.transport.abort()  # after a flush
+
     def eof_received(self) -> bool | None:
+        # It cannot overtake compressed data: while inflation is paused the
+        # transport below is paused too and reads nothing, EOF included.
         return self.app.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -177,13 +226,14 @@ def install(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, unread: bytes = b""
 ) -> None:
     """Compress what ``writer`` sends and inflate what ``reader`` gets from
-    now on; ``unread`` are octets the client sent after COMPRESS that were
-    already taken from the socket (compressed ones)."""
+    now on (rfc4978:3: from the octet after the tagged OK's CRLF);
+    ``unread`` are octets the client sent after COMPRESS that were already
+    taken from the socket (compressed ones)."""
     inner = writer.transport
     app = inner.get_protocol()
     assert isinstance(app, asyncio.Protocol)
     layer = _Protocol(app)
-    outer = _Transport(inner, layer)  # type: ignore[arg-type]
+    outer = _Transport(inner, layer, asyncio.get_running_loop())  # type: ignore[arg-type]
     layer.transport = outer
     inner.set_protocol(layer)
     # The stream pair's own references to their transport (asyncio keeps

@@ -74,6 +74,7 @@ from estafeta.store.reader import FetchRow
 
 __all__ = [
     "MAX_ITEMS",
+    "OBJECT_KINDS",
     "FetchError",
     "MessageData",
     "RowFormat",
@@ -108,8 +109,14 @@ _SUMMARY_KINDS = frozenset(
         "UID",
         "MODSEQ",
         _STRUCTURE,
+        *("EMAILID", "THREADID", "SAVEDATE"),  # rfc8474:5.3, rfc8514:4.2
     }
 )
+
+OBJECT_KINDS = frozenset({"EMAILID", "THREADID", "SAVEDATE"})
+"""Items of ``MessageData.objects``: read from the index only when asked for
+(estafeta.store.reader.object_rows), so a FETCH without them costs nothing
+more."""
 
 _IDENTITY_CTE = frozenset({"7bit", "8bit", "binary"})
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -135,6 +142,8 @@ class MessageData:
     # ENVELOPE as rendered at delivery (index column), so FETCH ENVELOPE
     # needs no JSON parse; None: render from the summary.
     envelope: bytes | None = None
+    # (EMAILID, THREADID, save date) for OBJECT_KINDS items; see ObjectRow.
+    objects: tuple[str | None, str | None, int | None] = (None, None, None)
     _content: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _sendable: bytes | None = field(default=None, init=False, repr=False, compare=False)
     # BINARY data by part path, decoded once per message.
@@ -270,6 +279,8 @@ def _value(message: MessageData, kind: str, att: FetchAtt, imap4rev2: bool) -> b
         return b"%d" % message.size
     if kind == "MODSEQ":
         return b"(%d)" % message.modseq  # rfc7162:3.1.4
+    if kind in OBJECT_KINDS:
+        return _object_value(kind, message.objects)
     if kind == "ENVELOPE":
         if message.envelope is not None:
             return message.envelope
@@ -327,6 +338,18 @@ def section_octets(
         return data
     origin, length = partial
     return data[origin:] if length is None else data[origin : origin + length]
+
+
+def _object_value(kind: str, objects: tuple[str | None, str | None, int | None]) -> bytes:
+    """rfc8474:7 fetch-emailid-resp / fetch-threadid-resp, rfc8514:5
+    SAVEDATE: NIL where the index does not know the value (THREADID "NIL"
+    is rfc8474:5.3's "not calculated"; a save date is always known since
+    index schema 8, an EMAILID since 12)."""
+    email, thread, saved = objects
+    if kind == "SAVEDATE":
+        return b"NIL" if saved is None else _internal_date(saved)
+    value = email if kind == "EMAILID" else thread
+    return b"NIL" if value is None else b"(" + value.encode("ascii") + b")"
 
 
 def _internal_date(timestamp: int) -> bytes:

@@ -146,6 +146,7 @@ _UNQUOTE_RE = re.compile(rb'\\(["\\])')
 _DIGITS_RE = re.compile(rb"[0-9]+")
 _SEQSET_RE = re.compile(rb"[0-9*:,$]+")
 _FETCH_NAME_RE = re.compile(rb"[A-Za-z0-9.]+")
+_OBJECTID_RE = re.compile(rb"[A-Za-z0-9_-]{1,255}(?![A-Za-z0-9_-])")  # rfc8474:7 objectid
 _SECTION_TEXT_RE = re.compile(rb"[A-Za-z.]+")
 _BASE64_RE = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _DATE_RE = re.compile(rb'("?)([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})("?)')
@@ -170,7 +171,7 @@ _SPECIAL_USE = {
 }  # fmt: skip
 _STATUS_ITEMS = frozenset(
     {"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "RECENT",
-     "HIGHESTMODSEQ", "APPENDLIMIT"}
+     "HIGHESTMODSEQ", "APPENDLIMIT", "MAILBOXID"}
 )  # fmt: skip
 _CHARSETS = ("US-ASCII", "UTF-8")
 _BADCHARSET = "[BADCHARSET (US-ASCII UTF-8)]"
@@ -934,7 +935,9 @@ def _cmd_store(cur: _Cursor) -> object:
 
 _SIMPLE_ATTS = frozenset(
     {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "RFC822", "RFC822.HEADER",
-     "RFC822.TEXT", "BODYSTRUCTURE", "UID", "MODSEQ"}
+     "RFC822.TEXT", "BODYSTRUCTURE", "UID", "MODSEQ",
+     "EMAILID", "THREADID",  # rfc8474:5.3
+     "SAVEDATE"}  # rfc8514:4.2
 )  # fmt: skip
 _MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
@@ -1071,9 +1074,13 @@ def _cmd_fetch(cur: _Cursor) -> object:
 
 _SEARCH_FLAG_KEYS = frozenset(
     {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "SEEN", "RECENT", "NEW", "OLD",
-     "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN"}
+     "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN",
+     "SAVEDATESUPPORTED"}  # rfc8514:4.3
 )  # fmt: skip
-_SEARCH_DATE_KEYS = frozenset({"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"})
+_SEARCH_DATE_KEYS = frozenset(
+    {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+     "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}  # rfc8514:5
+)  # fmt: skip
 _SEARCH_TEXT_KEYS = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
 # rfc4731:3.1, rfc5182:2.1 SAVE, rfc5267:4 UPDATE, CONTEXT and PARTIAL.
 _SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"})
@@ -1101,6 +1108,9 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
     if op in _SEARCH_DATE_KEYS:
         cur.sp("date")
         return SearchKey(op, (cur.date(),))
+    if op in ("EMAILID", "THREADID"):  # rfc8474:7 search-key: case-sensitive
+        cur.sp("object id")
+        return SearchKey(op, (cur.match(_OBJECTID_RE, "object id").decode("ascii"),))
     if op in ("OLDER", "YOUNGER"):  # rfc5032:4
         cur.sp("interval")
         return SearchKey(op, (cur.number("interval", nonzero=True),))

@@ -30,6 +30,12 @@ messages; keys that only look at flags, numbers, dates or the stored
   calendar day written in the Date: header, in the header's own zone
   ("disregarding time and timezone"); a message without a valid Date: (Summary
   ``date`` None) never matches them.
+* SAVEDBEFORE / SAVEDON / SAVEDSINCE (rfc8514:4.3) compare the calendar
+  day of the save date like BEFORE / ON / SINCE; a message whose save date
+  the index does not know is compared by its internal date, the rfc8514:4.3
+  fallback. SAVEDATESUPPORTED matches every message: every mailbox keeps
+  save dates (index schema 8).
+* EMAILID / THREADID (rfc8474:6) match the exact, case-sensitive id.
 * MODSEQ matches per-message mod-sequences >= the value; entry names are
   ignored, since flags have no separate mod-sequences here (rfc7162:3.1.5).
 * "$" (rfc5182) in a sequence set or UID set names the messages whose UIDs
@@ -53,7 +59,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_tz
 from typing import Any
@@ -171,6 +177,9 @@ class Candidate:
     # on flags, dates, sizes and UIDs never pay for it.
     summary: Summary | str
     load: Callable[[], bytes]  # the message file; called at most once per evaluation
+    # (EMAILID, THREADID, save date), read only for a program that
+    # ``needs_objects`` (estafeta.store.reader.ObjectRow).
+    objects: tuple[str | None, str | None, int | None] = (None, None, None)
 
     def info(self) -> Summary:
         # Parsed on each call, not kept: 100,000 parsed summaries kept alive
@@ -306,18 +315,34 @@ _FLAG_KEYS = {
 }
 
 
-def needs_content(key: SearchKey) -> bool:
-    """Whether evaluating ``key`` may read message files (Candidate.load)."""
+def _leaves(key: SearchKey) -> Iterator[SearchKey]:
+    """The keys of a program below its NOT, OR and AND nodes."""
     op = key.op.upper()
-    if op in ("NOT", "OR"):
-        return any(needs_content(k) for k in key.args)
-    if op == "AND":
-        return any(needs_content(k) for k in key.args[0])
+    if op in ("NOT", "OR", "AND"):
+        for inner in key.args[0] if op == "AND" else key.args:
+            yield from _leaves(inner)
+    else:
+        yield key
+
+
+def _reads_content(key: SearchKey) -> bool:
+    op = key.op.upper()
     if op in ("BODY", "TEXT"):
         return str(key.args[0]) != ""
-    if op == "HEADER":
-        return str(key.args[0]).lower() not in _ENVELOPE_FIELDS
-    return False
+    return op == "HEADER" and str(key.args[0]).lower() not in _ENVELOPE_FIELDS
+
+
+def needs_content(key: SearchKey) -> bool:
+    """Whether evaluating ``key`` may read message files (Candidate.load)."""
+    return any(_reads_content(leaf) for leaf in _leaves(key))
+
+
+_OBJECT_KEYS = frozenset({"EMAILID", "THREADID", "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"})
+
+
+def needs_objects(key: SearchKey) -> bool:
+    """Whether ``key`` reads Candidate.objects (rfc8474:6, rfc8514:4.3)."""
+    return any(leaf.op.upper() in _OBJECT_KEYS for leaf in _leaves(key))
 
 
 @dataclass(frozen=True)
@@ -399,6 +424,13 @@ def _compile(key: SearchKey, env: _Env) -> _Predicate:
             return lambda v: v.m.internal_date >= start
         end = _next_day_start(day, env.tz)
         return lambda v: start <= v.m.internal_date < end
+    if op in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):
+        return _compile_saved(op, date_arg(key), env)
+    if op == "SAVEDATESUPPORTED":  # rfc8514:4.3: every mailbox keeps save dates
+        return lambda v: True
+    if op in ("EMAILID", "THREADID"):  # rfc8474:6: exactly the id
+        wanted_id, slot = str(args[0]), 0 if op == "EMAILID" else 1
+        return lambda v: v.m.objects[slot] == wanted_id
     if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         day = date_arg(key)
 
@@ -437,6 +469,22 @@ def _compile(key: SearchKey, env: _Env) -> _Predicate:
     if op in ("NOT", "OR", "AND"):
         return _compile_boolean(op, args, env)
     return _compile_text(op, args)
+
+
+def _compile_saved(op: str, day: datetime.date, env: _Env) -> _Predicate:
+    """rfc8514:4.3: the save date's day, as BEFORE / ON / SINCE take the
+    internal date's; the internal date where the save date is not known."""
+    start, end = _day_start(day, env.tz), _next_day_start(day, env.tz)
+
+    def saved(v: _View) -> float:
+        value = v.m.objects[2]
+        return v.m.internal_date if value is None else value
+
+    if op == "SAVEDBEFORE":
+        return lambda v: saved(v) < start
+    if op == "SAVEDSINCE":
+        return lambda v: saved(v) >= start
+    return lambda v: start <= saved(v) < end
 
 
 def _compile_boolean(op: str, args: tuple[Any, ...], env: _Env) -> _Predicate:
@@ -574,6 +622,15 @@ def conditions(key: SearchKey, largest_uid: int) -> list[Condition]:
         return [Condition("smaller", number=int(key.args[0]))]
     if op == "MODSEQ":
         return [Condition("modseq", number=int(key.args[-1]))]
+    if op in ("EMAILID", "THREADID"):
+        return [Condition(f"{op[:-2].lower()}_oid", value=str(key.args[0]))]
+    if op in ("SAVEDBEFORE", "SAVEDSINCE"):
+        # A day's start in UTC give or take 14 hours: the zone evaluate uses
+        # is not known here, so the condition lets a day more through.
+        moment = _day_start(date_arg(key), datetime.UTC)
+        if op == "SAVEDSINCE":
+            return [Condition("saved_since", number=int(moment) - 86_400)]
+        return [Condition("saved_before", number=int(moment) + 86_400)]
     if op == "UID":
         sequence = key.args[0]
         if isinstance(sequence, SequenceSet) and not sequence.saved and largest_uid:

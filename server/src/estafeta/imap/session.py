@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 from estafeta import __version__
 from estafeta.auth import Accounts, urlauth
 from estafeta.auth.connections import Ticket
-from estafeta.auth.guard import BUSY, Authenticator
+from estafeta.auth.guard import BUSY, Authenticator, LoginResult
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
 from estafeta.imap import commands as c
 from estafeta.imap import compress as compress_module
@@ -275,6 +275,8 @@ class Session:
             "MULTIAPPEND",
             "CATENATE",
             "PREVIEW",
+            "OBJECTID",  # rfc8474:3 (MAILBOXID, EMAILID, THREADID: estafeta.store.index)
+            "SAVEDATE",  # rfc8514:4.1
         ]
         return list(dict.fromkeys(caps))
 
@@ -885,8 +887,11 @@ async def cmd_compress(s: Session, cmd: Command) -> None:
     octet after it, both ways, is DEFLATE (estafeta.imap.compress)."""
     args: c.Compress = cmd.args  # type: ignore[assignment]
     if s.compressed:
-        raise Bad("COMPRESS is already active")  # rfc4978:3: BAD
-    if args.mechanism != "DEFLATE":
+        # rfc4978:3 Result: BAD for "COMPRESS already active" (NO is for
+        # compression by another layer; TLS compression is off here), with
+        # the rfc4978:5 code a client can tell it by, as Cyrus does.
+        raise Bad("DEFLATE active via COMPRESS", "COMPRESSIONACTIVE")
+    if args.mechanism != "DEFLATE":  # rfc4978:3 BAD: unknown argument
         raise Bad(f"Unknown compression mechanism {args.mechanism[:40]}")
     s.tagged(cmd.tag, "OK", "DEFLATE active")
     await s.flush()
@@ -905,6 +910,13 @@ async def _login(s: Session, cmd: Command, user: str, password: str) -> None:
         raise No("Log in after STARTTLS (rfc9051:6.2.3)", "PRIVACYREQUIRED")
     # The shared guard delays failures and refuses locked-out clients.
     result = await s.authenticator.login(user, password, "imap", s.peer)
+    await _logged_in(s, cmd, result, user)
+
+
+async def _logged_in(
+    s: Session, cmd: Command, result: LoginResult, user: str, mechanism: str = ""
+) -> None:
+    """Answer a decided login (LOGIN, AUTHENTICATE PLAIN or SCRAM-*)."""
     if result.address is None:
         s.failed_logins += 1
         if not result.locked:
@@ -927,7 +939,8 @@ async def _login(s: Session, cmd: Command, user: str, password: str) -> None:
     s.index_reader = await asyncio.to_thread(s.store.shared_reader, s.user)
     s.parser.set_authenticated(True)
     s.state = AUTHENTICATED
-    log_event(log, "login", client=s.peer, user=s.user, tls=s.tls_active)
+    extra: dict[str, object] = {"mechanism": mechanism} if mechanism else {}
+    log_event(log, "login", logging.INFO, client=s.peer, user=s.user, tls=s.tls_active, **extra)
     # rfc9051:6.2.3: send the capabilities again, they changed.
     s.tagged(cmd.tag, "OK", "Logged in", "CAPABILITY " + " ".join(s.capabilities()))
 
@@ -974,48 +987,23 @@ async def cmd_authenticate(s: Session, cmd: Command) -> None:
             return decode_response(await respond(data))
 
         try:
-            initial = args.initial_response
             outcome = await scramlogin.login(
                 s.authenticator,
                 mechanism,
-                None if initial is None else decode_response(initial),  # rfc4959:3
+                args.initial_response,  # rfc4959:3
                 challenge,
                 protocol="imap",
                 peer=s.peer,
                 channel_binding=binding,
+                final_challenge=True,  # rfc4422:5: no data with success in IMAP
             )
-            # rfc4422:5: no data with success in IMAP; the client answers "".
-            if outcome.server_final is not None and await challenge(outcome.server_final):
-                raise MalformedSASL("Expected an empty response")
         except SASLCancelled:  # rfc9051:6.2.2 the client cancels
             raise Bad("Authentication cancelled") from None
         except MalformedSASL as exc:
             raise Bad(str(exc)) from None
         except SASLError as exc:
             raise No(str(exc), "AUTHENTICATIONFAILED") from None
-        result = outcome.result
-        # What follows mirrors _login (left untouched while it is edited elsewhere).
-        if result.address is None:
-            s.failed_logins += 1
-            if not result.locked:
-                log_event(
-                    log, "login_failed", logging.WARNING, client=s.peer, user=outcome.user[:100]
-                )
-            if s.failed_logins >= MAX_FAILED_LOGINS:
-                s.untagged("BYE Too many failed logins")
-                s.state = LOGOUT
-            if result.reason == BUSY:
-                raise No("Too many logins at once, try again later", "UNAVAILABLE")
-            if result.locked:
-                raise No("Too many failed logins, try again later", "UNAVAILABLE")  # rfc5530:3
-            raise No("Invalid credentials", "AUTHENTICATIONFAILED")
-        s.preauth.leave()
-        s.user = result.address
-        s.index_reader = await asyncio.to_thread(s.store.shared_reader, s.user)
-        s.parser.set_authenticated(True)
-        s.state = AUTHENTICATED
-        log_event(log, "login", client=s.peer, user=s.user, tls=s.tls_active, mechanism=mechanism)
-        s.tagged(cmd.tag, "OK", "Logged in", "CAPABILITY " + " ".join(s.capabilities()))
+        await _logged_in(s, cmd, outcome.result, outcome.user[:100], mechanism)
         return
     response = args.initial_response
     if response is None:
@@ -1110,6 +1098,7 @@ async def cmd_select(s: Session, cmd: Command) -> None:
         s.untagged(line)
     s.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
     s.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
+    s.untagged(f"OK [MAILBOXID ({box.objectid})] Mailbox id")  # rfc8474:4.2
     s.untagged(f"OK [URLMECH {urlauth.MECHANISM}] URL authorization mechanisms")  # rfc4467
     if view.condstore:
         s.untagged(f"OK [HIGHESTMODSEQ {view.highestmodseq}] Highest")
@@ -1177,8 +1166,8 @@ async def cmd_create(s: Session, cmd: Command) -> None:
     _refuse_unencoded(name)
     if name.endswith(DELIMITER) and name.strip(DELIMITER):
         name = name[: -len(DELIMITER)]
-    await asyncio.to_thread(s.store.create_mailbox, _user(s), name, use)
-    s.tagged(cmd.tag, "OK", "CREATE completed")
+    box = await asyncio.to_thread(s.store.create_mailbox, _user(s), name, use)
+    s.tagged(cmd.tag, "OK", "CREATE completed", f"MAILBOXID ({box.objectid})")  # rfc8474:4.1
 
 
 async def cmd_delete(s: Session, cmd: Command) -> None:
@@ -1337,6 +1326,9 @@ def _status_line(s: Session, box: Mailbox, items: Sequence[str]) -> bytes:
             value = box.highestmodseq
         elif item == "APPENDLIMIT":
             value = s.settings.append_limit
+        elif item == "MAILBOXID":  # rfc8474:4.3
+            values.append(f"MAILBOXID ({box.objectid})")
+            continue
         else:
             raise Bad(f"Unknown STATUS item {item}")
         values.append(f"{item} {value}")
@@ -1600,7 +1592,15 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
         return
     sets_seen = fetch_module.sets_seen(atts) and not view.readonly
     # UID FLAGS RFC822.SIZE INTERNALDATE MODSEQ come from columns: skip the JSON.
-    needs_summary = any(a.name not in _COLUMN_ITEMS and a.name != "ENVELOPE" for a in atts)
+    needs_summary = any(
+        a.name not in _COLUMN_ITEMS
+        and a.name not in fetch_module.OBJECT_KINDS
+        and a.name != "ENVELOPE"
+        for a in atts
+    )
+    # rfc8474:5.3 EMAILID, THREADID, rfc8514:4.2 SAVEDATE: read only when asked for.
+    wants_objects = any(a.name in fetch_module.OBJECT_KINDS for a in atts)
+    objects: dict[int, Any] = {}
     wants_envelope = any(a.name == "ENVELOPE" for a in atts)
     needs_file = fetch_module.needs_content(atts)
     content = s.index().content
@@ -1616,6 +1616,8 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
             rows = _fetch_rows(s, view.box.id, chunk, needs_summary)
             if wants_envelope and not needs_summary and any(row[7] is None for row in rows):
                 rows = _fetch_rows(s, view.box.id, chunk, True)  # rows from before schema 3
+            if wants_objects:
+                objects = {row[0]: row[1:] for row in s.index().object_rows(view.box.id, chunk)}
             new_flags: dict[int, tuple[tuple[str, ...], int]] = {}
             if sets_seen:
                 # rfc9051:6.4.5: BODY[...] sets \Seen; store it first so that the
@@ -1646,6 +1648,7 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
                     else _NO_SUMMARY,
                     load=functools.partial(content, file),
                     envelope=envelope,
+                    objects=objects.get(uid, _NO_OBJECTS),
                 )
                 atts_here = atts
                 if uid in new_flags and not any(a.name == "FLAGS" for a in atts):
@@ -1754,6 +1757,7 @@ def _row_seqs(view: Selected, rows: Sequence[Any]) -> Sequence[int]:
 
 _COLUMN_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"})
 _NO_SUMMARY = summarize(b"")
+_NO_OBJECTS = (None, None, None)
 
 
 _STORE_CHUNK = 128 * 1024  # characters of STORE's FETCH responses per write
@@ -2047,6 +2051,10 @@ async def _search(
         if allowed is not None:
             conditions.append(Condition("uid_in", value=json.dumps(sorted(allowed))))
     rows = s.index().search_rows(view.box.id, conditions, summary=_needs_summary(key))
+    objects: dict[int, Any] = {}
+    if search_module.needs_objects(key):  # rfc8474:6, rfc8514:4.3: only then
+        wanted = None if len(rows) > _FETCH_ROWS else [row[0] for row in rows]
+        objects = {row[0]: row[1:] for row in s.index().object_rows(view.box.id, wanted)}
     candidates = []
     octets = 0
     for uid, file, size, internal_date, flag_text, modseq, summary in rows:
@@ -2065,6 +2073,7 @@ async def _search(
                 modseq=modseq,
                 summary=_NO_SUMMARY if summary is None else summary,  # JSON, parsed on use
                 load=functools.partial(content, file),
+                objects=objects.get(uid, _NO_OBJECTS),
             )
         )
     del rows

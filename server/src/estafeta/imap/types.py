@@ -169,7 +169,8 @@ class FetchAtt:
 
     ``name`` is one of: ENVELOPE, FLAGS, INTERNALDATE, RFC822.SIZE, RFC822,
     RFC822.HEADER, RFC822.TEXT, BODY (no section: the non-extensible
-    structure), BODYSTRUCTURE, UID, MODSEQ (rfc7162), BODY[] (with
+    structure), BODYSTRUCTURE, UID, MODSEQ (rfc7162), EMAILID, THREADID
+    (rfc8474), SAVEDATE (rfc8514), BODY[] (with
     ``section``), BINARY, BINARY.SIZE (rfc3516/rfc9051, with ``section``).
     ``peek`` is BODY.PEEK / BINARY.PEEK; ``partial`` is <offset.length>.
     """
@@ -186,9 +187,12 @@ class SearchKey:
 
     ops and their args:
       ALL, ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, RECENT, NEW, OLD,
-      UNANSWERED, UNDELETED, UNDRAFT, UNFLAGGED, UNSEEN      ()
+      UNANSWERED, UNDELETED, UNDRAFT, UNFLAGGED, UNSEEN,
+      SAVEDATESUPPORTED (rfc8514)                            ()
       KEYWORD, UNKEYWORD                                     (flag: str,)
-      BEFORE, ON, SINCE, SENTBEFORE, SENTON, SENTSINCE        (day: datetime.date,)
+      BEFORE, ON, SINCE, SENTBEFORE, SENTON, SENTSINCE,
+      SAVEDBEFORE, SAVEDON, SAVEDSINCE (rfc8514)             (day: datetime.date,)
+      EMAILID, THREADID (rfc8474)                            (objectid: str,)
       OLDER, YOUNGER (rfc5032, seconds)                      (seconds: int,)
       LARGER, SMALLER                                        (octets: int,)
       BCC, BODY, CC, FROM, SUBJECT, TEXT, TO                 (text: str,)

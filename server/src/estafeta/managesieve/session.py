@@ -427,52 +427,13 @@ async def cmd_authenticate(s: Session, cmd: Command) -> None:  # rfc5804:2.1
         raise No(f"Unsupported mechanism {mechanism[:20].decode('ascii', 'replace')}")
     if not s.plaintext_ok():
         raise No("Authenticate after STARTTLS", "ENCRYPT-NEEDED")
-    if name != "PLAIN":
-        initial = cmd.args[1] if len(cmd.args) > 1 else None
-        assert initial is None or isinstance(initial, bytes)
-        await _authenticate_scram(s, name, initial, binding)
-        return
-    if len(cmd.args) > 1:
-        response = cmd.args[1]  # the initial response
-        assert isinstance(response, bytes)
-    else:
-        # PLAIN starts with an empty challenge, sent as an empty string.
-        s.send(p.string(b"") + b"\r\n")
-        s.parser.expect_response()
-        event = await s.next_event()
-        if isinstance(event, Eof):
-            raise ConnectionError("closed during AUTHENTICATE")
-        if isinstance(event, ParseError):
-            if event.fatal:
-                s._parse_error(event)
-                return
-            raise No(event.text)
-        if not isinstance(event, Response):  # pragma: no cover - the parser gives no other
-            raise No("Expected a SASL response")
-        response = event.value
-    if response == b"*":
-        raise No("Authentication cancelled")  # rfc5804:2.1: MUST be a NO
-    try:
-        authcid, password = decode_plain(response.decode("ascii"))
-    except (UnicodeDecodeError, MalformedSASL):
-        raise No("Malformed PLAIN response") from None
-    except SASLError as exc:
-        raise No(str(exc)) from None
-    await s.login(authcid, password)
+    initial = cmd.args[1] if len(cmd.args) > 1 else None  # the initial response
+    assert initial is None or isinstance(initial, bytes)
 
-
-class _Answered(Exception):
-    """The session answered already (a fatal parse error)."""
-
-
-async def _authenticate_scram(
-    s: Session, mechanism: str, initial: bytes | None, binding: bytes | None
-) -> None:
-    """AUTHENTICATE "SCRAM-SHA-256(-PLUS)" (rfc5804:2.1, rfc5802, rfc9266)."""
-
-    async def challenge(data: bytes) -> bytes:
-        # rfc5804:2.1: a challenge is a string with the base64 data.
-        s.send(p.string(base64.b64encode(data)) + b"\r\n")
+    async def respond(challenge: bytes) -> bytes:
+        """rfc5804:2.1: a challenge is a string with the base64 data (PLAIN
+        starts with an empty one); the client's string."""
+        s.send(p.string(base64.b64encode(challenge)) + b"\r\n")
         s.parser.expect_response()
         event = await s.next_event()
         if isinstance(event, Eof):
@@ -484,25 +445,44 @@ async def _authenticate_scram(
             raise MalformedSASL(event.text)
         if not isinstance(event, Response):  # pragma: no cover - the parser gives no other
             raise MalformedSASL("Expected a SASL response")
-        return decode_response(event.value)
+        return event.value
 
+    async def challenge(data: bytes) -> bytes:
+        return decode_response(await respond(data))
+
+    outcome = None
     try:
-        outcome = await scramlogin.login(
-            s.authenticator,
-            mechanism,
-            None if initial is None else decode_response(initial),
-            challenge,
-            protocol="sieve",
-            peer=s.peer,
-            channel_binding=binding,
-        )
+        if name == "PLAIN":
+            response = await respond(b"") if initial is None else initial
+            if response == b"*":
+                raise SASLCancelled("Authentication cancelled")
+            # Not ASCII: not base64 either, so a malformed PLAIN response.
+            authcid, password = decode_plain(response.decode("ascii", "replace"))
+        else:  # SCRAM-SHA-256(-PLUS) (rfc5802, rfc9266)
+            outcome = await scramlogin.login(
+                s.authenticator,
+                name,
+                initial,
+                challenge,
+                protocol="sieve",
+                peer=s.peer,
+                channel_binding=binding,
+                final_challenge=False,  # it goes in the OK (rfc5804:2.1)
+            )
     except _Answered:
         return
     except SASLCancelled:
         raise No("Authentication cancelled") from None  # rfc5804:2.1: MUST be a NO
     except SASLError as exc:  # malformed or refused: NO either way (rfc5804:2.1)
         raise No(str(exc)) from None
-    s.logged_in(outcome.result, outcome.user, mechanism, outcome.server_final)
+    if outcome is None:
+        await s.login(authcid, password)
+    else:
+        s.logged_in(outcome.result, outcome.user, name, outcome.server_final)
+
+
+class _Answered(Exception):
+    """The session answered already (a fatal parse error)."""
 
 
 async def cmd_unauthenticate(s: Session, cmd: Command) -> None:  # rfc5804:2.14.1

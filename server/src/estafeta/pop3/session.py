@@ -485,58 +485,39 @@ async def cmd_auth(s: Session, cmd: Command) -> None:
     if not s.plaintext_ok():
         s.err("Authenticate after STLS", "AUTH")
         return
-    response = cmd.args[1] if len(cmd.args) > 1 else None
-    if mechanism != "PLAIN":
-        await _auth_scram(s, mechanism, response, binding)
-        return
-    if response is None:
-        s.send(b"+ \r\n")
-        s.parser.expect_line()
-        event = await s._next()
-        if not isinstance(event, RawLine):
-            s.err("Expected a SASL response")
-            return
-        response = event.line.decode("ascii", "replace").strip()
-    if response == "*":
-        s.err("Authentication cancelled")  # rfc5034:4
-        return
-    try:
-        authcid, password = decode_plain(response)
-    except MalformedSASL as exc:
-        s.err(str(exc))
-        return
-    except SASLError as exc:
-        s.err(str(exc), "AUTH")
-        return
-    await s.login(authcid, password)
+    initial = cmd.args[1] if len(cmd.args) > 1 else None
 
-
-async def _auth_scram(
-    s: Session, mechanism: str, initial: str | None, binding: bytes | None
-) -> None:
-    """AUTH SCRAM-SHA-256(-PLUS) (rfc5034:4, rfc5802, rfc9266)."""
-
-    async def challenge(data: bytes) -> bytes:
-        s.send(b"+ " + base64.b64encode(data) + b"\r\n")  # rfc5034:4 continuation
+    async def respond(challenge: bytes) -> str:
+        """rfc5034:4: a "+" continuation with the base64 challenge; the
+        client's line."""
+        s.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
         s.parser.expect_line()
         event = await s._next()
         if not isinstance(event, RawLine):
             raise MalformedSASL("Expected a SASL response")
-        return decode_response(event.line)
+        return event.line.decode("ascii", "replace").strip()
 
+    async def challenge(data: bytes) -> bytes:
+        return decode_response(await respond(data))
+
+    outcome = None
     try:
-        outcome = await scramlogin.login(
-            s.authenticator,
-            mechanism,
-            None if initial is None else decode_response(initial),
-            challenge,
-            protocol="pop3",
-            peer=s.peer,
-            channel_binding=binding,
-        )
-        # rfc4422:5 item 5: the server-final message as a challenge, "" back.
-        if outcome.server_final is not None and await challenge(outcome.server_final):
-            raise MalformedSASL("Expected an empty response")
+        if mechanism == "PLAIN":
+            response = await respond(b"") if initial is None else initial
+            if response == "*":
+                raise SASLCancelled("Authentication cancelled")
+            authcid, password = decode_plain(response)
+        else:  # SCRAM-SHA-256(-PLUS) (rfc5802, rfc9266)
+            outcome = await scramlogin.login(
+                s.authenticator,
+                mechanism,
+                initial,
+                challenge,
+                protocol="pop3",
+                peer=s.peer,
+                channel_binding=binding,
+                final_challenge=True,  # rfc4422:5 item 5: no data with success
+            )
     except SASLCancelled:
         s.err("Authentication cancelled")  # rfc5034:4
         return
@@ -546,7 +527,10 @@ async def _auth_scram(
     except SASLError as exc:
         s.err(str(exc), "AUTH")
         return
-    await s.logged_in(outcome.result, outcome.user, mechanism)
+    if outcome is None:
+        await s.login(authcid, password)
+    else:
+        await s.logged_in(outcome.result, outcome.user, mechanism)
 
 
 async def cmd_utf8(s: Session, cmd: Command) -> None:

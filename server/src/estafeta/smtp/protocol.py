@@ -60,7 +60,6 @@ from estafeta.auth.sasl import (
     SASLCancelled,
     SASLError,
     decode_plain,
-    decode_response,
 )
 from estafeta.auth.scram import MAX_MESSAGE, SCRAM_SHA_256, SCRAM_SHA_256_PLUS
 from estafeta.log import log_event
@@ -1080,15 +1079,13 @@ class SMTPProtocol(SMTP):
             outcome = await scramlogin.login(
                 self._scram,
                 mechanism,
-                decode_response(args[1]) if len(args) > 1 else None,
+                args[1] if len(args) > 1 else None,
                 challenge,
                 protocol="smtp",
                 peer=peer,
                 channel_binding=binding,
+                final_challenge=True,  # rfc4954:4: as a 334 challenge, "" back
             )
-            # rfc4954:4: the server-final message as a 334 challenge, "" back.
-            if outcome.server_final is not None and await challenge(outcome.server_final):
-                raise MalformedSASL("Expected an empty response")
         except _Answered:
             return AuthResult(success=False, handled=True)
         except SASLCancelled:

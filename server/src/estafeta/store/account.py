@@ -1242,19 +1242,20 @@ class Store:
         return total
 
 
-def _from_file(
-    account_path: Path, name: str, carried: tuple[tuple[str, ...], int, int | None] | None = None
-) -> NewMessage:
+def _from_file(account_path: Path, name: str, carried: index.Carried | None = None) -> NewMessage:
     file = account_path / name
     data = file.read_bytes()
     saved: int | None
+    email_oid = thread_oid = None
     if carried is not None:
-        flags, internal_date, saved = carried
+        flags, internal_date, saved, email_oid, thread_oid = carried
     else:
         flags = tuple(maildir.flags_from_name(file.name))
         internal_date = int(os.stat(file).st_mtime)
         saved = None
     return NewMessage(
+        email_oid=email_oid,  # rfc8474:5.1, 5.2: kept by reindex
+        thread_oid=thread_oid,
         file=name,
         size=len(data),
         internal_date=internal_date,

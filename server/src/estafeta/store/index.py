@@ -10,6 +10,7 @@ The files can always rebuild it (``reindex``); it cannot rebuild the files.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,7 @@ from estafeta.store import fulltext
 from estafeta.store.maildir import mailbox_dir, sort_key
 from estafeta.store.names import canonical
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -208,6 +209,29 @@ CREATE INDEX IF NOT EXISTS messages_sort ON messages (
 )
 """
 
+# Version 12: object identifiers (rfc8474). ``email_oid`` is the EMAILID
+# (rfc8474:5.1): made at delivery and APPEND from the file's unique Maildir
+# name (``email_oid_of``), and handed on, not made again, by COPY and MOVE
+# and kept by ``reindex``, so every copy of a message has the id of the one
+# it was copied from. ``thread_oid`` is the THREADID (rfc8474:5.2), fixed
+# when the message is saved and never changed after: the THREADID of a
+# message of the account it refers to (References, else In-Reply-To) or
+# that has its Message-ID, else one of its own made from its EMAILID
+# (rfc8474 appendix A: "derive from EMAILID of first seen message in the
+# thread"). A reply saved before the message it answers starts a thread of
+# its own. ``messages_thread`` finds those ids by Message-ID (the sort
+# column ``thread_id``, version 11) across the account. Rows of an older
+# index are given both when it is upgraded, oldest saved first. MAILBOXID
+# needs no column (``mailbox_oid``).
+_SCHEMA_V12 = """
+ALTER TABLE messages ADD COLUMN email_oid TEXT;
+ALTER TABLE messages ADD COLUMN thread_oid TEXT
+"""
+_SCHEMA_V12_INDEX = """
+CREATE INDEX IF NOT EXISTS messages_thread ON messages (thread_id, thread_oid)
+    WHERE thread_id IS NOT NULL
+"""
+
 # The search columns, in the order of searchtext.search_columns.
 SEARCH_COLUMNS = ("s_subject", "s_hsubject", "s_from", "s_to", "s_cc", "s_bcc")
 # The sort columns, in the order of sortkeys.sort_columns.
@@ -229,6 +253,17 @@ class Mailbox:
     subscribed: bool
     recent_uid: int = 0  # rfc3501:2.3.2, see _SCHEMA_V10
 
+    @property
+    def objectid(self) -> str:
+        """rfc8474:4 MAILBOXID, from the id and UIDVALIDITY: RENAME keeps
+        both (rfc8474:4: same name and UIDVALIDITY, same MAILBOXID); a
+        mailbox made again (DELETE then CREATE, RENAME INBOX, ``reindex``)
+        gets an id no mailbox of the account had (``next_mailbox_id``) and
+        a new UIDVALIDITY, so an id is never given to another mailbox, even
+        if the index is lost and made anew. rfc8474:8.1: letters, digits
+        and "_", starting with a letter."""
+        return f"F{self.uidvalidity}_{self.id}"
+
 
 @dataclass(frozen=True)
 class NewMessage:
@@ -240,6 +275,9 @@ class NewMessage:
     flags: Sequence[str]
     summary: Summary
     saved: int | None = None  # into its mailbox; None: now (``add_messages``)
+    # rfc8474 EMAILID and THREADID (see _SCHEMA_V12); None: made here.
+    email_oid: str | None = None
+    thread_oid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -323,6 +361,12 @@ def _create(conn: sqlite3.Connection) -> None:
                 _run_script(conn, _SCHEMA_V11)
             _fill_v11(conn)
             _run_script(conn, _SCHEMA_V11_INDEX)  # built once, after the fill
+        if version <= 11:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+            if "email_oid" not in columns:  # a version 12 file marked older (tests do)
+                _run_script(conn, _SCHEMA_V12)
+            _run_script(conn, _SCHEMA_V12_INDEX)
+            _fill_v12(conn)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -361,6 +405,54 @@ def _fill_v11(conn: sqlite3.Connection) -> None:
             f"UPDATE messages SET {assignments} WHERE rowid = ?",  # noqa: S608 - fixed names
             (*columns, rowid),
         )
+
+
+def _fill_v12(conn: sqlite3.Connection) -> None:
+    """Upgrade to version 12 in the caller's transaction: EMAILID and
+    THREADID of each row (see _SCHEMA_V12), the rows taken in the order
+    they were saved, so a reply joins the thread of what it answers."""
+    rows = conn.execute(
+        "SELECT rowid, file, thread_id, thread_refs FROM messages WHERE email_oid IS NULL"
+        " ORDER BY coalesce(saved, internal_date), rowid"
+    ).fetchall()
+    for rowid, file, own, refs in rows:
+        email = email_oid_of(file)
+        conn.execute(
+            "UPDATE messages SET email_oid = ?, thread_oid = ? WHERE rowid = ?",
+            (email, thread_oid_for(conn, email, own, refs), rowid),
+        )
+
+
+def email_oid_of(file: str) -> str:
+    """rfc8474:5.1 EMAILID of a message saved as ``file``: "M" and a digest
+    of its Maildir name without the info part (unique in the account:
+    estafeta.store.maildir.unique_name), the same whenever the same file is
+    indexed again. rfc8474:11: SHA-256, cut to 96 bits; lower case only
+    (rfc8474:8.1: no two ids that differ only by case)."""
+    name = file.rsplit("/", 1)[-1].split(":", 1)[0]
+    return "M" + hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+_THREAD_LOOKUP = 32  # Message-IDs looked up per message: its own and the last references
+
+
+def thread_oid_for(conn: sqlite3.Connection, email_oid: str, own: str | None, refs: str) -> str:
+    """rfc8474:5.2 THREADID for a message being saved (see _SCHEMA_V12):
+    one lookup of the ``messages_thread`` index."""
+    ids = refs.split()[-_THREAD_LOOKUP:]
+    if own:
+        ids.append(own)
+    if ids:
+        marks = ",".join("?" * len(ids))
+        found = conn.execute(
+            "SELECT thread_oid FROM messages INDEXED BY messages_thread"  # noqa: S608 - marks
+            f" WHERE thread_id IS NOT NULL AND thread_id IN ({marks})"
+            " AND thread_oid IS NOT NULL LIMIT 1",
+            ids,
+        ).fetchone()
+        if found is not None:
+            return str(found[0])
+    return "T" + email_oid[1:]  # rfc8474:5.2: never the same value as an EMAILID
 
 
 def saved_from_name(file: str, internal_date: int) -> int:
@@ -502,14 +594,17 @@ def add_messages(
     uids = []
     for message in messages:
         summary = message.summary
+        sort = sort_columns(summary)
+        email = message.email_oid or email_oid_of(message.file)
+        thread = message.thread_oid or thread_oid_for(conn, email, sort[7], sort[8])
         cursor = conn.execute(
             "INSERT INTO messages (mailbox_id, uid, file, size, internal_date, flags, modseq,"
             " subject, from_addr, sent_date, message_id, summary, envelope,"
             " s_subject, s_hsubject, s_from, s_to, s_cc, s_bcc, saved,"
             " sort_subject, subject_reply, sort_from, sort_to, sort_cc, sort_dfrom, sort_dto,"
-            " thread_id, thread_refs)"
+            " thread_id, thread_refs, email_oid, thread_oid)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (file) DO NOTHING",
             (
                 box.id,
@@ -527,7 +622,9 @@ def add_messages(
                 imap_envelope(summary.envelope),
                 *search_columns(summary),
                 now if message.saved is None else message.saved,
-                *sort_columns(summary),
+                *sort,
+                email,
+                thread,
             ),
         )
         if cursor.rowcount:
@@ -617,11 +714,17 @@ def files(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT file FROM messages")}
 
 
-def old_flags(conn: sqlite3.Connection) -> dict[str, tuple[tuple[str, ...], int, int | None]]:
-    """file -> (flags, internal date, saved), what ``reindex`` carries over."""
+# (flags, internal date, saved, EMAILID, THREADID): what ``reindex`` keeps.
+Carried = tuple[tuple[str, ...], int, int | None, str | None, str | None]
+
+
+def old_flags(conn: sqlite3.Connection) -> dict[str, Carried]:
+    """file -> what ``reindex`` carries over (``Carried``)."""
     return {
-        row[0]: (tuple(row[1].split()), row[2], row[3])
-        for row in conn.execute("SELECT file, flags, internal_date, saved FROM messages")
+        row[0]: (tuple(row[1].split()), row[2], row[3], row[4], row[5])
+        for row in conn.execute(
+            "SELECT file, flags, internal_date, saved, email_oid, thread_oid FROM messages"
+        )
     }
 
 

@@ -387,7 +387,8 @@ def copy(
         row
         for uid_chunk in _chunks(sorted(set(uids)), 500)
         for row in conn.execute(
-            "SELECT uid, file, size, internal_date, flags, summary FROM messages"  # noqa: S608
+            "SELECT uid, file, size, internal_date, flags, summary, email_oid, thread_oid"  # noqa: S608
+            " FROM messages"
             f" WHERE mailbox_id = ? AND uid IN ({','.join('?' * len(uid_chunk))}) ORDER BY uid",
             (src.id, *uid_chunk),
         ).fetchall()
@@ -399,7 +400,7 @@ def copy(
     maildir.make_maildir(dest_folder)
     linked: list[tuple[str, index.NewMessage]] = []
     try:
-        for _uid, file, size, internal_date, flags, summary in rows:
+        for _uid, file, size, internal_date, flags, summary, email_oid, thread_oid in rows:
             name = maildir.unique_name(hostname, size)
             target = dest_folder / "new" / name
             os.link(account_path / file, target)
@@ -412,6 +413,9 @@ def copy(
                         internal_date=internal_date,
                         flags=flags.split(),
                         summary=Summary.from_json(summary),
+                        # rfc8474:5.1: the copy is the same EMAILID (and so THREADID).
+                        email_oid=email_oid,
+                        thread_oid=thread_oid,
                     ),
                 )
             )

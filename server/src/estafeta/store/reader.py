@@ -33,6 +33,9 @@ FlagRow = tuple[int, str, int]
 FetchRow = tuple[int, str, int, int, str, int, str | None, bytes | None]
 # (uid, file, size, internal_date, flags text, modseq, summary JSON or None)
 SearchRow = tuple[int, str, int, int, str, int, str | None]
+# (uid, EMAILID, THREADID, saved): rfc8474:5 object ids and the rfc8514:3
+# save date (POSIX seconds), None where the index does not know it.
+ObjectRow = tuple[int, str | None, str | None, int | None]
 # (uid, size, file)
 ListingRow = tuple[int, int, str]
 # (uid, then the SORT_FIELDS asked for, in that order)
@@ -86,7 +89,11 @@ class Condition:
     * ``"since"`` / ``"before"``: internal date >= / < ``number``;
     * ``"modseq"``: modseq >= ``number``;
     * ``"uids"``: UID between ``number`` and ``high`` (inclusive);
-    * ``"uid_in"``: UID in ``value``, a JSON array of UIDs.
+    * ``"uid_in"``: UID in ``value``, a JSON array of UIDs;
+    * ``"email_oid"`` / ``"thread_oid"``: the EMAILID / THREADID is
+      ``value`` (rfc8474:6);
+    * ``"saved_since"`` / ``"saved_before"``: the save date (rfc8514:4.3;
+      the internal date where it is not known) >= / < ``number``.
     """
 
     kind: str
@@ -135,6 +142,12 @@ class IndexReader(Protocol):
         needle: str,
         charge: Callable[[int], object] | None = None,
     ) -> set[int] | None: ...
+
+    def object_rows(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[ObjectRow]:
+        """``ObjectRow``s of messages ``uids`` (ascending; None: all) that
+        exist, in UID order: what FETCH EMAILID, THREADID and SAVEDATE
+        and the SEARCH keys of those read, asked for only then."""
+        ...
 
     def listing(self, mailbox_id: int) -> list[ListingRow]: ...
 
@@ -303,6 +316,22 @@ class SqliteReader:
         maybe = {key & mask for key in answer.found | answer.unsure}
         return (maybe & uids) | (uids - held)
 
+    def object_rows(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[ObjectRow]:
+        sql = "SELECT uid, email_oid, thread_oid, saved FROM messages WHERE mailbox_id = ?"
+        if uids is None:
+            return self.conn.execute(sql + " ORDER BY uid", (mailbox_id,)).fetchall()
+        rows: list[ObjectRow] = []
+        for start in range(0, len(uids), 500):
+            chunk = uids[start : start + 500]
+            params: tuple[int, ...]
+            if chunk[-1] - chunk[0] + 1 == len(chunk):  # a run: a range of the primary key
+                where, params = " AND uid BETWEEN ? AND ?", (mailbox_id, chunk[0], chunk[-1])
+            else:
+                where = f" AND uid IN ({','.join('?' * len(chunk))})"
+                params = (mailbox_id, *chunk)
+            rows += self.conn.execute(sql + where + " ORDER BY uid", params).fetchall()
+        return rows
+
     def listing(self, mailbox_id: int) -> list[ListingRow]:
         """(uid, size, file) of every message, in UID order (a POP3 maildrop)."""
         rows: list[ListingRow] = self.conn.execute(
@@ -380,9 +409,13 @@ def _condition_sql(condition: Condition) -> tuple[str, list[object]]:
         "since": "internal_date >= ?",
         "before": "internal_date < ?",
         "modseq": "modseq >= ?",
+        "saved_since": "coalesce(saved, internal_date) >= ?",
+        "saved_before": "coalesce(saved, internal_date) < ?",
     }
     if kind in comparisons:
         return comparisons[kind], [condition.number]
+    if kind in ("email_oid", "thread_oid"):
+        return f"{kind} = ?", [condition.value]
     if kind == "uids":
         return "uid BETWEEN ? AND ?", [condition.number, condition.high]
     if kind == "uid_in":
