@@ -189,6 +189,8 @@ class Store:
         self._accounts: dict[str, _Account] = {}
         self._readers: dict[str, SqliteReader] = {}
         self._readers_lock = threading.Lock()
+        # Viewer numbers in the shared store (estafeta.store.shared), by address.
+        self._viewers: dict[str, int] = {}
         # Accounts whose full-text index may lack messages, or hold keys of
         # messages that are gone (writer thread only; see _fulltext_step).
         self._fulltext_todo: set[str] = set()
@@ -366,30 +368,25 @@ class Store:
 
     def viewer_reader(self, address: str, viewer: str) -> SqliteReader:
         """``shared_reader`` of the shared store as ``viewer`` sees it (its
-        private \\Seen); of any other account, its shared reader."""
+        private \\Seen): over the same connection, so one per viewer costs
+        nothing; of any other account, its shared reader. Never closed by
+        the caller. Blocking the first time for a viewer: call it from a thread."""
+        base = self.shared_reader(address)
         if address != shared.OWNER:
-            return self.shared_reader(address)
-        key = f"{address}\0{viewer}"
-        with self._readers_lock:
-            reader = self._readers.get(key)
-        if reader is not None:
-            return reader
+            return base
         number = self._viewer(address, viewer)
-        with self._readers_lock:
-            reader = self._readers.get(key)
-            if reader is None:
-                conn = self.open_index(address)
-                conn.execute("PRAGMA cache_size = -512")
-                reader = SqliteReader(conn, self.account_dir(address), number)
-                self._readers[key] = reader
-            return reader
+        return SqliteReader(base.conn, self.account_dir(address), number)
 
     def _viewer(self, address: str, viewer: str | None) -> int | None:
         """The viewer number of ``viewer`` in the shared store (made if
         missing, in the writer thread); None for other stores."""
         if viewer is None or address != shared.OWNER:
             return None
-        return self._call(lambda: shared.viewer_id(self._open(address).conn, viewer))
+        number = self._viewers.get(viewer)
+        if number is None:
+            number = self._call(lambda: shared.viewer_id(self._open(address).conn, viewer))
+            self._viewers[viewer] = number  # never changes once given
+        return number
 
     def shared_reader(self, address: str) -> SqliteReader:
         """One reader per account for all sessions of one event loop.
