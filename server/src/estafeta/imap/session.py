@@ -864,7 +864,8 @@ async def cmd_select(s: Session, cmd: Command) -> None:
     s.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
     if view.condstore:
         s.untagged(f"OK [HIGHESTMODSEQ {view.highestmodseq}] Highest")
-    s.untagged(b'LIST () "/" ' + s.mailbox_name(args.mailbox))
+    shown = acl.imap_name(box.name) if place.shared else box.name
+    s.untagged(b'LIST () "/" ' + s.mailbox_name(shown))
     s.selected = view
     s.state = SELECTED
     if args.qresync is not None:
@@ -1623,7 +1624,7 @@ async def cmd_store(s: Session, cmd: Command) -> None:
     _needs_valid(s, cmd, args.sequence_set)
     if "\\Recent" in args.flags:
         raise Bad("\\Recent cannot be stored")
-    # rfc4314:4: "s" for \\Seen, "t" for \\Deleted, "w" for the others; a
+    # rfc4314:4: "s" for \Seen, "t" for \Deleted, "w" for the others; a
     # STORE fails only when none of what it would change may change.
     touched = {shared.flag_right(f) for f in canonical_flags(args.flags)}
     if args.mode == "":
