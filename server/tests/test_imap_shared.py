@@ -240,6 +240,9 @@ def test_cli_is_idempotent(server: Instance) -> None:
         server.config, "shared", "set", "info", "--acl", "dave@example.test=lr", check=False
     )
     assert unknown.returncode == 2 and "no account" in unknown.stderr
+    assert "reindexed the shared mailboxes" in server.cli("shared", "reindex").stdout
+    listed = json.loads(server.cli("shared", "list", "--json").stdout)
+    assert listed == [{"name": "info", "acl": {ALICE: "lrswipkxtea", BOB: "lrs"}}]
     gone = server.cli("shared", "remove", "info", "--json")
     assert json.loads(gone.stdout) == {"changed": True}
     assert json.loads(server.cli("shared", "list", "--json").stdout) == []

@@ -13,6 +13,9 @@ account with the ``a`` right, over IMAP SETACL.
   removes the entries not named. {"changed", "created", "acl"}
 * ``shared remove NAME [--check] [--json]``: delete the mailbox with its
   messages and ACL. {"changed"}
+* ``shared reindex``: rebuild the shared store's index from its files, as
+  ``estafeta reindex`` does for an account (ACLs are kept; private \\Seen
+  is lost: the files cannot hold one per account).
 
 Idempotent: running the same ``set`` twice changes nothing the second
 time (``changed`` false), which the Ansible module relies on; ``--check``
@@ -131,6 +134,13 @@ def cmd_shared_remove(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shared_reindex(config: Config, args: argparse.Namespace) -> int:
+    with Store(config.mail_dir, config.hostname) as store:
+        count = store.reindex(shared.OWNER)
+    print(f"reindexed the shared mailboxes: {count} messages")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], add: Add) -> None:
     sub = commands.add_parser(
         "shared", help="shared mailboxes (Shared/NAME in IMAP) and their ACLs (rfc4314)"
@@ -154,6 +164,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], add:
     )
     command.add_argument("--check", action="store_true", help="change nothing, say what would")
     command.add_argument("--json", action="store_true", help='{"changed", "created", "acl"}')
+    add(sub, "reindex", cmd_shared_reindex, "rebuild the shared mailboxes' index from their files")
     command = add(sub, "remove", cmd_shared_remove, "delete a shared mailbox and its messages")
     command.add_argument("name")
     command.add_argument("--check", action="store_true", help="change nothing, say what would")
