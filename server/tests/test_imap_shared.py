@@ -246,3 +246,27 @@ def test_cli_is_idempotent(server: Instance) -> None:
     gone = server.cli("shared", "remove", "info", "--json")
     assert json.loads(gone.stdout) == {"changed": True}
     assert json.loads(server.cli("shared", "list", "--json").stdout) == []
+
+
+def test_search_sort_thread_and_condstore_in_a_shared_mailbox(server: Instance) -> None:
+    alice, bob = connect(server, ALICE), connect(server, BOB)
+    for subject in (b"beta", b"alpha", b"gamma"):
+        append(alice, subject)
+    assert raw(bob, "e0", "ENABLE QRESYNC")[-1].startswith(b"e0 OK")
+    select(bob)
+    ok(bob.store("2", "+FLAGS", "(\\Seen)"))
+    assert raw(bob, "s1", "SEARCH SEEN")[0] == b"* SEARCH 2"
+    assert raw(bob, "s2", 'SEARCH UNSEEN SUBJECT "a"')[0] == b"* SEARCH 1 3"
+    assert raw(bob, "s3", "SEARCH TEXT body")[0] == b"* SEARCH 1 2 3"
+    assert raw(bob, "o1", "SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 2 1 3"
+    assert raw(bob, "o2", "SORT (SUBJECT) UTF-8 UNSEEN")[0] == b"* SORT 1 3"
+    assert raw(bob, "h1", "THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == b"* THREAD (1)(2)(3)"
+    changed = raw(bob, "f1", "UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1)")
+    assert any(b"UID 2" in line and b"\\Seen" in line for line in changed)
+    # Alice's change to her own \Seen moves the modseq; Bob is told, flags as his.
+    ok(alice.select("Shared/info"))
+    ok(alice.store("3", "+FLAGS", "(\\Seen)"))
+    told = raw(bob, "n1", "NOOP")
+    assert any(b"FETCH" in line and b"UID 3" in line and b"\\Seen" not in line for line in told)
+    alice.logout()
+    bob.logout()
