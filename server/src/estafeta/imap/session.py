@@ -1718,7 +1718,8 @@ async def cmd_copy(s: Session, cmd: Command) -> None:
     s.report_updates(allow_expunge=False)
     uids = view.resolve(args.sequence_set, uid=cmd.uid, saved=s.saved_result)
     if target.owner != view.owner:
-        quota = None if move or target.shared else _quota_limit(s)
+        # Into the account from the shared store, MOVE too: it grows.
+        quota = None if target.shared else _quota_limit(s)
         result = await acl.copy_across(s, view, uids, target, move, quota)
     else:
         # rfc9208:4.3.1 OVERQUOTA: checked in the store's writer thread, atomically
