@@ -186,6 +186,13 @@ IMAP_CORPUS: list[bytes] = [
     b'b7 LIST (SUBSCRIBED RECURSIVEMATCH) "" ("*" %) RETURN (CHILDREN STATUS (MESSAGES))\r\n',
     b'b8 LSUB "" "Projects/%"\r\n',
     b"b9 NAMESPACE\r\n",
+    # rfc4314:3 ACL commands and rfc8440 LIST RETURN (MYRIGHTS)
+    b"e1 SETACL Shared/info bob@example.test +lrswida\r\n",
+    b'e2 SETACL "Shared/info" {6+}\r\nanyone ""\r\n',
+    b"e3 DELETEACL Shared/info anyone\r\n",
+    b"e4 GETACL Shared/info\r\ne5 MYRIGHTS INBOX\r\n",
+    b"e6 LISTRIGHTS Shared/info anyone\r\n",
+    b'e7 LIST "" "*" RETURN (MYRIGHTS CHILDREN)\r\n',
     b"c1 STATUS INBOX (MESSAGES UIDNEXT UNSEEN SIZE HIGHESTMODSEQ APPENDLIMIT)\r\n",
     b"c2 APPEND Drafts (\\Draft $Junk) {11}\r\nhello world\r\n",
     b'c2 APPEND Drafts "17-Jul-1996 02:44:25 -0700" {5+}\r\nhello\r\n',

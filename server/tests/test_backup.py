@@ -305,3 +305,48 @@ def test_an_erased_account_is_gone_from_data_dir_and_from_old_snapshots(
     finally:
         again.stop()
     assert newer > old
+
+
+def _shared_state(inst: Instance, user: str) -> tuple[str, list[str]]:
+    """UIDVALIDITY and (UID, FLAGS) of each message of Shared/team, as ``user`` sees it."""
+    client = _imap(inst, user)
+    try:
+        client.select("Shared/team", readonly=True)
+        validity = client.response("UIDVALIDITY")[1][0]
+        assert isinstance(validity, bytes)
+        _, data = client.uid("FETCH", "1:*", "(FLAGS)")
+        rows = sorted(re.sub(rb"^\d+ ", b"", i).decode() for i in data if isinstance(i, bytes))
+        return validity.decode(), rows
+    finally:
+        client.logout()
+
+
+def test_shared_mailboxes_with_their_acl_and_private_seen_are_restored(
+    live: Instance, tmp_path: Path
+) -> None:
+    live.cli("shared", "set", "team", "--acl", f"{ALICE}=lrswipte", "--acl", f"{BOB}=lr")
+    client = _imap(live, ALICE)
+    client.append("Shared/team", None, None, b"Subject: for the team\r\n\r\nhello\r\n")
+    client.append("Shared/team", None, None, b"Subject: second\r\n\r\nagain\r\n")
+    client.select("Shared/team")
+    client.uid("STORE", "1", "+FLAGS", r"(\Seen)")
+    client.logout()
+    before = _shared_state(live, ALICE)
+    snapshot = json.loads(live.cli("backup", "create", "--json").stdout)["snapshot"]
+    live.stop()
+    target = tmp_path / "restored"
+    live.cli("backup", "restore", snapshot, "--to", str(target))
+    again = _instance(tmp_path / "again", data_dir=target)
+    again.start()
+    try:
+        assert _shared_state(again, ALICE) == before
+        validity, rows = before
+        assert len(rows) == 2 and "\\Seen" in rows[0] and "\\Seen" not in rows[1]
+        assert _shared_state(again, BOB) == (validity, [r.replace("\\Seen", "") for r in rows])
+        # and Bob still only reads (rfc4314:5.2: READ-ONLY without "iewt")
+        reader = _imap(again, BOB)
+        with pytest.raises(imaplib.IMAP4.readonly, match="not writable"):
+            reader.select("Shared/team")
+        reader.shutdown()
+    finally:
+        again.stop()

@@ -159,7 +159,7 @@ def test_schema_11_gets_object_ids(tmp_path: Path) -> None:
     conn.close()
     conn = index.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 12
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 13
         rows = conn.execute("SELECT file, email_oid, thread_oid FROM messages ORDER BY uid")
         (file_a, email_a, thread_a), (_, email_b, thread_b) = rows.fetchall()
         assert email_a == index.email_oid_of(file_a) and email_b != email_a

@@ -29,7 +29,11 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
     (f"a3 AUTHENTICATE PLAIN {PLAIN}\r\n".encode(), [r"a3 OK \[CAPABILITY [^\]]*\] Logged in"]),
     (b"a4 ENABLE CONDSTORE\r\n", [r"\* ENABLED CONDSTORE", r"a4 OK"]),
     (b'a5 ID ("name" "test")\r\n', [r'\* ID \("name" "estafeta"', r"a5 OK"]),
-    (b"a6 NAMESPACE\r\n", [r"\* NAMESPACE \(\(\"\" \"/\"\)\) NIL NIL", r"a6 OK"]),
+    # rfc2342:5 with the shared namespace (docs/shared-mailboxes.md)
+    (
+        b"a6 NAMESPACE\r\n",
+        [r"\* NAMESPACE \(\(\"\" \"/\"\)\) NIL \(\(\"Shared/\" \"/\"\)\)", r"a6 OK"],
+    ),
     (b"a7 CREATE Projects/2026 (USE (\\Flagged))\r\n", [r"a7 OK"]),
     (b"a8 CREATE Projects/2026\r\n", [r"a8 NO \[ALREADYEXISTS\]"]),
     (b"a9 RENAME Projects/2026 Projects/Done\r\n", [r"a9 OK"]),
@@ -117,6 +121,17 @@ SCRIPT: list[tuple[bytes, list[str]]] = [
     (b"e7 STORE 1 +FLAGS (\\Deleted)\r\n", [r"e7 OK"]),
     (b"e8 CLOSE\r\n", [r"e8 OK"]),
     (b"e9 STATUS Trash (MESSAGES)\r\n", [r"\* STATUS \"?Trash\"? \(MESSAGES 0\)", r"e9 OK"]),
+    # rfc4314:3 on personal mailboxes (shared ones: test_imap_shared.py)
+    (b"g1 MYRIGHTS INBOX\r\n", [r'\* MYRIGHTS "INBOX" "lrswipkxteacd"', r"g1 OK"]),
+    (b"g2 GETACL Trash\r\n", [rf'\* ACL "Trash" "{ALICE}" "lrswipkxteacd"', r"g2 OK"]),
+    (b"g3 LISTRIGHTS INBOX anyone\r\n", [r'\* LISTRIGHTS "INBOX" "anyone" ""\r\n', r"g3 OK"]),
+    (b"g4 SETACL INBOX anyone +l\r\n", [r"g4 NO \[CANNOT\]"]),
+    (b"g5 DELETEACL INBOX anyone\r\n", [r"g5 NO \[CANNOT\]"]),
+    (b"g6 SETACL Shared/none anyone +l\r\n", [r"g6 NO \[NONEXISTENT\]"]),
+    (
+        b'g7 LIST "" "Tr*" RETURN (MYRIGHTS)\r\n',
+        [r'\* LIST \(\\HasNoChildren \\Trash\) "/" "Trash"', r'\* MYRIGHTS "Trash" "lrs', r"g7 OK"],
+    ),
     (b"f1 LOGOUT\r\n", [r"\* BYE", r"f1 OK"]),
 ]
 

@@ -248,7 +248,7 @@ def test_an_older_index_gets_saved_from_the_file_names(store: Store, tmp_path: P
     conn.close()
     conn = index.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 12
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 13
         saved = dict(conn.execute("SELECT file, saved FROM messages").fetchall())
     finally:
         conn.close()

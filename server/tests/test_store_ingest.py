@@ -268,7 +268,7 @@ def test_schema_6_gets_the_pending_table(tmp_path: Path) -> None:
     conn.close()
     conn = index.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 12
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 13
         assert conn.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
     finally:
         conn.close()
@@ -285,7 +285,7 @@ def test_schema_8_subscriptions_move_to_their_table(tmp_path: Path) -> None:
     conn.close()
     conn = index.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 12
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 13
         assert index.subscriptions(conn) == ["INBOX", "Sent"]
         assert {b.name for b in index.mailboxes(conn) if b.subscribed} == {"INBOX", "Sent"}
     finally:

@@ -746,6 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     from estafeta import cli_backup
 
     cli_backup.register(commands, add)
+    from estafeta import cli_shared  # shared mailboxes and their ACLs (rfc4314)
+
+    cli_shared.register(commands, add)
     return parser
 
 

@@ -28,21 +28,25 @@ __all__ = [
     "Copy",
     "Create",
     "Delete",
+    "DeleteAcl",
     "Enable",
     "Examine",
     "Expunge",
     "Fetch",
     "GenUrlAuth",
+    "GetAcl",
     "GetMetadata",
     "GetQuota",
     "GetQuotaRoot",
     "Id",
     "Idle",
     "List",
+    "ListRights",
     "Login",
     "Logout",
     "Lsub",
     "Move",
+    "MyRights",
     "Namespace",
     "Noop",
     "Notify",
@@ -51,6 +55,7 @@ __all__ = [
     "ResetKey",
     "Search",
     "Select",
+    "SetAcl",
     "SetMetadata",
     "SetQuota",
     "Sort",
@@ -183,7 +188,8 @@ class List:
 
     ``selection`` holds the selection options ("SUBSCRIBED", "REMOTE",
     "RECURSIVEMATCH", "SPECIAL-USE"), ``returns`` the return options
-    ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE"; STATUS is not among them) and
+    ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE", rfc8440 "MYRIGHTS"; STATUS is
+    not among them) and
     ``status_items`` the items of RETURN (STATUS (...)). All upper case.
     """
 
@@ -280,6 +286,49 @@ class GetQuota:
 @dataclass(frozen=True)
 class GetQuotaRoot:
     """rfc9208:4.3."""
+
+    mailbox: str
+
+
+# -- rfc4314:3 ACL commands (authenticated state) ------------------------------
+
+
+@dataclass(frozen=True)
+class SetAcl:
+    """rfc4314:3.1; ``rights`` as sent ("+" / "-" prefix or none), checked
+    against the rights the session knows."""
+
+    mailbox: str
+    identifier: str
+    rights: str
+
+
+@dataclass(frozen=True)
+class DeleteAcl:
+    """rfc4314:3.2."""
+
+    mailbox: str
+    identifier: str
+
+
+@dataclass(frozen=True)
+class GetAcl:
+    """rfc4314:3.3."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True)
+class ListRights:
+    """rfc4314:3.4."""
+
+    mailbox: str
+    identifier: str
+
+
+@dataclass(frozen=True)
+class MyRights:
+    """rfc4314:3.5."""
 
     mailbox: str
 

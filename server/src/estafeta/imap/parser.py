@@ -696,7 +696,7 @@ def _cmd_rename(cur: _Cursor) -> object:
 
 
 _LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
-_LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
+_LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "MYRIGHTS"})  # rfc8440:3
 
 
 def _cmd_list(cur: _Cursor) -> object:
@@ -871,6 +871,50 @@ def _cmd_setquota(cur: _Cursor) -> object:
         cur.sp("resource limit")
         resources[name] = cur.number("resource limit", largest=_MAX63)
     return c.SetQuota(root, resources)
+
+
+# rfc4314:3 bounds of ours: an identifier is an account address or "anyone"
+# (255 octets is more than any address), a rights string a sign and a few
+# letters (13 rights exist).
+MAX_IDENTIFIER = 255
+MAX_RIGHTS = 32
+_RIGHTS_RE = re.compile(rb"[+-]?[a-z0-9]*\Z")
+
+
+def _identifier(cur: _Cursor) -> str:
+    # rfc4314:7 identifier = astring (UTF-8 since rfc4314, appendix A.1)
+    raw = cur.astring("identifier")
+    if not raw or len(raw) > MAX_IDENTIFIER:
+        raise _Syntax(f"an identifier is 1 to {MAX_IDENTIFIER} octets")
+    text = cur.text_of(raw, "identifier")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise _Syntax("control characters in an identifier")
+    return text
+
+
+def _cmd_setacl(cur: _Cursor) -> object:
+    # rfc4314:7 setacl = "SETACL" SP mailbox SP identifier SP mod-rights
+    cur.sp("mailbox")
+    mailbox = cur.mailbox()
+    cur.sp("identifier")
+    ident = _identifier(cur)
+    cur.sp("rights")
+    raw = cur.astring("rights")
+    # rfc4314:7 rights: "only lowercase ASCII letters and digits" (after the sign)
+    if len(raw) > MAX_RIGHTS or not _RIGHTS_RE.match(raw):
+        raise _Syntax("rights are a + or - and lower-case letters (rfc4314:3.1)")
+    return c.SetAcl(mailbox, ident, raw.decode("ascii"))
+
+
+def _mailbox_identifier(factory: Callable[[str, str], object]) -> _Handler:
+    # rfc4314:7 deleteacl / listrights = NAME SP mailbox SP identifier
+    def handler(cur: _Cursor) -> object:
+        cur.sp("mailbox")
+        mailbox = cur.mailbox()
+        cur.sp("identifier")
+        return factory(mailbox, _identifier(cur))
+
+    return handler
 
 
 def _cmd_uid_expunge(cur: _Cursor) -> object:
@@ -1516,6 +1560,11 @@ _COMMANDS: dict[str, _Handler] = {
     "GETQUOTA": _cmd_getquota,
     "GETQUOTAROOT": _one_mailbox(c.GetQuotaRoot),
     "SETQUOTA": _cmd_setquota,
+    "SETACL": _cmd_setacl,
+    "DELETEACL": _mailbox_identifier(c.DeleteAcl),
+    "GETACL": _one_mailbox(c.GetAcl),
+    "LISTRIGHTS": _mailbox_identifier(c.ListRights),
+    "MYRIGHTS": _one_mailbox(c.MyRights),
     "CHECK": _no_args(c.Check),
     "CLOSE": _no_args(c.Close),
     "UNSELECT": _no_args(c.Unselect),

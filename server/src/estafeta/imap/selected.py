@@ -95,6 +95,11 @@ class Selected:
     # holds as recent and the mailbox's claim; None in IMAP4rev2 sessions.
     recent: RecentSet | None = None
     claim: Claim | None = None
+    # The store the mailbox is in (an account, or estafeta.store.shared.OWNER)
+    # and the user's rfc4314 rights on it when it was selected (rfc4314:5.1.1
+    # allows keeping them until the next SELECT).
+    owner: str = ""
+    rights: str = "lrswipkxtea"
 
     def is_recent(self, uid: int) -> bool:
         return self.recent is not None and uid in self.recent

@@ -13,6 +13,7 @@ import bisect
 import concurrent.futures
 import contextlib
 import contextvars
+import datetime
 import functools
 import json
 import logging
@@ -29,16 +30,17 @@ from estafeta.auth import Accounts, urlauth
 from estafeta.auth.connections import Ticket
 from estafeta.auth.guard import BUSY, Authenticator, LoginResult
 from estafeta.auth.sasl import MalformedSASL, SASLError, decode_plain
+from estafeta.imap import acl, imapurl, resultcache, urlfetch
 from estafeta.imap import commands as c
 from estafeta.imap import compress as compress_module
 from estafeta.imap import contexts as contexts_module
 from estafeta.imap import fetch as fetch_module
-from estafeta.imap import imapurl, resultcache, urlfetch
 from estafeta.imap import metadata as metadata_module
 from estafeta.imap import notify as notify_module
 from estafeta.imap import search as search_module
 from estafeta.imap import sort as sort_module
 from estafeta.imap import thread as thread_module
+from estafeta.imap.errors import Bad, No
 from estafeta.imap.listing import DELIMITER, Box, Entry, PatternLimit, list_mailboxes, lsub
 from estafeta.imap.listing import cost as list_cost
 from estafeta.imap.parser import (
@@ -58,7 +60,8 @@ from estafeta.imap.stream import ResponseStream
 from estafeta.imap.types import FetchAtt, SearchKey, SequenceSet
 from estafeta.log import log_event
 from estafeta.message import Summary, imap_string, imap_utf8_string, summarize
-from estafeta.store import Mailbox, Store, StoreError
+from estafeta.store import Mailbox, Store, StoreError, shared
+from estafeta.store.flags import canonical_flags
 from estafeta.store.names import canonical
 from estafeta.store.operations import MailboxError
 from estafeta.store.reader import Condition, IndexReader
@@ -86,20 +89,6 @@ READ_SIZE = 65536
 _WOKEN_BY_TIMER, _WOKEN_BY_CHANGE = 1, 2
 # The context the timers of _read_or_wake run in (they read no context variable).
 _TIMER_CONTEXT = contextvars.Context()
-
-
-class No(Exception):  # named after the IMAP response it becomes
-    """Answer the command with NO (``code`` is an rfc5530 response code)."""
-
-    def __init__(self, text: str, code: str = "") -> None:
-        super().__init__(text)
-        self.code = code
-
-
-class Bad(Exception):
-    def __init__(self, text: str, code: str = "") -> None:
-        super().__init__(text)
-        self.code = code
 
 
 @dataclass
@@ -155,6 +144,10 @@ class Session:
         self.state = NOT_AUTHENTICATED
         self.user: str | None = None
         self.index_reader: IndexReader | None = None
+        # The shared store's index (its ACLs and mailboxes), and the reader
+        # of the selected mailbox as this user sees it (estafeta.imap.acl).
+        self.shared_reader: IndexReader | None = None
+        self.view_reader: IndexReader | None = None
         self.selected: Selected | None = None
         self.enabled: set[str] = set()
         self.saved_result: Sequence[int] = ()  # rfc5182 $, as UIDs
@@ -277,6 +270,9 @@ class Session:
             "PREVIEW",
             "OBJECTID",  # rfc8474:3 (MAILBOXID, EMAILID, THREADID: estafeta.store.index)
             "SAVEDATE",  # rfc8514:4.1
+            "ACL",  # rfc4314 (estafeta.imap.acl)
+            "RIGHTS=texk",  # rfc4314:5.1.1: t, e, x, k each on its own
+            "LIST-MYRIGHTS",  # rfc8440
         ]
         return list(dict.fromkeys(caps))
 
@@ -482,6 +478,22 @@ class Session:
         assert self.index_reader is not None
         return self.index_reader
 
+    def shared_index(self) -> IndexReader:
+        assert self.shared_reader is not None
+        return self.shared_reader
+
+    def box_index(self) -> IndexReader:
+        """The reader of the selected mailbox's store, as this user sees it."""
+        return self.view_reader if self.view_reader is not None else self.index()
+
+    def share_key(self) -> str:
+        """Whose views of the selected mailbox may share contents
+        (selected.Snapshot): the account's, or the viewer's of a shared one."""
+        view, user = self.selected, self.user or ""
+        if view is not None and view.owner == shared.OWNER:
+            return f"{shared.OWNER}\0{user}"
+        return user
+
     def _watch(self, _address: str) -> None:
         # Called in the store's writer thread after a commit.
         self._loop.call_soon_threadsafe(self._on_change)
@@ -494,6 +506,7 @@ class Session:
 
     def _close_selected(self) -> None:
         self.selected = None
+        self.view_reader = None
 
     # -- reporting changes ------------------------------------------------------
 
@@ -503,7 +516,7 @@ class Session:
         view = self.selected
         if view is None:
             return
-        updates: Updates = view.pull(self.index())
+        updates: Updates = view.pull(self.box_index())
         if not (updates.expunged or updates.flags or updates.new or view.pending_expunge):
             view.highestmodseq = updates.highestmodseq
             return
@@ -522,7 +535,7 @@ class Session:
         if lines is None:
             start = view.snapshot
             lines = self._apply_updates(view, updates, allow_expunge)
-            view.remember(start, updates, variant, lines, self.user or "")
+            view.remember(start, updates, variant, lines, self.share_key())
         elif lines and lines[0].startswith("FLAGS ("):
             # Told by the view that worked the step out: learn its keywords.
             view.keywords = view.keywords | frozenset(lines[0][7:-1].split()) - set(SYSTEM_FLAGS)
@@ -541,6 +554,8 @@ class Session:
         when the client asked (NOTIFY SET STATUS)."""
         if self.notify_spec is None:
             self.store.changes.watch(_user(self), self._watch)
+            # A shared mailbox selected meanwhile changes in the shared store.
+            self.store.changes.watch(shared.OWNER, self._watch)
         self.notify_spec = spec
         self._notify_state.clear()
         self._notify_ids.clear()
@@ -550,6 +565,7 @@ class Session:
     def stop_notify(self) -> None:
         if self.notify_spec is not None and self.user is not None:
             self.store.changes.unwatch(self.user, self._watch)
+            self.store.changes.unwatch(shared.OWNER, self._watch)
         self.notify_spec = None
 
     def notify_poll(self, *, initial: bool = False) -> None:
@@ -587,7 +603,7 @@ class Session:
                 old = self._notify_state.get(box.name)
                 items = notify_module.changed_items(old, state, events, condstore)
             if items:
-                self.untagged(_status_line(self, box, items))
+                self.untagged(_status_line(self, box.name, items))
         self._notify_state = states
         self._notify_ids = ids
         self._notify_subs = subscribed
@@ -937,6 +953,8 @@ async def _logged_in(
     s.user = result.address
     # One read connection per account, shared by its sessions (memory).
     s.index_reader = await asyncio.to_thread(s.store.shared_reader, s.user)
+    s.shared_reader = await asyncio.to_thread(s.store.shared_reader, shared.OWNER)
+    await _know_viewer(s)
     s.parser.set_authenticated(True)
     s.state = AUTHENTICATED
     extra: dict[str, object] = {"mechanism": mechanism} if mechanism else {}
@@ -1049,19 +1067,26 @@ async def cmd_id(s: Session, cmd: Command) -> None:
 
 
 async def cmd_namespace(s: Session, cmd: Command) -> None:
-    s.untagged('NAMESPACE (("" "/")) NIL NIL')  # rfc2342:5
+    s.untagged(acl.NAMESPACE)  # rfc2342:5, the shared namespace: estafeta.imap.acl
     s.tagged(cmd.tag, "OK", "NAMESPACE completed")
 
 
-def _list_boxes(s: Session) -> tuple[list[Mailbox], list[Box]]:
-    """The mailboxes, and as listing Boxes with the subscribed names no
-    mailbox has (rfc9051:6.3.9)."""
+def _list_boxes(s: Session) -> tuple[dict[str, str], list[Box]]:
+    """The user's rights on each mailbox it may list (personal ones: all;
+    shared ones with "l", rfc4314:4), and as listing Boxes with the
+    subscribed names no mailbox has (rfc9051:6.3.9)."""
     reader = s.index()
-    rows = reader.mailboxes()
+    subscriptions = reader.subscriptions()
+    subscribed = set(subscriptions)
+    # A personal mailbox named like the shared namespace is hidden behind it.
+    rows = [b for b in reader.mailboxes() if not acl.in_namespace(b.name)]
     boxes = [Box(b.name, b.special_use, b.subscribed) for b in rows]
-    have = {box.name for box in boxes}
-    boxes += [Box(n, None, True, exists=False) for n in reader.subscriptions() if n not in have]
-    return rows, boxes
+    rights = dict.fromkeys((b.name for b in rows), acl.ALL)
+    for name, _, granted in acl.shared_boxes(s):
+        boxes.append(Box(name, None, name in subscribed))
+        rights[name] = granted
+    boxes += [Box(n, None, True, exists=False) for n in subscriptions if n not in rights]
+    return rights, boxes
 
 
 async def cmd_select(s: Session, cmd: Command) -> None:
@@ -1069,18 +1094,28 @@ async def cmd_select(s: Session, cmd: Command) -> None:
     readonly = cmd.name == "EXAMINE"
     if s.selected is not None:
         # rfc7162:3.2.11 CLOSED before the new mailbox's data.
-        s.selected = None
+        s._close_selected()
         s.state = AUTHENTICATED
         s.untagged("OK [CLOSED] Previous mailbox closed")
-    box = s.index().mailbox(args.mailbox)
-    if box is None:
-        raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
+    place = acl.locate(s, args.mailbox)
+    box = acl.need(place, "r", args.mailbox)  # rfc4314:4 SELECT / EXAMINE
+    viewer = _user(s) if place.shared else None
+    # rfc4314:5.2: READ-ONLY without any of "iewt"; "s" alone still keeps
+    # this user's own \Seen (private in shared mailboxes).
+    shown_readonly = readonly or not any(r in place.rights for r in acl.WRITE_RIGHTS)
+    readonly = readonly or not any(r in place.rights for r in acl.WRITE_RIGHTS + "s")
     # Taken with the row read, before waiting: held from now on, the claim
     # stays what the index said unless a session claims more (recent.Claims.get).
-    claim = claims(s.store).get(_user(s), box.id, box.recent_uid)
+    claim = claims(s.store).get(place.owner, box.id, box.recent_uid)
     # Loading a big mailbox takes a while (0.3 s for 100,000 messages): do it
     # on a connection of its own in a thread, so other sessions go on.
-    view = await asyncio.to_thread(_load_view, s.store, _user(s), box, readonly)
+    view = await asyncio.to_thread(_load_view, s.store, place.owner, viewer, box, readonly)
+    view.owner, view.rights = place.owner, place.rights
+    s.view_reader = (
+        await asyncio.to_thread(s.store.viewer_reader, place.owner, _user(s))
+        if place.shared
+        else None
+    )
     if args.qresync is not None and "QRESYNC" not in s.enabled:
         raise Bad("QRESYNC must be enabled first (rfc7162:3.2.5)")
     view.condstore = args.condstore or args.qresync is not None or "CONDSTORE" in s.enabled
@@ -1098,16 +1133,18 @@ async def cmd_select(s: Session, cmd: Command) -> None:
         s.untagged(line)
     s.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
     s.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
-    s.untagged(f"OK [MAILBOXID ({box.objectid})] Mailbox id")  # rfc8474:4.2
+    s.untagged(f"OK [MAILBOXID ({_mailbox_oid(box, view.owner)})] Mailbox id")  # rfc8474:4.2
     s.untagged(f"OK [URLMECH {urlauth.MECHANISM}] URL authorization mechanisms")  # rfc4467
     if view.condstore:
         s.untagged(f"OK [HIGHESTMODSEQ {view.highestmodseq}] Highest")
-    s.untagged(b'LIST () "/" ' + s.mailbox_name(box.name))
+    shown = acl.imap_name(box.name) if place.shared else box.name
+    s.untagged(b'LIST () "/" ' + s.mailbox_name(shown))
     s.selected = view
     s.state = SELECTED
     if args.qresync is not None:
         _qresync_report(s, view, args.qresync)
-    s.tagged(cmd.tag, "OK", f"{cmd.name} completed", "READ-ONLY" if readonly else "READ-WRITE")
+    code = "READ-ONLY" if shown_readonly else "READ-WRITE"
+    s.tagged(cmd.tag, "OK", f"{cmd.name} completed", code)
 
 
 def _take_recent(s: Session, view: Selected) -> bool:
@@ -1124,15 +1161,17 @@ def _take_recent(s: Session, view: Selected) -> bool:
             return False
         view.recent.add(low, top)
         return True
-    taken = claims(s.store).take(view.claim, top, s.store.claim_recent, _user(s), view.box.id)
+    taken = claims(s.store).take(view.claim, top, s.store.claim_recent, view.owner, view.box.id)
     if taken is None:
         return False
     view.recent.add(*taken)
     return True
 
 
-def _load_view(store: Store, user: str, box: Mailbox, readonly: bool) -> Selected:
-    with store.reader(user) as reader:
+def _load_view(
+    store: Store, owner: str, viewer: str | None, box: Mailbox, readonly: bool
+) -> Selected:
+    with store.reader(owner, viewer) as reader:
         return Selected.load(reader, box, readonly)
 
 
@@ -1142,7 +1181,7 @@ def _qresync_report(s: Session, view: Selected, params: Any) -> None:
     known = params[2] if len(params) > 2 else None
     if uidvalidity != view.box.uidvalidity:
         return
-    vanished = s.index().vanished_since(view.box.id, modseq)
+    vanished = s.box_index().vanished_since(view.box.id, modseq)
     if known is not None and vanished:
         # Merged once: O(ranges log ranges + UIDs), not ranges x UIDs.
         wanted = known.merged(view.uids[-1] if view.uids else vanished[-1])
@@ -1166,25 +1205,71 @@ async def cmd_create(s: Session, cmd: Command) -> None:
     _refuse_unencoded(name)
     if name.endswith(DELIMITER) and name.strip(DELIMITER):
         name = name[: -len(DELIMITER)]
-    box = await asyncio.to_thread(s.store.create_mailbox, _user(s), name, use)
-    s.tagged(cmd.tag, "OK", "CREATE completed", f"MAILBOXID ({box.objectid})")  # rfc8474:4.1
+    owner = _user(s)
+    if acl.in_namespace(name):
+        # rfc4314:4 CREATE: "k" on the nearest existing parent; nobody makes
+        # a top-level shared mailbox over IMAP (the administrator does).
+        name, owner = _shared_parent(s, name), shared.OWNER
+    box = await asyncio.to_thread(s.store.create_mailbox, owner, name, use)
+    oid = _mailbox_oid(box, owner)
+    s.tagged(cmd.tag, "OK", "CREATE completed", f"MAILBOXID ({oid})")  # rfc8474:4.1
+
+
+def _mailbox_oid(box: Mailbox, owner: str) -> str:
+    """rfc8474:4 MAILBOXID (estafeta.store.index.Mailbox.objectid): "S"
+    for a mailbox of the shared store, whose ids are counted apart from the
+    account's, so that no two mailboxes a user sees share one."""
+    return "S" + box.objectid[1:] if owner == shared.OWNER else box.objectid
+
+
+def _shared_parent(s: Session, name: str) -> str:
+    """For CREATE and RENAME into the shared namespace: the name in the
+    shared store, after checking "k" on its nearest existing parent."""
+    inner = name[len(acl.PREFIX) + 1 :]
+    parts = inner.split(DELIMITER)
+    for depth in range(len(parts) - 1, 0, -1):
+        parent = acl.PREFIX + DELIMITER + DELIMITER.join(parts[:depth])
+        place = acl.locate(s, parent)
+        if place.box is not None and place.rights:
+            acl.need(place, "k", parent)
+            return inner
+    raise No("Shared mailboxes are made by the administrator", "NOPERM")
 
 
 async def cmd_delete(s: Session, cmd: Command) -> None:
     args: c.Delete = cmd.args  # type: ignore[assignment]
-    if s.selected is not None and s.selected.box.name in (args.mailbox, canonical(args.mailbox)):
+    place = acl.locate(s, args.mailbox)
+    if place.shared:
+        acl.need(place, "x", args.mailbox)  # rfc4314:4 DELETE
+        if DELIMITER not in place.name:
+            raise No("Shared mailboxes are removed by the administrator", "NOPERM")
+    view = s.selected
+    if (
+        view is not None
+        and view.owner == place.owner
+        and view.box.name in (place.name, canonical(place.name))
+    ):
         raise No("Cannot delete the selected mailbox; select another first", "INUSE")
-    box = s.index().mailbox(args.mailbox)
-    await asyncio.to_thread(s.store.delete_mailbox, _user(s), args.mailbox)
-    if box is not None:
+    await asyncio.to_thread(s.store.delete_mailbox, place.owner, place.name)
+    if place.box is not None and not place.shared:
         # rfc5464:4.1 its METADATA entries go with it.
-        await asyncio.to_thread(s.accounts.forget_metadata, _user(s), box.id)
+        await asyncio.to_thread(s.accounts.forget_metadata, _user(s), place.box.id)
     s.tagged(cmd.tag, "OK", "DELETE completed")
 
 
 async def cmd_rename(s: Session, cmd: Command) -> None:
     args: c.Rename = cmd.args  # type: ignore[assignment]
     _refuse_unencoded(args.new)
+    old, new = acl.in_namespace(args.old), acl.in_namespace(args.new)
+    if old or new:
+        if not (old and new):
+            raise No("Mailboxes do not move between namespaces", "CANNOT")
+        place = acl.locate(s, args.old)
+        acl.need(place, "x", args.old)  # rfc4314:4 RENAME: "x" on the old name,
+        inner = _shared_parent(s, args.new)  # "k" on the new parent
+        await asyncio.to_thread(s.store.rename_mailbox, shared.OWNER, place.name, inner)
+        s.tagged(cmd.tag, "OK", "RENAME completed")
+        return
     await asyncio.to_thread(s.store.rename_mailbox, _user(s), args.old, args.new)
     s.tagged(cmd.tag, "OK", "RENAME completed")
 
@@ -1205,6 +1290,10 @@ def _flags_lines(view: Selected) -> list[str]:
     7.1: "\\*" says new keywords may be made; none on a read-only view)."""
     every = " ".join([*SYSTEM_FLAGS, *sorted(view.keywords)])
     permanent = "" if view.readonly else f"{every} \\*"
+    if not view.readonly and view.rights != acl.ALL:
+        # rfc4314:5.1.1: the flags this user's rights let it change.
+        may = [f for f in every.split() if shared.flag_right(f) in view.rights]
+        permanent = " ".join([*may, "\\*"] if "w" in view.rights else may)
     return [f"FLAGS ({every})", f"OK [PERMANENTFLAGS ({permanent})] Flags permitted"]
 
 
@@ -1235,9 +1324,25 @@ def _refuse_unencoded(name: str) -> None:
         raise No(f"{name!r} is not valid modified UTF-7 (rfc3501:5.1.3)", "CANNOT")
 
 
+async def _know_viewer(s: Session) -> None:
+    """At login: the user's viewer number in the shared store, if it may see
+    a shared mailbox, so that no later command waits for the store's writer
+    thread on the event loop to learn it (estafeta.store.shared)."""
+    if s.shared_index().visible(_user(s)):
+        await asyncio.to_thread(s.store.viewer_reader, shared.OWNER, _user(s))
+
+
 def _user(s: Session) -> str:
     assert s.user is not None
     return s.user
+
+
+def _reader_of(s: Session) -> tuple[str, str | None]:
+    """(store, viewer) of the selected mailbox, for a reader of its own."""
+    view = s.selected
+    if view is None or not view.owner or view.owner == s.user:
+        return _user(s), None
+    return view.owner, _user(s)
 
 
 # Above this many word operations (listing.cost; a few milliseconds), LIST
@@ -1264,7 +1369,7 @@ async def _match(
 
 async def cmd_list(s: Session, cmd: Command) -> None:
     args: c.List = cmd.args  # type: ignore[assignment]
-    rows, boxes = _list_boxes(s)
+    rights, boxes = _list_boxes(s)
     if not args.patterns or args.patterns == ("",):
         # rfc9051:6.3.9: an empty pattern asks for the delimiter.
         s.untagged('LIST (\\Noselect) "/" ""')
@@ -1278,7 +1383,6 @@ async def cmd_list(s: Session, cmd: Command) -> None:
             boxes, args.reference, args.patterns, selection=args.selection, returns=args.returns
         ),
     )
-    by_name = {b.name: b for b in rows}
     for entry in entries:
         line = (
             b"LIST (" + " ".join(entry.attributes).encode() + b') "/" ' + s.mailbox_name(entry.name)
@@ -1286,9 +1390,12 @@ async def cmd_list(s: Session, cmd: Command) -> None:
         if entry.childinfo:
             line += b' ("CHILDINFO" ("SUBSCRIBED"))'
         s.untagged(line)
-        if args.status_items and entry.name in by_name and "\\NonExistent" not in entry.attributes:
-            # rfc5819:2 LIST-STATUS
-            s.untagged(_status_line(s, by_name[entry.name], args.status_items))
+        listed = entry.name in rights and "\\NonExistent" not in entry.attributes
+        if listed and "MYRIGHTS" in args.returns:
+            s.untagged(acl.myrights_line(s, entry.name, rights[entry.name]))  # rfc8440:3
+        if args.status_items and listed and "r" in rights[entry.name]:
+            # rfc5819:2 LIST-STATUS (rfc4314:4: STATUS needs "r")
+            s.untagged(_status_line(s, entry.name, args.status_items))
     s.tagged(cmd.tag, "OK", "LIST completed")
 
 
@@ -1305,9 +1412,10 @@ async def cmd_lsub(s: Session, cmd: Command) -> None:
     s.tagged(cmd.tag, "OK", "LSUB completed")
 
 
-def _status_line(s: Session, box: Mailbox, items: Sequence[str]) -> bytes:
-    reader = s.index()
-    box = reader.mailbox(box.name) or box
+def _status_line(s: Session, name: str, items: Sequence[str]) -> bytes:
+    place = acl.locate(s, name)
+    box = acl.need(place, "r", name)  # rfc4314:4 STATUS
+    reader = acl.viewer_reader(s, place)
     counts = reader.status_counts(box.id, items)
     values = []
     for item in items:
@@ -1320,27 +1428,24 @@ def _status_line(s: Session, box: Mailbox, items: Sequence[str]) -> bytes:
             value = box.uidvalidity
         elif item == "RECENT":
             # rfc3501:6.3.10: messages no session was given as \Recent.
-            claimed = claims(s.store).claimed(_user(s), box.id, box.recent_uid)
+            claimed = claims(s.store).claimed(place.owner, box.id, box.recent_uid)
             value = reader.count_above(box.id, claimed)
         elif item == "HIGHESTMODSEQ":
             value = box.highestmodseq
         elif item == "APPENDLIMIT":
             value = s.settings.append_limit
         elif item == "MAILBOXID":  # rfc8474:4.3
-            values.append(f"MAILBOXID ({box.objectid})")
+            values.append(f"MAILBOXID ({_mailbox_oid(box, place.owner)})")
             continue
         else:
             raise Bad(f"Unknown STATUS item {item}")
         values.append(f"{item} {value}")
-    return b"STATUS " + s.mailbox_name(box.name) + f" ({' '.join(values)})".encode()
+    return b"STATUS " + s.mailbox_name(name) + f" ({' '.join(values)})".encode()
 
 
 async def cmd_status(s: Session, cmd: Command) -> None:
     args: c.Status = cmd.args  # type: ignore[assignment]
-    box = s.index().mailbox(args.mailbox)
-    if box is None:
-        raise No(f"No mailbox {args.mailbox}", "NONEXISTENT")
-    s.untagged(_status_line(s, box, args.items))
+    s.untagged(_status_line(s, args.mailbox, args.items))
     if any(item.upper() == "HIGHESTMODSEQ" for item in args.items):
         _condstore_on(s)
     s.tagged(cmd.tag, "OK", "STATUS completed")
@@ -1354,6 +1459,9 @@ async def cmd_append(s: Session, cmd: Command) -> None:
         return
     if len(args.data) > s.settings.append_limit:
         raise No("Message too large", "TOOBIG")  # rfc7889
+    if acl.in_namespace(args.mailbox):
+        await _append_shared(s, cmd, args, [(args.data, args.flags, args.date)])
+        return
     limit = _quota_limit(s)
     if limit is not None:
         used = s.index().used_octets()
@@ -1378,7 +1486,10 @@ async def _append_many(
     """rfc3502 MULTIAPPEND and rfc4469 CATENATE: every message is built
     (URLs resolved) and checked first, then all are stored in one commit, or
     none (rfc3502:6.3.11)."""
-    if s.index().mailbox(args.mailbox) is None:
+    shared_target = acl.in_namespace(args.mailbox)
+    if shared_target:
+        acl.need(acl.locate(s, args.mailbox), "i", args.mailbox)
+    elif s.index().mailbox(args.mailbox) is None:
         _refuse_unencoded(args.mailbox)
         # rfc4469:3: TRYCREATE whatever else is wrong with the URLs.
         raise No(f"No mailbox {args.mailbox}", "TRYCREATE")
@@ -1393,6 +1504,10 @@ async def _append_many(
             raise No("Message too large", "TOOBIG")  # rfc7889, rfc4469:5
         total += len(data)
         built.append((data, message.flags, message.date.timestamp() if message.date else None))
+    if shared_target:
+        when = [(d, f, None if t is None else _from_timestamp(t)) for d, f, t in built]
+        await _append_shared(s, cmd, args, when)
+        return
     limit = _quota_limit(s)
     if limit is not None and s.index().used_octets() + total > limit:
         raise No("Quota exceeded", "OVERQUOTA")  # rfc9208:4.3.1
@@ -1403,6 +1518,37 @@ async def _append_many(
     s.tagged(cmd.tag, "OK", "APPEND completed", f"APPENDUID {delivered[0].uidvalidity} {uids}")
 
 
+def _from_timestamp(when: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(when, datetime.UTC)
+
+
+async def _append_shared(
+    s: Session, cmd: Command, args: c.Append, messages: Sequence[tuple[bytes, Sequence[str], Any]]
+) -> None:
+    """APPEND into a shared mailbox: "i" (rfc4314:4), flags the user may not
+    set dropped, \\Seen kept as the user's own; no quota (the shared store
+    has none); one commit for all, then the \\Seen of the appender."""
+    place = acl.locate(s, args.mailbox)
+    box = acl.need(place, "i", args.mailbox)
+    built: list[tuple[bytes, Sequence[str], float | None]] = []
+    seen = []
+    for data, flags, date in messages:
+        allowed = acl.allowed_flags(flags, place.rights)
+        seen.append(any(f.lower() == "\\seen" for f in allowed))
+        common = [f for f in allowed if f.lower() != "\\seen"]
+        built.append((data, common, date.timestamp() if date is not None else None))
+    delivered = await s.store.append_many(shared.OWNER, box.name, built)
+    mine = [d.uid for d, was_seen in zip(delivered, seen, strict=True) if was_seen]
+    if mine:
+        await asyncio.to_thread(
+            s.store.store_flags, shared.OWNER, box.name, mine, "+", ["\\Seen"],
+            viewer=_user(s), rights=place.rights,
+        )  # fmt: skip
+    s.report_updates(allow_expunge=True)
+    uids = search_module.compress([d.uid for d in delivered])
+    s.tagged(cmd.tag, "OK", "APPEND completed", f"APPENDUID {delivered[0].uidvalidity} {uids}")
+
+
 class _UrlResolver:
     """The octets IMAP URLs name (rfc4469:3), for one APPEND: each message
     read once, the octets read bounded (a CATENATE of many URLs to large
@@ -1410,7 +1556,8 @@ class _UrlResolver:
 
     def __init__(self, s: Session) -> None:
         self.s = s
-        self.messages: dict[tuple[int, int], fetch_module.MessageData] = {}
+        # (reader, mailbox id, UID): a shared mailbox's ids are another store's
+        self.messages: dict[tuple[int, int, int], fetch_module.MessageData] = {}
         self.budget = 4 * s.settings.append_limit
 
     async def catenate(self, parts: Sequence[c.CatPart]) -> bytes:
@@ -1435,22 +1582,27 @@ class _UrlResolver:
             raise No(f"Bad URL: {exc}", code) from None
         if parsed.user is not None and parsed.user.lower() != _user(s).lower():
             raise No("Bad URL: another account's message", code)
+        reader = s.index()
         if parsed.mailbox is None:  # rfc5092:7.2 relative to the selected mailbox
-            box = s.index().mailbox(s.selected.box.name) if s.selected is not None else None
+            reader = s.box_index()
+            box = reader.mailbox(s.selected.box.name) if s.selected is not None else None
+        elif acl.in_namespace(parsed.mailbox):
+            place = acl.locate(s, parsed.mailbox)
+            box = place.box if "r" in place.rights else None
+            reader = acl.viewer_reader(s, place)
         else:
             box = s.index().mailbox(parsed.mailbox)
         if box is None or parsed.uidvalidity not in (None, box.uidvalidity):
             raise No("Bad URL: no such mailbox", code)
-        message = self.messages.get((box.id, parsed.uid))
+        message = self.messages.get((id(reader), box.id, parsed.uid))
         if message is None:
-            rows = s.index().fetch_rows(box.id, [parsed.uid], summary=True)
+            rows = reader.fetch_rows(box.id, [parsed.uid], summary=True)
             if not rows:
                 raise No("Bad URL: no such message", code)
             uid, file, size, internal_date, flag_text, modseq, summary, _ = rows[0]
             self.budget -= size
             if self.budget < 0:
                 raise No("CATENATE reads too much", "LIMIT")  # rfc5530:3
-            reader = s.index()
 
             def read() -> fetch_module.MessageData:
                 # Off the event loop: the file, and the summary's JSON.
@@ -1465,7 +1617,7 @@ class _UrlResolver:
                 message = await asyncio.to_thread(read)
             except FileNotFoundError:
                 raise No("Bad URL: the message was expunged", code) from None
-            self.messages[(box.id, parsed.uid)] = message
+            self.messages[(id(reader), box.id, parsed.uid)] = message
         # The section's octets (a MIME walk of the message) in a thread too.
         return await asyncio.to_thread(
             fetch_module.section_octets, message, parsed.section, parsed.partial
@@ -1478,6 +1630,10 @@ async def cmd_idle(s: Session, cmd: Command) -> None:
     # Watching before the first report: a change committed meanwhile is
     # either in that report or wakes the loop below.
     s.store.changes.watch(s.user, s._watch)
+    # A shared mailbox changes in the shared store: hear its commits too.
+    other = s.selected.owner if s.selected is not None and s.selected.owner != s.user else None
+    if other:
+        s.store.changes.watch(other, s._watch)
     try:
         s.send("+ idling")
         s.report_updates(allow_expunge=True)
@@ -1498,7 +1654,7 @@ async def cmd_idle(s: Session, cmd: Command) -> None:
             # mailbox's view shared with the other sessions idling on it
             # (memory: 100,000 IDLE connections, issue 17); a change wakes it.
             if s.selected is not None:
-                s.selected.share(s.user)
+                s.selected.share(s.share_key())
             data = await s._read_or_wake(deadline - s._loop.time(), wake_on_change=True)
             if data is not None:
                 s.parser.receive_data(data)
@@ -1510,6 +1666,8 @@ async def cmd_idle(s: Session, cmd: Command) -> None:
                 await s.flush()
     finally:
         s.store.changes.unwatch(s.user, s._watch)
+        if other:
+            s.store.changes.unwatch(other, s._watch)
     s.tagged(cmd.tag, "OK", "IDLE terminated")
 
 
@@ -1521,10 +1679,10 @@ async def cmd_check(s: Session, cmd: Command) -> None:
 async def cmd_close(s: Session, cmd: Command) -> None:
     view = s.selected
     assert view is not None
-    if cmd.name == "CLOSE" and not view.readonly:
-        # rfc9051:6.4.1: expunge silently.
-        await asyncio.to_thread(s.store.expunge, _user(s), view.box.name)
-    s.selected = None
+    if cmd.name == "CLOSE" and not view.readonly and "e" in view.rights:
+        # rfc9051:6.4.1: expunge silently; rfc4314:4: not without "e", still OK.
+        await asyncio.to_thread(s.store.expunge, view.owner, view.box.name)
+    s._close_selected()
     s.state = AUTHENTICATED
     s.tagged(cmd.tag, "OK", f"{cmd.name} completed")
 
@@ -1532,13 +1690,15 @@ async def cmd_close(s: Session, cmd: Command) -> None:
 async def cmd_expunge(s: Session, cmd: Command) -> None:
     view = s.selected
     assert view is not None
+    if "e" not in view.rights:
+        raise No("Not allowed to expunge: needs the 'e' right (rfc4314:4)", "NOPERM")
     if view.readonly:
         raise No("Mailbox is read-only")
     uids = None
     if cmd.uid:
         args: c.UidExpunge = cmd.args  # type: ignore[assignment]
         uids = view.resolve(args.sequence_set, uid=True, saved=s.saved_result)
-    await asyncio.to_thread(s.store.expunge, _user(s), view.box.name, uids)
+    await asyncio.to_thread(s.store.expunge, view.owner, view.box.name, uids)
     s.report_updates(allow_expunge=True)
     s.tagged(
         cmd.tag,
@@ -1576,7 +1736,7 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
     if args.vanished:
         if not cmd.uid or args.changedsince is None:
             raise Bad("VANISHED needs UID FETCH with CHANGEDSINCE (rfc7162:3.2.6)")
-        gone = s.index().vanished_since(view.box.id, args.changedsince)
+        gone = s.box_index().vanished_since(view.box.id, args.changedsince)
         if gone:
             # "*" is the largest UID in the view (else the largest expunged one).
             wanted = args.sequence_set.merged(view.uids[-1] if view.uids else gone[-1])
@@ -1590,7 +1750,8 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
         await _fetch_from_rows(s, view, uids, row_format, args.changedsince)
         s.tagged(cmd.tag, "OK", f"{'UID ' if cmd.uid else ''}FETCH completed")
         return
-    sets_seen = fetch_module.sets_seen(atts) and not view.readonly
+    # rfc4314:4: an implicit \\Seen needs "s"; without it the FETCH goes on.
+    sets_seen = fetch_module.sets_seen(atts) and not view.readonly and "s" in view.rights
     # UID FLAGS RFC822.SIZE INTERNALDATE MODSEQ come from columns: skip the JSON.
     needs_summary = any(
         a.name not in _COLUMN_ITEMS
@@ -1603,7 +1764,7 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
     objects: dict[int, Any] = {}
     wants_envelope = any(a.name == "ENVELOPE" for a in atts)
     needs_file = fetch_module.needs_content(atts)
-    content = s.index().content
+    content = s.box_index().content
     imap4rev2 = "IMAP4rev2" in s.enabled
     utf8 = "UTF8=ACCEPT" in s.enabled
     # Responses are streamed message by message, item by item, with
@@ -1617,7 +1778,7 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
             if wants_envelope and not needs_summary and any(row[7] is None for row in rows):
                 rows = _fetch_rows(s, view.box.id, chunk, True)  # rows from before schema 3
             if wants_objects:
-                objects = {row[0]: row[1:] for row in s.index().object_rows(view.box.id, chunk)}
+                objects = {row[0]: row[1:] for row in s.box_index().object_rows(view.box.id, chunk)}
             new_flags: dict[int, tuple[tuple[str, ...], int]] = {}
             if sets_seen:
                 # rfc9051:6.4.5: BODY[...] sets \Seen; store it first so that the
@@ -1626,8 +1787,9 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
                 if unseen:
                     out.flush_nowait()
                     result = await asyncio.to_thread(
-                        s.store.store_flags, _user(s), view.box.name, unseen, "+", ["\\Seen"]
-                    )
+                        s.store.store_flags, view.owner, view.box.name, unseen, "+", ["\\Seen"],
+                        viewer=_user(s), rights=view.rights,
+                    )  # fmt: skip
                     for change in result.changed:
                         view.apply_flags([(change.uid, change.flags, change.modseq)])
                         new_flags[change.uid] = (change.flags, change.modseq)
@@ -1677,7 +1839,7 @@ _READ_INLINE = 256 * 1024  # larger message files are read (and decoded) in a th
 
 
 def _fetch_rows(s: Session, mailbox_id: int, chunk: Sequence[int], summary: bool) -> list[Any]:
-    return s.index().fetch_rows(mailbox_id, chunk, summary=summary)
+    return s.box_index().fetch_rows(mailbox_id, chunk, summary=summary)
 
 
 async def _stream_fetch(
@@ -1772,18 +1934,27 @@ async def cmd_store(s: Session, cmd: Command) -> None:
     _needs_valid(s, cmd, args.sequence_set)
     if "\\Recent" in args.flags:
         raise Bad("\\Recent cannot be stored")
+    # rfc4314:4: "s" for \Seen, "t" for \Deleted, "w" for the others; a
+    # STORE fails only when none of what it would change may change.
+    touched = {shared.flag_right(f) for f in canonical_flags(args.flags)}
+    if args.mode == "":
+        touched = set("stw")
+    if not touched & set(view.rights):
+        raise No("Not allowed to change these flags (rfc4314:4)", "NOPERM")
     s.report_updates(allow_expunge=False)
     uids = view.resolve(args.sequence_set, uid=cmd.uid, saved=s.saved_result)
     if args.unchangedsince is not None:
         _condstore_on(s)
     result = await asyncio.to_thread(
         s.store.store_flags,
-        _user(s),
+        view.owner,
         view.box.name,
         uids,
         args.mode,
         args.flags,
         args.unchangedsince,
+        viewer=_user(s),
+        rights=view.rights,
     )
     changed = {ch.uid: ch for ch in result.changed}
     failed = set(result.failed)
@@ -1837,7 +2008,7 @@ async def cmd_store(s: Session, cmd: Command) -> None:
         keywords = {f.lower() for f in args.flags}
         verdict = True if "$junk" in keywords else False if "$notjunk" in keywords else None
         taught = [ch.uid for ch in result.changed]
-        if verdict is not None and taught:
+        if verdict is not None and taught and view.owner == s.user:
             _teach(s, view.box.name, taught, verdict)
 
 
@@ -1849,14 +2020,24 @@ async def cmd_copy(s: Session, cmd: Command) -> None:
     move = cmd.name == "MOVE"
     if move and view.readonly:
         raise No("Mailbox is read-only")
+    if move and not all(right in view.rights for right in "te"):
+        raise No("Not allowed to move out: needs 't' and 'e' (rfc4314:4)", "NOPERM")
+    target = acl.locate(s, args.mailbox)
+    if target.shared:
+        acl.need(target, "i", args.mailbox)  # rfc4314:4 COPY / MOVE into
     s.report_updates(allow_expunge=False)
     uids = view.resolve(args.sequence_set, uid=cmd.uid, saved=s.saved_result)
-    # rfc9208:4.3.1 OVERQUOTA: checked in the store's writer thread, atomically
-    # with the copy. A MOVE stays within the account: no quota to check.
-    quota = None if move else _quota_limit(s)
-    result = await asyncio.to_thread(
-        s.store.copy, _user(s), view.box.name, uids, args.mailbox, move, quota
-    )
+    if target.owner != view.owner:
+        # Into the account from the shared store, MOVE too: it grows.
+        quota = None if target.shared else _quota_limit(s)
+        result = await acl.copy_across(s, view, uids, target, move, quota)
+    else:
+        # rfc9208:4.3.1 OVERQUOTA: checked in the store's writer thread, atomically
+        # with the copy. A MOVE stays within the account: no quota to check.
+        quota = None if move or target.shared else _quota_limit(s)
+        result = await asyncio.to_thread(
+            s.store.copy, view.owner, view.box.name, uids, target.name, move, quota
+        )
     code = ""
     if result.source_uids:
         code = (f"COPYUID {result.uidvalidity} {search_module.compress(result.source_uids)} "
@@ -1869,7 +2050,7 @@ async def cmd_copy(s: Session, cmd: Command) -> None:
         s.tagged(cmd.tag, "OK", "MOVE completed")
     else:
         s.tagged(cmd.tag, "OK", "COPY completed", code)
-    if s.trainer is not None and result.dest_uids:
+    if s.trainer is not None and result.dest_uids and view.owner == s.user == target.owner:
         _teach_moved(s, view.box, args.mailbox, result.dest_uids)
 
 
@@ -2028,7 +2209,7 @@ async def _search(
     """The messages of ``view`` that match ``key`` (among ``uids`` when
     given), in mailbox order, evaluated on the search pool within a budget;
     No [LIMIT] when it runs out (and, ``saving``, "$" emptied)."""
-    content = s.index().content
+    content = s.box_index().content
     # Flags, dates, sizes and numbers come from columns; skip the summary
     # JSON (the bulk of a row) unless a key reads headers or the body. The
     # index narrows the messages down first (flags, header columns, sizes:
@@ -2050,11 +2231,11 @@ async def _search(
             raise No("Search too expensive", "LIMIT") from None  # rfc5530:3
         if allowed is not None:
             conditions.append(Condition("uid_in", value=json.dumps(sorted(allowed))))
-    rows = s.index().search_rows(view.box.id, conditions, summary=_needs_summary(key))
+    rows = s.box_index().search_rows(view.box.id, conditions, summary=_needs_summary(key))
     objects: dict[int, Any] = {}
     if search_module.needs_objects(key):  # rfc8474:6, rfc8514:4.3: only then
         wanted = None if len(rows) > _FETCH_ROWS else [row[0] for row in rows]
-        objects = {row[0]: row[1:] for row in s.index().object_rows(view.box.id, wanted)}
+        objects = {row[0]: row[1:] for row in s.box_index().object_rows(view.box.id, wanted)}
     candidates = []
     octets = 0
     for uid, file, size, internal_date, flag_text, modseq, summary in rows:
@@ -2122,13 +2303,14 @@ async def _fulltext_candidates(
     search budget (SearchLimit when it is used up); None: the index cannot
     narrow."""
     user = _user(s)
-    octets = s.index().status_counts(box.id, ["SIZE"])["SIZE"]
+    owner, viewer = _reader_of(s)
+    octets = s.box_index().status_counts(box.id, ["SIZE"])["SIZE"]
     budget = search_module.Budget.for_mailbox(octets)
 
     def lookup() -> set[int] | None:
         budget.start()
         found: set[int] | None = None
-        with s.store.reader(user) as reader:
+        with s.store.reader(owner, viewer) as reader:
             for op, needle in texts:
                 field: Literal["BODY", "TEXT"] = "BODY" if op == "BODY" else "TEXT"
                 uids = reader.fulltext(box.id, field, needle, budget.charge)
@@ -2178,7 +2360,9 @@ _ANSWERS = resultcache.ResultCache()
 def _answer_key(s: Session, view: Selected, *question: object) -> tuple[object, ...]:
     """What a SORT or THREAD answer over the whole of ``view`` depends on,
     but for the digest of its UIDs (taken off the event loop)."""
-    return (_user(s), view.box.id, view.box.uidvalidity, *question)
+    # The store's owner: a shared mailbox's ids are counted apart from the
+    # account's, and its order is the same for every viewer.
+    return (_reader_of(s)[0], view.box.id, view.box.uidvalidity, *question)
 
 
 def _check_charset(charset: str) -> None:
@@ -2211,11 +2395,12 @@ async def _off_loop(s: Session, compute: Callable[[IndexReader, search_module.Bu
     with an index reader of its own, within a budget (rfc5530:3 NO [LIMIT]
     when it is used up or the time runs out)."""
     user = _user(s)
+    owner, viewer = _reader_of(s)
     budget = search_module.Budget(search_module.BASE_WORK)
 
     def work() -> Any:
         budget.start()
-        with s.store.reader(user) as reader:
+        with s.store.reader(owner, viewer) as reader:
             return compute(reader, budget)
 
     try:
@@ -2549,6 +2734,12 @@ _AUTH: dict[str, Handler] = {
     "RESETKEY": cmd_resetkey,
     "GENURLAUTH": cmd_genurlauth,
     "URLFETCH": cmd_urlfetch,
+    # rfc4314:3 (estafeta.imap.acl)
+    "SETACL": acl.cmd_setacl,
+    "DELETEACL": acl.cmd_setacl,
+    "GETACL": acl.cmd_getacl,
+    "LISTRIGHTS": acl.cmd_listrights,
+    "MYRIGHTS": acl.cmd_myrights,
 }
 _COMMANDS: dict[int, dict[str, Handler]] = {
     NOT_AUTHENTICATED: {

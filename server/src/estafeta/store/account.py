@@ -50,7 +50,7 @@ from estafeta import metrics
 from estafeta.address import split_address
 from estafeta.log import log_event
 from estafeta.message import Summary, summarize
-from estafeta.store import fulltext, index, ingest, maildir, names, operations
+from estafeta.store import fulltext, index, ingest, maildir, names, operations, shared
 from estafeta.store.changes import Changes
 from estafeta.store.index import NewMessage
 from estafeta.store.reader import SqliteReader
@@ -189,6 +189,8 @@ class Store:
         self._accounts: dict[str, _Account] = {}
         self._readers: dict[str, SqliteReader] = {}
         self._readers_lock = threading.Lock()
+        # Viewer numbers in the shared store (estafeta.store.shared), by address.
+        self._viewers: dict[str, int] = {}
         # Accounts whose full-text index may lack messages, or hold keys of
         # messages that are gone (writer thread only; see _fulltext_step).
         self._fulltext_todo: set[str] = set()
@@ -252,6 +254,8 @@ class Store:
     # -- public API --------------------------------------------------------
 
     def account_dir(self, address: str) -> Path:
+        if address == shared.OWNER:
+            return self.mail_dir / shared.DIRECTORY  # estafeta.store.shared
         local, domain = split_address(address)
         return self.mail_dir / domain / maildir.escape(local)
 
@@ -355,10 +359,34 @@ class Store:
         self._call(lambda: self._open(address))
         return index.connect(self._index_path(address))
 
-    def reader(self, address: str) -> SqliteReader:
+    def reader(self, address: str, viewer: str | None = None) -> SqliteReader:
         """A reader of its own over an account's index (created if missing);
-        the caller closes it. Blocking: call it from a thread."""
-        return SqliteReader(self.open_index(address), self.account_dir(address))
+        the caller closes it. Blocking: call it from a thread. With
+        ``viewer``, the shared store as that account sees it (its \\Seen)."""
+        number = self._viewer(address, viewer)
+        return SqliteReader(self.open_index(address), self.account_dir(address), number)
+
+    def viewer_reader(self, address: str, viewer: str) -> SqliteReader:
+        """``shared_reader`` of the shared store as ``viewer`` sees it (its
+        private \\Seen): over the same connection, so one per viewer costs
+        nothing; of any other account, its shared reader. Never closed by
+        the caller. Blocking the first time for a viewer: call it from a thread."""
+        base = self.shared_reader(address)
+        if address != shared.OWNER:
+            return base
+        number = self._viewer(address, viewer)
+        return SqliteReader(base.conn, self.account_dir(address), number)
+
+    def _viewer(self, address: str, viewer: str | None) -> int | None:
+        """The viewer number of ``viewer`` in the shared store (made if
+        missing, in the writer thread); None for other stores."""
+        if viewer is None or address != shared.OWNER:
+            return None
+        number = self._viewers.get(viewer)
+        if number is None:
+            number = self._call(lambda: shared.viewer_id(self._open(address).conn, viewer))
+            self._viewers[viewer] = number  # never changes once given
+        return number
 
     def shared_reader(self, address: str) -> SqliteReader:
         """One reader per account for all sessions of one event loop.
@@ -416,12 +444,39 @@ class Store:
         mode: str,
         flags: Sequence[str],
         unchangedsince: int | None = None,
+        viewer: str | None = None,
+        rights: str = shared.ALL_RIGHTS,
     ) -> operations.StoreResult:
+        """rfc9051:6.4.6 STORE. In the shared store, for ``viewer`` with
+        ``rights`` (rfc4314:4): \\Seen private, the flags it may not change kept."""
+        if address == shared.OWNER:
+            if viewer is None:
+                raise StoreError("a STORE in the shared store needs a viewer")
+            return self._account_op(
+                address,
+                lambda a: shared.store_flags(
+                    a.conn, mailbox, uids, mode, flags, viewer, rights, unchangedsince
+                ),
+                changes_mail=False,
+            )
         return self._account_op(
             address,
             lambda a: operations.store_flags(a.conn, mailbox, uids, mode, flags, unchangedsince),
             changes_mail=False,
         )
+
+    def set_acl(self, mailbox: str, identifier: str, rights: str | None) -> bool:
+        """rfc4314:3.1 SETACL / 3.2 DELETEACL (``rights`` None) on a mailbox
+        of the shared store; whether it changed anything."""
+        return self._account_op(
+            shared.OWNER,
+            lambda a: shared.set_rights(a.conn, mailbox, identifier, rights),
+            changes_mail=False,
+        )
+
+    def shared_acls(self) -> dict[str, dict[str, str]]:
+        """Every shared mailbox with an ACL: name -> {identifier: rights}."""
+        return self._call(lambda: shared.all_acls(self._open(shared.OWNER).conn))
 
     def expunge(self, address: str, mailbox: str, uids: Sequence[int] | None = None) -> list[int]:
         return self._account_op(
@@ -484,13 +539,15 @@ class Store:
     def create_mailbox(
         self, address: str, name: str, special_use: str | None = None
     ) -> index.Mailbox:
-        return self._account_op(
-            address,
-            lambda a: operations.create_mailbox(
+        def run(a: _Account) -> index.Mailbox:
+            box = operations.create_mailbox(
                 a.conn, a.path, name, special_use, max_mailboxes=self.max_mailboxes
-            ),
-            mailboxes=True,
-        )
+            )
+            if address == shared.OWNER:
+                shared.inherit(a.conn, box.name)  # rfc4314:4 CREATE
+            return box
+
+        return self._account_op(address, run, mailboxes=True)
 
     def delete_mailbox(self, address: str, name: str) -> None:
         self._account_op(
@@ -1185,6 +1242,7 @@ class Store:
             ingest.write_out(conn, path, address)
             carried = index.old_flags(conn)
             settings = index.dump_mailbox_settings(conn)
+            acls = shared.dump(conn)  # the shared store's (new mailbox ids below)
             conn.execute("DELETE FROM messages")
             conn.execute("DELETE FROM expunged")
             conn.execute("DELETE FROM mailboxes")
@@ -1235,6 +1293,7 @@ class Store:
                 records = [_from_file(path, f, carried.get(f)) for f in files]
                 index.add_messages(conn, name, records)
                 total += len(records)
+            shared.restore(conn, acls)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -26,7 +26,7 @@ from estafeta.store import fulltext
 from estafeta.store.maildir import mailbox_dir, sort_key
 from estafeta.store.names import canonical
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 # rfc6154:2 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -232,6 +232,39 @@ CREATE INDEX IF NOT EXISTS messages_thread ON messages (thread_id, thread_oid)
     WHERE thread_id IS NOT NULL
 """
 
+# Version 13: shared mailboxes (docs/shared-mailboxes.md). Used only in the
+# shared store (estafeta.store.shared), empty elsewhere: each mailbox's
+# access control list (rfc4314:2, rights canonical "lrswipkxtea"), and the
+# private \Seen of each account that reads it (``viewers`` numbers the
+# accounts, ``private_seen`` holds one row per seen message and viewer;
+# ``messages.flags`` of the shared store never holds \Seen). A message's
+# rows go with it (the trigger), a mailbox's with the mailbox (cascade).
+_SCHEMA_V13 = """
+CREATE TABLE IF NOT EXISTS acl (
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    identifier TEXT NOT NULL,            -- an account address or 'anyone'
+    rights TEXT NOT NULL,
+    PRIMARY KEY (mailbox_id, identifier)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS viewers (
+    id INTEGER PRIMARY KEY,
+    address TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS private_seen (
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    viewer INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid, viewer)
+) WITHOUT ROWID
+"""
+# One statement with a ";" inside: not for _run_script, which splits at them.
+_SCHEMA_V13_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS messages_private_seen AFTER DELETE ON messages
+BEGIN
+    DELETE FROM private_seen WHERE mailbox_id = old.mailbox_id AND uid = old.uid;
+END
+"""
+
 # The search columns, in the order of searchtext.search_columns.
 SEARCH_COLUMNS = ("s_subject", "s_hsubject", "s_from", "s_to", "s_cc", "s_bcc")
 # The sort columns, in the order of sortkeys.sort_columns.
@@ -367,6 +400,9 @@ def _create(conn: sqlite3.Connection) -> None:
                 _run_script(conn, _SCHEMA_V12)
             _run_script(conn, _SCHEMA_V12_INDEX)
             _fill_v12(conn)
+        if version <= 12:
+            _run_script(conn, _SCHEMA_V13)
+            conn.execute(_SCHEMA_V13_TRIGGER)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

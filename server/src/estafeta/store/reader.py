@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from estafeta.store import fulltext, index, maildir
+from estafeta.store import fulltext, index, maildir, shared
 from estafeta.store.flags import BITS
 from estafeta.store.index import Mailbox, MessageRow
 
@@ -172,19 +172,40 @@ class IndexReader(Protocol):
         for large messages."""
         ...
 
+    def acl(self, mailbox_id: int) -> list[tuple[str, str]]:
+        """rfc4314 (identifier, rights) of a mailbox of the shared store."""
+        ...
+
+    def rights(self, mailbox_id: int, address: str) -> str:
+        """What ``address`` may do in a mailbox of the shared store (its ACL)."""
+        ...
+
+    def visible(self, address: str) -> dict[str, str]:
+        """Mailbox name -> rights of ``address``, where it has any (shared store)."""
+        ...
+
     def close(self) -> None: ...
 
 
-_FETCH_COLUMNS = "uid, file, size, internal_date, flags, modseq, {summary}, envelope"
-_SEARCH_COLUMNS = "uid, file, size, internal_date, flags, modseq, {summary}"
+_FETCH_COLUMNS = "uid, file, size, internal_date, {flags}, modseq, {summary}, envelope"
+_SEARCH_COLUMNS = "uid, file, size, internal_date, {flags}, modseq, {summary}"
 
 
 class SqliteReader:
-    """``IndexReader`` over one connection to an account's ``index.db``."""
+    """``IndexReader`` over one connection to an account's ``index.db``.
 
-    def __init__(self, conn: sqlite3.Connection, account_dir: Path) -> None:
+    With ``viewer`` (a number from estafeta.store.shared.viewer_id) it reads
+    the shared store as that account sees it: its private \\Seen folded into
+    every flags text, SEARCH SEEN/UNSEEN and STATUS UNSEEN.
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, account_dir: Path, viewer: int | None = None
+    ) -> None:
         self.conn = conn
         self.account_dir = str(account_dir)
+        self.viewer = viewer
+        self._flags = "flags" if viewer is None else shared.flags_sql(viewer)
 
     def close(self) -> None:
         self.conn.close()
@@ -213,7 +234,27 @@ class SqliteReader:
         return None if row is None else int(row[0])
 
     def status_counts(self, mailbox_id: int, items: Iterable[str]) -> dict[str, int]:
-        return index.status_counts(self.conn, mailbox_id, items)
+        counts = index.status_counts(self.conn, mailbox_id, items)
+        if self.viewer is not None and "UNSEEN" in counts:
+            # The viewer's own \Seen (the trigger keeps only rows of messages that exist).
+            (seen,) = self.conn.execute(
+                "SELECT count(*) FROM private_seen WHERE mailbox_id = ? AND viewer = ?",
+                (mailbox_id, self.viewer),
+            ).fetchone()
+            (total,) = self.conn.execute(
+                "SELECT count(*) FROM messages WHERE mailbox_id = ?", (mailbox_id,)
+            ).fetchone()
+            counts["UNSEEN"] = int(total) - int(seen)
+        return counts
+
+    def acl(self, mailbox_id: int) -> list[tuple[str, str]]:
+        return shared.acl(self.conn, mailbox_id)
+
+    def rights(self, mailbox_id: int, address: str) -> str:
+        return shared.rights_of(self.conn, mailbox_id, address)
+
+    def visible(self, address: str) -> dict[str, str]:
+        return shared.visible(self.conn, address)
 
     def used_octets(self) -> int:
         row = self.conn.execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()
@@ -230,11 +271,12 @@ class SqliteReader:
     def flag_rows(self, mailbox_id: int, since: int | None = None) -> list[FlagRow]:
         """(uid, flags, modseq) of the messages changed after modseq
         ``since`` (None: all of them), in UID order."""
+        flags = self._flags
         if since is None:
-            sql = "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? ORDER BY uid"
+            sql = f"SELECT uid, {flags}, modseq FROM messages WHERE mailbox_id = ? ORDER BY uid"  # noqa: S608
             return self.conn.execute(sql, (mailbox_id,)).fetchall()
         return self.conn.execute(
-            "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND modseq > ?"
+            f"SELECT uid, {flags}, modseq FROM messages WHERE mailbox_id = ? AND modseq > ?"  # noqa: S608
             " ORDER BY uid",
             (mailbox_id, since),
         ).fetchall()
@@ -252,7 +294,7 @@ class SqliteReader:
         that exist, in UID order; the summary JSON only if asked for."""
         if not uids:
             return []
-        columns = _FETCH_COLUMNS.format(summary="summary" if summary else "NULL")
+        columns = _FETCH_COLUMNS.format(flags=self._flags, summary="summary" if summary else "NULL")
         if uids[-1] - uids[0] + 1 == len(uids):
             # A contiguous run (the common 1:*): a range scan of the primary key.
             sql = f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"  # noqa: S608
@@ -272,10 +314,17 @@ class SqliteReader:
         where = ["mailbox_id = ?"]
         params: list[object] = [mailbox_id]
         for condition in conditions:
+            if self.viewer is not None and condition.kind == "flag" and condition.value == "\\Seen":
+                # Private \Seen (estafeta.store.shared): not in sysflags here.
+                seen = shared.seen_sql(self.viewer)
+                where.append(f"NOT {seen}" if condition.negate else seen)
+                continue
             clause, values = _condition_sql(condition)
             where.append(clause)
             params += values
-        columns = _SEARCH_COLUMNS.format(summary="summary" if summary else "NULL")
+        columns = _SEARCH_COLUMNS.format(
+            flags=self._flags, summary="summary" if summary else "NULL"
+        )
         sql = f"SELECT {columns} FROM messages WHERE {' AND '.join(where)} ORDER BY uid"  # noqa: S608
         rows: list[SearchRow] = self.conn.execute(sql, params).fetchall()
         return rows
