@@ -27,12 +27,17 @@ for _name in ("GENURLAUTH", "URLFETCH", "RESETKEY"):
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Instance]:
+    yield from _server(tmp_path)
+
+
+def _server(tmp_path: Path, limits: str = "") -> Iterator[Instance]:
     inst = Instance(
         tmp_path,
         free_port(),
         imap_port=free_port(),
         submission_port=free_port(),
         auth_config="allow_plaintext = true\n",  # loopback test
+        limits_config=limits,
     )
     inst.write_config()
     inst.add_user(ALICE)
@@ -140,3 +145,32 @@ def test_burl_refusals(server: Instance) -> None:
         assert not mx.has_extn("burl")
         assert mx.docmd("BURL", f"{url} LAST")[0] == 500
     assert _inbox(server, BOB, 0) == []
+
+
+@pytest.fixture
+def tight(tmp_path: Path) -> Iterator[Instance]:
+    """[limits] data_memory room for one draft and a half, all connections together."""
+    size = len(DRAFT) * 3 // 2
+    yield from _server(tmp_path, f"max_message_size = {size}\ndata_memory = {size}\n")
+
+
+def test_burl_parts_held_count_against_data_memory(tight: Instance) -> None:
+    owner = quote(ALICE, safe="")
+    header = _url(tight, f"submit+{owner}", "/;SECTION=HEADER")
+    whole = _url(tight, f"submit+{owner}")
+    with _submit(tight) as holder, _submit(tight) as other:
+        assert holder.docmd("RCPT", f"TO:<{BOB}>")[0] == 250
+        assert holder.docmd("BURL", header)[0] == 250  # the header part, held
+        assert other.docmd("RCPT", f"TO:<{BOB}>")[0] == 250
+        # the whole draft does not fit beside it: 452 4.3.1, as for DATA
+        code, text = other.docmd("BURL", f"{whole} LAST")
+        assert (code, text[:5]) == (452, b"4.3.1"), text
+        assert holder.docmd("RSET")[0] == 250  # what the holder held goes back
+        assert other.docmd("MAIL", f"FROM:<{ALICE}>")[0] == 250
+        assert other.docmd("RCPT", f"TO:<{BOB}>")[0] == 250
+        assert other.docmd("BURL", f"{whole} LAST")[0] == 250
+        # and so does a transaction's own when it ends with LAST
+        assert other.docmd("MAIL", f"FROM:<{ALICE}>")[0] == 250
+        assert other.docmd("RCPT", f"TO:<{BOB}>")[0] == 250
+        assert other.docmd("BURL", f"{whole} LAST")[0] == 250
+    assert len(_inbox(tight, BOB, 2)) == 2

@@ -592,7 +592,17 @@ class Session:
             events = spec.events_for(box.name, subscribed) & notify_module.MESSAGE_EVENTS
             if box.id == selected or not events:
                 continue
-            messages = reader.status_counts(box.id, ["MESSAGES"])["MESSAGES"]
+            old = self._notify_state.get(box.name)
+            if old is not None and (old.uidvalidity, old.uidnext, old.highestmodseq) == (
+                box.uidvalidity,
+                box.uidnext,
+                box.highestmodseq,
+            ):
+                # Nothing came or went: a new message takes a UID, an expunge
+                # a modseq (rfc7162:3.1.1). Only changed mailboxes are counted.
+                messages = old.messages
+            else:
+                messages = reader.status_counts(box.id, ["MESSAGES"])["MESSAGES"]
             state = notify_module.BoxState(
                 box.uidvalidity, messages, box.uidnext, box.highestmodseq
             )
@@ -600,7 +610,6 @@ class Session:
             if initial:
                 items = notify_module.initial_items(events, condstore) if spec.status else []
             else:
-                old = self._notify_state.get(box.name)
                 items = notify_module.changed_items(old, state, events, condstore)
             if items:
                 self.untagged(_status_line(self, box.name, items))

@@ -42,7 +42,15 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, TLSSetupException, auth_mechanism, syntax
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    TLSSetupException,
+    auth_mechanism,
+    syntax,
+)
 
 from estafeta import tlsbinding
 from estafeta.auth import scramlogin
@@ -323,6 +331,7 @@ class SMTPProtocol(SMTP):
         self._in_ehlo = False
         # Message bytes in memory, shared by all SMTP connections (None: no cap).
         self._data_memory = data_memory
+        self._burl_held = 0  # octets of BURL parts reserved in data_memory
         # Error replies of this session, and the per-client tarpit.
         self._errors = errors
         self._error_count = 0
@@ -415,6 +424,7 @@ class SMTPProtocol(SMTP):
         transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
+        self._release_burl()
         if self._signals is not None and not self._signals.done():
             self._signals.cancel()
         if self._counted:
@@ -846,13 +856,43 @@ class SMTPProtocol(SMTP):
             self.envelope = self._create_envelope()
             await self.push("554 5.3.4 Message too big for system")  # rfc4468:6
             return
+        # The parts held count against [limits] data_memory, as DATA's do:
+        # many connections each holding a message's worth between BURLs.
+        if self._data_memory is not None:
+            if not self._data_memory.reserve(len(data)):
+                self.envelope = self._create_envelope()
+                log_event(
+                    log,
+                    "data_refused",
+                    logging.WARNING,
+                    client=self._client_ip(),
+                    reason="data memory",
+                    size=len(parts) + len(data),
+                )
+                await self.push(replies.DATA_NO_MEMORY)
+                return
+            self._burl_held += len(data)
         parts += data
         del data
         if len(words) == 1:
             self.envelope.burl_parts = parts  # type: ignore[attr-defined]
             await self.push("250 2.5.0 Waiting for additional BURL commands")  # rfc4468:6
             return
-        await self._take_message(bytes(parts), parts.clear)
+        message = bytes(parts)
+        parts.clear()
+        await self._take_message(message, self._release_burl)
+
+    def _release_burl(self) -> None:
+        """Give back to [limits] data_memory what BURL parts held."""
+        held, self._burl_held = getattr(self, "_burl_held", 0), 0
+        if held and self._data_memory is not None:
+            self._data_memory.release(held)
+
+    def _create_envelope(self) -> Envelope:
+        # Every end of a transaction (RSET, MAIL, HELO, failure, the reply
+        # to BURL LAST) makes a new envelope: BURL parts held go with it.
+        self._release_burl()
+        return super()._create_envelope()
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         if command != "DATA":
