@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -38,6 +39,20 @@ def make_tls(directory: Path) -> tuple[str, trustme.CA]:
     ca.cert_pem.write_to_path(str(directory / "ca.pem"))
     section = f'[tls]\ncert = "{directory / "cert.pem"}"\nkey = "{directory / "key.pem"}"\n'
     return section, ca
+
+
+def tls_instance(root: Path, *ports: str, extra_config: str = "", **fields: Any) -> Instance:
+    """An Instance under ``root`` with a test CA's certificate (``make_tls``;
+    the CA is ``root / "ca.pem"``), the SMTP port and each of ``ports``
+    (Instance field names: "imap_port", "imaps_port", ...) on a free port."""
+    section, _ca = make_tls(root)
+    given: dict[str, Any] = {name: free_port() for name in ports}
+    return Instance(root, free_port(), extra_config=section + extra_config, **given, **fields)
+
+
+# rfc4467 commands imaplib does not know, for the tests that send them.
+for _name in ("GENURLAUTH", "URLFETCH", "RESETKEY"):
+    imaplib.Commands.setdefault(_name, ("AUTH", "SELECTED"))
 
 
 _given_ports: set[int] = set()

@@ -21,9 +21,6 @@ ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
 DRAFT = f"From: <{ALICE}>\r\nTo: <{BOB}>\r\nSubject: by reference\r\n\r\nSent with BURL.\r\n"
 
-for _name in ("GENURLAUTH", "URLFETCH", "RESETKEY"):
-    imaplib.Commands.setdefault(_name, ("AUTH", "SELECTED"))
-
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Instance]:

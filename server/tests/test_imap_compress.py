@@ -22,7 +22,7 @@ import pytest
 from test_imap_parser import run
 from test_imap_transcript import ALICE, PLAIN, SCRIPT, deliver, run_script, start
 
-from conftest import Instance, free_port, make_tls
+from conftest import Instance, tls_instance
 from estafeta.imap import commands as c
 from estafeta.imap.compress import (
     BYE_CORRUPT,
@@ -236,9 +236,7 @@ def _start_tls(tmp_path: Path) -> Instance:
     """A server whose IMAP port offers STARTTLS (and plaintext AUTH, a loopback test)."""
     root = tmp_path / "tls"
     root.mkdir()
-    section, _ca = make_tls(root)
-    server = Instance(root, free_port(), imap_port=free_port(), extra_config=section)
-    server.auth_config = "allow_plaintext = true\n"
+    server = tls_instance(root, "imap_port", auth_config="allow_plaintext = true\n")
     server.write_config()
     server.add_user(ALICE)
     server.start()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from _scram import ScramClient, b64, unb64
-from conftest import DOMAIN, PASSWORD, Instance, free_port, make_tls
+from conftest import DOMAIN, PASSWORD, Instance, free_port, tls_instance
 from estafeta import tlsbinding
 
 ALICE = f"alice@{DOMAIN}"
@@ -47,16 +47,13 @@ def _with_managesieve(inst: Instance, port: int) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("scram")
-    section, ca = make_tls(root)
-    inst = Instance(
+    inst = tls_instance(
         root,
-        free_port(),
-        imap_port=free_port(),
-        imaps_port=free_port(),
-        pop3s_port=free_port(),
-        submissions_port=free_port(),
-        submission_port=free_port(),
-        extra_config=section,
+        "imap_port",
+        "imaps_port",
+        "pop3s_port",
+        "submissions_port",
+        "submission_port",
         # Many deliberate failures from 127.0.0.1 in this module.
         auth_config="ip_max_failures = 1000\npair_max_failures = 1000\n"
         "account_max_failures = 1000\ndelay_base = 0\nmax_delay = 0\n",
@@ -98,8 +95,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except OSError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    context = ssl.create_default_context(cafile=root / "ca.pem")
     yield Server(inst, context, apps, sieve_port)
     inst.kill()
     log = inst.log_text()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Instance, free_port, make_tls
+from conftest import Instance, tls_instance
 
 # The bound the server must meet (it closes after at most 2 s of waiting).
 PROMPT = 10.0
@@ -27,16 +27,7 @@ PROMPT = 10.0
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Instance:
     root = tmp_path_factory.mktemp("tlsclose")
-    section, _ = make_tls(root)
-    instance = Instance(
-        root,
-        free_port(),
-        imap_port=free_port(),
-        imaps_port=free_port(),
-        pop3s_port=free_port(),
-        submissions_port=free_port(),
-        extra_config=section,
-    )
+    instance = tls_instance(root, "imap_port", "imaps_port", "pop3s_port", "submissions_port")
     instance.write_config()
     instance.add_user("alice@example.test")
     instance.start()

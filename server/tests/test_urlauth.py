@@ -118,11 +118,6 @@ def test_parser_urlauth_commands() -> None:
         assert error_of(bad).tag == "a"
 
 
-# imaplib sends only the commands it knows (rfc4467's, in both logged-in states).
-for _name in ("GENURLAUTH", "URLFETCH", "RESETKEY"):
-    imaplib.Commands.setdefault(_name, ("AUTH", "SELECTED"))
-
-
 def _command(client: imaplib.IMAP4, name: str, *args: str) -> tuple[str, list[bytes]]:
     typ, _ = client._simple_command(name, *args)  # type: ignore[attr-defined]
     return typ, client.untagged_responses.pop(name, [])  # type: ignore[return-value]
