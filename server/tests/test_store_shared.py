@@ -184,3 +184,29 @@ def test_reindex_keeps_acls(store: Store) -> None:
 def test_shared_store_lives_apart(store: Store, tmp_path: Path) -> None:
     assert store.account_dir(OWNER) == tmp_path / ".shared"
     assert (tmp_path / ".shared" / "index.db").exists()
+
+
+def test_copy_and_move_keep_every_viewers_seen(store: Store) -> None:
+    first, second = append(store, "one"), append(store, "two")
+    store.store_flags(OWNER, "info", [first], "+", ["\\Seen"], viewer=ALICE)
+    store.store_flags(OWNER, "info", [second], "+", ["\\Seen"], viewer=BOB)
+    store.create_mailbox(OWNER, "info/done")
+    copied = store.copy(OWNER, "info", [first, second], "info/done")
+    moved = store.copy(OWNER, "info", [first, second], "info/done", move=True)
+    assert moved.expunged == [first, second]
+
+    def seen(viewer: str) -> dict[int, bool]:
+        with store.reader(OWNER, viewer) as reader:
+            box = reader.mailbox("info/done")
+            assert box is not None
+            return {uid: "\\Seen" in text.split() for uid, text, _ in reader.flag_rows(box.id)}
+
+    one, two = copied.dest_uids
+    three, four = moved.dest_uids
+    assert seen(ALICE) == {one: True, two: False, three: True, four: False}
+    assert seen(BOB) == {one: False, two: True, three: False, four: True}
+    conn = store.open_index(OWNER)
+    try:  # the moved messages' rows went with them
+        assert conn.execute("SELECT count(*) FROM private_seen").fetchone() == (4,)
+    finally:
+        conn.close()

@@ -425,6 +425,7 @@ def copy(
             if quota is not None and not move:
                 _check_quota(conn, quota, added)  # again, under the write lock
             new_uids = index.add_messages(conn, dst.name, [message for _, message in linked])
+            _carry_private_seen(conn, src, dst, [row[0] for row in rows], new_uids)
             expunged = _remove(conn, src, [row[0] for row in rows]) if move else []
     except BaseException:
         for file, _ in linked:
@@ -433,6 +434,22 @@ def copy(
     if move:
         replay_journal(conn, account_path)
     return CopyResult(dst.uidvalidity, [row[0] for row in rows], new_uids, expunged)
+
+
+def _carry_private_seen(
+    conn: sqlite3.Connection, src: Mailbox, dst: Mailbox, old: Sequence[int], new: Sequence[int]
+) -> None:
+    """In the shared store (estafeta.store.shared), COPY and MOVE carry each
+    viewer's private \\Seen to the new UIDs, as the common flags go with
+    the message: the same message, read or not by each. Elsewhere the table
+    is empty and this is one lookup."""
+    if not new or conn.execute("SELECT 1 FROM private_seen LIMIT 1").fetchone() is None:
+        return
+    conn.executemany(
+        "INSERT OR IGNORE INTO private_seen (mailbox_id, uid, viewer)"
+        " SELECT ?, ?, viewer FROM private_seen WHERE mailbox_id = ? AND uid = ?",
+        [(dst.id, to, src.id, was) for was, to in zip(old, new, strict=True) if to],
+    )
 
 
 def used_octets(conn: sqlite3.Connection) -> int:
