@@ -172,3 +172,30 @@ def test_message_round_trips_smtp_to_pop3() -> None:
             client.quit()
         time.sleep(0.5)
     raise AssertionError("the message did not arrive over POP3")
+
+
+def test_shared_mailbox_from_the_inventory() -> None:
+    """estafeta__host_shared_mailboxes made Shared/team: alice writes, bob
+    reads; each keeps a \\Seen of their own; bob cannot delete (rfc4314)."""
+    subject = f"team {uuid.uuid4().hex}"
+    context = tls_context()
+    with imaplib.IMAP4_SSL(ADDRESS, 993, ssl_context=context) as alice:
+        alice.login(ALICE, PASSWORD)
+        message = f"Subject: {subject}\r\n\r\nFor the team.\r\n".encode()
+        typ, data = alice.append("Shared/team", r"(\Seen)", None, message)
+        assert typ == "OK", data
+        _, rights = alice.myrights("Shared/team")
+        assert rights[0] is not None and b"lrswipkxtea" in rights[0], rights
+    with imaplib.IMAP4_SSL(ADDRESS, 993, ssl_context=context) as bob:
+        bob.login(BOB, PASSWORD)
+        _, listed = bob.list("Shared/", "*")
+        assert any(b"Shared/team" in line for line in listed if isinstance(line, bytes)), listed
+        _, rights = bob.myrights("Shared/team")
+        assert rights[0] is not None and rights[0].split()[-1].strip(b'"') == b"lrs", rights
+        typ, _ = bob.select("Shared/team", readonly=True)
+        assert typ == "OK"
+        _, found = bob.search(None, "SUBJECT", f'"{subject}"', "UNSEEN")
+        assert found[0], "bob's copy should be unseen: alice's \\Seen is hers"
+        bob.close()
+        typ, data = bob.delete("Shared/team")  # needs "x" (rfc4314:4)
+        assert typ == "NO", data
