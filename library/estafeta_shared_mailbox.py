@@ -13,8 +13,11 @@ description:
     the command line of the estafeta mail server (C(estafeta shared ...)) on the mail host.
   - Every account named in O(acl) keeps its own C(\Seen); the other flags and the messages are
     common to all (see docs/shared-mailboxes.md).
-  - The ACL is read first (C(estafeta shared list --json)), so the module changes nothing when
-    it already is as asked.
+  - Optionally gives a top-level mailbox delivery addresses (O(addresses)), so that mail to
+    C(info@example.org) lands in C(Shared/info), stored once and seen by every account in
+    O(acl).
+  - The ACL and the addresses are read first (C(estafeta shared list --json)), so the module
+    changes nothing when they already are as asked.
 options:
   name:
     description:
@@ -24,7 +27,7 @@ options:
   state:
     description:
       - V(present) creates the mailbox if it is missing and sets O(acl).
-      - V(absent) deletes the mailbox with its messages and ACL.
+      - V(absent) deletes the mailbox with its messages, ACL and addresses.
     type: str
     choices: [present, absent]
     default: present
@@ -42,6 +45,17 @@ options:
         IMAP SETACL); V(false) leaves them.
     type: bool
     default: true
+  addresses:
+    description:
+      - The mailbox's delivery addresses, exactly (addresses not listed are taken away; V([])
+        takes all away). Omitted, the addresses are left as they are.
+      - Only a top-level mailbox (V(info), not V(info/2026)) has addresses. Each must be in one of
+        the server's domains and be no account, no alias and no other shared mailbox's address;
+        the CLI's refusal names the address.
+      - Mail from the Internet (the MX) to an address is accepted; an account submitting to it
+        needs the C(p) right in O(acl) (V(anyone) C(p) lets every account post).
+    type: list
+    elements: str
   config:
     description:
       - The estafeta configuration file, passed to the CLI as C(-c).
@@ -59,7 +73,9 @@ attributes:
     description: Asks the CLI what would change (C(--check)) and changes nothing.
   diff_mode:
     support: full
-    description: Shows the ACL before and after, one C(identifier rights) line each.
+    description: >-
+      Shows the ACL and the addresses before and after, one C(identifier rights) or
+      C(address ADDRESS) line each.
 notes:
   - Runs on the mail host. The CLI's error messages (no such account, a right that does not
     exist) are returned as the failure message.
@@ -76,6 +92,17 @@ EXAMPLES = r"""
     acl:
       alice@example.org: lrswipkxtea
       bob@example.org: lrs
+
+- name: Give the team mailbox its address and let every account write to it
+  estafeta_shared_mailbox:
+    name: info
+    acl:
+      alice@example.org: lrswipkxtea
+      bob@example.org: lrs
+      anyone: p
+    addresses:
+      - info@example.org
+      - contact@example.org
 
 - name: Remove a team mailbox and its messages
   estafeta_shared_mailbox:
@@ -94,17 +121,26 @@ acl:
   returned: always
   type: dict
   sample: {"alice@example.org": "lrswipkxtea", "bob@example.org": "lrs"}
+addresses:
+  description: The delivery addresses as they are (or, in check mode, would be) afterwards.
+  returned: always
+  type: list
+  elements: str
+  sample: ["contact@example.org", "info@example.org"]
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.estafeta import EstafetaCLI, estafeta_argument_spec  # noqa: E402
 
 
-def render(acl):
-    """An ACL as diff text: one ``identifier rights`` line per entry."""
+def render(acl, addresses=()):
+    """An ACL and addresses as diff text: one ``identifier rights`` line per
+    entry, then one ``address ADDRESS`` line per address."""
     if acl is None:
         return ""
-    return "".join(f"{ident} {rights}\n" for ident, rights in sorted(acl.items()))
+    lines = [f"{ident} {rights}\n" for ident, rights in sorted(acl.items())]
+    lines += [f"address {address}\n" for address in sorted(addresses)]
+    return "".join(lines)
 
 
 def run(module, cli):
@@ -113,7 +149,7 @@ def run(module, cli):
     if not name:
         module.fail_json(msg="name must not be empty")
     present = params["state"] == "present"
-    listed = {entry["name"]: entry["acl"] for entry in cli.json("shared", "list", "--json")}
+    listed = {entry["name"]: entry for entry in cli.json("shared", "list", "--json")}
     before = listed.get(name)
     check = ["--check"] if module.check_mode else []
     if present:
@@ -122,23 +158,36 @@ def run(module, cli):
             args.append("--exclusive")
         for ident, rights in sorted((params["acl"] or {}).items()):
             args += ["--acl", f"{ident}={rights if rights is not None else ''}"]
+        if params["addresses"] is not None:
+            # Exactly these: the CLI normalises them and takes the others away.
+            args.append("--exclusive-addresses")
+            for address in params["addresses"]:
+                args += ["--address", address]
         outcome = cli.json(*args, "--", name)
         after = outcome["acl"]
+        addresses = outcome.get("addresses", [])
         changed = bool(outcome["changed"])
     else:
         outcome = cli.json("shared", "remove", "--json", *check, "--", name)
-        after = None
+        after, addresses = None, []
         changed = bool(outcome["changed"])
-    result = {"changed": changed, "name": name, "acl": after or {}}
+    result = {"changed": changed, "name": name, "acl": after or {}, "addresses": addresses}
     if module._diff:
         header = f"estafeta shared mailbox Shared/{name}"
         result["diff"] = {
             "before_header": header,
             "after_header": header,
-            "before": render(before),
-            "after": render(after),
+            "before": render(*_state(before)),
+            "after": render(after, addresses),
         }
     return result
+
+
+def _state(entry):
+    """(acl, addresses) of a ``shared list`` entry; (None, ()) for none."""
+    if entry is None:
+        return None, ()
+    return entry.get("acl", {}), entry.get("addresses", [])
 
 
 def main():
@@ -147,6 +196,7 @@ def main():
         "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
         "acl": {"type": "dict", "default": {}},
         "acl_exclusive": {"type": "bool", "default": True},
+        "addresses": {"type": "list", "elements": "str"},
     }
     argument_spec.update(estafeta_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

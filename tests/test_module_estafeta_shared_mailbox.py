@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOMAIN = "example.test"
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
+INFO = f"info@{DOMAIN}"
+CONTACT = f"contact@{DOMAIN}"
 
 if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
@@ -62,6 +64,10 @@ class Host:
 
     def listed(self) -> dict[str, dict[str, str]]:
         return {e["name"]: e["acl"] for e in json.loads(self.cli("shared", "list", "--json"))}
+
+    def addresses(self) -> dict[str, list[str]]:
+        entries = json.loads(self.cli("shared", "list", "--json"))
+        return {e["name"]: e["addresses"] for e in entries if e["addresses"]}
 
     def run(self, check: bool = False, diff: bool = False, **params: Any) -> dict[str, Any]:
         args = {"config": str(self.config), "executable": str(self.executable), **params}
@@ -104,3 +110,43 @@ def test_failures_name_the_reason(host: Host) -> None:
     assert unknown["failed"] and "no account" in unknown["msg"]
     inbox = host.run(name="INBOX", acl={ALICE: "lr"})
     assert inbox["failed"] and "INBOX" in inbox["msg"]
+
+
+def test_addresses_four_ways_then_fewer_then_none(host: Host) -> None:
+    acl = {ALICE: "lrswipkxtea", "anyone": "p"}
+    params = {"name": "info", "acl": acl, "addresses": ["Info@Example.TEST", CONTACT]}
+    checked = host.run(check=True, diff=True, **params)
+    assert (checked["failed"], checked["changed"]) == (False, True)
+    assert checked["addresses"] == [CONTACT, INFO]  # as the CLI normalised them
+    assert f"address {INFO}\n" in checked["diff"]["after"] and checked["diff"]["before"] == ""
+    assert host.addresses() == {}  # check mode wrote nothing
+    assert host.run(**params)["changed"] is True
+    assert host.addresses() == {"info": [CONTACT, INFO]}
+    assert host.run(**params)["changed"] is False
+    assert host.run(check=True, **params)["changed"] is False
+    # Omitted: left as they are (and reported).
+    kept = host.run(diff=True, name="info", acl=acl)
+    assert (kept["changed"], kept["addresses"]) == (False, [CONTACT, INFO])
+    assert kept["diff"]["before"] == kept["diff"]["after"]
+    # Fewer: the others go; the diff shows it.
+    fewer = host.run(diff=True, name="info", acl=acl, addresses=[INFO])
+    assert (fewer["changed"], fewer["addresses"]) == (True, [INFO])
+    assert f"address {CONTACT}\n" in fewer["diff"]["before"]
+    assert f"address {CONTACT}\n" not in fewer["diff"]["after"]
+    assert host.addresses() == {"info": [INFO]}
+    assert host.run(check=True, name="info", acl=acl, addresses=[])["changed"] is True
+    assert host.addresses() == {"info": [INFO]}
+    assert host.run(name="info", acl=acl, addresses=[])["changed"] is True
+    assert host.addresses() == {}
+    assert host.run(name="info", acl=acl, addresses=[])["changed"] is False
+
+
+def test_an_address_that_clashes_fails_naming_it(host: Host) -> None:
+    clash = host.run(name="info", acl={ALICE: "lr"}, addresses=[INFO, ALICE])
+    assert clash["failed"] and f"address {ALICE} is an account" in clash["msg"]
+    assert host.listed() == {} and host.addresses() == {}  # nothing was made
+    child = host.run(name="info/2026", addresses=[INFO])
+    assert child["failed"] and "not top-level" in child["msg"]
+    host.run(name="info", acl={ALICE: "lr"}, addresses=[INFO])
+    removed = host.run(name="info", state="absent")
+    assert removed["changed"] is True and host.addresses() == {}

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,8 +330,10 @@ class InProcess:
     """``estafeta serve`` in this process (a thread with its own loop), so
     a test can reach into it (the greylist's clock, a retention run)."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, prepare: Callable[[Server], None] | None = None) -> None:
         self.config = config
+        # Called with the Server before it starts (a test's own resolver, say).
+        self.prepare = prepare
         self.server: Server | None = None
         self.ready = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -350,6 +352,8 @@ class InProcess:
         self.loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
         self.server = Server(load(self.config))
+        if self.prepare is not None:
+            self.prepare(self.server)
         await self.server.start()
         self.ready.set()
         try:

@@ -322,7 +322,7 @@ def test_alias_errors(people: Accounts) -> None:
         (ALICE, [BOB], r"alice@example\.test is an account"),
         ("x@example.test", [], "at least one target"),
         ("x@example.test", ["x@example.test"], "cannot point to itself"),
-        ("x@example.test", ["ghost@example.test"], "neither an account nor an alias"),
+        ("x@example.test", ["ghost@example.test"], "neither an account, an alias nor the address"),
         ("x@example.test", ["not an address"], "missing '@'"),
         ("x@example.test", ["@example.test"], "a catch-all cannot be a target"),
         ("x@foo.test", [ALICE], "domain foo.test is not one of the configured domains"),
@@ -557,8 +557,8 @@ def test_version_1_database_gets_quotas(tmp_path: Path) -> None:
         db.set_quota(ALICE, 4096)
         assert db.get_quota(ALICE) == 4096
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
-    assert accounts_module.schema_version() == 7
+        assert conn.execute("PRAGMA user_version").fetchone() == (8,)
+    assert accounts_module.schema_version() == 8
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ def server(instance: Instance) -> Iterator[Instance]:
         "changed": True,
         "created": True,
         "acl": {ALICE: "lrswipkxtea", BOB: "lrs"},
+        "addresses": [],
     }
     instance.start()
     yield instance
@@ -233,7 +234,7 @@ def test_cli_is_idempotent(server: Instance) -> None:
     check = server.cli("shared", "set", "info", "--acl", f"{BOB}=lr", "--check", "--json")
     assert json.loads(check.stdout)["changed"] is True
     listed = json.loads(server.cli("shared", "list", "--json").stdout)
-    assert listed == [{"name": "info", "acl": {ALICE: "lrswipkxtea", BOB: "lrs"}}]
+    assert listed == [{"name": "info", "acl": {ALICE: "lrswipkxtea", BOB: "lrs"}, "addresses": []}]
     bad = estafeta(server.config, "shared", "set", "info", "--acl", f"{BOB}=lrQ", check=False)
     assert bad.returncode == 2 and "not a right" in bad.stderr
     unknown = estafeta(
@@ -242,7 +243,7 @@ def test_cli_is_idempotent(server: Instance) -> None:
     assert unknown.returncode == 2 and "no account" in unknown.stderr
     assert "reindexed the shared mailboxes" in server.cli("shared", "reindex").stdout
     listed = json.loads(server.cli("shared", "list", "--json").stdout)
-    assert listed == [{"name": "info", "acl": {ALICE: "lrswipkxtea", BOB: "lrs"}}]
+    assert listed == [{"name": "info", "acl": {ALICE: "lrswipkxtea", BOB: "lrs"}, "addresses": []}]
     gone = server.cli("shared", "remove", "info", "--json")
     assert json.loads(gone.stdout) == {"changed": True}
     assert json.loads(server.cli("shared", "list", "--json").stdout) == []

@@ -77,12 +77,12 @@ def test_a_version_3_database_gets_the_login_history(tmp_path: Path) -> None:
         assert db.login_history(ALICE) == [LoginRecord(100, "imap", "192.0.2.1", True)]
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (8,)
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(logins)")}
         assert {"logins_by_address", "logins_by_time", "logins_untruncated"} <= indexes
     finally:
         conn.close()
-    assert accounts_module.schema_version() == 7
+    assert accounts_module.schema_version() == 8
 
 
 def test_records_of_accounts_only_newest_first(accounts: Accounts) -> None:

@@ -428,8 +428,8 @@ def test_version_2_database_gets_second_factors(tmp_path: Path) -> None:
         db.totp_enroll(ALICE)
         assert db.authenticate(ALICE, PASSWORD, "pop3") is None
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
-    assert accounts_module.schema_version() == 7
+        assert conn.execute("PRAGMA user_version").fetchone() == (8,)
+    assert accounts_module.schema_version() == 8
 
 
 # -- the estafeta command --------------------------------------------------------------

@@ -50,7 +50,13 @@ history) and ``retention`` (an account's own retention per mailbox), see
 ``scram_secret``, columns ``scram_keys``), see ``estafeta.auth.scramkeys``;
 6 = adds ``urlauth_keys`` (URLAUTH mailbox access keys, rfc4467), see
 ``estafeta.auth.urlauthkeys``; 7 = adds ``metadata`` (IMAP METADATA
-entries, rfc5464), see ``estafeta.auth.metadata``.
+entries, rfc5464), see ``estafeta.auth.metadata``; 8 = adds
+``shared_addresses`` (the delivery addresses of shared mailboxes), see
+``estafeta.auth.sharedaddresses``.
+
+Accounts, alias sources and shared-mailbox addresses are one name space:
+each write that adds one checks, in its transaction, that the address is
+none of the others.
 
 SCRAM (rfc5802, rfc7677). Setting a password (``add_user``,
 ``set_password``, ``app_password_create``) stores its SCRAM salt, iteration
@@ -79,7 +85,7 @@ from typing import Any, TypeVar, cast
 import argon2
 
 from estafeta.address import AddressError, normalize_address, normalize_domain, split_address
-from estafeta.auth import logins, metadata, scram, scramkeys, urlauthkeys
+from estafeta.auth import logins, metadata, scram, scramkeys, sharedaddresses, urlauthkeys
 from estafeta.auth.logincache import APP_PASSWORD, PASSWORD, LoginCache
 from estafeta.auth.logins import LoginRecord
 
@@ -167,6 +173,7 @@ _MIGRATIONS: list[Migration] = [
     scramkeys.create_v5,  # SCRAM-SHA-256 keys
     urlauthkeys.create_v6,  # URLAUTH mailbox access keys
     metadata.create_v7,  # IMAP METADATA entries
+    sharedaddresses.create_v8,  # delivery addresses of shared mailboxes
 ]
 
 
@@ -528,6 +535,18 @@ class Accounts:
         row = conn.execute("SELECT 1 FROM aliases WHERE source = ? LIMIT 1", (source,)).fetchone()
         return row is not None
 
+    @staticmethod
+    def _shared_clash(conn: sqlite3.Connection, address: str) -> AccountError | None:
+        """The error for making ``address`` an account or an alias while it
+        is a shared mailbox's delivery address; None if it is not one."""
+        mailbox = sharedaddresses.mailbox_of(conn, address)
+        if mailbox is None:
+            return None
+        return AccountError(
+            f"{address} is the delivery address of the shared mailbox Shared/{mailbox}; "
+            f"take it away first (estafeta shared set {mailbox} --remove-address {address})"
+        )
+
     # -- accounts ------------------------------------------------------------
 
     def add_user(self, address: str, password: str) -> str:
@@ -544,6 +563,8 @@ class Accounts:
                 raise AccountError(
                     f"{normalized} is an alias; delete the alias first to make it an account"
                 )
+            if clash := self._shared_clash(conn, normalized):
+                raise clash
             conn.execute(
                 "INSERT INTO accounts (address, password_hash, created, scram_keys) "
                 "VALUES (?, ?, ?, ?)",
@@ -1345,9 +1366,10 @@ class Accounts:
     def add_alias(self, source: str, targets: list[str]) -> None:
         """Create an alias (``user@domain``, or ``@domain`` for a domain's catch-all).
 
-        Targets are local accounts or aliases, or addresses in other domains
-        (mail is forwarded there, with SRS and an ARC seal). An existing alias
-        is not changed: delete it first.
+        Targets are local accounts, aliases or delivery addresses of shared
+        mailboxes, or addresses in other domains (mail is forwarded there,
+        with SRS and an ARC seal). An existing alias is not changed: delete
+        it first.
         """
         if not targets:
             raise AccountError("an alias needs at least one target")
@@ -1371,13 +1393,20 @@ class Accounts:
                 raise AccountError(
                     f"{normalized_source} is an account; an alias cannot have the same address"
                 )
+            if clash := self._shared_clash(conn, normalized_source):
+                raise clash
             for position, target in enumerate(normalized_targets):
                 # Insert as we go: a bad later target rolls back the earlier rows.
                 remote = split_address(target)[1] not in self.domains
-                if not (remote or self._is_account(conn, target) or self._is_alias(conn, target)):
+                if not (
+                    remote
+                    or self._is_account(conn, target)
+                    or self._is_alias(conn, target)
+                    or sharedaddresses.mailbox_of(conn, target) is not None
+                ):
                     raise AccountError(
-                        f"target {target} is neither an account nor an alias; "
-                        "create it first (no alias was added)"
+                        f"target {target} is neither an account, an alias nor the address "
+                        "of a shared mailbox; create it first (no alias was added)"
                     )
                 conn.execute(
                     "INSERT INTO aliases (source, target, position) VALUES (?, ?, ?)",
@@ -1402,6 +1431,92 @@ class Accounts:
             result.setdefault(source, []).append(target)
         return result
 
+    # -- delivery addresses of shared mailboxes (estafeta.auth.sharedaddresses) --
+
+    def shared_addresses(self, mailbox: str | None = None) -> dict[str, list[str]]:
+        """Shared mailbox name -> its delivery addresses, sorted; of one
+        mailbox (an empty dict if it has none) or of all."""
+        with self._read() as conn:
+            return sharedaddresses.addresses(conn, mailbox)
+
+    def set_shared_addresses(
+        self,
+        mailbox: str,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+        *,
+        exclusive: bool = False,
+        dry_run: bool = False,
+    ) -> tuple[bool, list[str]]:
+        """Give the top-level shared mailbox ``mailbox`` the addresses ``add``
+        and take ``remove`` away (an address it does not have is no change)
+        or, ``exclusive``, every address not in ``add``; in one transaction.
+        (Whether anything changed, its addresses after.) ``dry_run``: check
+        and say, write nothing. AccountError, naming the address, for one
+        that is not in a configured domain, is an account or an alias, or
+        is another shared mailbox's already.
+        """
+        if not mailbox or "/" in mailbox:
+            raise AccountError(f"shared mailbox {mailbox!r}: only a top-level one has addresses")
+        wanted = [self._shared_address(address) for address in add]
+        dropped = [self._shared_address(address) for address in remove]
+        for address in wanted:
+            if address in dropped:
+                raise AccountError(f"address {address}: both added and removed")
+        context = self._read() if dry_run else self._write()
+        with context as conn:
+            before = sharedaddresses.addresses(conn, mailbox).get(mailbox, [])
+            after = set(before)
+            if exclusive:
+                dropped = [address for address in before if address not in wanted]
+            for address in dict.fromkeys(wanted):
+                if address in after:
+                    continue
+                if self._is_account(conn, address):
+                    raise AccountError(
+                        f"address {address} is an account; a shared mailbox cannot have it"
+                    )
+                if self._is_alias(conn, address):
+                    raise AccountError(
+                        f"address {address} is an alias; delete the alias first "
+                        f"to give the address to Shared/{mailbox}"
+                    )
+                other = sharedaddresses.mailbox_of(conn, address)
+                if other is not None:
+                    raise AccountError(
+                        f"address {address} is the delivery address of Shared/{other} already"
+                    )
+                if not dry_run:
+                    sharedaddresses.add(conn, address, mailbox)
+                after.add(address)
+            for address in dropped:
+                if address in after:
+                    if not dry_run:
+                        sharedaddresses.remove(conn, address, mailbox)
+                    after.discard(address)
+        return after != set(before), sorted(after)
+
+    def forget_shared_addresses(self, mailbox: str, *, dry_run: bool = False) -> list[str]:
+        """Take every address away from ``mailbox`` (before ``estafeta shared
+        remove`` deletes it); which it had."""
+        if dry_run:
+            with self._read() as conn:
+                return sharedaddresses.addresses(conn, mailbox).get(mailbox, [])
+        with self._write() as conn:
+            return sharedaddresses.forget(conn, mailbox)
+
+    def _shared_address(self, address: str) -> str:
+        """A shared mailbox's address, normalised; AccountError naming it
+        when it cannot be one (rfc5321:4.1.2 syntax, a configured domain)."""
+        try:
+            normalized = normalize_address(address)
+        except AddressError as exc:
+            raise AccountError(f"address {address!r}: {exc}") from None
+        domain = split_address(normalized)[1]
+        if domain not in self.domains:
+            raise AccountError(f"address {normalized}: {self._not_local(domain)}")
+        return normalized
+
     # -- delivery ----------------------------------------------------------------
 
     def resolve(self, address: str) -> list[str] | None:
@@ -1412,9 +1527,11 @@ class Accounts:
         given); None if the domain is not local or nothing matches. The first
         of these that yields an account wins:
 
-        1. the account itself;
+        1. the account itself, or the shared mailbox whose delivery address
+           it is (a target ``#shared:NAME``, estafeta.auth.sharedaddresses);
         2. an alias of that name, expanded recursively (aliases of aliases,
-           at most MAX_ALIAS_DEPTH deep; cycles and dangling targets skipped);
+           at most MAX_ALIAS_DEPTH deep; cycles and dangling targets skipped;
+           a target that is a shared mailbox's address gives its target);
         3. subaddressing: ``user+tag@domain`` looked up as ``user@domain``
            (steps 1 and 2);
         4. the domain's catch-all alias ``@domain``.
@@ -1461,9 +1578,12 @@ class Accounts:
             return None
 
     def _expand(self, conn: sqlite3.Connection, name: str) -> list[str]:
-        """The accounts behind a name (account or alias); empty if none."""
+        """The accounts behind a name (account, shared mailbox address or
+        alias); empty if none."""
         if self._is_account(conn, name):
             return [name]
+        if (mailbox := sharedaddresses.mailbox_of(conn, name)) is not None:
+            return [sharedaddresses.target(mailbox)]
         result: list[str] = []
         seen = {name}
 
@@ -1479,6 +1599,9 @@ class Accounts:
                 seen.add(target)
                 if self._is_account(conn, target):
                     result.append(target)
+                elif (mailbox := sharedaddresses.mailbox_of(conn, target)) is not None:
+                    if sharedaddresses.target(mailbox) not in result:
+                        result.append(sharedaddresses.target(mailbox))
                 elif split_address(target)[1] not in self.domains:
                     result.append(target)  # forwarded to another domain
                 else:

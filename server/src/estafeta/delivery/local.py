@@ -26,6 +26,19 @@ take every one of its local accounts over gets ``overquota`` (452 4.2.2, or
 552 5.2.2 with ``[delivery] over_quota = "reject"``). When some accounts
 took it and others are full, the full ones get it through the queue, which
 retries like any deferred delivery and bounces after ``[queue] lifetime``.
+
+Shared mailboxes (docs/shared-mailboxes.md). An address the administrator
+gave a shared mailbox resolves to it (``Router.shared_mailboxes``); the
+message is one more store job in step 3, through the same ``Store.deliver``
+(so the same crash ordering: the 250 comes after the commit), into the
+shared store's mailbox, which notifies every session that has it selected
+or idles on it. Only the message-level filters run for it (DMARC
+quarantine, the spam verdicts), never Sieve: the shared store is no one's.
+Junk goes into the mailbox's child ``Junk`` when there is one, else into
+the mailbox itself, flagged ``$Junk`` either way. No quota applies. On
+submission the authenticated sender needs the ``p`` right on the mailbox
+(rfc4314:2.1 "post"), checked at RCPT (``check_recipient(submitter=)``);
+from the MX and the queue the administrator's address is the permission.
 """
 
 from __future__ import annotations
@@ -38,8 +51,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from estafeta.address import split_address
+from estafeta.auth.sharedaddresses import target as shared_target
 from estafeta.delivery import responses
 from estafeta.delivery.filters import (
+    INBOX,
+    JUNK,
     Action,
     Discard,
     Filter,
@@ -48,6 +64,7 @@ from estafeta.delivery.filters import (
     Redirect,
     Reject,
     Reply,
+    SieveFilter,
 )
 from estafeta.delivery.forward import Forwarder
 from estafeta.delivery.route import Router
@@ -59,9 +76,16 @@ from estafeta.policy.signer import Signer
 from estafeta.queue.delivery import Result
 from estafeta.queue.store import QueueStore
 from estafeta.sieve.memory import Memory
-from estafeta.store import Delivery, OverQuota, Store, StoreError
+from estafeta.store import Delivery, OverQuota, Store, StoreError, shared
+from estafeta.store.reader import IndexReader
 
 log = logging.getLogger("estafeta.delivery")
+
+# rfc9051:2.3.2 / IANA IMAP keywords: the client-visible mark of junk, on
+# what goes into a shared mailbox's Junk (or the mailbox, when it has none).
+JUNK_KEYWORD = "$Junk"
+# rfc4314:2.1 "p" - post: who may send to a shared mailbox's address on submission.
+POST = "p"
 
 Origin = Literal["mx", "submission", "queue"]
 
@@ -121,7 +145,7 @@ class RecipientCheck:
 
     targets: tuple[str, ...] = ()
     srs: bool = False
-    refusal: Literal["", "no_such_user", "relay", "over_quota"] = ""
+    refusal: Literal["", "no_such_user", "relay", "over_quota", "not_allowed"] = ""
     reason: str = ""
 
 
@@ -133,6 +157,8 @@ class _Plan:
     actions: Sequence[Action]
     stored: list[str] = field(default_factory=list)
     over_quota: bool = False
+    # The shared mailbox this share goes to ("": the account ``item.account``).
+    shared: str = ""
 
 
 class LocalDelivery:
@@ -160,8 +186,11 @@ class LocalDelivery:
         self.signer = signer
         self.memory = memory
         self.filters = list(filters)
+        # Shared mailboxes: the message-level filters, no Sieve (no one's rules).
+        self.shared_filters = [f for f in self.filters if not isinstance(f, SieveFilter)]
         self.quota_for = quota_for
         self.over_quota = over_quota
+        self._shared_index: IndexReader | None = None
 
     # -- questions the protocols ask ----------------------------------------
 
@@ -169,18 +198,29 @@ class LocalDelivery:
         """Whether mail for ``domain`` is delivered here (the queue asks)."""
         return self.router.is_local_domain(domain)
 
-    async def check_recipient(self, address: str) -> RecipientCheck:
+    async def check_recipient(self, address: str, submitter: str = "") -> RecipientCheck:
         """Before a RCPT is accepted: where it leads, and whether its accounts
         can take mail now (rfc3463:3.3 X.2.2 — an account already over its
-        quota is refused with a temporary error, and the sender retries)."""
+        quota is refused with a temporary error, and the sender retries).
+        ``submitter``: the authenticated account on submission, which needs
+        the ``p`` right on each shared mailbox the address leads to
+        (rfc4314:2.1; rfc3463:3.8 X.7.1 when it lacks it)."""
         resolution = self.router.resolve(address)
         if not resolution.found:
             refusal: Literal["no_such_user", "relay"] = (
                 "relay" if resolution.reason == "relay denied" else "no_such_user"
             )
             return RecipientCheck(refusal=refusal, reason=resolution.reason)
+        boxes = self.router.shared_mailboxes(resolution.targets)
+        if submitter:
+            for name in boxes:
+                if POST not in await self.shared_rights(name, submitter):
+                    return RecipientCheck(
+                        refusal="not_allowed",
+                        reason=f"{submitter} may not post to Shared/{name} (no 'p' right)",
+                    )
         local, remote = self.router.split(resolution.targets)
-        if local and not remote:
+        if local and not remote and not boxes:
             full = 0
             for account in local:
                 quota = self.quota_for(account)
@@ -205,32 +245,38 @@ class LocalDelivery:
         docstring). ``message`` carries our trace headers, no Return-Path."""
         outcome = Outcome()
         first_rcpt: dict[str, str] = {}
+        first_shared: dict[str, str] = {}  # shared mailbox -> the RCPT that led there
         remote_by_domain: dict[str, list[str]] = {}
         for rcpt in envelope.recipients:
             local, remote = self.router.split(rcpt.targets)
             for account in local:
                 first_rcpt.setdefault(account, rcpt.address)
+            for name in self.router.shared_mailboxes(rcpt.targets):
+                first_shared.setdefault(name, rcpt.address)
             if remote:
                 domain = _domain(rcpt.address) or self.hostname
                 remote_by_domain.setdefault(domain, []).extend(remote)
+
+        def item(account: str, rcpt: str) -> Item:
+            return Item(
+                account=account,
+                sender=envelope.sender,
+                recipient=rcpt,
+                message=message,
+                analysis=analysis,
+                auth=envelope.auth,
+                client_ip=envelope.client_ip,
+                scan=scan,
+            )
+
         try:
             plans = list(
                 await asyncio.gather(
+                    *(self._filter(item(account, rcpt)) for account, rcpt in first_rcpt.items()),
                     *(
-                        self._filter(
-                            Item(
-                                account=account,
-                                sender=envelope.sender,
-                                recipient=rcpt,
-                                message=message,
-                                analysis=analysis,
-                                auth=envelope.auth,
-                                client_ip=envelope.client_ip,
-                                scan=scan,
-                            )
-                        )
-                        for account, rcpt in first_rcpt.items()
-                    )
+                        self._filter_shared(name, item(shared.OWNER, rcpt))
+                        for name, rcpt in first_shared.items()
+                    ),
                 )
             )
             # rfc5429:2.1 — a refusal goes into the SMTP reply when nothing
@@ -290,6 +336,44 @@ class LocalDelivery:
             results.append(_queue_result(address, outcome))
         return results
 
+    # -- shared mailboxes ---------------------------------------------------------
+
+    async def shared_rights(self, name: str, account: str) -> str:
+        """rfc4314:2 the rights of ``account`` on shared mailbox ``name``
+        (its entry and anyone's); "" when there is no such mailbox."""
+        reader = await self._shared()
+        box = reader.mailbox(name)
+        return reader.rights(box.id, account) if box is not None else ""
+
+    async def _shared(self) -> IndexReader:
+        """The shared store's index, read on the event loop like the IMAP
+        sessions read it (Store.shared_reader); opened in a thread once."""
+        if self._shared_index is None:
+            self._shared_index = await asyncio.to_thread(self.store.shared_reader, shared.OWNER)
+        return self._shared_index
+
+    async def _filter_shared(self, name: str, item: Item) -> _Plan:
+        """A shared mailbox's share: the message-level filters only (DMARC
+        quarantine, the spam verdicts; Sieve is someone's, and the shared
+        store is no one's), their keeps turned into the mailbox's own:
+        INBOX -> the mailbox, Junk -> its child Junk if it has one, else the
+        mailbox, flagged $Junk either way (module docstring)."""
+        actions: Sequence[Action] = [Keep()]
+        for chain_filter in self.shared_filters:
+            actions = await chain_filter.apply(item, actions)
+        keeps: list[Action] = []
+        for action in actions:
+            if not isinstance(action, Keep):
+                continue  # the filters above make keeps only
+            if action.mailbox == JUNK:
+                junk = f"{name}/{JUNK}"
+                has_junk = (await self._shared()).mailbox(junk) is not None
+                flags = tuple(dict.fromkeys((*action.flags, JUNK_KEYWORD)))
+                keeps.append(Keep(junk if has_junk else name, flags))
+            else:
+                keeps.append(Keep(name, action.flags))
+        return _Plan(item, keeps or [Keep(name)], shared=name)
+
     # -- steps ----------------------------------------------------------------
 
     async def _filter(self, item: Item) -> _Plan:
@@ -347,7 +431,9 @@ class LocalDelivery:
             if not keeps:
                 return
             data, summary = await prepare(plan.item)
-            quota = self.quota_for(plan.item.account)
+            # The shared store has no quota (docs/shared-mailboxes.md).
+            quota = None if plan.shared else self.quota_for(plan.item.account)
+            fallback = plan.shared or INBOX
             deliveries = [
                 Delivery(
                     plan.item.account,
@@ -367,10 +453,11 @@ class LocalDelivery:
                 plan.over_quota = True
                 return
             except StoreError as exc:
-                if all(k.mailbox == "INBOX" for k in keeps):
+                if all(k.mailbox == fallback for k in keeps):
                     raise
                 # A rule named a mailbox that cannot take it (deleted, never
-                # created): the INBOX, as the implicit keep would (rfc5228:2.10.6).
+                # created): the INBOX, as the implicit keep would (rfc5228:2.10.6);
+                # a shared mailbox's Junk deleted meanwhile: the mailbox.
                 log_event(
                     log,
                     "fileinto_failed",
@@ -378,7 +465,7 @@ class LocalDelivery:
                     account=plan.item.account,
                     mailboxes=[k.mailbox for k in keeps],
                     error=str(exc),
-                    result="INBOX",
+                    result=fallback,
                 )
                 try:
                     await self.store.deliver(
@@ -387,6 +474,7 @@ class LocalDelivery:
                                 plan.item.account,
                                 data,
                                 summary,
+                                fallback,
                                 flags=keeps[0].flags,
                                 internal_date=now,
                                 quota=quota,
@@ -396,9 +484,10 @@ class LocalDelivery:
                 except OverQuota:
                     plan.over_quota = True
                     return
-                keeps = [Keep(flags=keeps[0].flags)]
+                keeps = [Keep(fallback, keeps[0].flags)]
             plan.stored = [k.mailbox for k in keeps]
-            outcome.folders[plan.item.account] = plan.stored
+            key = shared_target(plan.shared) if plan.shared else plan.item.account
+            outcome.folders[key] = plan.stored
 
         await _gather(store_one(plan) for plan in plans)
 

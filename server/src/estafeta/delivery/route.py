@@ -11,7 +11,9 @@ redirects and vacation replies all ask the same ``Router``:
   their way back; ``<Postmaster>`` without a domain is the postmaster of the
   first domain (rfc5321:4.1.1.3).
 - ``split(targets)``: which of those are accounts here and which live in
-  other domains (alias forwards, SRS reversals).
+  other domains (alias forwards, SRS reversals); ``shared_mailboxes(targets)``:
+  which are shared mailboxes (a delivery address the administrator gave one,
+  ``#shared:NAME``: estafeta.auth.sharedaddresses), which neither list has.
 - ``owns(account, address)``: whether an authenticated user may use an
   address as sender (it resolves to their account).
 """
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from estafeta import srs
 from estafeta.address import AddressError, normalize_address, split_address
 from estafeta.auth import Accounts
+from estafeta.auth.sharedaddresses import mailbox_of_target
 
 NO_SUCH_USER = "no such user"
 NOT_LOCAL = "relay denied"
@@ -87,12 +90,21 @@ class Router:
         return Resolution(normalized, tuple(targets))
 
     def split(self, targets: Iterable[str]) -> tuple[list[str], list[str]]:
-        """(local accounts, remote addresses), each de-duplicated in order."""
+        """(local accounts, remote addresses), each de-duplicated in order;
+        shared mailboxes are in neither (``shared_mailboxes``)."""
         local: list[str] = []
         remote: list[str] = []
         for target in dict.fromkeys(targets):
-            (local if self.is_local(target) else remote).append(target)
+            if mailbox_of_target(target) is None:
+                (local if self.is_local(target) else remote).append(target)
         return local, remote
+
+    @staticmethod
+    def shared_mailboxes(targets: Iterable[str]) -> list[str]:
+        """The shared mailboxes among ``targets`` (names in the shared
+        store, ``info`` for ``Shared/info``), de-duplicated in order."""
+        found = (mailbox_of_target(target) for target in targets)
+        return list(dict.fromkeys(name for name in found if name is not None))
 
     def owns(self, account: str, address: str) -> bool:
         """May ``account`` send as ``address``? It must resolve to the account."""

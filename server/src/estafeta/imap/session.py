@@ -1275,6 +1275,10 @@ async def cmd_rename(s: Session, cmd: Command) -> None:
             raise No("Mailboxes do not move between namespaces", "CANNOT")
         place = acl.locate(s, args.old)
         acl.need(place, "x", args.old)  # rfc4314:4 RENAME: "x" on the old name,
+        if DELIMITER not in place.name:
+            # As DELETE: a top-level one (and the delivery addresses that
+            # name it, docs/shared-mailboxes.md) is the administrator's.
+            raise No("Shared mailboxes are renamed by the administrator", "NOPERM")
         inner = _shared_parent(s, args.new)  # "k" on the new parent
         await asyncio.to_thread(s.store.rename_mailbox, shared.OWNER, place.name, inner)
         s.tagged(cmd.tag, "OK", "RENAME completed")

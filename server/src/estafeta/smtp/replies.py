@@ -72,6 +72,9 @@ BAD_SENDER_SYNTAX = "553 5.1.7 Bad sender address syntax"
 BAD_RECIPIENT_SYNTAX = "553 5.1.3 Bad recipient address syntax"
 NO_SUCH_USER = "550 5.1.1 No such user here"
 RELAY_DENIED = "554 5.7.1 Relay access denied"
+# rfc3463:3.8 X.7.1 "delivery not authorized": on submission, a shared
+# mailbox's address for an account without the "p" right (rfc4314:2.1).
+NOT_ALLOWED_TO_POST = "550 5.7.1 Not allowed to post to this shared mailbox"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 BARE_LINE_ENDING = (
     "550 5.6.0 Message contains a bare CR or LF; lines must end with CRLF (rfc5321:2.3.8)"

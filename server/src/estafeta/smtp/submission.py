@@ -3,7 +3,9 @@
 Only authenticated users may submit (``530 5.7.0`` before AUTH); they may
 send anywhere (relay), but only as themselves: the envelope sender and every
 From: address must be the account or an address that resolves to it (an
-alias, a subaddress), else ``553 5.7.1``.
+alias, a subaddress), else ``553 5.7.1``. A recipient that is a shared
+mailbox's address needs the account's ``p`` right on that mailbox
+(rfc4314:2.1 "post", docs/shared-mailboxes.md), else ``550 5.7.1`` at RCPT.
 
 The From: and Sender: fields are read by the parser that gives IMAP its
 ENVELOPE (``message.structure``), the reading mail clients share, not by a
@@ -219,9 +221,15 @@ class SubmissionHandler(HandlerBase):
             # Relayed for our user: the queue takes it.
             recipient = Recipient(normalized, (normalized,))
             return self._accept_rcpt(envelope, address, recipient, rcpt_options)
-        check = await self.delivery.check_recipient(normalized)
+        account = server.authenticated_user
+        check = await self.delivery.check_recipient(normalized, submitter=account)
         if check.refusal == "over_quota":
             return f"{replies.MAILBOX_FULL}: <{address}>"
+        if check.refusal == "not_allowed":
+            # rfc4314:2.1 "p": posting to a shared mailbox's address is a right.
+            log_event(log, "submission_refused", logging.INFO, user=account,
+                      to=_angle(normalized), reason=check.reason)  # fmt: skip
+            return f"{replies.NOT_ALLOWED_TO_POST}: <{address}>"
         if check.refusal:
             return f"{replies.NO_SUCH_USER}: <{address}>"
         recipient = Recipient(normalized, check.targets, check.srs)
