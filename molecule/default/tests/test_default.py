@@ -175,17 +175,37 @@ def test_message_round_trips_smtp_to_pop3() -> None:
 
 
 def test_shared_mailbox_from_the_inventory() -> None:
-    """estafeta__host_shared_mailboxes made Shared/team: alice writes, bob
-    reads; each keeps a \\Seen of their own; bob cannot delete (rfc4314)."""
+    """estafeta__host_shared_mailboxes made Shared/team with the address
+    team@: mail to it lands there; alice (every right) and bob (lrs) each
+    keep a \\Seen of their own; bob may neither post to it (rfc4314 "p")
+    nor delete it ("x")."""
     subject = f"team {uuid.uuid4().hex}"
+    with smtplib.SMTP(ADDRESS, 587, timeout=30) as client:
+        client.starttls(context=tls_context())
+        client.login(BOB, PASSWORD)
+        client.mail(BOB)
+        code, reply = client.rcpt("team@example.test")
+        assert (code, reply[:5]) == (550, b"5.7.1"), reply
+    with smtplib.SMTP(ADDRESS, 587, timeout=30) as client:
+        client.starttls(context=tls_context())
+        client.login(ALICE, PASSWORD)
+        message = f"From: <{ALICE}>\r\nTo: <team@example.test>\r\nSubject: {subject}\r\n\r\nHi.\r\n"
+        client.sendmail(ALICE, ["team@example.test"], message.encode())
     context = tls_context()
     with imaplib.IMAP4_SSL(ADDRESS, 993, ssl_context=context) as alice:
         alice.login(ALICE, PASSWORD)
-        message = f"Subject: {subject}\r\n\r\nFor the team.\r\n".encode()
-        typ, data = alice.append("Shared/team", r"(\Seen)", None, message)
-        assert typ == "OK", data
         _, rights = alice.myrights("Shared/team")
         assert rights[0] is not None and b"lrswipkxtea" in rights[0], rights
+        deadline = time.monotonic() + 30
+        found: list[bytes | None] = [b""]
+        while time.monotonic() < deadline:
+            alice.select("Shared/team")
+            _, found = alice.search(None, "SUBJECT", f'"{subject}"')
+            if found[0]:
+                break
+            time.sleep(0.5)
+        assert found[0], "the message to team@ did not arrive in Shared/team"
+        alice.store(found[0].split()[0].decode(), "+FLAGS", r"(\Seen)")
     with imaplib.IMAP4_SSL(ADDRESS, 993, ssl_context=context) as bob:
         bob.login(BOB, PASSWORD)
         _, listed = bob.list("Shared/", "*")
@@ -194,8 +214,8 @@ def test_shared_mailbox_from_the_inventory() -> None:
         assert rights[0] is not None and rights[0].split()[-1].strip(b'"') == b"lrs", rights
         typ, _ = bob.select("Shared/team", readonly=True)
         assert typ == "OK"
-        _, found = bob.search(None, "SUBJECT", f'"{subject}"', "UNSEEN")
-        assert found[0], "bob's copy should be unseen: alice's \\Seen is hers"
+        _, unseen = bob.search(None, "SUBJECT", f'"{subject}"', "UNSEEN")
+        assert unseen[0], "bob's copy should be unseen: alice's \\Seen is hers"
         bob.close()
         typ, data = bob.delete("Shared/team")  # needs "x" (rfc4314:4)
         assert typ == "NO", data
