@@ -311,6 +311,19 @@ def server(instance: Instance) -> Instance:
     return instance
 
 
+def imap_raw(client: imaplib.IMAP4, tag: str, line: str) -> list[bytes]:
+    """Send one IMAP command line past imaplib (for what it refuses or
+    cannot send); the lines up to its tagged response."""
+    client.send(f"{tag} {line}\r\n".encode())
+    lines = []
+    while True:
+        got = client.readline()
+        assert got, "connection closed"
+        lines.append(got.rstrip(b"\r\n"))
+        if got.startswith(tag.encode() + b" "):
+            return lines
+
+
 def store_rows(store: Store, address: str, mailbox: str = "INBOX") -> list[index.MessageRow]:
     """The index rows of one mailbox of ``store`` (a Store in this process)."""
     return _mailbox_rows(store.open_index(address), mailbox)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import DOMAIN, PASSWORD, Instance, estafeta, free_port
+from conftest import imap_raw as raw
 
 ALICE = f"alice@{DOMAIN}"  # lrswipkxtea on Shared/info
 BOB = f"bob@{DOMAIN}"  # lrs: a reader
@@ -54,18 +55,6 @@ def ok(result: tuple[str, list[object]]) -> list[object]:
     status, data = result
     assert status == "OK", data
     return data
-
-
-def raw(client: imaplib.IMAP4, tag: str, line: str) -> list[bytes]:
-    """Send one command line; the lines up to its tagged response."""
-    client.send(f"{tag} {line}\r\n".encode())
-    lines = []
-    while True:
-        got = client.readline()
-        assert got, "connection closed"
-        lines.append(got.rstrip(b"\r\n"))
-        if got.startswith(tag.encode() + b" "):
-            return lines
 
 
 def flags(client: imaplib.IMAP4) -> dict[int, set[str]]:

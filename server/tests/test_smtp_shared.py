@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DOMAIN, PASSWORD, InProcess, Instance, estafeta, free_port, make_tls
+from conftest import imap_raw as raw
 from estafeta.dns import MockResolver
 from estafeta.server import Server
 from estafeta.smtp import replies
@@ -67,18 +68,6 @@ def imap(inst: Instance, user: str) -> imaplib.IMAP4:
     client = imaplib.IMAP4("127.0.0.1", inst.imap_port, timeout=10)
     client.login(user, PASSWORD)
     return client
-
-
-def raw(client: imaplib.IMAP4, tag: str, line: str) -> list[bytes]:
-    """Send one command line; the lines up to its tagged response."""
-    client.send(f"{tag} {line}\r\n".encode())
-    lines = []
-    while True:
-        got = client.readline()
-        assert got, "connection closed"
-        lines.append(got.rstrip(b"\r\n"))
-        if got.startswith(tag.encode() + b" "):
-            return lines
 
 
 def select(client: imaplib.IMAP4, mailbox: str = "Shared/info") -> list[bytes]:

@@ -788,17 +788,21 @@ class SMTPProtocol(SMTP):
         if status is not DataStatus.OK:
             self.envelope = self._create_envelope()
             if status is DataStatus.NO_MEMORY:
-                log_event(
-                    log,
-                    "data_refused",
-                    logging.WARNING,
-                    client=self._client_ip(),
-                    reason="data memory",
-                    size=reader.size,
-                )
+                self._log_no_memory(reader.size)
             await self.push(_DATA_REFUSALS[status])
             return
         await self._take_message(reader.take_message(), reader.close)
+
+    def _log_no_memory(self, size: int) -> None:
+        """A message refused for [limits] data_memory (DATA or BURL)."""
+        log_event(
+            log,
+            "data_refused",
+            logging.WARNING,
+            client=self._client_ip(),
+            reason="data memory",
+            size=size,
+        )
 
     async def _take_message(self, original_content: bytes, release: Callable[[], None]) -> None:
         """The message of the transaction is in (DATA's final dot, BURL
@@ -861,14 +865,7 @@ class SMTPProtocol(SMTP):
         if self._data_memory is not None:
             if not self._data_memory.reserve(len(data)):
                 self.envelope = self._create_envelope()
-                log_event(
-                    log,
-                    "data_refused",
-                    logging.WARNING,
-                    client=self._client_ip(),
-                    reason="data memory",
-                    size=len(parts) + len(data),
-                )
+                self._log_no_memory(len(parts) + len(data))
                 await self.push(replies.DATA_NO_MEMORY)
                 return
             self._burl_held += len(data)
