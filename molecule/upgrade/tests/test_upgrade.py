@@ -213,7 +213,9 @@ def mailboxes(client: imaplib.IMAP4_SSL) -> dict[str, dict[str, Any]]:
     for line in lines:
         match = LIST_LINE.match(line if isinstance(line, bytes) else b"")
         assert match, line
-        if b"\\noselect" in match["attrs"].lower():
+        # rfc5258:3 / rfc9051:7.3.1: \NonExistent implies \Noselect (the
+        # Shared/ namespace root, once the inventory shares a mailbox).
+        if any(a in match["attrs"].lower() for a in (b"\\noselect", b"\\nonexistent")):
             continue
         name = match["name"].decode()
         if name.startswith('"'):
