@@ -45,6 +45,7 @@ from estafeta.defences import Defences
 from estafeta.delivery.filters import DmarcQuarantine, SieveFilter
 from estafeta.delivery.forward import Forwarder
 from estafeta.delivery.local import LocalDelivery
+from estafeta.delivery.reports import ReportIntake
 from estafeta.delivery.route import Router
 from estafeta.delivery.rules import Rules
 from estafeta.dns import DNSPythonResolver
@@ -58,6 +59,7 @@ from estafeta.queue.delivery import Deliverer, verifying_context
 from estafeta.queue.mtasts import MTASTS, Policy, fetch_policy
 from estafeta.queue.runner import QueueRunner
 from estafeta.queue.store import QueueStore
+from estafeta.reports.store import ReportStore
 from estafeta.retention import RetentionRunner
 from estafeta.sieve.memory import Memory
 from estafeta.sieve.scripts import ScriptStore
@@ -227,6 +229,13 @@ class Server:
         self.memory = Memory(config.sieve_dir / ".memory.db")
         # Blocklists, greylisting, the learning filter, rspamd (issue 16).
         self.defences = Defences.build(config, self.resolver)
+        # [reports] dmarc_address: DMARC aggregate reports stored, not delivered.
+        self.report_intake: ReportIntake | None = None
+        if config.reports.dmarc_address:
+            self.report_intake = ReportIntake(
+                config.reports.dmarc_address,
+                ReportStore(config.dmarc_reports_db, config.reports.retention),
+            )
         # IMAP Junk moves and $Junk/$NotJunk, trained in the background.
         self.trainer = Trainer(self.defences.junk, self.defences.rspamd_learning)
         self.delivery = LocalDelivery(
@@ -253,6 +262,7 @@ class Server:
             ],
             quota_for=self._quota_for,
             over_quota=config.delivery.over_quota,
+            intake=self.report_intake,
         )
         queue_config = config.queue
         verify = verifying_context(str(queue_config.ca_file) if queue_config.ca_file else None)
@@ -295,6 +305,16 @@ class Server:
     async def start(self) -> None:
         self.store.start()
         loop = asyncio.get_running_loop()
+        intake = self.report_intake
+        if intake is not None and not self.router.resolve(intake.address).found:
+            # The MX refuses mail to it (550): reports would never arrive.
+            log_event(
+                log,
+                "dmarc_address_unknown",
+                logging.WARNING,
+                address=intake.address,
+                hint="create it as an account or an alias: estafeta user add / alias add",
+            )
         handler = InboundHandler(
             hostname=self.config.hostname,
             delivery=self.delivery,
