@@ -3,6 +3,7 @@ docs/dmarc-reports.md).
 
     estafeta dmarc import FILE... [--json]
     estafeta dmarc report [--days N] [--domain D] [--json]
+    estafeta dmarc send [--now ISO8601] [--dry-run] [--json]   (cli_dmarc_send.py)
 
 ``import`` reads reports saved by hand: a whole message (.eml), a .zip, a
 .gz or the .xml itself (the kind is told by the first bytes, not the name).
@@ -213,7 +214,7 @@ def _table(title: str, tallies: Sequence[Tally], with_reporters: bool = False) -
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], add: Add) -> None:
     """Add ``estafeta dmarc ...`` to the command's parser (cli.build_parser)."""
     dmarc = commands.add_parser(
-        "dmarc", help="DMARC aggregate reports received (rfc7489)"
+        "dmarc", help="DMARC aggregate reports received and sent (rfc7489)"
     ).add_subparsers(dest="dmarc_command", required=True, metavar="ACTION")
     command = add(
         dmarc,
@@ -243,3 +244,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], add:
         action="store_true",
         help='machine-readable: {"reports", "messages", "organisations": [...], "sources": [...]}',
     )
+    from estafeta import cli_dmarc_send  # the reports we send (docs/dmarc-reports.md)
+
+    cli_dmarc_send.register(dmarc, add)

@@ -354,6 +354,11 @@ class Config:
         return self.data_dir / "reports" / "dmarc.db"
 
     @property
+    def dmarc_evaluations_db(self) -> Path:
+        """The MX's DMARC evaluations, for the reports we send (reports.evaluations)."""
+        return self.data_dir / "reports" / "dmarc-evaluations.db"
+
+    @property
     def greylist_db(self) -> Path:
         return self.data_dir / "greylist.db"
 

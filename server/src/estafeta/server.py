@@ -42,6 +42,7 @@ from estafeta.backup.create import read_status as read_backup_status
 from estafeta.config import Config, ConfigError, Endpoint, TLSConfig, server_context
 from estafeta.config_web import read_token
 from estafeta.defences import Defences
+from estafeta.delivery.dmarc_send import DmarcReports
 from estafeta.delivery.filters import DmarcQuarantine, SieveFilter
 from estafeta.delivery.forward import Forwarder
 from estafeta.delivery.local import LocalDelivery
@@ -287,6 +288,8 @@ class Server:
         )
         self._runner_task: asyncio.Task[None] | None = None
         self.retention = RetentionRunner(config.retention, self.accounts, self.store)
+        # [reports] dmarc_send: made in start(), with the resolver then in place.
+        self.dmarc_reports: DmarcReports | None = None
 
     def _quota_for(self, account: str) -> int | None:
         """The account's own quota (``estafeta user quota``), else the global one."""
@@ -315,6 +318,22 @@ class Server:
                 address=intake.address,
                 hint="create it as an account or an alias: estafeta user add / alias add",
             )
+        if self.config.reports.dmarc_send:
+            # DMARC aggregate reports about the mail the MX evaluated (issue 22).
+            self.dmarc_reports = DmarcReports.build(
+                hostname=self.config.hostname,
+                domains=tuple(self.config.domains),
+                reports=self.config.reports,
+                path=self.config.dmarc_evaluations_db,
+                queue=self.queue,
+                signer=self.signer,
+                resolver=self.resolver,
+                wake=self.runner.wake,
+                report_address=intake.wants if intake is not None else lambda address: False,
+            )
+            if not self.config.inbound.authenticate:
+                # Nothing is evaluated, so nothing will be reported.
+                log_event(log, "dmarc_send_idle", logging.WARNING, hint="[inbound] authenticate")
         handler = InboundHandler(
             hostname=self.config.hostname,
             delivery=self.delivery,
@@ -323,6 +342,7 @@ class Server:
             dmarc_reject=self.config.inbound.dmarc_reject,
             gate=self.defences.gate,
             scanner=self.defences.scanner,
+            recorder=self.dmarc_reports.recorder if self.dmarc_reports else None,
         )
         submission = SubmissionHandler(
             hostname=self.config.hostname,
@@ -449,6 +469,8 @@ class Server:
         if self.certificates is not None:
             self._certificates_task = asyncio.create_task(self.certificates.run())
         self.retention.start()  # daily at [retention] hour
+        if self.dmarc_reports is not None:
+            self.dmarc_reports.start()  # daily after UTC midnight
         log_event(log, "ready", hostname=self.config.hostname, domains=self.config.domains)
 
     async def _listen(
@@ -903,6 +925,8 @@ class Server:
         if self._runner_task is not None:
             await self._runner_task
         await self.retention.stop()  # a run in progress ends after its batch
+        if self.dmarc_reports is not None:
+            await self.dmarc_reports.stop()  # before the queue closes
         # Queued deliveries and \Recent claims finish before the store closes.
         await recent.claims(self.store).drain()
         await asyncio.to_thread(self.store.stop)

@@ -15,5 +15,8 @@ sieve/ sit below it.
 - ``responses``: vacation replies and rejection notices;
 - ``rules``: which Sieve scripts run for an account;
 - ``reports``: the ``[reports] dmarc_address`` intake of DMARC aggregate
-  reports (stored, not delivered).
+  reports (stored, not delivered);
+- ``dmarc_evaluations`` and ``dmarc_send``: the DMARC aggregate reports we
+  send (``[reports] dmarc_send``): the MX's evaluations recorded, and the
+  daily reports built, signed and queued.
 """

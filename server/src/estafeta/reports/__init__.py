@@ -1,4 +1,5 @@
-"""Reports other mail systems send us about our domains (issue 22).
+"""DMARC aggregate reports: those other mail systems send us about our
+domains, and those we send them (issue 22).
 
 DMARC aggregate reports (rfc7489:7.2) are the first: a receiver that
 evaluated mail claiming one of our domains sends, usually daily, an XML
@@ -11,6 +12,13 @@ document (zipped or gzipped) to the ``rua`` address of our DMARC record.
 - ``store``: the SQLite file under ``data_dir/reports/`` that keeps them,
   deduplicated, pruned after the retention, and summed for
   ``estafeta dmarc report``.
+
+The reports we send about the mail our MX evaluated, the other way round:
+
+- ``evaluations``: the SQLite file of the MX's evaluations, summed per
+  UTC day, policy domain and row, bounded, with which days are sent;
+- ``aggregate``: writes a :class:`~estafeta.reports.dmarc.Report` as
+  rfc7489 appendix C XML and the rfc7489:7.2.1.1 message (sans-IO).
 
 How a report reaches them (the ``[reports] dmarc_address`` intake in
 ``estafeta.delivery.reports``, and ``estafeta dmarc import``) and what the

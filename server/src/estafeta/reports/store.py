@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -155,30 +155,16 @@ class ReportStore:
         """Store ``report`` (received at ``now``) with its records, and prune
         what is past the retention, in one transaction."""
         cutoff = int(now - self.retention)
-        with self._connect(create=True) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._prune(conn, cutoff)
-                result = self._insert(conn, report, int(now), cutoff)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return result
+        with transaction(self.path, _SCHEMA, SCHEMA_VERSION, create=True) as conn:
+            self._prune(conn, cutoff)
+            return self._insert(conn, report, int(now), cutoff)
 
     def prune(self, now: float) -> int:
         """Delete the reports past the retention; how many went."""
         if not self.path.exists():
             return 0
-        with self._connect(create=False) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = self._prune(conn, int(now - self.retention))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return removed
+        with transaction(self.path, _SCHEMA, SCHEMA_VERSION, create=False) as conn:
+            return self._prune(conn, int(now - self.retention))
 
     @staticmethod
     def _prune(conn: sqlite3.Connection, cutoff: int) -> int:
@@ -288,31 +274,58 @@ class ReportStore:
 
     @contextmanager
     def _connect(self, create: bool) -> Iterator[sqlite3.Connection]:
-        try:
-            if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise ReportStoreError(f"{self.path}: {_detail(exc)}") from None
-        try:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version not in (0, SCHEMA_VERSION):
-                raise ReportStoreError(
-                    f"{self.path}: schema version {version}, this estafeta knows {SCHEMA_VERSION}"
-                )
-            if version == 0:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                os.chmod(self.path, 0o600)
+        with connect(self.path, _SCHEMA, SCHEMA_VERSION, create) as conn:
             yield conn
-        except (OSError, sqlite3.Error) as exc:
-            raise ReportStoreError(f"{self.path}: {_detail(exc)}") from None
-        finally:
-            conn.close()
+
+
+@contextmanager
+def connect(
+    path: Path, schema: Sequence[str], version: int, create: bool
+) -> Iterator[sqlite3.Connection]:
+    """A connection to one of the report databases (this one, and the
+    evaluations of estafeta.reports.evaluations): WAL, synchronous=FULL,
+    the busy timeout, ``schema`` created at ``version`` in a new file
+    (0600, in a 0700 directory made when ``create``). Every database or
+    file error comes out as ReportStoreError naming the file."""
+    try:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise ReportStoreError(f"{path}: {_detail(exc)}") from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        (found,) = conn.execute("PRAGMA user_version").fetchone()
+        if found not in (0, version):
+            raise ReportStoreError(f"{path}: schema version {found}, this estafeta knows {version}")
+        if found == 0:
+            for statement in schema:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={version}")
+            os.chmod(path, 0o600)
+        yield conn
+    except (OSError, sqlite3.Error) as exc:
+        raise ReportStoreError(f"{path}: {_detail(exc)}") from None
+    finally:
+        conn.close()
+
+
+@contextmanager
+def transaction(
+    path: Path, schema: Sequence[str], version: int, create: bool
+) -> Iterator[sqlite3.Connection]:
+    """``connect``, in one BEGIN IMMEDIATE transaction: committed when the
+    body ends, rolled back when it raises."""
+    with connect(path, schema, version, create) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 def _detail(exc: BaseException) -> str:
