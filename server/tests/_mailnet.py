@@ -3,23 +3,29 @@
 Each mail host gets its own loopback address (127.0.0.2, .3, ...) and the real
 ports 25/587/465 on it, the way MX hosts are reached; the DNS server (Debian's
 knotd, started here) is authoritative for the test zones and the estafeta
-hosts use it as their resolver.
+hosts use it as their resolver. Knot signs the zones in ``Knot.signed``
+(automatic DNSSEC signing); ``Unbound`` is a validating resolver in front
+of it that trusts their keys, for what needs DNSSEC answers (DANE).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
+import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.query
@@ -54,6 +60,8 @@ class Knot:
     zones: dict[str, list[str]]  # origin -> zone-file lines (relative names ok)
     port: int = field(default_factory=free_port)
     tsig_secret: str = field(default_factory=lambda: base64.b64encode(os.urandom(32)).decode())
+    # Zones Knot signs itself (a key per zone, made at the first start).
+    signed: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,6 +98,8 @@ class Knot:
         ]
         for origin, lines in self.zones.items():
             conf += [f"  - domain: {origin}", "    acl: update"]
+            if origin in self.signed:
+                conf.append("    dnssec-signing: on")
             zone = [
                 f"$ORIGIN {origin}.",
                 "$TTL 60",
@@ -123,14 +133,108 @@ class Knot:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        _terminate(self.process)
+        self.process = None
+
+    def ksk(self, origin: str) -> str:
+        """The key-signing DNSKEY of a signed zone, as unbound's trust-anchor text."""
+        query = dns.message.make_query(origin, dns.rdatatype.DNSKEY)
+        answer = dns.query.udp(query, "127.0.0.1", port=self.port, timeout=2)
+        keys = [rdata for rrset in answer.answer for rdata in rrset if rdata.flags == 257]
+        assert keys, f"{origin} has no key-signing key"
+        return f"{origin}. DNSKEY {keys[0].to_text()}"
+
+
+def _terminate(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Unbound:
+    """Debian's unbound on 127.0.0.1: a validating resolver for the Knot's zones.
+
+    The signed zones are trusted by their key (no chain from the root:
+    unbound knows no root here), ``bogus`` zones get a trust anchor that
+    matches no key, so every answer from them fails validation (SERVFAIL,
+    with an rfc8914 Extended DNS Error); all other zones are insecure.
+    """
+
+    root: Path
+    knot: Knot
+    bogus: tuple[str, ...] = ()
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def write(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        conf = [
+            "server:",
+            f"    interface: 127.0.0.1@{self.port}",
+            '    username: ""',
+            '    chroot: ""',
+            f'    directory: "{self.root}"',
+            f'    pidfile: "{self.root / "unbound.pid"}"',
+            "    use-syslog: no",
+            "    do-daemonize: no",
+            "    do-not-query-localhost: no",
+            "    access-control: 127.0.0.0/8 allow",
+            '    module-config: "validator iterator"',
+            "    qname-minimisation: no",
+            "    ede: yes",
+            "    val-log-level: 2",
+            # Tests change records between lookups: no answer outlives a second.
+            "    cache-max-ttl: 1",
+            "    cache-max-negative-ttl: 1",
+        ]
+        for origin in self.knot.signed:
+            if origin not in self.bogus:
+                conf.append(f'    trust-anchor: "{self.knot.ksk(origin)}"')
+        for origin in self.bogus:
+            conf.append(f'    trust-anchor: "{origin}. DS 1 13 2 {"00" * 32}"')
+        for origin in self.knot.zones:
+            # unbound answers RFC 6761 names (test., ...) itself unless told not to.
+            conf.append(f'    local-zone: "{origin}." transparent')
+        for origin in self.knot.zones:
+            conf += [
+                "stub-zone:",
+                f'    name: "{origin}."',
+                f"    stub-addr: {self.knot.address.replace(':', '@')}",
+            ]
+        (self.root / "unbound.conf").write_text("\n".join(conf) + "\n")
+
+    def start(self) -> None:
+        self.write()
+        log = (self.root / "unbound.log").open("ab")
+        self.process = subprocess.Popen(
+            ["unbound", "-d", "-c", str(self.root / "unbound.conf")], stdout=log, stderr=log
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        origin = next(iter(self.knot.zones))
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"unbound exited: {(self.root / 'unbound.log').read_text()}")
+            query = dns.message.make_query(origin, dns.rdatatype.SOA)
+            with contextlib.suppress(OSError, dns.exception.DNSException):
+                if dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.5).answer:
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError("unbound does not answer")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        _terminate(self.process)
+        self.process = None
 
 
 def mail_zone(ip: str, *, dkim: Iterable[str] = (), dmarc: str = "v=DMARC1; p=reject") -> list[str]:
@@ -259,6 +363,40 @@ class MailHost:
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def log_lines(self, *needles: str) -> list[str]:
+        return [line for line in self.log_text().splitlines() if all(n in line for n in needles)]
+
+    def logged(self, *needles: str, timeout: float = 10.0) -> list[str]:
+        """The log lines with every needle, waiting up to ``timeout`` for one."""
+        deadline = time.monotonic() + timeout
+        while not (lines := self.log_lines(*needles)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return lines
+
+    def submit(self, sender: str, to: str, subject: str, tls: ssl.SSLContext) -> None:
+        """Submit a short message on 587 (STARTTLS, AUTH as ``sender``)."""
+        message = (
+            f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nHello.\r\n"
+        ).encode()
+        with smtplib.SMTP(self.ip, 587, timeout=30) as client:
+            client.starttls(context=tls)
+            client.login(sender, PASSWORD)
+            assert client.sendmail(sender, [to], message) == {}
+
+    def wait_attempted(
+        self, domain: str, attempts: int = 1, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """The queue entry for ``domain`` once it has been tried ``attempts`` times."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entries = json.loads(self.cli("queue", "list", "--json").stdout)
+            mine = [entry for entry in entries if entry["domain"] == domain]
+            if mine and mine[0]["attempts"] >= attempts:
+                return dict(mine[0])
+            time.sleep(0.2)
+        raise AssertionError(f"no attempt for {domain}: {self.log_text()[-3000:]}")
 
     def messages(self, address: str, mailbox_dir: str = "") -> list[bytes]:
         local, domain = address.split("@")

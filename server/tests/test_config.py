@@ -165,6 +165,7 @@ def test_web_and_mta_sts(tmp_path: Path) -> None:
         (("[listen]", '[listen]\nimaps = ["127.0.0.1:993"]'), "listen.imaps", "needs [tls]"),
         (("[listen]", '[listen]\nhttps = ["127.0.0.1:443"]'), "listen.https", "needs [tls]"),
         (("[log]", '[mta_sts]\nmode = "strict"\n[log]'), "mta_sts.mode", "enforce, testing"),
+        (("[log]", '[queue]\ndane = "yes"\n[log]'), "queue.dane", "true or false"),
         (("[log]", '[mta_sts]\nmax_age = "400d"\n[log]'), "mta_sts.max_age", "at most 31557600"),
         (("[log]", '[mta_sts]\nmx = ["mx..x"]\n[log]'), "mta_sts.mx[0]", "not a host name"),
         (
@@ -281,7 +282,7 @@ def test_queue_and_relay_settings(tmp_path: Path) -> None:
     assert cfg.queue.lifetime == 2 * 86400
     assert cfg.queue.delay_warning == 600
     assert cfg.queue.retry_min == 30 and cfg.queue.retry_max == 3600
-    assert cfg.queue.tls == "opportunistic" and cfg.queue.mta_sts
+    assert cfg.queue.tls == "opportunistic" and cfg.queue.mta_sts and cfg.queue.dane
     relay = cfg.queue.relay
     assert relay is not None
     assert relay.host == Endpoint("smtp.provider.example", 587)  # STARTTLS default port
@@ -291,6 +292,11 @@ def test_queue_and_relay_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         config.check_runtime(cfg)
     assert error.value.key == "queue.relay.password_file"
+
+
+def test_queue_dane_can_be_turned_off(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, GOOD.replace("[log]", "[queue]\ndane = false\n[log]")))
+    assert cfg.queue.dane is False
 
 
 def test_invalid_toml_names_the_line(tmp_path: Path) -> None:

@@ -250,6 +250,10 @@ class QueueConfig:
     tls: str = "opportunistic"
     mta_sts: bool = True
     mta_sts_port: int = 443
+    # DANE (rfc7672): authenticate MX hosts by their DNSSEC-signed TLSA
+    # records. Needs a validating resolver on loopback ([dns] nameservers):
+    # without trusted AD bits every answer is insecure and DANE never applies.
+    dane: bool = True
     # Extra trust anchors (PEM) for verified outbound TLS, added to the system's.
     ca_file: Path | None = None
     relay: RelayConfig | None = None
@@ -917,6 +921,7 @@ def _queue_config(reader: _Reader, path: Path) -> QueueConfig:
         tls=tls,
         mta_sts=reader.get("mta_sts", bool, d.mta_sts),
         mta_sts_port=_positive(reader, "mta_sts_port", d.mta_sts_port),
+        dane=reader.get("dane", bool, d.dane),
         ca_file=_path(reader, "ca_file", path.parent),
         relay=relay,
     )

@@ -465,6 +465,16 @@ class Server:
                     listener=name,
                     reason="not implemented in this version",
                 )
+        queue = self.config.queue
+        if queue.dane and queue.relay is None and not self.resolver.validating:
+            # rfc4033:4.9.3 — an AD bit is only as good as the path it came by.
+            log_event(
+                log,
+                "dane_unavailable",
+                logging.WARNING,
+                reason="[dns] nameservers are not all on loopback: DNSSEC answers are "
+                "not trusted and DANE never applies (run a validating resolver on 127.0.0.1)",
+            )
         self._runner_task = asyncio.create_task(self.runner.run())
         if self.certificates is not None:
             self._certificates_task = asyncio.create_task(self.certificates.run())

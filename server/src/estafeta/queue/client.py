@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from estafeta.tlsclose import close_promptly
+from estafeta.tlsclose import SHUTDOWN_SECONDS, close_promptly
 
 # rfc5321:4.5.3.1.5 — a reply line is at most 512 octets; be lenient, not unbounded.
 MAX_LINE = 4096
@@ -210,8 +210,12 @@ class SMTPConnection:
             self.extensions[keyword.upper()] = params
         return reply
 
-    async def starttls(self, context: ssl.SSLContext) -> Reply:
-        """rfc3207:4 — after 220, the TLS handshake; the caller repeats EHLO."""
+    async def starttls(self, context: ssl.SSLContext, server_name: str = "") -> Reply:
+        """rfc3207:4 — after 220, the TLS handshake; the caller repeats EHLO.
+
+        ``server_name`` is the SNI when it is not the peer name (DANE's TLSA
+        base domain, rfc7672:8.1).
+        """
         reply = await self.command("STARTTLS")
         if reply.code != 220:
             return reply
@@ -219,7 +223,7 @@ class SMTPConnection:
             # rfc3207:6 / CVE-2011-0411 — data pipelined before the handshake.
             raise ProtocolError("server sent data after 220 for STARTTLS")
         async with asyncio.timeout(self.timeout):
-            await self.writer.start_tls(context, server_hostname=self.peer_name)
+            await self.writer.start_tls(context, server_hostname=server_name or self.peer_name)
             close_promptly(self.writer.transport)
         self.tls = True
         return reply
@@ -260,6 +264,13 @@ class SMTPConnection:
             pass
         finally:
             self.abort()
+        # rfc5321:4.1.1.10 — the server closes after 221; over TLS that is an
+        # exchange of close_notify alerts (tlsclose bounds the wait), so wait
+        # for it: the socket is closed when the attempt ends.
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), SHUTDOWN_SECONDS + 1)
+        except (OSError, TimeoutError):
+            self.writer.transport.abort()
 
     def abort(self) -> None:
         self.writer.close()

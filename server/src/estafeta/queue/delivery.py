@@ -12,23 +12,35 @@ Postfix does. When the domain publishes an MTA-STS policy in ``enforce`` mode
 (rfc8461:5), only MX hosts matching the policy are used, STARTTLS is required
 and the certificate must be valid for the MX name; ``[queue] tls = "verify"``
 asks that of every domain.
+
+DANE (rfc7672, ``estafeta.queue.dane``): when the MX answer and a host's
+addresses are DNSSEC-secure, the host's TLSA records decide instead: with
+usable records STARTTLS is mandatory and the certificate must match one of
+them (checked before MAIL FROM; MTA-STS's certificate check is not applied to
+such a host, rfc8461:2); with records but none usable, STARTTLS is mandatory
+without authentication; a failed TLSA lookup makes the host unusable for now.
+A host that needs TLS is never retried in plain text. Each result carries
+the TLS outcome of every host attempt (``Result.tls``), for logs and TLS-RPT.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import logging
 import os
 import random
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from estafeta.config import QueueConfig
 from estafeta.dns import DNSTempError, Resolver
 from estafeta.log import log_event
+from estafeta.queue import dane
 from estafeta.queue.client import ProtocolError, Reply, SMTPConnection
+from estafeta.queue.dane import NO_DANE, HostPolicy, TLSALookupError, TLSOutcome
 from estafeta.queue.mtasts import MTASTS, Policy
 
 log = logging.getLogger("estafeta.queue")
@@ -48,6 +60,9 @@ class Result:
     status: str  # rfc3463 code, e.g. "2.0.0", "5.1.1", "4.4.1"
     reply: str  # the server's reply, or our description of the failure
     remote_mta: str | None = None
+    # The TLS side of each host attempt, in order; the last one is the
+    # session this result came from, when it came from one.
+    tls: tuple[TLSOutcome, ...] = ()
 
 
 class RouteError(Exception):
@@ -66,6 +81,7 @@ class Route:
     implicit_tls: bool = False
     auth: tuple[str, str] | None = None
     policy: str = ""  # what imposed require_tls, for logs
+    dnssec: bool = False  # the MX answer (or its denial) was DNSSEC-secure
 
 
 def verifying_context(ca_file: str | None) -> ssl.SSLContext:
@@ -104,7 +120,8 @@ class Deliverer:
 
     # -- routing ----------------------------------------------------------
 
-    async def mx_hosts(self, domain: str) -> list[str]:
+    async def mx_hosts(self, domain: str) -> tuple[list[str], bool]:
+        """The hosts to try, and whether the MX answer was DNSSEC-secure."""
         try:
             answer = await self.resolver.lookup(domain, "MX")
         except DNSTempError as exc:
@@ -116,18 +133,23 @@ class Deliverer:
         records: list[tuple[int, str]] = list(answer.records)
         if not records:
             # rfc5321:5.1 — no MX: the domain itself is the implicit MX.
-            return [domain]
+            return [domain], answer.secure
         if any(exchange in ("", ".") for _, exchange in records):
             # rfc7505:3 — null MX: the domain accepts no mail.
             raise RouteError("permanent", "5.1.10", f"{domain} does not accept mail (null MX)")
         # Equal preferences are tried in random order (rfc5321:5.1).
         shuffled = random.sample(records, len(records))
         ordered = sorted(shuffled, key=lambda record: record[0])
-        return list(dict.fromkeys(exchange for _, exchange in ordered))[:MAX_MX]
+        hosts = list(dict.fromkeys(exchange for _, exchange in ordered))[:MAX_MX]
+        return hosts, answer.secure
 
-    async def addresses(self, host: str) -> list[str]:
+    async def addresses(self, host: str) -> tuple[list[str], bool, str]:
+        """The host's addresses; whether every answer was DNSSEC-secure; the
+        CNAME-expanded name, if any (for DANE, rfc7672:2.2.2, 2.2.3)."""
         found: list[str] = []
         errors = 0
+        secure = True
+        canonical = ""
         for rdtype in ("A", "AAAA"):
             try:
                 answer = await self.resolver.lookup(host, rdtype)
@@ -135,9 +157,22 @@ class Deliverer:
                 errors += 1
                 continue
             found.extend(answer.records)
+            secure = secure and answer.secure
+            canonical = canonical or answer.canonical
         if not found and errors:
             raise DNSTempError(f"address lookup for {host} failed")
-        return found[:MAX_ADDRESSES]
+        return found[:MAX_ADDRESSES], secure and errors < 2, canonical
+
+    async def dane_policy(
+        self, route: Route, host: str, secure: bool, canonical: str
+    ) -> HostPolicy:
+        """What DANE asks of ``host`` (rfc7672:2.2); raises TLSALookupError."""
+        if not self.config.dane or self.config.relay is not None:
+            return NO_DANE
+        if not route.dnssec or not secure:
+            # rfc7672:2.2.1, 2.2.2 — insecure MX or addresses: no TLSA lookup.
+            return NO_DANE
+        return await dane.discover(self.resolver, host, canonical, route.port)
 
     async def route(self, domain: str) -> Route:
         relay = self.config.relay
@@ -151,7 +186,7 @@ class Deliverer:
                 auth=auth,
                 policy="smarthost",
             )
-        hosts = await self.mx_hosts(domain)
+        hosts, dnssec = await self.mx_hosts(domain)
         require_tls = self.config.tls == "verify"
         policy_name = "config" if require_tls else ""
         if self.mta_sts is not None and self.config.mta_sts:
@@ -168,7 +203,7 @@ class Deliverer:
                 mismatched = [host for host in hosts if not policy.matches(host)]
                 if mismatched:
                     log_event(log, "mta_sts_testing", domain=domain, mismatched=mismatched)
-        return Route(tuple(hosts), self.config.port, require_tls, policy=policy_name)
+        return Route(tuple(hosts), self.config.port, require_tls, policy=policy_name, dnssec=dnssec)
 
     # -- the attempt ------------------------------------------------------
 
@@ -181,6 +216,7 @@ class Deliverer:
             return [Result(r, exc.state, exc.status, exc.reason) for r in recipients]
         last = "no usable mail host"
         last_status = "4.4.1"
+        outcomes: list[TLSOutcome] = []
         for host in route.hosts:
             if host == self.hostname and self.config.relay is None:
                 # rfc5321:5.1 — we are an MX for it but not a local domain: a loop.
@@ -190,42 +226,65 @@ class Deliverer:
                 # A smarthost may be an IP address: that needs no DNS (Postfix's
                 # relayhost = [192.0.2.1]); MX names always go through DNS.
                 literal = _literal(host) if self.config.relay is not None else []
-                addresses = literal or await self.addresses(host)
+                addresses, secure, canonical = (
+                    (literal, False, "") if literal else await self.addresses(host)
+                )
             except DNSTempError as exc:
                 last, last_status = str(exc), "4.4.3"
                 continue
             if not addresses:
                 last, last_status = f"{host} has no address", "4.4.4"
                 continue
+            try:
+                policy = await self.dane_policy(route, host, secure, canonical)
+            except TLSALookupError as exc:
+                # rfc7672:2.2 — a failed TLSA lookup: not this host, not in plain text.
+                outcomes.append(dane.lookup_failed(exc))
+                last, last_status = f"{host}: TLSA lookup failed: {exc}", "4.7.5"
+                _dane_failed(domain, outcomes[-1], last)
+                continue
             for address in addresses:
                 try:
-                    results = await self._session(route, host, address, sender, recipients, data)
+                    results = await self._session(
+                        route, policy, host, address, sender, recipients, data, outcomes
+                    )
                 except _HostFailed as exc:
                     last, last_status = f"{host}[{address}]: {exc}", exc.status
+                    if policy.mode != "none" and exc.status == "4.7.5" and outcomes:
+                        # No TLS, or not the certificate the TLSA records name.
+                        _dane_failed(domain, outcomes[-1], str(exc))
                     if exc.final:
-                        return [Result(r, "permanent", exc.status, last, host) for r in recipients]
+                        return [
+                            Result(r, "permanent", exc.status, last, host, tuple(outcomes))
+                            for r in recipients
+                        ]
                     continue
-                return results
+                return [replace(result, tls=tuple(outcomes)) for result in results]
         state: State = "permanent" if last_status.startswith("5") else "temporary"
-        return [Result(r, state, last_status, last) for r in recipients]
+        return [Result(r, state, last_status, last, tls=tuple(outcomes)) for r in recipients]
 
     async def _session(
         self,
         route: Route,
+        policy: HostPolicy,
         host: str,
         address: str,
         sender: str,
         recipients: Sequence[str],
         data: bytes,
+        outcomes: list[TLSOutcome],
     ) -> list[Result]:
         plain_fallback = False
         while True:
             try:
                 return await self._try(
-                    route, host, address, sender, recipients, data, plain_fallback
+                    route, policy, host, address, sender, recipients, data, plain_fallback, outcomes
                 )
             except _TLSFailed as exc:
-                if route.require_tls or plain_fallback:
+                outcomes.append(
+                    dane.outcome(policy, route.policy, host, address, exc.result_type, str(exc))
+                )
+                if route.require_tls or policy.mode != "none" or plain_fallback:
                     raise _HostFailed(f"TLS failed: {exc}", "4.7.5") from None
                 log_event(
                     log, "tls_fallback", logging.WARNING, host=host, address=address, error=str(exc)
@@ -235,12 +294,14 @@ class Deliverer:
     async def _try(
         self,
         route: Route,
+        policy: HostPolicy,
         host: str,
         address: str,
         sender: str,
         recipients: Sequence[str],
         data: bytes,
         plain: bool,
+        outcomes: list[TLSOutcome],
     ) -> list[Result]:
         timeout = self.config.connect_timeout
         try:
@@ -253,19 +314,24 @@ class Deliverer:
                 tls=self.verify_tls if route.implicit_tls else None,
             )
         except ssl.SSLError as exc:
+            outcomes.append(
+                dane.outcome(
+                    policy, route.policy, host, address, dane.handshake_result(exc), str(exc)
+                )
+            )
             raise _HostFailed(f"TLS failed: {exc}", "4.7.5") from None
         except (OSError, TimeoutError, ProtocolError) as exc:
             raise _HostFailed(_describe(exc), "4.4.1") from None
         try:
             return await self._transaction(
-                conn, greeting, route, host, sender, recipients, data, plain
+                conn, greeting, route, policy, address, sender, recipients, data, plain, outcomes
             )
         except (_HostFailed, _TLSFailed):
             conn.abort()
             raise
         except ssl.SSLError as exc:
             conn.abort()
-            raise _TLSFailed(str(exc)) from None
+            raise _TLSFailed(str(exc), dane.handshake_result(exc)) from None
         except (OSError, TimeoutError, ProtocolError) as exc:
             conn.abort()
             raise _HostFailed(_describe(exc), "4.4.2") from None
@@ -275,12 +341,15 @@ class Deliverer:
         conn: SMTPConnection,
         greeting: Reply,
         route: Route,
-        host: str,
+        policy: HostPolicy,
+        address: str,
         sender: str,
         recipients: Sequence[str],
         data: bytes,
         plain: bool,
+        outcomes: list[TLSOutcome],
     ) -> list[Result]:
+        host = conn.peer_name
         if greeting.code != 220:
             await conn.quit()
             # rfc5321:3.1 — a 554 greeting: this host takes no mail from us; try the
@@ -290,24 +359,45 @@ class Deliverer:
         if not reply.positive:
             await conn.quit()
             raise _HostFailed(f"EHLO: {reply}", "4.5.0")
+        # rfc7672:2.2 — DANE (usable records or not) makes TLS mandatory.
+        require_tls = route.require_tls or policy.mode != "none"
         if not conn.tls and not plain and "STARTTLS" in conn.extensions:
-            context = self.verify_tls if route.require_tls else self.plain_tls
+            context, server_name = self._tls_for(route, policy)
             try:
-                reply = await conn.starttls(context)
+                reply = await conn.starttls(context, server_name)
             except ssl.SSLError as exc:
-                raise _TLSFailed(str(exc)) from None
+                raise _TLSFailed(str(exc), dane.handshake_result(exc)) from None
             if reply.code != 220:
-                if route.require_tls:
+                if require_tls:
                     await conn.quit()
+                    outcomes.append(
+                        dane.outcome(
+                            policy,
+                            route.policy,
+                            host,
+                            address,
+                            "starttls-not-supported",
+                            str(reply),
+                        )
+                    )
                     raise _HostFailed(f"STARTTLS refused: {reply}", "4.7.5")
             else:
+                if policy.mode == "dane":
+                    await self._authenticate(conn, route, policy, address, outcomes)
                 reply = await conn.ehlo(self.hostname)
                 if not reply.positive:
                     await conn.quit()
                     raise _HostFailed(f"EHLO after STARTTLS: {reply}", "4.5.0")
-        if route.require_tls and not conn.tls:
+        if require_tls and not conn.tls:
             await conn.quit()
-            raise _HostFailed(f"STARTTLS not offered ({route.policy} requires TLS)", "4.7.5")
+            label = policy.policy or route.policy or "opportunistic"
+            outcomes.append(
+                dane.outcome(
+                    policy, route.policy, host, address, "starttls-not-supported", "no STARTTLS"
+                )
+            )
+            raise _HostFailed(f"STARTTLS not offered ({label} requires TLS)", "4.7.5")
+        outcomes.append(dane.outcome(policy, route.policy, host, address))
         if route.auth is not None:
             reply = await conn.auth_plain(*route.auth)
             if reply.code != 235:
@@ -355,6 +445,61 @@ class Deliverer:
         await conn.quit()
         return [results[rcpt] for rcpt in recipients]
 
+    def _tls_for(self, route: Route, policy: HostPolicy) -> tuple[ssl.SSLContext, str]:
+        """The TLS context and SNI for STARTTLS with this host."""
+        if policy.mode == "dane" or (policy.mode == "encrypt" and not route.require_tls):
+            # rfc7672:8.1 — SNI is the TLSA base domain; DANE checks, not PKIX.
+            return self.plain_tls, policy.base_domain
+        return (self.verify_tls if route.require_tls else self.plain_tls), ""
+
+    async def _authenticate(
+        self,
+        conn: SMTPConnection,
+        route: Route,
+        policy: HostPolicy,
+        address: str,
+        outcomes: list[TLSOutcome],
+    ) -> None:
+        """rfc7672:3 — the certificate must match a TLSA record, or we leave."""
+        ssl_object = conn.writer.get_extra_info("ssl_object")
+        chain = dane.peer_chain(ssl_object) if ssl_object is not None else []
+        now = datetime.datetime.now(datetime.UTC)
+        verdict = dane.verify_chain(policy.records, chain, policy.names, now)
+        if not verdict.ok:
+            outcomes.append(
+                dane.outcome(
+                    policy, route.policy, policy.host, address, verdict.result_type, verdict.reason
+                )
+            )
+            await conn.quit()
+            raise _HostFailed(f"DANE authentication failed: {verdict.reason}", "4.7.5")
+        assert verdict.record is not None
+        record = verdict.record
+        log_event(
+            log,
+            "dane_verified",
+            host=policy.host,
+            address=address,
+            base=policy.base_domain,
+            usage=record.usage,
+            selector=record.selector,
+            mtype=record.mtype,
+        )
+
+
+def _dane_failed(domain: str, outcome: TLSOutcome, reason: str) -> None:
+    log_event(
+        log,
+        "dane_failed",
+        logging.WARNING,
+        domain=domain,
+        host=outcome.mx_host,
+        address=outcome.address,
+        base=outcome.policy_domain,
+        result=outcome.result_type,
+        reason=reason,
+    )
+
 
 def _result(rcpt: str, reply: Reply, host: str, subject: str) -> Result:
     if reply.positive:
@@ -386,7 +531,9 @@ def _describe(exc: BaseException) -> str:
 
 
 class _TLSFailed(Exception):
-    pass
+    def __init__(self, reason: str, result_type: str = "validation-failure") -> None:
+        super().__init__(reason)
+        self.result_type = result_type  # rfc8460:4.3
 
 
 class _HostFailed(Exception):

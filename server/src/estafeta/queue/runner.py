@@ -134,6 +134,8 @@ class QueueRunner:
                     **fields,
                     to=f"<{result.recipient}>",
                     relay=result.remote_mta or "none",
+                    # The TLS policy of the last session: dane, mta-sts, opportunistic, ...
+                    tls=result.tls[-1].policy if result.tls else "none",
                     result=result.state,
                     status=result.status,
                     reply=result.reply,
