@@ -13,7 +13,9 @@ Record values by type (names are lower case, without the trailing dot):
 - ``TXT``: the character-strings of one record joined without separator
   (rfc7208:3.3, rfc6376:3.6.2.2), decoded as UTF-8 with surrogateescape;
 - ``PTR``, ``CNAME``: the target name;
-- ``TLSA``: ``(usage, selector, mtype, data-bytes)``.
+- ``TLSA``: ``(usage, selector, mtype, data-bytes)``;
+- ``NS``: the name server's name; ``SOA``: ``(primary name server, serial)``
+  (``estafeta doctor`` finds a zone's authoritative servers with them).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-RECORD_TYPES = ("A", "AAAA", "MX", "TXT", "PTR", "CNAME", "TLSA")
+RECORD_TYPES = ("A", "AAAA", "MX", "TXT", "PTR", "CNAME", "TLSA", "NS", "SOA")
 
 
 class DNSTempError(Exception):
@@ -101,9 +103,19 @@ class MockResolver:
 
 
 class DNSPythonResolver:
-    """The real resolver: dnspython's asyncio stub resolver."""
+    """The real resolver: dnspython's asyncio stub resolver.
 
-    def __init__(self, nameservers: Sequence[tuple[str, int]] = (), timeout: float = 5.0) -> None:
+    ``recursion=False`` clears the RD bit: the way to ask a zone's
+    authoritative server what it serves itself (rfc1035:4.1.1).
+    """
+
+    def __init__(
+        self,
+        nameservers: Sequence[tuple[str, int]] = (),
+        timeout: float = 5.0,
+        *,
+        recursion: bool = True,
+    ) -> None:
         import dns.asyncresolver
         import dns.nameserver
 
@@ -114,6 +126,8 @@ class DNSPythonResolver:
             resolver = dns.asyncresolver.Resolver()
         resolver.lifetime = timeout
         resolver.timeout = min(timeout, 2.0)
+        if not recursion:
+            resolver.set_flags(0)  # dnspython sets RD by default
         self._resolver = resolver
 
     async def lookup(self, name: str, rdtype: str) -> Answer:
@@ -151,8 +165,10 @@ def _value(rdtype: str, rdata: Any) -> Any:
         return (int(rdata.preference), normalize_name(rdata.exchange.to_text()))
     if rdtype == "TXT":
         return b"".join(rdata.strings).decode("utf-8", "surrogateescape")
-    if rdtype in ("PTR", "CNAME"):
+    if rdtype in ("PTR", "CNAME", "NS"):
         return normalize_name(rdata.target.to_text())
+    if rdtype == "SOA":
+        return (normalize_name(rdata.mname.to_text()), int(rdata.serial))
     if rdtype == "TLSA":
         return (int(rdata.usage), int(rdata.selector), int(rdata.mtype), bytes(rdata.cert))
     raise ValueError(rdtype)
