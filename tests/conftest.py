@@ -1,7 +1,8 @@
 """Fixtures for the tests of the modules in library/.
 
 - ``run_module``: run a module's ``main()`` in-process under given arguments
-  and return what it passed to ``exit_json``/``fail_json``;
+  and return what it passed to ``exit_json``/``fail_json``; ``run_ansible``:
+  the same through the ``ansible`` command;
 - ``knot``: Debian's knotd serving zones on 127.0.0.1 and a free port;
 - ``silent_nameserver``: a UDP port that swallows queries (DNS timeouts);
 - ``estafeta_server``: a real estafeta with submission, IMAP and TLS from a
@@ -15,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -123,6 +127,43 @@ def run_module(library_module: Callable[[str], Any]) -> Callable[..., dict[str, 
         raise AssertionError(f"{name}.main() returned without exit_json or fail_json")
 
     return run
+
+
+def run_ansible(
+    name: str, args: dict[str, Any], tmp_path: Path, *, check_mode: bool = False
+) -> tuple[int, dict[str, Any]]:
+    """``ansible localhost -m NAME -a ARGS`` from the repository root, so that
+    ansible.cfg's library= and module_utils= find the module and its
+    module_utils, under the host's Python rather than estafeta's venv; the
+    exit code and the module's result."""
+    ansible = shutil.which("ansible") or str(Path(sys.executable).parent / "ansible")
+    interpreter = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    env = {
+        **os.environ,
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
+        "ANSIBLE_REMOTE_TEMP": str(tmp_path / "ansible-remote"),
+    }
+    env.pop("ANSIBLE_CONFIG", None)
+    command = [ansible, "localhost", "-i", "localhost,", "-c", "local"]
+    command += ["--check"] if check_mode else []
+    command += ["-e", f"ansible_python_interpreter={interpreter}"]
+    command += ["-m", name, "-a", json.dumps(args)]
+    proc = subprocess.run(
+        command,
+        cwd=_LIBRARY.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    try:
+        result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, LookupError):
+        raise AssertionError(proc.stdout + proc.stderr) from None
+    return proc.returncode, dict(result)
 
 
 # -- DNS ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,21 @@ DOMAIN = "example.test"
 PASSWORD = "correct horse battery staple"
 
 
-def make_tls(directory: Path) -> tuple[str, trustme.CA]:
-    """A test CA and a certificate for mx.example.test / 127.0.0.1, written
-    to ``directory``; returns the [tls] config section and the CA."""
+def make_tls(
+    directory: Path,
+    names: Sequence[str] = ("mx.example.test", "127.0.0.1"),
+    *,
+    with_ca: bool = False,
+) -> tuple[str, trustme.CA]:
+    """A test CA and a certificate for ``names`` (mx.example.test / 127.0.0.1),
+    written to ``directory`` (``with_ca``: the CA after it in cert.pem, as a
+    chain); returns the [tls] config section and the CA."""
     ca = trustme.CA()
     # fetchmail checks the subject CN as well as the SANs.
-    cert = ca.issue_cert("mx.example.test", "127.0.0.1", common_name="mx.example.test")
+    cert = ca.issue_cert(*names, common_name="mx.example.test")
     cert.private_key_pem.write_to_path(str(directory / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    chain = cert.cert_chain_pems[0].bytes() + (ca.cert_pem.bytes() if with_ca else b"")
+    (directory / "cert.pem").write_bytes(chain)
     ca.cert_pem.write_to_path(str(directory / "ca.pem"))
     section = f'[tls]\ncert = "{directory / "cert.pem"}"\nkey = "{directory / "key.pem"}"\n'
     return section, ca

@@ -13,7 +13,9 @@ Record values by type (names are lower case, without the trailing dot):
 - ``TXT``: the character-strings of one record joined without separator
   (rfc7208:3.3, rfc6376:3.6.2.2), decoded as UTF-8 with surrogateescape;
 - ``PTR``, ``CNAME``: the target name;
-- ``TLSA``: ``(usage, selector, mtype, data-bytes)``.
+- ``TLSA``: ``(usage, selector, mtype, data-bytes)``;
+- ``NS``: the name server's name; ``SOA``: ``(primary name server, serial)``
+  (``estafeta doctor`` finds a zone's authoritative servers with them).
 
 DNSSEC (for DANE, rfc7672): ``Answer.secure`` is the AD bit of the answer
 from a validating resolver (rfc4035:3.2.3), asked for with the AD bit in the
@@ -35,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-RECORD_TYPES = ("A", "AAAA", "MX", "TXT", "PTR", "CNAME", "TLSA")
+RECORD_TYPES = ("A", "AAAA", "MX", "TXT", "PTR", "CNAME", "TLSA", "NS", "SOA")
 
 
 class DNSTempError(Exception):
@@ -166,9 +168,18 @@ class DNSPythonResolver:
     Queries carry EDNS0 and the AD bit (rfc6840:5.7: "tell me whether you
     validated"); ``validating`` is True when the AD bit of answers is
     believed, i.e. every nameserver is on loopback (rfc4033:4.9.3).
+
+    ``recursion=False`` clears the RD bit: the way to ask a zone's
+    authoritative server what it serves itself (rfc1035:4.1.1).
     """
 
-    def __init__(self, nameservers: Sequence[tuple[str, int]] = (), timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        nameservers: Sequence[tuple[str, int]] = (),
+        timeout: float = 5.0,
+        *,
+        recursion: bool = True,
+    ) -> None:
         import dns.asyncresolver
         import dns.flags
         import dns.nameserver
@@ -182,7 +193,7 @@ class DNSPythonResolver:
         resolver.timeout = min(timeout, 2.0)
         # rfc6891 EDNS0 (room for TLSA RRsets) and rfc6840:5.7 AD in the query.
         resolver.use_edns(0, 0, 1232)
-        resolver.flags = dns.flags.RD | dns.flags.AD
+        resolver.flags = (dns.flags.RD if recursion else 0) | dns.flags.AD
         self._resolver = resolver
         servers = list(resolver.nameservers)
         self.validating = bool(servers) and all(map(_loopback, servers))
@@ -255,8 +266,10 @@ def _value(rdtype: str, rdata: Any) -> Any:
         return (int(rdata.preference), normalize_name(rdata.exchange.to_text()))
     if rdtype == "TXT":
         return b"".join(rdata.strings).decode("utf-8", "surrogateescape")
-    if rdtype in ("PTR", "CNAME"):
+    if rdtype in ("PTR", "CNAME", "NS"):
         return normalize_name(rdata.target.to_text())
+    if rdtype == "SOA":
+        return (normalize_name(rdata.mname.to_text()), int(rdata.serial))
     if rdtype == "TLSA":
         return (int(rdata.usage), int(rdata.selector), int(rdata.mtype), bytes(rdata.cert))
     raise ValueError(rdtype)

@@ -55,6 +55,10 @@ class SPFVerdict:
     identity: str  # "mailfrom" or "helo"
     explanation: str | None  # rfc7208:6.2 exp= text on fail, else None
     reason: str  # short human text: which mechanism matched, or why error
+    # rfc7208:4.6.4 — the DNS-querying terms and void lookups the evaluation
+    # used, in order (``estafeta doctor`` shows how close a record is to the limits).
+    lookups: tuple[str, ...] = ()
+    void_lookups: int = 0
 
 
 class _PermError(Exception):
@@ -376,6 +380,7 @@ class _Check:
         self.max_lookups = max_lookups
         self.max_void_lookups = max_void_lookups
         self.lookups = 0
+        self.terms: list[str] = []
         self.void_lookups = 0
         self._ptr_names: list[str] | None = None
         self._validated: list[str] | None = None
@@ -384,6 +389,7 @@ class _Check:
     # more than max_lookups of them is a permerror.
     def count_term(self, term: str) -> None:
         self.lookups += 1
+        self.terms.append(term)
         if self.lookups > self.max_lookups:
             raise _PermError(f"more than {self.max_lookups} DNS-querying terms at {term!r}")
 
@@ -662,8 +668,13 @@ async def check_host(
     """
     domain = _strip_dot(domain.strip()).lower()
 
+    check: _Check | None = None
+
     def verdict(result: SPFResult, reason: str, explanation: str | None = None) -> SPFVerdict:
-        return SPFVerdict(result, domain, identity, explanation, reason)
+        if check is None:
+            return SPFVerdict(result, domain, identity, explanation, reason)
+        terms, voids = tuple(check.terms), check.void_lookups
+        return SPFVerdict(result, domain, identity, explanation, reason, terms, voids)
 
     try:
         client = ipaddress.ip_address(ip.strip().split("%", 1)[0])
