@@ -752,6 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
     from estafeta import cli_dmarc  # DMARC aggregate reports received (issue 22)
 
     cli_dmarc.register(commands, add)
+    from estafeta import cli_tlsrpt  # SMTP TLS reports sent and received (issue 22)
+
+    cli_tlsrpt.register(commands, add)
     return parser
 
 

@@ -12,6 +12,20 @@ Postfix does. When the domain publishes an MTA-STS policy in ``enforce`` mode
 (rfc8461:5), only MX hosts matching the policy are used, STARTTLS is required
 and the certificate must be valid for the MX name; ``[queue] tls = "verify"``
 asks that of every domain.
+
+TLS reports (rfc8460:4, docs/tls-reports.md): every session with a
+recipient domain's MX (not a smarthost) is told to ``tls_reporter`` under
+the policy that applied: the MTA-STS policy (enforce or testing), or
+``no-policy-found``. A success is TLS negotiated (and verified where the
+policy requires it); a failure is STARTTLS not offered or refused, or a
+handshake that failed (certificate-expired, -host-mismatch, -not-trusted,
+validation-failure); an enforced policy naming none of the MX hosts counts
+a validation-failure per MX. A domain whose MTA-STS policy cannot be had
+(and none is cached) counts one failure per attempt of the policy failure
+type (sts-policy-fetch-error, -invalid, sts-webpki-invalid), and the
+attempt's sessions are not counted. The plain-text retry after a failed
+opportunistic handshake is not a session of its own. In testing mode the
+certificate is not verified, so certificate problems are not seen there.
 """
 
 from __future__ import annotations
@@ -30,6 +44,8 @@ from estafeta.dns import DNSTempError, Resolver
 from estafeta.log import log_event
 from estafeta.queue.client import ProtocolError, Reply, SMTPConnection
 from estafeta.queue.mtasts import MTASTS, Policy
+from estafeta.reports import tlsrpt
+from estafeta.reports.tlsrpt_recorder import NullReporter, TLSReporter, classify_tls_error
 
 log = logging.getLogger("estafeta.queue")
 
@@ -66,6 +82,8 @@ class Route:
     implicit_tls: bool = False
     auth: tuple[str, str] | None = None
     policy: str = ""  # what imposed require_tls, for logs
+    # The policy TLS reports count the sessions under; None: not counted.
+    report: tlsrpt.Policy | None = None
 
 
 def verifying_context(ca_file: str | None) -> ssl.SSLContext:
@@ -93,11 +111,13 @@ class Deliverer:
         resolver: Resolver,
         config: QueueConfig,
         mta_sts: MTASTS | None = None,
+        tls_reporter: TLSReporter | None = None,
     ) -> None:
         self.hostname = hostname
         self.resolver = resolver
         self.config = config
         self.mta_sts = mta_sts
+        self.tls_reporter: TLSReporter = tls_reporter or NullReporter()
         ca = str(config.ca_file) if config.ca_file else None
         self.verify_tls = verifying_context(ca)
         self.plain_tls = opportunistic_context()
@@ -154,11 +174,28 @@ class Deliverer:
         hosts = await self.mx_hosts(domain)
         require_tls = self.config.tls == "verify"
         policy_name = "config" if require_tls else ""
+        # rfc8460:4.4 policy-type: "no-policy-found" unless MTA-STS says otherwise.
+        report: tlsrpt.Policy | None = tlsrpt.Policy(tlsrpt.NO_POLICY, domain)
         if self.mta_sts is not None and self.config.mta_sts:
             policy: Policy | None = await self.mta_sts.policy_for(domain)
+            if policy is not None and policy.mode in ("enforce", "testing"):
+                report = _sts_report(domain, policy)
+            elif policy is None and (failure := self.mta_sts.failure(domain)) is not None:
+                # rfc8460:4.3.2.2 — one failed session for the attempt.
+                self.tls_reporter.failure(
+                    tlsrpt.Policy(tlsrpt.STS, domain), failure[0], detail=failure[1]
+                )
+                report = None
             if policy is not None and policy.mode == "enforce":
                 matching = [host for host in hosts if policy.matches(host)]
                 if not matching:
+                    for host in hosts:
+                        self.tls_reporter.failure(
+                            report or tlsrpt.Policy(tlsrpt.STS, domain),
+                            tlsrpt.VALIDATION_FAILURE,
+                            mx_host=host,
+                            detail="MX host not in the MTA-STS policy",
+                        )
                     # rfc8461:5.1 — no MX matches an enforced policy: do not deliver.
                     raise RouteError(
                         "temporary", "4.7.5", f"no MX of {domain} matches its MTA-STS policy"
@@ -168,7 +205,7 @@ class Deliverer:
                 mismatched = [host for host in hosts if not policy.matches(host)]
                 if mismatched:
                     log_event(log, "mta_sts_testing", domain=domain, mismatched=mismatched)
-        return Route(tuple(hosts), self.config.port, require_tls, policy=policy_name)
+        return Route(tuple(hosts), self.config.port, require_tls, policy=policy_name, report=report)
 
     # -- the attempt ------------------------------------------------------
 
@@ -290,17 +327,23 @@ class Deliverer:
         if not reply.positive:
             await conn.quit()
             raise _HostFailed(f"EHLO: {reply}", "4.5.0")
+        session = _Session(self.tls_reporter, route.report, host, conn, reply)
+        if not conn.tls and not plain and "STARTTLS" not in conn.extensions:
+            session.failure(tlsrpt.STARTTLS_NOT_SUPPORTED, "STARTTLS not offered")
         if not conn.tls and not plain and "STARTTLS" in conn.extensions:
             context = self.verify_tls if route.require_tls else self.plain_tls
             try:
                 reply = await conn.starttls(context)
             except ssl.SSLError as exc:
+                session.failure(*classify_tls_error(exc))
                 raise _TLSFailed(str(exc)) from None
             if reply.code != 220:
+                session.failure(tlsrpt.STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {reply}")
                 if route.require_tls:
                     await conn.quit()
                     raise _HostFailed(f"STARTTLS refused: {reply}", "4.7.5")
             else:
+                session.success()
                 reply = await conn.ehlo(self.hostname)
                 if not reply.positive:
                     await conn.quit()
@@ -354,6 +397,56 @@ class Deliverer:
                 results[rcpt] = _result(rcpt, reply, host, "0.0")
         await conn.quit()
         return [results[rcpt] for rcpt in recipients]
+
+
+def _sts_report(domain: str, policy: Policy) -> tlsrpt.Policy:
+    """rfc8460:4.4 — an MTA-STS policy as TLS reports name it: its lines
+    (the file as fetched, or rebuilt from a policy cached without them)."""
+    lines = policy.lines or (
+        "version: STSv1",
+        f"mode: {policy.mode}",
+        *(f"mx: {pattern}" for pattern in policy.mx),
+        f"max_age: {policy.max_age}",
+    )
+    return tlsrpt.Policy(tlsrpt.STS, domain, tlsrpt.policy_lines(lines), policy.mx)
+
+
+class _Session:
+    """One SMTP session, as TLS reports see it (rfc8460:4.4 failure-details)."""
+
+    def __init__(
+        self,
+        reporter: TLSReporter,
+        policy: tlsrpt.Policy | None,
+        host: str,
+        conn: SMTPConnection,
+        ehlo: Reply,
+    ) -> None:
+        self.reporter = reporter
+        self.policy = policy
+        self.host = host
+        peer = conn.writer.get_extra_info("peername")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else ""
+        sockname = conn.writer.get_extra_info("sockname")
+        self.sending_ip = str(sockname[0]) if isinstance(sockname, tuple) else ""
+        words = ehlo.lines[0].split() if ehlo.positive and ehlo.lines else []
+        self.helo = words[0] if words else ""
+
+    def success(self) -> None:
+        if self.policy is not None:
+            self.reporter.success(self.policy, self.host, self.address)
+
+    def failure(self, result_type: str, detail: str) -> None:
+        if self.policy is not None:
+            self.reporter.failure(
+                self.policy,
+                result_type,
+                self.host,
+                self.address,
+                detail,
+                sending_ip=self.sending_ip,
+                helo=self.helo,
+            )
 
 
 def _result(rcpt: str, reply: Reply, host: str, subject: str) -> Result:

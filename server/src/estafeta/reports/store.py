@@ -44,18 +44,16 @@ as :class:`ReportStoreError` naming the file.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from estafeta.reports import database
 from estafeta.reports.dmarc import Report
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 10_000
 DAY = 86_400
 DEFAULT_RETENTION = 400 * DAY
 
@@ -155,30 +153,16 @@ class ReportStore:
         """Store ``report`` (received at ``now``) with its records, and prune
         what is past the retention, in one transaction."""
         cutoff = int(now - self.retention)
-        with self._connect(create=True) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._prune(conn, cutoff)
-                result = self._insert(conn, report, int(now), cutoff)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return result
+        with self._connect(create=True) as conn, database.transaction(conn):
+            self._prune(conn, cutoff)
+            return self._insert(conn, report, int(now), cutoff)
 
     def prune(self, now: float) -> int:
         """Delete the reports past the retention; how many went."""
         if not self.path.exists():
             return 0
-        with self._connect(create=False) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = self._prune(conn, int(now - self.retention))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return removed
+        with self._connect(create=False) as conn, database.transaction(conn):
+            return self._prune(conn, int(now - self.retention))
 
     @staticmethod
     def _prune(conn: sqlite3.Connection, cutoff: int) -> int:
@@ -286,36 +270,5 @@ class ReportStore:
 
     # -- the file --------------------------------------------------------------------------
 
-    @contextmanager
-    def _connect(self, create: bool) -> Iterator[sqlite3.Connection]:
-        try:
-            if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise ReportStoreError(f"{self.path}: {_detail(exc)}") from None
-        try:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version not in (0, SCHEMA_VERSION):
-                raise ReportStoreError(
-                    f"{self.path}: schema version {version}, this estafeta knows {SCHEMA_VERSION}"
-                )
-            if version == 0:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                os.chmod(self.path, 0o600)
-            yield conn
-        except (OSError, sqlite3.Error) as exc:
-            raise ReportStoreError(f"{self.path}: {_detail(exc)}") from None
-        finally:
-            conn.close()
-
-
-def _detail(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
+    def _connect(self, create: bool) -> AbstractContextManager[sqlite3.Connection]:
+        return database.connect(self.path, _SCHEMA, SCHEMA_VERSION, ReportStoreError, create)
