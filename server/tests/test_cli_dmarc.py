@@ -6,32 +6,21 @@ bad FILE is a line of output, never a traceback."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from _dmarc_reports import gzipped, message, sample, zipped
+from _reports import cli_runner, write_files
 from conftest import Instance, estafeta
-from estafeta import cli
 
 DAY = 86_400
 NOW = int(time.time())
 RECENT = {"begin": NOW - 2 * DAY, "end": NOW - DAY}
 
 
-def run(instance: Instance, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = cli.main(["-c", str(instance.config), "dmarc", *args])
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
-def run_json(instance: Instance, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
-    code, out = run(instance, capsys, *args, "--json")
-    assert code in (0, 1), out
-    return json.loads(out)
+run, run_json = cli_runner("dmarc")
 
 
 @pytest.fixture
@@ -46,12 +35,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
         "expired.xml": sample(begin=NOW - 500 * DAY, end=NOW - 499 * DAY, report_id="x"),
         "bad.xml": sample(**RECENT).replace(b"192.0.2.10", b"192.0.2.300"),
     }
-    paths = {}
-    for name, data in made.items():
-        path = tmp_path / f"report.{name}"
-        path.write_bytes(data)
-        paths[name] = path
-    return paths
+    return write_files(tmp_path, made)
 
 
 def test_import_then_report_json(

@@ -11,14 +11,14 @@ import asyncio
 import json
 import smtplib
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+import _reports
 from _dmarc_reports import message, sample, zipped
+from _reports import scrape, value
 from conftest import DOMAIN, Instance, free_port
 from estafeta import metrics
 from estafeta.delivery.reports import ReportIntake
@@ -30,8 +30,6 @@ REPORTER = "noreply-dmarc@receiver.example"
 NOW = int(time.time())
 RECENT = {"begin": NOW - 2 * 86_400, "end": NOW - 86_400}
 DTD = b'<?xml version="1.0"?>\n<!DOCTYPE feedback [<!ENTITY x "y">]>\n<feedback>&x;</feedback>\n'
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
@@ -52,24 +50,7 @@ def mx(tmp_path: Path) -> Iterator[Instance]:
 
 
 def send(inst: Instance, recipients: list[str], data: bytes) -> None:
-    with smtplib.SMTP("127.0.0.1", inst.port, timeout=30) as client:
-        refused = client.sendmail(REPORTER, recipients, data)
-    assert refused == {}
-
-
-def scrape(inst: Instance) -> Samples:
-    url = f"http://127.0.0.1:{inst.http_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(table: Samples, name: str, **labels: str) -> float:
-    return table.get((name, frozenset(labels.items())), 0.0)
+    _reports.send(inst, REPORTER, recipients, data)
 
 
 def report_json(inst: Instance) -> dict[str, object]:
@@ -128,16 +109,22 @@ def test_a_report_sent_to_the_rua_address_is_stored_not_delivered(mx: Instance) 
 
 
 def test_an_address_without_an_account_is_named_in_the_log(tmp_path: Path) -> None:
-    inst = Instance(tmp_path, free_port(), extra_config=f'[reports]\ndmarc_address = "{REPORTS}"\n')
+    tls_reports = f"tls-reports@{DOMAIN}"  # the TLS report intake's (docs/tls-reports.md)
+    inst = Instance(
+        tmp_path,
+        free_port(),
+        extra_config=f'[reports]\ndmarc_address = "{REPORTS}"\ntlsrpt_address = "{tls_reports}"\n',
+    )
     inst.write_config()
     inst.start()
     try:
         with smtplib.SMTP("127.0.0.1", inst.port, timeout=30) as client:
             client.ehlo()
             client.mail(REPORTER)
-            code, _ = client.rcpt(REPORTS)
-        assert code == 550
+            assert client.rcpt(REPORTS)[0] == 550
+            assert client.rcpt(tls_reports)[0] == 550
         assert f"dmarc_address_unknown address={REPORTS}" in inst.log_text()
+        assert f"tlsrpt_address_unknown address={tls_reports}" in inst.log_text()
     finally:
         inst.kill()
 

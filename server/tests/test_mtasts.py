@@ -88,7 +88,11 @@ def test_select_txt(records: tuple[str, ...], expected: str | None) -> None:
 def test_parse_policy() -> None:
     policy = parse_policy(POLICY_TEXT)
     assert policy == Policy(
-        mode="enforce", mx=("mx1.example.net", "*.mx.example.net"), max_age=86400
+        mode="enforce",
+        mx=("mx1.example.net", "*.mx.example.net"),
+        max_age=86400,
+        # The file's lines, for TLS reports (rfc8460:4.4 policy-string).
+        lines=tuple(POLICY_TEXT.strip().splitlines()),
     )
 
 
@@ -207,6 +211,11 @@ def test_expired() -> None:
 def test_json_round_trip() -> None:
     policy = Policy("testing", ("mx.example.net", "*.example.org"), 600, "abc", 1234.5)
     assert Policy.from_json(policy.to_json()) == policy
+    with_lines = parse_policy(POLICY_TEXT)
+    assert Policy.from_json(with_lines.to_json()) == with_lines
+    # A policy cached before the lines were kept still reads (without them).
+    old = '{"mode": "enforce", "mx": ["a.example"], "max_age": 1, "id": "x", "fetched": 2}'
+    assert Policy.from_json(old).lines == ()
 
 
 @pytest.mark.parametrize(
@@ -221,6 +230,7 @@ def test_json_round_trip() -> None:
         '{"mode": "enforce", "mx": [], "max_age": -1}',
         '{"mode": "enforce", "mx": [], "max_age": 1, "id": 5}',
         '{"mode": "enforce", "mx": [], "max_age": 1, "fetched": "now"}',
+        '{"mode": "enforce", "mx": [], "max_age": 1, "lines": "version: STSv1"}',
     ],
 )
 def test_from_json_invalid(text: str) -> None:
@@ -361,6 +371,36 @@ def test_failed_first_fetch_is_no_policy() -> None:
     assert asyncio.run(sts.policy_for(DOMAIN)) is None
     assert cache.get(DOMAIN) is None
     assert fetcher.calls == [DOMAIN]
+
+
+@pytest.mark.parametrize(
+    ("failure", "result_type"),
+    [
+        (OSError("connection refused"), "sts-policy-fetch-error"),
+        (PolicyError("HTTP status 404"), "sts-policy-fetch-error"),
+        (TimeoutError("timed out"), "sts-policy-fetch-error"),
+        (ssl.SSLCertVerificationError("certificate verify failed"), "sts-webpki-invalid"),
+        ("version: STSv1\nmode: enforce\nmax_age: 60\n", "sts-policy-invalid"),
+    ],
+)
+def test_why_a_policy_could_not_be_had(failure: str | BaseException, result_type: str) -> None:
+    """rfc8460:4.3.2.2 — for TLS reports: until the domain has a policy
+    again, or no record."""
+    sts, resolver, *_ = setup(responses=[failure, POLICY_TEXT])
+
+    async def run() -> None:
+        assert sts.failure(DOMAIN) is None
+        assert await sts.policy_for(DOMAIN) is None
+        kind, detail = sts.failure("Example.NET.") or ("", "")
+        assert kind == result_type and detail
+        set_txt(resolver, "v=spf1 -all")
+        assert await sts.policy_for(DOMAIN) is None
+        assert sts.failure(DOMAIN) is None  # no record: nothing failed
+        set_txt(resolver, "v=STSv1; id=two")
+        assert await sts.policy_for(DOMAIN) is not None
+        assert sts.failure(DOMAIN) is None
+
+    asyncio.run(run())
 
 
 def test_unexpected_fetcher_error_is_contained() -> None:

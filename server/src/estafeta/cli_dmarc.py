@@ -42,7 +42,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from estafeta import config as config_module
 from estafeta.address import AddressError, normalize_domain
@@ -52,6 +52,7 @@ from estafeta.reports import unpack
 from estafeta.reports.dmarc import Report, ReportError, parse_any
 from estafeta.reports.store import ReportStore, ReportStoreError, Tally
 
+R = TypeVar("R")
 Command = Callable[[Config, argparse.Namespace], int]
 Add = Callable[
     ["argparse._SubParsersAction[argparse.ArgumentParser]", str, Command, str],
@@ -69,7 +70,7 @@ def _store(config: Config) -> ReportStore:
     return ReportStore(config.dmarc_reports_db, config.reports.retention)
 
 
-def _read(path: Path) -> bytes:
+def read_bounded(path: Path) -> bytes:
     """The file, at most MAX_FILE octets (checked while reading, not trusted
     from stat: it may be a pipe or growing). OSError or ReportError."""
     with path.open("rb") as stream:
@@ -79,10 +80,16 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def _import_one(store: ReportStore, name: str, now: float) -> dict[str, Any]:
+def _import_one(
+    name: str,
+    parse: Callable[[bytes], R],
+    add: Callable[[R, float], str],
+    describe: Callable[[R], dict[str, Any]],
+    now: float,
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"file": name}
     try:
-        report = parse_any(_read(Path(name)))
+        report = parse(read_bounded(Path(name)))
     except OSError as exc:
         entry.update(result="rejected", reason="unreadable", error=exc.strerror or str(exc))
         return entry
@@ -90,11 +97,49 @@ def _import_one(store: ReportStore, name: str, now: float) -> dict[str, Any]:
         entry.update(result="rejected", reason=exc.reason, error=str(exc))
         return entry
     try:
-        result = store.add(report, now)
+        result = add(report, now)
     except ReportStoreError as exc:
         raise CommandFailed(str(exc)) from None
-    entry.update(result=result, **_describe(report))
+    entry.update(result=result, **describe(report))
     return entry
+
+
+def import_reports(
+    config: Config,
+    args: argparse.Namespace,
+    parse: Callable[[bytes], R],
+    add: Callable[[R, float], str],
+    describe: Callable[[R], dict[str, Any]],
+    line: Callable[[dict[str, Any]], str],
+) -> int:
+    """``dmarc import`` and ``tlsrpt import``: each FILE parsed and added,
+    one entry (and one line, ``line`` after the file and result) each."""
+    config_module.check_runtime(config)  # data_dir exists, with its mode, and is writable
+    now = time.time()
+    entries = [_import_one(name, parse, add, describe, now) for name in args.files]
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        for e in entries:
+            if e["result"] == "rejected":
+                print(f"{e['file']}: rejected: {e['error']}")
+            else:
+                print(f"{e['file']}: {e['result']}: {line(e)}")
+    return 1 if any(e["result"] == "rejected" for e in entries) else 0
+
+
+def report_scope(args: argparse.Namespace) -> tuple[str | None, int]:
+    """``--days`` and ``--domain`` of a ``report`` command: the domain
+    (normalized) or None, and the time the periods must end after."""
+    if not 1 <= args.days <= MAX_DAYS:
+        raise UsageError(f"--days must be 1 to {MAX_DAYS}")
+    domain = None
+    if args.domain:
+        try:
+            domain = normalize_domain(args.domain)
+        except AddressError as exc:
+            raise UsageError(f"--domain {args.domain!r}: {exc}") from None
+    return domain, int(time.time()) - args.days * DAY
 
 
 def _describe(report: Report) -> dict[str, Any]:
@@ -110,40 +155,23 @@ def _describe(report: Report) -> dict[str, Any]:
 
 
 def cmd_dmarc_import(config: Config, args: argparse.Namespace) -> int:
-    config_module.check_runtime(config)  # data_dir exists, with its mode, and is writable
-    store = _store(config)
-    now = time.time()
-    entries = [_import_one(store, name, now) for name in args.files]
-    if args.json:
-        print(json.dumps(entries, indent=2))
-    else:
-        for e in entries:
-            if e["result"] == "rejected":
-                print(f"{e['file']}: rejected: {e['error']}")
-            else:
-                print(
-                    f"{e['file']}: {e['result']}: {e['org_name']} report {e['report_id']}"
-                    f" for {e['domain']} ({_day(e['begin'])} to {_day(e['end'])},"
-                    f" {e['records']} records, {e['messages']} messages)"
-                )
-    return 1 if any(e["result"] == "rejected" for e in entries) else 0
+    def line(e: dict[str, Any]) -> str:
+        return (
+            f"{e['org_name']} report {e['report_id']}"
+            f" for {e['domain']} ({day(e['begin'])} to {day(e['end'])},"
+            f" {e['records']} records, {e['messages']} messages)"
+        )
+
+    return import_reports(config, args, parse_any, _store(config).add, _describe, line)
 
 
-def _day(timestamp: int) -> str:
+def day(timestamp: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp))
 
 
 def cmd_dmarc_report(config: Config, args: argparse.Namespace) -> int:
-    if not 1 <= args.days <= MAX_DAYS:
-        raise UsageError(f"--days must be 1 to {MAX_DAYS}")
-    domain = None
-    if args.domain:
-        try:
-            domain = normalize_domain(args.domain)
-        except AddressError as exc:
-            raise UsageError(f"--domain {args.domain!r}: {exc}") from None
+    domain, since = report_scope(args)
     store = _store(config)
-    since = int(time.time()) - args.days * DAY
     try:
         organisations = store.tally(since, "org", domain)
         sources = store.tally(since, "source", domain)
@@ -169,7 +197,7 @@ def cmd_dmarc_report(config: Config, args: argparse.Namespace) -> int:
         return 0
     what = f" for {domain}" if domain else ""
     print(
-        f"DMARC aggregate reports{what}, periods ending after {_day(since)} UTC:"
+        f"DMARC aggregate reports{what}, periods ending after {day(since)} UTC:"
         f" {reports} report{'' if reports == 1 else 's'}, {messages} messages"
     )
     if not organisations:
@@ -202,10 +230,15 @@ def _table(title: str, tallies: Sequence[Tally], with_reporters: bool = False) -
         if with_reporters:
             row.append(", ".join(t.organisations))
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
+    print_columns([header, *rows], left=(0, len(header) - 1))
+
+
+def print_columns(rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> None:
+    """Aligned columns: those in ``left`` left-aligned, the others right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
         cells = [
-            cell.ljust(width) if i in (0, len(header) - 1) else cell.rjust(width)
+            cell.ljust(width) if i in left else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())

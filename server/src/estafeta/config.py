@@ -363,6 +363,16 @@ class Config:
         return self.data_dir / "reports" / "dmarc-evaluations.db"
 
     @property
+    def tlsrpt_reports_db(self) -> Path:
+        """TLS reports received ([reports]; estafeta.reports.tlsrpt_store)."""
+        return self.data_dir / "reports" / "tlsrpt.db"
+
+    @property
+    def tls_sessions_db(self) -> Path:
+        """Our outbound TLS sessions and the TLS reports sent (estafeta.reports.tlsrpt_sessions)."""
+        return self.data_dir / "reports" / "tls-sessions.db"
+
+    @property
     def greylist_db(self) -> Path:
         return self.data_dir / "greylist.db"
 

@@ -1,12 +1,14 @@
 """Configuration of the reports we receive and send: ``[reports]`` (issue
-22; docs/dmarc-reports.md).
+22; docs/dmarc-reports.md, docs/tls-reports.md).
 
 Example::
 
     [reports]
     dmarc_address = "dmarc-reports@example.org"   # the rua= of our DMARC records
+    tlsrpt_address = "tls-reports@example.org"    # the rua= of our _smtp._tls records
     retention = "400d"                            # then a report is deleted
     dmarc_send = true                             # daily reports to others' rua=
+    tlsrpt_send = true                            # send daily TLS reports (rfc8460)
     org_name = "Example Org"                      # who we are in them (hostname)
     from_address = "dmarc-reports@example.org"    # their From (dmarc_address)
 
@@ -15,6 +17,7 @@ an alias of one): mail that is not a valid report stays there. Without it,
 reports arrive as ordinary mail and ``estafeta dmarc import`` still reads
 the ones saved by hand. ``retention`` takes a unit (``d``, ``w``, ``h``);
 reports are always pruned, so "0" (keep forever) is refused.
+``tlsrpt_address`` works as ``dmarc_address`` does, for TLS reports.
 
 Sending (``dmarc_send``, off by default: each report tells another domain's
 owner which addresses mailed our users and how often, which an operator
@@ -24,6 +27,12 @@ should choose to disclose): ``org_name`` (default: the hostname) and
 ``domains``. ``dmarc_send_local`` also sends reports about our own domains
 to their rua= addresses in our own domains (off: we would mail ourselves).
 The evaluations are kept for ``retention`` too.
+
+``tlsrpt_send`` turns on counting our outbound TLS sessions and sending
+the daily reports to the domains that ask for them. Their From is
+``from_address`` (by default ``postmaster@`` the first domain), whose
+domain signs the reports (rfc8460:5.3) and is the submitter; their
+organisation is ``org_name`` (by default that domain).
 """
 
 from __future__ import annotations
@@ -61,6 +70,10 @@ class ReportsConfig:
     dmarc_send: bool = False
     dmarc_send_local: bool = False
     identity: ReportIdentity = ReportIdentity()
+    # Where TLS reports arrive (normalized); "" = no intake.
+    tlsrpt_address: str = ""
+    # Count outbound TLS sessions and send daily TLS reports (rfc8460).
+    tlsrpt_send: bool = False
 
 
 def reports_config(reader: _Reader, domains: tuple[str, ...]) -> ReportsConfig:
@@ -85,6 +98,8 @@ def reports_config(reader: _Reader, domains: tuple[str, ...]) -> ReportsConfig:
         raise reader.error(
             "from_address", "is required with dmarc_send = true (or set dmarc_address)"
         )
+    tlsrpt_address = _address(reader, "tlsrpt_address", domains)
+    tlsrpt_send = reader.get("tlsrpt_send", bool, d.tlsrpt_send)
     reader.check_unknown()
     return ReportsConfig(
         dmarc_address=address,
@@ -92,6 +107,8 @@ def reports_config(reader: _Reader, domains: tuple[str, ...]) -> ReportsConfig:
         dmarc_send=dmarc_send,
         dmarc_send_local=dmarc_send_local,
         identity=identity,
+        tlsrpt_address=tlsrpt_address,
+        tlsrpt_send=tlsrpt_send,
     )
 
 

@@ -111,6 +111,41 @@ DMARC_REPORT_MESSAGES = Counter(
     ["check", "result"],
     registry=REGISTRY,
 )
+# TLS reports (rfc8460; estafeta.reports.tlsrpt_*, estafeta.delivery.tlsrpt).
+TLS_SESSIONS = Counter(
+    "estafeta_tls_sessions_total",
+    "Outbound SMTP sessions counted for the TLS reports we send, by result: success, or the "
+    "rfc8460 result type of the failure.",
+    ["result"],
+    registry=REGISTRY,
+)
+TLSRPT_SENT = Counter(
+    "estafeta_tlsrpt_sent_total",
+    "Our daily TLS reports, by result (sent, no-record: the domain asks for none, "
+    "unsupported: no usable rua, deferred: tried again later, expired).",
+    ["result"],
+    registry=REGISTRY,
+)
+TLSRPT_REPORTS = Counter(
+    "estafeta_tlsrpt_reports_total",
+    "TLS reports received at [reports] tlsrpt_address, by result (accepted, duplicate, "
+    "expired, rejected: kept as mail).",
+    ["result"],
+    registry=REGISTRY,
+)
+TLSRPT_REPORTS_REJECTED = Counter(
+    "estafeta_tlsrpt_reports_rejected_total",
+    "TLS reports not stored (the message is delivered as mail), by reason (no_report, "
+    "several_reports, too_large, archive, json, schema, store, internal).",
+    ["reason"],
+    registry=REGISTRY,
+)
+TLSRPT_REPORT_SESSIONS = Counter(
+    "estafeta_tlsrpt_report_sessions_total",
+    "Sessions counted in accepted TLS reports about our domains, by result (successful, failed).",
+    ["result"],
+    registry=REGISTRY,
+)
 STORE_BATCH_SECONDS = Histogram(
     "estafeta_store_commit_duration_seconds",
     "Time to make one group of deliveries durable (files fsync'd, index committed).",
@@ -165,6 +200,14 @@ def record_event(event: str, fields: Mapping[str, Any]) -> None:
         AUTH_LOCKOUTS.labels(str(fields.get("scope", "other"))).inc()
     elif event == "dmarc_report":
         _dmarc_report(fields)
+    elif event == "tlsrpt_report":
+        _tlsrpt_report(fields)
+    elif event == "tlsrpt_send":
+        TLSRPT_SENT.labels(str(result or "other")).inc()
+    elif event == "tlsrpt_expired":
+        count = fields.get("reports", 0)
+        if isinstance(count, int) and count > 0:
+            TLSRPT_SENT.labels("expired").inc(count)
 
 
 _DMARC_RESULTS = ("accepted", "duplicate", "expired", "rejected")
@@ -187,6 +230,22 @@ def _dmarc_report(fields: Mapping[str, Any]) -> None:
             count = fields.get(f"{check}_{outcome}", 0)
             if isinstance(count, int) and count > 0:
                 DMARC_REPORT_MESSAGES.labels(check, outcome).inc(count)
+
+
+def _tlsrpt_report(fields: Mapping[str, Any]) -> None:
+    """A TLS report that reached the intake (estafeta.delivery.tlsrpt)."""
+    result = str(fields.get("result", ""))
+    if result not in _DMARC_RESULTS:
+        return
+    TLSRPT_REPORTS.labels(result).inc()
+    if result == "rejected":
+        TLSRPT_REPORTS_REJECTED.labels(_reason(fields)).inc()
+    if result != "accepted":
+        return
+    for outcome in ("successful", "failed"):
+        count = fields.get(outcome, 0)
+        if isinstance(count, int) and count > 0:
+            TLSRPT_REPORT_SESSIONS.labels(outcome).inc(count)
 
 
 class GaugeCollector(Collector):

@@ -49,6 +49,7 @@ from estafeta.delivery.local import LocalDelivery
 from estafeta.delivery.reports import ReportIntake
 from estafeta.delivery.route import Router
 from estafeta.delivery.rules import Rules
+from estafeta.delivery.tlsrpt import TLSReportIntake, combine, report_sender
 from estafeta.dns import DNSPythonResolver
 from estafeta.imap import recent, urlfetch
 from estafeta.imap.session import Session, Settings
@@ -61,6 +62,10 @@ from estafeta.queue.mtasts import MTASTS, Policy, fetch_policy
 from estafeta.queue.runner import QueueRunner
 from estafeta.queue.store import QueueStore
 from estafeta.reports.store import ReportStore
+from estafeta.reports.tlsrpt_recorder import SessionRecorder
+from estafeta.reports.tlsrpt_send import TLSReportRunner
+from estafeta.reports.tlsrpt_sessions import SessionStore
+from estafeta.reports.tlsrpt_store import TLSReportStore
 from estafeta.retention import RetentionRunner
 from estafeta.sieve.memory import Memory
 from estafeta.sieve.scripts import ScriptStore
@@ -237,6 +242,14 @@ class Server:
                 config.reports.dmarc_address,
                 ReportStore(config.dmarc_reports_db, config.reports.retention),
             )
+        # [reports] tlsrpt_address: TLS reports (rfc8460) stored, not delivered.
+        self.tls_intake: TLSReportIntake | None = None
+        if config.reports.tlsrpt_address:
+            self.tls_intake = TLSReportIntake(
+                config.reports.tlsrpt_address,
+                TLSReportStore(config.tlsrpt_reports_db, config.reports.retention),
+            )
+        self.intakes = combine(self.report_intake, self.tls_intake)
         # IMAP Junk moves and $Junk/$NotJunk, trained in the background.
         self.trainer = Trainer(self.defences.junk, self.defences.rspamd_learning)
         self.delivery = LocalDelivery(
@@ -263,7 +276,7 @@ class Server:
             ],
             quota_for=self._quota_for,
             over_quota=config.delivery.over_quota,
-            intake=self.report_intake,
+            intake=self.intakes,
         )
         queue_config = config.queue
         verify = verifying_context(str(queue_config.ca_file) if queue_config.ca_file else None)
@@ -274,6 +287,18 @@ class Server:
             )
 
         mta_sts = MTASTS(self.resolver, _StoreCache(self.queue), fetcher=fetch)
+        # [reports] tlsrpt_send: our TLS sessions counted, daily reports sent (rfc8460).
+        self.tls_reports: TLSReportRunner | None = None
+        recorder: SessionRecorder | None = None
+        if config.reports.tlsrpt_send:
+            recorder = SessionRecorder()
+            self.tls_reports = TLSReportRunner(
+                recorder,
+                SessionStore(config.tls_sessions_db),
+                report_sender(
+                    config, self.resolver, self.queue, self.signer, lambda: self.runner.wake()
+                ),
+            )
         self.runner = QueueRunner(
             store=self.queue,
             deliverer=Deliverer(
@@ -281,6 +306,7 @@ class Server:
                 resolver=self.resolver,
                 config=queue_config,
                 mta_sts=mta_sts,
+                tls_reporter=recorder,
             ),
             config=queue_config,
             hostname=config.hostname,
@@ -329,11 +355,21 @@ class Server:
                 signer=self.signer,
                 resolver=self.resolver,
                 wake=self.runner.wake,
-                report_address=intake.wants if intake is not None else lambda address: False,
+                report_address=(
+                    self.intakes.wants if self.intakes is not None else lambda address: False
+                ),
             )
             if not self.config.inbound.authenticate:
                 # Nothing is evaluated, so nothing will be reported.
                 log_event(log, "dmarc_send_idle", logging.WARNING, hint="[inbound] authenticate")
+        if self.tls_intake is not None and not self.router.resolve(self.tls_intake.address).found:
+            log_event(
+                log,
+                "tlsrpt_address_unknown",
+                logging.WARNING,
+                address=self.tls_intake.address,
+                hint="create it as an account or an alias: estafeta user add / alias add",
+            )
         handler = InboundHandler(
             hostname=self.config.hostname,
             delivery=self.delivery,
@@ -481,6 +517,8 @@ class Server:
         self.retention.start()  # daily at [retention] hour
         if self.dmarc_reports is not None:
             self.dmarc_reports.start()  # daily after UTC midnight
+        if self.tls_reports is not None:
+            self.tls_reports.start()  # after 00:00 UTC, and soon after start
         log_event(log, "ready", hostname=self.config.hostname, domains=self.config.domains)
 
     async def _listen(
@@ -934,6 +972,8 @@ class Server:
         await self.runner.stop()
         if self._runner_task is not None:
             await self._runner_task
+        if self.tls_reports is not None:
+            await self.tls_reports.stop()  # the last sessions' counts written
         await self.retention.stop()  # a run in progress ends after its batch
         if self.dmarc_reports is not None:
             await self.dmarc_reports.stop()  # before the queue closes

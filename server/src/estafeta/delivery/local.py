@@ -27,12 +27,14 @@ take every one of its local accounts over gets ``overquota`` (452 4.2.2, or
 took it and others are full, the full ones get it through the queue, which
 retries like any deferred delivery and bounces after ``[queue] lifetime``.
 
-DMARC aggregate reports (docs/dmarc-reports.md). When a RCPT is ``[reports]
-dmarc_address``, the message goes to the report intake (delivery/reports.py)
-first: a valid report is stored, and the copies of the accounts (or shared
-mailboxes) it reached only through that address become a ``Discard``, before
-any filter runs; other recipients are served as usual, and a message that is
-no valid report goes through the chain like any mail.
+DMARC aggregate reports and TLS reports (docs/dmarc-reports.md,
+docs/tls-reports.md). When a RCPT is ``[reports] dmarc_address`` or
+``tlsrpt_address``, the message goes to the report intake
+(delivery/reports.py, delivery/tlsrpt.py) first: a valid report is
+stored, and the copies of the accounts (or shared mailboxes) it reached
+only through that address become a ``Discard``, before any filter runs;
+other recipients are served as usual, and a message that is no valid report
+goes through the chain like any mail.
 
 Shared mailboxes (docs/shared-mailboxes.md). An address the administrator
 gave a shared mailbox resolves to it (``Router.shared_mailboxes``); the
@@ -55,7 +57,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from estafeta.address import split_address
 from estafeta.auth.sharedaddresses import target as shared_target
@@ -74,7 +76,6 @@ from estafeta.delivery.filters import (
     SieveFilter,
 )
 from estafeta.delivery.forward import Forwarder
-from estafeta.delivery.reports import ReportIntake
 from estafeta.delivery.route import Router
 from estafeta.log import log_event
 from estafeta.message import Summary, summarize, with_fields
@@ -96,6 +97,15 @@ JUNK_KEYWORD = "$Junk"
 POST = "p"
 
 Origin = Literal["mx", "submission", "queue"]
+
+
+class Intake(Protocol):
+    """A report intake (delivery/reports.py, delivery/tlsrpt.py): a message
+    to an address it ``wants`` is offered to it first; True: consumed."""
+
+    def wants(self, recipient: str) -> bool: ...
+
+    async def take(self, message: bytes, queue_id: str = "") -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -184,7 +194,7 @@ class LocalDelivery:
         filters: Sequence[Filter] = (),
         quota_for: Callable[[str], int | None] = lambda account: None,
         over_quota: str = "defer",
-        intake: ReportIntake | None = None,
+        intake: Intake | None = None,
     ) -> None:
         self.hostname = hostname
         self.store = store
@@ -199,7 +209,8 @@ class LocalDelivery:
         self.shared_filters = [f for f in self.filters if not isinstance(f, SieveFilter)]
         self.quota_for = quota_for
         self.over_quota = over_quota
-        # [reports] dmarc_address: DMARC aggregate reports (delivery/reports.py).
+        # [reports] dmarc_address, tlsrpt_address: reports stored, not
+        # delivered (delivery/reports.py, delivery/tlsrpt.py).
         self.intake = intake
         self._shared_index: IndexReader | None = None
 

@@ -51,16 +51,13 @@ STORE_FAILED = "store"
 INTERNAL = "internal"
 
 
-class ReportIntake:
-    """The ``[reports] dmarc_address`` intake; ``LocalDelivery`` asks it."""
+class AddressIntake:
+    """What every report intake has: its address, its clock, one report
+    parsed at a time (each may take tens of MiB)."""
 
-    def __init__(
-        self, address: str, store: ReportStore, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, address: str, clock: Callable[[], float] = time.time) -> None:
         self.address = normalize_address(address)
-        self.store = store
         self.clock = clock
-        # One report parsed at a time: each may take 20 MiB of XML.
         self._busy = asyncio.Lock()
 
     def wants(self, recipient: str) -> bool:
@@ -69,6 +66,16 @@ class ReportIntake:
             return normalize_address(recipient) == self.address
         except AddressError:
             return False
+
+
+class ReportIntake(AddressIntake):
+    """The ``[reports] dmarc_address`` intake; ``LocalDelivery`` asks it."""
+
+    def __init__(
+        self, address: str, store: ReportStore, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(address, clock)
+        self.store = store
 
     async def take(self, message: bytes, queue_id: str = "") -> bool:
         """True when the message was a report and is dealt with (stored,

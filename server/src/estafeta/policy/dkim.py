@@ -68,6 +68,9 @@ SIGNED_HEADERS = (
     "mime-version",
     "content-type",
     "content-transfer-encoding",
+    # rfc8460:5.3 — TLS reports: "SHOULD be included in the DKIM signature".
+    "tls-report-domain",
+    "tls-report-submitter",
 )
 _SIGNED_PREFIXES = ("list-",)
 # Each of these is signed once more than it occurs, so that adding another

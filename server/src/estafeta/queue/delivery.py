@@ -21,6 +21,19 @@ such a host, rfc8461:2); with records but none usable, STARTTLS is mandatory
 without authentication; a failed TLSA lookup makes the host unusable for now.
 A host that needs TLS is never retried in plain text. Each result carries
 the TLS outcome of every host attempt (``Result.tls``), for logs and TLS-RPT.
+TLS reports (rfc8460:4, docs/tls-reports.md): every session with a
+recipient domain's MX (not a smarthost) is told to ``tls_reporter`` under
+the policy that applied: the MTA-STS policy (enforce or testing), or
+``no-policy-found``. A success is TLS negotiated (and verified where the
+policy requires it); a failure is STARTTLS not offered or refused, or a
+handshake that failed (certificate-expired, -host-mismatch, -not-trusted,
+validation-failure); an enforced policy naming none of the MX hosts counts
+a validation-failure per MX. A domain whose MTA-STS policy cannot be had
+(and none is cached) counts one failure per attempt of the policy failure
+type (sts-policy-fetch-error, -invalid, sts-webpki-invalid), and the
+attempt's sessions are not counted. The plain-text retry after a failed
+opportunistic handshake is not a session of its own. In testing mode the
+certificate is not verified, so certificate problems are not seen there.
 """
 
 from __future__ import annotations
@@ -42,6 +55,8 @@ from estafeta.queue import dane
 from estafeta.queue.client import ProtocolError, Reply, SMTPConnection
 from estafeta.queue.dane import NO_DANE, HostPolicy, TLSALookupError, TLSOutcome
 from estafeta.queue.mtasts import MTASTS, Policy
+from estafeta.reports import tlsrpt
+from estafeta.reports.tlsrpt_recorder import NullReporter, TLSReporter, classify_tls_error
 
 log = logging.getLogger("estafeta.queue")
 
@@ -82,6 +97,8 @@ class Route:
     auth: tuple[str, str] | None = None
     policy: str = ""  # what imposed require_tls, for logs
     dnssec: bool = False  # the MX answer (or its denial) was DNSSEC-secure
+    # The policy TLS reports count the sessions under; None: not counted.
+    report: tlsrpt.Policy | None = None
 
 
 def verifying_context(ca_file: str | None) -> ssl.SSLContext:
@@ -109,11 +126,13 @@ class Deliverer:
         resolver: Resolver,
         config: QueueConfig,
         mta_sts: MTASTS | None = None,
+        tls_reporter: TLSReporter | None = None,
     ) -> None:
         self.hostname = hostname
         self.resolver = resolver
         self.config = config
         self.mta_sts = mta_sts
+        self.tls_reporter: TLSReporter = tls_reporter or NullReporter()
         ca = str(config.ca_file) if config.ca_file else None
         self.verify_tls = verifying_context(ca)
         self.plain_tls = opportunistic_context()
@@ -189,11 +208,28 @@ class Deliverer:
         hosts, dnssec = await self.mx_hosts(domain)
         require_tls = self.config.tls == "verify"
         policy_name = "config" if require_tls else ""
+        # rfc8460:4.4 policy-type: "no-policy-found" unless MTA-STS says otherwise.
+        report: tlsrpt.Policy | None = tlsrpt.Policy(tlsrpt.NO_POLICY, domain)
         if self.mta_sts is not None and self.config.mta_sts:
             policy: Policy | None = await self.mta_sts.policy_for(domain)
+            if policy is not None and policy.mode in ("enforce", "testing"):
+                report = _sts_report(domain, policy)
+            elif policy is None and (failure := self.mta_sts.failure(domain)) is not None:
+                # rfc8460:4.3.2.2 — one failed session for the attempt.
+                self.tls_reporter.failure(
+                    tlsrpt.Policy(tlsrpt.STS, domain), failure[0], detail=failure[1]
+                )
+                report = None
             if policy is not None and policy.mode == "enforce":
                 matching = [host for host in hosts if policy.matches(host)]
                 if not matching:
+                    for host in hosts:
+                        self.tls_reporter.failure(
+                            report or tlsrpt.Policy(tlsrpt.STS, domain),
+                            tlsrpt.VALIDATION_FAILURE,
+                            mx_host=host,
+                            detail="MX host not in the MTA-STS policy",
+                        )
                     # rfc8461:5.1 — no MX matches an enforced policy: do not deliver.
                     raise RouteError(
                         "temporary", "4.7.5", f"no MX of {domain} matches its MTA-STS policy"
@@ -203,7 +239,14 @@ class Deliverer:
                 mismatched = [host for host in hosts if not policy.matches(host)]
                 if mismatched:
                     log_event(log, "mta_sts_testing", domain=domain, mismatched=mismatched)
-        return Route(tuple(hosts), self.config.port, require_tls, policy=policy_name, dnssec=dnssec)
+        return Route(
+            tuple(hosts),
+            self.config.port,
+            require_tls,
+            policy=policy_name,
+            dnssec=dnssec,
+            report=report,
+        )
 
     # -- the attempt ------------------------------------------------------
 
@@ -361,13 +404,18 @@ class Deliverer:
             raise _HostFailed(f"EHLO: {reply}", "4.5.0")
         # rfc7672:2.2 — DANE (usable records or not) makes TLS mandatory.
         require_tls = route.require_tls or policy.mode != "none"
+        session = _Session(self.tls_reporter, route.report, host, conn, reply)
+        if not conn.tls and not plain and "STARTTLS" not in conn.extensions:
+            session.failure(tlsrpt.STARTTLS_NOT_SUPPORTED, "STARTTLS not offered")
         if not conn.tls and not plain and "STARTTLS" in conn.extensions:
             context, server_name = self._tls_for(route, policy)
             try:
                 reply = await conn.starttls(context, server_name)
             except ssl.SSLError as exc:
+                session.failure(*classify_tls_error(exc))
                 raise _TLSFailed(str(exc), dane.handshake_result(exc)) from None
             if reply.code != 220:
+                session.failure(tlsrpt.STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {reply}")
                 if require_tls:
                     await conn.quit()
                     outcomes.append(
@@ -382,6 +430,7 @@ class Deliverer:
                     )
                     raise _HostFailed(f"STARTTLS refused: {reply}", "4.7.5")
             else:
+                session.success()
                 if policy.mode == "dane":
                     await self._authenticate(conn, route, policy, address, outcomes)
                 reply = await conn.ehlo(self.hostname)
@@ -499,6 +548,56 @@ def _dane_failed(domain: str, outcome: TLSOutcome, reason: str) -> None:
         result=outcome.result_type,
         reason=reason,
     )
+
+
+def _sts_report(domain: str, policy: Policy) -> tlsrpt.Policy:
+    """rfc8460:4.4 — an MTA-STS policy as TLS reports name it: its lines
+    (the file as fetched, or rebuilt from a policy cached without them)."""
+    lines = policy.lines or (
+        "version: STSv1",
+        f"mode: {policy.mode}",
+        *(f"mx: {pattern}" for pattern in policy.mx),
+        f"max_age: {policy.max_age}",
+    )
+    return tlsrpt.Policy(tlsrpt.STS, domain, tlsrpt.policy_lines(lines), policy.mx)
+
+
+class _Session:
+    """One SMTP session, as TLS reports see it (rfc8460:4.4 failure-details)."""
+
+    def __init__(
+        self,
+        reporter: TLSReporter,
+        policy: tlsrpt.Policy | None,
+        host: str,
+        conn: SMTPConnection,
+        ehlo: Reply,
+    ) -> None:
+        self.reporter = reporter
+        self.policy = policy
+        self.host = host
+        peer = conn.writer.get_extra_info("peername")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else ""
+        sockname = conn.writer.get_extra_info("sockname")
+        self.sending_ip = str(sockname[0]) if isinstance(sockname, tuple) else ""
+        words = ehlo.lines[0].split() if ehlo.positive and ehlo.lines else []
+        self.helo = words[0] if words else ""
+
+    def success(self) -> None:
+        if self.policy is not None:
+            self.reporter.success(self.policy, self.host, self.address)
+
+    def failure(self, result_type: str, detail: str) -> None:
+        if self.policy is not None:
+            self.reporter.failure(
+                self.policy,
+                result_type,
+                self.host,
+                self.address,
+                detail,
+                sending_ip=self.sending_ip,
+                helo=self.helo,
+            )
 
 
 def _result(rcpt: str, reply: Reply, host: str, subject: str) -> Result:

@@ -29,10 +29,11 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from estafeta.dns import DNSTempError, Resolver, normalize_name
 from estafeta.log import log_event
+from estafeta.reports import tlsrpt
 
 log = logging.getLogger("estafeta.queue")
 
@@ -114,6 +115,8 @@ class Policy:
     max_age: int
     policy_id: str = ""
     fetched: float = 0.0
+    # The policy file's lines, for TLS reports (rfc8460:4.4 policy-string).
+    lines: tuple[str, ...] = ()
 
     def expired(self, now: float) -> bool:
         # rfc8461:3.2 max_age: seconds the policy may be cached after fetching.
@@ -145,6 +148,7 @@ class Policy:
                 "max_age": self.max_age,
                 "id": self.policy_id,
                 "fetched": self.fetched,
+                "lines": list(self.lines),
             },
             sort_keys=True,
         )
@@ -160,6 +164,7 @@ class Policy:
             raise PolicyError("cached policy is not a JSON object")
         mode, mx, max_age = data.get("mode"), data.get("mx"), data.get("max_age")
         policy_id, fetched = data.get("id", ""), data.get("fetched", 0.0)
+        lines = data.get("lines", [])  # absent in policies cached before TLS reports
         if mode not in MODES:
             raise PolicyError(f"cached policy has a bad mode {mode!r}")
         if not isinstance(mx, list) or not all(isinstance(m, str) for m in mx):
@@ -170,12 +175,15 @@ class Policy:
             raise PolicyError("cached policy has a bad id")
         if not isinstance(fetched, (int, float)) or isinstance(fetched, bool):
             raise PolicyError("cached policy has a bad fetch time")
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            raise PolicyError("cached policy has bad lines")
         return Policy(
             mode=str(mode),
             mx=tuple(m.lower() for m in mx),
             max_age=max_age,
             policy_id=policy_id,
             fetched=float(fetched),
+            lines=tuple(lines),
         )
 
 
@@ -189,10 +197,12 @@ def parse_policy(text: str) -> Policy:
     """
     values: dict[str, str] = {}
     mx: list[str] = []
+    lines: list[str] = []
     for number, raw in enumerate(text.split("\n"), 1):
         line = raw[:-1] if raw.endswith("\r") else raw
         if not line.strip(_WSP):
             continue  # blank lines (and the one after the final newline)
+        lines.append(line.strip(_WSP))
         name, colon, value = line.partition(":")
         if not colon or not _FIELD_NAME.match(name):
             raise PolicyError(f"line {number}: not a 'key: value' line")
@@ -221,7 +231,9 @@ def parse_policy(text: str) -> Policy:
         raise PolicyError(f"bad max_age {max_age_text!r} (want 0..{MAX_MAX_AGE})")
     if not mx and mode != "none":
         raise PolicyError(f"no mx field in a policy with mode {mode}")
-    return Policy(mode=mode, mx=tuple(dict.fromkeys(mx)), max_age=int(max_age_text))
+    return Policy(
+        mode=mode, mx=tuple(dict.fromkeys(mx)), max_age=int(max_age_text), lines=tuple(lines)
+    )
 
 
 def _mx_pattern(value: str, number: int) -> str:
@@ -281,23 +293,40 @@ async def fetch_policy(
     try:
         async with asyncio.timeout(timeout):
             addresses = await _addresses(resolver, host)
-            error: OSError | None = None
-            for address in addresses:
-                try:
-                    reader, writer = await asyncio.open_connection(
-                        address, port, ssl=context, server_hostname=host
-                    )
-                except OSError as exc:  # refused, unreachable, TLS failure: next one
-                    error = exc
-                    continue
-                try:
-                    return await _get(reader, writer, host, port)
-                finally:
-                    await _close(writer)
-            assert error is not None
-            raise error
+            return await each_address(
+                addresses, port, context, host, lambda r, w: _get(r, w, host, port)
+            )
     except TimeoutError:
         raise TimeoutError(f"fetching the MTA-STS policy of {domain} timed out") from None
+
+
+T = TypeVar("T")
+
+
+async def each_address(
+    addresses: Sequence[str],
+    port: int,
+    context: ssl.SSLContext,
+    server_name: str,
+    exchange: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[T]],
+) -> T:
+    """``exchange`` over verified TLS with the first address that connects
+    (then the connection is closed); the last connection error if none does."""
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            reader, writer = await asyncio.open_connection(
+                address, port, ssl=context, server_hostname=server_name
+            )
+        except OSError as exc:  # refused, unreachable, TLS failure: next one
+            error = exc
+            continue
+        try:
+            return await exchange(reader, writer)
+        finally:
+            await _close(writer)
+    assert error is not None
+    raise error
 
 
 def _ascii_domain(domain: str) -> str:
@@ -503,6 +532,9 @@ class MTASTS:
         # domain -> (policy id, when the fetch failed): a domain that publishes
         # a record but serves no policy is not refetched for every message.
         self._failed: dict[str, tuple[str, float]] = {}
+        # domain -> (rfc8460:4.3.2.2 result type, error) of that failed fetch,
+        # for TLS reports; gone once the domain has a policy or no record.
+        self._failure: dict[str, tuple[str, str]] = {}
 
     async def policy_for(self, domain: str) -> Policy | None:
         """The policy to apply to mail for ``domain``, or None if there is none.
@@ -519,6 +551,7 @@ class MTASTS:
         policy_id = select_txt(answer.records)
         if policy_id is None:
             # rfc8461:5.1 — no (valid) record: a cached policy still applies.
+            self._failure.pop(domain, None)
             return self._live(domain)
         live = self._live(domain)
         if live is not None and live.policy_id == policy_id:
@@ -542,11 +575,18 @@ class MTASTS:
             else:
                 self._locks[domain] = (lock, users - 1)
 
+    def failure(self, domain: str) -> tuple[str, str] | None:
+        """Why ``domain``'s policy could not be had, when its last fetch
+        failed: an rfc8460:4.3.2.2 result type and the error."""
+        return self._failure.get(normalize_name(domain))
+
     async def _refresh(self, domain: str, policy_id: str, live: Policy | None) -> Policy | None:
+        text = None
         try:
             text = await self.fetcher(domain)
             policy = parse_policy(text)
         except Exception as exc:  # never let a remote problem stop delivery
+            self._failure[domain] = (_failure_type(exc, text is not None), str(exc)[:200])
             # rfc8461:5.1 — a failed fetch leaves the cached policy in force.
             log_event(
                 log,
@@ -561,6 +601,7 @@ class MTASTS:
             self._failed[domain] = (policy_id, self.clock())
             return live
         self._failed.pop(domain, None)
+        self._failure.pop(domain, None)
         policy = replace(policy, policy_id=policy_id, fetched=self.clock())
         log_event(
             log,
@@ -587,6 +628,16 @@ class MTASTS:
         if cached is None or cached.expired(self.clock()):
             return None
         return cached
+
+
+def _failure_type(exc: Exception, fetched: bool) -> str:
+    """rfc8460:4.3.2.2 — the policy was fetched but is not valid; its HTTPS
+    host did not pass PKIX validation; or it could not be fetched."""
+    if fetched:
+        return tlsrpt.STS_POLICY_INVALID
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return tlsrpt.STS_WEBPKI_INVALID
+    return tlsrpt.STS_POLICY_FETCH_ERROR
 
 
 __all__ = [

@@ -24,6 +24,22 @@ How a report reaches them (the ``[reports] dmarc_address`` intake in
 ``estafeta.delivery.reports``, and ``estafeta dmarc import``) and what the
 limits are: docs/dmarc-reports.md.
 
-Layer: below delivery/ and the CLI, beside store/ and policy/; it imports
-only message/ and address (the import-linter contract in pyproject.toml).
+SMTP TLS reports (rfc8460), both ways (docs/tls-reports.md):
+
+- ``tlsrpt``: the report's JSON (rfc8460:4.4) read strictly with hard
+  bounds and written, its message and file (sans-IO);
+- ``tlsrpt_record``: the ``_smtp._tls`` record (rfc8460:3, sans-IO);
+- ``tlsrpt_recorder``: our outbound sessions counted in memory, as the
+  deliverer reports them (rfc8460:4);
+- ``tlsrpt_sessions``: those counts per day and policy on disk, and which
+  days were reported;
+- ``tlsrpt_send``: the daily reports built and sent (rfc8460:5), and the
+  server's runner;
+- ``tlsrpt_store``: the reports received, for ``estafeta tlsrpt report``;
+- ``database``: how every store here opens its SQLite file.
+
+Layer: below delivery/ and the CLI, beside store/, queue/ and policy/; the
+parsers import only message/ and address (the import-linter contract in
+pyproject.toml); the sender gets the queue, the DKIM signer and the HTTPS
+client handed in (estafeta.delivery.tlsrpt puts them together).
 """

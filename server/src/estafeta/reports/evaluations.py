@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from estafeta.reports import database
 from estafeta.reports.dmarc import (
     AuthResults,
     DkimAuth,
@@ -60,7 +61,7 @@ from estafeta.reports.dmarc import (
     Record,
     SpfAuth,
 )
-from estafeta.reports.store import connect, transaction
+from estafeta.reports.store import ReportStoreError
 
 SCHEMA_VERSION = 1
 DAY = 86_400
@@ -186,7 +187,7 @@ class EvaluationStore:
     def add(self, evaluations: Sequence[Evaluation]) -> Counter[Outcome]:
         """Sum ``evaluations`` in, in one transaction: what became of them."""
         outcomes: Counter[Outcome] = Counter()
-        with self._transaction(create=True) as conn:
+        with self._connect(create=True) as conn, database.transaction(conn):
             for evaluation in evaluations:
                 outcomes[self._add(conn, evaluation)] += 1
         return outcomes
@@ -244,7 +245,7 @@ class EvaluationStore:
         is not marked, oldest first."""
         if not self.path.exists():
             return []
-        with connect(self.path, _SCHEMA, SCHEMA_VERSION, create=False) as conn:
+        with self._connect(create=False) as conn:
             rows = conn.execute(
                 "SELECT p.day, p.domain FROM policies p LEFT JOIN sent s"
                 " ON s.day = p.day AND s.domain = p.domain"
@@ -257,7 +258,7 @@ class EvaluationStore:
         """The rows of one (day, domain), the most messages first."""
         if not self.path.exists():
             return None
-        with connect(self.path, _SCHEMA, SCHEMA_VERSION, create=False) as conn:
+        with self._connect(create=False) as conn:
             found = conn.execute(
                 "SELECT policy, rua, dropped FROM policies WHERE day = ? AND domain = ?",
                 (day, domain),
@@ -283,7 +284,7 @@ class EvaluationStore:
         """Evaluations of ``day`` not recorded for the bound on domains."""
         if not self.path.exists():
             return 0
-        with connect(self.path, _SCHEMA, SCHEMA_VERSION, create=False) as conn:
+        with self._connect(create=False) as conn:
             row = conn.execute("SELECT dropped FROM days WHERE day = ?", (day,)).fetchone()
         return int(row[0]) if row else 0
 
@@ -297,7 +298,7 @@ class EvaluationStore:
         detail: dict[str, Any],
     ) -> None:
         """Mark (day, domain) done; a mark is never replaced."""
-        with self._transaction(create=True) as conn:
+        with self._connect(create=True) as conn, database.transaction(conn):
             conn.execute(
                 "INSERT OR IGNORE INTO sent (day, domain, state, report_id, at, detail)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -308,7 +309,7 @@ class EvaluationStore:
         """The marks of the days from ``since`` on, oldest first."""
         if not self.path.exists():
             return []
-        with connect(self.path, _SCHEMA, SCHEMA_VERSION, create=False) as conn:
+        with self._connect(create=False) as conn:
             rows = conn.execute(
                 "SELECT day, domain, state, report_id, at, detail FROM sent"
                 " WHERE day >= ? ORDER BY day, domain",
@@ -324,7 +325,7 @@ class EvaluationStore:
         bound counters and mark. How many (day, domain) reports went."""
         if not self.path.exists():
             return 0
-        with self._transaction(create=False) as conn:
+        with self._connect(create=False) as conn, database.transaction(conn):
             removed = conn.execute("DELETE FROM policies WHERE day < ?", (before,)).rowcount
             for table in ("rows", "days", "sent"):
                 conn.execute(f"DELETE FROM {table} WHERE day < ?", (before,))  # noqa: S608
@@ -332,5 +333,5 @@ class EvaluationStore:
 
     # -- the file ------------------------------------------------------------------
 
-    def _transaction(self, create: bool) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self.path, _SCHEMA, SCHEMA_VERSION, create)
+    def _connect(self, create: bool) -> AbstractContextManager[sqlite3.Connection]:
+        return database.connect(self.path, _SCHEMA, SCHEMA_VERSION, ReportStoreError, create)

@@ -44,18 +44,16 @@ as :class:`ReportStoreError` naming the file.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from estafeta.reports import database
 from estafeta.reports.dmarc import Report
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 10_000
 DAY = 86_400
 DEFAULT_RETENTION = 400 * DAY
 
@@ -155,7 +153,7 @@ class ReportStore:
         """Store ``report`` (received at ``now``) with its records, and prune
         what is past the retention, in one transaction."""
         cutoff = int(now - self.retention)
-        with transaction(self.path, _SCHEMA, SCHEMA_VERSION, create=True) as conn:
+        with self._connect(create=True) as conn, database.transaction(conn):
             self._prune(conn, cutoff)
             return self._insert(conn, report, int(now), cutoff)
 
@@ -163,7 +161,7 @@ class ReportStore:
         """Delete the reports past the retention; how many went."""
         if not self.path.exists():
             return 0
-        with transaction(self.path, _SCHEMA, SCHEMA_VERSION, create=False) as conn:
+        with self._connect(create=False) as conn, database.transaction(conn):
             return self._prune(conn, int(now - self.retention))
 
     @staticmethod
@@ -272,63 +270,5 @@ class ReportStore:
 
     # -- the file --------------------------------------------------------------------------
 
-    @contextmanager
-    def _connect(self, create: bool) -> Iterator[sqlite3.Connection]:
-        with connect(self.path, _SCHEMA, SCHEMA_VERSION, create) as conn:
-            yield conn
-
-
-@contextmanager
-def connect(
-    path: Path, schema: Sequence[str], version: int, create: bool
-) -> Iterator[sqlite3.Connection]:
-    """A connection to one of the report databases (this one, and the
-    evaluations of estafeta.reports.evaluations): WAL, synchronous=FULL,
-    the busy timeout, ``schema`` created at ``version`` in a new file
-    (0600, in a 0700 directory made when ``create``). Every database or
-    file error comes out as ReportStoreError naming the file."""
-    try:
-        if create:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    except (OSError, sqlite3.Error) as exc:
-        raise ReportStoreError(f"{path}: {_detail(exc)}") from None
-    try:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        (found,) = conn.execute("PRAGMA user_version").fetchone()
-        if found not in (0, version):
-            raise ReportStoreError(f"{path}: schema version {found}, this estafeta knows {version}")
-        if found == 0:
-            for statement in schema:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={version}")
-            os.chmod(path, 0o600)
-        yield conn
-    except (OSError, sqlite3.Error) as exc:
-        raise ReportStoreError(f"{path}: {_detail(exc)}") from None
-    finally:
-        conn.close()
-
-
-@contextmanager
-def transaction(
-    path: Path, schema: Sequence[str], version: int, create: bool
-) -> Iterator[sqlite3.Connection]:
-    """``connect``, in one BEGIN IMMEDIATE transaction: committed when the
-    body ends, rolled back when it raises."""
-    with connect(path, schema, version, create) as conn:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-
-def _detail(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
+    def _connect(self, create: bool) -> AbstractContextManager[sqlite3.Connection]:
+        return database.connect(self.path, _SCHEMA, SCHEMA_VERSION, ReportStoreError, create)

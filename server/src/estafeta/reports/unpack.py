@@ -33,7 +33,7 @@ import struct
 import urllib.parse
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,18 +131,30 @@ def report_attachment(message: bytes) -> Attachment:
     or ends in .xml, .xml.gz, .gz or .zip (``application/octet-stream`` is
     common). Parts of attached messages (a report forwarded by hand) count.
     ReportError if there is none, or more than one."""
+    return find_attachment(
+        message,
+        _is_report,
+        "a part of type application/zip, application/gzip or text/xml,"
+        " or named *.zip, *.xml.gz or *.xml",
+    )
+
+
+def find_attachment(
+    message: bytes, is_report: Callable[[Mapping[str, Any]], bool], wanted: str
+) -> Attachment:
+    """The one leaf part of ``message`` for which ``is_report(leaf)`` holds
+    (a part of ``summarize``'s body structure; ``media_type`` and
+    ``filename`` read one), decoded, with the bounds above; ``wanted`` says
+    what was looked for when nothing is found. ReportError if there is
+    none, or more than one."""
     if len(message) > MAX_MESSAGE:
         raise ReportError(TOO_LARGE, f"message larger than {MAX_MESSAGE} octets")
     summary = summarize(message)
-    candidates = [leaf for leaf in _leaves(summary.bodystructure) if _is_report(leaf)]
+    candidates = [leaf for leaf in _leaves(summary.bodystructure) if is_report(leaf)]
     if not candidates:
-        raise ReportError(
-            NO_REPORT,
-            "no report in the message (a part of type application/zip, application/gzip "
-            "or text/xml, or named *.zip, *.xml.gz or *.xml)",
-        )
+        raise ReportError(NO_REPORT, f"no report in the message ({wanted})")
     if len(candidates) > 1:
-        names = ", ".join(_filename(leaf) or _media_type(leaf) for leaf in candidates[:3])
+        names = ", ".join(filename(leaf) or media_type(leaf) for leaf in candidates[:3])
         names += ", ..." if len(candidates) > 3 else ""
         raise ReportError(SEVERAL, f"{len(candidates)} report parts ({names}); expected one")
     leaf = candidates[0]
@@ -154,7 +166,7 @@ def report_attachment(message: bytes) -> Attachment:
     data = _decode(body, str(leaf.get("encoding") or "7bit"))
     if len(data) > MAX_ATTACHMENT:
         raise ReportError(TOO_LARGE, f"report attachment larger than {MAX_ATTACHMENT} octets")
-    return Attachment(_filename(leaf), _media_type(leaf), data)
+    return Attachment(filename(leaf), media_type(leaf), data)
 
 
 def _leaves(part: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
@@ -170,7 +182,8 @@ def _leaves(part: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     yield part
 
 
-def _media_type(leaf: Mapping[str, Any]) -> str:
+def media_type(leaf: Mapping[str, Any]) -> str:
+    """A body-structure leaf's media type, lower case ("application/gzip")."""
     return f"{leaf.get('type', '')}/{leaf.get('subtype', '')}".lower()
 
 
@@ -187,7 +200,8 @@ def _param(params: Sequence[Sequence[str]] | None, name: str) -> str:
     return ""
 
 
-def _filename(leaf: Mapping[str, Any]) -> str:
+def filename(leaf: Mapping[str, Any]) -> str:
+    """A leaf's file name: Content-Disposition filename, else Content-Type name."""
     disposition = leaf.get("disposition")
     name = ""
     if isinstance(disposition, list) and len(disposition) == 2:
@@ -196,9 +210,9 @@ def _filename(leaf: Mapping[str, Any]) -> str:
 
 
 def _is_report(leaf: Mapping[str, Any]) -> bool:
-    if _media_type(leaf) in REPORT_TYPES:
+    if media_type(leaf) in REPORT_TYPES:
         return True
-    name = _filename(leaf).lower()
+    name = filename(leaf).lower()
     return parse_filename(name) is not None or name.endswith(_REPORT_EXTENSIONS)
 
 
@@ -238,7 +252,7 @@ def xml_chunks(data: bytes) -> Iterator[bytes]:
     if kind == "zip":
         yield from _unzip(data)
     elif kind == "gzip":
-        yield from _gunzip(data)
+        yield from gunzip(data)
     elif kind == "message":
         raise ReportError(ARCHIVE, "the report is neither a zip, a gzip nor XML")
     else:
@@ -249,8 +263,8 @@ def xml_chunks(data: bytes) -> Iterator[bytes]:
             yield bytes(view[start : start + CHUNK])
 
 
-def _too_large() -> ReportError:
-    return ReportError(TOO_LARGE, f"report XML larger than {MAX_XML} octets once decompressed")
+def _too_large(limit: int = MAX_XML, what: str = "report XML") -> ReportError:
+    return ReportError(TOO_LARGE, f"{what} larger than {limit} octets once decompressed")
 
 
 def _zip_entries(data: bytes) -> int:
@@ -319,9 +333,10 @@ def _unzip(data: bytes) -> Iterator[bytes]:
             raise ReportError(ARCHIVE, f"zip member {info.filename!r}: {exc}") from None
 
 
-def _gunzip(data: bytes) -> Iterator[bytes]:
+def gunzip(data: bytes, limit: int = MAX_XML, what: str = "report XML") -> Iterator[bytes]:
     """rfc1952 — every member inflated in turn, input fed ``CHUNK`` octets
-    at a time and output taken ``CHUNK`` octets at a time."""
+    at a time and output taken ``CHUNK`` octets at a time, at most ``limit``
+    octets in all (``what`` names them in the error)."""
     view = memoryview(data)
     produced = 0
     position = 0
@@ -340,8 +355,8 @@ def _gunzip(data: bytes) -> Iterator[bytes]:
                     out = inflater.decompress(pending, CHUNK)
                     pending = inflater.unconsumed_tail
                     produced += len(out)
-                    if produced > MAX_XML:
-                        raise _too_large()
+                    if produced > limit:
+                        raise _too_large(limit, what)
                     if out:
                         yield out
                     if inflater.eof:
@@ -358,8 +373,8 @@ def _gunzip(data: bytes) -> Iterator[bytes]:
                             if not out:
                                 raise ReportError(ARCHIVE, "truncated gzip data")
                             produced += len(out)
-                            if produced > MAX_XML:
-                                raise _too_large()
+                            if produced > limit:
+                                raise _too_large(limit, what)
                             yield out
                         end = len(data) - len(inflater.unused_data)
         except zlib.error as exc:
