@@ -18,11 +18,11 @@ from estafeta.queue.dane import (
     HostPolicy,
     TLSALookupError,
     discover,
-    lookup_failed,
-    outcome,
     peer_chain,
     verify_chain,
 )
+from estafeta.queue.tlsoutcome import SessionTLS, TLSOutcome, lookup_failed
+from estafeta.reports.tlsrpt import Policy
 
 NOW = datetime.datetime.now(datetime.UTC)
 HOST = "mx.dane.example"
@@ -254,12 +254,14 @@ def test_lookup_failure_is_an_error(bogus: bool) -> None:
     with pytest.raises(TLSALookupError) as caught:
         discovered(resolver)
     assert caught.value.bogus is bogus
-    failed = lookup_failed(caught.value)
+    failed = lookup_failed("dane.example", caught.value)
     assert (failed.policy_type, failed.result_type, failed.success) == (
         "tlsa",
         "dnssec-invalid",
         False,
     )
+    # rfc8460:4.4 — the recipient domain is the policy domain, the MX the mx-host.
+    assert failed.report == Policy("tlsa", "dane.example", (), (HOST,))
 
 
 def test_cname_expanded_name_first() -> None:
@@ -286,21 +288,43 @@ def test_cname_target_without_records_falls_back_to_the_original() -> None:
     assert resolver.queries == [(tlsa_at(target), "TLSA"), (tlsa_at(HOST), "TLSA")]
 
 
+def outcome(
+    policy: HostPolicy, route_policy: str, result_type: str = "", report: Policy | None = None
+) -> TLSOutcome:
+    """The outcome one session records: a success, or ``result_type``."""
+    outcomes: list[TLSOutcome] = []
+    tls = SessionTLS(outcomes, "dane.example", policy, route_policy, report, HOST, "192.0.2.1")
+    if result_type:
+        tls.failure(result_type, "why")
+    else:
+        tls.success()
+    tls.success()  # a session has one outcome: the first
+    [found] = outcomes
+    return found
+
+
 def test_outcome_types() -> None:
+    sts = Policy("sts", "dane.example", ("version: STSv1",), ("*.dane.example",))
     dane = HostPolicy(HOST, "dane", HOST, (HOST,), (TLSA(3, 1, 1, bytes(32)),))
-    ok = outcome(dane, "mta-sts", HOST, "192.0.2.1")
+    ok = outcome(dane, "mta-sts", report=sts)
+    # DANE beats MTA-STS (rfc8461:2): the session is the TLSA policy's, not the STS one's.
     assert (ok.policy, ok.policy_type, ok.success) == ("dane", "tlsa", True)
     assert ok.policy_strings == ("3 1 1 " + "00" * 32,)
-    encrypt = outcome(HostPolicy(HOST, "encrypt", HOST, (HOST,)), "", HOST, "192.0.2.1")
+    assert ok.report == Policy("tlsa", "dane.example", ok.policy_strings, (HOST,))
+    # rfc8460:4.3 tlsa-invalid: every record unusable, TLS went unauthenticated.
+    encrypt = outcome(HostPolicy(HOST, "encrypt", HOST, (HOST,)), "")
     assert (encrypt.policy, encrypt.success, encrypt.result_type) == (
         "dane-encrypt",
-        True,
+        False,
         "tlsa-invalid",
     )
-    sts = outcome(HostPolicy(""), "mta-sts", HOST, "192.0.2.1", "certificate-expired")
-    assert (sts.policy, sts.policy_type, sts.success) == ("mta-sts", "sts", False)
-    none = outcome(HostPolicy(""), "", HOST, "192.0.2.1")
+    failed = outcome(HostPolicy(""), "mta-sts", "certificate-expired", report=sts)
+    assert (failed.policy, failed.policy_type, failed.success) == ("mta-sts", "sts", False)
+    assert failed.report == sts
+    none = outcome(HostPolicy(""), "", report=Policy("no-policy-found", "dane.example"))
     assert (none.policy, none.policy_type) == ("opportunistic", "no-policy-found")
+    smarthost = outcome(HostPolicy(""), "smarthost")
+    assert (smarthost.policy, smarthost.report) == ("smarthost", None)
 
 
 # -- the mock resolver's DNSSEC ----------------------------------------------------

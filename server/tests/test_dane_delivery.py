@@ -31,6 +31,8 @@ from estafeta.dns import MockResolver
 from estafeta.queue.dane import TLSA
 from estafeta.queue.delivery import Deliverer, Result
 from estafeta.queue.mtasts import MTASTS, MemoryCache
+from estafeta.reports.tlsrpt import Policy
+from estafeta.reports.tlsrpt_recorder import SessionRecorder, Tally
 
 DOMAIN = "dane.example"
 MX1, MX2 = "mx1.dane.example", "mx2.dane.example"
@@ -133,13 +135,36 @@ def zone(
 
 
 def deliver(
-    net: Net, resolver: MockResolver, mta_sts: MTASTS | None = None, **config: Any
+    net: Net,
+    resolver: MockResolver,
+    mta_sts: MTASTS | None = None,
+    recorder: SessionRecorder | None = None,
+    **config: Any,
 ) -> list[Result]:
     queue = QueueConfig(port=net.port, connect_timeout=10.0, **config)
     deliverer = Deliverer(
-        hostname="mx.sender.example", resolver=resolver, config=queue, mta_sts=mta_sts
+        hostname="mx.sender.example",
+        resolver=resolver,
+        config=queue,
+        mta_sts=mta_sts,
+        tls_reporter=recorder,
     )
     return asyncio.run(deliverer.deliver(DOMAIN, SENDER, [RCPT], MESSAGE))
+
+
+def counted(
+    net: Net, resolver: MockResolver, mta_sts: MTASTS | None = None
+) -> tuple[Result, dict[Policy, Tally]]:
+    """One delivery; its result and what the TLS report recorder counted,
+    by policy (one UTC day)."""
+    recorder = SessionRecorder()
+    [result] = deliver(net, resolver, mta_sts, recorder)
+    return result, {policy: tally for (_, policy), tally in recorder.drain().items()}
+
+
+def tlsa_policy(host: str, *records: TLSA) -> Policy:
+    """rfc8460:4.4 — DANE: the recipient domain, the TLSA records, the MX host."""
+    return Policy("tlsa", DOMAIN, tuple(map(str, records)), (host,))
 
 
 def ee(mx: MX) -> TLSA:
@@ -411,3 +436,66 @@ def test_startup_warns_when_dnssec_cannot_be_trusted(
         assert ("dane_unavailable" in instance.log_text()) is warned
     finally:
         instance.stop()
+
+
+# -- the TLS report recorder (rfc8460:4.4 policy-type "tlsa") ------------------------
+
+
+def test_dane_verified_session_is_a_tlsa_success(net: Net) -> None:
+    mx = net.mx(IP1)
+    resolver = zone(MX1, port=net.port, tlsa={MX1: [ee(mx)]})
+    result, tallies = counted(net, resolver, mta_sts(resolver))
+    assert result.state == "sent", result
+    # DANE beats MTA-STS (rfc8461:2): counted under the TLSA policy alone.
+    assert list(tallies) == [tlsa_policy(MX1, ee(mx))]
+    tally = tallies[tlsa_policy(MX1, ee(mx))]
+    assert (tally.successful, tally.failed, tally.details) == (1, 0, {})
+
+
+def test_dane_mismatch_is_a_tlsa_failure_with_details(net: Net) -> None:
+    net.mx(IP1)
+    wrong = TLSA(3, 1, 1, bytes(32))
+    result, tallies = counted(net, zone(MX1, port=net.port, tlsa={MX1: [wrong]}))
+    assert result.status == "4.7.5", result
+    tally = tallies[tlsa_policy(MX1, wrong)]
+    assert (tally.successful, tally.failed) == (0, 1)
+    [(key, count)] = tally.details.items()
+    # result-type, sending-mta-ip, receiving-mx-hostname, -ip, -helo, reason code
+    assert key[:5] == ("validation-failure", "127.0.0.1", MX1, IP1, "mx") and count == 1
+    assert key[5] == result.tls[-1].reason
+
+
+def test_tlsa_lookup_failure_and_the_next_mx(net: Net) -> None:
+    net.mx(IP1)
+    net.mx(IP2)
+    resolver = zone(MX1, MX2, port=net.port)
+    resolver.bogus.add((f"_{net.port}._tcp.{MX1}", "TLSA"))
+    result, tallies = counted(net, resolver)
+    assert (result.state, result.remote_mta) == ("sent", MX2), result
+    failed = tallies[Policy("tlsa", DOMAIN, (), (MX1,))]
+    assert (failed.successful, failed.failed) == (0, 1)
+    [key] = failed.details
+    assert key[:4] == ("dnssec-invalid", "", MX1, "") and key[5].startswith("bogus: ")
+    # mx2 publishes no TLSA: its session is one of no policy, a success.
+    none = tallies[Policy("no-policy-found", DOMAIN)]
+    assert (none.successful, none.failed) == (1, 0)
+
+
+def test_unusable_tlsa_records_are_tlsa_invalid(net: Net) -> None:
+    net.mx(IP1)
+    pkix = TLSA(1, 1, 1, bytes(32))
+    result, tallies = counted(net, zone(MX1, port=net.port, tlsa={MX1: [pkix]}))
+    assert result.state == "sent", result  # rfc7672:2.2 — encrypted, unauthenticated
+    tally = tallies[tlsa_policy(MX1, pkix)]
+    assert (tally.successful, tally.failed) == (0, 1)
+    assert [key[0] for key in tally.details] == ["tlsa-invalid"]
+
+
+def test_no_starttls_under_dane_is_counted(net: Net) -> None:
+    mx = net.mx(IP1, starttls=False)
+    result, tallies = counted(net, zone(MX1, port=net.port, tlsa={MX1: [ee(mx)]}))
+    assert result.status == "4.7.5", result
+    tally = tallies[tlsa_policy(MX1, ee(mx))]
+    assert (tally.successful, tally.failed) == (0, 1)
+    [key] = tally.details
+    assert key[0] == "starttls-not-supported" and key[5] == "STARTTLS not offered"

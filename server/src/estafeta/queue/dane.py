@@ -39,7 +39,8 @@ signatures and validity periods are cryptography's verifier, with the Web
 PKI extension rules relaxed to what a private CA issues: CA certificates
 must say CA:TRUE, the leaf must have a subjectAltName.
 
-``TLSOutcome`` is one host attempt as TLS-RPT (rfc8460:4.3, 4.4) counts it.
+What a host attempt was, for the logs and TLS reports, is
+estafeta.queue.tlsoutcome's (policy-type ``tlsa``, these records).
 """
 
 from __future__ import annotations
@@ -126,30 +127,6 @@ class Verdict:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class TLSOutcome:
-    """One host attempt, as a TLS-RPT recorder (rfc8460:4.4) needs it.
-
-    ``policy`` is our label ("dane", "dane-encrypt", "mta-sts", "config",
-    "smarthost", "opportunistic"); ``policy_type`` the report's ("tlsa",
-    "sts", "no-policy-found"); ``policy_strings`` the TLSA records in
-    presentation format (empty for other policies: the MTA-STS policy text
-    is the MTA-STS cache's). ``result_type`` is one of rfc8460:4.3 when the
-    session failed (and "tlsa-invalid" on a success when every TLSA record
-    was unusable and TLS went unauthenticated).
-    """
-
-    mx_host: str
-    address: str
-    policy: str
-    policy_type: str
-    success: bool
-    policy_domain: str = ""
-    policy_strings: tuple[str, ...] = ()
-    result_type: str = ""
-    reason: str = ""
-
-
 class TLSALookupError(Exception):
     """The TLSA lookup of a host failed: it may not be used now (rfc7672:2.2)."""
 
@@ -193,71 +170,6 @@ async def discover(resolver: Resolver, host: str, canonical: str, port: int) -> 
 def _record(value: Any) -> TLSA:
     usage, selector, mtype, data = value
     return TLSA(int(usage), int(selector), int(mtype), bytes(data))
-
-
-# -- TLS-RPT data (rfc8460:4.3, 4.4) --------------------------------------------------
-
-
-def outcome(
-    policy: HostPolicy,
-    route_policy: str,
-    host: str,
-    address: str,
-    result_type: str = "",
-    reason: str = "",
-) -> TLSOutcome:
-    """A session with ``host``; ``result_type`` empty: it succeeded.
-
-    ``route_policy`` is what else asked for TLS ("mta-sts", "config",
-    "smarthost" or "" for opportunistic), when DANE does not apply.
-    """
-    if policy.mode != "none":
-        label, policy_type = policy.policy, "tlsa"
-    else:
-        label = route_policy or "opportunistic"
-        policy_type = "sts" if route_policy == "mta-sts" else "no-policy-found"
-    success = not result_type
-    if success and policy.mode == "encrypt":
-        # rfc8460:4.3 — every record unusable: TLS went unauthenticated.
-        result_type, reason = "tlsa-invalid", "no usable TLSA record"
-    return TLSOutcome(
-        mx_host=host,
-        address=address,
-        policy=label,
-        policy_type=policy_type,
-        success=success,
-        policy_domain=policy.base_domain,
-        policy_strings=tuple(str(record) for record in policy.records),
-        result_type=result_type,
-        reason=reason,
-    )
-
-
-def lookup_failed(exc: TLSALookupError) -> TLSOutcome:
-    return TLSOutcome(
-        mx_host=exc.host,
-        address="",
-        policy="dane",
-        policy_type="tlsa",
-        success=False,
-        policy_domain=exc.base_domain,
-        # rfc8460:4.3 — "no valid records were returned from the recursive resolver".
-        result_type="dnssec-invalid",
-        reason=("bogus: " if exc.bogus else "") + str(exc),
-    )
-
-
-def handshake_result(exc: ssl.SSLError) -> str:
-    """The rfc8460:4.3 result type of a failed TLS handshake."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
-        if code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
-            return "certificate-host-mismatch"
-        if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
-            return "certificate-expired"
-        if code in (18, 19, 20, 21):  # self-signed or unknown issuer
-            return "certificate-not-trusted"
-    return "validation-failure"
 
 
 # -- authentication (rfc7672:3) ------------------------------------------------------
@@ -397,12 +309,8 @@ __all__ = [
     "TLSA",
     "HostPolicy",
     "TLSALookupError",
-    "TLSOutcome",
     "Verdict",
     "discover",
-    "handshake_result",
-    "lookup_failed",
-    "outcome",
     "peer_chain",
     "tlsa_name",
     "verify_chain",

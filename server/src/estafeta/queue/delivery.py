@@ -19,21 +19,12 @@ usable records STARTTLS is mandatory and the certificate must match one of
 them (checked before MAIL FROM; MTA-STS's certificate check is not applied to
 such a host, rfc8461:2); with records but none usable, STARTTLS is mandatory
 without authentication; a failed TLSA lookup makes the host unusable for now.
-A host that needs TLS is never retried in plain text. Each result carries
-the TLS outcome of every host attempt (``Result.tls``), for logs and TLS-RPT.
-TLS reports (rfc8460:4, docs/tls-reports.md): every session with a
-recipient domain's MX (not a smarthost) is told to ``tls_reporter`` under
-the policy that applied: the MTA-STS policy (enforce or testing), or
-``no-policy-found``. A success is TLS negotiated (and verified where the
-policy requires it); a failure is STARTTLS not offered or refused, or a
-handshake that failed (certificate-expired, -host-mismatch, -not-trusted,
-validation-failure); an enforced policy naming none of the MX hosts counts
-a validation-failure per MX. A domain whose MTA-STS policy cannot be had
-(and none is cached) counts one failure per attempt of the policy failure
-type (sts-policy-fetch-error, -invalid, sts-webpki-invalid), and the
-attempt's sessions are not counted. The plain-text retry after a failed
-opportunistic handshake is not a session of its own. In testing mode the
-certificate is not verified, so certificate problems are not seen there.
+A host that needs TLS is never retried in plain text.
+
+TLS outcomes (estafeta.queue.tlsoutcome): each session leaves one outcome in
+the attempt's list, which every result carries (``Result.tls``, for the
+logs) and which then goes to ``tls_reporter``, the TLS reports' recorder
+(rfc8460:4, docs/tls-reports.md): one record of each session, read twice.
 """
 
 from __future__ import annotations
@@ -45,7 +36,7 @@ import os
 import random
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from estafeta.config import QueueConfig
@@ -53,8 +44,16 @@ from estafeta.dns import DNSTempError, Resolver
 from estafeta.log import log_event
 from estafeta.queue import dane
 from estafeta.queue.client import ProtocolError, Reply, SMTPConnection
-from estafeta.queue.dane import NO_DANE, HostPolicy, TLSALookupError, TLSOutcome
+from estafeta.queue.dane import NO_DANE, HostPolicy, TLSALookupError
 from estafeta.queue.mtasts import MTASTS, Policy
+from estafeta.queue.tlsoutcome import (
+    SessionTLS,
+    TLSOutcome,
+    lookup_failed,
+    policy_failure,
+    record,
+    sts_report,
+)
 from estafeta.reports import tlsrpt
 from estafeta.reports.tlsrpt_recorder import NullReporter, TLSReporter, classify_tls_error
 
@@ -64,6 +63,7 @@ State = Literal["sent", "temporary", "permanent"]
 MAX_MX = 10
 MAX_ADDRESSES = 6
 DATA_TIMEOUT = 600.0
+NOT_IN_POLICY = "MX host not in the MTA-STS policy"
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,14 @@ class Result:
 
 
 class RouteError(Exception):
-    def __init__(self, state: State, status: str, reason: str) -> None:
+    def __init__(
+        self, state: State, status: str, reason: str, tls: tuple[TLSOutcome, ...] = ()
+    ) -> None:
         super().__init__(reason)
         self.state: State = state
         self.status = status
         self.reason = reason
+        self.tls = tls  # what TLS reports count of it (a policy no MX matches)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class Route:
     dnssec: bool = False  # the MX answer (or its denial) was DNSSEC-secure
     # The policy TLS reports count the sessions under; None: not counted.
     report: tlsrpt.Policy | None = None
+    # Outcomes of the routing itself (an MTA-STS policy that could not be had).
+    tls: tuple[TLSOutcome, ...] = ()
 
 
 def verifying_context(ca_file: str | None) -> ssl.SSLContext:
@@ -210,29 +215,29 @@ class Deliverer:
         policy_name = "config" if require_tls else ""
         # rfc8460:4.4 policy-type: "no-policy-found" unless MTA-STS says otherwise.
         report: tlsrpt.Policy | None = tlsrpt.Policy(tlsrpt.NO_POLICY, domain)
+        found: tuple[TLSOutcome, ...] = ()
         if self.mta_sts is not None and self.config.mta_sts:
             policy: Policy | None = await self.mta_sts.policy_for(domain)
             if policy is not None and policy.mode in ("enforce", "testing"):
-                report = _sts_report(domain, policy)
+                report = sts_report(domain, policy)
             elif policy is None and (failure := self.mta_sts.failure(domain)) is not None:
-                # rfc8460:4.3.2.2 — one failed session for the attempt.
-                self.tls_reporter.failure(
-                    tlsrpt.Policy(tlsrpt.STS, domain), failure[0], detail=failure[1]
-                )
+                # rfc8460:4.3.2.2 — one failure for the attempt, whose sessions
+                # are then not counted.
+                found = (policy_failure(tlsrpt.Policy(tlsrpt.STS, domain), *failure),)
                 report = None
             if policy is not None and policy.mode == "enforce":
+                assert report is not None
                 matching = [host for host in hosts if policy.matches(host)]
                 if not matching:
-                    for host in hosts:
-                        self.tls_reporter.failure(
-                            report or tlsrpt.Policy(tlsrpt.STS, domain),
-                            tlsrpt.VALIDATION_FAILURE,
-                            mx_host=host,
-                            detail="MX host not in the MTA-STS policy",
-                        )
                     # rfc8461:5.1 — no MX matches an enforced policy: do not deliver.
                     raise RouteError(
-                        "temporary", "4.7.5", f"no MX of {domain} matches its MTA-STS policy"
+                        "temporary",
+                        "4.7.5",
+                        f"no MX of {domain} matches its MTA-STS policy",
+                        tuple(
+                            policy_failure(report, tlsrpt.VALIDATION_FAILURE, NOT_IN_POLICY, host)
+                            for host in hosts
+                        ),
                     )
                 hosts, require_tls, policy_name = matching, True, "mta-sts"
             elif policy is not None and policy.mode == "testing":
@@ -246,6 +251,7 @@ class Deliverer:
             policy=policy_name,
             dnssec=dnssec,
             report=report,
+            tls=found,
         )
 
     # -- the attempt ------------------------------------------------------
@@ -253,13 +259,30 @@ class Deliverer:
     async def deliver(
         self, domain: str, sender: str, recipients: Sequence[str], data: bytes
     ) -> list[Result]:
+        outcomes: list[TLSOutcome] = []
+        try:
+            return await self._deliver(domain, sender, recipients, data, outcomes)
+        finally:
+            # rfc8460:4 — each session counted once, as the results show it.
+            record(self.tls_reporter, outcomes)
+
+    async def _deliver(
+        self,
+        domain: str,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        outcomes: list[TLSOutcome],
+    ) -> list[Result]:
         try:
             route = await self.route(domain)
         except RouteError as exc:
-            return [Result(r, exc.state, exc.status, exc.reason) for r in recipients]
+            outcomes.extend(exc.tls)
+            return [Result(r, exc.state, exc.status, exc.reason, tls=exc.tls) for r in recipients]
+        outcomes.extend(route.tls)
+        attempt = _Attempt(domain, sender, recipients, data, route, outcomes)
         last = "no usable mail host"
         last_status = "4.4.1"
-        outcomes: list[TLSOutcome] = []
         for host in route.hosts:
             if host == self.hostname and self.config.relay is None:
                 # rfc5321:5.1 — we are an MX for it but not a local domain: a loop.
@@ -282,15 +305,13 @@ class Deliverer:
                 policy = await self.dane_policy(route, host, secure, canonical)
             except TLSALookupError as exc:
                 # rfc7672:2.2 — a failed TLSA lookup: not this host, not in plain text.
-                outcomes.append(dane.lookup_failed(exc))
+                outcomes.append(lookup_failed(domain, exc))
                 last, last_status = f"{host}: TLSA lookup failed: {exc}", "4.7.5"
                 _dane_failed(domain, outcomes[-1], last)
                 continue
             for address in addresses:
                 try:
-                    results = await self._session(
-                        route, policy, host, address, sender, recipients, data, outcomes
-                    )
+                    results = await self._session(attempt, policy, host, address)
                 except _HostFailed as exc:
                     last, last_status = f"{host}[{address}]: {exc}", exc.status
                     if policy.mode != "none" and exc.status == "4.7.5" and outcomes:
@@ -307,74 +328,51 @@ class Deliverer:
         return [Result(r, state, last_status, last, tls=tuple(outcomes)) for r in recipients]
 
     async def _session(
-        self,
-        route: Route,
-        policy: HostPolicy,
-        host: str,
-        address: str,
-        sender: str,
-        recipients: Sequence[str],
-        data: bytes,
-        outcomes: list[TLSOutcome],
+        self, attempt: _Attempt, policy: HostPolicy, host: str, address: str
     ) -> list[Result]:
         plain_fallback = False
         while True:
             try:
-                return await self._try(
-                    route, policy, host, address, sender, recipients, data, plain_fallback, outcomes
-                )
+                return await self._try(attempt, policy, host, address, plain_fallback)
             except _TLSFailed as exc:
-                outcomes.append(
-                    dane.outcome(policy, route.policy, host, address, exc.result_type, str(exc))
-                )
-                if route.require_tls or policy.mode != "none" or plain_fallback:
+                if attempt.route.require_tls or policy.mode != "none" or plain_fallback:
                     raise _HostFailed(f"TLS failed: {exc}", "4.7.5") from None
                 log_event(
                     log, "tls_fallback", logging.WARNING, host=host, address=address, error=str(exc)
                 )
+                # The plain-text retry is no session of its own for TLS reports:
+                # the failed handshake was this session's outcome.
                 plain_fallback = True
 
     async def _try(
-        self,
-        route: Route,
-        policy: HostPolicy,
-        host: str,
-        address: str,
-        sender: str,
-        recipients: Sequence[str],
-        data: bytes,
-        plain: bool,
-        outcomes: list[TLSOutcome],
+        self, attempt: _Attempt, policy: HostPolicy, host: str, address: str, plain: bool
     ) -> list[Result]:
-        timeout = self.config.connect_timeout
+        route = attempt.route
+        tls = SessionTLS(
+            attempt.outcomes, attempt.domain, policy, route.policy, route.report, host, address
+        )
         try:
             conn, greeting = await SMTPConnection.open(
                 address,
                 route.port,
-                time_limit=timeout,
+                time_limit=self.config.connect_timeout,
                 peer_name=host,
                 source_address=self.config.source_address,
                 tls=self.verify_tls if route.implicit_tls else None,
             )
         except ssl.SSLError as exc:
-            outcomes.append(
-                dane.outcome(
-                    policy, route.policy, host, address, dane.handshake_result(exc), str(exc)
-                )
-            )
+            tls.failure(*classify_tls_error(exc))
             raise _HostFailed(f"TLS failed: {exc}", "4.7.5") from None
         except (OSError, TimeoutError, ProtocolError) as exc:
             raise _HostFailed(_describe(exc), "4.4.1") from None
         try:
-            return await self._transaction(
-                conn, greeting, route, policy, address, sender, recipients, data, plain, outcomes
-            )
+            return await self._transaction(conn, greeting, attempt, policy, tls, plain)
         except (_HostFailed, _TLSFailed):
             conn.abort()
             raise
         except ssl.SSLError as exc:
             conn.abort()
-            raise _TLSFailed(str(exc), dane.handshake_result(exc)) from None
+            raise _TLSFailed(str(exc)) from None
         except (OSError, TimeoutError, ProtocolError) as exc:
             conn.abort()
             raise _HostFailed(_describe(exc), "4.4.2") from None
@@ -383,15 +381,13 @@ class Deliverer:
         self,
         conn: SMTPConnection,
         greeting: Reply,
-        route: Route,
+        attempt: _Attempt,
         policy: HostPolicy,
-        address: str,
-        sender: str,
-        recipients: Sequence[str],
-        data: bytes,
+        tls: SessionTLS,
         plain: bool,
-        outcomes: list[TLSOutcome],
     ) -> list[Result]:
+        route, data = attempt.route, attempt.data
+        sender, recipients = attempt.sender, attempt.recipients
         host = conn.peer_name
         if greeting.code != 220:
             await conn.quit()
@@ -402,51 +398,17 @@ class Deliverer:
         if not reply.positive:
             await conn.quit()
             raise _HostFailed(f"EHLO: {reply}", "4.5.0")
+        tls.seen(conn, reply)
         # rfc7672:2.2 — DANE (usable records or not) makes TLS mandatory.
         require_tls = route.require_tls or policy.mode != "none"
-        session = _Session(self.tls_reporter, route.report, host, conn, reply)
-        if not conn.tls and not plain and "STARTTLS" not in conn.extensions:
-            session.failure(tlsrpt.STARTTLS_NOT_SUPPORTED, "STARTTLS not offered")
-        if not conn.tls and not plain and "STARTTLS" in conn.extensions:
-            context, server_name = self._tls_for(route, policy)
-            try:
-                reply = await conn.starttls(context, server_name)
-            except ssl.SSLError as exc:
-                session.failure(*classify_tls_error(exc))
-                raise _TLSFailed(str(exc), dane.handshake_result(exc)) from None
-            if reply.code != 220:
-                session.failure(tlsrpt.STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {reply}")
-                if require_tls:
-                    await conn.quit()
-                    outcomes.append(
-                        dane.outcome(
-                            policy,
-                            route.policy,
-                            host,
-                            address,
-                            "starttls-not-supported",
-                            str(reply),
-                        )
-                    )
-                    raise _HostFailed(f"STARTTLS refused: {reply}", "4.7.5")
-            else:
-                session.success()
-                if policy.mode == "dane":
-                    await self._authenticate(conn, route, policy, address, outcomes)
-                reply = await conn.ehlo(self.hostname)
-                if not reply.positive:
-                    await conn.quit()
-                    raise _HostFailed(f"EHLO after STARTTLS: {reply}", "4.5.0")
+        if conn.tls:
+            tls.success()  # implicit TLS (a smarthost's port 465)
+        elif not plain:
+            await self._starttls(conn, route, policy, tls, require_tls)
         if require_tls and not conn.tls:
             await conn.quit()
             label = policy.policy or route.policy or "opportunistic"
-            outcomes.append(
-                dane.outcome(
-                    policy, route.policy, host, address, "starttls-not-supported", "no STARTTLS"
-                )
-            )
             raise _HostFailed(f"STARTTLS not offered ({label} requires TLS)", "4.7.5")
-        outcomes.append(dane.outcome(policy, route.policy, host, address))
         if route.auth is not None:
             reply = await conn.auth_plain(*route.auth)
             if reply.code != 235:
@@ -494,6 +456,38 @@ class Deliverer:
         await conn.quit()
         return [results[rcpt] for rcpt in recipients]
 
+    async def _starttls(
+        self,
+        conn: SMTPConnection,
+        route: Route,
+        policy: HostPolicy,
+        tls: SessionTLS,
+        require_tls: bool,
+    ) -> None:
+        """rfc3207 — STARTTLS when offered, and the session's TLS outcome."""
+        if "STARTTLS" not in conn.extensions:
+            tls.failure(tlsrpt.STARTTLS_NOT_SUPPORTED, "STARTTLS not offered")
+            return
+        context, server_name = self._tls_for(route, policy)
+        try:
+            reply = await conn.starttls(context, server_name)
+        except ssl.SSLError as exc:
+            tls.failure(*classify_tls_error(exc))
+            raise _TLSFailed(str(exc)) from None
+        if reply.code != 220:
+            tls.failure(tlsrpt.STARTTLS_NOT_SUPPORTED, f"STARTTLS refused: {reply}")
+            if require_tls:
+                await conn.quit()
+                raise _HostFailed(f"STARTTLS refused: {reply}", "4.7.5")
+            return
+        if policy.mode == "dane":
+            await self._authenticate(conn, policy, tls)
+        tls.success()
+        reply = await conn.ehlo(self.hostname)
+        if not reply.positive:
+            await conn.quit()
+            raise _HostFailed(f"EHLO after STARTTLS: {reply}", "4.5.0")
+
     def _tls_for(self, route: Route, policy: HostPolicy) -> tuple[ssl.SSLContext, str]:
         """The TLS context and SNI for STARTTLS with this host."""
         if policy.mode == "dane" or (policy.mode == "encrypt" and not route.require_tls):
@@ -502,12 +496,7 @@ class Deliverer:
         return (self.verify_tls if route.require_tls else self.plain_tls), ""
 
     async def _authenticate(
-        self,
-        conn: SMTPConnection,
-        route: Route,
-        policy: HostPolicy,
-        address: str,
-        outcomes: list[TLSOutcome],
+        self, conn: SMTPConnection, policy: HostPolicy, tls: SessionTLS
     ) -> None:
         """rfc7672:3 — the certificate must match a TLSA record, or we leave."""
         ssl_object = conn.writer.get_extra_info("ssl_object")
@@ -515,11 +504,7 @@ class Deliverer:
         now = datetime.datetime.now(datetime.UTC)
         verdict = dane.verify_chain(policy.records, chain, policy.names, now)
         if not verdict.ok:
-            outcomes.append(
-                dane.outcome(
-                    policy, route.policy, policy.host, address, verdict.result_type, verdict.reason
-                )
-            )
+            tls.failure(verdict.result_type, verdict.reason)
             await conn.quit()
             raise _HostFailed(f"DANE authentication failed: {verdict.reason}", "4.7.5")
         assert verdict.record is not None
@@ -528,12 +513,25 @@ class Deliverer:
             log,
             "dane_verified",
             host=policy.host,
-            address=address,
+            address=tls.address,
             base=policy.base_domain,
             usage=record.usage,
             selector=record.selector,
             mtype=record.mtype,
         )
+
+
+@dataclass
+class _Attempt:
+    """One delivery attempt to a domain: the message, its route, and the TLS
+    outcome of each session so far."""
+
+    domain: str
+    sender: str
+    recipients: Sequence[str]
+    data: bytes
+    route: Route
+    outcomes: list[TLSOutcome] = field(default_factory=list)
 
 
 def _dane_failed(domain: str, outcome: TLSOutcome, reason: str) -> None:
@@ -544,60 +542,10 @@ def _dane_failed(domain: str, outcome: TLSOutcome, reason: str) -> None:
         domain=domain,
         host=outcome.mx_host,
         address=outcome.address,
-        base=outcome.policy_domain,
+        base=outcome.base_domain,
         result=outcome.result_type,
         reason=reason,
     )
-
-
-def _sts_report(domain: str, policy: Policy) -> tlsrpt.Policy:
-    """rfc8460:4.4 — an MTA-STS policy as TLS reports name it: its lines
-    (the file as fetched, or rebuilt from a policy cached without them)."""
-    lines = policy.lines or (
-        "version: STSv1",
-        f"mode: {policy.mode}",
-        *(f"mx: {pattern}" for pattern in policy.mx),
-        f"max_age: {policy.max_age}",
-    )
-    return tlsrpt.Policy(tlsrpt.STS, domain, tlsrpt.policy_lines(lines), policy.mx)
-
-
-class _Session:
-    """One SMTP session, as TLS reports see it (rfc8460:4.4 failure-details)."""
-
-    def __init__(
-        self,
-        reporter: TLSReporter,
-        policy: tlsrpt.Policy | None,
-        host: str,
-        conn: SMTPConnection,
-        ehlo: Reply,
-    ) -> None:
-        self.reporter = reporter
-        self.policy = policy
-        self.host = host
-        peer = conn.writer.get_extra_info("peername")
-        self.address = str(peer[0]) if isinstance(peer, tuple) else ""
-        sockname = conn.writer.get_extra_info("sockname")
-        self.sending_ip = str(sockname[0]) if isinstance(sockname, tuple) else ""
-        words = ehlo.lines[0].split() if ehlo.positive and ehlo.lines else []
-        self.helo = words[0] if words else ""
-
-    def success(self) -> None:
-        if self.policy is not None:
-            self.reporter.success(self.policy, self.host, self.address)
-
-    def failure(self, result_type: str, detail: str) -> None:
-        if self.policy is not None:
-            self.reporter.failure(
-                self.policy,
-                result_type,
-                self.host,
-                self.address,
-                detail,
-                sending_ip=self.sending_ip,
-                helo=self.helo,
-            )
 
 
 def _result(rcpt: str, reply: Reply, host: str, subject: str) -> Result:
@@ -630,9 +578,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class _TLSFailed(Exception):
-    def __init__(self, reason: str, result_type: str = "validation-failure") -> None:
-        super().__init__(reason)
-        self.result_type = result_type  # rfc8460:4.3
+    """A TLS handshake (or the TLS layer later) failed: its outcome is recorded."""
 
 
 class _HostFailed(Exception):
