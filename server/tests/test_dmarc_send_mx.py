@@ -26,7 +26,11 @@ from conftest import DOMAIN, PASSWORD, InProcess, Instance, estafeta, free_port
 from estafeta import cli, cli_dmarc_send
 from estafeta.config import load
 from estafeta.config_reports import ReportIdentity, ReportsConfig
+from estafeta.delivery.dmarc_send import Settings
+from estafeta.delivery.tlsrpt import report_sender
 from estafeta.dns import MockResolver
+from estafeta.policy.signer import Signer
+from estafeta.queue.store import QueueStore
 from estafeta.reports.aggregate import day_start
 from estafeta.reports.evaluations import EvaluationStore
 from estafeta.server import Server
@@ -168,9 +172,11 @@ def test_every_sending_key_is_read(instance: Instance) -> None:
     instance.extra_config = (
         "[reports]\n"
         f'dmarc_address = "{REPORTS}"\n'
+        f'tlsrpt_address = "tls-reports@{DOMAIN}"\n'
         'retention = "30d"\n'
         "dmarc_send = true\n"
         "dmarc_send_local = true\n"
+        "tlsrpt_send = true\n"
         'org_name = " Example   Test "\n'
         'from_address = "Reports@Example.TEST"\n'
         'contact_info = "https://example.test/dmarc"\n'
@@ -182,26 +188,49 @@ def test_every_sending_key_is_read(instance: Instance) -> None:
         dmarc_send=True,
         dmarc_send_local=True,
         identity=ReportIdentity("Example Test", f"reports@{DOMAIN}", "https://example.test/dmarc"),
+        tlsrpt_address=f"tls-reports@{DOMAIN}",
+        tlsrpt_send=True,
     )
-    # from_address defaults to dmarc_address; sending is off by default.
-    instance.extra_config = f'[reports]\ndmarc_address = "{REPORTS}"\n'
+
+
+@pytest.mark.parametrize(
+    ("section", "from_address"),
+    [
+        (f'dmarc_address = "{REPORTS}"\ntlsrpt_address = "tls@{DOMAIN}"\n', REPORTS),
+        (f'tlsrpt_address = "tls@{DOMAIN}"\n', f"tls@{DOMAIN}"),
+        ("", f"postmaster@{DOMAIN}"),  # the first of domains
+    ],
+)
+def test_one_identity_for_dmarc_and_tls_reports(
+    instance: Instance, tmp_path: Path, section: str, from_address: str
+) -> None:
+    instance.extra_config = "[reports]\n" + section
     instance.write_config()
-    reports = load(instance.config).reports
-    assert (reports.dmarc_send, reports.identity.from_address) == (False, REPORTS)
+    config = load(instance.config)
+    reports = config.reports
+    # The server sends neither kind unless told to (the role turns both on).
+    assert (reports.dmarc_send, reports.tlsrpt_send) == (False, False)
+    assert reports.identity == ReportIdentity(config.hostname, from_address, "")
+    # Both senders are that identity.
+    dmarc = Settings.of(config.hostname, tuple(config.domains), reports)
+    tls = report_sender(config, DNS, QueueStore(instance.data_dir / "queue"), Signer(tmp_path))
+    assert (dmarc.org_name, dmarc.from_address) == (config.hostname, from_address)
+    assert (tls.identity.org_name, tls.identity.from_address) == (config.hostname, from_address)
 
 
 @pytest.mark.parametrize(
     ("section", "key", "message"),
     [
-        ("dmarc_send = true\n", "reports.from_address", "is required with dmarc_send = true"),
         (
             'dmarc_send = true\nfrom_address = "x@elsewhere.test"\n',
             "reports.from_address",
             "is not in one of the configured domains",
         ),
+        ('tlsrpt_address = "x@elsewhere.test"\n', "reports.tlsrpt_address", "configured domains"),
         ('org_name = "bell\\u0007"\n', "reports.org_name", "one printable line"),
         (f'contact_info = "{"x" * 201}"\n', "reports.contact_info", "at most 200 characters"),
         ("dmarc_send = 1\n", "reports.dmarc_send", "must be true or false"),
+        ("tlsrpt_send = 1\n", "reports.tlsrpt_send", "must be true or false"),
     ],
 )
 def test_sending_configuration_errors_name_the_key(

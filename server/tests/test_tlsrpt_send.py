@@ -15,7 +15,7 @@ import email.policy
 import ssl
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,13 @@ from estafeta.queue.tlsrpt_post import PostError, post_report
 from estafeta.reports import tlsrpt
 from estafeta.reports.tlsrpt import FailureDetail, Policy, PolicyResult
 from estafeta.reports.tlsrpt_recorder import MAX_DETAILS, SessionRecorder
-from estafeta.reports.tlsrpt_send import Identity, TLSReportRunner, TLSReportSender, report_id
+from estafeta.reports.tlsrpt_send import (
+    Identity,
+    TLSReportRunner,
+    TLSReportSender,
+    build_report,
+    report_id,
+)
 from estafeta.reports.tlsrpt_sessions import SessionStore
 
 NOON = 1767268800.0  # 2026-01-01 12:00 UTC
@@ -429,6 +435,15 @@ def test_mailto_and_https_together_one_accepting_is_enough(tmp_path: Path, signe
     (entry,) = run(sender)
     assert entry["result"] == "sent"
     assert {r["result"] for r in entry["rua"]} == {"queued", "failed"}
+
+
+def test_contact_info_is_the_shared_one_else_the_from_address() -> None:
+    # rfc8460:4.4 contact-info; [reports] contact_info, as in DMARC reports.
+    policies = [PolicyResult(STS, 1, 0)]
+    assert build_report(IDENTITY, DAY, PEER, policies).contact_info == "reports@sender.test"
+    url = "https://sender.test/postmaster"
+    ours = replace(IDENTITY, contact_info=url)
+    assert build_report(ours, DAY, PEER, policies).contact_info == url
 
 
 def test_the_report_id_is_stable() -> None:

@@ -821,7 +821,7 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
     retention = retention_config(top.table_of("retention"))
     web = web_config(top.table_of("web"), path.parent)
     mta_sts = mta_sts_config(top.table_of("mta_sts"))
-    reports = reports_config(top.table_of("reports"), tuple(domains))
+    reports = reports_config(top.table_of("reports"), tuple(domains), hostname)
 
     top.check_unknown()
     return Config(

@@ -7,32 +7,38 @@ Example::
     dmarc_address = "dmarc-reports@example.org"   # the rua= of our DMARC records
     tlsrpt_address = "tls-reports@example.org"    # the rua= of our _smtp._tls records
     retention = "400d"                            # then a report is deleted
-    dmarc_send = true                             # daily reports to others' rua=
-    tlsrpt_send = true                            # send daily TLS reports (rfc8460)
-    org_name = "Example Org"                      # who we are in them (hostname)
-    from_address = "dmarc-reports@example.org"    # their From (dmarc_address)
+    dmarc_send = true                             # daily DMARC reports to others' rua=
+    tlsrpt_send = true                            # daily TLS reports (rfc8460)
+    org_name = "Example Org"                      # who we are in them (the hostname)
+    from_address = "reports@example.org"          # their From (dmarc_address, ...)
+    contact_info = "https://example.org/contact"  # how to reach us about them
 
-``dmarc_address`` must be in one of ``domains`` and should be an account (or
-an alias of one): mail that is not a valid report stays there. Without it,
-reports arrive as ordinary mail and ``estafeta dmarc import`` still reads
-the ones saved by hand. ``retention`` takes a unit (``d``, ``w``, ``h``);
-reports are always pruned, so "0" (keep forever) is refused.
-``tlsrpt_address`` works as ``dmarc_address`` does, for TLS reports.
+Receiving: ``dmarc_address`` and ``tlsrpt_address`` must be in one of
+``domains`` and should be accounts (or aliases of one): mail to them that
+is not a valid report stays there. Without them, reports arrive as ordinary
+mail and ``estafeta dmarc import`` / ``tlsrpt import`` still read the ones
+saved by hand. ``retention`` takes a unit (``d``, ``w``, ``h``); reports are
+always pruned, so "0" (keep forever) is refused.
 
-Sending (``dmarc_send``, off by default: each report tells another domain's
-owner which addresses mailed our users and how often, which an operator
-should choose to disclose): ``org_name`` (default: the hostname) and
-``contact_info`` go into every report we send, ``from_address`` (default:
-``dmarc_address``) is its From and envelope sender and must be in one of
-``domains``. ``dmarc_send_local`` also sends reports about our own domains
-to their rua= addresses in our own domains (off: we would mail ourselves).
-The evaluations are kept for ``retention`` too.
+Sending, off by default in the server (the role turns both on, since it
+publishes the records that ask others for theirs): ``dmarc_send`` (each
+report tells another domain's owner which addresses mailed our users and
+how often, which an operator should choose to disclose; ``dmarc_send_local``
+also reports our own domains to rua= addresses in our own domains) and
+``tlsrpt_send`` (our outbound TLS sessions counted, a daily report to each
+domain that asks). Both kinds go out as one identity:
 
-``tlsrpt_send`` turns on counting our outbound TLS sessions and sending
-the daily reports to the domains that ask for them. Their From is
-``from_address`` (by default ``postmaster@`` the first domain), whose
-domain signs the reports (rfc8460:5.3) and is the submitter; their
-organisation is ``org_name`` (by default that domain).
+- ``from_address``: their From and envelope sender, in one of ``domains``
+  (its DKIM keys sign them; for TLS reports its domain is the submitter,
+  rfc8460:5.3); by default ``dmarc_address``, else ``tlsrpt_address``, else
+  ``postmaster@`` the first domain;
+- ``org_name``: who we are (rfc7489:C ``org_name``, rfc8460:4.4
+  ``organization-name``); by default the hostname;
+- ``contact_info``: how to reach us about them (rfc7489:C
+  ``extra_contact_info``; rfc8460:4.4 ``contact-info``, which is
+  ``from_address`` when this is empty).
+
+The evaluations kept for DMARC reports are kept for ``retention`` too.
 """
 
 from __future__ import annotations
@@ -53,11 +59,12 @@ MAX_TEXT = 200
 
 @dataclass(frozen=True)
 class ReportIdentity:
-    """Who we are in the reports we send (rfc7489:C report_metadata)."""
+    """Who we are in the DMARC and TLS reports we send (rfc7489:C
+    report_metadata, rfc8460:4.4): the defaults already applied."""
 
-    org_name: str = ""  # "" : the hostname
-    from_address: str = ""  # normalized, in one of domains; "" : not set
-    contact_info: str = ""  # extra_contact_info; "" : none
+    org_name: str = ""
+    from_address: str = ""  # normalized, in one of domains
+    contact_info: str = ""  # "" : none (TLS reports then give from_address)
 
 
 @dataclass(frozen=True)
@@ -76,9 +83,10 @@ class ReportsConfig:
     tlsrpt_send: bool = False
 
 
-def reports_config(reader: _Reader, domains: tuple[str, ...]) -> ReportsConfig:
+def reports_config(reader: _Reader, domains: tuple[str, ...], hostname: str) -> ReportsConfig:
     d = ReportsConfig()
     address = _address(reader, "dmarc_address", domains)
+    tlsrpt_address = _address(reader, "tlsrpt_address", domains)
     retention = d.retention
     reader.used.add("retention")
     if "retention" in reader.table:
@@ -91,15 +99,19 @@ def reports_config(reader: _Reader, domains: tuple[str, ...]) -> ReportsConfig:
             raise reader.error(
                 "retention", 'must be a duration like "400d": reports are always pruned'
             )
-    dmarc_send = reader.get("dmarc_send", bool, False)
-    dmarc_send_local = reader.get("dmarc_send_local", bool, False)
-    identity = _identity(reader, domains, address)
-    if dmarc_send and not identity.from_address:
-        raise reader.error(
-            "from_address", "is required with dmarc_send = true (or set dmarc_address)"
-        )
-    tlsrpt_address = _address(reader, "tlsrpt_address", domains)
+    dmarc_send = reader.get("dmarc_send", bool, d.dmarc_send)
+    dmarc_send_local = reader.get("dmarc_send_local", bool, d.dmarc_send_local)
     tlsrpt_send = reader.get("tlsrpt_send", bool, d.tlsrpt_send)
+    identity = ReportIdentity(
+        org_name=_line(reader, "org_name") or hostname,
+        from_address=(
+            _address(reader, "from_address", domains)
+            or address
+            or tlsrpt_address
+            or f"postmaster@{domains[0]}"
+        ),
+        contact_info=_line(reader, "contact_info"),
+    )
     reader.check_unknown()
     return ReportsConfig(
         dmarc_address=address,
@@ -133,11 +145,3 @@ def _line(reader: _Reader, name: str) -> str:
     if len(value) > MAX_TEXT or not value.isprintable():
         raise reader.error(name, f"must be one printable line of at most {MAX_TEXT} characters")
     return value
-
-
-def _identity(reader: _Reader, domains: tuple[str, ...], dmarc_address: str) -> ReportIdentity:
-    return ReportIdentity(
-        org_name=_line(reader, "org_name"),
-        from_address=_address(reader, "from_address", domains) or dmarc_address,
-        contact_info=_line(reader, "contact_info"),
-    )

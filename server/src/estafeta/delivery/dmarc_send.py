@@ -187,7 +187,7 @@ class Settings:
         identity = reports.identity
         return cls(
             hostname=hostname,
-            org_name=identity.org_name or hostname,
+            org_name=identity.org_name,
             from_address=identity.from_address,
             contact_info=identity.contact_info,
             local_domains=frozenset(domains),

@@ -23,7 +23,8 @@ per reporting organisation, so that a forged one stands out).
 
 ``report_sender`` puts together the sender of our own daily reports
 (estafeta.reports.tlsrpt_send) for the server and ``estafeta tlsrpt
-send``: signed by the ``from_address`` domain's DKIM keys, into the
+send``: as the ``[reports]`` identity (estafeta.config_reports, shared
+with the DMARC reports), signed by the ``from_address`` domain's DKIM keys, into the
 outbound queue, and POSTed with the queue's verified TLS.
 
 When both intakes are configured, ``Intakes`` stands for them in
@@ -142,7 +143,6 @@ def report_sender(
 ) -> TLSReportSender:
     """Our daily TLS reports, as ``config`` says (see the module docstring)."""
     identity = config.reports.identity
-    from_address = identity.from_address or f"postmaster@{config.domains[0]}"
     ca_file = config.queue.ca_file
     verify = verifying_context(str(ca_file) if ca_file else None)
 
@@ -156,9 +156,10 @@ def report_sender(
         store=SessionStore(config.tls_sessions_db),
         resolver=resolver,
         identity=Identity(
-            org_name=identity.org_name or from_address.rpartition("@")[2],
-            from_address=from_address,
+            org_name=identity.org_name,
+            from_address=identity.from_address,
             hostname=config.hostname,
+            contact_info=identity.contact_info,
         ),
         enqueue=enqueue,
         sign=signer.sign,

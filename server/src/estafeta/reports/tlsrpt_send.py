@@ -6,8 +6,8 @@ For each complete UTC day and each policy domain we had sessions with
 1. looks up ``_smtp._tls.<domain>`` TXT *now* (rfc8460:3): no valid record
    (none, several, a syntax error) marks the day ``no-record``, nothing is
    sent; a DNS failure leaves it for the next run;
-2. writes the report of rfc8460:4.4 (organization-name and contact-info
-   from ``[reports] org_name`` and ``from_address``, the day 00:00:00 to
+2. writes the report of rfc8460:4.4 (organization-name ``[reports]
+   org_name``, contact-info ``contact_info`` or else ``from_address``, the day 00:00:00 to
    23:59:59 UTC, one ``policies`` entry per policy applied that day), as
    JSON, gzip'd (rfc8460:5.2);
 3. delivers it to each ``rua`` URI it can use: ``mailto:`` as one message
@@ -73,11 +73,13 @@ Post = Callable[[str, bytes], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Identity:
-    """Who sends our reports: ``[reports] org_name`` and ``from_address``."""
+    """Who sends our reports: ``[reports] org_name``, ``from_address`` and
+    ``contact_info`` (the identity the DMARC reports have too)."""
 
     org_name: str
     from_address: str
     hostname: str
+    contact_info: str = ""  # "" : from_address
 
     @property
     def submitter(self) -> str:
@@ -106,7 +108,9 @@ def build_report(
         org_name=identity.org_name,
         start=start,
         end=start + DAY - 1,
-        contact_info=identity.from_address,
+        # rfc8460:4.4 contact-info: "Contact information for the party
+        # responsible for the report".
+        contact_info=identity.contact_info or identity.from_address,
         report_id=report_id(day, domain, identity.submitter),
         policies=tuple(policies),
     )
