@@ -101,14 +101,23 @@ def test_a_report_sent_to_the_rua_address_is_stored_not_delivered(mx: Instance) 
     send(mx, [DMARC], dmarc_message(zipped(dmarc_sample(begin=NOW - 2 * 86_400, end=NOW - 86_400))))
     assert json.loads(mx.cli("dmarc", "report", "--json").stdout)["reports"] == 1
     assert mx.index_rows(DMARC) == []
+    # The address decides: a TLS report sent to the DMARC address is the
+    # DMARC intake's, which keeps it as mail.
+    other = sample(**RECENT, report_id="another-report")
+    send(mx, [DMARC], message(gzipped(other)))
+    assert [r.summary.subject for r in mx.index_rows(DMARC)] != []
+    assert json.loads(mx.cli("tlsrpt", "report", "--json").stdout)["reports"] == 1
 
     table = scrape(mx)
     assert value(table, "estafeta_tlsrpt_reports_total", result="accepted") == 1
     assert value(table, "estafeta_tlsrpt_reports_total", result="duplicate") == 1
-    assert value(table, "estafeta_tlsrpt_reports_total", result="rejected") == 1
+    assert value(table, "estafeta_tlsrpt_reports_total", result="rejected") == 2
     assert value(table, "estafeta_tlsrpt_reports_rejected_total", reason="schema") == 1
-    # Neither kind of report: with both intakes on, the DMARC one has the last word.
-    assert value(table, "estafeta_dmarc_reports_rejected_total", reason="no_report") == 1
+    # Plain mail to the TLS address is counted by the TLS intake...
+    assert value(table, "estafeta_tlsrpt_reports_rejected_total", reason="no_report") == 1
+    # ... and a TLS report to the DMARC address by the DMARC intake.
+    assert value(table, "estafeta_dmarc_reports_total", result="rejected") == 1
+    assert value(table, "estafeta_dmarc_reports_rejected_total", reason="no_report") == 0
     sessions = "estafeta_tlsrpt_report_sessions_total"
     assert value(table, sessions, result="successful") == 4228
     assert value(table, sessions, result="failed") == 38
@@ -128,13 +137,41 @@ def test_the_intake_alone_and_combined(tmp_path: Path) -> None:
     both = combine(dmarc, tls)
     assert isinstance(both, Intakes) and both.wants(TLS) and both.wants(DMARC)
     report = message(gzipped(sample(**RECENT)))
-    assert asyncio.run(both.take(report)) is True
+    dmarc_report = dmarc_message(zipped(dmarc_sample(begin=NOW - 9, end=NOW)))
+    # The address decides: each intake judges only what was sent to it.
+    assert asyncio.run(both.take(report, to=[DMARC])) is False
+    assert asyncio.run(both.take(dmarc_report, to=[TLS])) is False
+    assert store.tally(0) == []
+    assert asyncio.run(both.take(report, to=[TLS])) is True
     assert [t.successful for t in store.tally(0)] == [4211, 17]
     # Neither a TLS nor a DMARC report: delivered as mail.
-    assert asyncio.run(both.take(b"Subject: x\r\n\r\nhello\r\n")) is False
-    assert (
-        asyncio.run(both.take(dmarc_message(zipped(dmarc_sample(begin=NOW - 9, end=NOW))))) is True
+    assert asyncio.run(both.take(b"Subject: x\r\n\r\nhello\r\n", to=[TLS])) is False
+    # Sent to both addresses: the content decides.
+    assert asyncio.run(both.take(dmarc_report, to=[TLS, DMARC])) is True
+
+
+@pytest.mark.parametrize("kind", ["tls", "dmarc", "neither"])
+def test_one_address_for_both_intakes_the_content_decides(tmp_path: Path, kind: str) -> None:
+    tls_store = TLSReportStore(tmp_path / "tlsrpt.db")
+    dmarc_store = ReportStore(tmp_path / "dmarc.db")
+    both = Intakes(
+        ReportIntake(TLS, dmarc_store, clock=lambda: NOW),
+        TLSReportIntake(TLS, tls_store, clock=lambda: NOW),
     )
+    data = {
+        "tls": message(gzipped(sample(**RECENT))),
+        "dmarc": dmarc_message(zipped(dmarc_sample(begin=NOW - 9, end=NOW))),
+        "neither": b"Subject: x\r\n\r\nhello\r\n",
+    }[kind]
+    no_report = metrics.DMARC_REPORTS_REJECTED.labels("no_report")
+    before = no_report._value.get()
+    assert asyncio.run(both.take(data, to=[TLS])) is (kind != "neither")
+    assert (len(tls_store.tally(0)) > 0, len(dmarc_store.tally(0, "org")) > 0) == (
+        kind == "tls",
+        kind == "dmarc",
+    )
+    # A message that is neither is counted once, by the DMARC intake.
+    assert no_report._value.get() - before == (kind == "neither")
 
 
 def test_a_report_the_store_cannot_take_is_delivered_as_mail(tmp_path: Path) -> None:
@@ -148,7 +185,7 @@ def test_a_report_the_store_cannot_take_is_delivered_as_mail(tmp_path: Path) -> 
     refused = metrics.TLSRPT_REPORTS_REJECTED.labels("store")
     not_dmarc = metrics.DMARC_REPORTS_REJECTED.labels("no_report")
     before = (refused._value.get(), not_dmarc._value.get())
-    assert asyncio.run(both.take(message(gzipped(sample(**RECENT))))) is False
+    assert asyncio.run(both.take(message(gzipped(sample(**RECENT))), to=[TLS, DMARC])) is False
     assert (refused._value.get(), not_dmarc._value.get()) == (before[0] + 1, before[1])
 
 

@@ -32,7 +32,8 @@ docs/tls-reports.md). When a RCPT is ``[reports] dmarc_address`` or
 ``tlsrpt_address``, the message goes to the report intake
 (delivery/reports.py, delivery/tlsrpt.py) first: a valid report is
 stored, and the copies of the accounts (or shared mailboxes) it reached
-only through that address become a ``Discard``, before any filter runs;
+only through that address become a ``Discard``, before any filter runs
+(which intake judges it: the one whose address it was sent to);
 other recipients are served as usual, and a message that is no valid report
 goes through the chain like any mail.
 
@@ -101,11 +102,12 @@ Origin = Literal["mx", "submission", "queue"]
 
 class Intake(Protocol):
     """A report intake (delivery/reports.py, delivery/tlsrpt.py): a message
-    to an address it ``wants`` is offered to it first; True: consumed."""
+    to an address it ``wants`` is offered to it first, with the RCPT
+    addresses it wants (``to``); True: consumed."""
 
     def wants(self, recipient: str) -> bool: ...
 
-    async def take(self, message: bytes, queue_id: str = "") -> bool: ...
+    async def take(self, message: bytes, queue_id: str = "", to: Sequence[str] = ()) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -304,10 +306,11 @@ class LocalDelivery:
         if self.intake is not None:
             reached = set(first_rcpt) | {shared_target(name) for name in first_shared}
             if reached - not_only_reports:
-                report = await self.intake.take(message, envelope.queue_id)
+                to = [r.address for r in envelope.recipients if self.intake.wants(r.address)]
+                report = await self.intake.take(message, envelope.queue_id, to)
 
         async def consumed(share: Item) -> _Plan:
-            share.notes.append("dmarc report")
+            share.notes.append("report stored")
             return _Plan(share, [Discard()])
 
         try:

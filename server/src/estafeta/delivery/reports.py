@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from estafeta.address import AddressError, normalize_address
@@ -77,9 +77,10 @@ class ReportIntake(AddressIntake):
         super().__init__(address, clock)
         self.store = store
 
-    async def take(self, message: bytes, queue_id: str = "") -> bool:
+    async def take(self, message: bytes, queue_id: str = "", to: Sequence[str] = ()) -> bool:
         """True when the message was a report and is dealt with (stored,
-        or known already): it is not to be delivered. False: deliver it."""
+        or known already): it is not to be delivered. False: deliver it.
+        (``to``, the RCPTs at our address, does not change that.)"""
         async with self._busy:
             try:
                 report = await asyncio.to_thread(parse_message, message)

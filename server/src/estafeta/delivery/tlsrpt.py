@@ -28,9 +28,14 @@ with the DMARC reports), signed by the ``from_address`` domain's DKIM keys, into
 outbound queue, and POSTed with the queue's verified TLS.
 
 When both intakes are configured, ``Intakes`` stands for them in
-``LocalDelivery``: a message for either address goes to the TLS intake if
-it carries a TLS report part, to the DMARC intake otherwise. The content
-decides, not which of the two addresses it was sent to.
+``LocalDelivery``, and the address decides: a message to ``dmarc_address``
+is the DMARC intake's, one to ``tlsrpt_address`` the TLS intake's, each
+judging it alone (what is not its kind of report stays as mail, counted by
+that intake: a TLS report sent to the DMARC address is a rejected DMARC
+report). Only a message addressed to both (one address serving both, or
+both addresses) is judged by its content: the TLS intake takes it if it has
+a TLS report part, else the DMARC intake does, which also counts a message
+that is neither.
 """
 
 from __future__ import annotations
@@ -68,9 +73,9 @@ class TLSReportIntake(AddressIntake):
         super().__init__(address, clock)
         self.store = store
 
-    async def take(self, message: bytes, queue_id: str = "") -> bool:
+    async def take(self, message: bytes, queue_id: str = "", to: Sequence[str] = ()) -> bool:
         """True when the message was a report and is dealt with (stored or
-        known already); False: deliver it."""
+        known already); False: deliver it. (``to``: as for the DMARC intake.)"""
         return await self.offer(message, queue_id, quiet=False) is True
 
     async def offer(self, message: bytes, queue_id: str = "", quiet: bool = True) -> bool | None:
@@ -118,7 +123,14 @@ class Intakes:
     def wants(self, recipient: str) -> bool:
         return self.dmarc.wants(recipient) or self.tls.wants(recipient)
 
-    async def take(self, message: bytes, queue_id: str = "") -> bool:
+    async def take(self, message: bytes, queue_id: str = "", to: Sequence[str] = ()) -> bool:
+        dmarc = any(self.dmarc.wants(address) for address in to)
+        tls = any(self.tls.wants(address) for address in to)
+        if tls and not dmarc:
+            return await self.tls.take(message, queue_id)
+        if dmarc and not tls:
+            return await self.dmarc.take(message, queue_id)
+        # Both (or, called without the addresses, either): the content decides.
         verdict = await self.tls.offer(message, queue_id)
         if verdict is not None:
             return verdict
