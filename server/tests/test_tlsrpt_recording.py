@@ -22,10 +22,13 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from conftest import free_port
 from estafeta.config import QueueConfig
 from estafeta.dns import MockResolver
+from estafeta.queue import pkix
 from estafeta.queue.delivery import Deliverer, Result
 from estafeta.queue.mtasts import MTASTS, MemoryCache
 from estafeta.reports import tlsrpt
@@ -327,3 +330,80 @@ def test_a_day_is_a_utc_day() -> None:
     recorder.success(NONE, MX, "192.0.2.1")
     assert sorted(day for day, _ in recorder.drain()) == [DAY, "2026-01-02"]
     assert tlsrpt.NO_POLICY == "no-policy-found"
+
+
+# -- MTA-STS testing mode: certificates checked after the fact (rfc8461:5) ----------
+
+TESTING_TEXT = POLICY_TEXT.replace("mode: enforce", "mode: testing")
+TESTING = Policy(
+    "sts", DOMAIN, ("version: STSv1", "mode: testing", f"mx: {MX}", "max_age: 86400"), (MX,)
+)
+
+
+@pytest.mark.parametrize(
+    ("mx", "result_type", "reason"),
+    [
+        ("good", "", ""),
+        ("expired", "certificate-expired", "X509_V_ERR_CERT_HAS_EXPIRED"),
+        ("misnamed", "certificate-host-mismatch", "X509_V_ERR_HOSTNAME_MISMATCH"),
+        ("untrusted", "certificate-not-trusted", ""),
+        ("no-starttls", "starttls-not-supported", "STARTTLS not offered"),
+    ],
+    indirect=["mx"],
+)
+def test_a_testing_policy_reports_what_enforcing_would_have_found(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path, mx: MXHost, result_type: str, reason: str
+) -> None:
+    results, pending = deliver(loop, tmp_path, mx.port, policy=TESTING_TEXT)
+    # Delivered as without a policy, whatever the certificate.
+    assert [r.state for r in results] == ["sent"]
+    assert len(mx.sink.messages) == 1
+    tally = only(pending, TESTING)
+    if not result_type:
+        assert (tally.successful, tally.failed) == (1, 0)
+        return
+    assert (tally.successful, tally.failed) == (0, 1)
+    [key] = tally.details
+    assert key[:5] == (result_type, "127.0.0.1", MX, "127.0.0.1", MX)
+    assert reason in key[5] and key[5]
+    # The delivery result carries the same outcome the report counts.
+    assert (results[0].tls[-1].result_type, results[0].tls[-1].policy_type) == (result_type, "sts")
+
+
+@pytest.mark.parametrize("mx", ["good"], indirect=True)
+def test_an_mx_outside_a_testing_policy_is_reported_and_used(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path, mx: MXHost
+) -> None:
+    results, pending = deliver(
+        loop, tmp_path, mx.port, policy=TESTING_TEXT, mx_name="mx.elsewhere.test"
+    )
+    assert [r.state for r in results] == ["sent"]
+    [key] = only(pending, TESTING).details
+    assert key[0] == "validation-failure" and key[2] == "mx.elsewhere.test"
+    assert key[5] == "MX host not in the MTA-STS policy"
+
+
+def test_the_after_the_fact_check_itself() -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    later = TRUSTED.issue_cert(
+        MX,
+        not_before=now + datetime.timedelta(days=1),
+        not_after=now + datetime.timedelta(days=30),
+    )
+    ders = [pem_der(pem.bytes()) for pem in later.cert_chain_pems]
+    store = pkix.trust_store([pem_der(TRUSTED.cert_pem.bytes())])
+    assert pkix.check(ders, store, MX, now) == (
+        "certificate-not-trusted",
+        "X509_V_ERR_CERT_NOT_YET_VALID",
+    )
+    assert pkix.check(ders, store, MX, now + datetime.timedelta(days=2)) is None
+    assert pkix.check(ders, None, MX, now + datetime.timedelta(days=2)) == (
+        "certificate-not-trusted",
+        "no trust anchors",
+    )
+    assert pkix.check([b"not DER"], store, MX, now) == ("validation-failure", "no certificate")
+    assert pkix.trust_store([b"not DER"]) is None
+
+
+def pem_der(pem: bytes) -> bytes:
+    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)

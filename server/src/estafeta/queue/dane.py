@@ -35,9 +35,9 @@ too: the server must send the trust anchor, rfc7672:3.1.2), and the leaf must
 chain to it and carry one of the reference identifiers (rfc7672:3.2.2: the
 TLSA base domain and the MX host name) in a subjectAltName dNSName, a
 wildcard only as the whole leftmost label (rfc7672:3.2.3). Chain building,
-signatures and validity periods are cryptography's verifier, with the Web
-PKI extension rules relaxed to what a private CA issues: CA certificates
-must say CA:TRUE, the leaf must have a subjectAltName.
+signatures and validity periods are cryptography's verifier (estafeta.queue.pkix),
+with the Web PKI extension rules relaxed to what a private CA issues: CA
+certificates must say CA:TRUE, the leaf must have a subjectAltName.
 
 What a host attempt was, for the logs and TLS reports, is
 estafeta.queue.tlsoutcome's (policy-type ``tlsa``, these records).
@@ -55,15 +55,10 @@ from typing import Any, Literal
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
+from cryptography.x509.verification import Store, VerificationError
 
 from estafeta.dns import DNSBogusError, DNSTempError, Resolver, normalize_name
+from estafeta.queue import pkix
 
 # rfc6698:7.2-7.4 registries.
 PKIX_TA, PKIX_EE, DANE_TA, DANE_EE = 0, 1, 2, 3
@@ -72,7 +67,7 @@ MATCH_FULL, MATCH_SHA256, MATCH_SHA512 = 0, 1, 2
 _DIGEST_SIZE = {MATCH_SHA256: 32, MATCH_SHA512: 64}
 # Bounds on what a remote party controls.
 MAX_RECORDS = 32  # TLSA records considered per host
-MAX_CHAIN = 10  # certificates of the presented chain looked at
+MAX_CHAIN = pkix.MAX_CHAIN  # certificates of the presented chain looked at
 
 Mode = Literal["none", "dane", "encrypt"]
 
@@ -208,12 +203,7 @@ def verify_chain(
     usable = [record for record in records if record.usable]
     if not usable:
         return Verdict(False, result_type="tlsa-invalid", reason="no usable TLSA record")
-    certs: list[x509.Certificate] = []
-    for der in chain[:MAX_CHAIN]:
-        try:
-            certs.append(x509.load_der_x509_certificate(der))
-        except ValueError:
-            break  # what follows an unparsable certificate cannot be a chain
+    certs = pkix.load_chain(chain)
     if not certs:
         return Verdict(False, result_type="validation-failure", reason="no certificate")
     leaf = certs[0]
@@ -231,14 +221,14 @@ def verify_chain(
                 continue
             for name in names:
                 try:
-                    _verifier(anchor, name, now).verify(leaf, certs[1:])
+                    pkix.verifier(Store([anchor]), name, now).verify(leaf, certs[1:])
                 except (VerificationError, ValueError) as exc:
                     failures.append(str(exc))
                     continue
                 return Verdict(True, record)
     if not failures:
         return Verdict(False, result_type="validation-failure", reason="no TLSA record matches")
-    if not any(_name_matches(leaf, name) for name in names):
+    if not any(pkix.name_matches(leaf, name) for name in names):
         # rfc8460:4.3 — the certificate does not name the host.
         return Verdict(
             False,
@@ -261,47 +251,6 @@ def _matches(record: TLSA, cert: x509.Certificate) -> bool:
     elif record.mtype == MATCH_SHA512:
         data = hashlib.sha512(data).digest()
     return data == record.data
-
-
-def _ca_constraints(policy: Any, cert: x509.Certificate, ext: Any) -> None:
-    if ext is None or not ext.ca:
-        raise ValueError("an issuing certificate is not a CA")
-
-
-# A private CA's certificates need not follow the CA/Browser Forum's profile
-# (critical subjectAltName, AKI, EKU): keep only what makes a chain a chain.
-_CA_POLICY = ExtensionPolicy.permit_all().require_present(
-    x509.BasicConstraints, Criticality.AGNOSTIC, _ca_constraints
-)
-_EE_POLICY = ExtensionPolicy.permit_all().require_present(
-    x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
-)
-
-
-def _verifier(anchor: x509.Certificate, name: str, now: datetime.datetime) -> Any:
-    return (
-        PolicyBuilder()
-        .store(Store([anchor]))
-        .time(now)
-        .max_chain_depth(MAX_CHAIN)
-        .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
-        .build_server_verifier(x509.DNSName(name))
-    )
-
-
-def _name_matches(cert: x509.Certificate, name: str) -> bool:
-    """rfc7672:3.2.3 — a dNSName equal to ``name``, or ``*.`` + its parent."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except (x509.ExtensionNotFound, ValueError):
-        return False
-    name = normalize_name(name)
-    parent = name.partition(".")[2]
-    for dns_name in san.value.get_values_for_type(x509.DNSName):
-        candidate = normalize_name(dns_name)
-        if candidate == name or (parent and candidate == "*." + parent):
-            return True
-    return False
 
 
 __all__ = [

@@ -11,7 +11,9 @@ rfc7435); if the handshake fails we retry the same host in plain text, as
 Postfix does. When the domain publishes an MTA-STS policy in ``enforce`` mode
 (rfc8461:5), only MX hosts matching the policy are used, STARTTLS is required
 and the certificate must be valid for the MX name; ``[queue] tls = "verify"``
-asks that of every domain.
+asks that of every domain. A ``testing`` policy changes no delivery: the
+certificate is verified after the (unverified) handshake only to report
+what enforcing would have found (estafeta.queue.pkix, rfc8460:4.3).
 
 DANE (rfc7672, ``estafeta.queue.dane``): when the MX answer and a host's
 addresses are DNSSEC-secure, the host's TLSA records decide instead: with
@@ -30,6 +32,7 @@ logs) and which then goes to ``tls_reporter``, the TLS reports' recorder
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import logging
 import os
@@ -39,10 +42,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from cryptography.x509.verification import Store
+
 from estafeta.config import QueueConfig
 from estafeta.dns import DNSTempError, Resolver
 from estafeta.log import log_event
-from estafeta.queue import dane
+from estafeta.queue import dane, pkix
 from estafeta.queue.client import ProtocolError, Reply, SMTPConnection
 from estafeta.queue.dane import NO_DANE, HostPolicy, TLSALookupError
 from estafeta.queue.mtasts import MTASTS, Policy
@@ -104,6 +109,10 @@ class Route:
     report: tlsrpt.Policy | None = None
     # Outcomes of the routing itself (an MTA-STS policy that could not be had).
     tls: tuple[TLSOutcome, ...] = ()
+    # rfc8461:5 testing: the certificate is checked after an unverified
+    # handshake, for TLS reports only; MX hosts the policy does not list.
+    check_certificate: bool = False
+    unlisted: frozenset[str] = frozenset()
 
 
 def verifying_context(ca_file: str | None) -> ssl.SSLContext:
@@ -216,6 +225,7 @@ class Deliverer:
         # rfc8460:4.4 policy-type: "no-policy-found" unless MTA-STS says otherwise.
         report: tlsrpt.Policy | None = tlsrpt.Policy(tlsrpt.NO_POLICY, domain)
         found: tuple[TLSOutcome, ...] = ()
+        testing, unlisted = False, frozenset[str]()
         if self.mta_sts is not None and self.config.mta_sts:
             policy: Policy | None = await self.mta_sts.policy_for(domain)
             if policy is not None and policy.mode in ("enforce", "testing"):
@@ -241,9 +251,12 @@ class Deliverer:
                     )
                 hosts, require_tls, policy_name = matching, True, "mta-sts"
             elif policy is not None and policy.mode == "testing":
-                mismatched = [host for host in hosts if not policy.matches(host)]
-                if mismatched:
-                    log_event(log, "mta_sts_testing", domain=domain, mismatched=mismatched)
+                # rfc8461:5 — testing: delivered as without a policy, failures
+                # only reported (rfc8460:4.3).
+                testing = not require_tls
+                unlisted = frozenset(host for host in hosts if not policy.matches(host))
+                if unlisted:
+                    log_event(log, "mta_sts_testing", domain=domain, mismatched=sorted(unlisted))
         return Route(
             tuple(hosts),
             self.config.port,
@@ -252,6 +265,8 @@ class Deliverer:
             dnssec=dnssec,
             report=report,
             tls=found,
+            check_certificate=testing,
+            unlisted=unlisted,
         )
 
     # -- the attempt ------------------------------------------------------
@@ -482,7 +497,9 @@ class Deliverer:
             return
         if policy.mode == "dane":
             await self._authenticate(conn, policy, tls)
-        tls.success()
+        elif route.check_certificate:
+            self._check_certificate(conn, route, tls)
+        tls.success()  # unless a failure was recorded
         reply = await conn.ehlo(self.hostname)
         if not reply.positive:
             await conn.quit()
@@ -494,6 +511,28 @@ class Deliverer:
             # rfc7672:8.1 — SNI is the TLSA base domain; DANE checks, not PKIX.
             return self.plain_tls, policy.base_domain
         return (self.verify_tls if route.require_tls else self.plain_tls), ""
+
+    @functools.cached_property
+    def trust_store(self) -> Store | None:
+        """The anchors of the verifying context (system CAs, ``ca_file``)."""
+        return pkix.trust_store(self.verify_tls.get_ca_certs(binary_form=True))
+
+    def _check_certificate(self, conn: SMTPConnection, route: Route, tls: SessionTLS) -> None:
+        """rfc8461:5 testing — the handshake did not verify the certificate;
+        what verifying it (rfc8461:4.2) would have found is recorded, and
+        the session goes on as it would have without a policy."""
+        host = conn.peer_name
+        if host in route.unlisted:
+            # rfc8461:4.1 — not an MX host the policy lists.
+            tls.failure(tlsrpt.VALIDATION_FAILURE, NOT_IN_POLICY)
+            return
+        ssl_object = conn.writer.get_extra_info("ssl_object")
+        chain = dane.peer_chain(ssl_object) if ssl_object is not None else []
+        now = datetime.datetime.now(datetime.UTC)
+        found = pkix.check(chain, self.trust_store, host, now)
+        if found is not None:
+            tls.failure(*found)
+            log_event(log, "mta_sts_testing_tls", host=host, result=found[0], reason=found[1])
 
     async def _authenticate(
         self, conn: SMTPConnection, policy: HostPolicy, tls: SessionTLS

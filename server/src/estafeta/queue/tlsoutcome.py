@@ -35,7 +35,11 @@ What is an outcome (rfc8460:4.2, 4.3):
   attempt's sessions are not counted (rfc8460:4.3.2.2 asks for the policy
   failure, not a guess at what the sessions were under);
 - an MX host not in an enforced MTA-STS policy: a ``validation-failure``
-  per such host, with no session.
+  per such host, with no session;
+- under a ``testing`` MTA-STS policy (rfc8461:5), delivered as without one:
+  an unlisted MX host is a ``validation-failure``, and the certificate is
+  verified after the unverified handshake (estafeta.queue.pkix) so that
+  the certificate failures above are reported all the same.
 
 The plain-text retry after a failed opportunistic handshake is not a session
 of its own: the handshake's failure was its outcome. ``dane-required`` is not
