@@ -139,6 +139,7 @@ def deliver(
     resolver: MockResolver,
     mta_sts: MTASTS | None = None,
     recorder: SessionRecorder | None = None,
+    message: bytes = MESSAGE,
     **config: Any,
 ) -> list[Result]:
     queue = QueueConfig(port=net.port, connect_timeout=10.0, **config)
@@ -149,16 +150,16 @@ def deliver(
         mta_sts=mta_sts,
         tls_reporter=recorder,
     )
-    return asyncio.run(deliverer.deliver(DOMAIN, SENDER, [RCPT], MESSAGE))
+    return asyncio.run(deliverer.deliver(DOMAIN, SENDER, [RCPT], message))
 
 
 def counted(
-    net: Net, resolver: MockResolver, mta_sts: MTASTS | None = None
+    net: Net, resolver: MockResolver, mta_sts: MTASTS | None = None, message: bytes = MESSAGE
 ) -> tuple[Result, dict[Policy, Tally]]:
     """One delivery; its result and what the TLS report recorder counted,
     by policy (one UTC day)."""
     recorder = SessionRecorder()
-    [result] = deliver(net, resolver, mta_sts, recorder)
+    [result] = deliver(net, resolver, mta_sts, recorder, message)
     return result, {policy: tally for (_, policy), tally in recorder.drain().items()}
 
 
@@ -499,3 +500,47 @@ def test_no_starttls_under_dane_is_counted(net: Net) -> None:
     assert (tally.successful, tally.failed) == (0, 1)
     [key] = tally.details
     assert key[0] == "starttls-not-supported" and key[5] == "STARTTLS not offered"
+
+
+# -- TLS-Required: No (rfc8689:4.2.2): DANE failures do not block the message --------
+
+OPTIONAL = b"TLS-Required: No\r\n" + MESSAGE
+
+
+def test_tls_required_no_goes_on_after_a_dane_mismatch(
+    net: Net, caplog: pytest.LogCaptureFixture
+) -> None:
+    mx = net.mx(IP1)
+    wrong = TLSA(3, 1, 1, bytes(32))
+    result, tallies = counted(net, zone(MX1, port=net.port, tlsa={MX1: [wrong]}), message=OPTIONAL)
+    assert result.state == "sent", result
+    assert mx.sink.mails == [(SENDER, True)]  # over the TLS it had
+    tally = tallies[tlsa_policy(MX1, wrong)]
+    assert (tally.successful, tally.failed) == (0, 1)
+    assert [key[0] for key in tally.details] == ["validation-failure"]
+    [failed] = events(caplog, "dane_failed")
+    assert failed["ignored"] == "tls-required-no"
+
+
+def test_tls_required_no_uses_a_host_whose_tlsa_lookup_failed(net: Net) -> None:
+    mx = net.mx(IP1)
+    resolver = zone(MX1, port=net.port)
+    resolver.bogus.add((f"_{net.port}._tcp.{MX1}", "TLSA"))
+    result, tallies = counted(net, resolver, message=OPTIONAL)
+    assert (result.state, result.remote_mta) == ("sent", MX1), result
+    assert mx.sink.mails == [(SENDER, True)]
+    failed = tallies[Policy("tlsa", DOMAIN, (), (MX1,))]
+    assert [key[0] for key in failed.details] == ["dnssec-invalid"]
+    # The session itself was one of no policy (rfc8460:4.4), a success.
+    assert tallies[Policy("no-policy-found", DOMAIN)].successful == 1
+
+
+def test_tls_required_no_goes_in_plain_text_without_starttls(net: Net) -> None:
+    mx = net.mx(IP1, starttls=False)
+    result, tallies = counted(
+        net, zone(MX1, port=net.port, tlsa={MX1: [TLSA(3, 1, 1, bytes(32))]}), message=OPTIONAL
+    )
+    assert result.state == "sent", result
+    assert mx.sink.mails == [(SENDER, False)]
+    [tally] = tallies.values()
+    assert [key[0] for key in tally.details] == ["starttls-not-supported"]

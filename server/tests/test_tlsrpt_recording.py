@@ -54,11 +54,13 @@ UNTRUSTED = trustme.CA()
 @dataclass
 class Sink:
     messages: list[bytes] = field(default_factory=list)
+    tls: list[bool] = field(default_factory=list)  # each message came over TLS
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
             self.messages.append(bytes(envelope.original_content or envelope.content))
+            self.tls.append(server.transport.get_extra_info("ssl_object") is not None)
         return "250 2.0.0 Ok"
 
 
@@ -126,6 +128,7 @@ def deliver(
     policy: str | None = None,
     fetch_error: BaseException | None = None,
     mx_name: str = MX,
+    message: bytes = MESSAGE,
 ) -> tuple[list[Result], dict[tuple[str, Policy], Tally]]:
     """One delivery attempt to peer.test through the real deliverer; its
     results and what the recorder counted."""
@@ -152,7 +155,7 @@ def deliver(
         tls_reporter=recorder,
     )
     results = loop.run_until_complete(
-        deliverer.deliver(DOMAIN, "a@sender.test", ["b@peer.test"], MESSAGE)
+        deliverer.deliver(DOMAIN, "a@sender.test", ["b@peer.test"], message)
     )
     return results, recorder.drain()
 
@@ -407,3 +410,61 @@ def test_the_after_the_fact_check_itself() -> None:
 
 def pem_der(pem: bytes) -> bytes:
     return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+
+
+# -- TLS-Required: No (rfc8689:3, 4.2.2): delivery over the policy, failures counted ----
+
+OPTIONAL = b"TLS-Required: No\r\n" + MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("mx", "result_type"),
+    [
+        ("expired", "certificate-expired"),
+        ("misnamed", "certificate-host-mismatch"),
+        ("untrusted", "certificate-not-trusted"),
+        ("no-starttls", "starttls-not-supported"),
+    ],
+    indirect=["mx"],
+)
+def test_tls_required_no_is_delivered_despite_an_enforced_policy(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path, mx: MXHost, result_type: str
+) -> None:
+    results, pending = deliver(loop, tmp_path, mx.port, policy=POLICY_TEXT, message=OPTIONAL)
+    assert [r.state for r in results] == ["sent"]
+    assert mx.sink.messages == [OPTIONAL]
+    # Opportunistic STARTTLS all the same, where the MX offers it.
+    assert mx.sink.tls == [result_type != "starttls-not-supported"]
+    # Still the failure it was, for the policy's owner to see.
+    tally = only(pending, STS)
+    assert (tally.successful, tally.failed) == (0, 1)
+    [key] = tally.details
+    assert key[:4] == (result_type, "127.0.0.1", MX, "127.0.0.1")
+    # The delivery result carries the same outcome.
+    assert results[0].tls[-1].result_type == result_type
+
+
+@pytest.mark.parametrize("mx", ["good"], indirect=True)
+def test_tls_required_no_uses_an_mx_outside_the_enforced_policy(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path, mx: MXHost
+) -> None:
+    results, pending = deliver(
+        loop, tmp_path, mx.port, policy=POLICY_TEXT, mx_name="mx.elsewhere.test", message=OPTIONAL
+    )
+    assert [r.state for r in results] == ["sent"]
+    [key] = only(pending, STS).details
+    assert (key[0], key[2], key[5]) == (
+        "validation-failure",
+        "mx.elsewhere.test",
+        "MX host not in the MTA-STS policy",
+    )
+
+
+@pytest.mark.parametrize("mx", ["good"], indirect=True)
+def test_tls_required_no_with_a_good_certificate_is_a_success(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path, mx: MXHost
+) -> None:
+    results, pending = deliver(loop, tmp_path, mx.port, policy=POLICY_TEXT, message=OPTIONAL)
+    assert [r.state for r in results] == ["sent"]
+    tally = only(pending, STS)
+    assert (tally.successful, tally.failed) == (1, 0)

@@ -27,6 +27,7 @@ from conftest import free_port
 from estafeta.dns import MockResolver
 from estafeta.policy import dkim
 from estafeta.policy.signer import Signer
+from estafeta.queue.requiretls import tls_optional
 from estafeta.queue.tlsrpt_post import PostError, post_report
 from estafeta.reports import tlsrpt
 from estafeta.reports.tlsrpt import FailureDetail, Policy, PolicyResult
@@ -138,6 +139,8 @@ def test_a_day_of_sessions_becomes_one_signed_report(tmp_path: Path, signer: Sig
     assert parsed.get_param("report-type") == "tlsrpt"
     assert parsed["TLS-Report-Domain"] == PEER
     assert parsed["TLS-Report-Submitter"] == "sender.test"
+    # rfc8460:5.3 — delivered despite TLS failures: our queue reads this too.
+    assert parsed["TLS-Required"] == "No" and tls_optional(data)
     assert " ".join(str(parsed["Subject"]).split()) == (
         f"Report Domain: {PEER} Submitter: sender.test Report-ID: <{rid}>"
     )

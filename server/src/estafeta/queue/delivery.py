@@ -1,27 +1,28 @@
-"""One delivery attempt: find the destination's hosts and hand the message over.
+"""One delivery attempt: the sessions with the destination's hosts.
 
-Routing (rfc5321:5.1): the domain's MX records in preference order (equal
-preferences shuffled), or the domain itself when it has no MX but has an
-address; a null MX (rfc7505) means the domain accepts no mail. With a
-smarthost configured, every message goes to that host instead, with AUTH
-over verified TLS.
+Where the message goes and under what TLS policy is estafeta.queue.routing's
+(MX hosts, smarthost, MTA-STS, DANE); this module opens the sessions.
 
 TLS: STARTTLS whenever offered, without certificate checks ("opportunistic",
 rfc7435); if the handshake fails we retry the same host in plain text, as
-Postfix does. When the domain publishes an MTA-STS policy in ``enforce`` mode
-(rfc8461:5), only MX hosts matching the policy are used, STARTTLS is required
-and the certificate must be valid for the MX name; ``[queue] tls = "verify"``
-asks that of every domain. A ``testing`` policy changes no delivery: the
-certificate is verified after the (unverified) handshake only to report
-what enforcing would have found (estafeta.queue.pkix, rfc8460:4.3).
+Postfix does. Under an enforced MTA-STS policy (rfc8461:5) or ``[queue] tls =
+"verify"`` STARTTLS is required and the certificate must be valid for the MX
+name. A ``testing`` policy changes no delivery: the certificate is verified
+after the (unverified) handshake only to report what enforcing would have
+found (estafeta.queue.pkix, rfc8460:4.3).
 
-DANE (rfc7672, ``estafeta.queue.dane``): when the MX answer and a host's
-addresses are DNSSEC-secure, the host's TLSA records decide instead: with
-usable records STARTTLS is mandatory and the certificate must match one of
-them (checked before MAIL FROM; MTA-STS's certificate check is not applied to
-such a host, rfc8461:2); with records but none usable, STARTTLS is mandatory
-without authentication; a failed TLSA lookup makes the host unusable for now.
-A host that needs TLS is never retried in plain text.
+DANE (rfc7672, ``estafeta.queue.dane``): with usable TLSA records STARTTLS is
+mandatory and the certificate must match one of them (checked before MAIL
+FROM; MTA-STS's certificate check is not applied to such a host, rfc8461:2);
+with records but none usable, STARTTLS is mandatory without authentication;
+a failed TLSA lookup makes the host unusable for now. A host that needs TLS
+is never retried in plain text.
+
+A message that says ``TLS-Required: No`` (rfc8689:3, estafeta.queue.requiretls)
+is delivered despite MTA-STS and DANE failures: STARTTLS is still tried, an
+enforced policy is applied as a testing one, DANE's verdict does not end the
+session, a failed handshake is retried in plain text (rfc8689:4.2.2); each
+failure is still recorded as what it was.
 
 TLS outcomes (estafeta.queue.tlsoutcome): each session leaves one outcome in
 the attempt's list, which every result carries (``Result.tls``, for the
@@ -36,39 +37,32 @@ import functools
 import ipaddress
 import logging
 import os
-import random
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from cryptography.x509.verification import Store
 
 from estafeta.config import QueueConfig
 from estafeta.dns import DNSTempError, Resolver
 from estafeta.log import log_event
-from estafeta.queue import dane, pkix
+from estafeta.queue import dane, pkix, requiretls
 from estafeta.queue.client import ProtocolError, Reply, SMTPConnection
 from estafeta.queue.dane import NO_DANE, HostPolicy, TLSALookupError
-from estafeta.queue.mtasts import MTASTS, Policy
+from estafeta.queue.mtasts import MTASTS
+from estafeta.queue.routing import NOT_IN_POLICY, Route, RouteError, Routes, State
 from estafeta.queue.tlsoutcome import (
     SessionTLS,
     TLSOutcome,
     lookup_failed,
-    policy_failure,
     record,
-    sts_report,
 )
 from estafeta.reports import tlsrpt
 from estafeta.reports.tlsrpt_recorder import NullReporter, TLSReporter, classify_tls_error
 
 log = logging.getLogger("estafeta.queue")
 
-State = Literal["sent", "temporary", "permanent"]
-MAX_MX = 10
-MAX_ADDRESSES = 6
 DATA_TIMEOUT = 600.0
-NOT_IN_POLICY = "MX host not in the MTA-STS policy"
 
 
 @dataclass(frozen=True)
@@ -83,36 +77,6 @@ class Result:
     # The TLS side of each host attempt, in order; the last one is the
     # session this result came from, when it came from one.
     tls: tuple[TLSOutcome, ...] = ()
-
-
-class RouteError(Exception):
-    def __init__(
-        self, state: State, status: str, reason: str, tls: tuple[TLSOutcome, ...] = ()
-    ) -> None:
-        super().__init__(reason)
-        self.state: State = state
-        self.status = status
-        self.reason = reason
-        self.tls = tls  # what TLS reports count of it (a policy no MX matches)
-
-
-@dataclass(frozen=True)
-class Route:
-    hosts: tuple[str, ...]
-    port: int
-    require_tls: bool  # STARTTLS (or implicit TLS) with a verified certificate
-    implicit_tls: bool = False
-    auth: tuple[str, str] | None = None
-    policy: str = ""  # what imposed require_tls, for logs
-    dnssec: bool = False  # the MX answer (or its denial) was DNSSEC-secure
-    # The policy TLS reports count the sessions under; None: not counted.
-    report: tlsrpt.Policy | None = None
-    # Outcomes of the routing itself (an MTA-STS policy that could not be had).
-    tls: tuple[TLSOutcome, ...] = ()
-    # rfc8461:5 testing: the certificate is checked after an unverified
-    # handshake, for TLS reports only; MX hosts the policy does not list.
-    check_certificate: bool = False
-    unlisted: frozenset[str] = frozenset()
 
 
 def verifying_context(ca_file: str | None) -> ssl.SSLContext:
@@ -143,131 +107,12 @@ class Deliverer:
         tls_reporter: TLSReporter | None = None,
     ) -> None:
         self.hostname = hostname
-        self.resolver = resolver
         self.config = config
-        self.mta_sts = mta_sts
+        self.routes = Routes(resolver, config, mta_sts)
         self.tls_reporter: TLSReporter = tls_reporter or NullReporter()
         ca = str(config.ca_file) if config.ca_file else None
         self.verify_tls = verifying_context(ca)
         self.plain_tls = opportunistic_context()
-
-    # -- routing ----------------------------------------------------------
-
-    async def mx_hosts(self, domain: str) -> tuple[list[str], bool]:
-        """The hosts to try, and whether the MX answer was DNSSEC-secure."""
-        try:
-            answer = await self.resolver.lookup(domain, "MX")
-        except DNSTempError as exc:
-            raise RouteError(
-                "temporary", "4.4.3", f"MX lookup for {domain} failed: {exc}"
-            ) from None
-        if answer.nxdomain:
-            raise RouteError("permanent", "5.1.2", f"domain {domain} does not exist")
-        records: list[tuple[int, str]] = list(answer.records)
-        if not records:
-            # rfc5321:5.1 — no MX: the domain itself is the implicit MX.
-            return [domain], answer.secure
-        if any(exchange in ("", ".") for _, exchange in records):
-            # rfc7505:3 — null MX: the domain accepts no mail.
-            raise RouteError("permanent", "5.1.10", f"{domain} does not accept mail (null MX)")
-        # Equal preferences are tried in random order (rfc5321:5.1).
-        shuffled = random.sample(records, len(records))
-        ordered = sorted(shuffled, key=lambda record: record[0])
-        hosts = list(dict.fromkeys(exchange for _, exchange in ordered))[:MAX_MX]
-        return hosts, answer.secure
-
-    async def addresses(self, host: str) -> tuple[list[str], bool, str]:
-        """The host's addresses; whether every answer was DNSSEC-secure; the
-        CNAME-expanded name, if any (for DANE, rfc7672:2.2.2, 2.2.3)."""
-        found: list[str] = []
-        errors = 0
-        secure = True
-        canonical = ""
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = await self.resolver.lookup(host, rdtype)
-            except DNSTempError:
-                errors += 1
-                continue
-            found.extend(answer.records)
-            secure = secure and answer.secure
-            canonical = canonical or answer.canonical
-        if not found and errors:
-            raise DNSTempError(f"address lookup for {host} failed")
-        return found[:MAX_ADDRESSES], secure and errors < 2, canonical
-
-    async def dane_policy(
-        self, route: Route, host: str, secure: bool, canonical: str
-    ) -> HostPolicy:
-        """What DANE asks of ``host`` (rfc7672:2.2); raises TLSALookupError."""
-        if not self.config.dane or self.config.relay is not None:
-            return NO_DANE
-        if not route.dnssec or not secure:
-            # rfc7672:2.2.1, 2.2.2 — insecure MX or addresses: no TLSA lookup.
-            return NO_DANE
-        return await dane.discover(self.resolver, host, canonical, route.port)
-
-    async def route(self, domain: str) -> Route:
-        relay = self.config.relay
-        if relay is not None:
-            auth = (relay.username, relay.password()) if relay.username else None
-            return Route(
-                hosts=(relay.host.host,),
-                port=relay.host.port,
-                require_tls=True,
-                implicit_tls=relay.security == "tls",
-                auth=auth,
-                policy="smarthost",
-            )
-        hosts, dnssec = await self.mx_hosts(domain)
-        require_tls = self.config.tls == "verify"
-        policy_name = "config" if require_tls else ""
-        # rfc8460:4.4 policy-type: "no-policy-found" unless MTA-STS says otherwise.
-        report: tlsrpt.Policy | None = tlsrpt.Policy(tlsrpt.NO_POLICY, domain)
-        found: tuple[TLSOutcome, ...] = ()
-        testing, unlisted = False, frozenset[str]()
-        if self.mta_sts is not None and self.config.mta_sts:
-            policy: Policy | None = await self.mta_sts.policy_for(domain)
-            if policy is not None and policy.mode in ("enforce", "testing"):
-                report = sts_report(domain, policy)
-            elif policy is None and (failure := self.mta_sts.failure(domain)) is not None:
-                # rfc8460:4.3.2.2 — one failure for the attempt, whose sessions
-                # are then not counted.
-                found = (policy_failure(tlsrpt.Policy(tlsrpt.STS, domain), *failure),)
-                report = None
-            if policy is not None and policy.mode == "enforce":
-                assert report is not None
-                matching = [host for host in hosts if policy.matches(host)]
-                if not matching:
-                    # rfc8461:5.1 — no MX matches an enforced policy: do not deliver.
-                    raise RouteError(
-                        "temporary",
-                        "4.7.5",
-                        f"no MX of {domain} matches its MTA-STS policy",
-                        tuple(
-                            policy_failure(report, tlsrpt.VALIDATION_FAILURE, NOT_IN_POLICY, host)
-                            for host in hosts
-                        ),
-                    )
-                hosts, require_tls, policy_name = matching, True, "mta-sts"
-            elif policy is not None and policy.mode == "testing":
-                # rfc8461:5 — testing: delivered as without a policy, failures
-                # only reported (rfc8460:4.3).
-                testing = not require_tls
-                unlisted = frozenset(host for host in hosts if not policy.matches(host))
-                if unlisted:
-                    log_event(log, "mta_sts_testing", domain=domain, mismatched=sorted(unlisted))
-        return Route(
-            tuple(hosts),
-            self.config.port,
-            require_tls,
-            policy=policy_name,
-            dnssec=dnssec,
-            report=report,
-            tls=found,
-            check_certificate=testing,
-            unlisted=unlisted,
-        )
 
     # -- the attempt ------------------------------------------------------
 
@@ -289,13 +134,15 @@ class Deliverer:
         data: bytes,
         outcomes: list[TLSOutcome],
     ) -> list[Result]:
+        # rfc8689:3 — TLS-Required: No; estafeta.queue.requiretls says what changes.
+        tls_optional = requiretls.tls_optional(data)
         try:
-            route = await self.route(domain)
+            route = await self.routes.route(domain, tls_optional)
         except RouteError as exc:
             outcomes.extend(exc.tls)
             return [Result(r, exc.state, exc.status, exc.reason, tls=exc.tls) for r in recipients]
         outcomes.extend(route.tls)
-        attempt = _Attempt(domain, sender, recipients, data, route, outcomes)
+        attempt = _Attempt(domain, sender, recipients, data, route, tls_optional, outcomes)
         last = "no usable mail host"
         last_status = "4.4.1"
         for host in route.hosts:
@@ -308,7 +155,7 @@ class Deliverer:
                 # relayhost = [192.0.2.1]); MX names always go through DNS.
                 literal = _literal(host) if self.config.relay is not None else []
                 addresses, secure, canonical = (
-                    (literal, False, "") if literal else await self.addresses(host)
+                    (literal, False, "") if literal else await self.routes.addresses(host)
                 )
             except DNSTempError as exc:
                 last, last_status = str(exc), "4.4.3"
@@ -317,13 +164,16 @@ class Deliverer:
                 last, last_status = f"{host} has no address", "4.4.4"
                 continue
             try:
-                policy = await self.dane_policy(route, host, secure, canonical)
+                policy = await self.routes.dane_policy(route, host, secure, canonical)
             except TLSALookupError as exc:
-                # rfc7672:2.2 — a failed TLSA lookup: not this host, not in plain text.
                 outcomes.append(lookup_failed(domain, exc))
-                last, last_status = f"{host}: TLSA lookup failed: {exc}", "4.7.5"
-                _dane_failed(domain, outcomes[-1], last)
-                continue
+                reason = f"{host}: TLSA lookup failed: {exc}"
+                _dane_failed(domain, outcomes[-1], reason, tls_optional)
+                if not tls_optional:
+                    # rfc7672:2.2 — a failed TLSA lookup: not this host, not in plain text.
+                    last, last_status = reason, "4.7.5"
+                    continue
+                policy = NO_DANE  # rfc8689:4.2.2 — the host all the same
             for address in addresses:
                 try:
                     results = await self._session(attempt, policy, host, address)
@@ -331,7 +181,7 @@ class Deliverer:
                     last, last_status = f"{host}[{address}]: {exc}", exc.status
                     if policy.mode != "none" and exc.status == "4.7.5" and outcomes:
                         # No TLS, or not the certificate the TLSA records name.
-                        _dane_failed(domain, outcomes[-1], str(exc))
+                        _dane_failed(domain, outcomes[-1], str(exc), False)
                     if exc.final:
                         return [
                             Result(r, "permanent", exc.status, last, host, tuple(outcomes))
@@ -350,7 +200,7 @@ class Deliverer:
             try:
                 return await self._try(attempt, policy, host, address, plain_fallback)
             except _TLSFailed as exc:
-                if attempt.route.require_tls or policy.mode != "none" or plain_fallback:
+                if plain_fallback or _tls_required(attempt, policy):
                     raise _HostFailed(f"TLS failed: {exc}", "4.7.5") from None
                 log_event(
                     log, "tls_fallback", logging.WARNING, host=host, address=address, error=str(exc)
@@ -414,12 +264,11 @@ class Deliverer:
             await conn.quit()
             raise _HostFailed(f"EHLO: {reply}", "4.5.0")
         tls.seen(conn, reply)
-        # rfc7672:2.2 — DANE (usable records or not) makes TLS mandatory.
-        require_tls = route.require_tls or policy.mode != "none"
+        require_tls = _tls_required(attempt, policy)
         if conn.tls:
             tls.success()  # implicit TLS (a smarthost's port 465)
         elif not plain:
-            await self._starttls(conn, route, policy, tls, require_tls)
+            await self._starttls(conn, attempt, policy, tls, require_tls)
         if require_tls and not conn.tls:
             await conn.quit()
             label = policy.policy or route.policy or "opportunistic"
@@ -474,12 +323,13 @@ class Deliverer:
     async def _starttls(
         self,
         conn: SMTPConnection,
-        route: Route,
+        attempt: _Attempt,
         policy: HostPolicy,
         tls: SessionTLS,
         require_tls: bool,
     ) -> None:
         """rfc3207 — STARTTLS when offered, and the session's TLS outcome."""
+        route = attempt.route
         if "STARTTLS" not in conn.extensions:
             tls.failure(tlsrpt.STARTTLS_NOT_SUPPORTED, "STARTTLS not offered")
             return
@@ -496,8 +346,8 @@ class Deliverer:
                 raise _HostFailed(f"STARTTLS refused: {reply}", "4.7.5")
             return
         if policy.mode == "dane":
-            await self._authenticate(conn, policy, tls)
-        elif route.check_certificate:
+            await self._authenticate(conn, attempt, policy, tls)
+        elif route.unenforced:
             self._check_certificate(conn, route, tls)
         tls.success()  # unless a failure was recorded
         reply = await conn.ehlo(self.hostname)
@@ -531,21 +381,34 @@ class Deliverer:
         now = datetime.datetime.now(datetime.UTC)
         found = pkix.check(chain, self.trust_store, host, now)
         if found is not None:
-            tls.failure(*found)
-            log_event(log, "mta_sts_testing_tls", host=host, result=found[0], reason=found[1])
+            outcome = tls.failure(*found)
+            log_event(
+                log,
+                "mta_sts_unenforced",
+                why=route.unenforced,
+                host=host,
+                address=outcome.address,
+                result=found[0],
+                reason=found[1],
+            )
 
     async def _authenticate(
-        self, conn: SMTPConnection, policy: HostPolicy, tls: SessionTLS
+        self, conn: SMTPConnection, attempt: _Attempt, policy: HostPolicy, tls: SessionTLS
     ) -> None:
-        """rfc7672:3 — the certificate must match a TLSA record, or we leave."""
+        """rfc7672:3 — the certificate must match a TLSA record, or we leave
+        (unless the message says TLS-Required: No, rfc8689:4.2.2)."""
         ssl_object = conn.writer.get_extra_info("ssl_object")
         chain = dane.peer_chain(ssl_object) if ssl_object is not None else []
         now = datetime.datetime.now(datetime.UTC)
         verdict = dane.verify_chain(policy.records, chain, policy.names, now)
         if not verdict.ok:
-            tls.failure(verdict.result_type, verdict.reason)
+            outcome = tls.failure(verdict.result_type, verdict.reason)
+            reason = f"DANE authentication failed: {verdict.reason}"
+            if attempt.tls_optional:
+                _dane_failed(attempt.domain, outcome, reason, True)
+                return
             await conn.quit()
-            raise _HostFailed(f"DANE authentication failed: {verdict.reason}", "4.7.5")
+            raise _HostFailed(reason, "4.7.5")
         assert verdict.record is not None
         record = verdict.record
         log_event(
@@ -562,18 +425,27 @@ class Deliverer:
 
 @dataclass
 class _Attempt:
-    """One delivery attempt to a domain: the message, its route, and the TLS
-    outcome of each session so far."""
+    """One delivery attempt to a domain: the message, its route, whether it
+    says TLS-Required: No, and the TLS outcome of each session so far."""
 
     domain: str
     sender: str
     recipients: Sequence[str]
     data: bytes
     route: Route
+    tls_optional: bool = False
     outcomes: list[TLSOutcome] = field(default_factory=list)
 
 
-def _dane_failed(domain: str, outcome: TLSOutcome, reason: str) -> None:
+def _tls_required(attempt: _Attempt, policy: HostPolicy) -> bool:
+    """Whether the session must not go on without TLS: the route says so,
+    or DANE applies to the host (rfc7672:2.2, usable records or not) and
+    the message does not say TLS-Required: No (rfc8689:4.2.2)."""
+    return attempt.route.require_tls or (policy.mode != "none" and not attempt.tls_optional)
+
+
+def _dane_failed(domain: str, outcome: TLSOutcome, reason: str, ignored: bool) -> None:
+    """A DANE failure; ``ignored``: the message went on (TLS-Required: No)."""
     log_event(
         log,
         "dane_failed",
@@ -584,6 +456,7 @@ def _dane_failed(domain: str, outcome: TLSOutcome, reason: str) -> None:
         base=outcome.base_domain,
         result=outcome.result_type,
         reason=reason,
+        **({"ignored": "tls-required-no"} if ignored else {}),
     )
 
 

@@ -143,6 +143,10 @@ def build_message(
         f"TLS-Report-Domain: {domain}",
         f"TLS-Report-Submitter: {submitter}",
         "Auto-Submitted: auto-generated",  # rfc3834:5
+        # rfc8460:5.3 — a report is delivered despite TLS failures: the
+        # relaying MTAs (our queue first) do not let MTA-STS or DANE stop it
+        # (rfc8689:3, 4.2.2; estafeta.queue.requiretls).
+        "TLS-Required: No",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type="tlsrpt";\r\n boundary="{boundary}"',
     ]
