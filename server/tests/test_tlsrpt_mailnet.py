@@ -101,7 +101,7 @@ def test_a_day_of_mail_then_its_tls_report(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert summary["policies"] == [
             {
-                "org_name": "one.example",
+                "org_name": "mx.one.example",  # [reports] org_name: the hostname
                 "policy_domain": "two.example",
                 "policy_type": "no-policy-found",
                 "reports": 1,
