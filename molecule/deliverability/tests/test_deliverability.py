@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import imaplib
 import json
-import os
-import shutil
 import smtplib
 import socket
 import ssl
@@ -20,17 +18,15 @@ import uuid
 from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import Message
-from pathlib import Path
 
 import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-import testinfra
 import yaml
 
-ROOT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
-INVENTORY = ROOT / "inventories" / "lab"
+from conftest import INVENTORY, ROOT, playbook
+
 LAB_DNS = "198.51.100.2"
 PEBBLE_ROOT = ROOT / ".lab" / "ca" / "pebble-root.pem"
 
@@ -46,15 +42,6 @@ for _name in ("mx1.example.test", "mx2.example.net"):
         "address": _HOSTS["all"]["children"]["mail_servers"]["hosts"][_name]["ansible_host"],
         "account": _vars["verify__account"]["address"],
         "password": _vars["lab_password"],
-    }
-
-
-@pytest.fixture(scope="module")
-def hosts(pytestconfig: pytest.Config) -> dict[str, object]:
-    inventory = pytestconfig.getoption("ansible_inventory") or str(INVENTORY)
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (*MAIL_HOSTS, "dns.lab")
     }
 
 
@@ -113,17 +100,7 @@ def test_dns_server_holds_the_pushed_records(hosts, name: str) -> None:  # type:
 
 def test_verify_playbook_reports_every_check_ok() -> None:
     """playbooks/verify.yml: mail_dns_check on both domains, mail both ways."""
-    ansible_playbook = shutil.which("ansible-playbook")
-    assert ansible_playbook
-    result = subprocess.run(
-        [ansible_playbook, "-i", str(INVENTORY), str(ROOT / "playbooks" / "verify.yml")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    result = playbook("verify.yml")
     for info in MAIL_HOSTS.values():
         assert f"DNS  {info['domain']}: ok" in result.stdout
     assert "FAILED" not in result.stdout
