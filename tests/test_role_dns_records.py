@@ -200,6 +200,15 @@ def test_dns_records_zonefile_for_the_example(tmp_path: Path) -> None:
 
 # -- nsupdate: the example inventory ---------------------------------------------------------------
 
+NSUPDATE_PLAYBOOK = """
+- name: Publish the records of the example with nsupdate
+  hosts: mail_servers
+  connection: local
+  gather_facts: false
+  roles:
+    - dns_records
+"""
+
 
 @needs_knot
 def test_dns_records_nsupdate_publishes_and_checks(
@@ -216,20 +225,15 @@ def test_dns_records_nsupdate_publishes_and_checks(
     }
     knotd, port = start_knot(tmp_path / "knot", zones)
     try:
-        playbook = """
-- name: Publish the records of the example with nsupdate
-  hosts: mail_servers
-  connection: local
-  gather_facts: false
-  roles:
-    - dns_records
-"""
+        playbook = NSUPDATE_PLAYBOOK
         variables = {
             "ansible_python_interpreter": PYTHON,
             "dns_records__nsupdate_server": "127.0.0.1",
             "dns_records__nsupdate_port": port,
             "dns_records__nsupdate_key_name": "test-update",
             "dns_records__nsupdate_key_secret": TSIG_SECRET,
+            # TLSA from a certificate file (the example's acme_builtin would ask estafeta).
+            "dns_records__tlsa_source": "certificate",
             "dns_records__tlsa_cert_path": str(tls_files[0]),
             "dns_records__state_dir": str(tmp_path / "state"),
             "dns_records__check_timeout": 10,

@@ -13,6 +13,10 @@ import yaml
 ROOT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
 INVENTORY = ROOT / "inventories" / "lab"
 PEBBLE_ROOT = ROOT / ".lab" / "ca" / "pebble-root.pem"
+# The DS records of the lab's signed zones (playbooks/lab.yml writes them).
+TRUST_ANCHORS = ROOT / ".lab" / "trust-anchors.json"
+# inventories/lab/group_vars/all.yml, untemplated (the TSIG key of the lab's Knot).
+LAB_VARS = yaml.safe_load((INVENTORY / "group_vars" / "all.yml").read_text())
 # The network of this clone's lab (scripts/labctl.py net writes .lab/lab.json),
 # the default lab's without it: Molecule runs the default lab, and a lab of
 # another LAB_NAME can run these tests too, given an inventory of its addresses

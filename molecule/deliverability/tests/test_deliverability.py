@@ -10,7 +10,6 @@ from __future__ import annotations
 import imaplib
 import json
 import re
-import shutil
 import smtplib
 import socket
 import ssl
@@ -25,7 +24,9 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-from lab_hosts import INVENTORY, LAB_DNS, LAB_NET, MAIL_HOSTS, PEBBLE_ROOT, ROOT, lab_address
+from lab_hosts import LAB_DNS, LAB_NET, MAIL_HOSTS, PEBBLE_ROOT, lab_address
+
+from conftest import playbook
 
 
 def ask(name: str, rdtype: str) -> list[str]:
@@ -84,17 +85,7 @@ def test_dns_server_holds_the_pushed_records(hosts, name: str) -> None:  # type:
 def test_verify_playbook_reports_every_check_ok() -> None:
     """playbooks/verify.yml: mail_dns_check on both domains, mail both ways, and
     mail_deliverability's estafeta doctor on each host, all green."""
-    ansible_playbook = shutil.which("ansible-playbook")
-    assert ansible_playbook
-    result = subprocess.run(
-        [ansible_playbook, "-i", str(INVENTORY), str(ROOT / "playbooks" / "verify.yml")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    result = playbook("verify.yml")
     for info in MAIL_HOSTS.values():
         assert f"DNS  {info['domain']}: ok" in result.stdout
     assert "FAILED" not in result.stdout

@@ -8,13 +8,13 @@ policy. Each run must name exactly that problem (one failing finding, of the
 right check and subject), say how to fix it, and exit 1.
 
 Each break is an RFC 2136 update of Knot on dns.lab with the lab's TSIG key
-(as the dns_records role pushes records); the records are put back exactly
-as they were afterwards. After each change, each mail host's unbound (which
-the doctor asks, as estafeta does) forgets the names changed, so the doctor
-takes the normal resolver path and still sees the change at once:
-`unbound-control flush_type NAME TYPE` removes exactly those entries
-(`flush_zone` only marks a whole zone's entries expired, which a resolver
-with serve-expired and no serve-expired-ttl would answer once more).
+(conftest.nsupdate, as the dns_records role pushes records); the records are
+put back exactly as they were afterwards. After each change, each mail
+host's unbound (which the doctor asks, as estafeta does) forgets the names
+changed, so the doctor takes the normal resolver path and still sees the
+change at once: `unbound-control flush_type NAME TYPE` removes exactly those
+entries (`flush_zone` only marks a whole zone's entries expired, which a
+resolver with serve-expired and no serve-expired-ttl would answer once more).
 """
 
 from __future__ import annotations
@@ -29,19 +29,14 @@ from typing import Any
 import dns.message
 import dns.name
 import dns.query
-import dns.rcode
-import dns.rdata
-import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
-import dns.tsig
-import dns.tsigkeyring
-import dns.update
 import pytest
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from lab_hosts import INVENTORY, LAB_DNS, LAB_NET, MAIL_HOSTS
+from lab_hosts import LAB_DNS, LAB_NET, MAIL_HOSTS
+
+from conftest import nsupdate, records
 
 MX1 = "mx1.example.test"
 DOMAIN = MAIL_HOSTS[MX1]["domain"]
@@ -49,10 +44,6 @@ ADDRESS = MAIL_HOSTS[MX1]["address"]
 ESTAFETA = "/usr/local/sbin/estafeta"
 BLOCKLIST = "dnsbl.test"  # the lab's test blocklist (inventories/lab, lab_dns__zones)
 REVERSE_ZONE = ".".join(reversed(LAB_NET["prefix"].split("."))) + ".in-addr.arpa"
-
-_LAB_VARS = yaml.safe_load((INVENTORY / "group_vars" / "all.yml").read_text())
-KEY_NAME = _LAB_VARS["lab_dns__tsig_key_name"]
-KEYRING = dns.tsigkeyring.from_text({KEY_NAME: _LAB_VARS["lab_tsig_secret"]})
 
 
 def reversed_address(address: str) -> str:
@@ -98,24 +89,6 @@ def lookup(name: str, rdtype: str) -> dns.rdataset.Rdataset | None:
     return None
 
 
-def publish(zone: str, name: str, rdtype: str, rdataset: dns.rdataset.Rdataset | None) -> None:
-    """Replace NAME's RDTYPE records in ZONE with RDATASET (None: delete them)."""
-    update = dns.update.UpdateMessage(
-        zone, keyring=KEYRING, keyname=KEY_NAME, keyalgorithm=dns.tsig.HMAC_SHA256
-    )
-    if rdataset is None:
-        update.delete(dns.name.from_text(name), rdtype)
-    else:
-        update.replace(dns.name.from_text(name), rdataset)
-    response = dns.query.tcp(update, LAB_DNS, timeout=10)
-    assert response.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(response.rcode())
-
-
-def records(rdtype: str, ttl: int, *values: str) -> dns.rdataset.Rdataset:
-    rdatas = [dns.rdata.from_text(dns.rdataclass.IN, rdtype, value) for value in values]
-    return dns.rdataset.from_rdata_list(ttl, rdatas)
-
-
 def forget(hosts: dict[str, Any], name: str, rdtypes: list[str]) -> None:
     """Each mail host's unbound drops what it has for NAME (see the docstring)."""
     for host in MAIL_HOSTS:
@@ -133,12 +106,12 @@ def changed(
     old = {rdtype: lookup(name, rdtype) for rdtype in new}
     try:
         for rdtype, rdataset in new.items():
-            publish(zone, name, rdtype, rdataset)
+            nsupdate(zone, name, rdtype, rdataset)
         forget(hosts, name, list(new))
         yield
     finally:
         for rdtype, rdataset in old.items():
-            publish(zone, name, rdtype, rdataset)
+            nsupdate(zone, name, rdtype, rdataset)
         forget(hosts, name, list(new))
     for rdtype, rdataset in old.items():
         assert lookup(name, rdtype) == rdataset, f"{name} {rdtype} not restored"

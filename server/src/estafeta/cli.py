@@ -749,6 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
     from estafeta import cli_shared  # shared mailboxes and their ACLs (rfc4314)
 
     cli_shared.register(commands, add)
+    from estafeta import cli_tls  # the DANE keys of [acme] dane (issue 22)
+
+    cli_tls.register(commands, add)
     from estafeta import cli_doctor  # estafeta doctor: deliverability checks (issue 22)
 
     cli_doctor.register(commands, add)
