@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import imaplib
 import json
-import os
 import shutil
 import smtplib
 import socket
@@ -20,41 +19,39 @@ import uuid
 from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import Message
-from pathlib import Path
 
 import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-import testinfra
 import yaml
 
-ROOT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
-INVENTORY = ROOT / "inventories" / "lab"
-LAB_DNS = "198.51.100.2"
+from conftest import INVENTORY, ROOT
+
+# The lab's network, which every address of the lab inventory follows:
+# .lab/lab.json (scripts/labctl.py net, for LAB_NAME); without it the default
+# lab's (198.51.100.0/24 on br-lab, as molecule/deliverability/hosts.yml has it).
+_LAB_JSON = ROOT / ".lab" / "lab.json"
+LAB_NET = (
+    json.loads(_LAB_JSON.read_text())
+    if _LAB_JSON.exists()
+    else {"prefix": "198.51.100", "dns": "198.51.100.2", "bridge": "br-lab"}
+)
+LAB_DNS = LAB_NET["dns"]
 PEBBLE_ROOT = ROOT / ".lab" / "ca" / "pebble-root.pem"
 
 # The mail hosts of the lab inventory: name, domain, address, account. The
-# addresses are the default lab's, written out in molecule/deliverability/hosts.yml
-# (the lab inventory's own are templates).
-_HOSTS = yaml.safe_load((ROOT / "molecule" / "deliverability" / "hosts.yml").read_text())
+# addresses are the lab inventory's ("{{ lab__prefix }}.10"), on the lab's network.
+_HOSTS = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
 MAIL_HOSTS = {}
 for _name in ("mx1.example.test", "mx2.example.net"):
     _vars = yaml.safe_load((INVENTORY / "host_vars" / f"{_name}.yml").read_text())
+    _address = _HOSTS["all"]["children"]["mail_servers"]["hosts"][_name]["ansible_host"]
     MAIL_HOSTS[_name] = {
         "domain": _vars["estafeta__domains"][0],
-        "address": _HOSTS["all"]["children"]["mail_servers"]["hosts"][_name]["ansible_host"],
+        "address": _address.replace("{{ lab__prefix }}", LAB_NET["prefix"]),
         "account": _vars["verify__account"]["address"],
         "password": _vars["lab_password"],
-    }
-
-
-@pytest.fixture(scope="module")
-def hosts(pytestconfig: pytest.Config) -> dict[str, object]:
-    inventory = pytestconfig.getoption("ansible_inventory") or str(INVENTORY)
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (*MAIL_HOSTS, "dns.lab")
     }
 
 
@@ -259,18 +256,19 @@ def test_mx2_firewall_refuses_a_non_mail_port_from_mx1(hosts) -> None:  # type: 
 
 
 # The address the lab's test blocklist (dnsbl.test, on dns.lab) lists.
-LISTED = "198.51.100.66"
+LISTED = f"{LAB_NET['prefix']}.66"
 
 
 @pytest.fixture
 def listed_source() -> Iterator[str]:
     """LISTED on the controller's end of the lab bridge for one test: a
     client the mail hosts' connection screen must refuse."""
-    subprocess.run(["ip", "addr", "add", f"{LISTED}/32", "dev", "br-lab"], check=True)
+    bridge = LAB_NET["bridge"]
+    subprocess.run(["ip", "addr", "add", f"{LISTED}/32", "dev", bridge], check=True)
     try:
         yield LISTED
     finally:
-        subprocess.run(["ip", "addr", "del", f"{LISTED}/32", "dev", "br-lab"], check=False)
+        subprocess.run(["ip", "addr", "del", f"{LISTED}/32", "dev", bridge], check=False)
 
 
 @pytest.mark.parametrize("name", sorted(MAIL_HOSTS))
