@@ -48,4 +48,6 @@ for _name in ("mx1.example.test", "mx2.example.net"):
         "address": lab_address(_literal.rsplit(".", 1)[1]),
         "account": _vars["verify__account"]["address"],
         "password": _vars["lab_password"],
+        # Where the host takes DMARC aggregate reports in (the rua= of its domain).
+        "dmarc_address": _vars["estafeta__reports_dmarc_address"],
     }

@@ -755,6 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
     from estafeta import cli_doctor  # estafeta doctor: deliverability checks (issue 22)
 
     cli_doctor.register(commands, add)
+    from estafeta import cli_dmarc  # DMARC aggregate reports received (issue 22)
+
+    cli_dmarc.register(commands, add)
     return parser
 
 

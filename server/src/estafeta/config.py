@@ -41,6 +41,7 @@ import argon2
 from estafeta.address import AddressError, normalize_domain
 from estafeta.auth.logincache import MAX_LIFETIME as LOGIN_CACHE_MAX_LIFETIME
 from estafeta.config_backup import BackupConfig, backup_config
+from estafeta.config_reports import ReportsConfig, reports_config
 from estafeta.config_retention import RetentionConfig, retention_config
 from estafeta.config_spam import (
     DnsblConfig,
@@ -334,6 +335,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     web: WebConfig = field(default_factory=WebConfig)
     mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
     acme: AcmeConfig | None = None
 
     @property
@@ -345,6 +347,16 @@ class Config:
     def spam_dir(self) -> Path:
         """Per-account statistics of the learning junk filter."""
         return self.data_dir / "spam"
+
+    @property
+    def dmarc_reports_db(self) -> Path:
+        """DMARC aggregate reports received ([reports]; estafeta.reports.store)."""
+        return self.data_dir / "reports" / "dmarc.db"
+
+    @property
+    def dmarc_evaluations_db(self) -> Path:
+        """The MX's DMARC evaluations, for the reports we send (reports.evaluations)."""
+        return self.data_dir / "reports" / "dmarc-evaluations.db"
 
     @property
     def greylist_db(self) -> Path:
@@ -795,6 +807,7 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
     retention = retention_config(top.table_of("retention"))
     web = web_config(top.table_of("web"), path.parent)
     mta_sts = mta_sts_config(top.table_of("mta_sts"))
+    reports = reports_config(top.table_of("reports"), tuple(domains))
 
     top.check_unknown()
     return Config(
@@ -822,6 +835,7 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Config:
         retention=retention,
         web=web,
         mta_sts=mta_sts,
+        reports=reports,
         acme=acme,
     )
 

@@ -89,6 +89,28 @@ SMTP_CONNECTIONS_REJECTED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+DMARC_REPORTS = Counter(
+    "estafeta_dmarc_reports_total",
+    "DMARC aggregate reports received at [reports] dmarc_address, by result "
+    "(accepted, duplicate, expired: older than the retention, rejected: kept as mail).",
+    ["result"],
+    registry=REGISTRY,
+)
+DMARC_REPORTS_REJECTED = Counter(
+    "estafeta_dmarc_reports_rejected_total",
+    "DMARC aggregate reports not stored (the message is delivered as mail), by reason "
+    "(no_report, several_reports, too_large, archive, xml, dtd, schema, too_many_records, "
+    "store, internal).",
+    ["reason"],
+    registry=REGISTRY,
+)
+DMARC_REPORT_MESSAGES = Counter(
+    "estafeta_dmarc_report_messages_total",
+    "Messages counted in accepted DMARC aggregate reports, by check (spf and dkim: "
+    "aligned; dmarc: either aligned) and result (pass, fail).",
+    ["check", "result"],
+    registry=REGISTRY,
+)
 STORE_BATCH_SECONDS = Histogram(
     "estafeta_store_commit_duration_seconds",
     "Time to make one group of deliveries durable (files fsync'd, index committed).",
@@ -141,6 +163,30 @@ def record_event(event: str, fields: Mapping[str, Any]) -> None:
         SMTP_CONNECTIONS_REJECTED.labels(_reason(fields)).inc()
     elif event == "auth_lockout":
         AUTH_LOCKOUTS.labels(str(fields.get("scope", "other"))).inc()
+    elif event == "dmarc_report":
+        _dmarc_report(fields)
+
+
+_DMARC_RESULTS = ("accepted", "duplicate", "expired", "rejected")
+
+
+def _dmarc_report(fields: Mapping[str, Any]) -> None:
+    """A report that reached the intake (estafeta.delivery.reports): its
+    result, the reason of a refusal, and for an accepted one its messages
+    (``spf_pass``, ``spf_fail``, ``dkim_pass``, ... ``dmarc_fail``)."""
+    result = str(fields.get("result", ""))
+    if result not in _DMARC_RESULTS:
+        return
+    DMARC_REPORTS.labels(result).inc()
+    if result == "rejected":
+        DMARC_REPORTS_REJECTED.labels(_reason(fields)).inc()
+    if result != "accepted":
+        return
+    for check in ("spf", "dkim", "dmarc"):
+        for outcome in ("pass", "fail"):
+            count = fields.get(f"{check}_{outcome}", 0)
+            if isinstance(count, int) and count > 0:
+                DMARC_REPORT_MESSAGES.labels(check, outcome).inc(count)
 
 
 class GaugeCollector(Collector):

@@ -43,9 +43,11 @@ from estafeta.backup.create import read_status as read_backup_status
 from estafeta.config import Config, ConfigError, Endpoint, TLSConfig, server_context
 from estafeta.config_web import read_token
 from estafeta.defences import Defences
+from estafeta.delivery.dmarc_send import DmarcReports
 from estafeta.delivery.filters import DmarcQuarantine, SieveFilter
 from estafeta.delivery.forward import Forwarder
 from estafeta.delivery.local import LocalDelivery
+from estafeta.delivery.reports import ReportIntake
 from estafeta.delivery.route import Router
 from estafeta.delivery.rules import Rules
 from estafeta.dns import DNSPythonResolver
@@ -59,6 +61,7 @@ from estafeta.queue.delivery import Deliverer, verifying_context
 from estafeta.queue.mtasts import MTASTS, Policy, fetch_policy
 from estafeta.queue.runner import QueueRunner
 from estafeta.queue.store import QueueStore
+from estafeta.reports.store import ReportStore
 from estafeta.retention import RetentionRunner
 from estafeta.sieve.memory import Memory
 from estafeta.sieve.scripts import ScriptStore
@@ -242,6 +245,13 @@ class Server:
         self.memory = Memory(config.sieve_dir / ".memory.db")
         # Blocklists, greylisting, the learning filter, rspamd (issue 16).
         self.defences = Defences.build(config, self.resolver)
+        # [reports] dmarc_address: DMARC aggregate reports stored, not delivered.
+        self.report_intake: ReportIntake | None = None
+        if config.reports.dmarc_address:
+            self.report_intake = ReportIntake(
+                config.reports.dmarc_address,
+                ReportStore(config.dmarc_reports_db, config.reports.retention),
+            )
         # IMAP Junk moves and $Junk/$NotJunk, trained in the background.
         self.trainer = Trainer(self.defences.junk, self.defences.rspamd_learning)
         self.delivery = LocalDelivery(
@@ -268,6 +278,7 @@ class Server:
             ],
             quota_for=self._quota_for,
             over_quota=config.delivery.over_quota,
+            intake=self.report_intake,
         )
         queue_config = config.queue
         verify = verifying_context(str(queue_config.ca_file) if queue_config.ca_file else None)
@@ -292,6 +303,8 @@ class Server:
         )
         self._runner_task: asyncio.Task[None] | None = None
         self.retention = RetentionRunner(config.retention, self.accounts, self.store)
+        # [reports] dmarc_send: made in start(), with the resolver then in place.
+        self.dmarc_reports: DmarcReports | None = None
 
     def _quota_for(self, account: str) -> int | None:
         """The account's own quota (``estafeta user quota``), else the global one."""
@@ -310,6 +323,32 @@ class Server:
     async def start(self) -> None:
         self.store.start()
         loop = asyncio.get_running_loop()
+        intake = self.report_intake
+        if intake is not None and not self.router.resolve(intake.address).found:
+            # The MX refuses mail to it (550): reports would never arrive.
+            log_event(
+                log,
+                "dmarc_address_unknown",
+                logging.WARNING,
+                address=intake.address,
+                hint="create it as an account or an alias: estafeta user add / alias add",
+            )
+        if self.config.reports.dmarc_send:
+            # DMARC aggregate reports about the mail the MX evaluated (issue 22).
+            self.dmarc_reports = DmarcReports.build(
+                hostname=self.config.hostname,
+                domains=tuple(self.config.domains),
+                reports=self.config.reports,
+                path=self.config.dmarc_evaluations_db,
+                queue=self.queue,
+                signer=self.signer,
+                resolver=self.resolver,
+                wake=self.runner.wake,
+                report_address=intake.wants if intake is not None else lambda address: False,
+            )
+            if not self.config.inbound.authenticate:
+                # Nothing is evaluated, so nothing will be reported.
+                log_event(log, "dmarc_send_idle", logging.WARNING, hint="[inbound] authenticate")
         handler = InboundHandler(
             hostname=self.config.hostname,
             delivery=self.delivery,
@@ -318,6 +357,7 @@ class Server:
             dmarc_reject=self.config.inbound.dmarc_reject,
             gate=self.defences.gate,
             scanner=self.defences.scanner,
+            recorder=self.dmarc_reports.recorder if self.dmarc_reports else None,
         )
         submission = SubmissionHandler(
             hostname=self.config.hostname,
@@ -444,6 +484,8 @@ class Server:
         if self.certificates is not None:
             self._certificates_task = asyncio.create_task(self.certificates.run())
         self.retention.start()  # daily at [retention] hour
+        if self.dmarc_reports is not None:
+            self.dmarc_reports.start()  # daily after UTC midnight
         log_event(log, "ready", hostname=self.config.hostname, domains=self.config.domains)
 
     async def _listen(
@@ -898,6 +940,8 @@ class Server:
         if self._runner_task is not None:
             await self._runner_task
         await self.retention.stop()  # a run in progress ends after its batch
+        if self.dmarc_reports is not None:
+            await self.dmarc_reports.stop()  # before the queue closes
         # Queued deliveries and \Recent claims finish before the store closes.
         await recent.claims(self.store).drain()
         await asyncio.to_thread(self.store.stop)

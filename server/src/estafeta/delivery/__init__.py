@@ -13,5 +13,10 @@ sieve/ sit below it.
 - ``local``: ``LocalDelivery``, which carries the verdicts out;
 - ``forward``: alias forwarding and redirects with SRS and an ARC seal;
 - ``responses``: vacation replies and rejection notices;
-- ``rules``: which Sieve scripts run for an account.
+- ``rules``: which Sieve scripts run for an account;
+- ``reports``: the ``[reports] dmarc_address`` intake of DMARC aggregate
+  reports (stored, not delivered);
+- ``dmarc_evaluations`` and ``dmarc_send``: the DMARC aggregate reports we
+  send (``[reports] dmarc_send``): the MX's evaluations recorded, and the
+  daily reports built, signed and queued.
 """

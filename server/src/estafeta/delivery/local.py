@@ -27,6 +27,13 @@ take every one of its local accounts over gets ``overquota`` (452 4.2.2, or
 took it and others are full, the full ones get it through the queue, which
 retries like any deferred delivery and bounces after ``[queue] lifetime``.
 
+DMARC aggregate reports (docs/dmarc-reports.md). When a RCPT is ``[reports]
+dmarc_address``, the message goes to the report intake (delivery/reports.py)
+first: a valid report is stored, and the copies of the accounts (or shared
+mailboxes) it reached only through that address become a ``Discard``, before
+any filter runs; other recipients are served as usual, and a message that is
+no valid report goes through the chain like any mail.
+
 Shared mailboxes (docs/shared-mailboxes.md). An address the administrator
 gave a shared mailbox resolves to it (``Router.shared_mailboxes``); the
 message is one more store job in step 3, through the same ``Store.deliver``
@@ -67,6 +74,7 @@ from estafeta.delivery.filters import (
     SieveFilter,
 )
 from estafeta.delivery.forward import Forwarder
+from estafeta.delivery.reports import ReportIntake
 from estafeta.delivery.route import Router
 from estafeta.log import log_event
 from estafeta.message import Summary, summarize, with_fields
@@ -176,6 +184,7 @@ class LocalDelivery:
         filters: Sequence[Filter] = (),
         quota_for: Callable[[str], int | None] = lambda account: None,
         over_quota: str = "defer",
+        intake: ReportIntake | None = None,
     ) -> None:
         self.hostname = hostname
         self.store = store
@@ -190,6 +199,8 @@ class LocalDelivery:
         self.shared_filters = [f for f in self.filters if not isinstance(f, SieveFilter)]
         self.quota_for = quota_for
         self.over_quota = over_quota
+        # [reports] dmarc_address: DMARC aggregate reports (delivery/reports.py).
+        self.intake = intake
         self._shared_index: IndexReader | None = None
 
     # -- questions the protocols ask ----------------------------------------
@@ -246,13 +257,20 @@ class LocalDelivery:
         outcome = Outcome()
         first_rcpt: dict[str, str] = {}
         first_shared: dict[str, str] = {}  # shared mailbox -> the RCPT that led there
+        # Local accounts and shared mailboxes reached by other RCPTs than the
+        # report intake's address: they get the message even if it is a report.
+        not_only_reports: set[str] = set()
         remote_by_domain: dict[str, list[str]] = {}
         for rcpt in envelope.recipients:
             local, remote = self.router.split(rcpt.targets)
+            boxes = self.router.shared_mailboxes(rcpt.targets)
             for account in local:
                 first_rcpt.setdefault(account, rcpt.address)
-            for name in self.router.shared_mailboxes(rcpt.targets):
+            for name in boxes:
                 first_shared.setdefault(name, rcpt.address)
+            if self.intake is None or not self.intake.wants(rcpt.address):
+                not_only_reports.update(local)
+                not_only_reports.update(shared_target(name) for name in boxes)
             if remote:
                 domain = _domain(rcpt.address) or self.hostname
                 remote_by_domain.setdefault(domain, []).extend(remote)
@@ -269,12 +287,31 @@ class LocalDelivery:
                 scan=scan,
             )
 
+        # docs/dmarc-reports.md: a report to the intake's address is stored
+        # and consumed; the copies of those who got it only that way are not kept.
+        report = False
+        if self.intake is not None:
+            reached = set(first_rcpt) | {shared_target(name) for name in first_shared}
+            if reached - not_only_reports:
+                report = await self.intake.take(message, envelope.queue_id)
+
+        async def consumed(share: Item) -> _Plan:
+            share.notes.append("dmarc report")
+            return _Plan(share, [Discard()])
+
         try:
             plans = list(
                 await asyncio.gather(
-                    *(self._filter(item(account, rcpt)) for account, rcpt in first_rcpt.items()),
                     *(
-                        self._filter_shared(name, item(shared.OWNER, rcpt))
+                        consumed(item(account, rcpt))
+                        if report and account not in not_only_reports
+                        else self._filter(item(account, rcpt))
+                        for account, rcpt in first_rcpt.items()
+                    ),
+                    *(
+                        consumed(item(shared.OWNER, rcpt))
+                        if report and shared_target(name) not in not_only_reports
+                        else self._filter_shared(name, item(shared.OWNER, rcpt))
                         for name, rcpt in first_shared.items()
                     ),
                 )

@@ -226,6 +226,19 @@ class DMARCResult:
     policy: str
     record: DMARCRecord | None
     reason: str
+    # Where the record was found: the From domain, or its organizational
+    # domain (rfc7489:6.6.3 step 3); "" without a record. The domain of an
+    # aggregate report (rfc7489:7.2, C policy_published).
+    policy_domain: str = ""
+    # rfc7489:6.6.4 — a failing message the pct= draw let off with a weaker
+    # policy (the "sampled_out" override reason of rfc7489:C).
+    sampled_out: bool = False
+
+
+def is_record(txt: str) -> bool:
+    """Whether a TXT record is a DMARC record (rfc7489:6.6.3 step 4: it
+    starts with v=DMARC1); also the test of rfc7489:7.1 step 5."""
+    return _DMARC_RECORD.match(txt) is not None
 
 
 class _TempError(Exception):
@@ -238,7 +251,7 @@ async def _records(resolver: Resolver, domain: str) -> list[str]:
         answer = await resolver.lookup(f"_dmarc.{domain}", "TXT")
     except DNSTempError as exc:
         raise _TempError(str(exc)) from None
-    return [str(txt) for txt in answer.records if _DMARC_RECORD.match(str(txt))]
+    return [str(txt) for txt in answer.records if is_record(str(txt))]
 
 
 async def verify(
@@ -273,7 +286,8 @@ async def verify(
         return DMARCResult("temperror", domain, "none", None, f"DNS lookup failed: {exc}")
     if not records:
         return DMARCResult("none", domain, "none", None, "no DMARC record")
-    source = f"_dmarc.{org if from_org else domain}"
+    policy_domain = org if from_org else domain
+    source = f"_dmarc.{policy_domain}"
     if len(records) > 1:
         # rfc7489:6.6.3 step 5 — with several records, DMARC is not applied.
         return DMARCResult("permerror", domain, "none", None, f"{source}: multiple DMARC records")
@@ -292,10 +306,14 @@ async def verify(
         and spf_domain
         and aligned(spf_domain, domain, record.aspf)
     ):
-        return DMARCResult("pass", domain, "none", record, f"SPF aligned ({spf_domain})")
+        return DMARCResult(
+            "pass", domain, "none", record, f"SPF aligned ({spf_domain})", policy_domain
+        )
     for result in dkim:
         if result.result == "pass" and aligned(result.domain, domain, record.adkim):
-            return DMARCResult("pass", domain, "none", record, f"DKIM aligned (d={result.domain})")
+            return DMARCResult(
+                "pass", domain, "none", record, f"DKIM aligned (d={result.domain})", policy_domain
+            )
 
     # rfc7489:6.6.4 — apply the policy to pct% of failing messages; the rest
     # get the next less strict policy.
@@ -305,4 +323,5 @@ async def verify(
     reason = "no aligned SPF or DKIM pass"
     if not sampled:
         reason += f"; not sampled at pct={record.pct}, policy {requested} -> {applied}"
-    return DMARCResult("fail", domain, applied, record, reason)
+    sampled_out = applied != requested
+    return DMARCResult("fail", domain, applied, record, reason, policy_domain, sampled_out)

@@ -20,6 +20,7 @@ from typing import Any
 from aiosmtpd.smtp import TLSSetupException
 
 from estafeta.address import AddressError, normalize_address
+from estafeta.delivery.dmarc_evaluations import Recorder
 from estafeta.delivery.local import Envelope, LocalDelivery, Outcome, Recipient, RecipientCheck
 from estafeta.delivery.spam import Scanner, rewrite_subject, strip_spam_fields
 from estafeta.dns import Resolver
@@ -80,6 +81,8 @@ class Transaction:
     spf: spf.SPFVerdict | None = None
     # Why greylisting does not apply to this transaction ("" : not decided).
     greylist_skip: str = ""
+    # SPF, DKIM, DMARC and ARC of the message, once DATA has them.
+    analysis: Analysis | None = None
 
 
 class HandlerBase:
@@ -152,6 +155,7 @@ class InboundHandler(HandlerBase):
         dmarc_reject: bool = True,
         gate: Gate | None = None,
         scanner: Scanner | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.hostname = hostname
         self.delivery = delivery
@@ -162,6 +166,8 @@ class InboundHandler(HandlerBase):
         # Greylisting at RCPT (None: off) and the spam checks after DATA.
         self.gate = gate
         self.scanner = scanner if scanner is not None and scanner.active else None
+        # DMARC evaluations for the aggregate reports we send (None: off).
+        self.recorder = recorder
 
     # -- hooks called by aiosmtpd -----------------------------------------
 
@@ -223,6 +229,20 @@ class InboundHandler(HandlerBase):
         return reply
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await self._data(server, session, envelope)
+        transaction: Transaction = envelope.estafeta
+        if self.recorder is not None and transaction.analysis is not None and reply[:1] != "4":
+            # docs/dmarc-reports.md: once the message's fate is final (a 4xx
+            # makes the client try again, and that try is recorded).
+            self.recorder.record(
+                transaction.analysis,
+                ip=_peer(session),
+                mail_from="" if envelope.mail_from == "<>" else envelope.mail_from,
+                recipients=[rcpt.address for rcpt in transaction.recipients],
+            )
+        return reply
+
+    async def _data(self, server: Any, session: Any, envelope: Any) -> str:
         transaction: Transaction = envelope.estafeta
         content: bytes = envelope.original_content
         fields: dict[str, Any] = {
@@ -262,6 +282,7 @@ class InboundHandler(HandlerBase):
                 dmarc_reject=self.dmarc_reject,
                 spf_verdict=transaction.spf,
             )
+            transaction.analysis = analysis
             fields.update(analysis.summary())
             if analysis.reject:
                 log_event(
