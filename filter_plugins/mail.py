@@ -5,6 +5,8 @@ One function per filter, published through ``FilterModule.filters()``:
 ==============  ===========================================================
 spf_record      SPF TXT value from a dict or list of mechanisms (RFC 7208)
 dmarc_record    DMARC TXT value (RFC 7489)
+dmarc_external_destinations
+                report hosts of a DMARC value needing consent (RFC 7489 7.1)
 dkim_txt        DKIM key TXT value as <= 255-octet strings (RFC 6376)
 txt_strings     any TXT value as <= 255-octet strings (RFC 1035 3.3.14)
 mta_sts_txt     MTA-STS TXT value (RFC 8461 3.1)
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import ipaddress
 import re
@@ -62,6 +65,12 @@ description:
     tags at their default value left out. Its input is the policy (C(none), C(quarantine),
     C(reject)) or a dict of tags (C(p), C(sp), C(rua), C(ruf), C(adkim), C(aspf), C(pct),
     C(fo); C(policy) and C(subdomain_policy) are accepted as names for C(p) and C(sp)).
+  - C(dmarc_external_destinations) returns the hosts of the C(mailto:) report addresses
+    (C(rua), C(ruf)) of a DMARC value whose organizational domain differs from the policy
+    domain's; RFC 7489 7.1 has receivers report there only when the host publishes
+    C(<domain>._report._dmarc.<host> TXT "v=DMARC1"). Organizational domains come from the
+    Public Suffix List of the Python library publicsuffixlist, needed on the controller
+    when a report address is in another domain.
   - C(dkim_txt) checks a DKIM key record (RFC 6376 3.6.1, RFC 8301, RFC 8463), given as the
     TXT value or as a dict of tags, and returns it split into strings of at most 255 octets
     (RFC 6376 3.6.2.2). In the dict form C(p) may be a PEM public key.
@@ -84,6 +93,7 @@ options:
         domains), C(ip4), C(ip6), C(include), C(exists) (lists), C(redirect) and C(exp)
         (strings); or a list of SPF terms such as V(mx) or V(ip4:198.51.100.0/24).
       - C(dmarc_record) (policy) - V(none), V(quarantine), V(reject), or a dict of tags.
+      - C(dmarc_external_destinations) (record) - a DMARC TXT value, as C(dmarc_record) returns.
       - C(dkim_txt) (value) - a string like V(v=DKIM1; k=rsa; p=MIIB...) or a dict with the
         tags C(v), C(h), C(k), C(n), C(s), C(t) and C(p).
       - C(txt_strings) (value) - any string.
@@ -114,6 +124,10 @@ options:
     description: C(dmarc_record) - C(mailto:) URIs that receive failure reports.
     type: list
     elements: str
+  domain:
+    description: C(dmarc_external_destinations) - the policy domain, where the record is published.
+    type: str
+    required: true
   subdomain_policy:
     description: C(dmarc_record) - C(sp), the policy for subdomains; left out when it equals C(p).
     type: str
@@ -199,6 +213,13 @@ EXAMPLES = r"""
     msg: "{{ {'p': 'quarantine', 'sp': 'reject', 'pct': 50} | dmarc_record }}"
     # => "v=DMARC1; p=quarantine; sp=reject; pct=50"
 
+- name: Report hosts that must agree to receive example.org's reports
+  ansible.builtin.debug:
+    msg: "{{ 'v=DMARC1; p=none; rua=mailto:dmarc@example.org,mailto:d@reports.example.net'
+             | dmarc_external_destinations('example.org') }}"
+    # => ["reports.example.net"]: publish
+    #    example.org._report._dmarc.reports.example.net TXT "v=DMARC1" there
+
 - name: DKIM key record as TXT strings
   ansible.builtin.debug:
     msg: "{{ {'k': 'ed25519', 'p': '11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo='} | dkim_txt }}"
@@ -230,6 +251,7 @@ _value:
   description:
     - C(spf_record), C(dmarc_record), C(mta_sts_txt), C(tlsrpt_txt) - the TXT value as one
       string, without quotes.
+    - C(dmarc_external_destinations) - a list of host names, lower case, each once.
     - C(dkim_txt), C(txt_strings) - a list of strings of at most 255 octets each, to be
       published as the character-strings of one TXT record.
     - C(srv_records) - a list of dicts with the keys C(name), C(priority), C(weight), C(port)
@@ -593,7 +615,8 @@ def dmarc_record(
 
     Output order: v, p, sp, adkim, aspf, pct, fo, rua, ruf; tags equal to their default are
     left out, p is always written. Reports to another domain only arrive once that domain
-    publishes the authorization record of RFC 7489 7.1, which this filter cannot check.
+    publishes the authorization record of RFC 7489 7.1, which this filter cannot check
+    (dmarc_external_destinations names the domains that must).
     """
     given: dict[str, Any] = {}
     if isinstance(policy, Mapping):
@@ -665,6 +688,67 @@ def dmarc_record(
     if ruf_uris:
         tags.append(("ruf", ",".join(ruf_uris)))
     return "; ".join(f"{tag}={value}" for tag, value in tags)
+
+
+# -- dmarc_external_destinations ------------------------------------------------------------
+
+
+@functools.cache
+def _public_suffixes() -> Any:
+    """The Public Suffix List the publicsuffixlist library ships (no network, ever), as
+    the server uses it (server/src/estafeta/policy/dmarc.py)."""
+    try:
+        from publicsuffixlist import PublicSuffixList
+    except ImportError:
+        raise _error(
+            "telling organizational domains apart (RFC 7489 3.2) needs the Python library "
+            "publicsuffixlist on the Ansible controller (pip install publicsuffixlist)"
+        ) from None
+    return PublicSuffixList()
+
+
+def _organizational_domain(name: str) -> str:
+    """rfc7489:3.2 - the public suffix plus one label; a public suffix is its own."""
+    return str(_public_suffixes().privatesuffix(name) or name)
+
+
+def dmarc_external_destinations(record: Any, domain: Any) -> list[str]:
+    """The report destinations of a DMARC value that need their owner's consent
+    (RFC 7489 7.1), for the policy domain ``domain``.
+
+    ``record`` is a DMARC TXT value as dmarc_record builds it. Each ``mailto:`` URI of its
+    ``rua`` and ``ruf`` tags names a destination host (the address's domain, lower case);
+    those whose organizational domain (RFC 7489 3.2, by the Public Suffix List) differs
+    from that of ``domain`` are returned, each once, in the order of the record. A
+    receiver sends reports there only when ``<domain>._report._dmarc.<host>`` holds a TXT
+    record starting with ``v=DMARC1``. The Python library publicsuffixlist is needed on
+    the controller only when a destination host is not ``domain`` itself.
+    """
+    if not isinstance(record, str):
+        raise _error(f"input must be a DMARC TXT value (a string), not {type(record).__name__}")
+    policy_domain = _domain("domain", domain).lower()
+    pairs = [
+        (tag.strip().lower(), value.strip())
+        for tag, eq, value in (part.partition("=") for part in record.split(";"))
+        if eq and tag.strip()
+    ]
+    # rfc7489:6.4 - v=DMARC1 comes first.
+    if not pairs or pairs[0] != ("v", "DMARC1"):
+        raise _error(f"{record!r} is not a DMARC value: it must start with v=DMARC1")
+    tags = dict(reversed(pairs))  # the first of a tag given twice
+    hosts: list[str] = []
+    for tag in ("rua", "ruf"):
+        uris = [uri.strip() for uri in tags.get(tag, "").split(",") if uri.strip()]
+        for uri in _dmarc_uris(tag, uris):
+            # rfc7489:7.1 step 1 - the destination host (of a mailto: URI, the domain).
+            host = uri.partition("!")[0].rpartition("@")[2].lower()
+            if host != policy_domain and host not in hosts:
+                hosts.append(host)
+    if not hosts:
+        return []
+    # rfc7489:7.1 - only destinations outside the policy domain's organizational domain.
+    own = _organizational_domain(policy_domain)
+    return [host for host in hosts if _organizational_domain(host) != own]
 
 
 # -- txt_strings, dkim_txt ------------------------------------------------------------------
@@ -1036,6 +1120,7 @@ class FilterModule:
         return {
             "spf_record": spf_record,
             "dmarc_record": dmarc_record,
+            "dmarc_external_destinations": dmarc_external_destinations,
             "dkim_txt": dkim_txt,
             "txt_strings": txt_strings,
             "mta_sts_txt": mta_sts_txt,

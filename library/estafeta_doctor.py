@@ -187,113 +187,23 @@ addresses:
   sample: [{address: 192.0.2.25, source: the route to the internet}]
 """
 
-import json  # noqa: E402
-
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.estafeta import (  # noqa: E402
-    EXIT_FAILED,
-    EXIT_OK,
-    EstafetaCLI,
-    estafeta_argument_spec,
+from ansible.module_utils.estafeta import EstafetaCLI, estafeta_argument_spec  # noqa: E402
+from ansible.module_utils.estafeta_doctor import (  # noqa: E402
+    doctor_argument_spec,
+    doctor_options,
+    run_doctor,
 )
-
-CHECKS = [
-    "blocklist",
-    "ptr",
-    "helo",
-    "spf",
-    "dkim",
-    "dmarc",
-    "mta-sts",
-    "tls-rpt",
-    "certificate",
-    "tlsa",
-    "dns-views",
-]
-_FIELDS = ("check", "subject", "status", "detail", "fix", "domain")
-
-
-def command(params):
-    """The CLI arguments for the module's options (``--opt=value``: a value that
-    starts with "-" stays a value)."""
-    args = ["doctor", "--json"]
-    for option, flag in (
-        ("ip", "--ip"),
-        ("resolvers", "--resolver"),
-        ("authoritative", "--authoritative"),
-        ("blocklists", "--blocklist"),
-        ("ca_files", "--ca-file"),
-        ("checks", "--check"),
-    ):
-        args += [f"{flag}={value}" for value in params[option]]
-    args += [f"--timeout={params['timeout']:g}", f"--max-time={params['max_time']:g}"]
-    if params["strict"]:
-        args.append("--strict")
-    return args
-
-
-def problem_line(finding):
-    line = (
-        f"{finding['status'].upper()} {finding['check']} {finding['subject']}: {finding['detail']}"
-    )
-    return f"{line} (fix: {finding['fix']})" if finding["fix"] else line
-
-
-def read_report(module, cli, out):
-    try:
-        report = json.loads(out)
-    except ValueError:
-        report = None
-    findings = report.get("findings") if isinstance(report, dict) else None
-    if not isinstance(findings, list) or not all(
-        isinstance(f, dict) and all(isinstance(f.get(k), str) for k in _FIELDS) for f in findings
-    ):
-        module.fail_json(
-            msg=f"estafeta doctor: the output is not a doctor report; is {cli.executable} "
-            "older than this module?",
-            stdout=out,
-        )
-    return report
 
 
 def main():
-    argument_spec = {
-        "ip": {"type": "list", "elements": "str", "default": []},
-        "resolvers": {"type": "list", "elements": "str", "default": []},
-        "authoritative": {"type": "list", "elements": "str", "default": []},
-        "blocklists": {"type": "list", "elements": "str", "default": []},
-        "ca_files": {"type": "list", "elements": "path", "default": []},
-        "checks": {"type": "list", "elements": "str", "choices": CHECKS, "default": []},
-        "strict": {"type": "bool", "default": False},
-        "timeout": {"type": "float", "default": 5},
-        "max_time": {"type": "float", "default": 60},
-    }
+    argument_spec = doctor_argument_spec()
     argument_spec.update(estafeta_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    cli = EstafetaCLI(module)
-    # Exit 1 is the doctor's "something failed", with the report on stdout; 2 and
-    # anything else fail in EstafetaCLI with the CLI's message.
-    rc, out, _ = cli.run(*command(module.params), ok=(EXIT_OK, EXIT_FAILED))
-    report = read_report(module, cli, out)
-    findings = report["findings"]
-    result = {
-        "changed": False,
-        "status": report.get("status"),
-        "summary": report.get("summary"),
-        "problems": [problem_line(f) for f in findings if f["status"] != "ok"],
-        "findings": findings,
-        "hostname": report.get("hostname"),
-        "addresses": report.get("addresses"),
-    }
-    if rc == EXIT_FAILED:
-        bad = ("fail", "warn") if module.params["strict"] else ("fail",)
-        failed = [problem_line(f) for f in findings if f["status"] in bad]
-        module.fail_json(
-            msg=f"estafeta doctor on {report.get('hostname')}: {len(failed)} problem(s): "
-            + "; ".join(failed),
-            **result,
-        )
-    module.exit_json(**result)
+    result, failure = run_doctor(module, EstafetaCLI(module), doctor_options(module.params))
+    if failure:
+        module.fail_json(msg=failure, changed=False, **result)
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
 #!/usr/bin/python
-"""Ansible module: send a test message by submission and wait for it over IMAP."""
+"""Ansible module: run estafeta doctor on the mail host, send a test message by
+submission and wait for it over IMAP."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: mail_deliverability
-short_description: Prove that mail goes through, from submission to a mailbox
+short_description: Prove that mail goes through and that receivers will take it
 description:
-  - Logs in over IMAP on the receiving host, submits a test message on the submission port of
+  - With O(doctor) (the default), first runs C(estafeta doctor --json) on the host the module
+    runs on, which is then the mail host. It checks the sending addresses on DNS blocklists,
+    PTR and HELO, SPF, DKIM with a test signature, DMARC, MTA-STS, TLS-RPT, TLSA, the certificate of
+    every TLS listener, and each zone's authoritative servers against the resolvers. Its
+    findings are returned in RV(doctor); the task fails when a check fails (with
+    O(doctor_strict), also when one warns), naming each problem and its fix, after the test
+    message has been sent and found.
+  - Then logs in over IMAP on the receiving host, submits a test message on the submission port of
     the sending host (AUTH over TLS), then polls the INBOX and the Junk mailbox until the
     message arrives or O(timeout) passes.
   - The message carries a unique token in its C(Subject) and its own C(Message-ID). Once it has
@@ -18,8 +26,10 @@ description:
     the sender, a recipient or the message (with the server's reply code and text), when TLS
     certificate verification fails, when the IMAP login fails, when the message does not
     arrive in time, and when a verdict differs from O(require).
-  - Uses only the Python standard library. Run it on the controller, with C(delegate_to) set
-    to C(localhost).
+  - The test message is sent from the host the module runs on. With O(doctor=false) the module
+    uses only the Python standard library and runs anywhere, for example on the controller with
+    C(delegate_to) set to C(localhost), so that mail is submitted the way a client on the
+    internet submits it.
 version_added: "1.0.0"
 options:
   smtp_host:
@@ -108,14 +118,97 @@ options:
     description: Whether to delete the test message once it has been found.
     type: bool
     default: true
+  doctor:
+    description:
+      - Whether to run C(estafeta doctor) on the host the module runs on before the message is
+        sent. It reads estafeta's configuration and DKIM keys there, so the module must run on
+        the mail host, as root or as the user estafeta runs as (C(become)).
+      - Set it to V(false) to only send the test message, from wherever the module runs.
+    type: bool
+    default: true
+  doctor_ip:
+    description:
+      - The addresses mail is sent from. Default is what the doctor finds (C([queue]
+        source_address), or the host's route to the internet).
+    type: list
+    elements: str
+    default: []
+  doctor_resolvers:
+    description:
+      - Recursive resolvers the doctor asks, as C(IP) or C(IP:PORT); the first is used by every
+        check. Default is the configuration's C([dns] nameservers), or the system's.
+    type: list
+    elements: str
+    default: []
+  doctor_authoritative:
+    description:
+      - Servers the doctor asks as every zone's authoritative servers, as C(IP) or C(IP:PORT).
+        Default is each zone's NS records.
+    type: list
+    elements: str
+    default: []
+  doctor_blocklists:
+    description:
+      - DNS blocklist zones to look the sending addresses up in, besides the configuration's
+        C([[dnsbl.zone]]), for example C(zen.spamhaus.org).
+    type: list
+    elements: str
+    default: []
+  doctor_ca_files:
+    description:
+      - PEM files of CA certificates the doctor trusts besides the system's and C([queue]
+        ca_file), for the certificates of the listeners and the MTA-STS policy host.
+    type: list
+    elements: path
+    default: []
+  doctor_checks:
+    description: Run only these checks of the doctor. Default is every check.
+    type: list
+    elements: str
+    choices:
+      - blocklist
+      - ptr
+      - helo
+      - spf
+      - dkim
+      - dmarc
+      - mta-sts
+      - tls-rpt
+      - certificate
+      - tlsa
+      - dns-views
+    default: []
+  doctor_strict:
+    description: Fail when a check of the doctor warns, too.
+    type: bool
+    default: false
+  doctor_timeout:
+    description: Seconds for each network step of the doctor (a DNS query, a connection).
+    type: float
+    default: 5
+  doctor_max_time:
+    description: Seconds for the whole doctor run; a check still running then fails.
+    type: float
+    default: 60
+  config:
+    description: The estafeta configuration file the doctor reads, passed to the CLI as C(-c).
+    type: path
+    default: /etc/estafeta/estafeta.toml
+  executable:
+    description:
+      - The C(estafeta) command that runs the doctor, usually in the virtualenv estafeta is
+        installed in. A name without C(/) is looked up in E(PATH).
+    type: path
+    default: /opt/estafeta/bin/estafeta
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
     details:
-      - In check mode nothing is contacted and no message is sent; the module returns
-        C(skipped=true) and C(changed=false).
+      - In check mode no message is sent. The doctor, which changes nothing, still runs and
+        fails the task as it does otherwise; with O(doctor=false) nothing is contacted and the
+        module returns C(skipped=true).
   diff_mode:
     support: none
   platform:
@@ -127,13 +220,39 @@ notes:
     leave an unchecked message behind.
   - Without the UIDPLUS extension, O(cleanup) expunges every message flagged as deleted in
     the mailbox where the test message arrived.
+  - Right after a DNS change the resolvers may still answer the old records; the doctor's
+    C(dns-views) finding says so. Name the zone's primary in O(doctor_resolvers) to check
+    what it serves now. docs/doctor.md in the estafeta repository explains every check.
+seealso:
+  - module: estafeta_doctor
+  - module: mail_dns_check
 author:
   - Estafeta contributors
 """
 
 EXAMPLES = r"""
-- name: Send from example.org to example.net and wait for DMARC to pass
+- name: Run estafeta doctor on the mail host, then send from example.org to example.net
   mail_deliverability:
+    executable: /usr/local/sbin/estafeta
+    doctor_blocklists: [zen.spamhaus.org, bl.spamcop.net]
+    smtp_host: mx1.example.org
+    smtp_user: probe@example.org
+    smtp_password: "{{ vault_probe_password }}"
+    to_address: probe@example.net
+    imap_host: mx1.example.net
+    imap_password: "{{ vault_probe_net_password }}"
+    require:
+      dmarc: pass
+  become: true
+  register: deliverability
+
+- name: Show what the doctor warns about
+  ansible.builtin.debug:
+    msg: "{{ deliverability.doctor.problems }}"
+
+- name: From the controller, without the doctor, and wait for DMARC to pass
+  mail_deliverability:
+    doctor: false
     smtp_host: mx1.example.org
     smtp_user: probe@example.org
     smtp_password: "{{ vault_probe_password }}"
@@ -155,6 +274,7 @@ EXAMPLES = r"""
 
 - name: Submit on 465 and read over IMAP STARTTLS with a private CA, keeping the message
   mail_deliverability:
+    doctor: false
     smtp_host: 192.0.2.25
     smtp_security: tls
     smtp_user: alice@example.org
@@ -219,10 +339,26 @@ deleted:
   type: bool
   sample: true
 skipped:
-  description: True in check mode, where nothing is sent.
-  returned: check mode
+  description: True in check mode without O(doctor), where nothing is contacted.
+  returned: check mode, without O(doctor)
   type: bool
   sample: true
+doctor:
+  description:
+    - What C(estafeta doctor) found on the host (O(doctor)), as the estafeta_doctor module
+      returns it - C(status) (the worst, V(ok), V(warn) or V(fail)), C(summary) (how many
+      findings have each status), C(problems) (each finding that is not ok, as one line with
+      its fix), C(findings) (every finding, with C(check), C(subject), C(status), C(detail),
+      C(fix) and C(domain)), C(hostname) and C(addresses) (the sending addresses checked).
+  returned: when the doctor ran, also when the task fails
+  type: dict
+  sample:
+    status: warn
+    summary: {ok: 17, warn: 1, fail: 0}
+    problems:
+      - "WARN dmarc _dmarc.example.org: p=none: receivers do nothing with mail that fails
+        DMARC (fix: once the reports show that all your mail passes, publish p=quarantine)"
+    hostname: mx1.example.org
 """
 
 # Ansible reads DOCUMENTATION, EXAMPLES and RETURN first: the imports follow them.
@@ -241,6 +377,12 @@ from email.policy import compat32  # noqa: E402
 from typing import Any  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.estafeta import EstafetaCLI, estafeta_argument_spec  # noqa: E402
+from ansible.module_utils.estafeta_doctor import (  # noqa: E402
+    doctor_argument_spec,
+    doctor_options,
+    run_doctor,
+)
 
 # Names of the Junk mailbox when the server does not mark it with \Junk (RFC 6154).
 JUNK_NAMES = ("junk", "spam", "junk e-mail", "junk email", "bulk mail")
@@ -725,40 +867,59 @@ class DeliverabilityProbe:
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "smtp_host": {"type": "str", "required": True},
-            "smtp_port": {"type": "int"},
-            "smtp_security": {"type": "str", "choices": ["starttls", "tls"], "default": "starttls"},
-            "smtp_user": {"type": "str", "required": True},
-            "smtp_password": {"type": "str", "required": True, "no_log": True},
-            "from_address": {"type": "str"},
-            "to_address": {"type": "str", "required": True},
-            "imap_host": {"type": "str", "required": True},
-            "imap_port": {"type": "int"},
-            "imap_security": {"type": "str", "choices": ["tls", "starttls"], "default": "tls"},
-            "imap_user": {"type": "str"},
-            "imap_password": {"type": "str", "required": True, "no_log": True},
-            "ca_file": {"type": "path"},
-            "validate_certs": {"type": "bool", "default": True},
-            "timeout": {"type": "int", "default": 60},
-            "poll_interval": {"type": "float", "default": 1},
-            "subject_prefix": {"type": "str", "default": "Deliverability test"},
-            "authserv_id": {"type": "str"},
-            "require": {"type": "dict"},
-            "cleanup": {"type": "bool", "default": True},
-        },
-        supports_check_mode=True,
-    )
+    argument_spec: dict[str, Any] = {
+        "smtp_host": {"type": "str", "required": True},
+        "smtp_port": {"type": "int"},
+        "smtp_security": {"type": "str", "choices": ["starttls", "tls"], "default": "starttls"},
+        "smtp_user": {"type": "str", "required": True},
+        "smtp_password": {"type": "str", "required": True, "no_log": True},
+        "from_address": {"type": "str"},
+        "to_address": {"type": "str", "required": True},
+        "imap_host": {"type": "str", "required": True},
+        "imap_port": {"type": "int"},
+        "imap_security": {"type": "str", "choices": ["tls", "starttls"], "default": "tls"},
+        "imap_user": {"type": "str"},
+        "imap_password": {"type": "str", "required": True, "no_log": True},
+        "ca_file": {"type": "path"},
+        "validate_certs": {"type": "bool", "default": True},
+        "timeout": {"type": "int", "default": 60},
+        "poll_interval": {"type": "float", "default": 1},
+        "subject_prefix": {"type": "str", "default": "Deliverability test"},
+        "authserv_id": {"type": "str"},
+        "require": {"type": "dict"},
+        "cleanup": {"type": "bool", "default": True},
+        "doctor": {"type": "bool", "default": True},
+    }
+    argument_spec.update(doctor_argument_spec(prefix="doctor_"))
+    argument_spec.update(estafeta_argument_spec())
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if module.params["timeout"] <= 0:
         module.fail_json(msg="timeout must be more than 0")
+    # The doctor first: it only reads, and its findings explain a probe that fails.
+    extra: dict[str, Any] = {}
+    failures: list[str] = []
+    if module.params["doctor"]:
+        cli = EstafetaCLI(
+            module,
+            hint="the doctor runs where the module runs: run it on the mail host, or set "
+            "doctor: false",
+        )
+        extra["doctor"], failure = run_doctor(module, cli, doctor_options(module.params, "doctor_"))
+        failures += [failure] if failure else []
     if module.check_mode:
-        module.exit_json(changed=False, skipped=True, msg="check mode: no test message was sent")
-    try:
-        probe = DeliverabilityProbe(module)
-        result = probe.run()
-    except ProbeError as exc:
-        module.fail_json(msg=exc.msg, **exc.extra)
+        result: dict[str, Any] = {"changed": False, "msg": "check mode: no test message was sent"}
+        if not module.params["doctor"]:
+            result["skipped"] = True
+    else:
+        try:
+            result = DeliverabilityProbe(module).run()
+        except ProbeError as exc:
+            result = {"changed": False, **exc.extra}
+            failures.insert(0, exc.msg)
+    result.update(extra)
+    if failures:
+        result.pop("msg", None)
+        module.fail_json(msg="; ".join(failures), **result)
     module.exit_json(**result)
 
 

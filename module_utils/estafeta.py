@@ -44,7 +44,9 @@ class EstafetaCLI:
     handle success.
     """
 
-    def __init__(self, module):
+    def __init__(self, module, hint=""):
+        """``hint`` ends the message when the executable is missing (say where
+        the module must run)."""
         self.module = module
         self.executable = module.params["executable"]
         self.config = module.params["config"]
@@ -54,6 +56,7 @@ class EstafetaCLI:
             module.fail_json(
                 msg=f"estafeta executable {self.executable} not found or not executable: "
                 "install estafeta there, or set the executable option to its estafeta command"
+                + (f"; {hint}" if hint else "")
             )
 
     # -- running commands ------------------------------------------------------

@@ -6,7 +6,9 @@
 - ``knot``: Debian's knotd serving zones on 127.0.0.1 and a free port;
 - ``silent_nameserver``: a UDP port that swallows queries (DNS timeouts);
 - ``estafeta_server``: a real estafeta with submission, IMAP and TLS from a
-  test CA, and the accounts alice@ and bob@example.test.
+  test CA, and the accounts alice@ and bob@example.test;
+- ``doctor_standin``: an ``estafeta`` that answers ``doctor --json`` with a
+  given report (tests/doctor_standin.py).
 
 tests/ is a package (tests/__init__.py), so this module is ``tests.conftest``
 and does not shadow server/tests/conftest.py.
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import ansible.module_utils
 import dns.exception
 import dns.message
 import dns.query
@@ -39,7 +42,10 @@ import trustme
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 
+from tests.doctor_standin import StandIn
+
 _LIBRARY = Path(__file__).resolve().parent.parent / "library"
+_MODULE_UTILS = _LIBRARY.parent / "module_utils"
 
 
 def _free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -93,6 +99,10 @@ def _fail_json(self: AnsibleModule, msg: str, **kwargs: Any) -> None:
 def library_module() -> Callable[[str], Any]:
     """Import library/<name>.py (once) and return the Python module."""
     loaded: dict[str, Any] = {}
+
+    # What ansible.cfg's module_utils= does when Ansible packs a module.
+    if str(_MODULE_UTILS) not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(str(_MODULE_UTILS))
 
     def load(name: str) -> Any:
         if name not in loaded:
@@ -164,6 +174,12 @@ def run_ansible(
     except (ValueError, LookupError):
         raise AssertionError(proc.stdout + proc.stderr) from None
     return proc.returncode, dict(result)
+
+
+@pytest.fixture
+def doctor_standin(tmp_path: Path) -> StandIn:
+    """A stand-in ``estafeta`` in tmp_path; ``answer()`` says what it prints."""
+    return StandIn(tmp_path)
 
 
 # -- DNS ---------------------------------------------------------------------------------

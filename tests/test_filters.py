@@ -56,6 +56,7 @@ def test_published_filters() -> None:
         [
             "spf_record",
             "dmarc_record",
+            "dmarc_external_destinations",
             "dkim_txt",
             "txt_strings",
             "mta_sts_txt",
@@ -206,6 +207,55 @@ GOOD = [
         {"ruf": ["mailto:f@example.org"], "fo": 1},
         "v=DMARC1; p=none; fo=1; ruf=mailto:f@example.org",
         id="dmarc-fo",
+    ),
+    # dmarc_external_destinations (rfc7489:7.1): hosts outside the policy domain's
+    # organizational domain, by the Public Suffix List
+    pytest.param(
+        "dmarc_external_destinations",
+        ["v=DMARC1; p=none; rua=mailto:dmarc@example.org", "example.org"],
+        {},
+        [],
+        id="external-none",
+    ),
+    pytest.param(
+        "dmarc_external_destinations",
+        [
+            "v=DMARC1; p=reject; rua=mailto:a@Reports.Example.NET!10m,mailto:b@example.org,"
+            "mailto:c@reports.example.net; ruf=mailto:f@forensic.example.com",
+            "example.org.",
+        ],
+        {},
+        ["reports.example.net", "forensic.example.com"],
+        id="external-rua-and-ruf-once-each",
+    ),
+    pytest.param(
+        "dmarc_external_destinations",
+        [
+            "v=DMARC1;p=none;rua=mailto:d@example.org,mailto:d@mail.example.org",
+            "sub.example.org",
+        ],
+        {},
+        [],
+        id="external-same-organization",
+    ),
+    # Under co.uk (a public suffix) each name below it is an organization of its own;
+    # the policy domain itself needs no consent whatever it is.
+    pytest.param(
+        "dmarc_external_destinations",
+        [
+            "v=DMARC1; p=none; rua=mailto:d@one.co.uk,mailto:d@x.one.co.uk,mailto:d@two.co.uk",
+            "one.co.uk",
+        ],
+        {},
+        ["two.co.uk"],
+        id="external-public-suffix",
+    ),
+    pytest.param(
+        "dmarc_external_destinations",
+        ["v=DMARC1; p=none; rua=mailto:d@example.org", "example.org"],
+        {},
+        [],
+        id="external-same-domain",
     ),
     # mta_sts_txt
     pytest.param("mta_sts_txt", ["20240501T120000"], {}, "v=STSv1; id=20240501T120000", id="sts"),
@@ -492,6 +542,30 @@ BAD = [
     ),
     pytest.param("dmarc_record", [{"ri": 3600}], {}, "unknown key 'ri'", id="dmarc-key"),
     pytest.param("dmarc_record", [{"v": "DMARC2"}], {}, "v must be DMARC1", id="dmarc-v"),
+    pytest.param(
+        "dmarc_external_destinations",
+        ["p=none; v=DMARC1", "example.org"],
+        {},
+        "must start with v=DMARC1",
+        id="external-v-first",
+    ),
+    pytest.param(
+        "dmarc_external_destinations", [None, "example.org"], {}, "not NoneType", id="external-type"
+    ),
+    pytest.param(
+        "dmarc_external_destinations",
+        ["v=DMARC1; p=none; rua=https://example.net/r", "example.org"],
+        {},
+        "must be a mailto: URI",
+        id="external-scheme",
+    ),
+    pytest.param(
+        "dmarc_external_destinations",
+        ["v=DMARC1; p=none", "localhost"],
+        {},
+        "fully qualified domain name",
+        id="external-domain",
+    ),
     # dkim_txt
     pytest.param("dkim_txt", [42], {}, "record text or a dict", id="dkim-type"),
     pytest.param("dkim_txt", [{"k": "rsa"}], {}, "needs p", id="dkim-dict-no-p"),
@@ -624,6 +698,19 @@ def test_bad_input(name: str, args: list[Any], kwargs: dict[str, Any], message: 
     with pytest.raises(AnsibleFilterError) as caught:
         run(name, *args, **kwargs)
     assert message in str(caught.value)
+
+
+def test_dmarc_external_destinations_names_the_missing_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without publicsuffixlist on the controller: a message saying what to install, and
+    only when a report address is in another domain than the policy domain."""
+    module = _load_plugin()
+    monkeypatch.setitem(sys.modules, "publicsuffixlist", None)  # import fails
+    record = "v=DMARC1; p=none; rua=mailto:d@example.org"
+    assert module.dmarc_external_destinations(record, "example.org") == []
+    with pytest.raises(AnsibleFilterError, match="pip install publicsuffixlist"):
+        module.dmarc_external_destinations(record, "example.net")
 
 
 # -- dkim_txt with real keys ----------------------------------------------------------------
@@ -846,6 +933,7 @@ def test_ansible_runs_every_filter(leaf: trustme.LeafCert) -> None:
         "  spf | spf_record(all='~all'),"
         "  'reject' | dmarc_record(rua=['mailto:dmarc@example.org'], adkim='s'),"
         "  dmarc_tags | dmarc_record,"
+        "  dmarc_tags | dmarc_record | dmarc_external_destinations('example.net'),"
         "  {'k': 'ed25519', 'p': ed25519_p} | dkim_txt,"
         "  ('x' * 300) | txt_strings | map('length') | list,"
         "  20240501120000 | mta_sts_txt,"
@@ -868,6 +956,7 @@ def test_ansible_runs_every_filter(leaf: trustme.LeafCert) -> None:
         "v=spf1 mx ip4:198.51.100.10 ~all",
         "v=DMARC1; p=reject; adkim=s; rua=mailto:dmarc@example.org",
         "v=DMARC1; p=quarantine; pct=50; rua=mailto:dmarc@example.org",
+        ["example.org"],
         [f"v=DKIM1; k=ed25519; p={ED25519_P}"],
         [255, 45],
         "v=STSv1; id=20240501120000",

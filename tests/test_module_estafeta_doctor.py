@@ -17,88 +17,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import ansible.module_utils
 import pytest
 
 from tests.conftest import run_ansible
+from tests.doctor_standin import DOMAIN, FAIL, HOST, OK, WARN, StandIn, report
 
-ROOT = Path(__file__).resolve().parent.parent
-DOMAIN = "example.test"
-HOST = f"mx.{DOMAIN}"
-
-if str(ROOT / "module_utils") not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
-
-
-def _finding(check: str, subject: str, status: str, detail: str, fix: str = "") -> dict[str, str]:
-    return {
-        "check": check,
-        "subject": subject,
-        "status": status,
-        "detail": detail,
-        "fix": fix,
-        "domain": DOMAIN,
-    }
-
-
-def _report(*findings: dict[str, str]) -> dict[str, Any]:
-    statuses = [f["status"] for f in findings]
-    worst = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok"
-    return {
-        "hostname": HOST,
-        "domains": [DOMAIN],
-        "addresses": [{"address": "192.0.2.25", "source": "--ip"}],
-        "resolvers": ["resolver 192.0.2.53"],
-        "status": worst,
-        "summary": {s: statuses.count(s) for s in ("ok", "warn", "fail")},
-        "findings": list(findings),
-    }
-
-
-OK = _finding("spf", DOMAIN, "ok", '"v=spf1 mx -all"; 192.0.2.25: pass')
-WARN = _finding(
-    "dmarc", f"_dmarc.{DOMAIN}", "warn", "p=none: receivers do nothing", "publish p=quarantine"
-)
-FAIL = _finding("ptr", HOST, "fail", "192.0.2.25 has no PTR record", "ask the provider")
-
-
-class StandIn:
-    """An ``estafeta`` that prints ``stdout``, ``stderr`` and exits ``rc``."""
-
-    def __init__(self, root: Path, run_module: Callable[..., dict[str, Any]]) -> None:
-        self.root = root
-        self.run_module = run_module
-        self.executable = root / "estafeta"
-        self.argv = root / "argv"
-
-    def answer(self, stdout: str, rc: int = 0, stderr: str = "") -> None:
-        (self.root / "out").write_text(stdout)
-        (self.root / "err").write_text(stderr)
-        self.executable.write_text(
-            "#!/bin/sh\n"
-            f'printf "%s\\n" "$@" > {shlex.quote(str(self.argv))}\n'
-            f"cat {shlex.quote(str(self.root / 'out'))}\n"
-            f"cat {shlex.quote(str(self.root / 'err'))} >&2\n"
-            f"exit {rc}\n"
-        )
-        self.executable.chmod(0o755)
-
-    def run(self, check: bool = False, **params: Any) -> dict[str, Any]:
-        args = {"executable": str(self.executable), "config": "/etc/estafeta/x.toml", **params}
-        return self.run_module("estafeta_doctor", args, check_mode=check)
-
-    def args(self) -> list[str]:
-        return self.argv.read_text().splitlines()
+Run = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture
-def standin(tmp_path: Path, run_module: Callable[..., dict[str, Any]]) -> StandIn:
-    return StandIn(tmp_path, run_module)
+def doctor(doctor_standin: StandIn, run_module: Run) -> Run:
+    """``doctor(check=False, **params)``: estafeta_doctor run with the stand-in."""
+
+    def run(check: bool = False, **params: Any) -> dict[str, Any]:
+        return run_module(
+            "estafeta_doctor", {**doctor_standin.params(), **params}, check_mode=check
+        )
+
+    return run
 
 
-def test_nothing_failed(standin: StandIn) -> None:
-    standin.answer(json.dumps(_report(OK, WARN)))
-    result = standin.run()
+def test_nothing_failed(doctor_standin: StandIn, doctor: Run) -> None:
+    doctor_standin.answer(json.dumps(report(OK, WARN)))
+    result = doctor()
     assert result["failed"] is False and result["changed"] is False
     assert result["status"] == "warn"
     assert result["summary"] == {"ok": 1, "warn": 1, "fail": 0}
@@ -108,7 +49,7 @@ def test_nothing_failed(standin: StandIn) -> None:
     ]
     assert result["hostname"] == HOST
     assert result["addresses"] == [{"address": "192.0.2.25", "source": "--ip"}]
-    assert standin.args() == [
+    assert doctor_standin.args() == [
         "-c",
         "/etc/estafeta/x.toml",
         "doctor",
@@ -118,9 +59,9 @@ def test_nothing_failed(standin: StandIn) -> None:
     ]
 
 
-def test_a_failure_fails_the_task_saying_what_to_fix(standin: StandIn) -> None:
-    standin.answer(json.dumps(_report(OK, WARN, FAIL)), rc=1)
-    result = standin.run()
+def test_a_failure_fails_the_task_saying_what_to_fix(doctor_standin: StandIn, doctor: Run) -> None:
+    doctor_standin.answer(json.dumps(report(OK, WARN, FAIL)), rc=1)
+    result = doctor()
     assert result["failed"] is True and result["changed"] is False
     assert result["msg"] == (
         f"estafeta doctor on {HOST}: 1 problem(s): FAIL ptr {HOST}: 192.0.2.25 has no PTR "
@@ -130,9 +71,9 @@ def test_a_failure_fails_the_task_saying_what_to_fix(standin: StandIn) -> None:
     assert result["findings"] == [OK, WARN, FAIL]
 
 
-def test_strict_and_every_option(standin: StandIn) -> None:
-    standin.answer(json.dumps(_report(OK, WARN)), rc=1)
-    result = standin.run(
+def test_strict_and_every_option(doctor_standin: StandIn, doctor: Run) -> None:
+    doctor_standin.answer(json.dumps(report(OK, WARN)), rc=1)
+    result = doctor(
         strict=True,
         ip=["192.0.2.25", "2001:db8::25"],
         resolvers=["127.0.0.1:5353"],
@@ -145,7 +86,7 @@ def test_strict_and_every_option(standin: StandIn) -> None:
     )
     assert result["failed"] is True
     assert result["msg"].endswith("1 problem(s): " + result["problems"][0])
-    assert standin.args()[2:] == [
+    assert doctor_standin.args()[2:] == [
         "doctor",
         "--json",
         "--ip=192.0.2.25",
@@ -163,31 +104,31 @@ def test_strict_and_every_option(standin: StandIn) -> None:
     ]
 
 
-def test_check_mode_runs_the_doctor(standin: StandIn) -> None:
-    standin.answer(json.dumps(_report(OK, FAIL)), rc=1)
-    result = standin.run(check=True)
+def test_check_mode_runs_the_doctor(doctor_standin: StandIn, doctor: Run) -> None:
+    doctor_standin.answer(json.dumps(report(OK, FAIL)), rc=1)
+    result = doctor(check=True)
     assert result["failed"] is True and result["changed"] is False
     assert "FAIL ptr" in result["msg"]
 
 
-def test_usage_error_is_the_clis_message(standin: StandIn) -> None:
-    standin.answer("", rc=2, stderr="estafeta: --ip x: not an IP address\n")
-    result = standin.run(ip=["x"])
+def test_usage_error_is_the_clis_message(doctor_standin: StandIn, doctor: Run) -> None:
+    doctor_standin.answer("", rc=2, stderr="estafeta: --ip x: not an IP address\n")
+    result = doctor(ip=["x"])
     assert result["failed"] is True
     assert result["msg"].endswith(": --ip x: not an IP address")
     assert result["rc"] == 2
 
 
-def test_output_that_is_no_report(standin: StandIn) -> None:
+def test_output_that_is_noreport(doctor_standin: StandIn, doctor: Run) -> None:
     for output in ("usage: estafeta ...", json.dumps({"findings": [{"check": 1}]}), "[]"):
-        standin.answer(output)
-        result = standin.run()
+        doctor_standin.answer(output)
+        result = doctor()
         assert result["failed"] is True
         assert "the output is not a doctor report" in result["msg"], output
 
 
-def test_missing_executable(standin: StandIn) -> None:
-    result = standin.run()  # answer() was never called: there is no script
+def test_missing_executable(doctor_standin: StandIn, doctor: Run) -> None:
+    result = doctor()  # answer() was never called: there is no script
     assert result["failed"] is True
     assert "not found or not executable" in result["msg"]
 

@@ -16,6 +16,10 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.doctor_standin import DOMAIN as DOCTOR_DOMAIN
+from tests.doctor_standin import FAIL, OK, WARN, StandIn, report
+from tests.doctor_standin import HOST as DOCTOR_HOST
+
 ROOT = Path(__file__).resolve().parent.parent
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -23,8 +27,10 @@ BOB = "bob@example.test"
 
 @pytest.fixture
 def base_args(estafeta_server: Any) -> dict[str, Any]:
-    """alice@ submits on 587-style STARTTLS; bob@ reads over implicit TLS."""
+    """alice@ submits on 587-style STARTTLS; bob@ reads over implicit TLS; no
+    doctor (its tests give it a stand-in estafeta)."""
     return {
+        "doctor": False,
         "smtp_host": "127.0.0.1",
         "smtp_port": estafeta_server.ports["submission"],
         "smtp_user": ALICE,
@@ -177,6 +183,130 @@ def test_check_mode_sends_nothing(
         "msg": "check mode: no test message was sent",
     }
     assert bob_search(estafeta_server, "check-mode-probe") == []
+
+
+# -- the doctor (a stand-in estafeta) before the probe (the real server) ----------------------
+
+
+@pytest.fixture
+def with_doctor(
+    deliver: Callable[..., dict[str, Any]], doctor_standin: StandIn
+) -> Callable[..., dict[str, Any]]:
+    """``deliver`` with the doctor on, run by the stand-in."""
+
+    def run(check_mode: bool = False, **overrides: Any) -> dict[str, Any]:
+        args = {"doctor": True, **doctor_standin.params(), **overrides}
+        return deliver(check_mode=check_mode, **args)
+
+    return run
+
+
+def test_the_doctor_runs_first_and_its_findings_are_returned(
+    with_doctor: Callable[..., dict[str, Any]], doctor_standin: StandIn
+) -> None:
+    doctor_standin.answer(json.dumps(report(OK, WARN)))
+    result = with_doctor(
+        doctor_resolvers=["127.0.0.1:5353"],
+        doctor_blocklists=["dnsbl.test"],
+        doctor_checks=["spf", "dmarc"],
+        doctor_timeout=2,
+    )
+    assert result["failed"] is False, result.get("msg")
+    assert result["folder"] == "INBOX"
+    assert result["doctor"]["status"] == "warn"
+    assert result["doctor"]["findings"] == [OK, WARN]
+    assert result["doctor"]["problems"] == [
+        f"WARN dmarc _dmarc.{DOCTOR_DOMAIN}: p=none: receivers do nothing "
+        "(fix: publish p=quarantine)"
+    ]
+    assert doctor_standin.args() == [
+        "-c",
+        "/etc/estafeta/x.toml",
+        "doctor",
+        "--json",
+        "--resolver=127.0.0.1:5353",
+        "--blocklist=dnsbl.test",
+        "--check=spf",
+        "--check=dmarc",
+        "--timeout=2",
+        "--max-time=60",
+    ]
+
+
+def test_a_doctor_failure_fails_the_task_after_the_probe(
+    with_doctor: Callable[..., dict[str, Any]], doctor_standin: StandIn
+) -> None:
+    doctor_standin.answer(json.dumps(report(OK, WARN, FAIL)), rc=1)
+    result = with_doctor()
+    assert result["failed"] is True
+    assert result["msg"] == (
+        f"estafeta doctor on {DOCTOR_HOST}: 1 problem(s): FAIL ptr {DOCTOR_HOST}: "
+        "192.0.2.25 has no PTR record (fix: ask the provider)"
+    )
+    # The message was still sent and found.
+    assert result["folder"] == "INBOX" and result["deleted"] is True
+    assert result["doctor"]["summary"] == {"ok": 1, "warn": 1, "fail": 1}
+
+
+def test_strict_fails_on_a_doctor_warning(
+    with_doctor: Callable[..., dict[str, Any]], doctor_standin: StandIn
+) -> None:
+    doctor_standin.answer(json.dumps(report(OK, WARN)), rc=1)
+    result = with_doctor(doctor_strict=True)
+    assert result["failed"] is True
+    assert result["msg"].startswith(f"estafeta doctor on {DOCTOR_HOST}: 1 problem(s): WARN dmarc")
+    assert doctor_standin.args()[-1] == "--strict"
+
+
+def test_probe_and_doctor_failures_are_both_named(
+    with_doctor: Callable[..., dict[str, Any]], doctor_standin: StandIn
+) -> None:
+    doctor_standin.answer(json.dumps(report(FAIL)), rc=1)
+    result = with_doctor(smtp_password="wrong")
+    assert result["failed"] is True
+    probe, doctor = result["msg"].split("; estafeta doctor on ")
+    assert probe.startswith("SMTP authentication failed for alice@example.test")
+    assert doctor.startswith(f"{DOCTOR_HOST}: 1 problem(s): FAIL ptr")
+    assert result["doctor"]["status"] == "fail"
+
+
+def test_check_mode_runs_only_the_doctor(
+    with_doctor: Callable[..., dict[str, Any]],
+    doctor_standin: StandIn,
+    estafeta_server: Any,
+) -> None:
+    doctor_standin.answer(json.dumps(report(OK)))
+    result = with_doctor(check_mode=True, subject_prefix="check-mode-doctor", cleanup=False)
+    assert result["failed"] is False
+    assert "skipped" not in result
+    assert result["doctor"]["status"] == "ok"
+    assert doctor_standin.args()[2:4] == ["doctor", "--json"]
+    assert bob_search(estafeta_server, "check-mode-doctor") == []
+    doctor_standin.answer(json.dumps(report(FAIL)), rc=1)
+    result = with_doctor(check_mode=True)
+    assert result["failed"] is True and "FAIL ptr" in result["msg"]
+
+
+def test_without_estafeta_it_says_where_to_run(
+    with_doctor: Callable[..., dict[str, Any]], doctor_standin: StandIn, estafeta_server: Any
+) -> None:
+    # answer() was never called: there is no estafeta; nothing is sent.
+    result = with_doctor(subject_prefix="no-estafeta")
+    assert result["failed"] is True
+    assert "not found or not executable" in result["msg"]
+    assert result["msg"].endswith(
+        "; the doctor runs where the module runs: run it on the mail host, or set doctor: false"
+    )
+    assert bob_search(estafeta_server, "no-estafeta") == []
+
+
+def test_a_doctor_usage_error_is_the_clis_message(
+    with_doctor: Callable[..., dict[str, Any]], doctor_standin: StandIn
+) -> None:
+    doctor_standin.answer("", rc=2, stderr="estafeta: --resolver x: not IP[:PORT]\n")
+    result = with_doctor(doctor_resolvers=["x"])
+    assert result["failed"] is True
+    assert result["msg"].endswith(": --resolver x: not IP[:PORT]")
 
 
 def test_authentication_results_parsing(library_module: Callable[[str], Any]) -> None:

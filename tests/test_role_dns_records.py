@@ -200,6 +200,15 @@ def test_dns_records_zonefile_for_the_example(tmp_path: Path) -> None:
 
 # -- nsupdate: the example inventory ---------------------------------------------------------------
 
+NSUPDATE_PLAYBOOK = """
+- name: Publish the records of the example with nsupdate
+  hosts: mail_servers
+  connection: local
+  gather_facts: false
+  roles:
+    - dns_records
+"""
+
 
 @needs_knot
 def test_dns_records_nsupdate_publishes_and_checks(
@@ -216,20 +225,15 @@ def test_dns_records_nsupdate_publishes_and_checks(
     }
     knotd, port = start_knot(tmp_path / "knot", zones)
     try:
-        playbook = """
-- name: Publish the records of the example with nsupdate
-  hosts: mail_servers
-  connection: local
-  gather_facts: false
-  roles:
-    - dns_records
-"""
+        playbook = NSUPDATE_PLAYBOOK
         variables = {
             "ansible_python_interpreter": PYTHON,
             "dns_records__nsupdate_server": "127.0.0.1",
             "dns_records__nsupdate_port": port,
             "dns_records__nsupdate_key_name": "test-update",
             "dns_records__nsupdate_key_secret": TSIG_SECRET,
+            # TLSA from a certificate file (the example's acme_builtin would ask estafeta).
+            "dns_records__tlsa_source": "certificate",
             "dns_records__tlsa_cert_path": str(tls_files[0]),
             "dns_records__state_dir": str(tmp_path / "state"),
             "dns_records__check_timeout": 10,
@@ -303,6 +307,26 @@ WATCHED = [
 ]
 
 
+def local_inventory(tmp_path: Path) -> Path:
+    """An inventory of mx1.example.org on this machine, with the venv's Python."""
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(
+        f"mx1.example.org ansible_connection=local ansible_python_interpreter={PYTHON}\n"
+    )
+    return inventory
+
+
+def nsupdate_to(port: int) -> dict[str, Any]:
+    """The variables that publish to the test Knot of start_knot on ``port``."""
+    return {
+        "dns_records__provider": "nsupdate",
+        "dns_records__nsupdate_server": "127.0.0.1",
+        "dns_records__nsupdate_port": port,
+        "dns_records__nsupdate_key_name": "test-update",
+        "dns_records__nsupdate_key_secret": TSIG_SECRET,
+    }
+
+
 def zone_now(port: int) -> dict[tuple[str, str], set[str]]:
     return {key: rrset(port, *key) for key in WATCHED}
 
@@ -339,17 +363,10 @@ def test_dns_records_keep_what_others_published(tmp_path: Path) -> None:
     }
     knotd, port = start_knot(tmp_path / "knot", zones)
     try:
-        inventory = tmp_path / "hosts.ini"
-        inventory.write_text(
-            f"mx1.example.org ansible_connection=local ansible_python_interpreter={PYTHON}\n"
-        )
+        inventory = local_inventory(tmp_path)
         state_file = tmp_path / "state" / "state.json"
         variables: dict[str, Any] = {
-            "dns_records__provider": "nsupdate",
-            "dns_records__nsupdate_server": "127.0.0.1",
-            "dns_records__nsupdate_port": port,
-            "dns_records__nsupdate_key_name": "test-update",
-            "dns_records__nsupdate_key_secret": TSIG_SECRET,
+            **nsupdate_to(port),
             "dns_records__state_dir": str(state_file.parent),
             "dns_records__domains": ["example.org"],
             "dns_records__hostname": "mx1.example.org",
@@ -462,6 +479,122 @@ def test_dns_records_keep_what_others_published(tmp_path: Path) -> None:
         }
         state = json.loads(state_file.read_text())
         assert "old._domainkey.example.org" not in {r["name"] for r in state["records"]}
+    finally:
+        stop(knotd)
+
+
+# -- DMARC reports to the intake, with the consent of rfc7489:7.1 ---------------------------
+
+
+@needs_knot
+def test_dmarc_reports_go_to_the_intake_with_their_consent_records(tmp_path: Path) -> None:
+    """dns_records__dmarc_report_address (by default the estafeta role's intake) becomes
+    every domain's rua=; a domain of another organization gets the RFC 7489 7.1 record in
+    the zone of the address, and only there: moved with the address, removed when no
+    longer wanted or turned off, and for an address in a zone this host does not publish,
+    named for its owner to publish instead; in the closest of our zones."""
+    zones = {"example.org": ["mx1 A 192.0.2.10"], "example.net": [], "reports.example.org": []}
+    knotd, port = start_knot(tmp_path / "knot", zones)
+    try:
+        inventory = local_inventory(tmp_path)
+        variables: dict[str, Any] = {
+            **nsupdate_to(port),
+            "dns_records__state_dir": str(tmp_path / "state"),
+            "dns_records__domains": ["example.org", "example.net"],
+            "dns_records__hostname": "mx1.example.org",
+            "dns_records__ttl": 300,
+            "dns_records__dkim_records": [],
+            "dns_records__ipv4": ["192.0.2.10"],
+            "dns_records__check_ptr": False,
+            "dns_records__check_timeout": 10,
+            # What the estafeta role hands over (its [reports] dmarc_address).
+            "estafeta__reports_dmarc_address": "dmarc@example.org",
+        }
+
+        def run() -> dict[str, Any]:
+            rc, output, stderr = run_playbook(
+                OWN_PLAYBOOK, tmp_path, "-i", str(inventory), extra_vars=variables
+            )
+            assert rc == 0, failures(output) or stderr
+            return output
+
+        def txt(name: str) -> set[str]:
+            return {line.split(" TXT ", 1)[1] for line in rrset(port, name, "TXT")}
+
+        def consents() -> dict[str, set[str]]:
+            names = [
+                f"{domain}._report._dmarc.{host}"
+                for domain in ("example.org", "example.net")
+                for host in ("example.org", "example.net")
+            ]
+            return {name: txt(name) for name in names if txt(name)}
+
+        def told(output: dict[str, Any]) -> list[str]:
+            return [
+                result["msg"]
+                for name, _, result in task_results(output)
+                if name == "dns_records : Say which DMARC report authorisations others must publish"
+                and "msg" in result
+            ]
+
+        output = run()
+        rua = "rua=mailto:dmarc@example.org"
+        assert txt("_dmarc.example.org") == {f'"v=DMARC1; p=none; {rua}"'}
+        assert txt("_dmarc.example.net") == {f'"v=DMARC1; p=none; {rua}"'}
+        # example.net's reports go to example.org, which agrees; example.org's own need none.
+        assert consents() == {"example.net._report._dmarc.example.org": {'"v=DMARC1"'}}
+        assert told(output) == []
+        # The check passes at Knot, and a second run changes nothing.
+        checks = [
+            r for n, _, r in task_results(output) if n.endswith("Check the published records")
+        ]
+        assert all(item["ok"] for item in checks[0]["results"])
+        assert changed_tasks(run()) == []
+
+        # The address moves to example.net: the consent moves with it.
+        variables["estafeta__reports_dmarc_address"] = "reports@example.net"
+        run()
+        assert txt("_dmarc.example.org") == {'"v=DMARC1; p=none; rua=mailto:reports@example.net"'}
+        assert consents() == {"example.org._report._dmarc.example.net": {'"v=DMARC1"'}}
+
+        # Turned off: the consent published goes.
+        variables["dns_records__dmarc_report_authorization"] = False
+        run()
+        assert consents() == {}
+        variables["dns_records__dmarc_report_authorization"] = True
+
+        # dns_records__dmarc still decides: a report service elsewhere takes them (our
+        # consent records go, its owner is told which to publish), plus a copy in-house.
+        variables["dns_records__dmarc"] = {
+            "p": "quarantine",
+            "rua": ["mailto:{domain}@reports.vendor.example", "mailto:dmarc@{domain}"],
+        }
+        output = run()
+        assert txt("_dmarc.example.net") == {
+            '"v=DMARC1; p=quarantine; '
+            'rua=mailto:example.net@reports.vendor.example,mailto:dmarc@example.net"'
+        }
+        assert consents() == {}
+        [message] = told(output)
+        assert (
+            "example.org._report._dmarc.reports.vendor.example, "
+            "example.net._report._dmarc.reports.vendor.example"
+        ) in " ".join(message.split())
+        state = json.loads((tmp_path / "state" / "state.json").read_text())
+        assert not [r for r in state["records"] if "._report._dmarc." in r["name"]]
+
+        # An address below two of our zones: the consent goes into the closer one
+        # (an RFC 2136 update to the other zone would be refused: NOTZONE).
+        del variables["dns_records__dmarc"]
+        variables["dns_records__domains"] = ["example.org", "example.net", "reports.example.org"]
+        variables["estafeta__reports_dmarc_address"] = "d@x.reports.example.org"
+        run()
+        assert consents() == {}
+        assert txt("example.net._report._dmarc.x.reports.example.org") == {'"v=DMARC1"'}
+        state = json.loads((tmp_path / "state" / "state.json").read_text())
+        [consent] = [r for r in state["records"] if "._report._dmarc." in r["name"]]
+        assert consent["zone"] == "reports.example.org"
+
     finally:
         stop(knotd)
 

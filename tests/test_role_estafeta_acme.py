@@ -73,6 +73,10 @@ def test_the_lab_gets_its_certificates_from_pebble(
     assert mx1["web"] == {"proxy_protocol": ["127.0.0.1/32"], "proxy_protocol_listeners": ["https"]}
     mx2 = configs["mx2.example.net"]
     assert mx2["acme"]["names"] == [] and mx2["listen"]["https"] == ["0.0.0.0:443"]
+    # DANE on mx2 (signed example.net, issue 22): the key rollover with lab timings.
+    assert acme["dane"] is False and "dane_ports" not in acme
+    assert mx2["acme"]["dane"] is True
+    assert (mx2["acme"]["dane_ports"], mx2["acme"]["dane_margin"]) == ([25], "4s")
     assert "web" not in mx2
     assert set(configs) == {"mx1.example.test", "mx2.example.net"}
 
@@ -85,8 +89,10 @@ def test_the_production_example_keeps_its_key_for_dane(
         acme = config["acme"]
         assert acme["directory"] == "https://acme-v02.api.letsencrypt.org/directory"
         assert "ca_bundle" not in acme
-        # dns_records__tlsa is on in the example: DANE 3 1 1 names the key.
+        # dns_records__tlsa is on in the example: DANE 3 1 1 names the key,
+        # which changes only by the rollover (a standby key seen in DNS for a day).
         assert acme["reuse_key"] is True
+        assert (acme["dane"], acme["dane_ports"], acme["dane_margin"]) == (True, [25], "1d")
         assert "tls" not in config and "https" in config["listen"]
 
 

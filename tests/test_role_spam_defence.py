@@ -345,20 +345,25 @@ def ask(port: int, name: str, rdtype: str) -> dns.message.Message:
 
 def test_lab_unbound_conf_passes_checkconf(tmp_path: Path) -> None:
     needs("unbound-checkconf")
+    ds = "example.net. DS 5955 13 2 " + "2971" * 16
     variables = {
         **role_defaults("resolver"),
         "resolver__stub_zones": lab_vars()["resolver__stub_zones"],
         "resolver__forwarders": ["192.0.2.53", "192.0.2.54@5353"],
         "resolver__trust_anchor_file": str(ROOT_KEY),
+        # What role lab_dns wrote for playbooks/lab.yml (.lab/trust-anchors.json).
+        "lab__trust_anchors": {"example.net": [ds]},
     }
     conf = tmp_path / "unbound.conf"
     src = str(ROOT / "roles" / "resolver" / "templates" / "unbound.conf.j2")
     render_templates(tmp_path, variables, [(src, conf)], validate="unbound-checkconf %s")
     text = conf.read_text()
     for zone in ("example.test", "example.net", "100.51.198.in-addr.arpa", "dnsbl.test"):
-        assert f'domain-insecure: "{zone}"' in text
+        # example.net is signed (Knot): validated from its DS, the rest is not.
+        assert (f'domain-insecure: "{zone}"' in text) is (zone != "example.net"), zone
         assert f'local-zone: "{zone}" transparent' in text
         assert f'stub-zone:\n    name: "{zone}"\n    stub-addr: 198.51.100.2' in text
+    assert text.count("trust-anchor: ") == 1 and f'trust-anchor: "{ds}"' in text
     assert "access-control: 0.0.0.0/0 refuse" in text and "127.0.0.0/8 allow" in text
     assert f'auto-trust-anchor-file: "{ROOT_KEY}"' in text
     assert "forward-addr: 192.0.2.54@5353" in text

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import trustme
+from _pebble import Pebble
 
 from estafeta.config import load
 from estafeta.server import Server
@@ -298,6 +299,16 @@ class Instance:
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def pebble(tmp_path: Path) -> Iterator[Pebble]:
+    """Debian's pebble and its DNS on 127.0.0.1 (_pebble.py), stopped after the test."""
+    server = Pebble.start(tmp_path / "pebble")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -27,16 +27,25 @@ import stat
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
+from _acme import (
+    HOST,
+    NAMES,
+    Clock,
+    Installs,
+    Responders,
+    manager,
+    run,
+    running,
+    settings,
+    until,
+)
 from _pebble import Pebble
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.verification import PolicyBuilder, Store
 
@@ -45,7 +54,6 @@ from estafeta.acme import (
     CertificateManager,
     Challenges,
     ClientHelloError,
-    answer_tls_alpn,
     client_hello,
     peek_client_hello,
 )
@@ -53,159 +61,7 @@ from estafeta.acme.files import AcmeFiles
 from estafeta.acme.hello import MAX_HELLO_BYTES, ClientHello
 from estafeta.acme.pending import ID_PE_ACME_IDENTIFIER, make_alpn_context
 
-HOST = "mx.example.test"
-NAMES = (HOST, "mta-sts.example.test", "autoconfig.example.test")
 LIFETIME = 157766400  # pebble 2.4's default validity, seconds
-
-
-# -- the challenge responders, as the server's listeners would be ----------------------------
-
-
-@dataclass
-class Responders:
-    challenges: Challenges
-    http_answers: int = 0
-    alpn_answers: int = 0
-    servers: list[asyncio.Server] = field(default_factory=list)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    async def http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, ValueError, asyncio.IncompleteReadError):
-            head = await reader.readuntil(b"\r\n\r\n")
-            target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode("ascii")
-            body = self.challenges.http01_for_path(target.split("?", 1)[0])
-            if body is None:
-                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-            else:
-                self.http_answers += 1
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                    + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                    + body.encode()
-                )
-            await writer.drain()
-        writer.close()
-
-    async def tls(self, sock: socket.socket) -> None:
-        try:
-            async with asyncio.timeout(5):
-                hello = await peek_client_hello(sock)
-            context = self.challenges.context_for(hello) if hello else None
-        except (ClientHelloError, TimeoutError, OSError):
-            context = None
-        if context is None:
-            sock.close()
-            return
-        self.alpn_answers += 1
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await answer_tls_alpn(sock, context)
-
-    async def accept(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            sock, _ = await loop.sock_accept(listener)
-            sock.setblocking(False)
-            task = asyncio.create_task(self.tls(sock))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    @contextlib.asynccontextmanager
-    async def serving(self, pebble: Pebble) -> Any:
-        self.servers.append(await asyncio.start_server(self.http, "127.0.0.1", pebble.http_port))
-        listener = socket.create_server(("127.0.0.1", pebble.tls_port))
-        listener.setblocking(False)
-        acceptor = asyncio.create_task(self.accept(listener))
-        try:
-            yield self
-        finally:
-            acceptor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acceptor
-            listener.close()
-            for task in list(self.tasks):
-                task.cancel()
-            for server in self.servers:
-                server.close()
-                await server.wait_closed()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-@dataclass
-class Installed:
-    chain: bytes
-    key: bytes
-    key_mode: int
-    fingerprint: str
-
-
-class Installs(list[Installed]):
-    def __call__(self, fullchain: Path, key: Path) -> None:
-        # What the server's install does: load the pair into an SSL context.
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(fullchain, key)
-        chain = fullchain.read_bytes()
-        leaf = x509.load_pem_x509_certificates(chain)[0]
-        self.append(
-            Installed(
-                chain=chain,
-                key=key.read_bytes(),
-                key_mode=stat.S_IMODE(key.stat().st_mode),
-                fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
-            )
-        )
-
-
-async def until(condition: Callable[[], bool], pebble: Pebble | None, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached\n" + (pebble.log_text() if pebble else ""))
-        await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def running(manager: CertificateManager) -> Any:
-    task = asyncio.create_task(manager.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def settings(pebble: Pebble, **changes: Any) -> AcmeSettings:
-    values: dict[str, Any] = {
-        "directory": pebble.directory,
-        "names": NAMES,
-        "email": "postmaster@example.test",
-        "ca_bundle": pebble.ca_file,
-        "retry_min": 0.05,
-        "retry_max": 0.2,
-    }
-    values.update(changes)
-    return AcmeSettings(**values)
-
-
-def manager(
-    pebble: Pebble,
-    state: Path,
-    challenges: Challenges,
-    installs: Installs,
-    clock: Clock,
-    **changes: Any,
-) -> CertificateManager:
-    return CertificateManager(
-        settings(pebble, **changes), state, challenges, installs, clock, check_interval=0.05
-    )
 
 
 def verify_chain(chain: bytes, root_pem: bytes, names: tuple[str, ...]) -> x509.Certificate:
@@ -221,19 +77,6 @@ def verify_chain(chain: bytes, root_pem: bytes, names: tuple[str, ...]) -> x509.
 def san(cert: x509.Certificate) -> set[str]:
     ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     return set(ext.value.get_values_for_type(x509.DNSName))
-
-
-@pytest.fixture
-def pebble(tmp_path: Path) -> Iterator[Pebble]:
-    server = Pebble.start(tmp_path / "pebble")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(main())
 
 
 # -- issuance ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _acme import peer_certificate
 from _pebble import Pebble
 from cryptography import x509
 
@@ -59,20 +60,6 @@ def acme_server(tmp_path: Path, pebble: Pebble) -> Iterator[Instance]:
     instance.start()
     yield instance
     instance.stop()
-
-
-def peer_certificate(port: int, name: str = "mx.example.test") -> x509.Certificate:
-    """The certificate a new TLS connection on ``port`` is shown (not verified)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=name) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
 
 
 def certificate_when(

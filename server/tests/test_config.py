@@ -71,6 +71,15 @@ def test_acme_names_and_the_certificate_files(tmp_path: Path) -> None:
     )
     assert cfg.tls is not None and cfg.tls.cert == cfg.acme_dir / "fullchain.pem"
     config.check_runtime(cfg)  # no certificate yet: the server makes a placeholder
+    assert (cfg.acme.dane, cfg.acme.dane_ports, cfg.acme.dane_margin) == (False, (25,), 86400.0)
+    text = GOOD.replace(
+        "[log]",
+        '[acme]\ndirectory = "https://ca.test/dir"\ndane = true\ndane_ports = [25, 465, 25]\n'
+        'dane_margin = "30m"\n[log]',
+    )
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.acme is not None
+    assert (cfg.acme.dane, cfg.acme.dane_ports, cfg.acme.dane_margin) == (True, (25, 465), 1800.0)
 
 
 def test_web_and_mta_sts(tmp_path: Path) -> None:
@@ -201,6 +210,21 @@ def test_web_and_mta_sts(tmp_path: Path) -> None:
             ("[log]", '[tls]\ncert = "c"\nkey = "k"\n[acme]\ndirectory = "https://ca/d"\n[log]'),
             "tls",
             "leave out [tls]",
+        ),
+        (
+            ("[log]", '[acme]\ndirectory = "https://ca/dir"\ndane_ports = [25, 70000]\n[log]'),
+            "acme.dane_ports",
+            "1 to 16 TCP ports",
+        ),
+        (
+            ("[log]", '[acme]\ndirectory = "https://ca/dir"\ndane_ports = []\n[log]'),
+            "acme.dane_ports",
+            "1 to 16 TCP ports",
+        ),
+        (
+            ("[log]", '[acme]\ndirectory = "https://ca/dir"\ndane_margin = "400d"\n[log]'),
+            "acme.dane_margin",
+            "at most a year",
         ),
         (
             ("[listen]", '[listen]\nhttp = ["127.0.0.1:2525"]'),

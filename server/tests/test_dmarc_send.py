@@ -327,6 +327,19 @@ def test_a_dry_run_sends_and_marks_nothing(setup: Setup) -> None:
     [outcome] = asyncio.run(setup.sender().run(AFTER, dry_run=True))
     assert (outcome.state, outcome.recipients) == ("sent", ["rua@sender.test"])
     assert (setup.queued(), setup.store.marks()) == ([], [])
+
+    # --json says what the report would tell, per source IP, most messages first.
+    def source(ip: str, messages: int) -> dict[str, Any]:
+        return {
+            "source_ip": ip,
+            "messages": messages,
+            "spf_aligned": {"pass": 0, "fail": messages},
+            "dkim_aligned": {"pass": messages, "fail": 0},
+            "dmarc": {"pass": messages, "fail": 0},
+            "disposition": {"none": messages, "quarantine": 0, "reject": 0},
+        }
+
+    assert outcome.to_json()["sources"] == [source("192.0.2.2", 2), source("192.0.2.1", 1)]
     assert [o.state for o in setup.run()] == ["sent"]
 
 

@@ -147,6 +147,9 @@ def test_reports_of_what_the_mx_evaluated_reach_the_rua(
         assert org["disposition"] == {"none": 2, "quarantine": 0, "reject": 1}
         [source] = document["sources"]
         assert source["source_ip"] == "127.0.0.1"
+        # What the sender's --json said the report tells is what the receiver shows.
+        shown = {k: v for k, v in source.items() if k not in ("reports", "organisations")}
+        assert [shown] == sent["sources"]
 
         # Sent once: a second run finds nothing to do.
         code, out = dmarc_cli(inst, capsys, "send", "--now", tomorrow.isoformat())

@@ -415,17 +415,36 @@ def test_mta_sts_policy_served_and_published(server: Server) -> None:
 
 
 def test_mta_sts_id_changed_without_the_file(server: Server) -> None:
+    # An id the dns_records role made, but for another policy (the role's run
+    # for another host, or a hand edit of the digits).
+    other = policy_id(POLICY.replace("max_age: ", "max_age: 1"))
     dns = _mta_sts_dns(POLICY)
-    dns.records[(f"_mta-sts.{DOMAIN}", "TXT")] = ["v=STSv1; id=20270101000000"]
+    dns.records[(f"_mta-sts.{DOMAIN}", "TXT")] = [f"v=STSv1; id={other}"]
     report = asyncio.run(run(_ctx(server, dns), only=["mta-sts", "certificate", "tlsa"]))
     assert [(f.check, f.subject) for f in report.findings if f.status == "fail"] == [
         ("mta-sts", DOMAIN)
     ]
     found = next(f for f in report.findings if f.check == "mta-sts")
-    assert f"_mta-sts.{DOMAIN} publishes id=20270101000000, but the policy served has the id " in (
+    assert f"_mta-sts.{DOMAIN} publishes id={other}, but the policy served has the id " in (
         found.detail
     )
     assert f'publish "v=STSv1; id={policy_id(POLICY)}" at _mta-sts.{DOMAIN}' in found.fix
+
+
+@pytest.mark.parametrize("hand_id", ["20270101000000", "1", "ABCDEF0123456789ABCD", "a" * 21])
+def test_mta_sts_id_of_another_form_is_not_checked(server: Server, hand_id: str) -> None:
+    """rfc8461:3.1 lets the id be any 1-32 letters and digits; only an id of the
+    role's form (20 lowercase hex digits) can be tied to the policy: a
+    hand-managed one is said to be unchecked, and never fails."""
+    dns = _mta_sts_dns(POLICY)
+    dns.records[(f"_mta-sts.{DOMAIN}", "TXT")] = [f"v=STSv1; id={hand_id}"]
+    found = _one(_ctx(server, dns), "mta-sts")
+    assert found.status == "ok", found
+    assert found.detail.startswith(
+        f"id={hand_id} is not in the form the dns_records role publishes (the first 20 hex "
+        "digits of the SHA-1 of the policy), so it cannot be tied to the policy served; "
+    )
+    assert "mode enforce" in found.detail and not found.fix
 
 
 def test_mta_sts_file_changed_without_the_id(server: Server) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import imaplib
 import json
-import os
-import shutil
+import re
 import smtplib
 import socket
 import ssl
@@ -20,42 +19,14 @@ import uuid
 from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import Message
-from pathlib import Path
 
 import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-import testinfra
-import yaml
+from lab_hosts import LAB_DNS, LAB_NET, MAIL_HOSTS, PEBBLE_ROOT, lab_address
 
-ROOT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
-INVENTORY = ROOT / "inventories" / "lab"
-LAB_DNS = "198.51.100.2"
-PEBBLE_ROOT = ROOT / ".lab" / "ca" / "pebble-root.pem"
-
-# The mail hosts of the lab inventory: name, domain, address, account. The
-# addresses are the default lab's, written out in molecule/deliverability/hosts.yml
-# (the lab inventory's own are templates).
-_HOSTS = yaml.safe_load((ROOT / "molecule" / "deliverability" / "hosts.yml").read_text())
-MAIL_HOSTS = {}
-for _name in ("mx1.example.test", "mx2.example.net"):
-    _vars = yaml.safe_load((INVENTORY / "host_vars" / f"{_name}.yml").read_text())
-    MAIL_HOSTS[_name] = {
-        "domain": _vars["estafeta__domains"][0],
-        "address": _HOSTS["all"]["children"]["mail_servers"]["hosts"][_name]["ansible_host"],
-        "account": _vars["verify__account"]["address"],
-        "password": _vars["lab_password"],
-    }
-
-
-@pytest.fixture(scope="module")
-def hosts(pytestconfig: pytest.Config) -> dict[str, object]:
-    inventory = pytestconfig.getoption("ansible_inventory") or str(INVENTORY)
-    return {
-        name: testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
-        for name in (*MAIL_HOSTS, "dns.lab")
-    }
+from conftest import playbook
 
 
 def ask(name: str, rdtype: str) -> list[str]:
@@ -112,21 +83,20 @@ def test_dns_server_holds_the_pushed_records(hosts, name: str) -> None:  # type:
 
 
 def test_verify_playbook_reports_every_check_ok() -> None:
-    """playbooks/verify.yml: mail_dns_check on both domains, mail both ways."""
-    ansible_playbook = shutil.which("ansible-playbook")
-    assert ansible_playbook
-    result = subprocess.run(
-        [ansible_playbook, "-i", str(INVENTORY), str(ROOT / "playbooks" / "verify.yml")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    """playbooks/verify.yml: mail_dns_check on both domains, mail both ways, and
+    mail_deliverability's estafeta doctor on each host, all green."""
+    result = playbook("verify.yml")
     for info in MAIL_HOSTS.values():
         assert f"DNS  {info['domain']}: ok" in result.stdout
     assert "FAILED" not in result.stdout
+    # The summary's DOCTOR section: each host ok, with nothing failed or warned
+    # (the summary ends with a debug message: JSON-escaped newlines).
+    summary = result.stdout.replace("\\n", "\n")
+    assert "DOCTOR (estafeta doctor on each mail host, by mail_deliverability)" in summary
+    for name in MAIL_HOSTS:
+        assert re.search(
+            rf"^ *{re.escape(name)}: ok \(0 failed, 0 warnings, \d+ ok\)$", summary, re.M
+        ), summary[summary.index("DOCTOR") :]
 
 
 @pytest.mark.parametrize("name", sorted(MAIL_HOSTS))
@@ -259,18 +229,19 @@ def test_mx2_firewall_refuses_a_non_mail_port_from_mx1(hosts) -> None:  # type: 
 
 
 # The address the lab's test blocklist (dnsbl.test, on dns.lab) lists.
-LISTED = "198.51.100.66"
+LISTED = lab_address(66)
 
 
 @pytest.fixture
 def listed_source() -> Iterator[str]:
     """LISTED on the controller's end of the lab bridge for one test: a
     client the mail hosts' connection screen must refuse."""
-    subprocess.run(["ip", "addr", "add", f"{LISTED}/32", "dev", "br-lab"], check=True)
+    bridge = LAB_NET["bridge"]
+    subprocess.run(["ip", "addr", "add", f"{LISTED}/32", "dev", bridge], check=True)
     try:
         yield LISTED
     finally:
-        subprocess.run(["ip", "addr", "del", f"{LISTED}/32", "dev", "br-lab"], check=False)
+        subprocess.run(["ip", "addr", "del", f"{LISTED}/32", "dev", bridge], check=False)
 
 
 @pytest.mark.parametrize("name", sorted(MAIL_HOSTS))

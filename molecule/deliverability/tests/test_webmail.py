@@ -41,15 +41,8 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from test_deliverability import (
-    INVENTORY,
-    MAIL_HOSTS,
-    ROOT,
-    LabIMAP,
-    pebble_context,
-    receive,
-    send,
-)
+from lab_hosts import INVENTORY, MAIL_HOSTS, ROOT
+from test_deliverability import LabIMAP, pebble_context, receive, send
 
 sys.path.insert(0, str(ROOT))
 from tests.roundcube import Roundcube, chromium

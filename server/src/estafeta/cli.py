@@ -758,6 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
     from estafeta import cli_tlsrpt  # SMTP TLS reports sent and received (issue 22)
 
     cli_tlsrpt.register(commands, add)
+    from estafeta import cli_tls  # the DANE keys of [acme] dane (issue 22)
+
+    cli_tls.register(commands, add)
     return parser
 
 

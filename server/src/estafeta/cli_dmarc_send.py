@@ -19,7 +19,12 @@ their reason (size, external, dns, local, scheme, invalid, limit).
 
 ``--json``: {"now", "dry_run", "reports": [{"day", "begin", "end",
 "domain", "state", "report_id", "records", "messages", "recipients",
-"skipped": [{"uri", "reason", ...}], "error"}]}; times are Unix seconds.
+"skipped": [{"uri", "reason", ...}], "error", "sources"}]}; times are Unix
+seconds; "sources" sums the report's messages per source IP as the
+receiving side's ``estafeta dmarc report --json`` will ({"source_ip",
+"messages", "spf_aligned", "dkim_aligned", "dmarc": {"pass", "fail"},
+"disposition": {"none", "quarantine", "reject"}}), so ``--dry-run --json``
+shows what a report would tell.
 
 Exit codes as in cli.py: 0 done (also with nothing to send), 1 a report
 deferred or failed, another run holding the lock, the database failing;

@@ -29,6 +29,10 @@ Example::
                               # autoconfig. and autodiscover. of every domain
     ca_bundle = ""            # a CA file to trust the ACME server with (tests)
     reuse_key = false         # keep the key across renewals (DANE 3 1 1 records stay true)
+    dane = false              # DANE-EE key rollover: a standby key, used only once its
+                              # TLSA record has been seen in DNS for its TTL + dane_margin
+    dane_ports = [25]         # the TLSA records looked at: _25._tcp.<hostname>
+    dane_margin = "1d"        # beyond the TTL: resolvers serving expired answers (rfc8767)
     retry_min = "1m"          # the first wait after a failure (doubling each time,
     retry_max = "6h"          # up to retry_max); also the least wait between orders
 
@@ -153,6 +157,9 @@ class AcmeConfig:
     retry_min: float = 60.0
     retry_max: float = 6 * 3600.0
     reuse_key: bool = False
+    dane: bool = False
+    dane_ports: tuple[int, ...] = (25,)
+    dane_margin: float = 86400.0
 
 
 ACME_LABELS = ("mta-sts", "autoconfig", "autodiscover")
@@ -189,6 +196,19 @@ def acme_config(
         names.append(value)
     ca_bundle = _path(reader, "ca_bundle", base)
     reuse_key = reader.get("reuse_key", bool, False)
+    dane = reader.get("dane", bool, False)
+    reader.used.add("dane_ports")
+    ports = reader.table.get("dane_ports", [25])
+    if (
+        not isinstance(ports, list)
+        or not ports
+        or len(ports) > 16
+        or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports)
+    ):
+        raise reader.error("dane_ports", "must be a list of 1 to 16 TCP ports, e.g. [25]")
+    dane_margin = _duration(reader, "dane_margin", 86400.0, allow_zero=True)
+    if dane_margin > 365 * 86400:
+        raise reader.error("dane_margin", "must be at most a year")
     retry_min = _duration(reader, "retry_min", 60.0)
     retry_max = _duration(reader, "retry_max", 6 * 3600.0)
     if retry_max < retry_min:
@@ -204,6 +224,9 @@ def acme_config(
         retry_min=retry_min,
         retry_max=retry_max,
         reuse_key=reuse_key,
+        dane=dane,
+        dane_ports=tuple(dict.fromkeys(ports)),
+        dane_margin=dane_margin,
     )
 
 

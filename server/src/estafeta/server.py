@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from estafeta import metrics, sieve, srs
 from estafeta.acme import AcmeSettings, CertificateManager, Challenges
+from estafeta.acme.dane import DaneKeys, DnsTlsaLookup
 from estafeta.acme.placeholder import placeholder
 from estafeta.auth import Accounts
 from estafeta.auth.connections import (
@@ -155,13 +156,27 @@ class Server:
                     retry_min=acme.retry_min,
                     retry_max=acme.retry_max,
                     reuse_key=acme.reuse_key,
+                    dane=acme.dane,
+                    dane_host=config.hostname,
+                    dane_ports=acme.dane_ports,
+                    dane_margin=acme.dane_margin,
                 ),
                 config.acme_dir,
                 self.challenges,
                 self._install_certificate,
+                tlsa_lookup=DnsTlsaLookup([(e.host, e.port) for e in config.nameservers])
+                if acme.dane
+                else None,
             )
             if tls_files is not None and not tls_files.cert.exists():
-                cert, key = placeholder(config.acme_dir, acme.names)
+                # With dane, the key the TLSA records name from the start (estafeta.acme.dane).
+                key_pem = None
+                if acme.dane:
+                    config.acme_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    keys = DaneKeys(config.acme_dir)
+                    keys.ensure(acme.key_type)
+                    key_pem = keys.current_pem()
+                cert, key = placeholder(config.acme_dir, acme.names, key_pem)
                 tls_files = TLSConfig(cert=cert, key=key)
         self.tls: ssl.SSLContext | None = server_context(tls_files) if tls_files else None
         auth = config.auth

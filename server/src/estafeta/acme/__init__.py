@@ -5,7 +5,10 @@ the ``http`` listener.
 * estafeta.acme.manager: ``AcmeSettings``, ``CertificateManager`` (the task);
 * estafeta.acme.pending: ``Challenges``, the responses the listeners serve;
 * estafeta.acme.hello: reading SNI and ALPN from a peeked ClientHello;
-* estafeta.acme.files: the state directory, its layout and crash ordering.
+* estafeta.acme.files: the state directory, its layout and crash ordering;
+* estafeta.acme.dane: the DANE-EE key rollover (standby key, what DNS
+  showed of it, when it may be used); estafeta.acme.rollover: the manager's
+  side of it.
 """
 
 from estafeta.acme.hello import (

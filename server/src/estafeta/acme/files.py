@@ -7,7 +7,11 @@ Layout, every file mode 0600:
   at that CA (informational: the key finds the account again, rfc8555:7.3.1);
 * ``fullchain.pem``, ``privkey.pem``: the certificate in use, leaf first,
   and its key;
-* ``privkey.next.pem``, ``fullchain.next.pem``: an issuance under way.
+* ``privkey.next.pem``, ``fullchain.next.pem``: an issuance under way;
+* with ``[acme] dane``: ``privkey.standby.pem``, ``dane.json`` and
+  ``rollover.request`` (estafeta.acme.dane, which also says how a switch to
+  the standby key is ordered around the steps below). ``privkey.pem`` then
+  exists from the first start, before any ``fullchain.pem``.
 
 Every file is written atomically: a temporary file in the same directory,
 fsync'd, renamed over the old name, then the directory fsync'd.
@@ -108,6 +112,17 @@ def new_private_key(key_type: str) -> bytes:
     )
 
 
+def key_fits(key_pem: bytes, key_type: str) -> bool:
+    """Whether ``key_pem`` is a private key of ``key_type`` (``ec-p256`` or ``rsa-2048``)."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (TypeError, ValueError):
+        return False
+    if key_type == "rsa-2048":
+        return isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+
+
 class AcmeFiles:
     """The files of one state directory. Blocking: call from a thread."""
 
@@ -167,14 +182,9 @@ class AcmeFiles:
         """The key in use, when it is of ``key_type``; else None."""
         try:
             pem = self.privkey.read_bytes()
-            key = serialization.load_pem_private_key(pem, password=None)
-        except (OSError, ValueError):
+        except OSError:
             return None
-        if key_type == "rsa-2048":
-            fits = isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
-        else:
-            fits = isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
-        return pem if fits else None
+        return pem if key_fits(pem, key_type) else None
 
     def stage_key(self, key_pem: bytes) -> None:
         """Step 1: keep the key of an issuance under way."""

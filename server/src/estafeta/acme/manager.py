@@ -6,7 +6,10 @@ or the configured names changed, and renews at ``renew_fraction`` (two
 thirds) of the lifetime, or at a random time in the CA's suggested window
 when the CA offers ACME Renewal Information (rfc9773:4.2). Failures are
 logged and retried with capped exponential backoff; the certificate in use
-is replaced only by a complete new one, never removed.
+is replaced only by a complete new one, never removed. With ``dane`` the
+key is the one in use, or the standby key once DNS has shown it long
+enough (estafeta.acme.dane, estafeta.acme.rollover), and each step first
+looks at DNS for it.
 
 The ACME protocol is certbot's ``acme`` library (synchronous, requests);
 each of its calls runs in a thread (``asyncio.to_thread``), and the event
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -33,8 +37,10 @@ from josepy.b64 import b64encode
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
+from estafeta.acme.dane import MAX_PORTS, DaneKeys, TlsaLookup
 from estafeta.acme.files import AcmeFiles, Certificate, new_private_key
 from estafeta.acme.pending import Challenges, make_alpn_context, valid_token
+from estafeta.acme.rollover import Rollover
 from estafeta.log import log_event
 
 log = logging.getLogger("estafeta.acme")
@@ -72,6 +78,13 @@ class AcmeSettings:
     # Keep the certificate's key across renewals (DANE 3 1 1 TLSA records
     # name the key: they stay true); a new key each time otherwise.
     reuse_key: bool = False
+    # A DANE-EE key rollover (estafeta.acme.dane): the key changes only to a
+    # standby key seen in the TLSA records at _PORT._tcp.dane_host for every
+    # port of dane_ports for their TTL plus dane_margin; reuse_key is moot.
+    dane: bool = False
+    dane_host: str = ""  # default: the first name
+    dane_ports: tuple[int, ...] = (25,)
+    dane_margin: float = 86400.0
 
     def __post_init__(self) -> None:
         if not self.directory.startswith(("https://", "http://")):
@@ -92,6 +105,18 @@ class AcmeSettings:
             raise ValueError("ACME renew_fraction must be between 0 and 1")
         if not 0 < self.retry_min <= self.retry_max:
             raise ValueError("ACME retry times must satisfy 0 < retry_min <= retry_max")
+        try:
+            object.__setattr__(self, "dane_host", _check_name(self.dane_host or names[0]))
+        except ValueError as exc:
+            raise ValueError(f"ACME dane_host: {exc}") from None
+        ports = tuple(dict.fromkeys(self.dane_ports))
+        if self.dane and not ports:
+            raise ValueError("ACME dane needs at least one port")
+        if len(ports) > MAX_PORTS or not all(0 < p < 65536 for p in ports):
+            raise ValueError(f"ACME dane_ports: at most {MAX_PORTS} ports from 1 to 65535")
+        object.__setattr__(self, "dane_ports", ports)
+        if not 0 <= self.dane_margin <= 365 * 86400:
+            raise ValueError("ACME dane_margin must be between 0 and a year")
 
 
 class _TLSALPN01Response(acme_challenges.KeyAuthorizationChallengeResponse):
@@ -150,6 +175,7 @@ class CertificateManager:
         *,
         check_interval: float = 3600.0,
         timeout: int = 30,
+        tlsa_lookup: TlsaLookup | None = None,
     ) -> None:
         self._settings = settings
         self._files = AcmeFiles(state_dir)
@@ -163,6 +189,8 @@ class CertificateManager:
         self._account_key: JWKEC | None = None
         self._wake = asyncio.Event()
         self._state = _Status()
+        # [acme] dane: the standby key and its TLSA records (estafeta.acme.dane).
+        self._rollover = Rollover(DaneKeys(state_dir), tlsa_lookup, clock)
 
     # -- the public interface -------------------------------------------------------------------
 
@@ -199,6 +227,7 @@ class CertificateManager:
             "last_error": state.last_error,
             "next_attempt": state.next_attempt,
             "pending_challenges": self._challenges.pending(),
+            "dane": self._rollover.status(self._settings) if self._settings.dane else None,
         }
 
     def update_settings(self, settings: AcmeSettings) -> None:
@@ -273,15 +302,26 @@ class CertificateManager:
         if self._current is None:
             # A state directory that could not be read at the start, a first run.
             self._current = await asyncio.to_thread(self._files.load_current)
+        # With dane, DNS is looked at every poll interval, and sooner is never later.
+        poll = math.inf
+        if settings.dane:
+            await self._rollover.look(settings)
+            poll = self._rollover.poll_interval(settings)
         cert = self._current
         now = self._clock()
         if cert is not None and cert.valid_at(now):
             self._install_current()
             if cert.names == frozenset(settings.names):
                 renew_at = await self._renewal_time(cert)
-                if now < renew_at:
-                    return renew_at - now
-                reason = "renewal"
+                # `estafeta tls rollover`: renew now, once the standby key may be used.
+                rollover = (
+                    settings.dane
+                    and self._rollover.requested is not None
+                    and self._rollover.ready(settings)
+                )
+                if now < renew_at and not rollover:
+                    return min(renew_at - now, poll)
+                reason = "renewal" if now >= renew_at else "key_rollover"
             else:
                 reason = "names_changed"
         else:
@@ -293,7 +333,7 @@ class CertificateManager:
         renew_at = await self._renewal_time(cert)
         # A fresh certificate due again at once (a strange renewal window)
         # waits at least retry_min rather than looping on the CA.
-        return max(renew_at - self._clock(), settings.retry_min)
+        return min(max(renew_at - self._clock(), settings.retry_min), poll)
 
     def _install_current(self) -> None:
         cert = self._current
@@ -389,13 +429,15 @@ class CertificateManager:
         self._files.save_account(settings.directory, account.uri)
 
     def _new_order(
-        self, settings: AcmeSettings
+        self, settings: AcmeSettings, key_pem: bytes | None
     ) -> tuple[acme_client.ClientV2, messages.OrderResource]:
+        """An order for a certificate with ``key_pem`` (None: by reuse_key)."""
         client = self._client_for(settings)
         self._register(client, settings)
-        key_pem = (self._files.current_key(settings.key_type) if settings.reuse_key else None) or (
-            new_private_key(settings.key_type)
-        )
+        if key_pem is None:
+            key_pem = (
+                self._files.current_key(settings.key_type) if settings.reuse_key else None
+            ) or new_private_key(settings.key_type)
         self._files.stage_key(key_pem)
         csr = crypto_util.make_csr(key_pem, list(settings.names))
         return client, client.new_order(csr)
@@ -403,10 +445,18 @@ class CertificateManager:
     # -- one issuance -----------------------------------------------------------------------
 
     async def _obtain(self, settings: AcmeSettings, reason: str) -> None:
+        key_pem, switching = None, False
+        if settings.dane:
+            key_pem, switching = await self._rollover.key_for_order(settings, reason)
         log_event(
-            log, "acme_order", names=list(settings.names), reason=reason, ca=settings.directory
+            log,
+            "acme_order",
+            names=list(settings.names),
+            reason=reason,
+            ca=settings.directory,
+            new_key=switching if settings.dane else not settings.reuse_key,
         )
-        client, order = await asyncio.to_thread(self._new_order, settings)
+        client, order = await asyncio.to_thread(self._new_order, settings, key_pem)
         assert self._account_key is not None
         account_key = self._account_key
         cleanup: list[Callable[[], None]] = []
@@ -439,6 +489,8 @@ class CertificateManager:
         self._current = cert
         self._state.issued += 1
         log_event(log, "acme_issued", **_described(cert))
+        if switching:
+            await self._rollover.switched(settings)
 
     async def _prepare(
         self,

@@ -155,6 +155,7 @@ class Outcome:
     recipients: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"uri", "reason", ...}
     error: str = ""
+    sources: list[dict[str, Any]] = field(default_factory=list)  # aggregate.sources
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -169,6 +170,7 @@ class Outcome:
             "recipients": self.recipients,
             "skipped": self.skipped,
             "error": self.error,
+            "sources": self.sources,
         }
 
 
@@ -276,6 +278,7 @@ class ReportSender:
             report.report_id,
             records=len(report.records),
             messages=report.messages,
+            sources=aggregate.sources(report),
         )
         try:
             rua = await self._current_rua(domain)

@@ -12,11 +12,15 @@ does; estafeta makes it a function of the policy: the dns_records role
 writes the policy file the server serves (``<config dir>/mta-sts/<domain>.txt``)
 and publishes as its id the first 20 hex digits of the SHA-1 of that text
 (roles/dns_records/templates/records.json.j2), and a domain without a file
-gets a policy made from ``[mta_sts]``, whose id is made the same way. So the
-published id must be ``policy_id(<the text served>)``. When it is not, DNS
-and the file are out of step: the id changed without the file (the test of
-issue 22) or, worse, the file changed without the id, and senders that cached
-the old policy keep applying it for up to max_age.
+gets a policy made from ``[mta_sts]``, whose id is made the same way. So an
+id in that form (20 lowercase hex digits) must be ``policy_id(<the text
+served>)``. When it is not, DNS and the file are out of step: the id changed
+without the file (the test of issue 22) or, worse, the file changed without
+the id, and senders that cached the old policy keep applying it for up to
+max_age. An id in any other form (a date, a counter: rfc8461:3.1 allows 1 to
+32 letters and digits) was not made by the role, so it cannot be tied to the
+policy: that is said, and is no failure (a hand-managed id would otherwise
+fail for ever).
 
 TLS-RPT (rfc8460:3), per domain: exactly one ``v=TLSRPTv1`` record at
 ``_smtp._tls.<domain>``, with ``rua=`` and only ``mailto:`` or ``https:`` URIs.
@@ -38,6 +42,10 @@ POLICY_URL = "https://mta-sts.{domain}" + mtasts.POLICY_PATH
 def policy_id(text: str) -> str:
     """The id estafeta publishes for a policy text (see the module docstring)."""
     return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()[:20]
+
+
+# The form of policy_id(): an id in it is checked against the policy served.
+_SHA1_ID = re.compile(r"[0-9a-f]{20}\Z")
 
 
 async def check_mta_sts(ctx: Context) -> list[Finding]:
@@ -87,7 +95,13 @@ async def _mta_sts(ctx: Context, domain: str) -> Finding:
         )
         return problems.finding()
     served = policy_id(text)
-    if published != served:
+    if not _SHA1_ID.match(published):
+        problems.ok(
+            f"id={published} is not in the form the dns_records role publishes (the first 20 "
+            "hex digits of the SHA-1 of the policy), so it cannot be tied to the policy served; "
+            "change it whenever the policy changes (rfc8461:3.1)"
+        )
+    elif published != served:
         problems.fail(
             f"{name} publishes id={published}, but the policy served has the id {served} "
             "(the SHA-1 rule of doctor/mtasts.py): DNS and the policy file are out of step, "

@@ -12,7 +12,10 @@ come out:
 - ``report_message(...)``: the whole message (rfc7489:7.2.1.1): multipart/
   mixed, a short text/plain part for people and the gzipped XML as
   ``application/gzip``, with the ``Report Domain: ... Submitter: ...
-  Report-ID: <...>`` subject; CRLF line endings, ready to be signed.
+  Report-ID: <...>`` subject; CRLF line endings, ready to be signed;
+- ``sources(report)``: its messages summed per source IP, in the shape of
+  the ``sources`` of ``estafeta dmarc report --json`` (what the receiving
+  side will show), for ``estafeta dmarc send --json``.
 
 No file, socket, clock or DNS is touched: the caller passes the time and
 the identifiers (estafeta.delivery.dmarc_send).
@@ -28,6 +31,7 @@ from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
+from typing import Any
 from xml.etree import ElementTree
 
 from estafeta.reports.dmarc import Record, Report
@@ -57,6 +61,33 @@ def report_id(day: int, domain: str, hostname: str) -> str:
     The same for a report sent again after a crash, so that the domain
     owner's intake sees a duplicate (rfc7489:7.2.1.1 Report-ID's purpose)."""
     return f"{time.strftime('%Y%m%d', time.gmtime(day))}.{domain}@{hostname}"
+
+
+def sources(report: Report) -> list[dict[str, Any]]:
+    """The report's messages per source IP: how many, how many passed SPF
+    and DKIM aligned (rfc7489:3.1), DMARC (either, rfc7489:6.6.2), and the
+    dispositions applied; most messages first. The keys are those of the
+    ``sources`` of ``estafeta dmarc report --json`` (cli_dmarc.py)."""
+    found: dict[str, dict[str, Any]] = {}
+    for record in report.records:
+        tally = found.setdefault(
+            record.source_ip,
+            {
+                "source_ip": record.source_ip,
+                "messages": 0,
+                "spf_aligned": {"pass": 0, "fail": 0},
+                "dkim_aligned": {"pass": 0, "fail": 0},
+                "dmarc": {"pass": 0, "fail": 0},
+                "disposition": {"none": 0, "quarantine": 0, "reject": 0},
+            },
+        )
+        evaluated = record.policy_evaluated
+        tally["messages"] += record.count
+        tally["spf_aligned"][evaluated.spf] += record.count
+        tally["dkim_aligned"][evaluated.dkim] += record.count
+        tally["dmarc"][record.dmarc] += record.count
+        tally["disposition"][evaluated.disposition] += record.count
+    return sorted(found.values(), key=lambda t: (-t["messages"], t["source_ip"]))
 
 
 def attachment_name(receiver: str, report: Report) -> str:
