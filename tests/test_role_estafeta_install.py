@@ -10,6 +10,12 @@
   sdist-only packages as pure-Python wheels; two independent builds give the
   same fingerprint (reproducible), an older glibc gets older wheels, x86_64
   gets its own; a platform the lock does not cover is refused by name;
+- the build directory is shared safely: builds of two source trees (two
+  versions) at the same time, and of one of them twice, each get a
+  wheelhouse of their own source that no other build changes; a second
+  build of the same source reuses it without pip; pruning removes what was
+  not used for the given days and nothing fresh, in use (locked) or just
+  returned; a lock whose file pruning removed is taken anew;
 - the role's install.yml on localhost (into a temporary directory): in check
   mode it changes nothing; a host
   with the single-venv layout of v0.1.0 gets the new release and a release
@@ -33,6 +39,8 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
+import threading
 import tomllib
 import zipfile
 from pathlib import Path
@@ -143,9 +151,11 @@ def test_the_lock_pins_every_dependency_with_hashes() -> None:
 
 
 def build(
-    build_dir: Path, machine: str, glibc: str = "2.36", python: str = "3.11"
+    build_dir: Path, machine: str, glibc: str = "2.36", python: str = "3.11", keep_days: int = 0
 ) -> dict[str, Any]:
-    result = build_wheelhouse.build(ROOT / "server", LOCK, build_dir, machine, python, glibc, [])
+    result = build_wheelhouse.build(
+        ROOT / "server", LOCK, build_dir, machine, python, glibc, [], keep_days=keep_days
+    )
     assert isinstance(result, dict)
     return result
 
@@ -211,6 +221,203 @@ def test_a_platform_the_lock_does_not_cover_is_refused(
     message = str(failed.value)
     assert named in message and "make lock" in message, message
     assert not list(tmp_path.iterdir()), "nothing is downloaded for a refused platform"
+
+
+# -- a build directory shared by clones and plays that run at the same time ---------------------
+
+
+INTEL = "cp311-manylinux_2_36_x86_64"
+DAY = 86400
+
+
+def seeded(build_dir: Path) -> Path:
+    """``build_dir`` with the x86_64 dependencies of CACHE already in it (so
+    that nothing is downloaded again); the path of that entry."""
+    build(CACHE, "x86_64")
+    name = f"deps-{hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]}"
+    deps = build_dir / INTEL / name
+    deps.parent.mkdir(parents=True)
+    shutil.copytree(CACHE / INTEL / name, deps, copy_function=os.link)
+    return deps
+
+
+def make_source(path: Path, version: str) -> Path:
+    """A copy of server/ (without its tests) whose estafeta is ``version``."""
+    skip = shutil.ignore_patterns("tests", "__pycache__", ".*_cache", "build", "*.egg-info")
+    shutil.copytree(ROOT / "server", path, ignore=skip)
+    pyproject = path / "pyproject.toml"
+    text, count = re.subn(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text())
+    assert count == 1
+    pyproject.write_text(text)
+    return path
+
+
+def estafeta_in(wheelhouse: Path) -> str:
+    """The version of the one estafeta wheel of ``wheelhouse``, from its metadata."""
+    (wheel,) = wheelhouse.glob("estafeta-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        (version,) = re.findall(r"(?m)^Version: (\S+)$", archive.read(metadata).decode())
+    return str(version)
+
+
+def run_script(source: Path, build_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    """build_wheelhouse.py started as the role starts it (not waited for)."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, str(FILES / "build_wheelhouse.py"), "--source", str(source)),
+            *("--lock", str(LOCK), "--build-dir", str(build_dir), "--machine", "x86_64"),
+            *("--python", "3.11", "--glibc", "2.36", *extra),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(process: subprocess.Popen[str]) -> dict[str, Any]:
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    result = json.loads(stdout)
+    assert isinstance(result, dict)
+    return result
+
+
+def test_concurrent_builds_of_two_sources_each_keep_their_own_wheelhouse(tmp_path: Path) -> None:
+    build_dir = tmp_path / "build"
+    seeded(build_dir)
+    old = make_source(tmp_path / "old" / "server", "9.0.1")
+    new = make_source(tmp_path / "new" / "server", "9.0.2")
+    # Two clones at once, and the first one twice (a second play of it).
+    processes = [run_script(source, build_dir) for source in (old, new, old)]
+    first, other, again = [finished(process) for process in processes]
+
+    assert (first["version"], other["version"], again["version"]) == ("9.0.1", "9.0.2", "9.0.1")
+    assert first == again
+    assert first["wheelhouse"] != other["wheelhouse"]
+    assert first["fingerprint"] != other["fingerprint"]
+    for result in (first, other):
+        house = Path(result["wheelhouse"])
+        assert estafeta_in(house) == result["version"]
+        assert sorted(w.name for w in house.glob("*.whl")) == result["wheels"]
+    # Both were built from the same dependencies (the seeded ones: nothing else).
+    assert [w for w in first["wheels"] if not w.startswith("estafeta-")] == [
+        w for w in other["wheels"] if not w.startswith("estafeta-")
+    ]
+    assert len(list((build_dir / INTEL).glob("deps-*[0-9a-f]"))) == 1
+
+    # The first result stays as it was when another source is built again.
+    before = {w.name: w.stat().st_ino for w in Path(first["wheelhouse"]).iterdir()}
+    assert finished(run_script(new, build_dir)) == other
+    after = {w.name: w.stat().st_ino for w in Path(first["wheelhouse"]).iterdir()}
+    assert after == before and estafeta_in(Path(first["wheelhouse"])) == "9.0.1"
+    assert not list(build_dir.rglob(".tmp-*")) and not list(build_dir.rglob(".trash-*"))
+
+
+def test_a_second_build_of_the_same_source_reuses_the_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_dir = tmp_path / "build"
+    seeded(build_dir)
+    first = build(build_dir, "x86_64")
+    house = Path(first["wheelhouse"])
+    assert house.parent == build_dir / INTEL
+    files = {w.name: (w.stat().st_ino, w.stat().st_mtime_ns) for w in house.iterdir()}
+    long_ago = house.stat().st_mtime - 10 * DAY
+    os.utime(house, (long_ago, long_ago))
+
+    def no_pip(*args: str, extra: list[str] | None = None) -> None:
+        raise AssertionError(f"pip {args} ran for a source that was built already")
+
+    monkeypatch.setattr(build_wheelhouse, "pip", no_pip)
+    assert build(build_dir, "x86_64") == first
+    assert {w.name: (w.stat().st_ino, w.stat().st_mtime_ns) for w in house.iterdir()} == files
+    # The reuse counts as a use: pruning measures from it.
+    assert house.stat().st_mtime > long_ago
+
+
+def aged(path: Path, days: float) -> Path:
+    """``path`` (made as a directory unless it exists) last used ``days`` ago."""
+    if not path.exists():
+        path.mkdir(parents=True)
+    stamp = path.stat().st_mtime - days * DAY
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_pruning_removes_only_what_was_not_used_for_the_given_days(tmp_path: Path) -> None:
+    build_dir = tmp_path / "build"
+    deps = seeded(build_dir)
+    result = build(build_dir, "x86_64")
+    house = Path(result["wheelhouse"])
+    (ours,) = build_dir.glob("estafeta-*[0-9a-f]")
+    platform = build_dir / INTEL
+    # This source's entries are old too: the build that returns them uses them.
+    for path in (house, ours, deps):
+        aged(path, 40)
+    stale = [
+        aged(build_dir / f"estafeta-{'1' * 16}", 40),
+        aged(platform / f"wheelhouse-{'2' * 16}-{'3' * 16}", 40),
+        aged(platform / f"deps-{'4' * 16}", 40),
+        aged(platform / "wheelhouse", 40),  # the layout before this one
+        aged(platform / ".tmp-wheelhouse-dead", 40),  # a run that died
+        aged(platform / ".trash-x", 0),
+    ]
+    orphan = platform / f"deps-{'5' * 16}.lock"
+    orphan.touch()
+    aged(orphan, 40)
+    fresh = aged(platform / f"wheelhouse-{'6' * 16}-{'7' * 16}", 29)
+    working = aged(platform / ".tmp-deps-running", 0)
+    unknown = aged(build_dir / "notes", 400)
+    in_use = aged(platform / f"wheelhouse-{'8' * 16}-{'9' * 16}", 40)
+    held = build_wheelhouse.take_lock(in_use, wait=False)
+    assert held is not None
+    try:
+        assert build(build_dir, "x86_64", keep_days=30) == result
+    finally:
+        os.close(held)
+
+    assert [p for p in stale if p.exists()] == []
+    assert (
+        not orphan.exists() and not (platform / f"wheelhouse-{'2' * 16}-{'3' * 16}.lock").exists()
+    )
+    for path in (house, ours, deps, fresh, working, unknown, in_use):
+        assert path.is_dir(), path
+    assert sorted(w.name for w in house.glob("*.whl")) == result["wheels"]
+    assert estafeta_in(house) == result["version"]
+    # 0 keeps everything.
+    assert build_wheelhouse.prune(build_dir, 0, set(), now=house.stat().st_mtime + 1000 * DAY) == []
+    assert fresh.is_dir() and in_use.is_dir()
+
+
+def test_a_lock_whose_file_pruning_removed_is_taken_anew(tmp_path: Path) -> None:
+    entry = tmp_path / "deps-0123456789abcdef"
+    lock = tmp_path / "deps-0123456789abcdef.lock"
+    pruner = build_wheelhouse.take_lock(entry)
+    assert pruner is not None
+    got, done = threading.Event(), threading.Event()
+
+    def waiter() -> None:
+        with build_wheelhouse.locked(entry):
+            got.set()
+            done.wait(60)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    try:
+        # As prune_entry does: remove the lock file while holding it, release.
+        lock.unlink()
+        os.close(pruner)
+        assert got.wait(60), "the waiter never got the lock"
+        # It holds the lock of the file that now has the name, not of the removed one.
+        assert lock.exists()
+        assert build_wheelhouse.take_lock(entry, wait=False) is None
+    finally:
+        done.set()
+        thread.join()
+    again = build_wheelhouse.take_lock(entry, wait=False)
+    assert again is not None
+    os.close(again)
 
 
 # -- the role on localhost: migration from v0.1.0, a second run, the snapshot ------------------
