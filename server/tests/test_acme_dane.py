@@ -50,6 +50,7 @@ from estafeta.acme.dane import (
     observe,
 )
 from estafeta.acme.placeholder import placeholder
+from estafeta.dns import DNSPythonResolver, MockResolver
 from estafeta.durable import create_once
 
 TLSA_NAME = f"_25._tcp.{HOST}"
@@ -252,7 +253,7 @@ def test_the_tlsa_lookup_gives_records_ttl_and_absence(tmp_path: Path) -> None:
     )
     knot.start()
     try:
-        lookup = DnsTlsaLookup([("127.0.0.1", knot.port)])
+        lookup = DnsTlsaLookup(DNSPythonResolver([("127.0.0.1", knot.port)]))
         found = asyncio.run(lookup("_25._tcp.mx.example.test"))
         assert found.records == {(3, 1, 1, b"\xab" * 32), (3, 1, 2, b"\xcd" * 64)}
         assert found.ttl == 7 and not found.secure
@@ -262,9 +263,33 @@ def test_the_tlsa_lookup_gives_records_ttl_and_absence(tmp_path: Path) -> None:
         knot.stop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))  # reads nothing, answers nothing
-        dead = DnsTlsaLookup([("127.0.0.1", silent.getsockname()[1])], timeout=1.0)
+        dead = DnsTlsaLookup(DNSPythonResolver([("127.0.0.1", silent.getsockname()[1])], 1.0))
         with pytest.raises(DaneLookupError, match=r"_25\._tcp\.mx\.example\.test/TLSA"):
             asyncio.run(dead("_25._tcp.mx.example.test"))
+
+
+def test_the_tlsa_lookup_takes_secure_and_ttl_from_the_resolver() -> None:
+    """The validation status is the resolver's (estafeta.dns): signed or not,
+    a secure denial, and a bogus answer that is an error, not an absence."""
+    record = (3, 1, 1, b"\x01" * 32)
+    dns = MockResolver(
+        {
+            ("_25._tcp.mx.signed.test", "TLSA"): [record],
+            ("_25._tcp.mx.plain.test", "TLSA"): [record],
+        },
+        signed=["signed.test"],
+        bogus=["_25._tcp.broken.signed.test"],
+        ttl=42,
+    )
+    lookup = DnsTlsaLookup(dns)
+    signed = asyncio.run(lookup("_25._tcp.mx.signed.test"))
+    assert signed == TlsaAnswer(frozenset({record}), 42, True)
+    assert asyncio.run(lookup("_25._tcp.mx.plain.test")) == TlsaAnswer(
+        frozenset({record}), 42, False
+    )
+    assert asyncio.run(lookup("_25._tcp.gone.signed.test")) == TlsaAnswer(secure=True)
+    with pytest.raises(DaneLookupError, match="DNSSEC"):
+        asyncio.run(lookup("_25._tcp.broken.signed.test"))
 
 
 # -- the certificate manager, against pebble ---------------------------------------------------

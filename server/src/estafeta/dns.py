@@ -64,6 +64,9 @@ class Answer:
     secure: bool = False
     # The name after CNAME expansion, when it differs from the name asked.
     canonical: str = ""
+    # The TTL of the records as the resolver gave it (rfc1035:3.2.1; what is
+    # left of it in the resolver's cache); 0 when there are no records.
+    ttl: int = 0
 
 
 class Resolver(Protocol):
@@ -100,7 +103,8 @@ class MockResolver:
     others are NXDOMAIN. ``signed`` lists zones: answers for names at or
     below them are DNSSEC-secure, denials of existence included, unless the
     name (or pair) is in ``insecure``. A CNAME answer is secure when every
-    step is. ``queries`` records every lookup, in order.
+    step is. Answers with records carry ``ttl``. ``queries`` records every
+    lookup, in order.
     """
 
     # Its answers' ``secure`` flags are believed (DNSPythonResolver.validating).
@@ -114,8 +118,10 @@ class MockResolver:
         signed: Iterable[str] = (),
         insecure: Iterable[str | tuple[str, str]] = (),
         bogus: Iterable[str | tuple[str, str]] = (),
+        ttl: int = 0,
     ) -> None:
         self.records: dict[tuple[str, str], list[Any]] = {}
+        self.ttl = ttl
         for (name, rdtype), values in (records or {}).items():
             self.add(name, rdtype, *values)
         self.temperror = _keys(temperror)
@@ -148,7 +154,7 @@ class MockResolver:
         secure = self.is_secure(name, rdtype)
         values = self.records.get((name, rdtype))
         if values is not None:
-            return Answer(tuple(values), secure=secure)
+            return Answer(tuple(values), secure=secure, ttl=self.ttl if values else 0)
         cname = self.records.get((name, "CNAME"))
         if cname and rdtype != "CNAME":
             if _depth >= 8:  # a CNAME loop: a resolver gives up with SERVFAIL
@@ -232,7 +238,7 @@ class DNSPythonResolver:
         if answer.rrset is None:
             return Answer((), secure=secure, canonical=canonical)
         records = tuple(_value(rdtype, rdata) for rdata in answer.rrset)
-        return Answer(records, secure=secure, canonical=canonical)
+        return Answer(records, secure=secure, canonical=canonical, ttl=int(answer.rrset.ttl))
 
     def _ad(self, response: Any) -> bool:
         import dns.flags

@@ -164,7 +164,9 @@ class Server:
                 config.acme_dir,
                 self.challenges,
                 self._install_certificate,
-                tlsa_lookup=DnsTlsaLookup([(e.host, e.port) for e in config.nameservers])
+                tlsa_lookup=DnsTlsaLookup(
+                    DNSPythonResolver([(e.host, e.port) for e in config.nameservers])
+                )
                 if acme.dane
                 else None,
             )

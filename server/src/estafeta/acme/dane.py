@@ -70,7 +70,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 
 from estafeta.acme.files import PRIVKEY, key_fits, new_private_key
-from estafeta.dns import DNSPythonResolver
+from estafeta.dns import DNSTempError, Resolver
 from estafeta.durable import create_once, fsync_dir, write_atomic
 
 STANDBY_KEY = "privkey.standby.pem"
@@ -358,34 +358,19 @@ class DaneKeys:
 # -- the real lookup ----------------------------------------------------------------------------
 
 
-class DnsTlsaLookup(DNSPythonResolver):
-    """TLSA lookups through the server's resolvers (``[dns] nameservers``,
-    else /etc/resolv.conf), asking for validation (the AD bit, rfc6840:5.7).
-    No cache of its own: each call asks the resolver."""
+class DnsTlsaLookup:
+    """TLSA lookups through the server's resolver (``estafeta.dns``): the
+    records, their TTL and ``Answer.secure`` (the AD bit of a validating
+    resolver on loopback, rfc6840:5.7, rfc4033:4.9.3). No cache of its own:
+    each call asks the resolver."""
 
-    def __init__(self, nameservers: Sequence[tuple[str, int]] = (), timeout: float = 5.0) -> None:
-        import dns.flags
-
-        super().__init__(nameservers, timeout)
-        self._resolver.flags = dns.flags.RD | dns.flags.AD
-        self._resolver.use_edns(0, dns.flags.DO, 1232)
+    def __init__(self, resolver: Resolver) -> None:
+        self._resolver = resolver
 
     async def __call__(self, name: str) -> TlsaAnswer:
-        import dns.exception
-        import dns.flags
-        import dns.resolver
-
         try:
-            answer = await self._resolver.resolve(name, "TLSA", raise_on_no_answer=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return TlsaAnswer()
-        except dns.exception.DNSException as exc:
-            raise DaneLookupError(f"{name}/TLSA: {exc}") from None
-        secure = bool(answer.response.flags & dns.flags.AD)
-        if answer.rrset is None:
-            return TlsaAnswer(secure=secure)
-        records = frozenset(
-            (int(r.usage), int(r.selector), int(r.mtype), bytes(r.cert))
-            for r in list(answer.rrset)[:MAX_RECORDS]
-        )
-        return TlsaAnswer(records, int(answer.rrset.ttl), secure)
+            answer = await self._resolver.lookup(name, "TLSA")
+        except DNSTempError as exc:  # timeout, SERVFAIL, bogus (DNSBogusError)
+            raise DaneLookupError(str(exc)) from None
+        records = frozenset(answer.records[:MAX_RECORDS])
+        return TlsaAnswer(records, answer.ttl if records else 0, answer.secure)
