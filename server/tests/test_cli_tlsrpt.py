@@ -138,6 +138,14 @@ def test_usage_errors(instance: Instance, capsys: pytest.CaptureFixture[str]) ->
     assert run(instance, capsys, "send", "--now", "yesterday")[0] == 2
 
 
+def test_send_is_refused_while_tlsrpt_send_is_off(
+    instance: Instance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As `dmarc send`: with [reports] tlsrpt_send off nothing is counted."""
+    code, out = run(instance, capsys, "send", "--now", "2026-01-02T04:00:00Z")
+    assert code == 2 and "tlsrpt_send is off" in out, out
+
+
 def test_a_bad_file_is_a_line_never_a_traceback(tmp_path: Path) -> None:
     inst = Instance(tmp_path, free_port())
     inst.write_config()
@@ -257,7 +265,8 @@ def test_send_without_dns_is_deferred(tmp_path: Path, capsys: pytest.CaptureFixt
     inst = Instance(
         tmp_path,
         free_port(),
-        extra_config=f'[dns]\nnameservers = ["127.0.0.1:{free_port()}"]\n',
+        extra_config=f'[dns]\nnameservers = ["127.0.0.1:{free_port()}"]\n'
+        "[reports]\ntlsrpt_send = true\n",
     )
     inst.write_config()
     inst.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

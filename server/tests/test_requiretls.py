@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from estafeta.queue.requiretls import MAX_HEADER, tls_optional
+from estafeta.queue.requiretls import MAX_HEADER, tls_optional, tls_report
 
 BODY = b"\r\n\r\nTLS-Required: No\r\n"
 
@@ -48,3 +48,42 @@ def test_the_header_is_read_up_to_a_bound() -> None:
 )
 def test_garbage_is_no_error(data: bytes) -> None:
     assert tls_optional(data) in (True, False)
+
+
+REPORT_TYPE = b'Content-Type: multipart/report; report-type="tlsrpt";\r\n boundary="b"\r\n'
+
+
+@pytest.mark.parametrize(
+    ("header", "report"),
+    [
+        (b"TLS-Report-Domain: peer.test\r\n" + REPORT_TYPE, True),
+        (
+            b"tls-report-domain: peer.test\r\nContent-Type: Multipart/Report; report-type=tlsrpt",
+            True,
+        ),
+        (
+            b'Content-Type: multipart/report;\r\n  report-type = "tlsrpt"\r\nTLS-Report-Domain: x',
+            True,
+        ),
+        (REPORT_TYPE, False),  # no TLS-Report-Domain (rfc8460:5.3)
+        (b"TLS-Report-Domain: peer.test\r\nContent-Type: text/plain", False),
+        # A DMARC or delivery report is no TLS report.
+        (
+            b"TLS-Report-Domain: p\r\nContent-Type: multipart/report; report-type=delivery-status",
+            False,
+        ),
+        (b"TLS-Report-Domain: p\r\n" + REPORT_TYPE + b"Content-Type: text/plain\r\n", False),
+        (b"Subject: hi", False),
+    ],
+)
+def test_a_tls_report_is_told_by_its_header(header: bytes, report: bool) -> None:
+    assert tls_report(header + b"\r\n\r\n--b--\r\n") is report
+
+
+def test_a_tls_report_field_in_the_body_is_not_seen() -> None:
+    assert tls_report(b"Subject: hi\r\n\r\nTLS-Report-Domain: p\r\n" + REPORT_TYPE) is False
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe\x00TLS-Report-Domain: x", bytes(range(256)) * 300])
+def test_garbage_is_no_tls_report(data: bytes) -> None:
+    assert tls_report(data) is False

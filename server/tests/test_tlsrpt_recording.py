@@ -34,6 +34,7 @@ from estafeta.queue.mtasts import MTASTS, MemoryCache
 from estafeta.reports import tlsrpt
 from estafeta.reports.tlsrpt import Policy
 from estafeta.reports.tlsrpt_recorder import MAX_DETAILS, SessionRecorder, Tally
+from estafeta.reports.tlsrpt_send import Identity, build_message, build_report
 from estafeta.tlsclose import SHUTDOWN_SECONDS
 
 DOMAIN = "peer.test"
@@ -468,3 +469,21 @@ def test_tls_required_no_with_a_good_certificate_is_a_success(
     assert [r.state for r in results] == ["sent"]
     tally = only(pending, STS)
     assert (tally.successful, tally.failed) == (1, 0)
+
+
+@pytest.mark.parametrize("mx", ["untrusted"], indirect=True)
+def test_the_session_of_a_tls_report_is_not_counted(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path, mx: MXHost
+) -> None:
+    """rfc8460:5.3 — a report is delivered despite the TLS failure (it says
+    TLS-Required: No) and its session stays out of the next report."""
+    identity = Identity("Sender Org", "reports@sender.test", "mx.sender.test")
+    report = build_report(identity, DAY, DOMAIN, [])
+    message = build_message(identity, report, ["b@peer.test"], b"{}", NOW)
+    results, pending = deliver(loop, tmp_path, mx.port, policy=POLICY_TEXT, message=message)
+    assert [r.state for r in results] == ["sent"] and mx.sink.messages == [message]
+    assert results[0].tls[-1].result_type == "certificate-not-trusted"  # seen, not counted
+    assert pending == {}
+    # The same failure in any other message is counted.
+    results, pending = deliver(loop, tmp_path, mx.port, policy=POLICY_TEXT, message=OPTIONAL)
+    assert (only(pending, STS).successful, only(pending, STS).failed) == (0, 1)

@@ -34,7 +34,8 @@ failed sessions, and the failed sessions by result type (rfc8460:4.3).
   "policies": [{"org_name", "policy_domain", "policy_type", "reports",
   "successful", "failed", "failures": {result type: count}}]}.
 
-Exit codes as in cli.py: 0 success, 1 failed, 2 bad usage.
+Exit codes as in cli.py: 0 success, 1 failed, 2 bad usage (``send`` with
+``[reports] tlsrpt_send`` off, as ``dmarc send``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def cmd_tlsrpt_send(config: Config, args: argparse.Namespace) -> int:
     from estafeta.policy.signer import Signer
     from estafeta.queue.store import QueueStore
 
+    if not config.reports.tlsrpt_send:
+        # As `estafeta dmarc send`: off, the server counts nothing to report.
+        raise UsageError("[reports] tlsrpt_send is off: no sessions are counted, nothing to send")
     now = _when(args.now) if args.now else time.time()
     config_module.check_runtime(config)
     queue = QueueStore(config.queue_dir, recover=False)  # the server may be running

@@ -123,8 +123,10 @@ class Deliverer:
         try:
             return await self._deliver(domain, sender, recipients, data, outcomes)
         finally:
-            # rfc8460:4 — each session counted once, as the results show it.
-            record(self.tls_reporter, outcomes)
+            # rfc8460:4 — each session counted once, as the results show it;
+            # rfc8460:5.3 — not the sessions that deliver TLS reports.
+            if not requiretls.tls_report(data):
+                record(self.tls_reporter, outcomes)
 
     async def _deliver(
         self,

@@ -26,6 +26,11 @@ recipient's) and the smarthost's TLS (our credentials go over it). The
 REQUIRETLS SMTP extension, which would make the field ignored (rfc8689:3),
 is not offered by our MX, so no message arrives with it.
 
+``tls_report`` tells a TLS report message (rfc8460:5.3) from others: the
+session that delivers one is not counted in the next report ("SHOULD NOT
+include this SMTP session in the next report"), so a domain's broken policy
+does not report the reports about it for ever.
+
 ``tls_optional`` reads the field from the message's header block, sans-IO
 and bounded: at most ``MAX_HEADER`` octets are looked at (a field past them
 is not seen), and the value must be ``No`` (case-insensitive, as rfc5234
@@ -50,4 +55,20 @@ def tls_optional(message: bytes) -> bool:
     return bool(values) and all(value == "no" for value in values)
 
 
-__all__ = ["FIELD", "MAX_HEADER", "tls_optional"]
+def tls_report(message: bytes) -> bool:
+    """Whether ``message`` is a TLS report (rfc8460:5.3): ``TLS-Report-Domain``
+    is present and the Content-Type is ``multipart/report`` with
+    ``report-type="tlsrpt"`` (bounded like ``tls_optional``)."""
+    fields = parse_fields(message[:MAX_HEADER])
+    if not any(name == "tls-report-domain" for name, _ in fields):
+        return False
+    types = [value for name, value in fields if name == "content-type"]
+    if len(types) != 1:
+        return False
+    kind, _, parameters = types[0].partition(";")
+    wanted = {"report-type=tlsrpt", 'report-type="tlsrpt"'}
+    given = {"".join(p.split()).lower() for p in parameters.split(";")}
+    return kind.strip().lower() == "multipart/report" and not wanted.isdisjoint(given)
+
+
+__all__ = ["FIELD", "MAX_HEADER", "tls_optional", "tls_report"]
