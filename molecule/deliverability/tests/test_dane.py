@@ -9,27 +9,40 @@
   (conftest.py) publishes a deliberately wrong one at
   _25._tcp.mx1.example.test for the length of a test; a test of the DANE
   client can use it to show that mail from mx2 to mx1 is still delivered.
+- Delivery (after the rollover, which needs mx2's TLSA records untouched
+  until then): mx1's mail to mx2 is DANE-verified (the log's ``outbound``
+  line says tls=dane, a ``dane_verified`` line names mx2 and the record);
+  with mx2's TLSA records replaced by one that names no key of mx2's, mx1
+  defers the message with 4.7.5 and keeps it queued, and once the records
+  are back it goes; mx2's mail to mx1 is delivered under MTA-STS while a
+  wrong TLSA record sits in the unsigned example.test.
 - mx2's key rollover: while mx2 switches its certificate's key twice (once
   to a standby key long in DNS, once to one published seconds before, which
   it must wait for), a loop on mx1 compares, every 2 s, the TLSA records
   mx1's resolver gives for _25._tcp.mx2.example.net with the key mx2
   presents after STARTTLS on port 25. No moment may lack a match.
 
-About 70 s in all, half of it one run of playbooks/dns.yml.
+About 100 s in all, half of it one run of playbooks/dns.yml.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.query
+import dns.rdatatype
 import pytest
 from lab_hosts import LAB_DNS, MAIL_HOSTS, TRUST_ANCHORS
+from test_deliverability import receive, send
 
-from conftest import WRONG_TLSA, playbook
+from conftest import WRONG_TLSA, nsupdate, playbook, records
 
 MX1, MX2 = "mx1.example.test", "mx2.example.net"
 ESTAFETA = "/usr/local/sbin/estafeta"
@@ -254,3 +267,125 @@ def test_the_key_rollover_never_leaves_mx1_without_a_match(hosts, watcher: Path)
     assert current not in rows[-1][2] and rows[-1][2] == {standby, newest}
     log = mx2.check_output("journalctl -u estafeta --no-pager -o cat | grep -E 'acme_key_rollover'")
     assert log.count("acme_key_rollover") >= 2
+
+
+# -- mx1's deliveries, DANE-checked ------------------------------------------------------------
+
+
+def journal(host: Any, since: float, event: str) -> list[dict[str, str]]:
+    """estafeta's log lines of EVENT from SINCE (epoch seconds) on, as their
+    key=value fields (the role's text log format, estafeta.log)."""
+    text = host.run(f"journalctl -u estafeta --no-pager -o cat --since @{int(since) - 1}").stdout
+    lines = []
+    for line in text.splitlines():
+        try:
+            words = shlex.split(line)
+        except ValueError:  # a traceback's line, say
+            continue
+        if len(words) > 3 and words[3] == event:
+            lines.append(dict(word.partition("=")[::2] for word in words[4:]))
+    return lines
+
+
+def outbound(host: Any, since: float, to: str, result: str, timeout: float = 90) -> dict[str, str]:
+    """The first ``outbound`` log line since SINCE for recipient TO with RESULT
+    (sent, temporary), waited for; the queue runs at once for new mail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [
+            line
+            for line in journal(host, since, "outbound")
+            if line.get("to") == f"<{to}>" and line.get("result") == result
+        ]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no outbound {result} to {to} within {timeout:.0f} s"
+        time.sleep(2)
+
+
+def forget(host: Any, name: str, rdtype: str) -> None:
+    """Drop NAME's RDTYPE records from the host's unbound (cache and expired)."""
+    host.check_output(f"unbound-control flush_type {name} {rdtype}")
+    host.check_output("unbound-control flush_negative")
+
+
+def authoritative_tlsa() -> tuple[int, list[str]]:
+    """mx2's TLSA RRset as dns.lab serves it: TTL and values."""
+    query = dns.message.make_query(TLSA_NAME, "TLSA")
+    answer = dns.query.tcp(query, LAB_DNS, timeout=10)
+    rrset = answer.find_rrset(answer.answer, query.question[0].name, 1, dns.rdatatype.TLSA)
+    return rrset.ttl, [rdata.to_text() for rdata in rrset]
+
+
+def resolved_tlsa(host: Any, expected: list[str], timeout: float = 30) -> None:
+    """Wait until the host's resolver answers EXPECTED (validated) for mx2's TLSA."""
+    expected = sorted(" ".join([*v.split()[:3], v.split()[3].lower()]) for v in expected)
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = kdig(host, TLSA_NAME, "TLSA")
+        if tlsa_values(answer) == expected and "ad" in flags(answer):
+            return
+        assert time.monotonic() < deadline, f"mx1 resolves {tlsa_values(answer)}, not {expected}"
+        forget(host, TLSA_NAME, "TLSA")
+        time.sleep(1)
+
+
+def test_mx1_delivers_to_mx2_dane_verified(hosts) -> None:  # type: ignore[no-untyped-def]
+    mx1 = hosts[MX1]
+    since = time.time()
+    subject = f"dane {uuid.uuid4().hex}"
+    send(MX1, MX2, subject)
+    receive(MX2, subject)
+    line = outbound(mx1, since, MAIL_HOSTS[MX2]["account"], "sent")
+    assert line["tls"] == "dane" and line["relay"].startswith(MX2), line
+    verified = [v for v in journal(mx1, since, "dane_verified") if v["host"] == MX2]
+    assert verified, "no dane_verified line for mx2"
+    # rfc7672:3.1.1 — the lab publishes DANE-EE(3) SPKI(1) records.
+    assert (verified[0]["usage"], verified[0]["selector"]) == ("3", "1"), verified[0]
+    assert verified[0]["address"] == MX2_ADDRESS, verified[0]
+
+
+def test_mx1_defers_mail_to_mx2_while_no_tlsa_record_matches(hosts) -> None:  # type: ignore[no-untyped-def]
+    mx1, to = hosts[MX1], MAIL_HOSTS[MX2]["account"]
+    ttl, values = authoritative_tlsa()
+    assert values, "mx2 publishes no TLSA record"
+    subject = f"dane mismatch {uuid.uuid4().hex}"
+    nsupdate("example.net", TLSA_NAME + ".", "TLSA", records("TLSA", ttl, WRONG_TLSA))
+    try:
+        resolved_tlsa(mx1, [WRONG_TLSA])
+        since = time.time()
+        send(MX1, MX2, subject)
+        deferred = outbound(mx1, since, to, "temporary")
+        # rfc7672:2.2, rfc3463 X.7.5 — a TLSA record set and no match: not delivered.
+        assert (deferred["status"], deferred["tls"]) == ("4.7.5", "dane"), deferred
+        failed = [f for f in journal(mx1, since, "dane_failed") if f["host"] == MX2]
+        assert failed and failed[0]["result"] == "validation-failure", failed
+        queued = json.loads(mx1.check_output(f"{ESTAFETA} queue list --json"))
+        [entry] = [e for e in queued if e["id"] == deferred["id"]]
+        assert entry["recipients"] == [to] and "DANE" in entry["last_error"], entry
+        assert not journal(mx1, since, "dane_verified")
+    finally:
+        nsupdate("example.net", TLSA_NAME + ".", "TLSA", records("TLSA", ttl, *values))
+    # The records mended, the message waiting in the queue goes, DANE-verified.
+    resolved_tlsa(mx1, values)
+    since = time.time()
+    mx1.check_output(f"{ESTAFETA} queue flush {deferred['id']}")
+    sent = outbound(mx1, since, to, "sent")
+    assert (sent["id"], sent["tls"]) == (deferred["id"], "dane"), sent
+    receive(MX2, subject)
+
+
+def test_mx2_ignores_tlsa_on_the_unsigned_zone(hosts, unsigned_zone_tlsa: str) -> None:  # type: ignore[no-untyped-def]
+    """rfc7672:2.2 — TLSA records of an insecure zone are not usable: mx2
+    delivers to mx1 as without them (MTA-STS, example.test's policy)."""
+    mx2 = hosts[MX2]
+    forget(mx2, unsigned_zone_tlsa, "TLSA")
+    answer = kdig(mx2, unsigned_zone_tlsa, "TLSA")
+    assert tlsa_values(answer) == [WRONG_TLSA] and "ad" not in flags(answer), answer
+    since = time.time()
+    subject = f"dane unsigned {uuid.uuid4().hex}"
+    send(MX2, MX1, subject)
+    receive(MX1, subject)
+    line = outbound(mx2, since, MAIL_HOSTS[MX1]["account"], "sent")
+    assert line["tls"] == "mta-sts", line
+    assert not [f for f in journal(mx2, since, "dane_failed") if f["host"] == MX1]

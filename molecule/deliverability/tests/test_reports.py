@@ -1,4 +1,4 @@
-"""Reports between the lab's domains (issue 22, acceptance 1): the DMARC half.
+"""Reports between the lab's domains (issue 22, acceptance 1): DMARC and TLS-RPT.
 
 A simulated day: mx1 and mx2 exchange mail (``exchanged``: MESSAGES each way
 over submission, each read at the other end), then the injected clock moves
@@ -23,9 +23,21 @@ tests (server/tests/data/dmarc/report.xml, several records) is imported on
 mx1 as a zip and as a gzip with ``estafeta dmarc import`` and summed by
 ``estafeta dmarc report``.
 
-The TLS-RPT half (issue 22 §2) belongs next to the DMARC one: a fixture
-like ``dmarc_sent`` that runs after ``exchanged`` with the same ``CLOCK``,
-and tests of its own.
+Then the TLS reports of the same day (``tlsrpt_sent``, after the DMARC
+reports, whose own sessions the day counts too):
+
+1. ``estafeta tlsrpt send --now CLOCK --dry-run --json`` on the reporting
+   host counts its sessions to the other domain; ``exchanged`` took the
+   count before its messages, so the dry run is polled until it has at
+   least MESSAGES more successful sessions (the server writes its counts
+   every 15 s);
+2. ``estafeta tlsrpt send --now CLOCK --json`` mails the report, DKIM-signed,
+   to the rua of the other domain's ``_smtp._tls`` record (the other host's
+   ``[reports] tlsrpt_address``), then ``estafeta queue flush``;
+3. the other host's ``estafeta tlsrpt report --json`` shows it: from the
+   reporting host, about its domain, the very session counts sent, under
+   the policy the sessions ran under (mx1 → example.net: DANE, ``tlsa``,
+   the zone being signed; mx2 → example.test: MTA-STS, ``sts``).
 
 Needs a lab whose day is not sent yet: the scenario's fresh hosts (a second
 ``molecule verify`` on the same UTC day finds the day sent; mail of a day
@@ -61,6 +73,10 @@ _TODAY = datetime.datetime.now(datetime.UTC).date()
 CLOCK = f"{_TODAY + datetime.timedelta(days=1)}T00:30:00Z"
 # The other host of each: who reports to whom.
 OTHER = {MX1: MX2, MX2: MX1}
+# The policy type (rfc8460:4.4) of each host's sessions to the other's domain.
+POLICY_TYPE = {MX1: "tlsa", MX2: "sts"}
+# How often the server writes its session counts (reports/tlsrpt_send.py FLUSH_INTERVAL).
+TLS_FLUSH = 15
 
 T = TypeVar("T")
 
@@ -115,21 +131,38 @@ def evaluated(host: Any, domain: str, address: str, least: int) -> dict[str, Any
 # -- the simulated day ----------------------------------------------------------------------
 
 
+def tls_sessions(host: Any, domain: str, least: int) -> dict[str, int] | None:
+    """What ``host`` would report to ``domain`` (a dry run): its sessions
+    there, successful and failed, once at least ``least`` succeeded."""
+    dry = estafeta(host, "tlsrpt", "send", "--now", CLOCK, "--dry-run")
+    entries = [entry for entry in dry if entry["domain"] == domain]
+    counts = {key: sum(entry[key] for entry in entries) for key in ("successful", "failed")}
+    return counts if counts["successful"] >= least else None
+
+
 @pytest.fixture(scope="module")
-def exchanged(hosts) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def exchanged(hosts) -> dict[str, dict[str, int]]:  # type: ignore[no-untyped-def]
     """MESSAGES messages from each host's account to the other's, each read
-    there. {sending host: how many of its messages the other host's MX has
-    evaluated today at least}: what it counted before (a dry run) and these."""
+    there. {sending host: {"dmarc": how many of its messages the other
+    host's MX has evaluated today at least, "tlsrpt": how many successful
+    sessions to the other domain it counts today at least}}: what was
+    counted before (dry runs) and these."""
+    # Sessions of earlier tests still unwritten would pass for these (TLS_FLUSH).
+    time.sleep(TLS_FLUSH + 1)
     least = {}
     for sender, recipient in ((MX1, MX2), (MX2, MX1)):
         domain, address = MAIL_HOSTS[sender]["domain"], MAIL_HOSTS[sender]["address"]
         before = evaluated(hosts[recipient], domain, address, 0)
-        assert before is not None
+        sessions = tls_sessions(hosts[sender], MAIL_HOSTS[recipient]["domain"], 0)
+        assert before is not None and sessions is not None
         for number in range(MESSAGES):
             subject = f"reports day {number} {uuid.uuid4().hex}"
             send(sender, recipient, subject)
             receive(recipient, subject)
-        least[sender] = before["messages"] + MESSAGES
+        least[sender] = {
+            "dmarc": before["messages"] + MESSAGES,
+            "tlsrpt": sessions["successful"] + MESSAGES,
+        }
     return least
 
 
@@ -137,7 +170,7 @@ def exchanged(hosts) -> dict[str, int]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def dmarc_sent(hosts, exchanged: dict[str, int]) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+def dmarc_sent(hosts, exchanged: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
     """Each host reports the day to the other: {reporting host: {"evidence":
     what its MX evaluated from the other host's address (the dry run),
     "reports": the reports `dmarc send` queued}}."""
@@ -146,7 +179,7 @@ def dmarc_sent(hosts, exchanged: dict[str, int]) -> dict[str, dict[str, Any]]:  
         host = hosts[reporter]
         domain, address = MAIL_HOSTS[sender]["domain"], MAIL_HOSTS[sender]["address"]
         evidence = wait_for(
-            functools.partial(evaluated, host, domain, address, exchanged[sender]),
+            functools.partial(evaluated, host, domain, address, exchanged[sender]["dmarc"]),
             f"{reporter}: the evaluations of {sender}'s mail",
             60,
         )
@@ -190,6 +223,69 @@ def test_the_dmarc_report_of_the_day_reaches_the_other_host(  # type: ignore[no-
     for check in ("spf_aligned", "dkim_aligned", "dmarc"):
         assert source[check] == {"pass": messages, "fail": 0}, check
     assert source["disposition"] == evidence["disposition"]
+
+
+# -- TLS-RPT (RFC 8460) ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tlsrpt_sent(hosts, exchanged, dmarc_sent) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """Each host sends the other domain the TLS report of the day: {reporting
+    host: {"evidence": its session counts in a dry run, "entries": what
+    `tlsrpt send` did about the other domain}}."""
+    sent = {}
+    for reporter, receiver in OTHER.items():
+        host = hosts[reporter]
+        domain = MAIL_HOSTS[receiver]["domain"]
+        evidence = wait_for(
+            functools.partial(tls_sessions, host, domain, exchanged[reporter]["tlsrpt"]),
+            f"{reporter}: its TLS sessions to {domain}",
+            60,
+        )
+        entries = [
+            e for e in estafeta(host, "tlsrpt", "send", "--now", CLOCK) if e["domain"] == domain
+        ]
+        assert entries, f"{reporter} sent no TLS report to {domain}"
+        for entry in entries:
+            assert entry["result"] == "sent", entry
+            # rfc8460:3 — the rua of _smtp._tls.<domain>, which dns_records publishes.
+            assert [r["uri"] for r in entry["rua"]] == [f"mailto:postmaster@{domain}"], entry
+            assert [r["result"] for r in entry["rua"]] == ["queued"], entry
+        # What was reported covers what the dry run counted (sessions may
+        # have been written between the two: a deferred message's retry).
+        for key in ("successful", "failed"):
+            assert sum(e[key] for e in entries) >= evidence[key], (key, entries, evidence)
+        flushed = host.run("estafeta queue flush")
+        assert flushed.rc == 0, flushed.stderr
+        sent[reporter] = {"evidence": evidence, "entries": entries}
+    return sent
+
+
+@pytest.mark.parametrize(("reporter", "receiver"), [(MX1, MX2), (MX2, MX1)])
+def test_the_tls_report_of_the_day_reaches_the_other_host(  # type: ignore[no-untyped-def]
+    hosts, tlsrpt_sent: dict[str, dict[str, Any]], reporter: str, receiver: str
+) -> None:
+    domain = MAIL_HOSTS[receiver]["domain"]
+    entries = tlsrpt_sent[reporter]["entries"]
+
+    def arrived() -> Any:
+        document = estafeta(hosts[receiver], "tlsrpt", "report", "--domain", domain)
+        policies = [p for p in document["policies"] if p["org_name"] == reporter]
+        return policies or None
+
+    policies = wait_for(arrived, f"{reporter}'s TLS report in {receiver}'s tlsrpt report")
+    # Every policy of the report is about this domain (rfc8460:4.4 policy-domain).
+    assert {p["policy_domain"] for p in policies} == {domain}, policies
+    # The report counted what the reporter sent: its sessions, no more, no fewer.
+    for key in ("successful", "failed"):
+        assert sum(p[key] for p in policies) == sum(e[key] for e in entries), (key, policies)
+    assert {p["reports"] for p in policies} == {len(entries)}, policies
+    # This test's sessions ran under the policy the domain publishes.
+    [main] = [p for p in policies if p["policy_type"] == POLICY_TYPE[reporter]]
+    assert main["successful"] >= MESSAGES, policies
+    # What failed says why, by rfc8460:4.3 result type.
+    for policy in policies:
+        assert sum(policy["failures"].values()) == policy["failed"], policy
 
 
 # -- a report from RFC 7489 appendix C, imported by hand ----------------------------------
