@@ -180,7 +180,12 @@ def test_dns_records_zonefile_for_the_example(tmp_path: Path) -> None:
         'example.net. 3600 IN TXT "v=spf1 mx -all"',
         '_dmarc.example.org. 3600 IN TXT "v=DMARC1; p=quarantine; '
         'rua=mailto:dmarc-reports@example.org"',
-        '_smtp._tls.example.net. 3600 IN TXT "v=TLSRPTv1; rua=mailto:tls-reports@example.net"',
+        # One intake for the reports of both domains (estafeta__reports_*_address),
+        # with the RFC 7489 7.1 consent for example.net's rua at example.org.
+        '_dmarc.example.net. 3600 IN TXT "v=DMARC1; p=quarantine; '
+        'rua=mailto:dmarc-reports@example.org"',
+        'example.net._report._dmarc.example.org. 3600 IN TXT "v=DMARC1"',
+        '_smtp._tls.example.net. 3600 IN TXT "v=TLSRPTv1; rua=mailto:tls-reports@example.org"',
         'ed2025._domainkey.example.org. 3600 IN TXT "v=DKIM1; k=ed25519; '
         'p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="',
         "_submissions._tcp.example.org. 3600 IN SRV 0 1 465 mx1.example.org.",
