@@ -136,6 +136,7 @@ def test_knot_signs_example_net_and_unbound_validates_it(tmp_path: Path) -> None
         "lab_dns__storage": str(storage),
         "lab_dns__tsig_secret": lab["lab_tsig_secret"],
         "lab_dns__ttl": 60,
+        "lab_dns__negative_ttl": lab["lab_dns__negative_ttl"],
     }
     conf = knot_conf(tmp_path, variables)
     rc, output, stderr = run_playbook(
@@ -165,16 +166,17 @@ def test_knot_signs_example_net_and_unbound_validates_it(tmp_path: Path) -> None
         assert ds.startswith("example.net. DS "), out
         # dns_records' way: RFC 2136 with the lab's TSIG key; Knot signs it.
         keyring = dns.tsigkeyring.from_text({"lab-update.": lab["lab_tsig_secret"]})
-        for zone, owner, value in (
-            ("example.net", "_25._tcp.mx2", TLSA_MX2),
-            ("example.test", "_25._tcp.mx1", TLSA_MX1),
-        ):
+
+        def add_tlsa(zone: str, owner: str, value: str) -> None:
             update = dns.update.UpdateMessage(
                 zone, keyring=keyring, keyalgorithm=dns.tsig.HMAC_SHA256
             )
             update.add(owner, 4, "TLSA", value)
             reply = dns.query.tcp(update, "127.0.0.1", port=knot_port, timeout=5)
             assert reply.rcode() == dns.rcode.NOERROR, reply
+
+        add_tlsa("example.net", "_25._tcp.mx2", TLSA_MX2)
+        add_tlsa("example.test", "_25._tcp.mx1", TLSA_MX1)
         # The lab's stub zones, pointed at this Knot.
         stubs = [
             {**zone, "addresses": [f"127.0.0.1@{knot_port}"]}
@@ -197,6 +199,17 @@ def test_knot_signs_example_net_and_unbound_validates_it(tmp_path: Path) -> None
             # Denial of existence is proven too (NSEC): a secure NXDOMAIN.
             missing = query(port, "_25._tcp.nothere.example.net", "TLSA")
             assert missing.rcode() == dns.rcode.NXDOMAIN and missing.flags & dns.flags.AD
+            # A record added after the resolver cached the denial (and the NSEC
+            # record that covers its name, rfc8198:5) is seen once the lab's
+            # negative TTL has passed (rfc2308:5, the SOA MINIMUM).
+            negative_ttl = lab["lab_dns__negative_ttl"]
+            assert [r.ttl for r in missing.authority if r.rdtype == dns.rdatatype.SOA]
+            assert max(r.ttl for r in missing.authority) <= negative_ttl, missing
+            add_tlsa("example.net", "_25._tcp.nothere", TLSA_MX2)
+            deadline = time.monotonic() + negative_ttl + 5
+            while values(query(port, "_25._tcp.nothere.example.net", "TLSA"), "TLSA") != [TLSA_MX2]:
+                assert time.monotonic() < deadline, "the added TLSA record stays unseen"
+                time.sleep(0.5)
         forged = forged_zone(tmp_path, conf)
     # A second Knot serves the signed records with the TLSA value changed.
     forged_port = free_port(socket.SOCK_DGRAM)

@@ -41,8 +41,10 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from lab_hosts import INVENTORY, MAIL_HOSTS, ROOT
+from lab_hosts import MAIL_HOSTS, ROOT
 from test_deliverability import LabIMAP, pebble_context, receive, send
+
+from conftest import lab_host
 
 sys.path.insert(0, str(ROOT))
 from tests.roundcube import Roundcube, chromium
@@ -87,9 +89,8 @@ def receive_at_lists(subject: str, timeout: float = 60) -> Message:
 
 
 @pytest.fixture(scope="module")
-def mx1(pytestconfig: pytest.Config) -> testinfra.host.Host:
-    inventory = pytestconfig.getoption("ansible_inventory") or str(INVENTORY)
-    return testinfra.get_host(f"ansible://{MX1}", ansible_inventory=inventory)
+def mx1() -> testinfra.host.Host:
+    return lab_host(MAIL_HOSTS[MX1]["address"])
 
 
 @pytest.fixture
