@@ -22,6 +22,11 @@ WEBMAIL_TEST_PACKAGES := roundcube roundcube-sqlite3 roundcube-plugins php-zip l
 # Seconds `make deps` waits for another apt or dpkg run (unattended-upgrades,
 # an apt-get in another shell) to let go of the dpkg lock.
 APT_LOCK_TIMEOUT ?= 300
+# pytest-xdist workers for make test's parallel run (one per core here). Tests
+# on fixed loopback addresses share an xdist_group; the `serial` ones (they
+# bound latency) run alone afterwards. server/tests/_ports.py gives each worker
+# its own ports.
+PYTEST_WORKERS ?= 2
 APT_GET ?= apt-get
 
 # The lab's name (scripts/labctl.py): `lab` is br-lab on 198.51.100.0/24;
@@ -127,7 +132,8 @@ test-ansible: venv deps-test
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests
 
 test: deps-test lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest --durations=40 server/tests tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=40 -m "not serial" server/tests tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest --durations=20 -m serial server/tests tests
 	$(MAKE) --no-print-directory molecule
 
 # The lab (issue #7): booted Debian 12 hosts under systemd-nspawn on the

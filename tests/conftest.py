@@ -48,10 +48,13 @@ _LIBRARY = Path(__file__).resolve().parent.parent / "library"
 _MODULE_UTILS = _LIBRARY.parent / "module_utils"
 
 
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Ports come from server/tests/_ports.py: a block per pytest-xdist worker.
+_SERVER_TESTS = Path(__file__).resolve().parent.parent / "server" / "tests"
+if str(_SERVER_TESTS) not in sys.path:
+    sys.path.insert(0, str(_SERVER_TESTS))
+from _ports import free_port  # noqa: E402
+
+_free_port = free_port
 
 
 def _wait_tcp(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import imaplib
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.conftest import free_port
 from tests.doctor_standin import DOMAIN as DOCTOR_DOMAIN
 from tests.doctor_standin import FAIL, OK, WARN, StandIn, report
 from tests.doctor_standin import HOST as DOCTOR_HOST
@@ -164,10 +164,8 @@ def test_untrusted_certificate(deliver: Callable[..., dict[str, Any]], tmp_path:
 
 
 def test_nothing_listens(deliver: Callable[..., dict[str, Any]], estafeta_server: Any) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        result = deliver(smtp_port=port)
+    port = free_port()  # of this process's block: nobody else binds it
+    result = deliver(smtp_port=port)
     assert result["failed"] is True
     assert result["msg"].startswith(f"cannot connect to SMTP 127.0.0.1:{port}")
 

@@ -24,6 +24,8 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 IP6_ZONE = "8.b.d.0.1.0.0.2.ip6.arpa"
 
@@ -876,9 +878,7 @@ def test_server_that_never_answers(
 
 
 def test_nothing_listens(fetch: Callable[..., dict[str, Any]]) -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()  # of this process's block: nobody else binds it
     row = fetch(mta_sts_port=port)
     assert row["status"] == "fail"
     assert (
@@ -943,9 +943,7 @@ def test_policy_from_a_real_estafeta(
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     (tmp_path / "mta-sts").mkdir()
     (tmp_path / "mta-sts" / "example.test.txt").write_bytes(POLICY.encode())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = tmp_path / "estafeta.toml"
     config.write_text(
         'hostname = "mx1.example.test"\n'

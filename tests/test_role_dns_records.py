@@ -43,6 +43,7 @@ import dns.reversename
 import pytest
 import trustme
 
+from tests.conftest import free_port
 from tests.test_roles import INVENTORIES, ROOT, changed_tasks, failures, run_playbook, task_results
 
 TSIG_SECRET = "dGVzdC1vbmx5LXRzaWctc2VjcmV0LWZvci1lc3RhZmV0YQ=="
@@ -52,15 +53,9 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 needs_knot = pytest.mark.skipif(not shutil.which("knotd"), reason="needs knotd (package knot)")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        return int(udp.getsockname()[1])
-
-
 def start_knot(root: Path, zones: dict[str, list[str]]) -> tuple[subprocess.Popen[bytes], int]:
     """knotd on 127.0.0.1 serving ``zones``, updatable with the TSIG key ``test-update``."""
-    port = free_port()
+    port = free_port(socket.SOCK_DGRAM)
     for sub in ("run", "db", "zones"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     conf = [

@@ -56,6 +56,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FILES = ROOT / "roles" / "estafeta" / "files"
 LOCK = ROOT / "server" / "requirements.lock"
 CACHE = ROOT / ".cache" / "test-wheelhouse"
+# One xdist worker runs this module: its tests share CACHE.
+pytestmark = pytest.mark.xdist_group("wheelhouse")
 COMPILED = ("cryptography", "argon2_cffi_bindings", "cffi", "pynacl", "regex")
 
 

@@ -42,6 +42,7 @@ import pytest
 import trustme
 import yaml
 
+from tests.conftest import free_port
 from tests.test_roles import (
     ESTAFETA,
     INVENTORIES,
@@ -314,12 +315,6 @@ def render_templates(
 def needs(*programs: str) -> None:
     missing = [p for p in programs if shutil.which(p) is None]
     assert not missing, f"not installed: {missing} (Debian packages unbound, knot, rspamd)"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -25,7 +25,6 @@ import grp
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -44,6 +43,7 @@ import dns.update
 import pytest
 import trustme
 
+from tests.conftest import free_port
 from tests.standins.cloudflare import CloudflareStandIn
 from tests.standins.hetzner import HetznerStandIn
 from tests.test_acme_dns_challenge import drop_route53_zone, route53_txt, route53_zone
@@ -67,12 +67,6 @@ PLAYBOOK = """
   roles:
     - tls
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- Knot, pebble ------------------------------------------------------------------------------

@@ -23,12 +23,7 @@ from pathlib import Path
 from typing import IO
 
 import trustme
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from _ports import free_port
 
 
 @dataclass

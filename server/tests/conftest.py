@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trustme
 from _pebble import Pebble
+from _ports import free_port
 
 from estafeta.config import load
 from estafeta.server import Server
@@ -61,22 +62,6 @@ def tls_instance(root: Path, *ports: str, extra_config: str = "", **fields: Any)
 # rfc4467 commands imaplib does not know, for the tests that send them.
 for _name in ("GENURLAUTH", "URLFETCH", "RESETKEY"):
     imaplib.Commands.setdefault(_name, ("AUTH", "SELECTED"))
-
-
-_given_ports: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nobody listens on, and one this test process has not handed out
-    before: the kernel may give the same ephemeral port to two binds in a row
-    once the first socket is closed (seen: imaps and smtp on one port)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _given_ports:
-            _given_ports.add(port)
-            return port
 
 
 def estafeta(

@@ -53,6 +53,9 @@ from estafeta.acme.placeholder import placeholder
 from estafeta.dns import DNSPythonResolver, MockResolver
 from estafeta.durable import create_once
 
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("mailnet")
+
 TLSA_NAME = f"_25._tcp.{HOST}"
 
 

@@ -34,6 +34,9 @@ from estafeta.queue.mtasts import MTASTS, MemoryCache
 from estafeta.reports.tlsrpt import Policy
 from estafeta.reports.tlsrpt_recorder import SessionRecorder, Tally
 
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("mailnet")
+
 DOMAIN = "dane.example"
 MX1, MX2 = "mx1.dane.example", "mx2.dane.example"
 IP1, IP2 = "127.0.0.31", "127.0.0.32"

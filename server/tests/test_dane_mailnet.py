@@ -25,7 +25,8 @@ from cryptography import x509
 
 from _mailnet import Knot, MailHost, Unbound, mail_zone
 
-pytestmark = pytest.mark.slow
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mailnet")]
 
 SENDER_IP = "127.0.0.41"
 RECEIVER_IP = "127.0.0.42"

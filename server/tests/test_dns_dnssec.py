@@ -20,7 +20,8 @@ import pytest
 from _mailnet import Knot, Unbound
 from estafeta.dns import Answer, DNSBogusError, DNSPythonResolver
 
-pytestmark = pytest.mark.slow
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mailnet")]
 
 KEY = "ab" * 32
 ZONE = [

@@ -34,6 +34,9 @@ from estafeta.doctor.mtasts import policy_id
 from estafeta.policy import dkim
 from estafeta.policy.signer import Signer
 
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("mailnet")
+
 HOST = "mx.example.test"
 DOMAIN = "example.test"
 POLICY = f"version: STSv1\r\nmode: enforce\r\nmx: {HOST}\r\nmax_age: 604800\r\n"

@@ -32,6 +32,9 @@ from estafeta.doctor import Context, Finding, Listener, context, run
 from estafeta.doctor.mtasts import policy_id
 from estafeta.web.site import MtaSts
 
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = pytest.mark.xdist_group("mailnet")
+
 HOST = "mx.example.test"
 DOMAIN = "example.test"
 POLICY = "version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmax_age: 604800\r\n"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from _fakeio import FakeWriter
+from _ports import free_port
 
 from estafeta import config as config_module
 from estafeta import server as server_module
@@ -419,12 +420,6 @@ def open_idle(port: int, count: int, accounts: int, into: list[socket.socket]) -
             sock.sendall(f'a LOGIN {user} "{PASSWORD}"\r\nb SELECT INBOX\r\nc IDLE\r\n'.encode())
             while not (line := lines.readline()).startswith(b"+ "):
                 assert line and not line.startswith((b"a NO", b"b NO", b"c BAD")), line
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 CONNECTIONS = 400

@@ -35,7 +35,8 @@ from conftest import PASSWORD
 from estafeta.dns import DNSPythonResolver
 from estafeta.policy.dkim import arc_verify
 
-pytestmark = pytest.mark.slow
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mailnet")]
 
 ALICE = "alice@example.test"
 BOB = "bob@example.net"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 import trustme
+from _ports import free_port
 
 from estafeta.dns import MockResolver
 from estafeta.queue.mtasts import (
@@ -711,12 +711,6 @@ def test_fetch_timeout(ca: trustme.CA) -> None:
 
     with pytest.raises(TimeoutError):
         fetch(ca, silent, timeout=0.5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_connection_refused(ca: trustme.CA) -> None:

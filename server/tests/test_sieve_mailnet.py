@@ -35,7 +35,8 @@ from sievelib.managesieve import Client
 from _mailnet import Knot, MailHost, Postfix, mail_zone, peer_host
 from conftest import PASSWORD
 
-pytestmark = pytest.mark.slow
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mailnet")]
 
 ALICE = "alice@example.test"
 DAVE = "dave@example.test"

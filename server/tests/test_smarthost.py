@@ -32,7 +32,8 @@ from conftest import DOMAIN, PASSWORD, Instance, free_port, make_tls
 from estafeta.dns import MockResolver
 from estafeta.policy import dkim
 
-pytestmark = pytest.mark.slow
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mailnet")]
 
 RELAY_IP = "127.0.0.20"
 RELAY_USER = "estafeta-out"

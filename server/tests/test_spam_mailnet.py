@@ -28,7 +28,8 @@ import trustme
 from _mailnet import Knot, MailHost, mail_zone, peer_host
 from conftest import PASSWORD, free_port
 
-pytestmark = pytest.mark.slow
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mailnet")]
 
 ALICE = "alice@example.test"
 BOB = "bob@example.net"

@@ -22,7 +22,8 @@ import trustme
 from _mailnet import Knot, MailHost, mail_zone, txt
 from conftest import PASSWORD
 
-pytestmark = pytest.mark.slow
+# xdist_group: fixed loopback addresses and ports (25, 587, ...): one worker runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mailnet")]
 
 ONE_IP = "127.0.0.81"
 TWO_IP = "127.0.0.82"

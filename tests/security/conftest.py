@@ -62,6 +62,17 @@ __all__ = [
     "unverified_context",
 ]
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here is serial (pytest.ini): they bound latency and memory
+    under attack, which the second xdist worker's load would blur. make test
+    runs them alone, after the parallel run."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in item.path.resolve().parents:
+            item.add_marker(pytest.mark.serial)
+
+
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
 HOSTNAME = f"mx.{DOMAIN}"
