@@ -72,6 +72,9 @@ PHP_FPM = "/usr/sbin/php-fpm8.2"
 NGINX = "/usr/sbin/nginx"
 ARTIFACTS = ROOT / "test-artifacts" / "webmail"
 DES_KEY = Path("/etc/roundcube/des_key.inc.php")
+# One xdist worker runs this module: the role writes /etc/roundcube, which a
+# second site on the other worker would overwrite mid-test.
+pytestmark = pytest.mark.xdist_group("webmail")
 
 PLAYBOOK = """
 - name: Roundcube on this machine
