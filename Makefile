@@ -14,8 +14,9 @@ STAMP := $(VENV)/.installed
 # ssh-keygen); the lab hosts get their packages from labctl.py's image.
 DEPLOY_PACKAGES := python3 python3-venv python3-dev gcc git debootstrap systemd-container iproute2 openssh-client
 # What only the tests run on the controller: servers and clients to test
-# against (tests/, server/tests/, molecule/), started by the tests themselves.
-TEST_PACKAGES := swaks fetchmail getmail6 knot knot-dnsutils pebble postfix nftables testssl.sh rspamd redis-server unbound dns-root-data chromium chromium-driver nginx php-fpm
+# against (tests/, server/tests/, molecule/), started by the tests themselves
+# (PostgreSQL too: server/tests/_postgres.py runs its own in a temporary directory).
+TEST_PACKAGES := postgresql-15 swaks fetchmail getmail6 knot knot-dnsutils pebble postfix nftables testssl.sh rspamd redis-server unbound dns-root-data chromium chromium-driver nginx php-fpm
 # Installed after TEST_PACKAGES: with nginx and php-fpm in, Roundcube's web
 # server dependency does not pull apache2 (the webmail role's test).
 WEBMAIL_TEST_PACKAGES := roundcube roundcube-sqlite3 roundcube-plugins php-zip libnginx-mod-stream
@@ -88,8 +89,8 @@ if [ -n "$$missing" ]; then \
   esac; \
   apt_locked $(APT_GET) update -qq; \
   apt_locked $(APT_GET) install -y -qq $$missing; \
-  for unit in knot rspamd redis-server unbound nginx php8.2-fpm; do \
-    case " $$missing " in *" $$unit "*|*" $${unit%8.2-fpm}-fpm "*) \
+  for unit in knot rspamd redis-server unbound nginx php8.2-fpm postgresql; do \
+    case " $$missing " in *" $$unit "*|*" $${unit%8.2-fpm}-fpm "*|*" $$unit-15 "*) \
       if [ -d /run/systemd/system ]; then systemctl disable --now $$unit.service || true; \
       else service $$unit stop >/dev/null 2>&1 || true; fi;; \
     esac; \

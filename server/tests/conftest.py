@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import imaplib
 import signal
 import socket
@@ -19,9 +20,13 @@ from typing import Any
 
 import pytest
 import trustme
+from _moto import KEY_ID, REGION, SECRET, moto_server, s3_admin
 from _pebble import Pebble
 from _ports import free_port
+from _postgres import Postgres, postgres_server
 
+from estafeta.cluster.settings import DatabaseConfig, ObjectsConfig
+from estafeta.cluster.url import parse_url
 from estafeta.config import load
 from estafeta.server import Server
 from estafeta.store import Store, index
@@ -388,3 +393,49 @@ class InProcess:
         assert self.loop is not None and self.stop_event is not None
         self.loop.call_soon_threadsafe(self.stop_event.set)
         self.thread.join(30)
+
+
+# -- the cluster backend's servers (issue 23): PostgreSQL and moto's S3 --------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL 15 of this test process (_postgres.py), TLS on 127.0.0.1."""
+    with postgres_server(free_port()) as server:
+        yield server
+
+
+@pytest.fixture
+def database(postgres: Postgres) -> DatabaseConfig:
+    """``[store.database]`` of a new empty database on ``postgres``, as a
+    node would be configured: TLS verify-full with the test CA, the
+    password in a 0600 file."""
+    name = postgres.create_database()
+    return DatabaseConfig(
+        url=parse_url(postgres.url(name)),
+        password_file=postgres.root / "password",
+        tls="verify-full",
+        ca_file=postgres.ca_file,
+        pool_size=4,
+    )
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 in server mode for this test process: its URL."""
+    with moto_server(tmp_path_factory.mktemp("moto"), free_port()) as url:
+        yield url
+
+
+@pytest.fixture
+def bucket(moto_s3: str, tmp_path: Path) -> ObjectsConfig:
+    """``[store.objects]`` of a new empty bucket on ``moto_s3``."""
+    name = "b-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
+    s3_admin(moto_s3).create_bucket(Bucket=name)
+    credentials = tmp_path / "s3.ini"
+    credentials.write_text(f"access_key_id = {KEY_ID}\nsecret_access_key = {SECRET}\n")
+    credentials.chmod(0o600)
+    return ObjectsConfig(
+        kind="s3", bucket=name, prefix="mail", endpoint=moto_s3, region=REGION,
+        path_style=True, credentials_file=credentials,
+    )  # fmt: skip

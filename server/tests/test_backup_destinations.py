@@ -4,17 +4,14 @@ tests for both."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
+from _moto import KEY_ID, SECRET, moto_server
 
 from conftest import free_port
 from estafeta.backup.destinations import (
@@ -25,36 +22,12 @@ from estafeta.backup.destinations import (
 )
 from estafeta.backup.objects import BackupError
 
-KEY_ID, SECRET = "AKIDESTAFETATEST", "estafeta-test-secret"  # moto takes any
-
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A moto server (S3 and the rest, in memory) on 127.0.0.1: its URL."""
-    root = tmp_path_factory.mktemp("moto")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(root / "none")
-    with (root / "moto.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=log, env=env,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (root / "moto.log").read_text(errors="replace")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert time.monotonic() < deadline, "moto did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-        if process.poll() is None:
-            process.kill()
+    with moto_server(tmp_path_factory.mktemp("moto"), free_port()) as url:
+        yield url
 
 
 def _settings(moto: str, bucket: str, prefix: str = "host1") -> S3Settings:

@@ -1,0 +1,145 @@
+"""The cluster's PostgreSQL pool and migrations (estafeta.cluster.database,
+estafeta.cluster.schema) against a real PostgreSQL 15 over TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+import trustme
+from _postgres import PASSWORD, Postgres
+
+from estafeta.cluster import schema
+from estafeta.cluster.database import Database, DatabaseError
+from estafeta.cluster.settings import DatabaseConfig
+from estafeta.cluster.url import parse_url
+
+
+async def _open(config: DatabaseConfig) -> Database:
+    database = Database(config)
+    await database.open()
+    return database
+
+
+def test_open_applies_the_migrations_once(database: DatabaseConfig) -> None:
+    async def run() -> tuple[list[int], list[str], int]:
+        # Four nodes starting at once: the advisory lock lets one migrate.
+        nodes = await asyncio.gather(*(_open(database) for _ in range(4)))
+        try:
+            async with nodes[0].pool.acquire() as conn:
+                versions = [r[0] for r in await conn.fetch("SELECT version FROM estafeta_schema")]
+                tables = [
+                    r[0]
+                    for r in await conn.fetch(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+                    )
+                ]
+                tls = await conn.fetchval(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                )
+                return versions, tables, int(tls)
+        finally:
+            for node in nodes:
+                await node.close()
+
+    versions, tables, tls = asyncio.run(run())
+    assert versions == list(range(1, schema.LATEST + 1))
+    for table in ("mail_scopes", "mail_rows", "blobs", "leases", "lockouts", "sieve_scripts"):
+        assert table in tables
+    assert tls == 1  # the connection is encrypted
+
+
+def test_a_newer_schema_is_refused(database: DatabaseConfig) -> None:
+    async def run() -> None:
+        first = await _open(database)
+        async with first.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO estafeta_schema (version) VALUES ($1)", schema.LATEST + 1
+            )
+        await first.close()
+        await _open(database)
+
+    with pytest.raises(DatabaseError, match=r"newer than this estafeta knows.*upgrade estafeta"):
+        asyncio.run(run())
+
+
+def test_without_migrations_an_empty_database_is_refused(database: DatabaseConfig) -> None:
+    async def run() -> None:
+        await Database(database).open(migrate=False)
+
+    with pytest.raises(DatabaseError, match="schema is version 0"):
+        asyncio.run(run())
+
+
+def _refusal(config: DatabaseConfig) -> str:
+    with pytest.raises(DatabaseError) as caught:
+        asyncio.run(_open(config))
+    message = str(caught.value)
+    assert PASSWORD not in message
+    return message
+
+
+def test_a_wrong_password_is_named_not_shown(database: DatabaseConfig, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the password\n")
+    wrong.chmod(0o600)
+    message = _refusal(dataclasses.replace(database, password_file=wrong))
+    assert str(database.url) in message and "password was refused" in message
+    assert "not the password" not in message
+
+
+def test_a_password_file_readable_by_others_is_refused(
+    database: DatabaseConfig, tmp_path: Path
+) -> None:
+    loose = tmp_path / "loose"
+    loose.write_text(PASSWORD)
+    loose.chmod(0o644)
+    assert "readable by others" in _refusal(dataclasses.replace(database, password_file=loose))
+
+
+def test_another_ca_is_not_trusted(database: DatabaseConfig, tmp_path: Path) -> None:
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    message = _refusal(dataclasses.replace(database, ca_file=other))
+    assert "certificate was not accepted" in message
+
+
+def test_the_host_name_is_checked(database: DatabaseConfig, postgres: Postgres) -> None:
+    # The certificate is for 127.0.0.1 and localhost: ::1 is not in it... but
+    # the server listens on 127.0.0.1 only, so name it by another name that
+    # resolves there and is not in the certificate.
+    url = parse_url(str(database.url).replace("127.0.0.1", "127.0.0.2"))
+    message = _refusal(dataclasses.replace(database, url=url))
+    assert "127.0.0.2" in message
+
+
+def test_verify_ca_takes_a_certificate_of_another_name(
+    database: DatabaseConfig, postgres: Postgres
+) -> None:
+    # Same server through a name the certificate lacks: verify-ca accepts it
+    # (the chain is the test CA's), verify-full refused it above.
+    async def run() -> int:
+        node = await _open(dataclasses.replace(database, tls="verify-ca"))
+        try:
+            return int(await node.pool.fetchval("SELECT 1"))
+        finally:
+            await node.close()
+
+    assert asyncio.run(run()) == 1
+
+
+def test_no_tls_is_refused_by_this_server(database: DatabaseConfig) -> None:
+    # pg_hba.conf allows hostssl only: a node that would send the password
+    # in the clear is turned away by the server too.
+    message = _refusal(dataclasses.replace(database, tls="disable"))
+    assert "refused the login" in message or "pg_hba" in message
+
+
+def test_a_missing_database_and_a_closed_port(database: DatabaseConfig, postgres: Postgres) -> None:
+    missing = parse_url(postgres.url("no_such_database"))
+    assert "does not exist" in _refusal(dataclasses.replace(database, url=missing))
+    closed = parse_url(f"postgresql://estafeta@127.0.0.1:{postgres.port + 1}/x")
+    message = _refusal(dataclasses.replace(database, url=closed, connect_timeout=2))
+    assert f"127.0.0.1:{postgres.port + 1}" in message and "cannot connect" in message
