@@ -25,6 +25,7 @@ from _pebble import Pebble
 from _ports import free_port
 from _postgres import Postgres, postgres_server
 
+from estafeta.cluster.ioloop import IoLoop
 from estafeta.cluster.settings import DatabaseConfig, ObjectsConfig
 from estafeta.cluster.url import parse_url
 from estafeta.config import load
@@ -439,3 +440,10 @@ def bucket(moto_s3: str, tmp_path: Path) -> ObjectsConfig:
         kind="s3", bucket=name, prefix="mail", endpoint=moto_s3, region=REGION,
         path_style=True, credentials_file=credentials,
     )  # fmt: skip
+
+
+@pytest.fixture
+def ioloop() -> Iterator[IoLoop]:
+    """A started cluster IoLoop (estafeta.cluster.ioloop), stopped afterwards."""
+    with IoLoop() as loop:
+        yield loop
