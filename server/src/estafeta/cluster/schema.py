@@ -52,13 +52,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX mail_rows_version ON mail_rows (scope, version);
     CREATE INDEX mail_rows_tombstones ON mail_rows (version) WHERE row IS NULL;
-    -- The bodies messages refer to: the first 64 characters of their file.
-    CREATE INDEX mail_rows_blob ON mail_rows ((left(row->>'file', 64)))
+    -- The bodies messages refer to: the last 64 characters of their file.
+    CREATE INDEX mail_rows_blob ON mail_rows ((right(row->>'file', 64)))
         WHERE tbl = 'messages' AND row IS NOT NULL;
     CREATE TABLE blobs (
         digest text PRIMARY KEY CHECK (digest ~ '^[0-9a-f]{64}$'),
         size bigint NOT NULL,
         data bytea,                           -- kind = "database": the body
+        stored boolean NOT NULL DEFAULT false, -- the body is written (PUT acknowledged)
         claimed timestamptz NOT NULL DEFAULT now(),
         doomed timestamptz                    -- unreferenced since (the collector)
     );
