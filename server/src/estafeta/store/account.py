@@ -214,6 +214,9 @@ class Store:
         self.settled = 0  # files made durable by settling, for tests and benchmarks
         # Who wants to hear about commits (IMAP IDLE, other sessions).
         self.changes = Changes()
+        # COPY's name for a copy instead of a hard link (operations.copy);
+        # None: link the file (the cluster backend names bodies otherwise).
+        self._link_name: Callable[[str, int], str] | None = None
         # Batch sizes the writer saw, for metrics and benchmarks.
         self.batches = 0
         self.batched_messages = 0
@@ -364,7 +367,13 @@ class Store:
         the caller closes it. Blocking: call it from a thread. With
         ``viewer``, the shared store as that account sees it (its \\Seen)."""
         number = self._viewer(address, viewer)
-        return SqliteReader(self.open_index(address), self.account_dir(address), number)
+        return self._make_reader(self.open_index(address), address, number)
+
+    def _make_reader(
+        self, conn: sqlite3.Connection, address: str, viewer: int | None = None
+    ) -> SqliteReader:
+        """A reader over ``conn``; the cluster backend's reads bodies elsewhere."""
+        return SqliteReader(conn, self.account_dir(address), viewer)
 
     def viewer_reader(self, address: str, viewer: str) -> SqliteReader:
         """``shared_reader`` of the shared store as ``viewer`` sees it (its
@@ -375,7 +384,7 @@ class Store:
         if address != shared.OWNER:
             return base
         number = self._viewer(address, viewer)
-        return SqliteReader(base.conn, self.account_dir(address), number)
+        return self._make_reader(base.conn, address, number)
 
     def _viewer(self, address: str, viewer: str | None) -> int | None:
         """The viewer number of ``viewer`` in the shared store (made if
@@ -400,7 +409,7 @@ class Store:
             if reader is None:
                 conn = self.open_index(address)
                 conn.execute("PRAGMA cache_size = -512")  # KiB: reads are mostly sequential
-                reader = SqliteReader(conn, self.account_dir(address))
+                reader = self._make_reader(conn, address)
                 self._readers[address] = reader
             return reader
 
@@ -531,7 +540,15 @@ class Store:
         return self._account_op(
             address,
             lambda a: operations.copy(
-                a.conn, a.path, self.hostname, source, uids, destination, move=move, quota=quota
+                a.conn,
+                a.path,
+                self.hostname,
+                source,
+                uids,
+                destination,
+                move=move,
+                quota=quota,
+                link_name=self._link_name,
             ),
             files=True,
         )
@@ -561,7 +578,13 @@ class Store:
         self._account_op(
             address,
             lambda a: operations.rename_mailbox(
-                a.conn, a.path, self.hostname, old, new, max_mailboxes=self.max_mailboxes
+                a.conn,
+                a.path,
+                self.hostname,
+                old,
+                new,
+                max_mailboxes=self.max_mailboxes,
+                link_name=self._link_name,
             ),
             mailboxes=True,
             files=True,

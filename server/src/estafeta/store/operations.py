@@ -39,7 +39,7 @@ import logging
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,8 +365,13 @@ def copy(
     destination: str,
     move: bool = False,
     quota: int | None = None,
+    link_name: Callable[[str, int], str] | None = None,
 ) -> CopyResult:
     """rfc9051:6.4.7 COPY / rfc6851 MOVE, with rfc4315 COPYUID data.
+
+    ``link_name`` (the cluster backend, whose bodies are not files of the
+    account): the name of a copy of ``file`` of ``size`` octets, made
+    instead of a hard link; nothing is written to the folder.
 
     Copies are hard links (same file system, no extra space); flags are
     copied, \\Recent is not (rfc9051 has none). With ``quota`` (octets the
@@ -395,15 +400,18 @@ def copy(
     ]
     added = sum(row[2] for row in rows)
     if quota is not None and not move:
-        _check_quota(conn, quota, added)
+        check_quota(conn, quota, added)
     dest_folder = account_path / dst.dir if dst.dir else account_path
-    maildir.make_maildir(dest_folder)
+    if link_name is None:
+        maildir.make_maildir(dest_folder)
     linked: list[tuple[str, index.NewMessage]] = []
     try:
         for _uid, file, size, internal_date, flags, summary, email_oid, thread_oid in rows:
-            name = maildir.unique_name(hostname, size)
-            target = dest_folder / "new" / name
-            os.link(account_path / file, target)
+            if link_name is None:
+                target = dest_folder / "new" / maildir.unique_name(hostname, size)
+                os.link(account_path / file, target)
+            else:
+                target = dest_folder / "new" / link_name(file, size)
             linked.append(
                 (
                     str(target.relative_to(account_path)),
@@ -419,17 +427,18 @@ def copy(
                     ),
                 )
             )
-        if linked:
+        if linked and link_name is None:
             maildir.fsync_dir(dest_folder / "new")
         with transaction(conn):
             if quota is not None and not move:
-                _check_quota(conn, quota, added)  # again, under the write lock
+                check_quota(conn, quota, added)  # again, under the write lock
             new_uids = index.add_messages(conn, dst.name, [message for _, message in linked])
             _carry_private_seen(conn, src, dst, [row[0] for row in rows], new_uids)
             expunged = _remove(conn, src, [row[0] for row in rows]) if move else []
     except BaseException:
-        for file, _ in linked:
-            (account_path / file).unlink(missing_ok=True)
+        if link_name is None:
+            for file, _ in linked:
+                (account_path / file).unlink(missing_ok=True)
         raise
     if move:
         replay_journal(conn, account_path)
@@ -458,7 +467,7 @@ def used_octets(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0])
 
 
-def _check_quota(conn: sqlite3.Connection, quota: int, added: int) -> None:
+def check_quota(conn: sqlite3.Connection, quota: int, added: int) -> None:
     if added > 0 and used_octets(conn) + added > quota:
         raise MailboxError("Quota exceeded", "OVERQUOTA")  # rfc9208:4.3.1, rfc5530:3
 
@@ -546,7 +555,7 @@ def append_many(
         ]
         with transaction(conn):
             if quota is not None:
-                _check_quota(conn, quota, sum(len(m.data) for m in messages))
+                check_quota(conn, quota, sum(len(m.data) for m in messages))
             uids = index.add_messages(conn, box.name, rows)
     except BaseException:
         for staged in published:
@@ -649,6 +658,7 @@ def rename_mailbox(
     old: str,
     new: str,
     max_mailboxes: int | None = None,
+    link_name: Callable[[str, int], str] | None = None,
 ) -> None:
     """rfc9051:6.3.6 RENAME, inferiors included; renaming INBOX moves its
     messages to the new mailbox and leaves INBOX empty.
@@ -665,7 +675,7 @@ def rename_mailbox(
     if index.mailbox(conn, new) is not None:
         raise MailboxError(f"mailbox {new!r} already exists", "ALREADYEXISTS")
     if source.name == maildir.INBOX:
-        _rename_inbox(conn, account_path, hostname, new, max_mailboxes)
+        _rename_inbox(conn, account_path, hostname, new, max_mailboxes, link_name)
         return
     if new.startswith(source.name + maildir.DELIMITER):
         raise MailboxError("cannot rename a mailbox into itself", "CANNOT")
@@ -759,6 +769,7 @@ def _rename_inbox(
     hostname: str,
     new: str,
     max_mailboxes: int | None,
+    link_name: Callable[[str, int], str] | None = None,
 ) -> None:
     """rfc9051:6.3.6: a new mailbox gets INBOX's messages (a MOVE)."""
     create_mailbox(conn, account_path, new, max_mailboxes=max_mailboxes)
@@ -767,7 +778,7 @@ def _rename_inbox(
         uids = [
             r[0] for r in conn.execute("SELECT uid FROM messages WHERE mailbox_id = ?", (inbox.id,))
         ]
-        copy(conn, account_path, hostname, maildir.INBOX, uids, new, move=True)
+        copy(conn, account_path, hostname, maildir.INBOX, uids, new, move=True, link_name=link_name)
     except BaseException:
         # The move failed as a whole (copy links, then commits once): the new
         # mailbox is empty, take it away again so that NO means nothing changed.
