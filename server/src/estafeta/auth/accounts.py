@@ -390,10 +390,12 @@ class Accounts:
             raise
 
     @contextmanager
-    def _write(self, *, lookups: bool = True) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, lookups: bool = True, shared: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed if the block ends normally, else
         rolled back. ``lookups=False``: it changes nothing ``_lookup``
-        remembers (the login history), so this object's lookups stay."""
+        remembers (the login history), so this object's lookups stay.
+        ``shared=False``: it writes only this node's own tables (the login
+        history), which the cluster backend does not replicate."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -1291,7 +1293,7 @@ class Accounts:
         transaction, those of addresses that are not accounts left out, and
         keep each account's newest ``logins.KEEP_PER_ACCOUNT``; rows added.
         For ``logins.LoginRecorder``, which calls it at most once a second."""
-        with self._write(lookups=False) as conn:
+        with self._write(lookups=False, shared=False) as conn:
             return logins.insert(conn, records, logins.KEEP_PER_ACCOUNT)
 
     def login_history(self, address: str) -> list[LoginRecord]:
@@ -1308,7 +1310,7 @@ class Accounts:
             normalized = normalize_address(address)
         except AddressError as exc:
             raise AccountError(f"address {address!r}: {exc}") from None
-        with self._write(lookups=False) as conn:
+        with self._write(lookups=False, shared=False) as conn:
             return logins.forget(conn, normalized)
 
     def prune_logins(self, before: int, *, dry_run: bool = False) -> int:
@@ -1331,7 +1333,7 @@ class Accounts:
     def _batches(self, step: Callable[[sqlite3.Connection], int]) -> int:
         total = 0
         while True:
-            with self._write(lookups=False) as conn:
+            with self._write(lookups=False, shared=False) as conn:
                 done = step(conn)
             total += done
             if done < logins.BATCH:

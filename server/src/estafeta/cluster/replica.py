@@ -40,7 +40,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -321,11 +321,31 @@ class Replica:
 
     # -- writing -----------------------------------------------------------------
 
-    def write(self, function: Callable[[], T]) -> T:
+    def write(
+        self,
+        function: Callable[[], T],
+        before_commit: Callable[[Any], Coroutine[Any, Any, None]] | None = None,
+    ) -> T:
         """Run ``function`` (local SQLite work on ``conn``) as one write of
-        the scope: under its lock, after a pull, shipped before returning."""
+        the scope (``writing``)."""
+        with self.writing(before_commit):
+            result = function()
+        return result
+
+    @contextmanager
+    def writing(
+        self, before_commit: Callable[[Any], Coroutine[Any, Any, None]] | None = None
+    ) -> Iterator[None]:
+        """The block's local SQLite work on ``conn`` as one write of the
+        scope: under its lock, after a pull, shipped before the block is
+        left. ``before_commit(conn)`` runs in the same PostgreSQL
+        transaction after the rows are shipped, when there were any
+        (pinning their bodies). An exception of the block is raised after
+        what it committed locally before failing is shipped (the local
+        backend would keep that too)."""
         conn, transaction, remote, pruned = self._run(self._begin())
         shipped = ending = False
+        failed: Exception | None = None
         try:
             version, dirty = self.state()
             if remote == 0 and dirty:
@@ -336,10 +356,9 @@ class Replica:
                 self._pull(conn, version, dirty, remote, pruned)
             self._set_state(remote, True)
             self._recording = True
-            failed: BaseException | None = None
             try:
-                result = function()
-            except Exception as exc:  # what it committed before failing is kept
+                yield
+            except Exception as exc:
                 failed = exc
             finally:
                 self._recording = False
@@ -347,6 +366,8 @@ class Replica:
             if changes:
                 self._run(self._ship(conn, changes, remote + 1))
                 shipped = True
+                if before_commit is not None:
+                    self._run(before_commit(conn))
             ending = True  # _end gives the connection back whatever happens
             self._run(self._end(conn, transaction, commit=True))
         except BaseException:
@@ -360,7 +381,6 @@ class Replica:
             self.conn.execute("DELETE FROM temp.replica_changes")
         if failed is not None:
             raise failed
-        return result
 
     def _mark_all(self) -> None:
         for table in self.tables:
