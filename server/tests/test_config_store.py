@@ -122,7 +122,7 @@ def test_the_url_parser() -> None:
         parse_url("postgresql://user@/db")
 
 
-def test_check_names_unreadable_files_and_refuses_to_serve_a_cluster(tmp_path: Path) -> None:
+def test_check_names_unreadable_files(tmp_path: Path) -> None:
     path = tmp_path / "estafeta.toml"
     path.write_text(BASE + CLUSTER)
     result = subprocess.run(
@@ -137,6 +137,6 @@ def test_check_names_unreadable_files_and_refuses_to_serve_a_cluster(tmp_path: P
         [sys.executable, "-m", "estafeta", "-c", str(path), "check"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode != 0
-    assert "store.backend" in result.stderr and "cannot be served" in result.stderr
+    # check reads the files; it does not connect (serve does, and says why not).
+    assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -30,7 +31,7 @@ from estafeta import log as log_module
 from estafeta.address import AddressError, normalize_address, normalize_domain
 from estafeta.auth import AccountError, Accounts
 from estafeta.config import Config, ConfigError
-from estafeta.store import Store, StoreError, maildir
+from estafeta.store import Store, StoreError
 
 if TYPE_CHECKING:
     from estafeta.queue.store import QueueStore
@@ -67,6 +68,10 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def _accounts(config: Config) -> Accounts:
     config_module.check_runtime(config)
+    if config.store.cluster:
+        from estafeta.cluster_node import cli_accounts
+
+        return cli_accounts(config)
     return Accounts(
         config.accounts_db,
         config.domains,
@@ -123,6 +128,9 @@ def cmd_user_del(config: Config, args: argparse.Namespace) -> int:
     print(f"deleted {address}")
     for source in changed:
         print(f"  removed from alias {source}")
+    if config.store.cluster:
+        print("  its mail stays in the cluster's store")
+        return 0
     # The mail is kept, out of the way: deleting an account must not lose mail.
     mail = Store(config.mail_dir, config.hostname).account_dir(address)
     if mail.exists():
@@ -370,6 +378,10 @@ def cmd_reindex(config: Config, args: argparse.Namespace) -> int:
     # What the rebuild repairs (renames an older version could not finish,
     # mailboxes whose folder cannot exist) is logged: show it on stderr.
     log_module.setup("warning", config.log.format)
+    if config.store.cluster:
+        raise UsageError(
+            "reindex rebuilds a local index from its files; a cluster's is PostgreSQL's"
+        )
     with Store(config.mail_dir, config.hostname) as store:
         count = store.reindex(address)
     print(f"reindexed {address}: {count} messages")
@@ -378,9 +390,7 @@ def cmd_reindex(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_mail_ls(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
-    with Store(config.mail_dir, config.hostname) as store:
-        reader = store.reader(address)
-    with reader:
+    with _store(config) as store, store.reader(address) as reader:
         box = reader.mailbox(args.mailbox)
         if box is None:
             raise UsageError(f"{address} has no mailbox {args.mailbox!r}")
@@ -398,19 +408,26 @@ def cmd_mail_ls(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_mail_cat(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
-    with Store(config.mail_dir, config.hostname) as store:
-        reader = store.reader(address)
-        account_dir = store.account_dir(address)
-    with reader:
+    with _store(config) as store, store.reader(address) as reader:
         box = reader.mailbox(args.mailbox)
         if box is None:
             raise UsageError(f"{address} has no mailbox {args.mailbox!r}")
         file = reader.message_file(box.id, args.uid)
-    if file is None:
-        raise UsageError(f"{address} {box.name} has no message with UID {args.uid}")
-    sys.stdout.buffer.write(maildir.read_message(account_dir / file))
+        if file is None:
+            raise UsageError(f"{address} {box.name} has no message with UID {args.uid}")
+        data = reader.content(file)
+    sys.stdout.buffer.write(data)
     sys.stdout.flush()
     return 0
+
+
+def _store(config: Config) -> contextlib.AbstractContextManager[Store]:
+    """The store, started (a cluster node's, connected, when so configured)."""
+    if config.store.cluster:
+        from estafeta.cluster_node import cli_store
+
+        return cli_store(config)
+    return Store(config.mail_dir, config.hostname)
 
 
 def _queue(config: Config) -> QueueStore:
@@ -775,10 +792,29 @@ def user_actions(
     raise RuntimeError("estafeta user has no actions")
 
 
+# The commands that know the cluster backend ([store] backend = "cluster");
+# the others would read or change this node's local files only, so refuse.
+CLUSTER_COMMANDS = frozenset(
+    {
+        "cmd_check", "cmd_serve", "cmd_user_add", "cmd_user_passwd", "cmd_user_del",
+        "cmd_user_verify", "cmd_user_quota", "cmd_user_list", "cmd_alias_add", "cmd_alias_del",
+        "cmd_alias_list", "cmd_totp_enroll", "cmd_totp_disable", "cmd_totp_status",
+        "cmd_app_password_create", "cmd_app_password_list", "cmd_app_password_revoke",
+        "cmd_reindex", "cmd_mail_ls", "cmd_mail_cat", "cmd_dkim_keygen", "cmd_dkim_list",
+        "cmd_dkim_remove", "cmd_normalize",
+    }
+)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_module.load(args.config)
+        if config.store.cluster and args.func.__name__ not in CLUSTER_COMMANDS:
+            raise UsageError(
+                f"this command works on a local store only: {config.path} has"
+                ' [store] backend = "cluster" (docs/scale.md lists what is not shared yet)'
+            )
         result: int = args.func(config, args)
         return result
     except ConfigError as exc:

@@ -996,13 +996,6 @@ def check_runtime(config: Config) -> None:
                 config.path, "queue.ca_file", f"not a PEM certificate file: {exc}"
             ) from None
     _check_global_scripts(config)
-    if config.store.cluster:
-        # docs/scale.md "Still to come": the pieces exist, serve does not use them yet.
-        raise ConfigError(
-            config.path,
-            "store.backend",
-            '"cluster" cannot be served by this version yet (docs/scale.md); use "local"',
-        )
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         # os.access() says yes to root even on a read-only file system: try for real.

@@ -21,6 +21,8 @@ from estafeta.acme import AcmeSettings, CertificateManager, Challenges
 from estafeta.acme.dane import DaneKeys, DnsTlsaLookup
 from estafeta.acme.placeholder import placeholder
 from estafeta.auth import Accounts
+from estafeta.auth.cluster import SCOPE as ACCOUNTS_SCOPE
+from estafeta.auth.cluster import ClusterAccounts
 from estafeta.auth.connections import (
     ADDRESS,
     CROWDED_TIMEOUT,
@@ -40,6 +42,8 @@ from estafeta.auth.guard import (
 from estafeta.auth.logincache import LoginCache
 from estafeta.auth.logins import LoginRecorder
 from estafeta.backup.create import read_status as read_backup_status
+from estafeta.cluster.database import DatabaseError
+from estafeta.cluster_node import ClusterNode
 from estafeta.config import Config, ConfigError, Endpoint, TLSConfig, server_context
 from estafeta.config_web import read_token
 from estafeta.defences import Defences
@@ -68,8 +72,9 @@ from estafeta.reports.tlsrpt_send import TLSReportRunner
 from estafeta.reports.tlsrpt_sessions import SessionStore
 from estafeta.reports.tlsrpt_store import TLSReportStore
 from estafeta.retention import RetentionRunner
+from estafeta.sieve.cluster import ClusterScriptStore
 from estafeta.sieve.memory import Memory
-from estafeta.sieve.scripts import ScriptStore
+from estafeta.sieve.scripts import Scripts, ScriptStore
 from estafeta.smtp.data import DataBudget
 from estafeta.smtp.errors import ErrorLimiter
 from estafeta.smtp.inbound import InboundHandler
@@ -78,6 +83,7 @@ from estafeta.smtp.screen import Screen
 from estafeta.smtp.submission import SendLimits, SubmissionHandler
 from estafeta.spam.training import Trainer
 from estafeta.store import Store
+from estafeta.store.cluster import ClusterStore
 from estafeta.tlsclose import close_promptly
 from estafeta.web.account import AccountPages
 from estafeta.web.clientconfig import ClientSettings
@@ -116,27 +122,36 @@ class Server:
         self.config = config
         # Scrape-time gauges this server registered, taken back at stop().
         self._gauges: list[metrics.GaugeCollector] = []
-        self.accounts = Accounts(
-            config.accounts_db,
-            config.domains,
-            hasher=config.auth.hasher(),
-            login_cache=LoginCache(config.auth.login_cache_lifetime),
-            scram_iterations=config.auth.scram_iterations,
-        )
-        self.store = Store(
-            config.mail_dir,
-            config.hostname,
-            max_mailboxes=config.limits.max_mailboxes,
-            fulltext_helper=True,
-        )
         self.sieve_limits = sieve.Limits.from_config(config.sieve)
-        # Users' Sieve scripts (rfc5228), managed over ManageSieve and the CLI.
-        self.scripts = ScriptStore(
-            config.sieve_dir,
-            max_script_size=config.sieve.max_script_size,
-            max_scripts=config.sieve.max_scripts,
-            compile=lambda text: sieve.compile_script(text, limits=self.sieve_limits),
-        )
+        # [store] backend = "cluster": accounts, indexes and scripts in
+        # PostgreSQL, bodies in the object store (docs/scale.md).
+        self.node: ClusterNode | None = None
+        self.accounts: Accounts
+        self.store: Store
+        self.scripts: Scripts
+        if config.store.cluster:
+            self._open_cluster(config)
+        else:
+            self.accounts = Accounts(
+                config.accounts_db,
+                config.domains,
+                hasher=config.auth.hasher(),
+                login_cache=LoginCache(config.auth.login_cache_lifetime),
+                scram_iterations=config.auth.scram_iterations,
+            )
+            self.store = Store(
+                config.mail_dir,
+                config.hostname,
+                max_mailboxes=config.limits.max_mailboxes,
+                fulltext_helper=True,
+            )
+            # Users' Sieve scripts (rfc5228), managed over ManageSieve and the CLI.
+            self.scripts = ScriptStore(
+                config.sieve_dir,
+                max_script_size=config.sieve.max_script_size,
+                max_scripts=config.sieve.max_scripts,
+                compile=lambda text: sieve.compile_script(text, limits=self.sieve_limits),
+            )
         # [acme]: the server obtains and renews its certificate (estafeta.acme);
         # until the first one is issued the listeners start with a placeholder.
         self.challenges = Challenges()
@@ -283,6 +298,7 @@ class Server:
                 self.defences.spam_filter,
                 SieveFilter(
                     scripts_for=self.rules.scripts_for,
+                    remote_scripts=self.node is not None,
                     limits=self.sieve_limits,
                     memory=self.memory,
                     hostname=config.hostname,
@@ -343,6 +359,44 @@ class Server:
     async def _authenticate(self, user: str, password: str, peer_ip: str) -> LoginResult:
         return await self.authenticator.login(user, password, "smtp", peer_ip)
 
+    def _open_cluster(self, config: Config) -> None:
+        """The cluster node's parts; a database that cannot be used stops
+        the start with what is wrong (the URL, never the password)."""
+        node = ClusterNode(config)
+        try:
+            node.open()
+        except DatabaseError as exc:
+            raise ConfigError(config.path, "store.database", str(exc)) from None
+        self.node = node
+        accounts = ClusterAccounts(
+            config.accounts_db,
+            config.domains,
+            io=node.io,
+            db=node.db,
+            hasher=config.auth.hasher(),
+            login_cache=LoginCache(config.auth.login_cache_lifetime),
+            scram_iterations=config.auth.scram_iterations,
+        )
+        store = ClusterStore(
+            config.data_dir / "replicas",
+            config.hostname,
+            io=node.io,
+            db=node.db,
+            bodies=node.bodies(),
+            listen=False,
+            max_mailboxes=config.limits.max_mailboxes,
+        )
+        self.scripts = ClusterScriptStore(
+            node.io,
+            node.db,
+            max_script_size=config.sieve.max_script_size,
+            max_scripts=config.sieve.max_scripts,
+            compile=lambda text: sieve.compile_script(text, limits=self.sieve_limits),
+        )
+        self.accounts, self.store = accounts, store
+        node.route(ACCOUNTS_SCOPE, lambda _scope: accounts.changed_elsewhere())
+        node.route_rest(store.changed_elsewhere, store.resync)
+
     def _burl(self, url: str, account: str) -> bytes | None:
         """rfc4468 BURL on submission: what a URLAUTH IMAP URL names, for the
         submission server acting for ``account`` (in a thread)."""
@@ -350,6 +404,8 @@ class Server:
 
     async def start(self) -> None:
         self.store.start()
+        if self.node is not None:
+            self.node.start()
         loop = asyncio.get_running_loop()
         intake = self.report_intake
         if intake is not None and not self.router.resolve(intake.address).found:
@@ -1005,6 +1061,8 @@ class Server:
         self.memory.close()
         await self.trainer.close()
         self.defences.close()
+        if self.node is not None:
+            await asyncio.to_thread(self.node.close)
         for gauge in self._gauges:
             metrics.unregister_gauge(gauge)
         log_event(log, "stopped")

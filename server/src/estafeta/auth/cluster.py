@@ -19,7 +19,7 @@ import concurrent.futures
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,8 +39,17 @@ TABLES = (
 
 class ClusterAccounts(Accounts):
     def __init__(
-        self, path: Any, domains: Iterable[str], *, io: IoLoop, db: Database, **kwargs: Any
+        self,
+        path: Any,
+        domains: Iterable[str],
+        *,
+        io: IoLoop,
+        db: Database,
+        on_close: Callable[[], None] | None = None,
+        **kwargs: Any,
     ) -> None:
+        """``on_close``: called last by ``close`` (the CLI's own node)."""
+        self._on_close = on_close
         super().__init__(path, domains, **kwargs)  # the local file, its schema migrated
         conn = sqlite3.connect(
             self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
@@ -97,6 +106,9 @@ class ClusterAccounts(Accounts):
         self._refresher.shutdown(wait=True)
         self._replica.conn.close()
         super().close()
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()
 
 
 def _log_failure(future: concurrent.futures.Future[bool]) -> None:

@@ -37,8 +37,10 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 
 
-class DatabaseError(Exception):
-    """The database could not do what was asked; the message names the URL."""
+class DatabaseError(OSError):
+    """The database could not do what was asked; the message names the URL.
+    An OSError, as a disk's would be: callers that answer "try again later"
+    for a storage error (ManageSieve's TRYLATER, SMTP's 451) do so for it."""
 
 
 class Database:

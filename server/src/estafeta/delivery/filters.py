@@ -173,8 +173,11 @@ class SieveFilter:
         addresses_of: Callable[[str], Sequence[str]],
         includes: Includes | None = None,
         mailbox_exists: Callable[[str, str], bool] | None = None,
+        remote_scripts: bool = False,
     ) -> None:
         self.scripts_for = scripts_for
+        # The cluster's scripts are a database query away: never on the loop.
+        self.remote_scripts = remote_scripts
         self.limits = limits
         self.memory = memory
         self.hostname = hostname
@@ -185,7 +188,10 @@ class SieveFilter:
     async def apply(self, item: Item, actions: Sequence[Action]) -> Sequence[Action]:
         # Finding the scripts is a stat (cached compile): no thread for
         # the accounts that have none.
-        scripts = self.scripts_for(item.account)
+        if self.remote_scripts:
+            scripts = await asyncio.to_thread(self.scripts_for, item.account)
+        else:
+            scripts = self.scripts_for(item.account)
         if not scripts:
             return actions
         if len(item.message) <= INLINE_MESSAGE and sieve.inline_safe(scripts):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from estafeta import sieve
 from estafeta.config import SieveConfig
-from estafeta.sieve.scripts import ScriptError, ScriptStore
+from estafeta.sieve.scripts import ScriptError, Scripts
 
 # Compiled scripts kept for include and global lookups (by text: an edited
 # file compiles again, an unchanged one costs a hash).
@@ -29,7 +29,7 @@ class RulesError(Exception):
 
 
 class Rules:
-    def __init__(self, config: SieveConfig, scripts: ScriptStore, limits: sieve.Limits) -> None:
+    def __init__(self, config: SieveConfig, scripts: Scripts, limits: sieve.Limits) -> None:
         self.config = config
         self.scripts = scripts
         self.limits = limits

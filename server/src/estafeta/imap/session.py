@@ -1778,6 +1778,7 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
     wants_envelope = any(a.name == "ENVELOPE" for a in atts)
     needs_file = fetch_module.needs_content(atts)
     content = s.box_index().content
+    inline = getattr(s.box_index(), "inline_content", True)
     imap4rev2 = "IMAP4rev2" in s.enabled
     utf8 = "UTF8=ACCEPT" in s.enabled
     # Responses are streamed message by message, item by item, with
@@ -1830,7 +1831,7 @@ async def cmd_fetch(s: Session, cmd: Command) -> None:
                     atts_here = [*atts, FetchAtt("FLAGS")]  # the \Seen change is reported
                 try:
                     # Everything that can fail happens before a byte is sent.
-                    if needs_file and size > _READ_INLINE:
+                    if needs_file and (size > _READ_INLINE or not inline):
                         await asyncio.to_thread(fetch_module.prepare, message, atts_here)
                     else:
                         fetch_module.prepare(message, atts_here)

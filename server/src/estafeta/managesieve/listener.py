@@ -18,7 +18,7 @@ from estafeta.auth.guard import Authenticator
 from estafeta.config import Config
 from estafeta.managesieve import parser as p
 from estafeta.managesieve.session import Session, Settings
-from estafeta.sieve.scripts import ScriptStore
+from estafeta.sieve.scripts import Scripts
 
 # What a refused or evicted connection hears before the close (rfc5804:1.2 BYE).
 TOO_MANY = p.bye("Too many connections", "TRYLATER")
@@ -47,7 +47,7 @@ class Listener:
         self,
         *,
         authenticator: Authenticator,
-        scripts: ScriptStore,
+        scripts: Scripts,
         settings: Settings,
         tls: ssl.SSLContext | None,
     ) -> None:

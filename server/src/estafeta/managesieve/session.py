@@ -54,7 +54,7 @@ from estafeta.managesieve.parser import (
     Parser,
     Response,
 )
-from estafeta.sieve.scripts import ScriptError, ScriptStore
+from estafeta.sieve.scripts import ScriptError, Scripts
 
 log = logging.getLogger("estafeta.managesieve")
 
@@ -105,7 +105,7 @@ class Session:
         writer: asyncio.StreamWriter,
         *,
         authenticator: Authenticator,
-        scripts: ScriptStore,
+        scripts: Scripts,
         settings: Settings,
         tls: ssl.SSLContext | None,
         preauth: Ticket | None = None,

@@ -52,7 +52,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import asyncpg
 
@@ -71,6 +71,7 @@ from estafeta.sieve.scripts import (
     NONEXISTENT,
     SYNTAX,
     ScriptError,
+    Scripts,
     check_name,
 )
 
@@ -101,28 +102,6 @@ FROM (
     FROM sieve_scripts WHERE address = $1 AND active
 ) AS active_script
 """
-
-
-class Scripts(Protocol):
-    """What ManageSieve, the CLI, the account pages and delivery use of a
-    script store: ``ScriptStore`` (files) and ``ClusterScriptStore`` both
-    are one."""
-
-    max_script_size: int
-    max_scripts: int
-
-    def list(self, account: str) -> list[tuple[str, bool]]: ...
-    def exists(self, account: str, name: str) -> bool: ...
-    def get(self, account: str, name: str) -> str: ...
-    def active(self, account: str) -> tuple[str, str] | None: ...
-    def check(self, text: str) -> Compiled: ...
-    def have_space(self, account: str, name: str, size: int) -> None: ...
-    def put(self, account: str, name: str, text: str) -> bool: ...
-    def activate(self, account: str, name: str | None) -> bool: ...
-    def delete(self, account: str, name: str) -> None: ...
-    def rename(self, account: str, old: str, new: str) -> None: ...
-    def remove_account(self, account: str) -> int: ...
-    def compiled(self, account: str) -> Compiled | None: ...
 
 
 class _Cached(NamedTuple):

@@ -199,6 +199,11 @@ class SqliteReader:
     every flags text, SEARCH SEEN/UNSEEN and STATUS UNSEEN.
     """
 
+    # Whether ``content`` may be called on an event loop: a read of a local
+    # file from the page cache. False for a reader whose bodies may be a
+    # network read away (the cluster backend): sessions read them in a thread.
+    inline_content = True
+
     def __init__(
         self, conn: sqlite3.Connection, account_dir: Path, viewer: int | None = None
     ) -> None:

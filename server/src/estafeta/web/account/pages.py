@@ -60,7 +60,7 @@ from estafeta.auth.accounts import (
 )
 from estafeta.auth.guard import BUSY, Authenticator, LoginHistory
 from estafeta.log import log_event
-from estafeta.sieve.scripts import ScriptError, ScriptStore
+from estafeta.sieve.scripts import ScriptError, Scripts
 from estafeta.web import clientconfig
 from estafeta.web.account import api, vacation
 from estafeta.web.account.sessions import (
@@ -142,7 +142,7 @@ class AccountPages:
         *,
         accounts: Accounts,
         authenticator: Authenticator,
-        scripts: ScriptStore,
+        scripts: Scripts,
         store: Usage | None,
         hostname: str,
         client: clientconfig.ClientSettings | None = None,
