@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import ssl
 import stat
 from collections.abc import AsyncIterator
@@ -50,6 +51,9 @@ class Database:
         self.config = config
         self.application_name = application_name
         self._pool: asyncpg.Pool | None = None
+        # Names this node in its NOTIFY payloads, so that its own writes,
+        # which it has applied already, are not pulled again.
+        self.origin = secrets.token_hex(8)
 
     def describe(self) -> str:
         return str(self.config.url)

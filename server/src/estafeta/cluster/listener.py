@@ -1,6 +1,6 @@
 """LISTEN for other nodes' writes (PostgreSQL NOTIFY, schema.CHANNEL).
 
-Every committed write of a scope sends ``pg_notify(CHANNEL, scope)`` in its
+Every committed write of a scope sends ``pg_notify(CHANNEL, "origin:scope")`` in its
 transaction, so the notice is delivered at commit and only then
 (https://www.postgresql.org/docs/15/sql-notify.html). The listener keeps one
 connection of its own; when it is lost, notices sent meanwhile are lost
@@ -38,8 +38,11 @@ class Listener:
         self.reconnections = 0
 
     def _notice(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        origin, _, scope = payload.partition(":")
+        if origin == self.db.origin:
+            return  # this node's own write: applied already
         try:
-            self.on_change(payload)
+            self.on_change(scope)
         except Exception:  # a callback's bug must not end the listening
             log.exception("change listener failed for %s", payload)
 

@@ -67,6 +67,15 @@ Change = tuple[str, str, str | None]
 """(table, key as a JSON array, row as JSON or None: deleted)."""
 
 
+def notice(origin: str, scope: str) -> str:
+    """The NOTIFY payload of a write: who wrote (``Database.origin``) and what."""
+    return f"{origin}:{scope}"
+
+
+def _columns(chunk: Sequence[Change]) -> tuple[list[str], list[str], list[str | None]]:
+    return [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk]
+
+
 class ReplicaError(Exception):
     """PostgreSQL could not take or give a scope's rows."""
 
@@ -448,22 +457,28 @@ class Replica:
     async def _ship(
         self, conn: Any, changes: Sequence[tuple[str, str, str | None]], new: int
     ) -> None:
-        for start in range(0, len(changes), SHIP_BATCH):
-            chunk = changes[start : start + SHIP_BATCH]
-            await conn.execute(
-                "INSERT INTO mail_rows (scope, tbl, key, row, version)"
-                " SELECT $1, u.tbl, u.key, u.row, $2"
-                " FROM unnest($3::text[], $4::text[], $5::jsonb[]) AS u(tbl, key, row)"
-                " ON CONFLICT (scope, tbl, key)"
-                " DO UPDATE SET row = excluded.row, version = excluded.version",
-                self.scope,
-                new,
-                [c[0] for c in chunk],
-                [c[1] for c in chunk],
-                [c[2] for c in chunk],
-            )
-        await conn.execute("UPDATE mail_scopes SET version = $2 WHERE scope = $1", self.scope, new)
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self.scope)
+        """The rows, the scope's new version and the notice: one statement
+        (one round trip) for up to SHIP_BATCH rows."""
+        upsert = (
+            "INSERT INTO mail_rows (scope, tbl, key, row, version)"
+            " SELECT $1, u.tbl, u.key, u.row, $2"
+            " FROM unnest($3::text[], $4::text[], $5::jsonb[]) AS u(tbl, key, row)"
+            " ON CONFLICT (scope, tbl, key)"
+            " DO UPDATE SET row = excluded.row, version = excluded.version"
+        )
+        chunks = [changes[i : i + SHIP_BATCH] for i in range(0, len(changes), SHIP_BATCH)]
+        for chunk in chunks[:-1]:
+            await conn.execute(upsert, self.scope, new, *_columns(chunk))
+        await conn.execute(
+            f"WITH shipped AS ({upsert} RETURNING 1),"  # noqa: S608 - constant text
+            " raised AS (UPDATE mail_scopes SET version = $2 WHERE scope = $1 RETURNING 1)"
+            " SELECT pg_notify($6, $7)",
+            self.scope,
+            new,
+            *_columns(chunks[-1]),
+            CHANNEL,
+            notice(self.db.origin, self.scope),
+        )
 
     def _recover(self) -> None:
         """After a failed write: the replica may hold changes PostgreSQL
