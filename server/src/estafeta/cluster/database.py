@@ -141,7 +141,10 @@ class Database:
             return
         try:
             self._pool = await asyncpg.create_pool(
-                min_size=1, max_size=self.config.pool_size, **self._connect_args()
+                min_size=1,
+                max_size=self.config.pool_size,
+                reset=_keep_session,
+                **self._connect_args(),
             )
         except Exception as exc:
             raise self.error("connect", exc) from None
@@ -182,3 +185,12 @@ class Database:
                 yield conn
         except UNREACHABLE as exc:
             raise self.error("run a transaction", exc) from None
+
+
+async def _keep_session(conn: Any) -> None:
+    """The pool's reset of a connection given back: nothing. asyncpg's
+    default (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) is one more
+    round trip per use, for session state this project never leaves on a
+    pooled connection: its advisory locks are transaction locks, its
+    cursors live in transactions, it LISTENs on a connection of its own
+    (``connect_one``) and sets nothing."""
