@@ -61,7 +61,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from estafeta.cluster.database import UNREACHABLE, Database
+from estafeta.cluster.database import UNREACHABLE, Database, StorageError
 from estafeta.cluster.settings import ObjectsConfig
 
 log = logging.getLogger("estafeta.cluster")
@@ -85,8 +85,9 @@ REFERENCED = (
 )
 
 
-class BlobError(Exception):
-    """A body could not be stored or read; the message says where and why."""
+class BlobError(StorageError):
+    """A body could not be stored or read; the message says where and why.
+    A StorageError (an OSError): sessions answer "try again later"."""
 
 
 def sha256_hex(data: bytes) -> str:

@@ -38,7 +38,14 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 
 
-class DatabaseError(OSError):
+class StorageError(OSError):
+    """The cluster's database or object store could not do what was asked.
+    An OSError, as a disk's would be: callers that answer "try again later"
+    for a storage error (IMAP's UNAVAILABLE, ManageSieve's TRYLATER,
+    SMTP's 451) do so for these."""
+
+
+class DatabaseError(StorageError):
     """The database could not do what was asked; the message names the URL.
     An OSError, as a disk's would be: callers that answer "try again later"
     for a storage error (ManageSieve's TRYLATER, SMTP's 451) do so for it."""
@@ -183,6 +190,8 @@ class Database:
         try:
             async with self.pool.acquire() as conn, conn.transaction(isolation=isolation):
                 yield conn
+        except StorageError:
+            raise  # said already, by whoever raised it
         except UNREACHABLE as exc:
             raise self.error("run a transaction", exc) from None
 

@@ -435,6 +435,12 @@ class Session:
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             self._held = None
             raise
+        except OSError as exc:
+            # Storage that cannot answer now: a full disk, or a cluster's
+            # database or object store away (DatabaseError, BlobError).
+            # rfc5530:3 UNAVAILABLE: a temporary failure, try again later.
+            log.error("storage error in %s: %s", command.name, exc)
+            self.tagged(tag, "NO", "Temporary failure, try again later", "UNAVAILABLE")
         except Exception:
             # Never a traceback to the client: log it, answer NO [SERVERBUG].
             log.exception("internal error in IMAP %s", command.name)
