@@ -20,8 +20,12 @@ What lives where (docs/scale.md):
 - ``blobs``: message bodies by SHA-256, in the object store or in ``data``
   (``estafeta.cluster.blobs``); ``claimed`` and ``doomed`` are the
   collector's protocol.
-- ``leases``: one holder at a time for a name (POP3 maildrops, queue
-  entries, jobs), until ``expires``.
+- ``leases``: one holder at a time for a name (POP3 maildrops, jobs),
+  until ``expires``.
+- ``queue_messages``, ``queue_entries``, ``queue_mta_sts``: the outbound
+  queue every node's runner takes from (``estafeta.queue.cluster``); an
+  entry's claim (``claimed_by``, ``claim``, ``lease_until``) is kept in its
+  row, so claiming is one ``UPDATE ... FOR UPDATE SKIP LOCKED``.
 - ``send_counts``, ``login_failures``, ``lockouts``: the counters every node
   shares (sending limits, login guard).
 - ``sieve_scripts``: ManageSieve's scripts, one active per account.
@@ -96,6 +100,39 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (address, name)
     );
     CREATE UNIQUE INDEX sieve_scripts_active ON sieve_scripts (address) WHERE active;
+    """,
+    # 2: the outbound queue (estafeta.queue.cluster).
+    """
+    CREATE TABLE queue_messages (
+        id text PRIMARY KEY,
+        sender text NOT NULL,                 -- '' for the null reverse-path (DSNs)
+        size bigint NOT NULL,
+        created double precision NOT NULL,    -- POSIX seconds
+        envelope_id text,
+        -- The message as it will be sent. Up to [limits] max_message_size
+        -- (50 MiB) is acceptable in bytea for now; the object store
+        -- (estafeta.cluster.blobs) is the next step.
+        data bytea NOT NULL
+    );
+    CREATE TABLE queue_entries (
+        id text PRIMARY KEY,
+        message_id text NOT NULL REFERENCES queue_messages (id) ON DELETE CASCADE,
+        domain text NOT NULL,
+        recipients text[] NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        next_attempt double precision NOT NULL, -- POSIX seconds, the runner's clock
+        last_error text NOT NULL DEFAULT '',
+        warned boolean NOT NULL DEFAULT false,
+        claimed_by text,                      -- the node attempting it
+        claim text,                           -- that claim's token
+        lease_until timestamptz               -- the database's clock
+    );
+    CREATE INDEX queue_entries_due ON queue_entries (next_attempt);
+    CREATE INDEX queue_entries_message ON queue_entries (message_id);
+    CREATE TABLE queue_mta_sts (
+        domain text PRIMARY KEY,
+        policy text NOT NULL
+    );
     """,
 )
 

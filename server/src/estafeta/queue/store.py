@@ -22,17 +22,19 @@ from __future__ import annotations
 import contextlib
 import email.policy
 import json
+import math
 import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from estafeta.address import split_address
 
@@ -104,7 +106,111 @@ class Entry:
         }
 
 
+@dataclass(frozen=True)
+class Bounce:
+    """A DSN (rfc3464) to queue with the settlement of the entry it is
+    about: from the null reverse-path (rfc5321:4.5.5) to ``to``."""
+
+    to: str
+    data: bytes
+
+
+class QueueUnavailable(Exception):
+    """The queue's storage cannot be reached now (a cluster's database is
+    down): try again later. The local store never raises it."""
+
+
+class QueueBackend(Protocol):
+    """What the runner, the CLI and delivery need of a queue: the local
+    ``QueueStore`` or a cluster's (``estafeta.queue.cluster``).
+
+    ``due`` may claim what it returns (a cluster's does, for ``lease``
+    seconds); ``settle``, ``reschedule`` and ``remove`` of a claimed entry
+    then write only while the claim holds and say whether they did;
+    ``renew`` extends the claims of attempts still running and names those
+    lost to another node; ``release`` gives claims up. The local store has
+    no claims (``lease`` is infinite). ``settle`` queues an attempt's DSNs
+    with the entry's new state: in one transaction in a cluster, so that a
+    DSN is queued exactly once whichever node settles."""
+
+    lease: float
+
+    def close(self) -> None: ...
+    def depth(self) -> tuple[int, float | None]: ...
+    def enqueue(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        envelope_id: str | None = None,
+        now: float | None = None,
+    ) -> list[Entry]: ...
+    def settle(
+        self,
+        entry_id: str,
+        *,
+        recipients: Sequence[str],
+        next_attempt: float,
+        error: str,
+        warned: bool | None = None,
+        bounces: Sequence[Bounce] = (),
+    ) -> bool: ...
+    def reschedule(
+        self,
+        entry_id: str,
+        *,
+        recipients: Sequence[str],
+        next_attempt: float,
+        error: str,
+        warned: bool | None = None,
+    ) -> bool: ...
+    def remove(self, entry_id: str) -> bool: ...
+    def renew(self, entry_ids: Collection[str]) -> set[str]: ...
+    def release(self, entry_ids: Collection[str]) -> None: ...
+    def flush(self, entry_id: str | None = None, now: float | None = None) -> int: ...
+    def forget_address(
+        self, address: str, separator: str | None = "+", now: float | None = None
+    ) -> tuple[int, int]: ...
+    def entries(self) -> list[Entry]: ...
+    def get(self, entry_id: str) -> Entry | None: ...
+    def due(self, now: float, exclude: set[str], limit: int) -> list[Entry]: ...
+    def next_due(self) -> float | None: ...
+    def read_message(self, message_id: str) -> bytes: ...
+    def envelope_id(self, message_id: str) -> str | None: ...
+    def sts_get(self, domain: str) -> str | None: ...
+    def sts_put(self, domain: str, policy: str) -> None: ...
+
+
+def plan_entries(
+    message_id: str, sender: str, recipients: Sequence[str], size: int, now: float
+) -> list[Entry]:
+    """The entries of a new message: one per recipient domain, recipients
+    in their order without repeats."""
+    if not recipients:
+        raise ValueError("no recipients")
+    by_domain: dict[str, list[str]] = {}
+    for rcpt in recipients:
+        by_domain.setdefault(split_address(rcpt)[1], []).append(rcpt)
+    return [
+        Entry(
+            id=new_id(),
+            message_id=message_id,
+            sender=sender,
+            domain=domain,
+            recipients=tuple(dict.fromkeys(rcpts)),
+            created=now,
+            size=size,
+            next_attempt=now,
+        )
+        for domain, rcpts in by_domain.items()
+    ]
+
+
 class QueueStore:
+    # No claims: one process runs the queue (QueueBackend).
+    lease = math.inf
+
     def __init__(self, directory: Path, *, recover: bool = True) -> None:
         """Open (and create) the queue in DIRECTORY.
 
@@ -205,22 +311,7 @@ class QueueStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        by_domain: dict[str, list[str]] = {}
-        for rcpt in recipients:
-            by_domain.setdefault(split_address(rcpt)[1], []).append(rcpt)
-        entries = [
-            Entry(
-                id=new_id(),
-                message_id=message_id,
-                sender=sender,
-                domain=domain,
-                recipients=tuple(dict.fromkeys(rcpts)),
-                created=now,
-                size=len(data),
-                next_attempt=now,
-            )
-            for domain, rcpts in by_domain.items()
-        ]
+        entries = plan_entries(message_id, sender, recipients, len(data), now)
         try:
             with self._transaction() as conn:
                 conn.execute(
@@ -246,13 +337,13 @@ class QueueStore:
         next_attempt: float,
         error: str,
         warned: bool | None = None,
-    ) -> None:
-        """After an attempt: the recipients still to try, and when."""
+    ) -> bool:
+        """After an attempt: the recipients still to try, and when; whether
+        the entry was there."""
         if not recipients:
-            self.remove(entry_id)
-            return
+            return self.remove(entry_id)
         with self._transaction() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 "UPDATE entries SET recipients = ?, attempts = attempts + 1,"
                 " next_attempt = ?, last_error = ?, warned = COALESCE(?, warned) WHERE id = ?",
                 (
@@ -263,6 +354,39 @@ class QueueStore:
                     entry_id,
                 ),
             )
+            return cursor.rowcount > 0
+
+    def settle(
+        self,
+        entry_id: str,
+        *,
+        recipients: Sequence[str],
+        next_attempt: float,
+        error: str,
+        warned: bool | None = None,
+        bounces: Sequence[Bounce] = (),
+    ) -> bool:
+        """After an attempt: queue its DSNs, then ``reschedule``. One
+        process runs this queue, so nobody else settles the entry; a crash
+        between the two steps sends a DSN again after the restart. Always
+        True (QueueBackend: nothing was refused)."""
+        for bounce in bounces:
+            self.enqueue("", [bounce.to], bounce.data)
+        self.reschedule(
+            entry_id,
+            recipients=recipients,
+            next_attempt=next_attempt,
+            error=error,
+            warned=warned,
+        )
+        return True
+
+    def renew(self, entry_ids: Collection[str]) -> set[str]:
+        """No claims to extend, none lost to another node."""
+        return set()
+
+    def release(self, entry_ids: Collection[str]) -> None:
+        """No claims to give up."""
 
     def remove(self, entry_id: str) -> bool:
         """Drop an entry; the message file goes with its last entry."""
@@ -319,15 +443,7 @@ class QueueStore:
         old recipient list back: erase again once it is done."""
         now = time.time() if now is None else now
         wanted = address.lower()
-        local, _, domain = wanted.rpartition("@")
-
-        def is_address(text: str) -> bool:
-            text = text.strip().strip("<>").lower()
-            if text == wanted:
-                return True
-            head, _, tail = text.rpartition("@")
-            return bool(separator) and tail == domain and head.split(separator, 1)[0] == local
-
+        is_address = address_matcher(address, separator)
         with self._lock:
             rows = self._conn.execute(
                 "SELECT e.id, e.message_id, m.sender, e.recipients, e.last_error"
@@ -486,15 +602,35 @@ class QueueStore:
             )
 
 
+def address_matcher(address: str, separator: str | None = "+") -> Callable[[str], bool]:
+    """Whether a text names ``address`` (normalised) or a ``local+tag`` of
+    it (forget_address)."""
+    wanted = address.lower()
+    local, _, domain = wanted.rpartition("@")
+
+    def is_address(text: str) -> bool:
+        text = text.strip().strip("<>").lower()
+        if text == wanted:
+            return True
+        head, _, tail = text.rpartition("@")
+        return bool(separator) and tail == domain and head.split(separator, 1)[0] == local
+
+    return is_address
+
+
 def _header_names(path: Path, null_sender: bool, is_address: Callable[[str], bool]) -> bool:
-    """Whether a queued message's header says it is the address's: its
-    ``Delivered-To``, and for a null-sender message its ``From``/``Sender``
-    (see QueueStore.forget_address)."""
     try:
         with path.open("rb") as stream:
             head = stream.read(HEADER_PEEK)
     except FileNotFoundError:
         return False
+    return header_names(head, null_sender, is_address)
+
+
+def header_names(head: bytes, null_sender: bool, is_address: Callable[[str], bool]) -> bool:
+    """Whether a queued message's header (its first HEADER_PEEK octets)
+    says it is the address's: its ``Delivered-To``, and for a null-sender
+    message its ``From``/``Sender`` (see QueueStore.forget_address)."""
     end = head.find(b"\r\n\r\n")
     header = BytesHeaderParser(policy=email.policy.compat32).parsebytes(
         head[: end + 2] if end >= 0 else head
@@ -505,3 +641,7 @@ def _header_names(path: Path, null_sender: bool, is_address: Callable[[str], boo
             if any(is_address(found) for _, found in getaddresses([str(value)])):
                 return True
     return False
+
+
+if TYPE_CHECKING:
+    _backend: type[QueueBackend] = QueueStore
