@@ -5,15 +5,20 @@ deliveries; the CLI works on the shared accounts."""
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import poplib
 import smtplib
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
+from aiosmtpd.controller import Controller
 
 from conftest import DOMAIN, PASSWORD, Instance, estafeta, free_port
 from estafeta.cluster.settings import DatabaseConfig, ObjectsConfig
@@ -32,9 +37,9 @@ def store_section(database: DatabaseConfig, objects: ObjectsConfig, node: str) -
     )
 
 
-@pytest.fixture
-def cluster(
-    tmp_path: Path, database: DatabaseConfig, bucket: ObjectsConfig
+@contextlib.contextmanager
+def make_cluster(
+    tmp_path: Path, database: DatabaseConfig, objects: ObjectsConfig, extra: str = ""
 ) -> Iterator[tuple[Instance, Instance]]:
     nodes = []
     for name in ("a", "b"):
@@ -42,21 +47,30 @@ def cluster(
         root.mkdir()
         node = Instance(
             root, free_port(), imap_port=free_port(), pop3_port=free_port(),
-            extra_config=store_section(database, bucket, name),
+            submission_port=free_port(),
+            extra_config=store_section(database, objects, name) + extra,
             auth_config="allow_plaintext = true\n",
         )  # fmt: skip
         node.write_config()
         nodes.append(node)
     a, b = nodes
     a.add_user(ANA)  # on a's CLI: the account is in PostgreSQL
-    for node in nodes:
-        node.start()
     try:
+        for node in nodes:
+            node.start()
         yield a, b
     finally:
         for node in nodes:
             if node.process is not None:
                 node.stop()
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path, database: DatabaseConfig, bucket: ObjectsConfig
+) -> Iterator[tuple[Instance, Instance]]:
+    with make_cluster(tmp_path, database, bucket) as nodes:
+        yield nodes
 
 
 def send(node: Instance, subject: str) -> None:
@@ -143,3 +157,61 @@ def test_the_cli_shares_the_accounts(cluster: tuple[Instance, Instance]) -> None
     assert "for the cli" in shown
     refused = estafeta(a.config, "queue", "list", check=False)
     assert refused.returncode == 2 and "local store only" in refused.stderr
+
+
+class Sink:
+    """The smarthost both nodes relay through: what it received."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.received.append(bytes(envelope.original_content or envelope.content))
+        return "250 2.0.0 Ok: taken"
+
+
+def test_outbound_mail_leaves_once_whichever_node_takes_it(
+    tmp_path: Path, database: DatabaseConfig, bucket: ObjectsConfig
+) -> None:
+    """The queue is PostgreSQL's: both nodes' runners claim from it, and
+    each message reaches the smarthost once."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    ca.cert_pem.write_to_path(str(tmp_path / "relay-ca.pem"))
+    sink = Sink()
+    port = free_port()
+    controller = Controller(
+        sink, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True
+    )
+    controller.start()
+    extra = (
+        f'[queue]\nca_file = "{tmp_path / "relay-ca.pem"}"\n'
+        f'[queue.relay]\nhost = "127.0.0.1:{port}"\n'
+    )
+    try:
+        with make_cluster(tmp_path, database, bucket, extra) as (a, b):
+            for n in range(6):
+                node = (a, b)[n % 2]
+                with smtplib.SMTP("127.0.0.1", node.submission_port, timeout=30) as smtp:
+                    smtp.login(ANA, PASSWORD)
+                    smtp.sendmail(
+                        ANA, [f"far{n}@example.net"],
+                        f"From: {ANA}\r\nTo: far{n}@example.net\r\nSubject: out {n}\r\n\r\nhi\r\n",
+                    )  # fmt: skip
+            deadline = time.monotonic() + 30
+            while len(sink.received) < 6:
+                assert time.monotonic() < deadline, f"{len(sink.received)} of 6 arrived"
+                time.sleep(0.1)
+            time.sleep(1.0)  # a second copy would come now
+            subjects = sorted(
+                line for data in sink.received for line in data.split(b"\r\n")
+                if line.startswith(b"Subject: ")
+            )  # fmt: skip
+            assert subjects == [f"Subject: out {n}".encode() for n in range(6)]
+            assert "queue is empty" in a.cli("queue", "list").stdout
+    finally:
+        controller.stop()

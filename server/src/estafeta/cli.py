@@ -34,7 +34,7 @@ from estafeta.config import Config, ConfigError
 from estafeta.store import Store, StoreError
 
 if TYPE_CHECKING:
-    from estafeta.queue.store import QueueStore
+    from estafeta.queue.store import QueueBackend
 
 # The DKIM and queue modules are imported by the commands that use them: they
 # take longer to import than most commands take to run, and the Ansible
@@ -430,10 +430,14 @@ def _store(config: Config) -> contextlib.AbstractContextManager[Store]:
     return Store(config.mail_dir, config.hostname)
 
 
-def _queue(config: Config) -> QueueStore:
+def _queue(config: Config) -> QueueBackend:
     from estafeta.queue.store import QueueStore
 
     config_module.check_runtime(config)
+    if config.store.cluster:
+        from estafeta.cluster_node import cli_queue
+
+        return cli_queue(config)
     # The server may be running: leave files of in-flight enqueues alone.
     return QueueStore(config.queue_dir, recover=False)
 
@@ -778,6 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
     from estafeta import cli_tls  # the DANE keys of [acme] dane (issue 22)
 
     cli_tls.register(commands, add)
+    from estafeta import cli_migrate  # local store <-> cluster (issue 23)
+
+    cli_migrate.register(commands, add)
     return parser
 
 
@@ -801,7 +808,8 @@ CLUSTER_COMMANDS = frozenset(
         "cmd_alias_list", "cmd_totp_enroll", "cmd_totp_disable", "cmd_totp_status",
         "cmd_app_password_create", "cmd_app_password_list", "cmd_app_password_revoke",
         "cmd_reindex", "cmd_mail_ls", "cmd_mail_cat", "cmd_dkim_keygen", "cmd_dkim_list",
-        "cmd_dkim_remove", "cmd_normalize",
+        "cmd_dkim_remove", "cmd_normalize", "cmd_queue_list", "cmd_queue_flush",
+        "cmd_queue_delete", "cmd_migrate",
     }
 )  # fmt: skip
 

@@ -24,6 +24,7 @@ from estafeta.cluster.database import Database, DatabaseError
 from estafeta.cluster.ioloop import IoLoop
 from estafeta.cluster.listener import Listener
 from estafeta.config import Config, ConfigError
+from estafeta.queue.cluster import ClusterQueueStore
 from estafeta.store.cluster import ClusterStore
 
 log = logging.getLogger("estafeta.cluster")
@@ -167,3 +168,22 @@ def _cli_node(config: Config) -> ClusterNode:
     except DatabaseError as exc:
         raise ConfigError(config.path, "store.database", str(exc)) from None
     return node
+
+
+class _CliQueue(ClusterQueueStore):
+    """The queue for a command of the CLI: claims nothing (an operator's
+    delete wins over a node's attempt), and closes its node with it."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        super().__init__(node.io, node.db, node.config.store.node, tool=True)
+        self._node = node
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._node.close()
+
+
+def cli_queue(config: Config) -> ClusterQueueStore:
+    return _CliQueue(_cli_node(config))

@@ -62,10 +62,11 @@ from estafeta.log import log_event
 from estafeta.managesieve import listener as managesieve
 from estafeta.policy.signer import Signer
 from estafeta.pop3 import session as pop3
+from estafeta.queue.cluster import ClusterQueueStore
 from estafeta.queue.delivery import Deliverer, verifying_context
 from estafeta.queue.mtasts import MTASTS, Policy, fetch_policy
 from estafeta.queue.runner import QueueRunner
-from estafeta.queue.store import QueueStore
+from estafeta.queue.store import QueueBackend, QueueStore
 from estafeta.reports.store import ReportStore
 from estafeta.reports.tlsrpt_recorder import SessionRecorder
 from estafeta.reports.tlsrpt_send import TLSReportRunner
@@ -249,7 +250,11 @@ class Server:
         self._pop3_locks = pop3.Locks()
         self._managesieve: list[managesieve.Listener] = []
         self.resolver = DNSPythonResolver([(e.host, e.port) for e in config.nameservers])
-        self.queue = QueueStore(config.queue_dir)
+        self.queue: QueueBackend = (
+            ClusterQueueStore(self.node.io, self.node.db, config.store.node)
+            if self.node is not None
+            else QueueStore(config.queue_dir)
+        )
         self.signer = Signer(config.dkim_dir)
         srs_secret = srs.load_secret(config.data_dir / "srs.key")
         self.router = Router(self.accounts, srs_secret)
@@ -1157,7 +1162,7 @@ def _peer_ip(writer: asyncio.StreamWriter) -> str:
 class _StoreCache:
     """MTA-STS policies cached in the queue database (rfc8461:5.1)."""
 
-    def __init__(self, store: QueueStore) -> None:
+    def __init__(self, store: QueueBackend) -> None:
         self.store = store
 
     def get(self, domain: str) -> Policy | None:

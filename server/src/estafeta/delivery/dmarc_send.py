@@ -74,7 +74,7 @@ from estafeta.dns import DNSTempError, Resolver
 from estafeta.log import log_event
 from estafeta.policy import dmarc
 from estafeta.policy.signer import Signer
-from estafeta.queue.store import QueueStore
+from estafeta.queue.store import QueueBackend
 from estafeta.reports import aggregate
 from estafeta.reports.dmarc import DateRange, Report
 from estafeta.reports.evaluations import DAY, Aggregate, EvaluationStore, State
@@ -212,7 +212,7 @@ class ReportSender:
         self,
         *,
         store: EvaluationStore,
-        queue: QueueStore,
+        queue: QueueBackend,
         signer: Signer,
         resolver: Resolver,
         settings: Settings,
@@ -478,7 +478,7 @@ class DmarcReports:
         domains: tuple[str, ...],
         reports: ReportsConfig,
         path: Path,
-        queue: QueueStore,
+        queue: QueueBackend,
         signer: Signer,
         resolver: Resolver,
         wake: Callable[[], None],

@@ -22,7 +22,7 @@ from estafeta import srs
 from estafeta.log import log_event
 from estafeta.policy import dkim
 from estafeta.policy.signer import Signer
-from estafeta.queue.store import QueueStore
+from estafeta.queue.store import QueueBackend
 
 log = logging.getLogger("estafeta.delivery")
 
@@ -31,7 +31,7 @@ class Forwarder:
     def __init__(
         self,
         *,
-        queue: QueueStore,
+        queue: QueueBackend,
         signer: Signer,
         srs_secret: bytes,
         authserv_id: str,

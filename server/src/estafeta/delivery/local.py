@@ -84,7 +84,7 @@ from estafeta.message.structure import header_fields
 from estafeta.policy.analyze import Analysis
 from estafeta.policy.signer import Signer
 from estafeta.queue.delivery import Result
-from estafeta.queue.store import QueueStore
+from estafeta.queue.store import QueueBackend
 from estafeta.sieve.memory import Memory
 from estafeta.store import Delivery, OverQuota, Store, StoreError, shared
 from estafeta.store.reader import IndexReader
@@ -188,7 +188,7 @@ class LocalDelivery:
         hostname: str,
         store: Store,
         router: Router,
-        queue: QueueStore,
+        queue: QueueBackend,
         wake_queue: Callable[[], None],
         forwarder: Forwarder,
         signer: Signer,

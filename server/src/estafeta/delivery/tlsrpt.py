@@ -52,7 +52,7 @@ from estafeta.dns import Resolver
 from estafeta.log import log_event
 from estafeta.policy.signer import Signer
 from estafeta.queue.delivery import verifying_context
-from estafeta.queue.store import QueueStore
+from estafeta.queue.store import QueueBackend
 from estafeta.queue.tlsrpt_post import post_report
 from estafeta.reports import tlsrpt, unpack
 from estafeta.reports.store import ReportStoreError
@@ -149,7 +149,7 @@ def combine(
 def report_sender(
     config: Config,
     resolver: Resolver,
-    queue: QueueStore,
+    queue: QueueBackend,
     signer: Signer,
     wake: Callable[[], None] = lambda: None,
 ) -> TLSReportSender:
