@@ -41,7 +41,18 @@ Memory is bounded: at most ``max_entries`` clients (each with at most
 ``MAX_PAIR_LOCKS`` pair lockouts and ``ip_max_failures`` failures), accounts
 (each with at most ``account_max_failures`` failures) and known (account,
 client or network) entries are tracked; the oldest are forgotten first.
-Everything lives in memory: a restart forgets it.
+Everything lives in memory: a restart forgets it. On a cluster the guard
+gets a ``shared`` backend (``SharedGuardState``: estafeta.cluster.lockouts)
+and then failures are counted by all nodes together and the ip, pair and
+account lockouts (same GuardPolicy) are shared: every node honours them and
+a restart keeps them. ``check`` reads the backend's cache of active
+lockouts (no database round trip), ``record_failure`` and
+``record_success`` send one short query each (two when a lockout starts;
+only the node that starts a lockout reports it). The node keeps its own
+counts as well and honours its own lockouts too; the delays and the "known"
+clients stay its own. When the backend fails (the database away or slow),
+the guard decides on its own counts alone and logs the outage once: never
+is everybody refused because the database cannot answer.
 
 ``Authenticator`` is the one async entry point the sessions call: it
 consults the guard, runs the (slow, argon2) password check on an executor of
@@ -68,7 +79,7 @@ import math
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar, cast
@@ -193,6 +204,38 @@ class Lockout:
     failures: int
 
 
+class SharedCounts(Protocol):
+    """Failures in the window, the one just recorded included."""
+
+    @property
+    def ip(self) -> int: ...
+    @property
+    def pair(self) -> int: ...
+    @property
+    def account(self) -> int: ...
+    @property
+    def clients(self) -> int: ...
+
+
+class SharedGuardState(Protocol):
+    """Failures and lockouts shared by the nodes of a cluster
+    (estafeta.cluster.lockouts.SharedLockouts); ``client`` is a client key."""
+
+    def remaining(self, kind: str, client: str, account: str) -> float: ...
+
+    def failure(
+        self, client: str, account: str, *, exempt: bool, window: float, lockout: float
+    ) -> Awaitable[SharedCounts]: ...
+
+    def lock(
+        self, kinds: Sequence[str], client: str, account: str, seconds: float
+    ) -> Awaitable[dict[str, float]]: ...
+
+    def forget(self, client: str, accounts: Sequence[str]) -> Awaitable[None]: ...
+
+    def refresh(self) -> Awaitable[int]: ...
+
+
 @dataclass(frozen=True)
 class Failure:
     delay: float
@@ -235,9 +278,17 @@ def _clients_among(failures: Iterable[tuple[float, str, bool]]) -> int:
 
 
 class LoginGuard:
-    def __init__(self, policy: GuardPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        policy: GuardPolicy,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        shared: SharedGuardState | None = None,
+    ) -> None:
         self.policy = policy
         self.clock = clock
+        self.shared = shared
+        self.shared_outage = False  # the backend failed last time it was asked
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._accounts: OrderedDict[str, _Account] = OrderedDict()
         # (account, client key or network key) -> time of the last good login.
@@ -252,18 +303,29 @@ class LoginGuard:
         """Refuse a locked-out client or (client, account) pair, or say that
         the account's password is locked for a client it does not know."""
         now = self.clock()
+        key = client_key(ip)
+        # This node's own lockouts, and the shared ones (a cluster).
         if not self.exempt(ip):
-            client = self._clients.get(client_key(ip))
-            if client is not None:
-                if client.locked_until > now:
-                    return Decision(False, IP, client.locked_until)
-                pair_until = client.pairs.get(account, 0.0)
-                if pair_until > now:
-                    return Decision(False, PAIR, pair_until)
+            client = self._clients.get(key)
+            until = max(client.locked_until if client else 0.0, self._shared(IP, key, account))
+            if until > now:
+                return Decision(False, IP, until)
+            until = max(client.pairs.get(account, 0.0) if client else 0.0,
+                        self._shared(PAIR, key, account))  # fmt: skip
+            if until > now:
+                return Decision(False, PAIR, until)
         entry = self._accounts.get(account)
-        if entry is not None and entry.locked_until > now and not self.known(ip, account):
-            return Decision(False, ACCOUNT, entry.locked_until)
+        until = max(entry.locked_until if entry else 0.0, self._shared(ACCOUNT, key, account))
+        if until > now and not self.known(ip, account):
+            return Decision(False, ACCOUNT, until)
         return Decision(True)
+
+    def _shared(self, kind: str, key: str, account: str) -> float:
+        """The end (guard clock) of a shared lockout of ``kind``, or 0."""
+        if self.shared is None:
+            return 0.0
+        left = self.shared.remaining(kind, key, account)
+        return self.clock() + left if left > 0 else 0.0
 
     def known(self, ip: str, account: str) -> bool:
         """Did this client, or one in its /24 (IPv6: /48), log in to this account recently?"""
@@ -374,6 +436,96 @@ class LoginGuard:
             self._known[known] = now
             self._known.move_to_end(known)
         self._evict(self._known)
+
+    # -- with a shared backend (a cluster) ----------------------------------
+
+    async def record_failure(self, ip: str, account: str) -> Failure:
+        """``failure``, and with a shared backend the lockouts it decides."""
+        failure = self.failure(ip, account)
+        if self.shared is None:
+            return failure
+        try:
+            lockouts = await self._shared_failure(ip, account)
+        except Exception as exc:
+            self._shared_down(exc)
+            return failure  # our own lockouts, logged as before
+        self._shared_up()
+        # Ours are reported only where no shared one covers them (rare: a
+        # good login elsewhere made the shared count forget).
+        key = client_key(ip)
+        now = self.clock()
+        mine = [lo for lo in failure.lockouts if self._shared(lo.scope, key, account) <= now]
+        return Failure(failure.delay, lockouts + tuple(mine))
+
+    async def _shared_failure(self, ip: str, account: str) -> tuple[Lockout, ...]:
+        assert self.shared is not None
+        policy = self.policy
+        key = client_key(ip)
+        exempt = self.exempt(ip)
+        counts = await self.shared.failure(
+            key, account, exempt=exempt, window=policy.window, lockout=policy.lockout
+        )
+        now = self.clock()
+        wanted = []
+        if (
+            counts.account >= policy.account_max_failures
+            and counts.clients >= policy.min_clients
+            and self._shared(ACCOUNT, key, account) <= now
+        ):
+            wanted.append(ACCOUNT)
+        if not exempt:
+            if counts.pair >= policy.pair_max_failures and self._shared(PAIR, key, account) <= now:
+                wanted.append(PAIR)
+            if counts.ip >= policy.ip_max_failures and self._shared(IP, key, account) <= now:
+                wanted.append(IP)
+        if not wanted:
+            return ()
+        started = await self.shared.lock(wanted, key, account, policy.lockout)
+        lockouts = []
+        if ACCOUNT in started:
+            lockouts.append(Lockout(ACCOUNT, ip, account, now + started[ACCOUNT], counts.account))
+        # The client lockout covers the pair's: one lockout to report.
+        if IP in started:
+            lockouts.append(Lockout(IP, ip, account, now + started[IP], counts.ip))
+        elif PAIR in started:
+            lockouts.append(Lockout(PAIR, ip, account, now + started[PAIR], counts.pair))
+        return tuple(lockouts)
+
+    async def record_success(self, ip: str, *accounts: str) -> None:
+        """``success`` for each account, and the shared backend forgets too."""
+        for account in dict.fromkeys(accounts):
+            self.success(ip, account)
+        if self.shared is None:
+            return
+        try:
+            await self.shared.forget(client_key(ip), list(dict.fromkeys(accounts)))
+        except Exception as exc:
+            self._shared_down(exc)
+        else:
+            self._shared_up()
+
+    async def refresh(self) -> None:
+        """Reload the shared lockouts (the server calls this every few seconds)."""
+        if self.shared is None:
+            return
+        try:
+            await self.shared.refresh()
+        except Exception as exc:
+            self._shared_down(exc)
+        else:
+            self._shared_up()
+
+    def _shared_down(self, exc: Exception) -> None:
+        if not self.shared_outage:
+            self.shared_outage = True
+            log_event(log, "auth_shared_unavailable", logging.WARNING,
+                      error=str(exc)[:300] or type(exc).__name__,
+                      fallback="this node's own counts")  # fmt: skip
+
+    def _shared_up(self) -> None:
+        if self.shared_outage:
+            self.shared_outage = False
+            log_event(log, "auth_shared_restored", logging.INFO)
 
     # -- memory ----------------------------------------------------------------
 
@@ -544,11 +696,9 @@ class Authenticator:
             metrics.AUTH_ATTEMPTS.labels(protocol, "ok" if address else "failed").inc()
             self._remember(address or account, protocol, peer_ip, address is not None)
             if address is not None:
-                self.guard.success(peer_ip, account)
-                if address != account:
-                    self.guard.success(peer_ip, address)
+                await self.guard.record_success(peer_ip, account, address)
                 return LoginResult(address)
-            failure = self.guard.failure(peer_ip, account)
+            failure = await self.guard.record_failure(peer_ip, account)
         for lockout in failure.lockouts:
             self._log(lockout, protocol)
         if failure.delay > 0:

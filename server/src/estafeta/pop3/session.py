@@ -3,8 +3,9 @@
 States: AUTHORIZATION -> TRANSACTION -> UPDATE (rfc1939:3). Messages marked
 with DELE are removed only in UPDATE, after QUIT; a dropped connection
 removes nothing. One POP3 session per maildrop at a time (rfc1939:8,
-rfc2449:8 IN-USE); IMAP sessions on the same account carry on and see the
-removals as expunges.
+rfc2449:8 IN-USE): ``Locks`` within this server, or any ``MaildropLocks``
+(on a cluster, leases every node honours: estafeta.cluster.leases); IMAP
+sessions on the same account carry on and see the removals as expunges.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from estafeta.auth import Accounts, scramlogin
 from estafeta.auth.connections import Ticket
@@ -60,11 +62,40 @@ HIGH_WATER = 64 * 1024
 _LF_DOT = re.compile(rb"\n\.")
 
 
+class MaildropLocks(Protocol):
+    """One POP3 session per maildrop (rfc1939:8).
+
+    ``acquire`` is asked once a login succeeded: False if another session
+    holds the maildrop; it may raise if it cannot tell (the session answers
+    with a temporary failure). ``release`` is called at QUIT or disconnect
+    and never raises. ``holds`` says whether the lock is still this
+    session's: a lock that can be lost (a lease) must not be relied on in
+    the UPDATE state once it is."""
+
+    async def acquire(self, address: str) -> bool: ...
+
+    def release(self, address: str) -> None: ...
+
+    def holds(self, address: str) -> bool: ...
+
+
 @dataclass
 class Locks:
     """Maildrops held by POP3 sessions of this server (rfc1939:8)."""
 
     held: set[str] = field(default_factory=set)
+
+    async def acquire(self, address: str) -> bool:
+        if address in self.held:
+            return False
+        self.held.add(address)
+        return True
+
+    def release(self, address: str) -> None:
+        self.held.discard(address)
+
+    def holds(self, address: str) -> bool:
+        return address in self.held
 
 
 @dataclass
@@ -130,7 +161,7 @@ class Session:
         authenticator: Authenticator,
         store: Store,
         settings: Settings,
-        locks: Locks,
+        locks: MaildropLocks,
         tls: ssl.SSLContext | None,
         implicit_tls: bool,
         preauth: Ticket | None = None,
@@ -241,7 +272,7 @@ class Session:
 
     def _unlock(self) -> None:
         if self.user is not None and self.state in (TRANSACTION, UPDATE, CLOSED):
-            self.locks.held.discard(self.user)
+            self.locks.release(self.user)
 
     def login_time_left(self) -> float:
         return self.login_deadline - self._event_loop.time()
@@ -382,10 +413,15 @@ class Session:
             if self.failed_logins >= MAX_FAILED_LOGINS:
                 self.state = CLOSED
             return
-        if address in self.locks.held:
+        try:
+            locked = await self.locks.acquire(address)
+        except Exception as exc:  # the lock's keeper (a database) cannot say
+            log_event(log, "maildrop_lock_failed", logging.ERROR, user=address, error=str(exc))
+            self.err("Temporary failure, try again later", "SYS/TEMP")
+            return
+        if not locked:
             self.err("Maildrop is in use by another POP3 session", "IN-USE")  # rfc2449:8.1.1
             return
-        self.locks.held.add(address)
         self.user = address
         # Logged in: no longer one of the connections not logged in yet.
         self.preauth.leave()
@@ -394,7 +430,7 @@ class Session:
                 _maildrop, self.store, address
             )
         except BaseException:
-            self.locks.held.discard(address)
+            self.locks.release(address)
             self.user = None
             raise
         self.messages = [Message(uid, size, file) for uid, size, file in rows]
@@ -547,6 +583,11 @@ async def cmd_quit(s: Session, cmd: Command) -> None:
     s.state = UPDATE
     doomed = [m.uid for m in s.messages if m.deleted]
     assert s.user is not None
+    if doomed and not s.locks.holds(s.user):
+        # The lock was lost (a lease not renewed in time): another session
+        # may have the maildrop now, so nothing is removed.
+        s.err("Maildrop lock lost, no messages deleted; try again", "SYS/TEMP")
+        return
     if doomed:
         try:
             await asyncio.to_thread(s.store.remove, s.user, "INBOX", doomed)
@@ -601,7 +642,7 @@ async def _send_message(s: Session, message: Message, top: int | None) -> None:
     assert reader is not None
     try:
         # reader.content: a message not settled yet is in tmp/ (store.ingest).
-        if message.size <= INLINE_READ:
+        if message.size <= INLINE_READ and getattr(reader, "inline_content", True):
             data = reader.content(message.file)  # microseconds from the page cache
         else:
             data = await asyncio.to_thread(reader.content, message.file)  # a file read, no SQL

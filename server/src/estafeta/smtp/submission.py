@@ -26,8 +26,11 @@ the outbound queue — both durably.
 Sending limits per account (``[submission] max_messages_per_hour`` and
 ``max_recipients_per_message``) slow down a stolen account: ``451 4.7.1``
 on the MAIL after too many accepted messages in the last hour, and on each
-RCPT beyond the per-message limit. The counters live in memory only; a
-restart resets them.
+RCPT beyond the per-message limit. ``SendLimits`` counts in memory (a
+restart resets it); on a cluster ``SharedSendLimits`` counts what every node
+accepted (estafeta.cluster.counters), and while the database is away falls
+back to this node's own count: mail is never refused because the counter
+cannot be read.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from estafeta.address import normalize_address, split_address
 from estafeta.delivery.local import Envelope, LocalDelivery, Recipient
@@ -138,6 +141,87 @@ class SendLimits:
         times = self._recent(account)
         return 0 if times is None else len(times)
 
+    # What the handler awaits (SharedSendLimits asks the database).
+
+    async def allow(self, account: str) -> bool:
+        """May ``account`` start another message now?"""
+        return self.may_send(account)
+
+    async def record(self, account: str) -> None:
+        """``account`` got a 250 for a message."""
+        self.sent(account)
+
+
+class SendCounter(Protocol):
+    """Messages per address counted by every node
+    (estafeta.cluster.counters.SendCounts); times are wall-clock seconds."""
+
+    def record(self, address: str, when: float) -> Awaitable[None]: ...
+
+    def count(self, address: str, since: float) -> Awaitable[int]: ...
+
+
+class SharedSendLimits(SendLimits):
+    """``SendLimits`` over the messages every node accepted (a cluster).
+
+    Each MAIL asks ``counts`` for the account's last hour (one query), each
+    accepted message adds one (one upsert). This node also counts in memory
+    as ``SendLimits`` does: while the database is away, that count decides,
+    so mail keeps flowing (a sender may then get up to the limit per node).
+    The outage is logged once when it starts and once when it ends.
+    """
+
+    def __init__(
+        self,
+        counts: SendCounter,
+        *,
+        messages_per_hour: int,
+        recipients_per_message: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            messages_per_hour=messages_per_hour,
+            recipients_per_message=recipients_per_message,
+            clock=clock,
+        )
+        self.counts = counts
+        self.wall_clock = wall_clock
+        self.outage = False
+
+    async def allow(self, account: str) -> bool:
+        try:
+            sent = await self.counts.count(account, self.wall_clock() - HOUR)
+        except Exception as exc:
+            self._down(exc)
+            return self.may_send(account)
+        self._up()
+        if sent < self.messages_per_hour:
+            self._over.discard(account)
+            return True
+        return False
+
+    async def record(self, account: str) -> None:
+        self.sent(account)
+        try:
+            await self.counts.record(account, self.wall_clock())
+        except Exception as exc:
+            self._down(exc)
+        else:
+            self._up()
+
+    def _down(self, exc: Exception) -> None:
+        if not self.outage:
+            self.outage = True
+            log_event(log, "send_limits_shared_unavailable", logging.WARNING,
+                      error=str(exc)[:300] or type(exc).__name__,
+                      fallback="this node's own count")  # fmt: skip
+
+    def _up(self) -> None:
+        if self.outage:
+            self.outage = False
+            log_event(log, "send_limits_shared_restored", logging.INFO)
+
 
 class SubmissionHandler(HandlerBase):
     def __init__(
@@ -182,7 +266,7 @@ class SubmissionHandler(HandlerBase):
                 reason="sender not owned",
             )
             return f"{NOT_OWNER}: <{address}>"
-        if not self.limits.may_send(account):
+        if not await self.limits.allow(account):
             if self.limits.first_refusal(account):
                 log_event(
                     log,
@@ -297,7 +381,7 @@ class SubmissionHandler(HandlerBase):
             **({"reason": outcome.reason} if outcome.reason else {}),
         )
         if outcome.status == "delivered":
-            self.limits.sent(account)
+            await self.limits.record(account)
         return self._reply(outcome, transaction.queue_id)
 
     def _check_originator(
