@@ -103,8 +103,23 @@ def test_mail_taken_by_a_is_read_on_b(cluster: tuple[Instance, Instance]) -> Non
         pop.pass_(PASSWORD)
         assert pop.stat()[0] == 2
         assert b"Subject: second" in pop.retr(2)[1]
+        # rfc1939:8, rfc2449:8 IN-USE: one session per maildrop, across nodes.
+        other = poplib.POP3("127.0.0.1", b.pop3_port, timeout=30)
+        try:
+            other.user(ANA)
+            with pytest.raises(poplib.error_proto, match=r"IN-USE"):
+                other.pass_(PASSWORD)
+        finally:
+            other.close()
     finally:
         pop.quit()
+    again = poplib.POP3("127.0.0.1", b.pop3_port, timeout=30)  # released at QUIT
+    try:
+        again.user(ANA)
+        again.pass_(PASSWORD)
+        assert again.stat()[0] == 2
+    finally:
+        again.quit()
 
 
 def test_idle_on_b_hears_a_delivery_on_a_within_a_second(
@@ -155,7 +170,8 @@ def test_the_cli_shares_the_accounts(cluster: tuple[Instance, Instance]) -> None
     send(a, "for the cli")
     shown = b.cli("mail", "ls", ANA).stdout
     assert "for the cli" in shown
-    refused = estafeta(a.config, "queue", "list", check=False)
+    assert "queue is empty" in a.cli("queue", "list").stdout  # the shared queue
+    refused = estafeta(a.config, "shared", "list", check=False)
     assert refused.returncode == 2 and "local store only" in refused.stderr
 
 

@@ -22,6 +22,7 @@ from estafeta.cluster import replica
 from estafeta.cluster.blobs import Blobs
 from estafeta.cluster.database import Database, DatabaseError
 from estafeta.cluster.ioloop import IoLoop
+from estafeta.cluster.leases import Leases
 from estafeta.cluster.listener import Listener
 from estafeta.config import Config, ConfigError
 from estafeta.queue.cluster import ClusterQueueStore
@@ -97,9 +98,14 @@ class ClusterNode:
         self._maintaining = self.io.submit(self._maintain())
 
     async def _maintain(self) -> None:
+        leases = Leases(self.io, self.db, self.config.store.node)
+        holder = leases.new_holder()
         while True:
             await asyncio.sleep(COLLECT_EVERY)
             try:
+                # One node a period does it (a node that dies lets it go).
+                if not await leases.acquire("job:collector", COLLECT_EVERY * 0.9, holder=holder):
+                    continue
                 doomed, removed = await self.bodies().collect(COLLECT_GRACE)
                 pruned = await replica.prune(self.db)
                 if doomed or removed or pruned:

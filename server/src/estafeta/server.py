@@ -42,7 +42,10 @@ from estafeta.auth.guard import (
 from estafeta.auth.logincache import LoginCache
 from estafeta.auth.logins import LoginRecorder
 from estafeta.backup.create import read_status as read_backup_status
+from estafeta.cluster.counters import SendCounts
 from estafeta.cluster.database import DatabaseError
+from estafeta.cluster.leases import LeaseLocks
+from estafeta.cluster.lockouts import SharedLockouts
 from estafeta.cluster_node import ClusterNode
 from estafeta.config import Config, ConfigError, Endpoint, TLSConfig, server_context
 from estafeta.config_web import read_token
@@ -81,7 +84,7 @@ from estafeta.smtp.errors import ErrorLimiter
 from estafeta.smtp.inbound import InboundHandler
 from estafeta.smtp.protocol import Connections, ImplicitTLS, SMTPProtocol
 from estafeta.smtp.screen import Screen
-from estafeta.smtp.submission import SendLimits, SubmissionHandler
+from estafeta.smtp.submission import SendLimits, SharedSendLimits, SubmissionHandler
 from estafeta.spam.training import Trainer
 from estafeta.store import Store
 from estafeta.store.cluster import ClusterStore
@@ -109,6 +112,8 @@ IMPLEMENTED = (
     "http",
     "https",
 )
+# Seconds between two reads of the lockouts other cluster nodes set.
+GUARD_REFRESH = 3.0
 # How long in-flight sessions get to finish on SIGTERM.
 SHUTDOWN_GRACE = 30.0
 # Open files beyond [limits] max_connections that the server may need.
@@ -127,6 +132,7 @@ class Server:
         # [store] backend = "cluster": accounts, indexes and scripts in
         # PostgreSQL, bodies in the object store (docs/scale.md).
         self.node: ClusterNode | None = None
+        self._guard_refresh: asyncio.Task[None] | None = None
         self.accounts: Accounts
         self.store: Store
         self.scripts: Scripts
@@ -211,7 +217,9 @@ class Server:
                     max_delay=auth.max_delay,
                     exempt=auth.exempt,
                     pair_max_failures=auth.pair_max_failures,
-                )
+                ),
+                # A cluster's lockouts every node honours (estafeta.cluster.lockouts).
+                shared=SharedLockouts(self.node.io, self.node.db) if self.node else None,
             ),
             history=LoginRecorder(self.accounts),  # login history, written once a second
         )
@@ -247,7 +255,12 @@ class Server:
         self._http_listeners: list[HTTPListener] = []
         self._imap_sessions: set[Session] = set()
         self._pop3_sessions: set[pop3.Session] = set()
-        self._pop3_locks = pop3.Locks()
+        # rfc1939:8 one session per maildrop: across nodes in a cluster (leases).
+        self._pop3_locks: pop3.MaildropLocks = (
+            LeaseLocks(self.node.io, self.node.db, config.store.node)
+            if self.node is not None
+            else pop3.Locks()
+        )
         self._managesieve: list[managesieve.Listener] = []
         self.resolver = DNSPythonResolver([(e.host, e.port) for e in config.nameservers])
         self.queue: QueueBackend = (
@@ -402,6 +415,14 @@ class Server:
         node.route(ACCOUNTS_SCOPE, lambda _scope: accounts.changed_elsewhere())
         node.route_rest(store.changed_elsewhere, store.resync)
 
+    async def _refresh_guard(self) -> None:
+        """A cluster's lockouts set by other nodes, into this node's cache
+        (estafeta.cluster.lockouts), every few seconds."""
+        while True:
+            await asyncio.sleep(GUARD_REFRESH)
+            with contextlib.suppress(Exception):  # the guard logs an outage itself
+                await self.authenticator.guard.refresh()
+
     def _burl(self, url: str, account: str) -> bytes | None:
         """rfc4468 BURL on submission: what a URLAUTH IMAP URL names, for the
         submission server acting for ``account`` (in a thread)."""
@@ -411,6 +432,7 @@ class Server:
         self.store.start()
         if self.node is not None:
             self.node.start()
+            self._guard_refresh = asyncio.create_task(self._refresh_guard())
         loop = asyncio.get_running_loop()
         intake = self.report_intake
         if intake is not None and not self.router.resolve(intake.address).found:
@@ -464,9 +486,17 @@ class Server:
             signer=self.signer,
             max_recipients=self.config.limits.max_recipients,
             strip_client_ip=self.config.submission.strip_client_ip,
-            limits=SendLimits(
-                messages_per_hour=self.config.submission.max_messages_per_hour,
-                recipients_per_message=self.config.submission.max_recipients_per_message,
+            limits=(
+                SharedSendLimits(
+                    SendCounts(self.node.io, self.node.db),
+                    messages_per_hour=self.config.submission.max_messages_per_hour,
+                    recipients_per_message=self.config.submission.max_recipients_per_message,
+                )
+                if self.node is not None
+                else SendLimits(
+                    messages_per_hour=self.config.submission.max_messages_per_hour,
+                    recipients_per_message=self.config.submission.max_recipients_per_message,
+                )
             ),
         )
         limits = self.config.limits
@@ -1066,6 +1096,11 @@ class Server:
         self.memory.close()
         await self.trainer.close()
         self.defences.close()
+        if self._guard_refresh is not None:
+            self._guard_refresh.cancel()
+        if isinstance(self._pop3_locks, LeaseLocks):
+            with contextlib.suppress(Exception):
+                await self._pop3_locks.close()
         if self.node is not None:
             await asyncio.to_thread(self.node.close)
         for gauge in self._gauges:

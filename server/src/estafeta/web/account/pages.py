@@ -485,7 +485,7 @@ class AccountPages:
             )
             return _redirect("/", [("Set-Cookie", cookie(COOKIE, full.id))])
         session.code_attempts += 1
-        failure = self.guard.failure(request.remote, session.address)
+        failure = await self.guard.record_failure(request.remote, session.address)
         log_event(
             log, "account_login", account=session.address, remote=request.remote, result="bad_code"
         )
