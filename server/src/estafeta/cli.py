@@ -782,6 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
     from estafeta import cli_tls  # the DANE keys of [acme] dane (issue 22)
 
     cli_tls.register(commands, add)
+    from estafeta import cli_migrate  # local store <-> cluster (issue 23)
+
+    cli_migrate.register(commands, add)
     return parser
 
 
