@@ -21,16 +21,18 @@ Every value can be given on the command line too (``--to``, ``--key``).
 
 from __future__ import annotations
 
-import configparser
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from estafeta.s3credentials import read_credentials
+
 if TYPE_CHECKING:
     from estafeta.config import _Reader
+
+__all__ = ["BackupConfig", "backup_config", "check_destination", "read_credentials"]
 
 
 @dataclass(frozen=True)
@@ -94,26 +96,3 @@ def check_destination(text: str, reader: _Reader | None = None) -> None:
         if reader is not None:
             raise reader.error("destination", problem)
         raise ValueError(problem)
-
-
-def read_credentials(path: Path) -> tuple[str, str]:
-    """(access key id, secret) from a credentials file (0600 or 0640)."""
-    try:
-        info = os.stat(path)
-        text = path.read_text("utf-8")
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the S3 credentials: {exc.strerror}") from None
-    if info.st_mode & stat.S_IRWXO:
-        raise ValueError(f"{path}: the S3 credentials are readable by others; chmod 600 it")
-    parser = configparser.ConfigParser()
-    try:
-        parser.read_string(text if text.lstrip().startswith("[") else "[s3]\n" + text)
-    except configparser.Error as exc:
-        raise ValueError(f"{path}: not a credentials file: {exc.message}") from None
-    for section in parser.sections():
-        values = parser[section]
-        key = values.get("access_key_id") or values.get("aws_access_key_id")
-        secret = values.get("secret_access_key") or values.get("aws_secret_access_key")
-        if key and secret:
-            return key.strip(), secret.strip()
-    raise ValueError(f"{path}: needs access_key_id and secret_access_key")

@@ -47,13 +47,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import configparser
 import contextlib
 import hashlib
 import logging
 import os
 import re
-import stat
 import tempfile
 import threading
 from collections import OrderedDict
@@ -63,6 +61,7 @@ from typing import Any, Protocol, TypeVar
 
 from estafeta.cluster.database import UNREACHABLE, Database, StorageError
 from estafeta.cluster.settings import ObjectsConfig
+from estafeta.s3credentials import read_credentials
 
 log = logging.getLogger("estafeta.cluster")
 
@@ -170,7 +169,10 @@ class S3Bodies:
             raise BlobError("S3 bodies need boto3 (pip install boto3)") from None
         key_id = secret = None
         if objects.credentials_file is not None:
-            key_id, secret = read_credentials(objects.credentials_file)
+            try:
+                key_id, secret = read_credentials(objects.credentials_file)
+            except ValueError as exc:
+                raise BlobError(str(exc)) from None
         self.client = boto3.session.Session().client(
             "s3",
             endpoint_url=objects.endpoint,
@@ -295,33 +297,6 @@ class S3Bodies:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
-
-
-def read_credentials(path: Path) -> tuple[str, str]:
-    """(access key id, secret) from a credentials file: ``access_key_id =``
-    and ``secret_access_key =`` lines, an INI section header allowed, not
-    readable by others. The format of estafeta.config_backup.read_credentials,
-    which this layer cannot import (it sits above the cluster)."""
-    try:
-        info = os.stat(path)
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise BlobError(f"{path}: cannot read the S3 credentials: {reason}") from None
-    if info.st_mode & stat.S_IRWXO:
-        raise BlobError(f"{path}: the S3 credentials are readable by others; chmod 600 it")
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(text if text.lstrip().startswith("[") else "[s3]\n" + text)
-    except configparser.Error as exc:
-        raise BlobError(f"{path}: not a credentials file: {exc.message}") from None
-    for section in parser.sections():
-        values = parser[section]
-        key = values.get("access_key_id") or values.get("aws_access_key_id")
-        secret = values.get("secret_access_key") or values.get("aws_secret_access_key")
-        if key and secret:
-            return key.strip(), secret.strip()
-    raise BlobError(f"{path}: needs access_key_id and secret_access_key")
 
 
 def make_bodies(db: Database, objects: ObjectsConfig) -> Bodies:
