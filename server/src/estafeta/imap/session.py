@@ -827,6 +827,31 @@ def _interrupt(session: Session, why: int) -> None:
         session._waiting.cancel()
 
 
+STARTTLS_DRAIN = 1 << 20
+"""Octets pipelined after STARTTLS that are read and dropped at most; more,
+and the handshake meets them and fails (a refusal too)."""
+
+
+async def drain_pipelined(reader: asyncio.StreamReader) -> int:
+    """Before the reply to STARTTLS / STLS: drop what the client pipelined
+    after it; their count. A client waits for that reply before its
+    ClientHello, so whatever arrives before it is not TLS: what the stream
+    holds, and what the socket still holds (an injection larger than one
+    read), which the loop reads between two turns, until two turns bring
+    nothing (rfc3207:4.2's reasoning; as estafeta.smtp.protocol does)."""
+    discarded = 0
+    quiet = 0
+    while quiet < 2 and discarded < STARTTLS_DRAIN:
+        buffered = await discard_buffered(reader)
+        if buffered:
+            discarded += buffered
+            quiet = 0
+        else:
+            quiet += 1
+        await asyncio.sleep(0)
+    return discarded
+
+
 async def discard_buffered(reader: asyncio.StreamReader) -> int:
     """Drop the octets the stream has received but nobody read; their count.
 
@@ -894,13 +919,14 @@ async def cmd_logout(s: Session, cmd: Command) -> None:
 async def cmd_starttls(s: Session, cmd: Command) -> None:
     if s.tls is None or s.tls_active:
         raise Bad("STARTTLS is not available")
+    # rfc9051:6.2.1 (and rfc3207:4.2's reasoning): anything the client
+    # pipelined after STARTTLS is discarded — what the parser holds, what is
+    # in the stream's buffer and what the socket still holds (over 64 KiB
+    # are read at once) — before the OK, after which the ClientHello comes.
+    s.parser = Parser(max_literal=s.settings.append_limit + 1024)
+    dropped = await drain_pipelined(s.reader)
     s.tagged(cmd.tag, "OK", "Begin TLS negotiation now")
     await s.flush()
-    # rfc9051:6.2.1 (and rfc3207:4.2's reasoning): anything the client
-    # pipelined after STARTTLS is discarded — what the parser holds and
-    # what is still in the stream's buffer (over 64 KiB were read at once).
-    s.parser = Parser(max_literal=s.settings.append_limit + 1024)
-    dropped = await discard_buffered(s.reader)
     if dropped:
         log_event(log, "starttls_pipelined", logging.WARNING, client=s.peer, octets=dropped)
     await start_tls(

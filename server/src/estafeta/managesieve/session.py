@@ -40,7 +40,7 @@ from estafeta.auth.sasl import (
     decode_plain,
     decode_response,
 )
-from estafeta.imap.session import discard_buffered, start_tls
+from estafeta.imap.session import drain_pipelined, start_tls
 from estafeta.log import log_event
 from estafeta.managesieve import parser as p
 from estafeta.managesieve.parser import (
@@ -396,14 +396,15 @@ async def cmd_noop(s: Session, cmd: Command) -> None:  # rfc5804:2.13
 async def cmd_starttls(s: Session, cmd: Command) -> None:  # rfc5804:2.2
     if s.tls is None or s.tls_active:
         raise No("STARTTLS is not available")
-    s.send(p.ok("Begin TLS negotiation now"))
-    await s.writer.drain()
     # Anything the client pipelined after STARTTLS is discarded (rfc5804:2.2:
     # it must not send more before the negotiation completes): what the
-    # parser holds and what is still in the stream's buffer.
+    # parser holds, the stream's buffer and what the socket still holds,
+    # before the OK (after it, the ClientHello comes).
     dropped = s.parser.buffered
     s.parser = s._new_parser()
-    dropped += await discard_buffered(s.reader)
+    dropped += await drain_pipelined(s.reader)
+    s.send(p.ok("Begin TLS negotiation now"))
+    await s.writer.drain()
     if dropped:
         log_event(log, "starttls_pipelined", logging.WARNING, client=s.peer, octets=dropped)
     await start_tls(

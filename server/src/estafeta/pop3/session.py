@@ -30,7 +30,7 @@ from estafeta.auth.sasl import (
     decode_plain,
     decode_response,
 )
-from estafeta.imap.session import discard_buffered, start_tls
+from estafeta.imap.session import drain_pipelined, start_tls
 from estafeta.log import log_event
 from estafeta.pop3.parser import Command, Eof, Error, NeedData, Parser, RawLine
 from estafeta.store import Store, StoreError
@@ -470,12 +470,13 @@ async def cmd_stls(s: Session, cmd: Command) -> None:
     if s.tls is None or s.tls_active:
         s.err("STLS is not available")
         return
+    # rfc2595:4 — anything pipelined after STLS is discarded: what the
+    # parser holds, the stream's buffer and what the socket still holds,
+    # before the +OK (after it, the ClientHello comes).
+    s.parser = Parser()
+    dropped = await drain_pipelined(s.reader)
     s.ok("Begin TLS negotiation")
     await s.flush_and_drain()
-    # rfc2595:4 — anything pipelined after STLS is discarded: what the
-    # parser holds and what is still in the stream's buffer.
-    s.parser = Parser()
-    dropped = await discard_buffered(s.reader)
     if dropped:
         log_event(log, "starttls_pipelined", logging.WARNING, client=s.peer, octets=dropped)
     await start_tls(
