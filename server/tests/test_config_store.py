@@ -60,6 +60,12 @@ def test_a_cluster_node(tmp_path: Path) -> None:
     assert store.objects.path_style
 
 
+def test_the_queue_lease(tmp_path: Path) -> None:
+    assert load(tmp_path, CLUSTER).store.queue_lease == 300.0
+    text = CLUSTER.replace('node = "mx1"', 'node = "mx1"\nqueue_lease = "45s"')
+    assert load(tmp_path, text).store.queue_lease == 45.0
+
+
 def test_bodies_in_the_database_need_no_bucket(tmp_path: Path) -> None:
     text = CLUSTER.replace('bucket = "estafeta-mail"\n', 'kind = "database"\n')
     assert load(tmp_path, text).store.objects.kind == "database"
@@ -92,6 +98,8 @@ def test_bodies_in_the_database_need_no_bucket(tmp_path: Path) -> None:
          "must be one of s3, database"),
         (CLUSTER.replace('node = "mx1"', 'node = "mx 1"'), "store.node", "letters, digits"),
         ("[store]\ncache_mib = 0\n", "store.cache_mib", "greater than 0"),
+        ('[store]\nqueue_lease = "5s"\n', "store.queue_lease", "10s or more"),
+        ('[store]\nqueue_lease = "soon"\n', "store.queue_lease", ""),
         ("[store]\ncolour = 1\n", "store.colour", "unknown key"),
     ],
 )  # fmt: skip

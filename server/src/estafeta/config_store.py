@@ -8,6 +8,7 @@ The embedded default is the local backend (Maildir and SQLite under
     node = "mx1"                        # this node's name (default: the hostname)
     cache_dir = "/var/cache/estafeta"   # bodies read lately (default: data_dir/cache)
     cache_mib = 1024                    # the cache's bound
+    queue_lease = "300s"                # a dead node's outbound claims lapse after this
 
     [store.database]
     url = "postgresql://estafeta@db.example.net:5432/estafeta"
@@ -57,6 +58,9 @@ class StoreConfig:
     cache_mib: int = 1024
     database: DatabaseConfig | None = None
     objects: ObjectsConfig = field(default_factory=ObjectsConfig)
+    # How long a node's claim of an outbound queue entry lasts without renewal:
+    # a node that dies holding claims leaves them to another after this long.
+    queue_lease: float = 300.0
 
     @property
     def cluster(self) -> bool:
@@ -64,7 +68,7 @@ class StoreConfig:
 
 
 def store_config(reader: _Reader, base: Path) -> StoreConfig:
-    from estafeta.config import _path, _positive
+    from estafeta.config import _duration, _path, _positive
 
     backend = reader.get("backend", str, "local")
     if backend not in BACKENDS:
@@ -74,6 +78,11 @@ def store_config(reader: _Reader, base: Path) -> StoreConfig:
         raise reader.error("node", f"{node!r}: letters, digits, '.', '-' and '_', 1-63 of them")
     cache_dir = _path(reader, "cache_dir", base)
     cache_mib = _positive(reader, "cache_mib", 1024)
+    queue_lease = _duration(reader, "queue_lease", 300.0)
+    if queue_lease < 10:
+        # A lease must outlast the runner's renewal round (queue/runner.py renews
+        # every lease/3) plus a database round trip, or live attempts lose it.
+        raise reader.error("queue_lease", "must be 10s or more")
     database_reader = reader.table_of("database")
     objects_reader = reader.table_of("objects")
     database = database_config(database_reader, base) if database_reader.table else None
@@ -87,7 +96,7 @@ def store_config(reader: _Reader, base: Path) -> StoreConfig:
                 'is required with kind = "s3" (or kind = "database": bodies in PostgreSQL)',
             )
     reader.check_unknown()
-    return StoreConfig(backend, node, cache_dir, cache_mib, database, objects)
+    return StoreConfig(backend, node, cache_dir, cache_mib, database, objects, queue_lease)
 
 
 def database_config(reader: _Reader, base: Path) -> DatabaseConfig:

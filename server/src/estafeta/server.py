@@ -264,7 +264,9 @@ class Server:
         self._managesieve: list[managesieve.Listener] = []
         self.resolver = DNSPythonResolver([(e.host, e.port) for e in config.nameservers])
         self.queue: QueueBackend = (
-            ClusterQueueStore(self.node.io, self.node.db, config.store.node)
+            ClusterQueueStore(
+                self.node.io, self.node.db, config.store.node, lease=config.store.queue_lease
+            )
             if self.node is not None
             else QueueStore(config.queue_dir)
         )
