@@ -699,3 +699,108 @@ def test_tsig_secret_and_aws_keys_stay_out_of_the_output(tmp_path: Path, knot: A
             else:
                 assert result.returncode != 0, f"{provider} {check}: expected a failure"
                 assert "Publishing the DNS records failed" in text, text[-3000:]
+
+
+# -- several hosts for one domain (issue 23, the cluster) ------------------------------------------
+
+CLUSTER_PLAYBOOK = """
+- name: Publish the records of every host of the domain with nsupdate
+  hosts: mail_servers
+  gather_facts: false
+  serial: 1
+  roles:
+    - dns_records
+"""
+
+
+@needs_knot
+def test_hosts_of_one_domain_publish_one_set_of_records(tmp_path: Path) -> None:
+    """Two hosts of mail_servers serving example.org (the nodes of a cluster) each
+    publish the same MX, SRV and MTA-STS values, naming both, instead of replacing
+    each other's: the MX set has both at their preferences, every SRV name points at
+    both, autoconfig at the preferred one, the MTA-STS policies are the same on
+    both hosts and list both MX hosts; each host's check passes and a second run
+    changes nothing. A host that leaves the group takes its values away."""
+    zones = {"example.org": ["ns A 127.0.0.1", "mx1 A 192.0.2.10", "mx2 A 192.0.2.11"]}
+    knotd, port = start_knot(tmp_path / "knot", zones)
+    try:
+        inventory = tmp_path / "hosts.yml"
+
+        def write_inventory(hosts: list[str]) -> None:
+            lines = ["all:", "  children:", "    mail_servers:", "      hosts:"]
+            for index, name in enumerate(hosts):
+                lines += [
+                    f"        {name}:",
+                    "          ansible_connection: local",
+                    f"          ansible_python_interpreter: {PYTHON}",
+                    "          estafeta__domains: [example.org]",
+                    f"          dns_records__state_dir: {tmp_path / name / 'state'}",
+                    f"          dns_records__mta_sts_policy_dir: {tmp_path / name / 'policies'}",
+                    f"          dns_records__ipv4: [192.0.2.{10 + index}]",
+                    f"          dns_records__mx_priority: {10 * (index + 1)}",
+                ]
+            inventory.write_text("\n".join(lines) + "\n")
+
+        variables: dict[str, Any] = {
+            **nsupdate_to(port),
+            "dns_records__ttl": 300,
+            "dns_records__dkim_records": [
+                {"name": "ed2025._domainkey.example.org", "value": DKIM_ED25519}
+            ],
+            "dns_records__mta_sts": True,
+            "dns_records__check_ptr": False,
+            "dns_records__check_timeout": 10,
+        }
+
+        def run(*more: str) -> dict[str, Any]:
+            rc, output, stderr = run_playbook(
+                CLUSTER_PLAYBOOK, tmp_path, "-i", str(inventory), *more, extra_vars=variables
+            )
+            assert rc == 0, failures(output) or stderr
+            return output
+
+        write_inventory(["mx1.example.org", "mx2.example.org"])
+        output = run()
+        checks = [
+            result
+            for name, _, result in task_results(output)
+            if name == "dns_records : Check the published records"
+        ]
+        assert len(checks) == 2
+        for check in checks:
+            for item in check["results"]:
+                assert item["ok"], item.get("failed_checks")
+                warned = [e for e in item["results"] if e["status"] in ("warn", "fail")]
+                assert warned == [], warned
+        assert rrset(port, APEX, "MX") == {
+            f"{APEX} 300 IN MX 10 mx1.example.org.",
+            f"{APEX} 300 IN MX 20 mx2.example.org.",
+        }
+        assert rrset(port, "_imaps._tcp.example.org.", "SRV") == {
+            "_imaps._tcp.example.org. 300 IN SRV 0 1 993 mx1.example.org.",
+            "_imaps._tcp.example.org. 300 IN SRV 0 1 993 mx2.example.org.",
+        }
+        assert rrset(port, "autoconfig.example.org.", "CNAME") == {
+            "autoconfig.example.org. 300 IN CNAME mx1.example.org."
+        }
+        assert len(rrset(port, "_mta-sts.example.org.", "TXT")) == 1
+        policies = {
+            (tmp_path / name / "policies" / "example.org.txt").read_text()
+            for name in ("mx1.example.org", "mx2.example.org")
+        }
+        assert len(policies) == 1
+        policy = policies.pop()
+        assert "mx: mx1.example.org\nmx: mx2.example.org\n" in policy.replace("\r\n", "\n")
+        assert changed_tasks(run()) == []
+
+        # mx2 leaves the domain's hosts: mx1's next run removes what named it.
+        write_inventory(["mx1.example.org"])
+        run("--limit", "mx1.example.org")
+        assert rrset(port, APEX, "MX") == {f"{APEX} 300 IN MX 10 mx1.example.org."}
+        assert rrset(port, "_imaps._tcp.example.org.", "SRV") == {
+            "_imaps._tcp.example.org. 300 IN SRV 0 1 993 mx1.example.org."
+        }
+        policy_file = tmp_path / "mx1.example.org" / "policies" / "example.org.txt"
+        assert "mx2" not in policy_file.read_text()
+    finally:
+        stop(knotd)
