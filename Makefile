@@ -44,7 +44,7 @@ help:
 	@echo "make test     lint and all tests (every Molecule scenario included)"
 	@echo "make stop     stop the lab (same as make lab-down)"
 	@echo "make lab-up / lab-down   boot / remove the nspawn lab hosts (LAB_NAME=NAME: a lab of its own)"
-	@echo "make molecule  the Molecule scenarios (default, deliverability, backup, upgrade)"
+	@echo "make molecule  the Molecule scenarios (default, deliverability, backup, cluster, upgrade)"
 	@echo "make clean    stop the lab, remove .venv, .lab and caches"
 	@echo "make collection  build the estafeta.mail Ansible collection (scripts/build_collection.py)"
 	@echo "make lock     regenerate server/requirements.lock (versions and hashes the hosts install)"
@@ -158,7 +158,7 @@ lab-down: venv
 # The scenarios boot their hosts with playbooks/lab.yml: they replace a
 # running lab of this clone and leave none behind.
 molecule: venv
-	@for scenario in default deliverability backup upgrade; do \
+	@for scenario in default deliverability backup cluster upgrade; do \
 	  start=$$(date +%s); \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $$scenario; \
 	  echo "molecule $$scenario: passed in $$(( $$(date +%s) - start )) s"; \

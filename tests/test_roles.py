@@ -143,6 +143,7 @@ WRONG = {
     "lab_acme": ({"lab_acme__http_port": "eighty"}, "lab_acme__http_port"),
     "lab_dns": ({"lab_dns__zones": "example.test"}, "lab_dns__zones"),
     "lab_s3": ({"lab_s3__port": "nine thousand"}, "lab_s3__port"),
+    "postgresql": ({"postgresql__tls_mode": "magic"}, "postgresql__tls_mode"),
     "resolver": ({"resolver__port": "fifty-three"}, "resolver__port"),
     "rspamd": ({"rspamd__service_enabled": "perhaps"}, "rspamd__service_enabled"),
     "tls": ({"tls__mode": "magic"}, "tls__mode"),
@@ -234,11 +235,15 @@ INVENTORIES = {
         },
     ),
     "lab": (["-i", "inventories/lab"], {}),
+    # The nodes trust the CA the postgresql role publishes on db.lab, a fact
+    # that is not there without that play: one of trustme's here.
+    "cluster": (["-i", "inventories/cluster"], {"estafeta__store_database_ca": "CA"}),
 }
 HOSTS = {
     "example": ["mx1.example.org"],
     "example-with-relay": ["mx1.example.org"],
     "lab": ["mx1.example.test", "mx2.example.net"],
+    "cluster": ["mx1.example.test", "mx3.example.test", "mx2.example.net"],
 }
 
 
@@ -248,6 +253,8 @@ def test_config_of_the_inventories_passes_estafeta_check(
 ) -> None:
     assert ESTAFETA.exists(), f"{ESTAFETA} is missing (make venv)"
     args, extra = INVENTORIES[inventory]
+    if extra.get("estafeta__store_database_ca") == "CA":
+        extra = {**extra, "estafeta__store_database_ca": trustme.CA().cert_pem.bytes().decode()}
     variables = {**config_vars(tmp_path, tls_files), **extra}
     rc, output, stderr = run_playbook(RENDER_CONFIG, tmp_path, *args, extra_vars=variables)
     assert rc == 0, failures(output) or stderr
@@ -266,6 +273,27 @@ def test_config_of_the_inventories_passes_estafeta_check(
         else:
             assert data["tls"] == {"cert": str(tls_files[0]), "key": str(tls_files[1])}
         assert (config.stat().st_mode & 0o777) == 0o640
+        if inventory == "cluster" and host != "mx2.example.net":
+            store = data["store"]
+            assert (store["backend"], store["node"], store["queue_lease"]) == (
+                "cluster",
+                host,
+                "30s",
+            )
+            database = store["database"]
+            assert database["url"] == "postgresql://estafeta@198.51.100.5:5432/estafeta"
+            assert database["tls"] == "verify-full"
+            secret = Path(database["password_file"])
+            assert secret.read_text() == "Vd7nQ2-lab-cluster-Hx9w\n"
+            assert (secret.stat().st_mode & 0o777) == 0o600
+            assert "BEGIN CERTIFICATE" in Path(database["ca_file"]).read_text()
+            objects = store["objects"]
+            assert objects["bucket"] == "estafeta-mail" and objects["path_style"] is True
+            keys = Path(objects["credentials_file"])
+            assert "secret_access_key = lab-cluster-secret" in keys.read_text()
+            assert (keys.stat().st_mode & 0o777) == 0o600
+        elif inventory == "cluster":
+            assert "store" not in data
         if "relay" in inventory:
             secret = Path(data["queue"]["relay"]["password_file"])
             assert secret.read_text() == "example-only-relay-password\n"
@@ -476,6 +504,7 @@ def test_site_imports_every_service_playbook() -> None:
         "base.yml",
         "firewall.yml",
         "tls.yml",
+        "postgresql.yml",
         "estafeta.yml",
         "backup.yml",
         "dns.yml",
