@@ -13,15 +13,18 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import argon2
 
+from _load import IMAPClient
 from _procs import tree
 
 DOMAIN = "bench.test"
@@ -41,7 +44,7 @@ def wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: f
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{tail}")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{tail}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
             return
         time.sleep(0.05)
@@ -55,6 +58,15 @@ def count_maildir(folder: Path) -> int:
         with contextlib.suppress(FileNotFoundError), os.scandir(folder / sub) as entries:
             total += sum(1 for _ in entries)
     return total
+
+
+def status_messages(client: IMAPClient, mailbox: str = "INBOX") -> int:
+    """MESSAGES of ``STATUS mailbox (MESSAGES)`` on a logged-in connection."""
+    lines = client.command(f"STATUS {mailbox} (MESSAGES)").lines
+    found = [int(line.rsplit(b"MESSAGES", 1)[1].strip(b" )\r\n")) for line in lines]
+    if len(found) != 1:
+        raise RuntimeError(f"STATUS {mailbox}: {lines!r}")
+    return found[0]
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
@@ -192,6 +204,7 @@ class Estafeta:
             # No DNS here; the peer does no SPF/DKIM/DMARC either.
             + "[inbound]\nauthenticate = false\n"
             + self.extra_config
+            + self.store_section()
         )
         from estafeta import config
 
@@ -202,28 +215,60 @@ class Estafeta:
             f"p={h.argon2_parallelism} (argon2-cffi)"
         )
 
+    def store_section(self) -> str:
+        """``[store]`` of the config: none, the local backend (ClusterEstafeta
+        in _cluster.py has one)."""
+        return ""
+
     def add_users(self, passwords: dict[str, str]) -> None:
         """Create accounts as ``estafeta user add`` does (same code, same
-        hasher from the config, password policy on), in one process."""
+        hasher from the config, password policy on), in one process: into
+        ``accounts.db``, or on a cluster node into PostgreSQL (the CLI's
+        ``cluster_node.cli_accounts``, as estafeta.cli does)."""
         from estafeta import config
         from estafeta.auth import Accounts
 
         cfg = config.load(self.config_path)
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        with Accounts(cfg.accounts_db, cfg.domains, hasher=cfg.auth.hasher()) as accounts:
+        if cfg.store.cluster:
+            from estafeta.cluster_node import cli_accounts
+
+            opened: Accounts = cli_accounts(cfg)
+        else:
+            opened = Accounts(cfg.accounts_db, cfg.domains, hasher=cfg.auth.hasher())
+        with opened as accounts:
             existing = set(accounts.list_users())
             for address, password in passwords.items():
                 if address not in existing:
                     accounts.add_user(address, password)
 
+    @contextlib.contextmanager
+    def _store(self) -> Iterator[Any]:
+        """The store as the CLI opens it: the local Maildir store, or a
+        cluster node's (PostgreSQL, the object store, the replicas under
+        data_dir/replicas: ``cluster_node.cli_store``)."""
+        from estafeta import config
+        from estafeta.store import Store
+
+        cfg = config.load(self.config_path)
+        if cfg.store.cluster:
+            from estafeta.cluster_node import cli_store
+
+            with cli_store(cfg) as cluster_store:
+                yield cluster_store
+        else:
+            with Store(self.root / "data" / "mail", f"mx.{DOMAIN}") as store:
+                yield store
+
     def fill(self, address: str, messages: Iterable[bytes], batch: int = 1000) -> None:
-        """Deliver through the store API (durable, as SMTP deliveries are);
-        only while the server is stopped."""
+        """Deliver through the store API (durable, as SMTP deliveries are:
+        on the cluster, bodies PUT then rows committed in PostgreSQL, the
+        code path of an SMTP delivery); only while the server is stopped."""
         assert self.process is None
         from estafeta.message import summarize
-        from estafeta.store import Delivery, Store
+        from estafeta.store import Delivery
 
-        with Store(self.root / "data" / "mail", f"mx.{DOMAIN}") as store:
+        with self._store() as store:
             pending: list[Delivery] = []
             for data in messages:
                 pending.append(Delivery(address, data, summarize(data)))
@@ -242,6 +287,36 @@ class Estafeta:
 
     def count(self, address: str) -> int:
         return count_maildir(self.maildir(address))
+
+    @contextlib.contextmanager
+    def counter(self, address: str, password: str) -> Iterator[Callable[[], int]]:
+        """P1's "visible" check: the messages in the account's Maildir."""
+        yield lambda: self.count(address)
+
+    def index_db(self, address: str) -> Path:
+        """The account's index (SQLite), full-text index included."""
+        return self.maildir(address) / "index.db"
+
+    def unindexed(self, addresses: Iterable[str]) -> int:
+        """Messages of ``addresses`` that the full-text index does not hold
+        yet: the server indexes new mail in the background once its writer
+        is idle. A read-only look at the index files (WAL: no lock taken)."""
+        left = 0
+        for address in addresses:
+            path = self.index_db(address)
+            if not path.exists():
+                continue
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            try:
+                messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+                try:
+                    held = conn.execute("SELECT count(*) FROM fulltext_doc").fetchone()[0]
+                except sqlite3.OperationalError:  # no full-text table yet
+                    held = 0
+            finally:
+                conn.close()
+            left += max(0, int(messages) - int(held))
+        return left
 
     def start(self) -> None:
         assert self.process is None
@@ -452,7 +527,12 @@ class PostfixDovecot:
         self._write_users()
 
     def add_users(self, passwords: dict[str, str], cheap: bool = False) -> None:
-        hasher = argon2.PasswordHasher(**(CHEAP_ARGON2 if cheap else DOVECOT_ARGON2))
+        cost = CHEAP_ARGON2 if cheap else DOVECOT_ARGON2
+        hasher = argon2.PasswordHasher(
+            time_cost=cost["time_cost"],
+            memory_cost=cost["memory_cost"],
+            parallelism=cost["parallelism"],
+        )
         for address, password in passwords.items():
             if address not in self._users:
                 self._users[address] = f"{address}:{{ARGON2ID}}{hasher.hash(password)}::::::"
@@ -476,6 +556,11 @@ class PostfixDovecot:
 
     def count(self, address: str) -> int:
         return count_maildir(self.maildir(address))
+
+    @contextlib.contextmanager
+    def counter(self, address: str, password: str) -> Iterator[Callable[[], int]]:
+        """P1's "visible" check: the messages in the account's Maildir."""
+        yield lambda: self.count(address)
 
     def fill(self, address: str, messages: Iterable[bytes]) -> None:
         """Write messages straight into the Maildir's cur/, named and with LF

@@ -16,10 +16,16 @@ order every round:
       account;
   P4  POP3 LIST + RETR of 1,000 messages.
 
+A third side, "estafeta (cluster)", runs P1 and P2 (not P3, P4) on the
+cluster backend: the same estafeta with [store] backend = "cluster" on a
+private PostgreSQL 15 and moto's S3 (bodies in PostgreSQL with
+--cluster-bodies database; --no-cluster leaves it out).
+
 Writes bench/results/<date>.json and .png and prints a table of medians and
-ratios (estafeta / peer). See bench/README.md.
+ratios (estafeta / peer, cluster / local estafeta). See bench/README.md.
 
     .venv/bin/python bench/compare.py [--quick] [--rounds 3] [--profile P2]
+        [--no-cluster | --cluster-bodies database]
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _cluster import NODE, Backends, ClusterEstafeta
+
 from _harness import free_port
 from _load import (
     IdleFleet,
@@ -63,6 +71,7 @@ from _servers import (
     Estafeta,
     PostfixDovecot,
     ensure_packages,
+    status_messages,
     versions,
 )
 
@@ -75,7 +84,9 @@ SORT_SUBJECT = "SORT (SUBJECT) UTF-8 ALL"
 THREAD = "THREAD REFERENCES UTF-8 ALL"  # threads of 4 (bigbox_message's In-Reply-To)
 SAME = 0.05  # ratios within 5 % of 1 are "same"
 
-Server = Estafeta | PostfixDovecot
+Server = Estafeta | PostfixDovecot  # ClusterEstafeta is an Estafeta
+SIDES = ("estafeta", "cluster", "peer")
+CLUSTER_PHASES = ("P1", "P2")  # what runs on the cluster side
 
 
 def thread_counts(lines: list[bytes]) -> tuple[int, int]:
@@ -109,19 +120,21 @@ class Metric:
     label: str
     unit: str
     better: str  # "lower" or "higher"
-    values: dict[str, list[float]] = field(default_factory=lambda: {"estafeta": [], "peer": []})
+    values: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SIDES})
 
     def median(self, side: str) -> float | None:
         return statistics.median(self.values[side]) if self.values[side] else None
 
-    def ratio(self) -> float | None:
-        mine, theirs = self.median("estafeta"), self.median("peer")
-        if mine is None or theirs is None or theirs == 0:
+    def ratio(self, mine: str = "estafeta", theirs: str = "peer") -> float | None:
+        """Median of side ``mine`` over that of ``theirs``; the table has
+        estafeta/peer and cluster/estafeta (cluster over local)."""
+        a, b = self.median(mine), self.median(theirs)
+        if a is None or b is None or b == 0:
             return None
-        return mine / theirs
+        return a / b
 
-    def verdict(self) -> str:
-        ratio = self.ratio()
+    def verdict(self, mine: str = "estafeta", theirs: str = "peer") -> str:
+        ratio = self.ratio(mine, theirs)
         if ratio is None:
             return "-"
         if abs(ratio - 1) <= SAME:
@@ -142,7 +155,9 @@ class Results:
 
 
 def side(server: Server) -> str:
-    return "peer" if isinstance(server, PostfixDovecot) else "estafeta"
+    if isinstance(server, PostfixDovecot):
+        return "peer"
+    return "cluster" if isinstance(server, ClusterEstafeta) else "estafeta"
 
 
 # -- the run -----------------------------------------------------------------
@@ -176,6 +191,16 @@ class Bench:
             free_port(),
             max_connections=max(1000, args.p3_peer_connections + 200),
         )
+        # The cluster side: P1 and P2 only, so no P3 connection limit.
+        self.cluster: ClusterEstafeta | None = None
+        if not args.no_cluster:
+            self.cluster = ClusterEstafeta(
+                self.root / "estafeta-cluster",
+                free_port(),
+                free_port(),
+                free_port(),
+                backends=Backends(self.root / "cluster-backends", args.cluster_bodies),
+            )
         self.passwords: dict[str, str] = {}
         self.idle_passwords: dict[str, str] = {}
         self.checks: dict[str, object] = {}
@@ -188,26 +213,47 @@ class Bench:
     def load_sample(self, what: str) -> None:
         self.loads.append((what, [round(x, 2) for x in os.getloadavg()]))
 
+    def servers(self) -> list[Server]:
+        """The sides of a round, local estafeta first."""
+        return [self.estafeta, *([self.cluster] if self.cluster else []), self.peer]
+
     # -- setup -------------------------------------------------------------
 
     def setup(self) -> None:
         args = self.args
-        new = lambda: secrets.token_urlsafe(18)  # noqa: E731
+
+        def new() -> str:
+            return secrets.token_urlsafe(18)
+
         accounts = ["big", "pop"] + [f"in-r{r}-c{c}" for r in range(args.rounds) for c in SESSIONS]
         self.passwords = {f"{a}@{DOMAIN}": new() for a in accounts}
         self.idle_passwords = {f"idle{i:04d}@{DOMAIN}": new() for i in range(args.p3_accounts)}
         idle_default = args.p3_default_hashes
-        for server in (self.estafeta, self.estafeta_idle, self.peer):
+        cluster = self.cluster
+        if cluster is not None:
+            assert cluster.backends is not None
+            what = " and moto's S3" if args.cluster_bodies == "s3" else " (bodies in it too)"
+            say(f"starting a private PostgreSQL 15{what} for the cluster side ...")
+            cluster.backends.start()
+        for server in (self.estafeta, self.estafeta_idle, *self.servers()[1:]):
             server.write_config()
         say(f"data in {self.root}; creating accounts (default hash cost) ...")
         self.estafeta.add_users(self.passwords)
         self.peer.add_users(self.passwords)
         (self.estafeta if idle_default else self.estafeta_idle).add_users(self.idle_passwords)
         self.peer.add_users(self.idle_passwords, cheap=not idle_default)
-
         big = f"big@{DOMAIN}"
+        pop = f"pop@{DOMAIN}"
+        build: dict[str, float] = {}
+        if cluster is not None:
+            # Into PostgreSQL, by the code of `estafeta user add` on a node
+            # (no pop or idle accounts: P3 and P4 do not run on it).
+            t0 = time.perf_counter()
+            cluster.add_users({a: p for a, p in self.passwords.items() if a != pop})
+            build["cluster_accounts"] = round(time.perf_counter() - t0, 1)
+
         n = args.p2_messages
-        say(f"building the P2 INBOX of {n} messages for both (not measured) ...")
+        say(f"building the P2 INBOX of {n} messages for each side (not measured) ...")
         t0 = time.perf_counter()
         self.estafeta.fill(big, (bigbox_message(i, big) for i in range(n)))
         t_est = time.perf_counter() - t0
@@ -215,18 +261,37 @@ class Bench:
         self.peer.fill(big, (bigbox_message(i, big) for i in range(n)))
         t_peer = time.perf_counter() - t0
         say(f"  estafeta store API (fsync'd): {t_est:.0f} s; Maildir files: {t_peer:.0f} s")
-        pop = f"pop@{DOMAIN}"
+        if cluster is not None:
+            # The same store API on the cluster node (ClusterStore, as the
+            # CLI opens it): bodies PUT, then rows committed in PostgreSQL,
+            # 1,000 messages a batch; then the node's full-text index, which
+            # reads every body back (the node's body cache is warm after).
+            t0 = time.perf_counter()
+            cluster.fill(big, (bigbox_message(i, big) for i in range(n)))
+            build["cluster"] = round(time.perf_counter() - t0, 1)
+            say(
+                f"  cluster store API (PostgreSQL + {args.cluster_bodies}):"
+                f" {build['cluster']:.0f} s"
+            )
         self.estafeta.fill(pop, (pop_message(i) for i in range(args.p4_messages)))
         self.peer.fill(pop, (pop_message(i) for i in range(args.p4_messages)))
         idle_server = self.estafeta if idle_default else self.estafeta_idle
         for address in self.idle_passwords:
             idle_server.fill(address, (pop_message(i, 2048) for i in range(10)))
             self.peer.fill(address, (pop_message(i, 2048) for i in range(10)))
-        self.checks["build_seconds"] = {"estafeta": round(t_est, 1), "peer_files": round(t_peer, 1)}
+        self.checks["build_seconds"] = {
+            "estafeta": round(t_est, 1),
+            "peer_files": round(t_peer, 1),
+            **build,
+        }
 
-        say("starting estafeta, Postfix and Dovecot ...")
-        self.estafeta.start()
-        self.peer.start()
+        say(
+            "starting "
+            + ", ".join(s.label for s in self.servers()[:-1])
+            + ", Postfix and Dovecot ..."
+        )
+        for server in self.servers():
+            server.start()
         t0 = time.perf_counter()
         for user in (big, pop, f"idle*@{DOMAIN}"):
             self.peer.doveadm("index", "-u", user, "INBOX")
@@ -234,10 +299,11 @@ class Bench:
         # One unmeasured pass of P2 and P4 on each: Dovecot fills its cache
         # file with the fields clients ask for (as it would have after the
         # first client in a real deployment); both get a warm page cache.
-        say("warm-up pass of P2 and P4 on both (not measured) ...")
-        for server in (self.estafeta, self.peer):
+        say("warm-up pass of P2 and P4 on each side (not measured; the cluster: P2 only) ...")
+        for server in self.servers():
             self.p2(server, record=False)
-            self.p4(server, record=False)
+            if server is not self.cluster:
+                self.p4(server, record=False)
 
     # -- phases ------------------------------------------------------------
 
@@ -247,23 +313,36 @@ class Bench:
         count = args.p1_messages if sessions > 1 else max(50, args.p1_messages // 5)
         count -= count % sessions
         messages = [ingest_message(i, account, args.p1_size) for i in range(count)]
-        assert server.count(account) == 0
-        cpu0 = cpu_seconds(server.pids())
-        result = asyncio.run(smtp_ingest(server.smtp_port, sessions, messages, account))
-        acked = result.started + result.seconds
-        deadline = time.perf_counter() + 600
-        while (seen := server.count(account)) < count:
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"{server.label}: {seen} of {count} messages visible")
-            time.sleep(0.005)
-        visible = max(time.perf_counter(), acked)
-        if server.count(account) != count:
-            raise RuntimeError(f"{server.label}: {server.count(account)} messages, sent {count}")
-        cpu = cpu_seconds(server.pids()) - cpu0
+        # Visible: files in the Maildir, or on the cluster what the node's
+        # IMAP STATUS says (ClusterEstafeta.counter has why).
+        with server.counter(account, self.password(account)) as visible_count:
+            if (seen := visible_count()) != 0:
+                raise RuntimeError(f"{server.label}: {account} holds {seen} messages already")
+            groups = self._pid_groups(server)
+            cpu0 = {name: cpu_seconds(pids) for name, pids in groups.items()}
+            result = asyncio.run(smtp_ingest(server.smtp_port, sessions, messages, account))
+            acked = result.started + result.seconds
+            deadline = time.perf_counter() + 600
+            while (seen := visible_count()) < count:
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"{server.label}: {seen} of {count} messages visible")
+                time.sleep(0.005)
+            visible = max(time.perf_counter(), acked)
+            if (seen := visible_count()) != count:
+                raise RuntimeError(f"{server.label}: {seen} messages, sent {count}")
+            # The trees again: processes started during the run count too.
+            groups = self._pid_groups(server)
+            cpus = {name: cpu_seconds(pids) - cpu0.get(name, 0.0) for name, pids in groups.items()}
+        cpu = sum(cpus.values())
         elapsed = visible - result.started
-        self._check_status(server, account, count)  # what an IMAP client sees (not timed)
+        # What an IMAP client sees, and the last body read back (not timed).
+        self._check_status(server, account, count, min(len(m) for m in messages))
         lat = sorted(result.latencies)
         s = side(server)
+        if len(cpus) > 1:
+            self.checks.setdefault(f"P1 {s} CPU s/1000 msg by process", {})[  # type: ignore[index]
+                f"r{round_no + 1} {sessions} sess."
+            ] = {name: round(v / count * 1000, 3) for name, v in cpus.items()}
         add = self.results.add
         add(
             f"P1.c{sessions}.rate",
@@ -298,18 +377,37 @@ class Bench:
             statistics.median(lat) * 1000,
         )
         say(
-            f"  P1 {server.label:<16} {sessions:>2} sessions: {count / elapsed:7.1f} msg/s visible "
+            f"  P1 {server.label:<18} {sessions:>2} sessions: {count / elapsed:7.1f} msg/s visible "
             f"({count / result.seconds:.1f}/s acked), CPU {cpu / count * 1000:.2f} s/1000"
         )
 
-    def _check_status(self, server: Server, account: str, count: int) -> None:
+    def p1_all(self, server: Server, round_no: int) -> None:
+        for sessions in SESSIONS:
+            self.p1(server, round_no, sessions)
+
+    @staticmethod
+    def _pid_groups(server: Server) -> dict[str, list[int]]:
+        """The processes whose CPU counts, by part (the cluster side: the
+        node, PostgreSQL and moto; the others: one group)."""
+        if isinstance(server, ClusterEstafeta):
+            return server.pid_groups()
+        return {"all": server.pids()}
+
+    def _check_status(self, server: Server, account: str, count: int, size: int) -> None:
         client = IMAPClient(server.imap_port)
-        client.login(account, self.password(account))
-        status = client.command("STATUS INBOX (MESSAGES)").lines
-        client.close()
-        found = [int(line.rsplit(b"MESSAGES", 1)[1].strip(b" )\r\n")) for line in status]
-        if found != [count]:
-            raise RuntimeError(f"{server.label}: IMAP STATUS says {found} messages, sent {count}")
+        try:
+            client.login(account, self.password(account))
+            found = status_messages(client)
+            if found != count:
+                raise RuntimeError(
+                    f"{server.label}: IMAP STATUS says {found} messages, sent {count}"
+                )
+            client.command("EXAMINE INBOX")
+            body = client.command("FETCH * BODY.PEEK[]")
+            if body.untagged < 1 or body.octets < size:
+                raise RuntimeError(f"{server.label}: FETCH * BODY.PEEK[] gave {body.octets} octets")
+        finally:
+            client.close()
 
     def p2(self, server: Server, record: bool = True) -> None:
         big = f"big@{DOMAIN}"
@@ -354,10 +452,29 @@ class Bench:
         for key, label, _command in steps:
             add(f"P2.{key}", f"P2 {label}", "s", "lower", s, times[key])
         say(
-            f"  P2 {server.label:<16} "
+            f"  P2 {server.label:<18} "
             + " ".join(f"{k}={v:.2f}s" for k, v in times.items())
             + f" (login {login.seconds:.2f}s)"
         )
+
+    def settle(self, server: Estafeta) -> None:
+        """Before P2 on an estafeta side, not timed: wait until its
+        full-text index holds the mail P1 just delivered. Both backends
+        index new mail in the background once the store's writer is idle,
+        a batch at a time in the writer thread; the local store reads the
+        files (in a helper process), a cluster node reads the bodies back
+        from the object store, and a store call such as SELECT's waits
+        behind the batch under way: on the cluster, P2 would time P1's
+        aftermath. The wait is in the JSON's checks."""
+        accounts = [a for a in self.passwords if a.startswith("in-")]
+        started = time.perf_counter()
+        while (left := server.unindexed(accounts)) > 0:
+            if time.perf_counter() - started > 600:
+                raise RuntimeError(f"{server.label}: {left} messages not in the full-text index")
+            time.sleep(0.1)
+        waited = round(time.perf_counter() - started, 2)
+        key = "P2 waited (s) for the full-text index of P1's mail"
+        self.checks.setdefault(key, {}).setdefault(side(server), []).append(waited)  # type: ignore[attr-defined]
 
     def p3(self, server: Server) -> None:
         s = side(server)
@@ -512,13 +629,13 @@ class Bench:
 
     def run(self) -> None:
         phases: list[tuple[str, Callable[[Server, int], None]]] = [
-            ("P1", lambda srv, r: [self.p1(srv, r, c) for c in SESSIONS] and None),
+            ("P1", self.p1_all),
             ("P2", lambda srv, r: self.p2(srv)),
             ("P4", lambda srv, r: self.p4(srv)),
             ("P3", lambda srv, r: self.p3_for(srv)),
         ]
         for round_no in range(self.args.rounds):
-            order: list[Server] = [self.estafeta, self.peer]
+            order: list[Server] = self.servers()
             if round_no % 2:
                 order.reverse()
             say(f"round {round_no + 1}/{self.args.rounds}: {' then '.join(s.label for s in order)}")
@@ -530,6 +647,8 @@ class Bench:
                 if phase == "P3" and round_no >= self.args.p3_rounds:
                     continue
                 for server in order:
+                    if server is self.cluster and phase not in CLUSTER_PHASES:
+                        continue
                     target = server
                     if (
                         phase == "P3"
@@ -537,6 +656,8 @@ class Bench:
                         and not self.args.p3_default_hashes
                     ):
                         target = self.estafeta_idle
+                    if phase == "P2" and isinstance(server, Estafeta):
+                        self.settle(server)
                     with self.profiled(phase, target, round_no):
                         function(server, round_no)
                 self.load_sample(f"round {round_no + 1} after {phase}")
@@ -564,9 +685,12 @@ class Bench:
         for profiler in self._profilers:
             if profiler.poll() is None:
                 profiler.kill()
-        for server in (self.estafeta, self.estafeta_idle, self.peer):
+        for server in (self.estafeta, self.estafeta_idle, *self.servers()[1:]):
             with contextlib.suppress(Exception):
                 server.stop()
+        if self.cluster is not None and self.cluster.backends is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.backends.stop()
 
     def cleanup(self) -> None:
         self.stop()
@@ -591,27 +715,41 @@ def ratio_text(ratio: float) -> str:
     return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
 
 
-def table(results: Results) -> str:
-    rows = [("metric", "unit", "estafeta", "postfix+dovecot", "ratio e/p", "estafeta is")]
+def table(results: Results, cluster: bool = False) -> str:
+    """Medians, estafeta/peer, and with ``cluster`` the cluster side's
+    median and its ratio over local estafeta ("n/r": not run there)."""
+    head = ["metric", "unit", "estafeta", "postfix+dovecot", "ratio e/p", "estafeta is"]
+    if cluster:
+        head += ["cluster", "ratio c/e", "cluster is"]
+    rows = [head]
     for m in results.metrics.values():
         ratio = m.ratio()
-        rows.append(
-            (
-                m.label,
-                m.unit,
-                fmt(m.median("estafeta")),
-                fmt(m.median("peer")),
-                ratio_text(ratio) if ratio is not None else "-",
-                m.verdict(),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        row = [
+            m.label,
+            m.unit,
+            fmt(m.median("estafeta")),
+            fmt(m.median("peer")),
+            ratio_text(ratio) if ratio is not None else "-",
+            m.verdict(),
+        ]
+        if cluster:
+            ran = m.key.split(".")[0] in CLUSTER_PHASES
+            mine = m.ratio("cluster", "estafeta")
+            row += [
+                fmt(m.median("cluster")) if ran else "n/r",
+                ratio_text(mine) if mine is not None else "-",
+                m.verdict("cluster", "estafeta"),
+            ]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    numeric = {2, 3, 4, 6, 7}
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-        cells += [c.rjust(w) for c, w in zip(row[2:5], widths[2:5], strict=True)]
-        cells.append(row[5])
-        lines.append("  ".join(cells))
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("-" * len(lines[0]))
     return "\n".join(lines)
@@ -620,11 +758,15 @@ def table(results: Results) -> str:
 def chart(results: Results, path: Path, title: str) -> None:
     """Horizontal bars on a log scale: how many times better (right, green)
     or worse (left, red) estafeta is than the peer, per metric."""
-    import matplotlib
+    # Not installed unless requirements-bench.txt is (make bench does).
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullLocator
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+    from matplotlib.ticker import (  # type: ignore[import-not-found,unused-ignore]
+        FixedLocator,
+        NullLocator,
+    )
 
     metrics = [
         m
@@ -633,7 +775,8 @@ def chart(results: Results, path: Path, title: str) -> None:
     ]
     if not metrics:
         return
-    fig, ax = plt.subplots(figsize=(10, 0.4 * len(metrics) + 1.8))
+    wide = any(m.ratio("cluster", "peer") for m in metrics)
+    fig, ax = plt.subplots(figsize=(12 if wide else 10, 0.4 * len(metrics) + 1.8))
     labels, values, colors = [], [], []
     for m in reversed(metrics):
         ratio = m.ratio() or 1.0
@@ -645,19 +788,44 @@ def chart(results: Results, path: Path, title: str) -> None:
         )
     ax.set_xscale("log")
     bars = ax.barh(labels, [v - 1 for v in values], left=1, color=colors)
-    for bar, value, m in zip(bars, values, reversed(metrics), strict=True):
+    # The cluster side against the same peer: a marker on the row.
+    marks = [
+        (n, (r if m.better == "higher" else 1 / r))
+        for n, m in enumerate(reversed(metrics))
+        if (r := m.ratio("cluster", "peer"))
+    ]
+    if marks:
+        ax.scatter(
+            [g for _, g in marks],
+            [n for n, _ in marks],
+            marker="D",
+            s=22,
+            color="#1565c0",
+            zorder=3,
+            label="estafeta (cluster) vs the peer (c/p)",
+        )
+        ax.legend(loc="lower right", fontsize=7.5)
+    marked = dict(marks)
+    for n, (bar, value, m) in enumerate(zip(bars, values, reversed(metrics), strict=True)):
         ratio = m.ratio() or 1.0
+        theirs = m.ratio("cluster", "peer")
+        # Beyond the bar and the marker, when the marker is on its side.
+        mark = marked.get(n, value)
+        outer = max(value, mark) if value >= 1 else min(value, mark)
         ax.text(
-            value * (1.08 if value >= 1 else 1 / 1.08),
+            outer * (1.12 if value >= 1 else 1 / 1.12),
             bar.get_y() + bar.get_height() / 2,
-            f"e/p {ratio_text(ratio)}: {m.verdict()}",
+            f"e/p {ratio_text(ratio)}: {m.verdict()}"
+            + (f"; c/p {ratio_text(theirs)}" if theirs else ""),
             va="center",
             ha="left" if value >= 1 else "right",
             fontsize=7.5,
         )
     ax.axvline(1, color="black", linewidth=0.8)
-    low = min(min(values), 1) / 60
-    high = max(max(values), 1) * 60
+    shown = values + [g for _, g in marks]
+    room = 300 if marks else 60  # for the longer texts
+    low = min(min(shown), 1) / room
+    high = max(max(shown), 1) * room
     ax.set_xlim(low, high)
     ticks = [t for t in (1 / 1000, 1 / 100, 1 / 10, 1, 10, 100, 1000) if low <= t <= high]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
@@ -671,8 +839,8 @@ def chart(results: Results, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def machine() -> dict[str, object]:
-    info: dict[str, object] = {
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
@@ -753,6 +921,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="py-spy record estafeta in these phases of the last round (results/profile-P?.svg)",
     )
     parser.add_argument(
+        "--no-cluster",
+        action="store_true",
+        help="leave out the cluster side (estafeta on PostgreSQL + an object store)",
+    )
+    parser.add_argument(
+        "--cluster-bodies",
+        choices=("s3", "database"),
+        default="s3",
+        help="where the cluster side keeps bodies: moto's S3 (default) or PostgreSQL",
+    )
+    parser.add_argument(
         "--dir", default="/var/tmp", help="where the temporary data goes (default /var/tmp)"
     )
     parser.add_argument("--results", type=Path, default=HERE / "results", help="output directory")
@@ -804,8 +983,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
+    cluster_text = "" if args.no_cluster else f" and the cluster ({args.cluster_bodies} bodies)"
     say(
-        f"estafeta vs Postfix+Dovecot: {args.rounds} round(s), P1 {args.p1_messages} msgs, "
+        f"estafeta{cluster_text} vs Postfix+Dovecot: {args.rounds} round(s), "
+        f"P1 {args.p1_messages} msgs, "
         f"P2 {args.p2_messages} msgs, P3 {args.p3_connections} IDLE, P4 {args.p4_messages} msgs; "
         f"load {info['loadavg_start']} on {info['cores']} cores"
     )
@@ -821,6 +1002,9 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     duration = time.perf_counter() - wall
     results = bench.results
+    found = versions()
+    if bench.cluster is not None and bench.cluster.backends is not None:
+        found.update(bench.cluster.backends.versions())
     report = {
         "started": started_at,
         "duration_seconds": round(duration, 1),
@@ -828,7 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
         "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": info,
         "load_samples": bench.loads,
-        "versions": versions(),
+        "versions": found,
         "installed_now": installed,
         "configuration": {
             "estafeta": {
@@ -852,6 +1036,36 @@ def main(argv: list[str] | None = None) -> int:
                 "dovecot": "maildir, one imap process per connection (default high-security "
                 "login), imap-login/imap process_limit raised, auth_cache off (default)",
             },
+            "cluster": None
+            if bench.cluster is None
+            else {
+                "phases": list(CLUSTER_PHASES),
+                "hash": bench.cluster.hash_scheme,
+                "store": f"[store] backend = cluster, node {NODE}; "
+                "PostgreSQL 15 over TLS (verify-full, SCRAM) on 127.0.0.1; bodies in "
+                + (
+                    "moto's S3 server (in memory: not durable, a stand-in)"
+                    if args.cluster_bodies == "s3"
+                    else "PostgreSQL (objects kind = database)"
+                ),
+                "postgresql_settings": bench.cluster.backends.settings
+                if bench.cluster.backends
+                else {},
+                "durability": (
+                    "250 after the body's PUT is acknowledged"
+                    if args.cluster_bodies == "s3"
+                    else "250 after the body is committed in PostgreSQL"
+                )
+                + " and the index rows are committed in PostgreSQL with the body pinned"
+                " (fsync on, synchronous_commit on)",
+                "visible": "IMAP STATUS INBOX (MESSAGES) on one connection logged in "
+                "before the clock, polled after the last 250",
+                "cpu": "estafeta + PostgreSQL"
+                + (" + moto" if args.cluster_bodies == "s3" else "")
+                + " processes (the split per 1,000 messages in checks)",
+                "p2_box": "built through the cluster store API (ClusterStore.deliver_sync, "
+                "1,000 a batch) and its full-text index, not measured",
+            },
         },
         "rounds": results.rounds,
         "checks": bench.checks,
@@ -863,30 +1077,45 @@ def main(argv: list[str] | None = None) -> int:
                 "better": m.better,
                 "estafeta": [round(v, 4) for v in m.values["estafeta"]],
                 "peer": [round(v, 4) for v in m.values["peer"]],
+                "cluster": [round(v, 4) for v in m.values["cluster"]],
                 "estafeta_median": m.median("estafeta"),
                 "peer_median": m.median("peer"),
+                "cluster_median": m.median("cluster"),
                 "ratio_estafeta_over_peer": m.ratio(),
                 "verdict": m.verdict(),
+                "ratio_cluster_over_estafeta": m.ratio("cluster", "estafeta"),
+                "verdict_cluster_vs_estafeta": m.verdict("cluster", "estafeta"),
+                "ratio_cluster_over_peer": m.ratio("cluster", "peer"),
             }
             for m in results.metrics.values()
         ],
     }
     out = args.results / f"{started_at}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
-    found = versions()
     title = (
         f"estafeta {found.get('estafeta')} vs Postfix {found.get('postfix')}"
-        f" + Dovecot {found.get('dovecot', '?').split()[0]}\nmedians of {args.rounds} round(s), "
+        f" + Dovecot {found.get('dovecot', '?').split()[0]}"
+        + f"\nmedians of {args.rounds} round(s), "
         f"{info['cores']} cores, load average {info['loadavg_start'][0]} at the start"
+        + ("" if args.no_cluster else f"; c/p: cluster ({args.cluster_bodies} bodies) / peer")
     )
-    png = out.with_suffix(".png")
+    png: Path | None = out.with_suffix(".png")
     try:
-        chart(results, png, title)
+        chart(results, out.with_suffix(".png"), title)
     except ImportError:
         say("matplotlib missing: no chart (pip install -r requirements-bench.txt)")
-        png = None  # type: ignore[assignment]
+        png = None
     print()
-    print(table(results))
+    print(table(results, cluster=bench.cluster is not None))
+    if bench.cluster is not None:
+        s3 = args.cluster_bodies == "s3"
+        print(
+            "cluster: estafeta on PostgreSQL 15 + "
+            + ("moto's S3" if s3 else "bodies in PostgreSQL")
+            + "; P1 and P2 only (n/r: not run); its CPU counts "
+            + ("PostgreSQL's and moto's" if s3 else "PostgreSQL's")
+            + " too; ratio c/e = cluster / local estafeta"
+        )
     print()
     print(
         f"{args.rounds} round(s) in {duration / 60:.1f} min (setup {setup_seconds / 60:.1f} min); "
