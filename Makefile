@@ -28,6 +28,12 @@ APT_LOCK_TIMEOUT ?= 300
 # bound latency) run alone afterwards. server/tests/_ports.py gives each worker
 # its own ports.
 PYTEST_WORKERS ?= 2
+# The server tests make test runs a second time on the cluster backend
+# (--store-backend cluster: each server on its own database and bucket of a
+# private PostgreSQL and moto; tests marked local_store are left out).
+CLUSTER_SUITE := $(wildcard server/tests/test_imap_*.py server/tests/test_pop3*.py) \
+  server/tests/test_smtp_inbound.py server/tests/test_submission.py \
+  server/tests/test_managesieve_session.py server/tests/test_store_backend.py
 APT_GET ?= apt-get
 
 # The lab's name (scripts/labctl.py): `lab` is br-lab on 198.51.100.0/24;
@@ -135,6 +141,7 @@ test-ansible: venv deps-test
 test: deps-test lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=40 -m "not serial" server/tests tests
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest --durations=20 -m serial server/tests tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not serial" --store-backend cluster $(CLUSTER_SUITE)
 	$(MAKE) --no-print-directory molecule
 
 # The lab (issue #7): booted Debian 12 hosts under systemd-nspawn on the

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import imaplib
+import os
 import signal
 import socket
 import sqlite3
@@ -34,6 +35,73 @@ from estafeta.store import Store, index
 
 DOMAIN = "example.test"
 PASSWORD = "correct horse battery staple"
+
+
+# -- the store backend the suite runs against (issue 23) -----------------------
+# ``--store-backend cluster`` (or ESTAFETA_TEST_STORE=cluster) gives every
+# Instance a [store] of its own on this process's PostgreSQL and moto: a new
+# database and bucket each. Tests of the local store's files are marked
+# ``local_store`` and deselected then (not skipped: they do not count).
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store-backend",
+        choices=("local", "cluster"),
+        default=os.environ.get("ESTAFETA_TEST_STORE", "local"),
+        help="the store backend of the servers the tests start (default local)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--store-backend") != "cluster":
+        return
+    kept = [item for item in items if item.get_closest_marker("local_store") is None]
+    deselected = [item for item in items if item.get_closest_marker("local_store") is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+class ClusterStores:
+    """New databases and buckets for Instances, on one PostgreSQL and one moto."""
+
+    def __init__(self, postgres: Postgres, moto_s3: str) -> None:
+        self.postgres = postgres
+        self.moto_s3 = moto_s3
+
+    def section(self, root: Path) -> str:
+        name = self.postgres.create_database()
+        bucket = "i-" + hashlib.sha256(str(root).encode()).hexdigest()[:20]
+        s3_admin(self.moto_s3).create_bucket(Bucket=bucket)
+        credentials = root / "s3.ini"
+        credentials.write_text(f"access_key_id = {KEY_ID}\nsecret_access_key = {SECRET}\n")
+        credentials.chmod(0o600)
+        return (
+            f'[store]\nbackend = "cluster"\nnode = "n-{bucket[2:10]}"\n'
+            f'[store.database]\nurl = "{self.postgres.url(name)}"\n'
+            f'password_file = "{self.postgres.root / "password"}"\n'
+            f'ca_file = "{self.postgres.ca_file}"\npool_size = 4\n'
+            f'[store.objects]\nbucket = "{bucket}"\nprefix = "mail"\n'
+            f'endpoint = "{self.moto_s3}"\nregion = "{REGION}"\npath_style = true\n'
+            f'credentials_file = "{credentials}"\n'
+        )
+
+
+CLUSTER: ClusterStores | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def store_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The backend of this run; with "cluster", every Instance gets a cluster store."""
+    global CLUSTER
+    backend = str(request.config.getoption("--store-backend"))
+    if backend == "cluster":
+        CLUSTER = ClusterStores(
+            request.getfixturevalue("postgres"), request.getfixturevalue("moto_s3")
+        )
+    yield backend
+    CLUSTER = None
 
 
 def make_tls(
@@ -125,6 +193,8 @@ class Instance:
     # The server runs in this process instead (a test's own thread).
     in_process: bool = False
     log_path: Path = field(init=False)
+    # [store] of a cluster run (--store-backend cluster), made once per Instance.
+    store_section: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         self.log_path = self.root / "estafeta.log"
@@ -182,7 +252,24 @@ class Instance:
             + ("" if "[greylist]" in self.extra_config else "[greylist]\nenabled = false\n")
             + ("" if "[screen]" in self.extra_config else "[screen]\ngreeting_pause = 0\n")
             + self.extra_config
+            + self._store()
         )
+
+    def _store(self) -> str:
+        if CLUSTER is None or "[store]" in self.extra_config:
+            return ""
+        if not self.store_section:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.store_section = CLUSTER.section(self.root)
+        return self.store_section
+
+    @property
+    def cluster(self) -> bool:
+        return bool(self.store_section)
+
+    def _local_only(self, what: str) -> None:
+        if self.cluster:
+            raise AssertionError(f"{what} reads the local store's files: mark the test local_store")
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return estafeta(self.config, *args, stdin=stdin)
@@ -252,6 +339,7 @@ class Instance:
             return True
 
     def account_dir(self, address: str) -> Path:
+        self._local_only("account_dir")
         local, domain = address.split("@")
         return self.data_dir / "mail" / domain / local
 
@@ -266,7 +354,10 @@ class Instance:
         """Wait until no message of the account waits in the index for its
         file (estafeta.store.ingest: the server moves files into new/ a few
         milliseconds after the 250, several at a time). A stopped server
-        settles nothing: then the files are as it left them."""
+        settles nothing: then the files are as it left them. A cluster
+        store has no such step: its rows are committed before the 250."""
+        if self.cluster:
+            return
         path = self.account_dir(address) / "index.db"
         deadline = time.monotonic() + timeout
         while path.exists() and (self.process is not None or self.in_process):
@@ -281,7 +372,47 @@ class Instance:
                 raise AssertionError(f"{left} messages of {address} not settled")
             time.sleep(0.01)
 
+    def message_bodies(self, address: str, mailbox: str = "INBOX") -> list[bytes]:
+        """The messages of a mailbox, whichever the backend: the files of the
+        local store (once settled), or what a cluster node's store reads from
+        PostgreSQL and the object store, in UID order."""
+        if not self.cluster:
+            folder = "" if mailbox == "INBOX" else "." + mailbox
+            return [path.read_bytes() for path in self.files(address, folder)]
+        from estafeta.cluster_node import cli_store
+
+        with cli_store(load(self.config)) as store, store.reader(address) as reader:
+            box = reader.mailbox(mailbox)
+            if box is None:
+                return []
+            bodies = []
+            for row in reader.messages(box.id):
+                file = reader.message_file(box.id, row.uid)
+                assert file is not None, f"{address} {mailbox} UID {row.uid} has no body"
+                bodies.append(reader.content(file))
+            return bodies
+
+    def cluster_sql(self, query: str) -> str:
+        """A query on this Instance's cluster database, as the superuser; its
+        output (psql -A -t)."""
+        assert CLUSTER is not None and self.cluster, "not a cluster Instance"
+        database = load(self.config).store.database
+        assert database is not None
+        return CLUSTER.postgres.psql(query, database.url.database)
+
+    def message_count(self, address: str, mailbox: str = "INBOX") -> int:
+        """How many messages a mailbox holds, whichever the backend."""
+        if not self.cluster:
+            return len(self.index_rows(address, mailbox))
+        return len(self.message_bodies(address, mailbox))
+
     def index_rows(self, address: str, mailbox: str = "INBOX") -> list[index.MessageRow]:
+        if self.cluster:
+            from estafeta.cluster_node import cli_store
+
+            with cli_store(load(self.config)) as store, store.reader(address) as reader:
+                box = reader.mailbox(mailbox)
+                return [] if box is None else list(reader.messages(box.id))
         self.settled(address)  # callers read the rows' files next
         path = self.account_dir(address) / "index.db"
         if not path.exists():

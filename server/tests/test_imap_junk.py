@@ -90,7 +90,7 @@ def test_users_teach_the_filter_over_imap(mx: tuple[Instance, ssl.SSLContext]) -
     # the ham kind stays in INBOX.
     send(server, mail(99, SPAM, "offer"))
     send(server, mail(98, HAM, "notes"))
-    assert len(server.files(ALICE, ".Junk")) == TRAINED + 1
+    assert server.message_count(ALICE, "Junk") == TRAINED + 1
     client.select("Junk")
     new = uids(client, 'SUBJECT "offer 99"')
     assert len(new) == 1

@@ -4,6 +4,7 @@ and raw transcripts for every command, response code, limit and failure."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import imaplib
 import re
 import socket
@@ -230,7 +231,15 @@ def test_sievelib_over_starttls(sieve: Sieve, monkeypatch: pytest.MonkeyPatch) -
     assert not client.havespace("x" * 5, MAX_SCRIPT_SIZE + 1)
     assert client.errcode == b"QUOTA/MAXSIZE"
     client.logout()
-    # What a delivery will run: the file, byte for byte, and the active mark.
+    # What a delivery will run: the script, byte for byte, and the active mark.
+    if sieve.inst.cluster:
+        rows = sieve.inst.cluster_sql(
+            "SELECT address, name, active, encode(sha256(convert_to(content, 'UTF8')), 'hex')"
+            " FROM sieve_scripts"
+        )
+        digest = hashlib.sha256(GOOD.encode()).hexdigest()
+        assert rows == f"alice@{DOMAIN}|rules|t|{digest}"
+        return
     account = sieve.inst.data_dir / "sieve" / DOMAIN / "alice"
     assert (account / "rules.sieve").read_bytes() == GOOD.encode()
     assert (account / "active").read_text() == "rules"

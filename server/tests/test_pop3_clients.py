@@ -46,7 +46,7 @@ def deliver(server: Instance, count: int) -> list[bytes]:
             )
     # What the server stored (Return-Path and Received included) is what
     # a POP3 client must get.
-    return [p.read_bytes() for p in server.files(ALICE)]
+    return server.message_bodies(ALICE)
 
 
 def write_mda(tmp_path: Path) -> tuple[Path, Path]:

@@ -50,7 +50,7 @@ def pop_server(instance: Instance, tmp_path: Path) -> Iterator[tuple[Instance, s
 
 
 def stored(server: Instance) -> list[bytes]:
-    return [p.read_bytes() for p in server.files(ALICE)]
+    return server.message_bodies(ALICE)
 
 
 @pytest.mark.parametrize("transport", ["stls", "pop3s"])
@@ -84,7 +84,7 @@ def test_poplib_retrieves_and_deletes_100(
     assert sorted(retrieved) == sorted(on_disk)  # byte-identical after un-stuffing
     client.quit()
     assert stored(server) == []
-    assert server.index_rows(ALICE) == []
+    assert server.message_count(ALICE) == 0
 
 
 def pop_raw(port: int, context: ssl.SSLContext | None = None) -> socket.socket:
@@ -185,7 +185,7 @@ def test_every_command_and_error_whole_and_byte_by_byte(
     whole = run_pop_script(server.pop3s_port, context, one_byte=False)
     # Only message 3 was deleted; restore a third message for the second run.
     deliver_many(server, 1)
-    assert len(server.index_rows(ALICE)) == 3
+    assert server.message_count(ALICE) == 3
     one_byte = run_pop_script(server.pop3s_port, context, one_byte=True)
     mask = lambda replies: [re.sub(rb"\d+", b"N", r) for r in replies]  # noqa: E731
     assert mask(whole) == mask(one_byte)
@@ -223,7 +223,7 @@ def test_lock_drop_and_imap_interplay(pop_server: tuple[Instance, ssl.SSLContext
     first.dele(1)
     first.close()  # no QUIT
     time.sleep(0.3)
-    assert len(server.index_rows(ALICE)) == 4
+    assert server.message_count(ALICE) == 4
 
     third = poplib.POP3_SSL("127.0.0.1", server.pop3s_port, context=context, timeout=10)
     third.user(ALICE)

@@ -39,9 +39,9 @@ def test_delivers_to_inbox_with_trace_headers(server: Instance) -> None:
         client.ehlo("client.remote.test")
         refused = client.send_message(message("first"), "sender@remote.test", [ALICE])
     assert refused == {}
-    files = server.files(ALICE)
-    assert len(files) == 1
-    data = files[0].read_bytes()
+    bodies = server.message_bodies(ALICE)
+    assert len(bodies) == 1
+    data = bodies[0]
     assert data.startswith(
         b"Return-Path: <sender@remote.test>\r\nReceived: from client.remote.test"
     )
@@ -49,7 +49,9 @@ def test_delivers_to_inbox_with_trace_headers(server: Instance) -> None:
     assert f"for <{ALICE}>;".encode() in data
     assert b"\r\nSubject: first\r\n" in data
     rows = server.index_rows(ALICE)
-    assert [(r.uid, r.file) for r in rows] == [(1, "new/" + files[0].name)]
+    assert [r.uid for r in rows] == [1]
+    if not server.cluster:  # a cluster body is named by its hash, not a Maildir file
+        assert rows[0].file == "new/" + server.files(ALICE)[0].name
     assert rows[0].size == len(data)
     assert rows[0].summary.subject == "first"
     assert rows[0].summary.message_id == "<first@remote.test>"
@@ -110,7 +112,7 @@ def test_oversize_data_is_refused_and_nothing_stored(server: Instance) -> None:
         assert text.decode().startswith("5.3.4 ")
         # The connection is still usable afterwards.
         assert client.send_message(message("small"), "sender@remote.test", [ALICE]) == {}
-    assert len(server.files(ALICE)) == 1
+    assert server.message_count(ALICE) == 1
     assert [r.summary.subject for r in server.index_rows(ALICE)] == ["small"]
 
 
@@ -134,9 +136,9 @@ def test_null_sender_and_multiple_recipients(server: Instance) -> None:
         )
     assert refused == {}
     # alice is listed twice (case differs): one copy each.
-    assert len(server.files(ALICE)) == 1
-    assert len(server.files(BOB)) == 1
-    data = server.files(BOB)[0].read_bytes()
+    assert server.message_count(ALICE) == 1
+    assert server.message_count(BOB) == 1
+    data = server.message_bodies(BOB)[0]
     assert data.startswith(b"Return-Path: <>\r\n")
     assert b"\tfor <" not in data  # several recipients: no "for" clause
 
@@ -175,7 +177,7 @@ def test_smtputf8_recipient_and_utf8_headers(server: Instance) -> None:
     assert refused == {}
     rows = server.index_rows(ALICE)
     assert rows[0].summary.subject == "café ☕"
-    assert b"with UTF8SMTP id" in server.files(ALICE)[0].read_bytes()
+    assert b"with UTF8SMTP id" in server.message_bodies(ALICE)[0]
 
 
 def test_malformed_addresses_get_553(server: Instance) -> None:
@@ -248,7 +250,7 @@ def test_byte_at_a_time_client_is_served(server: Instance) -> None:
             if line[3:4] != b"-":
                 replies_seen.append(int(line[:3]))
     assert replies_seen == [250, 250, 250, 354, 250, 221]
-    data = server.files(ALICE)[0].read_bytes()
+    data = server.message_bodies(ALICE)[0]
     assert data.endswith(b"\r\n\r\nline one\r\n.dot-stuffed\r\n")
 
 
@@ -268,7 +270,7 @@ def test_pipelined_transaction(server: Instance) -> None:
         sock.sendall(b"Subject: piped\r\n\r\nhi\r\n.\r\nQUIT\r\n")
         codes += [int(reader.readline()[:3]) for _ in range(2)]
     assert codes == [250, 250, 550, 250, 354, 250, 221]
-    assert len(server.files(ALICE)) == 1 and len(server.files(BOB)) == 1
+    assert server.message_count(ALICE) == 1 and server.message_count(BOB) == 1
 
 
 def test_pipelined_replies_come_as_one_unit(server: Instance) -> None:
@@ -291,7 +293,7 @@ def test_pipelined_replies_come_as_one_unit(server: Instance) -> None:
             assert first.endswith(b"\r\n") and first.split(b"\r\n")[-2].startswith(b"354 ")
             sock.sendall(b"Subject: piped\r\n\r\nhi\r\n.\r\n")
             assert reader.readline().startswith(b"250 ")
-    assert len(server.files(ALICE)) == 3
+    assert server.message_count(ALICE) == 3
 
 
 def test_delivery_log_line(server: Instance) -> None:
@@ -331,7 +333,7 @@ def test_starttls(tls_server: tuple[Instance, trustme.CA]) -> None:
         assert not client.has_extn("starttls")
         assert not client.has_extn("auth")
         client.sendmail("s@remote.test", [ALICE], b"Subject: secret\r\n\r\nhi\r\n")
-    data = server.files(ALICE)[0].read_bytes()
+    data = server.message_bodies(ALICE)[0]
     assert b"with ESMTPS id" in data
     assert b"(using TLSv1.3 " in data
 
