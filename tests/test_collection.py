@@ -49,6 +49,7 @@ PRODUCTION_ROLES = [
     "dns_records",
     "estafeta",
     "firewall",
+    "postgresql",
     "resolver",
     "rspamd",
     "tls",
