@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,12 @@ def test_no_tls_is_refused_by_this_server(database: DatabaseConfig) -> None:
 def test_a_missing_database_and_a_closed_port(database: DatabaseConfig, postgres: Postgres) -> None:
     missing = parse_url(postgres.url("no_such_database"))
     assert "does not exist" in _refusal(dataclasses.replace(database, url=missing))
-    closed = parse_url(f"postgresql://estafeta@127.0.0.1:{postgres.port + 1}/x")
-    message = _refusal(dataclasses.replace(database, url=closed, connect_timeout=2))
-    assert f"127.0.0.1:{postgres.port + 1}" in message and "cannot connect" in message
+    # A port bound and never listened on refuses for certain; port + 1 was
+    # sometimes another worker's server, which took the connection and
+    # let it time out.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        closed = parse_url(f"postgresql://estafeta@127.0.0.1:{port}/x")
+        message = _refusal(dataclasses.replace(database, url=closed, connect_timeout=2))
+    assert f"127.0.0.1:{port}" in message and "cannot connect" in message
