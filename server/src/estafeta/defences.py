@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from estafeta.config import Config
 from estafeta.delivery.spam import RspamdChecker, Scanner, SpamFilter
 from estafeta.dns import Resolver
 from estafeta.log import log_event
 from estafeta.policy.dnsbl import Lists
-from estafeta.policy.greylist import Greylist
+from estafeta.policy.greylist import Greylist, GreylistStore
+from estafeta.policy.greylist_cluster import SharedGreylist
 from estafeta.smtp.gate import Gate
 from estafeta.spam import JunkFilter
 from estafeta.spam.rspamd import RspamdClient
+
+if TYPE_CHECKING:
+    from estafeta.cluster_node import ClusterNode
 
 log = logging.getLogger("estafeta.server")
 
@@ -37,8 +42,14 @@ class Defences:
 
     @classmethod
     def build(
-        cls, config: Config, resolver: Resolver, rspamd: RspamdChecker | None = None
+        cls,
+        config: Config,
+        resolver: Resolver,
+        rspamd: RspamdChecker | None = None,
+        node: ClusterNode | None = None,
     ) -> Defences:
+        """The pieces; on a cluster node (``node``) greylisting lives in
+        the cluster's database, shared by every node."""
         if rspamd is None and config.rspamd.enabled:
             rspamd = rspamd_client(config)
         dnsbl = config.dnsbl
@@ -49,7 +60,11 @@ class Defences:
         )
         gate: Gate | None = None
         if config.greylist.enabled:
-            greylist = Greylist(config.greylist_db, config.greylist.settings)
+            greylist: GreylistStore = (
+                SharedGreylist(node.io, node.db, config.greylist.settings)
+                if node is not None
+                else Greylist(config.greylist_db, config.greylist.settings)
+            )
             gate = Gate(greylist, config.greylist, trusted=config.screen.trusted)
         junk = JunkFilter(config.spam_dir, config.spam.settings) if config.spam.enabled else None
         scanner = Scanner(

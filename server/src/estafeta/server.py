@@ -286,7 +286,7 @@ class Server:
         # Vacation and duplicate records (no domain directory starts with ".").
         self.memory = Memory(config.sieve_dir / ".memory.db")
         # Blocklists, greylisting, the learning filter, rspamd (issue 16).
-        self.defences = Defences.build(config, self.resolver)
+        self.defences = Defences.build(config, self.resolver, node=self.node)
         # [reports] dmarc_address: DMARC aggregate reports stored, not delivered.
         self.report_intake: ReportIntake | None = None
         if config.reports.dmarc_address:

@@ -29,6 +29,9 @@ What lives where (docs/scale.md):
 - ``send_counts``, ``login_failures``, ``lockouts``: the counters every node
   shares (sending limits, login guard).
 - ``sieve_scripts``: ManageSieve's scripts, one active per account.
+- ``greylist_*``: greylisting's triplets, networks and known senders
+  (``estafeta.policy.greylist_cluster``); ``spam_*``: each account's
+  junk-filter statistics and allowlist.
 """
 
 from __future__ import annotations
@@ -132,6 +135,62 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE queue_mta_sts (
         domain text PRIMARY KEY,
         policy text NOT NULL
+    );
+    """,
+    # 3: greylisting (estafeta.policy.greylist_cluster) and the junk
+    # filter's statistics, shared by every node. Times
+    # are POSIX seconds of the nodes' clocks, as in the local files.
+    """
+    CREATE TABLE greylist_pending (
+        key bytea PRIMARY KEY,                -- policy.greylist.triplet_key
+        first double precision NOT NULL
+    );
+    CREATE INDEX greylist_pending_first ON greylist_pending (first);
+    CREATE TABLE greylist_passed (
+        key bytea PRIMARY KEY,
+        network text NOT NULL,
+        last double precision NOT NULL
+    );
+    CREATE INDEX greylist_passed_last ON greylist_passed (last);
+    CREATE INDEX greylist_passed_network ON greylist_passed (network, last);
+    CREATE TABLE greylist_clients (           -- auto-allowed networks
+        network text PRIMARY KEY,
+        last double precision NOT NULL
+    );
+    CREATE INDEX greylist_clients_last ON greylist_clients (last);
+    CREATE TABLE greylist_senders (           -- known sender domains
+        domain text PRIMARY KEY,
+        first double precision NOT NULL,
+        last double precision NOT NULL
+    );
+    CREATE INDEX greylist_senders_last ON greylist_senders (last);
+    CREATE TABLE spam_stats (
+        account text PRIMARY KEY,
+        nspam bigint NOT NULL DEFAULT 0,
+        nham bigint NOT NULL DEFAULT 0,
+        tokenizer integer NOT NULL DEFAULT 1
+    );
+    CREATE TABLE spam_tokens (
+        account text NOT NULL REFERENCES spam_stats (account) ON DELETE CASCADE,
+        id bigint NOT NULL,                   -- spam.store.token_id
+        spam integer NOT NULL,
+        ham integer NOT NULL,
+        day integer NOT NULL,
+        PRIMARY KEY (account, id)
+    );
+    CREATE TABLE spam_trained (
+        account text NOT NULL REFERENCES spam_stats (account) ON DELETE CASCADE,
+        digest bytea NOT NULL,
+        spam boolean NOT NULL,
+        at double precision NOT NULL,
+        PRIMARY KEY (account, digest)
+    );
+    CREATE INDEX spam_trained_age ON spam_trained (account, at);
+    CREATE TABLE spam_allow (
+        account text NOT NULL REFERENCES spam_stats (account) ON DELETE CASCADE,
+        entry text NOT NULL,
+        at double precision NOT NULL,
+        PRIMARY KEY (account, entry)
     );
     """,
 )

@@ -85,6 +85,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from estafeta.address import AddressError, normalize_domain
 from estafeta.log import log_event
@@ -303,6 +304,20 @@ def triplet_key(network: str, sender: str, recipient: str) -> bytes:
     """16 bytes naming a triplet of already normalized parts."""
     data = f"{network}\0{sender}\0{recipient}".encode("utf-8", "surrogatepass")
     return hashlib.blake2b(data, digest_size=16).digest()
+
+
+class GreylistStore(Protocol):
+    """What the MX's gate (``smtp.gate``) needs of a list: this module's
+    ``Greylist`` (one node's file) or ``greylist_cluster.SharedGreylist``."""
+
+    settings: Settings
+
+    def now(self) -> float: ...
+    def check(self, client_ip: str, sender: str, recipient: str) -> Decision: ...
+    def known_sender(self, domain: str) -> bool: ...
+    def remember_sender(self, domain: str) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
 
 
 class _SchemaError(sqlite3.DatabaseError):

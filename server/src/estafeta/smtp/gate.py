@@ -15,10 +15,11 @@ module decides when it applies. A transaction skips greylisting when:
    remembers it).
 
 Submission never reaches this: the gate belongs to the MX handler only.
-SQLite work runs in worker threads; a database error lets the mail through
-(the list logs it). Most mail comes from triplets and senders that passed
-before: those answers are kept in memory for ``CACHE_SECONDS`` (at most
-``CACHE_SIZE`` of each, least recently used dropped first), so the steady
+The list's work (SQLite, or PostgreSQL on a cluster) runs in worker
+threads; a database error lets the mail through (the list logs it). Most
+mail comes from triplets and senders that passed before: those answers are
+kept in memory for ``CACHE_SECONDS`` (at most ``CACHE_SIZE`` of each,
+least recently used dropped first), so the steady
 state costs no thread hop and no database read. A cached pass is never
 older than the list's own refresh period, so nothing expires early.
 """
@@ -41,7 +42,7 @@ from estafeta.policy.greylist import (
     AUTO_ALLOWED,
     ERROR,
     REFRESH_AFTER,
-    Greylist,
+    GreylistStore,
     client_network,
     normalize_recipient,
     normalize_sender,
@@ -79,7 +80,7 @@ class _Recent:
 
 class Gate:
     def __init__(
-        self, greylist: Greylist, config: GreylistConfig, trusted: tuple[Network, ...] = ()
+        self, greylist: GreylistStore, config: GreylistConfig, trusted: tuple[Network, ...] = ()
     ) -> None:
         self.greylist = greylist
         self.config = config
