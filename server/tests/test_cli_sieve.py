@@ -126,8 +126,14 @@ def test_text_is_stored_as_given(instance: Instance, tmp_path: Path) -> None:
     result = estafeta(instance.config, "sieve", "get", ALICE, "ümlaut", check=False)
     assert result.returncode == 0
     # text=True in the harness turns CRLF into LF: compare the bytes.
-    raw = (instance.data_dir / "sieve").rglob("*.sieve")
-    assert any(p.read_bytes() == text.encode() for p in raw)
+    if instance.cluster:
+        stored = instance.cluster_sql(
+            "SELECT encode(convert_to(content, 'UTF8'), 'hex') FROM sieve_scripts"
+        )
+        assert bytes.fromhex(stored.strip()) == text.encode()
+    else:
+        raw = (instance.data_dir / "sieve").rglob("*.sieve")
+        assert any(p.read_bytes() == text.encode() for p in raw)
     assert listing(instance) == [{"name": "ümlaut", "active": False}]
 
 
@@ -251,7 +257,7 @@ def test_test_prints_what_a_delivery_would_do(instance: Instance, tmp_path: Path
         '"flags": ["\\\\Seen"], "copy": false}]}\n'
     )
     # Nothing was delivered or stored.
-    assert not instance.account_dir(ALICE).exists() or instance.files(ALICE) == []
+    assert instance.message_count(ALICE) == 0
 
     # No rule applies: the implicit keep is listed like any other action.
     assert sieve_test(instance, tmp_path, RULES, PLAIN_MAIL) == {

@@ -23,7 +23,8 @@ from _reports import cli_runner, write_files
 from _tls_reports import gzipped, message, sample
 from conftest import DOMAIN, Instance, estafeta, free_port
 from estafeta import cli
-from estafeta.queue.store import QueueStore
+from estafeta import config as config_module
+from estafeta.queue.store import Entry
 from estafeta.reports import tlsrpt
 from estafeta.reports.tlsrpt import Policy
 from estafeta.reports.tlsrpt_recorder import SessionRecorder
@@ -225,6 +226,16 @@ def record(inst: Instance, when: float, domain: str = "peer.test") -> None:
     SessionStore(inst.data_dir / "reports" / "tls-sessions.db").add(recorder.drain())
 
 
+def queued(inst: Instance) -> list[tuple[Entry, bytes]]:
+    """The queue's entries with their messages, whichever the backend (on a
+    cluster, the queue every node sends from)."""
+    queue = cli._queue(config_module.load(inst.config))
+    try:
+        return [(entry, queue.read_message(entry.message_id)) for entry in queue.entries()]
+    finally:
+        queue.close()
+
+
 def test_send_with_an_injected_clock(
     sender: tuple[Instance, DNSServer], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -240,7 +251,7 @@ def test_send_with_an_injected_clock(
         ("peer.test", "would-send"),
         ("quiet.test", "no-record"),
     ]
-    assert QueueStore(inst.data_dir / "queue", recover=False).entries() == []
+    assert queued(inst) == []
 
     code, out = run(inst, capsys, "send", "--now", "2026-01-02T04:00:00+00:00")
     assert code == 0, out
@@ -248,16 +259,15 @@ def test_send_with_an_injected_clock(
         "2026-01-01 peer.test: sent (1 successful, 1 failed sessions): mailto:tls@peer.test queued",
         "2026-01-01 quiet.test: no-record (1 successful, 1 failed sessions)",
     ]
-    (entry,) = QueueStore(inst.data_dir / "queue", recover=False).entries()
+    ((entry, data),) = queued(inst)
     assert (entry.sender, entry.recipients) == (f"tls-reports@{DOMAIN}", ("tls@peer.test",))
-    data = (inst.data_dir / "queue" / "messages" / f"{entry.message_id}.eml").read_bytes()
     report = tlsrpt.parse_message(data)
     assert (report.org_name, report.contact_info) == ("Example Test Mail", f"tls-reports@{DOMAIN}")
     assert (report.successful, report.failed) == (1, 1)
     assert b"TLS-Report-Submitter: example.test" in data
     # Sent once: the next runs find nothing to do.
     assert run_json(inst, capsys, "send", "--now", "2026-01-02T05:00:00Z") == []
-    assert len(QueueStore(inst.data_dir / "queue", recover=False).entries()) == 1
+    assert len(queued(inst)) == 1
     assert "_smtp._tls.peer.test" in dns_server.queries
 
 

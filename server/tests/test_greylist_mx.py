@@ -169,7 +169,7 @@ def test_first_attempt_waits_then_passes(mx: tuple[Instance, InProcess, Clock]) 
     assert attempt(instance.port, "news@remote.test", alice)[0] == 250
     # Another sender from the same client is a new triplet.
     assert attempt(instance.port, "other@remote.test", alice)[0] == 451
-    assert len(instance.files(alice)) == 2
+    assert instance.message_count(alice) == 2
 
 
 def test_submission_is_never_greylisted(mx: tuple[Instance, InProcess, Clock]) -> None:
@@ -183,7 +183,7 @@ def test_submission_is_never_greylisted(mx: tuple[Instance, InProcess, Clock]) -
             f"From: <alice@{DOMAIN}>\r\nTo: <bob@{DOMAIN}>\r\nSubject: s\r\n\r\nhi\r\n",
         )
     assert refused == {}
-    assert len(instance.files(f"bob@{DOMAIN}")) == 1
+    assert instance.message_count(f"bob@{DOMAIN}") == 1
 
 
 def test_unknown_recipient_is_refused_before_greylisting(

@@ -29,10 +29,6 @@ from estafeta.dns import MockResolver
 from estafeta.server import Server
 from estafeta.smtp import replies
 
-# Shared mailboxes are made with `estafeta shared`, a local-store command
-# (docs/scale.md: not shared across cluster nodes yet).
-pytestmark = pytest.mark.local_store
-
 ALICE = f"alice@{DOMAIN}"  # lrswipkxtea on Shared/info
 BOB = f"bob@{DOMAIN}"  # lrs: a reader, no "p"
 CAROL = f"carol@{DOMAIN}"  # no rights

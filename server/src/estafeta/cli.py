@@ -810,6 +810,16 @@ CLUSTER_COMMANDS = frozenset(
         "cmd_reindex", "cmd_mail_ls", "cmd_mail_cat", "cmd_dkim_keygen", "cmd_dkim_list",
         "cmd_dkim_remove", "cmd_normalize", "cmd_queue_list", "cmd_queue_flush",
         "cmd_queue_delete", "cmd_migrate",
+        # Sieve scripts are in the cluster's database (cli_sieve).
+        "cmd_sieve_list", "cmd_sieve_get", "cmd_sieve_put", "cmd_sieve_activate",
+        "cmd_sieve_deactivate", "cmd_sieve_delete", "cmd_sieve_check", "cmd_sieve_test",
+        # This node's own: its DNS, listeners, keys and certificate; the
+        # DMARC and TLS reports it received and the evaluations it made.
+        "cmd_doctor", "cmd_tls_tlsa", "cmd_tls_rollover", "cmd_dmarc_import",
+        "cmd_dmarc_report", "cmd_dmarc_send", "cmd_tlsrpt_import", "cmd_tlsrpt_report",
+        "cmd_tlsrpt_send",
+        # Shared mailboxes are in the cluster's store (the "#shared" scope).
+        "cmd_shared_list", "cmd_shared_set", "cmd_shared_remove",
     }
 )  # fmt: skip
 

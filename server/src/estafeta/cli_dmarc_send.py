@@ -40,13 +40,11 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from estafeta import config as config_module
-from estafeta.cli import CommandFailed, UsageError
+from estafeta.cli import CommandFailed, UsageError, _queue
 from estafeta.config import Config
 from estafeta.delivery.dmarc_send import Outcome, ReportSender, SendBusy, Settings
 from estafeta.dns import DNSPythonResolver
 from estafeta.policy.signer import Signer
-from estafeta.queue.store import QueueStore
 from estafeta.reports.evaluations import EvaluationStore
 from estafeta.reports.store import ReportStoreError
 
@@ -83,8 +81,8 @@ def cmd_dmarc_send(config: Config, args: argparse.Namespace) -> int:
     now = _now(args.now)
     if not config.reports.dmarc_send:
         raise UsageError("[reports] dmarc_send is off: nothing is recorded, nothing to send")
-    config_module.check_runtime(config)
-    queue = QueueStore(config.queue_dir, recover=False)  # the server may be running
+    # The server may be running; on a cluster node, the queue every node sends from.
+    queue = _queue(config)
     try:
         sender = ReportSender(
             store=EvaluationStore(config.dmarc_evaluations_db),

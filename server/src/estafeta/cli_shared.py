@@ -44,9 +44,9 @@ from typing import Any
 
 from estafeta.address import AddressError, normalize_address
 from estafeta.auth import AccountError
-from estafeta.cli import UsageError, _accounts
+from estafeta.cli import UsageError, _accounts, _store
 from estafeta.config import Config
-from estafeta.store import Store, shared
+from estafeta.store import shared
 from estafeta.store.names import MailboxError, check_name
 
 Command = Callable[[Config, argparse.Namespace], int]
@@ -92,7 +92,7 @@ def _print(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
 
 
 def cmd_shared_list(config: Config, args: argparse.Namespace) -> int:
-    with Store(config.mail_dir, config.hostname) as store:
+    with _store(config) as store:
         acls = store.shared_acls()
     with _accounts(config) as accounts:
         addresses = accounts.shared_addresses()
@@ -144,7 +144,7 @@ def cmd_shared_set(config: Config, args: argparse.Namespace) -> int:
     wanted = _entries(config, args.acl or [])
     # Checked before anything is written: a refused address leaves no new mailbox.
     addresses_changed, addresses = _addresses(config, name, args, dry_run=True)
-    with Store(config.mail_dir, config.hostname) as store:
+    with _store(config) as store:
         with store.reader(shared.OWNER) as reader:
             box = reader.mailbox(name)
             current = dict(reader.acl(box.id)) if box is not None else {}
@@ -181,7 +181,7 @@ def cmd_shared_remove(config: Config, args: argparse.Namespace) -> int:
     with _accounts(config) as accounts:
         # First, so that no address is left naming a deleted mailbox.
         had = accounts.forget_shared_addresses(name, dry_run=args.check)
-    with Store(config.mail_dir, config.hostname) as store:
+    with _store(config) as store:
         with store.reader(shared.OWNER) as reader:
             exists = reader.mailbox(name) is not None
         if exists and not args.check:
@@ -193,7 +193,7 @@ def cmd_shared_remove(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_shared_reindex(config: Config, args: argparse.Namespace) -> int:
-    with Store(config.mail_dir, config.hostname) as store:
+    with _store(config) as store:
         count = store.reindex(shared.OWNER)
     print(f"reindexed the shared mailboxes: {count} messages")
     return 0

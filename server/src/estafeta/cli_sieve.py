@@ -21,10 +21,11 @@ runtime error made the implicit keep)}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from email.message import EmailMessage
 
     from estafeta import sieve
-    from estafeta.sieve.scripts import ScriptStore
+    from estafeta.sieve.scripts import Scripts
 
 _T = TypeVar("_T")
 
@@ -53,16 +54,29 @@ def _sieve_limits(config: Config) -> sieve.Limits:
     return sieve.Limits.from_config(config.sieve)
 
 
-def _script_store(config: Config) -> ScriptStore:
+@contextlib.contextmanager
+def _script_store(config: Config) -> Iterator[Scripts]:
+    """The account scripts: this host's files, or on a cluster node
+    ([store] backend = "cluster") the scripts every node shares."""
     from estafeta import sieve
     from estafeta.sieve.scripts import ScriptStore
 
     limits = _sieve_limits(config)
-    return ScriptStore(
+
+    def compile_script(text: str) -> sieve.Compiled:
+        return sieve.compile_script(text, limits=limits)
+
+    if config.store.cluster:
+        from estafeta.cluster_node import cli_scripts
+
+        with cli_scripts(config, compile_script) as shared:
+            yield shared
+        return
+    yield ScriptStore(
         config.sieve_dir,
         max_script_size=config.sieve.max_script_size,
         max_scripts=config.sieve.max_scripts,
-        compile=lambda text: sieve.compile_script(text, limits=limits),
+        compile=compile_script,
     )
 
 
@@ -116,7 +130,8 @@ def _store_call(call: Callable[[], _T], address: str, *, source: str = "") -> _T
 
 def cmd_sieve_list(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
-    scripts = _store_call(lambda: _script_store(config).list(address), address)
+    with _script_store(config) as store:
+        scripts = _store_call(lambda: store.list(address), address)
     if args.json:
         # [{"name", "active": bool}], sorted by name
         print(json.dumps([{"name": n, "active": a} for n, a in scripts], indent=2))
@@ -128,7 +143,8 @@ def cmd_sieve_list(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_sieve_get(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
-    text = _store_call(lambda: _script_store(config).get(address, args.name), address)
+    with _script_store(config) as store:
+        text = _store_call(lambda: store.get(address, args.name), address)
     # Exactly the stored text, as UTF-8 whatever the locale says.
     sys.stdout.buffer.write(text.encode("utf-8"))
     sys.stdout.flush()
@@ -139,13 +155,13 @@ def cmd_sieve_put(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
     source = _source_name(args.file)
     text = _script_text(_read_input(args.file, config.sieve.max_script_size, "script"), source)
-    store = _script_store(config)
-    changed = _store_call(lambda: store.put(address, args.name, text), address, source=source)
-    if args.activate:
-        changed = _store_call(lambda: store.activate(address, args.name), address) or changed
-    # Names are stored in NFC (rfc5804:1.6): look for it in that form.
-    name = unicodedata.normalize("NFC", args.name)
-    active = (name, True) in _store_call(lambda: store.list(address), address)
+    with _script_store(config) as store:
+        changed = _store_call(lambda: store.put(address, args.name, text), address, source=source)
+        if args.activate:
+            changed = _store_call(lambda: store.activate(address, args.name), address) or changed
+        # Names are stored in NFC (rfc5804:1.6): look for it in that form.
+        name = unicodedata.normalize("NFC", args.name)
+        active = (name, True) in _store_call(lambda: store.list(address), address)
     if args.json:
         print(json.dumps({"changed": changed, "active": active}))  # {"changed", "active"}
         return 0
@@ -156,22 +172,24 @@ def cmd_sieve_put(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_sieve_activate(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
-    changed = _store_call(lambda: _script_store(config).activate(address, args.name), address)
+    with _script_store(config) as store:
+        changed = _store_call(lambda: store.activate(address, args.name), address)
     print(f"{args.name} {'is now' if changed else 'was already'} the active script of {address}")
     return 0
 
 
 def cmd_sieve_deactivate(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
-    changed = _store_call(lambda: _script_store(config).activate(address, None), address)
+    with _script_store(config) as store:
+        changed = _store_call(lambda: store.activate(address, None), address)
     print(f"{address} {'no longer has' if changed else 'had no'} active script")
     return 0
 
 
 def cmd_sieve_delete(config: Config, args: argparse.Namespace) -> int:
     address = _existing_account(config, args.address)
-    store = _script_store(config)
-    _store_call(lambda: store.delete(address, args.name), address)
+    with _script_store(config) as store:
+        _store_call(lambda: store.delete(address, args.name), address)
     print(f"deleted {args.name} of {address}")
     return 0
 
@@ -256,32 +274,32 @@ def cmd_sieve_test(config: Config, args: argparse.Namespace) -> int:
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
     account, addresses = _test_account(config, recipient)
-    store = _script_store(config)
-    from estafeta.delivery.rules import Rules, RulesError
+    with _script_store(config) as store:
+        from estafeta.delivery.rules import Rules, RulesError
 
-    try:
-        rules = Rules(config.sieve, store, _sieve_limits(config))
-    except RulesError as exc:
-        raise UsageError(str(exc)) from None
-    scripts = [script] if args.no_global else [*rules.before, script, *rules.after]
-    context = sieve.Context(
-        message=raw,
-        envelope=sieve.Envelope(sender=sender, recipient=recipient),
-        account=account,
-        addresses=addresses,
-        now=now,
-        environment={
-            "domain": account.rpartition("@")[2],
-            "host": config.hostname,
-            "location": "MDA",
-            "phase": "during",
-            "name": "estafeta",
-        },
-        # Nothing is remembered: every duplicate test answers "not seen".
-        seen=lambda key, seconds: False,
-        load_include=lambda location, name: rules.include(account, location, name),
-    )
-    result = sieve.run(scripts, context, _sieve_limits(config))
+        try:
+            rules = Rules(config.sieve, store, _sieve_limits(config))
+        except RulesError as exc:
+            raise UsageError(str(exc)) from None
+        scripts = [script] if args.no_global else [*rules.before, script, *rules.after]
+        context = sieve.Context(
+            message=raw,
+            envelope=sieve.Envelope(sender=sender, recipient=recipient),
+            account=account,
+            addresses=addresses,
+            now=now,
+            environment={
+                "domain": account.rpartition("@")[2],
+                "host": config.hostname,
+                "location": "MDA",
+                "phase": "during",
+                "name": "estafeta",
+            },
+            # Nothing is remembered: every duplicate test answers "not seen".
+            seen=lambda key, seconds: False,
+            load_include=lambda location, name: rules.include(account, location, name),
+        )
+        result = sieve.run(scripts, context, _sieve_limits(config))
     actions = [action.to_json() for action in result.actions]
     if args.json:
         document: dict[str, Any] = {"actions": actions}

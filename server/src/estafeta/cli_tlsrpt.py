@@ -47,7 +47,6 @@ import json
 import time
 from typing import Any
 
-from estafeta import config as config_module
 from estafeta.cli import CommandFailed, UsageError
 from estafeta.cli_dmarc import Add, day, import_reports, print_columns, report_scope
 from estafeta.config import Config
@@ -72,17 +71,17 @@ def _when(text: str) -> float:
 
 
 def cmd_tlsrpt_send(config: Config, args: argparse.Namespace) -> int:
+    from estafeta.cli import _queue
     from estafeta.delivery.tlsrpt import report_sender
     from estafeta.dns import DNSPythonResolver
     from estafeta.policy.signer import Signer
-    from estafeta.queue.store import QueueStore
 
     if not config.reports.tlsrpt_send:
         # As `estafeta dmarc send`: off, the server counts nothing to report.
         raise UsageError("[reports] tlsrpt_send is off: no sessions are counted, nothing to send")
     now = _when(args.now) if args.now else time.time()
-    config_module.check_runtime(config)
-    queue = QueueStore(config.queue_dir, recover=False)  # the server may be running
+    # The server may be running; on a cluster node, the queue every node sends from.
+    queue = _queue(config)
     try:
         resolver = DNSPythonResolver([(e.host, e.port) for e in config.nameservers])
         sender = report_sender(config, resolver, queue, Signer(config.dkim_dir))

@@ -26,6 +26,8 @@ from estafeta.cluster.leases import Leases
 from estafeta.cluster.listener import Listener
 from estafeta.config import Config, ConfigError
 from estafeta.queue.cluster import ClusterQueueStore
+from estafeta.sieve import Compiled
+from estafeta.sieve.cluster import ClusterScriptStore
 from estafeta.store.cluster import ClusterStore
 
 log = logging.getLogger("estafeta.cluster")
@@ -163,6 +165,22 @@ def cli_store(config: Config) -> Iterator[ClusterStore]:
         )
         with store:
             yield store
+    finally:
+        node.close()
+
+
+@contextlib.contextmanager
+def cli_scripts(config: Config, compile: Callable[[str], Compiled]) -> Iterator[ClusterScriptStore]:
+    """The Sieve scripts every node shares, for a command of the CLI."""
+    node = _cli_node(config)
+    try:
+        yield ClusterScriptStore(
+            node.io,
+            node.db,
+            max_script_size=config.sieve.max_script_size,
+            max_scripts=config.sieve.max_scripts,
+            compile=compile,
+        )
     finally:
         node.close()
 
