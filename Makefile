@@ -30,10 +30,18 @@ APT_LOCK_TIMEOUT ?= 300
 PYTEST_WORKERS ?= 2
 # The server tests make test runs a second time on the cluster backend
 # (--store-backend cluster: each server on its own database and bucket of a
-# private PostgreSQL and moto; tests marked local_store are left out).
+# private PostgreSQL and moto; tests marked local_store are left out): the
+# modules that start a server or use the CLI on its store. Modules of
+# parsers, policies and the cluster's own parts do not depend on the backend
+# and run once.
 CLUSTER_SUITE := $(wildcard server/tests/test_imap_*.py server/tests/test_pop3*.py) \
-  server/tests/test_smtp_inbound.py server/tests/test_submission.py \
-  server/tests/test_managesieve_session.py server/tests/test_store_backend.py
+  $(addprefix server/tests/test_, smtp_inbound.py submission.py managesieve_session.py \
+    store_backend.py smtp_shared.py cli_sieve.py greylist_mx.py dmarc_send_mx.py \
+    cli_tlsrpt.py tlsrpt_intake.py dmarc_report_intake.py cli_dmarc.py doctor_cli.py \
+    doctor_listeners.py acme_dane.py acme_server.py sending_limits.py burl.py dkim.py \
+    dane_delivery.py fuzz_smtp.py guard.py login_cache.py login_history.py metrics.py \
+    password_policy.py scram_login.py smtp_getaddr.py tls_close.py twofactor.py \
+    twofactor_e2e.py web_account_browser.py web_proxy.py web_site.py)
 APT_GET ?= apt-get
 
 # The lab's name (scripts/labctl.py): `lab` is br-lab on 198.51.100.0/24;
