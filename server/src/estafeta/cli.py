@@ -820,6 +820,8 @@ CLUSTER_COMMANDS = frozenset(
         "cmd_tlsrpt_send",
         # Shared mailboxes are in the cluster's store (the "#shared" scope).
         "cmd_shared_list", "cmd_shared_set", "cmd_shared_remove",
+        # Retention rules are in the accounts, the mail in the cluster's store.
+        "cmd_retention_run", "cmd_user_retention",
     }
 )  # fmt: skip
 

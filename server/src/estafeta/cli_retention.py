@@ -38,10 +38,9 @@ from typing import Any
 
 from estafeta import log as log_module
 from estafeta import retention
-from estafeta.cli import UsageError, _accounts, _existing_account, user_actions
+from estafeta.cli import UsageError, _accounts, _existing_account, _store, user_actions
 from estafeta.config import Config
 from estafeta.config_retention import format_duration, parse_duration, rule_key
-from estafeta.store import Store
 
 Command = Callable[[Config, argparse.Namespace], int]
 Add = Callable[
@@ -53,7 +52,7 @@ Add = Callable[
 def cmd_retention_run(config: Config, args: argparse.Namespace) -> int:
     # What the store repairs or cannot do is logged: show it on stderr.
     log_module.setup("warning", config.log.format)
-    with _accounts(config) as accounts, Store(config.mail_dir, config.hostname) as store:
+    with _accounts(config) as accounts, _store(config) as store:
         report = retention.run(
             config.retention, accounts, store, now=int(time.time()), dry_run=args.dry_run
         )
