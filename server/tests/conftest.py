@@ -377,8 +377,9 @@ class Instance:
         local store (once settled), or what a cluster node's store reads from
         PostgreSQL and the object store, in UID order."""
         if not self.cluster:
-            folder = "" if mailbox == "INBOX" else "." + mailbox
-            return [path.read_bytes() for path in self.files(address, folder)]
+            from estafeta.store.maildir import mailbox_dir
+
+            return [path.read_bytes() for path in self.files(address, mailbox_dir(mailbox))]
         from estafeta.cluster_node import cli_store
 
         with cli_store(load(self.config)) as store, store.reader(address) as reader:

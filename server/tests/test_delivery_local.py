@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DOMAIN, Instance
+from conftest import DOMAIN, Instance, estafeta
 from estafeta.message import summarize
 from estafeta.smtp import replies
+from estafeta.store import index
 
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
@@ -50,10 +51,10 @@ def rcpt_reply(server: Instance, rcpt: str) -> str:
     return f"{code} {text.decode()}"
 
 
-def subjects(server: Instance, address: str, mailbox_dir: str = "") -> list[str]:
+def subjects(server: Instance, address: str, mailbox: str = "INBOX") -> list[str]:
     found = []
-    for path in server.files(address, mailbox_dir):
-        for line in path.read_bytes().split(b"\r\n"):
+    for body in server.message_bodies(address, mailbox):
+        for line in body.split(b"\r\n"):
             if line.startswith(b"Subject: "):
                 found.append(line[9:].decode())
                 break
@@ -76,12 +77,39 @@ def wait_until(condition: object, timeout: float = 20.0, what: str = "") -> None
 
 
 def no_stray_files(server: Instance, address: str) -> None:
-    """Nothing half-written: tmp/ is empty and every file is in the index."""
+    """Nothing half-written: every indexed message has its body (on a cluster
+    message_bodies asserts it), and on the local store tmp/ is empty and every
+    file is in the index."""
+    rows = server.index_rows(address)
+    assert len(server.message_bodies(address)) == len(rows)
+    if server.cluster:
+        return
     account = server.account_dir(address)
     assert not list((account / "tmp").glob("*"))
-    indexed = {r.file for r in server.index_rows(address)}
+    indexed = {r.file for r in rows}
     on_disk = {f"{p.parent.name}/{p.name}" for p in server.files(address)}
     assert on_disk == indexed
+
+
+def nothing_stored(server: Instance, address: str) -> None:
+    """No message in the account's INBOX: no index row, no body, and on the
+    local store no file in new/, cur/ or tmp/ either."""
+    assert server.message_count(address) == 0
+    assert server.message_bodies(address) == []
+    if not server.cluster:
+        account = server.account_dir(address)
+        assert [p for sub in ("new", "cur", "tmp") for p in (account / sub).glob("*")] == []
+
+
+def stored_rows_and_bodies(server: Instance, address: str) -> list[tuple[index.MessageRow, bytes]]:
+    """Each index row of the INBOX with the message it points to: the row's
+    file on the local store, its body in the object store on a cluster
+    (message_bodies reads them in UID order, as index_rows does)."""
+    rows = server.index_rows(address)
+    if server.cluster:
+        return list(zip(rows, server.message_bodies(address), strict=True))
+    folder = server.account_dir(address)
+    return [(row, (folder / row.file).read_bytes()) for row in rows]
 
 
 # -- quota ----------------------------------------------------------------------
@@ -89,7 +117,7 @@ def no_stray_files(server: Instance, address: str) -> None:
 
 def test_message_over_quota_gets_452_and_nothing_is_written(server: Instance) -> None:
     assert send(server, [ALICE], message("small")).startswith("250")
-    used = sum(p.stat().st_size for p in server.files(ALICE))
+    used = sum(len(body) for body in server.message_bodies(ALICE))
     server.cli("user", "quota", ALICE, str(used + 1000))
     reply = send(server, [ALICE], message("too big", size=3000))
     assert reply.startswith("452 4.2.2"), reply
@@ -117,7 +145,7 @@ def test_over_quota_reject_mode_answers_552(instance: Instance) -> None:
     instance.cli("user", "quota", ALICE, "500")
     reply = send(instance, [ALICE], message("way too big", size=3000))
     assert reply.startswith("552 5.2.2"), reply
-    assert instance.files(ALICE) == []
+    nothing_stored(instance, ALICE)
 
 
 def test_full_account_among_others_is_deferred_then_delivered(server: Instance) -> None:
@@ -143,7 +171,11 @@ def test_fileinto_a_missing_mailbox_falls_back_to_inbox(server: Instance, tmp_pa
     put_script(server, ALICE, 'require "fileinto";\nfileinto "Nowhere";\n', tmp_path)
     assert send(server, [ALICE], message("where to?")).startswith("250")
     assert subjects(server, ALICE) == ["where to?"]
-    assert not (server.account_dir(ALICE) / ".Nowhere").exists()
+    # No mailbox Nowhere was made (nor, on the local store, its folder).
+    nowhere = estafeta(server.config, "mail", "ls", ALICE, "--mailbox", "Nowhere", check=False)
+    assert nowhere.returncode == 2 and "has no mailbox 'Nowhere'" in nowhere.stderr
+    if not server.cluster:
+        assert not (server.account_dir(ALICE) / ".Nowhere").exists()
     assert "fileinto_failed" in server.log_text()
 
 
@@ -151,7 +183,7 @@ def test_fileinto_create_makes_the_mailbox(server: Instance, tmp_path: Path) -> 
     script = 'require ["fileinto", "mailbox"];\nfileinto :create "Lists/dev";\n'
     put_script(server, ALICE, script, tmp_path)
     assert send(server, [ALICE], message("filed")).startswith("250")
-    assert subjects(server, ALICE, ".Lists.dev") == ["filed"]
+    assert subjects(server, ALICE, "Lists/dev") == ["filed"]
     assert subjects(server, ALICE) == []
 
 
@@ -170,18 +202,16 @@ def test_reject_with_another_recipient_becomes_a_notice(server: Instance, tmp_pa
     # The sender is local, so the rejection notice lands in bob's INBOX.
     reply = send(server, [ALICE, BOB], message("both of you"), sender=BOB)
     assert reply.startswith("250"), reply
-    wait_until(lambda: len(server.files(BOB)) == 2, what="bob's copy and the notice")
+    wait_until(lambda: server.message_count(BOB) == 2, what="bob's copy and the notice")
     assert subjects(server, ALICE) == []
-    notice = next(
-        p.read_bytes() for p in server.files(BOB) if b"multipart/report" in p.read_bytes()
-    )
+    notice = next(body for body in server.message_bodies(BOB) if b"multipart/report" in body)
     assert b"Status: 5.7.1" in notice and b"No thanks." in notice
 
 
 def test_discard_stores_nothing_and_answers_250(server: Instance, tmp_path: Path) -> None:
     put_script(server, ALICE, "discard;\n", tmp_path)
     assert send(server, [ALICE], message("gone")).startswith("250")
-    assert server.files(ALICE) == []
+    nothing_stored(server, ALICE)
     assert "discarded" in server.log_text()
 
 
@@ -225,10 +255,8 @@ def test_the_stored_summary_is_the_parse_of_the_stored_file(server: Instance) ->
     ).encode()
     for data in (message("plain"), multipart, b"no header at all\r\n"):
         assert send(server, [ALICE], data).startswith("250")
-    rows = server.index_rows(ALICE)
-    assert len(rows) == 3
-    folder = server.account_dir(ALICE)
-    for row in rows:
-        stored = (folder / row.file).read_bytes()
+    stored_messages = stored_rows_and_bodies(server, ALICE)
+    assert len(stored_messages) == 3
+    for row, stored in stored_messages:
         assert b"X-Spam-Status: " in stored and b"forged" not in stored
         assert row.summary == summarize(stored), stored[:300]

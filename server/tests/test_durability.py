@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 import smtplib
 import threading
 import time
@@ -10,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from conftest import DOMAIN, Instance
+from estafeta.store import index
 
 ALICE = f"alice@{DOMAIN}"
 SESSIONS = 10
@@ -58,21 +60,47 @@ def indexed_ids(server: Instance) -> list[str | None]:
     return [row.summary.message_id for row in server.index_rows(ALICE)]
 
 
+def rows_and_bodies(server: Instance) -> list[tuple[index.MessageRow, bytes]]:
+    """Each index row of alice's INBOX with the message it points to: the
+    row's file on the local store, its body in the object store on a
+    cluster (message_bodies reads them in UID order, as index_rows does)."""
+    rows = server.index_rows(ALICE)
+    if server.cluster:
+        bodies = server.message_bodies(ALICE)
+        assert len(bodies) == len(rows)
+        return list(zip(rows, bodies, strict=True))
+    folder = server.account_dir(ALICE)
+    return [(row, (folder / row.file).read_bytes()) for row in rows]
+
+
+def check_files_match_index(server: Instance, rows: list[index.MessageRow]) -> None:
+    """On the local store: the files in new/ and cur/ are exactly the indexed
+    ones (a cluster has no files; rows_and_bodies found every row's body)."""
+    if server.cluster:
+        return
+    files = server.files(ALICE)
+    assert {f"{f.parent.name}/{f.name}" for f in files} == {row.file for row in rows}
+    assert len(files) == len(rows)
+
+
 @pytest.mark.slow
 def test_thousand_messages_ten_sessions(server: Instance) -> None:
     acked: list[str] = []
     errors = run_sessions(server.port, 100, acked)
     assert errors == []
     assert len(acked) == 1000
-    files = server.files(ALICE)
-    rows = server.index_rows(ALICE)
-    assert len(files) == 1000
+    stored = rows_and_bodies(server)
+    rows = [row for row, _body in stored]
     assert len(rows) == 1000
     assert sorted(indexed_ids(server)) == sorted(acked)
-    assert {f"new/{f.name}" for f in files} == {row.file for row in rows}
     assert [row.uid for row in rows] == list(range(1, 1001))
-    sizes = {f"new/{f.name}": f.stat().st_size for f in files}
-    assert all(sizes[row.file] == row.size for row in rows)
+    # Each row's size and Message-ID are those of the message it points to.
+    for row, body in stored:
+        assert row.size == len(body), row
+        assert email.message_from_bytes(body)["Message-ID"] == row.summary.message_id
+    if not server.cluster:
+        assert all(row.file.startswith("new/") for row in rows)
+    check_files_match_index(server, rows)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
@@ -114,9 +142,11 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(server: Instance, kill_afte
     ids = indexed_ids(server)
     missing = set(acknowledged) - set(ids)
     assert not missing, f"{len(missing)} acknowledged messages lost"
-    # Files and index agree: nothing half-written remains.
-    rows = server.index_rows(ALICE)
-    assert {f"new/{f.name}" for f in server.files(ALICE)} == {row.file for row in rows}
-    assert len(rows) == len(server.files(ALICE))
+    # Messages and index agree: nothing half-written remains. Every row has
+    # its message (on a cluster: its body in the object store), and on the
+    # local store no file is outside the index.
+    stored = rows_and_bodies(server)
+    assert all(row.size == len(body) for row, body in stored)
+    check_files_match_index(server, [row for row, _body in stored])
     # Unacknowledged ones may be there once; acknowledged ones exactly once.
     assert len(ids) - len(set(ids)) == 0

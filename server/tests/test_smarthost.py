@@ -291,7 +291,7 @@ def test_wrong_relay_password_defers(smarthost_net: Net) -> None:
     assert net.relay.messages == []
     # Our credentials are wrong, not the message: no bounce to the sender
     # (Postfix's smtp_sasl_auth_soft_bounce).
-    assert net.inst.files(ALICE) == []
+    assert net.inst.message_bodies(ALICE) == []
     assert "result=temporary status=4.7.8" in net.inst.log_text()
 
 
@@ -310,4 +310,4 @@ def test_unverified_relay_certificate_defers(smarthost_net: Net) -> None:
     # No password was sent to a host we could not authenticate.
     assert net.relay.logins == []
     assert net.relay.messages == []
-    assert net.inst.files(ALICE) == []
+    assert net.inst.message_bodies(ALICE) == []

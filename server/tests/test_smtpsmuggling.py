@@ -46,7 +46,7 @@ def test_smuggled_message_is_rejected(server: Instance, end: bytes) -> None:
     assert replies[4].startswith(b"221 ")
     assert len(replies) == 5
     for address in (f"alice@{DOMAIN}", f"bob@{DOMAIN}"):
-        assert server.files(address) == []
+        assert server.message_bodies(address) == []
         assert server.index_rows(address) == []
 
 
@@ -55,10 +55,10 @@ def test_bare_line_endings_anywhere_are_rejected(server: Instance, bad: bytes) -
     body = b"Subject: x\r\n\r\nok\r\n" + bad + b".\r\n"
     replies = transaction(server.port, body)
     assert replies[3].startswith(b"550 5.6.0 ")
-    assert server.files(f"alice@{DOMAIN}") == []
+    assert server.message_bodies(f"alice@{DOMAIN}") == []
 
 
 def test_clean_message_still_accepted(server: Instance) -> None:
     replies = transaction(server.port, b"Subject: fine\r\n\r\nall CRLF\r\n.\r\n")
     assert replies[3].startswith(b"250 2.0.0 Ok: queued as ")
-    assert len(server.files(f"alice@{DOMAIN}")) == 1
+    assert len(server.message_bodies(f"alice@{DOMAIN}")) == 1
