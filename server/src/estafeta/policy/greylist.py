@@ -123,6 +123,12 @@ _TABLES = {
     "senders": ("domain", "last"),
 }
 
+# rfc6647:2.2: what one decision reads, in one statement.
+_READ = (
+    "SELECT (SELECT last FROM clients WHERE network = ?),"
+    " (SELECT last FROM passed WHERE key = ?), (SELECT first FROM pending WHERE key = ?)"
+)
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS pending (key BLOB PRIMARY KEY, first REAL NOT NULL) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS pending_by_first ON pending (first)",
@@ -306,6 +312,91 @@ def triplet_key(network: str, sender: str, recipient: str) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+# -- the decision, whatever keeps the state ------------------------------------
+
+# What a decision asks the store to write (``decide``).
+REFRESH_CLIENT = "refresh-client"  # the network's "last seen" = now
+REFRESH_PASSED = "refresh-passed"  # the triplet's "last seen" = now
+ADD_PENDING = "add-pending"  # first sight of the triplet = now
+RESTART_PENDING = "restart-pending"  # first sight moved to now
+PROMOTE = "promote"  # pending -> passed (and maybe the network allowed)
+
+
+def decide(
+    s: Settings,
+    network: str,
+    now: float,
+    client_last: float | None,
+    passed_last: float | None,
+    pending_first: float | None,
+) -> tuple[Decision, str]:
+    """One RCPT's decision from what the list holds for it (the network's
+    and the triplet's rows), and the write it needs ("" for none); the
+    order of the module docstring."""
+    if client_last is not None and now - client_last < s.expire:
+        write = REFRESH_CLIENT if now - client_last >= REFRESH_AFTER else ""
+        return Decision(False, AUTO_ALLOWED, 0.0, "", network), write
+    if passed_last is not None and now - passed_last < s.expire:
+        write = REFRESH_PASSED if now - passed_last >= REFRESH_AFTER else ""
+        return Decision(False, KNOWN, 0.0, "", network), write
+    if pending_first is None:
+        return _greylisted(NEW, s.delay, network), ADD_PENDING
+    elapsed = now - pending_first
+    if elapsed < 0 or elapsed >= s.retry_window:
+        # Too late for a retry of the first attempt (or the clock went back).
+        return _greylisted(RESTARTED, s.delay, network), RESTART_PENDING
+    if elapsed < s.delay:
+        return _greylisted(EARLY, s.delay - elapsed, network), ""
+    return Decision(False, RETRIED, 0.0, "", network), PROMOTE
+
+
+def _greylisted(reason: str, seconds: float, network: str) -> Decision:
+    return Decision(True, reason, seconds, greylist_reply(seconds), network)
+
+
+def sender_is_known(s: Settings, row: tuple[float, float] | None, now: float) -> bool:
+    """A known sender: remembered (``row`` = first, last) at least
+    ``sender_min_age`` ago and seen within ``expire``."""
+    return row is not None and now - row[1] < s.expire and now - row[0] >= s.sender_min_age
+
+
+def erasure_keys(s: Settings, triplets: Iterable[tuple[str, str, str]]) -> set[bytes]:
+    """The keys of (client IP, sender, recipient) triplets as ``check`` keys
+    them; triplets whose client is not an address are left out."""
+    keys: set[bytes] = set()
+    for client_ip, sender, recipient in triplets:
+        try:
+            network = client_network(client_ip, s.ipv4_prefix, s.ipv6_prefix)
+        except ValueError:
+            continue
+        keys.add(triplet_key(network, normalize_sender(sender), normalize_recipient(recipient)))
+    return keys
+
+
+class Counters:
+    """The decision counters of a list, for /metrics and the CLI (monotonic)."""
+
+    def __init__(self) -> None:
+        self.greylisted = 0
+        self.passed = 0
+        self.auto_allowed = 0
+        self.known = 0
+        self.evicted = 0
+        self.evicted_passed = 0
+        self.errors = 0
+
+    def count(self, decision: Decision) -> None:
+        if decision.greylisted:
+            self.greylisted += 1
+        elif decision.reason == AUTO_ALLOWED:
+            self.auto_allowed += 1
+        else:
+            self.passed += 1
+
+    def counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in COUNTERS}
+
+
 class GreylistStore(Protocol):
     """What the MX's gate (``smtp.gate``) needs of a list: this module's
     ``Greylist`` (one node's file) or ``greylist_cluster.SharedGreylist``."""
@@ -327,7 +418,7 @@ class _SchemaError(sqlite3.DatabaseError):
 # -- the store ------------------------------------------------------------------
 
 
-class Greylist:
+class Greylist(Counters):
     """Greylisting state in one SQLite file; see the module docstring.
 
     Counters for /metrics and the CLI (monotonic, since this object was
@@ -342,17 +433,11 @@ class Greylist:
         settings: Settings | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__()
         self.path = path
         self.settings = settings or Settings()
         self._clock = clock
         self._lock = threading.Lock()
-        self.greylisted = 0
-        self.passed = 0
-        self.auto_allowed = 0
-        self.known = 0
-        self.evicted = 0
-        self.evicted_passed = 0
-        self.errors = 0
         self._evicted_logged = 0
         self._calls = 0  # check() calls since the last expiry run
         self._pruned_at = -math.inf  # clock of the last expiry run
@@ -448,45 +533,25 @@ class Greylist:
                 self._error("check", exc)
                 return Decision(False, ERROR, 0.0, "", network)
             self._maybe_prune(now)
-            if decision.greylisted:
-                self.greylisted += 1
-            elif decision.reason == AUTO_ALLOWED:
-                self.auto_allowed += 1
-            else:
-                self.passed += 1
+            self.count(decision)
         log_event(log, "greylist", logging.DEBUG, result=decision.reason, network=network)
         return decision
 
     def _check(self, network: str, key: bytes, now: float) -> Decision:
-        s = self.settings
         conn = self._conn
-        row = conn.execute("SELECT last FROM clients WHERE network = ?", (network,)).fetchone()
-        if row is not None and now - row[0] < s.expire:
-            if now - row[0] >= REFRESH_AFTER:
-                conn.execute("UPDATE clients SET last = ? WHERE network = ?", (now, network))
-            return Decision(False, AUTO_ALLOWED, 0.0, "", network)
-        row = conn.execute("SELECT last FROM passed WHERE key = ?", (key,)).fetchone()
-        if row is not None and now - row[0] < s.expire:
-            if now - row[0] >= REFRESH_AFTER:
-                conn.execute("UPDATE passed SET last = ? WHERE key = ?", (now, key))
-            return Decision(False, KNOWN, 0.0, "", network)
-        row = conn.execute("SELECT first FROM pending WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        row = conn.execute(_READ, (network, key, key)).fetchone()
+        decision, write = decide(self.settings, network, now, *row)
+        if write == REFRESH_CLIENT:
+            conn.execute("UPDATE clients SET last = ? WHERE network = ?", (now, network))
+        elif write == REFRESH_PASSED:
+            conn.execute("UPDATE passed SET last = ? WHERE key = ?", (now, key))
+        elif write == ADD_PENDING:
             self._write(self._add_pending, key, now)
-            return self._greylisted(NEW, s.delay, network)
-        elapsed = now - row[0]
-        if elapsed < 0 or elapsed >= s.retry_window:
-            # Too late for a retry of the first attempt (or the clock went back).
+        elif write == RESTART_PENDING:
             conn.execute("UPDATE pending SET first = ? WHERE key = ?", (now, key))
-            return self._greylisted(RESTARTED, s.delay, network)
-        if elapsed < s.delay:
-            return self._greylisted(EARLY, s.delay - elapsed, network)
-        self._write(self._promote, network, key, now)
-        return Decision(False, RETRIED, 0.0, "", network)
-
-    @staticmethod
-    def _greylisted(reason: str, seconds: float, network: str) -> Decision:
-        return Decision(True, reason, seconds, greylist_reply(seconds), network)
+        elif write == PROMOTE:
+            self._write(self._promote, network, key, now)
+        return decision
 
     def _add_pending(self, key: bytes, now: float) -> None:
         self._conn.execute("INSERT INTO pending (key, first) VALUES (?, ?)", (key, now))
@@ -603,8 +668,7 @@ class Greylist:
             except sqlite3.Error as exc:
                 self._error("known", exc)
                 return False
-            s = self.settings
-            known = row is not None and now - row[1] < s.expire and now - row[0] >= s.sender_min_age
+            known = sender_is_known(self.settings, row, now)
             if known:
                 self.known += 1
             return known
@@ -619,14 +683,7 @@ class Greylist:
         until they expire (``retry_window``, ``expire``). Deleted with
         ``secure_delete``; if any went, the file is rebuilt (VACUUM: older
         copies of the keys in free space) and its WAL truncated."""
-        s = self.settings
-        keys: set[bytes] = set()
-        for client_ip, sender, recipient in triplets:
-            try:
-                network = client_network(client_ip, s.ipv4_prefix, s.ipv6_prefix)
-            except ValueError:
-                continue
-            keys.add(triplet_key(network, normalize_sender(sender), normalize_recipient(recipient)))
+        keys = erasure_keys(self.settings, triplets)
         removed = 0
         with self._lock:
             conn = self._conn
@@ -712,5 +769,5 @@ class Greylist:
     def stats(self) -> dict[str, int]:
         """The counters, and the entries of each table (``pending_entries``...)."""
         with self._lock:
-            counters = {name: getattr(self, name) for name in COUNTERS}
+            counters = self.counters()
             return counters | {f"{table}_entries": n for table, n in self._rows.items()}

@@ -57,24 +57,25 @@ from estafeta.cluster.ioloop import IoLoop
 from estafeta.cluster.leases import run_query
 from estafeta.log import log_event
 from estafeta.policy.greylist import (
-    AUTO_ALLOWED,
-    COUNTERS,
-    EARLY,
+    ADD_PENDING,
     ERROR,
-    KNOWN,
-    NEW,
+    PROMOTE,
     PRUNE_BATCH,
     PRUNE_EVERY,
     PRUNE_INTERVAL,
     REFRESH_AFTER,
-    RESTARTED,
-    RETRIED,
+    REFRESH_CLIENT,
+    REFRESH_PASSED,
+    RESTART_PENDING,
+    Counters,
     Decision,
     Settings,
     client_network,
-    greylist_reply,
+    decide,
+    erasure_keys,
     normalize_recipient,
     normalize_sender,
+    sender_is_known,
     triplet_key,
 )
 
@@ -104,7 +105,7 @@ SELECT
 """
 
 
-class SharedGreylist:
+class SharedGreylist(Counters):
     """Greylisting state in the cluster's database; see the module docstring."""
 
     def __init__(
@@ -117,19 +118,13 @@ class SharedGreylist:
         timeout: float = 2.0,
         pause: float = 5.0,
     ) -> None:
+        super().__init__()
         self.io = io
         self.db = db
         self.settings = settings or Settings()
         self._clock = clock
         self.timeout = timeout
         self.breaker = Breaker(pause)
-        self.greylisted = 0
-        self.passed = 0
-        self.auto_allowed = 0
-        self.known = 0
-        self.evicted = 0
-        self.evicted_passed = 0
-        self.errors = 0
         self._calls = 0
         self._pruned_at = -math.inf
         self._pruning = False
@@ -172,46 +167,32 @@ class SharedGreylist:
         except DatabaseError as exc:
             self._error("check", exc)
             return Decision(False, ERROR, 0.0, "", network)
-        if decision.greylisted:
-            self.greylisted += 1
-        elif decision.reason == AUTO_ALLOWED:
-            self.auto_allowed += 1
-        else:
-            self.passed += 1
+        self.count(decision)
         self._maybe_prune(now)
         log_event(log, "greylist", logging.DEBUG, result=decision.reason, network=network)
         return decision
 
     async def _check(self, conn: Any, network: str, key: bytes, now: float) -> Decision:
-        s = self.settings
-        client_last, passed_last, pending_first = await conn.fetchrow(_READ, network, key)
-        if client_last is not None and now - client_last < s.expire:
-            if now - client_last >= REFRESH_AFTER:
-                await conn.execute(
-                    "UPDATE greylist_clients SET last = $2 WHERE network = $1", network, now
-                )
-            return Decision(False, AUTO_ALLOWED, 0.0, "", network)
-        if passed_last is not None and now - passed_last < s.expire:
-            if now - passed_last >= REFRESH_AFTER:
-                await conn.execute("UPDATE greylist_passed SET last = $2 WHERE key = $1", key, now)
-            return Decision(False, KNOWN, 0.0, "", network)
-        if pending_first is None:
+        row = await conn.fetchrow(_READ, network, key)
+        decision, write = decide(self.settings, network, now, *row)
+        if write == REFRESH_CLIENT:
+            await conn.execute(
+                "UPDATE greylist_clients SET last = $2 WHERE network = $1", network, now
+            )
+        elif write == REFRESH_PASSED:
+            await conn.execute("UPDATE greylist_passed SET last = $2 WHERE key = $1", key, now)
+        elif write == ADD_PENDING:
             await conn.execute(
                 "INSERT INTO greylist_pending (key, first) VALUES ($1, $2)"
                 " ON CONFLICT (key) DO NOTHING",
                 key, now,
             )  # fmt: skip
-            return _greylisted(NEW, s.delay, network)
-        elapsed = now - pending_first
-        if elapsed < 0 or elapsed >= s.retry_window:
-            # Too late for a retry of the first attempt (or the clock went back).
+        elif write == RESTART_PENDING:
             await conn.execute("UPDATE greylist_pending SET first = $2 WHERE key = $1", key, now)
-            return _greylisted(RESTARTED, s.delay, network)
-        if elapsed < s.delay:
-            return _greylisted(EARLY, s.delay - elapsed, network)
-        async with conn.transaction():
-            await self._promote(conn, network, key, now)
-        return Decision(False, RETRIED, 0.0, "", network)
+        elif write == PROMOTE:
+            async with conn.transaction():
+                await self._promote(conn, network, key, now)
+        return decision
 
     async def _promote(self, conn: Any, network: str, key: bytes, now: float) -> None:
         s = self.settings
@@ -281,8 +262,7 @@ class SharedGreylist:
         except DatabaseError as exc:
             self._error("known", exc)
             return False
-        s = self.settings
-        known = row is not None and now - row[1] < s.expire and now - row[0] >= s.sender_min_age
+        known = sender_is_known(self.settings, row, now)
         if known:
             self.known += 1
         return known
@@ -292,15 +272,7 @@ class SharedGreylist:
     def forget(self, triplets: Iterable[tuple[str, str, str]]) -> int:
         """Remove the pending and passed entries of these (client IP, sender,
         recipient) triplets; how many went (``Greylist.forget``)."""
-        s = self.settings
-        keys: set[bytes] = set()
-        for client_ip, sender, recipient in triplets:
-            try:
-                network = client_network(client_ip, s.ipv4_prefix, s.ipv6_prefix)
-            except ValueError:
-                continue
-            keys.add(triplet_key(network, normalize_sender(sender), normalize_recipient(recipient)))
-        wanted = sorted(keys)
+        wanted = sorted(erasure_keys(self.settings, triplets))
 
         async def work(conn: Any) -> int:
             removed = 0
@@ -394,9 +366,4 @@ class SharedGreylist:
 
     def stats(self) -> dict[str, int]:
         """The counters, and each table's entries as of the last prune."""
-        counters = {name: getattr(self, name) for name in COUNTERS}
-        return counters | {f"{table}_entries": n for table, n in self._rows.items()}
-
-
-def _greylisted(reason: str, seconds: float, network: str) -> Decision:
-    return Decision(True, reason, seconds, greylist_reply(seconds), network)
+        return self.counters() | {f"{table}_entries": n for table, n in self._rows.items()}
