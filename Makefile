@@ -42,7 +42,8 @@ CLUSTER_SUITE := $(wildcard server/tests/test_imap_*.py server/tests/test_pop3*.
     dane_delivery.py fuzz_smtp.py guard.py login_cache.py login_history.py metrics.py \
     password_policy.py scram_login.py smtp_getaddr.py tls_close.py twofactor.py \
     twofactor_e2e.py web_account_browser.py web_proxy.py web_site.py retention.py \
-    smtpsmuggling.py rspamd_mx.py smarthost.py durability.py delivery_local.py cli.py)
+    smtpsmuggling.py rspamd_mx.py smarthost.py durability.py delivery_local.py cli.py \
+    cli_spam.py spam_mailnet.py)
 APT_GET ?= apt-get
 
 # The lab's name (scripts/labctl.py): `lab` is br-lab on 198.51.100.0/24;

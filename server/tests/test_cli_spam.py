@@ -134,6 +134,9 @@ def test_reset_forgets_the_training_and_keeps_the_allowlist(
     assert "3 learned" in out
 
 
+# It delivers through a local Store of its own; on a cluster node,
+# --from-mailboxes is refused (the next test).
+@pytest.mark.local_store
 def test_train_from_the_accounts_own_mailboxes(
     account: Instance, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -214,6 +217,18 @@ def test_errors_name_the_problem(
     assert code == 1 and "plain: a directory but not a Maildir" in out
 
 
+def test_from_mailboxes_of_an_account_without_mail(
+    account: Instance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run(account, capsys, "train", ALICE, "--from-mailboxes")
+    if account.cluster:  # the folders are a local store's
+        assert code == 2 and "--from-mailboxes reads a local store's folders" in out, out
+    else:
+        assert code == 0 and "no mail yet, nothing to learn from" in out, out
+
+
+# A file where the statistics directory should be: the local store's files.
+@pytest.mark.local_store
 def test_unusable_statistics_are_one_line(
     account: Instance, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import DOMAIN, PASSWORD, Instance, free_port, make_tls
+from estafeta.cluster_node import cli_spam_store
+from estafeta.config import load
 from estafeta.spam import JunkFilter
 from estafeta.spam.store import Status
 
@@ -57,8 +59,12 @@ def status(server: Instance, want: tuple[int, int]) -> Status:
     (spam, ham) or after 20 s (the trainer works in the background)."""
     deadline = time.monotonic() + 20
     while True:
-        with JunkFilter(server.data_dir / "spam") as junk:
-            found = junk.status(ALICE)
+        if server.cluster:  # the statistics every node shares
+            with cli_spam_store(load(server.config)) as shared:
+                found = shared.status(ALICE)
+        else:
+            with JunkFilter(server.data_dir / "spam") as junk:
+                found = junk.status(ALICE)
         if (found.spam, found.ham) == want or time.monotonic() > deadline:
             return found
         time.sleep(0.05)

@@ -822,6 +822,9 @@ CLUSTER_COMMANDS = frozenset(
         "cmd_shared_list", "cmd_shared_set", "cmd_shared_remove",
         # Retention rules are in the accounts, the mail in the cluster's store.
         "cmd_retention_run", "cmd_user_retention",
+        # The junk filter's statistics are in the cluster's database.
+        "cmd_spam_status", "cmd_spam_train", "cmd_spam_reset", "cmd_spam_allow",
+        "cmd_spam_disallow", "cmd_spam_allowlist",
     }
 )  # fmt: skip
 

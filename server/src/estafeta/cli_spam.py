@@ -61,6 +61,16 @@ def _junk(config: Config) -> Iterator[JunkFilter]:
     """The filter; a statistics file that cannot be opened or written
     (permissions, a full disk, a file where the directory should be) is one
     line naming it, exit 1."""
+    if config.store.cluster:
+        from estafeta.cluster_node import cli_spam_store
+
+        # The statistics every node shares; a database error is one line too.
+        with (
+            cli_spam_store(config) as store,
+            JunkFilter(config.spam_dir, config.spam.settings, store=store) as junk,
+        ):
+            yield junk
+        return
     try:
         with JunkFilter(config.spam_dir, config.spam.settings) as junk:
             yield junk
@@ -153,6 +163,12 @@ def cmd_spam_train(config: Config, args: argparse.Namespace) -> int:
 
 def _train_from_mailboxes(config: Config, address: str) -> int:
     from estafeta.store import Store, maildir
+
+    if config.store.cluster:
+        raise UsageError(
+            "--from-mailboxes reads a local store's folders; on a cluster node train from"
+            " files (--spam PATH, --ham PATH), or move mail into and out of Junk over IMAP"
+        )
 
     account_dir = Store(config.mail_dir, config.hostname).account_dir(address)
     if not account_dir.is_dir():

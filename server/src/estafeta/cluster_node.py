@@ -28,6 +28,7 @@ from estafeta.config import Config, ConfigError
 from estafeta.queue.cluster import ClusterQueueStore
 from estafeta.sieve import Compiled
 from estafeta.sieve.cluster import ClusterScriptStore
+from estafeta.spam.cluster import SharedTokenStore
 from estafeta.store.cluster import ClusterStore
 
 log = logging.getLogger("estafeta.cluster")
@@ -181,6 +182,17 @@ def cli_scripts(config: Config, compile: Callable[[str], Compiled]) -> Iterator[
             max_scripts=config.sieve.max_scripts,
             compile=compile,
         )
+    finally:
+        node.close()
+
+
+@contextlib.contextmanager
+def cli_spam_store(config: Config) -> Iterator[SharedTokenStore]:
+    """The junk filter's statistics every node shares, for the CLI."""
+    node = _cli_node(config)
+    try:
+        s = config.spam.settings
+        yield SharedTokenStore(node.io, node.db, max_tokens=s.max_tokens, max_trained=s.max_trained)
     finally:
         node.close()
 

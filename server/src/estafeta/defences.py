@@ -22,6 +22,7 @@ from estafeta.policy.greylist import Greylist, GreylistStore
 from estafeta.policy.greylist_cluster import SharedGreylist
 from estafeta.smtp.gate import Gate
 from estafeta.spam import JunkFilter
+from estafeta.spam.cluster import SharedTokenStore
 from estafeta.spam.rspamd import RspamdClient
 
 if TYPE_CHECKING:
@@ -48,8 +49,9 @@ class Defences:
         rspamd: RspamdChecker | None = None,
         node: ClusterNode | None = None,
     ) -> Defences:
-        """The pieces; on a cluster node (``node``) greylisting lives in
-        the cluster's database, shared by every node."""
+        """The pieces; on a cluster node (``node``) greylisting and the
+        junk filter's statistics live in the cluster's database, shared by
+        every node."""
         if rspamd is None and config.rspamd.enabled:
             rspamd = rspamd_client(config)
         dnsbl = config.dnsbl
@@ -66,7 +68,18 @@ class Defences:
                 else Greylist(config.greylist_db, config.greylist.settings)
             )
             gate = Gate(greylist, config.greylist, trusted=config.screen.trusted)
-        junk = JunkFilter(config.spam_dir, config.spam.settings) if config.spam.enabled else None
+        junk: JunkFilter | None = None
+        if config.spam.enabled:
+            s = config.spam.settings
+            # On a cluster, the statistics every node shares (spam.cluster).
+            shared = (
+                SharedTokenStore(
+                    node.io, node.db, max_tokens=s.max_tokens, max_trained=s.max_trained
+                )
+                if node is not None
+                else None
+            )
+            junk = JunkFilter(config.spam_dir, s, store=shared)
         scanner = Scanner(
             junk=junk,
             config=config.spam,

@@ -11,7 +11,8 @@ untrained verdict (score 0.5, never spam) when the store fails or the
 message trips a bug, and logs it; ``learn``/``unlearn`` log and answer
 "error"; ``train_from`` counts such messages in ``errors`` and goes on. A
 corrupt statistics file is replaced by the store itself. ``status`` and
-``reset`` (administration) raise ``sqlite3.Error``.
+``reset`` (administration) raise ``sqlite3.Error`` (``DatabaseError`` with
+the cluster's shared store, ``spam.cluster``).
 
 Which message is "the same message" for training is decided by
 ``message_digest``: a hash of the fields an author wrote (Message-ID, Date,
@@ -32,7 +33,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
+from estafeta.cluster.database import DatabaseError
 from estafeta.log import log_event
 from estafeta.message import Summary
 from estafeta.message.structure import header_fields
@@ -59,7 +62,14 @@ from estafeta.spam.store import (
 from estafeta.spam.tokens import MAX_TOKENS as MAX_MESSAGE_TOKENS
 from estafeta.spam.tokens import tokenize
 
+if TYPE_CHECKING:
+    from estafeta.spam.cluster import SharedTokenStore
+
 log = logging.getLogger("estafeta.spam")
+
+# What the store raises when it cannot read or write: a local file's
+# sqlite3.Error, the cluster database's DatabaseError.
+_STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, DatabaseError)
 
 MIN_TRAINED = 20
 """Spam and ham messages an account must have trained before a verdict counts."""
@@ -165,7 +175,8 @@ def _untrained(threshold: float) -> Verdict:
 
 
 class JunkFilter:
-    """The learning junk filter of every account; statistics under ``directory``."""
+    """The learning junk filter of every account; statistics under
+    ``directory``, or in ``store`` when given (a cluster's shared one)."""
 
     def __init__(
         self,
@@ -173,15 +184,20 @@ class JunkFilter:
         settings: SpamSettings | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        store: TokenStore | SharedTokenStore | None = None,
     ) -> None:
         self.settings = settings or SpamSettings()
         s = self.settings
-        self.store = TokenStore(
-            directory,
-            max_tokens=s.max_tokens,
-            max_trained=s.max_trained,
-            max_open=s.max_open,
-            clock=clock,
+        self.store: TokenStore | SharedTokenStore = (
+            store
+            if store is not None
+            else TokenStore(
+                directory,
+                max_tokens=s.max_tokens,
+                max_trained=s.max_trained,
+                max_open=s.max_open,
+                clock=clock,
+            )
         )
 
     def close(self) -> None:
@@ -253,7 +269,7 @@ class JunkFilter:
                     return None
                 if allowed:
                     return True, None
-        except sqlite3.Error as exc:
+        except _STORE_ERRORS as exc:
             log_event(log, "spam_store_error", logging.ERROR, op="classify", account=account,
                       error=str(exc))  # fmt: skip
             return False, _untrained(s.threshold)
@@ -310,7 +326,7 @@ class JunkFilter:
             return "error"
         try:
             return self.store.learn(account, [item], spam)[0]
-        except sqlite3.Error as exc:
+        except _STORE_ERRORS as exc:
             log_event(log, "spam_store_error", logging.ERROR, op="learn", account=account,
                       error=str(exc))  # fmt: skip
             return "error"
@@ -323,7 +339,7 @@ class JunkFilter:
             return "error"
         try:
             return self.store.unlearn(account, *item)
-        except sqlite3.Error as exc:
+        except _STORE_ERRORS as exc:
             log_event(log, "spam_store_error", logging.ERROR, op="unlearn", account=account,
                       error=str(exc))  # fmt: skip
             return "error"
@@ -348,7 +364,7 @@ class JunkFilter:
             try:
                 for outcome in self.store.learn(account, pending, spam):
                     report.count(outcome)
-            except sqlite3.Error as exc:
+            except _STORE_ERRORS as exc:
                 log_event(log, "spam_store_error", logging.ERROR, op="train", account=account,
                           error=str(exc))  # fmt: skip
                 report.errors += len(pending)
