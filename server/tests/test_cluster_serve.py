@@ -171,7 +171,7 @@ def test_the_cli_shares_the_accounts(cluster: tuple[Instance, Instance]) -> None
     shown = b.cli("mail", "ls", ANA).stdout
     assert "for the cli" in shown
     assert "queue is empty" in a.cli("queue", "list").stdout  # the shared queue
-    refused = estafeta(a.config, "retention", "run", "--dry-run", check=False)
+    refused = estafeta(a.config, "backup", "list", check=False)
     assert refused.returncode == 2 and "local store only" in refused.stderr
 
 
