@@ -26,6 +26,7 @@ from _pebble import Pebble
 from _ports import free_port
 from _postgres import Postgres, postgres_server
 
+from estafeta.cluster.database import Database
 from estafeta.cluster.ioloop import IoLoop
 from estafeta.cluster.settings import DatabaseConfig, ObjectsConfig
 from estafeta.cluster.url import parse_url
@@ -578,3 +579,26 @@ def ioloop() -> Iterator[IoLoop]:
     """A started cluster IoLoop (estafeta.cluster.ioloop), stopped afterwards."""
     with IoLoop() as loop:
         yield loop
+
+
+# A cluster node's pieces for tests of shared state: its IoLoop and its pool.
+Node = tuple[IoLoop, Database]
+
+
+def open_db(io: IoLoop, config: DatabaseConfig) -> Database:
+    """An opened (and migrated) pool on ``io``."""
+    db = Database(config)
+    io.run(db.open())
+    return db
+
+
+@pytest.fixture
+def two_nodes(database: DatabaseConfig, ioloop: IoLoop) -> Iterator[tuple[Node, Node]]:
+    """Two nodes on one new database, each with its IoLoop and pool."""
+    with IoLoop("second") as other:
+        pools = [open_db(ioloop, database), open_db(other, database)]
+        try:
+            yield (ioloop, pools[0]), (other, pools[1])
+        finally:
+            ioloop.run(pools[0].close())
+            other.run(pools[1].close())

@@ -1,4 +1,4 @@
-"""Greylisting shared by cluster nodes (estafeta.policy.greylist_cluster)
+"""Greylisting shared by cluster two_nodes (estafeta.policy.greylist_cluster)
 against a real PostgreSQL: the same decisions as the local file for the
 same script of RCPTs, one retry passing on every node, the caps and expiry,
 erasure, and mail flowing when the database is gone."""
@@ -8,11 +8,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import Node
 from estafeta.cluster.database import Database
 from estafeta.cluster.ioloop import IoLoop
 from estafeta.cluster.settings import DatabaseConfig
@@ -40,27 +40,6 @@ class Clock:
         return self.now
 
 
-def open_db(io: IoLoop, config: DatabaseConfig) -> Database:
-    db = Database(config)
-    io.run(db.open())
-    return db
-
-
-Node = tuple[IoLoop, Database]
-
-
-@pytest.fixture
-def nodes(database: DatabaseConfig, ioloop: IoLoop) -> Iterator[tuple[Node, Node]]:
-    """Two nodes on one database: each its IoLoop and pool."""
-    with IoLoop("second") as other:
-        a, b = open_db(ioloop, database), open_db(other, database)
-        try:
-            yield (ioloop, a), (other, b)
-        finally:
-            ioloop.run(a.close())
-            other.run(b.close())
-
-
 def shared(node: Node, clock: Clock, **settings: float) -> SharedGreylist:
     return SharedGreylist(*node, Settings(**settings), clock=clock)  # type: ignore[arg-type]
 
@@ -80,9 +59,9 @@ SCRIPT = [
 ]
 
 
-def test_the_same_decisions_as_the_local_file(nodes: tuple[Node, Node], tmp_path: Path) -> None:
+def test_the_same_decisions_as_the_local_file(two_nodes: tuple[Node, Node], tmp_path: Path) -> None:
     local_clock, cluster_clock = Clock(), Clock()
-    shared_list = shared(nodes[0], cluster_clock, auto_allow=3)
+    shared_list = shared(two_nodes[0], cluster_clock, auto_allow=3)
     with Greylist(tmp_path / "g.db", Settings(auto_allow=3), local_clock) as local:
         local_answers, cluster_answers = [], []
         for wait, ip, sender, rcpt in SCRIPT:
@@ -99,9 +78,9 @@ def test_the_same_decisions_as_the_local_file(nodes: tuple[Node, Node], tmp_path
     assert shared_list.stats()["greylisted"] == 6 and shared_list.stats()["passed"] == 4
 
 
-def test_a_retry_through_the_other_node_passes(nodes: tuple[Node, Node]) -> None:
+def test_a_retry_through_the_other_node_passes(two_nodes: tuple[Node, Node]) -> None:
     clock = Clock()
-    a, b = shared(nodes[0], clock), shared(nodes[1], clock)
+    a, b = shared(two_nodes[0], clock), shared(two_nodes[1], clock)
     assert a.check("198.51.100.7", "news@example.org", "bob@example.test").reason == NEW
     clock.now += 299
     assert b.check("198.51.100.9", "news@example.org", "bob@example.test").reason == EARLY
@@ -111,11 +90,11 @@ def test_a_retry_through_the_other_node_passes(nodes: tuple[Node, Node]) -> None
 
 
 def test_a_network_with_enough_passed_triplets_is_allowed_everywhere(
-    nodes: tuple[Node, Node],
+    two_nodes: tuple[Node, Node],
 ) -> None:
     clock = Clock()
-    a = shared(nodes[0], clock, auto_allow=2)
-    b = shared(nodes[1], clock, auto_allow=2)
+    a = shared(two_nodes[0], clock, auto_allow=2)
+    b = shared(two_nodes[1], clock, auto_allow=2)
     for rcpt in ("one@example.test", "two@example.test"):
         assert a.check("203.0.113.5", "s@example.org", rcpt).greylisted
     clock.now += 301
@@ -125,10 +104,10 @@ def test_a_network_with_enough_passed_triplets_is_allowed_everywhere(
     assert decision.reason == AUTO_ALLOWED and not decision.greylisted
 
 
-def test_known_senders_are_shared_after_their_minimum_age(nodes: tuple[Node, Node]) -> None:
+def test_known_senders_are_shared_after_their_minimum_age(two_nodes: tuple[Node, Node]) -> None:
     clock = Clock()
-    a = shared(nodes[0], clock)
-    b = shared(nodes[1], clock)
+    a = shared(two_nodes[0], clock)
+    b = shared(two_nodes[1], clock)
     a.remember_sender("Example.ORG.")
     assert not b.known_sender("example.org")  # a day must pass
     clock.now += DAY
@@ -144,9 +123,9 @@ def test_known_senders_are_shared_after_their_minimum_age(nodes: tuple[Node, Nod
         a.remember_sender("not a domain")
 
 
-def test_concurrent_first_sightings_on_two_nodes_record_one(nodes: tuple[Node, Node]) -> None:
+def test_concurrent_first_sightings_on_two_nodes_record_one(two_nodes: tuple[Node, Node]) -> None:
     clock = Clock()
-    lists = [shared(nodes[0], clock), shared(nodes[1], clock)]
+    lists = [shared(two_nodes[0], clock), shared(two_nodes[1], clock)]
     answers: list[str] = []
 
     def run(g: SharedGreylist) -> None:
@@ -168,9 +147,9 @@ def test_concurrent_first_sightings_on_two_nodes_record_one(nodes: tuple[Node, N
     assert lists[0].stats()["pending_entries"] == 50
 
 
-def test_expiry_and_the_caps(nodes: tuple[Node, Node]) -> None:
+def test_expiry_and_the_caps(two_nodes: tuple[Node, Node]) -> None:
     clock = Clock()
-    g = shared(nodes[0], clock, max_pending=5, max_passed=2, auto_allow=0)
+    g = shared(two_nodes[0], clock, max_pending=5, max_passed=2, auto_allow=0)
     for n in range(8):
         clock.now += 1
         g.check("192.0.2.1", "a@example.org", f"u{n}@example.test")
@@ -189,9 +168,9 @@ def test_expiry_and_the_caps(nodes: tuple[Node, Node]) -> None:
     assert g.stats()["pending_entries"] == 0
 
 
-def test_expiry_runs_in_the_background_when_due(nodes: tuple[Node, Node]) -> None:
+def test_expiry_runs_in_the_background_when_due(two_nodes: tuple[Node, Node]) -> None:
     clock = Clock()
-    g = shared(nodes[0], clock, auto_allow=0)
+    g = shared(two_nodes[0], clock, auto_allow=0)
 
     def settle() -> None:
         # check() marks a run before it returns; the run clears the mark.
@@ -214,9 +193,9 @@ def test_expiry_runs_in_the_background_when_due(nodes: tuple[Node, Node]) -> Non
     assert g.check("192.0.2.1", "a@example.org", "u@example.test").reason == NEW
 
 
-def test_forget_removes_the_named_triplets_only(nodes: tuple[Node, Node]) -> None:
+def test_forget_removes_the_named_triplets_only(two_nodes: tuple[Node, Node]) -> None:
     clock = Clock()
-    g = shared(nodes[0], clock, auto_allow=0)
+    g = shared(two_nodes[0], clock, auto_allow=0)
     g.check("192.0.2.1", "a@example.org", "alice@example.test")
     g.check("192.0.2.1", "a@example.org", "bob@example.test")
     clock.now += 301

@@ -1,7 +1,7 @@
-"""The junk filter's statistics shared by cluster nodes
+"""The junk filter's statistics shared by cluster two_nodes
 (estafeta.spam.cluster) against a real PostgreSQL: the same outcomes,
 counts and pruning as the local SQLite store for the same training, two
-nodes training one account at once losing nothing, the allowlist and its
+two_nodes training one account at once losing nothing, the allowlist and its
 cap, reset and remove per account, a JunkFilter that classifies with it
 without ever querying on the event loop, and mail flowing when the
 database is gone."""
@@ -12,13 +12,13 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_cluster_counters import Proxy
 
+from conftest import Node, open_db
 from estafeta.cluster.database import Database, DatabaseError
 from estafeta.cluster.ioloop import IoLoop
 from estafeta.cluster.settings import DatabaseConfig
@@ -32,7 +32,6 @@ ALICE = "alice@example.test"
 BOB = "bob@example.test"
 
 Shared = SharedTokenStore
-Node = tuple[IoLoop, Database]
 
 
 class Clock:
@@ -43,27 +42,9 @@ class Clock:
         return self.now
 
 
-def open_db(io: IoLoop, config: DatabaseConfig) -> Database:
-    db = Database(config)
-    io.run(db.open())
-    return db
-
-
 @pytest.fixture
-def nodes(database: DatabaseConfig, ioloop: IoLoop) -> Iterator[tuple[Node, Node]]:
-    """Two nodes on one database: each its IoLoop and pool."""
-    with IoLoop("second") as other:
-        a, b = open_db(ioloop, database), open_db(other, database)
-        try:
-            yield (ioloop, a), (other, b)
-        finally:
-            ioloop.run(a.close())
-            other.run(b.close())
-
-
-@pytest.fixture
-def node(nodes: tuple[Node, Node]) -> Node:
-    return nodes[0]
+def node(two_nodes: tuple[Node, Node]) -> Node:
+    return two_nodes[0]
 
 
 def shared(node: Node, clock: Clock | None = None, **options: Any) -> Shared:
@@ -182,8 +163,8 @@ def test_the_trained_cap_forgets_the_oldest(node: Node) -> None:
     assert store.unlearn(ALICE, bytes([24]) * 32, [24]) == "unlearned"
 
 
-def test_two_nodes_training_one_account_at_once_lose_nothing(nodes: tuple[Node, Node]) -> None:
-    a, b = shared(nodes[0]), shared(nodes[1])
+def test_two_nodes_training_one_account_at_once_lose_nothing(two_nodes: tuple[Node, Node]) -> None:
+    a, b = shared(two_nodes[0]), shared(two_nodes[1])
     common = token_id("common")
     outcomes: list[str] = []
     failures: list[BaseException] = []
@@ -198,7 +179,7 @@ def test_two_nodes_training_one_account_at_once_lose_nothing(nodes: tuple[Node, 
         except BaseException as exc:
             failures.append(exc)
 
-    # 50 messages each, 25 of them trained by both nodes at once.
+    # 50 messages each, 25 of them trained by both two_nodes at once.
     threads = [
         threading.Thread(target=train, args=(a, range(50))),
         threading.Thread(target=train, args=(b, range(25, 75))),
@@ -213,7 +194,7 @@ def test_two_nodes_training_one_account_at_once_lose_nothing(nodes: tuple[Node, 
     assert counts is not None and (counts.nspam, counts.nham) == (75, 0)
     assert counts.tokens == {common: (75, 0), token_id("own0"): (1, 0), token_id("own74"): (1, 0)}
     assert figures(a.status(ALICE)) == (75, 0, 76, 75)
-    # Both nodes move the same messages out of Junk at once: each counts once.
+    # Both two_nodes move the same messages out of Junk at once: each counts once.
     start.reset()
     outcomes.clear()
     threads = [
@@ -261,10 +242,10 @@ def test_allowlist_by_address_and_domain(node: Node) -> None:
 
 
 def test_the_allowlist_cap_holds_with_two_nodes_adding_at_once(
-    nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch
+    two_nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(spam_cluster, "MAX_ALLOW", 5)
-    a, b = shared(nodes[0]), shared(nodes[1])
+    a, b = shared(two_nodes[0]), shared(two_nodes[1])
     added: list[bool] = []
     start = threading.Barrier(6)
 
@@ -329,9 +310,9 @@ def corpus_message(rng: random.Random, spam: bool, n: int) -> bytes:
     ).encode()
 
 
-def test_a_junk_filter_on_the_shared_store(nodes: tuple[Node, Node], tmp_path: Path) -> None:
+def test_a_junk_filter_on_the_shared_store(two_nodes: tuple[Node, Node], tmp_path: Path) -> None:
     settings = SpamSettings(min_spam=5, min_ham=5)
-    store, other = shared(nodes[0], absent_for=0.5), shared(nodes[1])
+    store, other = shared(two_nodes[0], absent_for=0.5), shared(two_nodes[1])
     junk = JunkFilter(tmp_path / "unused", settings, store=store)
     rng = random.Random(3)
     new = message(999, "cheap pills")
