@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import importlib
 import json
 import os
 import shutil
@@ -571,7 +572,60 @@ def _quoted_txt(value: str) -> str:
     return " ".join(f'"{chunk}"' for chunk in chunks)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The modules that add commands of their own, in the order of the list of
+# commands, and the modules each command word needs. Importing all of them
+# takes longer than most commands take to run (the DMARC sender, ACME, the
+# privacy tools), and estafeta runs thousands of times in the tests, in the
+# Ansible modules and in cron: only the named command's are imported.
+MODULE_ORDER = (
+    "cli_sieve",  # the sieve commands are many
+    "cli_spam",
+    "cli_retention",  # retention run, user retention (issue 18)
+    "cli_privacy",  # user export / user erase (issue 18)
+    "cli_backup",
+    "cli_shared",  # shared mailboxes and their ACLs (rfc4314)
+    "cli_dmarc",  # DMARC aggregate reports received and sent (issue 22)
+    "cli_doctor",  # estafeta doctor: deliverability checks (issue 22)
+    "cli_tlsrpt",  # SMTP TLS reports sent and received (issue 22)
+    "cli_tls",  # the DANE keys of [acme] dane (issue 22)
+    "cli_migrate",  # local store <-> cluster (issue 23)
+)
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    # build_parser's own commands.
+    **dict.fromkeys(("check", "serve", "alias", "totp", "app-password", "reindex", "mail",
+                     "dkim", "normalize", "queue"), ()),
+    "user": ("cli_retention", "cli_privacy"),
+    "sieve": ("cli_sieve",),
+    "spam": ("cli_spam",),
+    "retention": ("cli_retention",),
+    "backup": ("cli_backup",),
+    "shared": ("cli_shared",),
+    "dmarc": ("cli_dmarc",),
+    "doctor": ("cli_doctor",),
+    "tlsrpt": ("cli_tlsrpt",),
+    "tls": ("cli_tls",),
+    "migrate": ("cli_migrate",),
+}  # fmt: skip
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The COMMAND of an estafeta command line, None when it has none before
+    an option of its own (``--help``): the word after the global options."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token in ("-c", "--config"):
+            next(tokens, None)
+        elif token.startswith(("--config=", "-c")):
+            continue
+        elif token.startswith("-"):
+            return None
+        else:
+            return token
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser, with the commands ``argv`` names (sys.argv)."""
     parser = argparse.ArgumentParser(prog="estafeta", description="Estafeta mail server")
     parser.add_argument(
         "-c",
@@ -752,39 +806,11 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("domain")
     command.add_argument("--selector", required=True)
 
-    from estafeta import cli_sieve  # its own file: the sieve commands are many
-
-    cli_sieve.register(commands, add)
-    from estafeta import cli_spam
-
-    cli_spam.register(commands, add)
-    from estafeta import cli_retention  # retention run, user retention (issue 18)
-
-    cli_retention.register(commands, add)
-    from estafeta import cli_privacy  # user export / user erase (issue 18)
-
-    cli_privacy.register(commands, add)
-    from estafeta import cli_backup
-
-    cli_backup.register(commands, add)
-    from estafeta import cli_shared  # shared mailboxes and their ACLs (rfc4314)
-
-    cli_shared.register(commands, add)
-    from estafeta import cli_dmarc  # DMARC aggregate reports received (issue 22)
-
-    cli_dmarc.register(commands, add)
-    from estafeta import cli_doctor  # estafeta doctor: deliverability checks (issue 22)
-
-    cli_doctor.register(commands, add)
-    from estafeta import cli_tlsrpt  # SMTP TLS reports sent and received (issue 22)
-
-    cli_tlsrpt.register(commands, add)
-    from estafeta import cli_tls  # the DANE keys of [acme] dane (issue 22)
-
-    cli_tls.register(commands, add)
-    from estafeta import cli_migrate  # local store <-> cluster (issue 23)
-
-    cli_migrate.register(commands, add)
+    # The commands of modules of their own: only those the command line
+    # names are imported (all of them for the list of commands).
+    command_word = _command_word(sys.argv[1:] if argv is None else argv)
+    for module in COMMAND_MODULES.get(command_word or "", MODULE_ORDER):
+        importlib.import_module(f"estafeta.{module}").register(commands, add)
     return parser
 
 
@@ -830,7 +856,7 @@ CLUSTER_COMMANDS = frozenset(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         config = config_module.load(args.config)
         if config.store.cluster and args.func.__name__ not in CLUSTER_COMMANDS:

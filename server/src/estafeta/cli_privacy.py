@@ -28,13 +28,15 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from estafeta import config as config_module
 from estafeta.address import AddressError, normalize_address
 from estafeta.cli import CommandFailed, UsageError, _existing_account, user_actions
 from estafeta.config import Config
-from estafeta.privacy.erase import EraseError, Erasure, erase
-from estafeta.privacy.export import ExportError, export_account
+
+if TYPE_CHECKING:
+    from estafeta.privacy.erase import Erasure
 
 Command = Callable[[Config, argparse.Namespace], int]
 Add = Callable[
@@ -44,6 +46,9 @@ Add = Callable[
 
 
 def cmd_user_export(config: Config, args: argparse.Namespace) -> int:
+    # Imported here: `estafeta user ...` loads this module for every action.
+    from estafeta.privacy.export import ExportError, export_account
+
     address = _existing_account(config, args.address)
     target = Path(args.to)
     if target.exists() and not args.force:
@@ -94,6 +99,8 @@ def _print(erasure: Erasure, as_json: bool, error: str | None = None) -> None:
 
 
 def cmd_user_erase(config: Config, args: argparse.Namespace) -> int:
+    from estafeta.privacy.erase import EraseError, erase
+
     config_module.check_runtime(config)
     address = normalize_address(args.address)
     if not args.yes:
