@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 import trustme
 from _postgres import PASSWORD, Postgres
@@ -150,3 +152,28 @@ def test_a_missing_database_and_a_closed_port(database: DatabaseConfig, postgres
         closed = parse_url(f"postgresql://estafeta@127.0.0.1:{port}/x")
         message = _refusal(dataclasses.replace(database, url=closed, connect_timeout=2))
     assert f"127.0.0.1:{port}" in message and "cannot connect" in message
+
+
+def test_close_cuts_a_connection_still_busy_after_the_grace(database: DatabaseConfig) -> None:
+    """A query still running when the node closes does not hold the close
+    for its length, nor is its connection left open past the loop's end."""
+
+    async def run() -> tuple[float, BaseException | None]:
+        node = await _open(database)
+        conn = await node.pool.acquire()
+        busy = asyncio.ensure_future(conn.fetchval("SELECT pg_sleep(60)"))
+        await asyncio.sleep(0.3)
+        start = time.monotonic()
+        await node.close(grace=0.5)
+        took = time.monotonic() - start
+        outcome: BaseException | None = None
+        try:
+            await asyncio.wait_for(busy, 10)
+        except Exception as exc:  # what the query's caller sees: the cut
+            outcome = exc
+        return took, outcome
+
+    took, outcome = asyncio.run(run())
+    # The query's caller is told its connection is gone.
+    assert isinstance(outcome, asyncpg.ConnectionDoesNotExistError), outcome
+    assert took < 30  # not the query's 60 s

@@ -12,6 +12,7 @@ an error, a log line or ``describe()``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -26,6 +27,10 @@ import asyncpg
 from estafeta.cluster.settings import DatabaseConfig
 
 log = logging.getLogger("estafeta.cluster")
+
+# Seconds a closing pool waits for its busy connections (a query running, a
+# lock awaited) before it cuts them; ClusterNode.close waits longer than this.
+CLOSE_GRACE = 5.0
 
 # Errors asyncpg and the network raise when the database cannot be reached or
 # goes away; callers catch DatabaseError, which says where and what.
@@ -175,12 +180,15 @@ class Database:
         except Exception as exc:
             raise self.error("connect", exc) from None
 
-    async def close(self) -> None:
+    async def close(self, grace: float = CLOSE_GRACE) -> None:
+        """Close the pool: each connection ends its session once given back.
+        Those still busy after ``grace`` seconds are cut: a connection left
+        open would outlive the loop it belongs to (the caller stops it next)."""
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
-                await pool.close()
-            except Exception:  # closing a pool whose server is gone
+                await asyncio.wait_for(pool.close(), grace)
+            except Exception:  # still busy, or the server is gone
                 pool.terminate()
 
     @contextlib.asynccontextmanager
