@@ -13,14 +13,48 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
+# Seconds the stopping loop gives its connections to finish closing.
+CLOSE_WAIT = 1.0
+
+
 class IoLoopError(RuntimeError):
     pass
+
+
+def _transports(loop: asyncio.AbstractEventLoop) -> list[asyncio.BaseTransport]:
+    # The selector loop's own map of its transports (by file descriptor):
+    # asyncio has no public list of them.
+    return list((getattr(loop, "_transports", None) or {}).values())
+
+
+def _open_transports(loop: asyncio.AbstractEventLoop) -> list[asyncio.BaseTransport]:
+    return [t for t in _transports(loop) if not t.is_closing()]
+
+
+def _end_transports(loop: asyncio.AbstractEventLoop) -> None:
+    """Let the loop's connections finish closing, then cut those left: none
+    may outlive its loop (its socket would be left open, to be found by the
+    garbage collector). A TLS connection closed at the end, by a task
+    cancelled above or by a pool's close, still waits for the peer's
+    close_notify; its plain transport closes only then, some iterations
+    later."""
+    deadline = time.monotonic() + CLOSE_WAIT
+    while _open_transports(loop) and time.monotonic() < deadline:
+        loop.run_until_complete(asyncio.sleep(0.01))
+    # abort() of a transport closed already does nothing; of one still
+    # flushing or waiting, it closes the socket now.
+    for transport in _transports(loop):
+        getattr(transport, "abort", transport.close)()
+    # The sockets are closed by callbacks of the next iterations.
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.run_until_complete(asyncio.sleep(0))
 
 
 class IoLoop:
@@ -54,6 +88,7 @@ class IoLoop:
                 if pending:
                     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
+                _end_transports(loop)
                 loop.close()
 
         self._thread = threading.Thread(target=main, name=self.name, daemon=True)
