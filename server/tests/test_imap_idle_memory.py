@@ -432,11 +432,11 @@ ACCOUNTS = 6
 # included: transport, stream reader and writer, protocol, task, session,
 # parser, timer, its share of the views. It was 14 KiB with a read task, a
 # change task and asyncio.wait per IDLE, an asyncio.Event per session and a
-# view per session (issue 17), then about 8 KiB; measured again on
-# 2026-12-06 (Python 3.11.7, 400 connections): 10.1-10.3 KiB, at HEAD and
-# at 32f6428 alike, so 10 KiB failed one run in three. What grew since the
-# 8 KiB is still to be found (the asyncio streams' share is 0.5 KiB).
-TRACED_PER_CONNECTION = 11 * 1024
+# view per session (issue 17), then about 8 KiB. It grew to 10.1-10.3 KiB
+# when the session passed 30 attributes: its __dict__ stopped sharing keys
+# (1.5 KiB each). With __slots__ it is 8.8 KiB (2026-12-06, Python 3.11.7,
+# 400 connections).
+TRACED_PER_CONNECTION = 10 * 1024
 
 
 def test_idle_connections_cost_one_task_and_share_their_views(tmp_path: Path) -> None:
