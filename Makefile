@@ -43,7 +43,7 @@ CLUSTER_SUITE := $(wildcard server/tests/test_imap_*.py server/tests/test_pop3*.
     password_policy.py scram_login.py smtp_getaddr.py tls_close.py twofactor.py \
     twofactor_e2e.py web_account_browser.py web_proxy.py web_site.py retention.py \
     smtpsmuggling.py rspamd_mx.py smarthost.py durability.py delivery_local.py cli.py \
-    cli_spam.py spam_mailnet.py)
+    cli_spam.py spam_mailnet.py privacy_export.py)
 APT_GET ?= apt-get
 
 # The lab's name (scripts/labctl.py): `lab` is br-lab on 198.51.100.0/24;

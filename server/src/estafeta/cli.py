@@ -836,6 +836,8 @@ CLUSTER_COMMANDS = frozenset(
         "cmd_reindex", "cmd_mail_ls", "cmd_mail_cat", "cmd_dkim_keygen", "cmd_dkim_list",
         "cmd_dkim_remove", "cmd_normalize", "cmd_queue_list", "cmd_queue_flush",
         "cmd_queue_delete", "cmd_migrate",
+        # An account's archive: read from the cluster's database and objects.
+        "cmd_user_export",
         # Sieve scripts are in the cluster's database (cli_sieve).
         "cmd_sieve_list", "cmd_sieve_get", "cmd_sieve_put", "cmd_sieve_activate",
         "cmd_sieve_deactivate", "cmd_sieve_delete", "cmd_sieve_check", "cmd_sieve_test",

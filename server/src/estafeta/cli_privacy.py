@@ -24,9 +24,10 @@ again); 2 bad usage (no such account for export, FILE exists, not confirmed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ from estafeta.config import Config
 
 if TYPE_CHECKING:
     from estafeta.privacy.erase import Erasure
+    from estafeta.privacy.export import Sources
 
 Command = Callable[[Config, argparse.Namespace], int]
 Add = Callable[
@@ -54,7 +56,10 @@ def cmd_user_export(config: Config, args: argparse.Namespace) -> int:
     if target.exists() and not args.force:
         raise UsageError(f"{target} exists; give --force to replace it")
     try:
-        report = export_account(config, address, target, fmt=args.format, force=args.force)
+        with export_sources(config) as sources:
+            report = export_account(
+                config, address, target, fmt=args.format, force=args.force, sources=sources
+            )
     except ExportError as exc:
         raise CommandFailed(str(exc)) from None
     if args.json:
@@ -66,6 +71,28 @@ def cmd_user_export(config: Config, args: argparse.Namespace) -> int:
         f" {report.messages} messages, {report.octets} octets{skipped}"
     )
     return 0
+
+
+@contextlib.contextmanager
+def export_sources(config: Config) -> Iterator[Sources | None]:
+    """What ``user export`` reads: None for the local store (the export
+    opens its files); on a cluster node the accounts, Sieve scripts, junk
+    filter statistics and mail every node shares."""
+    if not config.store.cluster:
+        yield None
+        return
+    from estafeta.cli import _accounts, _store
+    from estafeta.cli_sieve import _script_store
+    from estafeta.cli_spam import _junk
+    from estafeta.privacy.export import Sources
+
+    with (
+        _accounts(config) as accounts,
+        _script_store(config) as scripts,
+        _junk(config) as junk,
+        _store(config) as store,
+    ):
+        yield Sources(accounts, scripts, junk, store, files=False)
 
 
 def _confirmed(address: str) -> bool:

@@ -40,6 +40,12 @@ next export overwrites.
 The server may run meanwhile: messages are read as the index lists them,
 and one expunged in between is left out (``messages.json`` lists what the
 archive holds).
+
+On a cluster node (``[store] backend = "cluster"``) the caller hands in the
+cluster's accounts, Sieve scripts, junk filter and store (``Sources``): the
+same archive, the bodies read from the object store one message at a time
+(at most ``[limits] max_message_size`` in memory). The login history is the
+one this node keeps (estafeta.auth.cluster: it is not replicated).
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -62,7 +69,7 @@ from estafeta.address import normalize_address
 from estafeta.auth import Accounts
 from estafeta.auth.accounts import MAX_ALIAS_DEPTH
 from estafeta.config import Config
-from estafeta.sieve.scripts import ScriptStore
+from estafeta.sieve.scripts import Scripts, ScriptStore
 from estafeta.spam import JunkFilter
 from estafeta.store import Mailbox, Store, maildir
 from estafeta.store.reader import IndexReader
@@ -80,6 +87,37 @@ _RETURN_PATH = re.compile(rb"\AReturn-Path:[ \t]*<([^<>\s]*)>", re.IGNORECASE)
 
 class ExportError(Exception):
     """The export could not be written; the message says why."""
+
+
+@dataclass
+class Sources:
+    """Where an account's data is read from: this host's files
+    (``local_sources``), or a cluster's (the CLI opens those)."""
+
+    accounts: Accounts
+    scripts: Scripts
+    junk: JunkFilter
+    # The local store (not started: started only for an account that has a
+    # folder), or a cluster's, started by the caller.
+    store: Store
+    # Message files on this host (the local store): streamed from disk.
+    # False: each body is read through the store's reader.
+    files: bool = True
+
+
+@contextmanager
+def local_sources(config: Config) -> Iterator[Sources]:
+    """The sources of the local store under ``config.data_dir``."""
+    scripts = ScriptStore(
+        config.sieve_dir,
+        max_script_size=config.sieve.max_script_size,
+        max_scripts=config.sieve.max_scripts,
+    )
+    with (
+        Accounts(config.accounts_db, config.domains, hasher=config.auth.hasher()) as accounts,
+        JunkFilter(config.spam_dir, config.spam.settings) as junk,
+    ):
+        yield Sources(accounts, scripts, junk, Store(config.mail_dir, config.hostname))
 
 
 @dataclass
@@ -327,22 +365,17 @@ def aliases_of(
     return found
 
 
-def account_record(config: Config, accounts: Accounts, address: str) -> dict[str, Any]:
+def account_record(config: Config, sources: Sources, address: str) -> dict[str, Any]:
     """Everything but the mail: the ``account.json`` of the archive, without
     its ``mailboxes`` (added by ``export_account``). Never a password hash,
     an app password's hash or a TOTP secret."""
-    scripts = ScriptStore(
-        config.sieve_dir,
-        max_script_size=config.sieve.max_script_size,
-        max_scripts=config.sieve.max_scripts,
-    )
+    accounts, scripts = sources.accounts, sources.scripts
     sieve = [
         {"name": name, "active": active, "text": scripts.get(address, name)}
         for name, active in scripts.list(address)
     ]
-    with JunkFilter(config.spam_dir, config.spam.settings) as junk:
-        status = junk.status(address)
-        allowed = junk.allowed(address)
+    status = sources.junk.status(address)
+    allowed = sources.junk.allowed(address)
     return {
         "format": FORMAT_VERSION,
         "address": address,
@@ -394,7 +427,11 @@ class _Export:
         self.messages.write(json.dumps(entry, ensure_ascii=False).encode())
         self._first = False
 
-    def mailbox(self, reader: IndexReader, account_dir: Path, box: Mailbox) -> dict[str, Any]:
+    def mailbox(
+        self, reader: IndexReader, account_dir: Path | None, box: Mailbox
+    ) -> dict[str, Any]:
+        """``account_dir``: where the message files are; None: read each
+        body through ``reader`` (a cluster's object store)."""
         path = archive_path(box.name)
         base = f"maildir/{path}"
         self.writer.directory(base)
@@ -410,7 +447,7 @@ class _Export:
                     box.id, uids, summary=False
                 ):
                     try:
-                        source = maildir.open_message(account_dir / file)
+                        source = _open_body(reader, account_dir, file)
                     except FileNotFoundError:
                         self.report.skipped += 1  # expunged meanwhile
                         continue
@@ -418,7 +455,7 @@ class _Export:
                     name = f"{date}.U{uid}V{box.uidvalidity}.estafeta:2,"
                     name = f"{base}/cur/{name}{flag_letters(flags, keywords)}"
                     with source:
-                        size = os.fstat(source.fileno()).st_size
+                        size = _size(source)
                         mbox.begin(date)
                         self.writer.file(name, source, size, date, mbox.feed)
                         mbox.end()
@@ -455,10 +492,31 @@ class _Export:
         self.messages.close()
 
 
+def _open_body(reader: IndexReader, account_dir: Path | None, file: str) -> BinaryIO:
+    """A message's octets: its file, or (``account_dir`` None) its body as
+    the reader gives it. FileNotFoundError once it is expunged."""
+    if account_dir is not None:
+        return maildir.open_message(account_dir / file)
+    return io.BytesIO(reader.content(file))
+
+
+def _size(source: BinaryIO) -> int:
+    if isinstance(source, io.BytesIO):
+        return len(source.getbuffer())
+    return os.fstat(source.fileno()).st_size
+
+
 def export_account(
-    config: Config, address: str, target: Path, *, fmt: str = "zip", force: bool = False
+    config: Config,
+    address: str,
+    target: Path,
+    *,
+    fmt: str = "zip",
+    force: bool = False,
+    sources: Sources | None = None,
 ) -> ExportReport:
-    """Write the archive of ``address`` (an existing account) to ``target``.
+    """Write the archive of ``address`` (an existing account) to ``target``,
+    read from ``sources`` (None: the local store's, ``local_sources``).
     ExportError if ``target`` exists (unless ``force``) or cannot be written."""
     if fmt not in ("zip", "tar"):
         raise ExportError(f"format {fmt!r}: use zip or tar")
@@ -476,7 +534,11 @@ def export_account(
         with os.fdopen(fd, "wb") as stream:
             os.fchmod(stream.fileno(), 0o600)  # a FILE.tmp left by a crash may be another's
             writer: _Writer = _ZipWriter(stream) if fmt == "zip" else _TarWriter(stream)
-            _write(config, address, writer, target.parent, report)
+            if sources is None:
+                with local_sources(config) as local:
+                    _write(config, address, local, writer, target.parent, report)
+            else:
+                _write(config, address, sources, writer, target.parent, report)
             writer.close()
             stream.flush()
             os.fsync(stream.fileno())
@@ -494,15 +556,24 @@ def export_account(
 
 
 def _write(
-    config: Config, address: str, writer: _Writer, spool_dir: Path, report: ExportReport
+    config: Config,
+    address: str,
+    sources: Sources,
+    writer: _Writer,
+    spool_dir: Path,
+    report: ExportReport,
 ) -> None:
-    with Accounts(config.accounts_db, config.domains, hasher=config.auth.hasher()) as accounts:
-        record = account_record(config, accounts, address)
+    record = account_record(config, sources, address)
     export = _Export(writer, spool_dir, report)
     mailboxes = []
-    store = Store(config.mail_dir, config.hostname)
+    store = sources.store
+    if not sources.files:
+        # A cluster's store, started by the caller: its rows and bodies.
+        with store.reader(address) as reader:
+            for box in reader.mailboxes():
+                mailboxes.append(export.mailbox(reader, None, box))
     # An account that never had mail has no folder: none is made for it.
-    if store.account_dir(address).is_dir():
+    elif store.account_dir(address).is_dir():
         with store:
             reader = store.reader(address)
         with reader:
