@@ -6,6 +6,7 @@ the command's refusals. Against a real Store and Accounts in a temp dir."""
 
 from __future__ import annotations
 
+import errno
 import json
 import mailbox
 import os
@@ -332,3 +333,27 @@ def test_the_command_refuses_an_existing_file_unless_forced(
                      str(tmp_path / "x.zip")]) == 2  # fmt: skip
     assert "no account" in capsys.readouterr().err
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_a_message_that_cannot_be_read_fails_the_export_and_leaves_no_file(
+    config: Config, account: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that cannot be read (a disk error; on a cluster, the object
+    store away): the error names the message, and no archive is left."""
+    real = export._open_body
+    calls = [0]
+
+    def failing(*args: object) -> object:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(export, "_open_body", failing)
+    for fmt in ("zip", "tar"):
+        calls[0] = 0
+        target = tmp_path / f"alice.{fmt}"
+        with pytest.raises(export.ExportError, match=r"cannot read \S+ UID \d+ of the account: .*"
+                           "Input/output error"):  # fmt: skip
+            export_of(config, ALICE, target, fmt=fmt)
+        assert not target.exists() and not target.with_name(target.name + ".tmp").exists()

@@ -60,7 +60,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -410,7 +410,7 @@ class _Export:
         self.writer = writer
         self.spool_dir = spool_dir
         self.report = report
-        self.messages = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 (closed in run)
+        self.messages = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 (closed by _write)
         self.messages.write(b"[")
         self._first = True
 
@@ -451,6 +451,10 @@ class _Export:
                     except FileNotFoundError:
                         self.report.skipped += 1  # expunged meanwhile
                         continue
+                    except OSError as exc:  # unreadable, or the object store away
+                        raise ExportError(
+                            f"cannot read {box.name} UID {uid} of the account: {exc}"
+                        ) from None
                     flags = text.split()
                     name = f"{date}.U{uid}V{box.uidvalidity}.estafeta:2,"
                     name = f"{base}/cur/{name}{flag_letters(flags, keywords)}"
@@ -489,7 +493,6 @@ class _Export:
     def finish(self) -> None:
         self.messages.write(b"\n]\n")
         self.add_spool("messages.json", self.messages)
-        self.messages.close()
 
 
 def _open_body(reader: IndexReader, account_dir: Path | None, file: str) -> BinaryIO:
@@ -534,11 +537,18 @@ def export_account(
         with os.fdopen(fd, "wb") as stream:
             os.fchmod(stream.fileno(), 0o600)  # a FILE.tmp left by a crash may be another's
             writer: _Writer = _ZipWriter(stream) if fmt == "zip" else _TarWriter(stream)
-            if sources is None:
-                with local_sources(config) as local:
-                    _write(config, address, local, writer, target.parent, report)
-            else:
-                _write(config, address, sources, writer, target.parent, report)
+            try:
+                if sources is None:
+                    with local_sources(config) as local:
+                        _write(config, address, local, writer, target.parent, report)
+                else:
+                    _write(config, address, sources, writer, target.parent, report)
+            except BaseException:
+                # The archive is dropped: its writer closed now, while the
+                # stream is open (not by the garbage collector, after it).
+                with suppress(Exception):
+                    writer.close()
+                raise
             writer.close()
             stream.flush()
             os.fsync(stream.fileno())
@@ -563,13 +573,27 @@ def _write(
     spool_dir: Path,
     report: ExportReport,
 ) -> None:
-    record = account_record(config, sources, address)
+    try:
+        record = account_record(config, sources, address)
+    except OSError as exc:  # a statistics file, or a cluster's database away
+        raise ExportError(f"cannot read the account {address}: {exc}") from None
     export = _Export(writer, spool_dir, report)
+    try:
+        _write_mail(address, sources, export, record)
+    finally:
+        export.messages.close()  # after finish, or on the way out of a failure
+
+
+def _write_mail(address: str, sources: Sources, export: _Export, record: dict[str, Any]) -> None:
     mailboxes = []
     store = sources.store
     if not sources.files:
         # A cluster's store, started by the caller: its rows and bodies.
-        with store.reader(address) as reader:
+        try:
+            reader = store.reader(address)  # the replica, brought up to date
+        except OSError as exc:  # the database away
+            raise ExportError(f"cannot read the mailboxes of {address}: {exc}") from None
+        with reader:
             for box in reader.mailboxes():
                 mailboxes.append(export.mailbox(reader, None, box))
     # An account that never had mail has no folder: none is made for it.
