@@ -21,6 +21,7 @@ import pytest
 from _ports import free_port
 from aiosmtpd.smtp import Envelope
 
+from conftest import run_drained
 from estafeta.cluster.counters import SendCounts, minute
 from estafeta.cluster.database import Database
 from estafeta.cluster.ioloop import IoLoop
@@ -148,7 +149,7 @@ def test_counts_per_minute_and_pruning(ioloop: IoLoop, db: Database) -> None:
         await counts.record(ALICE, now)
         assert await counts.count(ALICE, 0) == 4
 
-    asyncio.run(run())
+    run_drained(run())
 
 
 def test_two_nodes_share_the_hourly_limit(
@@ -193,7 +194,7 @@ def test_two_nodes_share_the_hourly_limit(
                     "250"
                 )
 
-            asyncio.run(run())
+            run_drained(run())
         finally:
             io_b.run(db_b.close())
 
@@ -245,7 +246,7 @@ def test_a_node_without_its_database_counts_alone_and_logs_once(
 
     try:
         with caplog.at_level(logging.INFO, logger="estafeta"):
-            asyncio.run(run())
+            run_drained(run())
     finally:
         ioloop.run(far.close())
     assert _events(caplog, "send_limits_shared_unavailable") == 1
@@ -278,7 +279,7 @@ def test_a_slow_database_does_not_hold_mail_up(
 
     try:
         with caplog.at_level(logging.INFO, logger="estafeta"):
-            took = asyncio.run(run())
+            took = run_drained(run())
     finally:
         proxy.held.clear()
         proxy.stop()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from conftest import run_drained
 from estafeta.auth.guard import LoginResult, account_key
 from estafeta.cluster.database import Database, DatabaseError
 from estafeta.cluster.ioloop import IoLoop
@@ -82,7 +83,7 @@ def test_two_holders_exclude_each_other(ioloop: IoLoop, db: Database) -> None:
         assert await a.holder_of("job") is None
         assert await b.acquire("job", 30)
 
-    asyncio.run(run())
+    run_drained(run())
 
 
 def test_only_one_of_many_at_once_gets_it(ioloop: IoLoop, db: Database) -> None:
@@ -91,7 +92,7 @@ def test_only_one_of_many_at_once_gets_it(ioloop: IoLoop, db: Database) -> None:
     async def run() -> list[bool]:
         return list(await asyncio.gather(*(node.acquire("once", 30) for node in nodes)))
 
-    assert sorted(asyncio.run(run())) == [False] * 11 + [True]
+    assert sorted(run_drained(run())) == [False] * 11 + [True]
 
 
 def test_expiry_lets_another_in_and_renewal_keeps_it_out(ioloop: IoLoop, db: Database) -> None:
@@ -121,15 +122,15 @@ def test_expiry_lets_another_in_and_renewal_keeps_it_out(ioloop: IoLoop, db: Dat
         assert await a.holder_of("lapsed") == "node-a"
         assert await a.prune(expired_for=0) == 0  # nothing expired now
 
-    asyncio.run(run())
+    run_drained(run())
 
 
 def test_bad_arguments_are_refused(ioloop: IoLoop, db: Database) -> None:
     leases = Leases(ioloop, db, "node-a")
     with pytest.raises(ValueError, match="TTL"):
-        asyncio.run(leases.acquire("x", 0))
+        run_drained(leases.acquire("x", 0))
     with pytest.raises(ValueError, match="lease name"):
-        asyncio.run(leases.acquire("x" * 401, 10))
+        run_drained(leases.acquire("x" * 401, 10))
     with pytest.raises(ValueError, match="renew_every"):
         LeaseLocks(ioloop, db, "node-a", ttl=1.0, renew_every=2.0)
 
@@ -159,7 +160,7 @@ def test_lease_locks_renew_themselves_and_exclude_sessions(ioloop: IoLoop, db: D
         assert await leases.holder_of("pop3:" + ALICE) is None
         await a.close()
 
-    asyncio.run(run())
+    run_drained(run())
 
 
 def test_a_dead_nodes_maildrop_comes_free_after_the_ttl(
@@ -182,12 +183,12 @@ def test_a_dead_nodes_maildrop_comes_free_after_the_ttl(
             await until(lambda: _false(a.holds(ALICE)), within=3)
             return waited
 
-        waited = asyncio.run(run())
+        waited = run_drained(run())
         assert 0.1 < waited < 2.0
         a.release(ALICE)  # never raises, its database gone or not
         with pytest.raises(DatabaseError):
-            asyncio.run(a.acquire("bob@example.test"))
-    asyncio.run(b.close())
+            run_drained(a.acquire("bob@example.test"))
+    run_drained(b.close())
 
 
 async def _false(value: bool) -> bool:
@@ -317,7 +318,7 @@ def test_pop3_sessions_on_two_nodes_lock_one_maildrop(
         await locks_a.close()
         await locks_b.close()
 
-    asyncio.run(run())
+    run_drained(run())
 
 
 async def _login_soon(port: int) -> tuple[Client, bytes]:
@@ -357,5 +358,5 @@ def test_pop3_deletes_nothing_once_its_lease_is_lost(
                 assert await other.acquire(ALICE)
                 await other.close()
 
-        asyncio.run(run())
+        run_drained(run())
     assert store.removed == []

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 from test_cluster_counters import Proxy
 
+from conftest import run_drained
 from estafeta.auth.guard import (
     ACCOUNT,
     IP,
@@ -123,7 +124,7 @@ def test_a_client_locked_out_on_two_nodes_and_on_a_third_started_later(
         assert (await auth_a.login(ALICE, PASSWORD, "imap", "192.0.2.2")).ok
 
     with caplog.at_level(logging.INFO, logger="estafeta"):
-        asyncio.run(run())
+        run_drained(run())
     (logged,) = _lockouts(caplog)  # by node B, which started it; once
     assert logged["scope"] == IP and logged["client"] == client
 
@@ -149,7 +150,7 @@ def test_a_locked_out_flood_costs_no_query(
         assert accounts.calls == 0 and not guard.shared_outage
 
     try:
-        asyncio.run(run())
+        run_drained(run())
     finally:
         ioloop.run(far.close())
 
@@ -172,7 +173,7 @@ def test_pair_lockout_counts_both_nodes(ioloop: IoLoop, db: Database) -> None:
         # Nothing more is reported while it lasts.
         assert (await b.record_failure(client, ALICE)).lockouts == ()
 
-    asyncio.run(run())
+    run_drained(run())
 
 
 def test_account_lockout_needs_many_clients_across_nodes(ioloop: IoLoop, db: Database) -> None:
@@ -204,7 +205,7 @@ def test_account_lockout_needs_many_clients_across_nodes(ioloop: IoLoop, db: Dat
         assert a.check(owner, ALICE).allowed  # known to node A
         assert not b.check(owner, ALICE).allowed  # "known" is each node's own
 
-    asyncio.run(run())
+    run_drained(run())
 
 
 def test_few_clients_cannot_lock_an_account(ioloop: IoLoop, db: Database) -> None:
@@ -223,7 +224,7 @@ def test_few_clients_cannot_lock_an_account(ioloop: IoLoop, db: Database) -> Non
         (lockout,) = (await a.record_failure("192.0.2.3", ALICE)).lockouts
         assert lockout.scope == ACCOUNT and lockout.failures == 7
 
-    asyncio.run(run())
+    run_drained(run())
 
 
 def test_a_good_login_forgets_the_clients_failures(ioloop: IoLoop, db: Database) -> None:
@@ -241,7 +242,7 @@ def test_a_good_login_forgets_the_clients_failures(ioloop: IoLoop, db: Database)
         (lockout,) = (await a.record_failure(client, ALICE)).lockouts
         assert lockout.scope == PAIR and lockout.failures == 3
 
-    asyncio.run(run())
+    run_drained(run())
 
 
 def test_exempt_proxy_failures_count_as_clients_of_their_own(ioloop: IoLoop, db: Database) -> None:
@@ -261,7 +262,7 @@ def test_exempt_proxy_failures_count_as_clients_of_their_own(ioloop: IoLoop, db:
         assert lockout.scope == ACCOUNT
         assert a.check("10.1.1.1", BOB).allowed  # the proxy itself is never locked
 
-    asyncio.run(run())
+    run_drained(run())
 
 
 def test_without_its_database_a_node_decides_alone_and_logs_once(
@@ -310,7 +311,7 @@ def test_without_its_database_a_node_decides_alone_and_logs_once(
 
     try:
         with caplog.at_level(logging.INFO, logger="estafeta"):
-            asyncio.run(run())
+            run_drained(run())
     finally:
         ioloop.run(far.close())
     messages = [r.getMessage() for r in caplog.records]
@@ -340,7 +341,7 @@ def test_a_slow_database_locks_nobody_out(
         return took
 
     try:
-        took = asyncio.run(run())
+        took = run_drained(run())
     finally:
         proxy.held.clear()
         proxy.stop()
@@ -388,4 +389,4 @@ def test_refresh_reads_what_is_new_and_now_and_then_everything(
         assert left == 1
         assert await ioloop.call(db.pool.fetchval("SELECT count(*) FROM lockouts")) == 0
 
-    asyncio.run(run())
+    run_drained(run())

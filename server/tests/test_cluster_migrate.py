@@ -9,7 +9,6 @@ refusals of the command (exit 2)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import re
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DOMAIN, PASSWORD, Instance, estafeta, free_port
+from conftest import DOMAIN, PASSWORD, Instance, estafeta, free_port, run_drained
 from estafeta import cli, cluster_migrate
 from estafeta.auth.accounts import Accounts
 from estafeta.auth.cluster import ClusterAccounts
@@ -121,7 +120,7 @@ def build_local(config: Config) -> Local:
         store.expunge(ALICE, "INBOX", [3])
         store.copy(ALICE, "INBOX", [1, 4], "Work/Old")
         store.subscribe(ALICE, "Work/Old", False)
-        asyncio.run(store.append(ALICE, "Drafts", mail(99), ["\\Draft"], internal_date=1.6e9))
+        run_drained(store.append(ALICE, "Drafts", mail(99), ["\\Draft"], internal_date=1.6e9))
         store.create_mailbox(shared.OWNER, "team")
         store.set_acl("team", ALICE, "lrs")
         store.deliver_sync(deliveries(shared.OWNER, range(20, 23), "team"))

@@ -23,6 +23,7 @@ from _ports import free_port
 from _postgres import PASSWORD, Postgres
 from aiosmtpd.controller import Controller
 
+from conftest import run_drained
 from estafeta.cluster.database import Database, DatabaseError
 from estafeta.cluster.ioloop import IoLoop
 from estafeta.cluster.settings import DatabaseConfig
@@ -429,7 +430,7 @@ def test_two_runners_deliver_each_message_once(
         def settled() -> bool:
             return len(sink.messages) >= 12 and len(local.received) >= 1 and not a.entries()
 
-        asyncio.run(run_until([runner(a, port, local), runner(b, port, local)], settled))
+        run_drained(run_until([runner(a, port, local), runner(b, port, local)], settled))
         bodies = sorted(content for _, _, content in sink.messages)
         assert bodies == sorted(MESSAGE + f"{i}\r\n".encode() for i in range(12))
         assert all(sender == ALICE for sender, _, _ in sink.messages)
@@ -451,7 +452,7 @@ def test_a_long_attempt_keeps_its_claim(
     with node(database, "node-a", lease=0.6) as a, node(database, "node-b", lease=0.6) as b:
         a.enqueue(ALICE, ["bob@far.test"], MESSAGE)
         local = LocalSink()
-        asyncio.run(
+        run_drained(
             run_until([runner(a, port, local), runner(b, port, local)], lambda: not a.entries())
         )
         assert len(sink.messages) == 1
@@ -541,7 +542,7 @@ def test_an_unreachable_database_is_tried_again(
                 await task
 
             with caplog.at_level(logging.INFO, logger="estafeta.queue"):
-                asyncio.run(outage())
+                run_drained(outage())
             events = [r.getMessage() for r in caplog.records if r.name == "estafeta.queue"]
             assert events.count("queue_unavailable") == 1  # once an outage, not each poll
             assert "queue_available" in events

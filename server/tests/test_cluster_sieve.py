@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from conftest import run_drained
 from estafeta.cluster.database import Database, DatabaseError
 from estafeta.cluster.ioloop import IoLoop
 from estafeta.cluster.settings import DatabaseConfig
@@ -497,7 +498,7 @@ def test_compiled_async_from_another_event_loop(node_a: ClusterScriptStore) -> N
     async def deliver() -> tuple[object, object]:
         return await node_a.compiled_async(ALICE), await node_a.compiled_async(BOB)
 
-    found, none = asyncio.run(deliver())
+    found, none = run_drained(deliver())
     assert isinstance(found, FakeCompiled) and found.text == "keep;"
     assert none is None
     again: object = node_a.compiled(ALICE)

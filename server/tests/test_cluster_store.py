@@ -4,7 +4,6 @@ itself), each with its own event loop thread, pool, cache and replicas."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_drained
 from estafeta.cluster.blobs import Blobs
 from estafeta.cluster.database import Database
 from estafeta.cluster.ioloop import IoLoop
@@ -165,9 +165,9 @@ def test_append_and_rename_inbox(nodes: Callable[[str], Node]) -> None:
         )
         return [m.uid for m in made]
 
-    assert asyncio.run(append()) == [1, 2]
+    assert run_drained(append()) == [1, 2]
     with pytest.raises(operations.MailboxError) as missing:
-        asyncio.run(b.store.append(ANA, "Nowhere", mail(3)))
+        run_drained(b.store.append(ANA, "Nowhere", mail(3)))
     assert missing.value.code == "TRYCREATE"
     a.store.rename_mailbox(ANA, "INBOX", "Old")  # rfc9051:6.3.6: INBOX's messages move
     until(lambda: len(b.rows("Old")) == 2)
