@@ -139,6 +139,23 @@ def test_overflow_drops_the_oldest_and_counts_them(accounts: Accounts) -> None:
     assert clients == {f"192.0.2.{n}" for n in range(5, 15)}  # the newest 10
 
 
+def test_flush_waits_for_the_batch_the_thread_is_writing(accounts: Accounts) -> None:
+    hold = threading.Event()
+    writer = Counting(accounts, hold)
+    recorder = LoginRecorder(writer, interval=0.0)
+    recorder.record(ALICE, "web", "192.0.2.7", True)
+    assert writer.entered.wait(10)  # the thread took the record and is writing it
+    flushed = threading.Event()
+    flusher = threading.Thread(target=lambda: (recorder.flush(), flushed.set()))
+    flusher.start()
+    assert not flushed.wait(0.3)  # nothing waits, but the write is not done
+    hold.set()
+    assert flushed.wait(10)
+    flusher.join()
+    assert [r.protocol for r in accounts.login_history(ALICE)] == ["web"]
+    recorder.close()
+
+
 def test_a_failed_write_costs_records_not_logins(
     accounts: Accounts, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -256,6 +256,10 @@ class LoginRecorder:
         self.clock = clock
         self._waiting: deque[tuple[str, int, str, str, bool]] = deque(maxlen=max_waiting)
         self._cond = threading.Condition()
+        # Held from taking a batch until it is written, so that ``flush``
+        # returns only once what was recorded before it is readable, even
+        # when the thread took it a moment earlier. Order: _writing, _cond.
+        self._writing = threading.Lock()
         self._closing = False
         self.dropped = 0  # for tests; the metric counts the same
         self.written = 0
@@ -280,11 +284,13 @@ class LoginRecorder:
                 self._cond.notify()
 
     def flush(self) -> None:
-        """Write what waits now, in the caller's thread (tests, close)."""
-        with self._cond:
-            batch = list(self._waiting)
-            self._waiting.clear()
-        self._write(batch)
+        """Write what waits now, in the caller's thread (tests, close); on
+        return, every record made before the call has been written."""
+        with self._writing:
+            with self._cond:
+                batch = list(self._waiting)
+                self._waiting.clear()
+            self._write(batch)
 
     def close(self) -> None:
         """Write what waits and stop the thread (server stop). Blocking."""
@@ -308,9 +314,11 @@ class LoginRecorder:
                     self._cond.wait(left)
                 if self._closing:
                     return  # close() writes the rest
-                batch = list(self._waiting)
-                self._waiting.clear()
-            self._write(batch)
+            with self._writing:
+                with self._cond:
+                    batch = list(self._waiting)
+                    self._waiting.clear()
+                self._write(batch)
             last = time.monotonic()
 
     def _write(self, batch: list[tuple[str, int, str, str, bool]]) -> None:
