@@ -452,44 +452,60 @@ def tls_client(
     *,
     source: str = "127.0.0.1",
     inject: bytes = b"",
+    then: bytes = b"",
 ) -> Client:
     """A connection to ``listener`` with TLS up: implicit, or after the
-    protocol's STARTTLS (with ``inject`` pipelined in the same packet)."""
+    protocol's STARTTLS (with ``inject`` pipelined in the same packet, and
+    ``then`` in a second one, a moment later)."""
     if listener in IMPLICIT_TLS:
         assert not inject
         client = Client(server.port(listener), source=source, context=context)
         client.line()  # greeting
         return client
-    client = plain_before_tls(server, listener, source=source, inject=inject)
+    client = plain_before_tls(server, listener, source=source, inject=inject, then=then)
     client.starttls(context)
     return client
 
 
 def plain_before_tls(
-    server: MailServer, listener: str, *, source: str = "127.0.0.1", inject: bytes = b""
+    server: MailServer,
+    listener: str,
+    *,
+    source: str = "127.0.0.1",
+    inject: bytes = b"",
+    then: bytes = b"",
 ) -> Client:
     """A connection that is ready for a TLS ClientHello: implicit-TLS ports
-    as they are, the others once the server said yes to STARTTLS."""
+    as they are, the others once the server said yes to STARTTLS (``then``
+    is sent 50 ms after the STARTTLS packet, as the rest of an injection
+    the network delayed would be)."""
     port = server.port(listener)
     protocol = PROTOCOL[listener]
     client = Client(port, source=source)
     if listener in IMPLICIT_TLS:
         return client
     greeting = client.line()
+
+    def starttls(command: bytes) -> None:
+        client.send(command + inject)
+        if then:
+            time.sleep(0.05)
+            client.send(then)
+
     if protocol == "smtp":
         assert greeting.startswith(b"220 "), greeting
         assert client.smtp("EHLO client.example").startswith(b"250 ")
-        client.send(b"STARTTLS\r\n" + inject)
+        starttls(b"STARTTLS\r\n")
         reply = client.reply()
         assert reply.startswith(b"220 "), reply
     elif protocol == "imap":
         assert greeting.startswith(b"* OK"), greeting
-        client.send(b"S STARTTLS\r\n" + inject)
+        starttls(b"S STARTTLS\r\n")
         _, tagged = client.until_tagged("S")
         assert tagged.startswith(b"S OK"), tagged
     else:
         assert greeting.startswith(b"+OK"), greeting
-        client.send(b"STLS\r\n" + inject)
+        starttls(b"STLS\r\n")
         reply = client.line()
         assert reply.startswith(b"+OK"), reply
     return client

@@ -166,3 +166,55 @@ def test_an_injection_left_in_the_stream_buffer_is_logged(
         if "starttls_pipelined" in line and f"client={source} " in line + " "
     ]
     assert len(logged) == 1, logged
+
+
+SPLIT_INJECTIONS = {
+    "smtp": (b"RSET\r\n", b"MAIL FROM:<attacker@remote.example>\r\n"),
+    "imap": (b"b CAPABILITY\r\n", b'c LOGIN alice@example.test "guess"\r\n'),
+    "pop3": (b"CAPA\r\n", b"USER alice@example.test\r\n"),
+}
+
+
+@pytest.mark.parametrize("listener", SPLIT_INJECTIONS.keys())
+def test_the_rest_of_an_injection_that_comes_late_is_dropped_too(
+    mail_server: MailServer, source: str, listener: str
+) -> None:
+    """An injection may reach the server in two pieces (the sender's kernel
+    or scheduler split it). Once something was pipelined, the server reads
+    on until the flow pauses before it replies: the late piece is dropped
+    with the first, not read as a TLS record that fails the handshake."""
+    first, rest = SPLIT_INJECTIONS[listener]
+    result = _handshake_or_refusal_split(mail_server, listener, first, rest, source)
+    assert result is not None, "the handshake failed: the late piece was taken for TLS"
+    unasked, client = result
+    assert unasked == b"", f"the server answered injected commands: {unasked!r}"
+    with client:
+        if listener == "smtp":
+            assert client.smtp("NOOP").startswith(b"250 2.0.0 ")
+            assert client.smtp("EHLO client.example").startswith(b"250 ")
+            assert client.smtp(f"RCPT TO:<{ALICE}>").startswith(b"503 5.5.1 ")  # no MAIL
+        elif listener == "imap":
+            _, tagged = client.imap("d", "SELECT INBOX")
+            assert tagged.startswith(b"d BAD "), tagged  # the LOGIN did not run
+        else:
+            client.send(b"PASS guess\r\n")
+            assert client.line().startswith(b"-ERR USER first")
+    logged = [
+        line
+        for line in mail_server.log_text().splitlines()
+        if "starttls_pipelined" in line and f"client={source} " in line + " "
+    ]
+    assert len(logged) == 1, logged
+    assert f"octets={len(first) + len(rest)}" in logged[0], logged
+
+
+def _handshake_or_refusal_split(
+    server: MailServer, listener: str, first: bytes, rest: bytes, source: str
+) -> tuple[bytes, Client] | None:
+    try:
+        client = tls_client(
+            server, listener, unverified_context(), source=source, inject=first, then=rest
+        )
+    except (ssl.SSLError, ConnectionError):
+        return None
+    return client.silence(QUIET), client

@@ -60,6 +60,7 @@ from estafeta.imap.stream import ResponseStream
 from estafeta.imap.types import FetchAtt, SearchKey, SequenceSet
 from estafeta.log import log_event
 from estafeta.message import Summary, imap_string, imap_utf8_string, summarize
+from estafeta.starttls import drain_pipelined
 from estafeta.store import Mailbox, Store, StoreError, shared
 from estafeta.store.flags import canonical_flags
 from estafeta.store.names import canonical
@@ -839,45 +840,6 @@ def _interrupt(session: Session, why: int) -> None:
         session._waiting.cancel()
 
 
-STARTTLS_DRAIN = 1 << 20
-"""Octets pipelined after STARTTLS that are read and dropped at most; more,
-and the handshake meets them and fails (a refusal too)."""
-
-
-async def drain_pipelined(reader: asyncio.StreamReader) -> int:
-    """Before the reply to STARTTLS / STLS: drop what the client pipelined
-    after it; their count. A client waits for that reply before its
-    ClientHello, so whatever arrives before it is not TLS: what the stream
-    holds, and what the socket still holds (an injection larger than one
-    read), which the loop reads between two turns, until two turns bring
-    nothing (rfc3207:4.2's reasoning; as estafeta.smtp.protocol does)."""
-    discarded = 0
-    quiet = 0
-    while quiet < 2 and discarded < STARTTLS_DRAIN:
-        buffered = await discard_buffered(reader)
-        if buffered:
-            discarded += buffered
-            quiet = 0
-        else:
-            quiet += 1
-        await asyncio.sleep(0)
-    return discarded
-
-
-async def discard_buffered(reader: asyncio.StreamReader) -> int:
-    """Drop the octets the stream has received but nobody read; their count.
-
-    Called right before ``start_tls``: no await in between yields to the
-    loop, so nothing sent in the clear can slip into the TLS session.
-    """
-    # StreamReader has no public "bytes available"; read() of exactly what is
-    # buffered returns at once (and resumes a paused transport).
-    buffered = len(getattr(reader, "_buffer", b""))
-    if not buffered:
-        return 0
-    return len(await reader.read(buffered))
-
-
 async def start_tls(
     writer: asyncio.StreamWriter,
     context: ssl.SSLContext,
@@ -935,8 +897,9 @@ async def cmd_starttls(s: Session, cmd: Command) -> None:
     # pipelined after STARTTLS is discarded — what the parser holds, what is
     # in the stream's buffer and what the socket still holds (over 64 KiB
     # are read at once) — before the OK, after which the ClientHello comes.
+    dropped = len(s.parser.take_unread())
     s.parser = Parser(max_literal=s.settings.append_limit + 1024)
-    dropped = await drain_pipelined(s.reader)
+    dropped += await drain_pipelined(s.reader, dropped)
     s.tagged(cmd.tag, "OK", "Begin TLS negotiation now")
     await s.flush()
     if dropped:

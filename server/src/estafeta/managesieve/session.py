@@ -40,7 +40,7 @@ from estafeta.auth.sasl import (
     decode_plain,
     decode_response,
 )
-from estafeta.imap.session import drain_pipelined, start_tls
+from estafeta.imap.session import start_tls
 from estafeta.log import log_event
 from estafeta.managesieve import parser as p
 from estafeta.managesieve.parser import (
@@ -55,6 +55,7 @@ from estafeta.managesieve.parser import (
     Response,
 )
 from estafeta.sieve.scripts import ScriptError, Scripts
+from estafeta.starttls import drain_pipelined
 
 log = logging.getLogger("estafeta.managesieve")
 
@@ -402,7 +403,7 @@ async def cmd_starttls(s: Session, cmd: Command) -> None:  # rfc5804:2.2
     # before the OK (after it, the ClientHello comes).
     dropped = s.parser.buffered
     s.parser = s._new_parser()
-    dropped += await drain_pipelined(s.reader)
+    dropped += await drain_pipelined(s.reader, dropped)
     s.send(p.ok("Begin TLS negotiation now"))
     await s.writer.drain()
     if dropped:

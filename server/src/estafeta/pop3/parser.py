@@ -71,6 +71,11 @@ class Parser:
         self._raw = False
         self._discarding = False  # inside an over-long line, up to its CRLF
 
+    @property
+    def buffered(self) -> int:
+        """Octets received and not parsed yet (STLS drops them)."""
+        return len(self._buffer)
+
     def receive_data(self, data: bytes) -> None:
         if data:
             self._buffer += data

@@ -30,9 +30,10 @@ from estafeta.auth.sasl import (
     decode_plain,
     decode_response,
 )
-from estafeta.imap.session import drain_pipelined, start_tls
+from estafeta.imap.session import start_tls
 from estafeta.log import log_event
 from estafeta.pop3.parser import Command, Eof, Error, NeedData, Parser, RawLine
+from estafeta.starttls import drain_pipelined
 from estafeta.store import Store, StoreError
 from estafeta.store.reader import IndexReader, ListingRow
 
@@ -473,8 +474,9 @@ async def cmd_stls(s: Session, cmd: Command) -> None:
     # rfc2595:4 — anything pipelined after STLS is discarded: what the
     # parser holds, the stream's buffer and what the socket still holds,
     # before the +OK (after it, the ClientHello comes).
+    dropped = s.parser.buffered
     s.parser = Parser()
-    dropped = await drain_pipelined(s.reader)
+    dropped += await drain_pipelined(s.reader, dropped)
     s.ok("Begin TLS negotiation")
     await s.flush_and_drain()
     if dropped:

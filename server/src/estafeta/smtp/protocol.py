@@ -75,6 +75,7 @@ from estafeta.smtp import replies
 from estafeta.smtp.data import DataBudget, DataReader, DataStatus
 from estafeta.smtp.errors import TOO_MANY_ERRORS, ErrorLimiter, counts_as_error
 from estafeta.smtp.screen import HELO, PREGREET, Screen, ScreenResult, pregreet_reply
+from estafeta.starttls import drain_pipelined
 from estafeta.tlsclose import SHUTDOWN_SECONDS, close_promptly
 
 log = logging.getLogger("estafeta.smtp")
@@ -247,9 +248,6 @@ class ImplicitTLS(asyncio.Protocol):
 
 # Replies held for one pipelined group at most (rfc2920:3.2), then sent.
 _MAX_HELD = 64
-
-# Octets pipelined after STARTTLS that are read and dropped before the 220.
-STARTTLS_DRAIN = 1024 * 1024
 
 _DATA_REFUSALS = {
     DataStatus.LINE_TOO_LONG: replies.DATA_LINE_TOO_LONG,
@@ -1017,22 +1015,9 @@ class SMTPProtocol(SMTP):
             # rfc3207:4.2 — what the client pipelined after STARTTLS is
             # discarded (aiosmtpd empties the buffer again once TLS is up).
             # Reading it now also resumes a transport that a flood of more
-            # than two lines paused: the handshake would never arrive. A
-            # client waits for the 220 before its ClientHello, so whatever
-            # arrives before the 220 is not TLS: what the socket still holds
-            # is drained too (the loop reads it between two yields), up to
-            # STARTTLS_DRAIN octets; more, and the handshake fails instead.
-            discarded = 0
-            quiet = 0
-            while quiet < 2 and discarded < STARTTLS_DRAIN:
-                buffered = len(getattr(self._reader, "_buffer", b""))
-                if buffered:
-                    await self._reader.read(buffered)
-                    discarded += buffered
-                    quiet = 0
-                else:
-                    quiet += 1
-                await asyncio.sleep(0)
+            # than two lines paused: the handshake would never arrive. The
+            # socket is drained too, before the 220 (estafeta.starttls).
+            discarded = await drain_pipelined(self._reader)
             if discarded:
                 log_event(
                     log,
