@@ -27,7 +27,7 @@ from _ports import free_port
 from _postgres import Postgres, postgres_server
 
 from estafeta.cluster.database import Database
-from estafeta.cluster.ioloop import IoLoop, _end_transports
+from estafeta.cluster.ioloop import IoLoop, end_transports
 from estafeta.cluster.settings import DatabaseConfig, ObjectsConfig
 from estafeta.cluster.url import parse_url
 from estafeta.config import load
@@ -587,7 +587,7 @@ def run_drained(coro: Coroutine[Any, Any, T]) -> T:
         try:
             return runner.run(coro)
         finally:
-            _end_transports(runner.get_loop())
+            end_transports(runner.get_loop())
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def _open_transports(loop: asyncio.AbstractEventLoop) -> list[asyncio.BaseTransp
     return [t for t in _transports(loop) if not t.is_closing()]
 
 
-def _end_transports(loop: asyncio.AbstractEventLoop) -> None:
+def end_transports(loop: asyncio.AbstractEventLoop) -> None:
     """Let the loop's connections finish closing, then cut those left: none
     may outlive its loop (its socket would be left open, to be found by the
     garbage collector). A TLS connection closed at the end, by a task
@@ -88,7 +88,7 @@ class IoLoop:
                 if pending:
                     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
-                _end_transports(loop)
+                end_transports(loop)
                 loop.close()
 
         self._thread = threading.Thread(target=main, name=self.name, daemon=True)

@@ -587,22 +587,24 @@ def _write(
 def _write_mail(address: str, sources: Sources, export: _Export, record: dict[str, Any]) -> None:
     mailboxes = []
     store = sources.store
+    account_dir: Path | None = None
     if not sources.files:
         # A cluster's store, started by the caller: its rows and bodies.
         try:
             reader = store.reader(address)  # the replica, brought up to date
         except OSError as exc:  # the database away
             raise ExportError(f"cannot read the mailboxes of {address}: {exc}") from None
-        with reader:
-            for box in reader.mailboxes():
-                mailboxes.append(export.mailbox(reader, None, box))
     # An account that never had mail has no folder: none is made for it.
     elif store.account_dir(address).is_dir():
+        account_dir = store.account_dir(address)
         with store:
             reader = store.reader(address)
+    else:
+        reader = None
+    if reader is not None:
         with reader:
             for box in reader.mailboxes():
-                mailboxes.append(export.mailbox(reader, store.account_dir(address), box))
+                mailboxes.append(export.mailbox(reader, account_dir, box))
     export.finish()
     record["mailboxes"] = mailboxes
     export.add_bytes("account.json", json.dumps(record, indent=2, ensure_ascii=False).encode())
