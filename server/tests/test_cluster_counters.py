@@ -261,8 +261,10 @@ def test_a_slow_database_does_not_hold_mail_up(
 ) -> None:
     far = Database(proxy.config(database))
     ioloop.run(far.open())
+    # A timeout well above what a check costs on a loaded machine, so that
+    # "answered at once" (below a second) is told from "waited for it".
     limits = SharedSendLimits(
-        SendCounts(ioloop, far, timeout=0.3, pause=5),
+        SendCounts(ioloop, far, timeout=2.0, pause=60),
         messages_per_hour=10,
         recipients_per_message=10,
     )
@@ -285,5 +287,5 @@ def test_a_slow_database_does_not_hold_mail_up(
         proxy.stop()
         ioloop.run(far.close())
     # The first waits for its timeout, the rest are answered at once.
-    assert 0.25 < took[0] < 1.5 and max(took[1:]) < 0.1
+    assert 1.9 < took[0] < 5 and max(took[1:]) < 1.0
     assert _events(caplog, "send_limits_shared_unavailable") == 1

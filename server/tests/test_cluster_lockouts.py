@@ -325,7 +325,9 @@ def test_a_slow_database_locks_nobody_out(
 ) -> None:
     far = Database(proxy.config(database))
     ioloop.run(far.open())
-    guard = LoginGuard(policy(), shared=SharedLockouts(ioloop, far, timeout=0.3, pause=5))
+    # A timeout well above what a login costs on a loaded machine, so that
+    # "answered at once" (below a second) is told from "waited for it".
+    guard = LoginGuard(policy(), shared=SharedLockouts(ioloop, far, timeout=2.0, pause=60))
     auth, _ = authenticator(guard)
 
     async def run() -> list[float]:
@@ -346,7 +348,7 @@ def test_a_slow_database_locks_nobody_out(
         proxy.held.clear()
         proxy.stop()
         ioloop.run(far.close())
-    assert took[0] < 1.5 and max(took[1:]) < 0.2  # one timeout, then the breaker
+    assert took[0] < 5 and max(took[1:]) < 1.0  # one timeout, then the breaker
     assert guard.shared_outage
 
 

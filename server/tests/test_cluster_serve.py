@@ -143,11 +143,14 @@ def test_idle_on_b_hears_a_delivery_on_a_within_a_second(
 
         listener = threading.Thread(target=listen)
         listener.start()
-        sent = time.monotonic()
         send(a, "during")
+        # From the 250 (the message committed on a), not from the start of
+        # the SMTP session, whose cost on a loaded machine is not b's.
+        delivered = time.monotonic()
         listener.join(10)
         assert heard, "no EXISTS on b"
-        assert heard[0] - sent < 1.0, f"b heard after {heard[0] - sent:.2f} s"
+        took = heard[0] - delivered
+        assert took < 1.0, f"b heard {took:.2f} s after the delivery"
         imap.send(b"DONE\r\n")
         while not (line := imap.readline()).startswith(tag.encode()):
             assert line.startswith(b"* "), line  # RECENT and the like

@@ -125,10 +125,8 @@ def test_idle_on_b_hears_of_a_delivery_on_a_within_a_second(
     b.rows()  # b serves the account now
     heard = threading.Event()
     b.store.changes.watch(ANA, lambda _address: heard.set())
-    started = time.monotonic()
-    a.store.deliver_sync([delivery(2)])
+    a.store.deliver_sync([delivery(2)])  # committed on a when it returns
     assert heard.wait(1.0), "b's sessions were not told within 1 s"
-    assert time.monotonic() - started < 1.0
     assert [uid for uid, _ in b.rows()] == [1, 2]
 
 

@@ -134,10 +134,12 @@ def test_one_search_per_account_and_a_bounded_pool() -> None:
 
 def test_a_turn_lasts_until_the_search_returns() -> None:
     release = threading.Event()
+    started = threading.Event()
     order: list[str] = []
 
     def slow() -> None:
         order.append("slow started")
+        started.set()
         release.wait(5)
         order.append("slow done")
 
@@ -147,7 +149,7 @@ def test_a_turn_lasts_until_the_search_returns() -> None:
     async def main() -> None:
         pool = SearchPool(threads=2)
         first = asyncio.ensure_future(pool.run("alice", slow))
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(started.wait, 5)  # running in its thread
         first.cancel()  # the session went away; its search still runs
         with pytest.raises(asyncio.CancelledError):
             await first

@@ -129,7 +129,7 @@ def test_waits_of_one_client_are_served_one_at_a_time() -> None:
     """Ten connections of one client each wait 1 s: 10 s in all, not 1 s;
     another client's wait runs alongside."""
 
-    async def main() -> tuple[list[tuple[str, float]], float]:
+    async def main() -> tuple[list[tuple[str, float]], int]:
         loop = asyncio.get_running_loop()
         start = loop.time()
         slept: list[tuple[str, float]] = []
@@ -140,16 +140,19 @@ def test_waits_of_one_client_are_served_one_at_a_time() -> None:
 
         errors = ErrorLimiter(soft_limit=0, hard_limit=20, delay=1.0, sleep=sleep)
         one = [errors.wait("192.0.2.1", 1.0) for _ in range(10)]
-        other = errors.wait("192.0.2.99", 1.0)
-        other_task = asyncio.ensure_future(other)
-        await asyncio.gather(*one)
-        other_done = slept[0][1]
-        await other_task
-        return slept, other_done
 
-    slept, other_done = asyncio.run(main())
+        async def other() -> int:
+            await errors.wait("192.0.2.99", 1.0)
+            return len(slept)  # waits finished by then, its own included
+
+        other_task = asyncio.ensure_future(other())
+        await asyncio.gather(*one)
+        return slept, await other_task
+
+    slept, finished_with_other = asyncio.run(main())
     assert len(slept) == 11
     # The last of the ten finished after about ten waits in a row.
     assert slept[-1][1] >= 9.5
-    # The other client did not queue behind them.
-    assert other_done < 5
+    # The other client did not queue behind them: it finished alongside the
+    # first client's first waits (counted, not timed: a stall delays both).
+    assert finished_with_other <= 3
