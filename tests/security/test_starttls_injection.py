@@ -41,13 +41,15 @@ def _filler(total: int, before: bytes) -> bytes:
 
 
 def _handshake_or_refusal(
-    server: MailServer, listener: str, inject: bytes, source: str
+    server: MailServer, listener: str, inject: bytes, source: str, then: bytes = b""
 ) -> tuple[bytes, Client] | None:
-    """TLS up after STARTTLS + ``inject``; then what arrives unasked.
-    None when the handshake failed (the injected octets were taken for TLS
-    records, which is a refusal too)."""
+    """TLS up after STARTTLS + ``inject`` (and ``then``, a moment later);
+    then what arrives unasked. None when the handshake failed (the injected
+    octets were taken for TLS records, which is a refusal too)."""
     try:
-        client = tls_client(server, listener, unverified_context(), source=source, inject=inject)
+        client = tls_client(
+            server, listener, unverified_context(), source=source, inject=inject, then=then
+        )
     except (ssl.SSLError, ConnectionError):
         return None
     return client.silence(QUIET), client
@@ -160,11 +162,7 @@ def test_an_injection_left_in_the_stream_buffer_is_logged(
     unasked, client = result
     client.close()
     assert unasked == b""
-    logged = [
-        line
-        for line in mail_server.log_text().splitlines()
-        if "starttls_pipelined" in line and f"client={source} " in line + " "
-    ]
+    logged = _pipelined_lines(mail_server, source)
     assert len(logged) == 1, logged
 
 
@@ -184,7 +182,7 @@ def test_the_rest_of_an_injection_that_comes_late_is_dropped_too(
     on until the flow pauses before it replies: the late piece is dropped
     with the first, not read as a TLS record that fails the handshake."""
     first, rest = SPLIT_INJECTIONS[listener]
-    result = _handshake_or_refusal_split(mail_server, listener, first, rest, source)
+    result = _handshake_or_refusal(mail_server, listener, first, source, then=rest)
     assert result is not None, "the handshake failed: the late piece was taken for TLS"
     unasked, client = result
     assert unasked == b"", f"the server answered injected commands: {unasked!r}"
@@ -199,22 +197,15 @@ def test_the_rest_of_an_injection_that_comes_late_is_dropped_too(
         else:
             client.send(b"PASS guess\r\n")
             assert client.line().startswith(b"-ERR USER first")
-    logged = [
-        line
-        for line in mail_server.log_text().splitlines()
-        if "starttls_pipelined" in line and f"client={source} " in line + " "
-    ]
+    logged = _pipelined_lines(mail_server, source)
     assert len(logged) == 1, logged
     assert f"octets={len(first) + len(rest)}" in logged[0], logged
 
 
-def _handshake_or_refusal_split(
-    server: MailServer, listener: str, first: bytes, rest: bytes, source: str
-) -> tuple[bytes, Client] | None:
-    try:
-        client = tls_client(
-            server, listener, unverified_context(), source=source, inject=first, then=rest
-        )
-    except (ssl.SSLError, ConnectionError):
-        return None
-    return client.silence(QUIET), client
+def _pipelined_lines(server: MailServer, source: str) -> list[str]:
+    """The server's ``starttls_pipelined`` lines about ``source``."""
+    return [
+        line
+        for line in server.log_text().splitlines()
+        if "starttls_pipelined" in line and f"client={source} " in line + " "
+    ]
